@@ -1,0 +1,36 @@
+"""Packaging for idgateway.
+
+The Twisted plugin file lives in ``twisted/plugins/`` (a namespace with no
+``__init__.py``) so that ``twistd --help`` lists ``idgateway`` once installed.
+"""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="idgateway",
+    version="0.1.0",
+    description="Identity gateway: OpenID Connect login in front of many apps, on Twisted",
+    long_description=open("README.rst", encoding="utf-8").read(),
+    long_description_content_type="text/x-rst",
+    python_requires=">=3.11",
+    packages=find_packages(include=["idgateway", "idgateway.*"]) + ["twisted.plugins"],
+    package_data={"twisted.plugins": ["idgateway_plugin.py"]},
+    include_package_data=True,
+    install_requires=[
+        "twisted[tls]>=24.7",
+        "treq>=24.9",
+        "service-identity>=24.1",
+        "pyopenssl>=24.2",
+        "josepy>=1.14",
+        "txredisapi>=1.4.10",
+        # YAML with line numbers for config errors; attrs for frozen config
+        # values; cryptography for AES-GCM sessions and certificate checks.
+        "PyYAML>=6.0",
+        "attrs>=23.1",
+        "cryptography>=42",
+    ],
+    extras_require={
+        "test": ["pytest>=8", "websockets>=12", "mypy", "ruff", "types-PyYAML", "mypy-zope"],
+    },
+    entry_points={"console_scripts": ["idgateway=idgateway.cli:main"]},
+)
