@@ -1,0 +1,35 @@
+# Two commands do all set-up on a fresh Debian machine (Python 3.11, node 20, root):
+#   make demo   - run the gateway in front of the bundled demo back end
+#   make test   - install everything the tests need, then run the whole suite
+PYTHON ?= python3
+VENV ?= .venv
+BIN = $(VENV)/bin
+
+.PHONY: demo test venv system-deps lint bench clean
+
+$(BIN)/twistd: setup.py pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+venv: $(BIN)/twistd
+
+system-deps:
+	scripts/install-system-deps
+
+demo: venv
+	$(BIN)/python scripts/demo.py
+
+test: system-deps venv
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests
+
+lint: venv
+	$(BIN)/ruff check idgateway tests bench
+	$(BIN)/mypy
+
+bench: venv
+	bench/run
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,760 @@
+"""Load and check the gateway's YAML configuration into ``idgateway.model`` values.
+
+The file is composed (not constructed) with PyYAML so every value keeps its line,
+then walked by a small schema engine: a mapping is a tuple of ``Field`` specs and
+each converter turns one node into a value or records a ``Problem`` and returns
+INVALID. Checking goes on after a problem so that one ``ConfigError`` reports
+them all: nothing starts on a bad file, and the operator fixes it in one pass.
+A new block is new specs plus a builder; the engine does not change.
+"""
+
+from __future__ import annotations
+
+import datetime
+import difflib
+import enum
+import os
+import re
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import attrs
+import yaml
+from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.x509.oid import NameOID
+
+from idgateway import units
+from idgateway.model import (
+    CertificatePair,
+    Config,
+    Listener,
+    PathRoute,
+    Route,
+    TLSSettings,
+    Upstream,
+)
+
+# Certificates this close to expiry earn a warning at start and on --check.
+EXPIRY_WARNING_DAYS = 14
+
+
+@attrs.frozen
+class Problem:
+    file: str
+    line: int | None  # 1-based; None when not about a line (file not found, empty file)
+    key: str  # dotted path, 0-based indices: routes[1].upstream; "" for the whole file
+    message: str
+
+    def __str__(self) -> str:
+        where = self.file if self.line is None else f"{self.file}:{self.line}"
+        return f"{where}: {self.key}: {self.message}" if self.key else f"{where}: {self.message}"
+
+
+class ConfigError(Exception):
+    """The configuration is unusable; ``problems`` lists every reason found."""
+
+    def __init__(self, problems: Sequence[Problem]) -> None:
+        self.problems = list(problems)
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        return "\n".join(str(problem) for problem in self.problems)
+
+
+class _Invalid(enum.Enum):
+    """A value whose problem is already recorded: checking goes on without it."""
+
+    INVALID = "invalid"
+
+
+INVALID = _Invalid.INVALID
+_STR, _NULL, _BOOL, _MERGE = (f"tag:yaml.org,2002:{t}" for t in ("str", "null", "bool", "merge"))
+_RESOLVER = yaml.resolver.Resolver()
+_ENV_REFERENCE = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)\}|\$\{[^}]*\}?")
+
+# Turns the node at a dotted key into a value, or records a problem and returns INVALID.
+Converter = Callable[["Reader", yaml.Node, str], Any]
+
+
+@attrs.frozen
+class Field:
+    name: str
+    convert: Converter
+    required: bool = False
+    default: Any = None
+    # The value may instead come from the file named by "<name>_file" (systemd credentials).
+    secret: bool = False
+    # Shown when a required key is missing, e.g. "upstream: http://127.0.0.1:3000".
+    example: str = ""
+
+
+@attrs.define
+class Section:
+    """A mapping read against its fields: values (each maybe INVALID) and their nodes."""
+
+    node: yaml.MappingNode
+    key: str
+    values: dict[str, Any]
+    nodes: dict[str, yaml.Node]
+
+    @property
+    def valid(self) -> bool:
+        return all(value is not INVALID for value in self.values.values())
+
+    def child(self, name: str) -> str:
+        return f"{self.key}.{name}" if self.key else name
+
+    def line(self, name: str) -> int:
+        return int(self.nodes.get(name, self.node).start_mark.line) + 1
+
+
+class _LiteralScalar(yaml.ScalarNode):
+    """A secret file's contents standing in for a value: never ${VAR}-expanded."""
+
+
+class Reader:
+    """Walks one file: expands ${VAR}s and collects problems and warnings."""
+
+    def __init__(self, file: str, environ: Mapping[str, str]) -> None:
+        self.file = file
+        self.base_dir = os.path.dirname(os.path.abspath(file))
+        self.environ = environ
+        self.problems: list[Problem] = []
+        self.warnings: list[str] = []
+        self._constructor = yaml.constructor.SafeConstructor()
+
+    def problem(self, node: yaml.Node | None, key: str, message: str) -> _Invalid:
+        line = None if node is None else node.start_mark.line + 1
+        self.problems.append(Problem(self.file, line, key, message))
+        return INVALID
+
+    def path(self, text: str) -> str:
+        """Relative paths are relative to the config file, not to the daemon's directory."""
+        return os.path.normpath(os.path.join(self.base_dir, text))
+
+    def expand(self, node: yaml.ScalarNode, key: str) -> yaml.ScalarNode | _Invalid:
+        """The node after ${VAR} expansion; a plain scalar is re-typed from its new text."""
+        if node.tag != _STR or isinstance(node, _LiteralScalar) or "${" not in node.value:
+            return node
+        missing: list[str] = []
+
+        def substitute(match: re.Match[str]) -> str:
+            name = match.group(1)
+            if match.group(0) == "$${" or name in self.environ:
+                return "${" if name is None else self.environ[name]
+            missing.append(name or match.group(0))
+            return ""
+
+        text = _ENV_REFERENCE.sub(substitute, node.value)
+        for name in missing:
+            self.problem(
+                node,
+                key,
+                f"environment variable {name!r} is not set (used as ${{{name}}})"
+                if name.isidentifier()
+                else f"{name!r} is not a ${{NAME}} reference; write $${{ for a literal '${{'",
+            )
+        if missing:
+            return INVALID
+        tag = (
+            _RESOLVER.resolve(yaml.ScalarNode, text, (True, False)) if node.style is None else _STR
+        )
+        return yaml.ScalarNode(tag, text, node.start_mark, node.end_mark, style=node.style)
+
+    def text(self, node: yaml.Node, key: str, expected: str) -> str | _Invalid:
+        """A scalar's text; numbers count (name: 2024), null and booleans do not."""
+        if isinstance(node, yaml.ScalarNode) and node.tag not in (_NULL, _BOOL):
+            expanded = self.expand(node, key)
+            if expanded is INVALID or expanded.tag not in (_NULL, _BOOL):
+                return expanded if expanded is INVALID else str(expanded.value)
+            node = expanded
+        return self.problem(node, key, f"expected {expected}; got {_describe(node)}")
+
+    def value(self, node: yaml.Node, key: str) -> Any:
+        """A scalar's Python value after ${VAR} expansion; None for lists and mappings."""
+        if not isinstance(node, yaml.ScalarNode):
+            return None
+        expanded = self.expand(node, key)
+        try:
+            return expanded if expanded is INVALID else self._constructor.construct_object(expanded)
+        except yaml.YAMLError as error:
+            return self.problem(node, key, f"cannot read this value: {error}")
+
+
+def _describe(node: yaml.Node) -> str:
+    if isinstance(node, yaml.MappingNode | yaml.SequenceNode):
+        return "a mapping" if isinstance(node, yaml.MappingNode) else "a list"
+    if node.tag == _NULL:
+        return "nothing (null)"
+    return f"the string {node.value!r}" if node.tag == _STR else str(node.value)
+
+
+# ---- converters -------------------------------------------------------------------------
+
+
+def parsed(parse: Callable[[str], Any], expected: str) -> Converter:
+    """A scalar's text through ``parse``, whose ValueError says what is wrong and what is right."""
+
+    def convert(reader: Reader, node: yaml.Node, key: str) -> Any:
+        text = reader.text(node, key, expected)
+        try:
+            return text if text is INVALID else parse(text)
+        except ValueError as error:
+            return reader.problem(node, key, str(error))
+
+    return convert
+
+
+def boolean(reader: Reader, node: yaml.Node, key: str) -> bool | _Invalid:
+    value = reader.value(node, key)
+    if value is INVALID or isinstance(value, bool):
+        return value
+    return reader.problem(node, key, f"expected true or false; got {_describe(node)}")
+
+
+def integer(minimum: int, example: int) -> Converter:
+    def convert(reader: Reader, node: yaml.Node, key: str) -> int | _Invalid:
+        value = reader.value(node, key)
+        if value is INVALID or (type(value) is int and value >= minimum):
+            return value  # type: ignore[no-any-return]
+        expected = f"a whole number of at least {minimum}, e.g. {example}"
+        return reader.problem(node, key, f"expected {expected}; got {_describe(node)}")
+
+    return convert
+
+
+def duration(allow_zero: bool = False) -> Converter:
+    def parse(text: str) -> float:
+        seconds = units.parse_duration(text)
+        if seconds == 0 and not allow_zero:
+            raise ValueError(f"must be longer than zero; expected {units.DURATION_FORMS}")
+        return seconds
+
+    return parsed(parse, f"a duration ({units.DURATION_FORMS})")
+
+
+def size(zero_is_unlimited: bool = False) -> Converter:
+    """Bytes; with ``zero_is_unlimited``, 0 or null give None (no limit)."""
+    as_bytes = parsed(units.parse_size, f"a size ({units.SIZE_FORMS})")
+
+    def convert(reader: Reader, node: yaml.Node, key: str) -> int | None | _Invalid:
+        if zero_is_unlimited and isinstance(node, yaml.ScalarNode) and node.tag == _NULL:
+            return None
+        result = as_bytes(reader, node, key)
+        if result != 0:
+            return result  # type: ignore[no-any-return]
+        if zero_is_unlimited:
+            return None
+        return reader.problem(node, key, f"must be more than zero; expected {units.SIZE_FORMS}")
+
+    return convert
+
+
+def file_path(expected: str) -> Converter:
+    def convert(reader: Reader, node: yaml.Node, key: str) -> str | _Invalid:
+        path = reader.text(node, key, expected)
+        if path is INVALID or not path.strip():
+            return path if path is INVALID else reader.problem(node, key, f"expected {expected}")
+        return reader.path(path)
+
+    return convert
+
+
+def list_of(item: Converter, expected: str, min_items: int = 0) -> Converter:
+    """A tuple of items, or INVALID if any item is (every item is still checked)."""
+
+    def convert(reader: Reader, node: yaml.Node, key: str) -> tuple[Any, ...] | _Invalid:
+        if not isinstance(node, yaml.SequenceNode):
+            return reader.problem(node, key, f"expected {expected}; got {_describe(node)}")
+        if len(node.value) < min_items:
+            return reader.problem(node, key, f"must not be empty; expected {expected}")
+        items = [item(reader, child, f"{key}[{index}]") for index, child in enumerate(node.value)]
+        return INVALID if any(value is INVALID for value in items) else tuple(items)
+
+    return convert
+
+
+def section(fields: Sequence[Field], expected: str) -> Converter:
+    """The Section itself, for builders that need several sections at once (routes)."""
+    return lambda reader, node, key: read_section(reader, node, key, fields, expected)
+
+
+def mapping(fields: Sequence[Field], expected: str, build: Callable[..., Any]) -> Converter:
+    """``build(reader, section)`` once every field of the mapping is valid."""
+
+    def convert(reader: Reader, node: yaml.Node, key: str) -> Any:
+        found = read_section(reader, node, key, fields, expected)
+        return build(reader, found) if found is not INVALID and found.valid else INVALID
+
+    return convert
+
+
+def read_section(
+    reader: Reader, node: yaml.Node, key: str, fields: Sequence[Field], expected: str
+) -> Section | _Invalid:
+    if not isinstance(node, yaml.MappingNode):
+        return reader.problem(node, key, f"expected {expected}; got {_describe(node)}")
+    by_name = {field.name: field for field in fields}
+    by_name.update({f"{field.name}_file": field for field in fields if field.secret})
+    found = Section(node, key, {}, {})
+    first_lines: dict[str, int] = {}
+    for key_node, value_node in _pairs(reader, node, key, set()):
+        name = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
+        if not isinstance(name, str) or not name:
+            reader.problem(key_node, key, f"keys must be plain names; got {_describe(key_node)}")
+            continue
+        child, field = found.child(name), by_name.get(name)
+        if name in first_lines:
+            reader.problem(
+                key_node, child, f"duplicate key (first given on line {first_lines[name]})"
+            )
+        elif field is None:
+            close = difflib.get_close_matches(name, by_name, n=1)
+            hint = f"did you mean {close[0]!r}?" if close else "known keys: " + ", ".join(by_name)
+            reader.problem(key_node, child, f"unknown key {name!r}; {hint}")
+        elif field.name in found.nodes:
+            message = f"give either {field.name!r} or '{field.name}_file', not both"
+            found.values[field.name] = reader.problem(key_node, child, message)
+        else:
+            source = _secret_file(reader, value_node, child) if name != field.name else value_node
+            found.nodes[field.name] = value_node
+            found.values[field.name] = (
+                INVALID if source is INVALID else field.convert(reader, source, child)
+            )
+        first_lines.setdefault(name, key_node.start_mark.line + 1)
+    for field in fields:
+        if field.name in found.values:
+            continue
+        if not field.required:
+            found.values[field.name] = field.default
+            continue
+        alternative = f" (or '{field.name}_file')" if field.secret else ""
+        example = f", e.g. {field.example}" if field.example else ""
+        message = f"missing required key {field.name!r}{alternative}{example}"
+        found.values[field.name] = reader.problem(node, found.child(field.name), message)
+    return found
+
+
+def _pairs(
+    reader: Reader, node: yaml.MappingNode, key: str, seen: set[int]
+) -> list[tuple[yaml.Node, yaml.Node]]:
+    """The mapping's own pairs, then those it lacks from YAML merge keys (<<: *defaults)."""
+    seen.add(id(node))
+    own = [pair for pair in node.value if pair[0].tag != _MERGE]
+    names = {key_node.value for key_node, _ in own}
+    for key_node, value_node in node.value:
+        if key_node.tag != _MERGE:
+            continue
+        sources = value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node]
+        for source in sources:
+            if not isinstance(source, yaml.MappingNode) or id(source) in seen:
+                reader.problem(source, key, "<< must merge a mapping or a list of mappings")
+                continue
+            for pair in _pairs(reader, source, key, seen):
+                if pair[0].value not in names:  # explicit keys win, then earlier merges
+                    names.add(pair[0].value)
+                    own.append(pair)
+    return own
+
+
+def _secret_file(reader: Reader, node: yaml.Node, key: str) -> yaml.Node | _Invalid:
+    path = _SECRET_PATH(reader, node, key)
+    if path is INVALID:
+        return INVALID
+    try:
+        with open(path, encoding="utf-8") as secret:
+            contents = secret.read().rstrip("\r\n")
+    except (OSError, UnicodeDecodeError) as error:
+        return reader.problem(node, key, _reason(error))
+    return _LiteralScalar(_STR, contents, node.start_mark, node.end_mark, style='"')
+
+
+_SECRET_PATH = file_path("a file path, e.g. /run/credentials/idgateway.service/secret")
+
+
+def _reason(error: Exception) -> str:
+    if isinstance(error, OSError) and error.strerror:
+        return f"cannot read {error.filename}: {error.strerror}"
+    return f"cannot read this file: {error}"
+
+
+# ---- certificates -----------------------------------------------------------------------
+
+
+def read_certificates(path: str) -> list[x509.Certificate]:
+    """Every certificate in a PEM file, leaf first; OSError or ValueError if none."""
+    with open(path, "rb") as pem:
+        return x509.load_pem_x509_certificates(pem.read())
+
+
+def _certificates(reader: Reader, node: yaml.Node, key: str, path: str) -> Any:
+    try:
+        return read_certificates(path)
+    except OSError as error:
+        return reader.problem(node, key, _reason(error))
+    except ValueError:
+        return reader.problem(node, key, f"{path} is not PEM (-----BEGIN CERTIFICATE-----)")
+
+
+def _pem_bundle(reader: Reader, node: yaml.Node, key: str) -> str | _Invalid:
+    path = file_path("a PEM file of CA certificates")(reader, node, key)
+    if path is INVALID or _certificates(reader, node, key, path) is INVALID:
+        return INVALID
+    return path  # type: ignore[no-any-return]
+
+
+def _private_key(reader: Reader, node: yaml.Node, key: str, path: str) -> Any:
+    try:
+        with open(path, "rb") as pem:
+            return serialization.load_pem_private_key(pem.read(), password=None)
+    except OSError as error:
+        return reader.problem(node, key, _reason(error))
+    except TypeError:
+        return reader.problem(node, key, f"{path} is encrypted; give an unencrypted PEM key")
+    except (ValueError, UnsupportedAlgorithm):
+        return reader.problem(
+            node, key, f"{path} is not a PEM private key (-----BEGIN ...KEY-----)"
+        )
+
+
+def _public_der(key: Any) -> bytes:
+    encoding, public_format = serialization.Encoding.DER, serialization.PublicFormat
+    return bytes(key.public_key().public_bytes(encoding, public_format.SubjectPublicKeyInfo))
+
+
+def certificate_label(path: str, certificate: x509.Certificate) -> str:
+    common = certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    subject = f"CN={common[0].value!s}" if common else certificate.subject.rfc4514_string()
+    return f"certificate {path} ({subject or 'no subject'})"
+
+
+def certificate_hostnames(certificate: x509.Certificate) -> tuple[str, ...]:
+    """The DNS SANs that clients check, else the subject CN of an old-style certificate."""
+    try:
+        names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+        return tuple(name.lower() for name in names.value.get_values_for_type(x509.DNSName))
+    except x509.ExtensionNotFound:
+        common = certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+        return tuple(str(attribute.value).lower() for attribute in common)
+
+
+def _build_certificate_pair(reader: Reader, found: Section) -> CertificatePair | _Invalid:
+    cert, key = found.values["cert"], found.values["key"]
+    chain = _certificates(reader, found.nodes["cert"], found.child("cert"), cert)
+    private_key = _private_key(reader, found.nodes["key"], found.child("key"), key)
+    if chain is INVALID or private_key is INVALID:
+        return INVALID
+    label = certificate_label(cert, chain[0])
+    if _public_der(private_key) != _public_der(chain[0]):
+        message = f"{key} does not match {label}; give the key the certificate was issued for"
+        return reader.problem(found.nodes["key"], found.child("key"), message)
+    expires = chain[0].not_valid_after_utc
+    if expires < datetime.datetime.now(datetime.UTC):
+        reader.warnings.append(f"{label} expired on {expires:%Y-%m-%d}")
+    elif expires < datetime.datetime.now(datetime.UTC) + datetime.timedelta(EXPIRY_WARNING_DAYS):
+        reader.warnings.append(f"{label} expires soon, on {expires:%Y-%m-%d}")
+    hostnames = certificate_hostnames(chain[0])
+    if not hostnames:
+        reader.warnings.append(f"{label} names no host (no DNS SAN, no CN)")
+    return CertificatePair(cert=cert, key=key, hostnames=hostnames)
+
+
+# ---- builders ---------------------------------------------------------------------------
+
+
+def _build_listener(reader: Reader, found: Section) -> Listener:
+    host, port = found.values["address"]
+    return Listener(host=host, port=port, tls=found.values["tls"])
+
+
+def _hsts(reader: Reader, node: yaml.Node, key: str) -> tuple[int | None, bool] | _Invalid:
+    """false/absent: no header; true: the defaults; or {max_age, include_subdomains}."""
+    switch = reader.value(node, key)
+    if switch is INVALID or switch is None or isinstance(switch, bool):
+        return INVALID if switch is INVALID else (365 * 86400 if switch else None, False)
+    expected = "false, true or a mapping like {max_age: 365d, include_subdomains: false}"
+    found = read_section(reader, node, key, HSTS_FIELDS, expected)
+    if found is INVALID or not found.valid:
+        return INVALID
+    return round(found.values["max_age"]), found.values["include_subdomains"]
+
+
+def _build_route(reader: Reader, found: Section) -> Route | _Invalid:
+    values = found.values
+    subs: tuple[Section, ...] = values["paths"]
+    if not all(sub.valid for sub in subs):
+        return INVALID
+    pool_size, route_ca = values["upstream_pool_size"], values["upstream_ca_file"]
+    problems_before = len(reader.problems)
+
+    def check_ca_file(where: Section, kinds: set[str]) -> None:
+        if where.values["upstream_ca_file"] is not None and "https" not in kinds:
+            message = (
+                f"only used with https:// upstreams, and {where.values['upstream'].url} is not one"
+            )
+            reader.problem(
+                where.nodes["upstream_ca_file"], where.child("upstream_ca_file"), message
+            )
+
+    # A route's CA file also serves its https path upstreams.
+    check_ca_file(found, {each.values["upstream"].kind for each in (found, *subs)})
+    for sub in subs:
+        check_ca_file(sub, {sub.values["upstream"].kind})
+
+    def upstream_of(where: Section, ca_file: str | None) -> Any:
+        upstream = where.values["upstream"]
+        ca_file = ca_file if upstream.kind == "https" else None
+        return attrs.evolve(upstream, pool_size=pool_size, ca_file=ca_file)
+
+    paths: list[PathRoute] = []
+    for sub in subs:
+        prefix = sub.values["prefix"]
+        if any(path.prefix == prefix for path in paths):
+            reader.problem(sub.nodes["prefix"], sub.child("prefix"), f"{prefix!r} is listed twice")
+        paths.append(
+            PathRoute(prefix, upstream_of(sub, sub.values["upstream_ca_file"] or route_ca))
+        )
+    if len(reader.problems) > problems_before:
+        return INVALID
+    hsts_max_age, hsts_include_subdomains = values["hsts"]
+    same_names = {name: values[name] for name in _ROUTE_ATTRIBUTES if name in values}
+    return Route(
+        **same_names,
+        upstream=upstream_of(found, route_ca),
+        paths=tuple(paths),
+        hsts_max_age=hsts_max_age,
+        hsts_include_subdomains=hsts_include_subdomains,
+    )
+
+
+def _check_routes_together(reader: Reader, routes: tuple[Section, ...]) -> None:
+    """Unique names, one default at most, each host on one route: over the valid parts."""
+    names: dict[str, int] = {}
+    default_route: str | None = None
+    host_owners: dict[str, str] = {}
+    for index, found in enumerate(routes):
+        name, is_default, hosts = (found.values[key] for key in ("name", "default", "hosts"))
+        label = f"route {name!r}" if isinstance(name, str) else f"routes[{index}]"
+        if isinstance(name, str) and name in names:
+            message = f"route name {name!r} is already used on line {names[name]}; names are unique"
+            reader.problem(found.nodes["name"], found.child("name"), message)
+        elif isinstance(name, str):
+            names[name] = found.line("name")
+        if is_default is True and default_route is not None:
+            message = f"only one route may be default: true, and {default_route} already is"
+            reader.problem(found.nodes["default"], found.child("default"), message)
+        elif is_default is True:
+            default_route = f"{label} (line {found.line('default')})"
+        if hosts == () and is_default is False:
+            message = "a route without hosts must be default: true; add hosts: [app1.example.com]"
+            reader.problem(found.node, found.child("hosts"), message)
+        for position, host in enumerate(() if hosts is INVALID else hosts):
+            host_node = found.nodes["hosts"].value[position]
+            here = f"{label} (line {host_node.start_mark.line + 1})"
+            if host in host_owners:
+                message = f"host {host!r} is on both {host_owners[host]} and {here}; a host may"
+                reader.problem(
+                    host_node, f"{found.child('hosts')}[{position}]", f"{message} be on one route"
+                )
+            host_owners.setdefault(host, here)
+
+
+def _build_config(reader: Reader, found: Section) -> Config | _Invalid:
+    listeners = found.values["listeners"]
+    addresses: dict[tuple[str, int], int] = {}
+    for index, node in enumerate(() if listeners is INVALID else found.nodes["listeners"].value):
+        where, line = (listeners[index].host, listeners[index].port), node.start_mark.line + 1
+        if where in addresses:
+            message = f"{listeners[index].address} is already used on line {addresses[where]}"
+            reader.problem(node, f"listeners[{index}].address", message)
+        addresses.setdefault(where, line)
+    routes: list[Route | _Invalid] = []
+    if found.values["routes"] is not INVALID:
+        _check_routes_together(reader, found.values["routes"])
+        routes = [_build_route(reader, r) if r.valid else INVALID for r in found.values["routes"]]
+    if reader.problems or not found.valid:
+        return INVALID
+    return Config(
+        source=os.path.abspath(reader.file),
+        listeners=listeners,
+        routes=tuple(routes),  # type: ignore[arg-type]  # no problems, so no INVALID
+        trusted_proxies=found.values["trusted_proxies"],
+        warnings=tuple(reader.warnings),
+    )
+
+
+# ---- the schema: defaults come from the model, so they are written once -----------------
+
+
+def _default(cls: type, name: str) -> Any:
+    return getattr(attrs.fields(cls), name).default
+
+
+# Route fields whose YAML key is the model's attribute name are passed straight through.
+_ROUTE_ATTRIBUTES = {field.name for field in attrs.fields(Route)} - {"upstream", "paths"}
+_UPSTREAM = parsed(units.parse_upstream_url, f"an upstream URL ({units.UPSTREAM_FORMS})")
+_PAIR = "{cert: /etc/idgateway/app1.pem, key: /etc/idgateway/app1.key}"
+_ROUTE = "{name: app1, hosts: [app1.example.com], upstream: http://127.0.0.1:3000}"
+_PATH = "{prefix: /api/, upstream: http://127.0.0.1:3001}"
+_HOST = parsed(units.parse_host_pattern, "a host name, e.g. app1.example.com")
+
+CERTIFICATE_FIELDS = (
+    Field("cert", file_path("a PEM certificate file"), required=True, example="cert: app1.pem"),
+    Field("key", file_path("a PEM private key file"), required=True, example="key: app1.key"),
+)
+_PAIRS = list_of(
+    mapping(CERTIFICATE_FIELDS, f"a mapping like {_PAIR}", _build_certificate_pair),
+    f"a list of {{cert, key}} mappings, e.g. [{_PAIR}]",
+    min_items=1,
+)
+TLS_FIELDS = (
+    Field("certificates", _PAIRS, required=True, example=f"certificates: [{_PAIR}]"),
+    Field(
+        "min_version",
+        parsed(units.parse_tls_version, 'a TLS version, "1.2" or "1.3"'),
+        default=_default(TLSSettings, "min_version"),
+    ),
+    Field("ciphers", parsed(units.parse_ciphers, "an OpenSSL cipher list, e.g. ECDHE+AESGCM")),
+)
+_LISTEN = parsed(units.parse_listen_address, "a listen address, e.g. 127.0.0.1:8080")
+LISTENER_FIELDS = (
+    Field("address", _LISTEN, required=True, example="address: 127.0.0.1:8080"),
+    Field(
+        "tls",
+        mapping(
+            TLS_FIELDS,
+            f"a mapping like {{certificates: [{_PAIR}]}}",
+            lambda _, found: TLSSettings(**found.values),
+        ),
+    ),
+)
+HSTS_FIELDS = (
+    Field("max_age", duration(allow_zero=True), default=365 * 86400.0),
+    Field("include_subdomains", boolean, default=False),
+)
+PATH_FIELDS = (
+    Field("prefix", parsed(units.parse_path_prefix, "a path, e.g. /api/"), required=True),
+    Field("upstream", _UPSTREAM, required=True, example="upstream: http://127.0.0.1:3001"),
+    Field("upstream_ca_file", _pem_bundle),
+)
+_PATHS = list_of(section(PATH_FIELDS, f"a mapping like {_PATH}"), f"a list like [{_PATH}]")
+ROUTE_FIELDS = (
+    Field("name", parsed(units.parse_route_name, "a name, e.g. app1"), required=True),
+    Field("hosts", list_of(_HOST, "a list of strings, e.g. [app1.example.com]"), default=()),
+    Field("default", boolean, default=False),
+    Field("upstream", _UPSTREAM, required=True, example="upstream: http://127.0.0.1:3000"),
+    Field("upstream_ca_file", _pem_bundle),
+    Field("upstream_pool_size", integer(1, 64), default=_default(Upstream, "pool_size")),
+    Field("paths", _PATHS, default=()),
+    Field("preserve_host", boolean, default=_default(Route, "preserve_host")),
+    Field("connect_timeout", duration(), default=_default(Route, "connect_timeout")),
+    Field("response_timeout", duration(), default=_default(Route, "response_timeout")),
+    Field("idle_timeout", duration(), default=_default(Route, "idle_timeout")),
+    Field("max_body_size", size(zero_is_unlimited=True), default=_default(Route, "max_body_size")),
+    Field("max_header_size", size(), default=_default(Route, "max_header_size")),
+    Field("https_redirect", boolean, default=_default(Route, "https_redirect")),
+    Field("hsts", _hsts, default=(None, False)),
+)
+_LISTENERS = list_of(
+    mapping(LISTENER_FIELDS, "a mapping like {address: 127.0.0.1:8080}", _build_listener),
+    "a list like [{address: 127.0.0.1:8080}]",
+    min_items=1,
+)
+_NETWORKS = list_of(
+    parsed(units.parse_network, "an IP address or network, e.g. 10.0.0.0/8"),
+    "a list of IP addresses or networks, e.g. [10.0.0.0/8, 192.0.2.7]",
+)
+TOP_FIELDS = (
+    Field("listeners", _LISTENERS, required=True, example="[{address: 127.0.0.1:8080}]"),
+    Field(
+        "routes",
+        list_of(section(ROUTE_FIELDS, f"a mapping like {_ROUTE}"), f"a list like [{_ROUTE}]", 1),
+        required=True,
+        example=f"[{_ROUTE}]",
+    ),
+    Field("trusted_proxies", _NETWORKS, default=()),
+)
+
+
+# ---- entry points -----------------------------------------------------------------------
+
+
+def load_config(path: str, environ: Mapping[str, str] | None = None) -> Config:
+    """Read and check ``path``; raise ConfigError listing every problem found."""
+    reader = Reader(path, os.environ if environ is None else environ)
+    root = _compose(reader)
+    config: Config | _Invalid = INVALID
+    if root is not INVALID:
+        expected = "a mapping with 'listeners' and 'routes' at the top level"
+        found = read_section(reader, root, "", TOP_FIELDS, expected)
+        config = INVALID if found is INVALID else _build_config(reader, found)
+    if config is INVALID:
+        problems = list(dict.fromkeys(reader.problems))  # an aliased (*anchor) node reports once
+        problems.sort(key=lambda problem: problem.line or 0)
+        raise ConfigError(problems or [Problem(path, None, "", "invalid configuration")])
+    return config
+
+
+def _compose(reader: Reader) -> yaml.Node | _Invalid:
+    try:
+        with open(reader.file, "rb") as stream:
+            root = yaml.compose(stream.read().decode("utf-8-sig"), Loader=yaml.SafeLoader)
+    except OSError as error:
+        return reader.problem(None, "", _reason(error))
+    except UnicodeDecodeError as error:
+        return reader.problem(None, "", f"not UTF-8 text (bad byte at offset {error.start})")
+    except yaml.MarkedYAMLError as error:
+        line = error.problem_mark.line + 1 if error.problem_mark else None
+        context = f" {error.context}" if error.context else ""
+        message = f"YAML syntax error: {error.problem}{context}"
+        reader.problems.append(Problem(reader.file, line, "", message))
+        return INVALID
+    except yaml.YAMLError as error:
+        return reader.problem(None, "", f"YAML error: {error}")
+    if root is None:
+        return reader.problem(None, "", "the file is empty; it needs 'listeners' and 'routes'")
+    return root  # type: ignore[no-any-return]
+
+
+def summarize(config: Config) -> str:
+    """A one-screen account of what the configuration does, for ``--check``."""
+    lines = [f"Configuration {config.source}", "Listeners:"]
+    for listener in config.listeners:
+        tls = listener.tls
+        ciphers = f", ciphers {tls.ciphers}" if tls and tls.ciphers else ""
+        kind = f"TLS {tls.min_version}+{ciphers}" if tls else "plain HTTP"
+        lines.append(f"  {listener.address}  {kind}")
+        for pair in tls.certificates if tls else ():
+            names = ", ".join(pair.hostnames) or "(no host names)"
+            lines.append(f"    {names}: {pair.cert}, {_expiry(pair.cert)}")
+    lines.append("Routes:")
+    for route in config.routes:
+        hosts = ", ".join([*route.hosts, *(["(default)"] if route.default else [])])
+        lines.append(f"  {route.name}: {hosts} -> {route.upstream.url}{_options(route)}")
+        lines.extend(f"    {path.prefix} -> {path.upstream.url}" for path in route.paths)
+    if config.trusted_proxies:
+        lines.append("Trusted proxies: " + ", ".join(config.trusted_proxies))
+    lines.append("Warnings:" if config.warnings else "No warnings.")
+    lines.extend(f"  {warning}" for warning in config.warnings)
+    return "\n".join(lines)
+
+
+def _options(route: Route) -> str:
+    options = [name for name in ("preserve_host", "https_redirect") if getattr(route, name)]
+    if route.hsts_max_age is not None:
+        subdomains = " +subdomains" if route.hsts_include_subdomains else ""
+        options.append(f"hsts {units.format_duration(route.hsts_max_age)}{subdomains}")
+    if route.max_body_size is None:
+        options.append("no body limit")
+    return f"  [{', '.join(options)}]" if options else ""
+
+
+def _expiry(path: str) -> str:
+    try:
+        expires = read_certificates(path)[0].not_valid_after_utc
+    except (OSError, ValueError):
+        return "now unreadable"
+    verb = "expired" if expires < datetime.datetime.now(datetime.UTC) else "expires"
+    return f"{verb} {expires:%Y-%m-%d}"

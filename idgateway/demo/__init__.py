@@ -1,0 +1,1 @@
+"""Small programs that ship with idgateway for demonstrations and trials."""

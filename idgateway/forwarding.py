@@ -1,0 +1,185 @@
+"""Header rewriting between the client and the upstream.
+
+Request side: drop hop-by-hop headers and any header the client's
+``Connection`` names, drop headers the gateway owns (identity headers,
+forwarding headers from untrusted peers), then add ``X-Forwarded-*`` and
+``X-Request-Id``. Response side: drop hop-by-hop headers, keep everything
+else, repeated headers in their order.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from collections.abc import Iterable
+
+from idgateway.upstream import HOP_BY_HOP
+
+# Request headers that describe the client's hop, not the request.
+REQUEST_HOP_BY_HOP = HOP_BY_HOP | {b"host", b"content-length"}
+
+FORWARDING_HEADERS = frozenset(
+    {
+        b"x-forwarded-for",
+        b"x-forwarded-proto",
+        b"x-forwarded-host",
+        b"x-forwarded-port",
+        b"forwarded",
+        b"x-real-ip",
+    }
+)
+
+_SAFE_REQUEST_ID = re.compile(rb"\A[A-Za-z0-9._:/+=@-]{1,128}\Z")
+
+
+def header_key(name: bytes) -> bytes:
+    """The spelling-insensitive form of a header name: ``X_Forwarded-User`` -> ``x-forwarded-user``.
+
+    Some servers (CGI, PHP, mod_wsgi) turn ``-`` into ``_``; a header an attacker
+    spells with underscores must be stripped like the real one.
+    """
+    return name.lower().replace(b"_", b"-")
+
+
+class TrustedProxies:
+    """Peers whose X-Forwarded-* headers are believed."""
+
+    def __init__(self, cidrs: Iterable[str]) -> None:
+        self.networks = tuple(ipaddress.ip_network(c, strict=False) for c in cidrs)
+        self._cache: dict[str, bool] = {}
+
+    def trusts(self, peer_host: str) -> bool:
+        if not self.networks:
+            return False
+        known = self._cache.get(peer_host)
+        if known is not None:
+            return known
+        try:
+            address = ipaddress.ip_address(peer_host)
+        except ValueError:
+            result = False
+        else:
+            result = any(address in net for net in self.networks)
+        if len(self._cache) > 10000:
+            self._cache.clear()
+        self._cache[peer_host] = result
+        return result
+
+
+def new_request_id() -> bytes:
+    return os.urandom(16).hex().encode("ascii")
+
+
+def request_id_from(incoming: list[bytes] | None) -> bytes:
+    """Keep a well-formed incoming X-Request-Id (tracing across hops), else mint one."""
+    if incoming and _SAFE_REQUEST_ID.match(incoming[0]):
+        return incoming[0]
+    return new_request_id()
+
+
+def connection_tokens(values: list[bytes] | None) -> frozenset[bytes]:
+    if not values:
+        return frozenset()
+    return frozenset(
+        header_key(token.strip()) for value in values for token in value.split(b",") if token.strip()
+    )
+
+
+def build_request_head(
+    *,
+    method: bytes,
+    target: bytes,
+    headers: Iterable[tuple[bytes, list[bytes]]],
+    host_header: bytes,
+    client_ip: bytes,
+    proto: bytes,
+    port: bytes,
+    original_host: bytes,
+    request_id: bytes,
+    trusted_peer: bool,
+    strip: frozenset[bytes] = frozenset(),
+    body_length: int | None = None,
+    chunked_body: bool = False,
+    upgrade: bytes | None = None,
+    extra: Iterable[tuple[bytes, bytes]] = (),
+) -> bytes:
+    """The request line and headers to send upstream, ready to write.
+
+    ``strip`` holds header keys (see ``header_key``) the gateway itself sets
+    for this route, such as identity headers: a client must never supply them.
+    """
+    named_in_connection: frozenset[bytes] = frozenset()
+    incoming_forwarded: dict[bytes, bytes] = {}
+    out = [method, b" ", target, b" HTTP/1.1\r\nHost: ", host_header, b"\r\n"]
+    header_list = list(headers)
+    for name, values in header_list:
+        if name.lower() == b"connection":
+            named_in_connection = connection_tokens(values)
+            break
+    for name, values in header_list:
+        key = header_key(name)
+        if key in REQUEST_HOP_BY_HOP or key in named_in_connection or key in strip:
+            continue
+        if key in FORWARDING_HEADERS or key == b"x-request-id":
+            if trusted_peer and key in FORWARDING_HEADERS:
+                incoming_forwarded[key] = b", ".join(values)
+            continue
+        for value in values:
+            out += (name, b": ", value, b"\r\n")
+    if trusted_peer:
+        previous = incoming_forwarded.get(b"x-forwarded-for")
+        forwarded_for = previous + b", " + client_ip if previous else client_ip
+        proto = incoming_forwarded.get(b"x-forwarded-proto", proto)
+        original_host = incoming_forwarded.get(b"x-forwarded-host", original_host)
+        port = incoming_forwarded.get(b"x-forwarded-port", port)
+    else:
+        forwarded_for = client_ip
+    out += (
+        b"X-Forwarded-For: ",
+        forwarded_for,
+        b"\r\nX-Forwarded-Proto: ",
+        proto,
+        b"\r\nX-Forwarded-Host: ",
+        original_host,
+        b"\r\nX-Forwarded-Port: ",
+        port,
+        b"\r\nX-Request-Id: ",
+        request_id,
+        b"\r\n",
+    )
+    for name, value in extra:
+        out += (name, b": ", value, b"\r\n")
+    if upgrade is not None:
+        out += (b"Connection: Upgrade\r\nUpgrade: ", upgrade, b"\r\n")
+    if body_length is not None:
+        out += (b"Content-Length: ", b"%d" % body_length, b"\r\n")
+    elif chunked_body:
+        out.append(b"Transfer-Encoding: chunked\r\n")
+    out.append(b"\r\n")
+    return b"".join(out)
+
+
+def response_headers_to_forward(
+    headers: list[tuple[bytes, bytes]], *, keep_upgrade: bool = False
+) -> list[tuple[bytes, bytes]]:
+    """Upstream response headers minus hop-by-hop ones and those ``Connection`` names."""
+    named: set[bytes] = set()
+    for name, value in headers:
+        if name.lower() == b"connection":
+            named.update(header_key(t.strip()) for t in value.split(b",") if t.strip())
+    kept = []
+    for name, value in headers:
+        key = name.lower()
+        if key in HOP_BY_HOP or key in named or key == b"content-length":
+            if keep_upgrade and key in (b"upgrade", b"connection"):
+                kept.append((name, value))
+            continue
+        kept.append((name, value))
+    return kept
+
+
+def is_websocket_upgrade(connection: list[bytes] | None, upgrade: list[bytes] | None) -> bool:
+    if not connection or not upgrade:
+        return False
+    return b"upgrade" in connection_tokens(connection) and upgrade[0].strip().lower() == b"websocket"

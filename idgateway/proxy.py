@@ -1,0 +1,350 @@
+"""The per-request pipeline: route by Host, check, forward, stream the answer back.
+
+    client -> GatewayRequest -> GatewayResource.render -> route -> (gate) -> Exchange
+           <- ProxiedResponse (an upstream.ResponseSink) <- UpstreamConnection
+
+The gate (login, authorization, identity headers) sits between routing and
+forwarding; routes without a login go straight through.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.interfaces import IPushProducer, ITransport
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
+from zope.interface import implementer
+
+from idgateway.forwarding import (
+    build_request_head,
+    is_websocket_upgrade,
+    request_id_from,
+    response_headers_to_forward,
+)
+from idgateway.pages import send_error
+from idgateway.request import GatewayRequest
+from idgateway.runtime import GatewayState, RouteRuntime
+from idgateway.tls import sni_server_name
+from idgateway.upstream import (
+    FAIL_CONNECT,
+    FAIL_IDLE,
+    FAIL_TIMEOUT,
+    Exchange,
+    UpstreamConnection,
+)
+
+
+class StateHolder:
+    """The one mutable cell: the current GatewayState, replaced whole on reload."""
+
+    def __init__(self, state: GatewayState) -> None:
+        self.current = state
+
+
+class GatewayResource(Resource):
+    """The root of every listener's Site: every path is handled here."""
+
+    isLeaf = True
+    _log = Logger()
+
+    def __init__(self, holder: StateHolder, *, tls: bool, port: int) -> None:
+        super().__init__()
+        self.holder = holder
+        self.tls = tls
+        self.proto = b"https" if tls else b"http"
+        self.port_bytes = b"%d" % port
+
+    def render(self, request: GatewayRequest) -> Any:  # type: ignore[override]
+        state = self.holder.current
+        request_id = request_id_from(request.requestHeaders.getRawHeaders(b"x-request-id"))
+        request.request_id = request_id
+        hosts = request.requestHeaders.getRawHeaders(b"host")
+        if not hosts:
+            if request.clientproto == b"HTTP/1.1":
+                return self._refuse(request, 400, "HTTP/1.1 requests need a Host header.")
+            host = b""
+        elif len(hosts) > 1:
+            return self._refuse(request, 400, "The request has more than one Host header.")
+        else:
+            host = hosts[0]
+        route = state.routes.route_for(host)
+        if route is None:
+            return self._refuse(
+                request, 421, "This gateway serves no site by that name.", error="unknown_host"
+            )
+        if self.tls:
+            sni = sni_server_name(request.channel.transport)
+            if sni is not None and state.routes.route_for_name(sni) is not route:
+                return self._refuse(
+                    request,
+                    421,
+                    "The TLS server name and the Host header name different sites.",
+                    error="misdirected_request",
+                )
+        runtime = state.runtimes[route.name]
+        if route.https_redirect and not self.tls:
+            return self._redirect_to_https(request, host, runtime)
+        uri = request.uri
+        if not uri.startswith(b"/") and not (uri == b"*" and request.method == b"OPTIONS"):
+            return self._refuse(request, 400, "The request target must be a path.")
+        if _header_bytes(request) > route.max_header_size:
+            return self._refuse(request, 431, "The request headers are too large.")
+        body = request.body
+        if body is not None and route.max_body_size is not None:
+            if body.length is not None and body.length > route.max_body_size:
+                return self._refuse(request, 413, "The request body is too large.")
+            body.limit = route.max_body_size
+        self.forward(request, state, runtime, host)
+        return NOT_DONE_YET
+
+    def forward(
+        self, request: GatewayRequest, state: GatewayState, runtime: RouteRuntime, host: bytes
+    ) -> None:
+        route = runtime.route
+        pool, upstream = runtime.pool_for(request.path)
+        headers = request.requestHeaders
+        upgrade = is_websocket_upgrade(
+            headers.getRawHeaders(b"connection"), headers.getRawHeaders(b"upgrade")
+        )
+        body = request.body
+        chunked = body is not None and body.length is None
+        peer = request.channel.transport.getPeer()
+        client_ip = getattr(peer, "host", None) or "unix"
+        target = request.uri
+        if upstream.base_path:
+            target = upstream.base_path.encode() + target
+        head = build_request_head(
+            method=request.method,
+            target=target,
+            headers=headers.getAllRawHeaders(),
+            host_header=host if route.preserve_host else upstream.host_header.encode(),
+            client_ip=client_ip.encode(),
+            proto=self.proto,
+            port=self.port_bytes,
+            original_host=host,
+            request_id=request.request_id,
+            trusted_peer=state.trusted.trusts(client_ip),
+            strip=runtime.strip_headers,
+            body_length=None if body is None else body.length,
+            chunked_body=chunked,
+            upgrade=b"websocket" if upgrade else None,
+        )
+        sink = ProxiedResponse(request, runtime, tls=self.tls)
+        exchange = Exchange(
+            head,
+            sink,
+            body=body,
+            chunked_body=chunked,
+            is_head=request.method == b"HEAD",
+            upgrade=upgrade and body is None,
+            response_timeout=route.response_timeout,
+            idle_timeout=route.idle_timeout,
+        )
+        sink.exchange = exchange
+        request.on_disconnect = exchange.cancel
+        request.on_body_exceeded = sink.body_too_large
+        pool.submit(exchange)
+
+    def _refuse(self, request: GatewayRequest, status: int, detail: str, error: str | None = None) -> Any:
+        request.end_response_early()
+        send_error(request, status, detail, error=error, request_id=request.request_id)
+        return NOT_DONE_YET
+
+    def _redirect_to_https(self, request: GatewayRequest, host: bytes, runtime: RouteRuntime) -> Any:
+        name = host.rsplit(b":", 1)[0] if not host.endswith(b"]") else host
+        location = b"https://" + name + runtime.https_port_suffix + request.uri
+        request.setResponseCode(308)
+        request.responseHeaders.setRawHeaders(b"location", [location])
+        request.responseHeaders.setRawHeaders(b"content-length", [b"0"])
+        request.end_response_early()
+        request.finish()
+        return NOT_DONE_YET
+
+
+def _header_bytes(request: GatewayRequest) -> int:
+    total = len(request.uri) + len(request.method) + 12
+    for name, values in request.requestHeaders.getAllRawHeaders():
+        for value in values:
+            total += len(name) + len(value) + 4
+    return total
+
+
+@implementer(IPushProducer)
+class ProxiedResponse:
+    """Streams one upstream response to the client; the client's pace sets the upstream's."""
+
+    _log = Logger()
+
+    def __init__(self, request: GatewayRequest, runtime: RouteRuntime, *, tls: bool) -> None:
+        self.request = request
+        self.runtime = runtime
+        self.tls = tls
+        self.exchange: Exchange | None = None
+        self._producing = False
+        self._upgrade_headers: list[tuple[bytes, bytes]] = []
+
+    # -- upstream.ResponseSink ---------------------------------------------------
+
+    def response_head(
+        self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]], length: int | None
+    ) -> None:
+        request = self.request
+        if status == 101:
+            self._upgrade_headers = headers
+            return
+        request.setResponseCode(status, reason or None)
+        out = request.responseHeaders
+        for name, value in response_headers_to_forward(headers):
+            out.addRawHeader(name, value)
+        if length is not None:
+            out.setRawHeaders(b"content-length", [b"%d" % length])
+        if self.tls and self.runtime.hsts_header is not None:
+            out.setRawHeaders(b"strict-transport-security", [self.runtime.hsts_header])
+        if request._disconnected:
+            return
+        request.registerProducer(self, True)
+        self._producing = True
+
+    def response_data(self, data: bytes) -> None:
+        self.request.write(data)
+
+    def response_end(self) -> None:
+        request = self.request
+        if self._producing:
+            self._producing = False
+            request.unregisterProducer()
+        if request._disconnected or request.finished:
+            return
+        request.end_response_early()
+        request.finish()
+
+    def response_failed(self, why: str, detail: str) -> None:
+        request = self.request
+        if self._producing:
+            self._producing = False
+            request.unregisterProducer()
+        if request._disconnected or request.finished:
+            return
+        if request.startedWriting:
+            # Never end a half-sent response in a way that looks complete.
+            self._log.warn(
+                "upstream {upstream} failed mid-response ({why}: {detail}); aborting client",
+                upstream=self.runtime.route.name,
+                why=why,
+                detail=detail,
+            )
+            request.channel.transport.abortConnection()
+            return
+        if why == FAIL_TIMEOUT or why == FAIL_IDLE:
+            status, message = 504, "The application did not answer in time."
+        elif why == FAIL_CONNECT:
+            status, message = 502, "The application is not reachable right now."
+        else:
+            status, message = 502, "The application gave an invalid answer."
+        self._log.warn(
+            "route {route}: upstream failed ({why}: {detail}) -> {status} [{request_id}]",
+            route=self.runtime.route.name,
+            why=why,
+            detail=detail,
+            status=status,
+            request_id=request.request_id.decode(),
+        )
+        request.end_response_early()
+        send_error(
+            request, status, message, error="upstream_" + why, request_id=request.request_id
+        )
+
+    def body_too_large(self) -> None:
+        if self.exchange is not None:
+            self.exchange.cancel()
+        request = self.request
+        if self._producing:
+            self._producing = False
+            request.unregisterProducer()
+        if request._disconnected or request.finished:
+            return
+        if request.startedWriting:
+            request.channel.transport.abortConnection()
+            return
+        request.end_response_early()
+        send_error(request, 413, "The request body is too large.", request_id=request.request_id)
+
+    def upgraded(self, connection: UpstreamConnection, leftover: bytes) -> None:
+        request = self.request
+        channel = request.channel
+        if request._disconnected or channel.transport is None:
+            connection.abandon()
+            return
+        client = channel.transport
+        head = [b"HTTP/1.1 101 Switching Protocols\r\n"]
+        for name, value in self._upgrade_headers:
+            head += (name, b": ", value, b"\r\n")
+        head.append(b"\r\n")
+        client.writeSequence(head)
+        pending = b"".join(channel._dataBuffer)
+        channel._dataBuffer = []
+        channel.setTimeout(None)
+        tunnel = WebSocketTunnel(connection)
+        exchange = connection.exchange
+        if exchange is not None:
+            exchange.sink = tunnel  # type: ignore[assignment]
+        client.unregisterProducer()
+        channel._protocolUpgradeForWebsockets(tunnel)
+        if leftover:
+            tunnel.response_data(leftover)
+        if pending:
+            tunnel.dataReceived(pending)
+
+    # -- IPushProducer: the client's socket is full, or drained --------------------
+
+    def pauseProducing(self) -> None:
+        if self.exchange is not None and self.exchange.connection is not None:
+            self.exchange.connection.pause_reading()
+
+    def resumeProducing(self) -> None:
+        if self.exchange is not None and self.exchange.connection is not None:
+            self.exchange.connection.resume_reading()
+
+    def stopProducing(self) -> None:
+        if self.exchange is not None:
+            self.exchange.cancel()
+
+
+class WebSocketTunnel(Protocol):
+    """After a 101: bytes both ways, unchanged, each side pacing the other."""
+
+    def __init__(self, upstream: UpstreamConnection) -> None:
+        self.upstream = upstream
+
+    def connectionMade(self) -> None:
+        client: ITransport = self.transport  # type: ignore[assignment]
+        upstream_transport = self.upstream.transport
+        assert upstream_transport is not None
+        # Each transport is the other's producer: a full socket on one side
+        # stops reads on the other.
+        client.registerProducer(upstream_transport, True)  # type: ignore[attr-defined]
+        upstream_transport.registerProducer(client, True)  # type: ignore[attr-defined]
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.upstream.transport is not None:
+            self.upstream.transport.write(data)
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        self.upstream.abandon()
+
+    # upstream.ResponseSink, for the upstream's side of the tunnel
+    def response_data(self, data: bytes) -> None:
+        if self.transport is not None:
+            self.transport.write(data)
+
+    def response_end(self) -> None:
+        if self.transport is not None:
+            self.transport.loseConnection()
+
+    def response_failed(self, why: str, detail: str) -> None:
+        if self.transport is not None:
+            self.transport.abortConnection()  # type: ignore[attr-defined]

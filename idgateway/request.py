@@ -1,0 +1,221 @@
+"""twisted.web's server side, changed to stream request bodies.
+
+Stock twisted.web collects the whole request body (in memory, or a temporary
+file past 100 kB) before it calls the resource. A proxy must instead start the
+upstream request as soon as the headers are in and pass the body through as it
+arrives, pausing the client when the upstream cannot keep up. So
+``GatewayRequest`` dispatches from ``gotLength`` (the channel calls it right
+after the last header) and feeds the body to a ``BodyPipe``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from io import BytesIO
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.web import http, server
+from twisted.web.resource import Resource
+
+from idgateway.upstream import UpstreamConnection
+
+# Bytes of request body buffered while the upstream connection is being set
+# up before the client is told to stop sending.
+BODY_HIGH_WATER = 256 * 1024
+
+_EMPTY_CONTENT = BytesIO(b"")
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+class BodyPipe:
+    """The request body, flowing from the client channel to an upstream connection."""
+
+    def __init__(self, request: GatewayRequest, length: int | None) -> None:
+        self.request = request
+        # None for a chunked body, else the Content-Length.
+        self.length = length
+        self.limit: int | None = None
+        self.received = 0
+        self.complete = False
+        self._pending: list[bytes] = []
+        self._pending_bytes = 0
+        self._connection: UpstreamConnection | None = None
+        self._client_paused = False
+        self._collector: Deferred[bytes] | None = None
+        self._collect_limit = 0
+
+    # -- from the client channel ---------------------------------------------
+
+    def feed(self, data: bytes) -> None:
+        self.received += len(data)
+        if self.limit is not None and self.received > self.limit:
+            self.request.body_exceeded_limit()
+            return
+        connection = self._connection
+        if connection is not None:
+            connection.send_body_data(data)
+            if self._client_paused:
+                # The channel resumed reading on its own (its response side
+                # drained); keep the client stopped until the upstream drains.
+                self._pause_client()
+            return
+        self._pending.append(data)
+        self._pending_bytes += len(data)
+        if self._collector is not None:
+            if self._pending_bytes > self._collect_limit:
+                collector, self._collector = self._collector, None
+                collector.errback(BodyTooLarge())
+            return
+        if self._pending_bytes > BODY_HIGH_WATER:
+            self._pause_client()
+
+    def finish(self) -> None:
+        self.complete = True
+        if self._connection is not None:
+            self._connection.send_body_end()
+        elif self._collector is not None:
+            collector, self._collector = self._collector, None
+            collector.callback(b"".join(self._pending))
+
+    # -- toward the upstream (upstream.RequestBody) ----------------------------
+
+    def attach(self, connection: UpstreamConnection) -> None:
+        self._connection = connection
+        pending, self._pending, self._pending_bytes = self._pending, [], 0
+        for chunk in pending:
+            connection.send_body_data(chunk)
+        if self.complete:
+            connection.send_body_end()
+        elif self._client_paused:
+            self.resume()
+
+    def pause(self) -> None:
+        self._pause_client()
+
+    def resume(self) -> None:
+        if self._client_paused:
+            self._client_paused = False
+            channel = self.request.channel
+            if channel is not None and channel.transport is not None:
+                channel._networkProducer.resumeProducing()
+
+    def _pause_client(self) -> None:
+        self._client_paused = True
+        channel = self.request.channel
+        if channel is not None and channel.transport is not None:
+            channel._networkProducer.pauseProducing()
+
+    # -- for the gateway's own endpoints, which need the whole (small) body ----
+
+    def collect(self, limit: int) -> Deferred[bytes]:
+        """The whole body, at most ``limit`` bytes (BodyTooLarge past that)."""
+        if self.complete:
+            return Deferred.fromCoroutine(_value(b"".join(self._pending)))
+        self._collect_limit = limit
+        self._collector = Deferred()
+        if self._client_paused:
+            self.resume()
+        return self._collector
+
+
+async def _value(data: bytes) -> bytes:
+    return data
+
+
+class GatewayRequest(server.Request):
+    """A request that reaches the gateway as soon as its headers are in."""
+
+    body: BodyPipe | None = None
+    # Called once if the client disconnects before the response is finished.
+    on_disconnect: Callable[[], None] | None = None
+    # Called when the body grows past BodyPipe.limit.
+    on_body_exceeded: Callable[[], None] | None = None
+    request_id: bytes = b""
+
+    def gotLength(self, length: int | None) -> None:
+        self.content = _EMPTY_CONTENT
+        if length == 0:
+            # No body: let the channel finish its bookkeeping and dispatch from
+            # requestReceived, so an immediate answer cannot run inside the
+            # channel's header parsing.
+            return
+        channel = self.channel
+        self.body = BodyPipe(self, length)
+        self._dispatch(channel._command, channel._path, channel._version)
+
+    def _dispatch(self, command: bytes, uri: bytes, version: bytes) -> None:
+        self.method = command
+        self.uri = uri
+        self.clientproto = version
+        self.path = uri.partition(b"?")[0]
+        self.args = {}
+        self.site = self.channel.site
+        self.site.resource.render(self)
+
+    def handleContentChunk(self, data: bytes) -> None:
+        body = self.body
+        if body is not None and not self.finished and not self._disconnected:
+            body.feed(data)
+
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        body = self.body
+        if body is None:
+            self._dispatch(command, path, version)
+        elif not self.finished and not self._disconnected:
+            body.finish()
+
+    def body_exceeded_limit(self) -> None:
+        if self.on_body_exceeded is not None:
+            callback, self.on_body_exceeded = self.on_body_exceeded, None
+            callback()
+
+    def end_response_early(self) -> None:
+        """The response is done before the request body was read: close afterwards.
+
+        The rest of the body would otherwise be parsed as the next request.
+        """
+        if self.body is not None and not self.body.complete:
+            self.channel.persistent = False
+            self.responseHeaders.setRawHeaders(b"Connection", [b"close"])
+
+    def connectionLost(self, reason: Any) -> None:
+        super().connectionLost(reason)
+        if self.on_disconnect is not None:
+            callback, self.on_disconnect = self.on_disconnect, None
+            callback()
+
+    def process(self) -> None:  # pragma: no cover - dispatch happens in gotLength
+        raise AssertionError("GatewayRequest is dispatched from gotLength")
+
+
+class GatewayChannel(http.HTTPChannel):
+    """HTTPChannel that tolerates a response finished before its request body."""
+
+    def allContentReceived(self) -> None:
+        if not self.requests:
+            # The request already answered and closed the connection (413, early
+            # upstream reply); the tail of its body has nothing left to reach.
+            self.length = 0
+            self._transferDecoder = None
+            return
+        super().allContentReceived()
+
+
+class GatewaySite(server.Site):
+    """A Site whose channels stream request bodies and skip the generic H2 wrapper."""
+
+    protocol = GatewayChannel  # type: ignore[assignment]
+    requestFactory = GatewayRequest
+    noisy = False
+
+    def __init__(self, resource: Resource, **kwargs: Any) -> None:
+        super().__init__(resource, **kwargs)
+
+    def log(self, request: http.Request) -> None:
+        # Access logging is the gateway's own job (see observe); twisted's
+        # combined-log formatter is too slow for the hot path.
+        pass

@@ -1,0 +1,151 @@
+"""What a configuration becomes when it runs: route table, pools, precomputed bytes.
+
+``GatewayState`` is built whole from a ``Config`` and swapped in with one
+assignment on reload; a request keeps the state it started with. Upstream
+pools are shared between the old and the new state when the upstream did not
+change, so a reload keeps warm connections.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+
+import attrs
+from twisted.internet.endpoints import (
+    HostnameEndpoint,
+    TCP4ClientEndpoint,
+    TCP6ClientEndpoint,
+    UNIXClientEndpoint,
+    wrapClientTLS,
+)
+from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
+from twisted.logger import Logger
+
+from idgateway.forwarding import TrustedProxies
+from idgateway.model import Config, Route, Upstream
+from idgateway.routing import RouteTable
+from idgateway.tls import client_tls_options
+from idgateway.upstream import UpstreamPool
+
+PoolKey = tuple[Upstream, float]
+
+
+@attrs.define(eq=False)
+class RouteRuntime:
+    route: Route
+    # Pools for the route's own upstream and for each path sub-route, longest
+    # prefix first so the first match wins.
+    default_pool: UpstreamPool
+    default_upstream: Upstream
+    path_pools: tuple[tuple[bytes, UpstreamPool, Upstream], ...]
+    hsts_header: bytes | None
+    # Header keys (see forwarding.header_key) never accepted from clients.
+    strip_headers: frozenset[bytes] = frozenset()
+    # Where https_redirect sends plain-HTTP clients: b"" for 443, else b":8443".
+    https_port_suffix: bytes = b""
+
+    def pool_for(self, path: bytes) -> tuple[UpstreamPool, Upstream]:
+        for prefix, pool, upstream in self.path_pools:
+            if path.startswith(prefix):
+                return pool, upstream
+        return self.default_pool, self.default_upstream
+
+
+@attrs.define(eq=False)
+class GatewayState:
+    config: Config
+    routes: RouteTable
+    runtimes: dict[str, RouteRuntime]
+    trusted: TrustedProxies
+    pools: dict[PoolKey, UpstreamPool]
+
+    def runtime_for(self, route: Route) -> RouteRuntime:
+        return self.runtimes[route.name]
+
+
+def upstream_endpoint(reactor: object, upstream: Upstream, timeout: float) -> IStreamClientEndpoint:
+    if upstream.kind == "unix":
+        return UNIXClientEndpoint(reactor, upstream.socket_path, timeout=timeout)
+    endpoint: IStreamClientEndpoint
+    try:
+        address = ipaddress.ip_address(upstream.host)
+    except ValueError:
+        endpoint = HostnameEndpoint(reactor, upstream.host, upstream.port, timeout=timeout)
+    else:
+        endpoint_class = TCP6ClientEndpoint if address.version == 6 else TCP4ClientEndpoint
+        endpoint = endpoint_class(reactor, upstream.host, upstream.port, timeout=timeout)
+    if upstream.kind == "https":
+        endpoint = wrapClientTLS(client_tls_options(upstream.host, upstream.ca_file), endpoint)
+    return endpoint
+
+
+class StateBuilder:
+    """Builds GatewayState values, reusing pools from the previous state."""
+
+    _log = Logger()
+
+    def __init__(self, reactor: IReactorTime) -> None:
+        self.reactor = reactor
+
+    def build(self, config: Config, previous: GatewayState | None = None) -> GatewayState:
+        old_pools = previous.pools if previous is not None else {}
+        pools: dict[PoolKey, UpstreamPool] = {}
+
+        def pool(upstream: Upstream, route: Route) -> UpstreamPool:
+            key = (upstream, route.connect_timeout)
+            existing = pools.get(key) or old_pools.get(key)
+            if existing is None or existing.closed:
+                existing = UpstreamPool(
+                    upstream_endpoint(self.reactor, upstream, route.connect_timeout),
+                    self.reactor,
+                    size=upstream.pool_size,
+                    describe=upstream.url,
+                )
+            pools[key] = existing
+            return existing
+
+        https_port = _first_tls_port(config)
+        runtimes: dict[str, RouteRuntime] = {}
+        for route in config.routes:
+            subs = sorted(route.paths, key=lambda sub: len(sub.prefix), reverse=True)
+            runtimes[route.name] = RouteRuntime(
+                route=route,
+                default_pool=pool(route.upstream, route),
+                default_upstream=route.upstream,
+                path_pools=tuple(
+                    (sub.prefix.encode("utf-8"), pool(sub.upstream, route), sub.upstream)
+                    for sub in subs
+                ),
+                hsts_header=_hsts(route),
+                https_port_suffix=b"" if https_port in (None, 443) else b":%d" % https_port,
+            )
+        return GatewayState(
+            config=config,
+            routes=RouteTable.build(config.routes),
+            runtimes=runtimes,
+            trusted=TrustedProxies(config.trusted_proxies),
+            pools=pools,
+        )
+
+    @staticmethod
+    def retire(old: GatewayState, new: GatewayState) -> None:
+        """Close the pools the new state no longer uses (busy connections finish first)."""
+        kept = {id(p) for p in new.pools.values()}
+        for pool in old.pools.values():
+            if id(pool) not in kept:
+                pool.close()
+
+
+def _hsts(route: Route) -> bytes | None:
+    if route.hsts_max_age is None:
+        return None
+    value = b"max-age=%d" % route.hsts_max_age
+    if route.hsts_include_subdomains:
+        value += b"; includeSubDomains"
+    return value
+
+
+def _first_tls_port(config: Config) -> int | None:
+    ports: Iterable[int] = (listener.port for listener in config.listeners if listener.tls)
+    return next(iter(ports), None)

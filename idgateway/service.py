@@ -1,0 +1,143 @@
+"""The running gateway: listeners, the current state, and reload on SIGHUP."""
+
+from __future__ import annotations
+
+import signal
+from typing import Any
+
+from twisted.application.service import MultiService
+from twisted.internet import defer
+from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
+from twisted.internet.interfaces import IListeningPort, IProtocolFactory
+from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
+
+from idgateway.config import ConfigError, load_config
+from idgateway.model import Config, Listener
+from idgateway.proxy import GatewayResource, StateHolder
+from idgateway.request import GatewaySite
+from idgateway.runtime import StateBuilder
+from idgateway.tls import SNIServerContexts
+
+# Idle keep-alive connections from clients are closed after this long.
+CLIENT_IDLE_TIMEOUT = 75
+
+
+class GatewayService(MultiService):
+    """Binds the listeners and serves the current configuration."""
+
+    _log = Logger()
+
+    def __init__(self, config: Config, reactor: Any, *, install_signal_handlers: bool = True) -> None:
+        super().__init__()
+        self.reactor = reactor
+        self.config = config
+        self.builder = StateBuilder(reactor)
+        self.holder = StateHolder(self.builder.build(config))
+        self.install_signal_handlers = install_signal_handlers
+        self._ports: dict[tuple[str, int], IListeningPort] = {}
+        self._tls: dict[tuple[str, int], SNIServerContexts] = {}
+        self.reloads = 0
+
+    # -- lifecycle --------------------------------------------------------------
+
+    def startService(self) -> None:
+        super().startService()
+        for warning in self.config.warnings:
+            self._log.warn("config: {warning}", warning=warning)
+        for listener in self.config.listeners:
+            self._listen(listener)
+        if self.install_signal_handlers:
+            signal.signal(signal.SIGHUP, self._on_sighup)
+        self._log.info(
+            "idgateway serving {routes} route(s) on {listeners}",
+            routes=len(self.config.routes),
+            listeners=", ".join(
+                ("https://" if l.tls else "http://") + l.address for l in self.config.listeners
+            ),
+        )
+
+    def stopService(self) -> defer.Deferred[None]:
+        super().stopService()
+        ports, self._ports = list(self._ports.values()), {}
+        stops = [defer.maybeDeferred(port.stopListening) for port in ports]
+        for pool in self.holder.current.pools.values():
+            pool.close()
+        return defer.gatherResults(stops).addCallback(lambda _: None)
+
+    def _listen(self, listener: Listener) -> None:
+        site = GatewaySite(
+            GatewayResource(self.holder, tls=listener.tls is not None, port=listener.port),
+            timeout=CLIENT_IDLE_TIMEOUT,
+            reactor=self.reactor,
+        )
+        factory: IProtocolFactory = site
+        key = (listener.host, listener.port)
+        if listener.tls is not None:
+            contexts = SNIServerContexts(listener.tls)
+            self._tls[key] = contexts
+            factory = TLSMemoryBIOFactory(contexts, False, site)
+        endpoint_class = TCP6ServerEndpoint if ":" in listener.host else TCP4ServerEndpoint
+        endpoint = endpoint_class(self.reactor, listener.port, backlog=1024, interface=listener.host)
+        # Listening on the reactor's own thread finishes synchronously for TCP;
+        # an error (port in use) propagates and stops the start.
+        d = endpoint.listen(factory)
+        failures: list[Any] = []
+        d.addCallbacks(lambda port: self._ports.__setitem__(key, port), failures.append)
+        if failures:
+            failures[0].raiseException()
+
+    # -- reload ------------------------------------------------------------------
+
+    def _on_sighup(self, signum: int, frame: Any) -> None:
+        self.reactor.callFromThread(self.reload)
+
+    def reload(self) -> bool:
+        """Re-read the config file; swap it in whole, or keep the old one and say why."""
+        path = self.config.source
+        self._log.info("reloading configuration from {path}", path=path)
+        try:
+            config = load_config(path)
+        except ConfigError as error:
+            for problem in error.problems:
+                self._log.error("reload refused: {problem}", problem=str(problem))
+            return False
+        except Exception:
+            self._log.failure("reload refused: unexpected error reading {path}", path=path)
+            return False
+        try:
+            # Load every certificate first, so a bad one refuses the whole reload.
+            prepared = [
+                (self._tls[(l.host, l.port)], SNIServerContexts.prepare(l.tls))
+                for l in config.listeners
+                if l.tls is not None and (l.host, l.port) in self._tls
+            ]
+            old = self.holder.current
+            new = self.builder.build(config, old)
+        except Exception:
+            self._log.failure("reload refused: could not apply {path}", path=path)
+            return False
+        for contexts, table in prepared:
+            contexts.install(table)
+        self.holder.current = new
+        StateBuilder.retire(old, new)
+        self._sync_listeners(config)
+        self.config = config
+        self.reloads += 1
+        for warning in config.warnings:
+            self._log.warn("config: {warning}", warning=warning)
+        self._log.info("configuration reloaded: {routes} route(s)", routes=len(config.routes))
+        return True
+
+    def _sync_listeners(self, config: Config) -> None:
+        wanted = {(l.host, l.port): l for l in config.listeners}
+        for key in list(self._ports):
+            if key not in wanted:
+                self._ports.pop(key).stopListening()
+                self._tls.pop(key, None)
+        for key, listener in wanted.items():
+            if key not in self._ports:
+                try:
+                    self._listen(listener)
+                except Exception:
+                    self._log.failure("could not listen on {address}", address=listener.address)

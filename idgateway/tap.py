@@ -1,0 +1,48 @@
+"""``twistd idgateway``: command-line options and the service maker.
+
+Only this module touches the global reactor.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from twisted.python import usage
+
+from idgateway.config import ConfigError, load_config, summarize
+
+
+class Options(usage.Options):
+    synopsis = "--config PATH [--check]"
+    longdesc = (
+        "Run the identity gateway with the given YAML configuration. "
+        "With --check, validate the file, print a summary and exit 0, "
+        "or print every error and exit 1."
+    )
+    optParameters = [["config", "c", None, "Path to gateway.yaml."]]
+    optFlags = [["check", None, "Validate the configuration and exit."]]
+
+    def postOptions(self) -> None:
+        if not self["config"]:
+            raise usage.UsageError("--config PATH is required")
+        try:
+            self["parsed_config"] = load_config(self["config"])
+        except ConfigError as error:
+            print(f"{self['config']}: configuration is not valid:", file=sys.stderr)
+            for problem in error.problems:
+                print(f"  {problem}", file=sys.stderr)
+            raise SystemExit(1) from None
+        if self["check"]:
+            print(summarize(self["parsed_config"]))
+            raise SystemExit(0)
+
+
+def makeService(options: Options, reactor: Any = None) -> Any:
+    from idgateway.service import GatewayService
+
+    if reactor is None:
+        from twisted.internet import reactor as global_reactor
+
+        reactor = global_reactor
+    return GatewayService(options["parsed_config"], reactor)

@@ -1,0 +1,643 @@
+"""A lean, pooled HTTP/1.1 client for talking to upstreams.
+
+Why not ``twisted.web.client.Agent``: per request it builds Deferreds, a
+``Response`` object, body producers and a fresh parser, and it costs roughly
+twice the CPU of this module per proxied request. The gateway only ever needs
+one thing from an upstream: send a request head (plus a streamed body) on a
+persistent connection and hand the response, piece by piece, to a sink that
+can push back. That is this module.
+
+One ``UpstreamPool`` per upstream holds at most ``size`` connections; idle
+ones are reused last-in-first-out (warm sockets first), and requests that find
+the pool full wait in a FIFO queue.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Protocol as TypingProtocol
+
+from twisted.internet import error as net_error
+from twisted.internet.base import DelayedCall
+from twisted.internet.interfaces import (
+    IAddress,
+    IPushProducer,
+    IReactorTime,
+    IStreamClientEndpoint,
+)
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+# Response hop-by-hop headers (RFC 9110 7.6.1), lower case.
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"trailers",
+        b"transfer-encoding",
+        b"upgrade",
+    }
+)
+
+# Why an exchange failed; the proxy maps these to 502/504 or an abort.
+FAIL_CONNECT = "connect"  # could not connect (refused, unreachable, TLS failure)
+FAIL_TIMEOUT = "timeout"  # no response head within the response timeout
+FAIL_IDLE = "idle"  # the exchange went silent for longer than the idle timeout
+FAIL_PROTOCOL = "protocol"  # the upstream spoke something other than HTTP/1.x
+FAIL_RESET = "reset"  # the connection dropped before the response completed
+FAIL_CANCELLED = "cancelled"
+
+
+class ResponseSink(TypingProtocol):
+    """Where a response goes: the proxy's per-request exchange."""
+
+    def response_head(
+        self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]], length: int | None
+    ) -> None: ...
+
+    def response_data(self, data: bytes) -> None: ...
+
+    def response_end(self) -> None: ...
+
+    def response_failed(self, why: str, detail: str) -> None: ...
+
+    def upgraded(self, connection: UpstreamConnection, leftover: bytes) -> None: ...
+
+
+class RequestBody(TypingProtocol):
+    """A request body that arrives while the request is already upstream."""
+
+    def attach(self, connection: UpstreamConnection) -> None:
+        """Start delivering: call connection.send_body_data / send_body_end."""
+
+    def pause(self) -> None: ...
+
+    def resume(self) -> None: ...
+
+
+class Exchange:
+    """One request (head + optional streamed body) and where its answer goes."""
+
+    __slots__ = (
+        "head",
+        "body",
+        "chunked_body",
+        "sink",
+        "is_head",
+        "upgrade",
+        "response_timeout",
+        "idle_timeout",
+        "connection",
+        "cancelled",
+        "replayable",
+    )
+
+    def __init__(
+        self,
+        head: bytes,
+        sink: ResponseSink,
+        *,
+        body: RequestBody | None = None,
+        chunked_body: bool = False,
+        is_head: bool = False,
+        upgrade: bool = False,
+        response_timeout: float = 60.0,
+        idle_timeout: float = 300.0,
+    ) -> None:
+        self.head = head
+        self.body = body
+        self.chunked_body = chunked_body
+        self.sink = sink
+        self.is_head = is_head
+        self.upgrade = upgrade
+        self.response_timeout = response_timeout
+        self.idle_timeout = idle_timeout
+        self.connection: UpstreamConnection | None = None
+        self.cancelled = False
+        # A request with no body can be sent again on a fresh connection
+        # if a reused one turns out to have been closed by the upstream.
+        self.replayable = body is None
+
+    def cancel(self) -> None:
+        """The client went away: drop the upstream exchange, whatever its state."""
+        self.cancelled = True
+        if self.connection is not None:
+            self.connection.abandon()
+
+
+# Parser states.
+_HEAD, _BODY_LENGTH, _BODY_CHUNKED, _BODY_UNTIL_CLOSE, _DONE, _TUNNEL = range(6)
+
+
+@implementer(IPushProducer)
+class UpstreamConnection(Protocol):
+    """One persistent HTTP/1.1 connection to an upstream."""
+
+    _log = Logger()
+
+    def __init__(self, pool: UpstreamPool) -> None:
+        self.pool = pool
+        self.exchange: Exchange | None = None
+        self._buffer = b""
+        self._state = _DONE
+        self._remaining = 0
+        self._keep_alive = True
+        self._body_sent = True
+        self._got_any = False
+        self._timer: DelayedCall | None = None
+        self._timer_kind = FAIL_TIMEOUT
+        self._chunk_state_data = False  # inside a chunk's data vs reading a size line
+        self.reused = False
+        self.closed = False
+        self._body_paused = False
+        # How the pool counts this connection: "busy", "idle", "tunnel" or "gone".
+        self.pool_state = "busy"
+
+    # -- the pool's side ---------------------------------------------------
+
+    def connectionMade(self) -> None:
+        set_no_delay = getattr(self.transport, "setTcpNoDelay", None)
+        if set_no_delay is not None:
+            try:
+                set_no_delay(True)
+            except OSError:  # unix sockets have no Nagle to turn off
+                pass
+
+    def start(self, exchange: Exchange) -> None:
+        """Send a request on this (idle) connection."""
+        self.exchange = exchange
+        exchange.connection = self
+        self._state = _HEAD
+        self._buffer = b""
+        self._got_any = False
+        self._keep_alive = True
+        transport = self.transport
+        assert transport is not None
+        transport.write(exchange.head)
+        if exchange.body is not None:
+            self._body_sent = False
+            transport.registerProducer(self, True)  # type: ignore[attr-defined]
+            exchange.body.attach(self)
+        else:
+            self._body_sent = True
+        self._arm(exchange.response_timeout, FAIL_TIMEOUT)
+
+    def send_body_data(self, data: bytes) -> None:
+        if self.closed or self.transport is None:
+            return
+        if self.exchange is not None and self.exchange.chunked_body:
+            self.transport.writeSequence([b"%x\r\n" % len(data), data, b"\r\n"])
+        else:
+            self.transport.write(data)
+
+    def send_body_end(self) -> None:
+        if self.closed or self.transport is None:
+            return
+        self._body_sent = True
+        if self.exchange is not None and self.exchange.chunked_body:
+            self.transport.write(b"0\r\n\r\n")
+        self.transport.unregisterProducer()  # type: ignore[attr-defined]
+        if self._state == _DONE:
+            self._finish_exchange()
+
+    def send_body_abort(self) -> None:
+        """The client's body stopped short: the upstream must not see a complete request."""
+        self._body_sent = True
+        self._keep_alive = False
+        self.abandon()
+
+    # IPushProducer for the request body: the upstream socket is full.
+    def pauseProducing(self) -> None:
+        if self.exchange is not None and self.exchange.body is not None:
+            self._body_paused = True
+            self.exchange.body.pause()
+
+    def resumeProducing(self) -> None:
+        if self.exchange is not None and self.exchange.body is not None and self._body_paused:
+            self._body_paused = False
+            self.exchange.body.resume()
+
+    def stopProducing(self) -> None:
+        pass
+
+    # The response side: the client socket is full, so stop reading here.
+    def pause_reading(self) -> None:
+        if self.transport is not None:
+            self.transport.pauseProducing()  # type: ignore[attr-defined]
+
+    def resume_reading(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.resumeProducing()  # type: ignore[attr-defined]
+
+    def abandon(self) -> None:
+        """Drop the connection without delivering anything more."""
+        exchange = self.exchange
+        self.exchange = None
+        if exchange is not None:
+            exchange.connection = None
+        self._cancel_timer()
+        self.closed = True
+        if self.transport is not None:
+            self.transport.abortConnection()  # type: ignore[attr-defined]
+
+    # -- timers --------------------------------------------------------------
+
+    def _arm(self, seconds: float, kind: str) -> None:
+        self._timer_kind = kind
+        if self._timer is not None and self._timer.active():
+            self._timer.reset(seconds)
+        else:
+            self._timer = self.pool.clock.callLater(seconds, self._timed_out)  # type: ignore[assignment]
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+    def _timed_out(self) -> None:
+        self._timer = None
+        self._fail(self._timer_kind, "upstream did not answer in time")
+
+    # -- parsing -------------------------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        exchange = self.exchange
+        if exchange is None:
+            # Bytes on an idle connection: the upstream is confused; drop it.
+            self._keep_alive = False
+            self.abandon()
+            return
+        self._got_any = True
+        if self._state == _TUNNEL:
+            exchange.sink.response_data(data)
+            return
+        if self._buffer:
+            data = self._buffer + data
+            self._buffer = b""
+        while data and self.exchange is exchange:
+            state = self._state
+            if state == _HEAD:
+                data = self._parse_head(data)
+                if data is None:
+                    return
+            elif state == _BODY_LENGTH:
+                remaining = self._remaining
+                if len(data) < remaining:
+                    self._remaining = remaining - len(data)
+                    self._arm(exchange.idle_timeout, FAIL_IDLE)
+                    exchange.sink.response_data(data)
+                    return
+                piece, data = data[:remaining], data[remaining:]
+                self._remaining = 0
+                if piece:
+                    exchange.sink.response_data(piece)
+                self._response_complete()
+                if data:
+                    # Bytes after a complete response: not HTTP we trust.
+                    self._keep_alive = False
+                return
+            elif state == _BODY_CHUNKED:
+                data = self._parse_chunked(data)
+                if data is None:
+                    return
+            elif state == _BODY_UNTIL_CLOSE:
+                self._arm(exchange.idle_timeout, FAIL_IDLE)
+                exchange.sink.response_data(data)
+                return
+            else:
+                self._keep_alive = False
+                return
+
+    def _parse_head(self, data: bytes) -> bytes | None:
+        end = data.find(b"\r\n\r\n")
+        if end == -1:
+            if len(data) > 65536:
+                self._fail(FAIL_PROTOCOL, "upstream response head larger than 64 KiB")
+                return None
+            self._buffer = data
+            return None
+        head, rest = data[:end], data[end + 4 :]
+        lines = head.split(b"\r\n")
+        status_line = lines[0].split(b" ", 2)
+        try:
+            version = status_line[0]
+            status = int(status_line[1])
+            if not version.startswith(b"HTTP/1.") or not 100 <= status <= 999:
+                raise ValueError(version)
+        except (ValueError, IndexError):
+            self._fail(FAIL_PROTOCOL, "upstream sent a malformed status line")
+            return None
+        reason = status_line[2] if len(status_line) > 2 else b""
+        headers: list[tuple[bytes, bytes]] = []
+        length: int | None = None
+        chunked = False
+        connection_tokens: list[bytes] = []
+        for line in lines[1:]:
+            name, sep, value = line.partition(b":")
+            if not sep or not name or name[-1:] in (b" ", b"\t"):
+                self._fail(FAIL_PROTOCOL, "upstream sent a malformed header line")
+                return None
+            value = value.strip(b" \t")
+            lower = name.lower()
+            if lower == b"content-length":
+                if not value.isdigit() or (length is not None and int(value) != length):
+                    self._fail(FAIL_PROTOCOL, "upstream sent a bad Content-Length")
+                    return None
+                length = int(value)
+            elif lower == b"transfer-encoding":
+                chunked = value.lower().rsplit(b",", 1)[-1].strip() == b"chunked"
+                if not chunked:
+                    # A non-chunked transfer coding: the body ends at close.
+                    self._keep_alive = False
+            elif lower == b"connection":
+                connection_tokens.extend(t.strip().lower() for t in value.split(b","))
+            headers.append((name, value))
+        if version == b"HTTP/1.0" and b"keep-alive" not in connection_tokens:
+            self._keep_alive = False
+        if b"close" in connection_tokens:
+            self._keep_alive = False
+        exchange = self.exchange
+        assert exchange is not None
+        if status == 101 and exchange.upgrade:
+            self._cancel_timer()
+            self._state = _TUNNEL
+            self._keep_alive = False
+            exchange.sink.response_head(status, reason, headers, None)
+            exchange.sink.upgraded(self, rest)
+            return None
+        if 100 <= status < 200:
+            # Interim response (100 Continue, 103 Early Hints): wait for the real one.
+            return rest
+        if chunked:
+            length = None
+        if exchange.is_head or status in (204, 304):
+            exchange.sink.response_head(status, reason, headers, length)
+            self._response_complete()
+            if rest:
+                self._keep_alive = False
+            return None
+        exchange.sink.response_head(status, reason, headers, length)
+        if self.exchange is not exchange:
+            return None
+        self._arm(exchange.idle_timeout, FAIL_IDLE)
+        if chunked:
+            self._state = _BODY_CHUNKED
+            self._remaining = -1
+            return rest
+        if length is not None:
+            if length == 0:
+                self._response_complete()
+                if rest:
+                    self._keep_alive = False
+                return None
+            self._state = _BODY_LENGTH
+            self._remaining = length
+            return rest
+        self._state = _BODY_UNTIL_CLOSE
+        self._keep_alive = False
+        return rest
+
+    def _parse_chunked(self, data: bytes) -> bytes | None:
+        exchange = self.exchange
+        assert exchange is not None
+        self._arm(exchange.idle_timeout, FAIL_IDLE)
+        while data:
+            if self._remaining > 0:
+                piece = data[: self._remaining]
+                data = data[self._remaining :]
+                self._remaining -= len(piece)
+                exchange.sink.response_data(piece)
+                if self.exchange is not exchange:
+                    return None
+                if self._remaining == 0:
+                    self._remaining = -2  # expect the CRLF after chunk data
+                continue
+            end = data.find(b"\r\n")
+            if end == -1:
+                if len(data) > 4096:
+                    self._fail(FAIL_PROTOCOL, "upstream sent a malformed chunk")
+                    return None
+                self._buffer = data
+                return None
+            line, data = data[:end], data[end + 2 :]
+            if self._remaining == -2:
+                if line:
+                    self._fail(FAIL_PROTOCOL, "upstream sent a malformed chunk")
+                    return None
+                self._remaining = -1
+                continue
+            if self._remaining == -3:
+                # Trailer section: ends at an empty line; trailers are dropped.
+                if not line:
+                    self._response_complete()
+                    if data:
+                        self._keep_alive = False
+                    return None
+                continue
+            size_text = line.split(b";", 1)[0].strip()
+            try:
+                size = int(size_text, 16)
+                if size < 0 or not size_text:
+                    raise ValueError(size_text)
+            except ValueError:
+                self._fail(FAIL_PROTOCOL, "upstream sent a malformed chunk size")
+                return None
+            self._remaining = size if size else -3
+        return None
+
+    def _response_complete(self) -> None:
+        self._state = _DONE
+        exchange = self.exchange
+        assert exchange is not None
+        exchange.sink.response_end()
+        if self._body_sent:
+            self._finish_exchange()
+        else:
+            # The upstream answered before reading the whole body (an early
+            # 413, say): this connection's request framing is now unknowable.
+            self._keep_alive = False
+            self.abandon()
+
+    def _finish_exchange(self) -> None:
+        self._cancel_timer()
+        exchange = self.exchange
+        self.exchange = None
+        if exchange is not None:
+            exchange.connection = None
+        if self._keep_alive and not self.closed:
+            self.reused = True
+            self.pool.release(self)
+        else:
+            self.closed = True
+            if self.transport is not None:
+                self.transport.loseConnection()
+
+    def _fail(self, why: str, detail: str) -> None:
+        exchange = self.exchange
+        self.abandon()
+        if exchange is not None and not exchange.cancelled:
+            exchange.sink.response_failed(why, detail)
+
+    def connectionLost(self, reason: Failure = net_error.ConnectionDone) -> None:  # type: ignore[assignment]
+        self.closed = True
+        self._cancel_timer()
+        self.pool.connection_lost(self)
+        exchange = self.exchange
+        if exchange is None:
+            return
+        self.exchange = None
+        exchange.connection = None
+        if exchange.cancelled:
+            return
+        if self._state == _TUNNEL:
+            exchange.sink.response_end()
+            return
+        if self._state == _BODY_UNTIL_CLOSE:
+            exchange.sink.response_end()
+            return
+        if self._state == _HEAD and not self._got_any and self.reused and exchange.replayable:
+            # The upstream closed this idle connection just as we reused it;
+            # nothing was processed, so sending again is safe.
+            exchange.replayable = False
+            self.pool.submit(exchange)
+            return
+        exchange.sink.response_failed(FAIL_RESET, "upstream closed the connection mid-response")
+
+
+class _ConnectionFactory(Factory):
+    noisy = False
+
+    def __init__(self, pool: UpstreamPool) -> None:
+        self.pool = pool
+
+    def buildProtocol(self, addr: IAddress) -> UpstreamConnection:
+        return UpstreamConnection(self.pool)
+
+
+class UpstreamPool:
+    """Connections to one upstream: at most ``size``, idle ones reused LIFO."""
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        endpoint: IStreamClientEndpoint,
+        clock: IReactorTime,
+        size: int = 64,
+        describe: str = "upstream",
+    ) -> None:
+        self.endpoint = endpoint
+        self.clock = clock
+        self.size = size
+        self.describe = describe
+        self._idle: list[UpstreamConnection] = []
+        self._busy = 0
+        self._connecting = 0
+        self._waiting: deque[Exchange] = deque()
+        self._factory = _ConnectionFactory(self)
+        self.closed = False
+
+    @property
+    def open_connections(self) -> int:
+        return len(self._idle) + self._busy + self._connecting
+
+    def submit(self, exchange: Exchange) -> None:
+        """Send the exchange now on an idle connection, on a new one, or when one frees up."""
+        if exchange.cancelled:
+            return
+        if exchange.upgrade:
+            # A WebSocket takes its connection for good: never from or back to the pool.
+            self._connect(exchange)
+            return
+        while self._idle:
+            connection = self._idle.pop()
+            if connection.closed:
+                continue
+            self._busy += 1
+            connection.pool_state = "busy"
+            connection.start(exchange)
+            return
+        if self.open_connections < self.size:
+            self._connect(exchange)
+        else:
+            self._waiting.append(exchange)
+
+    def _connect(self, exchange: Exchange) -> None:
+        self._connecting += 1
+        d = self.endpoint.connect(self._factory)
+
+        def connected(connection: UpstreamConnection) -> None:
+            self._connecting -= 1
+            if exchange.cancelled:
+                connection.pool_state = "gone"
+                connection.closed = True
+                assert connection.transport is not None
+                connection.transport.loseConnection()
+                self._dispatch_waiting()
+                return
+            if exchange.upgrade:
+                connection.pool_state = "tunnel"
+            else:
+                self._busy += 1
+                connection.pool_state = "busy"
+            connection.start(exchange)
+
+        def failed(failure: Failure) -> None:
+            self._connecting -= 1
+            if not exchange.cancelled:
+                exchange.sink.response_failed(FAIL_CONNECT, failure.getErrorMessage())
+            self._dispatch_waiting()
+
+        d.addCallbacks(connected, failed)
+
+    def release(self, connection: UpstreamConnection) -> None:
+        """A connection finished its exchange and may be reused."""
+        self._busy -= 1
+        connection.pool_state = "idle"
+        if self.closed:
+            connection.pool_state = "gone"
+            connection.closed = True
+            if connection.transport is not None:
+                connection.transport.loseConnection()
+            return
+        while self._waiting:
+            exchange = self._waiting.popleft()
+            if not exchange.cancelled:
+                self._busy += 1
+                connection.pool_state = "busy"
+                connection.start(exchange)
+                return
+        self._idle.append(connection)
+
+    def connection_lost(self, connection: UpstreamConnection) -> None:
+        state = connection.pool_state
+        connection.pool_state = "gone"
+        if state == "idle":
+            if connection in self._idle:
+                self._idle.remove(connection)
+        elif state == "busy":
+            self._busy -= 1
+        self._dispatch_waiting()
+
+    def _dispatch_waiting(self) -> None:
+        while self._waiting and self.open_connections < self.size:
+            exchange = self._waiting.popleft()
+            if not exchange.cancelled:
+                self._connect(exchange)
+
+    def close(self) -> None:
+        """Stop reusing connections: idle ones close now, busy ones when done."""
+        self.closed = True
+        for connection in self._idle:
+            connection.pool_state = "gone"
+            connection.closed = True
+            if connection.transport is not None:
+                connection.transport.loseConnection()
+        self._idle.clear()

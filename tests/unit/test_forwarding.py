@@ -1,0 +1,146 @@
+from idgateway.forwarding import (
+    TrustedProxies,
+    build_request_head,
+    header_key,
+    is_websocket_upgrade,
+    request_id_from,
+    response_headers_to_forward,
+)
+
+
+def head(headers, trusted=False, strip=frozenset(), **kw):
+    args = dict(
+        method=b"GET",
+        target=b"/p?q=1",
+        headers=headers,
+        host_header=b"127.0.0.1:3000",
+        client_ip=b"10.1.2.3",
+        proto=b"https",
+        port=b"8443",
+        original_host=b"app1.example.com",
+        request_id=b"rid-1",
+        trusted_peer=trusted,
+        strip=strip,
+    )
+    args.update(kw)
+    return build_request_head(**args)
+
+
+def parse(raw):
+    lines = raw.split(b"\r\n")
+    assert lines[-2:] == [b"", b""]
+    pairs = [tuple(line.split(b": ", 1)) for line in lines[1:-2]]
+    return lines[0], pairs
+
+
+def test_hop_by_hop_and_connection_named_headers_are_dropped():
+    start, pairs = parse(
+        head(
+            [
+                (b"Connection", [b"keep-alive, X-Secret"]),
+                (b"X-Secret", [b"1"]),
+                (b"Keep-Alive", [b"timeout=5"]),
+                (b"Te", [b"trailers"]),
+                (b"Proxy-Authorization", [b"Basic x"]),
+                (b"Accept", [b"*/*"]),
+                (b"Host", [b"app1.example.com"]),
+            ]
+        )
+    )
+    assert start == b"GET /p?q=1 HTTP/1.1"
+    names = [n.lower() for n, _ in pairs]
+    for gone in (b"connection", b"x-secret", b"keep-alive", b"te", b"proxy-authorization"):
+        assert gone not in names
+    assert (b"Accept", b"*/*") in pairs
+    assert pairs[0] == (b"Host", b"127.0.0.1:3000")
+    assert names.count(b"host") == 1
+
+
+def test_untrusted_forwarding_headers_are_overwritten():
+    _, pairs = parse(
+        head(
+            [
+                (b"X-Forwarded-For", [b"6.6.6.6"]),
+                (b"X-Forwarded-Proto", [b"http"]),
+                (b"X-Forwarded-Host", [b"evil.com"]),
+                (b"Forwarded", [b"for=6.6.6.6"]),
+                (b"X-Real-Ip", [b"6.6.6.6"]),
+            ]
+        )
+    )
+    d = dict(pairs)
+    assert d[b"X-Forwarded-For"] == b"10.1.2.3"
+    assert d[b"X-Forwarded-Proto"] == b"https"
+    assert d[b"X-Forwarded-Host"] == b"app1.example.com"
+    assert d[b"X-Forwarded-Port"] == b"8443"
+    assert b"Forwarded" not in d and b"X-Real-Ip" not in d
+    assert [n for n, _ in pairs].count(b"X-Forwarded-For") == 1
+
+
+def test_trusted_proxy_headers_are_extended():
+    _, pairs = parse(
+        head(
+            [(b"X-Forwarded-For", [b"1.1.1.1"]), (b"X-Forwarded-Proto", [b"https"])],
+            trusted=True,
+            proto=b"http",
+        )
+    )
+    d = dict(pairs)
+    assert d[b"X-Forwarded-For"] == b"1.1.1.1, 10.1.2.3"
+    assert d[b"X-Forwarded-Proto"] == b"https"
+
+
+def test_strip_matches_underscore_and_case_spellings():
+    strip = frozenset({header_key(b"X-Forwarded-User")})
+    _, pairs = parse(
+        head(
+            [(b"X-Forwarded-User", [b"mallory"]), (b"X_Forwarded_User", [b"m"]), (b"x-forwarded-user", [b"m"])],
+            strip=strip,
+        )
+    )
+    assert all(header_key(n) != b"x-forwarded-user" for n, _ in pairs)
+
+
+def test_repeated_headers_keep_order_and_body_framing():
+    _, pairs = parse(head([(b"X-Multi", [b"a", b"b"]), (b"Content-Length", [b"99"])], body_length=5))
+    assert [v for n, v in pairs if n == b"X-Multi"] == [b"a", b"b"]
+    assert [v for n, v in pairs if n == b"Content-Length"] == [b"5"]
+    _, pairs = parse(head([(b"Transfer-Encoding", [b"chunked"])], chunked_body=True))
+    assert [v for n, v in pairs if n == b"Transfer-Encoding"] == [b"chunked"]
+
+
+def test_request_id_kept_when_safe_else_minted():
+    assert request_id_from([b"abc-123"]) == b"abc-123"
+    minted = request_id_from([b"bad\x00id"])
+    assert len(minted) == 32 and minted != b"bad\x00id"
+    assert len(request_id_from(None)) == 32
+
+
+def test_response_headers_drop_hop_by_hop_keep_set_cookie_order():
+    kept = response_headers_to_forward(
+        [
+            (b"Connection", b"X-Hop, keep-alive"),
+            (b"X-Hop", b"1"),
+            (b"Keep-Alive", b"timeout=5"),
+            (b"Set-Cookie", b"a=1"),
+            (b"Transfer-Encoding", b"chunked"),
+            (b"Set-Cookie", b"b=2"),
+            (b"Content-Length", b"10"),
+        ]
+    )
+    assert kept == [(b"Set-Cookie", b"a=1"), (b"Set-Cookie", b"b=2")]
+
+
+def test_websocket_upgrade_detection():
+    assert is_websocket_upgrade([b"keep-alive, Upgrade"], [b"websocket"])
+    assert not is_websocket_upgrade([b"keep-alive"], [b"websocket"])
+    assert not is_websocket_upgrade([b"upgrade"], [b"h2c"])
+
+
+def test_trusted_proxies():
+    trusted = TrustedProxies(["10.0.0.0/8", "::1"])
+    assert trusted.trusts("10.9.9.9")
+    assert trusted.trusts("::1")
+    assert not trusted.trusts("11.0.0.1")
+    assert not trusted.trusts("not-an-ip")
+    assert not TrustedProxies([]).trusts("10.0.0.1")

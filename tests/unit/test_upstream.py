@@ -1,0 +1,205 @@
+"""The pooled HTTP/1.1 upstream client, driven in memory."""
+
+from __future__ import annotations
+
+from twisted.internet.defer import fail, succeed
+from twisted.internet.error import ConnectionDone, ConnectionRefusedError
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.python.failure import Failure
+
+from idgateway.upstream import (
+    FAIL_CONNECT,
+    FAIL_PROTOCOL,
+    FAIL_RESET,
+    FAIL_TIMEOUT,
+    Exchange,
+    UpstreamPool,
+)
+
+
+class FakeEndpoint:
+    def __init__(self, refuse: bool = False) -> None:
+        self.transports: list[StringTransport] = []
+        self.protocols = []
+        self.refuse = refuse
+
+    def connect(self, factory):
+        if self.refuse:
+            return fail(ConnectionRefusedError())
+        protocol = factory.buildProtocol(None)
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        self.transports.append(transport)
+        self.protocols.append(protocol)
+        return succeed(protocol)
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.events: list[tuple] = []
+        self.body = b""
+
+    def response_head(self, status, reason, headers, length):
+        self.events.append(("head", status, reason, headers, length))
+
+    def response_data(self, data):
+        self.body += data
+
+    def response_end(self):
+        self.events.append(("end",))
+
+    def response_failed(self, why, detail):
+        self.events.append(("failed", why))
+
+    def upgraded(self, connection, leftover):
+        self.events.append(("upgraded", leftover))
+
+
+def make(size=2, refuse=False):
+    clock = MemoryReactorClock()
+    endpoint = FakeEndpoint(refuse)
+    return UpstreamPool(endpoint, clock, size=size), endpoint, clock
+
+
+def send(pool, head=b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", **kw):
+    sink = Sink()
+    exchange = Exchange(head, sink, **kw)
+    pool.submit(exchange)
+    return sink, exchange
+
+
+def test_content_length_response_and_connection_reuse():
+    pool, endpoint, _ = make()
+    sink, _ = send(pool)
+    assert endpoint.transports[0].value().startswith(b"GET / HTTP/1.1")
+    endpoint.protocols[0].dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-A: 1\r\n\r\nhel")
+    endpoint.protocols[0].dataReceived(b"lo")
+    assert sink.body == b"hello"
+    assert sink.events[0][:3] == ("head", 200, b"OK")
+    assert sink.events[0][4] == 5
+    assert sink.events[-1] == ("end",)
+    sink2, _ = send(pool)
+    assert len(endpoint.transports) == 1, "the idle connection is reused"
+    endpoint.protocols[0].dataReceived(b"HTTP/1.1 204 No Content\r\n\r\n")
+    assert sink2.events[-1] == ("end",)
+
+
+def test_chunked_response_is_decoded_across_reads():
+    pool, endpoint, _ = make()
+    sink, _ = send(pool)
+    proto = endpoint.protocols[0]
+    raw = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n"
+    for i in range(len(raw)):
+        proto.dataReceived(raw[i : i + 1])
+    assert sink.body == b"hello world"
+    assert sink.events[-1] == ("end",)
+    assert pool._idle == [proto]
+
+
+def test_close_delimited_body_ends_at_close_and_is_not_reused():
+    pool, endpoint, _ = make()
+    sink, _ = send(pool)
+    proto = endpoint.protocols[0]
+    proto.dataReceived(b"HTTP/1.0 200 OK\r\n\r\nsome body")
+    proto.connectionLost(Failure(ConnectionDone()))
+    assert sink.body == b"some body"
+    assert sink.events[-1] == ("end",)
+    assert pool.open_connections == 0
+
+
+def test_head_response_has_no_body_and_interim_responses_are_skipped():
+    pool, endpoint, _ = make()
+    sink, _ = send(pool, is_head=True)
+    endpoint.protocols[0].dataReceived(
+        b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n"
+    )
+    assert [e[0] for e in sink.events] == ["head", "end"]
+    assert sink.events[0][1] == 200
+
+
+def test_connection_close_is_honoured():
+    pool, endpoint, _ = make()
+    sink, _ = send(pool)
+    endpoint.protocols[0].dataReceived(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")
+    assert sink.events[-1] == ("end",)
+    assert endpoint.transports[0].disconnecting
+    send(pool)
+    assert len(endpoint.transports) == 2
+
+
+def test_pool_limit_queues_requests_until_a_connection_frees():
+    pool, endpoint, _ = make(size=1)
+    first, _ = send(pool)
+    second, _ = send(pool)
+    assert len(endpoint.transports) == 1
+    endpoint.protocols[0].dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\na")
+    assert first.body == b"a"
+    endpoint.protocols[0].dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nb")
+    assert second.body == b"b"
+
+
+def test_response_timeout():
+    pool, endpoint, clock = make()
+    sink, _ = send(pool, response_timeout=5)
+    clock.advance(4.9)
+    assert sink.events == []
+    clock.advance(0.2)
+    assert sink.events == [("failed", FAIL_TIMEOUT)]
+
+
+def test_connect_failure_is_reported():
+    pool, _, _ = make(refuse=True)
+    sink, _ = send(pool)
+    assert sink.events == [("failed", FAIL_CONNECT)]
+
+
+def test_malformed_status_line_is_a_protocol_failure():
+    pool, endpoint, _ = make()
+    sink, _ = send(pool)
+    endpoint.protocols[0].dataReceived(b"SSH-2.0-OpenSSH\r\n\r\n")
+    assert sink.events == [("failed", FAIL_PROTOCOL)]
+
+
+def test_conflicting_content_lengths_are_refused():
+    pool, endpoint, _ = make()
+    sink, _ = send(pool)
+    endpoint.protocols[0].dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n")
+    assert sink.events == [("failed", FAIL_PROTOCOL)]
+
+
+def test_drop_mid_response_is_a_reset():
+    pool, endpoint, _ = make()
+    sink, _ = send(pool)
+    proto = endpoint.protocols[0]
+    proto.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
+    proto.connectionLost(Failure(ConnectionDone()))
+    assert sink.events[-1] == ("failed", FAIL_RESET)
+
+
+def test_stale_reused_connection_is_retried_once_for_bodiless_requests():
+    pool, endpoint, _ = make()
+    send(pool)
+    endpoint.protocols[0].dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+    sink, _ = send(pool)
+    endpoint.protocols[0].connectionLost(Failure(ConnectionDone()))
+    assert len(endpoint.transports) == 2
+    endpoint.protocols[1].dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    assert sink.body == b"ok"
+
+
+def test_cancel_abandons_the_connection():
+    pool, endpoint, _ = make()
+    sink, exchange = send(pool)
+    exchange.cancel()
+    assert endpoint.transports[0].disconnecting or endpoint.transports[0].disconnected
+    endpoint.protocols[0].connectionLost(Failure(ConnectionDone()))
+    assert sink.events == []
+    assert pool.open_connections == 0
+
+
+def test_upgrade_hands_over_the_connection():
+    pool, endpoint, _ = make()
+    sink, _ = send(pool, upgrade=True)
+    endpoint.protocols[0].dataReceived(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\nxx")
+    assert sink.events[-1] == ("upgraded", b"xx")
+    assert pool.open_connections == 0
