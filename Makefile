@@ -7,13 +7,13 @@ BIN = $(VENV)/bin
 
 .PHONY: demo test venv system-deps lint bench clean
 
-$(BIN)/twistd: setup.py pyproject.toml
+$(VENV)/.installed: setup.py pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $@
 
-venv: $(BIN)/twistd
+venv: $(VENV)/.installed
 
 system-deps:
 	scripts/install-system-deps

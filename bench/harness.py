@@ -801,6 +801,12 @@ def main(argv: list[str] | None = None) -> int:
         elif case.failures:
             notes.append(f"{case.label} {case.path}: every wrk run failed: {case.failures[-1]}")
         s = case.summary()
+        if s and s["requests_total"] < 2 * args.connections * s["rounds"]:
+            notes.append(
+                f"{case.label} {case.path}: only {s['requests_total']} requests completed "
+                f"over {s['rounds']} run(s) of {args.connections} connections; "
+                f"responses stall (see its log with --keep-tmp)"
+            )
         if s and s["errors_total"]:
             notes.append(
                 f"{case.label} {case.path}: {s['errors_total']} socket errors or "

@@ -71,6 +71,10 @@ class _Invalid(enum.Enum):
 
 INVALID = _Invalid.INVALID
 _STR, _NULL, _BOOL, _MERGE = (f"tag:yaml.org,2002:{t}" for t in ("str", "null", "bool", "merge"))
+# Tags plain YAML gives scalars; others (!!binary, !!python/..., !custom) are refused.
+_SCALAR_TAGS = {
+    f"tag:yaml.org,2002:{t}" for t in ("str", "null", "bool", "int", "float", "timestamp")
+}
 _RESOLVER = yaml.resolver.Resolver()
 _ENV_REFERENCE = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)\}|\$\{[^}]*\}?")
 
@@ -136,6 +140,9 @@ class Reader:
 
     def expand(self, node: yaml.ScalarNode, key: str) -> yaml.ScalarNode | _Invalid:
         """The node after ${VAR} expansion; a plain scalar is re-typed from its new text."""
+        if node.tag not in _SCALAR_TAGS:
+            tag = node.tag.replace("tag:yaml.org,2002:", "!!")
+            return self.problem(node, key, f"unsupported YAML tag {tag!r}; remove the tag")
         if node.tag != _STR or isinstance(node, _LiteralScalar) or "${" not in node.value:
             return node
         missing: list[str] = []
@@ -179,7 +186,7 @@ class Reader:
         expanded = self.expand(node, key)
         try:
             return expanded if expanded is INVALID else self._constructor.construct_object(expanded)
-        except yaml.YAMLError as error:
+        except ValueError as error:  # a date-like value that is no date: 2024-13-45
             return self.problem(node, key, f"cannot read this value: {error}")
 
 
@@ -300,12 +307,14 @@ def read_section(
     by_name.update({f"{field.name}_file": field for field in fields if field.secret})
     found = Section(node, key, {}, {})
     first_lines: dict[str, int] = {}
-    for key_node, value_node in _pairs(reader, node, key, set()):
+    for key_node, value_node in _pairs(reader, node, key, {id(node)}):
         name = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
         if not isinstance(name, str) or not name:
             reader.problem(key_node, key, f"keys must be plain names; got {_describe(key_node)}")
             continue
         child, field = found.child(name), by_name.get(name)
+        if name.startswith("x-"):
+            continue  # a place for YAML anchors, as in docker-compose files
         if name in first_lines:
             reader.problem(
                 key_node, child, f"duplicate key (first given on line {first_lines[name]})"
@@ -340,8 +349,10 @@ def read_section(
 def _pairs(
     reader: Reader, node: yaml.MappingNode, key: str, seen: set[int]
 ) -> list[tuple[yaml.Node, yaml.Node]]:
-    """The mapping's own pairs, then those it lacks from YAML merge keys (<<: *defaults)."""
-    seen.add(id(node))
+    """The mapping's own pairs, then those it lacks from YAML merge keys (<<: *defaults).
+
+    ``seen`` holds the mappings being merged into, so that a cycle is refused.
+    """
     own = [pair for pair in node.value if pair[0].tag != _MERGE]
     names = {key_node.value for key_node, _ in own}
     for key_node, value_node in node.value:
@@ -352,7 +363,7 @@ def _pairs(
             if not isinstance(source, yaml.MappingNode) or id(source) in seen:
                 reader.problem(source, key, "<< must merge a mapping or a list of mappings")
                 continue
-            for pair in _pairs(reader, source, key, seen):
+            for pair in _pairs(reader, source, key, seen | {id(node)}):
                 if pair[0].value not in names:  # explicit keys win, then earlier merges
                     names.add(pair[0].value)
                     own.append(pair)
@@ -471,7 +482,7 @@ def _build_listener(reader: Reader, found: Section) -> Listener:
 
 def _hsts(reader: Reader, node: yaml.Node, key: str) -> tuple[int | None, bool] | _Invalid:
     """false/absent: no header; true: the defaults; or {max_age, include_subdomains}."""
-    switch = reader.value(node, key)
+    switch = reader.value(node, key) if isinstance(node, yaml.ScalarNode) else {}
     if switch is INVALID or switch is None or isinstance(switch, bool):
         return INVALID if switch is INVALID else (365 * 86400 if switch else None, False)
     expected = "false, true or a mapping like {max_age: 365d, include_subdomains: false}"
@@ -635,13 +646,18 @@ HSTS_FIELDS = (
     Field("include_subdomains", boolean, default=False),
 )
 PATH_FIELDS = (
-    Field("prefix", parsed(units.parse_path_prefix, "a path, e.g. /api/"), required=True),
+    Field(
+        "prefix",
+        parsed(units.parse_path_prefix, "a path, e.g. /api/"),
+        True,
+        example="prefix: /api/",
+    ),
     Field("upstream", _UPSTREAM, required=True, example="upstream: http://127.0.0.1:3001"),
     Field("upstream_ca_file", _pem_bundle),
 )
 _PATHS = list_of(section(PATH_FIELDS, f"a mapping like {_PATH}"), f"a list like [{_PATH}]")
 ROUTE_FIELDS = (
-    Field("name", parsed(units.parse_route_name, "a name, e.g. app1"), required=True),
+    Field("name", parsed(units.parse_route_name, "a name, e.g. app1"), True, example="name: app1"),
     Field("hosts", list_of(_HOST, "a list of strings, e.g. [app1.example.com]"), default=()),
     Field("default", boolean, default=False),
     Field("upstream", _UPSTREAM, required=True, example="upstream: http://127.0.0.1:3000"),
@@ -667,12 +683,12 @@ _NETWORKS = list_of(
     "a list of IP addresses or networks, e.g. [10.0.0.0/8, 192.0.2.7]",
 )
 TOP_FIELDS = (
-    Field("listeners", _LISTENERS, required=True, example="[{address: 127.0.0.1:8080}]"),
+    Field("listeners", _LISTENERS, required=True, example="listeners: [{address: 127.0.0.1:8080}]"),
     Field(
         "routes",
         list_of(section(ROUTE_FIELDS, f"a mapping like {_ROUTE}"), f"a list like [{_ROUTE}]", 1),
         required=True,
-        example=f"[{_ROUTE}]",
+        example=f"routes: [{_ROUTE}]",
     ),
     Field("trusted_proxies", _NETWORKS, default=()),
 )

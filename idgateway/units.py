@@ -88,6 +88,8 @@ def parse_size(value: str | int | float) -> int:
         if match is None or match.group(2) not in _SIZE_UNITS:
             raise ValueError(f"{value!r} is not a size; expected {SIZE_FORMS}")
         number, multiplier = float(match.group(1)), _SIZE_UNITS[match.group(2)]
+        if multiplier == 1 and not number.is_integer():
+            raise ValueError(f"{value!r} is not a whole number of bytes; expected {SIZE_FORMS}")
     if number < 0:
         raise ValueError(f"{value!r} is not a size; expected {SIZE_FORMS}")
     return round(number * multiplier)
@@ -142,9 +144,14 @@ def check_hostname(name: str, original: str) -> None:
 
 
 def parse_host_pattern(value: str) -> str:
-    """An exact host name or a ``*.suffix`` wildcard, lower-cased."""
+    """An exact host name, ``[ipv6]`` literal or ``*.suffix`` wildcard, lower-cased."""
     name = value.strip().lower()
-    if name.startswith("*."):
+    if name.startswith("[") and name.endswith("]"):  # an IPv6 literal, as in Host: [::1]:8443
+        try:
+            return f"[{ipaddress.IPv6Address(name[1:-1])}]"
+        except ValueError:
+            raise ValueError(f"{value!r} is not an IPv6 address, e.g. [2001:db8::1]") from None
+    if name.startswith("*.") and "*" not in name[2:]:
         check_hostname(name[2:], value)
     elif "*" in name:
         raise ValueError(f"{value!r}: '*' may only be the whole first label, e.g. *.example.com")
@@ -229,7 +236,12 @@ def parse_upstream_url(value: str) -> Upstream:
         return Upstream(url=url, kind="unix", socket_path=socket_path)
     if scheme not in ("http", "https"):
         raise ValueError(f"unsupported scheme {scheme!r} in {url!r}; expected {UPSTREAM_FORMS}")
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError as error:  # e.g. a bracketed host that is not an IPv6 address
+        raise ValueError(
+            f"{url!r} is not a valid URL ({error}); expected {UPSTREAM_FORMS}"
+        ) from None
     if not rest.startswith("//") or not parts.hostname:
         raise ValueError(f"{url!r} has no host; expected e.g. {scheme}://127.0.0.1:3000")
     if "?" in url or "#" in url:

@@ -3,11 +3,13 @@
 Run as a program (stdlib and Twisted only, so it needs no install)::
 
     python tests/backends.py --listen 127.0.0.1:0 [--listen unix:/tmp/x.sock]
+                             [--listen tls:127.0.0.1:0:CERT.pem:KEY.pem]
                              [--ready-file PATH] [--name NAME] [--exit-with-parent]
 
-Once every listener is up it prints one JSON line, ``{"ports": [...], "unix":
-[...], "pid": N}``, and writes the same to --ready-file (atomically, by rename).
-Port 0 asks for a free port; "ports" holds the ones actually bound.
+Once every listener is up it prints one JSON line, ``{"ports": [...],
+"tls_ports": [...], "unix": [...], "pid": N}``, and writes the same to
+--ready-file (atomically, by rename). Port 0 asks for a free port; "ports"
+holds every TCP port actually bound (TLS ones too), in --listen order.
 
 The handler is chosen by the LAST segment of the path, so each one also
 answers behind a route that adds a prefix (``/app/download`` is ``/download``):
@@ -61,6 +63,7 @@ import io
 import ipaddress
 import json
 import os
+import re
 import shutil
 import socket
 import stat
@@ -69,6 +72,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -84,6 +88,7 @@ from twisted.internet.interfaces import (
     IStreamServerEndpoint,
 )
 from twisted.internet.protocol import Protocol
+from twisted.internet.ssl import Certificate, CertificateOptions, PrivateCertificate
 from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
 from twisted.web.resource import Resource
@@ -626,29 +631,84 @@ def make_site(reactor: IReactorTime, name: str | None = None) -> Site:
 # Command line
 
 
-def parse_listen(spec: str) -> tuple[str, str, int]:
-    """``HOST:PORT``, ``[::1]:PORT`` or ``unix:PATH`` as (kind, host-or-path, port).
+@dataclass(frozen=True)
+class ListenAddress:
+    """One --listen value, parsed."""
 
-    Only loopback hosts are accepted: these back ends exist for tests on this
-    machine and must never be reachable from elsewhere.
+    kind: str  # "tcp", "tls" or "unix"
+    host: str = ""
+    port: int = 0
+    path: str = ""
+    cert_file: str = ""
+    key_file: str = ""
+
+
+def parse_listen(spec: str) -> ListenAddress:
+    """``HOST:PORT``, ``unix:PATH`` or ``tls:HOST:PORT:CERT_PEM:KEY_PEM``.
+
+    HOST may be ``[::1]``. Only loopback hosts are accepted: these back ends
+    exist for tests on this machine and must never be reachable from elsewhere.
     """
     if spec.startswith("unix:"):
         path = spec[len("unix:") :]
         if not path:
             raise ValueError(f"{spec!r}: unix: needs a socket path")
-        return "unix", path, 0
-    if spec.startswith("["):
-        host, _, port_text = spec[1:].partition("]:")
+        return ListenAddress("unix", path=path)
+    tls = spec.startswith("tls:")
+    rest = spec[len("tls:") :] if tls else spec
+    if rest.startswith("["):
+        host, _, rest = rest[1:].partition("]:")
     else:
-        host, _, port_text = spec.rpartition(":")
+        host, _, rest = rest.partition(":")
+    port_text, _, files = rest.partition(":")
+    cert_file, _, key_file = files.partition(":")
     try:
         port = int(port_text)
         loopback = ipaddress.ip_address(host).is_loopback
     except ValueError:
-        raise ValueError(f"{spec!r}: expected 127.0.0.1:PORT, [::1]:PORT or unix:PATH") from None
+        raise ValueError(
+            f"{spec!r}: expected 127.0.0.1:PORT, [::1]:PORT, unix:PATH "
+            "or tls:127.0.0.1:PORT:CERT:KEY"
+        ) from None
     if not loopback:
         raise ValueError(f"{spec!r}: test back ends listen on loopback addresses only")
-    return ("tcp6" if ":" in host else "tcp4"), host, port
+    if tls != bool(cert_file and key_file):
+        raise ValueError(f"{spec!r}: a tls: listener needs CERT and KEY files, others none")
+    return ListenAddress("tls" if tls else "tcp", host, port, "", cert_file, key_file)
+
+
+def tls_options(cert_file: str, key_file: str) -> CertificateOptions:
+    """Server TLS settings from PEM files; certificates after the first are its chain."""
+    certificates = re.findall(
+        rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----",
+        Path(cert_file).read_bytes(),
+        re.DOTALL,
+    )
+    if not certificates:
+        raise ValueError(f"no certificate in {cert_file}")
+    leaf = PrivateCertificate.loadPEM(certificates[0] + b"\n" + Path(key_file).read_bytes())
+    return CertificateOptions(
+        privateKey=leaf.privateKey.original,
+        certificate=leaf.original,
+        extraCertChain=[Certificate.loadPEM(pem).original for pem in certificates[1:]],
+    )
+
+
+def make_endpoint(reactor: Any, address: ListenAddress) -> IStreamServerEndpoint:
+    from twisted.internet.endpoints import (
+        SSL4ServerEndpoint,
+        TCP4ServerEndpoint,
+        UNIXServerEndpoint,
+    )
+
+    if address.kind == "unix":
+        _remove_stale_socket(address.path)
+        return UNIXServerEndpoint(reactor, address.path)
+    # listenTCP and listenSSL pick IPv6 by themselves for an address like ::1.
+    if address.kind == "tls":
+        options = tls_options(address.cert_file, address.key_file)
+        return SSL4ServerEndpoint(reactor, address.port, options, interface=address.host)
+    return TCP4ServerEndpoint(reactor, address.port, interface=address.host)
 
 
 def _remove_stale_socket(path: str) -> None:
@@ -715,38 +775,35 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from twisted.internet import reactor
     from twisted.internet.defer import gatherResults
-    from twisted.internet.endpoints import (
-        TCP4ServerEndpoint,
-        TCP6ServerEndpoint,
-        UNIXServerEndpoint,
-    )
     from twisted.internet.task import LoopingCall
 
+    addresses: list[ListenAddress] = []
     endpoints: list[IStreamServerEndpoint] = []
     for spec in args.listen or ["127.0.0.1:0"]:
         try:
-            kind, where, port = parse_listen(spec)
-        except ValueError as problem:
+            address = parse_listen(spec)
+            endpoints.append(make_endpoint(reactor, address))
+        except (ValueError, OSError) as problem:
             parser.error(str(problem))
-        if kind == "unix":
-            _remove_stale_socket(where)
-            endpoints.append(UNIXServerEndpoint(reactor, where))
-        elif kind == "tcp6":
-            endpoints.append(TCP6ServerEndpoint(reactor, port, interface=where))
-        else:
-            endpoints.append(TCP4ServerEndpoint(reactor, port, interface=where))
+        addresses.append(address)
 
     _log_problems_to_stderr()
     site = make_site(reactor, args.name)
     exit_code = 0
 
     def listening(ports: list[IListeningPort]) -> None:
-        addresses = [port.getHost() for port in ports]
-        ready = {
-            "ports": [a.port for a in addresses if isinstance(a, IPv4Address | IPv6Address)],
-            "unix": [_text(a.name or b"") for a in addresses if isinstance(a, UNIXAddress)],
-            "pid": os.getpid(),
-        }
+        tcp_ports: list[int] = []
+        tls_ports: list[int] = []
+        unix_paths: list[str] = []
+        for address, port in zip(addresses, ports, strict=True):
+            bound = port.getHost()
+            if isinstance(bound, UNIXAddress):
+                unix_paths.append(_text(bound.name or b""))
+            elif isinstance(bound, IPv4Address | IPv6Address):
+                tcp_ports.append(bound.port)
+                if address.kind == "tls":
+                    tls_ports.append(bound.port)
+        ready = {"ports": tcp_ports, "tls_ports": tls_ports, "unix": unix_paths, "pid": os.getpid()}
         line = json.dumps(ready)
         if args.ready_file:
             write_atomically(args.ready_file, line + "\n")
@@ -812,6 +869,7 @@ class BackendProcess:
         self.name = name
         self.start_timeout = start_timeout
         self.ports: list[int] = []
+        self.tls_ports: list[int] = []
         self.unix_paths: list[str] = []
         self._process: subprocess.Popen[bytes] | None = None
         self._workdir: str | None = None
@@ -827,11 +885,14 @@ class BackendProcess:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        """``http://127.0.0.1:PORT`` for the first TCP port (https if it is TLS)."""
+        scheme = "https" if self.port in self.tls_ports else "http"
+        return f"{scheme}://127.0.0.1:{self.port}"
 
     @property
     def ws_url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/ws"
+        scheme = "wss" if self.port in self.tls_ports else "ws"
+        return f"{scheme}://127.0.0.1:{self.port}/ws"
 
     @property
     def pid(self) -> int | None:
@@ -876,6 +937,7 @@ class BackendProcess:
         else:
             ready = json.loads(ready_file.read_text())
             self.ports = list(ready["ports"])
+            self.tls_ports = list(ready["tls_ports"])
             self.unix_paths = list(ready["unix"])
             return self
         output = self.output()

@@ -58,6 +58,19 @@ IDENTITY_HEADER_PREFIXES: tuple[str, ...] = (
     "oidc-",
 )
 
+# Where the "Signed in as" line finds the user's name and email, best first.
+USER_NAME_HEADERS = (
+    "x-forwarded-preferred-username",
+    "x-forwarded-user",
+    "x-remote-user",
+    "remote-user",
+    "x-auth-request-preferred-username",
+    "x-auth-request-user",
+    "oidc_claim_preferred_username",
+    "oidc_claim_sub",
+)
+USER_EMAIL_HEADERS = ("x-forwarded-email", "x-auth-request-email", "oidc_claim_email")
+
 DEFAULT_LISTEN = "127.0.0.1:8081"
 
 
@@ -182,6 +195,7 @@ td, th.name { font-family: ui-monospace, SFMono-Regular, Menlo, monospace; font-
               overflow-wrap: anywhere; }
 th.index { width: 2.5rem; color: #8a91a2; font-weight: normal; }
 tr.identity-row { background: #f1fbf4; }
+.who { font-size: 1.05rem; margin: 0 0 .6rem; }
 .none { color: #8a91a2; font-style: italic; margin: 0; }
 footer { color: #8a91a2; font-size: 13px; }
 code { font-family: ui-monospace, SFMono-Regular, Menlo, monospace; }
@@ -200,10 +214,24 @@ def _pairs_table(rows: Sequence[tuple[str, str]]) -> str:
     return f"<table>{body}</table>"
 
 
+def _signed_in_as(identity: Sequence[tuple[str, str]]) -> str:
+    first_values: dict[str, str] = {}
+    for name, value in identity:
+        first_values.setdefault(name, value)
+    user = next((first_values[h] for h in USER_NAME_HEADERS if first_values.get(h)), None)
+    email = next((first_values[h] for h in USER_EMAIL_HEADERS if first_values.get(h)), None)
+    if user is None and email is None:
+        return ""
+    who = f"<strong>{_escape(user or email or '')}</strong>"
+    if user is not None and email is not None and email != user:
+        who += f" ({_escape(email)})"
+    return f'<p class="who">Signed in as {who}</p>'
+
+
 def render_html(facts: RequestFacts) -> str:
     identity = [(name, value) for name, value in facts.headers if is_identity_header(name)]
     if identity:
-        identity_html = _pairs_table(identity)
+        identity_html = _signed_in_as(identity) + _pairs_table(identity)
     else:
         identity_html = (
             '<p class="none">None: this request did not come through the gateway, '
@@ -386,6 +414,24 @@ def _describe_listening(port: IListeningPort) -> str:
     return f"http://{describe_address(address)}"
 
 
+def _log_problems_to_stderr() -> None:
+    from twisted.logger import (
+        FilteringLogObserver,
+        LogLevel,
+        LogLevelFilterPredicate,
+        globalLogBeginner,
+        textFileLogObserver,
+    )
+
+    # Warnings and errors only (a traceback from a request, say); the access
+    # log would drown them. stdout is left alone for the "listening" line.
+    observer = FilteringLogObserver(
+        textFileLogObserver(sys.stderr),
+        [LogLevelFilterPredicate(defaultLogLevel=LogLevel.warn)],
+    )
+    globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m idgateway.demo.echo",
@@ -417,6 +463,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ListenSpecError as error:
         parser.error(str(error))
 
+    _log_problems_to_stderr()
     site = make_site()
     exit_code = 0
 

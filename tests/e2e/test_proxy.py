@@ -218,7 +218,8 @@ def test_upstream_dying_mid_response_aborts_the_client(limits):
     conn.request("GET", "/die-midway?size=200000", headers={"Host": "app1.localhost"})
     response = conn.getresponse()
     assert response.status == 200
-    with pytest.raises(http.client.IncompleteRead):
+    # An abort (RST) or a short read: never a body that looks complete.
+    with pytest.raises((http.client.IncompleteRead, ConnectionResetError)):
         response.read()
 
 
@@ -237,7 +238,7 @@ def test_client_disconnect_cancels_the_upstream_request(limits):
     port, _, backend = limits
     before = _established_to(backend.port)
     sock = socket.create_connection(("127.0.0.1", port))
-    sock.sendall(b"GET /slow-headers?delay=30 HTTP/1.1\r\nHost: app2.localhost\r\n\r\n")
+    sock.sendall(b"GET /slow-headers?delay=30 HTTP/1.1\r\nHost: app1.localhost\r\n\r\n")
     deadline = time.monotonic() + 5
     while _established_to(backend.port) <= before and time.monotonic() < deadline:
         time.sleep(0.05)

@@ -95,14 +95,32 @@ def test_plain_http_redirects_to_https_when_asked(tls_gateway):
     assert status == 200
 
 
-def test_tls_below_minimum_version_is_refused(tls_gateway):
-    _, _, secure, ca, _ = tls_gateway
-    context = client_context(ca.cert_path)
-    context.maximum_version = ssl.TLSVersion.TLSv1_1
-    context.minimum_version = ssl.TLSVersion.TLSv1
-    with socket.create_connection(("127.0.0.1", secure), timeout=5) as raw:
+def test_tls_below_minimum_version_is_refused(start_gateway, backend, tmp_path):
+    ca = make_ca(tmp_path / "pki13")
+    leaf = ca.issue(tmp_path / "pki13", ["app1.localhost"], name="app1")
+    port = free_port()
+    start_gateway(
+        f"""
+listeners:
+  - address: 127.0.0.1:{port}
+    tls:
+      certificates: [{{cert: {leaf.cert_path}, key: {leaf.key_path}}}]
+      min_version: "1.3"
+routes:
+  - name: app1
+    hosts: [app1.localhost]
+    upstream: http://127.0.0.1:{backend.port}
+""",
+        [port],
+        name="tls13",
+    )
+    old_client = client_context(ca.cert_path)
+    old_client.maximum_version = ssl.TLSVersion.TLSv1_2
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
         with pytest.raises(ssl.SSLError):
-            context.wrap_socket(raw, server_hostname="app1.localhost")
+            old_client.wrap_socket(raw, server_hostname="app1.localhost")
+    status, _, _ = request(port, "app1.localhost", "/echo", tls_context=client_context(ca.cert_path))
+    assert status == 200
 
 
 def test_certificates_reload_on_sighup(tls_gateway):

@@ -94,7 +94,11 @@ def test_strip_matches_underscore_and_case_spellings():
     strip = frozenset({header_key(b"X-Forwarded-User")})
     _, pairs = parse(
         head(
-            [(b"X-Forwarded-User", [b"mallory"]), (b"X_Forwarded_User", [b"m"]), (b"x-forwarded-user", [b"m"])],
+            [
+                (b"X-Forwarded-User", [b"mallory"]),
+                (b"X_Forwarded_User", [b"m"]),
+                (b"x-forwarded-user", [b"m"]),
+            ],
             strip=strip,
         )
     )
@@ -102,7 +106,9 @@ def test_strip_matches_underscore_and_case_spellings():
 
 
 def test_repeated_headers_keep_order_and_body_framing():
-    _, pairs = parse(head([(b"X-Multi", [b"a", b"b"]), (b"Content-Length", [b"99"])], body_length=5))
+    _, pairs = parse(
+        head([(b"X-Multi", [b"a", b"b"]), (b"Content-Length", [b"99"])], body_length=5)
+    )
     assert [v for n, v in pairs if n == b"X-Multi"] == [b"a", b"b"]
     assert [v for n, v in pairs if n == b"Content-Length"] == [b"5"]
     _, pairs = parse(head([(b"Transfer-Encoding", [b"chunked"])], chunked_body=True))

@@ -120,7 +120,9 @@ def test_head_response_has_no_body_and_interim_responses_are_skipped():
 def test_connection_close_is_honoured():
     pool, endpoint, _ = make()
     sink, _ = send(pool)
-    endpoint.protocols[0].dataReceived(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")
+    endpoint.protocols[0].dataReceived(
+        b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+    )
     assert sink.events[-1] == ("end",)
     assert endpoint.transports[0].disconnecting
     send(pool)
@@ -163,7 +165,9 @@ def test_malformed_status_line_is_a_protocol_failure():
 def test_conflicting_content_lengths_are_refused():
     pool, endpoint, _ = make()
     sink, _ = send(pool)
-    endpoint.protocols[0].dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n")
+    endpoint.protocols[0].dataReceived(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n"
+    )
     assert sink.events == [("failed", FAIL_PROTOCOL)]
 
 
@@ -200,6 +204,8 @@ def test_cancel_abandons_the_connection():
 def test_upgrade_hands_over_the_connection():
     pool, endpoint, _ = make()
     sink, _ = send(pool, upgrade=True)
-    endpoint.protocols[0].dataReceived(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\nxx")
+    endpoint.protocols[0].dataReceived(
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\nxx"
+    )
     assert sink.events[-1] == ("upgraded", b"xx")
     assert pool.open_connections == 0
