@@ -66,7 +66,8 @@ class Upstream:
         if self.kind == "unix":
             return "localhost"
         default_port = 443 if self.kind == "https" else 80
-        return self.host if self.port == default_port else f"{self.host}:{self.port}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return host if self.port == default_port else f"{host}:{self.port}"
 
 
 @attrs.frozen

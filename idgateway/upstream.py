@@ -157,6 +157,9 @@ class UpstreamConnection(Protocol):
         self.reused = False
         self.closed = False
         self._body_paused = False
+        # Set while the client's socket is full; a connection must never go
+        # back to the pool still paused, or its next response is never read.
+        self._reading_paused = False
         # How the pool counts this connection: "busy", "idle", "tunnel" or "gone".
         self.pool_state = "busy"
 
@@ -229,11 +232,13 @@ class UpstreamConnection(Protocol):
 
     # The response side: the client socket is full, so stop reading here.
     def pause_reading(self) -> None:
-        if self.transport is not None:
+        if self.transport is not None and not self._reading_paused:
+            self._reading_paused = True
             self.transport.pauseProducing()  # type: ignore[attr-defined]
 
     def resume_reading(self) -> None:
-        if self.transport is not None and not self.closed:
+        if self.transport is not None and not self.closed and self._reading_paused:
+            self._reading_paused = False
             self.transport.resumeProducing()  # type: ignore[attr-defined]
 
     def abandon(self) -> None:
@@ -473,6 +478,7 @@ class UpstreamConnection(Protocol):
             exchange.connection = None
         if self._keep_alive and not self.closed:
             self.reused = True
+            self.resume_reading()
             self.pool.release(self)
         else:
             self.closed = True

@@ -209,3 +209,16 @@ def test_upgrade_hands_over_the_connection():
     )
     assert sink.events[-1] == ("upgraded", b"xx")
     assert pool.open_connections == 0
+
+
+def test_connection_paused_by_a_full_client_is_resumed_before_reuse():
+    pool, endpoint, _ = make()
+    sink, _ = send(pool)
+    proto, transport = endpoint.protocols[0], endpoint.transports[0]
+    proto.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nab")
+    proto.pause_reading()  # the client's socket filled up
+    assert transport.producerState == "paused"
+    proto.dataReceived(b"cd")  # already in flight when the pause came
+    assert sink.events[-1] == ("end",)
+    assert transport.producerState == "producing"
+    assert pool._idle == [proto]
