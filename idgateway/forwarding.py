@@ -10,9 +10,10 @@ else, repeated headers in their order.
 from __future__ import annotations
 
 import ipaddress
+import itertools
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from idgateway.upstream import HOP_BY_HOP
 
@@ -67,22 +68,32 @@ class TrustedProxies:
         return result
 
 
+# Request ids: a random per-process prefix and a counter. Unique across
+# processes and restarts in practice, and far cheaper than os.urandom per
+# request on the hot path; they are identifiers, not secrets.
+_ID_PREFIX = os.urandom(8).hex().encode("ascii")
+_id_counter = itertools.count(int.from_bytes(os.urandom(4), "big"))
+
+
 def new_request_id() -> bytes:
-    return os.urandom(16).hex().encode("ascii")
+    return b"%s%016x" % (_ID_PREFIX, next(_id_counter))
 
 
-def request_id_from(incoming: list[bytes] | None) -> bytes:
+def request_id_from(incoming: Sequence[bytes] | None) -> bytes:
     """Keep a well-formed incoming X-Request-Id (tracing across hops), else mint one."""
     if incoming and _SAFE_REQUEST_ID.match(incoming[0]):
         return incoming[0]
     return new_request_id()
 
 
-def connection_tokens(values: list[bytes] | None) -> frozenset[bytes]:
+def connection_tokens(values: Sequence[bytes] | None) -> frozenset[bytes]:
     if not values:
         return frozenset()
     return frozenset(
-        header_key(token.strip()) for value in values for token in value.split(b",") if token.strip()
+        header_key(token.strip())
+        for value in values
+        for token in value.split(b",")
+        if token.strip()
     )
 
 
@@ -90,7 +101,7 @@ def build_request_head(
     *,
     method: bytes,
     target: bytes,
-    headers: Iterable[tuple[bytes, list[bytes]]],
+    headers: Iterable[tuple[bytes, Sequence[bytes]]],
     host_header: bytes,
     client_ip: bytes,
     proto: bytes,
@@ -179,7 +190,11 @@ def response_headers_to_forward(
     return kept
 
 
-def is_websocket_upgrade(connection: list[bytes] | None, upgrade: list[bytes] | None) -> bool:
+def is_websocket_upgrade(
+    connection: Sequence[bytes] | None, upgrade: Sequence[bytes] | None
+) -> bool:
     if not connection or not upgrade:
         return False
-    return b"upgrade" in connection_tokens(connection) and upgrade[0].strip().lower() == b"websocket"
+    return (
+        b"upgrade" in connection_tokens(connection) and upgrade[0].strip().lower() == b"websocket"
+    )

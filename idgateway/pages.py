@@ -27,7 +27,8 @@ def wants_json(request: IRequest) -> bool:
 _PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{status} {title}</title>
 <meta name="viewport" content="width=device-width, initial-scale=1">
-<style>body{{font-family:system-ui,sans-serif;max-width:40rem;margin:4rem auto;padding:0 1rem;color:#222}}
+<style>body{{font-family:system-ui,sans-serif;max-width:40rem;margin:4rem auto;
+padding:0 1rem;color:#222}}
 h1{{font-size:1.5rem}}code{{background:#f3f3f3;padding:.1rem .3rem}}</style></head>
 <body><h1>{status} {title}</h1><p>{detail}</p>
 <p><small>Reference: <code>{request_id}</code></small></p></body></html>
@@ -49,7 +50,11 @@ def send_error(
     request.setResponseCode(status)
     if wants_json(request):
         body = json.dumps(
-            {"error": error or title.lower().replace(" ", "_"), "message": detail, "request_id": rid}
+            {
+                "error": error or title.lower().replace(" ", "_"),
+                "message": detail,
+                "request_id": rid,
+            }
         ).encode()
         content_type = b"application/json"
     else:

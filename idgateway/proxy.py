@@ -112,7 +112,7 @@ class GatewayResource(Resource):
         )
         body = request.body
         chunked = body is not None and body.length is None
-        peer = request.channel.transport.getPeer()
+        peer = request.client
         client_ip = getattr(peer, "host", None) or "unix"
         target = request.uri
         if upstream.base_path:
@@ -149,12 +149,16 @@ class GatewayResource(Resource):
         request.on_body_exceeded = sink.body_too_large
         pool.submit(exchange)
 
-    def _refuse(self, request: GatewayRequest, status: int, detail: str, error: str | None = None) -> Any:
+    def _refuse(
+        self, request: GatewayRequest, status: int, detail: str, error: str | None = None
+    ) -> Any:
         request.end_response_early()
         send_error(request, status, detail, error=error, request_id=request.request_id)
         return NOT_DONE_YET
 
-    def _redirect_to_https(self, request: GatewayRequest, host: bytes, runtime: RouteRuntime) -> Any:
+    def _redirect_to_https(
+        self, request: GatewayRequest, host: bytes, runtime: RouteRuntime
+    ) -> Any:
         name = host.rsplit(b":", 1)[0] if not host.endswith(b"]") else host
         location = b"https://" + name + runtime.https_port_suffix + request.uri
         request.setResponseCode(308)
@@ -171,6 +175,13 @@ def _header_bytes(request: GatewayRequest) -> int:
         for value in values:
             total += len(name) + len(value) + 4
     return total
+
+
+def _abort_client(request: GatewayRequest) -> None:
+    """Cut the client off (RST): a truncated body must not look complete."""
+    transport = request.channel.transport
+    if transport is not None:
+        transport.abortConnection()  # type: ignore[attr-defined]
 
 
 @implementer(IPushProducer)
@@ -237,7 +248,7 @@ class ProxiedResponse:
                 why=why,
                 detail=detail,
             )
-            request.channel.transport.abortConnection()
+            _abort_client(request)
             return
         if why == FAIL_TIMEOUT or why == FAIL_IDLE:
             status, message = 504, "The application did not answer in time."
@@ -254,9 +265,7 @@ class ProxiedResponse:
             request_id=request.request_id.decode(),
         )
         request.end_response_early()
-        send_error(
-            request, status, message, error="upstream_" + why, request_id=request.request_id
-        )
+        send_error(request, status, message, error="upstream_" + why, request_id=request.request_id)
 
     def body_too_large(self) -> None:
         if self.exchange is not None:
@@ -268,7 +277,7 @@ class ProxiedResponse:
         if request._disconnected or request.finished:
             return
         if request.startedWriting:
-            request.channel.transport.abortConnection()
+            _abort_client(request)
             return
         request.end_response_early()
         send_error(request, 413, "The request body is too large.", request_id=request.request_id)
@@ -292,7 +301,7 @@ class ProxiedResponse:
         exchange = connection.exchange
         if exchange is not None:
             exchange.sink = tunnel  # type: ignore[assignment]
-        client.unregisterProducer()
+        client.unregisterProducer()  # type: ignore[attr-defined]
         channel._protocolUpgradeForWebsockets(tunnel)
         if leftover:
             tunnel.response_data(leftover)

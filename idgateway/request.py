@@ -153,7 +153,7 @@ class GatewayRequest(server.Request):
         self.clientproto = version
         self.path = uri.partition(b"?")[0]
         self.args = {}
-        self.site = self.channel.site
+        self.site = self.channel.site  # type: ignore[attr-defined]
         self.site.resource.render(self)
 
     def handleContentChunk(self, data: bytes) -> None:
@@ -193,7 +193,24 @@ class GatewayRequest(server.Request):
 
 
 class GatewayChannel(http.HTTPChannel):
-    """HTTPChannel that tolerates a response finished before its request body."""
+    """HTTPChannel that tolerates a response finished before its request body.
+
+    It also remembers the connection's addresses: twisted.web asks for them on
+    every request, and each ask is a system call.
+    """
+
+    _host: Any = None
+    _peer: Any = None
+
+    def getHost(self) -> Any:
+        if self._host is None:
+            self._host = super().getHost()
+        return self._host
+
+    def getPeer(self) -> Any:
+        if self._peer is None:
+            self._peer = super().getPeer()
+        return self._peer
 
     def allContentReceived(self) -> None:
         if not self.requests:

@@ -28,7 +28,9 @@ class GatewayService(MultiService):
 
     _log = Logger()
 
-    def __init__(self, config: Config, reactor: Any, *, install_signal_handlers: bool = True) -> None:
+    def __init__(
+        self, config: Config, reactor: Any, *, install_signal_handlers: bool = True
+    ) -> None:
         super().__init__()
         self.reactor = reactor
         self.config = config
@@ -53,7 +55,8 @@ class GatewayService(MultiService):
             "idgateway serving {routes} route(s) on {listeners}",
             routes=len(self.config.routes),
             listeners=", ".join(
-                ("https://" if l.tls else "http://") + l.address for l in self.config.listeners
+                ("https://" if each.tls else "http://") + each.address
+                for each in self.config.listeners
             ),
         )
 
@@ -78,7 +81,9 @@ class GatewayService(MultiService):
             self._tls[key] = contexts
             factory = TLSMemoryBIOFactory(contexts, False, site)
         endpoint_class = TCP6ServerEndpoint if ":" in listener.host else TCP4ServerEndpoint
-        endpoint = endpoint_class(self.reactor, listener.port, backlog=1024, interface=listener.host)
+        endpoint = endpoint_class(
+            self.reactor, listener.port, backlog=1024, interface=listener.host
+        )
         # Listening on the reactor's own thread finishes synchronously for TCP;
         # an error (port in use) propagates and stops the start.
         d = endpoint.listen(factory)
@@ -108,9 +113,9 @@ class GatewayService(MultiService):
         try:
             # Load every certificate first, so a bad one refuses the whole reload.
             prepared = [
-                (self._tls[(l.host, l.port)], SNIServerContexts.prepare(l.tls))
-                for l in config.listeners
-                if l.tls is not None and (l.host, l.port) in self._tls
+                (self._tls[(each.host, each.port)], SNIServerContexts.prepare(each.tls))
+                for each in config.listeners
+                if each.tls is not None and (each.host, each.port) in self._tls
             ]
             old = self.holder.current
             new = self.builder.build(config, old)
@@ -130,7 +135,7 @@ class GatewayService(MultiService):
         return True
 
     def _sync_listeners(self, config: Config) -> None:
-        wanted = {(l.host, l.port): l for l in config.listeners}
+        wanted = {(each.host, each.port): each for each in config.listeners}
         for key in list(self._ports):
             if key not in wanted:
                 self._ports.pop(key).stopListening()

@@ -18,7 +18,6 @@ from collections import deque
 from typing import Protocol as TypingProtocol
 
 from twisted.internet import error as net_error
-from twisted.internet.base import DelayedCall
 from twisted.internet.interfaces import (
     IAddress,
     IPushProducer,
@@ -26,6 +25,7 @@ from twisted.internet.interfaces import (
     IStreamClientEndpoint,
 )
 from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -53,6 +53,10 @@ FAIL_IDLE = "idle"  # the exchange went silent for longer than the idle timeout
 FAIL_PROTOCOL = "protocol"  # the upstream spoke something other than HTTP/1.x
 FAIL_RESET = "reset"  # the connection dropped before the response completed
 FAIL_CANCELLED = "cancelled"
+
+# How often each pool checks its busy connections' deadlines: timeouts fire
+# up to this much late.
+WATCHDOG_INTERVAL = 0.25
 
 
 class ResponseSink(TypingProtocol):
@@ -151,8 +155,11 @@ class UpstreamConnection(Protocol):
         self._keep_alive = True
         self._body_sent = True
         self._got_any = False
-        self._timer: DelayedCall | None = None
-        self._timer_kind = FAIL_TIMEOUT
+        # When this exchange times out (clock seconds; 0 = never) and why.
+        # The pool's watchdog compares these every WATCHDOG_INTERVAL, which is
+        # much cheaper than a DelayedCall per request.
+        self.deadline = 0.0
+        self.deadline_kind = FAIL_TIMEOUT
         self._chunk_state_data = False  # inside a chunk's data vs reading a size line
         self.reused = False
         self.closed = False
@@ -255,20 +262,16 @@ class UpstreamConnection(Protocol):
     # -- timers --------------------------------------------------------------
 
     def _arm(self, seconds: float, kind: str) -> None:
-        self._timer_kind = kind
-        if self._timer is not None and self._timer.active():
-            self._timer.reset(seconds)
-        else:
-            self._timer = self.pool.clock.callLater(seconds, self._timed_out)  # type: ignore[assignment]
+        self.deadline_kind = kind
+        self.deadline = self.pool.clock.seconds() + seconds
 
     def _cancel_timer(self) -> None:
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
+        self.deadline = 0.0
 
-    def _timed_out(self) -> None:
-        self._timer = None
-        self._fail(self._timer_kind, "upstream did not answer in time")
+    def check_deadline(self, now: float) -> None:
+        if self.deadline and now >= self.deadline:
+            self.deadline = 0.0
+            self._fail(self.deadline_kind, "upstream did not answer in time")
 
     # -- parsing -------------------------------------------------------------
 
@@ -289,9 +292,10 @@ class UpstreamConnection(Protocol):
         while data and self.exchange is exchange:
             state = self._state
             if state == _HEAD:
-                data = self._parse_head(data)
-                if data is None:
+                rest = self._parse_head(data)
+                if rest is None:
                     return
+                data = rest
             elif state == _BODY_LENGTH:
                 remaining = self._remaining
                 if len(data) < remaining:
@@ -309,9 +313,10 @@ class UpstreamConnection(Protocol):
                     self._keep_alive = False
                 return
             elif state == _BODY_CHUNKED:
-                data = self._parse_chunked(data)
-                if data is None:
+                rest = self._parse_chunked(data)
+                if rest is None:
                     return
+                data = rest
             elif state == _BODY_UNTIL_CLOSE:
                 self._arm(exchange.idle_timeout, FAIL_IDLE)
                 exchange.sink.response_data(data)
@@ -372,6 +377,7 @@ class UpstreamConnection(Protocol):
         assert exchange is not None
         if status == 101 and exchange.upgrade:
             self._cancel_timer()
+            self.pool.detach(self)
             self._state = _TUNNEL
             self._keep_alive = False
             exchange.sink.response_head(status, reason, headers, None)
@@ -523,7 +529,7 @@ class _ConnectionFactory(Factory):
     def __init__(self, pool: UpstreamPool) -> None:
         self.pool = pool
 
-    def buildProtocol(self, addr: IAddress) -> UpstreamConnection:
+    def buildProtocol(self, addr: IAddress | None) -> UpstreamConnection:
         return UpstreamConnection(self.pool)
 
 
@@ -544,7 +550,9 @@ class UpstreamPool:
         self.size = size
         self.describe = describe
         self._idle: list[UpstreamConnection] = []
-        self._busy = 0
+        self._active: set[UpstreamConnection] = set()
+        self._watchdog = LoopingCall(self._check_deadlines)
+        self._watchdog.clock = clock
         self._connecting = 0
         self._waiting: deque[Exchange] = deque()
         self._factory = _ConnectionFactory(self)
@@ -552,7 +560,7 @@ class UpstreamPool:
 
     @property
     def open_connections(self) -> int:
-        return len(self._idle) + self._busy + self._connecting
+        return len(self._idle) + len(self._active) + self._connecting
 
     def submit(self, exchange: Exchange) -> None:
         """Send the exchange now on an idle connection, on a new one, or when one frees up."""
@@ -566,8 +574,7 @@ class UpstreamPool:
             connection = self._idle.pop()
             if connection.closed:
                 continue
-            self._busy += 1
-            connection.pool_state = "busy"
+            self._mark_busy(connection)
             connection.start(exchange)
             return
         if self.open_connections < self.size:
@@ -590,10 +597,13 @@ class UpstreamPool:
                 return
             if exchange.upgrade:
                 connection.pool_state = "tunnel"
+                connection.start(exchange)
+                # Until the 101 arrives, the tunnel's response timeout is
+                # still watched; it leaves the watch list when upgraded.
+                self._watch(connection)
             else:
-                self._busy += 1
-                connection.pool_state = "busy"
-            connection.start(exchange)
+                self._mark_busy(connection)
+                connection.start(exchange)
 
         def failed(failure: Failure) -> None:
             self._connecting -= 1
@@ -605,7 +615,7 @@ class UpstreamPool:
 
     def release(self, connection: UpstreamConnection) -> None:
         """A connection finished its exchange and may be reused."""
-        self._busy -= 1
+        self._active.discard(connection)
         connection.pool_state = "idle"
         if self.closed:
             connection.pool_state = "gone"
@@ -616,8 +626,7 @@ class UpstreamPool:
         while self._waiting:
             exchange = self._waiting.popleft()
             if not exchange.cancelled:
-                self._busy += 1
-                connection.pool_state = "busy"
+                self._mark_busy(connection)
                 connection.start(exchange)
                 return
         self._idle.append(connection)
@@ -628,9 +637,31 @@ class UpstreamPool:
         if state == "idle":
             if connection in self._idle:
                 self._idle.remove(connection)
-        elif state == "busy":
-            self._busy -= 1
+        self._active.discard(connection)
         self._dispatch_waiting()
+
+    def detach(self, connection: UpstreamConnection) -> None:
+        """A connection became a WebSocket tunnel: it no longer counts against the pool."""
+        self._active.discard(connection)
+        connection.pool_state = "tunnel"
+        self._dispatch_waiting()
+
+    def _mark_busy(self, connection: UpstreamConnection) -> None:
+        connection.pool_state = "busy"
+        self._watch(connection)
+
+    def _watch(self, connection: UpstreamConnection) -> None:
+        self._active.add(connection)
+        if not self._watchdog.running:
+            self._watchdog.start(WATCHDOG_INTERVAL, now=False)
+
+    def _check_deadlines(self) -> None:
+        if not self._active:
+            self._watchdog.stop()
+            return
+        now = self.clock.seconds()
+        for connection in list(self._active):
+            connection.check_deadline(now)
 
     def _dispatch_waiting(self) -> None:
         while self._waiting and self.open_connections < self.size:

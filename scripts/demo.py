@@ -74,15 +74,25 @@ routes:
             processes.append(echo)
             wait_for(port, echo, "echo back end")
         gateway = subprocess.Popen(
-            [sys.executable, "-c", TWISTD, "-n", "--pidfile=", "--logfile", str(workdir / "gateway.log"),
-             "idgateway", "--config", str(config)],
+            [
+                sys.executable,
+                "-c",
+                TWISTD,
+                "-n",
+                "--pidfile=",
+                "--logfile",
+                str(workdir / "gateway.log"),
+                "idgateway",
+                "--config",
+                str(config),
+            ],
             cwd=REPO,
         )
         processes.append(gateway)
         wait_for(gateway_port, gateway, "gateway")
         print(
             f"""
-idgateway demo is running (config: {config}, log: {workdir / 'gateway.log'})
+idgateway demo is running (config: {config}, log: {workdir / "gateway.log"})
 
   http://app1.localhost:{gateway_port}/   -> echo back end on 127.0.0.1:{echo1}
   http://app2.localhost:{gateway_port}/   -> echo back end on 127.0.0.1:{echo2}

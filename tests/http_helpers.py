@@ -7,6 +7,7 @@ import json
 import socket
 import ssl
 
+
 def request(
     port: int,
     host: str,
@@ -22,7 +23,11 @@ def request(
     """One request to 127.0.0.1:port with the given Host header (and SNI name, for TLS)."""
     if tls_context is not None:
         conn: http.client.HTTPConnection = _SNIConnection(
-            "127.0.0.1", port, context=tls_context, server_hostname=server_hostname or host, timeout=timeout
+            "127.0.0.1",
+            port,
+            context=tls_context,
+            server_hostname=server_hostname or host,
+            timeout=timeout,
         )
     else:
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
@@ -55,7 +60,9 @@ def header_values(echo: dict, name: str) -> list[str]:
 class _SNIConnection(http.client.HTTPSConnection):
     """Connects to an IP but sends a chosen SNI name (Python's resolver knows no *.localhost)."""
 
-    def __init__(self, host: str, port: int, *, context: ssl.SSLContext, server_hostname: str, timeout: float):
+    def __init__(
+        self, host: str, port: int, *, context: ssl.SSLContext, server_hostname: str, timeout: float
+    ):
         super().__init__(host, port, context=context, timeout=timeout)
         self._sni = server_hostname
         self._ctx = context

@@ -22,7 +22,9 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_for_port(port: int, timeout: float = 15.0, process: subprocess.Popen | None = None) -> None:
+def wait_for_port(
+    port: int, timeout: float = 15.0, process: subprocess.Popen | None = None
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:
@@ -45,7 +47,9 @@ def rss_kib(pid: int) -> int:
 class GatewayProcess:
     """``twistd -n idgateway --config FILE`` as users run it."""
 
-    def __init__(self, config_path: Path, log_path: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, config_path: Path, log_path: Path, env: dict[str, str] | None = None
+    ) -> None:
         self.config_path = config_path
         self.log_path = log_path
         self.env = env
@@ -95,7 +99,11 @@ class GatewayProcess:
 
     def output(self) -> str:
         text = self.log()
-        if self.process is not None and self.process.stdout is not None and self.process.poll() is not None:
+        if (
+            self.process is not None
+            and self.process.stdout is not None
+            and self.process.poll() is not None
+        ):
             text += self.process.stdout.read().decode(errors="replace")
         return text
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.backends import BackendProcess
-from tests.processes import GatewayProcess, free_port
+from tests.processes import GatewayProcess
 
 
 @pytest.fixture

@@ -59,7 +59,9 @@ def test_unknown_host_gets_421_html_and_json(two_apps):
     assert status == 421
     assert headers["Content-Type"].startswith("text/html")
     assert b"no site by that name" in body
-    status, headers, body = request(port, "nope.localhost", "/", headers={"Accept": "application/json"})
+    status, headers, body = request(
+        port, "nope.localhost", "/", headers={"Accept": "application/json"}
+    )
     assert status == 421
     assert json.loads(body)["error"] == "unknown_host"
 
@@ -104,7 +106,9 @@ def test_keep_alive_client_connection_serves_many_requests(two_apps):
     port, _, _ = two_apps
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
     for i in range(20):
-        conn.request("GET", f"/echo?i={i}", headers={"Host": "app1.localhost", "Accept": "application/json"})
+        conn.request(
+            "GET", f"/echo?i={i}", headers={"Host": "app1.localhost", "Accept": "application/json"}
+        )
         response = conn.getresponse()
         assert response.status == 200
         assert json.loads(response.read())["query"] == f"i={i}"
@@ -184,7 +188,10 @@ def test_body_over_limit_is_413_by_length_and_by_chunks(limits):
     status, _, _ = request(port, "limited.localhost", "/upload", method="POST", body=b"x" * 2000)
     assert status == 413
     with socket.create_connection(("127.0.0.1", port)) as sock:
-        sock.sendall(b"POST /upload HTTP/1.1\r\nHost: limited.localhost\r\nTransfer-Encoding: chunked\r\n\r\n")
+        sock.sendall(
+            b"POST /upload HTTP/1.1\r\nHost: limited.localhost\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n"
+        )
         for _ in range(4):
             sock.sendall(b"400\r\n" + b"y" * 1024 + b"\r\n")
         data = _read_all(sock)
@@ -296,18 +303,24 @@ routes:
         assert header_values(echo, "x-forwarded-host") == ["unix.localhost"]
 
 
-def test_sighup_reload_swaps_routes_and_refuses_bad_config(start_gateway, backend, backend_b, tmp_path):
+def test_sighup_reload_swaps_routes_and_refuses_bad_config(
+    start_gateway, backend, backend_b, tmp_path
+):
     port = free_port()
     gateway = start_gateway(two_app_config(port, backend.port, backend_b.port), [port])
     assert header_values(echo_json(port, "app1.localhost"), "host") == [f"127.0.0.1:{backend.port}"]
     gateway.config_path.write_text(two_app_config(port, backend_b.port, backend.port))
     gateway.signal(signal.SIGHUP)
     _wait_for(lambda: "configuration reloaded" in gateway.log())
-    assert header_values(echo_json(port, "app1.localhost"), "host") == [f"127.0.0.1:{backend_b.port}"]
+    assert header_values(echo_json(port, "app1.localhost"), "host") == [
+        f"127.0.0.1:{backend_b.port}"
+    ]
     gateway.config_path.write_text("listeners: [\n")
     gateway.signal(signal.SIGHUP)
     _wait_for(lambda: "reload refused" in gateway.log())
-    assert header_values(echo_json(port, "app1.localhost"), "host") == [f"127.0.0.1:{backend_b.port}"]
+    assert header_values(echo_json(port, "app1.localhost"), "host") == [
+        f"127.0.0.1:{backend_b.port}"
+    ]
     assert gateway.process.poll() is None
 
 
@@ -328,7 +341,8 @@ def test_bad_config_does_not_start(tmp_path):
     port = free_port()
     config = tmp_path / "bad.yaml"
     config.write_text(
-        f"listeners:\n  - address: 127.0.0.1:{port}\nroutes:\n  - name: a\n    hosts: [a.localhost]\n    upstrem: http://x\n"
+        f"listeners:\n  - address: 127.0.0.1:{port}\nroutes:\n  - name: a\n"
+        "    hosts: [a.localhost]\n    upstrem: http://x\n"
     )
     result = subprocess.run(
         [sys.executable, "-c", TWISTD, "-n", "--pidfile=", "idgateway", "--config", str(config)],

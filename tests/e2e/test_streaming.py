@@ -52,7 +52,10 @@ def test_one_gigabyte_upload_streams_with_bounded_memory(gateway):
 
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
     conn.request(
-        "POST", "/upload", body=body(), headers={"Host": "big.localhost", "Content-Length": str(GIB)}
+        "POST",
+        "/upload",
+        body=body(),
+        headers={"Host": "big.localhost", "Content-Length": str(GIB)},
     )
     response = conn.getresponse()
     result = json.loads(response.read())

@@ -119,7 +119,9 @@ routes:
     with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
         with pytest.raises(ssl.SSLError):
             old_client.wrap_socket(raw, server_hostname="app1.localhost")
-    status, _, _ = request(port, "app1.localhost", "/echo", tls_context=client_context(ca.cert_path))
+    status, _, _ = request(
+        port, "app1.localhost", "/echo", tls_context=client_context(ca.cert_path)
+    )
     assert status == 200
 
 

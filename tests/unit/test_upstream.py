@@ -88,7 +88,10 @@ def test_chunked_response_is_decoded_across_reads():
     pool, endpoint, _ = make()
     sink, _ = send(pool)
     proto = endpoint.protocols[0]
-    raw = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n"
+    raw = (
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n"
+    )
     for i in range(len(raw)):
         proto.dataReceived(raw[i : i + 1])
     assert sink.body == b"hello world"
