@@ -201,6 +201,9 @@ class GatewayChannel(http.HTTPChannel):
 
     _host: Any = None
     _peer: Any = None
+    # The hard ceiling on a request head; each route's max_header_size (431)
+    # applies below it.
+    totalHeadersSize = 64 * 1024
 
     def getHost(self) -> Any:
         if self._host is None:
