@@ -1,0 +1,1 @@
+"""OpenID Connect relying party: discovery, keys, the login flow and tokens."""

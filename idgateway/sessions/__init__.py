@@ -1,0 +1,1 @@
+"""Where a logged-in user's session lives: encrypted cookies (default) or Redis."""
