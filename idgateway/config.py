@@ -23,11 +23,13 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 
 from idgateway import units
+from idgateway.config_auth import ROUTE_AUTH_FIELDS, build_providers, build_route_auth
 from idgateway.model import (
     CertificatePair,
     Config,
     Listener,
     PathRoute,
+    ProviderSettings,
     Route,
     TLSSettings,
     Upstream,
@@ -45,6 +47,7 @@ from idgateway.schema import (  # noqa: F401  (re-exported: callers import them 
     boolean,
     duration,
     file_path,
+    hide_references,
     integer,
     list_of,
     mapping,
@@ -159,8 +162,11 @@ def _hsts(reader: Reader, node: yaml.Node, key: str) -> tuple[int | None, bool] 
     return round(found.values["max_age"]), found.values["include_subdomains"]
 
 
-def _build_route(reader: Reader, found: Section) -> Route | _Invalid:
+def _build_route(
+    reader: Reader, found: Section, providers: tuple[ProviderSettings, ...] | _Invalid = ()
+) -> Route | _Invalid:
     values = found.values
+    auth = build_route_auth(reader, found, providers)
     subs: tuple[Section, ...] = values["paths"]
     if not all(sub.valid for sub in subs):
         return INVALID
@@ -194,7 +200,7 @@ def _build_route(reader: Reader, found: Section) -> Route | _Invalid:
         paths.append(
             PathRoute(prefix, upstream_of(sub, sub.values["upstream_ca_file"] or route_ca))
         )
-    if len(reader.problems) > problems_before:
+    if len(reader.problems) > problems_before or auth is INVALID:
         return INVALID
     hsts_max_age, hsts_include_subdomains = values["hsts"]
     same_names = {name: values[name] for name in _ROUTE_ATTRIBUTES if name in values}
@@ -204,6 +210,7 @@ def _build_route(reader: Reader, found: Section) -> Route | _Invalid:
         paths=tuple(paths),
         hsts_max_age=hsts_max_age,
         hsts_include_subdomains=hsts_include_subdomains,
+        auth=auth,
     )
 
 
@@ -251,7 +258,11 @@ def _build_config(reader: Reader, found: Section) -> Config | _Invalid:
     routes: list[Route | _Invalid] = []
     if found.values["routes"] is not INVALID:
         _check_routes_together(reader, found.values["routes"])
-        routes = [_build_route(reader, r) if r.valid else INVALID for r in found.values["routes"]]
+        providers = found.values["providers"]
+        routes = [
+            _build_route(reader, r, providers) if r.valid else INVALID
+            for r in found.values["routes"]
+        ]
     if reader.problems or not found.valid:
         return INVALID
     return Config(
@@ -260,6 +271,7 @@ def _build_config(reader: Reader, found: Section) -> Config | _Invalid:
         routes=tuple(routes),  # type: ignore[arg-type]  # no problems, so no INVALID
         trusted_proxies=found.values["trusted_proxies"],
         warnings=tuple(reader.warnings),
+        providers=found.values["providers"],
     )
 
 
@@ -271,7 +283,7 @@ def _default(cls: type, name: str) -> Any:
 
 
 # Route fields whose YAML key is the model's attribute name are passed straight through.
-_ROUTE_ATTRIBUTES = {field.name for field in attrs.fields(Route)} - {"upstream", "paths"}
+_ROUTE_ATTRIBUTES = {field.name for field in attrs.fields(Route)} - {"upstream", "paths", "auth"}
 _UPSTREAM = parsed(units.parse_upstream_url, f"an upstream URL ({units.UPSTREAM_FORMS})")
 _PAIR = "{cert: /etc/idgateway/app1.pem, key: /etc/idgateway/app1.key}"
 _ROUTE = "{name: app1, hosts: [app1.example.com], upstream: http://127.0.0.1:3000}"
@@ -339,6 +351,7 @@ ROUTE_FIELDS = (
     Field("max_header_size", size(), default=_default(Route, "max_header_size")),
     Field("https_redirect", boolean, default=_default(Route, "https_redirect")),
     Field("hsts", _hsts, default=(None, False)),
+    *ROUTE_AUTH_FIELDS,
 )
 _LISTENERS = list_of(
     mapping(LISTENER_FIELDS, "a mapping like {address: 127.0.0.1:8080}", _build_listener),
@@ -358,6 +371,7 @@ TOP_FIELDS = (
         example=f"routes: [{_ROUTE}]",
     ),
     Field("trusted_proxies", _NETWORKS, default=()),
+    Field("providers", build_providers, default=()),
 )
 
 
@@ -383,7 +397,8 @@ def load_config(path: str, environ: Mapping[str, str] | None = None) -> Config:
 def _compose(reader: Reader) -> yaml.Node | _Invalid:
     try:
         with open(reader.file, "rb") as stream:
-            root = yaml.compose(stream.read().decode("utf-8-sig"), Loader=yaml.SafeLoader)
+            text = hide_references(stream.read().decode("utf-8-sig"))
+            root = yaml.compose(text, Loader=yaml.SafeLoader)
     except OSError as error:
         return reader.problem(None, "", _reason(error))
     except UnicodeDecodeError as error:

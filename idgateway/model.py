@@ -98,6 +98,8 @@ class Route:
     # Seconds for Strict-Transport-Security max-age; None sends no HSTS header.
     hsts_max_age: int | None = None
     hsts_include_subdomains: bool = False
+    # Login; None means the route is open (a plain reverse proxy).
+    auth: RouteAuth | None = None
 
     def upstream_for(self, path: bytes) -> Upstream:
         """The upstream for a request path: longest matching prefix, else the route's."""
@@ -118,3 +120,115 @@ class Config:
     trusted_proxies: tuple[str, ...] = ()
     # Non-fatal findings (expired certificates, insecure settings) to log at start.
     warnings: tuple[str, ...] = ()
+    providers: tuple[ProviderSettings, ...] = ()
+
+
+# ---- login: providers, per-route OIDC clients, sessions, identity headers ---------------
+
+
+@attrs.frozen
+class ProviderSettings:
+    """An OpenID provider (a WSO2 tenant), named by discovery URL or by issuer."""
+
+    name: str
+    discovery_url: str | None = None
+    issuer: str | None = None
+    ca_file: str | None = None
+    # mod_auth_openidc's "OIDCSSLValidateServer Off"; logged loudly at start.
+    insecure_skip_verify: bool = False
+
+
+@attrs.frozen
+class OIDCSettings:
+    provider: str
+    client_id: str
+    client_secret: str
+    client_auth: str = "client_secret_basic"
+    scopes: tuple[str, ...] = ("openid", "email", "profile")
+    # Extra authorize parameters (prompt, acr_values, fidp, max_age, ...).
+    extra_params: tuple[tuple[str, str], ...] = ()
+    redirect_path: str = "/oauth2/callback"
+    user_claim: str = "sub"
+    email_claim: str = "email"
+    groups_claim: str = "groups"
+    # Merge the userinfo endpoint's claims into the session at login.
+    userinfo: bool = False
+    # Where sign_out sends the browser back to after the provider's logout.
+    post_logout_redirect: str = "/"
+    # Absolute URLs besides this route's own host that rd/post-login may name.
+    allowed_redirects: tuple[str, ...] = ()
+    # Path prefixes that always get 401 JSON, never a login redirect.
+    api_paths: tuple[str, ...] = ()
+
+
+@attrs.frozen
+class SessionSettings:
+    store: str = "cookie"
+    # base64 32-byte keys; the first encrypts, all decrypt.
+    keys: tuple[str, ...] = ()
+    inactivity_timeout: float = 3600.0
+    max_duration: float = 86400.0
+    cookie_name: str | None = None
+    cookie_domain: str | None = None
+    cookie_path: str = "/"
+    same_site: str = "Lax"
+    # Refresh the access token this long before it expires.
+    refresh_leeway: float = 60.0
+    # Keep only what the route needs (no tokens unless headers pass them).
+    minimal: bool = False
+
+
+@attrs.frozen
+class HeaderSettings:
+    """Which identity headers the upstream gets."""
+
+    # "oauth2-proxy", "mod_auth_openidc" or "custom".
+    preset: str = "oauth2-proxy"
+    # For "custom": (header name, claim name) pairs.
+    mapping: tuple[tuple[str, str], ...] = ()
+    pass_access_token: bool = False
+    pass_authorization_header: bool = False
+    pass_id_token: bool = False
+    claim_prefix: str = "OIDC_CLAIM_"
+    list_delimiter: str = ","
+    remote_user_header: str = "X-Remote-User"
+
+
+@attrs.frozen
+class PublicPath:
+    """A request that skips login: an optional method and a path prefix or regex."""
+
+    method: str | None
+    prefix: str | None = None
+    regex: str | None = None
+
+
+@attrs.frozen
+class ClaimRule:
+    claim: str
+    # Exact value, or a regex when ``regex`` is set. Lists match if any item does.
+    value: str
+    regex: bool = False
+
+
+@attrs.frozen
+class AuthorizeRules:
+    email_domains: tuple[str, ...] = ()
+    groups: tuple[str, ...] = ()
+    roles: tuple[str, ...] = ()
+    claims: tuple[ClaimRule, ...] = ()
+
+    @property
+    def empty(self) -> bool:
+        return not (self.email_domains or self.groups or self.roles or self.claims)
+
+
+@attrs.frozen
+class RouteAuth:
+    """Everything a route needs to log users in; None on routes without login."""
+
+    oidc: OIDCSettings
+    session: SessionSettings
+    headers: HeaderSettings = HeaderSettings()
+    public_paths: tuple[PublicPath, ...] = ()
+    authorize: AuthorizeRules = AuthorizeRules()

@@ -60,6 +60,22 @@ _SCALAR_TAGS = {
 _RESOLVER = yaml.resolver.Resolver()
 _ENV_REFERENCE = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)\}|\$\{[^}]*\}?")
 
+# ${NAME} in the raw text is hidden behind private-use characters before YAML
+# parsing: unquoted inside a flow list ("keys: [${KEY}]") its braces would
+# otherwise be read as a YAML mapping. Values are substituted after parsing, so
+# an environment value can never change the YAML structure.
+_HIDDEN_OPEN, _HIDDEN_CLOSE = "\ue000", "\ue001"
+_PLAIN_REFERENCE = re.compile(r"(?<!\$)\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def hide_references(text: str) -> str:
+    return _PLAIN_REFERENCE.sub(lambda m: _HIDDEN_OPEN + m.group(1) + _HIDDEN_CLOSE, text)
+
+
+def reveal_references(text: str) -> str:
+    return text.replace(_HIDDEN_OPEN, "${").replace(_HIDDEN_CLOSE, "}")
+
+
 # Turns the node at a dotted key into a value, or records a problem and returns INVALID.
 Converter = Callable[["Reader", yaml.Node, str], Any]
 
@@ -125,7 +141,17 @@ class Reader:
         if node.tag not in _SCALAR_TAGS:
             tag = node.tag.replace("tag:yaml.org,2002:", "!!")
             return self.problem(node, key, f"unsupported YAML tag {tag!r}; remove the tag")
-        if node.tag != _STR or isinstance(node, _LiteralScalar) or "${" not in node.value:
+        if node.tag != _STR or isinstance(node, _LiteralScalar):
+            return node
+        if _HIDDEN_OPEN in node.value:
+            node = yaml.ScalarNode(
+                node.tag,
+                reveal_references(node.value),
+                node.start_mark,
+                node.end_mark,
+                style=node.style,
+            )
+        if "${" not in node.value:
             return node
         missing: list[str] = []
 
@@ -177,7 +203,8 @@ def _describe(node: yaml.Node) -> str:
         return "a mapping" if isinstance(node, yaml.MappingNode) else "a list"
     if node.tag == _NULL:
         return "nothing (null)"
-    return f"the string {node.value!r}" if node.tag == _STR else str(node.value)
+    value = reveal_references(node.value) if isinstance(node.value, str) else node.value
+    return f"the string {value!r}" if node.tag == _STR else str(value)
 
 
 # ---- converters -------------------------------------------------------------------------

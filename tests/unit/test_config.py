@@ -32,6 +32,13 @@ from idgateway.config import (
     read_section,
     summarize,
 )
+from idgateway.config_auth import (
+    AUTHORIZE_FIELDS,
+    HEADER_OPTION_FIELDS,
+    OIDC_FIELDS,
+    PROVIDER_FIELDS,
+    SESSION_FIELDS,
+)
 from idgateway.model import Config
 
 UTC = datetime.UTC
@@ -839,12 +846,15 @@ def test_the_example_file_in_etc_loads(tmp_path: Path, certs: Path) -> None:
     """etc/gateway.yaml documents every option; it must stay a valid configuration."""
     example = Path(__file__).resolve().parents[2] / "etc" / "gateway.yaml"
     text = example.read_text().replace("/etc/idgateway", str(certs))
-    config = load(tmp_path, text, {"BILLING_HOST": "billing.internal"})
+    env = {"BILLING_HOST": "billing.internal", "APP1_CLIENT_SECRET": "s3cret"}
+    env["APP1_SESSION_KEY"] = "a" * 43 + "="
+    config = load(tmp_path, text, env)
     assert [route.name for route in config.routes] == ["app1", "billing", "wild", "fallback"]
     billing = config.routes[1]
     assert billing.upstream.host == "billing.internal" and billing.connect_timeout == 2
     assert billing.max_body_size is None and billing.hsts_max_age == 365 * 86400
     every_spec = (TOP_FIELDS, LISTENER_FIELDS, TLS_FIELDS, CERTIFICATE_FIELDS, ROUTE_FIELDS)
-    every_spec += (PATH_FIELDS, HSTS_FIELDS)
+    every_spec += (PATH_FIELDS, HSTS_FIELDS, PROVIDER_FIELDS, OIDC_FIELDS, SESSION_FIELDS)
+    every_spec += (HEADER_OPTION_FIELDS, AUTHORIZE_FIELDS)
     unused = [field.name for spec in every_spec for field in spec if f"{field.name}:" not in text]
     assert unused == []

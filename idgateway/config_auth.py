@@ -1,0 +1,371 @@
+"""The login part of the configuration: providers, and each route's oidc, session,
+headers, public_paths and authorize blocks."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from typing import Any
+
+import yaml
+
+from idgateway import units
+from idgateway.model import (
+    AuthorizeRules,
+    ClaimRule,
+    HeaderSettings,
+    OIDCSettings,
+    ProviderSettings,
+    PublicPath,
+    RouteAuth,
+    SessionSettings,
+)
+from idgateway.schema import (
+    INVALID,
+    Field,
+    Reader,
+    Section,
+    _describe,
+    _Invalid,
+    boolean,
+    duration,
+    file_path,
+    list_of,
+    mapping,
+    parsed,
+    read_section,
+)
+
+HEADER_PRESETS = ("oauth2-proxy", "mod_auth_openidc")
+_HTTP_METHODS = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"}
+_HEADER_NAME = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9_-]*\Z")
+
+
+def _text(expected: str) -> Any:
+    def check(value: str) -> str:
+        if not value.strip():
+            raise ValueError(f"must not be empty; expected {expected}")
+        return value
+
+    return parsed(check, expected)
+
+
+def _one_of(choices: tuple[str, ...]) -> Any:
+    def check(value: str) -> str:
+        if value not in choices:
+            raise ValueError(f"{value!r} is not one of: {', '.join(choices)}")
+        return value
+
+    return parsed(check, " or ".join(choices))
+
+
+def _https_url(value: str) -> str:
+    url = value.strip()
+    if not re.match(r"\Ahttps?://[^/\s]+", url):
+        raise ValueError(
+            f"{value!r} is not an http(s) URL; e.g. https://localhost:9443/oauth2/token"
+        )
+    return url
+
+
+def _session_key(value: str) -> str:
+    """A key is 32 random bytes as base64: what `openssl rand -base64 32` prints."""
+    text = value.strip()
+    padded = text + "=" * (-len(text) % 4)
+    try:
+        raw = base64.b64decode(padded.replace("-", "+").replace("_", "/"), validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("is not base64; make a key with: openssl rand -base64 32") from None
+    if len(raw) != 32:
+        raise ValueError(
+            f"decodes to {len(raw)} bytes, not 32; make a key with: openssl rand -base64 32"
+        )
+    return text
+
+
+def _public_path(value: str) -> PublicPath:
+    """ "/healthz", "GET /static/", "~ ^/assets/.*[.]css$" or "GET ~ ^/x" """
+    parts = value.split(None, 1)
+    method: str | None = None
+    if len(parts) == 2 and parts[0].upper() in _HTTP_METHODS:
+        method, rest = parts[0].upper(), parts[1].strip()
+    else:
+        rest = value.strip()
+    if rest.startswith("~"):
+        pattern = rest[1:].strip()
+        try:
+            re.compile(pattern)
+        except re.error as error:
+            raise ValueError(f"bad regular expression {pattern!r}: {error}") from None
+        return PublicPath(method=method, regex=pattern)
+    if not rest.startswith("/"):
+        raise ValueError(
+            f"{value!r} is not a public path; expected '/healthz', 'GET /static/' "
+            "or '~ ^/assets/' (a regex)"
+        )
+    return PublicPath(method=method, prefix=rest)
+
+
+def _redirect_path(value: str) -> str:
+    if not value.startswith("/") or value.startswith("//"):
+        raise ValueError(f"{value!r} must be a path on the route's host, e.g. /oauth2/callback")
+    return value
+
+
+def _extra_params(reader: Reader, node: yaml.Node, key: str) -> Any:
+    if not isinstance(node, yaml.MappingNode):
+        return reader.problem(
+            node, key, f"expected a mapping like {{prompt: login}}; got {_describe(node)}"
+        )
+    pairs: list[tuple[str, str]] = []
+    reserved = {"response_type", "client_id", "redirect_uri", "scope", "state", "nonce"}
+    reserved |= {"code_challenge", "code_challenge_method"}
+    for key_node, value_node in node.value:
+        name = str(key_node.value)
+        if name in reserved:
+            reader.problem(key_node, f"{key}.{name}", f"{name!r} is set by the gateway itself")
+            continue
+        value = reader.text(value_node, f"{key}.{name}", "a string")
+        if value is not INVALID:
+            pairs.append((name, value))
+    return tuple(pairs)
+
+
+def _headers(reader: Reader, node: yaml.Node, key: str) -> HeaderSettings | _Invalid:
+    """A preset name, or {preset: ..., options}, or a custom {Header-Name: claim} mapping."""
+    if isinstance(node, yaml.ScalarNode):
+        preset = reader.text(node, key, "oauth2-proxy, mod_auth_openidc or a mapping")
+        if preset is INVALID:
+            return INVALID
+        if preset not in HEADER_PRESETS:
+            return reader.problem(
+                node,
+                key,
+                f"unknown header preset {preset!r}; use oauth2-proxy, mod_auth_openidc, "
+                "or a mapping like {X-User: username}",
+            )
+        return HeaderSettings(preset=preset)
+    if not isinstance(node, yaml.MappingNode):
+        return reader.problem(
+            node, key, f"expected a preset name or a mapping; got {_describe(node)}"
+        )
+    names = {str(k.value) for k, _ in node.value}
+    if "preset" in names:
+        found = read_section(reader, node, key, HEADER_OPTION_FIELDS, "header options")
+        if found is INVALID or not found.valid:
+            return INVALID
+        return HeaderSettings(**found.values)
+    pairs: list[tuple[str, str]] = []
+    for key_node, value_node in node.value:
+        header = str(key_node.value)
+        child = f"{key}.{header}"
+        if not _HEADER_NAME.match(header):
+            reader.problem(key_node, child, f"{header!r} is not a valid header name")
+            continue
+        claim = reader.text(value_node, child, "a claim name, e.g. username")
+        if claim is not INVALID:
+            pairs.append((header, claim))
+    return HeaderSettings(preset="custom", mapping=tuple(pairs))
+
+
+def _claim_rules(reader: Reader, node: yaml.Node, key: str) -> Any:
+    if not isinstance(node, yaml.MappingNode):
+        return reader.problem(
+            node, key, f"expected a mapping like {{department: sales}}; got {_describe(node)}"
+        )
+    rules: list[ClaimRule] = []
+    for key_node, value_node in node.value:
+        claim = str(key_node.value)
+        value = reader.text(value_node, f"{key}.{claim}", "a value, or '~ regex'")
+        if value is INVALID:
+            continue
+        if value.startswith("~"):
+            pattern = value[1:].strip()
+            try:
+                re.compile(pattern)
+            except re.error as error:
+                reader.problem(value_node, f"{key}.{claim}", f"bad regular expression: {error}")
+                continue
+            rules.append(ClaimRule(claim, pattern, regex=True))
+        else:
+            rules.append(ClaimRule(claim, value))
+    return tuple(rules)
+
+
+_STRINGS = list_of(_text("a string"), "a list of strings")
+
+PROVIDER_FIELDS = (
+    Field("discovery_url", parsed(_https_url, "a URL")),
+    Field("issuer", parsed(_https_url, "a URL")),
+    Field("ca_file", file_path("a PEM file of CA certificates")),
+    Field("insecure_skip_verify", boolean, default=False),
+)
+
+OIDC_FIELDS = (
+    Field("provider", _text("a provider name"), required=True, example="provider: wso2"),
+    Field("client_id", _text("a client id"), required=True, example="client_id: my-app"),
+    Field(
+        "client_secret",
+        _text("a client secret"),
+        required=True,
+        secret=True,
+        example="client_secret: ${APP1_CLIENT_SECRET}",
+    ),
+    Field(
+        "client_auth",
+        _one_of(("client_secret_basic", "client_secret_post")),
+        default="client_secret_basic",
+    ),
+    Field("scopes", _STRINGS, default=("openid", "email", "profile")),
+    Field("extra_params", _extra_params, default=()),
+    Field("redirect_path", parsed(_redirect_path, "a path"), default="/oauth2/callback"),
+    Field("user_claim", _text("a claim name"), default="sub"),
+    Field("email_claim", _text("a claim name"), default="email"),
+    Field("groups_claim", _text("a claim name"), default="groups"),
+    Field("userinfo", boolean, default=False),
+    Field("post_logout_redirect", _text("a path or URL"), default="/"),
+    Field("allowed_redirects", list_of(parsed(_https_url, "a URL"), "a list of URLs"), default=()),
+    Field("api_paths", list_of(parsed(_redirect_path, "a path"), "a list of paths"), default=()),
+)
+
+SESSION_FIELDS = (
+    Field("store", _one_of(("cookie",)), default="cookie"),
+    Field("keys", list_of(parsed(_session_key, "a base64 key"), "a list of keys", 1), default=()),
+    Field("inactivity_timeout", duration(), default=3600.0),
+    Field("max_duration", duration(), default=86400.0),
+    Field("cookie_name", parsed(units.parse_route_name, "a cookie name")),
+    Field("cookie_domain", _text("a domain")),
+    Field("cookie_path", parsed(_redirect_path, "a path"), default="/"),
+    Field("same_site", _one_of(("Lax", "Strict", "None")), default="Lax"),
+    Field("refresh_leeway", duration(allow_zero=True), default=60.0),
+    Field("minimal", boolean, default=False),
+)
+
+HEADER_OPTION_FIELDS = (
+    Field("preset", _one_of(HEADER_PRESETS), required=True),
+    Field("pass_access_token", boolean, default=False),
+    Field("pass_authorization_header", boolean, default=False),
+    Field("pass_id_token", boolean, default=False),
+    Field("claim_prefix", _text("a header prefix"), default="OIDC_CLAIM_"),
+    Field("list_delimiter", _text("a delimiter"), default=","),
+    Field("remote_user_header", _text("a header name"), default="X-Remote-User"),
+)
+
+AUTHORIZE_FIELDS = (
+    Field("email_domains", _STRINGS, default=()),
+    Field("groups", _STRINGS, default=()),
+    Field("roles", _STRINGS, default=()),
+    Field("claims", _claim_rules, default=()),
+)
+
+ROUTE_AUTH_FIELDS = (
+    Field(
+        "oidc",
+        mapping(
+            OIDC_FIELDS,
+            "a mapping like {provider: wso2, client_id: app1, ...}",
+            lambda _, found: OIDCSettings(**found.values),
+        ),
+    ),
+    Field(
+        "session",
+        mapping(
+            SESSION_FIELDS,
+            "a mapping like {keys: [${APP1_SESSION_KEY}]}",
+            lambda _, found: SessionSettings(**found.values),
+        ),
+    ),
+    Field("headers", _headers, default=HeaderSettings()),
+    Field(
+        "public_paths",
+        list_of(parsed(_public_path, "a path"), "a list like [/healthz, 'GET /static/']"),
+        default=(),
+    ),
+    Field(
+        "authorize",
+        mapping(
+            AUTHORIZE_FIELDS,
+            "a mapping like {email_domains: [example.com]}",
+            lambda _, found: AuthorizeRules(**found.values),
+        ),
+        default=AuthorizeRules(),
+    ),
+)
+
+
+def build_providers(reader: Reader, node: yaml.Node, key: str) -> Any:
+    """``providers:`` — a mapping of name -> {discovery_url | issuer, ca_file, ...}."""
+    if not isinstance(node, yaml.MappingNode):
+        return reader.problem(
+            node, key, f"expected a mapping like {{wso2: {{issuer: ...}}}}; got {_describe(node)}"
+        )
+    providers: list[ProviderSettings] = []
+    for key_node, value_node in node.value:
+        name = str(key_node.value)
+        child = f"{key}.{name}"
+        found = read_section(reader, value_node, child, PROVIDER_FIELDS, "a provider mapping")
+        if found is INVALID or not found.valid:
+            continue
+        values = found.values
+        if (values["discovery_url"] is None) == (values["issuer"] is None):
+            reader.problem(
+                value_node,
+                child,
+                "give exactly one of 'discovery_url' or 'issuer', e.g. "
+                "issuer: https://localhost:9443/oauth2/token",
+            )
+            continue
+        if values["insecure_skip_verify"]:
+            reader.warnings.append(
+                f"provider {name!r}: insecure_skip_verify is on: the provider's TLS certificate "
+                "is NOT checked; anyone on the network path can impersonate it"
+            )
+        providers.append(ProviderSettings(name=name, **values))
+    return tuple(providers)
+
+
+def build_route_auth(
+    reader: Reader, found: Section, providers: tuple[ProviderSettings, ...] | _Invalid
+) -> RouteAuth | None | _Invalid:
+    """The route's RouteAuth from its oidc/session/... values, or None for open routes."""
+    values = found.values
+    oidc = values.get("oidc")
+    names = ("session", "public_paths", "authorize")
+    if oidc is None:
+        for name in names:
+            if name in found.nodes:
+                reader.problem(
+                    found.nodes[name],
+                    found.child(name),
+                    f"'{name}' only applies to a route with an 'oidc' block",
+                )
+        return None
+    if oidc is INVALID or any(values.get(n) is INVALID for n in (*names, "headers")):
+        return INVALID
+    known = {} if providers is INVALID else {p.name: p for p in providers}
+    if providers is not INVALID and oidc.provider not in known:
+        choices = ", ".join(known) or "none are defined under 'providers:'"
+        return reader.problem(
+            found.nodes["oidc"],
+            found.child("oidc") + ".provider",
+            f"unknown provider {oidc.provider!r}; known providers: {choices}",
+        )
+    if "openid" not in oidc.scopes:
+        return reader.problem(
+            found.nodes["oidc"], found.child("oidc") + ".scopes", "scopes must include 'openid'"
+        )
+    session = values.get("session") or SessionSettings()
+    if not session.keys:
+        reader.warnings.append(
+            f"route {values['name']!r}: no session keys configured; using a random key, so "
+            "sessions end when the gateway restarts and are not shared between processes "
+            "(set session.keys: [<openssl rand -base64 32>])"
+        )
+    return RouteAuth(
+        oidc=oidc,
+        session=session,
+        headers=values["headers"],
+        public_paths=values["public_paths"],
+        authorize=values["authorize"],
+    )

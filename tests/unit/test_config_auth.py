@@ -1,0 +1,251 @@
+"""The login blocks of gateway.yaml: providers, oidc, session, headers, public_paths, authorize."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from idgateway.config import ConfigError, load_config
+from idgateway.model import ClaimRule, PublicPath
+
+KEY = "q3F1K2x0cUxZbU5PcFFyU3RVdld4WXphYmNkZWZnaGk="  # 32 bytes
+CA_PEM = "ca.pem"
+
+CONTRACT = """
+listeners:
+  - address: 127.0.0.1:8080
+providers:
+  wso2:
+    discovery_url: https://localhost:9443/oauth2/oidcdiscovery/.well-known/openid-configuration
+    ca_file: {ca}
+  acme:
+    issuer: https://localhost:9443/t/acme.com/oauth2/token
+    insecure_skip_verify: true               # logs a warning at start
+routes:
+  - name: app1
+    hosts: [app1.example.com]
+    upstream: http://127.0.0.1:3000
+    oidc:
+      provider: wso2
+      client_id: mod-auth-app
+      client_secret: ${{APP1_CLIENT_SECRET}}
+      client_auth: client_secret_basic        # or client_secret_post
+      scopes: [openid, email, profile, groups]
+      user_claim: username
+    session:
+      store: cookie
+      keys: [${{APP1_SESSION_KEY}}]             # first encrypts, all decrypt
+      inactivity_timeout: 1h
+      max_duration: 24h
+    headers: oauth2-proxy                     # or mod_auth_openidc, or a mapping
+    public_paths: [/healthz, "GET /static/"]
+    authorize:
+      email_domains: [example.com]
+      groups: [engineering]
+  - name: app2
+    hosts: [app2.example.com]
+    upstream: http://127.0.0.1:3001
+    oidc: {{provider: acme, client_id: gw-app2, client_secret_file: {secret}}}
+"""
+
+
+def write(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "gateway.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+@pytest.fixture
+def contract(tmp_path: Path) -> str:
+    (tmp_path / CA_PEM).write_text("not checked here")
+    secret = tmp_path / "app2-secret"
+    secret.write_text("app2-s3cret\n")
+    return CONTRACT.format(ca=tmp_path / CA_PEM, secret=secret)
+
+
+ENV = {"APP1_CLIENT_SECRET": "app1-s3cret", "APP1_SESSION_KEY": KEY}
+
+
+def test_the_contract_example_is_accepted(tmp_path: Path, contract: str) -> None:
+    config = load_config(write(tmp_path, contract), ENV)
+    assert [p.name for p in config.providers] == ["wso2", "acme"]
+    wso2, acme = config.providers
+    assert wso2.discovery_url and wso2.issuer is None and wso2.ca_file
+    assert acme.issuer == "https://localhost:9443/t/acme.com/oauth2/token"
+    assert acme.insecure_skip_verify
+    app1, app2 = config.routes
+    assert app1.auth is not None and app2.auth is not None
+    assert app1.auth.oidc.client_secret == "app1-s3cret"
+    assert app1.auth.oidc.user_claim == "username"
+    assert app1.auth.oidc.scopes == ("openid", "email", "profile", "groups")
+    assert app1.auth.session.keys == (KEY,)
+    assert app1.auth.session.inactivity_timeout == 3600
+    assert app1.auth.session.max_duration == 86400
+    assert app1.auth.headers.preset == "oauth2-proxy"
+    assert app1.auth.public_paths == (
+        PublicPath(method=None, prefix="/healthz"),
+        PublicPath(method="GET", prefix="/static/"),
+    )
+    assert app1.auth.authorize.email_domains == ("example.com",)
+    assert app1.auth.authorize.groups == ("engineering",)
+    assert app2.auth.oidc.client_secret == "app2-s3cret"
+    assert app2.auth.oidc.client_auth == "client_secret_basic"
+    assert any("insecure_skip_verify" in w for w in config.warnings)
+    assert any("app2" in w and "no session keys" in w for w in config.warnings)
+
+
+def problems(tmp_path: Path, text: str, env: dict[str, str] | None = None) -> str:
+    with pytest.raises(ConfigError) as caught:
+        load_config(write(tmp_path, text), {**ENV, **(env or {})})
+    return str(caught.value)
+
+
+def route_with(block: str) -> str:
+    return (
+        "listeners: [{address: 127.0.0.1:8080}]\n"
+        "providers:\n  wso2: {issuer: https://localhost:9443/oauth2/token}\n"
+        "routes:\n  - name: app1\n    hosts: [app1.example.com]\n"
+        "    upstream: http://127.0.0.1:3000\n" + block
+    )
+
+
+OIDC = "    oidc: {provider: wso2, client_id: c, client_secret: s}\n"
+
+
+def test_unknown_provider_names_the_known_ones(tmp_path: Path) -> None:
+    text = problems(
+        tmp_path, route_with("    oidc: {provider: wos2, client_id: c, client_secret: s}\n")
+    )
+    assert "unknown provider 'wos2'" in text and "wso2" in text
+    assert "gateway.yaml:8: routes[0].oidc.provider" in text
+
+
+def test_provider_needs_exactly_one_of_discovery_url_and_issuer(tmp_path: Path) -> None:
+    text = problems(
+        tmp_path,
+        "listeners: [{address: 127.0.0.1:8080}]\nproviders:\n  wso2: {ca_file: x.pem}\n"
+        "routes: [{name: a, default: true, upstream: http://127.0.0.1:1}]\n",
+    )
+    assert "exactly one of 'discovery_url' or 'issuer'" in text
+    text = problems(
+        tmp_path,
+        "listeners: [{address: 127.0.0.1:8080}]\nproviders:\n  wso2: {issuer: ftp://x}\n"
+        "routes: [{name: a, default: true, upstream: http://127.0.0.1:1}]\n",
+    )
+    assert "not an http(s) URL" in text
+
+
+def test_missing_client_secret_and_its_file_form(tmp_path: Path) -> None:
+    text = problems(tmp_path, route_with("    oidc: {provider: wso2, client_id: c}\n"))
+    assert "missing required key 'client_secret' (or 'client_secret_file')" in text
+    text = problems(
+        tmp_path,
+        route_with("    oidc: {provider: wso2, client_id: c, client_secret_file: /nonexistent}\n"),
+    )
+    assert "cannot read /nonexistent" in text
+
+
+@pytest.mark.parametrize(
+    ("key", "message"),
+    [
+        ("not*base64!", "is not base64"),
+        ("c2hvcnQ=", "decodes to 5 bytes, not 32"),
+    ],
+)
+def test_bad_session_keys(tmp_path: Path, key: str, message: str) -> None:
+    text = problems(tmp_path, route_with(OIDC + f"    session: {{keys: ['{key}']}}\n"))
+    assert message in text and "openssl rand -base64 32" in text
+
+
+def test_session_key_error_does_not_echo_the_key(tmp_path: Path) -> None:
+    text = problems(tmp_path, route_with(OIDC + "    session: {keys: ['c2VjcmV0LXNob3J0']}\n"))
+    assert "c2VjcmV0LXNob3J0" not in text
+
+
+def test_undefined_session_key_variable(tmp_path: Path) -> None:
+    text = problems(tmp_path, route_with(OIDC + "    session: {keys: [${NOPE_KEY}]}\n"))
+    assert "environment variable 'NOPE_KEY' is not set" in text
+
+
+def test_session_without_oidc_is_an_error(tmp_path: Path) -> None:
+    text = problems(tmp_path, route_with(f"    session: {{keys: ['{KEY}']}}\n"))
+    assert "'session' only applies to a route with an 'oidc' block" in text
+
+
+def test_scopes_need_openid(tmp_path: Path) -> None:
+    block = "    oidc: {provider: wso2, client_id: c, client_secret: s, scopes: [email]}\n"
+    assert "scopes must include 'openid'" in problems(tmp_path, route_with(block))
+
+
+def test_client_auth_and_same_site_choices(tmp_path: Path) -> None:
+    block = "    oidc: {provider: wso2, client_id: c, client_secret: s, client_auth: jwt}\n"
+    assert "'jwt' is not one of: client_secret_basic, client_secret_post" in problems(
+        tmp_path, route_with(block)
+    )
+    text = problems(tmp_path, route_with(OIDC + "    session: {same_site: lax}\n"))
+    assert "'lax' is not one of: Lax, Strict, None" in text
+
+
+def test_redis_store_is_not_available_yet(tmp_path: Path) -> None:
+    assert "'redis' is not one of: cookie" in problems(
+        tmp_path, route_with(OIDC + "    session: {store: redis}\n")
+    )
+
+
+def test_header_presets_and_custom_mapping(tmp_path: Path) -> None:
+    config = load_config(
+        write(tmp_path, route_with(OIDC + "    headers: {X-User: username, X-Mail: email}\n")),
+        ENV,
+    )
+    assert config.routes[0].auth.headers.preset == "custom"
+    assert config.routes[0].auth.headers.mapping == (("X-User", "username"), ("X-Mail", "email"))
+    config = load_config(
+        write(
+            tmp_path,
+            route_with(OIDC + "    headers: {preset: mod_auth_openidc, claim_prefix: X-Claim-}\n"),
+        ),
+        ENV,
+    )
+    assert config.routes[0].auth.headers.preset == "mod_auth_openidc"
+    assert config.routes[0].auth.headers.claim_prefix == "X-Claim-"
+    assert "unknown header preset 'oauth2proxy'" in problems(
+        tmp_path, route_with(OIDC + "    headers: oauth2proxy\n")
+    )
+    assert "not a valid header name" in problems(
+        tmp_path, route_with(OIDC + "    headers: {'X User': username}\n")
+    )
+
+
+def test_public_paths_forms(tmp_path: Path) -> None:
+    block = OIDC + "    public_paths: [/a, 'POST /b/', '~ ^/c/.*[.]css$', 'GET ~ ^/d']\n"
+    config = load_config(write(tmp_path, route_with(block)), ENV)
+    assert config.routes[0].auth.public_paths == (
+        PublicPath(None, prefix="/a"),
+        PublicPath("POST", prefix="/b/"),
+        PublicPath(None, regex="^/c/.*[.]css$"),
+        PublicPath("GET", regex="^/d"),
+    )
+    assert "is not a public path" in problems(
+        tmp_path, route_with(OIDC + "    public_paths: [healthz]\n")
+    )
+    assert "bad regular expression" in problems(
+        tmp_path, route_with(OIDC + "    public_paths: ['~ ([']\n")
+    )
+
+
+def test_authorize_claim_rules(tmp_path: Path) -> None:
+    block = OIDC + "    authorize: {claims: {department: sales, level: '~ ^[0-9]+$'}}\n"
+    config = load_config(write(tmp_path, route_with(block)), ENV)
+    assert config.routes[0].auth.authorize.claims == (
+        ClaimRule("department", "sales"),
+        ClaimRule("level", "^[0-9]+$", regex=True),
+    )
+    assert "unknown key 'email_domain'" in problems(
+        tmp_path, route_with(OIDC + "    authorize: {email_domain: [x.com]}\n")
+    )
+
+
+def test_extra_params_cannot_override_security_parameters(tmp_path: Path) -> None:
+    block = "    oidc: {provider: wso2, client_id: c, client_secret: s, extra_params: {state: x}}\n"
+    assert "'state' is set by the gateway itself" in problems(tmp_path, route_with(block))
