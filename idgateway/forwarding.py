@@ -110,6 +110,7 @@ def build_request_head(
     request_id: bytes,
     trusted_peer: bool,
     strip: frozenset[bytes] = frozenset(),
+    strip_prefixes: tuple[bytes, ...] = (),
     body_length: int | None = None,
     chunked_body: bool = False,
     upgrade: bytes | None = None,
@@ -131,6 +132,8 @@ def build_request_head(
     for name, values in header_list:
         key = header_key(name)
         if key in REQUEST_HOP_BY_HOP or key in named_in_connection or key in strip:
+            continue
+        if strip_prefixes and key.startswith(strip_prefixes):
             continue
         if key in FORWARDING_HEADERS or key == b"x-request-id":
             if trusted_peer and key in FORWARDING_HEADERS:

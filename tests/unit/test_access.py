@@ -1,0 +1,136 @@
+"""Public paths, path normalisation, authorization rules and redirect targets."""
+
+from __future__ import annotations
+
+import pytest
+
+from idgateway.access import (
+    authorization_failure,
+    compile_public_paths,
+    is_public,
+    normalise_path,
+    safe_redirect,
+)
+from idgateway.model import AuthorizeRules, ClaimRule, PublicPath
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (b"/a/b", "/a/b"),
+        (b"//a//b/", "/a/b/"),
+        (b"/static/../admin", "/admin"),
+        (b"/static/%2e%2e/admin", "/admin"),
+        (b"/static%2F..%2Fadmin", "/admin"),
+        (b"/static/..;/admin", "/admin"),
+        (b"/static;jsessionid=1/x", "/static/x"),
+        (b"/static/%252e%252e/admin", "/admin"),
+        (b"/../../etc", "/etc"),
+        (b"/a\\..\\b", "/b"),
+    ],
+)
+def test_normalise_path(raw: bytes, expected: str) -> None:
+    assert normalise_path(raw) == expected
+
+
+RULES = compile_public_paths(
+    [
+        PublicPath(None, prefix="/healthz"),
+        PublicPath("GET", prefix="/static/"),
+        PublicPath(None, regex=r"^/assets/.*\.css$"),
+    ]
+)
+
+
+@pytest.mark.parametrize(
+    ("method", "raw", "public"),
+    [
+        (b"GET", b"/healthz", True),
+        (b"POST", b"/healthz", True),
+        (b"GET", b"/static/app.js", True),
+        (b"HEAD", b"/static/app.js", True),
+        (b"POST", b"/static/app.js", False),
+        (b"GET", b"/static/../admin", False),
+        (b"GET", b"/static/%2e%2e/admin", False),
+        (b"GET", b"/static%2F..%2Fadmin", False),
+        (b"GET", b"//static/../admin", False),
+        (b"GET", b"/static/..;/admin", False),
+        (b"GET", b"/assets/site.css", True),
+        (b"GET", b"/assets/site.js", False),
+        (b"GET", b"/admin", False),
+    ],
+)
+def test_public_paths_cannot_be_tricked(method: bytes, raw: bytes, public: bool) -> None:
+    assert is_public(RULES, method, normalise_path(raw)) is public
+
+
+def test_query_string_does_not_make_a_path_public() -> None:
+    # The caller passes request.path (query already removed); a "?" inside a
+    # path after decoding must not end the match early either.
+    assert not is_public(RULES, b"GET", normalise_path(b"/admin%3F/healthz"))
+
+
+CLAIMS = {
+    "email": "alice@example.com",
+    "email_verified": True,
+    "groups": ["engineering", "ops"],
+    "roles": "admin",
+    "department": "eng",
+}
+
+
+def test_authorization_rules() -> None:
+    assert authorization_failure(AuthorizeRules(), CLAIMS) is None
+    assert authorization_failure(AuthorizeRules(email_domains=("example.com",)), CLAIMS) is None
+    assert authorization_failure(AuthorizeRules(email_domains=("other.org",)), CLAIMS)
+    assert authorization_failure(AuthorizeRules(groups=("ops",)), CLAIMS) is None
+    assert authorization_failure(AuthorizeRules(groups=("sales",)), CLAIMS)
+    assert authorization_failure(AuthorizeRules(roles=("admin",)), CLAIMS) is None
+    assert (
+        authorization_failure(
+            AuthorizeRules(claims=(ClaimRule("department", "^(eng|ops)$", regex=True),)), CLAIMS
+        )
+        is None
+    )
+    assert authorization_failure(AuthorizeRules(claims=(ClaimRule("department", "sales"),)), CLAIMS)
+    unverified = {**CLAIMS, "email_verified": False}
+    assert authorization_failure(AuthorizeRules(email_domains=("example.com",)), unverified)
+    no_email = {k: v for k, v in CLAIMS.items() if k != "email"}
+    assert authorization_failure(AuthorizeRules(email_domains=("example.com",)), no_email)
+    # WSO2 may send one group as a plain string.
+    assert authorization_failure(AuthorizeRules(groups=("ops",)), {"groups": "ops"}) is None
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "//evil.com",
+        "/\\evil.com",
+        "https:evil.com",
+        "/%2F%2Fevil.com",
+        "javascript:alert(1)",
+        "\t//evil.com",
+        "https://app1.localhost@evil.com",
+        "https://evil.com/",
+        "/ok\r\nSet-Cookie: x=1",
+        "",
+        None,
+    ],
+)
+def test_unsafe_redirects_are_refused(target: str | None) -> None:
+    assert safe_redirect(target, host="app1.localhost") is None
+
+
+def test_safe_redirects_are_kept() -> None:
+    assert safe_redirect("/a/b?c=d", host="app1.localhost") == "/a/b?c=d"
+    assert safe_redirect("https://app1.localhost/x", host="app1.localhost") == (
+        "https://app1.localhost/x"
+    )
+    assert (
+        safe_redirect(
+            "https://portal.example.com/p",
+            host="app1.localhost",
+            allowed=["https://portal.example.com"],
+        )
+        == "https://portal.example.com/p"
+    )
