@@ -9,6 +9,7 @@ import re
 from typing import Any
 
 import yaml
+from cryptography import x509
 
 from idgateway import units
 from idgateway.model import (
@@ -193,12 +194,27 @@ def _claim_rules(reader: Reader, node: yaml.Node, key: str) -> Any:
     return tuple(rules)
 
 
+def _ca_bundle(reader: Reader, node: yaml.Node, key: str) -> str | _Invalid:
+    """A readable PEM file with at least one certificate (WSO2's exported wso2carbon.pem)."""
+    path = file_path("a PEM file of CA certificates")(reader, node, key)
+    if path is INVALID:
+        return INVALID
+    try:
+        with open(path, "rb") as pem:
+            x509.load_pem_x509_certificates(pem.read())
+    except OSError as error:
+        return reader.problem(node, key, f"cannot read {path}: {error.strerror}")
+    except ValueError:
+        return reader.problem(node, key, f"{path} is not PEM (-----BEGIN CERTIFICATE-----)")
+    return path  # type: ignore[no-any-return]
+
+
 _STRINGS = list_of(_text("a string"), "a list of strings")
 
 PROVIDER_FIELDS = (
     Field("discovery_url", parsed(_https_url, "a URL")),
     Field("issuer", parsed(_https_url, "a URL")),
-    Field("ca_file", file_path("a PEM file of CA certificates")),
+    Field("ca_file", _ca_bundle),
     Field("insecure_skip_verify", boolean, default=False),
 )
 

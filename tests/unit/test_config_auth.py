@@ -58,7 +58,10 @@ def write(tmp_path: Path, text: str) -> str:
 
 @pytest.fixture
 def contract(tmp_path: Path) -> str:
-    (tmp_path / CA_PEM).write_text("not checked here")
+    from tests.certs import make_ca
+
+    ca = make_ca(tmp_path / "pki")
+    (tmp_path / CA_PEM).write_bytes(ca.cert_path.read_bytes())
     secret = tmp_path / "app2-secret"
     secret.write_text("app2-s3cret\n")
     return CONTRACT.format(ca=tmp_path / CA_PEM, secret=secret)
@@ -124,7 +127,7 @@ def test_unknown_provider_names_the_known_ones(tmp_path: Path) -> None:
 def test_provider_needs_exactly_one_of_discovery_url_and_issuer(tmp_path: Path) -> None:
     text = problems(
         tmp_path,
-        "listeners: [{address: 127.0.0.1:8080}]\nproviders:\n  wso2: {ca_file: x.pem}\n"
+        "listeners: [{address: 127.0.0.1:8080}]\nproviders:\n  wso2: {insecure_skip_verify: false}\n"
         "routes: [{name: a, default: true, upstream: http://127.0.0.1:1}]\n",
     )
     assert "exactly one of 'discovery_url' or 'issuer'" in text
@@ -249,3 +252,15 @@ def test_authorize_claim_rules(tmp_path: Path) -> None:
 def test_extra_params_cannot_override_security_parameters(tmp_path: Path) -> None:
     block = "    oidc: {provider: wso2, client_id: c, client_secret: s, extra_params: {state: x}}\n"
     assert "'state' is set by the gateway itself" in problems(tmp_path, route_with(block))
+
+
+def test_provider_ca_file_must_be_a_readable_pem(tmp_path: Path) -> None:
+    (tmp_path / "junk.pem").write_text("junk")
+    for ca, message in (("/nonexistent.pem", "cannot read"), (tmp_path / "junk.pem", "is not PEM")):
+        text = problems(
+            tmp_path,
+            f"listeners: [{{address: 127.0.0.1:8080}}]\nproviders:\n  wso2: "
+            f"{{issuer: https://localhost/oauth2/token, ca_file: {ca}}}\n"
+            "routes: [{name: a, default: true, upstream: http://127.0.0.1:1}]\n",
+        )
+        assert message in text and "providers.wso2.ca_file" in text
