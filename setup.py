@@ -30,7 +30,15 @@ setup(
         "cryptography>=42",
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-timeout", "websockets>=12", "mypy", "ruff", "types-PyYAML", "mypy-zope"],
+        "test": [
+            "pytest>=8",
+            "pytest-timeout",
+            "websockets>=12",
+            "mypy",
+            "ruff",
+            "types-PyYAML",
+            "mypy-zope",
+        ],
     },
     entry_points={"console_scripts": ["idgateway=idgateway.cli:main"]},
 )

@@ -158,7 +158,7 @@ class KeyRing:
             # Lenient decoding is a third faster, and safe: whatever bytes come
             # out must still carry a valid tag under one of our keys.
             raw = _b64decode_nopad(token, _TOKEN_TO_STD, strict=False)
-        except (binascii.Error, TypeError, ValueError):
+        except (ValueError, TypeError, AttributeError):  # binascii.Error is a ValueError
             return None
         if len(raw) < _MIN_SEALED or raw[0] != VERSION:
             return None

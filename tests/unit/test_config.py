@@ -124,6 +124,7 @@ def certs(tmp_path: Path) -> Path:
     make_certificate(directory, "app1", ("App1.Example.com",))
     make_certificate(directory, "star.example", ("*.example.com", "example.com"))
     make_certificate(directory, "internal-ca", ("internal-ca",))
+    make_certificate(directory, "wso2carbon", ("localhost",))
     return directory
 
 

@@ -127,7 +127,8 @@ def test_unknown_provider_names_the_known_ones(tmp_path: Path) -> None:
 def test_provider_needs_exactly_one_of_discovery_url_and_issuer(tmp_path: Path) -> None:
     text = problems(
         tmp_path,
-        "listeners: [{address: 127.0.0.1:8080}]\nproviders:\n  wso2: {insecure_skip_verify: false}\n"
+        "listeners: [{address: 127.0.0.1:8080}]\n"
+        "providers:\n  wso2: {insecure_skip_verify: false}\n"
         "routes: [{name: a, default: true, upstream: http://127.0.0.1:1}]\n",
     )
     assert "exactly one of 'discovery_url' or 'issuer'" in text

@@ -1,0 +1,399 @@
+"""Sessions kept in the browser: sealed, route-bound, chunked cookies.
+
+The cookie value is ``KeyRing.seal`` of an envelope::
+
+    flags (1) | [expires-at, uint64 seconds, if FLAG_EXPIRES] | JSON, zlib'd if FLAG_ZLIB
+
+with associated data naming the route and the cookie, so a cookie minted for
+one route is refused by every other route even when they share keys. A token
+longer than ``max_chunk`` is split over ``name``, ``name_1``, ``name_2``...;
+the first chunk then starts with ``"<count>."`` (``.`` never occurs in a
+token), so stale chunks left behind by a larger session are ignored rather
+than glued on.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import time
+import zlib
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import attrs
+
+from idgateway.sessions.keys import KeyRing
+from idgateway.sessions.model import Session
+
+HOST_PREFIX = "__Host-"
+
+FLAG_ZLIB = 0x01
+FLAG_EXPIRES = 0x02
+_KNOWN_FLAGS = FLAG_ZLIB | FLAG_EXPIRES
+_EXPIRES = struct.Struct(">Q")
+
+# Below this, zlib rarely pays for its header.
+_COMPRESS_FROM = 128
+# The envelope is authenticated, so only we could have made a zlib bomb; the
+# cap is for a future bug, not an attacker.
+_MAX_INFLATED = 1 << 20
+
+# Recently opened cookies, so a browser's next request with the same cookie
+# skips AES, zlib and JSON (about 20 us -> 1 us). Only tokens that opened are
+# kept, compared in full, and the cache lives and dies with its codec (a key
+# change builds a new one). Bounded to a few MB.
+_CACHE_ENTRIES = 1024
+_CACHE_TOKEN_BYTES = 4096
+
+_SAME_SITE = ("Lax", "Strict", "None")
+# RFC 9110 token characters: what a cookie name may contain.
+_TOKEN_CHARS = frozenset(
+    "!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+)
+_EPOCH = b"Thu, 01 Jan 1970 00:00:00 GMT"
+
+
+class SessionTooLarge(Exception):
+    """The session needs more cookies than allowed; store a smaller one."""
+
+
+def _check_cookie_name(instance: Any, attribute: Any, value: str) -> None:
+    if not value or not set(value) <= _TOKEN_CHARS:
+        raise ValueError(
+            f"cookie {attribute.name} {value!r} must be non-empty and use only letters, "
+            "digits and !#$%&'*+-.^_`|~"
+        )
+
+
+def _check_attribute_text(instance: Any, attribute: Any, value: str | None) -> None:
+    if value is None:
+        return
+    if not value or any(c in value for c in ";, \t\r\n") or not value.isascii():
+        raise ValueError(
+            f"cookie {attribute.name} {value!r} must be non-empty ASCII without ';', ',' or spaces"
+        )
+
+
+def _check_path(instance: Any, attribute: Any, value: str) -> None:
+    _check_attribute_text(instance, attribute, value)
+    if not value.startswith("/"):
+        raise ValueError(f"cookie path {value!r} must start with '/'")
+
+
+def _check_same_site(instance: Any, attribute: Any, value: str) -> None:
+    if value not in _SAME_SITE:
+        raise ValueError(f"same_site {value!r} must be one of Lax, Strict, None")
+
+
+def _check_positive(instance: Any, attribute: Any, value: int) -> None:
+    if value < 1:
+        raise ValueError(f"{attribute.name} must be at least 1, not {value}")
+
+
+def _check_chunk(instance: Any, attribute: Any, value: int) -> None:
+    if value < 64:
+        raise ValueError(f"max_chunk must be at least 64 bytes, not {value}")
+
+
+@attrs.frozen
+class CookieSettings:
+    """How a route's session cookie looks to the browser."""
+
+    name: str = attrs.field(validator=_check_cookie_name)
+    secure: bool
+    domain: str | None = attrs.field(default=None, validator=_check_attribute_text)
+    path: str = attrs.field(default="/", validator=_check_path)
+    same_site: str = attrs.field(default="Lax", validator=_check_same_site)
+    max_chunk: int = attrs.field(default=3800, validator=_check_chunk)
+    max_chunks: int = attrs.field(default=8, validator=_check_positive)
+    host_prefix: bool = True
+
+    @property
+    def effective_name(self) -> str:
+        """``__Host-`` + name where the browser would accept it, else name."""
+        if self.host_prefix and self.secure and self.domain is None and self.path == "/":
+            return HOST_PREFIX + self.name
+        return self.name
+
+
+def cookie_attributes(
+    *,
+    path: str,
+    secure: bool,
+    same_site: str,
+    domain: str | None = None,
+    http_only: bool = True,
+) -> bytes:
+    """The fixed part of a Set-Cookie value (everything but name, value, Max-Age).
+
+    SameSite=None without Secure becomes Lax: browsers drop such cookies,
+    which would turn every login into a loop.
+    """
+    if same_site == "None" and not secure:
+        same_site = "Lax"
+    parts = [f"; Path={path}"]
+    if domain is not None:
+        parts.append(f"; Domain={domain}")
+    if secure:
+        parts.append("; Secure")
+    if http_only:
+        parts.append("; HttpOnly")
+    parts.append(f"; SameSite={same_site}")
+    return "".join(parts).encode("ascii")
+
+
+def set_cookie_value(name: bytes, value: bytes, attributes: bytes, max_age: int | None) -> bytes:
+    """A Set-Cookie header value; ``max_age=None`` makes a browser-session cookie."""
+    if max_age is None:
+        return b"%s=%s%s" % (name, value, attributes)
+    return b"%s=%s; Max-Age=%d%s" % (name, value, max_age, attributes)
+
+
+def deletion_value(name: bytes, attributes: bytes) -> bytes:
+    """A Set-Cookie header value that makes the browser drop ``name``.
+
+    It repeats the cookie's Path/Domain/Secure: a deletion only matches a
+    cookie with the same scope, and ``__Host-`` cookies must be Secure.
+    """
+    return b"%s=; Max-Age=0; Expires=%s%s" % (name, _EPOCH, attributes)
+
+
+class CookieSessionCodec:
+    """Turns a route's ``Session`` into Set-Cookie values and back.
+
+    ``clock`` gives the time for the expiry sealed inside cookies that have
+    a Max-Age (pass a test clock's ``seconds``; the default is fine otherwise).
+    """
+
+    def __init__(
+        self,
+        route_id: str,
+        keyring: KeyRing,
+        settings: CookieSettings,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.route_id = route_id
+        self.settings = settings
+        self.cookie_name = settings.effective_name
+        self._keyring = keyring
+        self._clock = clock
+        self._recent: dict[bytes, tuple[Session, int | None]] = {}
+        name = self.cookie_name.encode("ascii")
+        self._names = [name] + [b"%s_%d" % (name, i) for i in range(1, settings.max_chunks)]
+        self._associated_data = b"idgateway session\x00%s\x00%s" % (
+            route_id.encode("utf-8"),
+            name,
+        )
+        self._attributes = cookie_attributes(
+            path=settings.path,
+            secure=settings.secure,
+            same_site=settings.same_site,
+            domain=settings.domain,
+        )
+        # Both the prefixed and the plain family are ours: a listener that
+        # changed between TLS and plain leaves the other kind in browsers.
+        bases = {self.cookie_name, settings.name}
+        self._own_bases = tuple(base.encode("ascii") + b"_" for base in bases)
+        self._own_names = frozenset(
+            b"%s%d" % (base, i) for base in self._own_bases for i in range(1, settings.max_chunks)
+        ) | frozenset(base.encode("ascii") for base in bases)
+
+    # -- encoding ----------------------------------------------------------
+
+    def _envelope(self, session: Session, max_age: int | None) -> bytes:
+        payload = json.dumps(
+            session.to_json_dict(), separators=(",", ":"), ensure_ascii=False
+        ).encode("utf-8")
+        flags = 0
+        if len(payload) >= _COMPRESS_FROM:
+            packed = zlib.compress(payload)
+            if len(packed) < len(payload):
+                payload = packed
+                flags |= FLAG_ZLIB
+        if max_age is None:
+            return bytes([flags]) + payload
+        expires = max(0, int(self._clock()) + max_age)
+        return bytes([flags | FLAG_EXPIRES]) + _EXPIRES.pack(expires) + payload
+
+    def _split(self, token: bytes) -> list[bytes]:
+        size = self.settings.max_chunk
+        if len(token) <= size:
+            return [token]
+        for count in range(2, self.settings.max_chunks + 1):
+            head = b"%d." % count
+            if len(token) + len(head) <= count * size:
+                first = size - len(head)
+                rest = token[first:]
+                return [head + token[:first]] + [
+                    rest[i : i + size] for i in range(0, len(rest), size)
+                ]
+        raise SessionTooLarge(
+            f"session for route {self.route_id!r} needs {len(token)} bytes of cookie, more than "
+            f"{self.settings.max_chunks} cookies of {size} bytes"
+        )
+
+    def encode(
+        self, session: Session, previous_chunks: int = 0, max_age: int | None = None
+    ) -> list[bytes]:
+        """Set-Cookie values for ``session``, plus deletions of chunks no longer used.
+
+        ``previous_chunks`` is what ``decode`` reported for this request.
+        Raises ``SessionTooLarge`` when more than ``max_chunks`` are needed.
+        """
+        token = self._keyring.seal(self._envelope(session, max_age), self._associated_data)
+        chunks = self._split(token)
+        headers = [
+            set_cookie_value(name, chunk, self._attributes, max_age)
+            for name, chunk in zip(self._names, chunks, strict=False)
+        ]
+        stale_end = min(previous_chunks, len(self._names))
+        headers.extend(
+            deletion_value(self._names[i], self._attributes) for i in range(len(chunks), stale_end)
+        )
+        return headers
+
+    # -- decoding ----------------------------------------------------------
+
+    def chunks_present(self, cookies: Mapping[bytes, bytes]) -> int:
+        """One more than the highest chunk index in ``cookies`` (0 if none)."""
+        for index in range(len(self._names) - 1, -1, -1):
+            if self._names[index] in cookies:
+                return index + 1
+        return 0
+
+    def decode(self, cookies: Mapping[bytes, bytes]) -> tuple[Session | None, int]:
+        """The session in ``cookies`` (None if absent or invalid), and the chunk count.
+
+        Never raises: anything missing, tampered, foreign or expired is None.
+        The returned ``Session`` may be shared with other requests carrying
+        the same cookie: treat it (and its claims) as read-only.
+        """
+        present = self.chunks_present(cookies)
+        if not present:
+            return None, 0
+        first = cookies.get(self._names[0])
+        if first is None:
+            return None, present
+        if b"." in first:
+            head, _, first = first.partition(b".")
+            if not head.isdigit() or not 2 <= int(head) <= present:
+                return None, present
+            parts = [first]
+            for name in self._names[1 : int(head)]:
+                part = cookies.get(name)
+                if part is None:
+                    return None, present
+                parts.append(part)
+            token = b"".join(parts)
+        else:
+            token = first
+        cached = self._recent.get(token)
+        if cached is None:
+            envelope = self._keyring.open(token, self._associated_data)
+            if envelope is None:
+                return None, present
+            cached = self._parse_envelope(envelope)
+            if cached is None:
+                return None, present
+            self._remember(token, cached)
+        session, expires = cached
+        if expires is not None and expires <= self._clock():
+            return None, present
+        return session, present
+
+    def _remember(self, token: bytes, opened: tuple[Session, int | None]) -> None:
+        if len(token) > _CACHE_TOKEN_BYTES:
+            return
+        recent = self._recent
+        if len(recent) >= _CACHE_ENTRIES:
+            del recent[next(iter(recent))]  # the oldest
+        recent[token] = opened
+
+    def _parse_envelope(self, envelope: bytes) -> tuple[Session, int | None] | None:
+        if not envelope:
+            return None
+        flags = envelope[0]
+        if flags & ~_KNOWN_FLAGS:
+            return None
+        offset = 1
+        expires: int | None = None
+        if flags & FLAG_EXPIRES:
+            if len(envelope) < 1 + _EXPIRES.size:
+                return None
+            (expires,) = _EXPIRES.unpack_from(envelope, 1)
+            offset += _EXPIRES.size
+        payload = envelope[offset:]
+        try:
+            if flags & FLAG_ZLIB:
+                inflater = zlib.decompressobj()
+                payload = inflater.decompress(payload, _MAX_INFLATED)
+                if inflater.unconsumed_tail or not inflater.eof:
+                    return None
+            data = json.loads(payload)
+            if not isinstance(data, dict):
+                return None
+            return Session.from_json_dict(data), expires
+        except (ValueError, TypeError, KeyError, zlib.error, RecursionError):
+            return None
+
+    # -- removal -----------------------------------------------------------
+
+    def clear(self, chunks_present: int) -> list[bytes]:
+        """Set-Cookie values deleting every chunk ``decode`` reported (at least the first)."""
+        count = min(max(chunks_present, 1), len(self._names))
+        return [deletion_value(self._names[i], self._attributes) for i in range(count)]
+
+    def is_own_cookie(self, name: bytes) -> bool:
+        """True for the session cookie and its chunks (never sent upstream)."""
+        if name in self._own_names:
+            return True
+        for base in self._own_bases:
+            if name.startswith(base) and name[len(base) :].isdigit():
+                return True
+        return False
+
+
+def parse_cookie_header(values: Sequence[bytes]) -> dict[bytes, bytes]:
+    """Cookie header values -> {name: value}; the first occurrence of a name wins.
+
+    Browsers send the most specific cookie first, so the first one is the
+    one set for this host. Pairs without ``=`` or with an empty name are
+    skipped; spaces and tabs around names and values are dropped.
+    """
+    cookies: dict[bytes, bytes] = {}
+    for header in values:
+        for pair in header.split(b";"):
+            name, sep, value = pair.partition(b"=")
+            if not sep:
+                continue
+            name = name.strip(b" \t")
+            if name and name not in cookies:
+                cookies[name] = value.strip(b" \t")
+    return cookies
+
+
+def strip_cookies(values: Sequence[bytes], is_own: Callable[[bytes], bool]) -> bytes | None:
+    """The Cookie header to send upstream: every cookie but the gateway's.
+
+    Other cookies keep their order and exact bytes; a header with nothing of
+    ours in it comes back unchanged. None when nothing is left.
+    """
+    kept: list[bytes] = []
+    removed = False
+    for header in values:
+        for pair in header.split(b";"):
+            pair = pair.strip(b" \t")
+            if not pair:
+                continue
+            name, sep, _ = pair.partition(b"=")
+            if sep and is_own(name.rstrip(b" \t")):
+                removed = True
+                continue
+            kept.append(pair)
+    if not kept:
+        return None
+    if not removed and len(values) == 1:
+        return values[0]
+    return b"; ".join(kept)

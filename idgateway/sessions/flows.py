@@ -1,0 +1,216 @@
+"""Per-login state cookies: state, nonce, PKCE verifier and return URL.
+
+Every login gets its own short-lived cookie named after its state, so logins
+started in several tabs each find their own. The cookie is sealed with the
+route's key ring (the browser cannot read the verifier or nonce) and bound
+to the route and its name; it is deleted when the callback takes it, and
+starting a login evicts the oldest flows beyond ``max_flows`` as well as
+expired or unreadable ones, so cookies never pile up.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import math
+import os
+from collections.abc import Callable, Mapping
+
+import attrs
+
+from idgateway.sessions.cookie import (
+    HOST_PREFIX,
+    cookie_attributes,
+    deletion_value,
+    set_cookie_value,
+)
+from idgateway.sessions.keys import KeyRing
+
+_FORMAT = 1
+_STATE_BYTES = 32
+_NONCE_BYTES = 32
+# 64 bytes -> 86 base64url characters, inside RFC 7636's 43..128.
+_VERIFIER_BYTES = 64
+# Hash bytes in a flow cookie's name: 9 bytes -> 12 base64url characters.
+_NAME_HASH_BYTES = 9
+
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+@attrs.frozen
+class LoginFlow:
+    """One login in progress, between /oauth2/start and the callback."""
+
+    state: str
+    nonce: str
+    code_verifier: str
+    return_to: str
+    created_at: float
+
+
+class FlowCookies:
+    """Makes, finds and removes a route's login-flow cookies.
+
+    ``max_return_to`` bounds the return URL (in UTF-8 bytes) so one flow
+    cookie stays well inside a browser's 4 KB per cookie.
+    """
+
+    def __init__(
+        self,
+        route_id: str,
+        keyring: KeyRing,
+        secure: bool,
+        *,
+        prefix: str = "_idgw_flow",
+        lifetime: float = 600,
+        max_flows: int = 5,
+        path: str = "/",
+        host_prefix: bool = True,
+        max_return_to: int = 2048,
+    ) -> None:
+        if not prefix or any(not (c.isascii() and (c.isalnum() or c in "_-.")) for c in prefix):
+            raise ValueError(
+                f"flow cookie prefix {prefix!r} must be letters, digits, '_', '-', '.'"
+            )
+        if lifetime <= 0:
+            raise ValueError(f"flow lifetime must be positive, not {lifetime}")
+        if max_flows < 1:
+            raise ValueError(f"max_flows must be at least 1, not {max_flows}")
+        if not path.startswith("/") or any(c in path for c in ";, \t\r\n"):
+            raise ValueError(f"flow cookie path {path!r} must start with '/' and have no ';'")
+        self.route_id = route_id
+        self.lifetime = lifetime
+        self.max_flows = max_flows
+        self.max_return_to = max_return_to
+        self._keyring = keyring
+        effective = HOST_PREFIX + prefix if host_prefix and secure and path == "/" else prefix
+        self._base = (effective + "_").encode("ascii")
+        self._own_bases = tuple({self._base, (prefix + "_").encode("ascii")})
+        self._route = route_id.encode("utf-8")
+        self._max_age = math.ceil(lifetime)
+        self._attributes = cookie_attributes(path=path, secure=secure, same_site="Lax")
+
+    # -- names -------------------------------------------------------------
+
+    def cookie_name_for(self, state: str) -> bytes:
+        """``[__Host-]prefix_`` + a short hash of ``state``."""
+        digest = hashlib.sha256(state.encode("utf-8", "surrogatepass")).digest()
+        return self._base + base64.urlsafe_b64encode(digest[:_NAME_HASH_BYTES])
+
+    def is_own_cookie(self, name: bytes) -> bool:
+        """True for flow cookies (never sent upstream)."""
+        return name.startswith(self._own_bases)
+
+    def _associated_data(self, name: bytes) -> bytes:
+        return b"idgateway login flow\x00%s\x00%s" % (self._route, name)
+
+    # -- making ------------------------------------------------------------
+
+    def new_flow(
+        self, return_to: str, now: float, random: Callable[[int], bytes] = os.urandom
+    ) -> LoginFlow:
+        """A fresh flow with random state, nonce and PKCE verifier.
+
+        A ``return_to`` longer than ``max_return_to`` loses its query (and
+        fragment), or becomes ``"/"`` if its path alone is still too long:
+        the browser would silently drop an oversized cookie.
+        """
+        if self._too_long(return_to):
+            return_to = return_to.partition("?")[0].partition("#")[0]
+            if self._too_long(return_to):
+                return_to = "/"
+        return LoginFlow(
+            state=_b64url(random(_STATE_BYTES)),
+            nonce=_b64url(random(_NONCE_BYTES)),
+            code_verifier=_b64url(random(_VERIFIER_BYTES)),
+            return_to=return_to,
+            created_at=now,
+        )
+
+    def _too_long(self, return_to: str) -> bool:
+        return len(return_to.encode("utf-8", "surrogatepass")) > self.max_return_to
+
+    @staticmethod
+    def code_challenge(verifier: str) -> str:
+        """PKCE S256: base64url(SHA-256(verifier)) without padding (RFC 7636 4.2)."""
+        return _b64url(hashlib.sha256(verifier.encode("ascii")).digest())
+
+    def _seal(self, name: bytes, flow: LoginFlow) -> bytes:
+        plaintext = json.dumps(
+            [_FORMAT, flow.state, flow.nonce, flow.code_verifier, flow.return_to, flow.created_at],
+            separators=(",", ":"),
+        ).encode("ascii")
+        return self._keyring.seal(plaintext, self._associated_data(name))
+
+    def _open(self, name: bytes, value: bytes) -> LoginFlow | None:
+        plaintext = self._keyring.open(value, self._associated_data(name))
+        if plaintext is None:
+            return None
+        try:
+            data = json.loads(plaintext)
+            version, state, nonce, verifier, return_to, created_at = data
+        except (ValueError, TypeError):
+            return None
+        if (
+            version != _FORMAT
+            or not all(isinstance(s, str) for s in (state, nonce, verifier, return_to))
+            or not isinstance(created_at, int | float)
+            or isinstance(created_at, bool)
+        ):
+            return None
+        return LoginFlow(state, nonce, verifier, return_to, float(created_at))
+
+    def _expired(self, flow: LoginFlow, now: float) -> bool:
+        return now - flow.created_at > self.lifetime
+
+    def set_cookie(
+        self, flow: LoginFlow, existing: Mapping[bytes, bytes], now: float
+    ) -> list[bytes]:
+        """Set-Cookie for ``flow``, then deletions keeping at most ``max_flows`` in all.
+
+        Existing flow cookies that are expired or unreadable (retired key,
+        garbage) are deleted; of the rest the newest ``max_flows - 1`` stay.
+        """
+        name = self.cookie_name_for(flow.state)
+        headers = [set_cookie_value(name, self._seal(name, flow), self._attributes, self._max_age)]
+        alive: list[tuple[float, bytes]] = []
+        for other, value in existing.items():
+            if other == name or not other.startswith(self._base):
+                continue
+            found = self._open(other, value)
+            if found is None or self._expired(found, now):
+                headers.append(deletion_value(other, self._attributes))
+            else:
+                alive.append((found.created_at, other))
+        alive.sort(reverse=True)
+        headers.extend(
+            deletion_value(other, self._attributes) for _, other in alive[self.max_flows - 1 :]
+        )
+        return headers
+
+    # -- taking ------------------------------------------------------------
+
+    def take(
+        self, state: str, cookies: Mapping[bytes, bytes], now: float
+    ) -> tuple[LoginFlow | None, list[bytes]]:
+        """The flow for ``state`` if its cookie is present, ours, unexpired and matching.
+
+        Always returns the deletion of that cookie: a flow is used once.
+        """
+        name = self.cookie_name_for(state)
+        deletion = [deletion_value(name, self._attributes)]
+        value = cookies.get(name)
+        if value is None:
+            return None, deletion
+        flow = self._open(name, value)
+        if flow is None or self._expired(flow, now):
+            return None, deletion
+        if not hmac.compare_digest(
+            flow.state.encode("utf-8", "surrogatepass"), state.encode("utf-8", "surrogatepass")
+        ):
+            return None, deletion
+        return flow, deletion
