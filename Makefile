@@ -11,6 +11,9 @@ $(VENV)/.installed: setup.py pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test]'
+	# An editable install does not expose twisted/plugins/ to twistd: put the
+	# checkout itself on the venv's path so `twistd idgateway` finds the plugin.
+	$(BIN)/python -c 'import site, os; open(os.path.join(site.getsitepackages()[0], "idgateway-checkout.pth"), "w").write(os.getcwd() + "\n")'
 	touch $@
 
 venv: $(VENV)/.installed

@@ -35,6 +35,10 @@ h1{{font-size:1.5rem}}code{{background:#f3f3f3;padding:.1rem .3rem}}</style></he
 """
 
 
+# Status names twisted.web does not know (it would send "421 Unknown Status").
+EXTRA_REASONS = {421: b"Misdirected Request", 431: b"Request Header Fields Too Large"}
+
+
 def send_error(
     request: IRequest,
     status: int,
@@ -45,9 +49,10 @@ def send_error(
     extra_headers: dict[bytes, bytes] | None = None,
 ) -> None:
     """Answer with an error page and finish the request."""
-    title = RESPONSES.get(status, b"Error").decode("latin-1")
+    reason = RESPONSES.get(status) or EXTRA_REASONS.get(status, b"Error")
+    title = reason.decode("latin-1")
     rid = request_id.decode("ascii", "replace")
-    request.setResponseCode(status)
+    request.setResponseCode(status, reason)
     if wants_json(request):
         body = json.dumps(
             {

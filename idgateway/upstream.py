@@ -520,6 +520,13 @@ class UpstreamConnection(Protocol):
             exchange.replayable = False
             self.pool.submit(exchange)
             return
+        if self._state == _HEAD and not self._got_any and not self.reused:
+            # Nothing ever came back on a fresh connection: most often a TLS
+            # handshake the upstream's certificate failed. That is "not reachable".
+            exchange.sink.response_failed(
+                FAIL_CONNECT, f"connection failed before any response: {reason.getErrorMessage()}"
+            )
+            return
         exchange.sink.response_failed(FAIL_RESET, "upstream closed the connection mid-response")
 
 

@@ -225,3 +225,11 @@ def test_connection_paused_by_a_full_client_is_resumed_before_reuse():
     assert sink.events[-1] == ("end",)
     assert transport.producerState == "producing"
     assert pool._idle == [proto]
+
+
+def test_fresh_connection_lost_before_any_byte_is_a_connect_failure():
+    # What a failed TLS handshake to an https upstream looks like from here.
+    pool, endpoint, _ = make()
+    sink, _ = send(pool)
+    endpoint.protocols[0].connectionLost(Failure(ConnectionDone()))
+    assert sink.events == [("failed", FAIL_CONNECT)]
