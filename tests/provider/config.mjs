@@ -1,0 +1,170 @@
+// Configuration of the WSO2-shaped test provider: defaults, merging, validation.
+//
+// CONFIG.json:
+//   {
+//     "tenants": {
+//       "carbon.super": {"users": [...], "clients": [...]},
+//       "acme.com": {...}
+//     },
+//     "ttl": {"AccessToken": 3600, "AuthorizationCode": 300, "RefreshToken": 86400,
+//             "IdToken": 3600, "Session": 86400, "Interaction": 3600, "Grant": 1209600},
+//     "consent_page": false,      // true: show a consent page after login (WSO2 can)
+//     "logout_consent": false,    // true: ask "Do you want to sign out?" at /oidc/logout
+//     "trusted_ca_files": []      // extra CA bundles trusted when POSTing back-channel logouts
+//   }
+//
+// The default tenants (carbon.super, acme.com) always exist; a tenant given in the
+// config replaces the default users only when it lists "users".
+
+import * as crypto from 'node:crypto';
+
+export const SUPER_TENANT = 'carbon.super';
+// WSO2 IS 7's fixed organization id of the super tenant.
+export const SUPER_ORG_ID = '10084a8d-113f-4211-a0d5-efe36b082211';
+
+export const DEFAULT_TTL = {
+  AuthorizationCode: 300,
+  AccessToken: 3600,
+  RefreshToken: 86400,
+  IdToken: 3600,
+  Session: 86400,
+  Interaction: 3600,
+  Grant: 14 * 86400,
+};
+
+// A stable UUID derived from text, so default users keep their `sub` across runs.
+export function stableUuid(text) {
+  const hex = crypto.createHash('sha256').update(text).digest('hex');
+  const variant = ((parseInt(hex[16], 16) & 0x3) | 0x8).toString(16);
+  return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-4${hex.slice(13, 16)}-${variant}${hex.slice(17, 20)}-${hex.slice(20, 32)}`;
+}
+
+function defaultUser(tenant, username, password, extra) {
+  return {
+    username,
+    password,
+    sub: stableUuid(`idgateway-test-provider:${tenant}:${username}`),
+    email_verified: true,
+    roles: [],
+    ...extra,
+  };
+}
+
+export function defaultTenants() {
+  return {
+    [SUPER_TENANT]: {
+      users: [
+        defaultUser(SUPER_TENANT, 'alice', 'alice123', {
+          email: 'alice@example.com',
+          groups: ['engineering'],
+          roles: ['admin'],
+          given_name: 'Alice',
+          family_name: 'Anderson',
+        }),
+        defaultUser(SUPER_TENANT, 'bob', 'bob123', {
+          email: 'bob@other.org',
+          groups: ['sales'],
+          roles: ['everyone'],
+          given_name: 'Bob',
+          family_name: 'Brown',
+        }),
+      ],
+      clients: [],
+    },
+    'acme.com': {
+      users: [
+        defaultUser('acme.com', 'carol', 'carol123', {
+          email: 'carol@acme.com',
+          groups: ['acme-staff'],
+          roles: ['everyone'],
+          given_name: 'Carol',
+          family_name: 'Clark',
+        }),
+      ],
+      clients: [],
+    },
+  };
+}
+
+function fail(message) {
+  throw new Error(`invalid provider configuration: ${message}`);
+}
+
+function normalizeUser(tenant, user, index) {
+  if (!user || typeof user.username !== 'string' || !user.username) {
+    fail(`tenants.${tenant}.users[${index}] needs a username`);
+  }
+  if (typeof user.password !== 'string') {
+    fail(`tenants.${tenant}.users[${index}] needs a password`);
+  }
+  return {
+    sub: stableUuid(`idgateway-test-provider:${tenant}:${user.username}`),
+    groups: [],
+    roles: [],
+    ...user,
+  };
+}
+
+function normalizeClient(tenant, client, index) {
+  const where = `tenants.${tenant}.clients[${index}]`;
+  if (!client || typeof client.client_id !== 'string' || !client.client_id) {
+    fail(`${where} needs a client_id`);
+  }
+  if (!Array.isArray(client.redirect_uris) || client.redirect_uris.length === 0) {
+    fail(`${where} needs redirect_uris`);
+  }
+  const method = client.token_endpoint_auth_method || 'client_secret_basic';
+  if (!['client_secret_basic', 'client_secret_post', 'none'].includes(method)) {
+    fail(`${where}.token_endpoint_auth_method ${method} is not supported`);
+  }
+  if (method !== 'none' && typeof client.client_secret !== 'string') {
+    fail(`${where} needs a client_secret`);
+  }
+  const format = client.access_token_format || 'opaque';
+  if (!['opaque', 'jwt'].includes(format)) {
+    fail(`${where}.access_token_format must be "opaque" or "jwt"`);
+  }
+  return {
+    ...client,
+    token_endpoint_auth_method: method,
+    access_token_format: format,
+  };
+}
+
+export function loadConfig(raw) {
+  const input = raw ?? {};
+  const tenants = defaultTenants();
+  for (const [name, tenant] of Object.entries(input.tenants ?? {})) {
+    if (!/^[A-Za-z0-9.-]+$/.test(name)) {
+      fail(`tenant name ${JSON.stringify(name)} is not a domain name`);
+    }
+    const base = tenants[name] ?? { users: [], clients: [] };
+    tenants[name] = {
+      ...base,
+      ...tenant,
+      users: tenant.users ?? base.users,
+      clients: tenant.clients ?? base.clients,
+    };
+  }
+  for (const [name, tenant] of Object.entries(tenants)) {
+    tenant.users = tenant.users.map((user, i) => normalizeUser(name, user, i));
+    tenant.clients = tenant.clients.map((client, i) => normalizeClient(name, client, i));
+  }
+  const ttl = { ...DEFAULT_TTL };
+  for (const [key, value] of Object.entries(input.ttl ?? {})) {
+    if (!(key in DEFAULT_TTL)) {
+      fail(`ttl.${key} is not one of ${Object.keys(DEFAULT_TTL).join(', ')}`);
+    }
+    if (!Number.isInteger(value) || value <= 0) {
+      fail(`ttl.${key} must be a positive integer (seconds)`);
+    }
+    ttl[key] = value;
+  }
+  return {
+    tenants,
+    ttl,
+    consentPage: input.consent_page === true,
+    logoutConsent: input.logout_consent === true,
+    trustedCaFiles: input.trusted_ca_files ?? [],
+  };
+}
