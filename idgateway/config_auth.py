@@ -22,6 +22,7 @@ from idgateway.model import (
     RouteAuth,
     SessionSettings,
 )
+from idgateway.oidc.client import RESERVED_AUTHORIZE_PARAMETERS
 from idgateway.schema import (
     INVALID,
     Field,
@@ -120,8 +121,7 @@ def _extra_params(reader: Reader, node: yaml.Node, key: str) -> Any:
             node, key, f"expected a mapping like {{prompt: login}}; got {_describe(node)}"
         )
     pairs: list[tuple[str, str]] = []
-    reserved = {"response_type", "client_id", "redirect_uri", "scope", "state", "nonce"}
-    reserved |= {"code_challenge", "code_challenge_method"}
+    reserved = RESERVED_AUTHORIZE_PARAMETERS
     for key_node, value_node in node.value:
         name = str(key_node.value)
         if name in reserved:

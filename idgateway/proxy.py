@@ -98,12 +98,29 @@ class GatewayResource(Resource):
             if body.length is not None and body.length > route.max_body_size:
                 return self._refuse(request, 413, "The request body is too large.")
             body.limit = route.max_body_size
-        self.forward(request, state, runtime, host)
+        if runtime.login is not None:
+            runtime.login.handle(self, request, state, runtime, host)
+        else:
+            self.forward(request, state, runtime, host)
         return NOT_DONE_YET
 
     def forward(
-        self, request: GatewayRequest, state: GatewayState, runtime: RouteRuntime, host: bytes
+        self,
+        request: GatewayRequest,
+        state: GatewayState,
+        runtime: RouteRuntime,
+        host: bytes,
+        *,
+        cookie: bytes | None | bool = True,
+        identity: list[tuple[bytes, bytes]] = [],  # noqa: B006 - never mutated
+        set_cookies: list[bytes] = [],  # noqa: B006 - never mutated
     ) -> None:
+        """Send the request upstream.
+
+        ``cookie`` is the Cookie header to send instead of the client's (None:
+        none at all; True: the client's, untouched), ``identity`` the identity
+        headers, ``set_cookies`` Set-Cookie values for the response.
+        """
         route = runtime.route
         pool, upstream = runtime.pool_for(request.path)
         headers = request.requestHeaders
@@ -128,12 +145,14 @@ class GatewayResource(Resource):
             original_host=host,
             request_id=request.request_id,
             trusted_peer=state.trusted.trusts(client_ip),
-            strip=runtime.strip_headers,
+            strip=runtime.strip_headers if cookie is True else runtime.strip_headers_and_cookie,
+            strip_prefixes=runtime.strip_prefixes,
+            extra=[*identity, (b"Cookie", cookie)] if isinstance(cookie, bytes) else identity,
             body_length=None if body is None else body.length,
             chunked_body=chunked,
             upgrade=b"websocket" if upgrade else None,
         )
-        sink = ProxiedResponse(request, runtime, tls=self.tls)
+        sink = ProxiedResponse(request, runtime, tls=self.tls, set_cookies=set_cookies)
         exchange = Exchange(
             head,
             sink,
@@ -190,8 +209,16 @@ class ProxiedResponse:
 
     _log = Logger()
 
-    def __init__(self, request: GatewayRequest, runtime: RouteRuntime, *, tls: bool) -> None:
+    def __init__(
+        self,
+        request: GatewayRequest,
+        runtime: RouteRuntime,
+        *,
+        tls: bool,
+        set_cookies: list[bytes] = [],  # noqa: B006 - never mutated
+    ) -> None:
         self.request = request
+        self.set_cookies = set_cookies
         self.runtime = runtime
         self.tls = tls
         self.exchange: Exchange | None = None
@@ -215,6 +242,8 @@ class ProxiedResponse:
             out.setRawHeaders(b"content-length", [b"%d" % length])
         if self.tls and self.runtime.hsts_header is not None:
             out.setRawHeaders(b"strict-transport-security", [self.runtime.hsts_header])
+        for value in self.set_cookies:
+            out.addRawHeader(b"set-cookie", value)
         if request._disconnected:
             return
         request.registerProducer(self, True)

@@ -23,7 +23,11 @@ from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
 from twisted.logger import Logger
 
 from idgateway.forwarding import TrustedProxies
-from idgateway.model import Config, Route, Upstream
+from idgateway.gate import ProviderHandle, RouteLogin
+from idgateway.identity import IdentityHeaders
+from idgateway.model import Config, HeaderSettings, ProviderSettings, Route, Upstream
+from idgateway.oidc.http import make_http_client
+from idgateway.oidc.provider import ProviderClient
 from idgateway.routing import RouteTable
 from idgateway.tls import client_tls_options
 from idgateway.upstream import UpstreamPool
@@ -40,8 +44,17 @@ class RouteRuntime:
     default_upstream: Upstream
     path_pools: tuple[tuple[bytes, UpstreamPool, Upstream], ...]
     hsts_header: bytes | None
-    # Header keys (see forwarding.header_key) never accepted from clients.
+    # Header keys (see forwarding.header_key) never accepted from clients:
+    # every identity header any route could inject.
     strip_headers: frozenset[bytes] = frozenset()
+    strip_prefixes: tuple[bytes, ...] = ()
+    # The login gate; None for open routes.
+    login: RouteLogin | None = None
+
+    @property
+    def strip_headers_and_cookie(self) -> frozenset[bytes]:
+        return self.strip_headers | {b"cookie"}
+
     # Where https_redirect sends plain-HTTP clients: b"" for 443, else b":8443".
     https_port_suffix: bytes = b""
 
@@ -59,6 +72,7 @@ class GatewayState:
     runtimes: dict[str, RouteRuntime]
     trusted: TrustedProxies
     pools: dict[PoolKey, UpstreamPool]
+    providers: dict[ProviderSettings, ProviderHandle] = attrs.Factory(dict)
 
     def runtime_for(self, route: Route) -> RouteRuntime:
         return self.runtimes[route.name]
@@ -106,9 +120,26 @@ class StateBuilder:
             return existing
 
         https_port = _first_tls_port(config)
+        old_providers = previous.providers if previous is not None else {}
+        providers: dict[ProviderSettings, ProviderHandle] = {}
+        for settings in config.providers:
+            handle = old_providers.get(settings)
+            if handle is None:
+                handle = self.provider_handle(settings)
+            providers[settings] = handle
+        by_name = {settings.name: handle for settings, handle in providers.items()}
         runtimes: dict[str, RouteRuntime] = {}
         for route in config.routes:
             subs = sorted(route.paths, key=lambda sub: len(sub.prefix), reverse=True)
+            login = None
+            identity = IdentityHeaders.for_route(
+                HeaderSettings(), user_claim="sub", email_claim="email", groups_claim="groups"
+            )
+            if route.auth is not None:
+                login = RouteLogin(
+                    route, route.auth, by_name[route.auth.oidc.provider], self.reactor
+                )
+                identity = login.identity
             runtimes[route.name] = RouteRuntime(
                 route=route,
                 default_pool=pool(route.upstream, route),
@@ -119,6 +150,9 @@ class StateBuilder:
                 ),
                 hsts_header=_hsts(route),
                 https_port_suffix=b"" if https_port in (None, 443) else b":%d" % https_port,
+                strip_headers=identity.strip,
+                strip_prefixes=identity.strip_prefixes,
+                login=login,
             )
         return GatewayState(
             config=config,
@@ -126,7 +160,30 @@ class StateBuilder:
             runtimes=runtimes,
             trusted=TrustedProxies(config.trusted_proxies),
             pools=pools,
+            providers=providers,
         )
+
+    def provider_handle(self, settings: ProviderSettings) -> ProviderHandle:
+        """A started client for one provider: discovery retries in the background."""
+        if settings.insecure_skip_verify:
+            self._log.warn(
+                "provider {name}: TLS verification is OFF (insecure_skip_verify)",
+                name=settings.name,
+            )
+        http = make_http_client(
+            self.reactor,
+            ca_file=settings.ca_file,
+            insecure_skip_verify=settings.insecure_skip_verify,
+        )
+        client = ProviderClient(
+            settings.name,
+            discovery_url=settings.discovery_url,
+            issuer=settings.issuer,
+            http=http,
+            clock=self.reactor,
+        )
+        client.start()
+        return ProviderHandle(settings=settings, client=client, http=http)
 
     @staticmethod
     def retire(old: GatewayState, new: GatewayState) -> None:
@@ -135,6 +192,9 @@ class StateBuilder:
         for pool in old.pools.values():
             if id(pool) not in kept:
                 pool.close()
+        for settings, handle in old.providers.items():
+            if new.providers.get(settings) is not handle:
+                handle.client.stop()
 
 
 def _hsts(route: Route) -> bytes | None:

@@ -1,0 +1,392 @@
+"""The gateway's own endpoints under /oauth2/ on every route with a login.
+
+``start?rd=``, ``callback`` (the route's redirect_path), ``sign_out``,
+``userinfo`` and ``auth`` (nginx auth_request / Traefik forwardAuth).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs, quote
+
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from idgateway.access import safe_redirect
+from idgateway.oidc.client import (
+    TokenEndpointError,
+    authorize_url,
+    end_session_url,
+    exchange_code,
+    fetch_userinfo,
+)
+from idgateway.oidc.tokens import TokenError, validate_id_token
+from idgateway.pages import send_error
+from idgateway.sessions.cookie import parse_cookie_header
+from idgateway.sessions.flows import FlowCookies
+from idgateway.sessions.model import Session
+
+if TYPE_CHECKING:
+    from idgateway.gate import RouteLogin
+    from idgateway.proxy import GatewayResource
+    from idgateway.request import GatewayRequest
+    from idgateway.runtime import GatewayState, RouteRuntime
+
+_log = Logger(namespace="idgateway.endpoints")
+
+# ID token claims that only matter while validating; not kept in the session.
+_TECHNICAL_CLAIMS = frozenset(
+    {"iss", "aud", "exp", "iat", "nbf", "jti", "at_hash", "c_hash", "nonce", "azp", "isk"}
+)
+
+
+def dispatch(
+    login: RouteLogin,
+    resource: GatewayResource,
+    request: GatewayRequest,
+    state: GatewayState,
+    runtime: RouteRuntime,
+    host: bytes,
+    path: str,
+) -> None:
+    tls = resource.tls
+    if path == login.redirect_path:
+        defer.ensureDeferred(callback(login, request, host, tls)).addErrback(
+            _unexpected, request, "login callback"
+        )
+    elif path == "/oauth2/start":
+        rd = _query(request).get("rd", "/")
+        target = safe_redirect(
+            rd, host=host.decode("latin-1"), allowed=login.oidc.allowed_redirects
+        )
+        begin_login(login, request, host, tls, return_to=target or "/")
+    elif path == "/oauth2/sign_out":
+        sign_out(login, request, host, tls)
+    elif path == "/oauth2/userinfo":
+        userinfo(login, request, tls)
+    elif path == "/oauth2/auth":
+        auth_request(login, request, tls)
+    else:
+        send_error(request, 404, "No such gateway endpoint.", request_id=request.request_id)
+
+
+def _query(request: GatewayRequest) -> dict[str, str]:
+    raw = request.uri.partition(b"?")[2].decode("latin-1")
+    return {k: v[0] for k, v in parse_qs(raw, keep_blank_values=True).items()}
+
+
+def _origin(host: bytes, tls: bool) -> str:
+    return ("https://" if tls else "http://") + host.decode("latin-1")
+
+
+def start_url(request: GatewayRequest, host: bytes, tls: bool) -> str:
+    return f"{_origin(host, tls)}/oauth2/start?rd={quote(request.uri.decode('latin-1'), safe='')}"
+
+
+def send_json(
+    request: GatewayRequest,
+    status: int,
+    payload: dict[str, Any],
+    *,
+    set_cookies: list[bytes] = (),  # type: ignore[assignment]
+    headers: list[tuple[bytes, bytes]] = (),  # type: ignore[assignment]
+) -> None:
+    body = json.dumps(payload).encode()
+    request.setResponseCode(status)
+    out = request.responseHeaders
+    out.setRawHeaders(b"content-type", [b"application/json"])
+    out.setRawHeaders(b"content-length", [b"%d" % len(body)])
+    out.setRawHeaders(b"cache-control", [b"no-store"])
+    for value in set_cookies:
+        out.addRawHeader(b"set-cookie", value)
+    for name, value in headers:
+        out.addRawHeader(name, value)
+    request.end_response_early()
+    if request.method != b"HEAD":
+        request.write(body)
+    request.finish()
+
+
+def _redirect(request: GatewayRequest, location: str, set_cookies: list[bytes] = ()) -> None:  # type: ignore[assignment]
+    request.setResponseCode(302)
+    out = request.responseHeaders
+    out.setRawHeaders(b"location", [location.encode("latin-1", "replace")])
+    out.setRawHeaders(b"cache-control", [b"no-store"])
+    out.setRawHeaders(b"content-length", [b"0"])
+    for value in set_cookies:
+        out.addRawHeader(b"set-cookie", value)
+    request.end_response_early()
+    request.finish()
+
+
+def begin_login(
+    login: RouteLogin,
+    request: GatewayRequest,
+    host: bytes,
+    tls: bool,
+    *,
+    return_to: str,
+    set_cookies: list[bytes] = (),  # type: ignore[assignment]
+) -> None:
+    """302 to the provider's authorize endpoint with state, nonce and PKCE S256."""
+    metadata = login.provider.client.metadata
+    if metadata is None:
+        _log.warn(
+            "route {route}: provider {provider} not available: {error}",
+            route=login.route.name,
+            provider=login.provider.settings.name,
+            error=login.provider.client.last_error,
+        )
+        send_error(
+            request,
+            503,
+            "Sign-in is unavailable right now: the identity provider cannot be reached. "
+            "Please try again in a minute.",
+            error="provider_unavailable",
+            request_id=request.request_id,
+            extra_headers={b"retry-after": b"30"},
+        )
+        return
+    flows: FlowCookies = login.flows[tls]
+    now = login.clock.seconds()
+    flow = flows.new_flow(return_to, now)
+    cookies = parse_cookie_header(request.requestHeaders.getRawHeaders(b"cookie", []))
+    url = authorize_url(
+        metadata,
+        client_id=login.oidc.client_id,
+        redirect_uri=_origin(host, tls) + login.redirect_path,
+        scopes=login.oidc.scopes,
+        state=flow.state,
+        nonce=flow.nonce,
+        code_challenge=FlowCookies.code_challenge(flow.code_verifier),
+        extra=dict(login.oidc.extra_params),
+    )
+    _redirect(request, url, [*set_cookies, *flows.set_cookie(flow, cookies, now)])
+
+
+def _login_failed(
+    request: GatewayRequest, login: RouteLogin, status: int, reason: str, detail: str
+) -> None:
+    _log.warn(
+        "route {route}: login failed ({reason}) [{request_id}]",
+        route=login.route.name,
+        reason=reason,
+        request_id=request.request_id.decode(),
+    )
+    send_error(request, status, detail, error=reason, request_id=request.request_id)
+
+
+async def callback(login: RouteLogin, request: GatewayRequest, host: bytes, tls: bool) -> None:
+    params = _query(request)
+    flows: FlowCookies = login.flows[tls]
+    cookies = parse_cookie_header(request.requestHeaders.getRawHeaders(b"cookie", []))
+    now = login.clock.seconds()
+    flow, clear_flow = flows.take(params.get("state", ""), cookies, now)
+    for value in clear_flow:
+        request.responseHeaders.addRawHeader(b"set-cookie", value)
+    if "error" in params:
+        reason = params["error"] if params["error"].replace("_", "").isalnum() else "error"
+        _login_failed(
+            request,
+            login,
+            403 if reason == "access_denied" else 401,
+            reason,
+            "Sign-in was refused or cancelled at the identity provider.",
+        )
+        return
+    if flow is None:
+        _login_failed(
+            request,
+            login,
+            400,
+            "bad_state",
+            "This sign-in link has expired or was already used. Go back and try again.",
+        )
+        return
+    metadata = login.provider.client.metadata
+    if metadata is None:
+        _login_failed(
+            request, login, 503, "provider_unavailable", "The identity provider cannot be reached."
+        )
+        return
+    if "iss" in params and params["iss"] != metadata.issuer:
+        _login_failed(
+            request, login, 400, "wrong_issuer", "The sign-in answer came from the wrong issuer."
+        )
+        return
+    code = params.get("code")
+    if not code:
+        _login_failed(
+            request, login, 400, "no_code", "The sign-in answer carried no authorization code."
+        )
+        return
+    try:
+        tokens = await exchange_code(
+            login.provider.http,
+            metadata,
+            login.credentials,
+            code=code,
+            redirect_uri=_origin(host, tls) + login.redirect_path,
+            code_verifier=flow.code_verifier,
+            clock=login.clock,
+        )
+    except TokenEndpointError as error:
+        _login_failed(
+            request,
+            login,
+            502,
+            "token_" + error.error,
+            "The identity provider refused to complete the sign-in.",
+        )
+        return
+    if not tokens.id_token:
+        _login_failed(request, login, 502, "no_id_token", "The identity provider sent no ID token.")
+        return
+    try:
+        claims = await validate_id_token(
+            tokens.id_token,
+            provider=login.provider.client,
+            client_id=login.oidc.client_id,
+            nonce=flow.nonce,
+            now=login.clock.seconds(),
+            access_token=tokens.access_token,
+        )
+    except TokenError as error:
+        _login_failed(
+            request, login, 401, "id_token_" + error.reason, "The sign-in could not be verified."
+        )
+        return
+    if login.oidc.userinfo and metadata.userinfo_endpoint:
+        try:
+            extra = await fetch_userinfo(
+                login.provider.http, metadata, access_token=tokens.access_token
+            )
+        except Exception:
+            _login_failed(
+                request, login, 502, "userinfo_failed", "The identity provider's user info failed."
+            )
+            return
+        if extra.get("sub") != claims.get("sub"):
+            _login_failed(
+                request, login, 401, "userinfo_sub_mismatch", "The sign-in could not be verified."
+            )
+            return
+        claims = {**extra, **claims}
+    if request.finished or request._disconnected:
+        return
+    now = login.clock.seconds()
+    kept = {k: v for k, v in claims.items() if k not in _TECHNICAL_CLAIMS}
+    user = claims.get(login.oidc.user_claim) or claims["sub"]
+    minimal = login.session_settings.minimal
+    session = Session(
+        id=os.urandom(16).hex(),
+        route=login.route.name,
+        sub=str(claims["sub"]),
+        user=str(user),
+        claims=kept,
+        created_at=now,
+        last_seen=now,
+        provider_sid=claims.get("sid"),
+        id_token=tokens.id_token,
+        access_token=tokens.access_token,
+        access_expires_at=now + tokens.expires_in if tokens.expires_in else None,
+        refresh_token=None if minimal else tokens.refresh_token,
+    )
+    _log.info(
+        "route {route}: {user} signed in [{request_id}]",
+        route=login.route.name,
+        user=session.user,
+        request_id=request.request_id.decode(),
+    )
+    target = safe_redirect(
+        flow.return_to, host=host.decode("latin-1"), allowed=login.oidc.allowed_redirects
+    )
+    _redirect(request, target or "/", login.session_cookies(session, tls, 0))
+
+
+def _current_session(
+    login: RouteLogin, request: GatewayRequest, tls: bool
+) -> tuple[Session | None, int]:
+    codec = login.codecs[tls]
+    cookies = parse_cookie_header(request.requestHeaders.getRawHeaders(b"cookie", []))
+    session, chunks = codec.decode(cookies)
+    if session is not None and not login._alive(session, login.clock.seconds()):
+        session = None
+    return session, chunks
+
+
+def sign_out(login: RouteLogin, request: GatewayRequest, host: bytes, tls: bool) -> None:
+    session, chunks = _current_session(login, request, tls)
+    clear = login.codecs[tls].clear(max(chunks, 1))
+    back = login.oidc.post_logout_redirect
+    if back.startswith("/"):
+        back = _origin(host, tls) + back
+    metadata = login.provider.client.metadata
+    target = None
+    if metadata is not None and session is not None:
+        target = end_session_url(
+            metadata,
+            id_token_hint=session.id_token,
+            post_logout_redirect_uri=back,
+            state=os.urandom(16).hex(),
+            client_id=login.oidc.client_id,
+        )
+    if session is not None:
+        _log.info("route {route}: {user} signed out", route=login.route.name, user=session.user)
+    _redirect(request, target or back, clear)
+
+
+def userinfo(login: RouteLogin, request: GatewayRequest, tls: bool) -> None:
+    session, _ = _current_session(login, request, tls)
+    if session is None:
+        send_json(request, 401, {"error": "unauthenticated"})
+        return
+    claims = dict(session.claims)
+    send_json(
+        request,
+        200,
+        {
+            "user": session.user,
+            "sub": session.sub,
+            "email": claims.get(login.oidc.email_claim),
+            "groups": claims.get(login.oidc.groups_claim),
+            "claims": claims,
+            "expires_at": int(session.created_at + login.session_settings.max_duration),
+        },
+    )
+
+
+def auth_request(login: RouteLogin, request: GatewayRequest, tls: bool) -> None:
+    """For nginx auth_request and Traefik forwardAuth: 202 + identity, 401 or 403."""
+    from idgateway.access import authorization_failure
+
+    session, _ = _current_session(login, request, tls)
+    if session is None:
+        send_json(request, 401, {"error": "unauthenticated"})
+        return
+    if authorization_failure(
+        login.auth.authorize,
+        session.claims,
+        email_claim=login.oidc.email_claim,
+        groups_claim=login.oidc.groups_claim,
+    ):
+        send_json(request, 403, {"error": "forbidden"})
+        return
+    send_json(
+        request, 202, {"user": session.user}, headers=login.identity.auth_request_headers(session)
+    )
+
+
+def _unexpected(failure: Any, request: GatewayRequest, what: str) -> None:
+    _log.failure(
+        "unexpected error in {what} [{request_id}]",
+        failure,
+        what=what,
+        request_id=request.request_id.decode(),
+    )
+    if not request.finished and not request._disconnected:
+        send_error(
+            request, 500, "Something went wrong on the gateway.", request_id=request.request_id
+        )

@@ -1,0 +1,272 @@
+"""Outbound HTTP to OpenID providers: pooled treq clients, verified TLS, timeouts.
+
+One ``HTTPClient`` per provider (``make_http_client``), each with its own
+connection pool, so a slow or dead provider never holds connections another
+tenant needs. Certificates are verified against the provider's CA bundle or
+the platform's trust store; turning that off takes an explicit flag.
+
+``send`` is the one way the rest of ``idgateway.oidc`` talks HTTP: it bounds
+the whole exchange (connect, response head and body) by one deadline on an
+injected clock, caps the body size and never follows redirects.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Mapping
+from typing import Any, TypeVar
+
+import attrs
+import treq
+from OpenSSL import SSL
+from treq.client import HTTPClient
+from twisted.internet import defer
+from twisted.internet.abstract import isIPAddress, isIPv6Address
+from twisted.internet.interfaces import IOpenSSLClientConnectionCreator, IReactorTime
+from twisted.internet.ssl import CertificateOptions
+from twisted.protocols.tls import TLSMemoryBIOProtocol
+from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import IPolicyForHTTPS, IResponse
+from zope.interface import implementer
+
+from idgateway.tls import HTTP_1_1, client_tls_options
+
+_T = TypeVar("_T")
+
+# Discovery documents, key sets and token responses are a few KiB.
+DEFAULT_MAX_BODY = 1024 * 1024
+
+IDLE_CONNECTION_TIMEOUT = 15
+
+
+class HTTPFailure(Exception):
+    """No usable HTTP response: the exchange timed out, failed or was too large.
+
+    ``kind`` is ``"timeout"``, ``"connect"`` (includes TLS failures) or
+    ``"too_large"``; the message is for people and holds no secrets.
+    """
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+@attrs.frozen
+class HTTPResult:
+    status: int
+    headers: Headers
+    body: bytes
+
+    def header(self, name: str) -> str | None:
+        values = self.headers.getRawHeaders(name)
+        return values[0] if values else None
+
+    def json(self) -> Any:
+        """The body parsed as JSON; ValueError if it is not JSON."""
+        return json.loads(self.body)
+
+
+def make_http_client(
+    reactor: Any,
+    *,
+    ca_file: str | None,
+    insecure_skip_verify: bool,
+    pool_size: int = 10,
+    timeout: float = 10,
+) -> HTTPClient:
+    """A treq client with its own persistent pool, for one provider.
+
+    ``ca_file`` is a PEM bundle (one or more certificates) to trust instead of
+    the platform's store; it is read now, so a bad path fails at start
+    (``idgateway.tls.TLSConfigurationError``). ``insecure_skip_verify`` turns
+    off certificate and host name checks entirely: the caller must have logged
+    a warning. ``timeout`` bounds connection set-up; use ``send`` for a
+    deadline on whole requests.
+    """
+    policy: IPolicyForHTTPS
+    if insecure_skip_verify:
+        policy = UnverifiedTLSPolicy()
+    else:
+        policy = VerifyingTLSPolicy(ca_file)
+        if ca_file is not None:
+            # Loads and caches the bundle: refuses an unreadable or empty file now.
+            client_tls_options("localhost", ca_file)
+    pool = HTTPConnectionPool(reactor, persistent=True)  # type: ignore[no-untyped-call]
+    pool.maxPersistentPerHost = pool_size
+    # WSO2's Tomcat drops idle keep-alive connections after 20 s by default;
+    # letting go first avoids sending a (non-retried) token POST into a
+    # connection the server is closing.
+    pool.cachedConnectionTimeout = IDLE_CONNECTION_TIMEOUT
+    agent = Agent(  # type: ignore[no-untyped-call]
+        reactor, contextFactory=policy, connectTimeout=timeout, pool=pool
+    )
+    return HTTPClient(agent)
+
+
+@implementer(IPolicyForHTTPS)
+class VerifyingTLSPolicy:
+    """Verify the provider's certificate chain and host name (or IP address)."""
+
+    def __init__(self, ca_file: str | None) -> None:
+        self._ca_file = ca_file
+
+    def creatorForNetloc(self, hostname: bytes, port: int) -> IOpenSSLClientConnectionCreator:
+        # Cached per host and CA file contents by idgateway.tls.
+        return client_tls_options(hostname.decode("idna"), self._ca_file)
+
+
+@implementer(IPolicyForHTTPS)
+class UnverifiedTLSPolicy:
+    """Accept any certificate: for ``insecure_skip_verify`` only."""
+
+    def __init__(self) -> None:
+        options = CertificateOptions(verify=False, acceptableProtocols=[HTTP_1_1])
+        self._context = options.getContext()
+
+    def creatorForNetloc(self, hostname: bytes, port: int) -> IOpenSSLClientConnectionCreator:
+        return _UnverifiedConnectionCreator(self._context, hostname)
+
+
+@implementer(IOpenSSLClientConnectionCreator)
+class _UnverifiedConnectionCreator:
+    def __init__(self, context: SSL.Context, hostname: bytes) -> None:
+        self._context = context
+        self._hostname = hostname
+
+    def clientConnectionForTLS(self, tlsProtocol: TLSMemoryBIOProtocol) -> SSL.Connection:
+        connection = SSL.Connection(self._context, None)
+        connection.set_app_data(tlsProtocol)
+        if not _is_ip_address(self._hostname):
+            # Still send SNI: a server with several certificates needs it to answer at all.
+            connection.set_tlsext_host_name(self._hostname)
+        return connection
+
+
+def _is_ip_address(hostname: bytes) -> bool:
+    text = hostname.decode("ascii", "replace")
+    return isIPAddress(text) or isIPv6Address(text)
+
+
+async def with_timeout(awaitable: Awaitable[_T], timeout: float, clock: IReactorTime) -> _T:
+    """Await ``awaitable``, cancelling it and raising HTTPFailure("timeout") after ``timeout``."""
+    deferred: defer.Deferred[_T] = defer.ensureDeferred(awaitable)  # type: ignore[arg-type]
+    timed_out = False
+
+    def expire() -> None:
+        nonlocal timed_out
+        timed_out = True
+        deferred.cancel()
+
+    # Not Deferred.addTimeout: a cancelled Agent request fails with its own
+    # wrapper around CancelledError, which addTimeout would not recognise.
+    call = clock.callLater(timeout, expire)
+    try:
+        return await deferred
+    except Exception:
+        if timed_out:
+            raise HTTPFailure("timeout", f"no complete response within {timeout:g} s") from None
+        raise
+    finally:
+        if call.active():
+            call.cancel()
+
+
+async def send(
+    http: HTTPClient,
+    method: str,
+    url: str,
+    *,
+    clock: IReactorTime,
+    timeout: float,
+    headers: Mapping[str, str] | None = None,
+    data: Mapping[str, str] | None = None,
+    max_body: int = DEFAULT_MAX_BODY,
+) -> HTTPResult:
+    """One request and its whole body, within ``timeout`` seconds on ``clock``.
+
+    ``data`` is sent form-urlencoded. Any status is returned; only a missing
+    or unusable response raises HTTPFailure. Cancelling the caller cancels the
+    request.
+    """
+    return await with_timeout(
+        _exchange(http, method, url, headers or {}, data, max_body), timeout, clock
+    )
+
+
+async def _exchange(
+    http: HTTPClient,
+    method: str,
+    url: str,
+    headers: Mapping[str, str],
+    data: Mapping[str, str] | None,
+    max_body: int,
+) -> HTTPResult:
+    request_headers = {"Accept": "application/json", **headers}
+    try:
+        response: IResponse = await http.request(
+            method,
+            url,
+            headers=Headers({name: [value] for name, value in request_headers.items()}),
+            data=dict(data) if data is not None else None,
+            allow_redirects=False,
+        )
+    except defer.CancelledError:
+        raise
+    except Exception as error:
+        if _cancelled(error):
+            raise defer.CancelledError() from error
+        raise HTTPFailure("connect", f"{method} {url} failed: {_describe(error)}") from error
+    if response.length is not None and isinstance(response.length, int):
+        if response.length > max_body:
+            raise HTTPFailure("too_large", f"{method} {url}: response larger than {max_body} bytes")
+    body = await _read_body(response, max_body, f"{method} {url}")
+    return HTTPResult(status=response.code, headers=response.headers, body=body)
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+async def _read_body(response: IResponse, max_body: int, what: str) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+
+    def collect(chunk: bytes) -> None:
+        nonlocal size
+        size += len(chunk)
+        if size > max_body:
+            # treq closes the connection when the collector raises.
+            raise _BodyTooLarge()
+        chunks.append(chunk)
+
+    try:
+        await treq.collect(response, collect)
+    except defer.CancelledError:
+        raise
+    except _BodyTooLarge:
+        raise HTTPFailure("too_large", f"{what}: response larger than {max_body} bytes") from None
+    except Exception as error:
+        if _cancelled(error):
+            raise defer.CancelledError() from error
+        raise HTTPFailure(
+            "connect", f"{what}: reading the response failed: {_describe(error)}"
+        ) from error
+    return b"".join(chunks)
+
+
+def _cancelled(error: BaseException) -> bool:
+    # Agent reports a cancelled request as ResponseNeverReceived([CancelledError]).
+    reasons = getattr(error, "reasons", None)
+    return isinstance(reasons, list) and any(
+        isinstance(getattr(reason, "value", None), defer.CancelledError) for reason in reasons
+    )
+
+
+def _describe(error: object) -> str:
+    # ResponseFailed and friends wrap a list of Failures; show the innermost reasons.
+    reasons = getattr(error, "reasons", None)
+    if isinstance(reasons, list) and reasons:
+        return "; ".join(_describe(getattr(r, "value", r)) for r in reasons)
+    text = str(error)
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
