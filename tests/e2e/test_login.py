@@ -1,0 +1,319 @@
+"""Scripted (no browser) end-to-end login: real gateway, real WSO2-shaped provider,
+real echo back end."""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import json
+import os
+import time
+from http.cookies import SimpleCookie
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+
+from tests.http_helpers import header_values
+from tests.processes import free_port
+from tests.provider_process import ProviderProcess, node_binary
+
+pytestmark = pytest.mark.skipif(node_binary() is None, reason="node is not installed")
+
+APP1_SECRET = "app1-client-secret"
+APP2_SECRET = "app2-client-secret"
+
+
+def session_key() -> str:
+    return base64.b64encode(os.urandom(32)).decode()
+
+
+class Client:
+    """A cookie-keeping HTTP client for one gateway host (no redirects followed)."""
+
+    def __init__(self, port: int, host: str) -> None:
+        self.port = port
+        # As a browser sends it: with the port.
+        self.host = f"{host}:{port}"
+        self.cookies: dict[str, str] = {}
+
+    def get(
+        self, path: str, headers: dict[str, str] | None = None
+    ) -> tuple[int, http.client.HTTPMessage, bytes]:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=20)
+        try:
+            all_headers = {"Host": self.host, **(headers or {})}
+            if self.cookies:
+                all_headers["Cookie"] = "; ".join(f"{k}={v}" for k, v in self.cookies.items())
+            conn.request("GET", path, headers=all_headers)
+            response = conn.getresponse()
+            body = response.read()
+            for value in response.headers.get_all("Set-Cookie") or []:
+                cookie = SimpleCookie()
+                cookie.load(value)
+                for name, morsel in cookie.items():
+                    if morsel["max-age"] == "0" or morsel.value == "":
+                        self.cookies.pop(name, None)
+                    else:
+                        self.cookies[name] = morsel.value
+            return response.status, response.headers, body
+        finally:
+            conn.close()
+
+    def login(
+        self, op: ProviderProcess, path: str, username: str, password: str
+    ) -> tuple[int, bytes]:
+        status, headers, _ = self.get(path)
+        assert status == 302, f"expected a login redirect, got {status}"
+        authorize = headers["Location"]
+        query = parse_qs(urlsplit(authorize).query)
+        assert query["code_challenge_method"] == ["S256"]
+        assert query["state"] and query["nonce"]
+        callback = op.scripted_login(authorize, username, password)
+        parts = urlsplit(callback)
+        assert parts.netloc == self.host
+        status, headers, _ = self.get(f"{parts.path}?{parts.query}")
+        assert status == 302, f"callback answered {status}"
+        assert headers["Location"] == path
+        status, _, body = self.get(path, {"Accept": "application/json"})
+        return status, body
+
+
+@pytest.fixture(scope="module")
+def environment(tmp_path_factory):
+    from tests.backends import BackendProcess
+
+    tmp = tmp_path_factory.mktemp("login")
+    port = free_port()
+    config = {
+        "tenants": {
+            "carbon.super": {
+                "clients": [
+                    {
+                        "client_id": "app1-client",
+                        "client_secret": APP1_SECRET,
+                        "redirect_uris": [f"http://app1.localhost:{port}/oauth2/callback"],
+                        "post_logout_redirect_uris": [f"http://app1.localhost:{port}/"],
+                        "token_endpoint_auth_method": "client_secret_basic",
+                    }
+                ]
+            },
+            "acme.com": {
+                "clients": [
+                    {
+                        "client_id": "app2-client",
+                        "client_secret": APP2_SECRET,
+                        "redirect_uris": [f"http://app2.localhost:{port}/oauth2/callback"],
+                        "token_endpoint_auth_method": "client_secret_post",
+                    }
+                ]
+            },
+        }
+    }
+    with ProviderProcess(tmp / "op", config) as op, BackendProcess(name="echo") as backend:
+        from tests.processes import GatewayProcess
+
+        (tmp / "app2-secret").write_text(APP2_SECRET + "\n")
+        gateway_config = tmp / "gateway.yaml"
+        gateway_config.write_text(
+            f"""
+listeners:
+  - address: 127.0.0.1:{port}
+providers:
+  wso2:
+    discovery_url: {op.discovery_url()}
+    ca_file: {op.ca_file}
+  acme:
+    issuer: {op.issuer("acme.com")}
+    ca_file: {op.ca_file}
+routes:
+  - name: app1
+    hosts: [app1.localhost]
+    upstream: http://127.0.0.1:{backend.port}
+    oidc:
+      provider: wso2
+      client_id: app1-client
+      client_secret: ${{APP1_CLIENT_SECRET}}
+      client_auth: client_secret_basic
+      scopes: [openid, email, profile, groups]
+      user_claim: username
+    session:
+      keys: [${{APP1_SESSION_KEY}}]
+      inactivity_timeout: 1h
+      max_duration: 24h
+    headers: oauth2-proxy
+    public_paths: [/healthz, "GET /static/"]
+    authorize:
+      groups: [engineering]
+  - name: app2
+    hosts: [app2.localhost]
+    upstream: http://127.0.0.1:{backend.port}
+    oidc: {{provider: acme, client_id: app2-client, client_secret_file: {tmp / "app2-secret"}, client_auth: client_secret_post, user_claim: username}}
+    session: {{keys: [{session_key()}]}}
+    headers: mod_auth_openidc
+"""
+        )
+        env = {"APP1_CLIENT_SECRET": APP1_SECRET, "APP1_SESSION_KEY": session_key()}
+        gateway = GatewayProcess(gateway_config, tmp / "gateway.log", env=env).start([port])
+        try:
+            _wait_ready(port)
+            yield op, gateway, port
+        finally:
+            gateway.stop()
+
+
+def _wait_ready(port: int) -> None:
+    """Discovery runs in the background; wait until a login redirect is offered."""
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        status, _, _ = Client(port, "app1.localhost").get("/")
+        status2, _, _ = Client(port, "app2.localhost").get("/")
+        if status == 302 and status2 == 302:
+            return
+        time.sleep(0.2)
+    raise AssertionError("providers were not discovered in time")
+
+
+def test_login_to_app1_puts_identity_headers_on_the_request(environment):
+    op, _, port = environment
+    client = Client(port, "app1.localhost")
+    status, body = client.login(op, "/echo?from=test", "alice", "alice123")
+    assert status == 200
+    echo = json.loads(body)
+    assert header_values(echo, "x-forwarded-user") == ["alice"]
+    assert header_values(echo, "x-forwarded-email") == ["alice@example.com"]
+    assert header_values(echo, "x-forwarded-groups") == ["engineering"]
+    # The gateway's own cookies never reach the upstream.
+    assert all(not name.startswith(("_idgw", "__Host-_idgw")) for name in echo["cookies"])
+
+
+def test_forged_identity_headers_are_replaced(environment):
+    op, _, port = environment
+    client = Client(port, "app1.localhost")
+    client.login(op, "/echo", "alice", "alice123")
+    status, _, body = client.get(
+        "/echo",
+        {
+            "Accept": "application/json",
+            "X-Forwarded-User": "mallory",
+            "X_Forwarded_Email": "m@evil",
+        },
+    )
+    echo = json.loads(body)
+    assert header_values(echo, "x-forwarded-user") == ["alice"]
+    assert "m@evil" not in json.dumps(echo)
+
+
+def test_unauthenticated_api_client_gets_401_json_with_login_url(environment):
+    _, _, port = environment
+    status, headers, body = Client(port, "app1.localhost").get(
+        "/api/x", {"Accept": "application/json"}
+    )
+    assert status == 401
+    payload = json.loads(body)
+    assert payload["login_url"].startswith(f"http://app1.localhost:{port}/oauth2/start?rd=")
+
+
+def test_public_paths_skip_login_and_tricks_do_not(environment):
+    _, _, port = environment
+    client = Client(port, "app1.localhost")
+    assert client.get("/healthz")[0] == 200
+    assert client.get("/static/app.js")[0] == 200
+    assert client.get("/static/../admin")[0] == 302
+    assert client.get("/static/%2e%2e/admin")[0] == 302
+    assert client.get("//static/..%2Fadmin")[0] == 302
+
+
+def test_user_outside_the_allowed_group_gets_403(environment):
+    op, _, port = environment
+    client = Client(port, "app1.localhost")
+    status, body = client.login(op, "/echo", "bob", "bob123")
+    assert status == 403
+    assert json.loads(body)["error"] == "forbidden"
+
+
+def test_second_tenant_and_cookies_do_not_cross_routes(environment):
+    op, _, port = environment
+    app2 = Client(port, "app2.localhost")
+    status, body = app2.login(op, "/echo", "carol", "carol123")
+    assert status == 200
+    echo = json.loads(body)
+    assert header_values(echo, "x-remote-user") == ["carol"]
+    assert header_values(echo, "oidc_claim_org_name") in (["acme.com"], ["Acme.com"], ["acme"])
+    # app2's cookies are useless on app1.
+    app1 = Client(port, "app1.localhost")
+    app1.cookies = dict(app2.cookies)
+    status, _, _ = app1.get("/echo", {"Accept": "application/json"})
+    assert status == 401
+
+
+def test_userinfo_and_auth_endpoints(environment):
+    op, _, port = environment
+    client = Client(port, "app1.localhost")
+    client.login(op, "/echo", "alice", "alice123")
+    status, _, body = client.get("/oauth2/userinfo")
+    assert status == 200 and json.loads(body)["user"] == "alice"
+    status, headers, _ = client.get("/oauth2/auth")
+    assert status == 202
+    assert headers["X-Auth-Request-User"] == "alice"
+    status, _, _ = Client(port, "app1.localhost").get("/oauth2/auth")
+    assert status == 401
+
+
+@pytest.mark.parametrize(
+    "rd",
+    [
+        "//evil.com",
+        "/\\evil.com",
+        "https:evil.com",
+        "/%2F%2Fevil.com",
+        "javascript:alert(1)",
+        "%09//evil.com",
+        "https://app1.localhost@evil.com",
+    ],
+)
+def test_start_refuses_open_redirects(environment, rd):
+    _, _, port = environment
+    client = Client(port, "app1.localhost")
+    from urllib.parse import quote
+
+    status, headers, _ = client.get("/oauth2/start?rd=" + quote(rd, safe=""))
+    assert status == 302
+    # The flow is bound to "/" instead; the evil target never appears.
+    assert "evil" not in headers["Location"].split("?")[0]
+    assert "evil.com" not in (client.cookies and "".join(client.cookies.values()) or "")
+
+
+def test_replayed_or_missing_state_is_refused(environment):
+    op, _, port = environment
+    client = Client(port, "app1.localhost")
+    status, headers, _ = client.get("/echo")
+    callback = op.scripted_login(headers["Location"], "alice", "alice123")
+    parts = urlsplit(callback)
+    assert client.get(f"{parts.path}?{parts.query}")[0] == 302
+    # The flow cookie is single use: the same callback again is refused.
+    status, _, body = client.get(f"{parts.path}?{parts.query}")
+    assert status == 400
+    stranger = Client(port, "app1.localhost")
+    assert stranger.get(f"{parts.path}?{parts.query}")[0] == 400
+
+
+def test_provider_error_is_a_clear_page(environment):
+    _, _, port = environment
+    status, _, body = Client(port, "app1.localhost").get(
+        "/oauth2/callback?error=access_denied&state=x"
+    )
+    assert status == 403
+    assert b"refused or cancelled" in body
+
+
+def test_sign_out_ends_the_session_at_the_provider(environment):
+    op, _, port = environment
+    client = Client(port, "app1.localhost")
+    client.login(op, "/echo", "alice", "alice123")
+    status, headers, _ = client.get("/oauth2/sign_out")
+    assert status == 302
+    location = headers["Location"]
+    assert location.startswith(op.base_url + "/oidc/logout?")
+    assert "id_token_hint=" in location and "post_logout_redirect_uri=" in location
+    status, _, _ = client.get("/echo", {"Accept": "application/json"})
+    assert status == 401
