@@ -34,6 +34,8 @@ setup(
             "pytest>=8",
             "pytest-timeout",
             "websockets>=12",
+            # Drives Debian's chromium (executable_path); never downloads a browser.
+            "playwright>=1.40",
             "mypy",
             "ruff",
             "types-PyYAML",

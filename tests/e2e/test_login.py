@@ -147,7 +147,12 @@ routes:
   - name: app2
     hosts: [app2.localhost]
     upstream: http://127.0.0.1:{backend.port}
-    oidc: {{provider: acme, client_id: app2-client, client_secret_file: {tmp / "app2-secret"}, client_auth: client_secret_post, user_claim: username}}
+    oidc:
+      provider: acme
+      client_id: app2-client
+      client_secret_file: {tmp / "app2-secret"}
+      client_auth: client_secret_post
+      user_claim: username
     session: {{keys: [{session_key()}]}}
     headers: mod_auth_openidc
 """
