@@ -322,3 +322,16 @@ def test_sign_out_ends_the_session_at_the_provider(environment):
     assert "id_token_hint=" in location and "post_logout_redirect_uri=" in location
     status, _, _ = client.get("/echo", {"Accept": "application/json"})
     assert status == 401
+
+
+def test_tampered_truncated_and_garbage_cookies_are_no_session(environment):
+    op, _, port = environment
+    client = Client(port, "app1.localhost")
+    client.login(op, "/echo", "alice", "alice123")
+    name, value = next((n, v) for n, v in client.cookies.items() if "_idgw_app1" in n)
+    flipped = value[:-5] + ("A" if value[-5] != "A" else "B") + value[-4:]
+    for bad in (flipped, value[: len(value) // 2], "garbage", ""):
+        other = Client(port, "app1.localhost")
+        other.cookies = {name: bad}
+        status, _, body = other.get("/echo", {"Accept": "application/json"})
+        assert status == 401, (bad, body)

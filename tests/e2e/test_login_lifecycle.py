@@ -1,0 +1,138 @@
+"""Token refresh (rotating refresh tokens, one refresh for concurrent requests) and
+a provider that is down while other routes keep working."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import pytest
+
+from tests.e2e.test_login import Client, session_key
+from tests.http_helpers import header_values
+from tests.processes import GatewayProcess, free_port
+from tests.provider_process import ProviderProcess, node_binary
+
+pytestmark = pytest.mark.skipif(node_binary() is None, reason="node is not installed")
+
+ACCESS_TTL = 4
+
+
+@pytest.fixture(scope="module")
+def short_tokens(tmp_path_factory):
+    from tests.backends import BackendProcess
+
+    tmp = tmp_path_factory.mktemp("refresh")
+    port = free_port()
+    config = {
+        "ttl": {"AccessToken": ACCESS_TTL},
+        "tenants": {
+            "carbon.super": {
+                "clients": [
+                    {
+                        "client_id": "app1-client",
+                        "client_secret": "s3cret",
+                        "redirect_uris": [f"http://app1.localhost:{port}/oauth2/callback"],
+                        "token_endpoint_auth_method": "client_secret_basic",
+                    }
+                ]
+            }
+        },
+    }
+    with ProviderProcess(tmp / "op", config) as op, BackendProcess(name="echo") as backend:
+        gateway_config = tmp / "gateway.yaml"
+        gateway_config.write_text(
+            f"""
+listeners:
+  - address: 127.0.0.1:{port}
+providers:
+  wso2: {{discovery_url: {op.discovery_url()}, ca_file: {op.ca_file}}}
+  down: {{issuer: https://127.0.0.1:{free_port()}/oauth2/token}}
+routes:
+  - name: app1
+    hosts: [app1.localhost]
+    upstream: http://127.0.0.1:{backend.port}
+    oidc: {{provider: wso2, client_id: app1-client, client_secret: s3cret, user_claim: username}}
+    session: {{keys: [{session_key()}], refresh_leeway: 1s}}
+    headers: {{preset: oauth2-proxy, pass_access_token: true}}
+  - name: broken
+    hosts: [broken.localhost]
+    upstream: http://127.0.0.1:{backend.port}
+    oidc: {{provider: down, client_id: x, client_secret: y}}
+    public_paths: [/healthz]
+  - name: open
+    hosts: [open.localhost]
+    upstream: http://127.0.0.1:{backend.port}
+"""
+        )
+        gateway = GatewayProcess(gateway_config, tmp / "gateway.log").start([port])
+        try:
+            deadline = time.monotonic() + 20
+            while Client(port, "app1.localhost").get("/")[0] != 302:
+                assert time.monotonic() < deadline, gateway.log()[-2000:]
+                time.sleep(0.2)
+            yield op, gateway, port
+        finally:
+            gateway.stop()
+
+
+def access_token(client: Client) -> str:
+    status, _, body = client.get("/echo", {"Accept": "application/json"})
+    assert status == 200, body
+    return header_values(json.loads(body), "x-forwarded-access-token")[0]
+
+
+def test_access_token_is_refreshed_and_the_rotated_refresh_token_kept(short_tokens):
+    op, gateway, port = short_tokens
+    client = Client(port, "app1.localhost")
+    status, _ = client.login(op, "/echo", "alice", "alice123")
+    assert status == 200
+    first = access_token(client)
+    time.sleep(ACCESS_TTL)
+    second = access_token(client)
+    assert second != first, "the expired access token was not refreshed"
+    # WSO2 rotates refresh tokens: a second refresh only works if the
+    # gateway stored the new one from the first.
+    time.sleep(ACCESS_TTL)
+    third = access_token(client)
+    assert third not in (first, second)
+
+
+def test_concurrent_requests_share_one_refresh(short_tokens):
+    op, _, port = short_tokens
+    client = Client(port, "app1.localhost")
+    client.login(op, "/echo", "alice", "alice123")
+    time.sleep(ACCESS_TTL)
+    results: list[tuple[int, str]] = []
+    cookies = dict(client.cookies)
+
+    def fetch() -> None:
+        worker = Client(port, "app1.localhost")
+        worker.cookies = dict(cookies)
+        status, _, body = worker.get("/echo", {"Accept": "application/json"})
+        token = (
+            header_values(json.loads(body), "x-forwarded-access-token")[0] if status == 200 else ""
+        )
+        results.append((status, token))
+
+    threads = [threading.Thread(target=fetch) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert [status for status, _ in results] == [200] * 6, results
+    assert len({token for _, token in results}) == 1, "concurrent requests refreshed separately"
+
+
+def test_provider_down_gives_503_and_other_routes_work(short_tokens):
+    _, gateway, port = short_tokens
+    status, headers, body = Client(port, "broken.localhost").get("/")
+    assert status == 503
+    assert b"identity provider cannot be reached" in body
+    assert headers["Retry-After"] == "30"
+    status, _, body = Client(port, "broken.localhost").get("/x", {"Accept": "application/json"})
+    assert status in (401, 503)
+    assert Client(port, "broken.localhost").get("/healthz")[0] == 200
+    assert Client(port, "open.localhost").get("/echo")[0] == 200
+    assert gateway.process.poll() is None
