@@ -14,6 +14,9 @@ from urllib.parse import unquote, urlsplit
 from idgateway.model import AuthorizeRules, PublicPath
 
 
+_NEEDS_WORK = re.compile(r"%|//|/\.|;|\\")
+
+
 def normalise_path(raw: bytes) -> str:
     """The path as an upstream would resolve it: decoded, no dot segments, no params.
 
@@ -21,6 +24,8 @@ def normalise_path(raw: bytes) -> str:
     stable, so double encoding (``%252e``) is undone as well.
     """
     text = raw.decode("latin-1")
+    if not _NEEDS_WORK.search(text):
+        return text  # the common case: nothing to decode or resolve
     for _ in range(3):
         decoded = unquote(text, encoding="latin-1")
         if decoded == text:
