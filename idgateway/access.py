@@ -13,7 +13,6 @@ from urllib.parse import unquote, urlsplit
 
 from idgateway.model import AuthorizeRules, PublicPath
 
-
 _NEEDS_WORK = re.compile(r"%|//|/\.|;|\\")
 
 
@@ -70,21 +69,27 @@ def is_public(
         if rule_method is not None and rule_method != method:
             if not (rule_method == b"GET" and method == b"HEAD"):
                 continue
-        if prefix is not None and (
-            path.startswith(prefix) or (prefix.endswith("/") and path == prefix[:-1])
-        ):
+        if prefix is not None and _under(path, prefix):
             return True
         if pattern is not None and pattern.search(path):
             return True
     return False
 
 
+def _under(path: str, prefix: str) -> bool:
+    """``/healthz`` covers /healthz and /healthz/x, never /healthz-internal."""
+    if prefix.endswith("/"):
+        return path.startswith(prefix) or path == prefix[:-1]
+    return path == prefix or path.startswith(prefix + "/")
+
+
 def _as_list(value: Any) -> list[str]:
     if value is None:
         return []
     if isinstance(value, str):
-        # WSO2 sends a single group as a plain string; some setups send "a,b".
-        return [part.strip() for part in value.split(",") if part.strip()]
+        # WSO2 sends a single group as a plain string. It is never split on
+        # commas: a group named "evil,admins" must not pass as "admins".
+        return [value]
     if isinstance(value, list | tuple):
         return [str(item) for item in value]
     return [str(value)]
@@ -101,7 +106,7 @@ def authorization_failure(
     if rules.email_domains:
         email = claims.get(email_claim)
         # A missing email_verified is NOT verified (WSO2 omits it unless asked).
-        if claims.get("email_verified") is False:
+        if claims.get("email_verified") not in (True, "true"):
             return "email address not verified"
         if not isinstance(email, str) or "@" not in email:
             return "no email address"
@@ -133,7 +138,9 @@ def authorization_failure(
 _CONTROL = re.compile(r"[\x00-\x20\x7f]")
 
 
-def safe_redirect(target: str | None, *, host: str, allowed: Sequence[str] = ()) -> str | None:
+def safe_redirect(
+    target: str | None, *, host: str, allowed: Sequence[str] = (), tls: bool = False
+) -> str | None:
     """``target`` if it stays on this host (a relative path) or names an allowed origin.
 
     Refuses ``//evil.com``, ``/\\evil.com``, ``https:evil.com``, ``/%2F%2Fevil.com``,
@@ -153,7 +160,8 @@ def safe_redirect(target: str | None, *, host: str, allowed: Sequence[str] = ())
         return None
     origin = f"{parts.scheme}://{parts.netloc}".lower()
     if parts.netloc.lower() == host.lower():
-        return target
+        # Never from https down to http on the same host.
+        return target if parts.scheme == "https" or not tls else None
     if origin in {a.rstrip("/").lower() for a in allowed}:
         return target
     return None

@@ -137,7 +137,7 @@ def begin_login(
             "route {route}: provider {provider} not available: {error}",
             route=login.route.name,
             provider=login.provider.settings.name,
-            error=login.provider.client.last_error,
+            error=login.provider.client.last_error or "discovery has not finished yet",
         )
         send_error(
             request,
@@ -278,7 +278,15 @@ async def callback(login: RouteLogin, request: GatewayRequest, host: bytes, tls:
         return
     now = login.clock.seconds()
     kept = {k: v for k, v in claims.items() if k not in _TECHNICAL_CLAIMS}
-    user = claims.get(login.oidc.user_claim) or claims["sub"]
+    user = claims.get(login.oidc.user_claim)
+    if not user:
+        _log.warn(
+            "route {route}: the ID token has no {claim!r} claim (user_claim); using sub. "
+            "Request the scope that carries it.",
+            route=login.route.name,
+            claim=login.oidc.user_claim,
+        )
+        user = claims["sub"]
     minimal = login.session_settings.minimal
     session = Session(
         id=os.urandom(16).hex(),
@@ -301,7 +309,7 @@ async def callback(login: RouteLogin, request: GatewayRequest, host: bytes, tls:
         request_id=request.request_id.decode(),
     )
     target = safe_redirect(
-        flow.return_to, host=host.decode("latin-1"), allowed=login.oidc.allowed_redirects
+        flow.return_to, host=host.decode("latin-1"), allowed=login.oidc.allowed_redirects, tls=tls
     )
     _redirect(request, target or "/", login.session_cookies(session, tls, 0))
 

@@ -41,6 +41,17 @@ if TYPE_CHECKING:
 
 # A session's cookie is re-issued (sliding inactivity) at most this often.
 SLIDE_EVERY = 60.0
+# How long a refresh result is handed to requests still carrying the old cookie.
+REFRESH_GRACE = 60.0
+# Token endpoint answers that mean "could not ask", not "refused".
+_PROVIDER_TROUBLE = frozenset({"temporarily_unavailable", "server_error", "invalid_response"})
+
+
+class _Unavailable:
+    """The provider could not be asked (down, 5xx, timeout)."""
+
+
+UNAVAILABLE = _Unavailable()
 
 
 @attrs.define(eq=False)
@@ -66,7 +77,7 @@ class RouteLogin:
         self.session_settings = auth.session
         self.provider = provider
         self.clock = clock
-        keys = auth.session.keys or (_random_key(),)
+        keys = auth.session.keys or (_EPHEMERAL_KEYS.setdefault(route.name, _random_key()),)
         self.keyring = KeyRing.from_strings(keys)
         cookie_name = auth.session.cookie_name or f"_idgw_{route.name}"
         self.codecs = {
@@ -99,7 +110,8 @@ class RouteLogin:
             auth_method=auth.oidc.client_auth,
         )
         self.redirect_path = auth.oidc.redirect_path
-        self._refreshing: dict[str, defer.Deferred[Session | None]] = {}
+        self._refreshing: dict[tuple[str, str], defer.Deferred[Any]] = {}
+        self._recent: dict[tuple[str, str], tuple[float, Session]] = {}
 
     def is_own_cookie(self, name: bytes) -> bool:
         return any(c.is_own_cookie(name) for c in self.codecs.values()) or any(
@@ -123,9 +135,8 @@ class RouteLogin:
             endpoints.dispatch(self, resource, request, state, runtime, host, path)
             return
         cookie_values = request.requestHeaders.getRawHeaders(b"cookie", [])
-        upstream_cookie = (
-            strip_cookies(cookie_values, self.is_own_cookie) if cookie_values else None
-        )
+        own = runtime.own_cookie or self.is_own_cookie
+        upstream_cookie = strip_cookies(cookie_values, own) if cookie_values else None
         if is_public(self.public, request.method, path):
             resource.forward(request, state, runtime, host, cookie=upstream_cookie)
             return
@@ -140,14 +151,42 @@ class RouteLogin:
             self.unauthenticated(request, host, path, resource.tls, chunks)
             return
         if self._needs_refresh(session, now):
+            old = session
             d = defer.ensureDeferred(self.refreshed(session))
 
-            def refreshed(new: Session | None) -> None:
+            def refreshed(new: Session | None | _Unavailable) -> None:
                 if request.finished or request._disconnected:
+                    return
+                if new is UNAVAILABLE:
+                    # The provider is down: keep the session while its access
+                    # token is still good; a blip must not log everyone out.
+                    if (old.access_expires_at or 0) > self.clock.seconds():
+                        self.admit(
+                            resource,
+                            request,
+                            state,
+                            runtime,
+                            host,
+                            old,
+                            chunks,
+                            upstream_cookie,
+                            reissue=False,
+                        )
+                    else:
+                        send_error(
+                            request,
+                            503,
+                            "The identity provider cannot be reached to renew your sign-in. "
+                            "Please try again in a minute.",
+                            error="provider_unavailable",
+                            request_id=request.request_id,
+                            extra_headers={b"retry-after": b"30"},
+                        )
                     return
                 if new is None:
                     self.unauthenticated(request, host, path, resource.tls, chunks)
                     return
+                assert isinstance(new, Session)
                 self.admit(
                     resource,
                     request,
@@ -160,8 +199,23 @@ class RouteLogin:
                     reissue=True,
                 )
 
+            def failed(failure: Failure) -> None:
+                self._log.failure(
+                    "route {route}: refresh failed [{request_id}]",
+                    failure,
+                    route=self.route.name,
+                    request_id=request.request_id.decode(),
+                )
+                if not request.finished and not request._disconnected:
+                    send_error(
+                        request,
+                        500,
+                        "Something went wrong on the gateway.",
+                        request_id=request.request_id,
+                    )
+
             d.addCallback(refreshed)
-            d.addErrback(lambda f: self._log.failure("refresh failed", f))
+            d.addErrback(failed)
             return
         self.admit(
             resource, request, state, runtime, host, session, chunks, upstream_cookie, reissue=False
@@ -257,25 +311,35 @@ class RouteLogin:
             return False
         return expires - self.session_settings.refresh_leeway <= now
 
-    async def refreshed(self, session: Session) -> Session | None:
-        """The session with fresh tokens, or None if the refresh failed (log in again).
+    async def refreshed(self, session: Session) -> Session | None | _Unavailable:
+        """The session with fresh tokens; None if the refresh was refused (log in
+        again); UNAVAILABLE if the provider could not be asked.
 
-        Concurrent requests of one session share one refresh: WSO2 rotates refresh
-        tokens, so a second refresh with the same token would fail and log out.
+        Concurrent requests of one session share one refresh, and requests that
+        still carry the pre-refresh cookie (parallel page loads) get its result for
+        a grace period: WSO2 rotates refresh tokens, so refreshing twice with the
+        same token would fail and log the user out.
         """
-        pending = self._refreshing.get(session.id)
+        key = (session.id, session.refresh_token or "")
+        now = self.clock.seconds()
+        recent = self._recent.get(key)
+        if recent is not None and recent[0] > now:
+            return recent[1]
+        pending = self._refreshing.get(key)
         if pending is None:
             pending = defer.ensureDeferred(self._refresh(session))
-            self._refreshing[session.id] = pending
+            self._refreshing[key] = pending
 
             def done(result: Any) -> Any:
-                self._refreshing.pop(session.id, None)
+                self._refreshing.pop(key, None)
+                if isinstance(result, Session):
+                    self._remember(key, result)
                 return result
 
             pending.addBoth(done)
         # Each waiter gets its own Deferred relayed from the shared one, so one
         # waiter's callbacks cannot change what the others receive.
-        waiter: defer.Deferred[Session | None] = defer.Deferred()
+        waiter: defer.Deferred[Session | None | _Unavailable] = defer.Deferred()
 
         def relay(result: Any) -> Any:
             if isinstance(result, Failure):
@@ -287,9 +351,17 @@ class RouteLogin:
         pending.addBoth(relay)
         return await waiter
 
-    async def _refresh(self, session: Session) -> Session | None:
+    def _remember(self, key: tuple[str, str], session: Session) -> None:
+        now = self.clock.seconds()
+        if len(self._recent) > 10000:
+            self._recent = {k: v for k, v in self._recent.items() if v[0] > now}
+        self._recent[key] = (now + REFRESH_GRACE, session)
+
+    async def _refresh(self, session: Session) -> Session | None | _Unavailable:
         metadata = self.provider.client.metadata
-        if metadata is None or session.refresh_token is None:
+        if metadata is None:
+            return UNAVAILABLE
+        if session.refresh_token is None:
             return None
         try:
             tokens = await refresh_tokens(
@@ -306,6 +378,8 @@ class RouteLogin:
                 user=session.user,
                 error=error.error,
             )
+            if error.error in _PROVIDER_TROUBLE:
+                return UNAVAILABLE
             return None
         now = self.clock.seconds()
         return attrs.evolve(
@@ -336,6 +410,11 @@ class RouteLogin:
 def _essential(claims: dict[str, Any], oidc: Any) -> dict[str, Any]:
     keep = {oidc.user_claim, oidc.email_claim, oidc.groups_claim, "sub", "sid", "username", "roles"}
     return {k: v for k, v in claims.items() if k in keep}
+
+
+# Keys made up for routes configured without any: kept for the life of the
+# process, so that a reload does not log everyone out.
+_EPHEMERAL_KEYS: dict[str, str] = {}
 
 
 def _random_key() -> str:

@@ -28,6 +28,7 @@ from idgateway.forwarding import (
 from idgateway.pages import send_error
 from idgateway.request import GatewayRequest
 from idgateway.runtime import GatewayState, RouteRuntime
+from idgateway.sessions.cookie import strip_cookies
 from idgateway.tls import sni_server_name
 from idgateway.upstream import (
     FAIL_CONNECT,
@@ -100,6 +101,13 @@ class GatewayResource(Resource):
             body.limit = route.max_body_size
         if runtime.login is not None:
             runtime.login.handle(self, request, state, runtime, host)
+        elif runtime.own_cookie is not None and request.requestHeaders.hasHeader(b"cookie"):
+            # An open route beside login routes: their session cookies (a shared
+            # cookie_domain) must not reach this upstream either.
+            cookies = request.requestHeaders.getRawHeaders(b"cookie", [])
+            self.forward(
+                request, state, runtime, host, cookie=strip_cookies(cookies, runtime.own_cookie)
+            )
         else:
             self.forward(request, state, runtime, host)
         return NOT_DONE_YET

@@ -9,7 +9,7 @@ change, so a reload keeps warm connections.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import attrs
 from twisted.internet.endpoints import (
@@ -50,6 +50,9 @@ class RouteRuntime:
     strip_prefixes: tuple[bytes, ...] = ()
     # The login gate; None for open routes.
     login: RouteLogin | None = None
+    # Whether a cookie name is one of the gateway's (any route's): such cookies
+    # are removed from every request sent upstream. None when no route logs in.
+    own_cookie: Callable[[bytes], bool] | None = None
 
     @property
     def strip_headers_and_cookie(self) -> frozenset[bytes]:
@@ -154,6 +157,16 @@ class StateBuilder:
                 strip_prefixes=identity.strip_prefixes,
                 login=login,
             )
+        # Every route strips every identity header and every gateway cookie that
+        # ANY route could set: routes may share an upstream or a cookie domain.
+        logins = [r.login for r in runtimes.values() if r.login is not None]
+        all_strip = frozenset().union(*(r.strip_headers for r in runtimes.values()))
+        all_prefixes = tuple(sorted({p for r in runtimes.values() for p in r.strip_prefixes}))
+        own_cookie = _any_own_cookie(logins) if logins else None
+        for runtime in runtimes.values():
+            runtime.strip_headers = all_strip
+            runtime.strip_prefixes = all_prefixes
+            runtime.own_cookie = own_cookie
         return GatewayState(
             config=config,
             routes=RouteTable.build(config.routes),
@@ -195,6 +208,15 @@ class StateBuilder:
         for settings, handle in old.providers.items():
             if new.providers.get(settings) is not handle:
                 handle.client.stop()
+
+
+def _any_own_cookie(logins: list[RouteLogin]) -> Callable[[bytes], bool]:
+    matchers = [login.is_own_cookie for login in logins]
+
+    def is_own(name: bytes) -> bool:
+        return any(matches(name) for matches in matchers)
+
+    return is_own
 
 
 def _hsts(route: Route) -> bytes | None:

@@ -99,6 +99,21 @@ def test_access_token_is_refreshed_and_the_rotated_refresh_token_kept(short_toke
     assert third not in (first, second)
 
 
+def test_a_request_with_the_pre_refresh_cookie_is_not_logged_out(short_tokens):
+    """A parallel page load still carrying the old cookie must not refresh again
+    with the already-rotated refresh token (WSO2 would answer invalid_grant)."""
+    op, gateway, port = short_tokens
+    client = Client(port, "app1.localhost")
+    client.login(op, "/echo", "alice", "alice123")
+    old_cookies = dict(client.cookies)
+    time.sleep(ACCESS_TTL)
+    refreshed = access_token(client)
+    late = Client(port, "app1.localhost")
+    late.cookies = old_cookies
+    assert access_token(late) == refreshed
+    assert "invalid_grant" not in gateway.log()
+
+
 def test_concurrent_requests_share_one_refresh(short_tokens):
     op, _, port = short_tokens
     client = Client(port, "app1.localhost")
@@ -136,3 +151,20 @@ def test_provider_down_gives_503_and_other_routes_work(short_tokens):
     assert Client(port, "broken.localhost").get("/healthz")[0] == 200
     assert Client(port, "open.localhost").get("/echo")[0] == 200
     assert gateway.process.poll() is None
+
+
+def test_open_route_never_sees_gateway_cookies_or_identity_headers(short_tokens):
+    op, _, port = short_tokens
+    app1 = Client(port, "app1.localhost")
+    app1.login(op, "/echo", "alice", "alice123")
+    open_route = Client(port, "open.localhost")
+    open_route.cookies = {**app1.cookies, "theirs": "kept"}
+    status, _, body = open_route.get(
+        "/echo",
+        {"Accept": "application/json", "X-Forwarded-User": "mallory", "OIDC_CLAIM_sub": "root"},
+    )
+    assert status == 200
+    echo = json.loads(body)
+    assert echo["cookies"] == {"theirs": "kept"}
+    assert header_values(echo, "x-forwarded-user") == []
+    assert header_values(echo, "oidc_claim_sub") == []

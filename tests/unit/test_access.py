@@ -58,6 +58,10 @@ RULES = compile_public_paths(
         (b"GET", b"/assets/site.css", True),
         (b"GET", b"/assets/site.js", False),
         (b"GET", b"/admin", False),
+        (b"GET", b"/healthz/live", True),
+        (b"GET", b"/healthz-internal/dump", False),
+        (b"GET", b"/healthzadmin", False),
+        (b"GET", b"/static", True),
     ],
 )
 def test_public_paths_cannot_be_tricked(method: bytes, raw: bytes, public: bool) -> None:
@@ -97,8 +101,14 @@ def test_authorization_rules() -> None:
     assert authorization_failure(AuthorizeRules(email_domains=("example.com",)), unverified)
     no_email = {k: v for k, v in CLAIMS.items() if k != "email"}
     assert authorization_failure(AuthorizeRules(email_domains=("example.com",)), no_email)
-    # WSO2 may send one group as a plain string.
+    # WSO2 may send one group as a plain string; it is never split on commas.
     assert authorization_failure(AuthorizeRules(groups=("ops",)), {"groups": "ops"}) is None
+    assert authorization_failure(AuthorizeRules(groups=("admins",)), {"groups": "evil,admins"})
+    # A missing email_verified is not verified.
+    missing = {k: v for k, v in CLAIMS.items() if k != "email_verified"}
+    assert authorization_failure(AuthorizeRules(email_domains=("example.com",)), missing)
+    stringly = {**CLAIMS, "email_verified": "false"}
+    assert authorization_failure(AuthorizeRules(email_domains=("example.com",)), stringly)
 
 
 @pytest.mark.parametrize(
@@ -119,6 +129,11 @@ def test_authorization_rules() -> None:
 )
 def test_unsafe_redirects_are_refused(target: str | None) -> None:
     assert safe_redirect(target, host="app1.localhost") is None
+
+
+def test_no_scheme_downgrade_on_the_same_host() -> None:
+    assert safe_redirect("http://app1.localhost/x", host="app1.localhost", tls=True) is None
+    assert safe_redirect("https://app1.localhost/x", host="app1.localhost", tls=True)
 
 
 def test_safe_redirects_are_kept() -> None:
