@@ -23,8 +23,14 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 
 from idgateway import units
-from idgateway.config_auth import ROUTE_AUTH_FIELDS, build_providers, build_route_auth
+from idgateway.config_auth import (
+    AUTHORIZE_FIELDS,
+    ROUTE_AUTH_FIELDS,
+    build_providers,
+    build_route_auth,
+)
 from idgateway.model import (
+    AuthorizeRules,
     CertificatePair,
     Config,
     Listener,
@@ -198,8 +204,20 @@ def _build_route(
         if any(path.prefix == prefix for path in paths):
             reader.problem(sub.nodes["prefix"], sub.child("prefix"), f"{prefix!r} is listed twice")
         paths.append(
-            PathRoute(prefix, upstream_of(sub, sub.values["upstream_ca_file"] or route_ca))
+            PathRoute(
+                prefix,
+                upstream_of(sub, sub.values["upstream_ca_file"] or route_ca),
+                authorize=sub.values["authorize"],
+            )
         )
+    if auth is None:
+        for sub in subs:
+            if sub.values["authorize"] is not None:
+                reader.problem(
+                    sub.nodes["authorize"],
+                    sub.child("authorize"),
+                    "'authorize' only applies on a route with an 'oidc' block",
+                )
     if len(reader.problems) > problems_before or auth is INVALID:
         return INVALID
     hsts_max_age, hsts_include_subdomains = values["hsts"]
@@ -333,6 +351,14 @@ PATH_FIELDS = (
     ),
     Field("upstream", _UPSTREAM, required=True, example="upstream: http://127.0.0.1:3001"),
     Field("upstream_ca_file", _pem_bundle),
+    Field(
+        "authorize",
+        mapping(
+            AUTHORIZE_FIELDS,
+            "a mapping like {groups: [admins]}",
+            lambda _, found: AuthorizeRules(**found.values),
+        ),
+    ),
 )
 _PATHS = list_of(section(PATH_FIELDS, f"a mapping like {_PATH}"), f"a list like [{_PATH}]")
 ROUTE_FIELDS = (

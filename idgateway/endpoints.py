@@ -375,7 +375,7 @@ def auth_request(login: RouteLogin, request: GatewayRequest, tls: bool) -> None:
         send_json(request, 401, {"error": "unauthenticated"})
         return
     if authorization_failure(
-        login.auth.authorize,
+        login.rules_for(_forwarded_uri(request)),
         session.claims,
         email_claim=login.oidc.email_claim,
         groups_claim=login.oidc.groups_claim,
@@ -385,6 +385,15 @@ def auth_request(login: RouteLogin, request: GatewayRequest, tls: bool) -> None:
     send_json(
         request, 202, {"user": session.user}, headers=login.identity.auth_request_headers(session)
     )
+
+
+def _forwarded_uri(request: GatewayRequest) -> bytes:
+    """For /oauth2/auth: the original path nginx or Traefik pass along, else /."""
+    for name in (b"x-forwarded-uri", b"x-original-uri"):
+        value = request.requestHeaders.getRawHeaders(name)
+        if value:
+            return value[0].partition(b"?")[0]
+    return b"/"
 
 
 def _unexpected(failure: Any, request: GatewayRequest, what: str) -> None:

@@ -19,7 +19,7 @@ from twisted.python.failure import Failure
 
 from idgateway.access import compile_public_paths, is_public, normalise_path
 from idgateway.identity import IdentityHeaders
-from idgateway.model import ProviderSettings, Route, RouteAuth
+from idgateway.model import AuthorizeRules, ProviderSettings, Route, RouteAuth
 from idgateway.oidc.client import ClientCredentials, TokenEndpointError, refresh_tokens
 from idgateway.oidc.provider import ProviderClient
 from idgateway.pages import send_error, wants_json
@@ -110,8 +110,22 @@ class RouteLogin:
             auth_method=auth.oidc.client_auth,
         )
         self.redirect_path = auth.oidc.redirect_path
+        self._path_rules = tuple(
+            (sub.prefix, sub.authorize)
+            for sub in sorted(route.paths, key=lambda sub: len(sub.prefix), reverse=True)
+            if sub.authorize is not None
+        )
         self._refreshing: dict[tuple[str, str], defer.Deferred[Any]] = {}
         self._recent: dict[tuple[str, str], tuple[float, Session]] = {}
+
+    def rules_for(self, raw_path: bytes) -> AuthorizeRules:
+        """The longest path sub-route with its own rules wins, else the route's."""
+        if self._path_rules:
+            path = normalise_path(raw_path)
+            for prefix, rules in self._path_rules:
+                if path.startswith(prefix):
+                    return rules
+        return self.auth.authorize
 
     def is_own_cookie(self, name: bytes) -> bool:
         return any(c.is_own_cookie(name) for c in self.codecs.values()) or any(
@@ -237,7 +251,7 @@ class RouteLogin:
         from idgateway.access import authorization_failure
 
         failure = authorization_failure(
-            self.auth.authorize,
+            self.rules_for(request.path),
             session.claims,
             email_claim=self.oidc.email_claim,
             groups_claim=self.oidc.groups_claim,

@@ -76,6 +76,8 @@ class PathRoute:
 
     prefix: str
     upstream: Upstream
+    # Stricter (or other) authorization for this path on a route with login.
+    authorize: AuthorizeRules | None = None
 
 
 @attrs.frozen

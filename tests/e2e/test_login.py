@@ -144,6 +144,10 @@ routes:
     public_paths: [/healthz, "GET /static/"]
     authorize:
       groups: [engineering]
+    paths:
+      - prefix: /admin/
+        upstream: http://127.0.0.1:{backend.port}
+        authorize: {{groups: [admins]}}
   - name: app2
     hosts: [app2.localhost]
     upstream: http://127.0.0.1:{backend.port}
@@ -335,3 +339,14 @@ def test_tampered_truncated_and_garbage_cookies_are_no_session(environment):
         other.cookies = {name: bad}
         status, _, body = other.get("/echo", {"Accept": "application/json"})
         assert status == 401, (bad, body)
+
+
+def test_a_path_can_have_its_own_authorization(environment):
+    op, _, port = environment
+    client = Client(port, "app1.localhost")
+    client.login(op, "/echo", "alice", "alice123")
+    assert client.get("/echo", {"Accept": "application/json"})[0] == 200
+    status, _, body = client.get("/admin/users", {"Accept": "application/json"})
+    assert status == 403
+    assert client.get("/admin/../echo", {"Accept": "application/json"})[0] == 200
+    assert client.get("/%61dmin/users", {"Accept": "application/json"})[0] == 403

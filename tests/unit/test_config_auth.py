@@ -265,3 +265,19 @@ def test_provider_ca_file_must_be_a_readable_pem(tmp_path: Path) -> None:
             "routes: [{name: a, default: true, upstream: http://127.0.0.1:1}]\n",
         )
         assert message in text and "providers.wso2.ca_file" in text
+
+
+def test_path_authorize_rules(tmp_path: Path) -> None:
+    block = OIDC + (
+        "    paths:\n      - {prefix: /admin/, upstream: http://127.0.0.1:3001, "
+        "authorize: {groups: [admins]}}\n"
+    )
+    config = load_config(write(tmp_path, route_with(block)), ENV)
+    assert config.routes[0].paths[0].authorize.groups == ("admins",)
+    open_route = (
+        "    paths:\n      - {prefix: /admin/, upstream: http://127.0.0.1:3001, "
+        "authorize: {groups: [admins]}}\n"
+    )
+    assert "only applies on a route with an 'oidc' block" in problems(
+        tmp_path, route_with(open_route)
+    )
