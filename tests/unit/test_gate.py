@@ -1,0 +1,157 @@
+"""The login gate's session lifetime and refresh logic, with a Clock."""
+
+from __future__ import annotations
+
+import base64
+
+import attrs
+import pytest
+from twisted.internet import defer
+from twisted.internet.task import Clock
+
+from idgateway import gate as gate_module
+from idgateway.gate import UNAVAILABLE, ProviderHandle, RouteLogin
+from idgateway.model import (
+    OIDCSettings,
+    ProviderSettings,
+    Route,
+    RouteAuth,
+    SessionSettings,
+    Upstream,
+)
+from idgateway.oidc.client import TokenEndpointError, TokenResponse
+from idgateway.oidc.provider import ProviderMetadata
+from idgateway.sessions.model import Session
+
+KEY = base64.b64encode(b"k" * 32).decode()
+
+
+class FakeProvider:
+    metadata = ProviderMetadata(
+        issuer="https://op/oauth2/token",
+        authorization_endpoint="https://op/oauth2/authorize",
+        token_endpoint="https://op/oauth2/token",
+        jwks_uri="https://op/oauth2/jwks",
+    )
+    last_error = None
+
+
+def make_login(clock: Clock, **session: object) -> RouteLogin:
+    route = Route(
+        name="app1",
+        hosts=("app1.localhost",),
+        upstream=Upstream(url="http://127.0.0.1:1", kind="http", host="127.0.0.1", port=1),
+    )
+    auth = RouteAuth(
+        oidc=OIDCSettings(provider="wso2", client_id="c", client_secret="s"),
+        session=SessionSettings(keys=(KEY,), **session),  # type: ignore[arg-type]
+    )
+    handle = ProviderHandle(
+        settings=ProviderSettings(name="wso2", issuer="https://op/oauth2/token"),
+        client=FakeProvider(),  # type: ignore[arg-type]
+        http=None,
+    )
+    return RouteLogin(attrs.evolve(route, auth=auth), auth, handle, clock)
+
+
+def session(now: float, **changes: object) -> Session:
+    base = Session(
+        id="s1",
+        route="app1",
+        sub="sub-1",
+        user="alice",
+        claims={},
+        created_at=now,
+        last_seen=now,
+        access_token="at-1",
+        access_expires_at=now + 300,
+        refresh_token="rt-1",
+    )
+    return attrs.evolve(base, **changes)
+
+
+def test_inactivity_and_maximum_duration():
+    clock = Clock()
+    clock.advance(1000)
+    login = make_login(clock, inactivity_timeout=600.0, max_duration=3600.0)
+    s = session(clock.seconds())
+    assert login._alive(s, clock.seconds())
+    clock.advance(599)
+    assert login._alive(s, clock.seconds())
+    clock.advance(2)
+    assert not login._alive(s, clock.seconds()), "inactive too long"
+    fresh = attrs.evolve(s, last_seen=clock.seconds())
+    clock.advance(3000)
+    assert not login._alive(attrs.evolve(fresh, last_seen=clock.seconds()), clock.seconds())
+    assert not login._alive(attrs.evolve(s, route="app2"), clock.seconds()), "foreign route"
+
+
+def test_refresh_is_due_within_the_leeway():
+    clock = Clock()
+    login = make_login(clock, refresh_leeway=60.0)
+    s = session(0)
+    assert not login._needs_refresh(s, 239)
+    assert login._needs_refresh(s, 240)
+    assert not login._needs_refresh(attrs.evolve(s, refresh_token=None), 1000)
+
+
+@pytest.fixture
+def token_endpoint(monkeypatch):
+    calls: list[str] = []
+    answers: list[object] = []
+
+    async def fake_refresh(http, metadata, creds, *, refresh_token, clock=None, timeout=10):
+        calls.append(refresh_token)
+        answer = answers.pop(0)
+        if isinstance(answer, defer.Deferred):
+            answer = await answer
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    monkeypatch.setattr(gate_module, "refresh_tokens", fake_refresh)
+    return calls, answers
+
+
+def tokens(n: int) -> TokenResponse:
+    return TokenResponse(
+        access_token=f"at-{n}",
+        token_type="Bearer",
+        expires_in=300,
+        refresh_token=f"rt-{n}",
+        id_token=None,
+        scope=None,
+    )
+
+
+def test_concurrent_refreshes_share_one_call_and_late_cookies_get_its_result(token_endpoint):
+    calls, answers = token_endpoint
+    clock = Clock()
+    login = make_login(clock)
+    gate_answer: defer.Deferred[TokenResponse] = defer.Deferred()
+    answers.append(gate_answer)
+    s = session(0)
+    first = defer.ensureDeferred(login.refreshed(s))
+    second = defer.ensureDeferred(login.refreshed(s))
+    assert calls == ["rt-1"]
+    gate_answer.callback(tokens(2))
+    a, b = first.result, second.result  # type: ignore[attr-defined]
+    assert a.refresh_token == "rt-2" and b.refresh_token == "rt-2"
+    # A request still carrying the old cookie, a little later: no second call.
+    clock.advance(10)
+    late = defer.ensureDeferred(login.refreshed(s))
+    assert late.result.access_token == "at-2"  # type: ignore[attr-defined]
+    assert calls == ["rt-1"]
+    # After the grace period the old refresh token is really dead.
+    clock.advance(gate_module.REFRESH_GRACE)
+    answers.append(TokenEndpointError("invalid_grant", "rotated", 400))
+    assert defer.ensureDeferred(login.refreshed(s)).result is None  # type: ignore[attr-defined]
+
+
+def test_provider_trouble_is_unavailable_not_a_logout(token_endpoint):
+    _, answers = token_endpoint
+    login = make_login(Clock())
+    answers.append(TokenEndpointError("temporarily_unavailable", "down", 0))
+    assert defer.ensureDeferred(login.refreshed(session(0))).result is UNAVAILABLE  # type: ignore[attr-defined]
+    answers.append(TokenEndpointError("invalid_grant", "revoked", 400))
+    assert defer.ensureDeferred(login.refreshed(session(0, id="s2"))).result is None  # type: ignore[attr-defined]
