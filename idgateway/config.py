@@ -28,7 +28,9 @@ from idgateway.config_auth import (
     ROUTE_AUTH_FIELDS,
     build_providers,
     build_route_auth,
+    build_top_redis,
 )
+from idgateway.config_auth import workers as config_workers
 from idgateway.model import (
     AuthorizeRules,
     CertificatePair,
@@ -290,6 +292,8 @@ def _build_config(reader: Reader, found: Section) -> Config | _Invalid:
         trusted_proxies=found.values["trusted_proxies"],
         warnings=tuple(reader.warnings),
         providers=found.values["providers"],
+        workers=found.values["workers"],
+        redis=found.values["redis"],
     )
 
 
@@ -398,6 +402,8 @@ TOP_FIELDS = (
     ),
     Field("trusted_proxies", _NETWORKS, default=()),
     Field("providers", build_providers, default=()),
+    Field("workers", config_workers, default=1),
+    Field("redis", build_top_redis),
 )
 
 

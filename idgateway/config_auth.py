@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import os
 import re
 from typing import Any
 
@@ -19,6 +20,7 @@ from idgateway.model import (
     OIDCSettings,
     ProviderSettings,
     PublicPath,
+    RedisSettings,
     RouteAuth,
     SessionSettings,
 )
@@ -33,11 +35,13 @@ from idgateway.schema import (
     boolean,
     duration,
     file_path,
+    integer,
     list_of,
     mapping,
     parsed,
     read_section,
 )
+from idgateway.sessions.redis_client import parse_redis_url
 
 HEADER_PRESETS = ("oauth2-proxy", "mod_auth_openidc")
 _HTTP_METHODS = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"}
@@ -245,8 +249,105 @@ OIDC_FIELDS = (
     Field("api_paths", list_of(parsed(_redirect_path, "a path"), "a list of paths"), default=()),
 )
 
+
+def _redis_url(value: str) -> str:
+    """redis://[:password@]host[:port][/db], rediss://..., unix:/path.sock[?db=N]."""
+    parse_redis_url(value)  # its ValueError names the problem without the password
+    return value
+
+
+def _host_port(value: str) -> tuple[str, int]:
+    host, _, port = value.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{value!r} is not host:port, e.g. 10.0.0.5:26379")
+    return host.strip("[]"), int(port)
+
+
+REDIS_FIELDS = (
+    Field("url", parsed(_redis_url, "a Redis URL")),
+    Field(
+        "sentinels",
+        list_of(parsed(_host_port, "host:port"), "a list like [10.0.0.5:26379]"),
+        default=(),
+    ),
+    Field("master_name", _text("a Sentinel master name")),
+    Field("redis_ca_file", file_path("a PEM file of CA certificates")),
+    Field("pool_size", integer(1, 10), default=10),
+    Field("connect_timeout", duration(), default=2.0),
+    Field("command_timeout", duration(), default=1.0),
+)
+_REDIS_NAMES = tuple(field.name for field in REDIS_FIELDS)
+
+
+def redis_settings(reader: Reader, found: Section, where: str) -> RedisSettings | None | _Invalid:
+    """RedisSettings from the redis keys of a section, or None when none are given."""
+    values: dict[str, Any] = {name: found.values.get(name) for name in _REDIS_NAMES}
+    if all(values[name] in (None, ()) for name in ("url", "sentinels", "master_name")):
+        return None
+    if values["url"] is None and not (values["sentinels"] and values["master_name"]):
+        return reader.problem(
+            found.node,
+            where,
+            "give 'url' (e.g. redis://127.0.0.1:6379/0), or 'sentinels' and 'master_name'",
+        )
+    # With sentinels, a url may still be given: its password, database and TLS
+    # apply to the master the sentinels name (its host is not used).
+    if values["sentinels"] and not values["master_name"]:
+        return reader.problem(found.node, where, "'sentinels' needs 'master_name'")
+    return RedisSettings(
+        url=values["url"],
+        sentinels=values["sentinels"],
+        master_name=values["master_name"],
+        ca_file=values["redis_ca_file"],
+        pool_size=values["pool_size"],
+        connect_timeout=values["connect_timeout"],
+        command_timeout=values["command_timeout"],
+    )
+
+
+def _build_session(reader: Reader, found: Section) -> SessionSettings | _Invalid:
+    redis = redis_settings(reader, found, found.key)
+    if redis is INVALID:
+        return INVALID
+    store = found.values["store"]
+    if store == "redis" and redis is None:
+        return reader.problem(
+            found.node,
+            found.child("url"),
+            "store: redis needs 'url' (e.g. redis://:s3cret@127.0.0.1:6379/1) or sentinels",
+        )
+    if store == "cookie" and redis is not None:
+        return reader.problem(
+            found.node, found.child("url"), "'url' is only used with store: redis"
+        )
+    values = {k: v for k, v in found.values.items() if k not in _REDIS_NAMES}
+    return SessionSettings(**values, redis=redis)
+
+
+def build_top_redis(reader: Reader, node: yaml.Node, key: str) -> Any:
+    found = read_section(reader, node, key, REDIS_FIELDS, "a mapping like {url: redis://...}")
+    if found is INVALID or not found.valid:
+        return INVALID
+    settings = redis_settings(reader, found, key)
+    return settings
+
+
+def workers(reader: Reader, node: yaml.Node, key: str) -> Any:
+    value = reader.value(node, key)
+    if value == "auto":
+        return os.cpu_count() or 1
+    if type(value) is int and 1 <= value <= 256:
+        return value
+    if value is INVALID:
+        return INVALID
+    return reader.problem(
+        node, key, f"expected auto or a number of processes from 1 to 256; got {_describe(node)}"
+    )
+
+
 SESSION_FIELDS = (
-    Field("store", _one_of(("cookie",)), default="cookie"),
+    Field("store", _one_of(("cookie", "redis")), default="cookie"),
+    *REDIS_FIELDS,
     Field("keys", list_of(parsed(_session_key, "a base64 key"), "a list of keys", 1), default=()),
     Field("inactivity_timeout", duration(), default=3600.0),
     Field("max_duration", duration(), default=86400.0),
@@ -289,7 +390,7 @@ ROUTE_AUTH_FIELDS = (
         mapping(
             SESSION_FIELDS,
             "a mapping like {keys: [${APP1_SESSION_KEY}]}",
-            lambda _, found: SessionSettings(**found.values),
+            _build_session,
         ),
     ),
     Field("headers", _headers, default=HeaderSettings()),

@@ -22,11 +22,12 @@ from idgateway.oidc.client import (
     exchange_code,
     fetch_userinfo,
 )
-from idgateway.oidc.tokens import TokenError, validate_id_token
+from idgateway.oidc.tokens import TokenError, validate_id_token, validate_logout_token
 from idgateway.pages import send_error
 from idgateway.sessions.cookie import parse_cookie_header
 from idgateway.sessions.flows import FlowCookies
 from idgateway.sessions.model import Session
+from idgateway.sessions.redis_client import RedisUnavailable
 
 if TYPE_CHECKING:
     from idgateway.gate import RouteLogin
@@ -63,13 +64,25 @@ def dispatch(
         )
         begin_login(login, request, host, tls, return_to=target or "/")
     elif path == "/oauth2/sign_out":
-        sign_out(login, request, host, tls)
+        _run(sign_out(login, request, host, tls), request, "sign-out")
     elif path == "/oauth2/userinfo":
-        userinfo(login, request, tls)
+        _run(userinfo(login, request, tls), request, "userinfo")
     elif path == "/oauth2/auth":
-        auth_request(login, request, tls)
+        _run(auth_request(login, request, tls), request, "auth request")
+    elif path == "/oauth2/backchannel_logout":
+        defer.ensureDeferred(backchannel_logout(login, request, state)).addErrback(
+            _unexpected, request, "back-channel logout"
+        )
+    elif path == "/oauth2/frontchannel_logout":
+        defer.ensureDeferred(frontchannel_logout(login, request, state, tls)).addErrback(
+            _unexpected, request, "front-channel logout"
+        )
     else:
         send_error(request, 404, "No such gateway endpoint.", request_id=request.request_id)
+
+
+def _run(work: Any, request: GatewayRequest, what: str) -> None:
+    defer.ensureDeferred(work).addErrback(_unexpected, request, what)
 
 
 def _query(request: GatewayRequest) -> dict[str, str]:
@@ -311,23 +324,21 @@ async def callback(login: RouteLogin, request: GatewayRequest, host: bytes, tls:
     target = safe_redirect(
         flow.return_to, host=host.decode("latin-1"), allowed=login.oidc.allowed_redirects, tls=tls
     )
-    _redirect(request, target or "/", login.session_cookies(session, tls, 0))
+    try:
+        new_cookies = await login.start_session(session, tls)
+    except RedisUnavailable:
+        _login_failed(
+            request, login, 503, "session_store_unavailable", "Sessions are unavailable right now."
+        )
+        return
+    if request.finished or request._disconnected:
+        return
+    _redirect(request, target or "/", new_cookies)
 
 
-def _current_session(
-    login: RouteLogin, request: GatewayRequest, tls: bool
-) -> tuple[Session | None, int]:
-    codec = login.codecs[tls]
-    cookies = parse_cookie_header(request.requestHeaders.getRawHeaders(b"cookie", []))
-    session, chunks = codec.decode(cookies)
-    if session is not None and not login._alive(session, login.clock.seconds()):
-        session = None
-    return session, chunks
-
-
-def sign_out(login: RouteLogin, request: GatewayRequest, host: bytes, tls: bool) -> None:
-    session, chunks = _current_session(login, request, tls)
-    clear = login.codecs[tls].clear(max(chunks, 1))
+async def sign_out(login: RouteLogin, request: GatewayRequest, host: bytes, tls: bool) -> None:
+    session, chunks, session_id = await login.current_session(request, tls)
+    clear = await login.end_session(tls, chunks, session_id)
     back = login.oidc.post_logout_redirect
     if back.startswith("/"):
         back = _origin(host, tls) + back
@@ -346,8 +357,8 @@ def sign_out(login: RouteLogin, request: GatewayRequest, host: bytes, tls: bool)
     _redirect(request, target or back, clear)
 
 
-def userinfo(login: RouteLogin, request: GatewayRequest, tls: bool) -> None:
-    session, _ = _current_session(login, request, tls)
+async def userinfo(login: RouteLogin, request: GatewayRequest, tls: bool) -> None:
+    session, _, _ = await login.current_session(request, tls)
     if session is None:
         send_json(request, 401, {"error": "unauthenticated"})
         return
@@ -366,11 +377,11 @@ def userinfo(login: RouteLogin, request: GatewayRequest, tls: bool) -> None:
     )
 
 
-def auth_request(login: RouteLogin, request: GatewayRequest, tls: bool) -> None:
+async def auth_request(login: RouteLogin, request: GatewayRequest, tls: bool) -> None:
     """For nginx auth_request and Traefik forwardAuth: 202 + identity, 401 or 403."""
     from idgateway.access import authorization_failure
 
-    session, _ = _current_session(login, request, tls)
+    session, _, _ = await login.current_session(request, tls)
     if session is None:
         send_json(request, 401, {"error": "unauthenticated"})
         return
@@ -387,6 +398,93 @@ def auth_request(login: RouteLogin, request: GatewayRequest, tls: bool) -> None:
     )
 
 
+def _logout_error(request: GatewayRequest, login: RouteLogin, description: str) -> None:
+    """OpenID Back-Channel Logout 1.0, 2.8: 400 with a JSON error."""
+    _log.warn(
+        "route {route}: back-channel logout refused: {why} [{request_id}]",
+        route=login.route.name,
+        why=description,
+        request_id=request.request_id.decode(),
+    )
+    send_json(request, 400, {"error": "invalid_request", "error_description": description})
+
+
+async def backchannel_logout(
+    login: RouteLogin, request: GatewayRequest, state: GatewayState
+) -> None:
+    """WSO2 POSTs logout_token=<JWT>: end every session of its sid (or sub)."""
+    if request.method != b"POST" or request.body is None:
+        _logout_error(request, login, "expected a POST with a logout_token form field")
+        return
+    try:
+        raw = await request.body.collect(64 * 1024)
+    except Exception:
+        _logout_error(request, login, "request body too large")
+        return
+    form = parse_qs(raw.decode("latin-1"))
+    tokens = form.get("logout_token", [])
+    if len(tokens) != 1:
+        _logout_error(request, login, "exactly one logout_token is required")
+        return
+    try:
+        claims = await validate_logout_token(
+            tokens[0],
+            provider=login.provider.client,
+            client_id=login.oidc.client_id,
+            now=login.clock.seconds(),
+        )
+    except TokenError as error:
+        _logout_error(request, login, f"invalid logout token ({error.reason})")
+        return
+    expires = float(claims.get("exp", login.clock.seconds() + 120))
+    if not await state.replay.first_use(str(claims["iss"]), str(claims["jti"]), expires):
+        _logout_error(request, login, "logout token already used")
+        return
+    sid, sub = claims.get("sid"), claims.get("sub")
+    ended = await login.end_sessions(state, sid=sid, sub=sub)
+    _log.info(
+        "route {route}: back-channel logout for sid={sid} sub={sub}: {ended}",
+        route=login.route.name,
+        sid=sid,
+        sub=sub,
+        ended=ended,
+    )
+    request.setResponseCode(200)
+    request.responseHeaders.setRawHeaders(b"cache-control", [b"no-store"])
+    request.responseHeaders.setRawHeaders(b"content-length", [b"0"])
+    request.end_response_early()
+    request.finish()
+
+
+_FRONTCHANNEL_PAGE = (
+    b"<!doctype html><html><head><meta charset=utf-8><title>Signed out</title></head>"
+    b"<body>Signed out.</body></html>"
+)
+
+
+async def frontchannel_logout(
+    login: RouteLogin, request: GatewayRequest, state: GatewayState, tls: bool
+) -> None:
+    """The provider loads this in an iframe with ?iss=&sid=: end that session."""
+    params = _query(request)
+    metadata = login.provider.client.metadata
+    sid = params.get("sid")
+    if metadata is not None and params.get("iss") == metadata.issuer and sid:
+        await login.end_sessions(state, sid=sid, sub=None)
+    session, chunks, session_id = await login.current_session(request, tls)
+    request.setResponseCode(200)
+    out = request.responseHeaders
+    out.setRawHeaders(b"content-type", [b"text/html; charset=utf-8"])
+    out.setRawHeaders(b"cache-control", [b"no-cache, no-store"])
+    out.setRawHeaders(b"content-length", [b"%d" % len(_FRONTCHANNEL_PAGE)])
+    if session is not None and (sid is None or session.provider_sid == sid):
+        for value in await login.end_session(tls, chunks, session_id):
+            out.addRawHeader(b"set-cookie", value)
+    request.end_response_early()
+    request.write(_FRONTCHANNEL_PAGE)
+    request.finish()
+
+
 def _forwarded_uri(request: GatewayRequest) -> bytes:
     """For /oauth2/auth: the original path nginx or Traefik pass along, else /."""
     for name in (b"x-forwarded-uri", b"x-original-uri"):
@@ -397,6 +495,16 @@ def _forwarded_uri(request: GatewayRequest) -> bytes:
 
 
 def _unexpected(failure: Any, request: GatewayRequest, what: str) -> None:
+    if failure.check(RedisUnavailable):
+        if not request.finished and not request._disconnected:
+            send_error(
+                request,
+                503,
+                "Sessions are unavailable right now. Please try again in a moment.",
+                error="session_store_unavailable",
+                request_id=request.request_id,
+            )
+        return
     _log.failure(
         "unexpected error in {what} [{request_id}]",
         failure,

@@ -12,7 +12,7 @@ import os
 from typing import TYPE_CHECKING, Any
 
 import attrs
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -33,6 +33,8 @@ from idgateway.sessions.cookie import (
 from idgateway.sessions.flows import FlowCookies
 from idgateway.sessions.keys import KeyRing
 from idgateway.sessions.model import Session
+from idgateway.sessions.redis_client import RedisClient, RedisUnavailable
+from idgateway.sessions.redis_store import RedisSessionStore
 
 if TYPE_CHECKING:
     from idgateway.proxy import GatewayResource
@@ -43,6 +45,11 @@ if TYPE_CHECKING:
 SLIDE_EVERY = 60.0
 # How long a refresh result is handed to requests still carrying the old cookie.
 REFRESH_GRACE = 60.0
+# Redis sessions: how long one process may hold a session's refresh lock, and
+# how long (steps x step seconds) the others wait for its result.
+REFRESH_LOCK_MS = 10_000
+REFRESH_WAIT_STEPS = 40
+REFRESH_WAIT_STEP = 0.1
 # Token endpoint answers that mean "could not ask", not "refused".
 _PROVIDER_TROUBLE = frozenset({"temporarily_unavailable", "server_error", "invalid_response"})
 
@@ -52,6 +59,21 @@ class _Unavailable:
 
 
 UNAVAILABLE = _Unavailable()
+
+
+@attrs.define(eq=False)
+class Visit:
+    """One request on its way through the gate."""
+
+    resource: GatewayResource
+    request: GatewayRequest
+    state: GatewayState
+    runtime: RouteRuntime
+    host: bytes
+    path: str
+    upstream_cookie: bytes | None
+    chunks: int = 0
+    session_id: str | None = None
 
 
 @attrs.define(eq=False)
@@ -69,7 +91,12 @@ class RouteLogin:
     _log = Logger()
 
     def __init__(
-        self, route: Route, auth: RouteAuth, provider: ProviderHandle, clock: IReactorTime
+        self,
+        route: Route,
+        auth: RouteAuth,
+        provider: ProviderHandle,
+        clock: IReactorTime,
+        redis: RedisClient | None = None,
     ) -> None:
         self.route = route
         self.auth = auth
@@ -115,6 +142,18 @@ class RouteLogin:
             for sub in sorted(route.paths, key=lambda sub: len(sub.prefix), reverse=True)
             if sub.authorize is not None
         )
+        # store: redis: the cookie holds an opaque id, the session lives in Redis.
+        self.store: RedisSessionStore | None = None
+        if auth.session.store == "redis":
+            assert redis is not None, "store: redis needs a Redis client"
+            self.store = RedisSessionStore(
+                redis,
+                route=route.name,
+                keyring=self.keyring,
+                inactivity_timeout=auth.session.inactivity_timeout,
+                max_duration=auth.session.max_duration,
+                clock=clock,
+            )
         self._refreshing: dict[tuple[str, str], defer.Deferred[Any]] = {}
         self._recent: dict[tuple[str, str], tuple[float, Session]] = {}
 
@@ -151,105 +190,115 @@ class RouteLogin:
         cookie_values = request.requestHeaders.getRawHeaders(b"cookie", [])
         own = runtime.own_cookie or self.is_own_cookie
         upstream_cookie = strip_cookies(cookie_values, own) if cookie_values else None
+        visit = Visit(resource, request, state, runtime, host, path, upstream_cookie)
         if is_public(self.public, request.method, path):
             resource.forward(request, state, runtime, host, cookie=upstream_cookie)
             return
-        codec = self.codecs[resource.tls]
-        session, chunks = (
-            codec.decode(parse_cookie_header(cookie_values)) if cookie_values else (None, 0)
+        cookies = parse_cookie_header(cookie_values) if cookie_values else {}
+        if self.store is None:
+            session, visit.chunks = self.codecs[resource.tls].decode(cookies)
+            self.check(visit, session)
+            return
+        session_id = cookies.get(self.store_cookie_name(resource.tls))
+        if not session_id:
+            self.unauthenticated(visit)
+            return
+        visit.session_id = session_id.decode("latin-1")
+        d = defer.ensureDeferred(self.store.load(visit.session_id))
+        d.addCallbacks(
+            lambda session: self.check(visit, session), self._store_failed, errbackArgs=(visit,)
         )
+        d.addErrback(self._failed, visit)
+
+    def check(self, visit: Visit, session: Session | None) -> None:
+        """Lifetime, revocation and refresh; then admit or send to login."""
+        request = visit.request
+        if request.finished or request._disconnected:
+            return
         now = self.clock.seconds()
         if session is not None and not self._alive(session, now):
             session = None
+        if (
+            session is not None
+            and self.store is None
+            and session.provider_sid
+            and visit.state.revocation.is_revoked(self.route.name, session.provider_sid)
+        ):
+            session = None  # ended by a back-channel logout
         if session is None:
-            self.unauthenticated(request, host, path, resource.tls, chunks)
+            self.unauthenticated(visit)
             return
-        if self._needs_refresh(session, now):
-            old = session
-            d = defer.ensureDeferred(self.refreshed(session))
+        if not self._needs_refresh(session, now):
+            self.admit(visit, session, reissue=False)
+            return
+        old = session
+        d = defer.ensureDeferred(self.refreshed(session, visit.session_id))
 
-            def refreshed(new: Session | None | _Unavailable) -> None:
-                if request.finished or request._disconnected:
-                    return
-                if new is UNAVAILABLE:
-                    # The provider is down: keep the session while its access
-                    # token is still good; a blip must not log everyone out.
-                    if (old.access_expires_at or 0) > self.clock.seconds():
-                        self.admit(
-                            resource,
-                            request,
-                            state,
-                            runtime,
-                            host,
-                            old,
-                            chunks,
-                            upstream_cookie,
-                            reissue=False,
-                        )
-                    else:
-                        send_error(
-                            request,
-                            503,
-                            "The identity provider cannot be reached to renew your sign-in. "
-                            "Please try again in a minute.",
-                            error="provider_unavailable",
-                            request_id=request.request_id,
-                            extra_headers={b"retry-after": b"30"},
-                        )
-                    return
-                if new is None:
-                    self.unauthenticated(request, host, path, resource.tls, chunks)
-                    return
-                assert isinstance(new, Session)
-                self.admit(
-                    resource,
-                    request,
-                    state,
-                    runtime,
-                    host,
-                    new,
-                    chunks,
-                    upstream_cookie,
-                    reissue=True,
-                )
-
-            def failed(failure: Failure) -> None:
-                self._log.failure(
-                    "route {route}: refresh failed [{request_id}]",
-                    failure,
-                    route=self.route.name,
-                    request_id=request.request_id.decode(),
-                )
-                if not request.finished and not request._disconnected:
+        def refreshed(new: Session | None | _Unavailable) -> None:
+            if request.finished or request._disconnected:
+                return
+            if new is UNAVAILABLE:
+                # The provider is down: keep the session while its access token
+                # is still good; a blip must not log everyone out.
+                if (old.access_expires_at or 0) > self.clock.seconds():
+                    self.admit(visit, old, reissue=False)
+                else:
                     send_error(
                         request,
-                        500,
-                        "Something went wrong on the gateway.",
+                        503,
+                        "The identity provider cannot be reached to renew your sign-in. "
+                        "Please try again in a minute.",
+                        error="provider_unavailable",
                         request_id=request.request_id,
+                        extra_headers={b"retry-after": b"30"},
                     )
+                return
+            if new is None:
+                self.unauthenticated(visit)
+                return
+            assert isinstance(new, Session)
+            self.admit(visit, new, reissue=self.store is None)
 
-            d.addCallback(refreshed)
-            d.addErrback(failed)
+        d.addCallback(refreshed)
+        d.addErrback(self._failed, visit)
+
+    def _store_failed(self, failure: Failure, visit: Visit) -> None:
+        failure.trap(RedisUnavailable)
+        request = visit.request
+        self._log.warn(
+            "route {route}: session store unavailable: {error} [{request_id}]",
+            route=self.route.name,
+            error=failure.getErrorMessage(),
+            request_id=request.request_id.decode(),
+        )
+        if request.finished or request._disconnected:
             return
-        self.admit(
-            resource, request, state, runtime, host, session, chunks, upstream_cookie, reissue=False
+        send_error(
+            request,
+            503,
+            "Sessions are unavailable right now. Please try again in a moment.",
+            error="session_store_unavailable",
+            request_id=request.request_id,
+            extra_headers={b"retry-after": b"5"},
         )
 
-    def admit(
-        self,
-        resource: GatewayResource,
-        request: GatewayRequest,
-        state: GatewayState,
-        runtime: RouteRuntime,
-        host: bytes,
-        session: Session,
-        chunks: int,
-        upstream_cookie: bytes | None,
-        *,
-        reissue: bool,
-    ) -> None:
+    def _failed(self, failure: Failure, visit: Visit) -> None:
+        request = visit.request
+        self._log.failure(
+            "route {route}: unexpected error [{request_id}]",
+            failure,
+            route=self.route.name,
+            request_id=request.request_id.decode(),
+        )
+        if not request.finished and not request._disconnected:
+            send_error(
+                request, 500, "Something went wrong on the gateway.", request_id=request.request_id
+            )
+
+    def admit(self, visit: Visit, session: Session, *, reissue: bool) -> None:
         from idgateway.access import authorization_failure
 
+        request = visit.request
         failure = authorization_failure(
             self.rules_for(request.path),
             session.claims,
@@ -275,25 +324,43 @@ class RouteLogin:
         set_cookies: list[bytes] = []
         if reissue or now - session.last_seen > SLIDE_EVERY:
             session = attrs.evolve(session, last_seen=now)
-            set_cookies = self.session_cookies(session, resource.tls, chunks)
-        resource.forward(
+            if self.store is None:
+                set_cookies = self.session_cookies(session, visit.resource.tls, visit.chunks)
+            elif visit.session_id is not None:
+                # Sliding expiry in Redis: a write once a minute per session,
+                # off the request's path (the answer does not wait for it).
+                self._save_later(visit.session_id, session)
+        visit.resource.forward(
             request,
-            state,
-            runtime,
-            host,
-            cookie=upstream_cookie,
+            visit.state,
+            visit.runtime,
+            visit.host,
+            cookie=visit.upstream_cookie,
             identity=self.identity.headers_for(session),
             set_cookies=set_cookies,
         )
 
-    def unauthenticated(
-        self, request: GatewayRequest, host: bytes, path: str, tls: bool, chunks: int
-    ) -> None:
+    def _save_later(self, session_id: str, session: Session) -> None:
+        assert self.store is not None
+        d = defer.ensureDeferred(self.store.save(session_id, session))
+        d.addErrback(
+            lambda f: self._log.warn(
+                "route {route}: could not extend a session: {error}",
+                route=self.route.name,
+                error=f.getErrorMessage(),
+            )
+        )
+
+    def unauthenticated(self, visit: Visit) -> None:
         from idgateway import endpoints
 
-        clear = self.codecs[tls].clear(chunks) if chunks else []
-        if self._is_api_request(request, path):
-            login_url = endpoints.start_url(request, host, tls)
+        request, tls = visit.request, visit.resource.tls
+        if self.store is None:
+            clear = self.codecs[tls].clear(visit.chunks) if visit.chunks else []
+        else:
+            clear = [self.store_cookie_clear(tls)] if visit.session_id else []
+        if self._is_api_request(request, visit.path):
+            login_url = endpoints.start_url(request, visit.host, tls)
             endpoints.send_json(
                 request,
                 401,
@@ -302,8 +369,68 @@ class RouteLogin:
             )
             return
         endpoints.begin_login(
-            self, request, host, tls, return_to=request.uri.decode("latin-1"), set_cookies=clear
+            self,
+            request,
+            visit.host,
+            tls,
+            return_to=request.uri.decode("latin-1"),
+            set_cookies=clear,
         )
+
+    # -- sessions: create, find, end ----------------------------------------------------
+
+    def store_cookie_name(self, tls: bool) -> bytes:
+        return self.codecs[tls].cookie_name.encode("ascii")
+
+    def store_cookie_clear(self, tls: bool) -> bytes:
+        return self.codecs[tls].clear(1)[0]
+
+    async def start_session(self, session: Session, tls: bool) -> list[bytes]:
+        """Set-Cookie values for a new login."""
+        if self.store is None:
+            return self.session_cookies(session, tls, 0)
+        session_id = self.store.new_session_id()
+        await self.store.save(session_id, session)
+        return [self.codecs[tls].plain_cookie(session_id.encode("ascii"))]
+
+    async def current_session(
+        self, request: GatewayRequest, tls: bool
+    ) -> tuple[Session | None, int, str | None]:
+        """(session, cookie chunks present, Redis session id) for the endpoints."""
+        cookies = parse_cookie_header(request.requestHeaders.getRawHeaders(b"cookie", []))
+        session: Session | None
+        if self.store is None:
+            session, chunks = self.codecs[tls].decode(cookies)
+            session_id = None
+        else:
+            raw = cookies.get(self.store_cookie_name(tls))
+            session_id = raw.decode("latin-1") if raw else None
+            session = await self.store.load(session_id) if session_id else None
+            chunks = 1 if raw else 0
+        if session is not None and not self._alive(session, self.clock.seconds()):
+            session = None
+        return session, chunks, session_id
+
+    async def end_session(self, tls: bool, chunks: int, session_id: str | None) -> list[bytes]:
+        """Forget this browser's session; Set-Cookie values that clear it."""
+        if self.store is not None:
+            if session_id:
+                await self.store.delete(session_id)
+            return [self.store_cookie_clear(tls)]
+        return self.codecs[tls].clear(max(chunks, 1))
+
+    async def end_sessions(self, state: GatewayState, *, sid: str | None, sub: str | None) -> str:
+        """A back- or front-channel logout: end every session of a provider sid (or sub)."""
+        if self.store is not None:
+            if sid:
+                return f"{await self.store.delete_by_sid(sid)} session(s) deleted"
+            if sub:
+                return f"{await self.store.delete_by_sub(sub)} session(s) deleted"
+            return "nothing to end"
+        if sid:
+            await state.revocation.revoke(self.route.name, sid)
+            return "sid revoked"
+        return "no sid: cookie sessions are ended by sid only"
 
     def _is_api_request(self, request: GatewayRequest, path: str) -> bool:
         if wants_json(request):
@@ -325,7 +452,9 @@ class RouteLogin:
             return False
         return expires - self.session_settings.refresh_leeway <= now
 
-    async def refreshed(self, session: Session) -> Session | None | _Unavailable:
+    async def refreshed(
+        self, session: Session, session_id: str | None = None
+    ) -> Session | None | _Unavailable:
         """The session with fresh tokens; None if the refresh was refused (log in
         again); UNAVAILABLE if the provider could not be asked.
 
@@ -341,7 +470,12 @@ class RouteLogin:
             return recent[1]
         pending = self._refreshing.get(key)
         if pending is None:
-            pending = defer.ensureDeferred(self._refresh(session))
+            work = (
+                self._refresh(session)
+                if session_id is None
+                else self._refresh_shared(session, session_id)
+            )
+            pending = defer.ensureDeferred(work)
             self._refreshing[key] = pending
 
             def done(result: Any) -> Any:
@@ -370,6 +504,37 @@ class RouteLogin:
         if len(self._recent) > 10000:
             self._recent = {k: v for k, v in self._recent.items() if v[0] > now}
         self._recent[key] = (now + REFRESH_GRACE, session)
+
+    async def _refresh_shared(
+        self, session: Session, session_id: str
+    ) -> Session | None | _Unavailable:
+        """Refresh a Redis session: one process refreshes (SET NX PX lock); the others
+        wait briefly and use the tokens it stored. A lost update here would log the
+        user out, since WSO2 kills the old refresh token."""
+        assert self.store is not None
+        token = await self.store.lock(session_id, ttl_ms=REFRESH_LOCK_MS)
+        if token is None:
+            for _ in range(REFRESH_WAIT_STEPS):
+                await _sleep(self.clock, REFRESH_WAIT_STEP)
+                stored = await self.store.load(session_id)
+                if stored is None:
+                    return None
+                if stored.refresh_token != session.refresh_token:
+                    return stored
+            return UNAVAILABLE
+        try:
+            # Another process may have finished just before we took the lock.
+            stored = await self.store.load(session_id)
+            if stored is None:
+                return None
+            if stored.refresh_token != session.refresh_token:
+                return stored
+            new = await self._refresh(session)
+            if isinstance(new, Session):
+                await self.store.save(session_id, new)
+            return new
+        finally:
+            await self.store.unlock(session_id, token)
 
     async def _refresh(self, session: Session) -> Session | None | _Unavailable:
         metadata = self.provider.client.metadata
@@ -424,6 +589,10 @@ class RouteLogin:
 def _essential(claims: dict[str, Any], oidc: Any) -> dict[str, Any]:
     keep = {oidc.user_claim, oidc.email_claim, oidc.groups_claim, "sub", "sid", "username", "roles"}
     return {k: v for k, v in claims.items() if k in keep}
+
+
+async def _sleep(clock: IReactorTime, seconds: float) -> None:
+    await task.deferLater(clock, seconds, lambda: None)
 
 
 # Keys made up for routes configured without any: kept for the life of the

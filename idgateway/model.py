@@ -123,6 +123,11 @@ class Config:
     # Non-fatal findings (expired certificates, insecure settings) to log at start.
     warnings: tuple[str, ...] = ()
     providers: tuple[ProviderSettings, ...] = ()
+    # Worker processes sharing the listeners (1: the twistd process serves alone).
+    workers: int = 1
+    # Shared Redis for back-channel logout state when routes keep cookie sessions
+    # (revoked sids, logout-token jti replay); None: process memory only.
+    redis: RedisSettings | None = None
 
 
 # ---- login: providers, per-route OIDC clients, sessions, identity headers ---------------
@@ -164,8 +169,23 @@ class OIDCSettings:
 
 
 @attrs.frozen
+class RedisSettings:
+    """How to reach a Redis server (or a Sentinel-managed master)."""
+
+    url: str | None = None  # redis://[:password@]host[:port][/db], rediss://..., unix:/path
+    sentinels: tuple[tuple[str, int], ...] = ()
+    master_name: str | None = None
+    ca_file: str | None = None
+    pool_size: int = 10
+    connect_timeout: float = 2.0
+    command_timeout: float = 1.0
+
+
+@attrs.frozen
 class SessionSettings:
     store: str = "cookie"
+    # For store: redis.
+    redis: RedisSettings | None = None
     # base64 32-byte keys; the first encrypts, all decrypt.
     keys: tuple[str, ...] = ()
     inactivity_timeout: float = 3600.0

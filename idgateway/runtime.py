@@ -25,10 +25,19 @@ from twisted.logger import Logger
 from idgateway.forwarding import TrustedProxies
 from idgateway.gate import ProviderHandle, RouteLogin
 from idgateway.identity import IdentityHeaders
-from idgateway.model import Config, HeaderSettings, ProviderSettings, Route, Upstream
+from idgateway.model import (
+    Config,
+    HeaderSettings,
+    ProviderSettings,
+    RedisSettings,
+    Route,
+    Upstream,
+)
 from idgateway.oidc.http import make_http_client
 from idgateway.oidc.provider import ProviderClient
 from idgateway.routing import RouteTable
+from idgateway.sessions.redis_client import RedisClient
+from idgateway.sessions.revocation import ReplayCache, RevocationList
 from idgateway.tls import client_tls_options
 from idgateway.upstream import UpstreamPool
 
@@ -75,7 +84,11 @@ class GatewayState:
     runtimes: dict[str, RouteRuntime]
     trusted: TrustedProxies
     pools: dict[PoolKey, UpstreamPool]
-    providers: dict[ProviderSettings, ProviderHandle] = attrs.Factory(dict)
+    providers: dict[ProviderSettings, ProviderHandle]
+    # Back-channel logout state shared by all routes (and, with Redis, processes).
+    revocation: RevocationList
+    replay: ReplayCache
+    redis_clients: dict[RedisSettings, RedisClient]
 
     def runtime_for(self, route: Route) -> RouteRuntime:
         return self.runtimes[route.name]
@@ -104,6 +117,10 @@ class StateBuilder:
 
     def __init__(self, reactor: IReactorTime) -> None:
         self.reactor = reactor
+        # Made on first use and kept across reloads: revoked sids and seen
+        # logout-token jtis must survive a config change.
+        self._revocation: RevocationList | None = None
+        self._replay: ReplayCache | None = None
 
     def build(self, config: Config, previous: GatewayState | None = None) -> GatewayState:
         old_pools = previous.pools if previous is not None else {}
@@ -131,6 +148,16 @@ class StateBuilder:
                 handle = self.provider_handle(settings)
             providers[settings] = handle
         by_name = {settings.name: handle for settings, handle in providers.items()}
+        old_clients = previous.redis_clients if previous is not None else {}
+        redis_clients: dict[RedisSettings, RedisClient] = {}
+
+        def redis_client(settings: RedisSettings) -> RedisClient:
+            client = redis_clients.get(settings) or old_clients.get(settings)
+            if client is None:
+                client = RedisClient(self.reactor, settings)
+            redis_clients[settings] = client
+            return client
+
         runtimes: dict[str, RouteRuntime] = {}
         for route in config.routes:
             subs = sorted(route.paths, key=lambda sub: len(sub.prefix), reverse=True)
@@ -160,13 +187,30 @@ class StateBuilder:
         # Every route strips every identity header and every gateway cookie that
         # ANY route could set: routes may share an upstream or a cookie domain.
         logins = [r.login for r in runtimes.values() if r.login is not None]
-        all_strip = frozenset().union(*(r.strip_headers for r in runtimes.values()))
+        # Authorization is only replaced on routes that pass the access token in
+        # it; open API routes behind the same gateway keep their clients' bearer.
+        all_strip = frozenset().union(*(r.strip_headers for r in runtimes.values())) - {
+            b"authorization"
+        }
         all_prefixes = tuple(sorted({p for r in runtimes.values() for p in r.strip_prefixes}))
         own_cookie = _any_own_cookie(logins) if logins else None
         for runtime in runtimes.values():
-            runtime.strip_headers = all_strip
+            runtime.strip_headers = all_strip | (runtime.strip_headers & {b"authorization"})
             runtime.strip_prefixes = all_prefixes
             runtime.own_cookie = own_cookie
+        shared = config.redis or next(
+            (r.auth.session.redis for r in config.routes if r.auth and r.auth.session.redis), None
+        )
+        if self._revocation is None:
+            client = redis_client(shared) if shared is not None else None
+            self._revocation = RevocationList(self.reactor, client)
+            self._replay = ReplayCache(self.reactor, client)
+            self._revocation.start()
+            if self._revocation.warning and any(
+                r.auth and r.auth.session.store == "cookie" for r in config.routes
+            ):
+                self._log.warn("{warning}", warning=self._revocation.warning)
+        assert self._replay is not None
         return GatewayState(
             config=config,
             routes=RouteTable.build(config.routes),
@@ -174,6 +218,9 @@ class StateBuilder:
             trusted=TrustedProxies(config.trusted_proxies),
             pools=pools,
             providers=providers,
+            revocation=self._revocation,
+            replay=self._replay,
+            redis_clients=redis_clients,
         )
 
     def provider_handle(self, settings: ProviderSettings) -> ProviderHandle:
@@ -208,6 +255,9 @@ class StateBuilder:
         for settings, handle in old.providers.items():
             if new.providers.get(settings) is not handle:
                 handle.client.stop()
+        for redis_settings, client in old.redis_clients.items():
+            if new.redis_clients.get(redis_settings) is not client:
+                client.close()
 
 
 def _any_own_cookie(logins: list[RouteLogin]) -> Callable[[bytes], bool]:

@@ -27,6 +27,8 @@ class GatewayService(MultiService):
     """Binds the listeners and serves the current configuration."""
 
     _log = Logger()
+    # idgateway.workers substitutes a Site that can drain its connections.
+    site_class: type[GatewaySite] = GatewaySite
 
     def __init__(
         self, config: Config, reactor: Any, *, install_signal_handlers: bool = True
@@ -68,18 +70,22 @@ class GatewayService(MultiService):
             pool.close()
         return defer.gatherResults(stops).addCallback(lambda _: None)
 
-    def _listen(self, listener: Listener) -> None:
-        site = GatewaySite(
+    def _factory_for(self, listener: Listener) -> IProtocolFactory:
+        """The listener's Site, behind TLS on a TLS listener."""
+        site = self.site_class(
             GatewayResource(self.holder, tls=listener.tls is not None, port=listener.port),
             timeout=CLIENT_IDLE_TIMEOUT,
             reactor=self.reactor,
         )
-        factory: IProtocolFactory = site
+        if listener.tls is None:
+            return site
+        contexts = SNIServerContexts(listener.tls)
+        self._tls[(listener.host, listener.port)] = contexts
+        return TLSMemoryBIOFactory(contexts, False, site)
+
+    def _listen(self, listener: Listener) -> None:
+        factory = self._factory_for(listener)
         key = (listener.host, listener.port)
-        if listener.tls is not None:
-            contexts = SNIServerContexts(listener.tls)
-            self._tls[key] = contexts
-            factory = TLSMemoryBIOFactory(contexts, False, site)
         endpoint_class = TCP6ServerEndpoint if ":" in listener.host else TCP4ServerEndpoint
         endpoint = endpoint_class(
             self.reactor, listener.port, backlog=1024, interface=listener.host

@@ -45,4 +45,10 @@ def makeService(options: Options, reactor: Any = None) -> Any:
         from twisted.internet import reactor as global_reactor
 
         reactor = global_reactor
-    return GatewayService(options["parsed_config"], reactor)
+    config = options["parsed_config"]
+    # `workers` is read defensively until every Config carries it.
+    if getattr(config, "workers", 1) > 1:
+        from idgateway.workers import MasterService
+
+        return MasterService(config, reactor)
+    return GatewayService(config, reactor)

@@ -340,6 +340,11 @@ class CookieSessionCodec:
 
     # -- removal -----------------------------------------------------------
 
+    def plain_cookie(self, value: bytes) -> bytes:
+        """A Set-Cookie for an opaque value under this codec's name and attributes
+        (the Redis store's session id: nothing to seal, nothing to chunk)."""
+        return set_cookie_value(self._names[0], value, self._attributes, None)
+
     def clear(self, chunks_present: int) -> list[bytes]:
         """Set-Cookie values deleting every chunk ``decode`` reported (at least the first)."""
         count = min(max(chunks_present, 1), len(self._names))

@@ -191,9 +191,54 @@ def test_client_auth_and_same_site_choices(tmp_path: Path) -> None:
     assert "'lax' is not one of: Lax, Strict, None" in text
 
 
-def test_redis_store_is_not_available_yet(tmp_path: Path) -> None:
-    assert "'redis' is not one of: cookie" in problems(
+def test_redis_store_settings(tmp_path: Path) -> None:
+    block = OIDC + (
+        "    session: {store: redis, url: 'redis://:s3cret@127.0.0.1:6379/1', "
+        f"keys: [{KEY}], inactivity_timeout: 1h, max_duration: 24h}}\n"
+    )
+    config = load_config(write(tmp_path, route_with(block)), ENV)
+    session = config.routes[0].auth.session
+    assert session.store == "redis"
+    assert session.redis.url == "redis://:s3cret@127.0.0.1:6379/1"
+    assert "store: redis needs 'url'" in problems(
         tmp_path, route_with(OIDC + "    session: {store: redis}\n")
+    )
+    for bad, message in (
+        ("http://x", "is not a Redis URL"),
+        ("redis://:pw@127.0.0.1:99999/1", "bad port"),
+        ("redis://127.0.0.1:6379/one", "must be a number"),
+    ):
+        text = problems(
+            tmp_path, route_with(OIDC + f"    session: {{store: redis, url: '{bad}'}}\n")
+        )
+        assert message in text, text
+    sentinel = OIDC + (
+        "    session: {store: redis, sentinels: [10.0.0.5:26379, '10.0.0.6:26379'], "
+        "master_name: gw}\n"
+    )
+    config = load_config(write(tmp_path, route_with(sentinel)), ENV)
+    assert config.routes[0].auth.session.redis.sentinels == (
+        ("10.0.0.5", 26379),
+        ("10.0.0.6", 26379),
+    )
+    assert "'sentinels' and 'master_name'" in problems(
+        tmp_path,
+        route_with(OIDC + "    session: {store: redis, sentinels: [10.0.0.5:26379]}\n"),
+    )
+
+
+def test_workers_and_top_level_redis(tmp_path: Path) -> None:
+    import os
+
+    text = route_with(OIDC).replace(
+        "listeners:", "workers: auto\nredis: {url: 'redis://127.0.0.1:6379/0'}\nlisteners:"
+    )
+    config = load_config(write(tmp_path, text), ENV)
+    assert config.workers == (os.cpu_count() or 1)
+    assert config.redis.url == "redis://127.0.0.1:6379/0"
+    assert load_config(write(tmp_path, route_with(OIDC)), ENV).workers == 1
+    assert "expected auto or a number of processes" in problems(
+        tmp_path, "workers: many\n" + route_with(OIDC)
     )
 
 

@@ -1,0 +1,264 @@
+"""Sessions kept in Redis, shared by every gateway process.
+
+The browser's cookie holds only an opaque session id: 256 random bits,
+base64url without padding (43 characters). Redis never sees that id; every
+key is named after its SHA-256, so a copy of the Redis data yields no cookie
+that works::
+
+    idgw:<route>:s:<sha256(id)>      the session: KeyRing.seal(JSON), PX = its TTL
+    idgw:<route>:sid:<sha256(sid)>   set of sha256(id) of the provider session's sessions
+    idgw:<route>:sub:<sha256(sub)>   set of sha256(id) of the user's sessions
+    idgw:<route>:lock:<sha256(id)>   the refresh lock (SET NX PX, compare-and-delete)
+
+The value is sealed with the route's key ring, with associated data naming
+the route and the key, so a value copied to another key or route does not
+open. The TTL slides with the inactivity timeout and never passes the
+maximum duration: ``min(inactivity_timeout, created_at + max_duration - now)``.
+
+``load`` is one GET (the hot path); an id that is not 43 base64url
+characters costs no Redis call at all.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+import secrets
+from typing import Any
+
+from twisted.logger import Logger
+
+from idgateway.sessions.keys import KeyRing
+from idgateway.sessions.model import Session
+from idgateway.sessions.redis_client import RedisClient, RedisUnavailable
+
+__all__ = ["RedisSessionStore", "RedisUnavailable", "session_key_hash"]
+
+SESSION_ID_BYTES = 32
+SESSION_ID_LENGTH = 43  # base64url of 32 bytes, no padding
+# 43 characters carry 258 bits; the last one's low two bits are zero padding.
+_SESSION_ID = re.compile(r"[A-Za-z0-9_-]{42}[AEIMQUYcgkosw048]")
+
+# Indexes are pruned of ended sessions when a new session joins one that
+# already holds this many (a user who logs in often on a long max_duration).
+_PRUNE_INDEX_FROM = 16
+
+# KEYS: session, [sid index], [sub index]. ARGV: value, ttl ms, session hash,
+# index ttl ms, index count, key prefix for pruning, prune threshold.
+_SAVE = """
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+for i = 2, 1 + tonumber(ARGV[5]) do
+  if redis.call('SADD', KEYS[i], ARGV[3]) == 1
+      and redis.call('SCARD', KEYS[i]) > tonumber(ARGV[7]) then
+    for _, member in ipairs(redis.call('SMEMBERS', KEYS[i])) do
+      if redis.call('EXISTS', ARGV[6] .. member) == 0 then
+        redis.call('SREM', KEYS[i], member)
+      end
+    end
+  end
+  redis.call('PEXPIRE', KEYS[i], ARGV[4])
+end
+return 1
+"""
+
+# KEYS: the index. ARGV: key prefix of sessions. Deletes the sessions it
+# names and the index itself; returns how many sessions existed.
+_DELETE_INDEXED = """
+local deleted = 0
+for _, member in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  deleted = deleted + redis.call('DEL', ARGV[1] .. member)
+end
+redis.call('DEL', KEYS[1])
+return deleted
+"""
+
+# Compare-and-delete: only the holder's token releases the lock.
+_UNLOCK = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+
+def session_key_hash(session_id: str) -> str:
+    """The hex SHA-256 that names a session id in Redis."""
+    return hashlib.sha256(session_id.encode("ascii")).hexdigest()
+
+
+def _hash_text(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def is_session_id(value: object) -> bool:
+    """Whether ``value`` could be an id from ``new_session_id`` (no Redis call)."""
+    return (
+        isinstance(value, str)
+        and len(value) == SESSION_ID_LENGTH
+        and _SESSION_ID.fullmatch(value) is not None
+    )
+
+
+class RedisSessionStore:
+    """A route's sessions in Redis.
+
+    ``clock`` provides ``seconds()`` (pass the reactor). Every method raises
+    ``RedisUnavailable`` within the client's command timeout when Redis
+    cannot answer.
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        client: RedisClient,
+        *,
+        route: str,
+        keyring: KeyRing,
+        inactivity_timeout: float,
+        max_duration: float,
+        clock: Any,
+    ) -> None:
+        if not route:
+            raise ValueError("a Redis session store needs a route name")
+        if inactivity_timeout <= 0 or max_duration <= 0:
+            raise ValueError("inactivity_timeout and max_duration must be more than 0 seconds")
+        self.client = client
+        self.route = route
+        self._keyring = keyring
+        self.inactivity_timeout = inactivity_timeout
+        self.max_duration = max_duration
+        self._clock = clock
+        self._prefix = f"idgw:{route}:"
+        self._session_prefix = f"idgw:{route}:s:"
+        self._associated_data = b"idgateway redis session\x00" + route.encode("utf-8") + b"\x00"
+
+    # -- names -----------------------------------------------------------------
+
+    @staticmethod
+    def new_session_id() -> str:
+        """A fresh id for the cookie: 256 random bits, base64url, 43 characters."""
+        return secrets.token_urlsafe(SESSION_ID_BYTES)
+
+    def session_key(self, session_id: str) -> str:
+        return self._session_prefix + session_key_hash(session_id)
+
+    def _index_key(self, kind: str, value: str) -> str:
+        return f"{self._prefix}{kind}:{_hash_text(value)}"
+
+    def _lock_key(self, session_id: str) -> str:
+        return f"{self._prefix}lock:{session_key_hash(session_id)}"
+
+    def _ad(self, key: str) -> bytes:
+        return self._associated_data + key.encode("ascii")
+
+    # -- sessions --------------------------------------------------------------
+
+    async def load(self, session_id: str) -> Session | None:
+        """The session for a cookie's id, or None: one GET, none for a malformed id."""
+        if not is_session_id(session_id):
+            return None
+        key = self.session_key(session_id)
+        sealed = await self.client.get(key)
+        if sealed is None:
+            return None
+        plaintext = self._keyring.open(sealed, self._ad(key))
+        if plaintext is None:
+            # Sealed by a retired key, or not by us at all.
+            return None
+        try:
+            data = json.loads(plaintext)
+            session = Session.from_json_dict(data) if isinstance(data, dict) else None
+        except (ValueError, TypeError, RecursionError):
+            session = None
+        if session is None:
+            self._log.warn("Unreadable session data in Redis for route {route}", route=self.route)
+            return None
+        if session.created_at + self.max_duration <= self._clock.seconds():
+            # Redis's own expiry is authoritative, but not every clock agrees.
+            return None
+        return session
+
+    def ttl_ms(self, session: Session) -> int:
+        """How long the session may live from now, in ms (0: it has ended)."""
+        now = self._clock.seconds()
+        remaining = min(self.inactivity_timeout, session.created_at + self.max_duration - now)
+        return max(0, math.ceil(remaining * 1000))
+
+    async def save(self, session_id: str, session: Session) -> None:
+        """Store ``session`` under the cookie's id; the TTL starts again from now.
+
+        A session past its maximum duration is deleted instead. Also files the
+        session under its provider ``sid`` and its ``sub`` for back-channel
+        logout, in the same round trip.
+        """
+        if not is_session_id(session_id):
+            raise ValueError("not a session id from new_session_id()")
+        key = self.session_key(session_id)
+        ttl = self.ttl_ms(session)
+        if ttl <= 0:
+            await self.client.delete(key)
+            return
+        payload = json.dumps(
+            session.to_json_dict(), separators=(",", ":"), ensure_ascii=False
+        ).encode("utf-8")
+        sealed = self._keyring.seal(payload, self._ad(key))
+        indexes = []
+        if session.provider_sid:
+            indexes.append(self._index_key("sid", session.provider_sid))
+        if session.sub:
+            indexes.append(self._index_key("sub", session.sub))
+        index_ttl = max(1, math.ceil(self.max_duration * 1000))
+        await self.client.eval(
+            _SAVE,
+            [key, *indexes],
+            [
+                sealed,
+                ttl,
+                session_key_hash(session_id),
+                index_ttl,
+                len(indexes),
+                self._session_prefix,
+                _PRUNE_INDEX_FROM,
+            ],
+        )
+
+    async def delete(self, session_id: str) -> None:
+        """Forget one session (sign-out). Its index entries go when the index is next pruned."""
+        if not is_session_id(session_id):
+            return
+        await self.client.delete(self.session_key(session_id))
+
+    async def delete_by_sid(self, sid: str) -> int:
+        """Delete every session of the provider session ``sid``; how many there were."""
+        return await self._delete_indexed(self._index_key("sid", sid))
+
+    async def delete_by_sub(self, sub: str) -> int:
+        """Delete every session of the user ``sub``; how many there were."""
+        return await self._delete_indexed(self._index_key("sub", sub))
+
+    async def _delete_indexed(self, index: str) -> int:
+        return int(await self.client.eval(_DELETE_INDEXED, [index], [self._session_prefix]))
+
+    # -- refresh lock ------------------------------------------------------------
+
+    async def lock(self, session_id: str, ttl_ms: int = 5000) -> str | None:
+        """Take the session's refresh lock for ``ttl_ms``: a token, or None if held.
+
+        Only the process holding the token refreshes; others wait briefly and
+        load the session again to use the stored result.
+        """
+        if not is_session_id(session_id):
+            return None
+        token = secrets.token_urlsafe(16)
+        if await self.client.set(self._lock_key(session_id), token, px=ttl_ms, nx=True):
+            return token
+        return None
+
+    async def unlock(self, session_id: str, token: str) -> None:
+        """Release the lock if ``token`` still holds it (it may have expired meanwhile)."""
+        if not is_session_id(session_id):
+            return
+        await self.client.eval(_UNLOCK, [self._lock_key(session_id)], [token])
