@@ -166,8 +166,13 @@ class StateBuilder:
                 HeaderSettings(), user_claim="sub", email_claim="email", groups_claim="groups"
             )
             if route.auth is not None:
+                session_redis = route.auth.session.redis
                 login = RouteLogin(
-                    route, route.auth, by_name[route.auth.oidc.provider], self.reactor
+                    route,
+                    route.auth,
+                    by_name[route.auth.oidc.provider],
+                    self.reactor,
+                    redis_client(session_redis) if session_redis is not None else None,
                 )
                 identity = login.identity
             runtimes[route.name] = RouteRuntime(

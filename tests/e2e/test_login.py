@@ -93,6 +93,9 @@ def environment(tmp_path_factory):
                         "client_secret": APP1_SECRET,
                         "redirect_uris": [f"http://app1.localhost:{port}/oauth2/callback"],
                         "post_logout_redirect_uris": [f"http://app1.localhost:{port}/"],
+                        "backchannel_logout_uri": (
+                            f"http://app1.localhost:{port}/oauth2/backchannel_logout"
+                        ),
                         "token_endpoint_auth_method": "client_secret_basic",
                     }
                 ]
@@ -350,3 +353,19 @@ def test_a_path_can_have_its_own_authorization(environment):
     assert status == 403
     assert client.get("/admin/../echo", {"Accept": "application/json"})[0] == 200
     assert client.get("/%61dmin/users", {"Accept": "application/json"})[0] == 403
+
+
+def test_backchannel_logout_ends_cookie_sessions(environment):
+    op, gateway, port = environment
+    client = Client(port, "app1.localhost")
+    client.login(op, "/echo", "alice", "alice123")
+    assert client.get("/echo", {"Accept": "application/json"})[0] == 200
+    op.admin_logout("carbon.super", "alice")
+    deadline = time.monotonic() + 5
+    while client.get("/echo", {"Accept": "application/json"})[0] == 200:
+        assert time.monotonic() < deadline, gateway.log()[-2000:]
+        time.sleep(0.1)
+    assert client.get("/echo", {"Accept": "application/json"})[0] == 401
+    # Signing in again works: only the ended provider session is revoked.
+    status, _ = client.login(op, "/echo", "alice", "alice123")
+    assert status == 200
