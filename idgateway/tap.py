@@ -46,8 +46,7 @@ def makeService(options: Options, reactor: Any = None) -> Any:
 
         reactor = global_reactor
     config = options["parsed_config"]
-    # `workers` is read defensively until every Config carries it.
-    if getattr(config, "workers", 1) > 1:
+    if config.workers > 1:
         from idgateway.workers import MasterService
 
         return MasterService(config, reactor)

@@ -779,7 +779,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             log.error("configuration refused: {problem}", problem=str(problem))
         return 1
     inherited = {address: fd for fd, address in args.listen_fd}
-    service = WorkerService(config, reactor, index=args.index, inherited=inherited)
+    try:
+        service = WorkerService(config, reactor, index=args.index, inherited=inherited)
+    except Exception:
+        log.failure("worker {index} could not start", index=args.index)
+        return 1
     exit_code = 0
     stopping = False
 

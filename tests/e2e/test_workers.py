@@ -1,0 +1,255 @@
+"""``workers: 2``: one master, two worker processes on the same sockets.
+
+Which worker serves a connection is read from /proc (the process that holds
+the accepted socket), so the responses stay exactly what a single process
+sends.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.http_helpers import echo_json, request
+from tests.processes import GatewayProcess, free_port
+
+pytestmark = pytest.mark.skipif(
+    not Path("/proc/net/tcp").exists(), reason="reads worker sockets from Linux /proc"
+)
+
+
+def workers_config(port: int, backend_port: int, workers: int = 2) -> str:
+    return f"""
+workers: {workers}
+listeners:
+  - address: 127.0.0.1:{port}
+routes:
+  - name: app
+    hosts: [app.localhost]
+    upstream: http://127.0.0.1:{backend_port}
+"""
+
+
+# -- /proc ----------------------------------------------------------------------
+
+
+def children(pid: int) -> list[int]:
+    """Live (not zombie) processes whose parent is ``pid``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # pid (comm) state ppid ...: comm may hold spaces and parentheses.
+        state, ppid = stat.rpartition(")")[2].split()[:2]
+        if int(ppid) == pid and state != "Z":
+            found.append(int(entry.name))
+    return sorted(found)
+
+
+def alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
+def cmdline(pid: int) -> list[str]:
+    return Path(f"/proc/{pid}/cmdline").read_text().split("\0")
+
+
+def established_inodes(local_port: int) -> set[str]:
+    """Socket inodes of ESTABLISHED TCP connections accepted on 127.0.0.1:local_port."""
+    inodes = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local, state, inode = fields[1], fields[3], fields[9]
+        if state == "01" and int(local.split(":")[1], 16) == local_port:
+            inodes.add(inode)
+    return inodes
+
+
+def socket_inodes(pid: int) -> set[str]:
+    inodes = set()
+    fd_dir = Path(f"/proc/{pid}/fd")
+    for fd in fd_dir.iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[len("socket:[") : -1])
+    return inodes
+
+
+def wait_for(condition: Callable[[], object], timeout: float = 10, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not true after {timeout} s: {what or condition}")
+        time.sleep(0.05)
+
+
+def serving_count(gateway: GatewayProcess, index: int) -> int:
+    return gateway.log().count(f"[worker {index}] worker {index} serving")
+
+
+def start_with_workers(start_gateway, backend_port: int) -> tuple[int, GatewayProcess]:
+    port = free_port()
+    gateway = start_gateway(workers_config(port, backend_port), [port])
+    wait_for(
+        lambda: serving_count(gateway, 0) and serving_count(gateway, 1),
+        15,
+        "both workers serving\n" + gateway.log(),
+    )
+    return port, gateway
+
+
+# -- tests ----------------------------------------------------------------------------
+
+
+def test_two_workers_share_the_listener(start_gateway, backend):
+    port, gateway = start_with_workers(start_gateway, backend.port)
+    workers = children(gateway.pid)
+    assert len(workers) == 2
+    for pid in workers:
+        assert "idgateway.workers" in cmdline(pid)
+    # 200 requests from 10 concurrent keep-alive clients; each keeps its
+    # connection open until /proc has shown which process accepted it.
+    connections: list[http.client.HTTPConnection] = []
+    statuses: list[int] = []
+    done = threading.Barrier(11, timeout=30)
+
+    def client(delay: float) -> None:
+        time.sleep(delay)
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        connections.append(conn)
+        try:
+            for i in range(20):
+                conn.request("GET", f"/echo?i={i}", headers={"Host": "app.localhost"})
+                response = conn.getresponse()
+                body = json.loads(response.read())
+                statuses.append(response.status if body["query"] == f"i={i}" else 0)
+        finally:
+            done.wait()
+
+    threads = [threading.Thread(target=client, args=(n * 0.02,)) for n in range(10)]
+    for thread in threads:
+        thread.start()
+    try:
+        done.wait()
+        accepted = established_inodes(port)
+        owners = {pid: len(socket_inodes(pid) & accepted) for pid in workers}
+        in_master = socket_inodes(gateway.pid) & accepted
+    finally:
+        for thread in threads:
+            thread.join(10)
+        for conn in connections:
+            conn.close()
+    assert statuses == [200] * 200
+    assert sum(owners.values()) == 10
+    assert all(owners.values()), f"connections per worker: {owners}"
+    # The master only binds: it never accepts a connection itself.
+    assert not in_master
+
+
+def test_a_killed_worker_is_replaced_and_requests_keep_flowing(start_gateway, backend):
+    port, gateway = start_with_workers(start_gateway, backend.port)
+    victim, survivor = children(gateway.pid)
+    os.kill(victim, signal.SIGKILL)
+    # The other worker keeps serving while the master starts a new one.
+    for _ in range(10):
+        assert echo_json(port, "app.localhost")["backend"] == "backend-a"
+    wait_for(
+        lambda: len(children(gateway.pid)) == 2 and victim not in children(gateway.pid),
+        8,
+        "a second worker again",
+    )
+    assert survivor in children(gateway.pid)
+    assert "ended (killed by SIGKILL)" in gateway.log()
+    wait_for(lambda: serving_count(gateway, 0) + serving_count(gateway, 1) == 3, 10)
+    for _ in range(10):
+        assert echo_json(port, "app.localhost")["backend"] == "backend-a"
+
+
+def test_sighup_reloads_every_worker(start_gateway, backend, backend_b):
+    port, gateway = start_with_workers(start_gateway, backend.port)
+    assert echo_json(port, "app.localhost")["backend"] == "backend-a"
+    gateway.config_path.write_text(workers_config(port, backend_b.port))
+    gateway.signal(signal.SIGHUP)
+    wait_for(
+        lambda: (
+            "[worker 0] configuration reloaded" in gateway.log()
+            and "[worker 1] configuration reloaded" in gateway.log()
+        ),
+        10,
+        "both workers reloaded\n" + gateway.log(),
+    )
+    # Each request on a new connection: whichever worker takes it has reloaded.
+    for _ in range(20):
+        assert echo_json(port, "app.localhost")["backend"] == "backend-b"
+    # A listener change cannot be applied by the workers: the master says so.
+    gateway.config_path.write_text(workers_config(free_port(), backend_b.port))
+    gateway.signal(signal.SIGHUP)
+    wait_for(lambda: "the listeners changed" in gateway.log(), 10)
+    assert echo_json(port, "app.localhost")["backend"] == "backend-b"
+
+
+def test_sigterm_drains_in_flight_requests_then_exits_zero(start_gateway, backend):
+    port, gateway = start_with_workers(start_gateway, backend.port)
+    workers = children(gateway.pid)
+    result: dict[str, object] = {}
+
+    def slow() -> None:
+        try:
+            status, _, body = request(port, "app.localhost", "/slow-headers?delay=2")
+            result["status"] = status
+        except Exception as error:  # reported by the assertion below
+            result["error"] = error
+
+    before = _established_to(backend.port)
+    client = threading.Thread(target=slow)
+    client.start()
+    # Wait until the request is at the back end, i.e. in flight in a worker.
+    wait_for(lambda: _established_to(backend.port) > before, 5, "the slow request upstream")
+    gateway.signal(signal.SIGTERM)
+    client.join(15)
+    assert result == {"status": 200}
+    assert gateway.process is not None
+    assert gateway.process.wait(15) == 0
+    wait_for(lambda: not any(alive(pid) for pid in workers), 5, "no worker left")
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+
+
+def test_workers_exit_when_the_master_is_killed(start_gateway, backend):
+    _, gateway = start_with_workers(start_gateway, backend.port)
+    workers = children(gateway.pid)
+    gateway.signal(signal.SIGKILL)
+    assert gateway.process is not None
+    gateway.process.wait(5)
+    wait_for(lambda: not any(alive(pid) for pid in workers), 10, "orphaned workers exit")
+
+
+def _established_to(port: int) -> int:
+    """ESTABLISHED TCP connections whose remote end is 127.0.0.1:port."""
+    count = 0
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        remote, state = fields[2], fields[3]
+        if state == "01" and int(remote.split(":")[1], 16) == port:
+            count += 1
+    return count
