@@ -8,6 +8,8 @@ requests of one session share that one refresh.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from typing import TYPE_CHECKING, Any
 
@@ -97,8 +99,11 @@ class RouteLogin:
         provider: ProviderHandle,
         clock: IReactorTime,
         redis: RedisClient | None = None,
+        shared_redis: RedisClient | None = None,
     ) -> None:
         self.route = route
+        # Cookie sessions: a Redis shared by every process coordinates refreshes.
+        self.shared_redis = shared_redis
         self.auth = auth
         self.oidc = auth.oidc
         self.session_settings = auth.session
@@ -470,11 +475,12 @@ class RouteLogin:
             return recent[1]
         pending = self._refreshing.get(key)
         if pending is None:
-            work = (
-                self._refresh(session)
-                if session_id is None
-                else self._refresh_shared(session, session_id)
-            )
+            if session_id is not None:
+                work = self._refresh_shared(session, session_id)
+            elif self.shared_redis is not None:
+                work = self._refresh_coordinated(session, self.shared_redis)
+            else:
+                work = self._refresh(session)
             pending = defer.ensureDeferred(work)
             self._refreshing[key] = pending
 
@@ -535,6 +541,58 @@ class RouteLogin:
             return new
         finally:
             await self.store.unlock(session_id, token)
+
+    async def _refresh_coordinated(
+        self, session: Session, redis: RedisClient
+    ) -> Session | None | _Unavailable:
+        """Refresh a cookie session once across every process sharing ``redis``.
+
+        The winner of a SET NX lock refreshes and leaves the result (sealed with
+        the route's keys) for REFRESH_GRACE seconds; the others, and late requests
+        still carrying the old cookie, take that result instead of spending the
+        already-rotated refresh token.
+        """
+        digest = hashlib.sha256(f"{session.id}\0{session.refresh_token}".encode()).hexdigest()
+        base = f"idgw:{self.route.name}:refresh:{digest}"
+        try:
+            stored = await self._stored_refresh(redis, base)
+            if stored is not None:
+                return stored
+            token = os.urandom(16).hex()
+            if not await redis.set(base + ":lock", token.encode(), px=REFRESH_LOCK_MS, nx=True):
+                for _ in range(REFRESH_WAIT_STEPS):
+                    await _sleep(self.clock, REFRESH_WAIT_STEP)
+                    stored = await self._stored_refresh(redis, base)
+                    if stored is not None:
+                        return stored
+                return UNAVAILABLE
+        except RedisUnavailable as error:
+            self._log.warn(
+                "route {route}: Redis unavailable for refresh coordination ({error}); "
+                "refreshing in this process only",
+                route=self.route.name,
+                error=str(error),
+            )
+            return await self._refresh(session)
+        new = await self._refresh(session)
+        if isinstance(new, Session):
+            sealed = self.keyring.seal(
+                json.dumps(new.to_json_dict()).encode(), base.encode("ascii")
+            )
+            try:
+                await redis.set(base + ":result", sealed, px=int(REFRESH_GRACE * 1000))
+            except RedisUnavailable:
+                pass  # this process still has the result; others may ask the provider
+        return new
+
+    async def _stored_refresh(self, redis: RedisClient, base: str) -> Session | None:
+        raw = await redis.get(base + ":result")
+        if raw is None:
+            return None
+        opened = self.keyring.open(raw, base.encode("ascii"))
+        if opened is None:
+            return None
+        return Session.from_json_dict(json.loads(opened))
 
     async def _refresh(self, session: Session) -> Session | None | _Unavailable:
         metadata = self.provider.client.metadata

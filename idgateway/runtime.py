@@ -158,6 +158,10 @@ class StateBuilder:
             redis_clients[settings] = client
             return client
 
+        shared = config.redis or next(
+            (r.auth.session.redis for r in config.routes if r.auth and r.auth.session.redis), None
+        )
+        shared_client = redis_client(shared) if shared is not None else None
         runtimes: dict[str, RouteRuntime] = {}
         for route in config.routes:
             subs = sorted(route.paths, key=lambda sub: len(sub.prefix), reverse=True)
@@ -173,6 +177,7 @@ class StateBuilder:
                     by_name[route.auth.oidc.provider],
                     self.reactor,
                     redis_client(session_redis) if session_redis is not None else None,
+                    shared_client,
                 )
                 identity = login.identity
             runtimes[route.name] = RouteRuntime(
@@ -203,18 +208,21 @@ class StateBuilder:
             runtime.strip_headers = all_strip | (runtime.strip_headers & {b"authorization"})
             runtime.strip_prefixes = all_prefixes
             runtime.own_cookie = own_cookie
-        shared = config.redis or next(
-            (r.auth.session.redis for r in config.routes if r.auth and r.auth.session.redis), None
-        )
         if self._revocation is None:
-            client = redis_client(shared) if shared is not None else None
-            self._revocation = RevocationList(self.reactor, client)
-            self._replay = ReplayCache(self.reactor, client)
+            self._revocation = RevocationList(self.reactor, shared_client)
+            self._replay = ReplayCache(self.reactor, shared_client)
             self._revocation.start()
             if self._revocation.warning and any(
                 r.auth and r.auth.session.store == "cookie" for r in config.routes
             ):
                 self._log.warn("{warning}", warning=self._revocation.warning)
+                if config.workers > 1:
+                    self._log.warn(
+                        "workers: {n} with cookie sessions and no shared Redis: token refreshes "
+                        "are not coordinated between processes, and WSO2's rotating refresh "
+                        "tokens may then log users out; set redis: {{url: ...}}",
+                        n=config.workers,
+                    )
         assert self._replay is not None
         return GatewayState(
             config=config,

@@ -22,9 +22,24 @@ pytestmark = pytest.mark.skipif(node_binary() is None, reason="node is not insta
 
 
 def gateway_yaml(
-    port: int, op: ProviderProcess, backend_port: int, redis_url: str, key: str, extra: str = ""
+    port: int,
+    op: ProviderProcess,
+    backend_port: int,
+    redis_url: str,
+    key: str,
+    extra: str = "",
+    store: str = "redis",
 ) -> str:
-    return f"""
+    if store == "redis":
+        session = f"""      store: redis
+      url: {redis_url}
+      command_timeout: 500ms"""
+        top = ""
+    else:
+        # Cookie sessions; the shared Redis only coordinates refreshes and logouts.
+        session = "      store: cookie"
+        top = f"redis: {{url: '{redis_url}'}}\n"
+    return f"""{top}
 listeners:
   - address: 127.0.0.1:{port}
 providers:
@@ -35,12 +50,10 @@ routes:
     upstream: http://127.0.0.1:{backend_port}
     oidc: {{provider: wso2, client_id: app1-client, client_secret: s3cret, user_claim: username}}
     session:
-      store: redis
-      url: {redis_url}
+{session}
       keys: [{key}]
       inactivity_timeout: 1h
       max_duration: 24h
-      command_timeout: 500ms
       refresh_leeway: 1s
     public_paths: [/healthz]
 {extra}"""
@@ -61,7 +74,18 @@ def short_token_cluster(tmp_path_factory):
     )
 
 
-def _cluster(tmp_path_factory, name, ttl, extra=""):
+@pytest.fixture(scope="module")
+def short_token_cookie_cluster(tmp_path_factory):
+    yield from _cluster(
+        tmp_path_factory,
+        "cookie-refresh",
+        ttl=4,
+        extra="    headers: {preset: oauth2-proxy, pass_access_token: true}\n",
+        store="cookie",
+    )
+
+
+def _cluster(tmp_path_factory, name, ttl, extra="", store="redis"):
     from tests.backends import BackendProcess
 
     tmp = tmp_path_factory.mktemp(name)
@@ -97,7 +121,7 @@ def _cluster(tmp_path_factory, name, ttl, extra=""):
         gateways = []
         for name, port in (("a", port_a), ("b", port_b)):
             path = tmp / f"gateway-{name}.yaml"
-            path.write_text(gateway_yaml(port, op, backend.port, url, key, extra))
+            path.write_text(gateway_yaml(port, op, backend.port, url, key, extra, store))
             gateways.append(GatewayProcess(path, tmp / f"gateway-{name}.log").start([port]))
         try:
             for port in (port_a, port_b):
@@ -220,12 +244,15 @@ def test_redis_restarted_empty_means_logging_in_again(cluster):
     assert status == 200
 
 
-def test_two_processes_refreshing_one_session_at_once_lose_nothing(short_token_cluster):
+@pytest.mark.parametrize("store", ["redis", "cookie"])
+def test_two_processes_refreshing_one_session_at_once_lose_nothing(store, request):
     """WSO2 rotates refresh tokens: if both instances refreshed with the same
-    token, one would get invalid_grant and log the user out."""
+    token, one would get invalid_grant and log the user out. With Redis sessions
+    a lock in Redis serialises them; with cookie sessions the shared Redis does."""
     import threading
 
-    op, _, gateways, (port_a, port_b) = short_token_cluster
+    fixture = "short_token_cluster" if store == "redis" else "short_token_cookie_cluster"
+    op, _, gateways, (port_a, port_b) = request.getfixturevalue(fixture)
     a = Client(port_a, "app1.localhost")
     a.login(op, "/echo", "alice", "alice123")
     cookies = dict(a.cookies)
