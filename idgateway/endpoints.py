@@ -23,7 +23,7 @@ from idgateway.oidc.client import (
     fetch_userinfo,
 )
 from idgateway.oidc.tokens import TokenError, validate_id_token, validate_logout_token
-from idgateway.pages import send_error
+from idgateway.pages import send_error, send_provider_unavailable
 from idgateway.sessions.cookie import parse_cookie_header
 from idgateway.sessions.flows import FlowCookies
 from idgateway.sessions.model import Session
@@ -152,14 +152,10 @@ def begin_login(
             provider=login.provider.settings.name,
             error=login.provider.client.last_error or "discovery has not finished yet",
         )
-        send_error(
+        send_provider_unavailable(
             request,
-            503,
-            "Sign-in is unavailable right now: the identity provider cannot be reached. "
-            "Please try again in a minute.",
-            error="provider_unavailable",
-            request_id=request.request_id,
-            extra_headers={b"retry-after": b"30"},
+            "Sign-in is unavailable right now: the identity provider cannot be reached.",
+            request.request_id,
         )
         return
     flows: FlowCookies = login.flows[tls]

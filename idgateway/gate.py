@@ -24,7 +24,7 @@ from idgateway.identity import IdentityHeaders
 from idgateway.model import AuthorizeRules, ProviderSettings, Route, RouteAuth
 from idgateway.oidc.client import ClientCredentials, TokenEndpointError, refresh_tokens
 from idgateway.oidc.provider import ProviderClient
-from idgateway.pages import send_error, wants_json
+from idgateway.pages import send_error, send_provider_unavailable, wants_json
 from idgateway.sessions.cookie import (
     CookieSessionCodec,
     CookieSettings,
@@ -248,14 +248,10 @@ class RouteLogin:
                 if (old.access_expires_at or 0) > self.clock.seconds():
                     self.admit(visit, old, reissue=False)
                 else:
-                    send_error(
+                    send_provider_unavailable(
                         request,
-                        503,
-                        "The identity provider cannot be reached to renew your sign-in. "
-                        "Please try again in a minute.",
-                        error="provider_unavailable",
-                        request_id=request.request_id,
-                        extra_headers={b"retry-after": b"30"},
+                        "The identity provider cannot be reached to renew your sign-in.",
+                        request.request_id,
                     )
                 return
             if new is None:

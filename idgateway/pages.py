@@ -81,3 +81,15 @@ def send_error(
     if request.method != b"HEAD":
         request.write(body)
     request.finish()
+
+
+def send_provider_unavailable(request: IRequest, detail: str, request_id: bytes) -> None:
+    """503 when the identity provider cannot be reached (login or token renewal)."""
+    send_error(
+        request,
+        503,
+        detail + " Please try again in a minute.",
+        error="provider_unavailable",
+        request_id=request_id,
+        extra_headers={b"retry-after": b"30"},
+    )

@@ -262,20 +262,22 @@ class ProxiedResponse:
 
     def response_end(self) -> None:
         request = self.request
-        if self._producing:
-            self._producing = False
-            request.unregisterProducer()
-        if request._disconnected or request.finished:
+        if not self._stop_streaming():
             return
         request.end_response_early()
         request.finish()
 
-    def response_failed(self, why: str, detail: str) -> None:
+    def _stop_streaming(self) -> bool:
+        """Detach from the client; True if an answer can still be sent."""
         request = self.request
         if self._producing:
             self._producing = False
             request.unregisterProducer()
-        if request._disconnected or request.finished:
+        return not (request._disconnected or request.finished)
+
+    def response_failed(self, why: str, detail: str) -> None:
+        request = self.request
+        if not self._stop_streaming():
             return
         if request.startedWriting:
             # Never end a half-sent response in a way that looks complete.
@@ -308,10 +310,7 @@ class ProxiedResponse:
         if self.exchange is not None:
             self.exchange.cancel()
         request = self.request
-        if self._producing:
-            self._producing = False
-            request.unregisterProducer()
-        if request._disconnected or request.finished:
+        if not self._stop_streaming():
             return
         if request.startedWriting:
             _abort_client(request)
