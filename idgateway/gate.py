@@ -37,6 +37,7 @@ from idgateway.sessions.keys import KeyRing
 from idgateway.sessions.model import Session
 from idgateway.sessions.redis_client import RedisClient, RedisUnavailable
 from idgateway.sessions.redis_store import RedisSessionStore
+from idgateway.sessions.revocation import RevocationList
 
 if TYPE_CHECKING:
     from idgateway.proxy import GatewayResource
@@ -100,8 +101,11 @@ class RouteLogin:
         clock: IReactorTime,
         redis: RedisClient | None = None,
         shared_redis: RedisClient | None = None,
+        revocation: RevocationList | None = None,
     ) -> None:
         self.route = route
+        # Provider sids ended by back-channel logout (cookie sessions only).
+        self.revocation = revocation
         # Cookie sessions: a Redis shared by every process coordinates refreshes.
         self.shared_redis = shared_redis
         self.auth = auth
@@ -223,12 +227,7 @@ class RouteLogin:
         now = self.clock.seconds()
         if session is not None and not self._alive(session, now):
             session = None
-        if (
-            session is not None
-            and self.store is None
-            and session.provider_sid
-            and visit.state.revocation.is_revoked(self.route.name, session.provider_sid)
-        ):
+        if session is not None and self._revoked(session):
             session = None  # ended by a back-channel logout
         if session is None:
             self.unauthenticated(visit)
@@ -408,7 +407,9 @@ class RouteLogin:
             session_id = raw.decode("latin-1") if raw else None
             session = await self.store.load(session_id) if session_id else None
             chunks = 1 if raw else 0
-        if session is not None and not self._alive(session, self.clock.seconds()):
+        if session is not None and (
+            not self._alive(session, self.clock.seconds()) or self._revoked(session)
+        ):
             session = None
         return session, chunks, session_id
 
@@ -429,7 +430,8 @@ class RouteLogin:
                 return f"{await self.store.delete_by_sub(sub)} session(s) deleted"
             return "nothing to end"
         if sid:
-            await state.revocation.revoke(self.route.name, sid)
+            revocation = self.revocation or state.revocation
+            await revocation.revoke(self.route.name, sid)
             return "sid revoked"
         return "no sid: cookie sessions are ended by sid only"
 
@@ -446,6 +448,16 @@ class RouteLogin:
         if now - session.created_at > self.session_settings.max_duration:
             return False
         return now - session.last_seen <= self.session_settings.inactivity_timeout
+
+    def _revoked(self, session: Session) -> bool:
+        """Cookie sessions ended by a back- or front-channel logout (Redis sessions
+        are deleted instead)."""
+        return (
+            self.store is None
+            and self.revocation is not None
+            and session.provider_sid is not None
+            and self.revocation.is_revoked(self.route.name, session.provider_sid)
+        )
 
     def _needs_refresh(self, session: Session, now: float) -> bool:
         expires = session.access_expires_at

@@ -121,6 +121,7 @@ class StateBuilder:
         # logout-token jtis must survive a config change.
         self._revocation: RevocationList | None = None
         self._replay: ReplayCache | None = None
+        self._revocation_redis: tuple[RedisSettings | None, RedisClient | None] = (None, None)
 
     def build(self, config: Config, previous: GatewayState | None = None) -> GatewayState:
         old_pools = previous.pools if previous is not None else {}
@@ -162,6 +163,38 @@ class StateBuilder:
             (r.auth.session.redis for r in config.routes if r.auth and r.auth.session.redis), None
         )
         shared_client = redis_client(shared) if shared is not None else None
+        if self._revocation is None:
+            # Made once, on the first configuration: a reload that changes the
+            # shared Redis takes effect at the next restart (logged below).
+            longest = max(
+                (r.auth.session.max_duration for r in config.routes if r.auth is not None),
+                default=86400.0,
+            )
+            self._revocation_redis = (shared, shared_client)
+            self._revocation = RevocationList(self.reactor, shared_client, ttl=longest)
+            self._replay = ReplayCache(self.reactor, shared_client)
+            self._revocation.start()
+            if self._revocation.warning and any(
+                r.auth and r.auth.session.store == "cookie" for r in config.routes
+            ):
+                self._log.warn("{warning}", warning=self._revocation.warning)
+                if config.workers > 1:
+                    self._log.warn(
+                        "workers: {n} with cookie sessions and no shared Redis: token refreshes "
+                        "are not coordinated between processes, and WSO2's rotating refresh "
+                        "tokens may then log users out; set redis: {{url: ...}}",
+                        n=config.workers,
+                    )
+        else:
+            kept_settings, kept_client = self._revocation_redis
+            if kept_settings != shared:
+                self._log.warn(
+                    "the shared Redis changed: logout state keeps using the old one "
+                    "until the gateway restarts"
+                )
+            if kept_settings is not None and kept_client is not None:
+                # Never closed by a reload while logout state depends on it.
+                redis_clients.setdefault(kept_settings, kept_client)
         runtimes: dict[str, RouteRuntime] = {}
         for route in config.routes:
             subs = sorted(route.paths, key=lambda sub: len(sub.prefix), reverse=True)
@@ -178,6 +211,7 @@ class StateBuilder:
                     self.reactor,
                     redis_client(session_redis) if session_redis is not None else None,
                     shared_client,
+                    self._revocation,
                 )
                 identity = login.identity
             runtimes[route.name] = RouteRuntime(
@@ -208,21 +242,6 @@ class StateBuilder:
             runtime.strip_headers = all_strip | (runtime.strip_headers & {b"authorization"})
             runtime.strip_prefixes = all_prefixes
             runtime.own_cookie = own_cookie
-        if self._revocation is None:
-            self._revocation = RevocationList(self.reactor, shared_client)
-            self._replay = ReplayCache(self.reactor, shared_client)
-            self._revocation.start()
-            if self._revocation.warning and any(
-                r.auth and r.auth.session.store == "cookie" for r in config.routes
-            ):
-                self._log.warn("{warning}", warning=self._revocation.warning)
-                if config.workers > 1:
-                    self._log.warn(
-                        "workers: {n} with cookie sessions and no shared Redis: token refreshes "
-                        "are not coordinated between processes, and WSO2's rotating refresh "
-                        "tokens may then log users out; set redis: {{url: ...}}",
-                        n=config.workers,
-                    )
         assert self._replay is not None
         return GatewayState(
             config=config,

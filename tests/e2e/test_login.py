@@ -366,6 +366,8 @@ def test_backchannel_logout_ends_cookie_sessions(environment):
         assert time.monotonic() < deadline, gateway.log()[-2000:]
         time.sleep(0.1)
     assert client.get("/echo", {"Accept": "application/json"})[0] == 401
+    # nginx auth_request users are logged out too.
+    assert client.get("/oauth2/auth")[0] == 401
     # Signing in again works: only the ended provider session is revoked.
     status, _ = client.login(op, "/echo", "alice", "alice123")
     assert status == 200
