@@ -465,7 +465,8 @@ async def frontchannel_logout(
     params = _query(request)
     metadata = login.provider.client.metadata
     sid = params.get("sid")
-    if metadata is not None and params.get("iss") == metadata.issuer and sid:
+    from_our_provider = metadata is not None and params.get("iss") == metadata.issuer
+    if from_our_provider and sid:
         await login.end_sessions(state, sid=sid, sub=None)
     session, chunks, session_id = await login.current_session(request, tls)
     request.setResponseCode(200)
@@ -473,7 +474,7 @@ async def frontchannel_logout(
     out.setRawHeaders(b"content-type", [b"text/html; charset=utf-8"])
     out.setRawHeaders(b"cache-control", [b"no-cache, no-store"])
     out.setRawHeaders(b"content-length", [b"%d" % len(_FRONTCHANNEL_PAGE)])
-    if session is not None and (sid is None or session.provider_sid == sid):
+    if from_our_provider and session is not None and (sid is None or session.provider_sid == sid):
         for value in await login.end_session(tls, chunks, session_id):
             out.addRawHeader(b"set-cookie", value)
     request.end_response_early()
