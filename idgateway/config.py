@@ -294,6 +294,7 @@ def _build_config(reader: Reader, found: Section) -> Config | _Invalid:
         providers=found.values["providers"],
         workers=found.values["workers"],
         redis=found.values["redis"],
+        admin=found.values["admin"],
     )
 
 
@@ -404,6 +405,14 @@ TOP_FIELDS = (
     Field("providers", build_providers, default=()),
     Field("workers", config_workers, default=1),
     Field("redis", build_top_redis),
+    Field(
+        "admin",
+        mapping(
+            (Field("address", _LISTEN, default=("127.0.0.1", 9901)),),
+            "a mapping like {address: 127.0.0.1:9901}",
+            lambda _, found: found.values["address"],
+        ),
+    ),
 )
 
 

@@ -125,6 +125,8 @@ class Config:
     providers: tuple[ProviderSettings, ...] = ()
     # Worker processes sharing the listeners (1: the twistd process serves alone).
     workers: int = 1
+    # The admin listener (/healthz, /readyz): (host, port), or None for none.
+    admin: tuple[str, int] | None = None
     # Shared Redis for back-channel logout state when routes keep cookie sessions
     # (revoked sids, logout-token jti replay); None: process memory only.
     redis: RedisSettings | None = None
