@@ -1,4 +1,9 @@
-"""The ``idgateway`` command: tools around the daemon (the daemon itself runs under twistd)."""
+"""The ``idgateway`` command: tools around the daemon (the daemon itself runs under twistd).
+
+idgateway check gateway.yaml
+idgateway import oauth2-proxy oauth2-proxy.cfg [--listen ADDRESS] [--keep-secrets]
+idgateway import mod_auth_openidc httpd-oidc.conf [--listen ADDRESS] [--keep-secrets]
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,7 @@ import argparse
 import sys
 
 from idgateway.config import ConfigError, load_config, summarize
+from idgateway.importers import KINDS, ImporterError, ImportOptions, import_file
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -13,6 +19,28 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     check = commands.add_parser("check", help="validate a gateway.yaml and print a summary")
     check.add_argument("config")
+    importer = commands.add_parser(
+        "import",
+        help="print a gateway.yaml equivalent to an OAuth2 Proxy or mod_auth_openidc set-up",
+        description=(
+            "Read an oauth2-proxy.cfg or an Apache configuration with mod_auth_openidc and "
+            "print an equivalent gateway.yaml on standard output, with a comment for every "
+            "directive that has no equivalent. Secrets become ${NAME} references unless "
+            "--keep-secrets is given."
+        ),
+    )
+    importer.add_argument("kind", choices=KINDS, help="what the file configures")
+    importer.add_argument("file", help="oauth2-proxy.cfg, or the Apache file with the VirtualHost")
+    importer.add_argument(
+        "--listen",
+        metavar="ADDRESS",
+        help="listen here instead of the configuration's address (e.g. 127.0.0.1:8080)",
+    )
+    importer.add_argument(
+        "--keep-secrets",
+        action="store_true",
+        help="copy client secrets (and usable keys) into the output instead of ${NAME} references",
+    )
     args = parser.parse_args(argv)
     if args.command == "check":
         try:
@@ -23,6 +51,15 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  {problem}", file=sys.stderr)
             return 1
         print(summarize(config))
+        return 0
+    if args.command == "import":
+        options = ImportOptions(listen=args.listen, keep_secrets=args.keep_secrets)
+        try:
+            text = import_file(args.kind, args.file, options)
+        except ImporterError as error:
+            print(f"idgateway import {args.kind}: {error}", file=sys.stderr)
+            return 1
+        sys.stdout.write(text)
         return 0
     return 2
 
