@@ -15,6 +15,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from idgateway.access import safe_redirect
+from idgateway.gate import secure_origin
 from idgateway.oidc.client import (
     TokenEndpointError,
     authorize_url,
@@ -52,7 +53,7 @@ def dispatch(
     host: bytes,
     path: str,
 ) -> None:
-    tls = resource.tls
+    tls = secure_origin(resource, request, state)
     if path == login.redirect_path:
         defer.ensureDeferred(callback(login, request, host, tls)).addErrback(
             _unexpected, request, "login callback"

@@ -48,6 +48,10 @@ if TYPE_CHECKING:
 SLIDE_EVERY = 60.0
 # How long a refresh result is handed to requests still carrying the old cookie.
 REFRESH_GRACE = 60.0
+# Redis sessions: how long a loaded session is reused without asking Redis
+# again (bounds how late a logout elsewhere is seen), and how many are kept.
+LOADED_FOR = 1.0
+LOADED_MAX = 10_000
 # Redis sessions: how long one process may hold a session's refresh lock, and
 # how long (steps x step seconds) the others wait for its result.
 REFRESH_LOCK_MS = 10_000
@@ -75,6 +79,9 @@ class Visit:
     host: bytes
     path: str
     upstream_cookie: bytes | None
+    # The browser's scheme: https on TLS listeners, or behind a trusted proxy
+    # that says so (X-Forwarded-Proto); decides Secure cookies and callback URLs.
+    tls: bool = False
     chunks: int = 0
     session_id: str | None = None
 
@@ -164,6 +171,8 @@ class RouteLogin:
                 clock=clock,
             )
         self._refreshing: dict[tuple[str, str], defer.Deferred[Any]] = {}
+        # Redis sessions recently loaded by this process: id -> (until, session).
+        self._loaded: dict[str, tuple[float, Session]] = {}
         self._recent: dict[tuple[str, str], tuple[float, Session]] = {}
 
     def rules_for(self, raw_path: bytes) -> AuthorizeRules:
@@ -199,25 +208,47 @@ class RouteLogin:
         cookie_values = request.requestHeaders.getRawHeaders(b"cookie", [])
         own = runtime.own_cookie or self.is_own_cookie
         upstream_cookie = strip_cookies(cookie_values, own) if cookie_values else None
-        visit = Visit(resource, request, state, runtime, host, path, upstream_cookie)
+        tls = secure_origin(resource, request, state)
+        visit = Visit(resource, request, state, runtime, host, path, upstream_cookie, tls)
         if is_public(self.public, request.method, path):
             resource.forward(request, state, runtime, host, cookie=upstream_cookie)
             return
         cookies = parse_cookie_header(cookie_values) if cookie_values else {}
         if self.store is None:
-            session, visit.chunks = self.codecs[resource.tls].decode(cookies)
+            session, visit.chunks = self.codecs[tls].decode(cookies)
             self.check(visit, session)
             return
-        session_id = cookies.get(self.store_cookie_name(resource.tls))
+        session_id = cookies.get(self.store_cookie_name(tls))
         if not session_id:
             self.unauthenticated(visit)
             return
         visit.session_id = session_id.decode("latin-1")
-        d = defer.ensureDeferred(self.store.load(visit.session_id))
+        cached = self._loaded.get(visit.session_id)
+        if cached is not None and cached[0] > self.clock.seconds():
+            self.check(visit, cached[1])
+            return
+        d = defer.ensureDeferred(self._load(visit.session_id))
         d.addCallbacks(
             lambda session: self.check(visit, session), self._store_failed, errbackArgs=(visit,)
         )
         d.addErrback(self._failed, visit)
+
+    async def _load(self, session_id: str) -> Session | None:
+        """One Redis GET; the result serves this process for LOADED_FOR seconds.
+
+        A page load's burst of requests then costs one round trip, and a logout
+        elsewhere still takes effect everywhere within a second.
+        """
+        assert self.store is not None
+        session = await self.store.load(session_id)
+        if session is not None:
+            if len(self._loaded) >= LOADED_MAX:
+                now = self.clock.seconds()
+                self._loaded = {k: v for k, v in self._loaded.items() if v[0] > now}
+                if len(self._loaded) >= LOADED_MAX:
+                    self._loaded.clear()
+            self._loaded[session_id] = (self.clock.seconds() + LOADED_FOR, session)
+        return session
 
     def check(self, visit: Visit, session: Session | None) -> None:
         """Lifetime, revocation and refresh; then admit or send to login."""
@@ -325,7 +356,7 @@ class RouteLogin:
         if reissue or now - session.last_seen > SLIDE_EVERY:
             session = attrs.evolve(session, last_seen=now)
             if self.store is None:
-                set_cookies = self.session_cookies(session, visit.resource.tls, visit.chunks)
+                set_cookies = self.session_cookies(session, visit.tls, visit.chunks)
             elif visit.session_id is not None:
                 # Sliding expiry in Redis: a write once a minute per session,
                 # off the request's path (the answer does not wait for it).
@@ -342,6 +373,8 @@ class RouteLogin:
 
     def _save_later(self, session_id: str, session: Session) -> None:
         assert self.store is not None
+        if session_id in self._loaded:
+            self._loaded[session_id] = (self._loaded[session_id][0], session)
         d = defer.ensureDeferred(self.store.save(session_id, session))
         d.addErrback(
             lambda f: self._log.warn(
@@ -354,7 +387,7 @@ class RouteLogin:
     def unauthenticated(self, visit: Visit) -> None:
         from idgateway import endpoints
 
-        request, tls = visit.request, visit.resource.tls
+        request, tls = visit.request, visit.tls
         if self.store is None:
             clear = self.codecs[tls].clear(visit.chunks) if visit.chunks else []
         else:
@@ -417,6 +450,7 @@ class RouteLogin:
         """Forget this browser's session; Set-Cookie values that clear it."""
         if self.store is not None:
             if session_id:
+                self._loaded.pop(session_id, None)
                 await self.store.delete(session_id)
             return [self.store_cookie_clear(tls)]
         return self.codecs[tls].clear(max(chunks, 1))
@@ -424,6 +458,7 @@ class RouteLogin:
     async def end_sessions(self, state: GatewayState, *, sid: str | None, sub: str | None) -> str:
         """A back- or front-channel logout: end every session of a provider sid (or sub)."""
         if self.store is not None:
+            self._loaded.clear()
             if sid:
                 return f"{await self.store.delete_by_sid(sid)} session(s) deleted"
             if sub:
@@ -546,6 +581,7 @@ class RouteLogin:
             new = await self._refresh(session)
             if isinstance(new, Session):
                 await self.store.save(session_id, new)
+                self._loaded.pop(session_id, None)
             return new
         finally:
             await self.store.unlock(session_id, token)
@@ -659,6 +695,17 @@ def _essential(claims: dict[str, Any], oidc: Any) -> dict[str, Any]:
 
 async def _sleep(clock: IReactorTime, seconds: float) -> None:
     await task.deferLater(clock, seconds, lambda: None)
+
+
+def secure_origin(resource: GatewayResource, request: GatewayRequest, state: GatewayState) -> bool:
+    """Whether the browser talks https to us (directly, or to a trusted proxy)."""
+    if resource.tls:
+        return True
+    proto = request.requestHeaders.getRawHeaders(b"x-forwarded-proto")
+    if not proto or proto[0].strip().lower() != b"https":
+        return False
+    peer = getattr(request.client, "host", None)
+    return peer is not None and state.trusted.trusts(peer)
 
 
 # Keys made up for routes configured without any: kept for the life of the
