@@ -12,6 +12,7 @@ from twisted.internet.interfaces import IListeningPort, IProtocolFactory
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
+from idgateway import systemd
 from idgateway.config import ConfigError, load_config
 from idgateway.model import Config, Listener
 from idgateway.proxy import GatewayResource, StateHolder
@@ -61,8 +62,11 @@ class GatewayService(MultiService):
                 for each in self.config.listeners
             ),
         )
+        # systemd hook: READY=1 once the reactor runs (its SIGTERM handler is in place).
+        self.reactor.callWhenRunning(systemd.ready, f"serving {len(self.config.routes)} route(s)")
 
     def stopService(self) -> defer.Deferred[None]:
+        systemd.stopping()  # systemd hook: STOPPING=1
         super().stopService()
         ports, self._ports = list(self._ports.values()), {}
         stops = [defer.maybeDeferred(port.stopListening) for port in ports]
@@ -90,6 +94,12 @@ class GatewayService(MultiService):
         endpoint = endpoint_class(
             self.reactor, listener.port, backlog=1024, interface=listener.host
         )
+        # systemd hook (socket activation): serve on the socket systemd passed for this
+        # address, if it passed one, instead of binding.
+        adopted = systemd.adopt_listener(self.reactor, listener.host, listener.port, factory)
+        if adopted is not None:
+            self._ports[key] = adopted
+            return
         # Listening on the reactor's own thread finishes synchronously for TCP;
         # an error (port in use) propagates and stops the start.
         d = endpoint.listen(factory)
@@ -103,6 +113,7 @@ class GatewayService(MultiService):
     def _on_sighup(self, signum: int, frame: Any) -> None:
         self.reactor.callFromThread(self.reload)
 
+    @systemd.notify_reload  # systemd hook: RELOADING=1 before, READY=1 after
     def reload(self) -> bool:
         """Re-read the config file; swap it in whole, or keep the old one and say why."""
         path = self.config.source

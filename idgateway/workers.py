@@ -51,6 +51,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 import idgateway
+from idgateway import systemd
 from idgateway.config import ConfigError, load_config
 from idgateway.model import Config, Listener
 from idgateway.request import GatewayChannel, GatewaySite
@@ -165,6 +166,8 @@ class MasterService(Service):
         self._stopping = False
         self._all_gone: defer.Deferred[None] | None = None
         self._kill_call: IDelayedCall | None = None
+        # systemd hook: whether READY=1 was sent (once every worker first served).
+        self._notified_ready = False
 
     # -- lifecycle --------------------------------------------------------------
 
@@ -206,7 +209,9 @@ class MasterService(Service):
         bound: list[tuple[Listener, socket.socket]] = []
         try:
             for listener in self.config.listeners:
-                bound.append((listener, bind_listener(listener)))
+                # systemd hook (socket activation): the socket systemd passed, if any.
+                passed = systemd.listener_socket(listener.host, listener.port)
+                bound.append((listener, passed if passed is not None else bind_listener(listener)))
         except Exception:
             for _, sock in bound:
                 sock.close()
@@ -214,6 +219,7 @@ class MasterService(Service):
         self._sockets = bound
 
     def stopService(self) -> defer.Deferred[None]:
+        systemd.stopping()  # systemd hook: STOPPING=1
         super().stopService()
         self._stopping = True
         for worker in self.workers:
@@ -287,7 +293,8 @@ class MasterService(Service):
                 protocol,
                 self.python,
                 args,
-                env=_worker_pythonpath(dict(os.environ)),
+                # systemd hook: no NOTIFY_SOCKET or LISTEN_* for the workers.
+                env=_worker_pythonpath(systemd.child_environ(os.environ)),
                 path=self.cwd,
                 childFDs=child_fds,
             )
@@ -301,6 +308,10 @@ class MasterService(Service):
 
     def worker_ready(self, worker: _Worker) -> None:
         worker.ready = True
+        # systemd hook: READY=1 once every worker has said it is serving.
+        if not self._notified_ready and all(each.ready for each in self.workers):
+            self._notified_ready = True
+            systemd.ready(f"serving with {self.count} worker(s)")
         if worker.reload_pending:
             # A SIGHUP came while it was starting: it may have read the file
             # before the change.
@@ -365,12 +376,16 @@ class MasterService(Service):
         """Tell every worker to re-read the config; say what a reload cannot change."""
         if self._stopping:
             return
+        if self._notified_ready:
+            systemd.reloading()  # systemd hook: RELOADING=1 ... READY=1 around the fan-out
         self._log.info("SIGHUP: telling {count} worker(s) to reload", count=self.count)
         for worker in self.workers:
             if worker.ready:
                 self._signal(worker, "HUP")
             elif worker.process is not None:
                 worker.reload_pending = True
+        if self._notified_ready:
+            systemd.ready(f"serving with {self.count} worker(s); SIGHUP sent to each")
         try:
             config = load_config(self.config_path)
         except Exception:
