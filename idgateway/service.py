@@ -52,6 +52,7 @@ class GatewayService(MultiService):
             self._log.warn("config: {warning}", warning=warning)
         for listener in self.config.listeners:
             self._listen(listener)
+        self._listen_admin()
         if self.install_signal_handlers:
             signal.signal(signal.SIGHUP, self._on_sighup)
         self._log.info(
@@ -73,6 +74,25 @@ class GatewayService(MultiService):
         for pool in self.holder.current.pools.values():
             pool.close()
         return defer.gatherResults(stops).addCallback(lambda _: None)
+
+    # Which process serves the admin listener: the single process, or worker 0.
+    serves_admin = True
+
+    def _listen_admin(self) -> None:
+        if self.config.admin is None or not self.serves_admin:
+            return
+        from idgateway.admin import admin_site
+
+        host, port = self.config.admin
+        endpoint_class = TCP6ServerEndpoint if ":" in host else TCP4ServerEndpoint
+        failures: list[Any] = []
+        d = endpoint_class(self.reactor, port, interface=host).listen(admin_site(self.holder))
+        d.addCallbacks(lambda p: self._ports.__setitem__(("admin", port), p), failures.append)
+        if failures:
+            failures[0].raiseException()
+        self._log.info(
+            "admin listener on http://{host}:{port}/ (healthz, readyz)", host=host, port=port
+        )
 
     def _factory_for(self, listener: Listener) -> IProtocolFactory:
         """The listener's Site, behind TLS on a TLS listener."""
@@ -154,6 +174,8 @@ class GatewayService(MultiService):
     def _sync_listeners(self, config: Config) -> None:
         wanted = {(each.host, each.port): each for each in config.listeners}
         for key in list(self._ports):
+            if key[0] == "admin":
+                continue  # the admin listener follows its own config (restart to move it)
             if key not in wanted:
                 self._ports.pop(key).stopListening()
                 self._tls.pop(key, None)

@@ -620,6 +620,8 @@ class WorkerService(GatewayService):
     ) -> None:
         super().__init__(config, reactor, install_signal_handlers=install_signal_handlers)
         self.index = index
+        # One worker serves the admin listener (it binds its own port).
+        self.serves_admin = index == 0
         # (host, port) -> inherited descriptor, until adopted.
         self.inherited = dict(inherited)
         self.sites: list[DrainableSite] = []

@@ -1,0 +1,74 @@
+"""The admin listener: /healthz and /readyz with per-route detail."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import time
+
+import pytest
+
+from tests.processes import free_port
+from tests.provider_process import ProviderProcess, node_binary
+
+pytestmark = pytest.mark.skipif(node_binary() is None, reason="node is not installed")
+
+
+def get(port: int, path: str) -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    conn.request("GET", path)
+    response = conn.getresponse()
+    return response.status, response.read()
+
+
+def test_readiness_reports_providers_and_redis(start_gateway, backend, tmp_path):
+    from tests.redis_process import RedisProcess
+
+    port, admin = free_port(), free_port()
+    with ProviderProcess(tmp_path / "op") as op, RedisProcess(tmp_path / "redis") as redis:
+        start_gateway(
+            f"""
+admin: {{address: 127.0.0.1:{admin}}}
+listeners: [{{address: 127.0.0.1:{port}}}]
+providers:
+  wso2: {{discovery_url: {op.discovery_url()}, ca_file: {op.ca_file}}}
+  down: {{issuer: https://127.0.0.1:{free_port()}/oauth2/token}}
+routes:
+  - name: app1
+    hosts: [app1.localhost]
+    upstream: http://127.0.0.1:{backend.port}
+    oidc: {{provider: wso2, client_id: c, client_secret: s}}
+    session: {{store: redis, url: '{redis.url}', command_timeout: 500ms}}
+  - name: open
+    default: true
+    upstream: http://127.0.0.1:{backend.port}
+""",
+            [port, admin],
+        )
+        assert get(admin, "/healthz") == (200, b"ok\n")
+        deadline = time.monotonic() + 15
+        while True:
+            status, body = get(admin, "/readyz")
+            detail = json.loads(body)
+            if status == 200:
+                break
+            assert time.monotonic() < deadline, detail
+            time.sleep(0.2)
+        assert detail["routes"]["app1"]["provider_ready"] is True
+        assert detail["routes"]["app1"]["redis_ready"] is True
+        assert detail["providers"]["down"]["ready"] is False
+        redis.pause()
+        try:
+            status, body = get(admin, "/readyz")
+            assert status == 503
+            assert json.loads(body)["routes"]["app1"]["redis_ready"] is False
+        finally:
+            redis.resume()
+        deadline = time.monotonic() + 10
+        while get(admin, "/readyz")[0] != 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        # The admin paths are not on the public listener.
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        conn.request("GET", "/readyz", headers={"Host": "elsewhere"})
+        assert b'"routes"' not in conn.getresponse().read()
