@@ -155,3 +155,27 @@ def test_provider_trouble_is_unavailable_not_a_logout(token_endpoint):
     assert defer.ensureDeferred(login.refreshed(session(0))).result is UNAVAILABLE  # type: ignore[attr-defined]
     answers.append(TokenEndpointError("invalid_grant", "revoked", 400))
     assert defer.ensureDeferred(login.refreshed(session(0, id="s2"))).result is None  # type: ignore[attr-defined]
+
+
+def test_secure_origin_trusts_x_forwarded_proto_only_from_trusted_proxies():
+    from types import SimpleNamespace
+
+    from twisted.internet.address import IPv4Address
+    from twisted.web.http_headers import Headers
+
+    from idgateway.forwarding import TrustedProxies
+    from idgateway.gate import secure_origin
+
+    def request(peer: str, proto: str | None):
+        headers = Headers()
+        if proto is not None:
+            headers.setRawHeaders(b"x-forwarded-proto", [proto.encode()])
+        return SimpleNamespace(requestHeaders=headers, client=IPv4Address("TCP", peer, 1234))
+
+    state = SimpleNamespace(trusted=TrustedProxies(["10.0.0.0/8"]))
+    plain, tls = SimpleNamespace(tls=False), SimpleNamespace(tls=True)
+    assert secure_origin(tls, request("1.2.3.4", None), state)
+    assert secure_origin(plain, request("10.1.1.1", "https"), state)
+    assert not secure_origin(plain, request("1.2.3.4", "https"), state), "untrusted peer"
+    assert not secure_origin(plain, request("10.1.1.1", "http"), state)
+    assert not secure_origin(plain, request("10.1.1.1", None), state)
