@@ -95,6 +95,9 @@ def environment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Environmen
                         "client_secret": APP1_SECRET,
                         "redirect_uris": [f"http://app1.localhost:{port}/oauth2/callback"],
                         "post_logout_redirect_uris": [f"http://app1.localhost:{port}/"],
+                        "backchannel_logout_uri": (
+                            f"http://app1.localhost:{port}/oauth2/backchannel_logout"
+                        ),
                         "token_endpoint_auth_method": "client_secret_basic",
                     }
                 ]
@@ -309,6 +312,29 @@ def test_sign_out_ends_the_provider_session_too(
         f"no provider session ended: {env.op.sessions()}\n{why}"
     )
     goto_login_page(env, page, env.app("app1", "/hello"))
+
+
+def test_logout_at_the_provider_ends_the_gateway_session(
+    environment: Environment, context: BrowserContext
+) -> None:
+    """Back-channel logout: the provider ends alice's session and POSTs a logout
+    token to the gateway; the browser's next request lands on the login page."""
+    env = environment
+    page = context.new_page()
+    url = env.app("app1", "/hello")
+    login(env, page, url, "bob", "bob123")
+    assert echo(env, page)["path"] == "/hello", env.explain(page)
+    env.op.admin_logout("carbon.super", "bob")
+    deadline = time.monotonic() + 5
+    while True:
+        with explained(env, page):
+            page.goto(url)
+            page.wait_for_load_state("load")
+        if page.url.startswith(env.op.base_url):
+            break  # sent to the provider to sign in again
+        assert time.monotonic() < deadline, f"the session survived the logout\n{env.explain(page)}"
+        time.sleep(0.2)
+    assert page.locator("input[name=username]").count() == 1, env.explain(page)
 
 
 def test_login_to_app2_on_the_second_tenant(
