@@ -36,6 +36,7 @@ from idgateway.model import (
     CertificatePair,
     Config,
     Listener,
+    LoggingSettings,
     PathRoute,
     ProviderSettings,
     Route,
@@ -295,6 +296,7 @@ def _build_config(reader: Reader, found: Section) -> Config | _Invalid:
         workers=found.values["workers"],
         redis=found.values["redis"],
         admin=found.values["admin"],
+        logging=found.values["logging"],
     )
 
 
@@ -389,6 +391,24 @@ _LISTENERS = list_of(
     "a list like [{address: 127.0.0.1:8080}]",
     min_items=1,
 )
+
+
+def _choice(choices: tuple[str, ...]) -> Any:
+    def check(value: str) -> str:
+        if value not in choices:
+            raise ValueError(f"{value!r} is not one of: {', '.join(choices)}")
+        return value
+
+    return parsed(check, " or ".join(choices))
+
+
+LOGGING_FIELDS = (
+    Field("access_log", boolean, default=_default(LoggingSettings, "access_log")),
+    Field("format", _choice(("text", "json")), default=_default(LoggingSettings, "format")),
+    Field(
+        "user_id", _choice(("plain", "hash", "none")), default=_default(LoggingSettings, "user_id")
+    ),
+)
 _NETWORKS = list_of(
     parsed(units.parse_network, "an IP address or network, e.g. 10.0.0.0/8"),
     "a list of IP addresses or networks, e.g. [10.0.0.0/8, 192.0.2.7]",
@@ -412,6 +432,15 @@ TOP_FIELDS = (
             "a mapping like {address: 127.0.0.1:9901}",
             lambda _, found: found.values["address"],
         ),
+    ),
+    Field(
+        "logging",
+        mapping(
+            LOGGING_FIELDS,
+            "a mapping like {access_log: true, format: json, user_id: hash}",
+            lambda _, found: LoggingSettings(**found.values),
+        ),
+        default=LoggingSettings(),
     ),
 )
 

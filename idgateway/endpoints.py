@@ -14,6 +14,7 @@ from urllib.parse import parse_qs, quote
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from idgateway import observe
 from idgateway.access import safe_redirect
 from idgateway.gate import secure_origin
 from idgateway.oidc.client import (
@@ -179,12 +180,7 @@ def begin_login(
 def _login_failed(
     request: GatewayRequest, login: RouteLogin, status: int, reason: str, detail: str
 ) -> None:
-    _log.warn(
-        "route {route}: login failed ({reason}) [{request_id}]",
-        route=login.route.name,
-        reason=reason,
-        request_id=request.request_id.decode(),
-    )
+    observe.login_failed(request, route=login.route.name, reason=reason)  # audit hook
     send_error(request, status, detail, error=reason, request_id=request.request_id)
 
 
@@ -312,12 +308,6 @@ async def callback(login: RouteLogin, request: GatewayRequest, host: bytes, tls:
         access_expires_at=now + tokens.expires_in if tokens.expires_in else None,
         refresh_token=None if minimal else tokens.refresh_token,
     )
-    _log.info(
-        "route {route}: {user} signed in [{request_id}]",
-        route=login.route.name,
-        user=session.user,
-        request_id=request.request_id.decode(),
-    )
     target = safe_redirect(
         flow.return_to, host=host.decode("latin-1"), allowed=login.oidc.allowed_redirects, tls=tls
     )
@@ -328,6 +318,9 @@ async def callback(login: RouteLogin, request: GatewayRequest, host: bytes, tls:
             request, login, 503, "session_store_unavailable", "Sessions are unavailable right now."
         )
         return
+    # audit hook (and the access log's user for this callback request)
+    request.idgw_user = session.user
+    observe.login_succeeded(request, route=login.route.name, user=session.user)
     if request.finished or request._disconnected:
         return
     _redirect(request, target or "/", new_cookies)
@@ -350,7 +343,8 @@ async def sign_out(login: RouteLogin, request: GatewayRequest, host: bytes, tls:
             client_id=login.oidc.client_id,
         )
     if session is not None:
-        _log.info("route {route}: {user} signed out", route=login.route.name, user=session.user)
+        request.idgw_user = session.user  # observe hook
+        observe.signed_out(request, route=login.route.name, user=session.user)  # audit hook
     _redirect(request, target or back, clear)
 
 
@@ -439,13 +433,8 @@ async def backchannel_logout(
         return
     sid, sub = claims.get("sid"), claims.get("sub")
     ended = await login.end_sessions(state, sid=sid, sub=sub)
-    _log.info(
-        "route {route}: back-channel logout for sid={sid} sub={sub}: {ended}",
-        route=login.route.name,
-        sid=sid,
-        sub=sub,
-        ended=ended,
-    )
+    # audit hook: sid and sub are logged as hashes
+    observe.backchannel_logout(request, route=login.route.name, sid=sid, sub=sub, ended=ended)
     request.setResponseCode(200)
     request.responseHeaders.setRawHeaders(b"cache-control", [b"no-store"])
     request.responseHeaders.setRawHeaders(b"content-length", [b"0"])

@@ -330,6 +330,7 @@ class RouteLogin:
         from idgateway.access import authorization_failure
 
         request = visit.request
+        request.idgw_user = session.user  # observe hook: the access log's user
         failure = authorization_failure(
             self.rules_for(request.path),
             session.claims,

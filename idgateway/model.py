@@ -114,6 +114,19 @@ class Route:
 
 
 @attrs.frozen
+class LoggingSettings:
+    """The top-level ``logging:`` block: the access log and how lines look."""
+
+    # One line per finished request (namespace idgateway.access).
+    access_log: bool = True
+    # "text": readable lines; "json": each access/audit message is a JSON object.
+    format: Literal["text", "json"] = "text"
+    # How the access and audit logs name the user: "plain", "hash" (a sha256
+    # prefix) or "none" (left out).
+    user_id: Literal["plain", "hash", "none"] = "plain"
+
+
+@attrs.frozen
 class Config:
     source: str
     listeners: tuple[Listener, ...]
@@ -130,6 +143,7 @@ class Config:
     # Shared Redis for back-channel logout state when routes keep cookie sessions
     # (revoked sids, logout-token jti replay); None: process memory only.
     redis: RedisSettings | None = None
+    logging: LoggingSettings = LoggingSettings()
 
 
 # ---- login: providers, per-route OIDC clients, sessions, identity headers ---------------

@@ -19,6 +19,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 from zope.interface import implementer
 
+from idgateway import observe
 from idgateway.forwarding import (
     build_request_head,
     is_websocket_upgrade,
@@ -61,6 +62,9 @@ class GatewayResource(Resource):
 
     def render(self, request: GatewayRequest) -> Any:  # type: ignore[override]
         state = self.holder.current
+        # observe hook: the access log's settings and clock start.
+        request.idgw_logging = state.config.logging
+        request.idgw_started = observe.now()
         request_id = request_id_from(request.requestHeaders.getRawHeaders(b"x-request-id"))
         request.request_id = request_id
         hosts = request.requestHeaders.getRawHeaders(b"host")
@@ -86,6 +90,7 @@ class GatewayResource(Resource):
                     "The TLS server name and the Host header name different sites.",
                     error="misdirected_request",
                 )
+        request.idgw_route = route.name  # observe hook
         runtime = state.runtimes[route.name]
         if route.https_redirect and not self.tls:
             return self._redirect_to_https(request, host, runtime)
@@ -174,6 +179,7 @@ class GatewayResource(Resource):
         sink.exchange = exchange
         request.on_disconnect = exchange.cancel
         request.on_body_exceeded = sink.body_too_large
+        request.idgw_upstream_started = observe.now()  # observe hook
         pool.submit(exchange)
 
     def _refuse(
@@ -239,6 +245,8 @@ class ProxiedResponse:
         self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]], length: int | None
     ) -> None:
         request = self.request
+        # observe hook: upstream time is the time to the response head.
+        request.idgw_upstream_ms = observe.upstream_elapsed_ms(request.idgw_upstream_started)
         if status == 101:
             self._upgrade_headers = headers
             return

@@ -18,6 +18,8 @@ from twisted.internet.defer import Deferred
 from twisted.web import http, server
 from twisted.web.resource import Resource
 
+from idgateway.model import LoggingSettings
+from idgateway.observe import log_access
 from idgateway.upstream import UpstreamConnection
 
 # Bytes of request body buffered while the upstream connection is being set
@@ -135,6 +137,13 @@ class GatewayRequest(server.Request):
     # Called when the body grows past BodyPipe.limit.
     on_body_exceeded: Callable[[], None] | None = None
     request_id: bytes = b""
+    # -- observe hooks (idgateway.observe): what the access log reports ------
+    idgw_logging: LoggingSettings | None = None  # set first thing in render
+    idgw_started: float | None = None
+    idgw_route: str | None = None
+    idgw_user: str | None = None  # set by the gate once a session is admitted
+    idgw_upstream_started: float | None = None
+    idgw_upstream_ms: float | None = None  # time to the upstream's response head
 
     def gotLength(self, length: int | None) -> None:
         self.content = _EMPTY_CONTENT
@@ -238,4 +247,4 @@ class GatewaySite(server.Site):
     def log(self, request: http.Request) -> None:
         # Access logging is the gateway's own job (see observe); twisted's
         # combined-log formatter is too slow for the hot path.
-        pass
+        log_access(request)
