@@ -9,27 +9,137 @@ from twisted.application.service import MultiService
 from twisted.internet import defer
 from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
 from twisted.internet.interfaces import IListeningPort, IProtocolFactory
+from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.python.failure import Failure
 
 from idgateway import systemd
 from idgateway.config import ConfigError, load_config
 from idgateway.model import Config, Listener
 from idgateway.proxy import GatewayResource, StateHolder
-from idgateway.request import GatewaySite
+from idgateway.request import GatewayChannel, GatewaySite
 from idgateway.runtime import StateBuilder
 from idgateway.tls import SNIServerContexts
 
 # Idle keep-alive connections from clients are closed after this long.
 CLIENT_IDLE_TIMEOUT = 75
+# Seconds in-flight requests get after SIGTERM before they are cut.
+DRAIN_TIMEOUT = 30.0
+
+
+# ---------------------------------------------------------------------------
+# Draining: stop accepting, close idle connections, let requests finish
+
+
+class DrainableChannel(GatewayChannel):
+    """A channel its site can ask to finish its request and close."""
+
+    site: DrainableSite
+    # A WebSocket tunnel now: no request boundary to wait for.
+    upgraded = False
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self.site.connections.add(self)
+        if self.site.draining:
+            self.drain()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        try:
+            super().connectionLost(reason)
+        finally:
+            self.site.forget(self)
+
+    def _protocolUpgradeForWebsockets(self, protocol: Any) -> None:
+        super()._protocolUpgradeForWebsockets(protocol)
+        self.upgraded = True
+        # The tunnel now owns connectionLost; keep counting the connection
+        # until it really ends.
+        tunnel_lost = self.connectionLost
+
+        def connection_lost(reason: Failure = connectionDone) -> None:
+            try:
+                tunnel_lost(reason)
+            finally:
+                self.site.forget(self)
+
+        self.connectionLost = connection_lost  # type: ignore[method-assign]
+
+    def checkPersistence(self, request: Any, version: bytes) -> bool:
+        if self.site.draining:
+            request.responseHeaders.setRawHeaders(b"Connection", [b"close"])
+            return False
+        return bool(super().checkPersistence(request, version))
+
+    def drain(self) -> None:
+        """Close now if idle, else after the response in progress.
+
+        A WebSocket tunnel closes now: it has no end to wait for, and its
+        client can reconnect at once.
+        """
+        if self.upgraded:
+            if self.transport is not None:
+                self.transport.loseConnection()
+            return
+        if not self.requests:
+            self.loseConnection()
+            return
+        self.persistent = False
+        for request in self.requests:
+            if not request.startedWriting:
+                request.responseHeaders.setRawHeaders(b"Connection", [b"close"])
+
+
+class DrainableSite(GatewaySite):
+    """A GatewaySite that knows its open connections and can wind them down."""
+
+    protocol = DrainableChannel  # type: ignore[assignment]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.connections: set[DrainableChannel] = set()
+        self.draining = False
+        self._waiters: list[defer.Deferred[None]] = []
+
+    def forget(self, channel: DrainableChannel) -> None:
+        self.connections.discard(channel)
+        if not self.connections and self._waiters:
+            waiters, self._waiters = self._waiters, []
+            for waiter in waiters:
+                waiter.callback(None)
+
+    def drain(self) -> defer.Deferred[None]:
+        """Fires once every connection has closed (new ones close as they come)."""
+        self.draining = True
+        for channel in list(self.connections):
+            channel.drain()
+        waiter: defer.Deferred[None] = defer.Deferred()
+        if self.connections:
+            self._waiters.append(waiter)
+        else:
+            waiter.callback(None)
+        return waiter
+
+    def abort_all(self) -> None:
+        for channel in list(self.connections):
+            transport = channel.transport
+            if transport is not None:
+                transport.abortConnection()  # type: ignore[attr-defined]
+
+
+# ---------------------------------------------------------------------------
+# The service
 
 
 class GatewayService(MultiService):
     """Binds the listeners and serves the current configuration."""
 
     _log = Logger()
-    # idgateway.workers substitutes a Site that can drain its connections.
-    site_class: type[GatewaySite] = GatewaySite
+    # A Site that can drain its connections (SIGTERM).
+    site_class: type[GatewaySite] = DrainableSite
+    # Seconds in-flight requests get after SIGTERM.
+    drain_timeout = DRAIN_TIMEOUT
 
     def __init__(
         self, config: Config, reactor: Any, *, install_signal_handlers: bool = True
@@ -43,6 +153,9 @@ class GatewayService(MultiService):
         self._ports: dict[tuple[str, int], IListeningPort] = {}
         self._tls: dict[tuple[str, int], SNIServerContexts] = {}
         self.reloads = 0
+        # Every Site made for a listener, so that SIGTERM can drain them.
+        self._drain_sites: list[DrainableSite] = []
+        self._draining: defer.Deferred[None] | None = None
 
     # -- lifecycle --------------------------------------------------------------
 
@@ -55,6 +168,14 @@ class GatewayService(MultiService):
         self._listen_admin()
         if self.install_signal_handlers:
             signal.signal(signal.SIGHUP, self._on_sighup)
+            # idgateway.workers' worker process handles SIGTERM itself (with the
+            # master's drain timeout).
+            if self.drains_on_sigterm:
+                # The reactor installs its own SIGTERM handler as it starts
+                # (stop at once, then exit by the signal); ours must come after
+                # it. Ours drains, then stops without recording the signal, so
+                # twistd exits 0.
+                self.reactor.callWhenRunning(signal.signal, signal.SIGTERM, self._on_sigterm)
         self._log.info(
             "idgateway serving {routes} route(s) on {listeners}",
             routes=len(self.config.routes),
@@ -77,6 +198,8 @@ class GatewayService(MultiService):
 
     # Which process serves the admin listener: the single process, or worker 0.
     serves_admin = True
+    # Whether SIGTERM drains this process (workers get it from their master).
+    drains_on_sigterm = True
 
     def _listen_admin(self) -> None:
         if self.config.admin is None or not self.serves_admin:
@@ -101,6 +224,8 @@ class GatewayService(MultiService):
             timeout=CLIENT_IDLE_TIMEOUT,
             reactor=self.reactor,
         )
+        if isinstance(site, DrainableSite):
+            self._drain_sites.append(site)
         if listener.tls is None:
             return site
         contexts = SNIServerContexts(listener.tls)
@@ -128,6 +253,64 @@ class GatewayService(MultiService):
         if failures:
             failures[0].raiseException()
 
+    # -- SIGTERM: drain, then stop ------------------------------------------------
+
+    def _on_sigterm(self, signum: int, frame: Any) -> None:
+        self.reactor.callFromThread(self._terminate)
+
+    def _terminate(self) -> None:
+        if self._draining is not None:
+            self._log.info("received SIGTERM again: already draining")
+            return
+        self._log.info("received SIGTERM: draining")
+
+        def stop(result: object) -> None:
+            if isinstance(result, Failure):
+                self._log.failure("error while draining", result)
+            if self.reactor.running:
+                # stopService (a shutdown trigger) closes the pools.
+                self.reactor.stop()
+
+        self.drain_connections(self.drain_timeout).addBoth(stop)
+
+    def drain_connections(self, timeout: float) -> defer.Deferred[None]:
+        """Stop accepting, close idle connections, let in-flight requests finish.
+
+        Fires once every connection has closed, or ``timeout`` seconds on, when
+        the ones still open are cut. The service itself keeps running.
+        """
+        if self._draining is not None:
+            return self._draining
+        ports, self._ports = list(self._ports.values()), {}
+        stops: list[defer.Deferred[Any]] = [
+            defer.maybeDeferred(port.stopListening) for port in ports
+        ]
+        sites = self._drain_sites
+        self._log.info(
+            "draining: no longer accepting; {count} connection(s) open",
+            count=sum(len(site.connections) for site in sites),
+        )
+        waiting = defer.gatherResults(stops + [site.drain() for site in sites], consumeErrors=True)
+        timer = self.reactor.callLater(timeout, self._drain_timed_out, timeout)
+
+        def drained(result: object) -> object:
+            if timer.active():
+                timer.cancel()
+            return result
+
+        self._draining = waiting.addBoth(drained).addCallback(lambda _: None)
+        return self._draining
+
+    def _drain_timed_out(self, timeout: float) -> None:
+        sites = self._drain_sites
+        self._log.warn(
+            "drain timeout ({timeout:.0f} s): closing {count} connection(s) still open",
+            timeout=timeout,
+            count=sum(len(site.connections) for site in sites),
+        )
+        for site in sites:
+            site.abort_all()
+
     # -- reload ------------------------------------------------------------------
 
     def _on_sighup(self, signum: int, frame: Any) -> None:
@@ -137,6 +320,10 @@ class GatewayService(MultiService):
     def reload(self) -> bool:
         """Re-read the config file; swap it in whole, or keep the old one and say why."""
         path = self.config.source
+        if self._draining is not None:
+            # A reload would listen again on the ports the drain closed.
+            self._log.info("not reloading {path}: draining for shutdown", path=path)
+            return False
         self._log.info("reloading configuration from {path}", path=path)
         try:
             config = load_config(path)

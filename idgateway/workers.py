@@ -42,10 +42,9 @@ from twisted.internet.interfaces import (
     IDelayedCall,
     IListeningPort,
     IProcessTransport,
-    IProtocolFactory,
     IReadDescriptor,
 )
-from twisted.internet.protocol import ProcessProtocol, connectionDone
+from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import ILogObserver, Logger, LogLevel, eventFromJSON, formatEvent
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -54,7 +53,6 @@ import idgateway
 from idgateway import systemd
 from idgateway.config import ConfigError, load_config
 from idgateway.model import Config, Listener
-from idgateway.request import GatewayChannel, GatewaySite
 from idgateway.service import GatewayService
 from idgateway.tls import SNIServerContexts
 
@@ -508,106 +506,10 @@ class WorkerProtocol(ProcessProtocol):
 # The worker: adopts the inherited sockets, drains on SIGTERM
 
 
-class DrainableChannel(GatewayChannel):
-    """A channel its site can ask to finish its request and close."""
-
-    site: DrainableSite
-    # A WebSocket tunnel now: no request boundary to wait for.
-    upgraded = False
-
-    def connectionMade(self) -> None:
-        super().connectionMade()
-        self.site.connections.add(self)
-        if self.site.draining:
-            self.drain()
-
-    def connectionLost(self, reason: Failure = connectionDone) -> None:
-        try:
-            super().connectionLost(reason)
-        finally:
-            self.site.forget(self)
-
-    def _protocolUpgradeForWebsockets(self, protocol: Any) -> None:
-        super()._protocolUpgradeForWebsockets(protocol)
-        self.upgraded = True
-        # The tunnel now owns connectionLost; keep counting the connection
-        # until it really ends.
-        tunnel_lost = self.connectionLost
-
-        def connection_lost(reason: Failure = connectionDone) -> None:
-            try:
-                tunnel_lost(reason)
-            finally:
-                self.site.forget(self)
-
-        self.connectionLost = connection_lost  # type: ignore[method-assign]
-
-    def checkPersistence(self, request: Any, version: bytes) -> bool:
-        if self.site.draining:
-            request.responseHeaders.setRawHeaders(b"Connection", [b"close"])
-            return False
-        return bool(super().checkPersistence(request, version))
-
-    def drain(self) -> None:
-        """Close now if idle, else after the response in progress.
-
-        A WebSocket tunnel closes now: it has no end to wait for, and its
-        client can reconnect at once (to another worker, on a restart).
-        """
-        if self.upgraded:
-            if self.transport is not None:
-                self.transport.loseConnection()
-            return
-        if not self.requests:
-            self.loseConnection()
-            return
-        self.persistent = False
-        for request in self.requests:
-            if not request.startedWriting:
-                request.responseHeaders.setRawHeaders(b"Connection", [b"close"])
-
-
-class DrainableSite(GatewaySite):
-    """A GatewaySite that knows its open connections and can wind them down."""
-
-    protocol = DrainableChannel  # type: ignore[assignment]
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.connections: set[DrainableChannel] = set()
-        self.draining = False
-        self._waiters: list[defer.Deferred[None]] = []
-
-    def forget(self, channel: DrainableChannel) -> None:
-        self.connections.discard(channel)
-        if not self.connections and self._waiters:
-            waiters, self._waiters = self._waiters, []
-            for waiter in waiters:
-                waiter.callback(None)
-
-    def drain(self) -> defer.Deferred[None]:
-        """Fires once every connection has closed (new ones close as they come)."""
-        self.draining = True
-        for channel in list(self.connections):
-            channel.drain()
-        waiter: defer.Deferred[None] = defer.Deferred()
-        if self.connections:
-            self._waiters.append(waiter)
-        else:
-            waiter.callback(None)
-        return waiter
-
-    def abort_all(self) -> None:
-        for channel in list(self.connections):
-            transport = channel.transport
-            if transport is not None:
-                transport.abortConnection()  # type: ignore[attr-defined]
-
-
 class WorkerService(GatewayService):
     """GatewayService on sockets inherited from the master instead of its own."""
 
-    site_class = DrainableSite
+    drains_on_sigterm = False  # the worker installs its own SIGTERM handling
 
     def __init__(
         self,
@@ -624,7 +526,6 @@ class WorkerService(GatewayService):
         self.serves_admin = index == 0
         # (host, port) -> inherited descriptor, until adopted.
         self.inherited = dict(inherited)
-        self.sites: list[DrainableSite] = []
         self._drained: defer.Deferred[None] | None = None
 
     def startService(self) -> None:
@@ -638,13 +539,6 @@ class WorkerService(GatewayService):
             )
             os.close(fd)
         self.inherited = {}
-
-    def _factory_for(self, listener: Listener) -> IProtocolFactory:
-        factory = super()._factory_for(listener)
-        site = getattr(factory, "wrappedFactory", factory)
-        assert isinstance(site, DrainableSite)
-        self.sites.append(site)
-        return factory
 
     def _listen(self, listener: Listener) -> None:
         fd = self.inherited.pop((listener.host, listener.port), None)
@@ -674,35 +568,11 @@ class WorkerService(GatewayService):
 
     def drain(self, timeout: float) -> defer.Deferred[None]:
         """Stop accepting, let in-flight requests finish (at most ``timeout`` s), stop."""
-        if self._drained is not None:
-            return self._drained
-        ports, self._ports = list(self._ports.values()), {}
-        for port in ports:
-            port.stopListening()
-        open_connections = sum(len(site.connections) for site in self.sites)
-        self._log.info(
-            "draining: no longer accepting; {count} connection(s) open", count=open_connections
-        )
-        waiting = defer.gatherResults([site.drain() for site in self.sites])
-        timer = self.reactor.callLater(timeout, self._drain_timed_out, timeout)
-
-        def drained(_: object) -> defer.Deferred[None]:
-            if timer.active():
-                timer.cancel()
-            return defer.maybeDeferred(self.stopService)
-
-        self._drained = waiting.addCallback(drained)
+        if self._drained is None:
+            self._drained = self.drain_connections(timeout).addCallback(
+                lambda _: defer.maybeDeferred(self.stopService)
+            )
         return self._drained
-
-    def _drain_timed_out(self, timeout: float) -> None:
-        left = sum(len(site.connections) for site in self.sites)
-        self._log.warn(
-            "drain timeout ({timeout:.0f} s): closing {count} connection(s) still open",
-            timeout=timeout,
-            count=left,
-        )
-        for each in self.sites:
-            each.abort_all()
 
 
 @implementer(IReadDescriptor)
