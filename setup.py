@@ -28,6 +28,8 @@ setup(
         "PyYAML>=6.0",
         "attrs>=23.1",
         "cryptography>=42",
+        # /metrics on the admin listener (Prometheus text exposition, own registry).
+        "prometheus-client>=0.17",
     ],
     extras_require={
         "test": [

@@ -3,18 +3,27 @@
 ``GET /healthz``: the process answers (always 200 while it runs).
 ``GET /readyz``: 200 when every provider has been discovered and every Redis
 is reachable, else 503; JSON with the detail per route either way.
+``GET /metrics``: Prometheus text exposition of ``idgateway.metrics``.
+``GET /status``: a read-only status page (routes, providers, TLS certificates,
+session stores, config file, reloads): JSON for ``Accept: application/json``
+or ``?format=json``, else HTML. No secrets: no client secrets, no Redis URLs.
 """
 
 from __future__ import annotations
 
+import html
 import json
+from collections.abc import Callable
 from typing import Any
 
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from twisted.internet import defer
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
+from idgateway.metrics import METRICS, GatewayMetrics
 from idgateway.proxy import StateHolder
+from idgateway.tls import certificate_expiry
 
 
 async def readiness(holder: StateHolder) -> tuple[bool, dict[str, Any]]:
@@ -87,10 +96,197 @@ class _Ready(Resource):
         return NOT_DONE_YET
 
 
-def admin_site(holder: StateHolder) -> Site:
+class _Metrics(Resource):
+    isLeaf = True
+
+    def __init__(self, metrics: GatewayMetrics) -> None:
+        super().__init__()
+        self.metrics = metrics
+
+    def render_GET(self, request: Request) -> bytes:
+        request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode())
+        request.setHeader(b"cache-control", b"no-store")
+        return generate_latest(self.metrics.registry)
+
+
+async def status(holder: StateHolder, service: Any = None) -> dict[str, Any]:
+    """What the gateway runs: routes, providers, certificates, session stores."""
+    state = holder.current
+    config = state.config
+    reachable = {settings: await client.ping() for settings, client in state.redis_clients.items()}
+    routes = []
+    for route in config.routes:
+        auth = route.auth
+        store = None
+        if auth is not None:
+            store = auth.session.store
+            redis = auth.session.redis
+            store_client = state.redis_clients.get(redis) if redis is not None else None
+            if store_client is not None:
+                store = f"{store} ({store_client.description})"
+        routes.append(
+            {
+                "name": route.name,
+                "hosts": list(route.hosts),
+                "default": route.default,
+                "upstream": route.upstream.url,
+                "paths": {sub.prefix: sub.upstream.url for sub in route.paths},
+                "provider": None if auth is None else auth.oidc.provider,
+                "session_store": store,
+            }
+        )
+    providers = []
+    for settings, handle in state.providers.items():
+        provider = handle.client
+        metadata = provider.metadata
+        providers.append(
+            {
+                "name": settings.name,
+                "issuer": metadata.issuer if metadata is not None else settings.issuer,
+                "discovery_url": settings.discovery_url,
+                "ready": provider.ready,
+                "last_error": provider.last_error,
+            }
+        )
+    certificates = []
+    for listener in config.listeners:
+        if listener.tls is None:
+            continue
+        for pair in listener.tls.certificates:
+            try:
+                expires: str | None = certificate_expiry(pair).isoformat()
+                error = None
+            except Exception as problem:  # an unreadable file: say so, keep the page
+                expires, error = None, str(problem)
+            certificates.append(
+                {
+                    "listener": f"{listener.host}:{listener.port}",
+                    "cert": pair.cert,
+                    "hostnames": list(pair.hostnames),
+                    "expires": expires,
+                    "error": error,
+                }
+            )
+    session_stores = [
+        {
+            "redis": client.description,
+            "reachable": reachable[settings],
+            "last_error": None if reachable[settings] else client.last_error,
+        }
+        for settings, client in state.redis_clients.items()
+    ]
+    return {
+        "config_file": config.source,
+        # The reload count lives on the service (None when admin_site was not given it).
+        "reloads": getattr(service, "reloads", None),
+        "routes": routes,
+        "providers": providers,
+        "certificates": certificates,
+        "session_stores": session_stores,
+    }
+
+
+def _wants_json(request: Request) -> bool:
+    if request.args.get(b"format") == [b"json"]:
+        return True
+    accept = request.getHeader(b"accept") or b""
+    return b"application/json" in accept
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "&ndash;"
+    if isinstance(value, list):
+        value = ", ".join(str(each) for each in value)
+    elif isinstance(value, dict):
+        value = ", ".join(f"{key} \u2192 {item}" for key, item in value.items())
+    return html.escape(str(value))
+
+
+def _table(title: str, rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return f"<h2>{html.escape(title)}</h2><p>None.</p>"
+    keys = list(rows[0])
+    head = "".join(f"<th>{html.escape(key)}</th>" for key in keys)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{_cell(row[key])}</td>" for key in keys) + "</tr>" for row in rows
+    )
+    return f"<h2>{html.escape(title)}</h2><table><tr>{head}</tr>{body}</table>"
+
+
+def status_html(detail: dict[str, Any]) -> bytes:
+    parts = [
+        "<!doctype html><html><head><meta charset=utf-8><title>idgateway status</title>",
+        "<style>body{font-family:sans-serif}table{border-collapse:collapse}"
+        "td,th{border:1px solid #ccc;padding:2px 6px;text-align:left}</style></head><body>",
+        "<h1>idgateway status</h1>",
+        f"<p>Config file: {_cell(detail['config_file'])}; reloads: {_cell(detail['reloads'])}</p>",
+        _table("Routes", detail["routes"]),
+        _table("Providers", detail["providers"]),
+        _table("TLS certificates", detail["certificates"]),
+        _table("Session stores", detail["session_stores"]),
+        "</body></html>",
+    ]
+    return "".join(parts).encode()
+
+
+class _Status(Resource):
+    isLeaf = True
+
+    def __init__(self, holder: StateHolder, service: Any) -> None:
+        super().__init__()
+        self.holder = holder
+        self.service = service
+
+    def render_GET(self, request: Request) -> Any:
+        async def answer() -> None:
+            detail = await status(self.holder, self.service)
+            if request._disconnected:
+                return
+            if _wants_json(request):
+                body = json.dumps(detail, indent=2).encode() + b"\n"
+                request.setHeader(b"content-type", b"application/json")
+            else:
+                body = status_html(detail)
+                request.setHeader(b"content-type", b"text/html; charset=utf-8")
+            request.setHeader(b"cache-control", b"no-store")
+            request.write(body)
+            request.finish()
+
+        d = defer.ensureDeferred(answer())
+        d.addErrback(lambda failure: _failed(request, failure))
+        return NOT_DONE_YET
+
+
+def _failed(request: Request, failure: Any) -> None:
+    from twisted.logger import Logger
+
+    Logger(namespace="idgateway.admin").failure("status page failed", failure)
+    if not request.finished and not request._disconnected:
+        request.setResponseCode(500)
+        request.write(b"status unavailable\n")
+        request.finish()
+
+
+def admin_site(
+    holder: StateHolder,
+    service: Any = None,
+    *,
+    metrics: GatewayMetrics = METRICS,
+    connections: Callable[[], int] | None = None,
+) -> Site:
+    """The admin Site. ``service`` (a GatewayService), when given, supplies the
+    reload count and the open client connections of its listeners."""
+    if connections is None and service is not None:
+        sites = getattr(service, "_drain_sites", None)
+        if sites is not None:
+            connections = lambda: sum(len(site.connections) for site in sites)  # noqa: E731
+    metrics.bind(holder, connections)
     root = Resource()
     root.putChild(b"healthz", _Health())
     root.putChild(b"readyz", _Ready(holder))
+    root.putChild(b"metrics", _Metrics(metrics))
+    root.putChild(b"status", _Status(holder, service))
     site = Site(root)
     site.noisy = False
     return site

@@ -17,6 +17,7 @@ from twisted.logger import Logger
 from idgateway import observe
 from idgateway.access import safe_redirect
 from idgateway.gate import secure_origin
+from idgateway.metrics import METRICS  # metrics hook
 from idgateway.oidc.client import (
     TokenEndpointError,
     authorize_url,
@@ -174,6 +175,7 @@ def begin_login(
         code_challenge=FlowCookies.code_challenge(flow.code_verifier),
         extra=dict(login.oidc.extra_params),
     )
+    METRICS.login_started(login.route.name)  # metrics hook
     _redirect(request, url, [*set_cookies, *flows.set_cookie(flow, cookies, now)])
 
 
@@ -181,6 +183,9 @@ def _login_failed(
     request: GatewayRequest, login: RouteLogin, status: int, reason: str, detail: str
 ) -> None:
     observe.login_failed(request, route=login.route.name, reason=reason)  # audit hook
+    METRICS.login_failed(login.route.name, reason)  # metrics hook
+    if reason == "session_store_unavailable":
+        METRICS.session_store_error(login.route.name)  # metrics hook
     send_error(request, status, detail, error=reason, request_id=request.request_id)
 
 
@@ -321,6 +326,7 @@ async def callback(login: RouteLogin, request: GatewayRequest, host: bytes, tls:
     # audit hook (and the access log's user for this callback request)
     request.idgw_user = session.user
     observe.login_succeeded(request, route=login.route.name, user=session.user)
+    METRICS.login_succeeded(login.route.name)  # metrics hook
     if request.finished or request._disconnected:
         return
     _redirect(request, target or "/", new_cookies)
@@ -342,6 +348,7 @@ async def sign_out(login: RouteLogin, request: GatewayRequest, host: bytes, tls:
             state=os.urandom(16).hex(),
             client_id=login.oidc.client_id,
         )
+    METRICS.logout(login.route.name, "sign_out")  # metrics hook
     if session is not None:
         request.idgw_user = session.user  # observe hook
         observe.signed_out(request, route=login.route.name, user=session.user)  # audit hook
@@ -435,6 +442,7 @@ async def backchannel_logout(
     ended = await login.end_sessions(state, sid=sid, sub=sub)
     # audit hook: sid and sub are logged as hashes
     observe.backchannel_logout(request, route=login.route.name, sid=sid, sub=sub, ended=ended)
+    METRICS.logout(login.route.name, "backchannel")  # metrics hook
     request.setResponseCode(200)
     request.responseHeaders.setRawHeaders(b"cache-control", [b"no-store"])
     request.responseHeaders.setRawHeaders(b"content-length", [b"0"])
@@ -458,6 +466,7 @@ async def frontchannel_logout(
     from_our_provider = metadata is not None and params.get("iss") == metadata.issuer
     if from_our_provider and sid:
         await login.end_sessions(state, sid=sid, sub=None)
+        METRICS.logout(login.route.name, "frontchannel")  # metrics hook
     session, chunks, session_id = await login.current_session(request, tls)
     request.setResponseCode(200)
     out = request.responseHeaders

@@ -21,6 +21,7 @@ from twisted.python.failure import Failure
 
 from idgateway.access import compile_public_paths, is_public, normalise_path
 from idgateway.identity import IdentityHeaders
+from idgateway.metrics import METRICS  # metrics hook
 from idgateway.model import AuthorizeRules, ProviderSettings, Route, RouteAuth
 from idgateway.oidc.client import ClientCredentials, TokenEndpointError, refresh_tokens
 from idgateway.oidc.provider import ProviderClient
@@ -295,6 +296,7 @@ class RouteLogin:
 
     def _store_failed(self, failure: Failure, visit: Visit) -> None:
         failure.trap(RedisUnavailable)
+        METRICS.session_store_error(self.route.name)  # metrics hook
         request = visit.request
         self._log.warn(
             "route {route}: session store unavailable: {error} [{request_id}]",
@@ -315,6 +317,8 @@ class RouteLogin:
 
     def _failed(self, failure: Failure, visit: Visit) -> None:
         request = visit.request
+        if failure.check(RedisUnavailable):
+            METRICS.session_store_error(self.route.name)  # metrics hook
         self._log.failure(
             "route {route}: unexpected error [{request_id}]",
             failure,
@@ -377,12 +381,14 @@ class RouteLogin:
         if session_id in self._loaded:
             self._loaded[session_id] = (self._loaded[session_id][0], session)
         d = defer.ensureDeferred(self.store.save(session_id, session))
-        d.addErrback(
-            lambda f: self._log.warn(
-                "route {route}: could not extend a session: {error}",
-                route=self.route.name,
-                error=f.getErrorMessage(),
-            )
+        d.addErrback(self._save_failed)
+
+    def _save_failed(self, failure: Failure) -> None:
+        METRICS.session_store_error(self.route.name)  # metrics hook
+        self._log.warn(
+            "route {route}: could not extend a session: {error}",
+            route=self.route.name,
+            error=failure.getErrorMessage(),
         )
 
     def unauthenticated(self, visit: Visit) -> None:
@@ -640,6 +646,15 @@ class RouteLogin:
         return Session.from_json_dict(json.loads(opened))
 
     async def _refresh(self, session: Session) -> Session | None | _Unavailable:
+        # metrics hook: one count per refresh asked of the provider (not per request).
+        result = await self._ask_refresh(session)
+        METRICS.refresh(
+            self.route.name,
+            "unavailable" if result is UNAVAILABLE else "failed" if result is None else "ok",
+        )
+        return result
+
+    async def _ask_refresh(self, session: Session) -> Session | None | _Unavailable:
         metadata = self.provider.client.metadata
         if metadata is None:
             return UNAVAILABLE

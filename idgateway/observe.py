@@ -24,6 +24,7 @@ from typing import Any
 
 from twisted.logger import Logger, LogLevel
 
+from idgateway.metrics import METRICS  # metrics hook
 from idgateway.model import LoggingSettings
 
 access_logger = Logger(namespace="idgateway.access")
@@ -97,10 +98,12 @@ def access_fields(request: Any, now: float) -> dict[str, Any]:
 
 def log_access(request: Any) -> None:
     """The access log event for a finished GatewayRequest (GatewaySite.log calls this)."""
+    finished = monotonic()
+    METRICS.request_finished(request, finished)  # metrics hook: counted even with no log
     settings = request.idgw_logging
     if settings is None or not settings.access_log:
         return
-    fields = access_fields(request, monotonic())
+    fields = access_fields(request, finished)
     user = user_field(settings, request.idgw_user)
     if user is not None:
         fields["user"] = user

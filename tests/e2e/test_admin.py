@@ -72,3 +72,81 @@ routes:
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
         conn.request("GET", "/readyz", headers={"Host": "elsewhere"})
         assert b'"routes"' not in conn.getresponse().read()
+
+
+def test_metrics_and_status_page(start_gateway, backend, tmp_path):
+    import re
+
+    port, admin = free_port(), free_port()
+    with ProviderProcess(tmp_path / "op") as op:
+        start_gateway(
+            f"""
+admin: {{address: 127.0.0.1:{admin}}}
+listeners: [{{address: 127.0.0.1:{port}}}]
+providers:
+  wso2: {{discovery_url: {op.discovery_url()}, ca_file: {op.ca_file}}}
+routes:
+  - name: app1
+    hosts: [app1.localhost]
+    upstream: http://127.0.0.1:{backend.port}
+    oidc: {{provider: wso2, client_id: c, client_secret: s}}
+  - name: open
+    default: true
+    upstream: http://127.0.0.1:{backend.port}
+""",
+            [port, admin],
+        )
+        for _ in range(3):
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            conn.request("GET", "/hello", headers={"Host": "open.localhost"})
+            assert conn.getresponse().status == 200
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        conn.request(
+            "GET",
+            "/oauth2/callback?error=access_denied&state=x",
+            headers={"Host": "app1.localhost"},
+        )
+        assert conn.getresponse().status == 403
+
+        status, body = get(admin, "/metrics")
+        assert status == 200
+        text = body.decode()
+        found = re.search(
+            r'^idgateway_requests_total\{route="open",status_class="2xx"\} (\S+)$', text, re.M
+        )
+        assert found and float(found.group(1)) >= 3, text
+        logins = r"^idgateway_logins_total\{([^}]*)\} (\S+)$"
+        failed = [
+            float(value)
+            for labels, value in re.findall(logins, text, re.M)
+            if 'route="app1"' in labels
+            and 'result="failed"' in labels
+            and 'reason="access_denied"' in labels
+        ]
+        assert failed == [1.0], text
+        assert "idgateway_request_seconds_bucket" in text
+        # Secrets never reach the metrics.
+        assert "client_secret" not in text and "code=" not in text
+
+        deadline = time.monotonic() + 15
+        while get(admin, "/readyz")[0] != 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        status, body = get(admin, "/status?format=json")
+        assert status == 200
+        detail = json.loads(body)
+        assert [r["name"] for r in detail["routes"]] == ["app1", "open"]
+        assert detail["routes"][0]["provider"] == "wso2"
+        assert detail["routes"][0]["session_store"] == "cookie"
+        assert [p["name"] for p in detail["providers"]] == ["wso2"]
+        assert detail["providers"][0]["ready"] is True
+        assert detail["config_file"]
+        conn = http.client.HTTPConnection("127.0.0.1", admin, timeout=10)
+        conn.request("GET", "/status", headers={"Accept": "application/json"})
+        assert json.loads(conn.getresponse().read())["routes"][1]["name"] == "open"
+        status, body = get(admin, "/status")
+        assert status == 200
+        page = body.decode()
+        assert page.startswith("<!doctype html>")
+        assert "app1" in page and "open" in page and "wso2" in page
+        assert "s</td>" not in page  # the client secret is not shown

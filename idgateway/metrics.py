@@ -1,0 +1,223 @@
+"""Prometheus metrics, served by the admin listener at ``/metrics``.
+
+Everything lives in the gateway's own ``CollectorRegistry`` (never
+prometheus_client's global one). ``METRICS`` is the process's instance, like
+the loggers in ``idgateway.observe``; code that can be handed an instance
+takes one (``admin_site(holder, metrics=...)``, the tests).
+
+Hot path: one call per finished request (``request_finished``, from the access
+log hook). Label children are cached per route, so it costs two dict lookups,
+one counter increment and one or two histogram observations.
+
+Label values are bounded: route names come from the config, status classes
+are 1xx..5xx, and login failure reasons are the gateway's own codes or the
+provider's OAuth error code (free text from the browser after a limit is
+counted as ``other``).
+
+With ``workers:`` > 1 every process keeps its own registry; the admin listener
+(worker 0) shows worker 0's counts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+
+# Route label for requests that matched no route (unknown host).
+NO_ROUTE = "-"
+
+_STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
+
+# Seconds: a gateway adds milliseconds; upstreams may take seconds.
+_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+# OAuth 2.0 / OpenID Connect error codes a provider may send to the callback.
+_OAUTH_ERRORS = frozenset(
+    {
+        "access_denied",
+        "invalid_request",
+        "unauthorized_client",
+        "unsupported_response_type",
+        "invalid_scope",
+        "server_error",
+        "temporarily_unavailable",
+        "interaction_required",
+        "login_required",
+        "account_selection_required",
+        "consent_required",
+        "invalid_request_uri",
+        "invalid_request_object",
+        "request_not_supported",
+        "request_uri_not_supported",
+        "registration_not_supported",
+    }
+)
+# How many other distinct failure reasons get their own label value.
+_MAX_OTHER_REASONS = 64
+
+LOGOUT_KINDS = ("sign_out", "backchannel", "frontchannel")
+REFRESH_RESULTS = ("ok", "failed", "unavailable")
+
+
+class _ScrapeCollector:
+    """Values read at scrape time: provider readiness, open client connections."""
+
+    def __init__(self, metrics: GatewayMetrics) -> None:
+        self.metrics = metrics
+
+    def describe(self) -> Iterable[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        ready = GaugeMetricFamily(
+            "idgateway_provider_ready",
+            "1 when the provider's discovery succeeded, else 0",
+            labels=["provider"],
+        )
+        holder = self.metrics.holder
+        if holder is not None:
+            for settings, handle in holder.current.providers.items():
+                ready.add_metric([settings.name], 1.0 if handle.client.ready else 0.0)
+        yield ready
+        connections = self.metrics.connections
+        if connections is not None:
+            yield GaugeMetricFamily(
+                "idgateway_open_connections",
+                "Client connections open on this process's listeners",
+                value=float(connections()),
+            )
+
+
+class GatewayMetrics:
+    """The gateway's metrics in their own registry."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "idgateway_requests",
+            "Finished requests by route and status class",
+            ["route", "status_class"],
+            registry=r,
+        )
+        self.request_seconds = Histogram(
+            "idgateway_request_seconds",
+            "Time from the request head to the finished response, by route",
+            ["route"],
+            buckets=_BUCKETS,
+            registry=r,
+        )
+        self.upstream_seconds = Histogram(
+            "idgateway_upstream_seconds",
+            "Time from sending upstream to the upstream's response head, by route",
+            ["route"],
+            buckets=_BUCKETS,
+            registry=r,
+        )
+        self.logins = Counter(
+            "idgateway_logins",
+            "Logins started, succeeded and failed (with the reason), by route",
+            ["route", "result", "reason"],
+            registry=r,
+        )
+        self.refreshes = Counter(
+            "idgateway_refreshes",
+            "Token refreshes asked of the provider: ok, failed (refused), unavailable",
+            ["route", "result"],
+            registry=r,
+        )
+        self.logouts = Counter(
+            "idgateway_logouts",
+            "Logouts: sign_out, backchannel, frontchannel",
+            ["route", "kind"],
+            registry=r,
+        )
+        self.session_store_errors = Counter(
+            "idgateway_session_store_errors",
+            "Session store (Redis) operations that failed",
+            ["route"],
+            registry=r,
+        )
+        # Set by admin_site: where scrape-time values come from.
+        self.holder: Any = None
+        self.connections: Callable[[], int] | None = None
+        r.register(_ScrapeCollector(self))  # type: ignore[arg-type]
+        # route -> (counter children by status class 1..5, request and upstream histograms)
+        self._routes: dict[str, tuple[tuple[Any, ...], Any, Any]] = {}
+        self._reasons: set[str] = set()
+
+    def bind(self, holder: Any, connections: Callable[[], int] | None = None) -> None:
+        """Read provider readiness from ``holder.current`` (and connections) when scraped."""
+        self.holder = holder
+        self.connections = connections
+
+    # ---- requests (hot path) -------------------------------------------------------
+
+    def _children(self, route: str) -> tuple[tuple[Any, ...], Any, Any]:
+        children = self._routes.get(route)
+        if children is None:
+            counters = tuple(self.requests.labels(route, each) for each in _STATUS_CLASSES)
+            children = (
+                counters,
+                self.request_seconds.labels(route),
+                self.upstream_seconds.labels(route),
+            )
+            self._routes[route] = children
+        return children
+
+    def observe_request(
+        self, route: str | None, status: int, gateway_s: float | None, upstream_s: float | None
+    ) -> None:
+        counters, gateway, upstream = self._children(route or NO_ROUTE)
+        index = status // 100 - 1
+        counters[index if 0 <= index < 5 else 4].inc()
+        if gateway_s is not None:
+            gateway.observe(gateway_s)
+        if upstream_s is not None:
+            upstream.observe(upstream_s)
+
+    def request_finished(self, request: Any, now: float) -> None:
+        """A finished GatewayRequest (observe.log_access calls this)."""
+        started = request.idgw_started
+        upstream_ms = request.idgw_upstream_ms
+        self.observe_request(
+            request.idgw_route,
+            request.code,
+            None if started is None else now - started,
+            None if upstream_ms is None else upstream_ms / 1000.0,
+        )
+
+    # ---- login, refresh, logout, store -----------------------------------------------
+
+    def login_started(self, route: str) -> None:
+        self.logins.labels(route, "started", "").inc()
+
+    def login_succeeded(self, route: str) -> None:
+        self.logins.labels(route, "succeeded", "").inc()
+
+    def login_failed(self, route: str, reason: str) -> None:
+        self.logins.labels(route, "failed", self._bounded_reason(reason)).inc()
+
+    def _bounded_reason(self, reason: str) -> str:
+        if reason in _OAUTH_ERRORS or reason in self._reasons:
+            return reason
+        if len(self._reasons) >= _MAX_OTHER_REASONS:
+            return "other"
+        self._reasons.add(reason)
+        return reason
+
+    def refresh(self, route: str, result: str) -> None:
+        self.refreshes.labels(route, result).inc()
+
+    def logout(self, route: str, kind: str) -> None:
+        self.logouts.labels(route, kind).inc()
+
+    def session_store_error(self, route: str) -> None:
+        self.session_store_errors.labels(route).inc()
+
+
+# The process's metrics (the registry is process-local, like the loggers).
+METRICS = GatewayMetrics()
