@@ -24,6 +24,7 @@ import pytest
 from tests.browser import describe, launch_chromium, new_context, require_chromium
 from tests.http_helpers import header_values
 from tests.http_helpers import request as http_request
+from tests.login_env import APP1_SECRET, APP2_SECRET, two_tenant_config
 from tests.processes import GatewayProcess, free_port
 from tests.provider_process import ProviderProcess, node_binary
 
@@ -32,8 +33,6 @@ if TYPE_CHECKING:
 
 pytestmark = pytest.mark.skipif(node_binary() is None, reason="node is not installed")
 
-APP1_SECRET = "app1-client-secret"
-APP2_SECRET = "app2-client-secret"
 TIMEOUT_MS = 15_000
 LOGIN_PAGE = "/authenticationendpoint/login.do"
 
@@ -86,35 +85,7 @@ def environment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Environmen
 
     tmp = tmp_path_factory.mktemp("browser")
     port = free_port()
-    config = {
-        "tenants": {
-            "carbon.super": {
-                "clients": [
-                    {
-                        "client_id": "app1-client",
-                        "client_secret": APP1_SECRET,
-                        "redirect_uris": [f"http://app1.localhost:{port}/oauth2/callback"],
-                        "post_logout_redirect_uris": [f"http://app1.localhost:{port}/"],
-                        "backchannel_logout_uri": (
-                            f"http://app1.localhost:{port}/oauth2/backchannel_logout"
-                        ),
-                        "token_endpoint_auth_method": "client_secret_basic",
-                    }
-                ]
-            },
-            "acme.com": {
-                "clients": [
-                    {
-                        "client_id": "app2-client",
-                        "client_secret": APP2_SECRET,
-                        "redirect_uris": [f"http://app2.localhost:{port}/oauth2/callback"],
-                        "post_logout_redirect_uris": [f"http://app2.localhost:{port}/"],
-                        "token_endpoint_auth_method": "client_secret_post",
-                    }
-                ]
-            },
-        }
-    }
+    config = two_tenant_config(port)
     with ProviderProcess(tmp / "op", config) as op, BackendProcess(name="echo") as backend:
         (tmp / "app2-secret").write_text(APP2_SECRET + "\n")
         gateway_config = tmp / "gateway.yaml"

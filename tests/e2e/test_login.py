@@ -14,13 +14,11 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from tests.http_helpers import header_values
+from tests.login_env import APP1_SECRET, APP2_SECRET, two_tenant_config
 from tests.processes import free_port
 from tests.provider_process import ProviderProcess, node_binary
 
 pytestmark = pytest.mark.skipif(node_binary() is None, reason="node is not installed")
-
-APP1_SECRET = "app1-client-secret"
-APP2_SECRET = "app2-client-secret"
 
 
 def session_key() -> str:
@@ -84,34 +82,7 @@ def environment(tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("login")
     port = free_port()
-    config = {
-        "tenants": {
-            "carbon.super": {
-                "clients": [
-                    {
-                        "client_id": "app1-client",
-                        "client_secret": APP1_SECRET,
-                        "redirect_uris": [f"http://app1.localhost:{port}/oauth2/callback"],
-                        "post_logout_redirect_uris": [f"http://app1.localhost:{port}/"],
-                        "backchannel_logout_uri": (
-                            f"http://app1.localhost:{port}/oauth2/backchannel_logout"
-                        ),
-                        "token_endpoint_auth_method": "client_secret_basic",
-                    }
-                ]
-            },
-            "acme.com": {
-                "clients": [
-                    {
-                        "client_id": "app2-client",
-                        "client_secret": APP2_SECRET,
-                        "redirect_uris": [f"http://app2.localhost:{port}/oauth2/callback"],
-                        "token_endpoint_auth_method": "client_secret_post",
-                    }
-                ]
-            },
-        }
-    }
+    config = two_tenant_config(port)
     with ProviderProcess(tmp / "op", config) as op, BackendProcess(name="echo") as backend:
         from tests.processes import GatewayProcess
 
