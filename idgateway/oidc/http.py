@@ -121,6 +121,9 @@ class UnverifiedTLSPolicy:
     """Accept any certificate: for ``insecure_skip_verify`` only."""
 
     def __init__(self) -> None:
+        # Deliberately unverified: built only for a provider configured with
+        # insecure_skip_verify: true, which runtime.provider_handle logs as a
+        # warning at start. Every other provider gets VerifyingTLSPolicy.
         options = CertificateOptions(verify=False, acceptableProtocols=[HTTP_1_1])
         self._context = options.getContext()
 
