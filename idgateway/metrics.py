@@ -7,7 +7,9 @@ takes one (``admin_site(holder, metrics=...)``, the tests).
 
 Hot path: one call per finished request (``request_finished``, from the access
 log hook). Label children are cached per route, so it costs two dict lookups,
-one counter increment and one or two histogram observations.
+one counter increment and one or two histogram observations. A Redis session
+store times each of its calls with one pair of clock readings and one
+``observe`` on a child it fetched when it was made (``session_store_timers``).
 
 Label values are bounded: route names come from the config, status classes
 are 1xx..5xx, and login failure reasons are the gateway's own codes or the
@@ -59,6 +61,10 @@ _OAUTH_ERRORS = frozenset(
 _MAX_OTHER_REASONS = 64
 
 LOGOUT_KINDS = ("sign_out", "backchannel", "frontchannel")
+# What a Redis session store does: read, write and end one session, end every
+# session of a provider session or user (back-channel logout), and take or
+# release the refresh lock.
+SESSION_STORE_OPERATIONS = ("load", "save", "delete", "delete_indexed", "lock", "unlock")
 REFRESH_RESULTS = ("ok", "failed", "unavailable")
 
 
@@ -141,6 +147,14 @@ class GatewayMetrics:
             ["route"],
             registry=r,
         )
+        self.session_store_seconds = Histogram(
+            "idgateway_session_store_seconds",
+            "Time a session store (Redis) operation took, answered or failed, "
+            "by route and operation",
+            ["route", "operation"],
+            buckets=_BUCKETS,
+            registry=r,
+        )
         # Set by admin_site: where scrape-time values come from.
         self.holder: Any = None
         self.connections: Callable[[], int] | None = None
@@ -217,6 +231,17 @@ class GatewayMetrics:
 
     def session_store_error(self, route: str) -> None:
         self.session_store_errors.labels(route).inc()
+
+    def session_store_timers(self, route: str) -> dict[str, Any]:
+        """The route's session-store histogram children, by operation.
+
+        A store fetches these once, when it is made, so that timing a Redis
+        call costs one ``observe`` and no label lookup.
+        """
+        return {
+            operation: self.session_store_seconds.labels(route, operation)
+            for operation in SESSION_STORE_OPERATIONS
+        }
 
 
 # The process's metrics (the registry is process-local, like the loggers).

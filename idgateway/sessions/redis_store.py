@@ -17,6 +17,10 @@ maximum duration: ``min(inactivity_timeout, created_at + max_duration - now)``.
 
 ``load`` is one GET (the hot path); an id that is not 43 base64url
 characters costs no Redis call at all.
+
+Every call that reaches Redis is timed into ``idgateway_session_store_seconds``
+(route, operation), answered or failed: two ``clock.seconds()`` readings and
+one ``observe`` on a histogram child fetched when the store was made.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from typing import Any
 
 from twisted.logger import Logger
 
+from idgateway.metrics import METRICS, GatewayMetrics
 from idgateway.sessions.keys import KeyRing
 from idgateway.sessions.model import Session
 from idgateway.sessions.redis_client import RedisClient, RedisUnavailable
@@ -120,6 +125,7 @@ class RedisSessionStore:
         inactivity_timeout: float,
         max_duration: float,
         clock: Any,
+        metrics: GatewayMetrics | None = None,
     ) -> None:
         if not route:
             raise ValueError("a Redis session store needs a route name")
@@ -134,6 +140,14 @@ class RedisSessionStore:
         self._prefix = f"idgw:{route}:"
         self._session_prefix = f"idgw:{route}:s:"
         self._associated_data = b"idgateway redis session\x00" + route.encode("utf-8") + b"\x00"
+        # Histogram children by operation (the process's metrics unless given).
+        timers = (metrics if metrics is not None else METRICS).session_store_timers(route)
+        self._time_load = timers["load"].observe
+        self._time_save = timers["save"].observe
+        self._time_delete = timers["delete"].observe
+        self._time_delete_indexed = timers["delete_indexed"].observe
+        self._time_lock = timers["lock"].observe
+        self._time_unlock = timers["unlock"].observe
 
     # -- names -----------------------------------------------------------------
 
@@ -161,7 +175,11 @@ class RedisSessionStore:
         if not is_session_id(session_id):
             return None
         key = self.session_key(session_id)
-        sealed = await self.client.get(key)
+        started = self._clock.seconds()
+        try:
+            sealed = await self.client.get(key)
+        finally:
+            self._time_load(self._clock.seconds() - started)
         if sealed is None:
             return None
         plaintext = self._keyring.open(sealed, self._ad(key))
@@ -199,7 +217,11 @@ class RedisSessionStore:
         key = self.session_key(session_id)
         ttl = self.ttl_ms(session)
         if ttl <= 0:
-            await self.client.delete(key)
+            started = self._clock.seconds()
+            try:
+                await self.client.delete(key)
+            finally:
+                self._time_delete(self._clock.seconds() - started)
             return
         payload = json.dumps(
             session.to_json_dict(), separators=(",", ":"), ensure_ascii=False
@@ -211,25 +233,33 @@ class RedisSessionStore:
         if session.sub:
             indexes.append(self._index_key("sub", session.sub))
         index_ttl = max(1, math.ceil(self.max_duration * 1000))
-        await self.client.eval(
-            _SAVE,
-            [key, *indexes],
-            [
-                sealed,
-                ttl,
-                session_key_hash(session_id),
-                index_ttl,
-                len(indexes),
-                self._session_prefix,
-                _PRUNE_INDEX_FROM,
-            ],
-        )
+        started = self._clock.seconds()
+        try:
+            await self.client.eval(
+                _SAVE,
+                [key, *indexes],
+                [
+                    sealed,
+                    ttl,
+                    session_key_hash(session_id),
+                    index_ttl,
+                    len(indexes),
+                    self._session_prefix,
+                    _PRUNE_INDEX_FROM,
+                ],
+            )
+        finally:
+            self._time_save(self._clock.seconds() - started)
 
     async def delete(self, session_id: str) -> None:
         """Forget one session (sign-out). Its index entries go when the index is next pruned."""
         if not is_session_id(session_id):
             return
-        await self.client.delete(self.session_key(session_id))
+        started = self._clock.seconds()
+        try:
+            await self.client.delete(self.session_key(session_id))
+        finally:
+            self._time_delete(self._clock.seconds() - started)
 
     async def delete_by_sid(self, sid: str) -> int:
         """Delete every session of the provider session ``sid``; how many there were."""
@@ -240,7 +270,12 @@ class RedisSessionStore:
         return await self._delete_indexed(self._index_key("sub", sub))
 
     async def _delete_indexed(self, index: str) -> int:
-        return int(await self.client.eval(_DELETE_INDEXED, [index], [self._session_prefix]))
+        started = self._clock.seconds()
+        try:
+            deleted = await self.client.eval(_DELETE_INDEXED, [index], [self._session_prefix])
+        finally:
+            self._time_delete_indexed(self._clock.seconds() - started)
+        return int(deleted)
 
     # -- refresh lock ------------------------------------------------------------
 
@@ -253,12 +288,19 @@ class RedisSessionStore:
         if not is_session_id(session_id):
             return None
         token = secrets.token_urlsafe(16)
-        if await self.client.set(self._lock_key(session_id), token, px=ttl_ms, nx=True):
-            return token
-        return None
+        started = self._clock.seconds()
+        try:
+            taken = await self.client.set(self._lock_key(session_id), token, px=ttl_ms, nx=True)
+        finally:
+            self._time_lock(self._clock.seconds() - started)
+        return token if taken else None
 
     async def unlock(self, session_id: str, token: str) -> None:
         """Release the lock if ``token`` still holds it (it may have expired meanwhile)."""
         if not is_session_id(session_id):
             return
-        await self.client.eval(_UNLOCK, [self._lock_key(session_id)], [token])
+        started = self._clock.seconds()
+        try:
+            await self.client.eval(_UNLOCK, [self._lock_key(session_id)], [token])
+        finally:
+            self._time_unlock(self._clock.seconds() - started)
