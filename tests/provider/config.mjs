@@ -120,6 +120,9 @@ function normalizeClient(tenant, client, index) {
   if (method !== 'none' && typeof client.client_secret !== 'string') {
     fail(`${where} needs a client_secret`);
   }
+  if (client.pkce_required !== undefined && typeof client.pkce_required !== 'boolean') {
+    fail(`${where}.pkce_required must be true or false`);
+  }
   const format = client.access_token_format || 'opaque';
   if (!['opaque', 'jwt'].includes(format)) {
     fail(`${where}.access_token_format must be "opaque" or "jwt"`);

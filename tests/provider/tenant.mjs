@@ -251,7 +251,10 @@ export class Tenant {
         idTokenSigningAlgValues: ['RS256', 'PS256'],
       },
       enableHttpPostMethods: true,
-      pkce: { required: () => true },
+      // WSO2 IS's per-application "Mandatory PKCE" switch: on unless a client
+      // says pkce_required: false (as an app configured for mod_auth_openidc's
+      // defaults, which send no code_challenge).
+      pkce: { required: (_ctx, client) => this.clients.get(client.clientId)?.pkce_required !== false },
       rotateRefreshToken: true,
       issueRefreshToken: async (_ctx, client) => client.grantTypeAllowed('refresh_token'),
       ttl: { ...settings.ttl },

@@ -18,6 +18,7 @@ import shutil
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urljoin, urlsplit
 
@@ -25,7 +26,7 @@ import pytest
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from tests.provider_process import ProviderProcess, pkce_pair
+from tests.provider_process import ProviderError, ProviderProcess, pkce_pair
 
 pytestmark = pytest.mark.skipif(
     shutil.which("node") is None,
@@ -141,6 +142,14 @@ def op(
                         "redirect_uris": ["regexp=(http://app2\\.localhost:\\d+/cb|https://x/cb)"],
                         "token_endpoint_auth_method": "client_secret_post",
                         "access_token_format": "jwt",
+                    },
+                    {
+                        # An app without WSO2's "Mandatory PKCE" (mod_auth_openidc's
+                        # defaults send no code_challenge).
+                        "client_id": "legacy",
+                        "client_secret": "legacy-secret",
+                        "redirect_uris": [CALLBACK],
+                        "pkce_required": False,
                     },
                 ]
             },
@@ -439,6 +448,54 @@ def test_pkce_s256_is_required(op: ProviderProcess, pkce: dict[str, str]) -> Non
     assert response.status == 303
     assert response.location.startswith(CALLBACK)
     assert callback_params(response.location)["error"] == "invalid_request"
+
+
+def test_a_client_without_mandatory_pkce_logs_in_without_a_code_challenge(
+    op: ProviderProcess,
+) -> None:
+    params = {
+        "response_type": "code",
+        "client_id": "legacy",
+        "redirect_uri": CALLBACK,
+        "scope": "openid",
+        "state": "s",
+        "nonce": "n",
+    }
+    url = f"{op.endpoint('/oauth2/authorize')}?{urlencode(params)}"
+    location = op.scripted_login(url, "alice", "alice123")
+    code = callback_params(location)["code"]
+    response = op.request(
+        "POST",
+        op.endpoint("/oauth2/token"),
+        form={"grant_type": "authorization_code", "code": code, "redirect_uri": CALLBACK},
+        basic_auth=("legacy", "legacy-secret"),
+    )
+    assert response.status == 200, response.text
+    assert response.json()["id_token"]
+    # The other clients still refuse a login without one.
+    del params["nonce"]
+    params["client_id"] = "app1"
+    response = op.request("GET", f"{op.endpoint('/oauth2/authorize')}?{urlencode(params)}")
+    assert callback_params(response.location)["error"] == "invalid_request"
+
+
+def test_pkce_required_must_be_a_boolean(tmp_path: Path) -> None:
+    config = {
+        "tenants": {
+            "carbon.super": {
+                "clients": [
+                    {
+                        "client_id": "x",
+                        "client_secret": "y",
+                        "redirect_uris": [CALLBACK],
+                        "pkce_required": "no",
+                    }
+                ]
+            }
+        }
+    }
+    with pytest.raises(ProviderError, match="pkce_required must be true or false"):
+        ProviderProcess(tmp_path, config, quiet=True).start()
 
 
 # ---- tokens ----
