@@ -14,7 +14,10 @@ store times each of its calls with one pair of clock readings and one
 Label values are bounded: route names come from the config, status classes
 are 1xx..5xx, and login failure reasons are the gateway's own codes or the
 provider's OAuth error code (free text from the browser after a limit is
-counted as ``other``).
+counted as ``other``). Provider names come from the config; provider calls
+and error kinds are the fixed lists below. Provider calls are reported by the
+provider's HTTP client (``oidc.http.send``), which ``runtime.StateBuilder``
+makes with ``provider_calls(name)``.
 
 With ``workers:`` > 1 every process keeps its own registry; the admin listener
 (worker 0) shows worker 0's counts.
@@ -65,6 +68,12 @@ LOGOUT_KINDS = ("sign_out", "backchannel", "frontchannel")
 # session of a provider session or user (back-channel logout), and take or
 # release the refresh lock.
 SESSION_STORE_OPERATIONS = ("load", "save", "delete", "delete_indexed", "lock", "unlock")
+# The calls the gateway makes to a provider (idgateway.oidc) ...
+PROVIDER_CALLS = ("discovery", "jwks", "token", "refresh", "userinfo")
+# ... and how one can fail: no connection (or TLS), no complete answer in
+# time, a body over the size limit, an HTTP error status, or an answer the
+# gateway could not use (not JSON, missing fields, a wrong issuer).
+PROVIDER_ERROR_KINDS = ("connect", "timeout", "too_large", "http_4xx", "http_5xx", "invalid")
 REFRESH_RESULTS = ("ok", "failed", "unavailable")
 
 
@@ -155,6 +164,21 @@ class GatewayMetrics:
             buckets=_BUCKETS,
             registry=r,
         )
+        self.provider_request_seconds = Histogram(
+            "idgateway_provider_request_seconds",
+            "Time of an HTTP call to a provider (to the whole answer, or the failure), "
+            "by provider and call",
+            ["provider", "call"],
+            buckets=_BUCKETS,
+            registry=r,
+        )
+        self.provider_errors = Counter(
+            "idgateway_provider_errors",
+            "Failed provider calls by provider, call and kind "
+            "(connect, timeout, too_large, http_4xx, http_5xx, invalid)",
+            ["provider", "call", "kind"],
+            registry=r,
+        )
         # Set by admin_site: where scrape-time values come from.
         self.holder: Any = None
         self.connections: Callable[[], int] | None = None
@@ -232,6 +256,10 @@ class GatewayMetrics:
     def session_store_error(self, route: str) -> None:
         self.session_store_errors.labels(route).inc()
 
+    def provider_calls(self, provider: str) -> ProviderCallMetrics:
+        """What a provider's HTTP client reports its calls to (``oidc.http.send``)."""
+        return ProviderCallMetrics(self, provider)
+
     def session_store_timers(self, route: str) -> dict[str, Any]:
         """The route's session-store histogram children, by operation.
 
@@ -242,6 +270,30 @@ class GatewayMetrics:
             operation: self.session_store_seconds.labels(route, operation)
             for operation in SESSION_STORE_OPERATIONS
         }
+
+
+class ProviderCallMetrics:
+    """One provider's call latency and errors; label children made once each."""
+
+    def __init__(self, metrics: GatewayMetrics, provider: str) -> None:
+        self.provider = provider
+        self._metrics = metrics
+        self._seconds: dict[str, Any] = {}
+        self._errors: dict[tuple[str, str], Any] = {}
+
+    def observe(self, call: str, seconds: float) -> None:
+        child = self._seconds.get(call)
+        if child is None:
+            child = self._metrics.provider_request_seconds.labels(self.provider, call)
+            self._seconds[call] = child
+        child.observe(seconds)
+
+    def error(self, call: str, kind: str) -> None:
+        child = self._errors.get((call, kind))
+        if child is None:
+            child = self._metrics.provider_errors.labels(self.provider, call, kind)
+            self._errors[(call, kind)] = child
+        child.inc()
 
 
 # The process's metrics (the registry is process-local, like the loggers).

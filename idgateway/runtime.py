@@ -25,6 +25,7 @@ from twisted.logger import Logger
 from idgateway.forwarding import TrustedProxies
 from idgateway.gate import ProviderHandle, RouteLogin
 from idgateway.identity import IdentityHeaders
+from idgateway.metrics import METRICS, GatewayMetrics
 from idgateway.model import (
     Config,
     HeaderSettings,
@@ -115,8 +116,10 @@ class StateBuilder:
 
     _log = Logger()
 
-    def __init__(self, reactor: IReactorTime) -> None:
+    def __init__(self, reactor: IReactorTime, *, metrics: GatewayMetrics = METRICS) -> None:
         self.reactor = reactor
+        # Where provider clients report their calls (idgateway_provider_* metrics).
+        self.metrics = metrics
         # Made on first use and kept across reloads: revoked sids and seen
         # logout-token jtis must survive a config change.
         self._revocation: RevocationList | None = None
@@ -266,6 +269,7 @@ class StateBuilder:
             self.reactor,
             ca_file=settings.ca_file,
             insecure_skip_verify=settings.insecure_skip_verify,
+            calls=self.metrics.provider_calls(settings.name),
         )
         client = ProviderClient(
             settings.name,

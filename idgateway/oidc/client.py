@@ -17,7 +17,7 @@ import attrs
 from treq.client import HTTPClient
 from twisted.internet.interfaces import IReactorTime
 
-from idgateway.oidc.http import HTTPFailure, HTTPResult, send
+from idgateway.oidc.http import HTTPFailure, HTTPResult, count_error, send
 from idgateway.oidc.provider import ProviderMetadata
 
 CLIENT_SECRET_BASIC = "client_secret_basic"
@@ -183,7 +183,7 @@ async def exchange_code(
         "redirect_uri": redirect_uri,
         "code_verifier": code_verifier,
     }
-    return await _token_request(http, metadata, creds, form, timeout, clock)
+    return await _token_request(http, metadata, creds, form, timeout, clock, "token")
 
 
 async def refresh_tokens(
@@ -200,7 +200,7 @@ async def refresh_tokens(
     When the response has none (``refresh_token`` None), the old one stays valid.
     """
     form = {"grant_type": "refresh_token", "refresh_token": refresh_token}
-    return await _token_request(http, metadata, creds, form, timeout, clock)
+    return await _token_request(http, metadata, creds, form, timeout, clock, "refresh")
 
 
 async def fetch_userinfo(
@@ -229,9 +229,20 @@ async def fetch_userinfo(
             clock=_clock(clock),
             timeout=timeout,
             headers={"Authorization": f"Bearer {access_token}"},
+            call="userinfo",
         )
     except HTTPFailure as failure:
         raise UserinfoError("temporarily_unavailable", str(failure), 0) from None
+    try:
+        return _userinfo_claims(result, expected_sub)
+    except UserinfoError as error:
+        if error.status < 400:
+            # send counted 4xx and 5xx; this answer came but was unusable.
+            count_error(http, "userinfo", "invalid")  # metrics hook
+        raise
+
+
+def _userinfo_claims(result: HTTPResult, expected_sub: str | None) -> dict[str, Any]:
     if result.status != 200:
         error, description = _error_of(result)
         if result.status == 401:
@@ -262,6 +273,7 @@ async def _token_request(
     form: dict[str, str],
     timeout: float,
     clock: IReactorTime | None,
+    call: str,
 ) -> TokenResponse:
     headers: dict[str, str] = {}
     if creds.auth_method == CLIENT_SECRET_BASIC:
@@ -277,9 +289,20 @@ async def _token_request(
             timeout=timeout,
             headers=headers,
             data=form,
+            call=call,
         )
     except HTTPFailure as failure:
         raise TokenEndpointError("temporarily_unavailable", str(failure), 0) from None
+    try:
+        return _token_answer(result)
+    except TokenEndpointError as error:
+        if error.status < 400:
+            # send counted 4xx and 5xx; this answer came but was unusable.
+            count_error(http, call, "invalid")  # metrics hook
+        raise
+
+
+def _token_answer(result: HTTPResult) -> TokenResponse:
     if result.status != 200:
         error, description = _error_of(result)
         raise TokenEndpointError(

@@ -8,13 +8,20 @@ the platform's trust store; turning that off takes an explicit flag.
 ``send`` is the one way the rest of ``idgateway.oidc`` talks HTTP: it bounds
 the whole exchange (connect, response head and body) by one deadline on an
 injected clock, caps the body size and never follows redirects.
+
+Metrics: a client made with ``calls=`` (a ``CallObserver``, e.g.
+``GatewayMetrics.provider_calls(name)``) has every ``send(..., call=...)``
+timed on the same clock, and its failures counted by kind: ``connect``,
+``timeout``, ``too_large`` and ``http_4xx``/``http_5xx`` here, ``invalid``
+by the caller that could not use the answer (``count_error``). A cancelled
+call (the browser went away) is neither.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Mapping
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import attrs
 import treq
@@ -52,6 +59,29 @@ class HTTPFailure(Exception):
         self.kind = kind
 
 
+class CallObserver(Protocol):
+    """Where a provider's HTTP client reports its calls (``idgateway.metrics``)."""
+
+    def observe(self, call: str, seconds: float) -> None: ...
+
+    def error(self, call: str, kind: str) -> None: ...
+
+
+class ProviderHTTPClient(HTTPClient):
+    """A treq client for one provider, that may report its calls to ``calls``."""
+
+    def __init__(self, agent: Any, *, calls: CallObserver | None = None, **options: Any) -> None:
+        super().__init__(agent, **options)
+        self.calls = calls
+
+
+def count_error(http: HTTPClient, call: str, kind: str) -> None:
+    """Count a failed ``call`` whose HTTP exchange itself went fine (kind ``invalid``)."""
+    calls = getattr(http, "calls", None)
+    if calls is not None:
+        calls.error(call, kind)
+
+
 @attrs.frozen
 class HTTPResult:
     status: int
@@ -74,7 +104,8 @@ def make_http_client(
     insecure_skip_verify: bool,
     pool_size: int = 10,
     timeout: float = 10,
-) -> HTTPClient:
+    calls: CallObserver | None = None,
+) -> ProviderHTTPClient:
     """A treq client with its own persistent pool, for one provider.
 
     ``ca_file`` is a PEM bundle (one or more certificates) to trust instead of
@@ -82,7 +113,7 @@ def make_http_client(
     (``idgateway.tls.TLSConfigurationError``). ``insecure_skip_verify`` turns
     off certificate and host name checks entirely: the caller must have logged
     a warning. ``timeout`` bounds connection set-up; use ``send`` for a
-    deadline on whole requests.
+    deadline on whole requests. ``calls`` receives each call's time and failures.
     """
     policy: IPolicyForHTTPS
     if insecure_skip_verify:
@@ -101,7 +132,7 @@ def make_http_client(
     agent = Agent(  # type: ignore[no-untyped-call]
         reactor, contextFactory=policy, connectTimeout=timeout, pool=pool
     )
-    return HTTPClient(agent)
+    return ProviderHTTPClient(agent, calls=calls)
 
 
 @implementer(IPolicyForHTTPS)
@@ -185,16 +216,30 @@ async def send(
     headers: Mapping[str, str] | None = None,
     data: Mapping[str, str] | None = None,
     max_body: int = DEFAULT_MAX_BODY,
+    call: str | None = None,
 ) -> HTTPResult:
     """One request and its whole body, within ``timeout`` seconds on ``clock``.
 
     ``data`` is sent form-urlencoded. Any status is returned; only a missing
     or unusable response raises HTTPFailure. Cancelling the caller cancels the
-    request.
+    request. ``call`` names it for the client's ``calls`` observer, if any.
     """
-    return await with_timeout(
-        _exchange(http, method, url, headers or {}, data, max_body), timeout, clock
-    )
+    exchange = _exchange(http, method, url, headers or {}, data, max_body)
+    calls = getattr(http, "calls", None) if call is not None else None
+    if calls is None:
+        return await with_timeout(exchange, timeout, clock)
+    assert call is not None
+    started = clock.seconds()
+    try:
+        result = await with_timeout(exchange, timeout, clock)
+    except HTTPFailure as failure:
+        calls.observe(call, clock.seconds() - started)
+        calls.error(call, failure.kind)
+        raise
+    calls.observe(call, clock.seconds() - started)
+    if result.status >= 400:
+        calls.error(call, "http_5xx" if result.status >= 500 else "http_4xx")
+    return result
 
 
 async def _exchange(

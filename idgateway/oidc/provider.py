@@ -28,7 +28,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from idgateway.oidc.http import HTTPFailure, send
+from idgateway.oidc.http import HTTPFailure, count_error, send
 
 DISCOVERY_SUFFIX = "/.well-known/openid-configuration"
 
@@ -327,26 +327,41 @@ class ProviderClient:
         self._timer = self._clock.callLater(delay, self._refresh_now)
 
     async def _fetch_metadata(self) -> ProviderMetadata:
-        document = await self._get_json(self.discovery_url, "discovery document")
-        metadata = ProviderMetadata.from_document(document)
-        if self.expected_issuer is not None and metadata.issuer != self.expected_issuer:
-            raise ProviderError(
-                f"{self.discovery_url} states issuer {metadata.issuer!r}, "
-                f"but the configured issuer is {self.expected_issuer!r}"
-            )
+        document = await self._get_json(self.discovery_url, "discovery document", "discovery")
+        try:
+            metadata = ProviderMetadata.from_document(document)
+            if self.expected_issuer is not None and metadata.issuer != self.expected_issuer:
+                raise ProviderError(
+                    f"{self.discovery_url} states issuer {metadata.issuer!r}, "
+                    f"but the configured issuer is {self.expected_issuer!r}"
+                )
+        except ProviderError:
+            count_error(self._http, "discovery", "invalid")  # metrics hook
+            raise
         return metadata
 
     async def _fetch_keys(self, jwks_uri: str) -> tuple[SigningKey, ...]:
         self._last_jwks_fetch = self._clock.seconds()
-        return parse_jwks(await self._get_json(jwks_uri, "JWKS"))
+        document = await self._get_json(jwks_uri, "JWKS", "jwks")
+        try:
+            return parse_jwks(document)
+        except ProviderError:
+            count_error(self._http, "jwks", "invalid")  # metrics hook
+            raise
 
-    async def _get_json(self, url: str, what: str) -> object:
-        result = await send(self._http, "GET", url, clock=self._clock, timeout=self._timeout)
+    async def _get_json(self, url: str, what: str, call: str) -> object:
+        result = await send(
+            self._http, "GET", url, clock=self._clock, timeout=self._timeout, call=call
+        )
         if result.status != 200:
+            if result.status < 400:
+                # send counted 4xx and 5xx; anything else but 200 is unusable.
+                count_error(self._http, call, "invalid")  # metrics hook
             raise ProviderError(f"{what} {url}: HTTP {result.status}")
         try:
             return result.json()
         except ValueError:
+            count_error(self._http, call, "invalid")  # metrics hook
             raise ProviderError(f"{what} {url}: not JSON") from None
 
     def _install_keys(self, keys: tuple[SigningKey, ...]) -> None:
