@@ -274,14 +274,18 @@ def admin_site(
     *,
     metrics: GatewayMetrics = METRICS,
     connections: Callable[[], int] | None = None,
+    websockets: Callable[[], dict[str, int]] | None = None,
 ) -> Site:
     """The admin Site. ``service`` (a GatewayService), when given, supplies the
-    reload count and the open client connections of its listeners."""
+    reload count, and the open client connections and WebSocket tunnels of its
+    listeners."""
     if connections is None and service is not None:
         sites = getattr(service, "_drain_sites", None)
         if sites is not None:
             connections = lambda: sum(len(site.connections) for site in sites)  # noqa: E731
-    metrics.bind(holder, connections)
+    if websockets is None and service is not None:
+        websockets = getattr(service, "open_websockets", None)
+    metrics.bind(holder, connections, websockets)
     root = Resource()
     root.putChild(b"healthz", _Health())
     root.putChild(b"readyz", _Ready(holder))

@@ -78,7 +78,7 @@ REFRESH_RESULTS = ("ok", "failed", "unavailable")
 
 
 class _ScrapeCollector:
-    """Values read at scrape time: provider readiness, open client connections."""
+    """Values read at scrape time: provider readiness, open connections and WebSockets."""
 
     def __init__(self, metrics: GatewayMetrics) -> None:
         self.metrics = metrics
@@ -104,6 +104,23 @@ class _ScrapeCollector:
                 "Client connections open on this process's listeners",
                 value=float(connections()),
             )
+        websockets = self.metrics.websockets
+        if websockets is not None:
+            tunnels = GaugeMetricFamily(
+                "idgateway_websockets_open",
+                "WebSocket tunnels open on this process, by route",
+                labels=["route"],
+            )
+            counts = websockets()
+            # Every configured route, open tunnels or not.
+            routes = list(holder.current.runtimes) if holder is not None else []
+            for route in routes:
+                tunnels.add_metric([route], float(counts.get(route, 0)))
+            for route, count in sorted(counts.items()):
+                if route not in routes:
+                    # A route removed by a reload whose tunnels are still open.
+                    tunnels.add_metric([route], float(count))
+            yield tunnels
 
 
 class GatewayMetrics:
@@ -182,15 +199,23 @@ class GatewayMetrics:
         # Set by admin_site: where scrape-time values come from.
         self.holder: Any = None
         self.connections: Callable[[], int] | None = None
+        self.websockets: Callable[[], dict[str, int]] | None = None
         r.register(_ScrapeCollector(self))  # type: ignore[arg-type]
         # route -> (counter children by status class 1..5, request and upstream histograms)
         self._routes: dict[str, tuple[tuple[Any, ...], Any, Any]] = {}
         self._reasons: set[str] = set()
 
-    def bind(self, holder: Any, connections: Callable[[], int] | None = None) -> None:
-        """Read provider readiness from ``holder.current`` (and connections) when scraped."""
+    def bind(
+        self,
+        holder: Any,
+        connections: Callable[[], int] | None = None,
+        websockets: Callable[[], dict[str, int]] | None = None,
+    ) -> None:
+        """Read provider readiness from ``holder.current`` (and connections, and
+        WebSocket tunnels by route) when scraped."""
         self.holder = holder
         self.connections = connections
+        self.websockets = websockets
 
     # ---- requests (hot path) -------------------------------------------------------
 

@@ -38,6 +38,8 @@ class DrainableChannel(GatewayChannel):
     site: DrainableSite
     # A WebSocket tunnel now: no request boundary to wait for.
     upgraded = False
+    # The upgraded request's route (idgateway_websockets_open counts these).
+    websocket_route: str | None = None
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -52,6 +54,9 @@ class DrainableChannel(GatewayChannel):
             self.site.forget(self)
 
     def _protocolUpgradeForWebsockets(self, protocol: Any) -> None:
+        # The request that upgraded is the first (and only) one in flight.
+        if self.requests:
+            self.websocket_route = getattr(self.requests[0], "idgw_route", None)
         super()._protocolUpgradeForWebsockets(protocol)
         self.upgraded = True
         # The tunnel now owns connectionLost; keep counting the connection
@@ -120,6 +125,15 @@ class DrainableSite(GatewaySite):
         else:
             waiter.callback(None)
         return waiter
+
+    def open_websockets(self) -> dict[str, int]:
+        """WebSocket tunnels open on this site, by route (None: no route)."""
+        counts: dict[str, int] = {}
+        for channel in self.connections:
+            if channel.upgraded:
+                route = channel.websocket_route or "-"
+                counts[route] = counts.get(route, 0) + 1
+        return counts
 
     def abort_all(self) -> None:
         for channel in list(self.connections):
@@ -252,6 +266,18 @@ class GatewayService(MultiService):
         d.addCallbacks(lambda port: self._ports.__setitem__(key, port), failures.append)
         if failures:
             failures[0].raiseException()
+
+    def open_websockets(self) -> dict[str, int]:
+        """WebSocket tunnels open on this process's listeners, by route.
+
+        Read at scrape time from the sites' open connections, so a tunnel
+        counts from its 101 until its connection is gone, exactly once.
+        """
+        counts: dict[str, int] = {}
+        for site in self._drain_sites:
+            for route, count in site.open_websockets().items():
+                counts[route] = counts.get(route, 0) + count
+        return counts
 
     # -- SIGTERM: drain, then stop ------------------------------------------------
 

@@ -132,6 +132,15 @@ routes:
         while get(admin, "/readyz")[0] != 200:
             assert time.monotonic() < deadline
             time.sleep(0.2)
+        # Ready: the provider's discovery and JWKS calls were timed. No tunnel is open.
+        text = get(admin, "/metrics")[1].decode()
+        for call in ("discovery", "jwks"):
+            count = (
+                rf'^idgateway_provider_request_seconds_count\{{call="{call}",provider="wso2"\}} '
+            )
+            assert re.search(count + r"[1-9]", text, re.M), text
+        assert 'idgateway_websockets_open{route="app1"} 0.0' in text
+        assert 'idgateway_websockets_open{route="open"} 0.0' in text
         status, body = get(admin, "/status?format=json")
         assert status == 200
         detail = json.loads(body)
