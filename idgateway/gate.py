@@ -53,6 +53,8 @@ REFRESH_GRACE = 60.0
 # again (bounds how late a logout elsewhere is seen), and how many are kept.
 LOADED_FOR = 1.0
 LOADED_MAX = 10_000
+# How many sessions' authorization verdicts and identity headers are kept.
+ADMISSION_MEMO_MAX = 4096
 # Redis sessions: how long one process may hold a session's refresh lock, and
 # how long (steps x step seconds) the others wait for its result.
 REFRESH_LOCK_MS = 10_000
@@ -175,6 +177,10 @@ class RouteLogin:
         # Redis sessions recently loaded by this process: id -> (until, session).
         self._loaded: dict[str, tuple[float, Session]] = {}
         self._recent: dict[tuple[str, str], tuple[float, Session]] = {}
+        # id(session) -> (session, rules, authorization failure, identity headers).
+        self._admission: dict[
+            int, tuple[Session, AuthorizeRules, str | None, list[tuple[bytes, bytes]]]
+        ] = {}
 
     def rules_for(self, raw_path: bytes) -> AuthorizeRules:
         """The longest path sub-route with its own rules wins, else the route's."""
@@ -335,12 +341,24 @@ class RouteLogin:
 
         request = visit.request
         request.idgw_user = session.user  # observe hook: the access log's user
-        failure = authorization_failure(
-            self.rules_for(request.path),
-            session.claims,
-            email_claim=self.oidc.email_claim,
-            groups_claim=self.oidc.groups_claim,
-        )
+        rules = self.rules_for(request.path)
+        # A session's verdict and identity headers depend only on the session
+        # object (immutable, and shared by every request with the same cookie or
+        # loaded Redis session) and the rules: work them out once per pair.
+        memo = self._admission.get(id(session))
+        if memo is not None and memo[0] is session and memo[1] is rules:
+            failure, identity = memo[2], memo[3]
+        else:
+            failure = authorization_failure(
+                rules,
+                session.claims,
+                email_claim=self.oidc.email_claim,
+                groups_claim=self.oidc.groups_claim,
+            )
+            identity = self.identity.headers_for(session)
+            if len(self._admission) >= ADMISSION_MEMO_MAX:
+                self._admission.clear()
+            self._admission[id(session)] = (session, rules, failure, identity)
         if failure is not None:
             self._log.info(
                 "route {route}: {user} refused: {why}",
@@ -372,7 +390,7 @@ class RouteLogin:
             visit.runtime,
             visit.host,
             cookie=visit.upstream_cookie,
-            identity=self.identity.headers_for(session),
+            identity=identity,
             set_cookies=set_cookies,
         )
 

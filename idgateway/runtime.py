@@ -296,11 +296,24 @@ class StateBuilder:
                 client.close()
 
 
+# Distinct cookie names whose verdict is remembered (browsers send a handful;
+# the bound keeps made-up names from growing it).
+OWN_COOKIE_MEMO_MAX = 1024
+
+
 def _any_own_cookie(logins: list[RouteLogin]) -> Callable[[bytes], bool]:
     matchers = [login.is_own_cookie for login in logins]
+    known: dict[bytes, bool] = {}
 
     def is_own(name: bytes) -> bool:
-        return any(matches(name) for matches in matchers)
+        # Every request asks about each of its cookies: remember the answers.
+        verdict = known.get(name)
+        if verdict is None:
+            verdict = any(matches(name) for matches in matchers)
+            if len(known) >= OWN_COOKIE_MEMO_MAX:
+                known.clear()
+            known[name] = verdict
+        return verdict
 
     return is_own
 
