@@ -1061,6 +1061,34 @@ def run_wrk(
     return parsed, out
 
 
+# --------------------------------------------------------------------------- gate microbenchmark
+
+
+def run_gate_micro(venv: Path, quick: bool) -> dict:
+    """bench/gate_micro.py in its own process (the venv's Python, nothing else
+    running in it); its JSON figures, or {"error": why}."""
+    argv = [str(venv / "bin" / "python"), str(BENCH_DIR / "gate_micro.py")]
+    if quick:
+        argv += ["--iterations", "5000", "--batches", "5"]
+    with tempfile.TemporaryDirectory(prefix="idgateway-gate-micro-") as d:
+        out = Path(d) / "gate_micro.json"
+        try:
+            p = subprocess.run(
+                [*argv, "--json", str(out)],
+                cwd=REPO,
+                capture_output=True,
+                text=True,
+                timeout=600,
+                stdin=subprocess.DEVNULL,
+            )
+        except subprocess.TimeoutExpired:
+            return {"error": "bench/gate_micro.py did not finish within 600 s"}
+        if p.returncode != 0 or not out.exists():
+            last = (p.stderr.strip() or p.stdout.strip() or "no output").splitlines()[-1]
+            return {"error": f"bench/gate_micro.py failed (status {p.returncode}): {last}"}
+        return json.loads(out.read_text())
+
+
 # --------------------------------------------------------------------------- report
 
 
@@ -1113,6 +1141,9 @@ CASES = [
 LOGIN_CASES = ("login_cookie", "login_redis", "login_cookie_100k")
 APACHE_CASES = ("apache_shm", "apache_redis", "apache_shm_100k")
 SESSION_CASES = LOGIN_CASES + APACHE_CASES
+# Measurements other than wrk rows, each a line under the table; --only takes
+# their keys too.
+STEPS = ("gate_micro",)
 
 # (name, numerator case, denominator case)
 RATIOS = [
@@ -1180,7 +1211,12 @@ def fmt_x(v: float | None) -> str:
 
 
 def render(
-    meta: dict, cases: dict[str, Case], ratios: dict, notes: list[str], memory: dict | None
+    meta: dict,
+    cases: dict[str, Case],
+    ratios: dict,
+    notes: list[str],
+    memory: dict | None,
+    extras: dict | None = None,
 ) -> str:
     m = meta["machine"]
     c = meta["config"]
@@ -1283,9 +1319,26 @@ def render(
             )
         else:
             lines.append(f"Redis memory per 10k sessions: not run ({memory.get('error')})")
+    lines.extend(render_extras(extras or {}))
     for n in notes:
         lines.append("NOTE: " + n)
     return "\n".join(lines)
+
+
+def render_extras(extras: dict) -> list[str]:
+    """The lines of the steps that are not wrk rows, in STEPS order."""
+    lines = []
+    micro = extras.get("gate_micro")
+    if micro is not None:
+        if micro.get("error"):
+            lines.append(f"gate microbenchmark: not run ({micro['error']})")
+        else:
+            if str(BENCH_DIR) not in sys.path:
+                sys.path.insert(0, str(BENCH_DIR))
+            from gate_micro import summary_line
+
+            lines.append(summary_line(micro))
+    return lines
 
 
 # --------------------------------------------------------------------------- machine
@@ -1411,8 +1464,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         metavar="CASES",
         type=lambda text: [c.strip() for c in text.split(",") if c.strip()],
         default=None,
-        help="measure only these rows (comma-separated keys: "
+        help="measure only these rows and steps (comma-separated keys: "
         + ", ".join(key for key, _, _ in CASES)
+        + "; steps: "
+        + ", ".join(STEPS)
         + ")",
     )
     p.add_argument(
@@ -1434,7 +1489,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="keep the temp dir (configs, server logs, raw wrk output)",
     )
     a = p.parse_args(argv)
-    known = [key for key, _, _ in CASES]
+    known = [key for key, _, _ in CASES] + list(STEPS)
     unknown = [c for c in a.only or () if c not in known]
     if unknown:
         p.error(f"--only: unknown row(s) {', '.join(unknown)}; known: {', '.join(known)}")
@@ -1569,6 +1624,8 @@ def main(argv: list[str] | None = None) -> int:
     cases = {key: Case(key, srv, path, "") for key, srv, path in case_list}
     notes: list[str] = []
     memory: dict | None = None
+    extras: dict[str, dict] = {}
+    steps = [k for k in STEPS if not args.only or k in args.only]
     interrupted = False
     raw_out = tmp / "wrk"
     raw_out.mkdir()
@@ -1716,6 +1773,25 @@ def main(argv: list[str] | None = None) -> int:
         else:
             info(f"kept {tmp}")
 
+    if "gate_micro" in steps and not interrupted:
+        # After the teardown: nothing else runs on the machine but this.
+        info("gate microbenchmark: bench/gate_micro.py")
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, _on_signal)
+        try:
+            extras["gate_micro"] = run_gate_micro(venv, args.quick)
+        except Interrupted:
+            interrupted = True
+            extras["gate_micro"] = {"error": "interrupted"}
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+                signal.signal(sig, signal.SIG_IGN)
+        micro = extras["gate_micro"]
+        if micro.get("error"):
+            notes.append(f"gate microbenchmark: {micro['error']}")
+        else:
+            info(f"  {micro['gate']['median_us']:.1f} µs per request")
+
     for case in cases.values():
         if case.failures and case.runs:
             notes.append(
@@ -1748,7 +1824,7 @@ def main(argv: list[str] | None = None) -> int:
         notes.append("interrupted: partial results")
 
     ratios = compute_ratios(cases)
-    print(render(meta, cases, ratios, notes, memory), flush=True)
+    print(render(meta, cases, ratios, notes, memory, extras), flush=True)
 
     if args.json:
         result = {
@@ -1770,6 +1846,7 @@ def main(argv: list[str] | None = None) -> int:
             "ratio_targets": RATIO_TARGETS if login else {},
             "login_sessions": rig.sessions if rig else None,
             "redis_memory": memory,
+            **{key: extras.get(key) for key in STEPS},
             "notes": notes,
             "interrupted": interrupted,
         }
@@ -1781,6 +1858,8 @@ def main(argv: list[str] | None = None) -> int:
     if any(c.skipped or (c.failures and not c.runs) for c in cases.values()):
         return 1
     if memory is not None and memory.get("error"):
+        return 1
+    if any(x.get("error") for x in extras.values()):
         return 1
     return 0
 
