@@ -10,8 +10,9 @@ states travel there), request or response headers (Cookie, Authorization,
 Set-Cookie), tokens or secrets. Users are named as ``logging.user_id`` says:
 plainly, by a hash, or not at all.
 
-Cheap on the hot path: an event is a dict of values already at hand; the text
-or JSON line is formatted by twisted.logger only when an observer renders it.
+Cheap on the hot path: an event is a dict of values already at hand plus, for
+text lines, the line itself made with one f-string; JSON is rendered only when
+an observer writes the event.
 """
 
 from __future__ import annotations
@@ -32,15 +33,10 @@ audit_logger = Logger(namespace="idgateway.audit")
 
 DEFAULT_SETTINGS = LoggingSettings()
 
-# The access line; variants without the parts that do not apply.
-_TEXT = "{method} {path} {status} {bytes}B route={route}"
-_TEXT_TAIL = " gw={gateway_ms}ms{upstream} id={request_id} ip={client}"
-_ACCESS_FORMATS = {
-    (True, True): _TEXT + " user={user}" + _TEXT_TAIL.replace("{upstream}", " up={upstream_ms}ms"),
-    (True, False): _TEXT + " user={user}" + _TEXT_TAIL.replace("{upstream}", ""),
-    (False, True): _TEXT + _TEXT_TAIL.replace("{upstream}", " up={upstream_ms}ms"),
-    (False, False): _TEXT + _TEXT_TAIL.replace("{upstream}", ""),
-}
+# Text access lines are rendered by log_access into this one field:
+#   GET /path 200 1234B route=app1 user=alice gw=1.2ms up=0.8ms id=<request id> ip=<client>
+# (user= only when logging.user_id names users; up= only for proxied requests).
+_LINE_FORMAT = "{access_line}"
 _JSON_FORMAT = "{as_json}"
 
 # The user field for an anonymous request in text lines.
@@ -114,8 +110,18 @@ def log_access(request: Any) -> None:
         event = dict(fields, as_json=_AsJSON(fields))
         _emit_info(access_logger, _JSON_FORMAT, event)
     else:
-        log_format = _ACCESS_FORMATS[("user" in fields, fields["upstream_ms"] is not None)]
-        _emit_info(access_logger, log_format, fields)
+        # Rendered here with one f-string: twisted.logger's own formatting of a
+        # ten-field format string was a tenth of a proxied request's CPU time.
+        # The fields stay in the event for observers that want them.
+        user_part = f" user={fields['user']}" if "user" in fields else ""
+        upstream_ms = fields["upstream_ms"]
+        upstream_part = "" if upstream_ms is None else f" up={upstream_ms}ms"
+        fields["access_line"] = (
+            f"{fields['method']} {fields['path']} {fields['status']} {fields['bytes']}B"
+            f" route={fields['route']}{user_part} gw={fields['gateway_ms']}ms{upstream_part}"
+            f" id={fields['request_id']} ip={fields['client']}"
+        )
+        _emit_info(access_logger, _LINE_FORMAT, fields)
 
 
 def _emit_info(logger: Logger, log_format: str, event: dict[str, Any]) -> None:
