@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import html
 import json
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -99,14 +99,29 @@ class _Ready(Resource):
 class _Metrics(Resource):
     isLeaf = True
 
-    def __init__(self, metrics: GatewayMetrics) -> None:
+    def __init__(
+        self, metrics: GatewayMetrics, gather: Callable[[], Awaitable[bytes]] | None = None
+    ) -> None:
         super().__init__()
         self.metrics = metrics
+        # With several workers: every worker's figures (idgateway.worker_metrics).
+        self.gather = gather
 
-    def render_GET(self, request: Request) -> bytes:
+    def render_GET(self, request: Request) -> Any:
         request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode())
         request.setHeader(b"cache-control", b"no-store")
-        return generate_latest(self.metrics.registry)
+        if self.gather is None:
+            return generate_latest(self.metrics.registry)
+        gather = self.gather
+
+        async def answer() -> None:
+            body = await gather()
+            if not request._disconnected:
+                request.write(body)
+                request.finish()
+
+        defer.ensureDeferred(answer()).addErrback(lambda failure: _failed(request, failure))
+        return NOT_DONE_YET
 
 
 async def status(holder: StateHolder, service: Any = None) -> dict[str, Any]:
@@ -268,6 +283,24 @@ def _failed(request: Request, failure: Any) -> None:
         request.finish()
 
 
+def bind_metrics(
+    metrics: GatewayMetrics,
+    holder: StateHolder,
+    service: Any = None,
+    *,
+    connections: Callable[[], int] | None = None,
+    websockets: Callable[[], dict[str, int]] | None = None,
+) -> None:
+    """Point ``metrics``' scrape-time values at ``holder`` and ``service``'s listeners."""
+    if connections is None and service is not None:
+        sites = getattr(service, "_drain_sites", None)
+        if sites is not None:
+            connections = lambda: sum(len(site.connections) for site in sites)  # noqa: E731
+    if websockets is None and service is not None:
+        websockets = getattr(service, "open_websockets", None)
+    metrics.bind(holder, connections, websockets)
+
+
 def admin_site(
     holder: StateHolder,
     service: Any = None,
@@ -277,19 +310,13 @@ def admin_site(
     websockets: Callable[[], dict[str, int]] | None = None,
 ) -> Site:
     """The admin Site. ``service`` (a GatewayService), when given, supplies the
-    reload count, and the open client connections and WebSocket tunnels of its
-    listeners."""
-    if connections is None and service is not None:
-        sites = getattr(service, "_drain_sites", None)
-        if sites is not None:
-            connections = lambda: sum(len(site.connections) for site in sites)  # noqa: E731
-    if websockets is None and service is not None:
-        websockets = getattr(service, "open_websockets", None)
-    metrics.bind(holder, connections, websockets)
+    reload count, the open client connections and WebSocket tunnels of its
+    listeners and, in worker 0, the other workers' metrics (``gather_metrics``)."""
+    bind_metrics(metrics, holder, service, connections=connections, websockets=websockets)
     root = Resource()
     root.putChild(b"healthz", _Health())
     root.putChild(b"readyz", _Ready(holder))
-    root.putChild(b"metrics", _Metrics(metrics))
+    root.putChild(b"metrics", _Metrics(metrics, getattr(service, "gather_metrics", None)))
     root.putChild(b"status", _Status(holder, service))
     site = Site(root)
     site.noisy = False

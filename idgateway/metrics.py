@@ -20,7 +20,8 @@ provider's HTTP client (``oidc.http.send``), which ``runtime.StateBuilder``
 makes with ``provider_calls(name)``.
 
 With ``workers:`` > 1 every process keeps its own registry; the admin listener
-(worker 0) shows worker 0's counts.
+(worker 0) shows every worker's, each sample labelled with its ``worker``
+(``idgateway.worker_metrics`` says how).
 """
 
 from __future__ import annotations

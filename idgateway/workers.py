@@ -21,16 +21,22 @@ connection to whichever worker accepts first.
 - A worker's stdin is a pipe from the master that carries nothing: when it
   reaches end-of-file the master has died (even by SIGKILL), and the worker
   drains and exits instead of serving on as an orphan.
+- Metrics: the master makes a private directory for the run
+  (``--metrics-dir``, removed when it stops); worker N > 0 serves its
+  registry on a UNIX socket there, and worker 0's ``/metrics`` shows every
+  worker's figures with a ``worker`` label (``idgateway.worker_metrics``).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import signal
 import site
 import socket
 import sys
+import tempfile
 from collections.abc import Callable, Sequence
 from typing import Any, cast
 
@@ -52,9 +58,11 @@ from zope.interface import implementer
 import idgateway
 from idgateway import systemd
 from idgateway.config import ConfigError, load_config
+from idgateway.metrics import METRICS, GatewayMetrics
 from idgateway.model import Config, Listener
 from idgateway.service import GatewayService
 from idgateway.tls import SNIServerContexts
+from idgateway.worker_metrics import WorkerMetricsGatherer, listen_exposition
 
 # Seconds a worker gives in-flight requests after SIGTERM before it cuts them.
 DRAIN_TIMEOUT = 30.0
@@ -166,6 +174,8 @@ class MasterService(Service):
         self._kill_call: IDelayedCall | None = None
         # systemd hook: whether READY=1 was sent (once every worker first served).
         self._notified_ready = False
+        # Where workers 1..N-1 serve their metrics to worker 0 (made at start).
+        self.metrics_dir: str | None = None
 
     # -- lifecycle --------------------------------------------------------------
 
@@ -177,6 +187,9 @@ class MasterService(Service):
     def startService(self) -> None:
         super().startService()
         self._bind()
+        if self.metrics_dir is None:
+            # Private to the gateway's user (0700); gone when the master stops.
+            self.metrics_dir = tempfile.mkdtemp(prefix="idgw-metrics-")
         # (Each worker logs the config's warnings as it starts.)
         if self.install_signal_handlers:
             signal.signal(signal.SIGHUP, self._on_sighup)
@@ -255,6 +268,9 @@ class MasterService(Service):
         for _, sock in self._sockets:
             sock.close()
         self._sockets = []
+        if self.metrics_dir is not None:
+            shutil.rmtree(self.metrics_dir, ignore_errors=True)
+            self.metrics_dir = None
         self._log.info("all workers stopped")
         done, self._all_gone = self._all_gone, None
         done.callback(None)
@@ -275,7 +291,11 @@ class MasterService(Service):
             str(worker.index),
             "--drain-timeout",
             str(self.drain_timeout),
+            "--workers",
+            str(self.count),
         ]
+        if self.metrics_dir is not None:
+            args += ["--metrics-dir", self.metrics_dir]
         # 0: a pipe that only tells the worker the master is alive.
         child_fds: dict[int, Any] = {0: "w", 1: "r", 2: "r"}
         for offset, (listener, sock) in enumerate(self._sockets):
@@ -519,6 +539,9 @@ class WorkerService(GatewayService):
         index: int,
         inherited: dict[tuple[str, int], int],
         install_signal_handlers: bool = True,
+        workers: int = 1,
+        metrics_dir: str | None = None,
+        metrics: GatewayMetrics = METRICS,
     ) -> None:
         super().__init__(config, reactor, install_signal_handlers=install_signal_handlers)
         self.index = index
@@ -527,8 +550,24 @@ class WorkerService(GatewayService):
         # (host, port) -> inherited descriptor, until adopted.
         self.inherited = dict(inherited)
         self._drained: defer.Deferred[None] | None = None
+        self.metrics = metrics
+        self.metrics_dir = metrics_dir
+        self.gather_metrics = None
+        if index == 0 and workers > 1 and metrics_dir is not None:
+            # The admin listener's /metrics: every worker's figures.
+            self.gather_metrics = WorkerMetricsGatherer(
+                reactor, metrics.registry, metrics_dir, workers
+            ).exposition
 
     def startService(self) -> None:
+        if self.index > 0 and self.metrics_dir is not None:
+            from idgateway.admin import bind_metrics
+
+            # Worker 0 reads this worker's figures (scrape-time values included).
+            bind_metrics(self.metrics, self.holder, self)
+            self._ports[("metrics", self.index)] = listen_exposition(
+                self.reactor, self.metrics_dir, self.index, self.metrics.registry
+            )
         super().startService()
         for (host, port), fd in self.inherited.items():
             self._log.warn(
@@ -644,6 +683,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--config", required=True)
     parser.add_argument("--index", type=int, required=True)
     parser.add_argument("--drain-timeout", type=float, default=DRAIN_TIMEOUT)
+    parser.add_argument("--workers", type=int, default=1, help="how many workers the master runs")
+    parser.add_argument(
+        "--metrics-dir", default=None, help="where workers serve their metrics to worker 0"
+    )
     parser.add_argument(
         "--listen-fd",
         action="append",
@@ -667,7 +710,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     inherited = {address: fd for fd, address in args.listen_fd}
     try:
-        service = WorkerService(config, reactor, index=args.index, inherited=inherited)
+        service = WorkerService(
+            config,
+            reactor,
+            index=args.index,
+            inherited=inherited,
+            workers=args.workers,
+            metrics_dir=args.metrics_dir,
+        )
     except Exception:
         log.failure("worker {index} could not start", index=args.index)
         return 1

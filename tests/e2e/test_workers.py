@@ -253,3 +253,52 @@ def _established_to(port: int) -> int:
         if state == "01" and int(remote.split(":")[1], 16) == port:
             count += 1
     return count
+
+
+def test_admin_metrics_show_every_worker(start_gateway, backend):
+    import re
+
+    port, admin = free_port(), free_port()
+    config = workers_config(port, backend.port) + f"admin: {{address: 127.0.0.1:{admin}}}\n"
+    gateway = start_gateway(config, [port, admin])
+    wait_for(
+        lambda: serving_count(gateway, 0) and serving_count(gateway, 1),
+        15,
+        "both workers serving\n" + gateway.log(),
+    )
+    metrics_dirs = {
+        cmdline(pid)[cmdline(pid).index("--metrics-dir") + 1] for pid in children(gateway.pid)
+    }
+    assert len(metrics_dirs) == 1
+    metrics_dir = metrics_dirs.pop()
+    assert os.stat(metrics_dir).st_mode & 0o077 == 0  # private to the gateway's user
+    # A new connection per request: the kernel spreads them over both workers.
+    for i in range(40):
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        conn.request(
+            "GET", f"/echo?i={i}", headers={"Host": "app.localhost", "Connection": "close"}
+        )
+        assert conn.getresponse().status == 200
+        conn.close()
+    conn = http.client.HTTPConnection("127.0.0.1", admin, timeout=10)
+    conn.request("GET", "/metrics")
+    response = conn.getresponse()
+    assert response.status == 200
+    text = response.read().decode()
+    assert re.findall(r'^idgateway_worker_up\{worker="(\d)"\} 1\.0$', text, re.M) == ["0", "1"]
+    counted = {
+        worker: float(value)
+        for worker, value in re.findall(
+            r'^idgateway_requests_total\{route="app",status_class="2xx",worker="(\d)"\} (\S+)$',
+            text,
+            re.M,
+        )
+    }
+    assert sum(counted.values()) == 40, text
+    # Every sample says which worker it is from.
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            assert 'worker="' in line, line
+    assert 'idgateway_open_connections{worker="1"}' in text
+    assert gateway.stop() == 0
+    assert not os.path.exists(metrics_dir)
