@@ -33,6 +33,7 @@ import re
 import shutil
 import signal
 import socket
+import ssl
 import statistics
 import subprocess
 import sys
@@ -58,6 +59,8 @@ START_TIMEOUT = {
     "redis": 10.0,
     "apache_shm": 30.0,
     "apache_redis": 30.0,
+    "gateway_cookie_tls": 30.0,
+    "apache_shm_tls": 30.0,
 }
 
 # The login targets: one route per gateway, a real login through the provider.
@@ -66,9 +69,11 @@ LOGIN_HOST = "app1.localhost"
 LOGIN_USER, LOGIN_PASSWORD = "alice", "alice123"  # the provider's default user
 CLIENT_ID, CLIENT_SECRET = "bench-client", "bench-secret"
 APACHE_CLIENT_ID = "bench-apache-client"
-LOGIN_SERVERS = ("gateway_cookie", "gateway_redis")
+LOGIN_SERVERS = ("gateway_cookie", "gateway_redis", "gateway_cookie_tls")
 # The reference: Apache + mod_auth_openidc, shm cache and Redis cache.
-APACHE_SERVERS = ("apache_shm", "apache_redis")
+APACHE_SERVERS = ("apache_shm", "apache_redis", "apache_shm_tls")
+# Servers whose one listener is TLS (nginx has a TLS port besides its plain one).
+TLS_SERVERS = ("gateway_cookie_tls", "apache_shm_tls")
 # Redis memory: this many sessions in a DB of their own (the gateway uses 0).
 MEMORY_SESSIONS = 10_000
 MEMORY_DB = 1
@@ -128,10 +133,28 @@ class Server:
     # (the provider's discovery is done), and the logged-in client wrk imitates.
     ready_host: str | None = None
     client: object | None = None  # tests.e2e.test_login.Client after login
+    # TLS: the listener is https (tls) or there is an extra https port
+    # (nginx); ssl_context trusts the bench CA for the harness's own requests.
+    tls: bool = False
+    tls_port: int | None = None
+    ssl_context: ssl.SSLContext | None = None
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
+
+    @property
+    def https_url(self) -> str | None:
+        if self.tls:
+            return self.base_url
+        return f"https://127.0.0.1:{self.tls_port}" if self.tls_port else None
+
+    def connection(self, timeout: float) -> http.client.HTTPConnection:
+        """A connection to this server as the harness talks to it (TLS with SNI
+        app1.localhost and the bench CA on TLS listeners)."""
+        if self.tls:
+            return TLSConnection(self.port, self.ssl_context, timeout=timeout)
+        return http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
 
     def start(self) -> None:
         logf = open(self.log, "ab")  # noqa: SIM115 (closed right after Popen dups it)
@@ -163,7 +186,7 @@ class Server:
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=1):
                     pass
-                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=3)
+                conn = self.connection(3)
                 try:
                     # As a browser asks: mod_auth_openidc answers a request that
                     # does not accept HTML with 401 instead of a login redirect.
@@ -188,7 +211,7 @@ class Server:
                         f"(wrk counts non-2xx/3xx as errors): {body[:120]!r}"
                     )
                 return True
-            except (OSError, http.client.HTTPException) as e:
+            except (OSError, http.client.HTTPException, ssl.SSLError) as e:
                 last = f"{type(e).__name__}: {e}"
             time.sleep(0.1)
         what = "no login redirect" if self.ready_host else "no HTTP answer"
@@ -200,6 +223,41 @@ class Server:
         if p is None or p.poll() is not None:
             return
         stop_group(p, grace=5.0)
+
+
+class TLSConnection(http.client.HTTPSConnection):
+    """HTTPS to 127.0.0.1:port as a browser would to app1.localhost: SNI and
+    certificate check for LOGIN_HOST, trusting the bench CA."""
+
+    def __init__(self, port: int, context: ssl.SSLContext | None, timeout: float) -> None:
+        super().__init__("127.0.0.1", port, timeout=timeout, context=context)
+
+    def connect(self) -> None:
+        sock = socket.create_connection((self.host, self.port), self.timeout)
+        self.sock = self._context.wrap_socket(sock, server_hostname=LOGIN_HOST)
+
+
+@dataclass
+class BenchTLS:
+    """The throwaway CA and the one certificate (app1.localhost, 127.0.0.1) that
+    nginx, the TLS gateway and Apache's mod_ssl all serve."""
+
+    ca_file: Path
+    cert_file: Path  # leaf then CA
+    key_file: Path
+    context: ssl.SSLContext
+
+
+def make_bench_tls(directory: Path) -> BenchTLS:
+    """With tests/certs.py (the ``cryptography`` package): an EC P-256 CA and leaf."""
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))
+    from tests.certs import make_ca
+
+    ca = make_ca(directory, "idgateway bench CA")
+    leaf = ca.issue(directory, [LOGIN_HOST, "127.0.0.1"], name="app1")
+    context = ssl.create_default_context(cafile=str(ca.cert_path))
+    return BenchTLS(ca.cert_path, leaf.cert_path, leaf.key_path, context)
 
 
 def stop_group(p: subprocess.Popen, grace: float) -> None:
@@ -255,7 +313,27 @@ http {{
             root {tmp}/www;
         }}
     }}
-}}
+{tls_server}}}
+"""
+
+# The direct upstream over TLS: the same answers on a second port, with the
+# certificate the TLS gateway and Apache's mod_ssl also serve.
+NGINX_TLS_SERVER = """\
+    server {{
+        listen 127.0.0.1:{port} ssl;
+        server_name localhost;
+        ssl_certificate {cert};
+        ssl_certificate_key {key};
+
+        location / {{
+            default_type text/plain;
+            return 200 "hello from upstream\\n";
+        }}
+
+        location = /100k {{
+            root {tmp}/www;
+        }}
+    }}
 """
 
 APACHE_MODULES = "/usr/lib/apache2/modules"
@@ -290,7 +368,7 @@ LoadModule authz_user_module {modules}/mod_authz_user.so
 LoadModule proxy_module {modules}/mod_proxy.so
 LoadModule proxy_http_module {modules}/mod_proxy_http.so
 LoadModule auth_openidc_module {modules}/mod_auth_openidc.so
-
+{ssl_modules}
 StartServers            2
 MinSpareThreads         25
 MaxSpareThreads         75
@@ -301,12 +379,12 @@ MaxConnectionsPerChild  0
 
 <VirtualHost 127.0.0.1:{port}>
     ServerName {host}
-
+{ssl}
     OIDCCryptoPassphrase {passphrase}
     OIDCProviderMetadataURL {discovery_url}
     OIDCClientID {client_id}
     OIDCClientSecret {client_secret}
-    OIDCRedirectURI http://{host}:{port}/callback
+    OIDCRedirectURI {scheme}://{host}:{port}/callback
     OIDCRemoteUserClaim sub
     OIDCSSLValidateServer Off
 {cache}
@@ -320,8 +398,27 @@ MaxConnectionsPerChild  0
 </VirtualHost>
 """
 
+# mod_ssl as Debian's ssl.conf sets it up (shmcb session cache, its cipher
+# and protocol lines), with the bench certificate.
+APACHE_SSL_MODULES = """\
+LoadModule socache_shmcb_module {modules}/mod_socache_shmcb.so
+LoadModule ssl_module {modules}/mod_ssl.so
+SSLRandomSeed startup builtin
+SSLRandomSeed connect builtin
+SSLSessionCache shmcb:{root}/ssl_scache(512000)
+SSLSessionCacheTimeout 300
+SSLCipherSuite HIGH:!aNULL
+SSLProtocol all -SSLv3
+"""
+APACHE_SSL_VHOST = """\
+    SSLEngine on
+    SSLCertificateFile {cert}
+    SSLCertificateKeyFile {key}
+"""
+
 APACHE_CACHE_CONF = {
     "apache_shm": "    # OIDCCacheType shm: the module's default server-side cache\n",
+    "apache_shm_tls": "    # OIDCCacheType shm: the module's default server-side cache\n",
     "apache_redis": "    OIDCCacheType redis\n    OIDCRedisCacheServer 127.0.0.1:{redis_port}\n",
 }
 
@@ -343,13 +440,13 @@ LOGIN_GATEWAY_CONF = """\
 workers: {workers}
 listeners:
   - address: 127.0.0.1:{port}
-providers:
+{listener_tls}providers:
   wso2:
     discovery_url: {discovery_url}
     ca_file: {ca_file}
 routes:
   - name: {route}
-    hosts: [{host}]
+    hosts: [{hosts}]
     upstream: http://127.0.0.1:{upstream_port}
     oidc:
       provider: wso2
@@ -360,16 +457,36 @@ routes:
     session:
 {session}"""
 
+# The TLS gateway's listener; wrk sends the URL's 127.0.0.1 as its TLS server
+# name, which must name the same route as the Host header (else 421).
+LISTENER_TLS = """\
+    tls:
+      certificates:
+        - {{cert: {cert}, key: {key}}}
+"""
+
 SESSION_CONF = {
     "gateway_cookie": "      store: cookie\n      keys: [{key}]\n",
+    "gateway_cookie_tls": "      store: cookie\n      keys: [{key}]\n",
     "gateway_redis": "      store: redis\n      url: {redis_url}\n      keys: [{key}]\n",
 }
 
 
-def make_servers(tmp: Path, venv: Path, stock_log: bool, workers: int) -> dict[str, Server]:
-    nginx_port, stock_port, gw_port, cookie_port, redis_gw_port, shm_port, aredis_port = free_ports(
-        7
-    )
+def make_servers(
+    tmp: Path, venv: Path, stock_log: bool, workers: int, tls: BenchTLS | None = None
+) -> dict[str, Server]:
+    (
+        nginx_port,
+        stock_port,
+        gw_port,
+        cookie_port,
+        redis_gw_port,
+        shm_port,
+        aredis_port,
+        nginx_tls_port,
+        cookie_tls_port,
+        shm_tls_port,
+    ) = free_ports(10)
 
     (tmp / "www").mkdir()
     (tmp / "www" / "100k").write_bytes(os.urandom(BODY_100K))
@@ -380,6 +497,11 @@ def make_servers(tmp: Path, venv: Path, stock_log: bool, workers: int) -> dict[s
             # nginx warns and ignores `user` unless it runs as root; as root the
             # default (nobody/www-data) could not read a 0700 temp dir.
             user="user root;\n" if os.geteuid() == 0 else "",
+            tls_server=NGINX_TLS_SERVER.format(
+                port=nginx_tls_port, cert=tls.cert_file, key=tls.key_file, tmp=tmp
+            )
+            if tls
+            else "",
         )
     )
     (tmp / "gateway.yaml").write_text(
@@ -427,6 +549,18 @@ def make_servers(tmp: Path, venv: Path, stock_log: bool, workers: int) -> dict[s
             env=gw_env,
             ready_host=f"{LOGIN_HOST}:{redis_gw_port}",
         ),
+        "gateway_cookie_tls": Server(
+            "gateway_cookie_tls",
+            "idgateway, login, cookie session, TLS",
+            twistd("gateway-cookie-tls.yaml"),
+            cookie_tls_port,
+            tmp / "gateway-cookie-tls.log",
+            REPO,
+            env=gw_env,
+            ready_host=f"{LOGIN_HOST}:{cookie_tls_port}",
+            tls=True,
+            ssl_context=tls.context if tls else None,
+        ),
     }
 
     # Apache's configs, like the login gateways', are written once the provider runs.
@@ -439,10 +573,13 @@ def make_servers(tmp: Path, venv: Path, stock_log: bool, workers: int) -> dict[s
             tmp / f"{key}.out",
             tmp,
             ready_host=f"{LOGIN_HOST}:{port}",
+            tls=key in TLS_SERVERS,
+            ssl_context=tls.context if tls and key in TLS_SERVERS else None,
         )
         for key, label, port in (
             ("apache_shm", "mod_auth_openidc, shm cache", shm_port),
             ("apache_redis", "mod_auth_openidc, Redis cache", aredis_port),
+            ("apache_shm_tls", "mod_auth_openidc, shm cache, mod_ssl", shm_tls_port),
         )
     }
 
@@ -464,6 +601,7 @@ def make_servers(tmp: Path, venv: Path, stock_log: bool, workers: int) -> dict[s
             nginx_port,
             tmp / "nginx.out",
             tmp,
+            tls_port=nginx_tls_port if tls else None,
         ),
         "stock": Server(
             "stock",
@@ -559,7 +697,8 @@ def provider_config(servers: dict[str, Server]) -> dict:
                         "client_id": CLIENT_ID,
                         "client_secret": CLIENT_SECRET,
                         "redirect_uris": [
-                            f"http://{LOGIN_HOST}:{servers[k].port}/oauth2/callback"
+                            f"{'https' if servers[k].tls else 'http'}://"
+                            f"{LOGIN_HOST}:{servers[k].port}/oauth2/callback"
                             for k in LOGIN_SERVERS
                             if k in servers
                         ]
@@ -572,7 +711,8 @@ def provider_config(servers: dict[str, Server]) -> dict:
                         "client_id": APACHE_CLIENT_ID,
                         "client_secret": CLIENT_SECRET,
                         "redirect_uris": [
-                            f"http://{LOGIN_HOST}:{servers[k].port}/callback"
+                            f"{'https' if servers[k].tls else 'http'}://"
+                            f"{LOGIN_HOST}:{servers[k].port}/callback"
                             for k in APACHE_SERVERS
                             if k in servers
                         ]
@@ -589,8 +729,15 @@ def provider_config(servers: dict[str, Server]) -> dict:
 class LoginRig:
     """Redis, the provider, and the scripted logins for the two login gateways."""
 
-    def __init__(self, tmp: Path, servers: dict[str, Server], workers: int = 1) -> None:
+    def __init__(
+        self,
+        tmp: Path,
+        servers: dict[str, Server],
+        workers: int = 1,
+        tls: BenchTLS | None = None,
+    ) -> None:
         self.tmp = tmp
+        self.tls = tls
         self.workers = workers
         self.servers = servers
         self.key = base64.b64encode(os.urandom(32)).decode("ascii")  # both routes' key ring
@@ -658,14 +805,18 @@ class LoginRig:
         session = SESSION_CONF[srv.key].format(
             key=self.key, redis_url=self.redis_url if self.redis else ""
         )
+        tls = self.tls if srv.tls else None
         (self.tmp / Path(srv.argv[-1]).name).write_text(
             LOGIN_GATEWAY_CONF.format(
                 workers=self.workers,
                 port=srv.port,
+                listener_tls=LISTENER_TLS.format(cert=tls.cert_file, key=tls.key_file)
+                if tls
+                else "",
+                hosts=f"{LOGIN_HOST}, 127.0.0.1" if tls else LOGIN_HOST,
                 discovery_url=self.provider.discovery_url(),
                 ca_file=self.provider.ca_file,
                 route=LOGIN_ROUTE,
-                host=LOGIN_HOST,
                 upstream_port=self.servers["nginx"].port,
                 client_id=CLIENT_ID,
                 client_secret=CLIENT_SECRET,
@@ -684,8 +835,14 @@ class LoginRig:
         cache = APACHE_CACHE_CONF[srv.key].format(redis_port=self.redis.port if self.redis else 0)
         user = "www-data" if os.geteuid() == 0 else f"#{os.geteuid()}"
         group = "www-data" if os.geteuid() == 0 else f"#{os.getegid()}"
+        tls = self.tls if srv.tls else None
         (root / "httpd.conf").write_text(
             APACHE_CONF.format(
+                ssl_modules=APACHE_SSL_MODULES.format(modules=APACHE_MODULES, root=root)
+                if tls
+                else "",
+                ssl=APACHE_SSL_VHOST.format(cert=tls.cert_file, key=tls.key_file) if tls else "",
+                scheme="https" if tls else "http",
                 root=root,
                 log_level=os.environ.get("BENCH_APACHE_LOGLEVEL", "warn"),
                 user=user,
@@ -705,7 +862,7 @@ class LoginRig:
     def login_apache(self, srv: Server) -> str | None:
         """The same real login through mod_auth_openidc: GET / -> provider
         login -> /callback -> session cookie; None if it worked, else why not."""
-        client = self.helpers[0](srv.port, LOGIN_HOST)
+        client = self.client_for(srv)
         try:
             status, headers, body = client.get("/", {"Accept": "text/html"})
             if status != 302:
@@ -729,11 +886,17 @@ class LoginRig:
         }
         return None
 
+    def client_for(self, srv: Server):
+        """tests.e2e.test_login.Client, or its HTTPS twin for a TLS listener."""
+        client_cls = self.helpers[0]
+        if not srv.tls:
+            return client_cls(srv.port, LOGIN_HOST)
+        return tls_client_class(client_cls)(srv.port, LOGIN_HOST, srv.ssl_context)
+
     def login(self, srv: Server) -> str | None:
         """Log in through the real flow (gateway -> provider -> callback); None if
         it worked, else why not.  The client then holds the session cookie."""
-        client_cls = self.helpers[0]
-        client = client_cls(srv.port, LOGIN_HOST)
+        client = self.client_for(srv)
         try:
             status, body = client.login(self.provider, "/", LOGIN_USER, LOGIN_PASSWORD)
         except Exception as e:  # noqa: BLE001 (AssertionError, ProviderError, OSError...)
@@ -763,7 +926,7 @@ class LoginRig:
         cookie (as a browser would), and logs in again if the session is gone."""
         try:
             status, _, _ = srv.client.get("/", {"Accept": "application/json"})
-        except (OSError, http.client.HTTPException) as e:
+        except (OSError, http.client.HTTPException, ssl.SSLError) as e:
             return f"session check failed: {type(e).__name__}: {e}"
         if status == 200:
             return None
@@ -775,6 +938,40 @@ class LoginRig:
             if what is not None:
                 with contextlib.suppress(Exception):
                     what.stop()
+
+
+def tls_client_class(client_cls):
+    """The scripted-login Client over HTTPS (SNI and certificate of LOGIN_HOST,
+    the bench CA trusted); cookies, login steps and assertions are its own."""
+    from http.cookies import SimpleCookie
+
+    class TLSClient(client_cls):
+        def __init__(self, port: int, host: str, context: ssl.SSLContext) -> None:
+            super().__init__(port, host)
+            self.context = context
+
+        def get(self, path: str, headers: dict[str, str] | None = None):
+            conn = TLSConnection(self.port, self.context, timeout=20)
+            try:
+                all_headers = {"Host": self.host, **(headers or {})}
+                if self.cookies:
+                    all_headers["Cookie"] = "; ".join(f"{k}={v}" for k, v in self.cookies.items())
+                conn.request("GET", path, headers=all_headers)
+                response = conn.getresponse()
+                body = response.read()
+                for value in response.headers.get_all("Set-Cookie") or []:
+                    cookie = SimpleCookie()
+                    cookie.load(value)
+                    for name, morsel in cookie.items():
+                        if morsel["max-age"] == "0" or morsel.value == "":
+                            self.cookies.pop(name, None)
+                        else:
+                            self.cookies[name] = morsel.value
+                return response.status, response.headers, body
+            finally:
+                conn.close()
+
+    return TLSClient
 
 
 def cookie_header(client) -> str:
@@ -796,7 +993,7 @@ def session_reissued(srv: Server, cookie: str) -> bool | None:
     """Whether the gateway answers ``cookie`` (what wrk sent) with a new
     Set-Cookie now: the cookie is older than the gateway's re-issue interval, so
     the last part of the run paid for re-sealing on every request."""
-    conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=10)
+    conn = srv.connection(10)
     try:
         conn.request(
             "GET",
@@ -806,7 +1003,7 @@ def session_reissued(srv: Server, cookie: str) -> bool | None:
         resp = conn.getresponse()
         resp.read()
         return bool(resp.headers.get_all("Set-Cookie"))
-    except (OSError, http.client.HTTPException):
+    except (OSError, http.client.HTTPException, ssl.SSLError):
         return None
     finally:
         conn.close()
@@ -1136,10 +1333,16 @@ CASES = [
     ("gateway_100k", "gateway", "/100k"),
     ("login_cookie_100k", "gateway_cookie", "/100k"),
     ("apache_shm_100k", "apache_shm", "/100k"),
+    # Over TLS (one certificate for all three; wrk keeps its connections, so
+    # this is TLS record cost, not handshakes).
+    ("direct_tls", "nginx", "/"),
+    ("login_cookie_tls", "gateway_cookie_tls", "/"),
+    ("apache_shm_tls", "apache_shm_tls", "/"),
 ]
 # Cases that send a logged-in user's session (the gateway's or Apache's).
-LOGIN_CASES = ("login_cookie", "login_redis", "login_cookie_100k")
-APACHE_CASES = ("apache_shm", "apache_redis", "apache_shm_100k")
+LOGIN_CASES = ("login_cookie", "login_redis", "login_cookie_100k", "login_cookie_tls")
+APACHE_CASES = ("apache_shm", "apache_redis", "apache_shm_100k", "apache_shm_tls")
+TLS_CASES = ("direct_tls", "login_cookie_tls", "apache_shm_tls")
 SESSION_CASES = LOGIN_CASES + APACHE_CASES
 # Measurements other than wrk rows, each a line under the table; --only takes
 # their keys too.
@@ -1162,12 +1365,23 @@ RATIOS = [
     ("mod_auth_openidc Redis / direct upstream", "apache_redis", "direct"),
     ("cookie session / direct upstream (100 KB)", "login_cookie_100k", "direct_100k"),
     ("mod_auth_openidc shm / direct upstream (100 KB)", "apache_shm_100k", "direct_100k"),
+    ("cookie session / mod_auth_openidc shm (TLS)", "login_cookie_tls", "apache_shm_tls"),
+    ("cookie session / direct upstream (TLS)", "login_cookie_tls", "direct_tls"),
+    ("mod_auth_openidc shm / direct upstream (TLS)", "apache_shm_tls", "direct_tls"),
 ]
+# The "÷ apache" column: a gateway row against its mod_auth_openidc twin.
+VS_APACHE = {
+    "cookie session / mod_auth_openidc shm": "login_cookie",
+    "Redis session / mod_auth_openidc Redis": "login_redis",
+    "cookie session / mod_auth_openidc shm (100 KB)": "login_cookie_100k",
+    "cookie session / mod_auth_openidc shm (TLS)": "login_cookie_tls",
+}
 # Targets for ratios (req/s), shown next to them (issue 6).
 RATIO_TARGETS = {
     "Redis session / cookie session": 0.8,
     "cookie session / mod_auth_openidc shm": 1.5,
     "Redis session / mod_auth_openidc Redis": 1.5,
+    "cookie session / mod_auth_openidc shm (TLS)": 1.5,
 }
 
 
@@ -1237,8 +1451,15 @@ def render(
         "gateway_100k": ratios.get("gateway / direct upstream (100 KB)"),
         "login_cookie": ratios.get("cookie session / direct upstream"),
         "login_redis": ratios.get("Redis session / direct upstream"),
+        "login_cookie_100k": ratios.get("cookie session / direct upstream (100 KB)"),
+        "apache_shm": ratios.get("mod_auth_openidc shm / direct upstream"),
+        "apache_redis": ratios.get("mod_auth_openidc Redis / direct upstream"),
+        "apache_shm_100k": ratios.get("mod_auth_openidc shm / direct upstream (100 KB)"),
+        "login_cookie_tls": ratios.get("cookie session / direct upstream (TLS)"),
+        "apache_shm_tls": ratios.get("mod_auth_openidc shm / direct upstream (TLS)"),
     }
     vs_stock = {"gateway": ratios.get("gateway / stock proxy")}
+    vs_apache = {case: ratios.get(name) for name, case in VS_APACHE.items()}
     header = [
         "target",
         "path",
@@ -1249,16 +1470,18 @@ def render(
         "MB/s",
         "÷ direct",
         "÷ stock",
+        "÷ apache",
         "errors",
     ]
     rows = [header]
     for key, case in cases.items():
         s = case.summary()
         if s is None:
-            rows.append([case.label, case.path, "not run", "-", "-", "-", "-", "-", "-", "-"])
+            rows.append([case.label, case.path, "not run", *["-"] * (len(header) - 3)])
             continue
         r_direct = ratio_rows.get(key)
         r_stock = vs_stock.get(key)
+        r_apache = vs_apache.get(key)
         rows.append(
             [
                 case.label,
@@ -1270,6 +1493,7 @@ def render(
                 fmt_bytes(s["transfer_bytes_per_s"]),
                 fmt_x(r_direct["rps"]) if r_direct else "-",
                 fmt_x(r_stock["rps"]) if r_stock else "-",
+                fmt_x(r_apache["rps"]) if r_apache else "-",
                 str(s["errors_total"]),
             ]
         )
@@ -1285,8 +1509,9 @@ def render(
             lines.append("  ".join("-" * w for w in widths))
     lines.append("")
     lines.append(
-        "÷ direct / ÷ stock: this row's median req/s divided by the direct-upstream "
-        "(same path) / stock-proxy row's; 1.00x = as fast."
+        "÷ direct / ÷ stock / ÷ apache: this row's median req/s divided by the "
+        "direct-upstream row's (same path, same TLS or not) / the stock proxy's / its "
+        "mod_auth_openidc twin's; 1.00x = as fast."
     )
     lat = []
     for name in ("gateway / stock proxy", "gateway / direct upstream"):
@@ -1308,6 +1533,21 @@ def render(
                 text += f", latency p50 {fmt_x(r['p50'])}, p99 {fmt_x(r['p99'])}"
             parts.append(text)
         lines.append("login rows (req/s): " + "; ".join(parts))
+    vs = []
+    for name, key in VS_APACHE.items():
+        r = ratios.get(name)
+        if key not in cases or r is None:
+            continue
+        text = f"{name.split(' / ')[0]}{name[name.find(' (') :] if ' (' in name else ''} "
+        text += fmt_x(r["rps"])
+        target = RATIO_TARGETS.get(name)
+        if target is not None:
+            text += f" (target ≥ {target:g}x: {'met' if r['rps'] >= target else 'NOT met'})"
+        if r["p50"] and r["p99"]:
+            text += f", latency p50 {fmt_x(r['p50'])}, p99 {fmt_x(r['p99'])}"
+        vs.append(text)
+    if vs:
+        lines.append("÷ mod_auth_openidc (req/s): " + "; ".join(vs))
     if memory is not None:
         if memory.get("mib_per_10k") is not None:
             lines.append(
@@ -1659,18 +1899,29 @@ def main(argv: list[str] | None = None) -> int:
                 return None, why, None
             headers = session_headers(srv)
             cookie = cookie_header(srv.client)
-        parsed, out = run_wrk(
-            srv.base_url + case.path, args.threads, args.connections, seconds, headers
-        )
+        base = srv.https_url if case.key in TLS_CASES else srv.base_url
+        parsed, out = run_wrk(base + case.path, args.threads, args.connections, seconds, headers)
         return parsed, out, cookie
 
+    tls: BenchTLS | None = None
+    tls_error: str | None = None
     try:
-        servers = make_servers(tmp, venv, stock_log=not args.stock_no_log, workers=args.workers)
+        if any(key in TLS_CASES for key in cases):
+            try:
+                tls = make_bench_tls(tmp / "tls")
+            except Exception as e:  # noqa: BLE001 (no cryptography, ...: say it, go on)
+                tls_error = f"no TLS certificate ({type(e).__name__}: {e})"
+                info(f"TLS rows: {tls_error}")
+        servers = make_servers(
+            tmp, venv, stock_log=not args.stock_no_log, workers=args.workers, tls=tls
+        )
         # Only the servers some case measures (nginx always: every proxy needs it).
         wanted = {"nginx"} | {case.server for case in cases.values()}
         servers = {key: srv for key, srv in servers.items() if key in wanted}
         for case in cases.values():
             case.label = servers[case.server].label
+            if case.key in TLS_CASES and not servers[case.server].tls:
+                case.label += ", TLS"
         if not (os.path.isfile(APACHE) and os.access(APACHE, os.X_OK)):
             for key in APACHE_SERVERS:
                 if key in servers:
@@ -1678,6 +1929,9 @@ def main(argv: list[str] | None = None) -> int:
                         f"{APACHE} is missing "
                         "(apt-get install -y apache2 libapache2-mod-auth-openidc)"
                     )
+        for key in TLS_SERVERS:
+            if key in servers and tls_error:
+                servers[key].error = tls_error
 
         # nginx first: every proxy needs it.
         for key in ("nginx", "stock", "gateway"):
@@ -1689,12 +1943,15 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             start_server(srv, tmp)
         if any(key in servers for key in LOGIN_SERVERS + APACHE_SERVERS):
-            rig = LoginRig(tmp, servers, args.workers)
+            rig = LoginRig(tmp, servers, args.workers, tls)
             start_login_targets(rig, servers)
 
         for case in cases.values():
             srv = servers[case.server]
-            if srv.error:
+            if case.key in TLS_CASES and tls_error and not srv.error:
+                case.skipped = tls_error
+                notes.append(f"{case.label} {case.path}: not measured, {tls_error}")
+            elif srv.error:
                 case.skipped = f"{srv.label}: {srv.error}"
                 notes.append(f"{case.label} {case.path}: not measured, {srv.error}")
         notes = list(dict.fromkeys(notes))
