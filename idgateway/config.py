@@ -39,6 +39,7 @@ from idgateway.model import (
     LoggingSettings,
     PathRoute,
     ProviderSettings,
+    ReloadSettings,
     Route,
     TLSSettings,
     Upstream,
@@ -297,6 +298,7 @@ def _build_config(reader: Reader, found: Section) -> Config | _Invalid:
         redis=found.values["redis"],
         admin=found.values["admin"],
         logging=found.values["logging"],
+        reload=found.values["reload"],
     )
 
 
@@ -409,6 +411,26 @@ LOGGING_FIELDS = (
         "user_id", _choice(("plain", "hash", "none")), default=_default(LoggingSettings, "user_id")
     ),
 )
+# A shorter interval would only burn CPU: editors and deploy tools take longer
+# than that to write a file.
+MIN_WATCH_INTERVAL = 0.1
+
+
+def _watch_interval(text: str) -> float:
+    seconds = units.parse_duration(text)
+    if seconds < MIN_WATCH_INTERVAL:
+        raise ValueError(f"must be at least 100ms, e.g. 2s; got {text!r}")
+    return seconds
+
+
+RELOAD_FIELDS = (
+    Field("watch", boolean, default=_default(ReloadSettings, "watch")),
+    Field(
+        "interval",
+        parsed(_watch_interval, "a duration of at least 100ms, e.g. 2s"),
+        default=_default(ReloadSettings, "interval"),
+    ),
+)
 _NETWORKS = list_of(
     parsed(units.parse_network, "an IP address or network, e.g. 10.0.0.0/8"),
     "a list of IP addresses or networks, e.g. [10.0.0.0/8, 192.0.2.7]",
@@ -441,6 +463,15 @@ TOP_FIELDS = (
             lambda _, found: LoggingSettings(**found.values),
         ),
         default=LoggingSettings(),
+    ),
+    Field(
+        "reload",
+        mapping(
+            RELOAD_FIELDS,
+            "a mapping like {watch: true, interval: 2s}",
+            lambda _, found: ReloadSettings(**found.values),
+        ),
+        default=ReloadSettings(),
     ),
 )
 

@@ -127,6 +127,16 @@ class LoggingSettings:
 
 
 @attrs.frozen
+class ReloadSettings:
+    """``reload:``: whether the gateway re-reads its file by itself when it changes."""
+
+    # Poll the file; a change reloads exactly as SIGHUP does.
+    watch: bool = False
+    # Seconds between checks (a stat; the file is read only when that changed).
+    interval: float = 2.0
+
+
+@attrs.frozen
 class Config:
     source: str
     listeners: tuple[Listener, ...]
@@ -144,6 +154,7 @@ class Config:
     # (revoked sids, logout-token jti replay); None: process memory only.
     redis: RedisSettings | None = None
     logging: LoggingSettings = LoggingSettings()
+    reload: ReloadSettings = ReloadSettings()
 
 
 # ---- login: providers, per-route OIDC clients, sessions, identity headers ---------------

@@ -21,6 +21,7 @@ from idgateway.proxy import GatewayResource, StateHolder
 from idgateway.request import GatewayChannel, GatewaySite
 from idgateway.runtime import StateBuilder
 from idgateway.tls import SNIServerContexts
+from idgateway.watch import ConfigWatcher
 
 # Idle keep-alive connections from clients are closed after this long.
 CLIENT_IDLE_TIMEOUT = 75
@@ -170,6 +171,8 @@ class GatewayService(MultiService):
         # Every Site made for a listener, so that SIGTERM can drain them.
         self._drain_sites: list[DrainableSite] = []
         self._draining: defer.Deferred[None] | None = None
+        # reload: {watch: true}: a change to the file reloads as SIGHUP does.
+        self.watcher = ConfigWatcher(config.source, reactor, self.reload)
 
     # -- lifecycle --------------------------------------------------------------
 
@@ -200,10 +203,13 @@ class GatewayService(MultiService):
         )
         # systemd hook: READY=1 once the reactor runs (its SIGTERM handler is in place).
         self.reactor.callWhenRunning(systemd.ready, f"serving {len(self.config.routes)} route(s)")
+        if self.watches_config:
+            self.watcher.apply(self.config.reload)
 
     def stopService(self) -> defer.Deferred[None]:
         systemd.stopping()  # systemd hook: STOPPING=1
         super().stopService()
+        self.watcher.stop()
         ports, self._ports = list(self._ports.values()), {}
         stops = [defer.maybeDeferred(port.stopListening) for port in ports]
         for pool in self.holder.current.pools.values():
@@ -214,6 +220,9 @@ class GatewayService(MultiService):
     serves_admin = True
     # Whether SIGTERM drains this process (workers get it from their master).
     drains_on_sigterm = True
+    # Whether this process watches the config file (reload: watch); with
+    # workers the master does, and tells them all as SIGHUP would.
+    watches_config = True
 
     def _listen_admin(self) -> None:
         if self.config.admin is None or not self.serves_admin:
@@ -307,6 +316,7 @@ class GatewayService(MultiService):
         """
         if self._draining is not None:
             return self._draining
+        self.watcher.stop()
         ports, self._ports = list(self._ports.values()), {}
         stops: list[defer.Deferred[Any]] = [
             defer.maybeDeferred(port.stopListening) for port in ports
@@ -379,6 +389,8 @@ class GatewayService(MultiService):
         self._sync_listeners(config)
         self.config = config
         self.reloads += 1
+        if self.watches_config:
+            self.watcher.apply(config.reload)
         for warning in config.warnings:
             self._log.warn("config: {warning}", warning=warning)
         self._log.info("configuration reloaded: {routes} route(s)", routes=len(config.routes))

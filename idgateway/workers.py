@@ -62,6 +62,7 @@ from idgateway.metrics import METRICS, GatewayMetrics
 from idgateway.model import Config, Listener
 from idgateway.service import GatewayService
 from idgateway.tls import SNIServerContexts
+from idgateway.watch import ConfigWatcher
 from idgateway.worker_metrics import WorkerMetricsGatherer, listen_exposition
 
 # Seconds a worker gives in-flight requests after SIGTERM before it cuts them.
@@ -176,6 +177,8 @@ class MasterService(Service):
         self._notified_ready = False
         # Where workers 1..N-1 serve their metrics to worker 0 (made at start).
         self.metrics_dir: str | None = None
+        # reload: {watch: true}: a change to the file reloads every worker.
+        self.watcher = ConfigWatcher(self.config_path, reactor, self.reload)
 
     # -- lifecycle --------------------------------------------------------------
 
@@ -199,6 +202,7 @@ class MasterService(Service):
             self.reactor.callWhenRunning(signal.signal, signal.SIGTERM, self._on_sigterm)
         for worker in self.workers:
             self._spawn(worker)
+        self.watcher.apply(self.config.reload)
         self._log.info(
             "idgateway master (pid {pid}) serving with {count} workers on {listeners}",
             pid=os.getpid(),
@@ -233,6 +237,7 @@ class MasterService(Service):
         systemd.stopping()  # systemd hook: STOPPING=1
         super().stopService()
         self._stopping = True
+        self.watcher.stop()
         for worker in self.workers:
             if worker.restart_call is not None and worker.restart_call.active():
                 worker.restart_call.cancel()
@@ -426,6 +431,7 @@ class MasterService(Service):
                 count=self.count,
             )
         self.config = config
+        self.watcher.apply(config.reload)
 
 
 def _describe_exit(reason: Failure) -> str:
@@ -530,6 +536,7 @@ class WorkerService(GatewayService):
     """GatewayService on sockets inherited from the master instead of its own."""
 
     drains_on_sigterm = False  # the worker installs its own SIGTERM handling
+    watches_config = False  # the master watches (reload: watch) and sends SIGHUP
 
     def __init__(
         self,
