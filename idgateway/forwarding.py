@@ -97,6 +97,39 @@ def connection_tokens(values: Sequence[bytes] | None) -> frozenset[bytes]:
     )
 
 
+# What build_request_head does with a header, by name: decided once per
+# (name, strip set) and remembered, since every request repeats the same few
+# dozen names. Tables are per strip set (one or two per route).
+_EMIT, _DROP, _FORWARDING = 0, 1, 2
+_TABLES_MAX = 256
+_TABLE_NAMES_MAX = 1024
+_decision_tables: dict[tuple[frozenset[bytes], tuple[bytes, ...]], dict[bytes, int]] = {}
+
+
+def _decision_table(strip: frozenset[bytes], strip_prefixes: tuple[bytes, ...]) -> dict[bytes, int]:
+    table = _decision_tables.get((strip, strip_prefixes))
+    if table is None:
+        if len(_decision_tables) >= _TABLES_MAX:
+            _decision_tables.clear()
+        table = _decision_tables[(strip, strip_prefixes)] = {}
+    return table
+
+
+def _decide(key: bytes, strip: frozenset[bytes], strip_prefixes: tuple[bytes, ...]) -> int:
+    if key in REQUEST_HOP_BY_HOP or key in strip:
+        return _DROP
+    if strip_prefixes and key.startswith(strip_prefixes):
+        return _DROP
+    if key in FORWARDING_HEADERS:
+        return _FORWARDING
+    if key == b"x-request-id":
+        return _DROP
+    return _EMIT
+
+
+_SCAN = object()
+
+
 def build_request_head(
     *,
     method: bytes,
@@ -115,29 +148,39 @@ def build_request_head(
     chunked_body: bool = False,
     upgrade: bytes | None = None,
     extra: Iterable[tuple[bytes, bytes]] = (),
+    connection: Sequence[bytes] | None | object = _SCAN,
 ) -> bytes:
     """The request line and headers to send upstream, ready to write.
 
     ``strip`` holds header keys (see ``header_key``) the gateway itself sets
     for this route, such as identity headers: a client must never supply them.
+    ``connection``: the request's Connection header values if the caller has
+    them at hand (None: there is none); otherwise ``headers`` is searched.
     """
-    named_in_connection: frozenset[bytes] = frozenset()
     incoming_forwarded: dict[bytes, bytes] = {}
     out = [method, b" ", target, b" HTTP/1.1\r\nHost: ", host_header, b"\r\n"]
-    header_list = list(headers)
+    header_list = headers if isinstance(headers, list | tuple) else list(headers)
+    if connection is _SCAN:
+        connection = None
+        for name, values in header_list:
+            if name.lower() == b"connection":
+                connection = values
+                break
+    named_in_connection = connection_tokens(connection)  # type: ignore[arg-type]
+    table = _decision_table(strip, strip_prefixes)
     for name, values in header_list:
-        if name.lower() == b"connection":
-            named_in_connection = connection_tokens(values)
-            break
-    for name, values in header_list:
-        key = header_key(name)
-        if key in REQUEST_HOP_BY_HOP or key in named_in_connection or key in strip:
+        action = table.get(name)
+        if action is None:
+            action = _decide(header_key(name), strip, strip_prefixes)
+            if len(table) < _TABLE_NAMES_MAX:
+                table[name] = action
+        if action == _DROP:
             continue
-        if strip_prefixes and key.startswith(strip_prefixes):
+        if named_in_connection and header_key(name) in named_in_connection:
             continue
-        if key in FORWARDING_HEADERS or key == b"x-request-id":
-            if trusted_peer and key in FORWARDING_HEADERS:
-                incoming_forwarded[key] = b", ".join(values)
+        if action == _FORWARDING:
+            if trusted_peer:
+                incoming_forwarded[header_key(name)] = b", ".join(values)
             continue
         for value in values:
             out += (name, b": ", value, b"\r\n")

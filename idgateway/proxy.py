@@ -137,8 +137,9 @@ class GatewayResource(Resource):
         route = runtime.route
         pool, upstream = runtime.pool_for(request.path)
         headers = request.requestHeaders
-        upgrade = is_websocket_upgrade(
-            headers.getRawHeaders(b"connection"), headers.getRawHeaders(b"upgrade")
+        connection = headers.getRawHeaders(b"connection")
+        upgrade = connection is not None and is_websocket_upgrade(
+            connection, headers.getRawHeaders(b"upgrade")
         )
         body = request.body
         chunked = body is not None and body.length is None
@@ -150,7 +151,8 @@ class GatewayResource(Resource):
         head = build_request_head(
             method=request.method,
             target=target,
-            headers=headers.getAllRawHeaders(),
+            headers=list(headers.getAllRawHeaders()),
+            connection=connection,
             host_header=host if route.preserve_host else upstream.host_header.encode(),
             client_ip=client_ip.encode(),
             proto=self.proto,
