@@ -1258,6 +1258,529 @@ def run_wrk(
     return parsed, out
 
 
+# --------------------------------------------------------------------------- process figures
+
+_CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _proc_stat(pid: int) -> list[str] | None:
+    """/proc/PID/stat fields after the command name (index 0 = state)."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return text[text.rfind(")") + 2 :].split()
+
+
+def process_tree(leader: int) -> list[int]:
+    """The leader, every process of its process group (servers here are started
+    in a session of their own) and every descendant, e.g. gateway workers,
+    nginx and Apache children."""
+    parents: dict[int, int] = {}
+    members = {leader}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        fields = _proc_stat(int(entry))
+        if fields is None:
+            continue
+        pid, ppid, pgrp = int(entry), int(fields[1]), int(fields[2])
+        parents[pid] = ppid
+        if pgrp == leader:
+            members.add(pid)
+    grew = True
+    while grew:
+        grew = False
+        for pid, ppid in parents.items():
+            if ppid in members and pid not in members:
+                members.add(pid)
+                grew = True
+    return sorted(p for p in members if p in parents or p == leader)
+
+
+def tree_cpu_seconds(leader: int) -> float:
+    """utime + stime of every live process of the tree, in seconds."""
+    total = 0
+    for pid in process_tree(leader):
+        fields = _proc_stat(pid)
+        if fields is not None:
+            total += int(fields[11]) + int(fields[12])
+    return total / _CLK_TCK
+
+
+def tree_memory(leader: int) -> dict:
+    """RSS and PSS (kB) summed over the tree; PSS shares shared pages out
+    fairly between the processes (RSS counts them in each)."""
+    rss = pss = 0
+    pss_ok = True
+    pids = process_tree(leader)
+    for pid in pids:
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    rss += int(line.split()[1])
+                    break
+        except OSError:
+            continue
+        try:
+            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    pss += int(line.split()[1])
+                    break
+        except OSError:
+            pss_ok = False
+    return {"processes": len(pids), "rss_kib": rss, "pss_kib": pss if pss_ok else None}
+
+
+def raise_nofile(wanted: int) -> dict:
+    """Raise our RLIMIT_NOFILE soft limit to the hard limit (the servers we start
+    inherit it); says whether ``wanted`` descriptors fit."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    new = hard if hard != resource.RLIM_INFINITY else max(soft, wanted * 2)
+    if new > soft:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return {"soft": soft, "hard": hard, "enough": soft >= wanted}
+
+
+# --------------------------------------------------------------------------- raw HTTP
+
+
+def http_request(host: str, cookie: str, path: str = "/") -> bytes:
+    return (
+        f"GET {path} HTTP/1.1\r\nHost: {host}\r\nCookie: {cookie}\r\n"
+        "Accept: application/json\r\n\r\n"
+    ).encode("latin-1")
+
+
+def read_response(sock: socket.socket, buf: bytearray) -> int:
+    """Read one response (Content-Length or empty body) from a keep-alive
+    socket; its status.  ``buf`` holds bytes read past it."""
+    while b"\r\n\r\n" not in buf:
+        data = sock.recv(65536)
+        if not data:
+            raise ConnectionError("closed before a response")
+        buf += data
+    end = buf.index(b"\r\n\r\n") + 4
+    head = bytes(buf[:end]).decode("latin-1")
+    status = int(head.split(" ", 2)[1])
+    m = re.search(r"(?im)^content-length:\s*(\d+)", head)
+    length = int(m.group(1)) if m else 0
+    while len(buf) < end + length:
+        data = sock.recv(65536)
+        if not data:
+            raise ConnectionError("closed mid-body")
+        buf += data
+    del buf[: end + length]
+    return status
+
+
+def _run_threads(work, items: list, threads: int) -> list:
+    """work(items_slice) in threads; their results concatenated."""
+    import threading
+
+    out: list = []
+    lock = threading.Lock()
+    errors: list[BaseException] = []
+
+    def run(part: list) -> None:
+        try:
+            got = work(part)
+        except BaseException as e:  # noqa: BLE001 (reported by the caller)
+            errors.append(e)
+            return
+        with lock:
+            out.extend(got)
+
+    ts = [
+        threading.Thread(target=run, args=(items[i::threads],), daemon=True) for i in range(threads)
+    ]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    if errors:
+        raise errors[0]
+    return out
+
+
+def send_many(srv: Server, cookies: list[str], threads: int = 8) -> dict:
+    """One authenticated GET / per cookie over ``threads`` keep-alive
+    connections; status counts and the rate."""
+
+    def work(part: list[str]) -> list[int]:
+        statuses = []
+        sock = socket.create_connection(("127.0.0.1", srv.port), timeout=30)
+        buf = bytearray()
+        try:
+            for cookie in part:
+                if _deferred_signals:
+                    break
+                sock.sendall(http_request(srv.client.host, cookie))
+                statuses.append(read_response(sock, buf))
+        finally:
+            sock.close()
+        return statuses
+
+    t0 = time.monotonic()
+    statuses = _run_threads(work, cookies, threads)
+    elapsed = time.monotonic() - t0
+    counts: dict[str, int] = {}
+    for s in statuses:
+        counts[str(s)] = counts.get(str(s), 0) + 1
+    return {"requests": len(statuses), "statuses": counts, "seconds": elapsed}
+
+
+def fresh_latencies(srv: Server, count: int = 20) -> dict:
+    """``count`` authenticated GET / each on a new connection, one after the
+    other: ms from connect to the whole response."""
+    times, statuses = [], []
+    for _ in range(count):
+        t0 = time.perf_counter()
+        conn = srv.connection(30)
+        try:
+            conn.request("GET", "/", headers=dict(h.split(": ", 1) for h in session_headers(srv)))
+            resp = conn.getresponse()
+            resp.read()
+            statuses.append(resp.status)
+        finally:
+            conn.close()
+        times.append((time.perf_counter() - t0) * 1000)
+    return {
+        "requests": count,
+        "median_ms": statistics.median(times),
+        "max_ms": max(times),
+        "ok": sum(1 for s in statuses if s == 200),
+    }
+
+
+# --------------------------------------------------------------------------- steps
+
+LOGIN_CPU_COUNT = 50  # scripted logins per server (20 with --quick)
+RSS_SESSIONS = 10_000  # distinct live sessions, one request each
+IDLE_CONNECTIONS = 5_000  # idle keep-alive client connections
+FRESH_REQUESTS = 20  # new-connection requests timed while they are open
+FRESH_TARGET_MS = 100.0
+# Which servers each step measures (the first is the gateway, the rest compare).
+STEP_SERVERS = {
+    "login_cpu": ("gateway_cookie", "apache_shm"),
+    "sessions_rss": ("gateway_cookie", "gateway_redis"),
+    "idle_conns": ("gateway_cookie", "apache_shm"),
+}
+
+
+def measure_login_cpu(rig: LoginRig, srv: Server, count: int) -> dict:
+    """CPU (utime + stime, every process of the server's tree) over ``count``
+    real scripted logins, each a new browser: GET / -> login redirect, the
+    provider's pages (another process, not counted), the callback (code
+    exchange, ID token check, session), and the first authenticated GET /."""
+    login = rig.login_apache if srv.key in APACHE_SERVERS else rig.login
+    keep = srv.client
+    before = tree_cpu_seconds(srv.proc.pid)
+    t0 = time.monotonic()
+    failed, last_error = 0, None
+    for _ in range(count):
+        why = login(srv)
+        if why:
+            failed, last_error = failed + 1, why
+    wall = time.monotonic() - t0
+    cpu = tree_cpu_seconds(srv.proc.pid) - before
+    if keep is not None and srv.client is None:
+        srv.client = keep
+    ok = count - failed
+    return {
+        "logins": ok,
+        "failed": failed,
+        "last_error": last_error,
+        "cpu_s": cpu,
+        "wall_s": wall,
+        "cpu_ms_per_login": cpu * 1000 / ok if ok else None,
+        "clock_tick_ms": 1000 / _CLK_TCK,
+        "processes": len(process_tree(srv.proc.pid)),
+    }
+
+
+def minted_cookie_sessions(key: str, count: int) -> tuple[str, list[str]]:
+    """``count`` cookie sessions sealed as the cookie gateway seals them: its
+    route's CookieSessionCodec (route name, key ring, the plain listener's cookie
+    name), one WSO2-like synthetic session each; (cookie name, Cookie values)."""
+    from idgateway.sessions.cookie import CookieSessionCodec, CookieSettings
+    from idgateway.sessions.keys import KeyRing
+
+    codec = CookieSessionCodec(
+        LOGIN_ROUTE,
+        KeyRing.from_strings([key]),
+        CookieSettings(name=f"_idgw_{LOGIN_ROUTE}", secure=False),
+    )
+    now = time.time()
+    cookies = []
+    for i in range(count):
+        headers = codec.encode(synthetic_session(i, now, LOGIN_ROUTE))
+        cookies.append("; ".join(h.split(b";", 1)[0].decode("latin-1") for h in headers))
+    return codec.cookie_name, cookies
+
+
+def minted_redis_sessions(redis, key: str, count: int, cookie_name: str) -> list[str]:
+    """``count`` sessions stored with RedisSessionStore where the Redis gateway
+    looks (DB 0, its route and key ring); the Cookie values naming them."""
+    global _deferred_signals
+    from twisted.internet import defer
+
+    from idgateway.sessions.keys import KeyRing
+    from idgateway.sessions.redis_client import RedisClient, RedisSettings
+    from idgateway.sessions.redis_store import RedisSessionStore
+    from tests.redis_process import run_in_reactor
+
+    now = time.time()
+    sessions = [synthetic_session(i, now, LOGIN_ROUTE) for i in range(count)]
+    ids: list[str] = []
+
+    async def fill(reactor) -> None:
+        client = RedisClient(
+            reactor,
+            RedisSettings(
+                url=f"redis://127.0.0.1:{redis.port}/0",
+                pool_size=8,
+                connect_timeout=5.0,
+                command_timeout=30.0,
+            ),
+        )
+        store = RedisSessionStore(
+            client,
+            route=LOGIN_ROUTE,
+            keyring=KeyRing.from_strings([key]),
+            inactivity_timeout=3600.0,
+            max_duration=86400.0,
+            clock=reactor,
+        )
+        try:
+            ids.extend(store.new_session_id() for _ in sessions)
+            for start in range(0, len(sessions), 200):
+                if _deferred_signals:
+                    raise Interrupted(_deferred_signals[0])
+                await defer.gatherResults(
+                    [
+                        defer.ensureDeferred(store.save(ids[i], sessions[i]))
+                        for i in range(start, min(start + 200, len(sessions)))
+                    ],
+                    consumeErrors=True,
+                )
+        finally:
+            await client.close()
+
+    _deferred_signals = []
+    try:
+        run_in_reactor(fill, timeout=300.0)
+        if _deferred_signals:
+            raise Interrupted(_deferred_signals[0])
+    finally:
+        _deferred_signals = None
+    return [f"{cookie_name}={i}" for i in ids]
+
+
+def measure_sessions_rss(srv: Server, cookies: list[str]) -> dict:
+    """The server tree's memory before and after one authenticated request with
+    each of ``cookies`` (distinct live sessions) over 8 keep-alive connections;
+    a sample must answer 200 first."""
+    sample = send_many(srv, cookies[:5], threads=1)
+    if sample["statuses"] != {"200": len(cookies[:5])}:
+        raise RuntimeError(
+            f"minted sessions do not authenticate: a sample of 5 answered {sample['statuses']}"
+        )
+    before = tree_memory(srv.proc.pid)
+    sent = send_many(srv, cookies, threads=8)
+    time.sleep(0.5)
+    after = tree_memory(srv.proc.pid)
+    return {
+        "sessions": len(cookies),
+        "cookie_bytes_mean": statistics.mean(len(c) for c in cookies[:100]),
+        "before": before,
+        "after": after,
+        "rss_growth_kib": after["rss_kib"] - before["rss_kib"],
+        "pss_growth_kib": (after["pss_kib"] - before["pss_kib"])
+        if after["pss_kib"] is not None and before["pss_kib"] is not None
+        else None,
+        **{f"sent_{k}": v for k, v in sent.items()},
+        "ok": sent["statuses"].get("200", 0),
+    }
+
+
+def measure_idle_connections(srv: Server, count: int, direct: Server | None) -> dict:
+    """Open ``count`` connections, one authenticated request on each (so they
+    are real keep-alive HTTP connections), leave them idle; then the server
+    tree's memory and the latency of new requests on fresh connections."""
+    before = tree_memory(srv.proc.pid)
+    req = http_request(srv.client.host, cookie_header(srv.client))
+
+    def work(part: list[int]) -> list[tuple[object, socket.socket | None]]:
+        got: list[tuple[object, socket.socket | None]] = []
+        for _ in part:
+            if time.monotonic() > deadline:
+                got.append(("not tried (120 s deadline)", None))
+                continue
+            try:
+                s = socket.create_connection(("127.0.0.1", srv.port), timeout=30)
+            except OSError as e:
+                got.append((f"connect {type(e).__name__}", None))
+                continue
+            try:
+                s.sendall(req)
+                got.append((read_response(s, bytearray()), s))
+            except OSError as e:
+                s.close()
+                got.append((f"request {type(e).__name__}", None))
+        return got
+
+    t0 = time.monotonic()
+    deadline = t0 + 120.0
+    results = _run_threads(work, list(range(count)), 16)
+    open_s = time.monotonic() - t0
+    socks = [s for _, s in results if s is not None]
+    statuses: dict[str, int] = {}
+    for status, _ in results:
+        statuses[str(status)] = statuses.get(str(status), 0) + 1
+    try:
+        time.sleep(1.0)
+        after = tree_memory(srv.proc.pid)
+        fresh = fresh_latencies(srv, FRESH_REQUESTS)
+        # What became of them: open (nothing to read), closed by the server
+        # (EOF), reset, or with unexpected bytes waiting.
+        fate = {"open": 0, "closed": 0, "reset": 0, "data": 0}
+        for s in socks:
+            s.setblocking(False)
+            try:
+                fate["data" if s.recv(1, socket.MSG_PEEK) else "closed"] += 1
+            except BlockingIOError:
+                fate["open"] += 1
+            except OSError:
+                fate["reset"] += 1
+        still_open = fate["open"]
+    finally:
+        for s in socks:
+            s.close()
+    out = {
+        "connections": count,
+        "answered": len(socks),
+        "statuses": statuses,
+        "open_seconds": open_s,
+        "still_open": still_open,
+        "fate": fate,
+        "before": before,
+        "after": after,
+        "rss_growth_kib": after["rss_kib"] - before["rss_kib"],
+        "pss_growth_kib": (after["pss_kib"] - before["pss_kib"])
+        if after["pss_kib"] is not None and before["pss_kib"] is not None
+        else None,
+        "fresh": fresh,
+        "target_ms": FRESH_TARGET_MS,
+    }
+    if direct is not None and direct.alive():
+        times = []
+        for _ in range(FRESH_REQUESTS):
+            t = time.perf_counter()
+            conn = direct.connection(30)
+            try:
+                conn.request("GET", "/")
+                conn.getresponse().read()
+            finally:
+                conn.close()
+            times.append((time.perf_counter() - t) * 1000)
+        out["direct_fresh"] = {"median_ms": statistics.median(times), "max_ms": max(times)}
+    return out
+
+
+def run_steps(steps: list[str], servers: dict[str, Server], rig, args, extras: dict) -> None:
+    """The steps that need the running servers (after the wrk rounds); each
+    server's result, or {"error": why}, goes into extras[step][server key]."""
+    for step in steps:
+        if step not in STEP_SERVERS:
+            continue
+        results: dict[str, dict] = {}
+        extras[step] = results
+        for key in STEP_SERVERS[step]:
+            srv = servers.get(key)
+            if srv is None:
+                continue  # --no-apache
+            if srv.error:
+                results[key] = {"error": f"{srv.label}: {srv.error}"}
+                continue
+            if not srv.alive():
+                results[key] = {"error": f"{srv.label}: died (status {srv.proc.returncode})"}
+                continue
+            try:
+                why = rig.touch(srv) if rig is not None and srv.client is not None else None
+                if why or srv.client is None:
+                    results[key] = {"error": f"{srv.label}: {why or 'not logged in'}"}
+                    continue
+                if step == "login_cpu":
+                    count = 20 if args.quick else LOGIN_CPU_COUNT
+                    info(f"CPU per login: {count} scripted logins through {srv.label}")
+                    r = measure_login_cpu(rig, srv, count)
+                    if r["cpu_ms_per_login"] is None:
+                        r["error"] = f"every login failed: {r['last_error']}"
+                    else:
+                        info(f"  {r['cpu_ms_per_login']:.1f} ms CPU per login")
+                elif step == "sessions_rss":
+                    info(f"RSS with sessions: {RSS_SESSIONS:,} minted sessions on {srv.label}")
+                    if key == "gateway_cookie":
+                        name, cookies = minted_cookie_sessions(rig.key, RSS_SESSIONS)
+                        if name not in srv.client.cookies:
+                            raise RuntimeError(
+                                f"the gateway's session cookie is {sorted(srv.client.cookies)}, "
+                                f"not {name}: the minted cookies would not be read"
+                            )
+                    else:
+                        names = sorted(srv.client.cookies)
+                        if len(names) != 1:
+                            raise RuntimeError(f"expected one session cookie, got {names}")
+                        cookies = minted_redis_sessions(rig.redis, rig.key, RSS_SESSIONS, names[0])
+                    r = measure_sessions_rss(srv, cookies)
+                    info(
+                        f"  RSS {r['before']['rss_kib'] / 1024:,.1f} -> "
+                        f"{r['after']['rss_kib'] / 1024:,.1f} MiB; "
+                        f"{r['ok']:,} of {r['sent_requests']:,} answered 200"
+                    )
+                elif step == "idle_conns":
+                    info(f"{IDLE_CONNECTIONS:,} idle keep-alive connections to {srv.label}")
+                    r = measure_idle_connections(
+                        srv,
+                        IDLE_CONNECTIONS,
+                        servers.get("nginx") if key in LOGIN_SERVERS else None,
+                    )
+                    rss = (r["before"]["rss_kib"] / 1024, r["after"]["rss_kib"] / 1024)
+                    info(
+                        f"  {r['answered']:,} answered, {r['still_open']:,} still open; "
+                        f"RSS {rss[0]:,.1f} -> {rss[1]:,.1f} MiB; fresh requests median "
+                        f"{r['fresh']['median_ms']:.1f} ms, max {r['fresh']['max_ms']:.1f} ms"
+                    )
+                else:
+                    continue
+                results[key] = r
+            except Interrupted:
+                raise
+            except Exception as e:  # noqa: BLE001 (report it, keep the table)
+                results[key] = {"error": f"{srv.label}: {type(e).__name__}: {e}"}
+                info(f"  failed: {results[key]['error']}")
+
+
+def step_errors(extras: dict) -> list[str]:
+    """Every failure the steps recorded (one per step and server)."""
+    out = []
+    for step, result in extras.items():
+        if not isinstance(result, dict):
+            continue
+        if result.get("error"):
+            out.append(f"{step}: {result['error']}")
+            continue
+        for value in result.values():
+            if isinstance(value, dict) and value.get("error"):
+                out.append(f"{step}: {value['error']}")
+    return out
+
+
 # --------------------------------------------------------------------------- gate microbenchmark
 
 
@@ -1346,7 +1869,7 @@ TLS_CASES = ("direct_tls", "login_cookie_tls", "apache_shm_tls")
 SESSION_CASES = LOGIN_CASES + APACHE_CASES
 # Measurements other than wrk rows, each a line under the table; --only takes
 # their keys too.
-STEPS = ("gate_micro",)
+STEPS = ("login_cpu", "sessions_rss", "idle_conns", "gate_micro")
 
 # (name, numerator case, denominator case)
 RATIOS = [
@@ -1568,6 +2091,88 @@ def render(
 def render_extras(extras: dict) -> list[str]:
     """The lines of the steps that are not wrk rows, in STEPS order."""
     lines = []
+    short = {
+        "gateway_cookie": "idgateway cookie session",
+        "gateway_redis": "idgateway Redis session",
+        "apache_shm": "mod_auth_openidc shm",
+    }
+
+    def mib(kib: float) -> str:
+        return f"{kib / 1024:,.1f} MiB"
+
+    def per_server(result: dict, fmt) -> list[str]:
+        return [
+            f"{short.get(key, key)} not run ({r['error']})" if r.get("error") else fmt(key, r)
+            for key, r in result.items()
+        ]
+
+    def ok(result: dict, key: str) -> dict | None:
+        r = result.get(key)
+        return r if r and not r.get("error") else None
+
+    cpu = extras.get("login_cpu")
+    if cpu:
+        parts = per_server(
+            cpu,
+            lambda key, r: (
+                f"{short[key]} {r['cpu_ms_per_login']:.1f} ms ({r['logins']} logins"
+                + (f", {r['failed']} failed" if r["failed"] else "")
+                + f", {r['processes']} processes)"
+            ),
+        )
+        g, a = ok(cpu, "gateway_cookie"), ok(cpu, "apache_shm")
+        if g and a and a["cpu_ms_per_login"]:
+            x = fmt_x(g["cpu_ms_per_login"] / a["cpu_ms_per_login"])
+            parts.append(f"idgateway ÷ mod_auth_openidc {x} (lower is better)")
+        lines.append(
+            "CPU per full login (server processes, provider excluded): " + "; ".join(parts)
+        )
+    rss = extras.get("sessions_rss")
+    if rss:
+        parts = per_server(
+            rss,
+            lambda key, r: (
+                f"{short[key]} {mib(r['before']['rss_kib'])} -> {mib(r['after']['rss_kib'])} "
+                f"(+{mib(r['rss_growth_kib'])}"
+                + (f", PSS +{mib(r['pss_growth_kib'])}" if r["pss_growth_kib"] is not None else "")
+                + f"; {r['ok']:,} of {r['sent_requests']:,} answered 200)"
+            ),
+        )
+        lines.append(
+            f"RSS with {RSS_SESSIONS:,} live sessions (one request each; all processes): "
+            + "; ".join(parts)
+        )
+    idle = extras.get("idle_conns")
+    if idle:
+
+        def idle_fmt(key: str, r: dict) -> str:
+            f = r["fresh"]
+            per = r["rss_growth_kib"] / max(r["still_open"] or r["answered"], 1)
+            text = (
+                f"{short[key]} {mib(r['before']['rss_kib'])} -> {mib(r['after']['rss_kib'])} "
+                f"(+{mib(r['rss_growth_kib'])}, {per:.1f} KiB each; {r['answered']:,} answered, "
+                f"{r['still_open']:,} still open), new request on a fresh connection median "
+                f"{f['median_ms']:.1f} ms, max {f['max_ms']:.1f} ms"
+            )
+            if key in LOGIN_SERVERS:
+                verdict = "met" if f["max_ms"] < r["target_ms"] else "NOT met"
+                text += f" (target < {r['target_ms']:g} ms: {verdict})"
+            d = r.get("direct_fresh")
+            if d:
+                text += (
+                    f", {fmt_x(f['median_ms'] / d['median_ms'])} the direct upstream's "
+                    f"{d['median_ms']:.2f} ms"
+                )
+            return text
+
+        parts = per_server(idle, idle_fmt)
+        g, a = ok(idle, "gateway_cookie"), ok(idle, "apache_shm")
+        if g and a and a["rss_growth_kib"] > 0:
+            parts.append(
+                f"memory growth idgateway ÷ mod_auth_openidc "
+                f"{fmt_x(g['rss_growth_kib'] / a['rss_growth_kib'])}"
+            )
+        lines.append(f"{IDLE_CONNECTIONS:,} idle keep-alive connections: " + "; ".join(parts))
     micro = extras.get("gate_micro")
     if micro is not None:
         if micro.get("error"):
@@ -1865,7 +2470,7 @@ def main(argv: list[str] | None = None) -> int:
     notes: list[str] = []
     memory: dict | None = None
     extras: dict[str, dict] = {}
-    steps = [k for k in STEPS if not args.only or k in args.only]
+    steps = [k for k in STEPS if (not args.only or k in args.only) and (login or k == "gate_micro")]
     interrupted = False
     raw_out = tmp / "wrk"
     raw_out.mkdir()
@@ -1886,6 +2491,18 @@ def main(argv: list[str] | None = None) -> int:
             "order": [k for k, _, _ in case_list],
         },
     }
+
+    if "idle_conns" in steps:
+        # Before any server starts: they inherit it.
+        nofile = raise_nofile(IDLE_CONNECTIONS + 1024)
+        meta["config"]["rlimit_nofile"] = nofile
+        if not nofile["enough"]:
+            notes.append(
+                f"RLIMIT_NOFILE is {nofile['soft']} (hard limit {nofile['hard']}): too low "
+                f"for {IDLE_CONNECTIONS:,} connections plus the servers' own files; "
+                "the idle-connections step will fall short (raise the hard limit, "
+                "e.g. ulimit -Hn, or LimitNOFILE= in systemd)"
+            )
 
     def measure(case: Case, seconds: int) -> tuple[dict | None, str, str | None]:
         """One wrk run of a case (a login case first touches its session);
@@ -1917,6 +2534,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         # Only the servers some case measures (nginx always: every proxy needs it).
         wanted = {"nginx"} | {case.server for case in cases.values()}
+        for step in steps:
+            wanted |= {k for k in STEP_SERVERS.get(step, ()) if apache or k not in APACHE_SERVERS}
         servers = {key: srv for key, srv in servers.items() if key in wanted}
         for case in cases.values():
             case.label = servers[case.server].label
@@ -1988,6 +2607,8 @@ def main(argv: list[str] | None = None) -> int:
                     f"  {parsed['rps']:,.0f} req/s, p50 {fmt_ms(parsed['p50_ms'])}, "
                     f"p99 {fmt_ms(parsed['p99_ms'])}, errors {parsed['errors']}"
                 )
+
+        run_steps(steps, servers, rig, args, extras)
 
         if rig is not None and "login_redis" in cases:
             if rig.redis_error or rig.redis is None:
@@ -2116,7 +2737,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     if memory is not None and memory.get("error"):
         return 1
-    if any(x.get("error") for x in extras.values()):
+    if step_errors(extras):
         return 1
     return 0
 
