@@ -2147,7 +2147,7 @@ def render_extras(extras: dict) -> list[str]:
 
         def idle_fmt(key: str, r: dict) -> str:
             f = r["fresh"]
-            per = r["rss_growth_kib"] / max(r["still_open"] or r["answered"], 1)
+            per = r["rss_growth_kib"] / max(r["answered"], 1)
             text = (
                 f"{short[key]} {mib(r['before']['rss_kib'])} -> {mib(r['after']['rss_kib'])} "
                 f"(+{mib(r['rss_growth_kib'])}, {per:.1f} KiB each; {r['answered']:,} answered, "
