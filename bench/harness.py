@@ -2609,6 +2609,11 @@ def main(argv: list[str] | None = None) -> int:
                 )
 
         run_steps(steps, servers, rig, args, extras)
+        labels = {"login_cpu": "CPU per login", "sessions_rss": "RSS with sessions"}
+        labels["idle_conns"] = "idle connections"
+        for err in step_errors({k: v for k, v in extras.items() if k in STEP_SERVERS}):
+            step, _, why = err.partition(": ")
+            notes.append(f"{labels.get(step, step)}: not measured, {why}")
 
         if rig is not None and "login_redis" in cases:
             if rig.redis_error or rig.redis is None:
