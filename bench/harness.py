@@ -2242,8 +2242,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="bench/run",
         description="Benchmark idgateway (an open route, and login routes with cookie "
-        "and Redis sessions) against nginx direct and Twisted's stock "
-        "ReverseProxyResource (all on 127.0.0.1); prints one table.",
+        "and Redis sessions, plain and TLS) against nginx direct, Twisted's stock "
+        "ReverseProxyResource and Apache mod_auth_openidc (all on 127.0.0.1); then "
+        "CPU per login, RSS with 10k sessions, 5k idle connections and the gate "
+        "microbenchmark; prints one table with those lines under it.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=textwrap.dedent("""\
             environment (flags and --quick win): BENCH_DURATION, BENCH_CONNECTIONS,
