@@ -11,9 +11,13 @@ Brings up, on free 127.0.0.1 ports, in one temp dir:
   nginx; each gets one real scripted login (alice) whose session cookie wrk
   then sends,
 
-then runs ``wrk`` against each in alternating rounds, measures Redis memory
-per 10,000 sessions, prints one table of medians and ratios, optionally writes
-JSON, and tears everything down (also on Ctrl-C, SIGTERM or an error).  This
+plus Apache mod_auth_openidc twins (shm and Redis cache) and TLS variants
+(nginx ``ssl``, the cookie gateway on a ``tls:`` listener, Apache + mod_ssl),
+then runs ``wrk`` against each in alternating rounds, measures CPU per login,
+RSS with 10,000 live sessions, 5,000 idle keep-alive connections and Redis
+memory per 10,000 sessions, runs bench/gate_micro.py after the teardown,
+prints one table of medians and ratios with those lines under it, optionally
+writes JSON, and tears everything down (also on Ctrl-C, SIGTERM or an error).  This
 is a measurement, not a test: low numbers never make it fail.  Exit status: 0
 everything measured; 1 some target (or the memory step) could not be started
 or measured (the rest is still reported); 2 set-up problem; 130 interrupted.
