@@ -134,6 +134,9 @@ def _emit_info(logger: Logger, log_format: str, event: dict[str, Any]) -> None:
         log_logger=logger,
         log_level=LogLevel.info,
         log_namespace=logger.namespace,
+        # What twisted.logger's text observers would work out from the two
+        # above on every line ("namespace#level"), given ready-made.
+        log_system=f"{logger.namespace}#info",
         log_source=logger.source,
         log_format=log_format,
         log_time=time(),
