@@ -164,6 +164,23 @@ def test_two_workers_share_the_listener(start_gateway, backend):
     assert all(owners.values()), f"connections per worker: {owners}"
     # The master only binds: it never accepts a connection itself.
     assert not in_master
+    # One access line per request, relayed by the master with the worker's
+    # number (the query string left out, as in a single process).
+    deadline = time.monotonic() + 10
+    while True:
+        lines = [
+            line
+            for line in gateway.log().splitlines()
+            if "[idgateway.access#info] [worker " in line and " GET /echo 200 " in line
+        ]
+        if len(lines) >= 200 or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert len(lines) == 200
+    served_by = {line.split("[worker ", 1)[1].split("]", 1)[0] for line in lines}
+    assert served_by == {"0", "1"}
+    assert not any("i=" in line for line in lines)
+    assert all(" route=app " in line for line in lines)
 
 
 def test_a_killed_worker_is_replaced_and_requests_keep_flowing(start_gateway, backend):
