@@ -49,5 +49,29 @@ def makeService(options: Options, reactor: Any = None) -> Any:
     if config.workers > 1:
         from idgateway.workers import MasterService
 
-        return MasterService(config, reactor)
+        return MasterService(
+            config,
+            reactor,
+            access_out=sys.stdout if log_is_text_on_stdout(options) else None,
+        )
     return GatewayService(config, reactor)
+
+
+def log_is_text_on_stdout(options: Options) -> bool:
+    """Whether twistd will write this process's log as text lines on stdout.
+
+    That is ``twistd -n`` without ``--logfile`` (or with ``--logfile -``),
+    ``--syslog`` or ``--logger``: how the systemd unit and ``make demo`` run.
+    Called before twistd starts logging, while ``sys.stdout`` is still the
+    file its text observer will write to.
+    """
+    parent = getattr(options, "parent", None)
+    if parent is None:
+        return False
+    try:
+        if parent.get("syslog") or parent.get("logger"):
+            return False
+        logfile = parent.get("logfile")
+        return logfile == "-" or (not logfile and bool(parent.get("nodaemon")))
+    except AttributeError:
+        return False

@@ -38,7 +38,7 @@ import socket
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
-from typing import Any, cast
+from typing import Any, TextIO, cast
 
 import attrs
 from twisted.application.service import Service
@@ -51,7 +51,14 @@ from twisted.internet.interfaces import (
     IReadDescriptor,
 )
 from twisted.internet.protocol import ProcessProtocol
-from twisted.logger import ILogObserver, Logger, LogLevel, eventFromJSON, formatEvent
+from twisted.logger import (
+    ILogObserver,
+    Logger,
+    LogLevel,
+    eventFromJSON,
+    formatEvent,
+    formatTime,
+)
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -163,8 +170,16 @@ class MasterService(Service):
         drain_timeout: float = DRAIN_TIMEOUT,
         install_signal_handlers: bool = True,
         python: str = sys.executable,
+        access_out: TextIO | None = None,
     ) -> None:
         self.config = config
+        # Where twistd writes the log as text (its stdout), if it does: the
+        # workers' access lines are then written there directly, formatted as
+        # twistd's text observer would, instead of going through it one event
+        # at a time (a third of a core at 4,000 requests a second).
+        self.access_out = access_out
+        self._stamp_second: int | None = None
+        self._stamp_text = ""
         self.reactor = reactor
         self.count = workers if workers is not None else worker_count(config)
         self.drain_timeout = drain_timeout
@@ -334,6 +349,14 @@ class MasterService(Service):
         worker.pid = process.pid
         self._log.info("worker {index} started (pid {pid})", index=worker.index, pid=worker.pid)
 
+    def log_timestamp(self, when: float) -> str:
+        """``when`` as twistd's text log writes it (to the second, so kept per second)."""
+        second = int(when)
+        if second != self._stamp_second:
+            self._stamp_second = second
+            self._stamp_text = formatTime(when)
+        return self._stamp_text
+
     def worker_ready(self, worker: _Worker) -> None:
         worker.ready = True
         # systemd hook: READY=1 once every worker has said it is serving.
@@ -475,6 +498,7 @@ class WorkerProtocol(ProcessProtocol):
         self.observer = observer
         self._log = Logger(observer=observer)
         self._partial: dict[int, bytes] = {1: b"", 2: b""}
+        self.access_lines: list[str] | None = None
 
     def childDataReceived(self, childFD: int, data: bytes) -> None:
         buffered = self._partial.get(childFD, b"") + data
@@ -483,8 +507,22 @@ class WorkerProtocol(ProcessProtocol):
             lines.append(rest[:MAX_LINE])
             rest = rest[MAX_LINE:]
         self._partial[childFD] = rest
-        for line in lines:
-            self._line(childFD, line)
+        # Access lines written straight to twistd's stdout are gathered per
+        # read and written at once (and before any other event, to keep order).
+        self.access_lines = [] if getattr(self.master, "access_out", None) is not None else None
+        try:
+            for line in lines:
+                self._line(childFD, line)
+        finally:
+            self._flush_access()
+            self.access_lines = None
+
+    def _flush_access(self) -> None:
+        out = self.master.access_out if self.access_lines else None
+        if out is not None and self.access_lines:
+            out.write("".join(self.access_lines))
+            out.flush()
+            self.access_lines.clear()
 
     def processEnded(self, reason: Failure) -> None:
         for fd, rest in self._partial.items():
@@ -504,6 +542,7 @@ class WorkerProtocol(ProcessProtocol):
             if tab and log_time is not None:
                 self._relay_access(log_time, line)
                 return
+        self._flush_access()
         if fd == 1 and text.startswith("\x1e"):
             try:
                 event = eventFromJSON(text[1:])
@@ -522,6 +561,12 @@ class WorkerProtocol(ProcessProtocol):
             )
 
     def _relay_access(self, log_time: float, line: str) -> None:
+        if self.access_lines is not None:
+            self.access_lines.append(
+                f"{self.master.log_timestamp(log_time)} [{ACCESS_NAMESPACE}#info] "
+                f"[worker {self.worker.index}] {line}\n"
+            )
+            return
         self.observer(
             {
                 "log_namespace": ACCESS_NAMESPACE,

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 # twistd, run so that the current directory (the repo) is on sys.path and
@@ -48,35 +49,50 @@ class GatewayProcess:
     """``twistd -n idgateway --config FILE`` as users run it."""
 
     def __init__(
-        self, config_path: Path, log_path: Path, env: dict[str, str] | None = None
+        self,
+        config_path: Path,
+        log_path: Path,
+        env: dict[str, str] | None = None,
+        *,
+        log_to_stdout: bool = False,
     ) -> None:
         self.config_path = config_path
         self.log_path = log_path
         self.env = env
+        # True: no --logfile, the log goes to stdout (redirected to log_path),
+        # as under systemd.
+        self.log_to_stdout = log_to_stdout
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, wait_ports: list[int] = (), timeout: float = 20.0) -> GatewayProcess:  # type: ignore[assignment]
         env = dict(os.environ)
         env.update(self.env or {})
         # Run from the repo root so twistd finds twisted/plugins/idgateway_plugin.py.
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-c",
-                TWISTD,
-                "-n",
-                "--pidfile=",
-                "--logfile",
-                str(self.log_path),
-                "idgateway",
-                "--config",
-                str(self.config_path),
-            ],
-            cwd=REPO,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-        )
+        logging = [] if self.log_to_stdout else ["--logfile", str(self.log_path)]
+        stdout: Any = subprocess.PIPE
+        if self.log_to_stdout:
+            stdout = open(self.log_path, "ab")  # noqa: SIM115 - Popen keeps its own copy
+        try:
+            self.process = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-c",
+                    TWISTD,
+                    "-n",
+                    "--pidfile=",
+                    *logging,
+                    "idgateway",
+                    "--config",
+                    str(self.config_path),
+                ],
+                cwd=REPO,
+                env=env,
+                stdout=stdout,
+                stderr=subprocess.STDOUT,
+            )
+        finally:
+            if self.log_to_stdout:
+                stdout.close()
         try:
             for port in wait_ports:
                 wait_for_port(port, timeout, self.process)

@@ -27,10 +27,12 @@ def backend_b(tmp_path: Path) -> Iterator[BackendProcess]:
 def start_gateway(tmp_path: Path) -> Iterator[Callable[..., GatewayProcess]]:
     started: list[GatewayProcess] = []
 
-    def start(config_text: str, wait_ports: list[int], name: str = "gw") -> GatewayProcess:
+    def start(
+        config_text: str, wait_ports: list[int], name: str = "gw", log_to_stdout: bool = False
+    ) -> GatewayProcess:
         config_path = tmp_path / f"{name}.yaml"
         config_path.write_text(config_text)
-        gateway = GatewayProcess(config_path, tmp_path / f"{name}.log")
+        gateway = GatewayProcess(config_path, tmp_path / f"{name}.log", log_to_stdout=log_to_stdout)
         started.append(gateway)
         return gateway.start(wait_ports)
 

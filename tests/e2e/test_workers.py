@@ -107,9 +107,11 @@ def serving_count(gateway: GatewayProcess, index: int) -> int:
     return gateway.log().count(f"[worker {index}] worker {index} serving")
 
 
-def start_with_workers(start_gateway, backend_port: int) -> tuple[int, GatewayProcess]:
+def start_with_workers(
+    start_gateway, backend_port: int, log_to_stdout: bool = False
+) -> tuple[int, GatewayProcess]:
     port = free_port()
-    gateway = start_gateway(workers_config(port, backend_port), [port])
+    gateway = start_gateway(workers_config(port, backend_port), [port], log_to_stdout=log_to_stdout)
     wait_for(
         lambda: serving_count(gateway, 0) and serving_count(gateway, 1),
         15,
@@ -121,8 +123,13 @@ def start_with_workers(start_gateway, backend_port: int) -> tuple[int, GatewayPr
 # -- tests ----------------------------------------------------------------------------
 
 
-def test_two_workers_share_the_listener(start_gateway, backend):
-    port, gateway = start_with_workers(start_gateway, backend.port)
+@pytest.mark.parametrize(
+    "log_to_stdout",
+    [False, True],
+    ids=["log-file: access lines through the log observer", "stdout: written by the master"],
+)
+def test_two_workers_share_the_listener(start_gateway, backend, log_to_stdout):
+    port, gateway = start_with_workers(start_gateway, backend.port, log_to_stdout)
     workers = children(gateway.pid)
     assert len(workers) == 2
     for pid in workers:

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 from twisted.internet.task import Clock
-from twisted.logger import Logger, formatEvent
+from twisted.logger import Logger, formatEvent, jsonFileLogObserver, textFileLogObserver
 
 from idgateway import workers
 from idgateway.workers import ACCESS_RECORD, WorkerProtocol, _Worker
@@ -76,3 +76,75 @@ def test_the_worker_writes_access_lines_compactly_and_flushes_once_per_turn(
     # Everything else is still a JSON record (and flushed at once).
     Logger(namespace="other", observer=observe).info("hello {x}", x=1)
     assert out.getvalue().split("\n")[-2].startswith("\x1e{")
+
+
+class _Master:
+    """What WorkerProtocol asks of the master when twistd logs text on stdout."""
+
+    def __init__(self, out: io.StringIO) -> None:
+        self.access_out = out
+
+    log_timestamp = workers.MasterService.log_timestamp
+    _stamp_second: int | None = None
+    _stamp_text = ""
+
+
+def test_with_a_text_log_on_stdout_access_lines_are_written_as_twistd_would() -> None:
+    out = io.StringIO()
+    text_observer = textFileLogObserver(out)  # what twistd -n writes to stdout with
+    protocol = WorkerProtocol(
+        master=_Master(out),  # type: ignore[arg-type]
+        worker=_Worker(index=1),
+        observer=text_observer,
+    )
+    line = "GET /a 200 5B route=app1 gw=1.0ms id=x ip=127.0.0.1"
+    other = Logger(namespace="idgateway.service")
+    records = io.StringIO()
+    other.observer = jsonFileLogObserver(records, recordSeparator="\x1e")
+    other.info("worker {n} serving", n=1)
+    protocol.childDataReceived(
+        1,
+        (
+            f"{ACCESS_RECORD}1700000000.25\t{line}\n"
+            f"{records.getvalue()}"
+            f"{ACCESS_RECORD}1700000001.5\t{line}\n"
+        ).encode(),
+    )
+    written = out.getvalue().splitlines()
+    # The same text the observer would have written for the relayed events...
+    expected = []
+    for when in (1700000000.25, 1700000001.5):
+        via_observer = io.StringIO()
+        WorkerProtocol(
+            master=None,  # type: ignore[arg-type]
+            worker=_Worker(index=1),
+            observer=textFileLogObserver(via_observer),
+        )._relay_access(when, line)
+        expected.append(via_observer.getvalue().rstrip("\n"))
+    # ... in the order the worker logged them.
+    assert written[0] == expected[0]
+    assert written[1].endswith("[idgateway.service#info] [worker 1] worker 1 serving")
+    assert written[2] == expected[1]
+    assert len(written) == 3
+
+
+@pytest.mark.parametrize(
+    ("parent", "expected"),
+    [
+        ({"nodaemon": True, "logfile": None, "syslog": False, "logger": None}, True),
+        ({"nodaemon": False, "logfile": "-", "syslog": False, "logger": None}, True),
+        ({"nodaemon": True, "logfile": "/var/log/gw.log", "syslog": False, "logger": None}, False),
+        ({"nodaemon": True, "logfile": None, "syslog": True, "logger": None}, False),
+        ({"nodaemon": True, "logfile": None, "syslog": False, "logger": "x.y"}, False),
+        ({"nodaemon": False, "logfile": None, "syslog": False, "logger": None}, False),
+    ],
+)
+def test_the_master_writes_access_lines_itself_only_when_twistd_logs_text_to_stdout(
+    parent: dict[str, Any], expected: bool
+) -> None:
+    from idgateway.tap import Options, log_is_text_on_stdout
+
+    options = Options()
+    options.parent = parent  # type: ignore[attr-defined]
+    assert log_is_text_on_stdout(options) is expected
+    assert log_is_text_on_stdout(Options()) is False  # not run by twistd
