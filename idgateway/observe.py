@@ -35,7 +35,8 @@ DEFAULT_SETTINGS = LoggingSettings()
 
 # Text access lines are rendered by log_access into this one field:
 #   GET /path 200 1234B route=app1 user=alice gw=1.2ms up=0.8ms id=<request id> ip=<client>
-# (user= only when logging.user_id names users; up= only for proxied requests).
+# (user= only when logging.user_id names users; up= only for proxied requests;
+# " cut-off" at the end when the connection was lost before the response ended).
 _LINE_FORMAT = "{access_line}"
 _JSON_FORMAT = "{as_json}"
 
@@ -105,6 +106,9 @@ def log_access(request: Any) -> None:
         fields["user"] = user
     elif settings.user_id != "none":
         fields["user"] = ANONYMOUS
+    cut_off = getattr(request, "idgw_cut_off", False)
+    if cut_off:
+        fields["cut_off"] = True
     if settings.format == "json":
         fields["event"] = "access"
         event = dict(fields, as_json=_AsJSON(fields))
@@ -120,6 +124,7 @@ def log_access(request: Any) -> None:
             f"{fields['method']} {fields['path']} {fields['status']} {fields['bytes']}B"
             f" route={fields['route']}{user_part} gw={fields['gateway_ms']}ms{upstream_part}"
             f" id={fields['request_id']} ip={fields['client']}"
+            f"{' cut-off' if cut_off else ''}"
         )
         _emit_info(access_logger, _LINE_FORMAT, fields)
 

@@ -144,6 +144,9 @@ class GatewayRequest(server.Request):
     idgw_user: str | None = None  # set by the gate once a session is admitted
     idgw_upstream_started: float | None = None
     idgw_upstream_ms: float | None = None  # time to the upstream's response head
+    # The connection was lost before the response was finished (the client
+    # went away, or the gateway cut it off after a broken upstream response).
+    idgw_cut_off: bool = False
 
     def gotLength(self, length: int | None) -> None:
         self.content = _EMPTY_CONTENT
@@ -196,9 +199,20 @@ class GatewayRequest(server.Request):
         if self.on_disconnect is not None:
             callback, self.on_disconnect = self.on_disconnect, None
             callback()
+        if not self.finished and self.idgw_started is not None and not self.idgw_cut_off:
+            # Rendered but never finished: twisted.web will not log it, so
+            # the access log does, as nginx does (499: nothing was sent yet).
+            self.idgw_cut_off = True
+            if not self.startedWriting:
+                self.code = CLIENT_CLOSED_REQUEST
+            log_access(self)
 
     def process(self) -> None:  # pragma: no cover - dispatch happens in gotLength
         raise AssertionError("GatewayRequest is dispatched from gotLength")
+
+
+# nginx's status for a request whose client went away before any answer.
+CLIENT_CLOSED_REQUEST = 499
 
 
 class GatewayChannel(http.HTTPChannel):

@@ -200,3 +200,44 @@ def test_logging_config(tmp_path: Path) -> None:
         load("logging: {format: xml, user_id: sha}\n")
     assert "logging.format" in str(error.value) and "text, json" in str(error.value)
     assert "logging.user_id" in str(error.value)
+
+
+class _Pending(Resource):
+    """Stands in for GatewayResource: takes the request and never answers."""
+
+    isLeaf = True
+
+    def __init__(self, write_head: bool = False) -> None:
+        super().__init__()
+        self.write_head = write_head
+
+    def render(self, request: GatewayRequest) -> Any:  # type: ignore[override]
+        request.idgw_logging = TEXT
+        request.idgw_started = observe.now()
+        request.idgw_route = "app1"
+        request.request_id = b"rid-8"
+        if self.write_head:
+            request.setResponseCode(200)
+            request.write(b"part of it")
+        return NOT_DONE_YET
+
+
+@pytest.mark.parametrize(
+    ("write_head", "status"), [(False, "499 0B"), (True, "200 10B")], ids=["nothing", "half"]
+)
+def test_a_request_cut_off_before_its_response_ended_is_logged_once(
+    write_head: bool, status: str
+) -> None:
+    site = GatewaySite(_Pending(write_head))
+    channel = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+    assert channel is not None
+    channel.makeConnection(StringTransport(peerAddress=IPv4Address("TCP", "198.51.100.9", 4000)))
+    with capturedLogs() as events:
+        channel.dataReceived(b"GET /slow?token=SECRET HTTP/1.1\r\nHost: app1\r\n\r\n")
+        assert access_events(events) == []
+        channel.connectionLost(Failure(ConnectionDone()))
+    [event] = access_events(events)
+    line = formatEvent(event)
+    assert line.startswith(f"GET /slow {status} route=app1 user=- gw=")
+    assert line.endswith(" id=rid-8 ip=198.51.100.9 cut-off")
+    assert event["cut_off"] is True and "SECRET" not in line
