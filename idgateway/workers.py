@@ -740,24 +740,26 @@ def _log_json_to_stdout(reactor: Any) -> None:
 
     as_json = jsonFileLogObserver(sys.stdout)
     out = sys.stdout
-    flush_due = False
+    # Access records wait here (not in sys.stdout, which may be unbuffered,
+    # e.g. with PYTHONUNBUFFERED) and go out in one write per batch.
+    pending: list[str] = []
 
     def flush() -> None:
-        nonlocal flush_due
-        flush_due = False
-        out.flush()
+        if pending:
+            out.write("".join(pending))
+            pending.clear()
+            out.flush()
 
     def observe(event: dict[str, Any]) -> None:
-        nonlocal flush_due
         line = event.get("access_line")
         if isinstance(line, str) and event.get("log_namespace") == ACCESS_NAMESPACE:
             # Text access lines: a compact record, written in batches.
             line = line.replace("\n", "\\n").replace("\r", "\\r")
-            out.write(f"{ACCESS_RECORD}{event.get('log_time', 0.0)!r}\t{line}\n")
-            if not flush_due:
-                flush_due = True
+            if not pending:
                 reactor.callLater(ACCESS_FLUSH_DELAY, flush)
+            pending.append(f"{ACCESS_RECORD}{event.get('log_time', 0.0)!r}\t{line}\n")
             return
+        flush()  # what was logged before this goes out before it
         failure = event.get("log_failure")
         if isinstance(failure, Failure):
             event = dict(event)
