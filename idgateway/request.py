@@ -21,6 +21,7 @@ from twisted.web.resource import Resource
 from idgateway.model import LoggingSettings
 from idgateway.observe import log_access
 from idgateway.upstream import UpstreamConnection
+from idgateway.writecoalesce import coalesce_writes
 
 # Bytes of request body buffered while the upstream connection is being set
 # up before the client is told to stop sending.
@@ -227,6 +228,10 @@ class GatewayChannel(http.HTTPChannel):
     # The hard ceiling on a request head; each route's max_header_size (431)
     # applies below it.
     totalHeadersSize = 64 * 1024
+
+    def connectionMade(self) -> None:
+        coalesce_writes(self.transport)
+        super().connectionMade()
 
     def getHost(self) -> Any:
         if self._host is None:

@@ -30,6 +30,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from idgateway.writecoalesce import coalesce_writes
+
 # Response hop-by-hop headers (RFC 9110 7.6.1), lower case.
 HOP_BY_HOP = frozenset(
     {
@@ -173,6 +175,7 @@ class UpstreamConnection(Protocol):
     # -- the pool's side ---------------------------------------------------
 
     def connectionMade(self) -> None:
+        coalesce_writes(self.transport)
         set_no_delay = getattr(self.transport, "setTcpNoDelay", None)
         if set_no_delay is not None:
             try:

@@ -1,0 +1,125 @@
+"""Coalesced TCP writes: one flush per reactor turn, the reactor only when needed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet import tcp
+from twisted.internet.task import Clock
+
+from idgateway.writecoalesce import (
+    CoalescingClient,
+    CoalescingServer,
+    _Coalescing,
+    coalesce_writes,
+)
+
+
+class _Descriptor:
+    """Stands in for twisted's FileDescriptor: records what the reactor is asked."""
+
+    def __init__(self, reactor: Any, takes: int = 1 << 30) -> None:
+        self.reactor = reactor
+        self.connected = 1
+        self.disconnecting = False
+        self._writeDisconnecting = False
+        self.dataBuffer = b""
+        self._tempDataBuffer: list[bytes] = []
+        self.sent: list[bytes] = []
+        self.calls: list[str] = []
+        self.takes = takes  # how many bytes the "kernel" accepts per send
+        self.fails = False
+
+    def write(self, data: bytes) -> None:
+        self._tempDataBuffer.append(data)
+        self.startWriting()
+
+    def startWriting(self) -> None:
+        self.calls.append("watch")
+
+    def stopWriting(self) -> None:
+        self.calls.append("unwatch")
+
+    def doWrite(self) -> Any:
+        if self.fails:
+            return ConnectionResetError("gone")
+        data = self.dataBuffer + b"".join(self._tempDataBuffer)
+        self._tempDataBuffer = []
+        sent, self.dataBuffer = data[: self.takes], data[self.takes :]
+        self.sent.append(sent)
+        if not self.dataBuffer:
+            self.stopWriting()
+        return None
+
+
+class _Transport(_Coalescing, _Descriptor):
+    pass
+
+
+def test_writes_of_one_turn_leave_in_one_send_without_watching_the_socket() -> None:
+    clock = Clock()
+    transport = _Transport(clock)
+    transport.write(b"HTTP/1.1 200 OK\r\n\r\n")
+    transport.write(b"body")
+    assert transport.sent == [] and "watch" not in transport.calls
+    clock.advance(0)
+    assert transport.sent == [b"HTTP/1.1 200 OK\r\n\r\nbody"]
+    assert "watch" not in transport.calls
+
+
+def test_what_the_kernel_does_not_take_is_left_to_the_reactor() -> None:
+    clock = Clock()
+    transport = _Transport(clock, takes=3)
+    transport.write(b"abcdef")
+    clock.advance(0)
+    assert transport.sent == [b"abc"] and transport.calls == ["watch"]
+    # Watched: further writes wait for the reactor, no second flush.
+    transport.write(b"gh")
+    assert clock.getDelayedCalls() == []
+    transport.takes = 1 << 30
+    transport.doWrite()  # the reactor reports the socket writable: all of it goes
+    assert transport.calls[-1] == "unwatch"
+    transport.write(b"ij")
+    clock.advance(0)
+    assert transport.sent[-1] == b"ij"
+
+
+def test_a_failed_send_or_a_closing_connection_goes_to_the_reactor() -> None:
+    clock = Clock()
+    failing = _Transport(clock)
+    failing.fails = True
+    failing.write(b"x")
+    clock.advance(0)
+    assert failing.calls == ["watch"]  # the reactor's doWrite reports the loss
+    closing = _Transport(clock)
+    closing.write(b"last words")
+    closing.disconnecting = True  # loseConnection() after the write
+    clock.advance(0)
+    assert closing.sent == [] and closing.calls == ["watch"]
+    gone = _Transport(clock)
+    gone.write(b"x")
+    gone.connected = 0
+    clock.advance(0)
+    assert gone.sent == [] and gone.calls == []
+
+
+def test_one_scheduled_flush_serves_every_transport_of_the_turn() -> None:
+    clock = Clock()
+    transports = [_Transport(clock) for _ in range(5)]
+    for t in transports:
+        t.write(b"a")
+        t.write(b"b")
+    assert len(clock.getDelayedCalls()) == 1
+    clock.advance(0)
+    assert [t.sent for t in transports] == [[b"ab"]] * 5
+
+
+def test_only_plain_tcp_transports_change() -> None:
+    server = tcp.Server.__new__(tcp.Server)
+    client = tcp.Client.__new__(tcp.Client)
+    other = _Transport(Clock())
+    coalesce_writes(server)
+    coalesce_writes(client)
+    coalesce_writes(other)
+    assert type(server) is CoalescingServer and type(client) is CoalescingClient
+    assert type(other) is _Transport
