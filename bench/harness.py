@@ -137,6 +137,9 @@ class Server:
     # (the provider's discovery is done), and the logged-in client wrk imitates.
     ready_host: str | None = None
     client: object | None = None  # tests.e2e.test_login.Client after login
+    # Gateway worker processes that must each have discovered the provider
+    # before the login (the redirect answer comes from one of them only).
+    provider_workers: int = 0
     # TLS: the listener is https (tls) or there is an extra https port
     # (nginx); ssl_context trusts the bench CA for the harness's own requests.
     tls: bool = False
@@ -178,6 +181,20 @@ class Server:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
+    def providers_ready(self) -> bool:
+        """With workers, every worker logged its provider ready (else a login's
+        callback may reach a worker still discovering it and get a 503)."""
+        if self.provider_workers <= 1:
+            return True
+        try:
+            log = self.log.read_text(errors="replace")
+        except OSError:
+            return False
+        return all(
+            re.search(rf"\[worker {i}\] Provider \S+ ready", log)
+            for i in range(self.provider_workers)
+        )
+
     def wait_ready(self, timeout: float) -> bool:
         """Poll TCP connect + GET / until an HTTP answer, death, or timeout."""
         deadline = time.monotonic() + timeout
@@ -203,7 +220,7 @@ class Server:
                 finally:
                     conn.close()
                 if self.ready_host:
-                    if resp.status == 302:
+                    if resp.status == 302 and self.providers_ready():
                         return True
                     # Up, but no login redirect yet (provider discovery pending).
                     last = f"GET / (Host: {self.ready_host}) answered {resp.status}: {body[:120]!r}"
@@ -542,6 +559,7 @@ def make_servers(
             REPO,
             env=gw_env,
             ready_host=f"{LOGIN_HOST}:{cookie_port}",
+            provider_workers=workers,
         ),
         "gateway_redis": Server(
             "gateway_redis",
@@ -552,6 +570,7 @@ def make_servers(
             REPO,
             env=gw_env,
             ready_host=f"{LOGIN_HOST}:{redis_gw_port}",
+            provider_workers=workers,
         ),
         "gateway_cookie_tls": Server(
             "gateway_cookie_tls",
@@ -562,6 +581,7 @@ def make_servers(
             REPO,
             env=gw_env,
             ready_host=f"{LOGIN_HOST}:{cookie_tls_port}",
+            provider_workers=workers,
             tls=True,
             ssl_context=tls.context if tls else None,
         ),
