@@ -21,9 +21,9 @@ import hashlib
 import json
 from functools import lru_cache
 from time import monotonic, time
-from typing import Any
+from typing import Any, TextIO
 
-from twisted.logger import Logger, LogLevel
+from twisted.logger import Logger, LogLevel, formatTime
 
 from idgateway.metrics import METRICS  # metrics hook
 from idgateway.model import LoggingSettings
@@ -120,13 +120,47 @@ def log_access(request: Any) -> None:
         user_part = f" user={fields['user']}" if "user" in fields else ""
         upstream_ms = fields["upstream_ms"]
         upstream_part = "" if upstream_ms is None else f" up={upstream_ms}ms"
-        fields["access_line"] = (
+        fields["access_line"] = line = (
             f"{fields['method']} {fields['path']} {fields['status']} {fields['bytes']}B"
             f" route={fields['route']}{user_part} gw={fields['gateway_ms']}ms{upstream_part}"
             f" id={fields['request_id']} ip={fields['client']}"
             f"{' cut-off' if cut_off else ''}"
         )
+        out = _direct_out
+        if out is not None:
+            _write_access_text(out, line)
+            return
         _emit_info(access_logger, _LINE_FORMAT, fields)
+
+
+# ---- text straight to twistd's stdout -----------------------------------------------
+
+# Set while twistd writes the log as text on this process's stdout (see
+# tap.log_is_text_on_stdout): access lines are then written there directly,
+# formatted exactly as twistd's text observer would, which spares each request
+# twisted.logger's formatting (a tenth of a proxied request's CPU time).
+_direct_out: TextIO | None = None
+_stamp: tuple[int, str] = (-1, "")
+
+
+def write_access_text_to(out: TextIO | None) -> None:
+    """Write text access lines to ``out`` (twistd's stdout), or None: log events."""
+    global _direct_out
+    _direct_out = out
+
+
+def text_timestamp(when: float) -> str:
+    """``when`` as twistd's text log writes it; to the second, so kept per second."""
+    global _stamp
+    second = int(when)
+    if _stamp[0] != second:
+        _stamp = (second, formatTime(when))
+    return _stamp[1]
+
+
+def _write_access_text(out: TextIO, line: str) -> None:
+    out.write(f"{text_timestamp(time())} [{access_logger.namespace}#info] {line}\n")
+    out.flush()
 
 
 def _emit_info(logger: Logger, log_format: str, event: dict[str, Any]) -> None:

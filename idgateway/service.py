@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import signal
-from typing import Any
+from typing import Any, TextIO
 
 from twisted.application.service import MultiService
 from twisted.internet import defer
@@ -14,7 +14,7 @@ from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 
-from idgateway import systemd
+from idgateway import observe, systemd
 from idgateway.config import ConfigError, load_config
 from idgateway.model import Config, Listener
 from idgateway.proxy import GatewayResource, StateHolder
@@ -157,9 +157,16 @@ class GatewayService(MultiService):
     drain_timeout = DRAIN_TIMEOUT
 
     def __init__(
-        self, config: Config, reactor: Any, *, install_signal_handlers: bool = True
+        self,
+        config: Config,
+        reactor: Any,
+        *,
+        install_signal_handlers: bool = True,
+        access_out: TextIO | None = None,
     ) -> None:
         super().__init__()
+        # twistd's stdout when it logs text there: access lines go to it directly.
+        self.access_out = access_out
         self.reactor = reactor
         self.config = config
         self.builder = StateBuilder(reactor)
@@ -178,6 +185,8 @@ class GatewayService(MultiService):
 
     def startService(self) -> None:
         super().startService()
+        if self.access_out is not None:
+            observe.write_access_text_to(self.access_out)
         for warning in self.config.warnings:
             self._log.warn("config: {warning}", warning=warning)
         for listener in self.config.listeners:
@@ -209,6 +218,8 @@ class GatewayService(MultiService):
     def stopService(self) -> defer.Deferred[None]:
         systemd.stopping()  # systemd hook: STOPPING=1
         super().stopService()
+        if self.access_out is not None:
+            observe.write_access_text_to(None)
         self.watcher.stop()
         ports, self._ports = list(self._ports.values()), {}
         stops = [defer.maybeDeferred(port.stopListening) for port in ports]

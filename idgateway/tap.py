@@ -54,7 +54,9 @@ def makeService(options: Options, reactor: Any = None) -> Any:
             reactor,
             access_out=sys.stdout if log_is_text_on_stdout(options) else None,
         )
-    return GatewayService(config, reactor)
+    return GatewayService(
+        config, reactor, access_out=sys.stdout if log_is_text_on_stdout(options) else None
+    )
 
 
 def log_is_text_on_stdout(options: Options) -> bool:

@@ -326,3 +326,27 @@ def test_admin_metrics_show_every_worker(start_gateway, backend):
     assert 'idgateway_open_connections{worker="1"}' in text
     assert gateway.stop() == 0
     assert not os.path.exists(metrics_dir)
+
+
+def test_a_single_process_logging_to_stdout_writes_its_access_lines_there(start_gateway, backend):
+    port = free_port()
+    gateway = start_gateway(
+        workers_config(port, backend.port, workers=1), [port], log_to_stdout=True
+    )
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        for i in range(5):
+            conn.request("GET", f"/echo?i={i}", headers={"Host": "app.localhost"})
+            response = conn.getresponse()
+            response.read()
+            assert response.status == 200
+    finally:
+        conn.close()
+    wait_for(
+        lambda: gateway.log().count(" GET /echo 200 ") >= 5, 10, "access lines\n" + gateway.log()
+    )
+    lines = [line for line in gateway.log().splitlines() if " GET /echo 200 " in line]
+    assert len(lines) == 5
+    # twistd's own text format: "<time> [idgateway.access#info] GET /echo 200 ...".
+    assert all(" [idgateway.access#info] GET /echo 200 " in line for line in lines)
+    assert not any("i=" in line or "[worker" in line for line in lines)

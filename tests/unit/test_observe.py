@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 from pathlib import Path
 from types import SimpleNamespace
@@ -241,3 +242,38 @@ def test_a_request_cut_off_before_its_response_ended_is_logged_once(
     assert line.startswith(f"GET /slow {status} route=app1 user=- gw=")
     assert line.endswith(" id=rid-8 ip=198.51.100.9 cut-off")
     assert event["cut_off"] is True and "SECRET" not in line
+
+
+def test_with_twistds_text_log_on_stdout_access_lines_are_written_there_as_it_would(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from twisted.logger import textFileLogObserver
+
+    monkeypatch.setattr(observe, "time", lambda: 1700000000.5)
+    monkeypatch.setattr(observe, "monotonic", lambda: 100.25)
+    # What twistd's observer writes for the event...
+    via_observer = io.StringIO()
+    with capturedLogs() as events:
+        observe.log_access(fake_request())
+    textFileLogObserver(via_observer)(access_events(events)[0])
+    # ... is what the gateway writes itself when twistd logs text on stdout.
+    direct = io.StringIO()
+    observe.write_access_text_to(direct)
+    try:
+        with capturedLogs() as events:
+            observe.log_access(fake_request())
+    finally:
+        observe.write_access_text_to(None)
+    assert access_events(events) == []
+    assert direct.getvalue() == via_observer.getvalue()
+    assert direct.getvalue().endswith(
+        "] GET /echo 200 1234B route=app1 user=alice gw=250.0ms up=12.5ms id=req-1 ip=192.0.2.7\n"
+    )
+    # JSON lines stay log events.
+    observe.write_access_text_to(direct)
+    try:
+        with capturedLogs() as events:
+            observe.log_access(fake_request(JSON))
+    finally:
+        observe.write_access_text_to(None)
+    assert len(access_events(events)) == 1
