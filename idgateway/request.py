@@ -208,6 +208,12 @@ class GatewayRequest(server.Request):
                 self.code = CLIENT_CLOSED_REQUEST
             log_access(self)
 
+    def parseCookies(self) -> None:
+        # The gate reads the Cookie header itself (the gateway's own cookies,
+        # and what goes upstream); twisted.web's per-request dict of every
+        # cookie would go unused.
+        pass
+
     def process(self) -> None:  # pragma: no cover - dispatch happens in gotLength
         raise AssertionError("GatewayRequest is dispatched from gotLength")
 

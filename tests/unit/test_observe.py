@@ -277,3 +277,21 @@ def test_with_twistds_text_log_on_stdout_access_lines_are_written_there_as_it_wo
     finally:
         observe.write_access_text_to(None)
     assert len(access_events(events)) == 1
+
+
+def test_the_gateway_leaves_cookie_parsing_to_the_gate() -> None:
+    seen: list[GatewayRequest] = []
+
+    class _Take(_Answer):
+        def render(self, request: GatewayRequest) -> Any:  # type: ignore[override]
+            seen.append(request)
+            return super().render(request)
+
+    site = GatewaySite(_Take())
+    channel = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+    assert channel is not None
+    channel.makeConnection(StringTransport())
+    channel.dataReceived(b"GET / HTTP/1.1\r\nHost: app1\r\nCookie: a=1; _idgw=x\r\n\r\n")
+    [request] = seen
+    assert request.received_cookies == {}
+    assert request.requestHeaders.getRawHeaders(b"cookie") == [b"a=1; _idgw=x"]
