@@ -1116,9 +1116,10 @@ def _used_memory(redis) -> int:
     return int(m.group(1))
 
 
-def measure_redis_memory(redis, key: str, count: int = MEMORY_SESSIONS) -> dict:
-    """Create ``count`` sessions with RedisSessionStore (the Redis route's key
-    ring and route name) in DB ``MEMORY_DB`` and compare INFO used_memory."""
+def store_sessions(redis_port: int, db: int, key: str, sessions: list, inspect=None) -> list[str]:
+    """Store ``sessions`` with RedisSessionStore (the login route's name and the
+    key ring ``key``) in DB ``db``, 200 at a time, on a private reactor; then
+    ``await inspect(client, store, ids)`` if given. Returns the session ids."""
     global _deferred_signals
     from twisted.internet import defer
 
@@ -1127,19 +1128,13 @@ def measure_redis_memory(redis, key: str, count: int = MEMORY_SESSIONS) -> dict:
     from idgateway.sessions.redis_store import RedisSessionStore
     from tests.redis_process import run_in_reactor
 
-    redis.call("FLUSHDB", db=MEMORY_DB)
-    if redis.call("DBSIZE", db=MEMORY_DB) != 0:
-        raise RuntimeError(f"DB {MEMORY_DB} is not empty after FLUSHDB")
-    before = _used_memory(redis)
-    now = time.time()
-    sessions = [synthetic_session(i, now, LOGIN_ROUTE) for i in range(count)]
-    sample: dict = {}
+    ids: list[str] = []
 
     async def fill(reactor) -> None:
         client = RedisClient(
             reactor,
             RedisSettings(
-                url=f"redis://127.0.0.1:{redis.port}/{MEMORY_DB}",
+                url=f"redis://127.0.0.1:{redis_port}/{db}",
                 pool_size=8,
                 connect_timeout=5.0,
                 command_timeout=30.0,
@@ -1154,7 +1149,7 @@ def measure_redis_memory(redis, key: str, count: int = MEMORY_SESSIONS) -> dict:
             clock=reactor,
         )
         try:
-            ids = [store.new_session_id() for _ in sessions]
+            ids.extend(store.new_session_id() for _ in sessions)
             for start in range(0, len(sessions), 200):
                 if _deferred_signals:
                     raise Interrupted(_deferred_signals[0])
@@ -1165,14 +1160,8 @@ def measure_redis_memory(redis, key: str, count: int = MEMORY_SESSIONS) -> dict:
                     ],
                     consumeErrors=True,
                 )
-            lengths = [int(await client.command("STRLEN", store.session_key(i))) for i in ids[:100]]
-            sample["sealed_value_bytes"] = statistics.mean(lengths)
-            sample["memory_usage_session_key"] = int(
-                await client.command("MEMORY", "USAGE", store.session_key(ids[0]))
-            )
-            loaded = await store.load(ids[0])
-            if loaded is None or loaded.user != sessions[0].user:
-                raise RuntimeError("a stored session did not load back")
+            if inspect is not None:
+                await inspect(client, store, ids)
         finally:
             await client.close()
 
@@ -1183,6 +1172,31 @@ def measure_redis_memory(redis, key: str, count: int = MEMORY_SESSIONS) -> dict:
             raise Interrupted(_deferred_signals[0])
     finally:
         _deferred_signals = None
+    return ids
+
+
+def measure_redis_memory(redis, key: str, count: int = MEMORY_SESSIONS) -> dict:
+    """Create ``count`` sessions with RedisSessionStore (the Redis route's key
+    ring and route name) in DB ``MEMORY_DB`` and compare INFO used_memory."""
+    redis.call("FLUSHDB", db=MEMORY_DB)
+    if redis.call("DBSIZE", db=MEMORY_DB) != 0:
+        raise RuntimeError(f"DB {MEMORY_DB} is not empty after FLUSHDB")
+    before = _used_memory(redis)
+    now = time.time()
+    sessions = [synthetic_session(i, now, LOGIN_ROUTE) for i in range(count)]
+    sample: dict = {}
+
+    async def inspect(client, store, ids: list[str]) -> None:
+        lengths = [int(await client.command("STRLEN", store.session_key(i))) for i in ids[:100]]
+        sample["sealed_value_bytes"] = statistics.mean(lengths)
+        sample["memory_usage_session_key"] = int(
+            await client.command("MEMORY", "USAGE", store.session_key(ids[0]))
+        )
+        loaded = await store.load(ids[0])
+        if loaded is None or loaded.user != sessions[0].user:
+            raise RuntimeError("a stored session did not load back")
+
+    store_sessions(redis.port, MEMORY_DB, key, sessions, inspect)
     after = _used_memory(redis)
     keys = redis.call("DBSIZE", db=MEMORY_DB)
     id_token_bytes = statistics.mean(len(s.id_token) for s in sessions[:100])
@@ -1550,58 +1564,9 @@ def minted_cookie_sessions(key: str, count: int) -> tuple[str, list[str]]:
 def minted_redis_sessions(redis, key: str, count: int, cookie_name: str) -> list[str]:
     """``count`` sessions stored with RedisSessionStore where the Redis gateway
     looks (DB 0, its route and key ring); the Cookie values naming them."""
-    global _deferred_signals
-    from twisted.internet import defer
-
-    from idgateway.sessions.keys import KeyRing
-    from idgateway.sessions.redis_client import RedisClient, RedisSettings
-    from idgateway.sessions.redis_store import RedisSessionStore
-    from tests.redis_process import run_in_reactor
-
     now = time.time()
     sessions = [synthetic_session(i, now, LOGIN_ROUTE) for i in range(count)]
-    ids: list[str] = []
-
-    async def fill(reactor) -> None:
-        client = RedisClient(
-            reactor,
-            RedisSettings(
-                url=f"redis://127.0.0.1:{redis.port}/0",
-                pool_size=8,
-                connect_timeout=5.0,
-                command_timeout=30.0,
-            ),
-        )
-        store = RedisSessionStore(
-            client,
-            route=LOGIN_ROUTE,
-            keyring=KeyRing.from_strings([key]),
-            inactivity_timeout=3600.0,
-            max_duration=86400.0,
-            clock=reactor,
-        )
-        try:
-            ids.extend(store.new_session_id() for _ in sessions)
-            for start in range(0, len(sessions), 200):
-                if _deferred_signals:
-                    raise Interrupted(_deferred_signals[0])
-                await defer.gatherResults(
-                    [
-                        defer.ensureDeferred(store.save(ids[i], sessions[i]))
-                        for i in range(start, min(start + 200, len(sessions)))
-                    ],
-                    consumeErrors=True,
-                )
-        finally:
-            await client.close()
-
-    _deferred_signals = []
-    try:
-        run_in_reactor(fill, timeout=300.0)
-        if _deferred_signals:
-            raise Interrupted(_deferred_signals[0])
-    finally:
-        _deferred_signals = None
+    ids = store_sessions(redis.port, 0, key, sessions)
     return [f"{cookie_name}={i}" for i in ids]
 
 
