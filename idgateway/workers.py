@@ -350,10 +350,6 @@ class MasterService(Service):
         worker.pid = process.pid
         self._log.info("worker {index} started (pid {pid})", index=worker.index, pid=worker.pid)
 
-    def log_timestamp(self, when: float) -> str:
-        """``when`` as twistd's text log writes it."""
-        return text_timestamp(when)
-
     def worker_ready(self, worker: _Worker) -> None:
         worker.ready = True
         # systemd hook: READY=1 once every worker has said it is serving.
@@ -560,7 +556,7 @@ class WorkerProtocol(ProcessProtocol):
     def _relay_access(self, log_time: float, line: str) -> None:
         if self.access_lines is not None:
             self.access_lines.append(
-                f"{self.master.log_timestamp(log_time)} [{ACCESS_NAMESPACE}#info] "
+                f"{text_timestamp(log_time)} [{ACCESS_NAMESPACE}#info] "
                 f"[worker {self.worker.index}] {line}\n"
             )
             return

@@ -84,10 +84,6 @@ class _Master:
     def __init__(self, out: io.StringIO) -> None:
         self.access_out = out
 
-    log_timestamp = workers.MasterService.log_timestamp
-    _stamp_second: int | None = None
-    _stamp_text = ""
-
 
 def test_with_a_text_log_on_stdout_access_lines_are_written_as_twistd_would() -> None:
     out = io.StringIO()
