@@ -967,33 +967,14 @@ class LoginRig:
 def tls_client_class(client_cls):
     """The scripted-login Client over HTTPS (SNI and certificate of LOGIN_HOST,
     the bench CA trusted); cookies, login steps and assertions are its own."""
-    from http.cookies import SimpleCookie
 
     class TLSClient(client_cls):
         def __init__(self, port: int, host: str, context: ssl.SSLContext) -> None:
             super().__init__(port, host)
             self.context = context
 
-        def get(self, path: str, headers: dict[str, str] | None = None):
-            conn = TLSConnection(self.port, self.context, timeout=20)
-            try:
-                all_headers = {"Host": self.host, **(headers or {})}
-                if self.cookies:
-                    all_headers["Cookie"] = "; ".join(f"{k}={v}" for k, v in self.cookies.items())
-                conn.request("GET", path, headers=all_headers)
-                response = conn.getresponse()
-                body = response.read()
-                for value in response.headers.get_all("Set-Cookie") or []:
-                    cookie = SimpleCookie()
-                    cookie.load(value)
-                    for name, morsel in cookie.items():
-                        if morsel["max-age"] == "0" or morsel.value == "":
-                            self.cookies.pop(name, None)
-                        else:
-                            self.cookies[name] = morsel.value
-                return response.status, response.headers, body
-            finally:
-                conn.close()
+        def connection(self):
+            return TLSConnection(self.port, self.context, timeout=20)
 
     return TLSClient
 

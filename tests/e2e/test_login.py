@@ -34,10 +34,14 @@ class Client:
         self.host = f"{host}:{port}"
         self.cookies: dict[str, str] = {}
 
+    def connection(self) -> http.client.HTTPConnection:
+        """A new connection to the gateway (the benchmark's TLS client overrides it)."""
+        return http.client.HTTPConnection("127.0.0.1", self.port, timeout=20)
+
     def get(
         self, path: str, headers: dict[str, str] | None = None
     ) -> tuple[int, http.client.HTTPMessage, bytes]:
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=20)
+        conn = self.connection()
         try:
             all_headers = {"Host": self.host, **(headers or {})}
             if self.cookies:
