@@ -4,7 +4,8 @@ The master is the twistd process. It binds every listener itself, never
 accepts on them, and runs N copies of this module (``python -m
 idgateway.workers``) that inherit the listening sockets as fixed descriptors
 (3, 4, ...) and accept on them side by side. The kernel hands each new
-connection to whichever worker accepts first.
+connection to whichever worker accepts first; each takes one connection per
+turn of its event loop (``SharedPort``), so a burst spreads over the workers.
 
 - A worker that exits while the master is running is started again, after a
   pause that doubles while it keeps failing quickly (1 s up to 30 s).
@@ -42,7 +43,7 @@ from typing import Any, TextIO, cast
 
 import attrs
 from twisted.application.service import Service
-from twisted.internet import defer
+from twisted.internet import defer, tcp
 from twisted.internet.error import CannotListenError, ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import (
     IDelayedCall,
@@ -664,8 +665,8 @@ class WorkerService(GatewayService):
             # The master made it non-blocking; be sure, since a blocking
             # listening socket would hang twisted's accept loop.
             os.set_blocking(fd, False)
-            port: IListeningPort = self.reactor.adoptStreamPort(
-                fd, family, self._factory_for(listener)
+            port: IListeningPort = adopt_shared_port(
+                self.reactor, fd, family, self._factory_for(listener)
             )
         finally:
             # adoptStreamPort works on its own duplicate.
@@ -684,6 +685,33 @@ class WorkerService(GatewayService):
                 lambda _: defer.maybeDeferred(self.stopService)
             )
         return self._drained
+
+
+class SharedPort(tcp.Port):
+    """A listening port shared with the other workers: one accept per wake-up.
+
+    twisted's port accepts up to 100 connections each time the socket is
+    readable (and raises that while they keep coming). Every worker is woken
+    for a new connection, so the first to run took a whole burst: a client
+    that opens its 32 connections at once could find all of them on one
+    worker, one core busy and the other idle. Taking one connection per turn
+    lets the worker with less to do take the next one.
+    """
+
+    @property  # type: ignore[override]
+    def numberAccepts(self) -> int:
+        return 1
+
+    @numberAccepts.setter
+    def numberAccepts(self, value: int) -> None:
+        pass  # tcp.Port's own adaptive figure; ignored
+
+
+def adopt_shared_port(reactor: Any, fd: int, family: int, factory: Any) -> IListeningPort:
+    """reactor.adoptStreamPort for a socket the workers share (see SharedPort)."""
+    port = SharedPort._fromListeningDescriptor(reactor, fd, family, factory)
+    port.startListening()
+    return port
 
 
 @implementer(IReadDescriptor)
