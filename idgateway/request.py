@@ -16,10 +16,12 @@ from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.web import http, server
+from twisted.web.http import _IdentityTransferDecoder
 from twisted.web.resource import Resource
 
 from idgateway.model import LoggingSettings
 from idgateway.observe import log_access
+from idgateway.request_head import RequestHead, parse_request_head
 from idgateway.upstream import UpstreamConnection
 from idgateway.writecoalesce import coalesce_writes
 
@@ -238,6 +240,59 @@ class GatewayChannel(http.HTTPChannel):
     def connectionMade(self) -> None:
         coalesce_writes(self.transport)
         super().connectionMade()
+
+    def dataReceived(self, data: bytes) -> None:
+        # A whole request head in one read, between requests: parse it in one
+        # pass (request_head) instead of line by line. Anything else (a head
+        # split over reads, a body in progress, a request being answered, an
+        # unusual head) goes through twisted.web's parser as before.
+        if (
+            self.line_mode
+            and not self._buffer
+            and not self._busyReceiving
+            and not self._handlingRequest
+            and self.persistent
+            and not self.paused
+            and self._HTTPChannel__first_line == 1
+        ):
+            end = data.find(b"\r\n\r\n")
+            if 0 < end <= self.MAX_LENGTH:
+                head = parse_request_head(data[:end], self.maxHeaders)
+                if head is not None:
+                    self.resetTimeout()
+                    self._busyReceiving = True
+                    try:
+                        self._head_received(head)
+                    finally:
+                        self._busyReceiving = False
+                    rest = data[end + 4 :]
+                    if rest:
+                        # A body, or pipelined requests: as twisted.web would.
+                        # (dataReceived may have been replaced: not persistent
+                        # any more, or a WebSocket tunnel.)
+                        self.dataReceived(rest)
+                    return
+        super().dataReceived(data)
+
+    def _head_received(self, head: RequestHead) -> None:
+        """What HTTPChannel.lineReceived does over a whole head, in one go."""
+        request = self.requestFactory(self, len(self.requests))
+        self.requests.append(request)
+        self._HTTPChannel__first_line = 0
+        self._command = head.method
+        self._path = head.target
+        self._version = head.version
+        request.requestHeaders._rawHeaders = head.headers
+        if head.length:
+            self.length = head.length
+            self._transferDecoder = _IdentityTransferDecoder(
+                head.length, request.handleContentChunk, self._finishRequestBody
+            )
+        self.allHeadersReceived()
+        if self.length == 0:
+            self.allContentReceived()
+        else:
+            self.setRawMode()
 
     def getHost(self) -> Any:
         if self._host is None:
