@@ -15,6 +15,7 @@ from twisted.internet.interfaces import IPushProducer, ITransport
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.web.http import NO_BODY_CODES
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 from zope.interface import implementer
@@ -252,18 +253,46 @@ class ProxiedResponse:
         if status == 101:
             self._upgrade_headers = headers
             return
-        request.setResponseCode(status, reason or None)
-        out = request.responseHeaders
-        for name, value in response_headers_to_forward(headers):
-            out.addRawHeader(name, value)
-        if length is not None:
-            out.setRawHeaders(b"content-length", [b"%d" % length])
-        if self.tls and self.runtime.hsts_header is not None:
-            out.setRawHeaders(b"strict-transport-security", [self.runtime.hsts_header])
-        for value in self.set_cookies:
-            out.addRawHeader(b"set-cookie", value)
         if request._disconnected:
             return
+        request.setResponseCode(status, reason or None)
+        if length == 0 or status in NO_BODY_CODES or request.method == b"HEAD":
+            # The answer is complete with its head: if the request body is
+            # not, say Connection: close in this head (as response_end would).
+            request.end_response_early()
+        # The head goes out as the upstream sent it (minus hop-by-hop headers)
+        # plus the gateway's own, written here in one piece: converting every
+        # header into twisted.web's Headers and back cost more than the rest of
+        # the response. The upstream parser has already refused heads with a
+        # header name that is not a token, or a CR, LF or NUL out of place.
+        head = [request.clientproto, b" %d " % status, request.code_message, b"\r\n"]
+        hsts = self.runtime.hsts_header if self.tls else None
+        for name, value in response_headers_to_forward(headers):
+            if hsts is not None and name.lower() == b"strict-transport-security":
+                continue  # the route's own policy replaces the application's
+            head += (name, b": ", value, b"\r\n")
+        if length is not None:
+            head += (b"Content-Length: %d\r\n" % length,)
+        elif (
+            request.clientproto == b"HTTP/1.1"
+            and request.method != b"HEAD"
+            and status not in NO_BODY_CODES
+        ):
+            # No length from the upstream: chunk it, so the connection can be
+            # kept (as twisted.web does).
+            head.append(b"Transfer-Encoding: chunked\r\n")
+            request.chunked = 1
+        if hsts is not None:
+            head += (b"Strict-Transport-Security: ", hsts, b"\r\n")
+        for value in self.set_cookies:
+            head += (b"Set-Cookie: ", value, b"\r\n")
+        # Set by the channel before the answer: Connection: close.
+        for name, values in request.responseHeaders.getAllRawHeaders():
+            for value in values:
+                head += (name, b": ", value, b"\r\n")
+        head.append(b"\r\n")
+        request.startedWriting = 1
+        request.channel.writeSequence(head)
         request.registerProducer(self, True)
         self._producing = True
 

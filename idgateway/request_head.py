@@ -17,8 +17,8 @@ from typing import NamedTuple
 
 from twisted.web.http_headers import InvalidHeaderName, _nameEncoder
 
-# RFC 9110 5.6.2 token characters (methods and header names).
-_TOKEN = b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+from idgateway.http_syntax import is_token
+
 # The bytes twisted.web accepts in a request target (its _parseRequestLine).
 _TARGET = bytes(range(33, 177))
 
@@ -48,7 +48,7 @@ def parse_request_head(head: bytes, max_headers: int) -> RequestHead | None:
     method, target, version = request_line
     if version != b"HTTP/1.1" and version != b"HTTP/1.0":
         return None
-    if not method or method.translate(None, _TOKEN) or not target:
+    if not is_token(method) or not target:
         return None
     if target.translate(None, _TARGET):
         return None

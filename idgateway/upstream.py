@@ -30,6 +30,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from idgateway.http_syntax import is_token
 from idgateway.writecoalesce import coalesce_writes
 
 # Response hop-by-hop headers (RFC 9110 7.6.1), lower case.
@@ -337,6 +338,13 @@ class UpstreamConnection(Protocol):
             self._buffer = data
             return None
         head, rest = data[:end], data[end + 4 :]
+        crlf = head.count(b"\r\n")
+        if head.count(b"\r") != crlf or head.count(b"\n") != crlf or b"\x00" in head:
+            # A CR or LF outside a line end (an obsolete line fold's, say) or a
+            # NUL: the head is written back to the client as it came, so it
+            # must be plain lines.
+            self._fail(FAIL_PROTOCOL, "upstream sent a CR, LF or NUL inside a header line")
+            return None
         lines = head.split(b"\r\n")
         status_line = lines[0].split(b" ", 2)
         try:
@@ -354,7 +362,8 @@ class UpstreamConnection(Protocol):
         connection_tokens: list[bytes] = []
         for line in lines[1:]:
             name, sep, value = line.partition(b":")
-            if not sep or not name or name[-1:] in (b" ", b"\t"):
+            if not sep or not is_token(name):
+                # (A name must be a token: no spaces, no line fold.)
                 self._fail(FAIL_PROTOCOL, "upstream sent a malformed header line")
                 return None
             value = value.strip(b" \t")

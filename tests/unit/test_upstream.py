@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import pytest
 from twisted.internet.defer import fail, succeed
 from twisted.internet.error import ConnectionDone, ConnectionRefusedError
 from twisted.internet.testing import MemoryReactorClock, StringTransport
@@ -20,7 +23,7 @@ from idgateway.upstream import (
 class FakeEndpoint:
     def __init__(self, refuse: bool = False) -> None:
         self.transports: list[StringTransport] = []
-        self.protocols = []
+        self.protocols: list[Any] = []
         self.refuse = refuse
 
     def connect(self, factory):
@@ -58,7 +61,7 @@ class Sink:
 def make(size=2, refuse=False):
     clock = MemoryReactorClock()
     endpoint = FakeEndpoint(refuse)
-    return UpstreamPool(endpoint, clock, size=size), endpoint, clock
+    return UpstreamPool(endpoint, clock, size=size), endpoint, clock  # type: ignore[arg-type]
 
 
 def send(pool, head=b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", **kw):
@@ -171,6 +174,28 @@ def test_conflicting_content_lengths_are_refused():
     endpoint.protocols[0].dataReceived(
         b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n"
     )
+    assert sink.events == [("failed", FAIL_PROTOCOL)]
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        pytest.param(b"HTTP/1.1 200 OK\r\nX-A: 1\r\n folded\r\n\r\n", id="obsolete-line-fold"),
+        pytest.param(b"HTTP/1.1 200 OK\r\nX-A: 1\nSet-Cookie: x=1\r\n\r\n", id="bare-LF"),
+        pytest.param(b"HTTP/1.1 200 OK\r\nX-A: 1\rSet-Cookie: x=1\r\n\r\n", id="bare-CR"),
+        pytest.param(b"HTTP/1.1 200 OK\r\nX-A: a\x00b\r\n\r\n", id="NUL"),
+        pytest.param(b"HTTP/1.1 200 O\nK\r\nX-A: 1\r\n\r\n", id="LF-in-reason"),
+        pytest.param(b"HTTP/1.1 200 OK\r\nX A: 1\r\n\r\n", id="space-in-name"),
+        pytest.param(b"HTTP/1.1 200 OK\r\nX-A : 1\r\n\r\n", id="space-before-colon"),
+        pytest.param(b"HTTP/1.1 200 OK\r\nX-(A): 1\r\n\r\n", id="name-not-a-token"),
+    ],
+)
+def test_a_head_that_cannot_be_written_back_verbatim_is_refused(head: bytes) -> None:
+    # The proxy writes the upstream's header lines back to the client as they
+    # came: a line break or NUL inside one would split the client's response.
+    pool, endpoint, _ = make()
+    sink, _ = send(pool)
+    endpoint.protocols[0].dataReceived(head)
     assert sink.events == [("failed", FAIL_PROTOCOL)]
 
 

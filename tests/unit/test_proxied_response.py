@@ -1,0 +1,161 @@
+"""An upstream's response as the client gets it: ProxiedResponse writes the head itself."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionDone
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
+
+from idgateway.proxy import ProxiedResponse
+from idgateway.request import GatewayRequest, GatewaySite
+
+
+class _Hold(Resource):
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.requests: list[GatewayRequest] = []
+
+    def render(self, request: GatewayRequest) -> Any:  # type: ignore[override]
+        self.requests.append(request)
+        return NOT_DONE_YET
+
+
+class _Route:
+    name = "app1"
+
+
+class _Runtime:
+    """The two things ProxiedResponse reads from a RouteRuntime."""
+
+    route = _Route()
+
+    def __init__(self, hsts_header: bytes | None = None) -> None:
+        self.hsts_header = hsts_header
+
+
+def _proxied(
+    raw: bytes, *, tls: bool = False, hsts: bytes | None = None, set_cookies: tuple[bytes, ...] = ()
+) -> tuple[ProxiedResponse, StringTransport]:
+    resource = _Hold()
+    channel = GatewaySite(resource).buildProtocol(IPv4Address("TCP", "127.0.0.1", 1))
+    assert channel is not None
+    transport = StringTransport()
+    channel.makeConnection(transport)
+    channel.dataReceived(raw)
+    [request] = resource.requests
+    sink = ProxiedResponse(request, _Runtime(hsts), tls=tls, set_cookies=list(set_cookies))  # type: ignore[arg-type]
+    return sink, transport
+
+
+GET = b"GET / HTTP/1.1\r\nHost: app1\r\n\r\n"
+
+
+def test_the_upstream_head_goes_out_as_it_came_minus_hop_by_hop_headers() -> None:
+    sink, transport = _proxied(GET)
+    sink.response_head(
+        200,
+        b"OK",
+        [
+            (b"x-app", b"1"),
+            (b"Connection", b"keep-alive, X-Hop"),
+            (b"X-Hop", b"gone"),
+            (b"Keep-Alive", b"timeout=5"),
+            (b"Set-Cookie", b"a=1"),
+            (b"Set-Cookie", b"b=2"),
+        ],
+        5,
+    )
+    sink.response_data(b"hello")
+    sink.response_end()
+    # No Content-Type is made up for the application (twisted.web's default
+    # would have said text/html), and the connection stays open.
+    assert transport.value() == (
+        b"HTTP/1.1 200 OK\r\nx-app: 1\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\n"
+        b"Content-Length: 5\r\n\r\nhello"
+    )
+    assert not transport.disconnecting
+
+
+def test_a_response_without_a_length_is_chunked_for_http_1_1() -> None:
+    sink, transport = _proxied(GET)
+    sink.response_head(200, b"", [(b"Content-Type", b"text/plain")], None)
+    sink.response_data(b"hello")
+    sink.response_data(b" world")
+    sink.response_end()
+    assert transport.value() == (
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
+    )
+    assert not transport.disconnecting
+
+
+def test_an_http_1_0_client_gets_the_body_until_close() -> None:
+    sink, transport = _proxied(b"GET / HTTP/1.0\r\nHost: app1\r\n\r\n")
+    sink.response_head(200, b"OK", [], None)
+    sink.response_data(b"hello")
+    sink.response_end()
+    assert transport.value() == b"HTTP/1.0 200 OK\r\n\r\nhello"
+    assert transport.disconnecting
+
+
+def test_over_tls_the_routes_hsts_replaces_the_applications_and_set_cookies_are_added() -> None:
+    sink, transport = _proxied(
+        GET, tls=True, hsts=b"max-age=63072000", set_cookies=(b"_idgw_app1=new; HttpOnly",)
+    )
+    sink.response_head(
+        200, b"OK", [(b"strict-transport-security", b"max-age=0"), (b"Set-Cookie", b"app=1")], 0
+    )
+    sink.response_end()
+    assert transport.value() == (
+        b"HTTP/1.1 200 OK\r\nSet-Cookie: app=1\r\nContent-Length: 0\r\n"
+        b"Strict-Transport-Security: max-age=63072000\r\n"
+        b"Set-Cookie: _idgw_app1=new; HttpOnly\r\n\r\n"
+    )
+
+
+def test_head_and_no_content_answers_have_no_body_and_keep_the_connection() -> None:
+    sink, transport = _proxied(b"HEAD / HTTP/1.1\r\nHost: app1\r\n\r\n")
+    sink.response_head(200, b"OK", [(b"ETag", b'"x"')], 10)
+    sink.response_end()
+    assert transport.value() == b'HTTP/1.1 200 OK\r\nETag: "x"\r\nContent-Length: 10\r\n\r\n'
+    assert not transport.disconnecting
+
+    sink, transport = _proxied(GET)
+    sink.response_head(204, b"No Content", [], None)
+    sink.response_end()
+    assert transport.value() == b"HTTP/1.1 204 No Content\r\n\r\n"
+
+
+def test_a_client_asking_to_close_hears_connection_close() -> None:
+    sink, transport = _proxied(b"GET / HTTP/1.1\r\nHost: app1\r\nConnection: close\r\n\r\n")
+    sink.response_head(404, b"", [], 2)
+    sink.response_data(b"no")
+    sink.response_end()
+    assert transport.value() == (
+        b"HTTP/1.1 404 Not Found\r\nContent-Length: 2\r\nConnection: close\r\n\r\nno"
+    )
+    assert transport.disconnecting
+
+
+def test_an_answer_before_the_request_body_ends_closes_the_connection() -> None:
+    sink, transport = _proxied(b"POST / HTTP/1.1\r\nHost: app1\r\nContent-Length: 100\r\n\r\nabc")
+    sink.response_head(413, b"", [], 0)
+    sink.response_end()
+    assert transport.value() == (
+        b"HTTP/1.1 413 Request Entity Too Large\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    assert transport.disconnecting
+
+
+def test_a_client_gone_before_the_head_gets_nothing() -> None:
+    sink, transport = _proxied(GET)
+    sink.request.channel.connectionLost(Failure(ConnectionDone()))
+    sink.response_head(200, b"OK", [], 5)
+    assert transport.value() == b""
