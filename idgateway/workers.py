@@ -311,7 +311,7 @@ class MasterService(Service):
         args = [
             self.python,
             "-m",
-            "idgateway.workers",
+            "idgateway.worker_process",
             "--config",
             self.config_path,
             "--index",
@@ -796,7 +796,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     parser = argparse.ArgumentParser(
-        prog="python -m idgateway.workers",
+        prog="python -m idgateway.worker_process",
         description="One idgateway worker; the master (twistd idgateway) starts these.",
     )
     parser.add_argument("--config", required=True)

@@ -133,7 +133,7 @@ def test_two_workers_share_the_listener(start_gateway, backend, log_to_stdout):
     workers = children(gateway.pid)
     assert len(workers) == 2
     for pid in workers:
-        assert "idgateway.workers" in cmdline(pid)
+        assert "idgateway.worker_process" in cmdline(pid)
     # 200 requests from 10 concurrent keep-alive clients; each keeps its
     # connection open until /proc has shown which process accepted it.
     connections: list[http.client.HTTPConnection] = []
