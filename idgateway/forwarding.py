@@ -218,7 +218,7 @@ def build_request_head(
 
 
 def response_headers_to_forward(
-    headers: list[tuple[bytes, bytes]], *, keep_upgrade: bool = False
+    headers: Sequence[tuple[bytes, bytes]], *, keep_upgrade: bool = False
 ) -> list[tuple[bytes, bytes]]:
     """Upstream response headers minus hop-by-hop ones and those ``Connection`` names."""
     named: set[bytes] = set()

@@ -9,6 +9,7 @@ forwarding; routes without a login go straight through.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from twisted.internet.interfaces import IPushProducer, ITransport
@@ -205,6 +206,35 @@ class GatewayResource(Resource):
         return NOT_DONE_YET
 
 
+# The header lines forwarded for an upstream head, by the identity of its
+# (immutable, shared) parsed headers: see upstream._RESPONSE_HEADS.
+_FORWARDED_LINES: dict[tuple[int, bool], tuple[Sequence[tuple[bytes, bytes]], bytes]] = {}
+_FORWARDED_LINES_MAX = 256
+
+
+def forwarded_header_lines(headers: Sequence[tuple[bytes, bytes]], *, replace_hsts: bool) -> bytes:
+    """The upstream's end-to-end headers as lines for the client's response.
+
+    With ``replace_hsts`` the application's Strict-Transport-Security is left
+    out: the route's own policy replaces it.
+    """
+    key = (id(headers), replace_hsts)
+    known = _FORWARDED_LINES.get(key)
+    if known is not None and known[0] is headers:
+        return known[1]
+    lines: list[bytes] = []
+    for name, value in response_headers_to_forward(headers):
+        if replace_hsts and name.lower() == b"strict-transport-security":
+            continue
+        lines += (name, b": ", value, b"\r\n")
+    block = b"".join(lines)
+    if isinstance(headers, tuple):  # shared parsed heads only; a list may change
+        if len(_FORWARDED_LINES) >= _FORWARDED_LINES_MAX:
+            _FORWARDED_LINES.clear()
+        _FORWARDED_LINES[key] = (headers, block)
+    return block
+
+
 def _header_bytes(request: GatewayRequest) -> int:
     total = len(request.uri) + len(request.method) + 12
     for name, values in request.requestHeaders.getAllRawHeaders():
@@ -240,12 +270,16 @@ class ProxiedResponse:
         self.tls = tls
         self.exchange: Exchange | None = None
         self._producing = False
-        self._upgrade_headers: list[tuple[bytes, bytes]] = []
+        self._upgrade_headers: Sequence[tuple[bytes, bytes]] = ()
 
     # -- upstream.ResponseSink ---------------------------------------------------
 
     def response_head(
-        self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]], length: int | None
+        self,
+        status: int,
+        reason: bytes,
+        headers: Sequence[tuple[bytes, bytes]],
+        length: int | None,
     ) -> None:
         request = self.request
         # observe hook: upstream time is the time to the response head.
@@ -265,12 +299,14 @@ class ProxiedResponse:
         # header into twisted.web's Headers and back cost more than the rest of
         # the response. The upstream parser has already refused heads with a
         # header name that is not a token, or a CR, LF or NUL out of place.
-        head = [request.clientproto, b" %d " % status, request.code_message, b"\r\n"]
         hsts = self.runtime.hsts_header if self.tls else None
-        for name, value in response_headers_to_forward(headers):
-            if hsts is not None and name.lower() == b"strict-transport-security":
-                continue  # the route's own policy replaces the application's
-            head += (name, b": ", value, b"\r\n")
+        head = [
+            request.clientproto,
+            b" %d " % status,
+            request.code_message,
+            b"\r\n",
+            forwarded_header_lines(headers, replace_hsts=hsts is not None),
+        ]
         if length is not None:
             head += (b"Content-Length: %d\r\n" % length,)
         elif (

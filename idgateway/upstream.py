@@ -15,6 +15,8 @@ the pool full wait in a FIFO queue.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Sequence
+from typing import NamedTuple
 from typing import Protocol as TypingProtocol
 
 from twisted.internet import error as net_error
@@ -66,7 +68,11 @@ class ResponseSink(TypingProtocol):
     """Where a response goes: the proxy's per-request exchange."""
 
     def response_head(
-        self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]], length: int | None
+        self,
+        status: int,
+        reason: bytes,
+        headers: Sequence[tuple[bytes, bytes]],
+        length: int | None,
     ) -> None: ...
 
     def response_data(self, data: bytes) -> None: ...
@@ -137,6 +143,74 @@ class Exchange:
         self.cancelled = True
         if self.connection is not None:
             self.connection.abandon()
+
+
+class ResponseHead(NamedTuple):
+    status: int
+    reason: bytes
+    # As the upstream sent them (shared between responses with the same head:
+    # never to be changed).
+    headers: tuple[tuple[bytes, bytes], ...]
+    length: int | None  # the Content-Length, if any
+    chunked: bool
+    closes: bool  # the upstream will close the connection after this response
+
+
+# Parsed heads by their bytes: an application sends the same head again and
+# again (until its Date header ticks), and parsing one was a twentieth of a
+# proxied request. Bounded; cleared when full.
+_RESPONSE_HEADS: dict[bytes, ResponseHead] = {}
+_RESPONSE_HEADS_MAX = 256
+
+
+def parse_response_head(head: bytes) -> ResponseHead | str:
+    """The status line and headers in ``head`` (without the blank line), or
+    what is wrong with them."""
+    crlf = head.count(b"\r\n")
+    if head.count(b"\r") != crlf or head.count(b"\n") != crlf or b"\x00" in head:
+        # A CR or LF outside a line end (an obsolete line fold's, say) or a
+        # NUL: the head is written back to the client as it came, so it must
+        # be plain lines.
+        return "upstream sent a CR, LF or NUL inside a header line"
+    lines = head.split(b"\r\n")
+    status_line = lines[0].split(b" ", 2)
+    try:
+        version = status_line[0]
+        status = int(status_line[1])
+        if not version.startswith(b"HTTP/1.") or not 100 <= status <= 999:
+            raise ValueError(version)
+    except (ValueError, IndexError):
+        return "upstream sent a malformed status line"
+    reason = status_line[2] if len(status_line) > 2 else b""
+    headers: list[tuple[bytes, bytes]] = []
+    length: int | None = None
+    chunked = False
+    closes = False
+    connection_tokens: list[bytes] = []
+    for line in lines[1:]:
+        name, sep, value = line.partition(b":")
+        if not sep or not is_token(name):
+            # (A name must be a token: no spaces, no line fold.)
+            return "upstream sent a malformed header line"
+        value = value.strip(b" \t")
+        lower = name.lower()
+        if lower == b"content-length":
+            if not value.isdigit() or (length is not None and int(value) != length):
+                return "upstream sent a bad Content-Length"
+            length = int(value)
+        elif lower == b"transfer-encoding":
+            chunked = value.lower().rsplit(b",", 1)[-1].strip() == b"chunked"
+            if not chunked:
+                # A non-chunked transfer coding: the body ends at close.
+                closes = True
+        elif lower == b"connection":
+            connection_tokens.extend(t.strip().lower() for t in value.split(b","))
+        headers.append((name, value))
+    if version == b"HTTP/1.0" and b"keep-alive" not in connection_tokens:
+        closes = True
+    if b"close" in connection_tokens:
+        closes = True
+    return ResponseHead(status, reason, tuple(headers), length, chunked, closes)
 
 
 # Parser states.
@@ -338,52 +412,17 @@ class UpstreamConnection(Protocol):
             self._buffer = data
             return None
         head, rest = data[:end], data[end + 4 :]
-        crlf = head.count(b"\r\n")
-        if head.count(b"\r") != crlf or head.count(b"\n") != crlf or b"\x00" in head:
-            # A CR or LF outside a line end (an obsolete line fold's, say) or a
-            # NUL: the head is written back to the client as it came, so it
-            # must be plain lines.
-            self._fail(FAIL_PROTOCOL, "upstream sent a CR, LF or NUL inside a header line")
-            return None
-        lines = head.split(b"\r\n")
-        status_line = lines[0].split(b" ", 2)
-        try:
-            version = status_line[0]
-            status = int(status_line[1])
-            if not version.startswith(b"HTTP/1.") or not 100 <= status <= 999:
-                raise ValueError(version)
-        except (ValueError, IndexError):
-            self._fail(FAIL_PROTOCOL, "upstream sent a malformed status line")
-            return None
-        reason = status_line[2] if len(status_line) > 2 else b""
-        headers: list[tuple[bytes, bytes]] = []
-        length: int | None = None
-        chunked = False
-        connection_tokens: list[bytes] = []
-        for line in lines[1:]:
-            name, sep, value = line.partition(b":")
-            if not sep or not is_token(name):
-                # (A name must be a token: no spaces, no line fold.)
-                self._fail(FAIL_PROTOCOL, "upstream sent a malformed header line")
+        known = _RESPONSE_HEADS.get(head)
+        if known is None:
+            parsed = parse_response_head(head)
+            if isinstance(parsed, str):
+                self._fail(FAIL_PROTOCOL, parsed)
                 return None
-            value = value.strip(b" \t")
-            lower = name.lower()
-            if lower == b"content-length":
-                if not value.isdigit() or (length is not None and int(value) != length):
-                    self._fail(FAIL_PROTOCOL, "upstream sent a bad Content-Length")
-                    return None
-                length = int(value)
-            elif lower == b"transfer-encoding":
-                chunked = value.lower().rsplit(b",", 1)[-1].strip() == b"chunked"
-                if not chunked:
-                    # A non-chunked transfer coding: the body ends at close.
-                    self._keep_alive = False
-            elif lower == b"connection":
-                connection_tokens.extend(t.strip().lower() for t in value.split(b","))
-            headers.append((name, value))
-        if version == b"HTTP/1.0" and b"keep-alive" not in connection_tokens:
-            self._keep_alive = False
-        if b"close" in connection_tokens:
+            if len(_RESPONSE_HEADS) >= _RESPONSE_HEADS_MAX:
+                _RESPONSE_HEADS.clear()
+            _RESPONSE_HEADS[head] = known = parsed
+        status, reason, headers, length, chunked, closes = known
+        if closes:
             self._keep_alive = False
         exchange = self.exchange
         assert exchange is not None

@@ -11,7 +11,7 @@ from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
-from idgateway.proxy import ProxiedResponse
+from idgateway.proxy import ProxiedResponse, forwarded_header_lines
 from idgateway.request import GatewayRequest, GatewaySite
 
 
@@ -159,3 +159,16 @@ def test_a_client_gone_before_the_head_gets_nothing() -> None:
     sink.request.channel.connectionLost(Failure(ConnectionDone()))
     sink.response_head(200, b"OK", [], 5)
     assert transport.value() == b""
+
+
+def test_forwarded_lines_are_worked_out_once_per_shared_head() -> None:
+    shared = ((b"X-App", b"1"), (b"Connection", b"close"), (b"Strict-Transport-Security", b"x"))
+    first = forwarded_header_lines(shared, replace_hsts=False)
+    assert first == b"X-App: 1\r\nStrict-Transport-Security: x\r\n"
+    assert forwarded_header_lines(shared, replace_hsts=False) is first
+    assert forwarded_header_lines(shared, replace_hsts=True) == b"X-App: 1\r\n"
+    # A list may change between calls: it is never taken from the memo.
+    changing = [(b"X-App", b"1")]
+    assert forwarded_header_lines(changing, replace_hsts=False) == b"X-App: 1\r\n"
+    changing[0] = (b"X-App", b"2")
+    assert forwarded_header_lines(changing, replace_hsts=False) == b"X-App: 2\r\n"

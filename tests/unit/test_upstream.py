@@ -16,7 +16,9 @@ from idgateway.upstream import (
     FAIL_RESET,
     FAIL_TIMEOUT,
     Exchange,
+    ResponseHead,
     UpstreamPool,
+    parse_response_head,
 )
 
 
@@ -258,3 +260,54 @@ def test_fresh_connection_lost_before_any_byte_is_a_connect_failure():
     sink, _ = send(pool)
     endpoint.protocols[0].connectionLost(Failure(ConnectionDone()))
     assert sink.events == [("failed", FAIL_CONNECT)]
+
+
+def test_parse_response_head_reads_framing_and_connection_fate() -> None:
+    head = parse_response_head(
+        b"HTTP/1.1 200 OK\r\nServer: nginx\r\nContent-Length: 20\r\nX-A:  spaced \t"
+    )
+    assert head == ResponseHead(
+        200,
+        b"OK",
+        ((b"Server", b"nginx"), (b"Content-Length", b"20"), (b"X-A", b"spaced")),
+        20,
+        False,
+        False,
+    )
+    chunked = parse_response_head(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked")
+    assert isinstance(chunked, ResponseHead) and chunked.chunked and not chunked.closes
+    closes = [
+        b"HTTP/1.0 200 OK\r\nContent-Length: 1",
+        b"HTTP/1.1 200 OK\r\nConnection: Close",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip",
+    ]
+    for raw in closes:
+        parsed = parse_response_head(raw)
+        assert isinstance(parsed, ResponseHead) and parsed.closes, raw
+    kept = parse_response_head(b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 1")
+    assert isinstance(kept, ResponseHead) and not kept.closes
+    assert parse_response_head(b"HTTP/1.1 2x OK") == "upstream sent a malformed status line"
+
+
+def test_the_same_head_is_parsed_once_and_shared() -> None:
+    pool, endpoint, _ = make(size=1)
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nDate: Mon, 23 Nov 2026 19:00:00 GMT\r\n\r\n"
+    seen = []
+    for date in (b"19:00:00", b"19:00:00", b"19:00:01"):
+        sink, _ = send(pool)
+        endpoint.protocols[0].dataReceived(head.replace(b"19:00:00", date) + b"ok")
+        [(_, status, _, headers, length), _] = sink.events
+        assert (status, length, sink.body) == (200, 2, b"ok")
+        seen.append(headers)
+    assert seen[0] is seen[1]  # one parse, shared (and immutable: a tuple)
+    assert isinstance(seen[0], tuple)
+    assert seen[2] is not seen[0] and (b"Date", b"Mon, 23 Nov 2026 19:00:01 GMT") in seen[2]
+
+
+def test_a_refused_head_is_refused_every_time() -> None:
+    bad = b"HTTP/1.1 200 OK\r\nX A: 1\r\n\r\n"
+    for _ in range(2):
+        pool, endpoint, _ = make()
+        sink, _ = send(pool)
+        endpoint.protocols[0].dataReceived(bad)
+        assert sink.events == [("failed", FAIL_PROTOCOL)]
