@@ -63,6 +63,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 import idgateway
+from idgateway import observe as observe_module
 from idgateway import systemd
 from idgateway.config import ConfigError, load_config
 from idgateway.metrics import METRICS, GatewayMetrics
@@ -768,14 +769,17 @@ def _log_json_to_stdout(reactor: Any) -> None:
             pending.clear()
             out.flush()
 
+    def access_record(when: float, line: str) -> None:
+        # Text access lines: a compact record, written in batches.
+        line = line.replace("\n", "\\n").replace("\r", "\\r")
+        if not pending:
+            reactor.callLater(ACCESS_FLUSH_DELAY, flush)
+        pending.append(f"{ACCESS_RECORD}{when!r}\t{line}\n")
+
     def observe(event: dict[str, Any]) -> None:
         line = event.get("access_line")
         if isinstance(line, str) and event.get("log_namespace") == ACCESS_NAMESPACE:
-            # Text access lines: a compact record, written in batches.
-            line = line.replace("\n", "\\n").replace("\r", "\\r")
-            if not pending:
-                reactor.callLater(ACCESS_FLUSH_DELAY, flush)
-            pending.append(f"{ACCESS_RECORD}{event.get('log_time', 0.0)!r}\t{line}\n")
+            access_record(event.get("log_time", 0.0), line)
             return
         flush()  # what was logged before this goes out before it
         failure = event.get("log_failure")
@@ -787,6 +791,8 @@ def _log_json_to_stdout(reactor: Any) -> None:
     globalLogBeginner.beginLoggingTo(
         [cast(ILogObserver, observe)], redirectStandardIO=False, discardBuffer=False
     )
+    # Text access lines skip twisted.logger and become records directly.
+    observe_module.send_access_lines_to(access_record)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -3,13 +3,24 @@
 from __future__ import annotations
 
 import io
+import re
+import time
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from twisted.internet.task import Clock
-from twisted.logger import Logger, formatEvent, jsonFileLogObserver, textFileLogObserver
+from twisted.logger import (
+    Logger,
+    capturedLogs,
+    formatEvent,
+    jsonFileLogObserver,
+    textFileLogObserver,
+)
 
+from idgateway import observe as observe_module
 from idgateway import workers
+from idgateway.model import LoggingSettings
 from idgateway.workers import ACCESS_RECORD, WorkerProtocol, _Worker
 
 
@@ -48,7 +59,12 @@ def test_the_worker_writes_access_lines_compactly_and_in_batches(
     out = io.StringIO()
     flushes: list[int] = []
     real_flush = out.flush
-    monkeypatch.setattr(out, "flush", lambda: (flushes.append(1), real_flush()))
+
+    def counting_flush() -> None:
+        flushes.append(1)
+        real_flush()
+
+    monkeypatch.setattr(out, "flush", counting_flush)
     monkeypatch.setattr(workers.sys, "stdout", out)
     began: list[Any] = []
     monkeypatch.setattr(
@@ -56,6 +72,7 @@ def test_the_worker_writes_access_lines_compactly_and_in_batches(
         lambda observers, **kw: began.extend(observers),
     )
     clock = Clock()
+    monkeypatch.setattr(observe_module, "_direct_record", None)  # restored afterwards
     workers._log_json_to_stdout(clock)
     [observe] = began
     for n in range(3):
@@ -76,6 +93,33 @@ def test_the_worker_writes_access_lines_compactly_and_in_batches(
     # Everything else is still a JSON record (and flushed at once).
     Logger(namespace="other", observer=observe).info("hello {x}", x=1)
     assert out.getvalue().split("\n")[-2].startswith("\x1e{")
+
+    # A finished request's access line becomes a record without a log event.
+    request = SimpleNamespace(
+        idgw_logging=LoggingSettings(),
+        idgw_started=time.monotonic(),
+        idgw_upstream_ms=0.4,
+        idgw_route="app1",
+        idgw_user="alice",
+        idgw_cut_off=False,
+        client=SimpleNamespace(host="198.51.100.7"),
+        method=b"GET",
+        path=b"/direct",
+        code=200,
+        sentLength=5,
+        request_id=b"rid-1",
+    )
+    with capturedLogs() as events:
+        observe_module.log_access(request)
+    assert events == []
+    clock.advance(workers.ACCESS_FLUSH_DELAY)
+    record = out.getvalue().split("\n")[-2]
+    assert record.startswith(ACCESS_RECORD)
+    assert re.search(
+        r"\tGET /direct 200 5B route=app1 user=alice gw=\d+\.\dms up=0.4ms id=rid-1 "
+        r"ip=198.51.100.7$",
+        record,
+    )
 
 
 class _Master:
@@ -141,6 +185,6 @@ def test_the_master_writes_access_lines_itself_only_when_twistd_logs_text_to_std
     from idgateway.tap import Options, log_is_text_on_stdout
 
     options = Options()
-    options.parent = parent  # type: ignore[attr-defined]
+    options.parent = parent  # type: ignore[attr-defined,assignment]
     assert log_is_text_on_stdout(options) is expected
     assert log_is_text_on_stdout(Options()) is False  # not run by twistd
