@@ -59,6 +59,11 @@ class Upstream:
     ca_file: str | None = None
     # Maximum connections held open to this upstream (busy + idle).
     pool_size: int = 64
+    # host_header, encoded once (it goes into every request sent upstream).
+    host_header_bytes: bytes = attrs.field(init=False, eq=False, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        object.__setattr__(self, "host_header_bytes", self.host_header.encode())
 
     @property
     def host_header(self) -> str:

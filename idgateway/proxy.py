@@ -155,7 +155,7 @@ class GatewayResource(Resource):
             target=target,
             headers=list(headers.getAllRawHeaders()),
             connection=connection,
-            host_header=host if route.preserve_host else upstream.host_header.encode(),
+            host_header=host if route.preserve_host else upstream.host_header_bytes,
             client_ip=client_ip.encode(),
             proto=self.proto,
             port=self.port_bytes,

@@ -64,9 +64,16 @@ class RouteRuntime:
     # are removed from every request sent upstream. None when no route logs in.
     own_cookie: Callable[[bytes], bool] | None = None
 
-    @property
-    def strip_headers_and_cookie(self) -> frozenset[bytes]:
-        return self.strip_headers | {b"cookie"}
+    # strip_headers plus Cookie (for a request whose Cookie header the gate
+    # rewrites); made once, since header decisions are memoised per set.
+    strip_headers_and_cookie: frozenset[bytes] = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self.set_strip_headers(self.strip_headers)
+
+    def set_strip_headers(self, headers: frozenset[bytes]) -> None:
+        self.strip_headers = headers
+        self.strip_headers_and_cookie = headers | {b"cookie"}
 
     # Where https_redirect sends plain-HTTP clients: b"" for 443, else b":8443".
     https_port_suffix: bytes = b""
@@ -242,7 +249,7 @@ class StateBuilder:
         all_prefixes = tuple(sorted({p for r in runtimes.values() for p in r.strip_prefixes}))
         own_cookie = _any_own_cookie(logins) if logins else None
         for runtime in runtimes.values():
-            runtime.strip_headers = all_strip | (runtime.strip_headers & {b"authorization"})
+            runtime.set_strip_headers(all_strip | (runtime.strip_headers & {b"authorization"}))
             runtime.strip_prefixes = all_prefixes
             runtime.own_cookie = own_cookie
         assert self._replay is not None
