@@ -15,6 +15,7 @@ from io import BytesIO
 from typing import Any
 
 from twisted.internet.defer import Deferred
+from twisted.internet.task import LoopingCall
 from twisted.web import http, server
 from twisted.web.http import _IdentityTransferDecoder
 from twisted.web.resource import Resource
@@ -220,6 +221,10 @@ class GatewayRequest(server.Request):
         raise AssertionError("GatewayRequest is dispatched from gotLength")
 
 
+# How often a site looks for connections idle past their timeout: they are
+# closed up to this much late.
+IDLE_SWEEP_INTERVAL = 1.0
+
 # nginx's status for a request whose client went away before any answer.
 CLIENT_CLOSED_REQUEST = 499
 
@@ -240,6 +245,35 @@ class GatewayChannel(http.HTTPChannel):
     def connectionMade(self) -> None:
         coalesce_writes(self.transport)
         super().connectionMade()
+
+    # -- the idle timeout, without a DelayedCall per request -------------------
+    # twisted.web cancels the channel's timeout when a request arrives and
+    # schedules a new one when it is answered: a DelayedCall made, cancelled
+    # and sifted out of the reactor's heap per request. Here the channel only
+    # notes when it went idle; its site's sweep (once a second) times out the
+    # ones idle too long.
+
+    _idle_period: float | None = None
+    _idle_since = 0.0
+
+    def setTimeout(self, period: float | None) -> float | None:  # type: ignore[override]
+        previous = self._idle_period
+        self._idle_period = period
+        site: GatewaySite = self.site  # type: ignore[attr-defined]
+        if period is None:
+            site.idle_channels.discard(self)
+        else:
+            self._idle_since = site.reactor.seconds()
+            site.watch_idle(self)
+        return previous
+
+    def resetTimeout(self) -> None:
+        if self._idle_period is not None:
+            self._idle_since = self.site.reactor.seconds()  # type: ignore[attr-defined]
+
+    def idle_expired(self, now: float) -> bool:
+        period = self._idle_period
+        return period is not None and now - self._idle_since >= period
 
     def dataReceived(self, data: bytes) -> None:
         # A whole request head in one read, between requests: parse it in one
@@ -323,6 +357,25 @@ class GatewaySite(server.Site):
 
     def __init__(self, resource: Resource, **kwargs: Any) -> None:
         super().__init__(resource, **kwargs)
+        # Channels whose idle timeout runs (GatewayChannel.setTimeout).
+        self.idle_channels: set[GatewayChannel] = set()
+        self._idle_sweep = LoopingCall(self._time_out_idle)
+        self._idle_sweep.clock = self.reactor
+
+    def watch_idle(self, channel: GatewayChannel) -> None:
+        self.idle_channels.add(channel)
+        if not self._idle_sweep.running:
+            self._idle_sweep.start(IDLE_SWEEP_INTERVAL, now=False)
+
+    def _time_out_idle(self) -> None:
+        if not self.idle_channels:
+            self._idle_sweep.stop()
+            return
+        now = self.reactor.seconds()
+        expired = [channel for channel in self.idle_channels if channel.idle_expired(now)]
+        for channel in expired:
+            channel.setTimeout(None)
+            channel.timeoutConnection()
 
     def log(self, request: http.Request) -> None:
         # Access logging is the gateway's own job (see observe); twisted's
