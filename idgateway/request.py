@@ -244,6 +244,9 @@ class GatewayChannel(http.HTTPChannel):
 
     def connectionMade(self) -> None:
         coalesce_writes(self.transport)
+        # Over TLS, the TCP connection under the TLS layer (whose own writes
+        # twisted already gathers per reactor turn).
+        coalesce_writes(getattr(self.transport, "transport", None))
         super().connectionMade()
 
     # -- the idle timeout, without a DelayedCall per request -------------------

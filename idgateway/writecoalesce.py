@@ -9,7 +9,8 @@ the reactor's event dispatch per request, for sockets that are almost always
 writable at once.
 
 ``coalesce_writes(transport)`` changes a plain ``tcp.Server`` or
-``tcp.Client`` (TLS transports and UNIX sockets are left alone) so that the
+``tcp.Client`` (anything else is left alone; for TLS, the gateway's channel
+passes the TCP connection under the TLS layer) so that the
 first write of a reactor turn schedules one flush at the start of the next
 turn (``callLater(0)``), shared by every such transport; the flush runs the
 transport's own ``doWrite`` (so flow control, producers and partial sends are

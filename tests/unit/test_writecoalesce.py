@@ -123,3 +123,24 @@ def test_only_plain_tcp_transports_change() -> None:
     coalesce_writes(other)
     assert type(server) is CoalescingServer and type(client) is CoalescingClient
     assert type(other) is _Transport
+
+
+def test_over_tls_the_tcp_connection_under_the_tls_layer_coalesces() -> None:
+    from twisted.internet.testing import StringTransport
+    from twisted.web.resource import Resource
+
+    from idgateway.request import GatewaySite
+
+    class _TLSLayer(StringTransport):
+        """Stands in for TLSMemoryBIOProtocol: a transport over a TCP transport."""
+
+        def __init__(self, tcp_transport: object) -> None:
+            super().__init__()
+            self.transport = tcp_transport
+
+    tcp_transport = tcp.Server.__new__(tcp.Server)
+    channel = GatewaySite(Resource()).buildProtocol(None)
+    assert channel is not None
+    channel.makeConnection(_TLSLayer(tcp_transport))
+    assert type(tcp_transport) is CoalescingServer
+    channel.setTimeout(None)  # leave no idle sweep behind
