@@ -251,6 +251,8 @@ class UpstreamConnection(Protocol):
 
     def connectionMade(self) -> None:
         coalesce_writes(self.transport)
+        # An https upstream: the TCP connection under the TLS layer.
+        coalesce_writes(getattr(self.transport, "transport", None))
         set_no_delay = getattr(self.transport, "setTcpNoDelay", None)
         if set_no_delay is not None:
             try:
