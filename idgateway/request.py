@@ -22,7 +22,7 @@ from twisted.web.resource import Resource
 
 from idgateway.model import LoggingSettings
 from idgateway.observe import log_access
-from idgateway.request_head import RequestHead, parse_request_head
+from idgateway.request_head import RequestHead, read_request_head
 from idgateway.upstream import UpstreamConnection
 from idgateway.writecoalesce import coalesce_writes
 
@@ -292,23 +292,21 @@ class GatewayChannel(http.HTTPChannel):
             and not self.paused
             and self._HTTPChannel__first_line == 1
         ):
-            end = data.find(b"\r\n\r\n")
-            if 0 < end <= self.MAX_LENGTH:
-                head = parse_request_head(data[:end], self.maxHeaders)
-                if head is not None:
-                    self.resetTimeout()
-                    self._busyReceiving = True
-                    try:
-                        self._head_received(head)
-                    finally:
-                        self._busyReceiving = False
-                    rest = data[end + 4 :]
-                    if rest:
-                        # A body, or pipelined requests: as twisted.web would.
-                        # (dataReceived may have been replaced: not persistent
-                        # any more, or a WebSocket tunnel.)
-                        self.dataReceived(rest)
-                    return
+            found = read_request_head(data, self.maxHeaders, self.MAX_LENGTH)
+            if found is not None:
+                head, consumed = found
+                self.resetTimeout()
+                self._busyReceiving = True
+                try:
+                    self._head_received(head)
+                finally:
+                    self._busyReceiving = False
+                if consumed < len(data):
+                    # A body, or pipelined requests: as twisted.web would.
+                    # (dataReceived may have been replaced: not persistent
+                    # any more, or a WebSocket tunnel.)
+                    self.dataReceived(data[consumed:])
+                return
         super().dataReceived(data)
 
     def _head_received(self, head: RequestHead) -> None:

@@ -4,7 +4,7 @@ twisted.web's HTTPChannel reads a request head one line at a time (a
 LineReceiver split, then a method call or two per header): with a browser's
 dozen headers that was a tenth of the gateway's time per proxied request.
 Nearly every request arrives with its whole head in one read, so
-``parse_request_head`` takes the head at once. It accepts exactly what
+``read_request_head`` takes the head at once. It accepts exactly what
 HTTPChannel accepts and nothing more: anything unusual (an obsolete line fold,
 a bare CR or LF, a chunked body, a doubtful Content-Length, a head too big)
 returns None and the channel falls back to twisted.web's own parser, which
@@ -39,26 +39,29 @@ class RequestHead(NamedTuple):
     length: int
 
 
-def parse_request_head(head: bytes, max_headers: int) -> RequestHead | None:
-    """The request line and headers in ``head`` (up to, not including, the
-    blank line), or None where twisted.web's line-by-line parser must decide."""
-    if b"\x00" in head:
-        return None
-    # Split at each LF (a memchr; splitting at CRLF searched two bytes at a
-    # time, slowly over a 2 KB cookie), requiring the CR before it.
+def read_request_head(
+    data: bytes, max_headers: int, max_size: int
+) -> tuple[RequestHead, int] | None:
+    """The request head at the start of ``data`` and how many bytes it took
+    (its blank line included), or None: the head is not all there, is over
+    ``max_size`` bytes, or twisted.web's line-by-line parser must decide."""
+    # Split at each LF (a memchr; looking for CRLF or CRLFCRLF searched two or
+    # four bytes at a time, slowly over a 2 KB cookie), requiring its CR.
     lines = []
     start = 0
     while True:
-        lf = head.find(b"\n", start)
-        if lf == -1:
-            lines.append(head[start:])
-            break
-        if lf == start or head[lf - 1] != 13:
+        lf = data.find(b"\n", start)
+        if lf == -1 or lf > max_size:
+            return None  # not all there yet, or too big for this path
+        if lf == start or data[lf - 1] != 13:
             return None  # a LF without its CR
-        lines.append(head[start : lf - 1])
+        if lf - 1 == start:
+            break  # the blank line
+        lines.append(data[start : lf - 1])
         start = lf + 1
-    if len(lines) > max_headers + 1:
-        return None
+    consumed = lf + 1
+    if not lines or len(lines) > max_headers + 1:
+        return None  # (a blank line first: twisted.web skips it)
     request_line = lines[0].split(b" ")
     if len(request_line) != 3:
         return None
@@ -71,8 +74,8 @@ def parse_request_head(head: bytes, max_headers: int) -> RequestHead | None:
         return None  # (this also keeps CR and LF out of the request line)
     headers: dict[bytes, list[bytes]] = {}
     for line in lines[1:]:
-        if b"\r" in line:
-            return None  # a CR that does not end a line
+        if b"\r" in line or b"\x00" in line:
+            return None  # a CR that does not end a line, or a NUL
         name, colon, value = line.partition(b":")
         if not colon:
             return None
@@ -99,4 +102,4 @@ def parse_request_head(head: bytes, max_headers: int) -> RequestHead | None:
         length = int(lengths[0])
     if b"Transfer-Encoding" in headers:
         return None
-    return RequestHead(method, target, version, headers, length)
+    return RequestHead(method, target, version, headers, length), consumed

@@ -20,7 +20,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
 from idgateway.request import GatewayChannel, GatewayRequest, GatewaySite
-from idgateway.request_head import RequestHead, parse_request_head
+from idgateway.request_head import RequestHead, read_request_head
 
 BROWSER_GET = (
     b"GET /app/page?x=1 HTTP/1.1\r\n"
@@ -38,7 +38,10 @@ BROWSER_GET = (
 
 
 def test_a_browser_head_is_parsed_as_twisted_would_store_it() -> None:
-    head = parse_request_head(BROWSER_GET[: BROWSER_GET.index(b"\r\n\r\n")], 500)
+    found = read_request_head(BROWSER_GET + b"GET /next", 500, 16384)
+    assert found is not None
+    head, consumed = found
+    assert consumed == len(BROWSER_GET)  # up to the next request
     assert head == RequestHead(
         method=b"GET",
         target=b"/app/page?x=1",
@@ -55,8 +58,19 @@ def test_a_browser_head_is_parsed_as_twisted_would_store_it() -> None:
 
 
 def test_the_content_length_is_read() -> None:
-    head = parse_request_head(b"POST /f HTTP/1.0\r\nHost: a\r\nContent-Length: 12", 500)
-    assert head is not None and head.length == 12 and head.version == b"HTTP/1.0"
+    found = read_request_head(
+        b"POST /f HTTP/1.0\r\nHost: a\r\nContent-Length: 12\r\n\r\nbody", 500, 100
+    )
+    assert found is not None
+    head, consumed = found
+    assert head.length == 12 and head.version == b"HTTP/1.0" and consumed == 49
+
+
+def test_a_head_not_all_there_or_too_big_is_left_to_twisted() -> None:
+    assert read_request_head(BROWSER_GET[:-2], 500, 16384) is None
+    assert read_request_head(BROWSER_GET[:20], 500, 16384) is None
+    assert read_request_head(BROWSER_GET, 500, 100) is None
+    assert read_request_head(b"\r\n" + BROWSER_GET, 500, 16384) is None
 
 
 @pytest.mark.parametrize(
@@ -83,7 +97,7 @@ def test_the_content_length_is_read() -> None:
     ],
 )
 def test_anything_unusual_is_left_to_twisted(head: bytes) -> None:
-    assert parse_request_head(head, 4) is None
+    assert read_request_head(head + b"\r\n\r\n", 4, 16384) is None
 
 
 # -- the channel: fast path vs twisted.web's parser ----------------------------
