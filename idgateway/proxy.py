@@ -99,7 +99,7 @@ class GatewayResource(Resource):
         uri = request.uri
         if not uri.startswith(b"/") and not (uri == b"*" and request.method == b"OPTIONS"):
             return self._refuse(request, 400, "The request target must be a path.")
-        if _header_bytes(request) > route.max_header_size:
+        if (request.head_size or _header_bytes(request)) > route.max_header_size:
             return self._refuse(request, 431, "The request headers are too large.")
         body = request.body
         if body is not None and route.max_body_size is not None:

@@ -141,6 +141,9 @@ class GatewayRequest(server.Request):
     # Called when the body grows past BodyPipe.limit.
     on_body_exceeded: Callable[[], None] | None = None
     request_id: bytes = b""
+    # Bytes of request line and headers, when the channel read the head in
+    # one piece (else 0: the proxy adds them up itself).
+    head_size: int = 0
     # -- observe hooks (idgateway.observe): what the access log reports ------
     idgw_logging: LoggingSettings | None = None  # set first thing in render
     idgw_started: float | None = None
@@ -298,7 +301,7 @@ class GatewayChannel(http.HTTPChannel):
                 self.resetTimeout()
                 self._busyReceiving = True
                 try:
-                    self._head_received(head)
+                    self._head_received(head, consumed)
                 finally:
                     self._busyReceiving = False
                 if consumed < len(data):
@@ -309,9 +312,11 @@ class GatewayChannel(http.HTTPChannel):
                 return
         super().dataReceived(data)
 
-    def _head_received(self, head: RequestHead) -> None:
+    def _head_received(self, head: RequestHead, size: int) -> None:
         """What HTTPChannel.lineReceived does over a whole head, in one go."""
         request = self.requestFactory(self, len(self.requests))
+        # The request line and headers as sent, without the blank line.
+        request.head_size = size - 2
         self.requests.append(request)
         self._HTTPChannel__first_line = 0
         self._command = head.method
