@@ -1327,6 +1327,18 @@ def tree_cpu_seconds(leader: int) -> float:
     return total / _CLK_TCK
 
 
+def cpu_per_request_us(cpu_seconds: float, requests: int | None) -> float | None:
+    """The server's CPU time (all its processes) per request answered, in µs.
+
+    Unlike req/s, this barely moves when other work on the machine takes CPU
+    time away from the server: it is what each request costs, not how many
+    fit into what the server was given.
+    """
+    if not requests or cpu_seconds <= 0:
+        return None
+    return cpu_seconds / requests * 1e6
+
+
 def tree_memory(leader: int) -> dict:
     """RSS and PSS (kB) summed over the tree; PSS shares shared pages out
     fairly between the processes (RSS counts them in each)."""
@@ -1805,6 +1817,7 @@ class Case:
             "p50_ms": self.median("p50_ms"),
             "p99_ms": self.median("p99_ms"),
             "transfer_bytes_per_s": self.median("transfer_bytes_per_s"),
+            "cpu_us_per_request": self.median("cpu_us_per_request"),
             "rps_min": min(r["rps"] for r in self.runs),
             "rps_max": max(r["rps"] for r in self.runs),
             "errors_total": sum(r["errors"] for r in self.runs),
@@ -1887,7 +1900,9 @@ def compute_ratios(cases: dict[str, Case]) -> dict[str, dict | None]:
         if not a or not b or not b["rps"] or not b["p50_ms"] or not b["p99_ms"]:
             out[name] = None
             continue
+        a_cpu, b_cpu = a.get("cpu_us_per_request"), b.get("cpu_us_per_request")
         out[name] = {
+            "cpu": a_cpu / b_cpu if a_cpu and b_cpu else None,
             "rps": a["rps"] / b["rps"],
             "p50": a["p50_ms"] / b["p50_ms"] if a["p50_ms"] else None,
             "p99": a["p99_ms"] / b["p99_ms"] if a["p99_ms"] else None,
@@ -1903,6 +1918,10 @@ def fmt_ms(v: float | None) -> str:
     if v < 100:
         return f"{v:.2f}ms"
     return f"{v:.0f}ms"
+
+
+def fmt_us(v: float | None) -> str:
+    return "-" if v is None else f"{v:,.0f}us"
 
 
 def fmt_rate(v: float | None) -> str:
@@ -1961,6 +1980,7 @@ def render(
         "p50",
         "p99",
         "MB/s",
+        "CPU/req",
         "÷ direct",
         "÷ stock",
         "÷ apache",
@@ -1984,6 +2004,7 @@ def render(
                 fmt_ms(s["p50_ms"]),
                 fmt_ms(s["p99_ms"]),
                 fmt_bytes(s["transfer_bytes_per_s"]),
+                fmt_us(s.get("cpu_us_per_request")),
                 fmt_x(r_direct["rps"]) if r_direct else "-",
                 fmt_x(r_stock["rps"]) if r_stock else "-",
                 fmt_x(r_apache["rps"]) if r_apache else "-",
@@ -2005,6 +2026,10 @@ def render(
         "÷ direct / ÷ stock / ÷ apache: this row's median req/s divided by the "
         "direct-upstream row's (same path, same TLS or not) / the stock proxy's / its "
         "mod_auth_openidc twin's; 1.00x = as fast."
+    )
+    lines.append(
+        "CPU/req: user + system CPU time of the server's own processes (not wrk's, not the "
+        "upstream's) per request answered, median over rounds; lower is better."
     )
     lat = []
     for name in ("gateway / stock proxy", "gateway / direct upstream"):
@@ -2038,6 +2063,8 @@ def render(
             text += f" (target ≥ {target:g}x: {'met' if r['rps'] >= target else 'NOT met'})"
         if r["p50"] and r["p99"]:
             text += f", latency p50 {fmt_x(r['p50'])}, p99 {fmt_x(r['p99'])}"
+        if r.get("cpu"):
+            text += f", CPU per request {fmt_x(r['cpu'])}"
         vs.append(text)
     if vs:
         lines.append("÷ mod_auth_openidc (req/s): " + "; ".join(vs))
@@ -2489,7 +2516,13 @@ def main(argv: list[str] | None = None) -> int:
             headers = session_headers(srv)
             cookie = cookie_header(srv.client)
         base = srv.https_url if case.key in TLS_CASES else srv.base_url
+        leader = srv.proc.pid if srv.proc is not None else None
+        cpu_before = tree_cpu_seconds(leader) if leader is not None else None
         parsed, out = run_wrk(base + case.path, args.threads, args.connections, seconds, headers)
+        if parsed is not None and cpu_before is not None and leader is not None:
+            parsed["cpu_us_per_request"] = cpu_per_request_us(
+                tree_cpu_seconds(leader) - cpu_before, parsed["requests"]
+            )
         return parsed, out, cookie
 
     tls: BenchTLS | None = None

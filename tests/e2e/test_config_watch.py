@@ -31,19 +31,28 @@ def wait_for_backend(port: int, name: str, timeout: float = 10) -> None:
             time.sleep(0.1)
 
 
+def wait_for_log(gateway, text: str, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in gateway.log():
+        assert time.monotonic() < deadline, gateway.log()
+        time.sleep(0.05)
+
+
 def _follow(start_gateway, backend, backend_b, workers: int) -> None:
     port = free_port()
     gateway = start_gateway(config(port, backend.port, workers), [port])
     assert echo_json(port, "app.localhost")["backend"] == "backend-a"
+    # Every worker must have read the first file: one still starting when the
+    # file changes reads the new one itself, and could answer from backend-b
+    # before the master's next poll notices the change.
+    for index in range(workers if workers > 1 else 0):
+        wait_for_log(gateway, f"[worker {index}] worker {index} serving")
     gateway.config_path.write_text(config(port, backend_b.port, workers))
     wait_for_backend(port, "backend-b")
-    assert "changed: reloading (reload: watch)" in gateway.log()
+    wait_for_log(gateway, "changed: reloading (reload: watch)")
     # A broken file is refused and the gateway keeps serving what it had.
     gateway.config_path.write_text(config(port, backend.port, workers) + "  - oops\n")
-    deadline = time.monotonic() + 10
-    while "reload refused" not in gateway.log():
-        assert time.monotonic() < deadline, gateway.log()
-        time.sleep(0.1)
+    wait_for_log(gateway, "reload refused")
     assert echo_json(port, "app.localhost")["backend"] == "backend-b"
     # And a good one after it is taken.
     gateway.config_path.write_text(config(port, backend.port, workers))

@@ -60,3 +60,58 @@ def test_step_errors_and_lines(harness):
     lines = harness.render_extras(extras)
     assert any("not run (idgateway: did not start)" in line for line in lines)
     assert any(line.startswith("gate microbenchmark: not run") for line in lines)
+
+
+def test_cpu_per_request_and_its_column(harness):
+    assert harness.cpu_per_request_us(1.5, 10_000) == pytest.approx(150.0)
+    # Nothing answered, or no CPU time seen (clock ticks): no figure, not 0.
+    assert harness.cpu_per_request_us(1.5, 0) is None
+    assert harness.cpu_per_request_us(0.0, 10_000) is None
+
+    def case(key, server, rps, cpu):
+        c = harness.Case(key, server, "/", key)
+        for r in rps:
+            c.runs.append(
+                {
+                    "rps": r,
+                    "p50_ms": 1.0,
+                    "p99_ms": 2.0,
+                    "transfer_bytes_per_s": 1.0,
+                    "errors": 0,
+                    "requests": int(r * 10),
+                    "cpu_us_per_request": cpu,
+                }
+            )
+        return c
+
+    cases = {
+        "login_cookie": case("login_cookie", "gateway_cookie", [3000, 3300, 3200], 180.0),
+        "apache_shm": case("apache_shm", "apache_shm", [2000, 2100, 2050], 300.0),
+    }
+    ratios = harness.compute_ratios(cases)
+    ratio = ratios["cookie session / mod_auth_openidc shm"]
+    assert ratio["cpu"] == pytest.approx(0.6)
+    meta = {
+        "date": "now",
+        "machine": {
+            "nproc": 2,
+            "cpu_model": "x",
+            "kernel": "k",
+            "python": "3",
+            "twisted": "t",
+            "nginx": "n",
+            "wrk": "w",
+        },
+        "config": {
+            "threads": 2,
+            "connections": 32,
+            "duration_s": 10,
+            "rounds": 3,
+            "warmup_s": 2,
+            "stock_proxy_logging": True,
+        },
+    }
+    text = harness.render(meta, cases, ratios, [], None)
+    assert "CPU/req" in text.splitlines()[5]
+    assert " 180us " in text and " 300us " in text
+    assert "CPU per request 0.6x" in text
