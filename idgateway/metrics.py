@@ -6,8 +6,8 @@ the loggers in ``idgateway.observe``; code that can be handed an instance
 takes one (``admin_site(holder, metrics=...)``, the tests).
 
 Hot path: one call per finished request (``request_finished``, from the access
-log hook). Label children are cached per route, so it costs two dict lookups,
-one counter increment and one or two histogram observations. A Redis session
+log hook): a dict lookup and a few additions to plain numbers per route
+(``_RouteRequests``), turned into Prometheus families only when scraped. A Redis session
 store times each of its calls with one pair of clock readings and one
 ``observe`` on a child it fetched when it was made (``session_store_timers``).
 
@@ -26,11 +26,19 @@ With ``workers:`` > 1 every process keeps its own registry; the admin listener
 
 from __future__ import annotations
 
+import time
+from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.utils import floatToGoString
 
 # Route label for requests that matched no route (unknown host).
 NO_ROUTE = "-"
@@ -76,6 +84,82 @@ PROVIDER_CALLS = ("discovery", "jwks", "token", "refresh", "userinfo")
 # gateway could not use (not JSON, missing fields, a wrong issuer).
 PROVIDER_ERROR_KINDS = ("connect", "timeout", "too_large", "http_4xx", "http_5xx", "invalid")
 REFRESH_RESULTS = ("ok", "failed", "unavailable")
+
+
+class _Timings:
+    """A histogram as plain numbers: one count per bucket (the last one +Inf) and the sum."""
+
+    __slots__ = ("counts", "sum")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(_BUCKETS) + 1)
+        self.sum = 0.0
+
+    def observe(self, seconds: float) -> None:
+        # Buckets are "less than or equal": the first bound >= seconds.
+        self.counts[bisect_left(_BUCKETS, seconds)] += 1
+        self.sum += seconds
+
+    def cumulative(self) -> list[tuple[str, float]]:
+        buckets, running = [], 0
+        for bound, count in zip((*_BUCKETS, float("inf")), self.counts, strict=True):
+            running += count
+            buckets.append((floatToGoString(bound), float(running)))
+        return buckets
+
+
+class _RouteRequests:
+    """One route's finished requests: counts by status class and two timings.
+
+    The hot path (a call per request) adds to plain numbers here; the
+    Prometheus families are built from them when /metrics is scraped.
+    prometheus_client's own children take a lock per increment and scan
+    their buckets, which was a twentieth of a proxied request's Python time.
+    Only the reactor thread touches these (requests and scrapes alike).
+    """
+
+    __slots__ = ("by_class", "gateway", "upstream", "created")
+
+    def __init__(self) -> None:
+        self.by_class = [0, 0, 0, 0, 0]
+        self.gateway = _Timings()
+        self.upstream = _Timings()
+        self.created = time.time()
+
+
+class _RequestCollector:
+    """idgateway_requests_total, idgateway_request_seconds, idgateway_upstream_seconds."""
+
+    def __init__(self, routes: dict[str, _RouteRequests]) -> None:
+        self.routes = routes
+
+    def describe(self) -> Iterable[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        requests = CounterMetricFamily(
+            "idgateway_requests",
+            "Finished requests by route and status class",
+            labels=["route", "status_class"],
+        )
+        gateway = HistogramMetricFamily(
+            "idgateway_request_seconds",
+            "Time from the request head to the finished response, by route",
+            labels=["route"],
+        )
+        upstream = HistogramMetricFamily(
+            "idgateway_upstream_seconds",
+            "Time from sending upstream to the upstream's response head, by route",
+            labels=["route"],
+        )
+        for route, tally in list(self.routes.items()):
+            for status_class, count in zip(_STATUS_CLASSES, tally.by_class, strict=True):
+                requests.add_metric([route, status_class], float(count), created=tally.created)
+            for family, timings in ((gateway, tally.gateway), (upstream, tally.upstream)):
+                family.add_metric([route], timings.cumulative(), timings.sum)
+        yield requests
+        yield gateway
+        yield upstream
 
 
 class _ScrapeCollector:
@@ -130,26 +214,9 @@ class GatewayMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
-        self.requests = Counter(
-            "idgateway_requests",
-            "Finished requests by route and status class",
-            ["route", "status_class"],
-            registry=r,
-        )
-        self.request_seconds = Histogram(
-            "idgateway_request_seconds",
-            "Time from the request head to the finished response, by route",
-            ["route"],
-            buckets=_BUCKETS,
-            registry=r,
-        )
-        self.upstream_seconds = Histogram(
-            "idgateway_upstream_seconds",
-            "Time from sending upstream to the upstream's response head, by route",
-            ["route"],
-            buckets=_BUCKETS,
-            registry=r,
-        )
+        # route -> its finished requests (the hot path's plain numbers).
+        self._routes: dict[str, _RouteRequests] = {}
+        r.register(_RequestCollector(self._routes))  # type: ignore[arg-type]
         self.logins = Counter(
             "idgateway_logins",
             "Logins started, succeeded and failed (with the reason), by route",
@@ -202,8 +269,6 @@ class GatewayMetrics:
         self.connections: Callable[[], int] | None = None
         self.websockets: Callable[[], dict[str, int]] | None = None
         r.register(_ScrapeCollector(self))  # type: ignore[arg-type]
-        # route -> (counter children by status class 1..5, request and upstream histograms)
-        self._routes: dict[str, tuple[tuple[Any, ...], Any, Any]] = {}
         self._reasons: set[str] = set()
 
     def bind(
@@ -220,28 +285,19 @@ class GatewayMetrics:
 
     # ---- requests (hot path) -------------------------------------------------------
 
-    def _children(self, route: str) -> tuple[tuple[Any, ...], Any, Any]:
-        children = self._routes.get(route)
-        if children is None:
-            counters = tuple(self.requests.labels(route, each) for each in _STATUS_CLASSES)
-            children = (
-                counters,
-                self.request_seconds.labels(route),
-                self.upstream_seconds.labels(route),
-            )
-            self._routes[route] = children
-        return children
-
     def observe_request(
         self, route: str | None, status: int, gateway_s: float | None, upstream_s: float | None
     ) -> None:
-        counters, gateway, upstream = self._children(route or NO_ROUTE)
+        route = route or NO_ROUTE
+        tally = self._routes.get(route)
+        if tally is None:
+            tally = self._routes[route] = _RouteRequests()
         index = status // 100 - 1
-        counters[index if 0 <= index < 5 else 4].inc()
+        tally.by_class[index if 0 <= index < 5 else 4] += 1
         if gateway_s is not None:
-            gateway.observe(gateway_s)
+            tally.gateway.observe(gateway_s)
         if upstream_s is not None:
-            upstream.observe(upstream_s)
+            tally.upstream.observe(upstream_s)
 
     def request_finished(self, request: Any, now: float) -> None:
         """A finished GatewayRequest (observe.log_access calls this)."""
