@@ -32,11 +32,11 @@ from idgateway.oidc.client import ClientCredentials, TokenEndpointError, refresh
 from idgateway.oidc.provider import ProviderClient
 from idgateway.pages import send_error, send_provider_unavailable, wants_json
 from idgateway.sessions.cookie import (
+    CookieHeaderReader,
     CookieSessionCodec,
     CookieSettings,
     SessionTooLarge,
     parse_cookie_header,
-    strip_cookies,
 )
 from idgateway.sessions.flows import FlowCookies
 from idgateway.sessions.keys import KeyRing
@@ -60,6 +60,8 @@ LOADED_FOR = 1.0
 LOADED_MAX = 10_000
 # How many sessions' authorization verdicts and identity headers are kept.
 ADMISSION_MEMO_MAX = 4096
+# A request without cookies (shared, never changed).
+_NO_COOKIES: dict[bytes, bytes] = {}
 # Redis sessions: how long one process may hold a session's refresh lock, and
 # how long (steps x step seconds) the others wait for its result.
 REFRESH_LOCK_MS = 10_000
@@ -182,6 +184,8 @@ class RouteLogin:
         # Redis sessions recently loaded by this process: id -> (until, session).
         self._loaded: dict[str, tuple[float, Session]] = {}
         self._recent: dict[tuple[str, str], tuple[float, Session]] = {}
+        # Cookie headers seen before: (Cookie for the upstream, cookies by name).
+        self._cookie_headers = CookieHeaderReader()
         # id(session) -> (session, rules, authorization failure, identity headers).
         self._admission: dict[
             int, tuple[Session, AuthorizeRules, str | None, list[tuple[bytes, bytes]]]
@@ -219,15 +223,17 @@ class RouteLogin:
 
             endpoints.dispatch(self, resource, request, state, runtime, host, path)
             return
-        cookie_values = request.requestHeaders.getRawHeaders(b"cookie", [])
-        own = runtime.own_cookie or self.is_own_cookie
-        upstream_cookie = strip_cookies(cookie_values, own) if cookie_values else None
+        cookie_values = request.requestHeaders.getRawHeaders(b"cookie")
+        upstream_cookie: bytes | None = None
+        cookies = _NO_COOKIES
+        if cookie_values:
+            own = runtime.own_cookie or self.is_own_cookie
+            upstream_cookie, cookies = self._cookie_headers.read(cookie_values, own)
         tls = secure_origin(resource, request, state)
         visit = Visit(resource, request, state, runtime, host, path, upstream_cookie, tls)
         if is_public(self.public, request.method, path):
             resource.forward(request, state, runtime, host, cookie=upstream_cookie)
             return
-        cookies = parse_cookie_header(cookie_values) if cookie_values else {}
         if self.store is None:
             session, visit.chunks = self.codecs[tls].decode(cookies)
             self.check(visit, session)

@@ -542,3 +542,72 @@ def test_cached_cookie_still_expires():
     assert c.decode(jar) == (None, 1)
     clock.now -= 1
     assert c.decode(jar)[0] is not None
+
+
+# -- CookieHeaderReader: a Cookie header is split and stripped once ------------------
+
+
+def _own(name: bytes) -> bool:
+    return name.startswith(b"_idgw")
+
+
+def test_cookie_header_reader_answers_as_strip_and_parse_do():
+    from idgateway.sessions.cookie import CookieHeaderReader, parse_cookie_header, strip_cookies
+
+    reader = CookieHeaderReader()
+    for values in (
+        [b"_ga=1; _idgw_app=secret; theme=dark"],
+        [b"_idgw_app=secret"],
+        [b"theme=dark"],
+        [b"a=1", b"_idgw_app=x; b=2"],
+        [b"a=1; b=2", b""],
+    ):
+        expected = (strip_cookies(values, _own), parse_cookie_header(values))
+        assert reader.read(values, _own) == expected
+        assert reader.read(list(values), _own) == expected  # and again, from the memo
+
+
+def test_cookie_header_reader_reuses_its_answer_for_the_same_header():
+    from idgateway.sessions.cookie import CookieHeaderReader
+
+    reader = CookieHeaderReader()
+    first = reader.read([b"_idgw_app=secret; theme=dark"], _own)
+    again = reader.read([b"".join([b"_idgw_app=secret; ", b"theme=dark"])], _own)
+    assert again is first
+    assert first == (b"theme=dark", {b"_idgw_app": b"secret", b"theme": b"dark"})
+
+
+def test_cookie_header_reader_keeps_header_lists_apart_from_joined_headers():
+    from idgateway.sessions.cookie import CookieHeaderReader
+
+    reader = CookieHeaderReader()
+    two = reader.read([b"a=1", b"b=2"], _own)
+    one = reader.read([b"a=1; b=2"], _own)
+    assert two[0] == b"a=1; b=2" and one[0] == b"a=1; b=2"
+    assert two is not one
+
+
+def test_cookie_header_reader_forgets_everything_when_ownership_changes():
+    from idgateway.sessions.cookie import CookieHeaderReader
+
+    reader = CookieHeaderReader()
+    header = [b"_idgw_app=secret; other=1"]
+    assert reader.read(header, _own)[0] == b"other=1"
+
+    def owns_other_too(name: bytes) -> bool:
+        return _own(name) or name == b"other"
+
+    # A reload gave the routes a new idea of which cookies are the gateway's.
+    assert reader.read(header, owns_other_too)[0] is None
+
+
+def test_cookie_header_reader_is_bounded():
+    from idgateway.sessions.cookie import CookieHeaderReader
+
+    reader = CookieHeaderReader(limit=3, max_bytes=64)
+    for n in range(10):
+        reader.read([b"n=%d" % n], _own)
+        assert len(reader._known) <= 3
+    big = [b"big=" + b"x" * 100]
+    assert reader.read(big, _own) == (big[0], {b"big": b"x" * 100})
+    assert big[0] not in reader._known  # over max_bytes: answered, not kept
