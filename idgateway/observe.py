@@ -101,6 +101,15 @@ def log_access(request: Any) -> None:
     settings = request.idgw_logging
     if settings is None or not settings.access_log:
         return
+    if settings.format != "json":
+        out = _direct_out
+        if out is not None:
+            _write_access_text(out, _direct_access_line(request, settings, finished))
+            return
+        record = _direct_record
+        if record is not None:
+            record(time(), _direct_access_line(request, settings, finished))
+            return
     fields = access_fields(request, finished)
     user = user_field(settings, request.idgw_user)
     if user is not None:
@@ -115,27 +124,46 @@ def log_access(request: Any) -> None:
         event = dict(fields, as_json=_AsJSON(fields))
         _emit_info(access_logger, _JSON_FORMAT, event)
     else:
-        # Rendered here with one f-string: twisted.logger's own formatting of a
-        # ten-field format string was a tenth of a proxied request's CPU time.
         # The fields stay in the event for observers that want them.
-        user_part = f" user={fields['user']}" if "user" in fields else ""
-        upstream_ms = fields["upstream_ms"]
-        upstream_part = "" if upstream_ms is None else f" up={upstream_ms}ms"
-        fields["access_line"] = line = (
-            f"{fields['method']} {fields['path']} {fields['status']} {fields['bytes']}B"
-            f" route={fields['route']}{user_part} gw={fields['gateway_ms']}ms{upstream_part}"
-            f" id={fields['request_id']} ip={fields['client']}"
-            f"{' cut-off' if cut_off else ''}"
-        )
-        out = _direct_out
-        if out is not None:
-            _write_access_text(out, line)
-            return
-        record = _direct_record
-        if record is not None:
-            record(time(), line)
-            return
+        fields["access_line"] = access_line(fields, cut_off)
         _emit_info(access_logger, _LINE_FORMAT, fields)
+
+
+def access_line(fields: dict[str, Any], cut_off: bool) -> str:
+    """The text access line: rendered with one f-string, since twisted.logger's
+    own formatting of a ten-field format string was a tenth of a proxied
+    request's CPU time."""
+    user_part = f" user={fields['user']}" if "user" in fields else ""
+    upstream_ms = fields["upstream_ms"]
+    upstream_part = "" if upstream_ms is None else f" up={upstream_ms}ms"
+    return (
+        f"{fields['method']} {fields['path']} {fields['status']} {fields['bytes']}B"
+        f" route={fields['route']}{user_part} gw={fields['gateway_ms']}ms{upstream_part}"
+        f" id={fields['request_id']} ip={fields['client']}"
+        f"{' cut-off' if cut_off else ''}"
+    )
+
+
+def _direct_access_line(request: Any, settings: LoggingSettings, now: float) -> str:
+    """access_line(access_fields(...)) for a text line that skips twisted.logger,
+    read straight off the request: no dict of fields that nothing else reads."""
+    started = request.idgw_started
+    user = user_field(settings, request.idgw_user)
+    if user is None and settings.user_id != "none":
+        user = ANONYMOUS
+    upstream_ms = request.idgw_upstream_ms
+    cut_off = getattr(request, "idgw_cut_off", False)
+    return (
+        f"{request.method.decode('latin-1')} "
+        f"{request.path.partition(b'?')[0].decode('latin-1')} {request.code} "
+        f"{request.sentLength}B route={request.idgw_route or ANONYMOUS}"
+        f"{'' if user is None else ' user=' + user}"
+        f" gw={None if started is None else round((now - started) * 1000, 1)}ms"
+        f"{'' if upstream_ms is None else f' up={upstream_ms}ms'}"
+        f" id={request.request_id.decode('latin-1')}"
+        f" ip={getattr(request.client, 'host', None) or 'unix'}"
+        f"{' cut-off' if cut_off else ''}"
+    )
 
 
 # ---- text straight to twistd's stdout -----------------------------------------------

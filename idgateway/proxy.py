@@ -328,7 +328,8 @@ class ProxiedResponse:
                 head += (name, b": ", value, b"\r\n")
         head.append(b"\r\n")
         request.startedWriting = 1
-        request.channel.writeSequence(head)
+        # One bytes object: the transport would otherwise queue each piece.
+        request.channel.write(b"".join(head))
         request.registerProducer(self, True)
         self._producing = True
 

@@ -83,8 +83,11 @@ class _Coalescing:
         super().startWriting()  # type: ignore[misc]
 
     def stopWriting(self) -> None:
-        self._watched = False
-        super().stopWriting()  # type: ignore[misc]
+        # doWrite calls this after every complete send; only _watch ever asks
+        # the reactor to watch the socket, so otherwise there is nothing to undo.
+        if self._watched:
+            self._watched = False
+            super().stopWriting()  # type: ignore[misc]
 
 
 class CoalescingServer(_Coalescing, tcp.Server):

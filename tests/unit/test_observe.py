@@ -295,3 +295,50 @@ def test_the_gateway_leaves_cookie_parsing_to_the_gate() -> None:
     [request] = seen
     assert request.received_cookies == {}
     assert request.requestHeaders.getRawHeaders(b"cookie") == [b"a=1; _idgw=x"]
+
+
+@pytest.mark.parametrize(
+    "user_id, user, route, upstream_ms, cut_off, client",
+    [
+        ("full", "alice", "app", 1.5, False, IPv4Address("TCP", "10.0.0.7", 5555)),
+        ("hash", "alice", "app", None, False, IPv4Address("TCP", "10.0.0.7", 5555)),
+        ("full", None, "app", 0.3, True, None),  # signed out: "-"; a UNIX socket
+        ("none", "alice", None, None, False, IPv4Address("TCP", "10.0.0.7", 5555)),
+    ],
+)
+def test_the_direct_text_line_is_the_logged_events_line(
+    user_id, user, route, upstream_ms, cut_off, client
+):
+    """Workers and twistd -n write text lines without an event; they must not differ."""
+    settings = LoggingSettings(user_id=user_id)
+    request = SimpleNamespace(
+        idgw_logging=settings,
+        idgw_started=100.0,
+        idgw_route=route,
+        idgw_user=user,
+        idgw_upstream_ms=upstream_ms,
+        idgw_cut_off=cut_off,
+        method=b"GET",
+        path=b"/caf\xc3\xa9",
+        code=200,
+        sentLength=1234,
+        request_id=b"r-1",
+        client=client,
+    )
+    fields = observe.access_fields(request, 100.0123)
+    shown = observe.user_field(settings, user)
+    if shown is not None:
+        fields["user"] = shown
+    elif user_id != "none":
+        fields["user"] = observe.ANONYMOUS
+    expected = observe.access_line(fields, cut_off)
+    assert observe._direct_access_line(request, settings, 100.0123) == expected
+    taken: list[tuple[float, str]] = []
+    observe.send_access_lines_to(lambda when, line: taken.append((when, line)))
+    try:
+        observe.log_access(request)
+    finally:
+        observe.send_access_lines_to(None)
+    assert len(taken) == 1
+    assert taken[0][1].split(" gw=")[0] == expected.split(" gw=")[0]
+    assert taken[0][1].split("ms", 1)[1] == expected.split("ms", 1)[1]
