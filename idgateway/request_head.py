@@ -46,15 +46,16 @@ def read_request_head(
     (its blank line included), or None: the head is not all there, is over
     ``max_size`` bytes, or twisted.web's line-by-line parser must decide."""
     # Split at each LF (a memchr; looking for CRLF or CRLFCRLF searched two or
-    # four bytes at a time, slowly over a 2 KB cookie), requiring its CR.
+    # four bytes at a time, slowly over a 2 KB cookie), requiring its CR to be
+    # the line's only one (another memchr).
     lines = []
     start = 0
     while True:
         lf = data.find(b"\n", start)
         if lf == -1 or lf > max_size:
             return None  # not all there yet, or too big for this path
-        if lf == start or data[lf - 1] != 13:
-            return None  # a LF without its CR
+        if data.find(b"\r", start, lf) != lf - 1:
+            return None  # a LF without its CR, or a CR inside the line
         if lf - 1 == start:
             break  # the blank line
         lines.append(data[start : lf - 1])
@@ -62,6 +63,8 @@ def read_request_head(
     consumed = lf + 1
     if not lines or len(lines) > max_headers + 1:
         return None  # (a blank line first: twisted.web skips it)
+    if data.find(b"\x00", 0, consumed) != -1:
+        return None  # a NUL: one search over the whole head, not one per line
     request_line = lines[0].split(b" ")
     if len(request_line) != 3:
         return None
@@ -74,8 +77,6 @@ def read_request_head(
         return None  # (this also keeps CR and LF out of the request line)
     headers: dict[bytes, list[bytes]] = {}
     for line in lines[1:]:
-        if b"\r" in line or b"\x00" in line:
-            return None  # a CR that does not end a line, or a NUL
         name, colon, value = line.partition(b":")
         if not colon:
             return None

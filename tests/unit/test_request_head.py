@@ -66,6 +66,14 @@ def test_the_content_length_is_read() -> None:
     assert head.length == 12 and head.version == b"HTTP/1.0" and consumed == 49
 
 
+def test_cr_and_nul_in_the_body_after_the_head_are_the_bodys_business() -> None:
+    found = read_request_head(
+        b"POST /f HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\n\r\n\r\x00\r\x00", 500, 100
+    )
+    assert found is not None
+    assert found[0].length == 4 and found[1] == 48
+
+
 def test_a_head_not_all_there_or_too_big_is_left_to_twisted() -> None:
     assert read_request_head(BROWSER_GET[:-2], 500, 16384) is None
     assert read_request_head(BROWSER_GET[:20], 500, 16384) is None
@@ -80,6 +88,8 @@ def test_a_head_not_all_there_or_too_big_is_left_to_twisted() -> None:
         pytest.param(b"GET / HTTP/1.1\r\nX-A: 1\nX-B: 2", id="bare-LF"),
         pytest.param(b"GET / HTTP/1.1\r\nX-A: 1\rX-B: 2", id="bare-CR"),
         pytest.param(b"GET / HTTP/1.1\r\nX-A: a\x00b", id="NUL"),
+        pytest.param(b"GET / HTTP/1.1\r\nX-A: 1\r", id="CR-before-CRLF"),
+        pytest.param(b"GET /\x00 HTTP/1.1\r\nHost: a", id="NUL-in-target"),
         pytest.param(b"GET / HTTP/1.1\r\nX-A 1", id="no-colon"),
         pytest.param(b"GET / HTTP/1.1\r\nHost : a", id="space-before-colon"),
         pytest.param(b"GET / HTTP/1.1\r\n: a", id="empty-name"),
