@@ -349,6 +349,8 @@ class ProxiedResponse:
         if self._producing:
             self._producing = False
             request.unregisterProducer()
+        # The exchange points back here (its sink): no cycle left to collect.
+        self.exchange = None
         return not (request._disconnected or request.finished)
 
     def response_failed(self, why: str, detail: str) -> None:

@@ -201,8 +201,18 @@ class GatewayRequest(server.Request):
             self.channel.persistent = False
             self.responseHeaders.setRawHeaders(b"Connection", [b"close"])
 
+    def _cleanup(self) -> None:
+        super()._cleanup()
+        # Finished: nothing is left to cancel or refuse. These hold the
+        # request's exchange and response, which hold the request: dropping
+        # them lets reference counting free the request now, instead of the
+        # cyclic garbage collector later (which then ran every few requests).
+        self.on_disconnect = None
+        self.on_body_exceeded = None
+
     def connectionLost(self, reason: Any) -> None:
         super().connectionLost(reason)
+        self.on_body_exceeded = None  # (a cycle through the response, as above)
         if self.on_disconnect is not None:
             callback, self.on_disconnect = self.on_disconnect, None
             callback()
@@ -314,7 +324,7 @@ class GatewayChannel(http.HTTPChannel):
 
     def _head_received(self, head: RequestHead, size: int) -> None:
         """What HTTPChannel.lineReceived does over a whole head, in one go."""
-        request = self.requestFactory(self, len(self.requests))
+        request: GatewayRequest = self.requestFactory(self, len(self.requests))  # type: ignore[assignment]
         # The request line and headers as sent, without the blank line.
         request.head_size = size - 2
         self.requests.append(request)

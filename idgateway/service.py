@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import signal
 from typing import Any, TextIO
 
@@ -212,6 +213,12 @@ class GatewayService(MultiService):
         )
         # systemd hook: READY=1 once the reactor runs (its SIGTERM handler is in place).
         self.reactor.callWhenRunning(systemd.ready, f"serving {len(self.config.routes)} route(s)")
+        if self.install_signal_handlers:
+            # A process of its own (not a test): what start-up made (modules,
+            # config, route tables) lives as long as the process, so leave it
+            # out of the cyclic garbage collector's full passes, which
+            # otherwise walk all of it now and then under load.
+            self.reactor.callWhenRunning(gc.freeze)
         if self.watches_config:
             self.watcher.apply(self.config.reload)
 

@@ -172,3 +172,39 @@ def test_forwarded_lines_are_worked_out_once_per_shared_head() -> None:
     assert forwarded_header_lines(changing, replace_hsts=False) == b"X-App: 1\r\n"
     changing[0] = (b"X-App", b"2")
     assert forwarded_header_lines(changing, replace_hsts=False) == b"X-App: 2\r\n"
+
+
+def test_a_finished_response_leaves_no_cycle_for_the_garbage_collector() -> None:
+    """Request, response and exchange point at each other while in flight; once
+    the answer is out, reference counting alone must free them (the cyclic
+    collector had been running every few requests to do it)."""
+    import gc
+    import weakref
+
+    from idgateway.upstream import Exchange
+
+    resource = _Hold()
+    channel = GatewaySite(resource).buildProtocol(IPv4Address("TCP", "127.0.0.1", 1))
+    assert channel is not None
+    channel.makeConnection(StringTransport())
+    channel.dataReceived(GET)
+    request = resource.requests.pop()
+    # Wired as GatewayResource.forward wires them.
+    sink = ProxiedResponse(request, _Runtime(), tls=False)  # type: ignore[arg-type]
+    exchange = Exchange(b"GET / HTTP/1.1\r\n\r\n", sink)
+    sink.exchange = exchange
+    request.on_disconnect = exchange.cancel
+    request.on_body_exceeded = sink.body_too_large
+    sink.response_head(200, b"OK", [], 2)
+    sink.response_data(b"hi")
+    sink.response_end()
+    assert request.finished
+    alive = weakref.ref(request)
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        del request, sink, exchange
+        assert alive() is None
+    finally:
+        if was_enabled:
+            gc.enable()
