@@ -1339,6 +1339,32 @@ def cpu_per_request_us(cpu_seconds: float, requests: int | None) -> float | None
     return cpu_seconds / requests * 1e6
 
 
+def machine_cpu_ticks() -> tuple[int, int] | None:
+    """(steal, total) clock ticks of all CPUs since boot, from /proc/stat."""
+    try:
+        with open("/proc/stat") as stat:
+            fields = [int(v) for v in stat.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    # user nice system idle iowait irq softirq steal (guest time is in user)
+    return (fields[7] if len(fields) > 7 else 0), sum(fields[:8])
+
+
+def steal_percent(before: tuple[int, int] | None, after: tuple[int, int] | None) -> float | None:
+    """Share of the machine's CPU time its hypervisor gave to others in between.
+
+    Stolen time stops whichever process was running, so it shows up as latency
+    spikes (p99) and lost throughput that have nothing to do with the server.
+    """
+    if before is None or after is None or after[1] <= before[1]:
+        return None
+    return 100.0 * (after[0] - before[0]) / (after[1] - before[1])
+
+
+# Above this share of stolen CPU time during a row's runs, the table says so.
+STEAL_NOTE_PCT = 2.0
+
+
 def tree_memory(leader: int) -> dict:
     """RSS and PSS (kB) summed over the tree; PSS shares shared pages out
     fairly between the processes (RSS counts them in each)."""
@@ -1818,6 +1844,10 @@ class Case:
             "p99_ms": self.median("p99_ms"),
             "transfer_bytes_per_s": self.median("transfer_bytes_per_s"),
             "cpu_us_per_request": self.median("cpu_us_per_request"),
+            "steal_pct_max": max(
+                (r["steal_pct"] for r in self.runs if r.get("steal_pct") is not None),
+                default=None,
+            ),
             "rps_min": min(r["rps"] for r in self.runs),
             "rps_max": max(r["rps"] for r in self.runs),
             "errors_total": sum(r["errors"] for r in self.runs),
@@ -2518,11 +2548,14 @@ def main(argv: list[str] | None = None) -> int:
         base = srv.https_url if case.key in TLS_CASES else srv.base_url
         leader = srv.proc.pid if srv.proc is not None else None
         cpu_before = tree_cpu_seconds(leader) if leader is not None else None
+        machine_before = machine_cpu_ticks()
         parsed, out = run_wrk(base + case.path, args.threads, args.connections, seconds, headers)
         if parsed is not None and cpu_before is not None and leader is not None:
             parsed["cpu_us_per_request"] = cpu_per_request_us(
                 tree_cpu_seconds(leader) - cpu_before, parsed["requests"]
             )
+        if parsed is not None:
+            parsed["steal_pct"] = steal_percent(machine_before, machine_cpu_ticks())
         return parsed, out, cookie
 
     tls: BenchTLS | None = None
@@ -2700,6 +2733,12 @@ def main(argv: list[str] | None = None) -> int:
                 f"{case.label} {case.path}: {s['errors_total']} socket errors or "
                 f"non-2xx/3xx responses over {s['requests_total']} requests "
                 f"(numbers are suspect)"
+            )
+        if s and s["steal_pct_max"] is not None and s["steal_pct_max"] > STEAL_NOTE_PCT:
+            notes.append(
+                f"{case.label} {case.path}: the hypervisor took up to "
+                f"{s['steal_pct_max']:.0f}% of the machine's CPU time (steal) during a run; "
+                f"its p99 and req/s include those stalls (CPU/req much less so)"
             )
         reissued = sum(1 for r in case.runs if r.get("session_reissued_at_end"))
         if reissued:

@@ -115,3 +115,11 @@ def test_cpu_per_request_and_its_column(harness):
     assert "CPU/req" in text.splitlines()[5]
     assert " 180us " in text and " 300us " in text
     assert "CPU per request 0.6x" in text
+
+
+def test_steal_share_between_two_readings(harness):
+    assert harness.steal_percent((100, 10_000), (150, 11_000)) == pytest.approx(5.0)
+    assert harness.steal_percent(None, (150, 11_000)) is None
+    assert harness.steal_percent((100, 10_000), (100, 10_000)) is None
+    ticks = harness.machine_cpu_ticks()
+    assert ticks is not None and ticks[1] > 0 and 0 <= ticks[0] <= ticks[1]
