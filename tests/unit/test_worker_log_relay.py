@@ -188,3 +188,24 @@ def test_the_master_writes_access_lines_itself_only_when_twistd_logs_text_to_std
     options.parent = parent  # type: ignore[attr-defined,assignment]
     assert log_is_text_on_stdout(options) is expected
     assert log_is_text_on_stdout(Options()) is False  # not run by twistd
+
+
+def test_a_workers_log_pipe_is_widened_and_anything_else_left_alone(tmp_path):
+    import fcntl
+    import os
+
+    from idgateway import workers
+
+    read_end, write_end = os.pipe()
+    try:
+        with open(write_end, "w", closefd=False) as stream:
+            workers._widen_log_pipe(stream)
+        if hasattr(fcntl, "F_GETPIPE_SZ"):
+            assert fcntl.fcntl(write_end, fcntl.F_GETPIPE_SZ) >= workers.LOG_PIPE_BYTES
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+    # A file (twistd -n > file, say) is not a pipe: no error, nothing changed.
+    with open(tmp_path / "log", "w") as log:
+        workers._widen_log_pipe(log)
+    workers._widen_log_pipe(io.StringIO())  # no descriptor at all
