@@ -250,6 +250,13 @@ class UpstreamConnection(Protocol):
     # -- the pool's side ---------------------------------------------------
 
     def connectionMade(self) -> None:
+        transport = self.transport
+        if getattr(getattr(transport, "protocol", None), "_wrappedProtocol", None) is self:
+            # A TCP connection made through an endpoint delivers every read
+            # through the endpoint's wrapper protocol, which only passes it
+            # on (its half-close interfaces are this protocol's, and this one
+            # has none): deliver to this protocol directly.
+            transport.protocol = self  # type: ignore[union-attr]
         coalesce_writes(self.transport)
         # An https upstream: the TCP connection under the TLS layer.
         coalesce_writes(getattr(self.transport, "transport", None))

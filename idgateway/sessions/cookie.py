@@ -182,6 +182,8 @@ class CookieSessionCodec:
         self._recent: dict[bytes, tuple[Session, int | None]] = {}
         name = self.cookie_name.encode("ascii")
         self._names = [name] + [b"%s_%d" % (name, i) for i in range(1, settings.max_chunks)]
+        # Cookie name -> one more than its chunk index.
+        self._chunk_numbers = {chunk: i + 1 for i, chunk in enumerate(self._names)}
         self._associated_data = b"idgateway session\x00%s\x00%s" % (
             route_id.encode("utf-8"),
             name,
@@ -258,10 +260,14 @@ class CookieSessionCodec:
 
     def chunks_present(self, cookies: Mapping[bytes, bytes]) -> int:
         """One more than the highest chunk index in ``cookies`` (0 if none)."""
-        for index in range(len(self._names) - 1, -1, -1):
-            if self._names[index] in cookies:
-                return index + 1
-        return 0
+        # Over the request's cookies (a few) rather than every possible chunk name.
+        present = 0
+        chunk_numbers = self._chunk_numbers
+        for name in cookies:
+            number = chunk_numbers.get(name)
+            if number is not None and number > present:
+                present = number
+        return present
 
     def decode(self, cookies: Mapping[bytes, bytes]) -> tuple[Session | None, int]:
         """The session in ``cookies`` (None if absent or invalid), and the chunk count.

@@ -311,3 +311,33 @@ def test_a_refused_head_is_refused_every_time() -> None:
         sink, _ = send(pool)
         endpoint.protocols[0].dataReceived(bad)
         assert sink.events == [("failed", FAIL_PROTOCOL)]
+
+
+class WrappingEndpoint(FakeEndpoint):
+    """Connects as TCP endpoints do: the transport's protocol is a wrapper."""
+
+    def connect(self, factory):
+        from twisted.internet.defer import Deferred
+        from twisted.internet.endpoints import _WrappingProtocol
+
+        protocol = factory.buildProtocol(None)
+        connected: Deferred[Any] = Deferred()
+        wrapper = _WrappingProtocol(connected, protocol)
+        transport = StringTransport()
+        transport.protocol = wrapper  # type: ignore[attr-defined]
+        wrapper.makeConnection(transport)
+        self.transports.append(transport)
+        self.protocols.append(protocol)
+        return connected
+
+
+def test_reads_reach_the_connection_without_the_endpoints_wrapper():
+    clock = MemoryReactorClock()
+    endpoint = WrappingEndpoint()
+    pool = UpstreamPool(endpoint, clock, size=1)  # type: ignore[arg-type]
+    sink, _ = send(pool)
+    [transport] = endpoint.transports
+    [connection] = endpoint.protocols
+    assert transport.protocol is connection  # type: ignore[attr-defined]
+    transport.protocol.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")  # type: ignore[attr-defined]
+    assert sink.body == b"ok" and sink.events[-1] == ("end",)
