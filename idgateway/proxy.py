@@ -32,7 +32,6 @@ from idgateway.pages import send_error
 from idgateway.request import GatewayRequest
 from idgateway.runtime import GatewayState, RouteRuntime
 from idgateway.sessions.cookie import strip_cookies
-from idgateway.tls import sni_server_name
 from idgateway.upstream import (
     FAIL_CONNECT,
     FAIL_IDLE,
@@ -84,7 +83,7 @@ class GatewayResource(Resource):
                 request, 421, "This gateway serves no site by that name.", error="unknown_host"
             )
         if self.tls:
-            sni = sni_server_name(request.channel.transport)
+            sni = request.channel.tls_server_name()  # type: ignore[attr-defined]
             if sni is not None and state.routes.route_for_name(sni) is not route:
                 return self._refuse(
                     request,

@@ -23,6 +23,7 @@ from twisted.web.resource import Resource
 from idgateway.model import LoggingSettings
 from idgateway.observe import log_access
 from idgateway.request_head import RequestHead, read_request_head
+from idgateway.tls import sni_server_name
 from idgateway.upstream import UpstreamConnection
 from idgateway.writecoalesce import coalesce_writes
 
@@ -238,6 +239,9 @@ class GatewayRequest(server.Request):
 # closed up to this much late.
 IDLE_SWEEP_INTERVAL = 1.0
 
+# GatewayChannel's cached TLS server name before it is first asked.
+_NOT_YET = object()
+
 # nginx's status for a request whose client went away before any answer.
 CLIENT_CLOSED_REQUEST = 499
 
@@ -343,6 +347,19 @@ class GatewayChannel(http.HTTPChannel):
             self.allContentReceived()
         else:
             self.setRawMode()
+
+    _server_name: Any = _NOT_YET
+
+    def tls_server_name(self) -> str | None:
+        """The SNI name of this connection's TLS handshake (None: none, or not TLS).
+
+        Asked once per connection: every request on it would otherwise ask
+        pyOpenSSL again for a name that cannot change.
+        """
+        name = self._server_name
+        if name is _NOT_YET:
+            name = self._server_name = sni_server_name(self.transport)
+        return name  # type: ignore[no-any-return]
 
     def getHost(self) -> Any:
         if self._host is None:

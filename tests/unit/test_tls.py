@@ -528,3 +528,50 @@ def test_certificate_expiry(ca: CA, tmp_path: Path) -> None:
 
     expired = ca.issue(tmp_path, ["old.localhost"], expired=True)
     assert certificate_expiry(pair_for(expired)) < datetime.now(UTC)
+
+
+def test_a_gateway_channel_asks_for_the_tls_server_name_once_per_connection(
+    ca: CA, contexts: SNIServerContexts, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from twisted.web.server import NOT_DONE_YET
+
+    from idgateway import request as request_module
+    from idgateway.request import GatewaySite
+
+    asked: list[object] = []
+    real = request_module.sni_server_name
+    monkeypatch.setattr(
+        request_module, "sni_server_name", lambda transport: asked.append(1) or real(transport)
+    )
+
+    class Echo(Resource):
+        isLeaf = True
+
+        def render(self, request: Request) -> object:  # type: ignore[override]
+            request.write(repr(request.channel.tls_server_name()).encode() + b";")
+            request.finish()
+            return NOT_DONE_YET
+
+    class TwoRequests(ResponseCollector):
+        def connectionMade(self) -> None:
+            self.transport.write(  # type: ignore[union-attr]
+                b"GET /1 HTTP/1.1\r\nHost: app2.localhost\r\n\r\n"
+                b"GET /2 HTTP/1.1\r\nHost: app2.localhost\r\nConnection: close\r\n\r\n"
+            )
+
+    clock = Clock()
+    server_factory = TLSMemoryBIOFactory(
+        contexts, False, GatewaySite(Echo(), reactor=clock), clock=clock
+    )
+    client_tls = TLSMemoryBIOFactory(
+        client_tls_options("app2.localhost", str(ca.cert_path)),
+        True,
+        ClientFactory.forProtocol(TwoRequests),
+        clock=clock,
+    ).buildProtocol(None)
+    collector = client_tls.wrappedProtocol
+    connectedServerAndClient(
+        lambda: server_factory.buildProtocol(None), lambda: client_tls, clock=clock
+    )
+    assert collector.received.count(b"'app2.localhost';") == 2
+    assert len(asked) == 1
