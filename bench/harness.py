@@ -2713,6 +2713,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             info(f"  {micro['gate']['median_us']:.1f} µs per request")
 
+    stolen: list[str] = []
     for case in cases.values():
         if case.failures and case.runs:
             notes.append(
@@ -2735,11 +2736,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"(numbers are suspect)"
             )
         if s and s["steal_pct_max"] is not None and s["steal_pct_max"] > STEAL_NOTE_PCT:
-            notes.append(
-                f"{case.label} {case.path}: the hypervisor took up to "
-                f"{s['steal_pct_max']:.0f}% of the machine's CPU time (steal) during a run; "
-                f"its p99 and req/s include those stalls (CPU/req much less so)"
-            )
+            stolen.append(f"{case.label} {case.path} {s['steal_pct_max']:.0f}%")
         reissued = sum(1 for r in case.runs if r.get("session_reissued_at_end"))
         if reissued:
             notes.append(
@@ -2747,6 +2744,12 @@ def main(argv: list[str] | None = None) -> int:
                 f"sends was old enough for the gateway to re-issue it on every response "
                 f"(a browser would have taken the new one): those runs include re-sealing"
             )
+    if stolen:
+        notes.append(
+            "the hypervisor took CPU time from this machine (steal, most in one run) during: "
+            + "; ".join(stolen)
+            + ". Those rows' p99 and req/s include the stalls; CPU/req much less so"
+        )
     if interrupted:
         notes.append("interrupted: partial results")
 
