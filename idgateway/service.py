@@ -404,6 +404,9 @@ class GatewayService(MultiService):
             contexts.install(table)
         self.holder.current = new
         StateBuilder.retire(old, new)
+        # The state start-up froze (startService) is garbage from now on:
+        # give it back to the collector, or its reference cycles would stay.
+        gc.unfreeze()
         self._sync_listeners(config)
         self.config = config
         self.reloads += 1
