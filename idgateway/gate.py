@@ -186,6 +186,8 @@ class RouteLogin:
         self._recent: dict[tuple[str, str], tuple[float, Session]] = {}
         # Cookie headers seen before: (Cookie for the upstream, cookies by name).
         self._cookie_headers = CookieHeaderReader()
+        # Bound once: a fresh bound method per request would empty that memo.
+        self._is_own_cookie = self.is_own_cookie
         # id(session) -> (session, rules, authorization failure, identity headers).
         self._admission: dict[
             int, tuple[Session, AuthorizeRules, str | None, list[tuple[bytes, bytes]]]
@@ -227,7 +229,7 @@ class RouteLogin:
         upstream_cookie: bytes | None = None
         cookies = _NO_COOKIES
         if cookie_values:
-            own = runtime.own_cookie or self.is_own_cookie
+            own = runtime.own_cookie or self._is_own_cookie
             upstream_cookie, cookies = self._cookie_headers.read(cookie_values, own)
         tls = secure_origin(resource, request, state)
         visit = Visit(resource, request, state, runtime, host, path, upstream_cookie, tls)

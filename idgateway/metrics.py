@@ -38,6 +38,7 @@ from prometheus_client.core import (
     HistogramMetricFamily,
     Metric,
 )
+from prometheus_client.samples import Sample
 from prometheus_client.utils import floatToGoString
 
 # Route label for requests that matched no route (unknown host).
@@ -157,6 +158,10 @@ class _RequestCollector:
                 requests.add_metric([route, status_class], float(count), created=tally.created)
             for family, timings in ((gateway, tally.gateway), (upstream, tally.upstream)):
                 family.add_metric([route], timings.cumulative(), timings.sum)
+                # (prometheus_client's own histograms say when each child began.)
+                family.samples.append(
+                    Sample(family.name + "_created", {"route": route}, tally.created)
+                )
         yield requests
         yield gateway
         yield upstream

@@ -54,7 +54,7 @@ def read_request_head(
         lf = data.find(b"\n", start)
         if lf == -1 or lf > max_size:
             return None  # not all there yet, or too big for this path
-        if data.find(b"\r", start, lf) != lf - 1:
+        if lf == start or data.find(b"\r", start, lf) != lf - 1:
             return None  # a LF without its CR, or a CR inside the line
         if lf - 1 == start:
             break  # the blank line

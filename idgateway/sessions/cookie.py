@@ -391,15 +391,28 @@ class CookieHeaderReader:
     A browser sends the same Cookie header with every request until one of
     its cookies changes, so a header is split, stripped and parsed once and
     the result reused (a ~2 KB session cookie made that a third of the
-    gate's work). Results are shared: treat the dict as read-only. Bounded:
-    at most ``limit`` headers, none over ``max_bytes``; when full it starts
-    again. ``is_own`` is part of the answer, so a new one empties the memo.
+    gate's work). Results are shared: treat the dict as read-only.
+
+    Bounded, since the headers are the clients' to choose: only headers of at
+    most ``max_bytes`` and ``max_pairs`` cookies are kept, and the memo starts
+    again when it holds ``limit`` headers or about ``max_total_bytes`` (the
+    headers, their parsed copies and the dicts). ``is_own`` is part of the
+    answer, so a new one empties the memo.
     """
 
-    def __init__(self, limit: int = 1024, max_bytes: int = 8192) -> None:
+    def __init__(
+        self,
+        limit: int = 1024,
+        max_bytes: int = 8192,
+        max_pairs: int = 64,
+        max_total_bytes: int = 4 << 20,
+    ) -> None:
         self.limit = limit
         self.max_bytes = max_bytes
+        self.max_pairs = max_pairs
+        self.max_total_bytes = max_total_bytes
         self._known: dict[bytes, tuple[bytes | None, dict[bytes, bytes]]] = {}
+        self._bytes = 0
         self._is_own: Callable[[bytes], bool] | None = None
 
     def read(
@@ -407,18 +420,25 @@ class CookieHeaderReader:
     ) -> tuple[bytes | None, dict[bytes, bytes]]:
         """(the Cookie header for the upstream or None, {name: value})."""
         if is_own is not self._is_own:
-            self._known.clear()
+            self._forget()
             self._is_own = is_own
         # (A header value holds no LF: joined by one, distinct lists stay distinct.)
         key = values[0] if len(values) == 1 else b"\n".join(values)
         found = self._known.get(key)
         if found is None:
             found = (strip_cookies(values, is_own), parse_cookie_header(values))
-            if len(key) <= self.max_bytes:
-                if len(self._known) >= self.limit:
-                    self._known.clear()
+            if len(key) <= self.max_bytes and len(found[1]) <= self.max_pairs:
+                # The key, the parsed copies of its bytes, ~100 bytes a pair.
+                size = 2 * len(key) + 100 * len(found[1])
+                if len(self._known) >= self.limit or self._bytes + size > self.max_total_bytes:
+                    self._forget()
                 self._known[key] = found
+                self._bytes += size
         return found
+
+    def _forget(self) -> None:
+        self._known.clear()
+        self._bytes = 0
 
 
 def strip_cookies(values: Sequence[bytes], is_own: Callable[[bytes], bool]) -> bytes | None:

@@ -611,3 +611,16 @@ def test_cookie_header_reader_is_bounded():
     big = [b"big=" + b"x" * 100]
     assert reader.read(big, _own) == (big[0], {b"big": b"x" * 100})
     assert big[0] not in reader._known  # over max_bytes: answered, not kept
+
+
+def test_cookie_header_reader_keeps_neither_many_pair_headers_nor_too_many_bytes():
+    from idgateway.sessions.cookie import CookieHeaderReader
+
+    reader = CookieHeaderReader(max_pairs=4, max_total_bytes=1000)
+    crowded = [b"; ".join(b"c%d=" % n for n in range(10))]
+    assert len(reader.read(crowded, _own)[1]) == 10
+    assert crowded[0] not in reader._known  # answered, not kept: too many cookies
+    for n in range(20):
+        reader.read([b"n=%d; " % n + b"x" * 200], _own)
+        assert reader._bytes <= 1000
+    assert 0 < len(reader._known) < 20

@@ -117,3 +117,23 @@ def test_scrape_time_gauges_and_own_registry() -> None:
         assert f"# TYPE {name.removesuffix('_total')}" in text, name
     # Nothing lands in prometheus_client's global registry.
     assert REGISTRY.get_sample_value("idgateway_open_connections") is None
+
+
+def test_request_families_say_when_each_route_began_as_prometheus_client_does() -> None:
+    m = GatewayMetrics()
+    m.observe_request("app", 200, 0.003, 0.002)
+    for name in (
+        "idgateway_requests_created",
+        "idgateway_request_seconds_created",
+        "idgateway_upstream_seconds_created",
+    ):
+        labels = {"route": "app"}
+        if name == "idgateway_requests_created":
+            labels["status_class"] = "2xx"
+        assert value(m, name, **labels) > 1.7e9, name
+    # le buckets are "less than or equal", the last is +Inf.
+    m.observe_request("app", 200, 0.005, None)
+    assert value(m, "idgateway_request_seconds_bucket", route="app", le="0.005") == 2
+    m.observe_request("app", 200, 99.0, None)
+    assert value(m, "idgateway_request_seconds_bucket", route="app", le="30.0") == 2
+    assert value(m, "idgateway_request_seconds_bucket", route="app", le="+Inf") == 3
