@@ -756,11 +756,13 @@ def parse_listen_fd(spec: str) -> tuple[int, tuple[str, int]]:
 
 
 # The pipe a worker's log goes through to the master, when the kernel allows
-# (Linux; fs.pipe-max-size is 1 MiB by default): a second or more of access
-# records at full speed, instead of the default 64 KiB (about two 50 ms
-# batches). A write to a full pipe blocks the worker, every connection of it
-# included, for as long as the master is not reading.
-LOG_PIPE_BYTES = 1 << 20
+# (Linux): about eight 50 ms batches of access records at full speed (0.4 s),
+# instead of the default 64 KiB (about two). A write to a full pipe blocks the
+# worker, every connection of it included, for as long as the master is not
+# reading. (Not more: an unprivileged user's pipes share a budget,
+# fs.pipe-user-pages-soft, 64 MiB by default, and a gateway may run many
+# workers.)
+LOG_PIPE_BYTES = 256 * 1024
 
 
 def _widen_log_pipe(stream: Any) -> None:
