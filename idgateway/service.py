@@ -12,7 +12,6 @@ from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
 from twisted.internet.interfaces import IListeningPort, IProtocolFactory
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
-from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 
 from idgateway import observe, systemd
@@ -21,7 +20,7 @@ from idgateway.model import Config, Listener
 from idgateway.proxy import GatewayResource, StateHolder
 from idgateway.request import GatewayChannel, GatewaySite
 from idgateway.runtime import StateBuilder
-from idgateway.tls import SNIServerContexts
+from idgateway.tls import GatewayTLSFactory, SNIServerContexts
 from idgateway.watch import ConfigWatcher
 
 # Idle keep-alive connections from clients are closed after this long.
@@ -271,7 +270,7 @@ class GatewayService(MultiService):
             return site
         contexts = SNIServerContexts(listener.tls)
         self._tls[(listener.host, listener.port)] = contexts
-        return TLSMemoryBIOFactory(contexts, False, site)
+        return GatewayTLSFactory(contexts, False, site)
 
     def _listen(self, listener: Listener) -> None:
         factory = self._factory_for(listener)

@@ -21,25 +21,46 @@ same turn leave in one ``send``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import tcp
 
 
 class _Flusher:
-    """The transports waiting for the next turn's flush, per reactor."""
+    """The transports waiting for the next turn's flush, per reactor.
+
+    ``before`` holds flushes of layers above TCP (TLS): they run first, so the
+    TCP writes they make leave in the same pass.
+    """
 
     def __init__(self, reactor: Any) -> None:
         self.reactor = reactor
         self.waiting: list[Any] = []
+        self.before: list[Callable[[], None]] = []
+        self._scheduled = False
+
+    def _schedule(self) -> None:
+        if not self._scheduled:
+            self._scheduled = True
+            self.reactor.callLater(0, self.flush)
 
     def add(self, transport: Any) -> None:
-        if not self.waiting:
-            self.reactor.callLater(0, self.flush)
+        self._schedule()
         self.waiting.append(transport)
 
+    def add_before(self, flush: Callable[[], None]) -> None:
+        self._schedule()
+        self.before.append(flush)
+
     def flush(self) -> None:
+        before, self.before = self.before, []
+        for each in before:
+            each()
         waiting, self.waiting = self.waiting, []
+        self._scheduled = False
+        if self.before:
+            self._schedule()  # (a TLS flush asked for another: next turn)
         for transport in waiting:
             transport._flush_waiting = False
             if not transport.connected or transport._watched:
@@ -108,3 +129,50 @@ def coalesce_writes(transport: object) -> None:
         # Same instance layout (the subclass adds only defaults): only
         # startWriting and stopWriting differ.
         transport.__class__ = upgrade
+
+
+class TurnWriteBuffer:
+    """What Twisted's TLS transport does with small writes, without a timer each.
+
+    ``BufferingTLSTransport`` gathers the writes of a reactor turn into one TLS
+    record with a ``callLater(0)`` per connection: a DelayedCall made, sorted
+    and run for every response. This gathers them the same way and flushes
+    them from the shared per-turn flush above, just before the TCP writes that
+    flush makes leave.
+    """
+
+    # As Twisted's _AggregateSmallWrites: past this, write out at once.
+    MAX_BUFFER_SIZE = 64_000
+
+    def __init__(self, write: Callable[[bytes], object], reactor: Any) -> None:
+        self._write = write
+        self._flusher = _flusher(reactor)
+        self._buffer: list[bytes] = []
+        self._left = self.MAX_BUFFER_SIZE
+        self._queued = False
+
+    def write(self, data: bytes) -> None:
+        if type(data) is not bytes:
+            data = bytes(data)  # (a str is refused here; a bytearray is copied)
+        self._buffer.append(data)
+        self._left -= len(data)
+        if self._left < 0:
+            self.flush()
+            return
+        if not self._queued:
+            self._queued = True
+            self._flusher.add_before(self._queued_flush)
+
+    def _queued_flush(self) -> None:
+        self._queued = False
+        self.flush()
+
+    def flush(self) -> None:
+        if self._buffer:
+            self._left = self.MAX_BUFFER_SIZE
+            data = b"".join(self._buffer)
+            self._buffer.clear()
+            self._write(data)
+
+    def close(self) -> None:
+        self.flush()

@@ -6,6 +6,7 @@ import os
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import attrs
 import pytest
@@ -537,6 +538,8 @@ def test_a_gateway_channel_asks_for_the_tls_server_name_once_per_connection(
 
     from idgateway import request as request_module
     from idgateway.request import GatewaySite
+    from idgateway.tls import GatewayTLSFactory, TurnBufferedTLS
+    from idgateway.writecoalesce import TurnWriteBuffer
 
     asked: list[object] = []
     real = request_module.sni_server_name
@@ -560,7 +563,8 @@ def test_a_gateway_channel_asks_for_the_tls_server_name_once_per_connection(
             )
 
     clock = Clock()
-    server_factory = TLSMemoryBIOFactory(
+    # The gateway's own TLS factory: its connections gather writes per turn.
+    server_factory = GatewayTLSFactory(
         contexts, False, GatewaySite(Echo(), reactor=clock), clock=clock
     )
     client_tls = TLSMemoryBIOFactory(
@@ -570,8 +574,15 @@ def test_a_gateway_channel_asks_for_the_tls_server_name_once_per_connection(
         clock=clock,
     ).buildProtocol(None)
     collector = client_tls.wrappedProtocol
-    connectedServerAndClient(
-        lambda: server_factory.buildProtocol(None), lambda: client_tls, clock=clock
-    )
+    servers: list[Any] = []
+
+    def server() -> Any:
+        servers.append(server_factory.buildProtocol(None))
+        return servers[-1]
+
+    connectedServerAndClient(server, lambda: client_tls, clock=clock)
     assert collector.received.count(b"'app2.localhost';") == 2
     assert len(asked) == 1
+    [server_tls] = servers  # (closed now: Connection: close)
+    assert isinstance(server_tls, TurnBufferedTLS)
+    assert isinstance(TurnBufferedTLS(server_factory, Protocol())._aggregator, TurnWriteBuffer)

@@ -144,3 +144,57 @@ def test_over_tls_the_tcp_connection_under_the_tls_layer_coalesces() -> None:
     channel.makeConnection(_TLSLayer(tcp_transport))
     assert type(tcp_transport) is CoalescingServer
     channel.setTimeout(None)  # leave no idle sweep behind
+
+
+# -- TurnWriteBuffer: the TLS layer's small writes, gathered per turn -------------------
+
+
+def test_a_turns_tls_writes_become_one_record_and_leave_with_the_tcp_flush() -> None:
+    from idgateway.writecoalesce import TurnWriteBuffer
+
+    clock = Clock()
+    tcp_below = _Transport(clock)
+    records: list[bytes] = []
+
+    def tls_write(data: bytes) -> None:  # what TLSMemoryBIOProtocol.write does, roughly
+        records.append(data)
+        tcp_below.write(b"<record " + data + b">")
+
+    buffer = TurnWriteBuffer(tls_write, clock)
+    buffer.write(b"HTTP/1.1 200 OK\r\n\r\n")
+    buffer.write(bytearray(b"body"))  # copied, as Twisted's aggregator does
+    assert records == [] and tcp_below.sent == []
+    assert len(clock.getDelayedCalls()) == 1  # one shared flush, no timer per connection
+    clock.advance(0)
+    assert records == [b"HTTP/1.1 200 OK\r\n\r\nbody"]
+    # The TCP write the TLS flush made left in the same pass, not a turn later.
+    assert tcp_below.sent == [b"<record HTTP/1.1 200 OK\r\n\r\nbody>"]
+    assert clock.getDelayedCalls() == []
+
+
+def test_a_large_tls_write_goes_out_at_once_and_close_flushes() -> None:
+    from idgateway.writecoalesce import TurnWriteBuffer
+
+    clock = Clock()
+    records: list[bytes] = []
+    buffer = TurnWriteBuffer(records.append, clock)
+    buffer.write(b"x" * (TurnWriteBuffer.MAX_BUFFER_SIZE + 1))
+    assert len(records) == 1
+    buffer.write(b"tail")
+    buffer.close()
+    assert records[-1] == b"tail"
+    clock.advance(0)  # the queued flush finds nothing left
+    assert len(records) == 2
+
+
+def test_many_connections_tls_writes_share_one_flush() -> None:
+    from idgateway.writecoalesce import TurnWriteBuffer
+
+    clock = Clock()
+    records: list[bytes] = []
+    buffers = [TurnWriteBuffer(records.append, clock) for _ in range(5)]
+    for n, buffer in enumerate(buffers):
+        buffer.write(b"%d" % n)
+    assert len(clock.getDelayedCalls()) == 1
+    clock.advance(0)
+    assert sorted(records) == [b"0", b"1", b"2", b"3", b"4"]
