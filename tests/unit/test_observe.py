@@ -331,8 +331,23 @@ def test_the_direct_text_line_is_the_logged_events_line(
         fields["user"] = shown
     elif user_id != "none":
         fields["user"] = observe.ANONYMOUS
-    expected = observe.access_line(fields, cut_off)
-    assert observe._direct_access_line(request, settings, 100.0123) == expected
+    # The line's documented shape, spelled out from the fields.
+    expected = (
+        f"{fields['method']} {fields['path']} {fields['status']} {fields['bytes']}B"
+        f" route={fields['route']}"
+        + (f" user={fields['user']}" if "user" in fields else "")
+        + f" gw={fields['gateway_ms']}ms"
+        + ("" if fields["upstream_ms"] is None else f" up={fields['upstream_ms']}ms")
+        + f" id={fields['request_id']} ip={fields['client']}"
+        + (" cut-off" if cut_off else "")
+    )
+    assert observe.access_line(request, settings, 100.0123) == expected
+    # The twisted.logger event carries the same line.
+    with capturedLogs() as events:
+        observe.log_access(request)
+    [event] = [e for e in events if "access_line" in e]
+    assert event["access_line"].split(" gw=")[0] == expected.split(" gw=")[0]
+    assert event["access_line"].split("ms", 1)[1] == expected.split("ms", 1)[1]
     taken: list[tuple[float, str]] = []
     observe.send_access_lines_to(lambda when, line: taken.append((when, line)))
     try:
