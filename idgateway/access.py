@@ -1,7 +1,8 @@
 """Who may pass: public paths, authorization rules, and safe redirect targets.
 
-All matching runs on the normalised path, so ``//``, ``%2F``, ``%2e%2e``,
-``;params`` and the query string cannot turn a protected path into a public one.
+All path matching runs on the readings of the canonical path (idgateway.paths),
+so ``//``, ``%2F``, ``%2e%2e``, ``;params`` and the query string cannot turn a
+protected path into a public one.
 """
 
 from __future__ import annotations
@@ -12,39 +13,6 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from idgateway.model import AuthorizeRules, PublicPath
-
-_NEEDS_WORK = re.compile(r"%|//|/\.|;|\\")
-
-
-def normalise_path(raw: bytes) -> str:
-    """The path as an upstream would resolve it: decoded, no dot segments, no params.
-
-    ``raw`` is the request target's path (no query). Percent-decoding runs until
-    stable, so double encoding (``%252e``) is undone as well.
-    """
-    text = raw.decode("latin-1")
-    if not _NEEDS_WORK.search(text):
-        return text  # the common case: nothing to decode or resolve
-    for _ in range(3):
-        decoded = unquote(text, encoding="latin-1")
-        if decoded == text:
-            break
-        text = decoded
-    text = text.replace("\\", "/")
-    segments: list[str] = []
-    for segment in text.split("/"):
-        segment = segment.split(";", 1)[0]
-        if segment in ("", "."):
-            continue
-        if segment == "..":
-            if segments:
-                segments.pop()
-            continue
-        segments.append(segment)
-    path = "/" + "/".join(segments)
-    if text.endswith("/") and segments:
-        path += "/"
-    return path
 
 
 def compile_public_paths(

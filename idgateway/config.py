@@ -38,6 +38,7 @@ from idgateway.model import (
     Listener,
     LoggingSettings,
     PathRoute,
+    PathRules,
     ProviderSettings,
     ReloadSettings,
     Route,
@@ -305,6 +306,13 @@ def _build_config(reader: Reader, found: Section) -> Config | _Invalid:
 # ---- the schema: defaults come from the model, so they are written once -----------------
 
 
+def _pass_or_refuse(value: str) -> str:
+    if value not in ("refuse", "pass"):
+        raise ValueError(f"{value!r} is not refuse or pass")
+    return value
+
+
+
 def _default(cls: type, name: str) -> Any:
     return getattr(attrs.fields(cls), name).default
 
@@ -369,6 +377,11 @@ PATH_FIELDS = (
         ),
     ),
 )
+_PASS_OR_REFUSE = parsed(_pass_or_refuse, "refuse (the default) or pass")
+PATH_RULES_FIELDS = (
+    Field("encoded_slashes", _PASS_OR_REFUSE, default=_default(PathRules, "encoded_slashes")),
+    Field("backslashes", _PASS_OR_REFUSE, default=_default(PathRules, "backslashes")),
+)
 _PATHS = list_of(section(PATH_FIELDS, f"a mapping like {_PATH}"), f"a list like [{_PATH}]")
 ROUTE_FIELDS = (
     Field("name", parsed(units.parse_route_name, "a name, e.g. app1"), True, example="name: app1"),
@@ -386,6 +399,20 @@ ROUTE_FIELDS = (
     Field("max_header_size", size(), default=_default(Route, "max_header_size")),
     Field("https_redirect", boolean, default=_default(Route, "https_redirect")),
     Field("hsts", _hsts, default=(None, False)),
+    Field(
+        "path_rules",
+        mapping(
+            PATH_RULES_FIELDS,
+            "a mapping like {encoded_slashes: pass, backslashes: refuse}",
+            lambda _, found: PathRules(**found.values),
+        ),
+        default=PathRules(),
+    ),
+    Field(
+        "case_insensitive_paths",
+        boolean,
+        default=_default(Route, "case_insensitive_paths"),
+    ),
     *ROUTE_AUTH_FIELDS,
 )
 _LISTENERS = list_of(

@@ -110,13 +110,18 @@ def _public_path(value: str) -> PublicPath:
             f"{value!r} is not a public path; expected '/healthz', 'GET /static/' "
             "or '~ ^/assets/' (a regex)"
         )
-    return PublicPath(method=method, prefix=rest)
+    return PublicPath(method=method, prefix=units.canonical_prefix(rest))
 
 
 def _redirect_path(value: str) -> str:
     if not value.startswith("/") or value.startswith("//"):
         raise ValueError(f"{value!r} must be a path on the route's host, e.g. /oauth2/callback")
     return value
+
+
+def _request_path(value: str) -> str:
+    """A path matched against request paths: in their canonical form."""
+    return units.canonical_prefix(_redirect_path(value))
 
 
 def _extra_params(reader: Reader, node: yaml.Node, key: str) -> Any:
@@ -239,14 +244,14 @@ OIDC_FIELDS = (
     ),
     Field("scopes", _STRINGS, default=("openid", "email", "profile")),
     Field("extra_params", _extra_params, default=()),
-    Field("redirect_path", parsed(_redirect_path, "a path"), default="/oauth2/callback"),
+    Field("redirect_path", parsed(_request_path, "a path"), default="/oauth2/callback"),
     Field("user_claim", _text("a claim name"), default="sub"),
     Field("email_claim", _text("a claim name"), default="email"),
     Field("groups_claim", _text("a claim name"), default="groups"),
     Field("userinfo", boolean, default=False),
     Field("post_logout_redirect", _text("a path or URL"), default="/"),
     Field("allowed_redirects", list_of(parsed(_https_url, "a URL"), "a list of URLs"), default=()),
-    Field("api_paths", list_of(parsed(_redirect_path, "a path"), "a list of paths"), default=()),
+    Field("api_paths", list_of(parsed(_request_path, "a path"), "a list of paths"), default=()),
 )
 
 

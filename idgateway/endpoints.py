@@ -27,6 +27,7 @@ from idgateway.oidc.client import (
 )
 from idgateway.oidc.tokens import TokenError, validate_id_token, validate_logout_token
 from idgateway.pages import send_error, send_provider_unavailable
+from idgateway.paths import AmbiguousPath
 from idgateway.sessions.cookie import parse_cookie_header
 from idgateway.sessions.flows import FlowCookies
 from idgateway.sessions.model import Session
@@ -71,7 +72,7 @@ def dispatch(
     elif path == "/oauth2/userinfo":
         _run(userinfo(login, request, tls), request, "userinfo")
     elif path == "/oauth2/auth":
-        _run(auth_request(login, request, tls), request, "auth request")
+        _run(auth_request(login, request, tls, state, runtime), request, "auth request")
     elif path == "/oauth2/backchannel_logout":
         defer.ensureDeferred(backchannel_logout(login, request, state)).addErrback(
             _unexpected, request, "back-channel logout"
@@ -375,16 +376,46 @@ async def userinfo(login: RouteLogin, request: GatewayRequest, tls: bool) -> Non
     )
 
 
-async def auth_request(login: RouteLogin, request: GatewayRequest, tls: bool) -> None:
-    """For nginx auth_request and Traefik forwardAuth: 202 + identity, 401 or 403."""
+async def auth_request(
+    login: RouteLogin,
+    request: GatewayRequest,
+    tls: bool,
+    state: GatewayState,
+    runtime: RouteRuntime,
+) -> None:
+    """For nginx auth_request and Traefik forwardAuth: 202 + identity, 401 or 403.
+
+    The original request (X-Forwarded-Uri or X-Original-URI, X-Forwarded-Method)
+    is judged exactly as the gate judges a proxied request: the same canonical
+    path, readings, public paths and rules; an ambiguous one is refused (400).
+    Those headers are believed only from ``trusted_proxies``; from anyone else
+    the /oauth2/auth request itself is judged.
+    """
     from idgateway.access import authorization_failure
 
+    forwarded = _forwarded_request(request, state)
+    if forwarded is None:
+        method, raw_path = request.method, request.path
+    else:
+        method, raw_path = forwarded
+    try:
+        reading = runtime.paths.read(raw_path)
+    except AmbiguousPath as why:
+        send_json(
+            request,
+            400,
+            {"error": "ambiguous_path", "message": f"The original path is ambiguous: {why}."},
+        )
+        return
+    if forwarded is not None and login.is_public(method, reading):
+        send_json(request, 202, {"public": True})
+        return
     session, _, _ = await login.current_session(request, tls)
     if session is None:
         send_json(request, 401, {"error": "unauthenticated"})
         return
     if authorization_failure(
-        login.rules_for(_forwarded_uri(request)),
+        login.rules_for(reading),
         session.claims,
         email_claim=login.oidc.email_claim,
         groups_claim=login.oidc.groups_claim,
@@ -481,13 +512,32 @@ async def frontchannel_logout(
     request.finish()
 
 
-def _forwarded_uri(request: GatewayRequest) -> bytes:
-    """For /oauth2/auth: the original path nginx or Traefik pass along, else /."""
-    for name in (b"x-forwarded-uri", b"x-original-uri"):
-        value = request.requestHeaders.getRawHeaders(name)
-        if value:
-            return value[0].partition(b"?")[0]
-    return b"/"
+def _forwarded_request(
+    request: GatewayRequest, state: GatewayState
+) -> tuple[bytes, bytes] | None:
+    """For /oauth2/auth: (method, path) of the original request that nginx or
+    Traefik pass along, or None to judge the /oauth2/auth request itself.
+
+    Only a peer in trusted_proxies may name another request: from anyone else
+    (a browser script, a client reaching the gateway directly) the headers are
+    ignored, and logged.
+    """
+    headers = request.requestHeaders
+    uri = headers.getRawHeaders(b"x-forwarded-uri") or headers.getRawHeaders(b"x-original-uri")
+    if not uri:
+        return None
+    peer = getattr(request.client, "host", None)
+    if peer is None or not state.trusted.trusts(peer):
+        _log.info(
+            "auth request from {peer}, not a trusted proxy: X-Forwarded-Uri ignored, "
+            "the request itself is judged [{request_id}]",
+            peer=peer or "unix",
+            request_id=request.request_id.decode(),
+        )
+        return None
+    methods = headers.getRawHeaders(b"x-forwarded-method")
+    method = methods[0].strip().upper() if methods else b"GET"
+    return method, uri[0].partition(b"?")[0]
 
 
 def _unexpected(failure: Any, request: GatewayRequest, what: str) -> None:

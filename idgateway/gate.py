@@ -23,14 +23,14 @@ from idgateway.access import (
     authorization_failure,
     compile_public_paths,
     is_public,
-    normalise_path,
 )
 from idgateway.identity import IdentityHeaders
 from idgateway.metrics import METRICS  # metrics hook
-from idgateway.model import AuthorizeRules, ProviderSettings, Route, RouteAuth
+from idgateway.model import AuthorizeRules, ProviderSettings, PublicPath, Route, RouteAuth
 from idgateway.oidc.client import ClientCredentials, TokenEndpointError, refresh_tokens
 from idgateway.oidc.provider import ProviderClient
 from idgateway.pages import send_error, send_provider_unavailable, wants_json
+from idgateway.paths import PathReading
 from idgateway.sessions.cookie import (
     CookieHeaderReader,
     CookieSessionCodec,
@@ -156,18 +156,20 @@ class RouteLogin:
             email_claim=auth.oidc.email_claim,
             groups_claim=auth.oidc.groups_claim,
         )
-        self.public = compile_public_paths(auth.public_paths)
+        # Case-insensitive routes compare folded paths with folded prefixes (and
+        # run their public regexes case-insensitively).
+        self.fold = str.lower if route.case_insensitive_paths else _same
+        self.public = compile_public_paths(
+            [_folded(p) for p in auth.public_paths]
+            if route.case_insensitive_paths
+            else auth.public_paths
+        )
         self.credentials = ClientCredentials(
             client_id=auth.oidc.client_id,
             client_secret=auth.oidc.client_secret,
             auth_method=auth.oidc.client_auth,
         )
         self.redirect_path = auth.oidc.redirect_path
-        self._path_rules = tuple(
-            (sub.prefix, sub.authorize)
-            for sub in sorted(route.paths, key=lambda sub: len(sub.prefix), reverse=True)
-            if sub.authorize is not None
-        )
         # store: redis: the cookie holds an opaque id, the session lives in Redis.
         self.store: RedisSessionStore | None = None
         if auth.session.store == "redis":
@@ -193,14 +195,25 @@ class RouteLogin:
             int, tuple[Session, AuthorizeRules, str | None, list[tuple[bytes, bytes]]]
         ] = {}
 
-    def rules_for(self, raw_path: bytes) -> AuthorizeRules:
-        """The longest path sub-route with its own rules wins, else the route's."""
-        if self._path_rules:
-            path = normalise_path(raw_path)
-            for prefix, rules in self._path_rules:
-                if path.startswith(prefix):
-                    return rules
+    def rules_for(self, reading: PathReading) -> AuthorizeRules:
+        """The longest path sub-route with its own rules wins, else the route's.
+
+        The path judge has already checked that every reading of the path
+        selects the same sub-route (or refused the request).
+        """
+        if reading.rules_route is not None:
+            rules = self.route.paths[reading.rules_route].authorize
+            assert rules is not None
+            return rules
         return self.auth.authorize
+
+    def is_public(self, method: bytes, reading: PathReading) -> bool:
+        """Public only if every reading of the path is (see idgateway.paths)."""
+        public, fold = self.public, self.fold
+        for text in reading.texts:
+            if not is_public(public, method, fold(text)):
+                return False
+        return True
 
     def is_own_cookie(self, name: bytes) -> bool:
         return any(c.is_own_cookie(name) for c in self.codecs.values()) or any(
@@ -217,7 +230,8 @@ class RouteLogin:
         runtime: RouteRuntime,
         host: bytes,
     ) -> None:
-        path = normalise_path(request.path)
+        reading: PathReading = request.idgw_reading
+        path = reading.text
         if path.startswith("/oauth2/") or path == self.redirect_path:
             # (Imported here: endpoints imports this module. Not above the
             # `if`: an import statement costs a microsecond on every request.)
@@ -233,7 +247,7 @@ class RouteLogin:
             upstream_cookie, cookies = self._cookie_headers.read(cookie_values, own)
         tls = secure_origin(resource, request, state)
         visit = Visit(resource, request, state, runtime, host, path, upstream_cookie, tls)
-        if is_public(self.public, request.method, path):
+        if self.is_public(request.method, reading):
             resource.forward(request, state, runtime, host, cookie=upstream_cookie)
             return
         if self.store is None:
@@ -354,7 +368,7 @@ class RouteLogin:
     def admit(self, visit: Visit, session: Session, *, reissue: bool) -> None:
         request = visit.request
         request.idgw_user = session.user  # observe hook: the access log's user
-        rules = self.rules_for(request.path)
+        rules = self.rules_for(request.idgw_reading)
         # A session's verdict and identity headers depend only on the session
         # object (immutable, and shared by every request with the same cookie or
         # loaded Redis session) and the rules: work them out once per pair.
@@ -511,7 +525,8 @@ class RouteLogin:
     def _is_api_request(self, request: GatewayRequest, path: str) -> bool:
         if wants_json(request):
             return True
-        return any(path.startswith(prefix) for prefix in self.oidc.api_paths)
+        fold = self.fold
+        return any(fold(path).startswith(fold(prefix)) for prefix in self.oidc.api_paths)
 
     # -- session lifetime -------------------------------------------------------------
 
@@ -738,6 +753,19 @@ class RouteLogin:
 def _essential(claims: dict[str, Any], oidc: Any) -> dict[str, Any]:
     keep = {oidc.user_claim, oidc.email_claim, oidc.groups_claim, "sub", "sid", "username", "roles"}
     return {k: v for k, v in claims.items() if k in keep}
+
+
+def _same(text: str) -> str:
+    return text
+
+
+def _folded(public: PublicPath) -> PublicPath:
+    """A public path of a case-insensitive route: lower-case prefix, (?i) regex."""
+    if public.prefix is not None:
+        return attrs.evolve(public, prefix=public.prefix.lower())
+    if public.regex is not None:
+        return attrs.evolve(public, regex="(?i)" + public.regex)
+    return public
 
 
 async def _sleep(clock: IReactorTime, seconds: float) -> None:

@@ -76,6 +76,20 @@ class Upstream:
 
 
 @attrs.frozen
+class PathRules:
+    """``path_rules``: what a route passes to its upstream instead of refusing.
+
+    "pass" keeps the character encoded and opaque to matching (never decoded),
+    as Apache's ``AllowEncodedSlashes NoDecode``.
+    """
+
+    # %2F and %5C in a path.
+    encoded_slashes: Literal["refuse", "pass"] = "refuse"
+    # A literal \ in a path.
+    backslashes: Literal["refuse", "pass"] = "refuse"
+
+
+@attrs.frozen
 class PathRoute:
     """A path prefix within a route's hosts with its own upstream."""
 
@@ -105,6 +119,11 @@ class Route:
     # Seconds for Strict-Transport-Security max-age; None sends no HSTS header.
     hsts_max_age: int | None = None
     hsts_include_subdomains: bool = False
+    # How paths that upstreams read differently are treated (see idgateway.paths).
+    path_rules: PathRules = PathRules()
+    # Every path rule (public paths, paths[].prefix, api_paths) ignores case,
+    # for IIS-style upstreams.
+    case_insensitive_paths: bool = False
     # Login; None means the route is open (a plain reverse proxy).
     auth: RouteAuth | None = None
 

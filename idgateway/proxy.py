@@ -29,6 +29,7 @@ from idgateway.forwarding import (
     response_headers_to_forward,
 )
 from idgateway.pages import send_error
+from idgateway.paths import AmbiguousPath, PathReading
 from idgateway.request import GatewayRequest
 from idgateway.runtime import GatewayState, RouteRuntime
 from idgateway.sessions.cookie import strip_cookies
@@ -72,12 +73,19 @@ class GatewayResource(Resource):
         if not hosts:
             if request.clientproto == b"HTTP/1.1":
                 return self._refuse(request, 400, "HTTP/1.1 requests need a Host header.")
-            host = b""
+            raw_host = b""
         elif len(hosts) > 1:
             return self._refuse(request, 400, "The request has more than one Host header.")
         else:
-            host = hosts[0]
-        route = state.routes.route_for(host)
+            raw_host = hosts[0]
+        resolved = state.routes.resolve_host_header(raw_host)
+        if resolved is None:
+            return self._refuse(
+                request, 400, "The Host header is not a valid host name.", error="bad_host"
+            )
+        # From here on only the normalised host is used: it goes into every URL
+        # the gateway builds (redirect_uri, login and logout URLs, X-Forwarded-Host).
+        route, host = resolved
         if route is None:
             return self._refuse(
                 request, 421, "This gateway serves no site by that name.", error="unknown_host"
@@ -93,11 +101,23 @@ class GatewayResource(Resource):
                 )
         request.idgw_route = route.name  # observe hook
         runtime = state.runtimes[route.name]
-        if route.https_redirect and not self.tls:
-            return self._redirect_to_https(request, host, runtime)
         uri = request.uri
-        if not uri.startswith(b"/") and not (uri == b"*" and request.method == b"OPTIONS"):
+        if not uri.startswith(b"/"):
+            if uri == b"*" and request.method == b"OPTIONS":
+                return self._refuse(request, 400, "OPTIONS * is not served here.")
             return self._refuse(request, 400, "The request target must be a path.")
+        try:
+            reading = runtime.paths.read(request.path)
+        except AmbiguousPath as why:
+            return self._refuse(
+                request,
+                400,
+                f"The request path cannot be read one way only: {why}.",
+                error="ambiguous_path",
+            )
+        request.idgw_reading = reading
+        if route.https_redirect and not self.tls:
+            return self._redirect_to_https(request, host, runtime, reading)
         if (request.head_size or _header_bytes(request)) > route.max_header_size:
             return self._refuse(request, 431, "The request headers are too large.")
         body = request.body
@@ -136,7 +156,8 @@ class GatewayResource(Resource):
         headers, ``set_cookies`` Set-Cookie values for the response.
         """
         route = runtime.route
-        pool, upstream = runtime.pool_for(request.path)
+        reading = request.idgw_reading
+        pool, upstream = runtime.pool_for(reading)
         headers = request.requestHeaders
         connection = headers.getRawHeaders(b"connection")
         upgrade = connection is not None and is_websocket_upgrade(
@@ -146,7 +167,10 @@ class GatewayResource(Resource):
         chunked = body is not None and body.length is None
         peer = request.client
         client_ip = getattr(peer, "host", None) or "unix"
+        # The upstream gets the path the gate judged, and the query unchanged.
         target = request.uri
+        if reading.canonical is not request.path:
+            target = reading.canonical + target[len(request.path) :]
         if upstream.base_path:
             target = upstream.base_path.encode() + target
         head = build_request_head(
@@ -193,10 +217,13 @@ class GatewayResource(Resource):
         return NOT_DONE_YET
 
     def _redirect_to_https(
-        self, request: GatewayRequest, host: bytes, runtime: RouteRuntime
+        self, request: GatewayRequest, host: bytes, runtime: RouteRuntime, reading: PathReading
     ) -> Any:
+        # ``host`` is the normalised Host header and the target its canonical
+        # path: "GET @evil.com/" never gets here (400 above).
         name = host.rsplit(b":", 1)[0] if not host.endswith(b"]") else host
-        location = b"https://" + name + runtime.https_port_suffix + request.uri
+        target = reading.canonical + request.uri[len(request.path) :]
+        location = b"https://" + name + runtime.https_port_suffix + target
         request.setResponseCode(308)
         request.responseHeaders.setRawHeaders(b"location", [location])
         request.responseHeaders.setRawHeaders(b"content-length", [b"0"])

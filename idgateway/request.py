@@ -22,6 +22,7 @@ from twisted.web.resource import Resource
 
 from idgateway.model import LoggingSettings
 from idgateway.observe import log_access
+from idgateway.paths import PathReading
 from idgateway.request_head import RequestHead, read_request_head
 from idgateway.tls import sni_server_name
 from idgateway.upstream import UpstreamConnection
@@ -149,6 +150,9 @@ class GatewayRequest(server.Request):
     idgw_logging: LoggingSettings | None = None  # set first thing in render
     idgw_started: float | None = None
     idgw_route: str | None = None
+    # The request path as the gate judges it and the upstream receives it
+    # (idgateway.paths); set by GatewayResource.render before any rule runs.
+    idgw_reading: PathReading
     idgw_user: str | None = None  # set by the gate once a session is admitted
     idgw_upstream_started: float | None = None
     idgw_upstream_ms: float | None = None  # time to the upstream's response head

@@ -2,11 +2,42 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 
 import attrs
 
 from idgateway.model import Route
+
+# A Host header the gateway accepts: a DNS-style name (letters, digits, "-",
+# "_" and dots; no percent-escapes or sub-delims: no real host name has them)
+# or a bracketed IPv6 literal, then an optional port of digits. Anything else
+# ("app1.example.com:80@evil.example", spaces, "/", "\\") is a 400: the host
+# goes into redirect_uri, login and logout URLs and X-Forwarded-Host.
+_HOST_HEADER = re.compile(
+    rb"(?P<name>[A-Za-z0-9_](?:[A-Za-z0-9_.-]{0,252})|\[[0-9A-Fa-f:.]{2,45}\])"
+    rb"(?::(?P<port>[0-9]{0,5}))?"
+)
+
+
+def normalised_host_header(raw: bytes) -> bytes | None:
+    """``name[:port]`` in lower case without a trailing dot, or None if invalid.
+
+    Every URL the gateway builds uses this, never the raw header.
+    """
+    match = _HOST_HEADER.fullmatch(raw)
+    if match is None:
+        return None
+    name = match.group("name").lower().rstrip(b".")
+    if not name or b".." in name:
+        return None
+    port = match.group("port")
+    if not port:
+        return name
+    number = int(port)
+    if number > 65535:
+        return None
+    return b"%s:%d" % (name, number)
 
 
 def normalise_host(host: bytes | str | None) -> str:
@@ -40,6 +71,9 @@ class RouteTable:
     # Cache of names already resolved; bounded so a flood of random Host
     # headers cannot grow it without limit.
     _cache: dict[bytes, Route | None] = attrs.field(factory=dict, eq=False)
+    # Host headers already read: raw -> (route, normalised host), or None when
+    # the header is not a valid host[:port].
+    _hosts: dict[bytes, tuple[Route | None, bytes] | None] = attrs.field(factory=dict, eq=False)
 
     @classmethod
     def build(cls, routes: Iterable[Route]) -> RouteTable:
@@ -69,6 +103,19 @@ class RouteTable:
             self._cache[host] = route
             return route
         return self._lookup(normalise_host(host))
+
+    def resolve_host_header(self, raw: bytes) -> tuple[Route | None, bytes] | None:
+        """(the route, the normalised host) for a Host header; None if it is invalid."""
+        try:
+            return self._hosts[raw]
+        except KeyError:
+            pass
+        host = normalised_host_header(raw) if raw else b""
+        found = None if host is None else (self.route_for(host), host)
+        if len(self._hosts) > 4096:
+            self._hosts.clear()
+        self._hosts[raw] = found
+        return found
 
     def route_for_name(self, name: str) -> Route | None:
         return self._lookup(normalise_host(name))

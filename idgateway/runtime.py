@@ -36,6 +36,7 @@ from idgateway.model import (
 )
 from idgateway.oidc.http import make_http_client
 from idgateway.oidc.provider import ProviderClient
+from idgateway.paths import PathJudge, PathPolicy, PathReading
 from idgateway.routing import RouteTable
 from idgateway.sessions.redis_client import RedisClient
 from idgateway.sessions.revocation import ReplayCache, RevocationList
@@ -48,12 +49,14 @@ PoolKey = tuple[Upstream, float]
 @attrs.define(eq=False)
 class RouteRuntime:
     route: Route
-    # Pools for the route's own upstream and for each path sub-route, longest
-    # prefix first so the first match wins.
+    # Pools for the route's own upstream and for each path sub-route, in the
+    # order of route.paths (the path judge picks the sub-route).
     default_pool: UpstreamPool
     default_upstream: Upstream
-    path_pools: tuple[tuple[bytes, UpstreamPool, Upstream], ...]
+    path_pools: tuple[tuple[UpstreamPool, Upstream], ...]
     hsts_header: bytes | None
+    # Reads request paths: canonical form, sub-route, rules (idgateway.paths).
+    paths: PathJudge
     # Header keys (see forwarding.header_key) never accepted from clients:
     # every identity header any route could inject.
     strip_headers: frozenset[bytes] = frozenset()
@@ -78,10 +81,9 @@ class RouteRuntime:
     # Where https_redirect sends plain-HTTP clients: b"" for 443, else b":8443".
     https_port_suffix: bytes = b""
 
-    def pool_for(self, path: bytes) -> tuple[UpstreamPool, Upstream]:
-        for prefix, pool, upstream in self.path_pools:
-            if path.startswith(prefix):
-                return pool, upstream
+    def pool_for(self, reading: PathReading) -> tuple[UpstreamPool, Upstream]:
+        if reading.sub_route is not None:
+            return self.path_pools[reading.sub_route]
         return self.default_pool, self.default_upstream
 
 
@@ -207,7 +209,6 @@ class StateBuilder:
                 redis_clients.setdefault(kept_settings, kept_client)
         runtimes: dict[str, RouteRuntime] = {}
         for route in config.routes:
-            subs = sorted(route.paths, key=lambda sub: len(sub.prefix), reverse=True)
             login = None
             identity = IdentityHeaders.for_route(
                 HeaderSettings(), user_claim="sub", email_claim="email", groups_claim="groups"
@@ -228,10 +229,8 @@ class StateBuilder:
                 route=route,
                 default_pool=pool(route.upstream, route),
                 default_upstream=route.upstream,
-                path_pools=tuple(
-                    (sub.prefix.encode("utf-8"), pool(sub.upstream, route), sub.upstream)
-                    for sub in subs
-                ),
+                path_pools=tuple((pool(sub.upstream, route), sub.upstream) for sub in route.paths),
+                paths=path_judge(route),
                 hsts_header=_hsts(route),
                 https_port_suffix=b"" if https_port in (None, 443) else b":%d" % https_port,
                 strip_headers=identity.strip,
@@ -323,6 +322,19 @@ def _any_own_cookie(logins: list[RouteLogin]) -> Callable[[bytes], bool]:
         return verdict
 
     return is_own
+
+
+def path_judge(route: Route) -> PathJudge:
+    policy = PathPolicy(
+        encoded_slashes=route.path_rules.encoded_slashes,
+        backslashes=route.path_rules.backslashes,
+        case_insensitive=route.case_insensitive_paths,
+    )
+    return PathJudge(
+        policy,
+        [sub.prefix for sub in route.paths],
+        [sub.authorize is not None for sub in route.paths],
+    )
 
 
 def _hsts(route: Route) -> bytes | None:

@@ -21,6 +21,7 @@ import ssl
 from urllib.parse import urlsplit
 
 from idgateway.model import Upstream
+from idgateway.paths import AmbiguousPath, canonical_path
 
 _DURATION_UNITS: dict[str, float] = {
     "ms": 0.001,
@@ -274,4 +275,20 @@ def parse_upstream_url(value: str) -> Upstream:
 def parse_path_prefix(value: str) -> str:
     if not value.startswith("/") or "?" in value or "#" in value:
         raise ValueError(f"{value!r} is not a path prefix; it must start with '/', e.g. /api/")
-    return value
+    return canonical_prefix(value)
+
+
+def canonical_prefix(value: str) -> str:
+    """A configured path prefix in the canonical form request paths are matched in.
+
+    Non-ASCII and other characters a path cannot carry bare become escapes (as
+    browsers send them); a prefix no canonical path could start with is refused.
+    """
+    try:
+        canonical = canonical_path(value.encode("utf-8"))
+    except AmbiguousPath as error:
+        raise ValueError(f"{value!r} cannot match any request path: it has {error}") from None
+    text = canonical.decode("latin-1")
+    if any(segment in (".", "..") for segment in value.split("/")):
+        raise ValueError(f"{value!r} has dot segments; write {text!r}")
+    return text
