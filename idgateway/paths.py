@@ -184,7 +184,9 @@ def _servlet_reading(canonical: str, policy: PathPolicy) -> str:
         text, separators = text.replace("\\", "/"), True
     if policy.encoded_slashes == "pass" and ("%2F" in text or "%5C" in text):
         text, separators = text.replace("%2F", "/").replace("%5C", "/"), True
-    parts = [part.split(";", 1)[0] for part in _SLASH_RUNS.sub("/", text)[1:].split("/")]
+    # Drop the parameters first: "/;x/admin/" is "//admin/", then "/admin/".
+    stripped = "/".join(part.split(";", 1)[0] for part in text.split("/"))
+    parts = _SLASH_RUNS.sub("/", stripped)[1:].split("/")
     if separators and any(part in (".", "..") for part in parts):
         # A passed \ or %2F would form a dot segment upstream: "/public/..\admin".
         raise AmbiguousPath("a backslash or encoded slash forms a dot segment")

@@ -206,8 +206,10 @@ def test_public_paths_skip_login_and_tricks_do_not(environment):
     assert client.get("/healthz")[0] == 200
     assert client.get("/static/app.js")[0] == 200
     assert client.get("/static/../admin")[0] == 302
-    assert client.get("/static/%2e%2e/admin")[0] == 302
-    assert client.get("//static/..%2Fadmin")[0] == 302
+    # An encoded dot segment or an encoded slash is refused before any rule
+    # (issue 11: the gate and the upstream must read one path).
+    assert client.get("/static/%2e%2e/admin")[0] == 400
+    assert client.get("//static/..%2Fadmin")[0] == 400
 
 
 def test_user_outside_the_allowed_group_gets_403(environment):

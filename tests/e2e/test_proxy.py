@@ -46,9 +46,10 @@ def test_hosts_and_paths_pick_their_upstreams(two_apps):
     assert echo["path"].startswith("/echo")
     api = echo_json(port, "app1.localhost", "/api/things")
     assert header_values(api, "host") == [f"127.0.0.1:{backend_b.port}"]
-    # preserve_host passes the client's Host through; wildcard hosts match.
-    app2 = echo_json(port, "App2.Localhost:8080", "/echo")
-    assert header_values(app2, "host") == ["App2.Localhost:8080"]
+    # preserve_host passes the client's Host through, checked and normalised
+    # (lower case, no trailing dot: nginx's $host); wildcard hosts match.
+    app2 = echo_json(port, "App2.Localhost.:8080", "/echo")
+    assert header_values(app2, "host") == ["app2.localhost:8080"]
     wild = echo_json(port, "x.apps.localhost", "/echo")
     assert header_values(wild, "host") == ["x.apps.localhost"]
 

@@ -1,0 +1,172 @@
+"""Issue 11, section 2 against the real gateway process: the Host header never
+steers where authorization codes, users or X-Forwarded-Host go."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+
+from tests.backends import BackendProcess
+from tests.processes import GatewayProcess, free_port
+
+ATTACKS = [
+    b"app1.localhost:PORT@evil.example",
+    b"app1.localhost@evil.example",
+    b"evil.example#@app1.localhost",
+    b"app1.localhost:PORT/evil",
+    b"app1.localhost\\evil.example",
+    b"app1.localhost:PORT?x=1",
+    b"app1.localhost:PORTevil",
+    b"app1.localhost:99999",
+    b"app1.localhost:-1",
+    b"app1..localhost",
+    b"app1.localhost%2eevil.example",
+    b"app1.localhost, evil.example",
+    b"[::1",
+    b"user:pass@app1.localhost",
+]
+
+
+def raw(port: int, head: bytes) -> tuple[int, dict[bytes, bytes], bytes]:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(head)
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    head_bytes, _, body = data.partition(b"\r\n\r\n")
+    lines = head_bytes.split(b"\r\n")
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(b":")
+        headers[name.strip().lower()] = value.strip()
+    return int(lines[0].split(b" ")[1]), headers, body
+
+
+def get(port: int, host: bytes, target: bytes = b"/", extra: bytes = b"") -> tuple:
+    return raw(
+        port,
+        b"GET " + target + b" HTTP/1.1\r\nHost: " + host + b"\r\n" + extra
+        + b"Connection: close\r\n\r\n",
+    )
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
+    tmp = Path(tmp_path_factory.mktemp("hosts"))
+    port = free_port()
+    with BackendProcess(name="echo") as echo:
+        (tmp / "gateway.yaml").write_text(
+            f"""
+listeners: [{{address: 127.0.0.1:{port}}}]
+routes:
+  - name: app1
+    hosts: [app1.localhost, "*.wild.localhost"]
+    upstream: http://127.0.0.1:{echo.port}
+  - name: secure
+    hosts: [secure.localhost]
+    upstream: http://127.0.0.1:{echo.port}
+    https_redirect: true
+"""
+        )
+        gateway = GatewayProcess(tmp / "gateway.yaml", tmp / "gateway.log").start([port])
+        try:
+            yield {"port": port}
+        finally:
+            gateway.stop()
+
+
+@pytest.mark.parametrize("host", ATTACKS, ids=lambda h: h.decode("latin-1"))
+def test_a_host_header_that_is_not_host_port_gets_400(env, host) -> None:
+    port = env["port"]
+    status, headers, body = get(port, host.replace(b"PORT", b"%d" % port))
+    assert status == 400, body
+    assert b"location" not in headers
+
+
+def test_a_space_inside_the_host_header_gets_400(env) -> None:
+    status, _, _ = get(env["port"], b"app1.localhost evil.example")
+    assert status == 400
+
+
+def test_two_host_headers_get_400(env) -> None:
+    status, _, _ = get(env["port"], b"app1.localhost", extra=b"Host: evil.example\r\n")
+    assert status == 400
+
+
+def test_x_forwarded_host_is_the_normalised_host(env) -> None:
+    port = env["port"]
+    status, _, body = get(port, b"App1.LocalHost.:%d" % port, b"/echo", b"Accept: */*\r\n")
+    assert status == 200
+    headers = {name: value for name, value in json.loads(body)["headers"]}
+    assert headers["x-forwarded-host"] == f"app1.localhost:{port}"
+
+
+def test_https_redirect_runs_after_the_host_and_target_checks(env) -> None:
+    port = env["port"]
+    status, headers, _ = get(port, b"secure.localhost", b"@evil.com/")
+    assert status == 400 and b"location" not in headers
+    status, headers, _ = get(port, b"secure.localhost:%d@evil.com" % port, b"/x")
+    assert status == 400 and b"location" not in headers
+    status, headers, _ = get(port, b"Secure.Localhost.:%d" % port, b"/a/../x?q=1")
+    assert status == 308
+    assert headers[b"location"] == b"https://secure.localhost/x?q=1"
+
+
+def test_unknown_hosts_get_421(env) -> None:
+    status, _, _ = get(env["port"], b"evil.example")
+    assert status == 421
+
+
+def test_login_redirect_uses_the_normalised_host(tmp_path: Path) -> None:
+    """The redirect_uri sent to the provider is built from the normalised host."""
+    from tests.e2e.test_login import Client
+    from tests.login_env import registered_client
+    from tests.provider_process import ProviderProcess, node_binary
+
+    if node_binary() is None:
+        pytest.skip("node is not installed")
+    port = free_port()
+    config = {
+        "tenants": {
+            "carbon.super": {
+                "clients": [
+                    registered_client("app1-client", "s", "app1.localhost", port,
+                                      "client_secret_basic")
+                ]
+            }
+        }
+    }
+    with ProviderProcess(tmp_path / "op", config) as op, BackendProcess(name="e") as echo:
+        (tmp_path / "gw.yaml").write_text(
+            f"""
+listeners: [{{address: 127.0.0.1:{port}}}]
+providers:
+  wso2: {{discovery_url: "{op.discovery_url()}", ca_file: "{op.ca_file}"}}
+routes:
+  - name: app1
+    hosts: [app1.localhost]
+    upstream: http://127.0.0.1:{echo.port}
+    oidc: {{provider: wso2, client_id: app1-client, client_secret: s}}
+"""
+        )
+        gateway = GatewayProcess(tmp_path / "gw.yaml", tmp_path / "gw.log").start([port])
+        try:
+            client = Client(port, "app1.localhost")
+            deadline = time.monotonic() + 20
+            while client.get("/")[0] != 302:
+                assert time.monotonic() < deadline
+                time.sleep(0.2)
+            status, headers, _ = get(port, b"APP1.localhost.:%d" % port, b"/x")
+            assert status == 302
+            query = parse_qs(urlsplit(headers[b"location"].decode()).query)
+            assert query["redirect_uri"] == [f"http://app1.localhost:{port}/oauth2/callback"]
+            status, headers, _ = get(port, b"app1.localhost:%d@evil.example" % port, b"/x")
+            assert status == 400 and b"location" not in headers
+        finally:
+            gateway.stop()
