@@ -35,6 +35,8 @@ setup(
         "test": [
             "pytest>=8",
             "pytest-timeout",
+            # Property tests: generated request targets against the path judge.
+            "hypothesis",
             "websockets>=12",
             # Drives Debian's chromium (executable_path); never downloads a browser.
             "playwright>=1.40",

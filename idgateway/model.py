@@ -127,15 +127,6 @@ class Route:
     # Login; None means the route is open (a plain reverse proxy).
     auth: RouteAuth | None = None
 
-    def upstream_for(self, path: bytes) -> Upstream:
-        """The upstream for a request path: longest matching prefix, else the route's."""
-        best: PathRoute | None = None
-        text = path.decode("latin-1")
-        for sub in self.paths:
-            if text.startswith(sub.prefix) and (best is None or len(sub.prefix) > len(best.prefix)):
-                best = sub
-        return best.upstream if best is not None else self.upstream
-
 
 @attrs.frozen
 class LoggingSettings:

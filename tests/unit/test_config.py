@@ -41,6 +41,7 @@ from idgateway.config_auth import (
     SESSION_FIELDS,
 )
 from idgateway.model import Config
+from idgateway.runtime import path_judge
 
 UTC = datetime.UTC
 
@@ -199,7 +200,7 @@ def test_contract_example_loads(tmp_path: Path, certs: Path) -> None:
     assert app1.upstream.pool_size == 64 and app1.upstream.ca_file is None
     (api,) = app1.paths
     assert api.prefix == "/api/" and api.upstream.port == 3001
-    assert app1.upstream_for(b"/api/users") is api.upstream
+    assert path_judge(app1).read(b"/api/users").sub_route == 0  # paths[0]: /api/
     assert wild.hosts == ("*.example.com",)
     assert (wild.upstream.kind, wild.upstream.socket_path) == ("unix", "/run/wild.sock")
     assert fallback.default and fallback.hosts == ()
