@@ -46,9 +46,13 @@ from idgateway.model import (
     Upstream,
 )
 from idgateway.schema import (  # noqa: F401  (re-exported: callers import them from here)
+    CONFIG_FILE_LIMIT,
     INVALID,
+    PEM_FILE_LIMIT,
+    YAML_NODE_BUDGET,
     ConfigError,
     Field,
+    FileTooOdd,
     Problem,
     Reader,
     Section,
@@ -57,12 +61,15 @@ from idgateway.schema import (  # noqa: F401  (re-exported: callers import them 
     _reason,
     boolean,
     duration,
+    expanded_size,
     file_path,
     hide_references,
     integer,
     list_of,
+    loose_permissions,
     mapping,
     parsed,
+    read_bounded,
     read_section,
     section,
     size,
@@ -77,14 +84,13 @@ EXPIRY_WARNING_DAYS = 14
 
 def read_certificates(path: str) -> list[x509.Certificate]:
     """Every certificate in a PEM file, leaf first; OSError or ValueError if none."""
-    with open(path, "rb") as pem:
-        return x509.load_pem_x509_certificates(pem.read())
+    return x509.load_pem_x509_certificates(read_bounded(path, PEM_FILE_LIMIT))
 
 
 def _certificates(reader: Reader, node: yaml.Node, key: str, path: str) -> Any:
     try:
         return read_certificates(path)
-    except OSError as error:
+    except (OSError, FileTooOdd) as error:
         return reader.problem(node, key, _reason(error))
     except ValueError:
         return reader.problem(node, key, f"{path} is not PEM (-----BEGIN CERTIFICATE-----)")
@@ -99,10 +105,11 @@ def _pem_bundle(reader: Reader, node: yaml.Node, key: str) -> str | _Invalid:
 
 def _private_key(reader: Reader, node: yaml.Node, key: str, path: str) -> Any:
     try:
-        with open(path, "rb") as pem:
-            return serialization.load_pem_private_key(pem.read(), password=None)
-    except OSError as error:
+        pem = read_bounded(path, PEM_FILE_LIMIT)
+    except (OSError, FileTooOdd) as error:
         return reader.problem(node, key, _reason(error))
+    try:
+        return serialization.load_pem_private_key(pem, password=None)
     except TypeError:
         return reader.problem(node, key, f"{path} is encrypted; give an unencrypted PEM key")
     except (ValueError, UnsupportedAlgorithm):
@@ -524,10 +531,9 @@ def load_config(path: str, environ: Mapping[str, str] | None = None) -> Config:
 
 def _compose(reader: Reader) -> yaml.Node | _Invalid:
     try:
-        with open(reader.file, "rb") as stream:
-            text = hide_references(stream.read().decode("utf-8-sig"))
-            root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except OSError as error:
+        text = hide_references(read_bounded(reader.file, CONFIG_FILE_LIMIT).decode("utf-8-sig"))
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except (OSError, FileTooOdd) as error:
         return reader.problem(None, "", _reason(error))
     except UnicodeDecodeError as error:
         return reader.problem(None, "", f"not UTF-8 text (bad byte at offset {error.start})")
@@ -541,6 +547,17 @@ def _compose(reader: Reader) -> yaml.Node | _Invalid:
         return reader.problem(None, "", f"YAML error: {error}")
     if root is None:
         return reader.problem(None, "", "the file is empty; it needs 'listeners' and 'routes'")
+    if expanded_size(root, YAML_NODE_BUDGET) > YAML_NODE_BUDGET:
+        return reader.problem(
+            None,
+            "",
+            f"the file expands to more than {YAML_NODE_BUDGET} values through its anchors, "
+            "aliases and merge keys (<<: *name); a gateway configuration needs far fewer: "
+            "write the repeated parts out, or use fewer levels of aliases",
+        )
+    warning = loose_permissions(reader.file, secret=False)
+    if warning:
+        reader.warnings.append(warning)
     return root  # type: ignore[no-any-return]
 
 

@@ -27,11 +27,14 @@ from idgateway.model import (
 from idgateway.oidc.client import RESERVED_AUTHORIZE_PARAMETERS
 from idgateway.schema import (
     INVALID,
+    PEM_FILE_LIMIT,
     Field,
+    FileTooOdd,
     Reader,
     Section,
     _describe,
     _Invalid,
+    _reason,
     boolean,
     duration,
     file_path,
@@ -39,6 +42,7 @@ from idgateway.schema import (
     list_of,
     mapping,
     parsed,
+    read_bounded,
     read_section,
 )
 from idgateway.sessions.redis_client import parse_redis_url
@@ -209,10 +213,9 @@ def _ca_bundle(reader: Reader, node: yaml.Node, key: str) -> str | _Invalid:
     if path is INVALID:
         return INVALID
     try:
-        with open(path, "rb") as pem:
-            x509.load_pem_x509_certificates(pem.read())
-    except OSError as error:
-        return reader.problem(node, key, f"cannot read {path}: {error.strerror}")
+        x509.load_pem_x509_certificates(read_bounded(path, PEM_FILE_LIMIT))
+    except (OSError, FileTooOdd) as error:
+        return reader.problem(node, key, _reason(error))
     except ValueError:
         return reader.problem(node, key, f"{path} is not PEM (-----BEGIN CERTIFICATE-----)")
     return path  # type: ignore[no-any-return]

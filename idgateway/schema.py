@@ -13,6 +13,7 @@ import difflib
 import enum
 import os
 import re
+import stat
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -384,17 +385,135 @@ def _secret_file(reader: Reader, node: yaml.Node, key: str) -> yaml.Node | _Inva
     if path is INVALID:
         return INVALID
     try:
-        with open(path, encoding="utf-8") as secret:
-            contents = secret.read().rstrip("\r\n")
-    except (OSError, UnicodeDecodeError) as error:
+        contents = read_bounded(path, SECRET_FILE_LIMIT).decode("utf-8").rstrip("\r\n")
+    except (OSError, UnicodeDecodeError, FileTooOdd) as error:
         return reader.problem(node, key, _reason(error))
+    warning = loose_permissions(path, secret=True)
+    if warning:
+        reader.warnings.append(f"{key}: {warning}")
     return _LiteralScalar(_STR, contents, node.start_mark, node.end_mark, style='"')
+
+
+# The most values a configuration may expand to through anchors, aliases and
+# merge keys: a real one has a few thousand; a "billion laughs" file of a few
+# hundred bytes expands to millions (and took seconds to check).
+YAML_NODE_BUDGET = 100_000
+
+
+def expanded_size(root: yaml.Node, budget: int) -> int:
+    """How many nodes ``root`` stands for once every alias and merge is expanded.
+
+    Aliases share node objects, so sizes are memoised per node: linear in the
+    file, however far it would expand. A node inside its own expansion (a
+    recursive anchor) adds nothing here: the schema refuses those cycles with
+    its own message. Counting stops past ``budget``.
+    """
+    sizes: dict[int, int] = {}
+    visiting: set[int] = set()
+
+    def size(node: yaml.Node) -> int:
+        known = sizes.get(id(node))
+        if known is not None:
+            return known
+        if id(node) in visiting:
+            return 0
+        visiting.add(id(node))
+        total = 1
+        if isinstance(node, yaml.SequenceNode):
+            for child in node.value:
+                total += size(child)
+                if total > budget:
+                    break
+        elif isinstance(node, yaml.MappingNode):
+            for key_node, value_node in node.value:
+                total += size(key_node) + size(value_node)
+                if total > budget:
+                    break
+        visiting.discard(id(node))
+        sizes[id(node)] = total
+        return total
+
+    try:
+        return size(root)
+    except RecursionError:
+        return budget + 1
+
+
+# Secret files hold a password or a key; PEM files a certificate chain or a key.
+SECRET_FILE_LIMIT = 64 * 1024
+PEM_FILE_LIMIT = 1024 * 1024
+CONFIG_FILE_LIMIT = 1024 * 1024
+
+
+class FileTooOdd(ValueError):
+    """A file the configuration names is not one to read: a FIFO, a device, too big."""
+
+
+def read_bounded(path: str, limit: int) -> bytes:
+    """The bytes of a regular file of at most ``limit`` bytes, or FileTooOdd/OSError.
+
+    Opened without blocking (a FIFO would otherwise wait for a writer) and
+    checked to be a regular file before any read: a configuration naming
+    /dev/zero or a named pipe must be an error, never a frozen reactor.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise FileTooOdd(f"{path} is {_file_kind(info.st_mode)}, not a regular file")
+        if info.st_size > limit:
+            raise FileTooOdd(f"{path} is {info.st_size} bytes; at most {limit} are read")
+        chunks: list[bytes] = []
+        left = limit + 1
+        while left > 0:
+            chunk = os.read(fd, min(left, 65536))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+        data = b"".join(chunks)
+        if len(data) > limit:
+            raise FileTooOdd(f"{path} grew past {limit} bytes while being read")
+        return data
+    finally:
+        os.close(fd)
+
+
+def _file_kind(mode: int) -> str:
+    for test, kind in (
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISFIFO, "a named pipe (FIFO)"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+    ):
+        if test(mode):
+            return kind
+    return "not a plain file"
+
+
+def loose_permissions(path: str, *, secret: bool) -> str | None:
+    """A warning when a config file is world-writable, or a secret file readable by others."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None
+    if mode & stat.S_IWOTH:
+        return f"{path} is world-writable: anyone on this machine can change it (chmod o-w)"
+    if secret and mode & (stat.S_IRGRP | stat.S_IROTH):
+        return (
+            f"{path} is readable by its group or by everyone: keep secrets to the gateway's "
+            "user (chmod 600, or systemd credentials)"
+        )
+    return None
 
 
 _SECRET_PATH = file_path("a file path, e.g. /run/credentials/idgateway.service/secret")
 
 
 def _reason(error: Exception) -> str:
+    if isinstance(error, FileTooOdd):
+        return str(error)
     if isinstance(error, OSError) and error.strerror:
         return f"cannot read {error.filename}: {error.strerror}"
     return f"cannot read this file: {error}"

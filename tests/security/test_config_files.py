@@ -1,0 +1,168 @@
+"""Issue 18, "Config and files": an operator's mistake with a file must be a
+config error or a warning, never a frozen reactor, an outage or a leak."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from idgateway.config import ConfigError, load_config
+from idgateway.schema import SECRET_FILE_LIMIT, YAML_NODE_BUDGET, expanded_size
+
+KEY = "a" * 43 + "="
+
+
+def config_text(secret_line: str = "client_secret: s", ca_line: str = "") -> str:
+    return f"""
+listeners: [{{address: 127.0.0.1:8080}}]
+providers:
+  wso2:
+    issuer: https://localhost:9443/oauth2/token
+    {ca_line}
+routes:
+  - name: app1
+    hosts: [app1.example.com]
+    upstream: http://127.0.0.1:3000
+    oidc:
+      provider: wso2
+      client_id: app1
+      {secret_line}
+    session: {{keys: [{KEY}]}}
+"""
+
+
+def load(tmp_path: Path, text: str):
+    path = tmp_path / "gateway.yaml"
+    path.write_text(text)
+    path.chmod(0o640)
+    return load_config(str(path), {})
+
+
+def problem_text(tmp_path: Path, text: str) -> str:
+    with pytest.raises(ConfigError) as caught:
+        load(tmp_path, text)
+    return str(caught.value)
+
+
+def _fifo(tmp_path: Path) -> str:
+    path = tmp_path / "fifo"
+    os.mkfifo(path)
+    return str(path)
+
+
+def _huge(tmp_path: Path) -> str:
+    path = tmp_path / "huge"
+    path.write_bytes(b"x" * (SECRET_FILE_LIMIT + 1))
+    return str(path)
+
+
+def _directory(tmp_path: Path) -> str:
+    (tmp_path / "dir").mkdir()
+    return str(tmp_path / "dir")
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (_fifo, "is a named pipe (FIFO), not a regular file"),
+        (lambda tmp: "/dev/zero", "/dev/zero is a character device, not a regular file"),
+        (_directory, "is a directory, not a regular file"),
+        (_huge, f"bytes; at most {SECRET_FILE_LIMIT} are read"),
+        (lambda tmp: str(tmp / "missing"), "No such file or directory"),
+    ],
+    ids=["fifo", "dev-zero", "directory", "huge", "missing"],
+)
+def test_secret_files_must_be_small_regular_files(tmp_path: Path, make, message) -> None:
+    path = make(tmp_path)
+    started = time.monotonic()
+    text = problem_text(tmp_path, config_text(f"client_secret_file: {path}"))
+    assert message in text
+    assert "oidc.client_secret_file" in text  # names the key
+    assert time.monotonic() - started < 2  # a FIFO without a writer does not block
+
+
+@pytest.mark.parametrize("target", ["fifo", "/dev/zero", "/dev/urandom"])
+def test_pem_files_must_be_regular_files(tmp_path: Path, target: str) -> None:
+    path = _fifo(tmp_path) if target == "fifo" else target
+    text = problem_text(tmp_path, config_text(ca_line=f"ca_file: {path}"))
+    assert "not a regular file" in text and "ca_file" in text
+
+
+def test_the_config_file_itself_may_not_be_a_fifo(tmp_path: Path) -> None:
+    path = _fifo(tmp_path)
+    # In a child process with a timeout: a blocking open would hang the test.
+    result = subprocess.run(
+        [sys.executable, "-c", f"from idgateway.config import load_config; load_config({path!r})"],
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
+    assert result.returncode != 0
+    assert "not a regular file" in result.stderr
+
+
+BILLION_LAUGHS = """
+a: &a {x: 1, y: 2, z: 3, w: 4, v: 5, u: 6, t: 7, s: 8, r: 9, q: 10}
+b: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a, *a]
+c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b, *b]
+d: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c, *c]
+e: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d, *d]
+f: &f [*e, *e, *e, *e, *e, *e, *e, *e, *e, *e]
+g: &g [*f, *f, *f, *f, *f, *f, *f, *f, *f, *f]
+listeners: *g
+routes: *g
+"""
+
+MERGE_BOMB = """
+l0: &l0 {k0: 0, k1: 1, k2: 2, k3: 3, k4: 4, k5: 5, k6: 6, k7: 7}
+l1: &l1 {<<: [*l0], m: [*l0, *l0, *l0, *l0, *l0, *l0, *l0, *l0]}
+l2: &l2 {<<: [*l1], m: [*l1, *l1, *l1, *l1, *l1, *l1, *l1, *l1]}
+l3: &l3 {<<: [*l2], m: [*l2, *l2, *l2, *l2, *l2, *l2, *l2, *l2]}
+l4: &l4 {<<: [*l3], m: [*l3, *l3, *l3, *l3, *l3, *l3, *l3, *l3]}
+l5: &l5 {<<: [*l4], m: [*l4, *l4, *l4, *l4, *l4, *l4, *l4, *l4]}
+l6: &l6 {<<: [*l5], m: [*l5, *l5, *l5, *l5, *l5, *l5, *l5, *l5]}
+listeners: [{address: 127.0.0.1:8080, <<: *l6}]
+routes: [{name: a, hosts: [a.example], upstream: "http://127.0.0.1:1", <<: *l6}]
+"""
+
+
+@pytest.mark.parametrize("text", [BILLION_LAUGHS, MERGE_BOMB], ids=["aliases", "merge-keys"])
+def test_alias_and_merge_bombs_are_refused_quickly(tmp_path: Path, text: str) -> None:
+    assert len(text) < 1000
+    started = time.monotonic()
+    message = problem_text(tmp_path, text)
+    assert f"expands to more than {YAML_NODE_BUDGET} values" in message
+    assert time.monotonic() - started < 1.0
+
+
+def test_ordinary_anchors_stay_well_under_the_budget(tmp_path: Path) -> None:
+    import yaml
+
+    from idgateway.schema import hide_references
+
+    text = (Path(__file__).resolve().parents[2] / "etc" / "gateway.yaml").read_text()
+    root = yaml.compose(hide_references(text), Loader=yaml.SafeLoader)
+    assert expanded_size(root, YAML_NODE_BUDGET) < YAML_NODE_BUDGET // 50
+
+
+def test_world_writable_config_and_readable_secrets_are_warned_about(tmp_path: Path) -> None:
+    secret = tmp_path / "secret"
+    secret.write_text("s3cret\n")
+    secret.chmod(0o644)
+    path = tmp_path / "gateway.yaml"
+    path.write_text(config_text(f"client_secret_file: {secret}"))
+    path.chmod(0o666)
+    config = load_config(str(path), {})
+    warnings = "\n".join(config.warnings)
+    assert f"{path} is world-writable" in warnings
+    assert f"{secret} is readable by its group or by everyone" in warnings
+    assert "s3cret" not in warnings
+    secret.chmod(0o600)
+    path.chmod(0o640)
+    quiet = "\n".join(load_config(str(path), {}).warnings)
+    assert "world-writable" not in quiet and "readable by" not in quiet
