@@ -173,13 +173,10 @@ class StateBuilder:
             (r.auth.session.redis for r in config.routes if r.auth and r.auth.session.redis), None
         )
         shared_client = redis_client(shared) if shared is not None else None
+        longest = revocation_ttl(config)
         if self._revocation is None:
             # Made once, on the first configuration: a reload that changes the
             # shared Redis takes effect at the next restart (logged below).
-            longest = max(
-                (r.auth.session.max_duration for r in config.routes if r.auth is not None),
-                default=86400.0,
-            )
             self._revocation_redis = (shared, shared_client)
             self._revocation = RevocationList(self.reactor, shared_client, ttl=longest)
             self._replay = ReplayCache(self.reactor, shared_client)
@@ -196,6 +193,10 @@ class StateBuilder:
                         n=config.workers,
                     )
         else:
+            # Revocations live as long as the sessions they end could: a reload
+            # that raises max_duration extends them (and keeps sessions that
+            # had outlived the old one dead).
+            self._revocation.set_ttl(longest)
             kept_settings, kept_client = self._revocation_redis
             if kept_settings != shared:
                 self._log.warn(
@@ -301,6 +302,19 @@ class StateBuilder:
         for redis_settings, client in old.redis_clients.items():
             if new.redis_clients.get(redis_settings) is not client:
                 client.close()
+
+
+def revocation_ttl(config: Config) -> float:
+    """How long a revocation must last: the longest max_duration of a route with
+    cookie sessions (Redis sessions are deleted instead), else a day."""
+    return max(
+        (
+            r.auth.session.max_duration
+            for r in config.routes
+            if r.auth is not None and r.auth.session.store == "cookie"
+        ),
+        default=86400.0,
+    )
 
 
 # Distinct cookie names whose verdict is remembered (browsers send a handful;
