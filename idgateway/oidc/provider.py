@@ -345,7 +345,9 @@ class ProviderClient:
             raise
         return metadata
 
-    async def _fetch_keys(self, jwks_uri: str, *, for_logout: bool = False) -> tuple[SigningKey, ...]:
+    async def _fetch_keys(
+        self, jwks_uri: str, *, for_logout: bool = False
+    ) -> tuple[SigningKey, ...]:
         if for_logout:
             self._last_logout_refetch = self._clock.seconds()
         else:

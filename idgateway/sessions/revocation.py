@@ -125,11 +125,10 @@ def _revocation_key(route: str, sid_hash: str, kind: str = SID) -> str:
 
 def _parse_revocation_key(key: str) -> tuple[str, str, str] | None:
     """(kind, route, hash) from a revocation key, reading the fixed-size hash from the right."""
-    for kind, prefix in _KIND_PREFIXES.items():
-        if key.startswith(prefix):
-            break
-    else:
+    found = next(((k, p) for k, p in _KIND_PREFIXES.items() if key.startswith(p)), None)
+    if found is None:
         return None
+    kind, prefix = found
     if len(key) < len(prefix) + _HASH_LENGTH + 2:
         return None
     digest = key[-_HASH_LENGTH:]
@@ -440,7 +439,9 @@ class RevocationList:
         found = 0
         cursor: bytes | str = "0"
         while True:
-            reply = await self._client.eval(_SCAN_WITH_TTL, [], [cursor, _SCAN_PATTERN, _SCAN_COUNT])
+            reply = await self._client.eval(
+                _SCAN_WITH_TTL, [], [cursor, _SCAN_PATTERN, _SCAN_COUNT]
+            )
             cursor = reply[0]
             for index in range(1, len(reply) - 2, 3):
                 key, ttl_ms, value = reply[index], reply[index + 1], reply[index + 2]
