@@ -457,8 +457,9 @@ async def backchannel_logout(
         _logout_error(request, login, "logout token already used")
         return
     sid, sub = claims.get("sid"), claims.get("sub")
+    # iat counts whole seconds: a session begun within that second is ended too.
     issued = claims.get("iat")
-    since = float(issued) if isinstance(issued, int | float) else None
+    since = float(issued) + 1 if isinstance(issued, int | float) else None
     ended = await login.end_sessions(state, sid=sid, sub=sub, since=since)
     # audit hook: sid and sub are logged as hashes
     observe.backchannel_logout(request, route=login.route.name, sid=sid, sub=sub, ended=ended)

@@ -147,7 +147,7 @@ def send_page(request: GatewayRequest, status: int, body: bytes) -> None:
 
 
 def send_confirmation(request: GatewayRequest, token: str) -> None:
-    send_page(request, 200, _CONFIRM_PAGE.format(token=token).encode("ascii"))
+    send_page(request, 200, _CONFIRM_PAGE.replace("{token}", token).encode("ascii"))
 
 
 def send_refused(request: GatewayRequest) -> None:

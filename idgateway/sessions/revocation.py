@@ -96,21 +96,25 @@ end
 return found
 """
 
-# One SCAN step that moves each key's expiry to its reference time + ttl when
-# that is later (a reload raised the ttl). ARGV: cursor, pattern, count, ttl
-# ms, now ms (the gateway's clock, as for every other revocation time).
+# One SCAN step: {next cursor, {keys}}. ARGV: cursor, pattern, count.
+_SCAN_KEYS = """
+return redis.call('SCAN', ARGV[1], 'MATCH', ARGV[2], 'COUNT', ARGV[3])
+"""
+
+# Moves each key's expiry to its reference time + its ttl when that is later
+# (a reload raised the ttl). KEYS: the keys. ARGV: now ms (the gateway's
+# clock, as for every other revocation time), then each key's ttl ms.
 _EXTEND = """
-local step = redis.call('SCAN', ARGV[1], 'MATCH', ARGV[2], 'COUNT', ARGV[3])
-for _, key in ipairs(step[2]) do
+for i, key in ipairs(KEYS) do
   local t = tonumber(redis.call('GET', key))
   if t then
-    local left = math.floor(t * 1000 + tonumber(ARGV[4]) - tonumber(ARGV[5]))
+    local left = math.floor(t * 1000 + tonumber(ARGV[i + 1]) - tonumber(ARGV[1]))
     if left > redis.call('PTTL', key) then
       redis.call('PEXPIRE', key, string.format('%d', left))
     end
   end
 end
-return step[1]
+return #KEYS
 """
 _SCAN_COUNT = 1000
 
@@ -182,7 +186,7 @@ class _Revocations:
     def add(self, key: str, t: float, now: float) -> bool:
         """Remember ``key`` from ``t`` on; False when it would be dead already."""
         owner = self._owner
-        if t + owner.ttl <= now:
+        if t + owner.ttl_for(key[: -_HASH_LENGTH - 1]) <= now:
             return False
         entries = self.entries
         old = entries.get(key)
@@ -192,8 +196,10 @@ class _Revocations:
             del entries[key]  # re-inserted at the end: the order stays oldest first
         entries[key] = t
         if len(entries) >= self._prune_at:
-            horizon = now - owner.ttl
-            for dead in [k for k, since in entries.items() if since <= horizon]:
+            ttl_for = owner.ttl_for
+            for dead in [
+                k for k, since in entries.items() if since + ttl_for(k[: -_HASH_LENGTH - 1]) <= now
+            ]:
                 del entries[dead]
             self._prune_at = max(_PRUNE_FROM, 2 * len(entries))
         excess = len(entries) - owner.max_entries
@@ -209,7 +215,7 @@ class _Revocations:
         t = self.entries.get(key)
         if t is None:
             return None
-        if t + self._owner.ttl <= now:
+        if t + self._owner.ttl_for(key[: -_HASH_LENGTH - 1]) <= now:
             del self.entries[key]
             return None
         return t
@@ -251,7 +257,9 @@ class RevocationList:
         # Cookie sessions that began before this were dead (older than every
         # route's max_duration) when a reload raised the ttl: they stay dead,
         # whether or not their revocation entries are still around.
-        self.dead_before = 0.0
+        self.dead_before: dict[str, float] = {}
+        # route -> its own ttl (its max_duration); others use ``ttl``.
+        self._ttls: dict[str, float] = {}
         # session id -> (session, its sid, id and sub keys): hashing three
         # values per request would cost more than the lookups.
         self._digests: dict[str, tuple[Any, str | None, str, str]] = {}
@@ -273,20 +281,34 @@ class RevocationList:
         self._started = True
         self._client.subscribe(REVOKED_CHANNEL, self._on_message, self._reload)
 
-    def set_ttl(self, ttl: float) -> None:
-        """A reload's new longest max_duration. Raising it extends every entry
-        (here at once, in Redis in the background)."""
-        if ttl <= 0:
-            raise ValueError(f"the revocation ttl must be more than 0 seconds, not {ttl}")
-        if ttl == self.ttl:
-            return
+    def ttl_for(self, route: str) -> float:
+        """How long a revocation on ``route`` lasts: its sessions' max_duration."""
+        return self._ttls.get(route, self.ttl)
+
+    def set_ttl(self, ttl: float, per_route: dict[str, float] | None = None) -> None:
+        """A reload's lifetimes: ``ttl`` (the longest max_duration) and each
+        cookie-session route's own. Raising one extends that route's entries
+        (here at once, in Redis in the background), and its sessions that had
+        already outlived the old lifetime stay dead."""
+        per_route = dict(per_route or {})
+        for value in (ttl, *per_route.values()):
+            if value <= 0:
+                raise ValueError(f"the revocation ttl must be more than 0 seconds, not {value}")
         now = self._clock.seconds()
-        raised = ttl > self.ttl
-        if raised:
-            self.dead_before = max(self.dead_before, now - self.ttl)
+        routes = set(self._ttls) | set(per_route)
+        raised = [r for r in routes if per_route.get(r, ttl) > self.ttl_for(r)]
+        for route in raised:
+            self.dead_before[route] = max(
+                self.dead_before.get(route, 0.0), now - self.ttl_for(route)
+            )
+        raised_default = ttl > self.ttl
         self.ttl = ttl
-        if raised and self._client is not None:
-            d = defer.ensureDeferred(self._extend_in_redis(ttl))
+        self._ttls = per_route
+        if self._client is None:
+            return
+        patterns = [_SCAN_PATTERN] if raised_default else [f"{_SCAN_PATTERN}:{r}:*" for r in raised]
+        for pattern in patterns:
+            d = defer.ensureDeferred(self._extend_in_redis(pattern))
             d.addErrback(
                 lambda failure: self._log.warn(
                     "Could not extend revoked sessions in Redis to the new ttl: {reason}",
@@ -294,14 +316,20 @@ class RevocationList:
                 )
             )
 
-    async def _extend_in_redis(self, ttl: float) -> None:
+    async def _extend_in_redis(self, pattern: str) -> None:
         assert self._client is not None
         cursor: bytes | str = "0"
         while True:
             now_ms = math.floor(self._clock.seconds() * 1000)
-            cursor = await self._client.eval(
-                _EXTEND, [], [cursor, _SCAN_PATTERN, _SCAN_COUNT, math.ceil(ttl * 1000), now_ms]
-            )
+            reply = await self._client.eval(_SCAN_KEYS, [], [cursor, pattern, _SCAN_COUNT])
+            cursor = reply[0]
+            keys = [bytes(key).decode("utf-8", "replace") for key in reply[1]]
+            ttls = []
+            for key in keys:
+                parsed = _parse_revocation_key(key)
+                ttls.append(math.ceil(self.ttl_for(parsed[1] if parsed else "") * 1000))
+            if keys:
+                await self._client.eval(_EXTEND, keys, [now_ms, *ttls])
             if cursor in (b"0", "0"):
                 return
 
@@ -315,7 +343,7 @@ class RevocationList:
         """Whether a cookie session is dead: its sid, its id, or its sub since
         before it began was logged out (or it outlived a ttl a reload raised).
         Memory only, no Redis: on every request's path."""
-        if session.created_at < self.dead_before:
+        if session.created_at < self.dead_before.get(route, 0.0):
             return True
         sids, ids, subs = self._revoked, self._ids, self._subs
         if not (sids.entries or ids.entries or subs.entries):
@@ -380,7 +408,7 @@ class RevocationList:
         if self._client is None:
             return
         key = _revocation_key(route, digest, kind)
-        ttl_ms = max(1, math.ceil((t + self.ttl - now) * 1000))
+        ttl_ms = max(1, math.ceil((t + self.ttl_for(route) - now) * 1000))
         await self._client.eval(
             _REVOKE, [key], [repr(t), ttl_ms, REVOKED_CHANNEL, f"v2 {t!r} {key}"]
         )

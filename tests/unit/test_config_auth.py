@@ -332,7 +332,9 @@ def test_frontchannel_logout_is_off_unless_asked_for(tmp_path: Path) -> None:
     config = load_config(write(tmp_path, route_with(OIDC)), ENV)
     assert config.routes[0].auth is not None
     assert config.routes[0].auth.oidc.frontchannel_logout is False
-    block = "    oidc: {provider: wso2, client_id: c, client_secret: s, frontchannel_logout: true}\n"
+    block = (
+        "    oidc: {provider: wso2, client_id: c, client_secret: s, frontchannel_logout: true}\n"
+    )
     config = load_config(write(tmp_path, route_with(block)), ENV)
     assert config.routes[0].auth is not None
     assert config.routes[0].auth.oidc.frontchannel_logout is True
