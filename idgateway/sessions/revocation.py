@@ -260,9 +260,9 @@ class RevocationList:
         self.dead_before: dict[str, float] = {}
         # route -> its own ttl (its max_duration); others use ``ttl``.
         self._ttls: dict[str, float] = {}
-        # session id -> (session, its sid, id and sub keys): hashing three
+        # session id -> (session, route, its sid, id and sub keys): hashing three
         # values per request would cost more than the lookups.
-        self._digests: dict[str, tuple[Any, str | None, str, str]] = {}
+        self._digests: dict[str, tuple[Any, str, str | None, str, str]] = {}
         # route -> (tokens, when last counted), for unverified front-channel logouts.
         self._budgets: dict[str, tuple[float, float]] = {}
         self._started = False
@@ -349,10 +349,11 @@ class RevocationList:
         if not (sids.entries or ids.entries or subs.entries):
             return False
         memo = self._digests.get(session.id)
-        if memo is None or memo[0] is not session:
+        if memo is None or memo[0] is not session or memo[1] != route:
             sid = session.provider_sid
             memo = (
                 session,
+                route,
                 None if sid is None else f"{route}:{_sha256(sid)}",
                 f"{route}:{_sha256(session.id)}",
                 f"{route}:{_sha256(session.sub)}",
@@ -361,12 +362,12 @@ class RevocationList:
                 self._digests.clear()
             self._digests[session.id] = memo
         now = self._clock.seconds()
-        if memo[1] is not None and sids.entries and sids.since(memo[1], now) is not None:
+        if memo[2] is not None and sids.entries and sids.since(memo[2], now) is not None:
             return True
-        if ids.entries and ids.since(memo[2], now) is not None:
+        if ids.entries and ids.since(memo[3], now) is not None:
             return True
         if subs.entries:
-            since = subs.since(memo[3], now)
+            since = subs.since(memo[4], now)
             return since is not None and session.created_at <= since
         return False
 
