@@ -271,7 +271,9 @@ class RevocationList:
         self.loaded = 0
         self._last_eviction_warning = -math.inf
 
-    def __len__(self) -> int:
+    def size(self) -> int:
+        """Entries held in memory, of every kind. (Not ``__len__``: an empty
+        list must not be falsy where ``revocation or ...`` picks one.)"""
         return sum(len(table) for table in self._tables.values())
 
     def start(self) -> None:

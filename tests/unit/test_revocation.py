@@ -301,7 +301,7 @@ def test_a_signed_out_session_id_stays_dead_until_its_max_duration() -> None:
     assert revoked.session_revoked("app", session)
     clock.advance(1)  # created_at + max_duration: the cookie is dead anyway
     assert not revoked.session_revoked("app", session)
-    assert len(revoked) == 0
+    assert revoked.size() == 0
 
 
 def test_revoking_a_sub_ends_the_sessions_begun_until_then() -> None:
@@ -331,7 +331,7 @@ def test_each_kind_is_bounded_oldest_first(kind: str) -> None:
             clock.advance(0.001)
 
     run_in_reactor(main)
-    assert len(revoked) == 100
+    assert revoked.size() == 100
     field = {"sid": "provider_sid", "id": "id", "sub": "sub"}[kind]
     newest = _session(**{field: f"{kind}-999"}, created_at=clock.seconds() - 10)
     oldest = _session(**{field: f"{kind}-0"}, created_at=clock.seconds() - 10)
