@@ -520,8 +520,10 @@ async def frontchannel_logout(
         return
     else:
         revocation = login.revocation or state.revocation
-        if login.store is None and not revocation.admit_unverified(login.route.name):
-            # Unverifiable, and each adds a revocation: a flood must not grow them.
+        if not revocation.admit_unverified(login.route.name):
+            # Unverifiable, and each adds a revocation (or, with Redis sessions,
+            # a lookup that empties this process's cache of loaded sessions):
+            # a flood must not grow them or slow everyone down.
             _log.warn(
                 "route {route}: front-channel logouts without a cookie over budget; "
                 "refused [{request_id}]",
