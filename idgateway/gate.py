@@ -535,7 +535,9 @@ class RouteLogin:
             return "sid revoked"
         if sub:
             now = self.clock.seconds()
-            await revocation.revoke_sub(self.route.name, sub, min(since or now, now))
+            await revocation.revoke_sub(
+                self.route.name, sub, now if since is None else min(since, now)
+            )
             return "sub revoked"
         return "nothing to end"
 
