@@ -255,6 +255,7 @@ OIDC_FIELDS = (
     Field("post_logout_redirect", _text("a path or URL"), default="/"),
     Field("allowed_redirects", list_of(parsed(_https_url, "a URL"), "a list of URLs"), default=()),
     Field("api_paths", list_of(parsed(_request_path, "a path"), "a list of paths"), default=()),
+    Field("frontchannel_logout", boolean, default=False),
 )
 
 

@@ -14,7 +14,7 @@ from urllib.parse import parse_qs, quote
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from idgateway import observe
+from idgateway import logout_pages, observe
 from idgateway.access import safe_redirect
 from idgateway.gate import secure_origin
 from idgateway.metrics import METRICS  # metrics hook
@@ -334,8 +334,26 @@ async def callback(login: RouteLogin, request: GatewayRequest, host: bytes, tls:
 
 
 async def sign_out(login: RouteLogin, request: GatewayRequest, host: bytes, tls: bool) -> None:
+    """Sign out at once, unless another site sent the browser: then confirm first
+    (a POST carrying the confirmation form's token; see logout_pages)."""
     session, chunks, session_id = await login.current_session(request, tls)
-    clear = await login.end_session(tls, chunks, session_id)
+    bound = session.id if session is not None else None
+    now = login.clock.seconds()
+    if request.method == b"POST":
+        token = await logout_pages.posted_token(request)
+        if not logout_pages.token_valid(login.keyring, login.route.name, bound, token, now):
+            _log.info(
+                "route {route}: sign-out refused: no valid confirmation token [{request_id}]",
+                route=login.route.name,
+                request_id=request.request_id.decode(),
+            )
+            logout_pages.send_refused(request)
+            return
+    elif logout_pages.is_cross_site(request, _origin(host, tls)):
+        token = logout_pages.form_token(login.keyring, login.route.name, bound, now)
+        logout_pages.send_confirmation(request, token)
+        return
+    clear = await login.end_session(tls, chunks, session_id, session)
     back = login.oidc.post_logout_redirect
     if back.startswith("/"):
         back = _origin(host, tls) + back
@@ -470,7 +488,10 @@ async def backchannel_logout(
         _logout_error(request, login, "logout token already used")
         return
     sid, sub = claims.get("sid"), claims.get("sub")
-    ended = await login.end_sessions(state, sid=sid, sub=sub)
+    # iat counts whole seconds: a session begun within that second is ended too.
+    issued = claims.get("iat")
+    since = float(issued) + 1 if isinstance(issued, int | float) else None
+    ended = await login.end_sessions(state, sid=sid, sub=sub, since=since)
     # audit hook: sid and sub are logged as hashes
     observe.backchannel_logout(request, route=login.route.name, sid=sid, sub=sub, ended=ended)
     METRICS.logout(login.route.name, "backchannel")  # metrics hook
@@ -481,34 +502,85 @@ async def backchannel_logout(
     request.finish()
 
 
-_FRONTCHANNEL_PAGE = (
-    b"<!doctype html><html><head><meta charset=utf-8><title>Signed out</title></head>"
-    b"<body>Signed out.</body></html>"
-)
-
-
 async def frontchannel_logout(
     login: RouteLogin, request: GatewayRequest, state: GatewayState, tls: bool
 ) -> None:
-    """The provider loads this in an iframe with ?iss=&sid=: end that session."""
+    """The provider loads this in an iframe with ?iss=&sid= (oidc.frontchannel_logout).
+
+    With the route's session cookie: that session ends (unless iss or sid name
+    another). Without: the sessions of ``sid`` end, if ``iss`` is the provider's.
+    The answer never tells whether a sid existed.
+    """
+    if not login.oidc.frontchannel_logout:
+        # Off: as if the endpoint did not exist.
+        send_error(request, 404, "No such gateway endpoint.", request_id=request.request_id)
+        return
+    if request.method not in (b"GET", b"HEAD"):
+        send_error(
+            request,
+            405,
+            "Front-channel logout is a GET.",
+            request_id=request.request_id,
+            extra_headers={b"allow": b"GET, HEAD"},
+        )
+        return
     params = _query(request)
     metadata = login.provider.client.metadata
-    sid = params.get("sid")
-    from_our_provider = metadata is not None and params.get("iss") == metadata.issuer
-    if from_our_provider and sid:
+    iss, sid = params.get("iss"), params.get("sid") or None
+    if metadata is None:
+        send_provider_unavailable(
+            request, "Front-channel logout is unavailable right now.", request.request_id
+        )
+        return
+    if iss is not None and iss != metadata.issuer:
+        send_error(request, 400, "iss is not this route's provider.", request_id=request.request_id)
+        return
+    session, chunks, session_id = await login.current_session(request, tls)
+    clear: list[bytes] = []
+    if session is not None:
+        if sid is None or sid == session.provider_sid:
+            clear = await login.end_session(tls, chunks, session_id, session)
+            METRICS.logout(login.route.name, "frontchannel")  # metrics hook
+    elif sid is None or iss is None:
+        send_error(
+            request,
+            400,
+            "Without the session cookie, both iss and sid are needed.",
+            request_id=request.request_id,
+        )
+        return
+    else:
+        revocation = login.revocation or state.revocation
+        if not revocation.admit_unverified(login.route.name):
+            # Unverifiable, and each adds a revocation (or, with Redis sessions,
+            # a lookup that empties this process's cache of loaded sessions):
+            # a flood must not grow them or slow everyone down.
+            _log.warn(
+                "route {route}: front-channel logouts without a cookie over budget; "
+                "refused [{request_id}]",
+                route=login.route.name,
+                request_id=request.request_id.decode(),
+            )
+            send_error(
+                request,
+                429,
+                "Too many logout requests; try again in a minute.",
+                request_id=request.request_id,
+                extra_headers={b"retry-after": b"60"},
+            )
+            return
         await login.end_sessions(state, sid=sid, sub=None)
         METRICS.logout(login.route.name, "frontchannel")  # metrics hook
-    session, chunks, session_id = await login.current_session(request, tls)
     request.setResponseCode(200)
     out = request.responseHeaders
     out.setRawHeaders(b"content-type", [b"text/html; charset=utf-8"])
     out.setRawHeaders(b"cache-control", [b"no-cache, no-store"])
-    out.setRawHeaders(b"content-length", [b"%d" % len(_FRONTCHANNEL_PAGE)])
-    if from_our_provider and session is not None and (sid is None or session.provider_sid == sid):
-        for value in await login.end_session(tls, chunks, session_id):
-            out.addRawHeader(b"set-cookie", value)
+    out.setRawHeaders(b"content-length", [b"%d" % len(logout_pages.FRONTCHANNEL_PAGE)])
+    for value in clear:
+        out.addRawHeader(b"set-cookie", value)
     request.end_response_early()
-    request.write(_FRONTCHANNEL_PAGE)
+    if request.method != b"HEAD":
+        request.write(logout_pages.FRONTCHANNEL_PAGE)
     request.finish()
 
 

@@ -498,17 +498,44 @@ class RouteLogin:
             session = None
         return session, chunks, session_id
 
-    async def end_session(self, tls: bool, chunks: int, session_id: str | None) -> list[bytes]:
-        """Forget this browser's session; Set-Cookie values that clear it."""
+    async def end_session(
+        self, tls: bool, chunks: int, session_id: str | None, session: Session | None = None
+    ) -> list[bytes]:
+        """Forget this browser's session; Set-Cookie values that clear it.
+
+        A cookie session's id also goes on the revocation list (until its
+        max_duration would have ended it), so a copy of the cookie is dead too.
+        """
         if self.store is not None:
             if session_id:
                 self._loaded.pop(session_id, None)
                 await self.store.delete(session_id)
             return [self.store_cookie_clear(tls)]
+        if session is not None and self.revocation is not None:
+            try:
+                await self.revocation.revoke_session(
+                    self.route.name, session.id, session.created_at
+                )
+            except RedisUnavailable as error:
+                # This process remembers; signing out must not fail over it.
+                self._log.warn(
+                    "route {route}: sign-out of {user} not shared with other processes: {error}",
+                    route=self.route.name,
+                    user=session.user,
+                    error=str(error),
+                )
         return self.codecs[tls].clear(max(chunks, 1))
 
-    async def end_sessions(self, state: GatewayState, *, sid: str | None, sub: str | None) -> str:
-        """A back- or front-channel logout: end every session of a provider sid (or sub)."""
+    async def end_sessions(
+        self,
+        state: GatewayState,
+        *,
+        sid: str | None,
+        sub: str | None,
+        since: float | None = None,
+    ) -> str:
+        """A back- or front-channel logout: end every session of a provider sid,
+        else of a sub (those that began at or before ``since``, default now)."""
         if self.store is not None:
             self._loaded.clear()
             if sid:
@@ -516,11 +543,17 @@ class RouteLogin:
             if sub:
                 return f"{await self.store.delete_by_sub(sub)} session(s) deleted"
             return "nothing to end"
+        revocation = self.revocation or state.revocation
         if sid:
-            revocation = self.revocation or state.revocation
             await revocation.revoke(self.route.name, sid)
             return "sid revoked"
-        return "no sid: cookie sessions are ended by sid only"
+        if sub:
+            now = self.clock.seconds()
+            await revocation.revoke_sub(
+                self.route.name, sub, now if since is None else min(since, now)
+            )
+            return "sub revoked"
+        return "nothing to end"
 
     def _is_api_request(self, request: GatewayRequest, path: str) -> bool:
         if wants_json(request):
@@ -538,13 +571,12 @@ class RouteLogin:
         return now - session.last_seen <= self.session_settings.inactivity_timeout
 
     def _revoked(self, session: Session) -> bool:
-        """Cookie sessions ended by a back- or front-channel logout (Redis sessions
-        are deleted instead)."""
+        """Cookie sessions ended by a sign-out or a back- or front-channel logout
+        (Redis sessions are deleted instead)."""
         return (
             self.store is None
             and self.revocation is not None
-            and session.provider_sid is not None
-            and self.revocation.is_revoked(self.route.name, session.provider_sid)
+            and self.revocation.session_revoked(self.route.name, session)
         )
 
     def _needs_refresh(self, session: Session, now: float) -> bool:

@@ -208,6 +208,8 @@ class OIDCSettings:
     allowed_redirects: tuple[str, ...] = ()
     # Path prefixes that always get 401 JSON, never a login redirect.
     api_paths: tuple[str, ...] = ()
+    # Serve /oauth2/frontchannel_logout (unsigned: off unless asked for).
+    frontchannel_logout: bool = False
 
 
 @attrs.frozen

@@ -175,15 +175,14 @@ class StateBuilder:
             (r.auth.session.redis for r in config.routes if r.auth and r.auth.session.redis), None
         )
         shared_client = redis_client(shared) if shared is not None else None
+        per_route = revocation_ttls(config)
+        longest = max(per_route.values(), default=86400.0)
         if self._revocation is None:
             # Made once, on the first configuration: a reload that changes the
             # shared Redis takes effect at the next restart (logged below).
-            longest = max(
-                (r.auth.session.max_duration for r in config.routes if r.auth is not None),
-                default=86400.0,
-            )
             self._revocation_redis = (shared, shared_client)
             self._revocation = RevocationList(self.reactor, shared_client, ttl=longest)
+            self._revocation.set_ttl(longest, per_route)
             self._replay = ReplayCache(self.reactor, shared_client)
             self._revocation.start()
             if self._revocation.warning and any(
@@ -198,6 +197,10 @@ class StateBuilder:
                         n=config.workers,
                     )
         else:
+            # Revocations live as long as the sessions they end could: a reload
+            # that raises max_duration extends them (and keeps sessions that
+            # had outlived the old one dead).
+            self._revocation.set_ttl(longest, per_route)
             kept_settings, kept_client = self._revocation_redis
             if kept_settings != shared:
                 self._log.warn(
@@ -300,6 +303,16 @@ class StateBuilder:
         for redis_settings, client in old.redis_clients.items():
             if new.redis_clients.get(redis_settings) is not client:
                 client.close()
+
+
+def revocation_ttls(config: Config) -> dict[str, float]:
+    """How long a revocation must last on each route with cookie sessions: its
+    max_duration (Redis sessions are deleted instead)."""
+    return {
+        r.name: r.auth.session.max_duration
+        for r in config.routes
+        if r.auth is not None and r.auth.session.store == "cookie"
+    }
 
 
 # Distinct cookie names whose verdict is remembered (browsers send a handful;

@@ -466,6 +466,15 @@ class ProviderProcess:
             raise ProviderError(f"admin logout -> {response.status}: {response.text}")
         return response.json()
 
+    def logout_token(self, tenant: str = SUPER_TENANT, **claims: str) -> str:
+        """A back-channel logout token signed with the tenant's key: ``client_id``
+        (its aud), and any of ``username`` (its sub), ``sub``, ``sid``, ``kid``."""
+        query = urlencode({"tenant": tenant, **claims})
+        response = self.request("POST", f"{self.base_url}/_test/logout_token?{query}")
+        if response.status != 200:
+            raise ProviderError(f"logout token -> {response.status}: {response.text}")
+        return str(response.json()["logout_token"])
+
     def rotate_keys(self, tenant: str = SUPER_TENANT, drop_old: bool = False) -> dict[str, Any]:
         """Give ``tenant`` a new signing key (new kid); sessions and tokens survive.
 

@@ -210,6 +210,7 @@ class ProviderClient:
         clock: IReactorTime,
         refresh_interval: float = 3600,
         jwks_min_refetch_interval: float = 30,
+        logout_refetch_interval: float = 300,
         retry_max: float = 60,
         timeout: float = 10,
     ) -> None:
@@ -226,6 +227,10 @@ class ProviderClient:
         self._clock = clock
         self._refresh_interval = refresh_interval
         self._jwks_min_refetch_interval = jwks_min_refetch_interval
+        # Logout tokens (unauthenticated POSTs) have their own, smaller budget,
+        # so made-up kids there cannot use up the refetches logins need.
+        self._logout_refetch_interval = logout_refetch_interval
+        self._last_logout_refetch: float | None = None
         self._retry_max = retry_max
         self._timeout = timeout
 
@@ -340,8 +345,13 @@ class ProviderClient:
             raise
         return metadata
 
-    async def _fetch_keys(self, jwks_uri: str) -> tuple[SigningKey, ...]:
-        self._last_jwks_fetch = self._clock.seconds()
+    async def _fetch_keys(
+        self, jwks_uri: str, *, for_logout: bool = False
+    ) -> tuple[SigningKey, ...]:
+        if for_logout:
+            self._last_logout_refetch = self._clock.seconds()
+        else:
+            self._last_jwks_fetch = self._clock.seconds()
         document = await self._get_json(jwks_uri, "JWKS", "jwks")
         try:
             return parse_jwks(document)
@@ -378,14 +388,17 @@ class ProviderClient:
                 )
         self._keys = new
 
-    async def key_for(self, kid: str | None, alg: str) -> JWK | None:
+    async def key_for(self, kid: str | None, alg: str, *, for_logout: bool = False) -> JWK | None:
         """The verification key a token header names, or None.
 
         With a ``kid``: the key with that kid, whatever its type (the caller
         checks it fits ``alg``). An unknown kid triggers one JWKS refetch, at
         most once per ``jwks_min_refetch_interval`` (counting every JWKS
         fetch), so a stream of made-up kids cannot hammer the provider.
-        Without a ``kid``: the one distinct key that fits ``alg``, else None.
+        ``for_logout`` (logout tokens): at most once per
+        ``logout_refetch_interval`` instead, and not counted against the
+        logins' budget. Without a ``kid``: the one distinct key that fits
+        ``alg``, else None.
         """
         key = self._lookup(kid, alg)
         if key is not None or kid is None or self.metadata is None:
@@ -393,11 +406,11 @@ class ProviderClient:
         async with self._refetch_lock:
             # Another caller may have refetched while this one waited.
             key = self._lookup(kid, alg)
-            if key is not None or not self._may_refetch():
+            if key is not None or not self._may_refetch(for_logout):
                 return key
             jwks_uri = self.metadata.jwks_uri
             try:
-                keys = await self._fetch_keys(jwks_uri)
+                keys = await self._fetch_keys(jwks_uri, for_logout=for_logout)
             except (ProviderError, HTTPFailure) as error:
                 self._log.warn(
                     "Provider {provider}: JWKS refetch for an unknown kid failed: {error}",
@@ -408,9 +421,15 @@ class ProviderClient:
             self._install_keys(keys)
             return self._lookup(kid, alg)
 
-    def _may_refetch(self) -> bool:
+    def _may_refetch(self, for_logout: bool = False) -> bool:
+        now = self._clock.seconds()
         last = self._last_jwks_fetch
-        return last is None or self._clock.seconds() - last >= self._jwks_min_refetch_interval
+        if last is not None and now - last < self._jwks_min_refetch_interval:
+            return False  # the keys are fresh: a refetch would find nothing new
+        if not for_logout:
+            return True
+        last_logout = self._last_logout_refetch
+        return last_logout is None or now - last_logout >= self._logout_refetch_interval
 
     def _lookup(self, kid: str | None, alg: str) -> JWK | None:
         keys = self._keys

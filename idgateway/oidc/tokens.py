@@ -141,7 +141,7 @@ async def validate_logout_token(
     OpenID Back-Channel Logout 1.0 rules. Replay detection (``jti``) and
     session matching (by ``sid``, see WSO2.md) are the caller's.
     """
-    _, claims, metadata = await _verified(token, provider)
+    _, claims, metadata = await _verified(token, provider, for_logout=True)
     _check_common_claims(claims, metadata, client_id, now, leeway)
     jti = claims.get("jti")
     if jti is None:
@@ -175,9 +175,13 @@ def access_token_hash(access_token: str, alg: str) -> str:
 
 
 async def _verified(
-    token: str, provider: ProviderClient
+    token: str, provider: ProviderClient, *, for_logout: bool = False
 ) -> tuple[dict[str, Any], dict[str, Any], ProviderMetadata]:
-    """The header and claims of ``token`` once its signature checks out."""
+    """The header and claims of ``token`` once its signature checks out.
+
+    ``for_logout``: an unknown kid spends the logout tokens' own JWKS refetch
+    budget, never the one logins need.
+    """
     header = _header(token)
     metadata = provider.metadata
     if metadata is None or not provider.ready:
@@ -202,7 +206,7 @@ async def _verified(
     if parsed_alg is None or parsed_alg.name != alg:
         raise TokenError(MALFORMED, "inconsistent alg in the header")
 
-    key = await provider.key_for(kid, alg)
+    key = await provider.key_for(kid, alg, for_logout=for_logout)
     if key is None:
         if kid is None:
             raise TokenError(UNKNOWN_KID, f"no kid, and no single {alg} key to use")

@@ -21,6 +21,7 @@
 // Test admin API (not WSO2):
 //   POST /_test/logout?tenant=carbon.super&username=alice  end that user's sessions
 //   GET  /_test/sessions?tenant=carbon.super                list provider sessions
+//   POST /_test/logout_token?tenant=&client_id=&username=|sub=&sid=&kid=  a signed logout token
 //   POST /_test/rotate_keys?tenant=carbon.super[&drop_old=1] new signing key (kid);
 //        the old key stays in the JWKS (listed second) unless drop_old=1
 
@@ -283,6 +284,19 @@ async function admin(req, res, url) {
     } catch (err) {
       return sendJson(res, 404, { error: err.message });
     }
+  }
+  if (url.pathname === '/_test/logout_token' && req.method === 'POST') {
+    // ?client_id=&username= (its sub) | &sub=, &sid=, &kid= (default: the signing key's)
+    const username = url.searchParams.get('username');
+    const user = username ? tenant.userByName(username) : undefined;
+    if (username && !user) return sendJson(res, 404, { error: `no user ${username}` });
+    return sendJson(res, 200, {
+      logout_token: tenant.logoutToken(url.searchParams.get('client_id'), {
+        sub: user?.sub ?? url.searchParams.get('sub') ?? undefined,
+        sid: url.searchParams.get('sid') ?? undefined,
+        kid: url.searchParams.get('kid') ?? undefined,
+      }),
+    });
   }
   if (url.pathname === '/_test/rotate_keys' && req.method === 'POST') {
     const rotated = buildTenant(tenant.name, tenant, url.searchParams.get('drop_old') === '1');

@@ -433,6 +433,23 @@ export class Tenant {
     return signRS256(payload, { alg: 'RS256', typ: 'at+jwt', kid: this.key.kidRS256 }, this.key.privateKey);
   }
 
+  // A back-channel logout token for `clientId`, signed like WSO2's (for tests
+  // that send their own: sub-only, sid-only, a made-up kid).
+  logoutToken(clientId, { sub, sid, kid } = {}) {
+    const now = epochTime();
+    const payload = {
+      iss: this.issuer,
+      aud: clientId,
+      iat: now,
+      exp: now + 120,
+      jti: crypto.randomUUID(),
+      events: { 'http://schemas.openid.net/event/backchannel-logout': {} },
+    };
+    if (sub) payload.sub = sub;
+    if (sid) payload.sid = sid;
+    return signRS256(payload, { alg: 'RS256', typ: 'logout+jwt', kid: kid ?? this.key.kidRS256 }, this.key.privateKey);
+  }
+
   // A JWT access token of ours stands for the stored token named by its jti.
   accessTokenId(value) {
     if (typeof value !== 'string' || value.split('.').length !== 3) return value;

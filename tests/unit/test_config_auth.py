@@ -326,3 +326,26 @@ def test_path_authorize_rules(tmp_path: Path) -> None:
     assert "only applies on a route with an 'oidc' block" in problems(
         tmp_path, route_with(open_route)
     )
+
+
+def test_frontchannel_logout_is_off_unless_asked_for(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, route_with(OIDC)), ENV)
+    assert config.routes[0].auth is not None
+    assert config.routes[0].auth.oidc.frontchannel_logout is False
+    block = (
+        "    oidc: {provider: wso2, client_id: c, client_secret: s, frontchannel_logout: true}\n"
+    )
+    config = load_config(write(tmp_path, route_with(block)), ENV)
+    assert config.routes[0].auth is not None
+    assert config.routes[0].auth.oidc.frontchannel_logout is True
+
+
+@pytest.mark.parametrize("value", ["'yes'", "1", "on-ish", "[true]", "null"])
+def test_bad_frontchannel_logout_values(tmp_path: Path, value: str) -> None:
+    block = (
+        "    oidc: {provider: wso2, client_id: c, client_secret: s, "
+        f"frontchannel_logout: {value}}}\n"
+    )
+    text = problems(tmp_path, route_with(block))
+    assert "gateway.yaml:8: routes[0].oidc.frontchannel_logout" in text
+    assert "expected true or false" in text

@@ -179,3 +179,46 @@ def test_secure_origin_trusts_x_forwarded_proto_only_from_trusted_proxies():
     assert not secure_origin(plain, request("1.2.3.4", "https"), state), "untrusted peer"
     assert not secure_origin(plain, request("10.1.1.1", "http"), state)
     assert not secure_origin(plain, request("10.1.1.1", None), state)
+
+
+def _with_revocation(clock: Clock) -> RouteLogin:
+    from idgateway.sessions.revocation import RevocationList
+
+    login = make_login(clock, max_duration=3600.0)
+    login.revocation = RevocationList(clock, None, ttl=3600)
+    return login
+
+
+def test_ending_a_cookie_session_kills_every_copy_of_its_cookie():
+    clock = Clock()
+    clock.advance(1_000_000)
+    login = _with_revocation(clock)
+    mine = session(clock.seconds())
+    assert not login._revoked(mine)
+    clear = defer.ensureDeferred(login.end_session(False, 1, None, mine))
+    assert clear.called and b"Max-Age=0" in clear.result[0]
+    # The same session, from a copy of the cookie taken before (or refreshed since).
+    assert login._revoked(mine)
+    assert login._revoked(attrs.evolve(mine, access_token="at-2", last_seen=clock.seconds()))
+    assert not login._revoked(session(clock.seconds(), id="s2"))
+
+
+def test_a_sub_only_logout_ends_that_subjects_earlier_cookie_sessions():
+    clock = Clock()
+    clock.advance(1_000_000)
+    login = _with_revocation(clock)
+    before = session(clock.seconds() - 10)
+    ended = defer.ensureDeferred(login.end_sessions(None, sid=None, sub="sub-1"))  # type: ignore[arg-type]
+    assert ended.result == "sub revoked"
+    assert login._revoked(before)
+    assert not login._revoked(session(clock.seconds() - 10, id="s3", sub="sub-2"))
+    clock.advance(1)
+    assert not login._revoked(session(clock.seconds(), id="s4"))  # a later login
+    # A logout token issued in the future cannot kill logins yet to come.
+    ended = defer.ensureDeferred(
+        login.end_sessions(None, sid=None, sub="sub-1", since=clock.seconds() + 3600)  # type: ignore[arg-type]
+    )
+    clock.advance(1)
+    assert not login._revoked(session(clock.seconds(), id="s5"))
+    nothing = defer.ensureDeferred(login.end_sessions(None, sid=None, sub=None))  # type: ignore[arg-type]
+    assert nothing.result == "nothing to end"

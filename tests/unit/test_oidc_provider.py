@@ -746,6 +746,50 @@ def test_unknown_kid_refetches_once_rate_limited(fake: FakeWSO2, clock: Clock) -
     assert fake.hits[jwks] == 3
 
 
+@pytest.mark.parametrize("made_up", [1, 5, 50], ids=["one", "five", "fifty"])
+def test_logout_tokens_with_made_up_kids_leave_logins_their_refetch(
+    fake: FakeWSO2, clock: Clock, made_up: int
+) -> None:
+    provider = ready_provider(
+        fake, clock, jwks_min_refetch_interval=30, logout_refetch_interval=300
+    )
+    jwks = fake.paths["jwks"]
+    clock.advance(31)
+    # A flood of logout tokens with made-up kids: one refetch of their own.
+    for n in range(made_up):
+        assert resolve(provider.key_for(f"made-up-{n}", "RS256", for_logout=True)) is None
+    assert fake.hits[jwks] == 2
+    # WSO2 rotates its key: a login's ID token with the new kid still gets its refetch.
+    fake.keys = [RSA_KEY, OTHER_RSA_KEY]
+    key = resolve(provider.key_for(OTHER_RSA_KEY.kid("RS256"), "RS256"))
+    assert key == josepy.JWK.load(OTHER_RSA_KEY.public_pem())
+    assert fake.hits[jwks] == 3
+
+
+def test_the_logout_refetch_budget_is_smaller(fake: FakeWSO2, clock: Clock) -> None:
+    provider = ready_provider(
+        fake, clock, jwks_min_refetch_interval=30, logout_refetch_interval=300
+    )
+    jwks = fake.paths["jwks"]
+    clock.advance(31)
+    assert resolve(provider.key_for("a", "RS256", for_logout=True)) is None
+    assert fake.hits[jwks] == 2
+    clock.advance(100)  # past the logins' interval, not the logout tokens'
+    assert resolve(provider.key_for("b", "RS256", for_logout=True)) is None
+    assert fake.hits[jwks] == 2
+    clock.advance(200)
+    # A logout token's refetch still finds a rotated key.
+    fake.keys = [RSA_KEY, OTHER_RSA_KEY]
+    assert resolve(provider.key_for(OTHER_RSA_KEY.kid("RS256"), "RS256", for_logout=True))
+    assert fake.hits[jwks] == 3
+    # Right after a login's refetch the keys are fresh: no logout refetch either.
+    clock.advance(400)
+    assert resolve(provider.key_for("c", "RS256")) is None
+    assert fake.hits[jwks] == 4
+    assert resolve(provider.key_for("d", "RS256", for_logout=True)) is None
+    assert fake.hits[jwks] == 4
+
+
 def test_unknown_kid_right_after_start_does_not_refetch(fake: FakeWSO2, clock: Clock) -> None:
     provider = ready_provider(fake, clock)
     assert resolve(provider.key_for("unknown", "RS256")) is None
