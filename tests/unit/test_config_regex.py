@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from idgateway.access import authorization_failure, compile_public_paths, is_public
-from idgateway.config_regex import compile_config_regex
+from idgateway.config_regex import compile_config_regex, not_starting_with
 from idgateway.model import AuthorizeRules, ClaimRule, PublicPath
 from tests.unit.test_config_auth import OIDC, problems, route_with
 
@@ -93,3 +93,35 @@ def test_ordinary_patterns_behave_as_with_re() -> None:
     assert authorization_failure(claims, {"level": "42"}) is None
     assert authorization_failure(claims, {"level": "42\n"}) == "claim level does not match"
     assert authorization_failure(claims, {"level": ["x", "7"]}) is None
+
+
+NOT_UNDER = {
+    "one prefix": (["/secure"], ["/", "/s", "/secur", "/x/secure", ""], ["/secure", "/securex"]),
+    "shared start": (
+        ["/admin", "/api/private", "/a-b"],
+        ["/ad", "/api", "/api/pub", "/a", "/a-", "/b"],
+        ["/admin/x", "/api/private", "/api/privateer", "/a-b/c"],
+    ),
+    "class characters": (
+        ["/x]", "/x^", "/x-", "/x\\"],
+        ["/x", "/xa"],
+        ["/x]", "/x^1", "/x-", "/x\\"],
+    ),
+    "nested prefixes": (["/a", "/ab"], ["/", "/b"], ["/a", "/ab", "/ac"]),
+}
+
+
+@pytest.mark.parametrize("prefixes, public, protected", NOT_UNDER.values(), ids=NOT_UNDER.keys())
+def test_not_starting_with(prefixes: list[str], public: list[str], protected: list[str]) -> None:
+    pattern = compile_config_regex(not_starting_with(prefixes))
+    for path in public:
+        assert pattern.search(path), path
+    for path in protected:
+        assert not pattern.search(path), path
+
+
+def test_not_starting_with_needs_a_prefix() -> None:
+    with pytest.raises(ValueError):
+        not_starting_with([])
+    with pytest.raises(ValueError):
+        not_starting_with(["/a", ""])
