@@ -30,6 +30,9 @@ setup(
         "cryptography>=42",
         # /metrics on the admin listener (Prometheus text exposition, own registry).
         "prometheus-client>=0.17",
+        # Config regexes (public_paths '~', claim rules) in linear time: no
+        # pattern can make a request stall the reactor. manylinux wheels.
+        "google-re2>=1.1",
     ],
     extras_require={
         "test": [

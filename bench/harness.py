@@ -1097,10 +1097,13 @@ def _used_memory(redis) -> int:
     return int(m.group(1))
 
 
-def store_sessions(redis_port: int, db: int, key: str, sessions: list, inspect=None) -> list[str]:
-    """Store ``sessions`` with RedisSessionStore (the login route's name and the
-    key ring ``key``) in DB ``db``, 200 at a time, on a private reactor; then
-    ``await inspect(client, store, ids)`` if given. Returns the session ids."""
+def store_sessions(
+    redis_port: int, db: int, key: str, sessions: list, inspect=None, binding: bytes = b""
+) -> list[str]:
+    """Store ``sessions`` with RedisSessionStore (the login route's name, the
+    key ring ``key`` and ``binding``, see ``login_binding``) in DB ``db``, 200 at
+    a time, on a private reactor; then ``await inspect(client, store, ids)`` if
+    given. Returns the session ids."""
     global _deferred_signals
     from twisted.internet import defer
 
@@ -1128,6 +1131,7 @@ def store_sessions(redis_port: int, db: int, key: str, sessions: list, inspect=N
             inactivity_timeout=3600.0,
             max_duration=86400.0,
             clock=reactor,
+            binding=binding,
         )
         try:
             ids.extend(store.new_session_id() for _ in sessions)
@@ -1560,10 +1564,20 @@ def measure_login_cpu(rig: LoginRig, srv: Server, count: int) -> dict:
     }
 
 
-def minted_cookie_sessions(key: str, count: int) -> tuple[str, list[str]]:
+def login_binding(rig: LoginRig) -> bytes:
+    """What the login gateway's sessions are bound to: its provider and client id."""
+    from idgateway.model import ProviderSettings
+    from idgateway.sessions.binding import session_binding
+
+    provider = ProviderSettings(name="wso2", discovery_url=rig.provider.discovery_url())
+    return session_binding(provider, CLIENT_ID)
+
+
+def minted_cookie_sessions(key: str, count: int, binding: bytes) -> tuple[str, list[str]]:
     """``count`` cookie sessions sealed as the cookie gateway seals them: its
     route's CookieSessionCodec (route name, key ring, the plain listener's cookie
-    name), one WSO2-like synthetic session each; (cookie name, Cookie values)."""
+    name, ``login_binding``), one WSO2-like synthetic session each; (cookie name,
+    Cookie values)."""
     from idgateway.sessions.cookie import CookieSessionCodec, CookieSettings
     from idgateway.sessions.keys import KeyRing
 
@@ -1571,6 +1585,7 @@ def minted_cookie_sessions(key: str, count: int) -> tuple[str, list[str]]:
         LOGIN_ROUTE,
         KeyRing.from_strings([key]),
         CookieSettings(name=f"_idgw_{LOGIN_ROUTE}", secure=False),
+        binding=binding,
     )
     now = time.time()
     cookies = []
@@ -1580,12 +1595,14 @@ def minted_cookie_sessions(key: str, count: int) -> tuple[str, list[str]]:
     return codec.cookie_name, cookies
 
 
-def minted_redis_sessions(redis, key: str, count: int, cookie_name: str) -> list[str]:
+def minted_redis_sessions(
+    redis, key: str, count: int, cookie_name: str, binding: bytes
+) -> list[str]:
     """``count`` sessions stored with RedisSessionStore where the Redis gateway
-    looks (DB 0, its route and key ring); the Cookie values naming them."""
+    looks (DB 0, its route, key ring and binding); the Cookie values naming them."""
     now = time.time()
     sessions = [synthetic_session(i, now, LOGIN_ROUTE) for i in range(count)]
-    ids = store_sessions(redis.port, 0, key, sessions)
+    ids = store_sessions(redis.port, 0, key, sessions, binding=binding)
     return [f"{cookie_name}={i}" for i in ids]
 
 
@@ -1734,7 +1751,9 @@ def run_steps(steps: list[str], servers: dict[str, Server], rig, args, extras: d
                 elif step == "sessions_rss":
                     info(f"RSS with sessions: {RSS_SESSIONS:,} minted sessions on {srv.label}")
                     if key == "gateway_cookie":
-                        name, cookies = minted_cookie_sessions(rig.key, RSS_SESSIONS)
+                        name, cookies = minted_cookie_sessions(
+                            rig.key, RSS_SESSIONS, login_binding(rig)
+                        )
                         if name not in srv.client.cookies:
                             raise RuntimeError(
                                 f"the gateway's session cookie is {sorted(srv.client.cookies)}, "
@@ -1744,7 +1763,9 @@ def run_steps(steps: list[str], servers: dict[str, Server], rig, args, extras: d
                         names = sorted(srv.client.cookies)
                         if len(names) != 1:
                             raise RuntimeError(f"expected one session cookie, got {names}")
-                        cookies = minted_redis_sessions(rig.redis, rig.key, RSS_SESSIONS, names[0])
+                        cookies = minted_redis_sessions(
+                            rig.redis, rig.key, RSS_SESSIONS, names[0], login_binding(rig)
+                        )
                     r = measure_sessions_rss(srv, cookies)
                     info(
                         f"  RSS {r['before']['rss_kib'] / 1024:,.1f} -> "

@@ -13,6 +13,7 @@ import yaml
 from cryptography import x509
 
 from idgateway import units
+from idgateway.config_regex import compile_config_regex
 from idgateway.model import (
     AuthorizeRules,
     ClaimRule,
@@ -104,10 +105,7 @@ def _public_path(value: str) -> PublicPath:
         rest = value.strip()
     if rest.startswith("~"):
         pattern = rest[1:].strip()
-        try:
-            re.compile(pattern)
-        except re.error as error:
-            raise ValueError(f"bad regular expression {pattern!r}: {error}") from None
+        compile_config_regex(pattern)  # a ValueError saying why RE2 refuses it
         return PublicPath(method=method, regex=pattern)
     if not rest.startswith("/"):
         raise ValueError(
@@ -197,9 +195,9 @@ def _claim_rules(reader: Reader, node: yaml.Node, key: str) -> Any:
         if value.startswith("~"):
             pattern = value[1:].strip()
             try:
-                re.compile(pattern)
-            except re.error as error:
-                reader.problem(value_node, f"{key}.{claim}", f"bad regular expression: {error}")
+                compile_config_regex(pattern)
+            except ValueError as error:
+                reader.problem(value_node, f"{key}.{claim}", str(error))
                 continue
             rules.append(ClaimRule(claim, pattern, regex=True))
         else:

@@ -31,6 +31,7 @@ from idgateway.oidc.client import ClientCredentials, TokenEndpointError, refresh
 from idgateway.oidc.provider import ProviderClient
 from idgateway.pages import send_error, send_provider_unavailable, wants_json
 from idgateway.paths import PathReading
+from idgateway.sessions.binding import session_binding
 from idgateway.sessions.cookie import (
     CookieHeaderReader,
     CookieSessionCodec,
@@ -132,6 +133,9 @@ class RouteLogin:
         self.clock = clock
         keys = auth.session.keys or (_EPHEMERAL_KEYS.setdefault(route.name, _random_key()),)
         self.keyring = KeyRing.from_strings(keys)
+        # Sessions are bound to the provider and client that made them: a
+        # reload that changes either ends them (sessions/binding.py).
+        binding = session_binding(provider.settings, auth.oidc.client_id)
         cookie_name = auth.session.cookie_name or f"_idgw_{route.name}"
         self.codecs = {
             secure: CookieSessionCodec(
@@ -144,11 +148,13 @@ class RouteLogin:
                     path=auth.session.cookie_path,
                     same_site=auth.session.same_site,
                 ),
+                binding=binding,
             )
             for secure in (False, True)
         }
         self.flows = {
-            secure: FlowCookies(route.name, self.keyring, secure) for secure in (False, True)
+            secure: FlowCookies(route.name, self.keyring, secure, binding=binding)
+            for secure in (False, True)
         }
         self.identity = IdentityHeaders.for_route(
             auth.headers,
@@ -181,6 +187,7 @@ class RouteLogin:
                 inactivity_timeout=auth.session.inactivity_timeout,
                 max_duration=auth.session.max_duration,
                 clock=clock,
+                binding=binding,
             )
         self._refreshing: dict[tuple[str, str], defer.Deferred[Any]] = {}
         # Redis sessions recently loaded by this process: id -> (until, session).

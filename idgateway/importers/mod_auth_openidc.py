@@ -24,6 +24,7 @@ from urllib.parse import parse_qsl
 import attrs
 
 from idgateway import units
+from idgateway.config_regex import not_starting_with
 from idgateway.importers import (
     ImporterError,
     ImportOptions,
@@ -1188,9 +1189,9 @@ def _locations(host: _Host, report: Report, route: Block) -> None:
     if authorize_root is not None:
         route.add("authorize", authorize_root, "Require in <Location />")
     if protected and not any(loc.path.rstrip("/") == "" and not loc.regex for loc in protected):
-        prefixes = [re.escape(loc.path) for loc in protected if not loc.regex]
+        prefixes = [loc.path for loc in protected if not loc.regex]
         if prefixes:
-            public.insert(0, f"~ ^(?!{'|'.join(prefixes)})")
+            public.insert(0, f"~ {not_starting_with(prefixes)}")
             route.note(
                 "Only "
                 + ", ".join(loc.path for loc in protected if not loc.regex)

@@ -4,8 +4,10 @@ The cookie value is ``KeyRing.seal`` of an envelope::
 
     flags (1) | [expires-at, uint64 seconds, if FLAG_EXPIRES] | JSON, zlib'd if FLAG_ZLIB
 
-with associated data naming the route and the cookie, so a cookie minted for
-one route is refused by every other route even when they share keys. A token
+with associated data naming the route, the cookie and the route's provider
+and client id, so a cookie minted for one route (or for this route before a
+reload moved it to another provider or client) is refused even when the
+keys are the same. A token
 longer than ``max_chunk`` is split over ``name``, ``name_1``, ``name_2``...;
 the first chunk then starts with ``"<count>."`` (``.`` never occurs in a
 token), so stale chunks left behind by a larger session are ignored rather
@@ -162,7 +164,10 @@ def deletion_value(name: bytes, attributes: bytes) -> bytes:
 class CookieSessionCodec:
     """Turns a route's ``Session`` into Set-Cookie values and back.
 
-    ``clock`` gives the time for the expiry sealed inside cookies that have
+    ``binding`` (``sessions.binding.session_binding``: the provider and
+    client id) is sealed in as associated data along with the route and
+    cookie name, so a cookie made under another provider or client does not
+    open. ``clock`` gives the time for the expiry sealed inside cookies that have
     a Max-Age (pass a test clock's ``seconds``; the default is fine otherwise).
     """
 
@@ -173,6 +178,7 @@ class CookieSessionCodec:
         settings: CookieSettings,
         *,
         clock: Callable[[], float] = time.time,
+        binding: bytes = b"",
     ) -> None:
         self.route_id = route_id
         self.settings = settings
@@ -184,9 +190,10 @@ class CookieSessionCodec:
         self._names = [name] + [b"%s_%d" % (name, i) for i in range(1, settings.max_chunks)]
         # Cookie name -> one more than its chunk index.
         self._chunk_numbers = {chunk: i + 1 for i, chunk in enumerate(self._names)}
-        self._associated_data = b"idgateway session\x00%s\x00%s" % (
+        self._associated_data = b"idgateway session\x00%s\x00%s\x00%s" % (
             route_id.encode("utf-8"),
             name,
+            binding,
         )
         self._attributes = cookie_attributes(
             path=settings.path,
@@ -352,7 +359,12 @@ class CookieSessionCodec:
         return set_cookie_value(self._names[0], value, self._attributes, None)
 
     def clear(self, chunks_present: int) -> list[bytes]:
-        """Set-Cookie values deleting every chunk ``decode`` reported (at least the first)."""
+        """Set-Cookie values deleting every chunk ``decode`` reported (at least the first).
+
+        Never more than ``max_chunks``: only the names this codec could have
+        set are counted, so a request with hundreds of forged ``name_N``
+        cookies gets at most ``max_chunks`` deletions (the rest are not ours).
+        """
         count = min(max(chunks_present, 1), len(self._names))
         return [deletion_value(self._names[i], self._attributes) for i in range(count)]
 

@@ -3,9 +3,10 @@
 Every login gets its own short-lived cookie named after its state, so logins
 started in several tabs each find their own. The cookie is sealed with the
 route's key ring (the browser cannot read the verifier or nonce) and bound
-to the route and its name; it is deleted when the callback takes it, and
-starting a login evicts the oldest flows beyond ``max_flows`` as well as
-expired or unreadable ones, so cookies never pile up.
+to the route, its provider and client id and its name; it is deleted when
+the callback takes it, and starting a login evicts the oldest flows beyond
+``max_flows`` as well as expired or unreadable ones (a bounded number per
+response), so cookies never pile up.
 """
 
 from __future__ import annotations
@@ -35,6 +36,13 @@ _NONCE_BYTES = 32
 _VERIFIER_BYTES = 64
 # Hash bytes in a flow cookie's name: 9 bytes -> 12 base64url characters.
 _NAME_HASH_BYTES = 9
+# At most this many flow-cookie deletions per response. A browser holds at
+# most max_flows (5 by default) plus a few expired ones; anything beyond is
+# forged or left over, and deleting each one would let a request of 780 fake
+# cookies (15 KB) draw 781 Set-Cookie headers (87 KB). The rest expire.
+MAX_CLEARED_FLOWS = 8
+# Flow cookies looked at (opened) per login start; the rest are left alone.
+_MAX_EXAMINED_FLOWS = 32
 
 
 def _b64url(data: bytes) -> str:
@@ -71,6 +79,7 @@ class FlowCookies:
         path: str = "/",
         host_prefix: bool = True,
         max_return_to: int = 2048,
+        binding: bytes = b"",
     ) -> None:
         if not prefix or any(not (c.isascii() and (c.isalnum() or c in "_-.")) for c in prefix):
             raise ValueError(
@@ -91,6 +100,9 @@ class FlowCookies:
         self._base = (effective + "_").encode("ascii")
         self._own_bases = tuple({self._base, (prefix + "_").encode("ascii")})
         self._route = route_id.encode("utf-8")
+        # The provider and client id (sessions.binding): a login started
+        # before a reload that changed them does not finish after it.
+        self._binding = binding
         self._max_age = math.ceil(lifetime)
         self._attributes = cookie_attributes(path=path, secure=secure, same_site="Lax")
 
@@ -106,7 +118,7 @@ class FlowCookies:
         return name.startswith(self._own_bases)
 
     def _associated_data(self, name: bytes) -> bytes:
-        return b"idgateway login flow\x00%s\x00%s" % (self._route, name)
+        return b"idgateway login flow\x00%s\x00%s\x00%s" % (self._route, self._binding, name)
 
     # -- making ------------------------------------------------------------
 
@@ -172,23 +184,35 @@ class FlowCookies:
     ) -> list[bytes]:
         """Set-Cookie for ``flow``, then deletions keeping at most ``max_flows`` in all.
 
-        Existing flow cookies that are expired or unreadable (retired key,
-        garbage) are deleted; of the rest the newest ``max_flows - 1`` stay.
+        Of the existing flow cookies the newest ``max_flows - 1`` stay; the
+        older ones are deleted, then expired ones, then unreadable ones
+        (retired key, garbage), at most ``MAX_CLEARED_FLOWS`` in all and
+        looking at no more than ``_MAX_EXAMINED_FLOWS`` of them.
         """
         name = self.cookie_name_for(flow.state)
         headers = [set_cookie_value(name, self._seal(name, flow), self._attributes, self._max_age)]
         alive: list[tuple[float, bytes]] = []
+        expired: list[bytes] = []
+        unreadable: list[bytes] = []
+        examined = 0
         for other, value in existing.items():
             if other == name or not other.startswith(self._base):
                 continue
+            examined += 1
+            if examined > _MAX_EXAMINED_FLOWS:
+                break
             found = self._open(other, value)
-            if found is None or self._expired(found, now):
-                headers.append(deletion_value(other, self._attributes))
+            if found is None:
+                unreadable.append(other)
+            elif self._expired(found, now):
+                expired.append(other)
             else:
                 alive.append((found.created_at, other))
         alive.sort(reverse=True)
+        # Real flows beyond the cap matter most: they are what keeps the count bounded.
+        doomed = [other for _, other in alive[self.max_flows - 1 :]] + expired + unreadable
         headers.extend(
-            deletion_value(other, self._attributes) for _, other in alive[self.max_flows - 1 :]
+            deletion_value(other, self._attributes) for other in doomed[:MAX_CLEARED_FLOWS]
         )
         return headers
 

@@ -11,9 +11,11 @@ that works::
     idgw:<route>:lock:<sha256(id)>   the refresh lock (SET NX PX, compare-and-delete)
 
 The value is sealed with the route's key ring, with associated data naming
-the route and the key, so a value copied to another key or route does not
-open. The TTL slides with the inactivity timeout and never passes the
-maximum duration: ``min(inactivity_timeout, created_at + max_duration - now)``.
+the route, its provider and client id (``sessions.binding``) and the key, so
+a value copied to another key or route does not open, nor does one saved
+before a reload moved the route to another provider or client. The TTL
+slides with the inactivity timeout and never passes the maximum duration:
+``min(inactivity_timeout, created_at + max_duration - now)``.
 
 ``load`` is one GET (the hot path); an id that is not 43 base64url
 characters costs no Redis call at all.
@@ -126,6 +128,7 @@ class RedisSessionStore:
         max_duration: float,
         clock: Any,
         metrics: GatewayMetrics | None = None,
+        binding: bytes = b"",
     ) -> None:
         if not route:
             raise ValueError("a Redis session store needs a route name")
@@ -139,7 +142,9 @@ class RedisSessionStore:
         self._clock = clock
         self._prefix = f"idgw:{route}:"
         self._session_prefix = f"idgw:{route}:s:"
-        self._associated_data = b"idgateway redis session\x00" + route.encode("utf-8") + b"\x00"
+        self._associated_data = (
+            b"idgateway redis session\x00" + route.encode("utf-8") + b"\x00" + binding + b"\x00"
+        )
         # Histogram children by operation (the process's metrics unless given).
         timers = (metrics if metrics is not None else METRICS).session_store_timers(route)
         self._time_load = timers["load"].observe

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from idgateway.access import compile_public_paths, is_public
 from idgateway.cli import main
 from idgateway.config import load_config
 from idgateway.importers import (
@@ -585,7 +586,14 @@ def test_mod_auth_openidc_protecting_one_path_makes_the_rest_public(tmp_path):
     assert route.name == "default" and route.default
     assert (config.listeners[0].host, config.listeners[0].port) == ("0.0.0.0", 80)
     assert route.auth is not None
-    assert route.auth.public_paths == (PublicPath(method=None, regex="^(?!/secure)"),)
+    # Every path not under /secure is public (an RE2 pattern: no lookahead).
+    (public,) = route.auth.public_paths
+    rules = compile_public_paths(route.auth.public_paths)
+    assert public.regex is not None and public.method is None
+    for path in ("/", "/app", "/secur", "/securx", "/s", "/other/secure"):
+        assert is_public(rules, b"GET", path), path
+    for path in ("/secure", "/secure/", "/secure/x", "/securex"):
+        assert not is_public(rules, b"GET", path), path
     assert route.auth.oidc.redirect_path == "/secure/redirect_uri"
     (path,) = route.paths
     assert path.prefix == "/secure" and path.authorize is not None
