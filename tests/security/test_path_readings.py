@@ -29,7 +29,7 @@ from twisted.internet.task import Clock
 
 from idgateway.config import load_config
 from idgateway.gate import ProviderHandle, RouteLogin
-from idgateway.model import Route
+from idgateway.model import ProviderSettings, Route
 from idgateway.paths import AmbiguousPath, PathJudge
 from idgateway.runtime import path_judge
 
@@ -69,7 +69,8 @@ class _Provider:
 
 def _gate(route: Route) -> tuple[PathJudge, RouteLogin]:
     assert route.auth is not None
-    handle = ProviderHandle(settings=None, client=_Provider(), http=None)  # type: ignore[arg-type]
+    settings = ProviderSettings(name="wso2", issuer="https://op.example/oauth2/token")
+    handle = ProviderHandle(settings=settings, client=_Provider(), http=None)  # type: ignore[arg-type]
     return path_judge(route), RouteLogin(route, route.auth, handle, Clock())
 
 
