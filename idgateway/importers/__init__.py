@@ -27,7 +27,15 @@ from typing import Any
 import attrs
 
 from idgateway import units
-from idgateway.importers._yaml import Block, render
+from idgateway.importers._yaml import (
+    Block,
+    ConfigText,
+    UnrepresentableValue,
+    quoted,
+    reference,
+    render,
+    shown,
+)
 from idgateway.schema import ConfigError
 
 KINDS = ("oauth2-proxy", "mod_auth_openidc")
@@ -62,13 +70,13 @@ class Report:
     def skip(self, directive: str, why: str) -> None:
         self.not_imported.append(f"not imported: {directive} ({why})")
 
-    def secret(self, name: str, description: str, *, key: bool = False) -> str:
+    def secret(self, name: str, description: str, *, key: bool = False) -> ConfigText:
         """A ${NAME} reference for a secret the user must provide."""
         self.env[name] = description
         self.sample_env[name] = (
             base64.b64encode(os.urandom(32)).decode() if key else "placeholder-secret"
         )
-        return f"${{{name}}}"
+        return reference(name)
 
 
 # ---- shared helpers ---------------------------------------------------------------------
@@ -91,11 +99,14 @@ def env_prefix(name: str) -> str:
     return prefix if prefix and not prefix[0].isdigit() else f"APP_{prefix}"
 
 
+_MAX_NAME = 100  # a route or provider name is a YAML key too: keep it well below 1024
+
+
 def route_name(host: str | None, fallback: str) -> str:
     if not host:
         return fallback
     name = re.sub(r"[^A-Za-z0-9_.-]+", "-", host.strip("[]")).strip("-.")
-    return name or fallback
+    return name[:_MAX_NAME].rstrip("-.") or fallback
 
 
 def duration_text(seconds: float) -> str:
@@ -262,7 +273,10 @@ def finish(
     next_steps: list[str],
 ) -> str:
     """Header, body, not-imported section; checked with load_config on the way."""
-    body_only = render(top, [], [])
+    try:
+        body_only = render(top, [], [])
+    except UnrepresentableValue as error:
+        raise ImporterError(f"{report.source}: {error}") from None
     problems = check(body_only, report.sample_env)
     header = [
         f"gateway.yaml imported from the {report.kind} configuration {report.source}",
@@ -273,24 +287,25 @@ def finish(
         header.append("Look at these first:")
         header.extend(f"  * {warning}" for warning in report.warnings)
         header.append("")
-    steps: list[str] = []
+    steps: list[list[str]] = []  # each step: its first line, then its indented lines
     if report.env:
         lines = ["Set these environment variables for the gateway (never put them in the file):"]
         width = max(len(name) for name in report.env)
         lines.extend(f"    {name.ljust(width)}  {what}" for name, what in report.env.items())
-        steps.append("\n".join(lines))
+        steps.append(lines)
     elif options.keep_secrets:
         steps.append(
-            "This file holds secrets (--keep-secrets): keep it readable by the gateway only."
+            ["This file holds secrets (--keep-secrets): keep it readable by the gateway only."]
         )
-    steps.extend(next_steps)
+    steps.extend([step] for step in next_steps)
     steps.append(
-        "Check the file (exit 0 means it will start): idgateway check gateway.yaml "
-        "(or: twistd idgateway --config gateway.yaml --check)"
+        [
+            "Check the file (exit 0 means it will start): idgateway check gateway.yaml "
+            "(or: twistd idgateway --config gateway.yaml --check)"
+        ]
     )
     header.append("Next steps:")
-    for number, step in enumerate(steps, 1):
-        first, *rest = step.split("\n")
+    for number, (first, *rest) in enumerate(steps, 1):
         header.append(f"  {number}. {first}")
         header.extend(f"     {line}" for line in rest)
     if problems:
@@ -372,11 +387,13 @@ def import_file(kind: str, path: str, options: ImportOptions | None = None) -> s
 
 
 def describe(value: Any) -> str:
-    """A value as the source file would write it (for comments)."""
+    """A value as the source file would write it (for comments), on one line.
+
+    Strings (also inside lists) are double-quoted by PyYAML's emitter: every line
+    break and control character in them is escaped.
+    """
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(describe(item) for item in value) + "]"
-    return str(value)
+    if isinstance(value, str | list | tuple):
+        return quoted(value)
+    return shown(value)

@@ -39,7 +39,8 @@ from idgateway.importers import (
     split_url,
     tls_self_signed_hint,
 )
-from idgateway.importers._yaml import Block, Flow
+from idgateway.importers._yaml import Block, Flow, config_text, quoted, shown
+from idgateway.importers._yaml import reference as env_reference
 
 KIND = "mod_auth_openidc"
 _TRANSPARENT = {"ifmodule", "ifdefine", "ifversion", "iffile", "ifdirective", "ifsection"}
@@ -48,6 +49,8 @@ _RESERVED_PARAMS = {
     "nonce", "code_challenge", "code_challenge_method", "request", "request_uri",
 }  # fmt: skip
 _ENV_REFERENCE = re.compile(r"\A\$\{([A-Za-z_][A-Za-z0-9_]*)\}\Z")
+# A word shown as it is in a comment; anything else is double-quoted by PyYAML.
+_BARE_WORD = re.compile(r"[^\s\"'\\#]+")
 
 # mod_auth_openidc directives with no counterpart, and why (lower-case names).
 _NO_EQUIVALENT: dict[str, str] = {
@@ -178,12 +181,13 @@ class Directive:
 
     def show(self) -> str:
         if is_secret_name(self.name):
-            return f"{self.name} <hidden>"
+            return f"{shown(self.name)} <hidden>"
         words = [hide_url_password(arg) for arg in self.args]
         if self.key in ("oidcoutgoingproxy", "oidcprovidersignedjwksuri"):
             words = words[:1] + ["<hidden>"] * (len(words) > 1)
-        shown = " ".join(f'"{word}"' if not word or " " in word else word for word in words)
-        return f"{self.name} {shown}".rstrip()
+        # As Apache would read them back, on one line: quoted when not a bare word.
+        text = " ".join(word if _BARE_WORD.fullmatch(word) else quoted(word) for word in words)
+        return f"{shown(self.name)} {text}".rstrip()
 
 
 @attrs.define
@@ -198,7 +202,9 @@ class Section:
         return self.name.lower()
 
     def show(self) -> str:
-        return f"<{self.name} {' '.join(self.args)}>".replace(" >", ">")
+        words = [self.name, *self.args]
+        text = " ".join(word if _BARE_WORD.fullmatch(word) else quoted(word) for word in words)
+        return f"<{text}>"
 
 
 def _words(text: str) -> tuple[list[str], str | None]:
@@ -778,16 +784,17 @@ def _provider(host: _Host, report: Report, providers: dict[str, tuple[str, Block
 
 def _secret_value(
     directive: Directive | None, report: Report, options: ImportOptions, env: str, description: str
-) -> tuple[str, str]:
+) -> tuple[str, str]:  # the value is literal text unless it is a ConfigText reference
     """(value, how) for a secret directive: a ${NAME} unless kept; how ends a comment."""
     value = directive.arg() if directive else ""
     reference = _ENV_REFERENCE.match(value)
     if reference:
+        # Apache expanded ${NAME} from its environment (or a Define): the same variable.
         report.env[reference.group(1)] = f"{description} (as in the Apache configuration)"
         report.sample_env[reference.group(1)] = "placeholder-secret"
-        return value, ", from the environment (as in Apache)"
+        return env_reference(reference.group(1)), ", from the environment (as in Apache)"
     if value and options.keep_secrets and not value.startswith("exec:"):
-        return value.replace("${", "$${"), " (--keep-secrets)"
+        return value, " (--keep-secrets)"
     return report.secret(env, description), ", from the environment"
 
 
@@ -953,7 +960,7 @@ def _session(host: _Host, report: Report, options: ImportOptions, env: str) -> B
         server = host.value("OIDCRedisCacheServer", "127.0.0.1:6379") or "127.0.0.1:6379"
         database = host.value("OIDCRedisCacheDatabase", "0")
         password = host.last("OIDCRedisCachePassword")
-        auth = ""
+        auth: str = ""
         if password:
             value, _ = _secret_value(
                 password,
@@ -962,8 +969,10 @@ def _session(host: _Host, report: Report, options: ImportOptions, env: str) -> B
                 f"{env}_REDIS_PASSWORD",
                 "the Redis password (URL-encoded)",
             )
-            auth = f":{value}@"
-        url = f"redis://{auth}{server if ':' in server else server + ':6379'}/{database}"
+            auth = config_text(":", value, "@")
+        url = config_text(
+            "redis://", auth, f"{server if ':' in server else server + ':6379'}/{database}"
+        )
         session.add(
             "url", url, "OIDCRedisCacheServer, OIDCRedisCachePassword, OIDCRedisCacheDatabase"
         )

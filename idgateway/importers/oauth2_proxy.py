@@ -39,7 +39,7 @@ from idgateway.importers import (
     split_url,
     tls_self_signed_hint,
 )
-from idgateway.importers._yaml import Block, Flow, render
+from idgateway.importers._yaml import Block, Flow, config_text, render, shown
 
 KIND = "oauth2-proxy"
 ENV_CLIENT_SECRET = "OAUTH2_PROXY_CLIENT_SECRET"
@@ -250,13 +250,14 @@ class _Options:
     def show(self, key: str) -> str:
         """``key = value`` for a comment, secrets hidden."""
         value = self.values.get(key)
+        name = shown(key)
         if isinstance(value, str) and is_secret_name(key):
-            return f"{key} = <hidden>"
+            return f"{name} = <hidden>"
         if isinstance(value, str) and "://" in value:
-            return f"{key} = {describe(hide_url_password(value))}"
+            return f"{name} = {describe(hide_url_password(value))}"
         if isinstance(value, list):
-            return f"{key} = {describe([hide_url_password(str(v)) for v in value])}"
-        return f"{key} = {describe(value)}"
+            return f"{name} = {describe([hide_url_password(str(v)) for v in value])}"
+        return f"{name} = {describe(value)}"
 
     def skip(self, report: Report, key: str, why: str) -> None:
         self.used.add(key)
@@ -269,11 +270,6 @@ def _strings(value: Any) -> list[str]:
     if isinstance(value, list):
         return [str(item) for item in value]
     return [part for part in re.split(r"[\s,]+", str(value)) if part]
-
-
-def _escape(text: str) -> str:
-    """oauth2-proxy does not expand ${...}; the gateway would: keep it literal."""
-    return text.replace("${", "$${")
 
 
 # ---- the conversion ---------------------------------------------------------------------
@@ -297,7 +293,9 @@ def convert(text: str, source: str, options: ImportOptions) -> str:
     for key, value in values.items():
         if isinstance(value, dict):
             cfg.used.add(key)
-            report.skip(f"[{key}] table", "oauth2-proxy's legacy configuration has no tables")
+            report.skip(
+                f"[{shown(key)}] table", "oauth2-proxy's legacy configuration has no tables"
+            )
 
     provider_type = str(cfg.get("provider", "google"))
     if provider_type not in _OIDC_PROVIDERS:
@@ -406,7 +404,7 @@ def _listener(cfg: _Options, report: Report, options: ImportOptions) -> tuple[Bl
 
 def _provider(cfg: _Options, report: Report, issuer: str) -> tuple[str, Block]:
     name, provider = provider_block(
-        _escape(issuer), discovery=False, report=report, source="oidc_issuer_url"
+        issuer, discovery=False, report=report, source="oidc_issuer_url"
     )
     if issuer.rstrip("/").endswith("/oauth2/oidcdiscovery"):
         report.warnings.append(
@@ -494,12 +492,12 @@ def _route(
 
     oidc = route.child("oidc")
     oidc.add("provider", provider_name)
-    oidc.add("client_id", _escape(client_id))
+    oidc.add("client_id", client_id)
     secret, secret_file = cfg.get("client_secret"), cfg.get("client_secret_file")
     if secret_file:
         oidc.add("client_secret_file", str(secret_file), "client_secret_file")
     elif secret and options.keep_secrets:
-        oidc.add("client_secret", _escape(str(secret)), "client_secret (--keep-secrets)")
+        oidc.add("client_secret", str(secret), "client_secret (--keep-secrets)")
     else:
         reference = report.secret(
             ENV_CLIENT_SECRET, f"the client secret WSO2 shows for client {client_id}"
@@ -777,8 +775,9 @@ def _redis(cfg: _Options, report: Report, options: ImportOptions, session: Block
             else:
                 secret = report.secret(ENV_REDIS_PASSWORD, "the Redis password (URL-encoded)")
                 comment = "redis_connection_url, password from the environment"
-            url = f"{scheme}{user or ''}:{secret}@{rest}"
-            session.add("url", _escape(url) if options.keep_secrets else url, comment)
+            # oauth2-proxy expands no ${...}: every part is literal but the reference.
+            url = config_text(f"{scheme}{user or ''}:", secret, f"@{rest}")
+            session.add("url", url, comment)
         else:
             session.add("url", url, "redis_connection_url")
     if cfg.get("redis_use_sentinel"):

@@ -27,7 +27,7 @@ from idgateway.importers import (
     session_key_from,
     wso2_url,
 )
-from idgateway.importers._yaml import scalar
+from idgateway.importers._yaml import config_text, reference, scalar
 from idgateway.model import ClaimRule, Config, PublicPath
 from tests.certs import make_ca
 
@@ -738,11 +738,20 @@ def test_other_urls_are_not_wso2():
 
 @pytest.mark.parametrize(
     "value",
-    ["plain", "a: b", "# x", "[x]", "yes", "123", "", " lead", "${VAR}", "~ ^/x", "ü", "a,b"],
+    ["plain", "a: b", "# x", "[x]", "yes", "123", "", " lead", "~ ^/x", "ü", "a,b", "a\u2028b"],
 )
 def test_scalars_read_back(value):
     import yaml
 
     assert yaml.safe_load(f"k: {scalar(value)}") == {"k": value}
-    if value != "${VAR}":  # written plain, as the README does: load_config hides ${...}
-        assert yaml.safe_load(f"k: [{scalar(value, flow=True)}]") == {"k": [value]}
+    assert yaml.safe_load(f"k: [{scalar(value, flow=True)}]") == {"k": [value]}
+
+
+def test_scalars_keep_dollar_literal_and_references_meant(tmp_path):
+    """Input text is literal for the loader ($${), a reference() is a ${NAME} it expands."""
+    import yaml
+
+    assert yaml.safe_load(f"k: {scalar('${APP_SECRET}')}") == {"k": "$${APP_SECRET}"}
+    assert scalar(reference("APP_SECRET")) == "${APP_SECRET}"
+    url = scalar(config_text("redis://:", reference("P"), "@h${x}:1"))
+    assert yaml.safe_load(f"k: {url}") == {"k": "redis://:${P}@h$${x}:1"}
