@@ -20,6 +20,7 @@ from __future__ import annotations
 import base64
 import os
 import re
+import stat
 import tempfile
 from collections.abc import Callable
 from typing import Any
@@ -350,20 +351,41 @@ def check(text: str, environ: dict[str, str]) -> list[str]:
     return []
 
 
+MAX_FILE_BYTES = 1 << 20  # 1 MiB: far beyond any configuration; a bound on what is parsed
+
+
 def read_source(path: str) -> str:
+    """The text of a configuration file: UTF-8 (a BOM allowed), at most MAX_FILE_BYTES.
+
+    Anything else is an ImporterError naming the file: a directory, a device or
+    pipe (reading one could block or never end), a binary file, a file too large,
+    bytes that are not UTF-8 (read as Latin-1 they would change the values quietly).
+    """
     try:
+        mode = os.stat(path).st_mode
+        if stat.S_ISDIR(mode):
+            raise ImporterError(f"{shown(path)} is a directory, not a configuration file")
+        if not stat.S_ISREG(mode):
+            raise ImporterError(f"{shown(path)} is not a regular file")
         with open(path, "rb") as stream:
-            data = stream.read()
-    except IsADirectoryError:
-        raise ImporterError(f"{path} is a directory, not a configuration file") from None
+            data = stream.read(MAX_FILE_BYTES + 1)
     except OSError as error:
-        raise ImporterError(f"cannot read {path}: {error.strerror}") from None
+        raise ImporterError(f"cannot read {shown(path)}: {error.strerror}") from None
+    if len(data) > MAX_FILE_BYTES:
+        raise ImporterError(
+            f"{shown(path)} is larger than {MAX_FILE_BYTES // (1 << 20)} MiB: not a "
+            "configuration file the importer reads"
+        )
     if b"\0" in data:
-        raise ImporterError(f"{path} is not a text file")
+        raise ImporterError(f"{shown(path)} is not a text file (it holds NUL bytes)")
     try:
         return data.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        return data.decode("latin-1")
+    except UnicodeDecodeError as error:
+        line = data.count(b"\n", 0, error.start) + 1
+        raise ImporterError(
+            f"{shown(path)} is not UTF-8 text (line {line}: byte 0x{data[error.start]:02x}); "
+            "convert it first, e.g. iconv -f latin1 -t utf-8"
+        ) from None
 
 
 def import_file(kind: str, path: str, options: ImportOptions | None = None) -> str:

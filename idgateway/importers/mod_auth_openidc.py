@@ -16,9 +16,9 @@ token in ``OIDC_access_token``. The import writes those out.
 
 from __future__ import annotations
 
-import glob
 import os
 import re
+from collections.abc import Iterator
 from urllib.parse import parse_qsl
 
 import attrs
@@ -39,6 +39,7 @@ from idgateway.importers import (
     split_url,
     tls_self_signed_hint,
 )
+from idgateway.importers._includes import IncludeError, IncludeState, included_paths
 from idgateway.importers._yaml import Block, Flow, config_text, quoted, shown
 from idgateway.importers._yaml import reference as env_reference
 
@@ -161,6 +162,32 @@ _APACHE: dict[str, str] = {
 }
 
 
+# What an included file may contribute: the directives and sections this importer
+# reads or names in its report. Anything else there is left out unseen.
+_READ_DIRECTIVES = {
+    "listen", "servername", "serveralias", "sslengine", "sslcertificatefile",
+    "sslcertificatekeyfile", "sslcertificatechainfile", "sslprotocol", "sslciphersuite",
+    "sslproxycacertificatefile", "sslproxyengine", "proxypass", "proxypreservehost",
+    "proxytimeout", "authtype", "require", "oidcauthnheader", "oidcauthrequestparams",
+    "oidccabundlepath", "oidccachetype", "oidcclaimdelimiter", "oidcclaimprefix",
+    "oidcclientid", "oidcclientsecret", "oidccookie", "oidccookiedomain", "oidccookiepath",
+    "oidccookiesamesite", "oidccookiehttponly", "oidccookiesecure", "oidccryptopassphrase",
+    "oidcdefaultloggedouturl", "oidcpkcemethod", "oidcpassclaimsas", "oidcpassidtokenas",
+    "oidcproviderissuer", "oidcprovidermetadataurl", "oidcprovidertokenendpointauth",
+    "oidcprovideruserinfoendpoint", "oidcredirecturi", "oidcrediscachedatabase",
+    "oidcrediscachepassword", "oidcrediscacheserver", "oidcrediscacheconnecttimeout",
+    "oidcrediscachetimeout", "oidcrefreshaccesstokenbeforeexpiry", "oidcremoteuserclaim",
+    "oidcresponsetype", "oidcsslvalidateserver", "oidcscope", "oidcsessiontype",
+    "oidcsessioninactivitytimeout", "oidcsessionmaxduration", "oidcsessioncookiechunksize",
+    "oidcstripcookies", "oidcunauthaction",
+}  # fmt: skip
+_KNOWN_DIRECTIVES = frozenset(_READ_DIRECTIVES | set(_NO_EQUIVALENT) | set(_APACHE))
+_KNOWN_SECTIONS = frozenset(
+    {"virtualhost", "location", "locationmatch", "directory", "directorymatch", "files",
+     "filesmatch", "requireall", "requireany", "requirenone"}
+)  # fmt: skip
+
+
 # ---- reading the Apache file ------------------------------------------------------------
 
 
@@ -207,18 +234,26 @@ class Section:
         return f"<{text}>"
 
 
+# Apache splits arguments at C's isspace (ASCII); Python's str.isspace and
+# str.splitlines also split at U+2028, U+0085, U+00A0...: a value Apache reads
+# as one word must not become two here.
+_APACHE_SPACE = " \t\n\v\f\r"
+MAX_SECTION_DEPTH = 32
+MAX_DIRECTIVES = 100_000
+
+
 def _words(text: str) -> tuple[list[str], str | None]:
     """Apache's argument splitting; and what follows an unquoted '#', if anything."""
     words: list[str] = []
     position = 0
     while position < len(text):
-        if text[position].isspace():
+        if text[position] in _APACHE_SPACE:
             position += 1
             continue
         if text[position] == "#" and words:
-            return words, text[position:].strip()
+            return words, text[position:].strip(_APACHE_SPACE)
         if text[position] in "\"'":
-            quote, position, word = text[position], position + 1, ""
+            quote, position, word = text[position], position + 1, []
             while position < len(text) and text[position] != quote:
                 if (
                     text[position] == "\\"
@@ -226,79 +261,141 @@ def _words(text: str) -> tuple[list[str], str | None]:
                     and text[position + 1] in "\"'\\"
                 ):
                     position += 1
-                word += text[position]
+                word.append(text[position])
                 position += 1
-            words.append(word)
+            words.append("".join(word))
             position += 1
             continue
         end = position
-        while end < len(text) and not text[end].isspace():
+        while end < len(text) and text[end] not in _APACHE_SPACE:
             end += 1
         words.append(text[position:end])
         position = end
     return words, None
 
 
-def parse_apache(
-    text: str, source: str, report: Report, depth: int = 0
-) -> list[Directive | Section]:
-    """The file's directives and sections, <IfModule> and the like opened, Includes followed."""
-    root = Section("root", [], 0)
-    stack = [root]
-    lines = text.splitlines()
+def _logical_lines(text: str) -> Iterator[tuple[int, str]]:
+    """(number, line) per directive line: split at LF only, as Apache does; '\\' continues."""
+    lines = text.split("\n")
     index = 0
     while index < len(lines):
         number = index + 1
-        line = lines[index].strip()
+        parts = [lines[index].strip(_APACHE_SPACE)]
         index += 1
-        while line.endswith("\\") and index < len(lines):
-            line = line[:-1] + " " + lines[index].strip()
+        while parts[-1].endswith("\\") and index < len(lines):
+            parts[-1] = parts[-1][:-1]
+            parts.append(lines[index].strip(_APACHE_SPACE))
             index += 1
+        yield number, " ".join(parts)
+
+
+@attrs.define
+class _ReadState(IncludeState):
+    directives: int = 0
+
+
+def parse_apache(
+    text: str,
+    source: str,
+    report: Report,
+    state: _ReadState | None = None,
+    *,
+    included: bool = False,
+) -> list[Directive | Section]:
+    """The file's directives and sections, <IfModule> and the like opened, Includes followed.
+
+    Of an ``included`` file only the directives and sections this importer knows
+    are kept: whatever else it holds (a netrc someone's glob caught, a password
+    file) is counted, never copied into the output, not even into a comment.
+    """
+    if state is None:
+        state = _ReadState(chain=[os.path.realpath(source)])
+    root = Section("root", [], 0)
+    stack = [root]
+    dropped = 0
+    where = shown(source)
+    for number, line in _logical_lines(text):
         if not line or line.startswith("#"):
             continue
+        state.directives += 1
+        if state.directives > MAX_DIRECTIVES:
+            raise ImporterError(
+                f"{where}:{number}: more than {MAX_DIRECTIVES} directives: not a configuration "
+                "the importer reads"
+            )
         if line.startswith("</"):
-            name = line[2:].rstrip(">").strip().lower()
+            name = line[2:].rstrip(">").strip(_APACHE_SPACE).lower()
             if len(stack) == 1 or stack[-1].key != name:
-                raise ImporterError(f"{source}:{number}: </{name}> closes no open <{name}>")
+                raise ImporterError(
+                    f"{where}:{number}: </{shown(name)}> closes no open <{shown(name)}>"
+                )
             finished = stack.pop()
             if finished.key in _TRANSPARENT:
                 stack[-1].children.extend(finished.children)
+            elif included and finished.key not in _KNOWN_SECTIONS:
+                dropped += 1 + len(_walk(finished.children))
             else:
                 stack[-1].children.append(finished)
             continue
         if line.startswith("<"):
             if not line.endswith(">"):
-                raise ImporterError(f"{source}:{number}: a section line must end with '>'")
+                raise ImporterError(f"{where}:{number}: a section line must end with '>'")
             words, _ = _words(line[1:-1])
             if not words:
-                raise ImporterError(f"{source}:{number}: an empty <> section")
+                raise ImporterError(f"{where}:{number}: an empty <> section")
+            if len(stack) > MAX_SECTION_DEPTH:
+                raise ImporterError(
+                    f"{where}:{number}: sections nested more than {MAX_SECTION_DEPTH} deep"
+                )
             stack.append(Section(words[0], words[1:], number))
             continue
         words, trailing = _words(line)
         directive = Directive(words[0], words[1:], number, trailing)
-        if directive.key in ("include", "includeoptional") and depth < 8:
-            included = _include(directive, source, report, depth)
-            if included is not None:
-                stack[-1].children.extend(included)
-                continue
+        if directive.key in ("include", "includeoptional"):
+            stack[-1].children.extend(_include(directive, source, report, state))
+            continue
+        if included and directive.key not in _KNOWN_DIRECTIVES:
+            dropped += 1
+            continue
         stack[-1].children.append(directive)
     if len(stack) > 1:
-        raise ImporterError(f"{source}: <{stack[-1].name}> (line {stack[-1].line}) is never closed")
+        raise ImporterError(
+            f"{where}: <{shown(stack[-1].name)}> (line {stack[-1].line}) is never closed"
+        )
+    if dropped:
+        report.skip(
+            f"{dropped} line{'s' * (dropped > 1)} of the included file {where}",
+            "not directives this importer reads; their text is left out of this file",
+        )
     return root.children
 
 
 def _include(
-    directive: Directive, source: str, report: Report, depth: int
-) -> list[Directive | Section] | None:
-    pattern = directive.arg()
-    if not os.path.isabs(pattern):
-        pattern = os.path.join(os.path.dirname(os.path.abspath(source)), pattern)
-    files = sorted(glob.glob(pattern))
-    if not files:
-        return None
+    directive: Directive, source: str, report: Report, state: _ReadState
+) -> list[Directive | Section]:
+    """The directives of the files an Include names (bounded: see _includes)."""
+    where = f"{shown(source)}:{directive.line}"
     found: list[Directive | Section] = []
-    for path in files:
-        found.extend(parse_apache(read_source(path), path, report, depth + 1))
+    try:
+        if len(directive.args) != 1:
+            raise IncludeError(f"{where}: {directive.name} takes one file name or pattern")
+        paths = included_paths(
+            directive.arg(),
+            source,
+            optional=directive.key == "includeoptional",
+            where=where,
+            state=state,
+        )
+        if not paths:
+            report.skip(directive.show(), "no file matches it here; Apache starts without it")
+        for path in paths:
+            state.enter(path, where)
+            try:
+                found.extend(parse_apache(read_source(path), path, report, state, included=True))
+            finally:
+                state.leave()
+    except IncludeError as error:
+        raise ImporterError(str(error)) from None
     return found
 
 
