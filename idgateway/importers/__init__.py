@@ -405,7 +405,10 @@ def import_file(kind: str, path: str, options: ImportOptions | None = None) -> s
             units.parse_listen_address(options.listen)
         except ValueError as error:
             raise ImporterError(f"--listen: {error}") from None
-    return importers[kind](read_source(path), path, options)
+    try:
+        return importers[kind](read_source(path), path, options)
+    except UnrepresentableValue as error:
+        raise ImporterError(f"{shown(path)}: {error}") from None
 
 
 def describe(value: Any) -> str:

@@ -1319,7 +1319,8 @@ def _locations(host: _Host, report: Report, route: Block) -> None:
 
 def _require_rules(location: _Location, report: Report) -> Block | None:
     """authorize rules for a location's Require lines (any one of them admits, as in Apache)."""
-    claims: dict[str, list[str]] = {}
+    # (is a regular expression, text): a literal value may itself start with "~".
+    claims: dict[str, list[tuple[bool, str]]] = {}
     valid_user = False
     for require in location.requires:
         kind = require.arg().lower()
@@ -1335,8 +1336,7 @@ def _require_rules(location: _Location, report: Report) -> Block | None:
                             f"{require.show()} in {location.section.show()}", "not claim:value"
                         )
                         continue
-                    value = "~" + value
-                claims.setdefault(name, []).append(value)
+                claims.setdefault(name, []).append((not colon, value))
         else:
             report.skip(
                 f"{require.show()} in {location.section.show()}",
@@ -1358,10 +1358,10 @@ def _require_rules(location: _Location, report: Report) -> Block | None:
         return None
     name, values = next(iter(claims.items()))
     rules = Block()
-    if len(values) == 1 and not values[0].startswith("~"):
-        rules.add("claims", Flow({name: values[0]}))
+    if len(values) == 1 and not values[0][0] and not values[0][1].startswith("~"):
+        rules.add("claims", Flow({name: values[0][1]}))
     else:
-        alternatives = [v[1:] if v.startswith("~") else re.escape(v) for v in values]
+        alternatives = [text if regex else re.escape(text) for regex, text in values]
         rules.add("claims", Flow({name: f"~ (?:{'|'.join(alternatives)})"}))
         rules.note("The gateway's regular expression must match the whole claim value.")
     return rules

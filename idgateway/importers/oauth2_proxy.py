@@ -148,18 +148,26 @@ _OTHER_PROVIDERS = re.compile(
 # ---- reading the file -----------------------------------------------------------------
 
 
+MAX_OPTIONS = 1000
+MAX_LIST_DEPTH = 8  # [[...]]: oauth2-proxy's options are flat lists of strings
+
+
 def parse(text: str) -> tuple[dict[str, Any], str | None]:
     """The options, and why the file is not valid TOML (None when it is)."""
     try:
         return tomllib.loads(text), None
     except tomllib.TOMLDecodeError as error:
         return _parse_lines(text), str(error)
+    except RecursionError:  # tomllib recurses into nested arrays and inline tables
+        raise ImporterError(
+            "values nested hundreds of levels deep: not an oauth2-proxy configuration"
+        ) from None
 
 
 def _parse_lines(text: str) -> dict[str, Any]:
     """A tolerant reader: ``key = value`` per line, lists may span lines, last one wins."""
     values: dict[str, Any] = {}
-    lines = text.splitlines()
+    lines = text.split("\n")  # TOML's line break; str.splitlines would also split at U+2028
     index = 0
     while index < len(lines):
         line = _strip_comment(lines[index]).strip()
@@ -168,9 +176,15 @@ def _parse_lines(text: str) -> dict[str, Any]:
         if match is None:
             continue
         key, raw = match.groups()
-        while raw.startswith("[") and not _balanced(raw) and index < len(lines):
-            raw += " " + _strip_comment(lines[index]).strip()
-            index += 1
+        if raw.startswith("["):
+            # Scanned once, line by line: re-scanning the whole value per line was quadratic.
+            parts, state = [raw], _scan(raw, (0, None))
+            while state[0] > 0 and index < len(lines):
+                part = _strip_comment(lines[index]).strip()
+                parts.append(part)
+                state = _scan(part, state)
+                index += 1
+            raw = " ".join(parts)
         values[key] = _value(raw.strip())
     return values
 
@@ -188,11 +202,12 @@ def _strip_comment(line: str) -> str:
     return line
 
 
-def _balanced(raw: str) -> bool:
-    depth, quote = 0, None
+def _scan(raw: str, state: tuple[int, str | None]) -> tuple[int, str | None]:
+    """(bracket depth, open quote) after ``raw``, starting from ``state``."""
+    depth, quote = state
     for position, character in enumerate(raw):
         if quote:
-            if character == quote and raw[position - 1] != "\\":
+            if character == quote and (position == 0 or raw[position - 1] != "\\"):
                 quote = None
         elif character in "\"'":
             quote = character
@@ -200,11 +215,11 @@ def _balanced(raw: str) -> bool:
             depth += 1
         elif character == "]":
             depth -= 1
-    return depth <= 0
+    return depth, quote
 
 
-def _value(raw: str) -> Any:
-    if raw.startswith("[") and raw.endswith("]"):
+def _value(raw: str, depth: int = 0) -> Any:
+    if raw.startswith("[") and raw.endswith("]") and depth < MAX_LIST_DEPTH:
         items, current, quote = [], "", None
         for position, character in enumerate(raw[1:-1]):
             if quote:
@@ -218,7 +233,7 @@ def _value(raw: str) -> Any:
                 continue
             current += character
         items.append(current.strip())
-        return [_value(item) for item in items if item]
+        return [_value(item, depth + 1) for item in items if item]
     if len(raw) >= 2 and raw[0] == raw[-1] == '"':
         try:
             return json.loads(raw)
@@ -276,7 +291,15 @@ def _strings(value: Any) -> list[str]:
 
 
 def convert(text: str, source: str, options: ImportOptions) -> str:
-    values, toml_error = parse(text)
+    try:
+        values, toml_error = parse(text)
+    except ImporterError as error:
+        raise ImporterError(f"{shown(source)}: {error}") from None
+    if len(values) > MAX_OPTIONS:
+        raise ImporterError(
+            f"{shown(source)}: {len(values)} options; oauth2-proxy has fewer than 200 and the "
+            f"importer reads at most {MAX_OPTIONS}: not an oauth2-proxy configuration"
+        )
     known = [key for key in values if not isinstance(values[key], dict)]
     if not known:
         raise ImporterError(
