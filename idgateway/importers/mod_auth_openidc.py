@@ -239,6 +239,8 @@ class Section:
 # as one word must not become two here.
 _APACHE_SPACE = " \t\n\v\f\r"
 MAX_SECTION_DEPTH = 32
+MAX_ROUTES = 200
+MAX_LOCATIONS = 500
 MAX_DIRECTIVES = 100_000
 
 
@@ -292,6 +294,7 @@ def _logical_lines(text: str) -> Iterator[tuple[int, str]]:
 @attrs.define
 class _ReadState(IncludeState):
     directives: int = 0
+    locations: int = 0
 
 
 def parse_apache(
@@ -347,7 +350,15 @@ def parse_apache(
                 raise ImporterError(
                     f"{where}:{number}: sections nested more than {MAX_SECTION_DEPTH} deep"
                 )
-            stack.append(Section(words[0], words[1:], number))
+            section = Section(words[0], words[1:], number)
+            if section.key in ("location", "locationmatch"):
+                state.locations += 1
+                if state.locations > MAX_LOCATIONS:
+                    raise ImporterError(
+                        f"{where}:{number}: more than {MAX_LOCATIONS} <Location> sections: "
+                        "import the file of each application on its own"
+                    )
+            stack.append(section)
             continue
         words, trailing = _words(line)
         directive = Directive(words[0], words[1:], number, trailing)
@@ -445,6 +456,8 @@ def convert(text: str, source: str, options: ImportOptions) -> str:
     global_locations = [
         s for s in tree if isinstance(s, Section) and s.key in ("location", "locationmatch")
     ]
+    # By identity: sections compare by value, and comparing every pair is quadratic.
+    global_location_ids = {id(s) for s in global_locations}
     listens = [d for d in global_directives if d.key == "listen"]
     hosts: list[_Host] = []
     for section in tree:
@@ -456,7 +469,7 @@ def convert(text: str, source: str, options: ImportOptions) -> str:
                 if isinstance(s, Section) and s.key in ("location", "locationmatch")
             ]
             for other in section.children:
-                if isinstance(other, Section) and other not in locations:
+                if isinstance(other, Section) and not any(other is loc for loc in locations):
                     report.skip(f"{other.show()} (line {other.line})", _section_reason(other))
             hosts.append(
                 _Host(
@@ -467,7 +480,7 @@ def convert(text: str, source: str, options: ImportOptions) -> str:
                     section.line,
                 )
             )
-        elif isinstance(section, Section) and section not in global_locations:
+        elif isinstance(section, Section) and id(section) not in global_location_ids:
             report.skip(f"{section.show()} (line {section.line})", _section_reason(section))
     if not hosts:
         port = None
@@ -483,6 +496,11 @@ def convert(text: str, source: str, options: ImportOptions) -> str:
             )
         )
 
+    if sum(1 for host in hosts if _importable(host)) > MAX_ROUTES:
+        raise ImporterError(
+            f"{shown(source)}: more than {MAX_ROUTES} virtual hosts to import; import the "
+            "file of each application on its own"
+        )
     global_ids = {id(d) for d in global_directives}
     top = Block()
     listeners: dict[str, Block] = {}
@@ -529,9 +547,10 @@ def convert(text: str, source: str, options: ImportOptions) -> str:
 
     # Everything not consumed is reported, so nothing is silently lost.
     seen: set[int] = set()
+    used = set().union(*(h.used for h in hosts))
     for host in imported or hosts:
         for directive in host.directives:
-            if id(directive) in seen or any(id(directive) in h.used for h in hosts):
+            if id(directive) in seen or id(directive) in used:
                 continue
             seen.add(id(directive))
             report.skip(_where(directive, host, hosts), _reason(directive))

@@ -370,8 +370,11 @@ def convert(text: str, source: str, options: ImportOptions) -> str:
             cfg.skip(report, key, "an option this importer does not know; check it by hand")
     # An option read but mentioned nowhere keeps the gateway's default, which matches.
     mentioned = render(top, [], []) + "\n".join(report.not_imported + report.warnings)
+    # One pass over the text, not one regular-expression search of it per option.
+    words = set(re.findall(r"[\w-]+", mentioned))
     for key in values:
-        if not re.search(rf"(?<![\w-]){re.escape(key)}(?![\w-])", mentioned):
+        named = key in words if re.fullmatch(r"[\w-]+", key) else key in mentioned
+        if not named:
             report.same.append(cfg.show(key))
     steps = [
         "Register the callback URL in WSO2 (the application's Protocol tab, Authorized "

@@ -62,7 +62,7 @@ HOSTILE: dict[str, str] = {
     "quotes": f'\'"{MARK}"\' \\" \\',
     "bom-u+feff": f"\ufeff{MARK}",
     "nul": f"x\0{MARK}",
-    "long": MARK + "x" * 100_000,
+    "long": MARK + "x" * 20_000,
     "leading-blank": f" {MARK} ",
     "yaml-null": f"~{MARK}",
     "percent-directive": f"%YAML 1.1 {MARK}",
@@ -557,6 +557,19 @@ def test_hostile_included_file_names_are_escaped(tmp_path, vector):
         ("mod_auth_openidc", "OIDCClientID a\n" + "<IfModule x>\n" * 5000, "nested more than"),
         ("mod_auth_openidc", "OIDCClientID a\n" + "A x\n" * 120_000, "directives"),
         ("mod_auth_openidc", "OIDCClientID a\n" + "x \\\n" * 200_000, "no virtual host"),
+        (
+            "mod_auth_openidc",
+            "OIDCClientID a\n" + "<Location /a>\nRequire valid-user\n</Location>\n" * 1000,
+            "more than 500 <Location> sections",
+        ),
+        (
+            "mod_auth_openidc",
+            "OIDCClientID a\n"
+            + "".join(
+                f"<VirtualHost *:{n}>\nProxyPass / http://a/\n</VirtualHost>\n" for n in range(300)
+            ),
+            "more than 200 virtual hosts",
+        ),
         ("oauth2-proxy", "a = " + "[" * 50_000 + "]" * 50_000 + "\n", "nested"),
         ("oauth2-proxy", "a = " + "[" * 50_000 + "\n", "nested"),
         ("oauth2-proxy", "".join(f"k{n} = 1\n" for n in range(60_000)), "options"),
@@ -566,6 +579,8 @@ def test_hostile_included_file_names_are_escaped(tmp_path, vector):
         "apache-section-depth",
         "apache-directive-count",
         "apache-continuation-lines",
+        "apache-location-count",
+        "apache-virtual-host-count",
         "toml-array-depth",
         "toml-unclosed-arrays",
         "toml-option-count",
