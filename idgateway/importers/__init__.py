@@ -32,6 +32,7 @@ from idgateway.importers._yaml import (
     Block,
     ConfigText,
     UnrepresentableValue,
+    printable,
     quoted,
     reference,
     render,
@@ -409,6 +410,9 @@ def import_file(kind: str, path: str, options: ImportOptions | None = None) -> s
         return importers[kind](read_source(path), path, options)
     except UnrepresentableValue as error:
         raise ImporterError(f"{shown(path)}: {error}") from None
+    except ImporterError as error:
+        # Messages quote the input: whatever it holds reaches the terminal escaped, on one line.
+        raise ImporterError(printable(str(error))) from None
 
 
 def describe(value: Any) -> str:

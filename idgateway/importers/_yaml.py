@@ -238,8 +238,8 @@ def _flow(value: Any) -> str:
     return _emit(value)
 
 
-def _printable(text: str) -> str:
-    """A line of comment text, anything unprintable (a line break of any kind) escaped."""
+def printable(text: str) -> str:
+    """A line of comment text (or a message), anything unprintable (a line break of any kind) escaped."""
     if text.isprintable():
         return text
     return "".join(
@@ -250,7 +250,7 @@ def _printable(text: str) -> str:
 def _comment_lines(text: str, indent: int) -> list[str]:
     """One comment, wrapped: never a line break of its own (an input value's is escaped)."""
     prefix = " " * indent + "# "
-    paragraph = _printable(text)
+    paragraph = printable(text)
     if not paragraph.strip():
         return [prefix.rstrip()]
     lead = len(paragraph) - len(paragraph.lstrip(" "))
