@@ -239,7 +239,7 @@ def _flow(value: Any) -> str:
 
 
 def printable(text: str) -> str:
-    """A line of comment text (or a message), anything unprintable (a line break of any kind) escaped."""
+    """A line of comment text (or a message), anything unprintable in it escaped."""
     if text.isprintable():
         return text
     return "".join(

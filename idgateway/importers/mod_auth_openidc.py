@@ -3,8 +3,9 @@
 The Apache file is read as Apache does: one directive per line (a trailing
 ``\\`` continues it), arguments split at blanks with ``"..."`` quoting, ``#``
 comments on lines of their own, ``<Section args>`` blocks. ``<IfModule>`` and
-its kind are opened (their content counts), ``Include`` follows files that
-exist here. Each ``<VirtualHost>`` with a ``ProxyPass`` or an OpenID Connect
+its kind are opened (their content counts), ``Include`` is followed within
+limits and takes only known directives from the files it reads (``_includes``).
+Each ``<VirtualHost>`` with a ``ProxyPass`` or an OpenID Connect
 login becomes a route; directives of the main server apply to every virtual
 host, as in Apache. Without virtual hosts, the main server is the route.
 
