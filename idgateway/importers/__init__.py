@@ -162,7 +162,8 @@ class WSO2URL:
 
     @property
     def provider_name(self) -> str:
-        return "wso2" if self.tenant == "carbon.super" else f"wso2-{self.tenant}"
+        # A name (and YAML key) of letters, digits, '_', '.' and '-', whatever the URL holds.
+        return "wso2" if self.tenant == "carbon.super" else f"wso2-{route_name(self.tenant, 't')}"
 
 
 _WSO2 = re.compile(

@@ -102,17 +102,30 @@ def leaves(node: Any, path: tuple[Any, ...] = ()) -> Iterator[tuple[tuple[Any, .
         yield path, node
 
 
-def assert_structure(text: str, meant: tuple[Any, ...] | None) -> dict[str, Any]:
-    """The output is the importer's structure, MARK only at ``meant`` (None: only in comments)."""
+def assert_structure(
+    text: str, meant: tuple[Any, ...] | None, *, issuer: bool = False
+) -> dict[str, Any]:
+    """The output is the importer's structure, MARK only at ``meant`` (None: only in comments;
+    ``issuer``: only in the provider's URL and in the route's reference to the provider)."""
     for line in yaml_lines(text):
         if not line.strip() or line.lstrip().startswith("#"):
             continue
         key = KEY_LINE.match(line)
         assert key is not None, f"a line the importer does not write: {line[:120]!r}"
-        assert MARK not in key.group(1) and key.group(1) != "trusted_proxies", line[:120]
+        assert issuer or MARK not in key.group(1), line[:120]  # a tenant names the provider
+        assert key.group(1) != "trusted_proxies", line[:120]
     document = yaml.safe_load(text)
     assert set(document) == {"listeners", "providers", "routes"}
     found = [path for path, value in leaves(document) if MARK in str(value)]
+    if issuer:
+        allowed = {("providers", "<key>"), ("routes", 0, "oidc", "provider")}
+        assert all(
+            path in allowed
+            or path[:1] == ("providers",)
+            and path[-1] in ("issuer", "discovery_url")
+            for path in found
+        ), found
+        return dict(document)
     assert found == ([] if meant is None else [meant]), found
     return dict(document)
 
@@ -175,6 +188,8 @@ O2P_TARGETS: dict[str, tuple[Any, tuple[Any, ...] | None, Any]] = {
     "approval_prompt": ("{v}", None, None),
     "cookie_samesite": ("{v}", None, None),
     "redirect_url": ("https://app.example.com/oauth2/callback?{v}", None, None),
+    # A WSO2 tenant names the provider: the name is cleaned, the URL kept as it is.
+    "oidc_issuer_url": ("https://localhost:9443/t/{v}/oauth2/token", None, None),
 }
 
 
@@ -204,7 +219,17 @@ def test_oauth2_proxy_value_lands_only_where_meant(tmp_path, option, vector):
     _, meant, becomes = O2P_TARGETS[option]
     if option == "cookie_name" and not re.fullmatch(r"[A-Za-z0-9_.-]+", value):
         meant = None
+    if option == "oidc_issuer_url":
+        meant = ("providers", "<only>", "issuer")
     text = import_file("oauth2-proxy", str(o2p_file(tmp_path, option, value)))
+    if option == "oidc_issuer_url":
+        document = assert_structure(text, None, issuer=True)
+        ((name, provider),) = document["providers"].items()
+        assert re.fullmatch(r"wso2-[A-Za-z0-9_.-]+|idp|localhost", name)
+        assert unescaped(provider.get("issuer") or provider["discovery_url"]).startswith(
+            "https://localhost:9443/"
+        )
+        return
     document = assert_structure(text, meant)
     if meant is not None:
         assert unescaped(get(document, meant)) == becomes(value)
