@@ -20,6 +20,7 @@ from __future__ import annotations
 import base64
 import os
 import re
+import stat
 import tempfile
 from collections.abc import Callable
 from typing import Any
@@ -27,7 +28,16 @@ from typing import Any
 import attrs
 
 from idgateway import units
-from idgateway.importers._yaml import Block, render
+from idgateway.importers._yaml import (
+    Block,
+    ConfigText,
+    UnrepresentableValue,
+    printable,
+    quoted,
+    reference,
+    render,
+    shown,
+)
 from idgateway.schema import ConfigError
 
 KINDS = ("oauth2-proxy", "mod_auth_openidc")
@@ -62,13 +72,13 @@ class Report:
     def skip(self, directive: str, why: str) -> None:
         self.not_imported.append(f"not imported: {directive} ({why})")
 
-    def secret(self, name: str, description: str, *, key: bool = False) -> str:
+    def secret(self, name: str, description: str, *, key: bool = False) -> ConfigText:
         """A ${NAME} reference for a secret the user must provide."""
         self.env[name] = description
         self.sample_env[name] = (
             base64.b64encode(os.urandom(32)).decode() if key else "placeholder-secret"
         )
-        return f"${{{name}}}"
+        return reference(name)
 
 
 # ---- shared helpers ---------------------------------------------------------------------
@@ -91,11 +101,14 @@ def env_prefix(name: str) -> str:
     return prefix if prefix and not prefix[0].isdigit() else f"APP_{prefix}"
 
 
+_MAX_NAME = 100  # a route or provider name is a YAML key too: keep it well below 1024
+
+
 def route_name(host: str | None, fallback: str) -> str:
     if not host:
         return fallback
     name = re.sub(r"[^A-Za-z0-9_.-]+", "-", host.strip("[]")).strip("-.")
-    return name or fallback
+    return name[:_MAX_NAME].rstrip("-.") or fallback
 
 
 def duration_text(seconds: float) -> str:
@@ -149,7 +162,8 @@ class WSO2URL:
 
     @property
     def provider_name(self) -> str:
-        return "wso2" if self.tenant == "carbon.super" else f"wso2-{self.tenant}"
+        # A name (and YAML key) of letters, digits, '_', '.' and '-', whatever the URL holds.
+        return "wso2" if self.tenant == "carbon.super" else f"wso2-{route_name(self.tenant, 't')}"
 
 
 _WSO2 = re.compile(
@@ -262,7 +276,10 @@ def finish(
     next_steps: list[str],
 ) -> str:
     """Header, body, not-imported section; checked with load_config on the way."""
-    body_only = render(top, [], [])
+    try:
+        body_only = render(top, [], [])
+    except UnrepresentableValue as error:
+        raise ImporterError(f"{report.source}: {error}") from None
     problems = check(body_only, report.sample_env)
     header = [
         f"gateway.yaml imported from the {report.kind} configuration {report.source}",
@@ -273,24 +290,25 @@ def finish(
         header.append("Look at these first:")
         header.extend(f"  * {warning}" for warning in report.warnings)
         header.append("")
-    steps: list[str] = []
+    steps: list[list[str]] = []  # each step: its first line, then its indented lines
     if report.env:
         lines = ["Set these environment variables for the gateway (never put them in the file):"]
         width = max(len(name) for name in report.env)
         lines.extend(f"    {name.ljust(width)}  {what}" for name, what in report.env.items())
-        steps.append("\n".join(lines))
+        steps.append(lines)
     elif options.keep_secrets:
         steps.append(
-            "This file holds secrets (--keep-secrets): keep it readable by the gateway only."
+            ["This file holds secrets (--keep-secrets): keep it readable by the gateway only."]
         )
-    steps.extend(next_steps)
+    steps.extend([step] for step in next_steps)
     steps.append(
-        "Check the file (exit 0 means it will start): idgateway check gateway.yaml "
-        "(or: twistd idgateway --config gateway.yaml --check)"
+        [
+            "Check the file (exit 0 means it will start): idgateway check gateway.yaml "
+            "(or: twistd idgateway --config gateway.yaml --check)"
+        ]
     )
     header.append("Next steps:")
-    for number, step in enumerate(steps, 1):
-        first, *rest = step.split("\n")
+    for number, (first, *rest) in enumerate(steps, 1):
         header.append(f"  {number}. {first}")
         header.extend(f"     {line}" for line in rest)
     if problems:
@@ -335,20 +353,41 @@ def check(text: str, environ: dict[str, str]) -> list[str]:
     return []
 
 
+MAX_FILE_BYTES = 1 << 20  # 1 MiB: far beyond any configuration; a bound on what is parsed
+
+
 def read_source(path: str) -> str:
+    """The text of a configuration file: UTF-8 (a BOM allowed), at most MAX_FILE_BYTES.
+
+    Anything else is an ImporterError naming the file: a directory, a device or
+    pipe (reading one could block or never end), a binary file, a file too large,
+    bytes that are not UTF-8 (read as Latin-1 they would change the values quietly).
+    """
     try:
+        mode = os.stat(path).st_mode
+        if stat.S_ISDIR(mode):
+            raise ImporterError(f"{shown(path)} is a directory, not a configuration file")
+        if not stat.S_ISREG(mode):
+            raise ImporterError(f"{shown(path)} is not a regular file")
         with open(path, "rb") as stream:
-            data = stream.read()
-    except IsADirectoryError:
-        raise ImporterError(f"{path} is a directory, not a configuration file") from None
+            data = stream.read(MAX_FILE_BYTES + 1)
     except OSError as error:
-        raise ImporterError(f"cannot read {path}: {error.strerror}") from None
+        raise ImporterError(f"cannot read {shown(path)}: {error.strerror}") from None
+    if len(data) > MAX_FILE_BYTES:
+        raise ImporterError(
+            f"{shown(path)} is larger than {MAX_FILE_BYTES // (1 << 20)} MiB: not a "
+            "configuration file the importer reads"
+        )
     if b"\0" in data:
-        raise ImporterError(f"{path} is not a text file")
+        raise ImporterError(f"{shown(path)} is not a text file (it holds NUL bytes)")
     try:
         return data.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        return data.decode("latin-1")
+    except UnicodeDecodeError as error:
+        line = data.count(b"\n", 0, error.start) + 1
+        raise ImporterError(
+            f"{shown(path)} is not UTF-8 text (line {line}: byte 0x{data[error.start]:02x}); "
+            "convert it first, e.g. iconv -f latin1 -t utf-8"
+        ) from None
 
 
 def import_file(kind: str, path: str, options: ImportOptions | None = None) -> str:
@@ -368,15 +407,23 @@ def import_file(kind: str, path: str, options: ImportOptions | None = None) -> s
             units.parse_listen_address(options.listen)
         except ValueError as error:
             raise ImporterError(f"--listen: {error}") from None
-    return importers[kind](read_source(path), path, options)
+    try:
+        return importers[kind](read_source(path), path, options)
+    except UnrepresentableValue as error:
+        raise ImporterError(f"{shown(path)}: {error}") from None
+    except ImporterError as error:
+        # Messages quote the input: whatever it holds reaches the terminal escaped, on one line.
+        raise ImporterError(printable(str(error))) from None
 
 
 def describe(value: Any) -> str:
-    """A value as the source file would write it (for comments)."""
+    """A value as the source file would write it (for comments), on one line.
+
+    Strings (also inside lists) are double-quoted by PyYAML's emitter: every line
+    break and control character in them is escaped.
+    """
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(describe(item) for item in value) + "]"
-    return str(value)
+    if isinstance(value, str | list | tuple):
+        return quoted(value)
+    return shown(value)

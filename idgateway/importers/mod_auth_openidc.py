@@ -3,8 +3,9 @@
 The Apache file is read as Apache does: one directive per line (a trailing
 ``\\`` continues it), arguments split at blanks with ``"..."`` quoting, ``#``
 comments on lines of their own, ``<Section args>`` blocks. ``<IfModule>`` and
-its kind are opened (their content counts), ``Include`` follows files that
-exist here. Each ``<VirtualHost>`` with a ``ProxyPass`` or an OpenID Connect
+its kind are opened (their content counts), ``Include`` is followed within
+limits and takes only known directives from the files it reads (``_includes``).
+Each ``<VirtualHost>`` with a ``ProxyPass`` or an OpenID Connect
 login becomes a route; directives of the main server apply to every virtual
 host, as in Apache. Without virtual hosts, the main server is the route.
 
@@ -16,9 +17,9 @@ token in ``OIDC_access_token``. The import writes those out.
 
 from __future__ import annotations
 
-import glob
 import os
 import re
+from collections.abc import Iterator
 from urllib.parse import parse_qsl
 
 import attrs
@@ -40,7 +41,9 @@ from idgateway.importers import (
     split_url,
     tls_self_signed_hint,
 )
-from idgateway.importers._yaml import Block, Flow
+from idgateway.importers._includes import IncludeError, IncludeState, included_paths
+from idgateway.importers._yaml import Block, Flow, config_text, quoted, shown
+from idgateway.importers._yaml import reference as env_reference
 
 KIND = "mod_auth_openidc"
 _TRANSPARENT = {"ifmodule", "ifdefine", "ifversion", "iffile", "ifdirective", "ifsection"}
@@ -49,6 +52,8 @@ _RESERVED_PARAMS = {
     "nonce", "code_challenge", "code_challenge_method", "request", "request_uri",
 }  # fmt: skip
 _ENV_REFERENCE = re.compile(r"\A\$\{([A-Za-z_][A-Za-z0-9_]*)\}\Z")
+# A word shown as it is in a comment; anything else is double-quoted by PyYAML.
+_BARE_WORD = re.compile(r"[^\s\"'\\#]+")
 
 # mod_auth_openidc directives with no counterpart, and why (lower-case names).
 _NO_EQUIVALENT: dict[str, str] = {
@@ -159,6 +164,32 @@ _APACHE: dict[str, str] = {
 }
 
 
+# What an included file may contribute: the directives and sections this importer
+# reads or names in its report. Anything else there is left out unseen.
+_READ_DIRECTIVES = {
+    "listen", "servername", "serveralias", "sslengine", "sslcertificatefile",
+    "sslcertificatekeyfile", "sslcertificatechainfile", "sslprotocol", "sslciphersuite",
+    "sslproxycacertificatefile", "sslproxyengine", "proxypass", "proxypreservehost",
+    "proxytimeout", "authtype", "require", "oidcauthnheader", "oidcauthrequestparams",
+    "oidccabundlepath", "oidccachetype", "oidcclaimdelimiter", "oidcclaimprefix",
+    "oidcclientid", "oidcclientsecret", "oidccookie", "oidccookiedomain", "oidccookiepath",
+    "oidccookiesamesite", "oidccookiehttponly", "oidccookiesecure", "oidccryptopassphrase",
+    "oidcdefaultloggedouturl", "oidcpkcemethod", "oidcpassclaimsas", "oidcpassidtokenas",
+    "oidcproviderissuer", "oidcprovidermetadataurl", "oidcprovidertokenendpointauth",
+    "oidcprovideruserinfoendpoint", "oidcredirecturi", "oidcrediscachedatabase",
+    "oidcrediscachepassword", "oidcrediscacheserver", "oidcrediscacheconnecttimeout",
+    "oidcrediscachetimeout", "oidcrefreshaccesstokenbeforeexpiry", "oidcremoteuserclaim",
+    "oidcresponsetype", "oidcsslvalidateserver", "oidcscope", "oidcsessiontype",
+    "oidcsessioninactivitytimeout", "oidcsessionmaxduration", "oidcsessioncookiechunksize",
+    "oidcstripcookies", "oidcunauthaction",
+}  # fmt: skip
+_KNOWN_DIRECTIVES = frozenset(_READ_DIRECTIVES | set(_NO_EQUIVALENT) | set(_APACHE))
+_KNOWN_SECTIONS = frozenset(
+    {"virtualhost", "location", "locationmatch", "directory", "directorymatch", "files",
+     "filesmatch", "requireall", "requireany", "requirenone"}
+)  # fmt: skip
+
+
 # ---- reading the Apache file ------------------------------------------------------------
 
 
@@ -179,12 +210,13 @@ class Directive:
 
     def show(self) -> str:
         if is_secret_name(self.name):
-            return f"{self.name} <hidden>"
+            return f"{shown(self.name)} <hidden>"
         words = [hide_url_password(arg) for arg in self.args]
         if self.key in ("oidcoutgoingproxy", "oidcprovidersignedjwksuri"):
             words = words[:1] + ["<hidden>"] * (len(words) > 1)
-        shown = " ".join(f'"{word}"' if not word or " " in word else word for word in words)
-        return f"{self.name} {shown}".rstrip()
+        # As Apache would read them back, on one line: quoted when not a bare word.
+        text = " ".join(word if _BARE_WORD.fullmatch(word) else quoted(word) for word in words)
+        return f"{shown(self.name)} {text}".rstrip()
 
 
 @attrs.define
@@ -199,7 +231,19 @@ class Section:
         return self.name.lower()
 
     def show(self) -> str:
-        return f"<{self.name} {' '.join(self.args)}>".replace(" >", ">")
+        words = [self.name, *self.args]
+        text = " ".join(word if _BARE_WORD.fullmatch(word) else quoted(word) for word in words)
+        return f"<{text}>"
+
+
+# Apache splits arguments at C's isspace (ASCII); Python's str.isspace and
+# str.splitlines also split at U+2028, U+0085, U+00A0...: a value Apache reads
+# as one word must not become two here.
+_APACHE_SPACE = " \t\n\v\f\r"
+MAX_SECTION_DEPTH = 32
+MAX_ROUTES = 200
+MAX_LOCATIONS = 500
+MAX_DIRECTIVES = 100_000
 
 
 def _words(text: str) -> tuple[list[str], str | None]:
@@ -207,13 +251,13 @@ def _words(text: str) -> tuple[list[str], str | None]:
     words: list[str] = []
     position = 0
     while position < len(text):
-        if text[position].isspace():
+        if text[position] in _APACHE_SPACE:
             position += 1
             continue
         if text[position] == "#" and words:
-            return words, text[position:].strip()
+            return words, text[position:].strip(_APACHE_SPACE)
         if text[position] in "\"'":
-            quote, position, word = text[position], position + 1, ""
+            quote, position, word = text[position], position + 1, []
             while position < len(text) and text[position] != quote:
                 if (
                     text[position] == "\\"
@@ -221,79 +265,150 @@ def _words(text: str) -> tuple[list[str], str | None]:
                     and text[position + 1] in "\"'\\"
                 ):
                     position += 1
-                word += text[position]
+                word.append(text[position])
                 position += 1
-            words.append(word)
+            words.append("".join(word))
             position += 1
             continue
         end = position
-        while end < len(text) and not text[end].isspace():
+        while end < len(text) and text[end] not in _APACHE_SPACE:
             end += 1
         words.append(text[position:end])
         position = end
     return words, None
 
 
-def parse_apache(
-    text: str, source: str, report: Report, depth: int = 0
-) -> list[Directive | Section]:
-    """The file's directives and sections, <IfModule> and the like opened, Includes followed."""
-    root = Section("root", [], 0)
-    stack = [root]
-    lines = text.splitlines()
+def _logical_lines(text: str) -> Iterator[tuple[int, str]]:
+    """(number, line) per directive line: split at LF only, as Apache does; '\\' continues."""
+    lines = text.split("\n")
     index = 0
     while index < len(lines):
         number = index + 1
-        line = lines[index].strip()
+        parts = [lines[index].strip(_APACHE_SPACE)]
         index += 1
-        while line.endswith("\\") and index < len(lines):
-            line = line[:-1] + " " + lines[index].strip()
+        while parts[-1].endswith("\\") and index < len(lines):
+            parts[-1] = parts[-1][:-1]
+            parts.append(lines[index].strip(_APACHE_SPACE))
             index += 1
+        yield number, " ".join(parts)
+
+
+@attrs.define
+class _ReadState(IncludeState):
+    directives: int = 0
+    locations: int = 0
+
+
+def parse_apache(
+    text: str,
+    source: str,
+    report: Report,
+    state: _ReadState | None = None,
+    *,
+    included: bool = False,
+) -> list[Directive | Section]:
+    """The file's directives and sections, <IfModule> and the like opened, Includes followed.
+
+    Of an ``included`` file only the directives and sections this importer knows
+    are kept: whatever else it holds (a netrc someone's glob caught, a password
+    file) is counted, never copied into the output, not even into a comment.
+    """
+    if state is None:
+        state = _ReadState(chain=[os.path.realpath(source)])
+    root = Section("root", [], 0)
+    stack = [root]
+    dropped = 0
+    where = shown(source)
+    for number, line in _logical_lines(text):
         if not line or line.startswith("#"):
             continue
+        state.directives += 1
+        if state.directives > MAX_DIRECTIVES:
+            raise ImporterError(
+                f"{where}:{number}: more than {MAX_DIRECTIVES} directives: not a configuration "
+                "the importer reads"
+            )
         if line.startswith("</"):
-            name = line[2:].rstrip(">").strip().lower()
+            name = line[2:].rstrip(">").strip(_APACHE_SPACE).lower()
             if len(stack) == 1 or stack[-1].key != name:
-                raise ImporterError(f"{source}:{number}: </{name}> closes no open <{name}>")
+                raise ImporterError(
+                    f"{where}:{number}: </{shown(name)}> closes no open <{shown(name)}>"
+                )
             finished = stack.pop()
             if finished.key in _TRANSPARENT:
                 stack[-1].children.extend(finished.children)
+            elif included and finished.key not in _KNOWN_SECTIONS:
+                dropped += 1 + len(_walk(finished.children))
             else:
                 stack[-1].children.append(finished)
             continue
         if line.startswith("<"):
             if not line.endswith(">"):
-                raise ImporterError(f"{source}:{number}: a section line must end with '>'")
+                raise ImporterError(f"{where}:{number}: a section line must end with '>'")
             words, _ = _words(line[1:-1])
             if not words:
-                raise ImporterError(f"{source}:{number}: an empty <> section")
-            stack.append(Section(words[0], words[1:], number))
+                raise ImporterError(f"{where}:{number}: an empty <> section")
+            if len(stack) > MAX_SECTION_DEPTH:
+                raise ImporterError(
+                    f"{where}:{number}: sections nested more than {MAX_SECTION_DEPTH} deep"
+                )
+            section = Section(words[0], words[1:], number)
+            if section.key in ("location", "locationmatch"):
+                state.locations += 1
+                if state.locations > MAX_LOCATIONS:
+                    raise ImporterError(
+                        f"{where}:{number}: more than {MAX_LOCATIONS} <Location> sections: "
+                        "import the file of each application on its own"
+                    )
+            stack.append(section)
             continue
         words, trailing = _words(line)
         directive = Directive(words[0], words[1:], number, trailing)
-        if directive.key in ("include", "includeoptional") and depth < 8:
-            included = _include(directive, source, report, depth)
-            if included is not None:
-                stack[-1].children.extend(included)
-                continue
+        if directive.key in ("include", "includeoptional"):
+            stack[-1].children.extend(_include(directive, source, report, state))
+            continue
+        if included and directive.key not in _KNOWN_DIRECTIVES:
+            dropped += 1
+            continue
         stack[-1].children.append(directive)
     if len(stack) > 1:
-        raise ImporterError(f"{source}: <{stack[-1].name}> (line {stack[-1].line}) is never closed")
+        raise ImporterError(
+            f"{where}: <{shown(stack[-1].name)}> (line {stack[-1].line}) is never closed"
+        )
+    if dropped:
+        report.skip(
+            f"{dropped} line{'s' * (dropped > 1)} of the included file {where}",
+            "not directives this importer reads; their text is left out of this file",
+        )
     return root.children
 
 
 def _include(
-    directive: Directive, source: str, report: Report, depth: int
-) -> list[Directive | Section] | None:
-    pattern = directive.arg()
-    if not os.path.isabs(pattern):
-        pattern = os.path.join(os.path.dirname(os.path.abspath(source)), pattern)
-    files = sorted(glob.glob(pattern))
-    if not files:
-        return None
+    directive: Directive, source: str, report: Report, state: _ReadState
+) -> list[Directive | Section]:
+    """The directives of the files an Include names (bounded: see _includes)."""
+    where = f"{shown(source)}:{directive.line}"
     found: list[Directive | Section] = []
-    for path in files:
-        found.extend(parse_apache(read_source(path), path, report, depth + 1))
+    try:
+        if len(directive.args) != 1:
+            raise IncludeError(f"{where}: {directive.name} takes one file name or pattern")
+        paths = included_paths(
+            directive.arg(),
+            source,
+            optional=directive.key == "includeoptional",
+            where=where,
+            state=state,
+        )
+        if not paths:
+            report.skip(directive.show(), "no file matches it here; Apache starts without it")
+        for path in paths:
+            state.enter(path, where)
+            try:
+                found.extend(parse_apache(read_source(path), path, report, state, included=True))
+            finally:
+                state.leave()
+    except IncludeError as error:
+        raise ImporterError(str(error)) from None
     return found
 
 
@@ -343,6 +458,8 @@ def convert(text: str, source: str, options: ImportOptions) -> str:
     global_locations = [
         s for s in tree if isinstance(s, Section) and s.key in ("location", "locationmatch")
     ]
+    # By identity: sections compare by value, and comparing every pair is quadratic.
+    global_location_ids = {id(s) for s in global_locations}
     listens = [d for d in global_directives if d.key == "listen"]
     hosts: list[_Host] = []
     for section in tree:
@@ -354,7 +471,7 @@ def convert(text: str, source: str, options: ImportOptions) -> str:
                 if isinstance(s, Section) and s.key in ("location", "locationmatch")
             ]
             for other in section.children:
-                if isinstance(other, Section) and other not in locations:
+                if isinstance(other, Section) and not any(other is loc for loc in locations):
                     report.skip(f"{other.show()} (line {other.line})", _section_reason(other))
             hosts.append(
                 _Host(
@@ -365,7 +482,7 @@ def convert(text: str, source: str, options: ImportOptions) -> str:
                     section.line,
                 )
             )
-        elif isinstance(section, Section) and section not in global_locations:
+        elif isinstance(section, Section) and id(section) not in global_location_ids:
             report.skip(f"{section.show()} (line {section.line})", _section_reason(section))
     if not hosts:
         port = None
@@ -381,6 +498,11 @@ def convert(text: str, source: str, options: ImportOptions) -> str:
             )
         )
 
+    if sum(1 for host in hosts if _importable(host)) > MAX_ROUTES:
+        raise ImporterError(
+            f"{shown(source)}: more than {MAX_ROUTES} virtual hosts to import; import the "
+            "file of each application on its own"
+        )
     global_ids = {id(d) for d in global_directives}
     top = Block()
     listeners: dict[str, Block] = {}
@@ -427,9 +549,10 @@ def convert(text: str, source: str, options: ImportOptions) -> str:
 
     # Everything not consumed is reported, so nothing is silently lost.
     seen: set[int] = set()
+    used = set().union(*(h.used for h in hosts))
     for host in imported or hosts:
         for directive in host.directives:
-            if id(directive) in seen or any(id(directive) in h.used for h in hosts):
+            if id(directive) in seen or id(directive) in used:
                 continue
             seen.add(id(directive))
             report.skip(_where(directive, host, hosts), _reason(directive))
@@ -779,16 +902,17 @@ def _provider(host: _Host, report: Report, providers: dict[str, tuple[str, Block
 
 def _secret_value(
     directive: Directive | None, report: Report, options: ImportOptions, env: str, description: str
-) -> tuple[str, str]:
+) -> tuple[str, str]:  # the value is literal text unless it is a ConfigText reference
     """(value, how) for a secret directive: a ${NAME} unless kept; how ends a comment."""
     value = directive.arg() if directive else ""
     reference = _ENV_REFERENCE.match(value)
     if reference:
+        # Apache expanded ${NAME} from its environment (or a Define): the same variable.
         report.env[reference.group(1)] = f"{description} (as in the Apache configuration)"
         report.sample_env[reference.group(1)] = "placeholder-secret"
-        return value, ", from the environment (as in Apache)"
+        return env_reference(reference.group(1)), ", from the environment (as in Apache)"
     if value and options.keep_secrets and not value.startswith("exec:"):
-        return value.replace("${", "$${"), " (--keep-secrets)"
+        return value, " (--keep-secrets)"
     return report.secret(env, description), ", from the environment"
 
 
@@ -954,7 +1078,7 @@ def _session(host: _Host, report: Report, options: ImportOptions, env: str) -> B
         server = host.value("OIDCRedisCacheServer", "127.0.0.1:6379") or "127.0.0.1:6379"
         database = host.value("OIDCRedisCacheDatabase", "0")
         password = host.last("OIDCRedisCachePassword")
-        auth = ""
+        auth: str = ""
         if password:
             value, _ = _secret_value(
                 password,
@@ -963,8 +1087,10 @@ def _session(host: _Host, report: Report, options: ImportOptions, env: str) -> B
                 f"{env}_REDIS_PASSWORD",
                 "the Redis password (URL-encoded)",
             )
-            auth = f":{value}@"
-        url = f"redis://{auth}{server if ':' in server else server + ':6379'}/{database}"
+            auth = config_text(":", value, "@")
+        url = config_text(
+            "redis://", auth, f"{server if ':' in server else server + ':6379'}/{database}"
+        )
         session.add(
             "url", url, "OIDCRedisCacheServer, OIDCRedisCachePassword, OIDCRedisCacheDatabase"
         )
@@ -1214,7 +1340,8 @@ def _locations(host: _Host, report: Report, route: Block) -> None:
 
 def _require_rules(location: _Location, report: Report) -> Block | None:
     """authorize rules for a location's Require lines (any one of them admits, as in Apache)."""
-    claims: dict[str, list[str]] = {}
+    # (is a regular expression, text): a literal value may itself start with "~".
+    claims: dict[str, list[tuple[bool, str]]] = {}
     valid_user = False
     for require in location.requires:
         kind = require.arg().lower()
@@ -1230,8 +1357,7 @@ def _require_rules(location: _Location, report: Report) -> Block | None:
                             f"{require.show()} in {location.section.show()}", "not claim:value"
                         )
                         continue
-                    value = "~" + value
-                claims.setdefault(name, []).append(value)
+                claims.setdefault(name, []).append((not colon, value))
         else:
             report.skip(
                 f"{require.show()} in {location.section.show()}",
@@ -1253,10 +1379,10 @@ def _require_rules(location: _Location, report: Report) -> Block | None:
         return None
     name, values = next(iter(claims.items()))
     rules = Block()
-    if len(values) == 1 and not values[0].startswith("~"):
-        rules.add("claims", Flow({name: values[0]}))
+    if len(values) == 1 and not values[0][0] and not values[0][1].startswith("~"):
+        rules.add("claims", Flow({name: values[0][1]}))
     else:
-        alternatives = [v[1:] if v.startswith("~") else re.escape(v) for v in values]
+        alternatives = [text if regex else re.escape(text) for regex, text in values]
         rules.add("claims", Flow({name: f"~ (?:{'|'.join(alternatives)})"}))
         rules.note("The gateway's regular expression must match the whole claim value.")
     return rules

@@ -39,7 +39,7 @@ from idgateway.importers import (
     split_url,
     tls_self_signed_hint,
 )
-from idgateway.importers._yaml import Block, Flow, render
+from idgateway.importers._yaml import Block, Flow, config_text, render, shown
 
 KIND = "oauth2-proxy"
 ENV_CLIENT_SECRET = "OAUTH2_PROXY_CLIENT_SECRET"
@@ -148,18 +148,26 @@ _OTHER_PROVIDERS = re.compile(
 # ---- reading the file -----------------------------------------------------------------
 
 
+MAX_OPTIONS = 1000
+MAX_LIST_DEPTH = 8  # [[...]]: oauth2-proxy's options are flat lists of strings
+
+
 def parse(text: str) -> tuple[dict[str, Any], str | None]:
     """The options, and why the file is not valid TOML (None when it is)."""
     try:
         return tomllib.loads(text), None
     except tomllib.TOMLDecodeError as error:
         return _parse_lines(text), str(error)
+    except RecursionError:  # tomllib recurses into nested arrays and inline tables
+        raise ImporterError(
+            "values nested hundreds of levels deep: not an oauth2-proxy configuration"
+        ) from None
 
 
 def _parse_lines(text: str) -> dict[str, Any]:
     """A tolerant reader: ``key = value`` per line, lists may span lines, last one wins."""
     values: dict[str, Any] = {}
-    lines = text.splitlines()
+    lines = text.split("\n")  # TOML's line break; str.splitlines would also split at U+2028
     index = 0
     while index < len(lines):
         line = _strip_comment(lines[index]).strip()
@@ -168,9 +176,15 @@ def _parse_lines(text: str) -> dict[str, Any]:
         if match is None:
             continue
         key, raw = match.groups()
-        while raw.startswith("[") and not _balanced(raw) and index < len(lines):
-            raw += " " + _strip_comment(lines[index]).strip()
-            index += 1
+        if raw.startswith("["):
+            # Scanned once, line by line: re-scanning the whole value per line was quadratic.
+            parts, state = [raw], _scan(raw, (0, None))
+            while state[0] > 0 and index < len(lines):
+                part = _strip_comment(lines[index]).strip()
+                parts.append(part)
+                state = _scan(part, state)
+                index += 1
+            raw = " ".join(parts)
         values[key] = _value(raw.strip())
     return values
 
@@ -188,11 +202,12 @@ def _strip_comment(line: str) -> str:
     return line
 
 
-def _balanced(raw: str) -> bool:
-    depth, quote = 0, None
+def _scan(raw: str, state: tuple[int, str | None]) -> tuple[int, str | None]:
+    """(bracket depth, open quote) after ``raw``, starting from ``state``."""
+    depth, quote = state
     for position, character in enumerate(raw):
         if quote:
-            if character == quote and raw[position - 1] != "\\":
+            if character == quote and (position == 0 or raw[position - 1] != "\\"):
                 quote = None
         elif character in "\"'":
             quote = character
@@ -200,11 +215,11 @@ def _balanced(raw: str) -> bool:
             depth += 1
         elif character == "]":
             depth -= 1
-    return depth <= 0
+    return depth, quote
 
 
-def _value(raw: str) -> Any:
-    if raw.startswith("[") and raw.endswith("]"):
+def _value(raw: str, depth: int = 0) -> Any:
+    if raw.startswith("[") and raw.endswith("]") and depth < MAX_LIST_DEPTH:
         items, current, quote = [], "", None
         for position, character in enumerate(raw[1:-1]):
             if quote:
@@ -218,7 +233,7 @@ def _value(raw: str) -> Any:
                 continue
             current += character
         items.append(current.strip())
-        return [_value(item) for item in items if item]
+        return [_value(item, depth + 1) for item in items if item]
     if len(raw) >= 2 and raw[0] == raw[-1] == '"':
         try:
             return json.loads(raw)
@@ -250,13 +265,14 @@ class _Options:
     def show(self, key: str) -> str:
         """``key = value`` for a comment, secrets hidden."""
         value = self.values.get(key)
+        name = shown(key)
         if isinstance(value, str) and is_secret_name(key):
-            return f"{key} = <hidden>"
+            return f"{name} = <hidden>"
         if isinstance(value, str) and "://" in value:
-            return f"{key} = {describe(hide_url_password(value))}"
+            return f"{name} = {describe(hide_url_password(value))}"
         if isinstance(value, list):
-            return f"{key} = {describe([hide_url_password(str(v)) for v in value])}"
-        return f"{key} = {describe(value)}"
+            return f"{name} = {describe([hide_url_password(str(v)) for v in value])}"
+        return f"{name} = {describe(value)}"
 
     def skip(self, report: Report, key: str, why: str) -> None:
         self.used.add(key)
@@ -271,16 +287,19 @@ def _strings(value: Any) -> list[str]:
     return [part for part in re.split(r"[\s,]+", str(value)) if part]
 
 
-def _escape(text: str) -> str:
-    """oauth2-proxy does not expand ${...}; the gateway would: keep it literal."""
-    return text.replace("${", "$${")
-
-
 # ---- the conversion ---------------------------------------------------------------------
 
 
 def convert(text: str, source: str, options: ImportOptions) -> str:
-    values, toml_error = parse(text)
+    try:
+        values, toml_error = parse(text)
+    except ImporterError as error:
+        raise ImporterError(f"{shown(source)}: {error}") from None
+    if len(values) > MAX_OPTIONS:
+        raise ImporterError(
+            f"{shown(source)}: {len(values)} options; oauth2-proxy has fewer than 200 and the "
+            f"importer reads at most {MAX_OPTIONS}: not an oauth2-proxy configuration"
+        )
     known = [key for key in values if not isinstance(values[key], dict)]
     if not known:
         raise ImporterError(
@@ -297,7 +316,9 @@ def convert(text: str, source: str, options: ImportOptions) -> str:
     for key, value in values.items():
         if isinstance(value, dict):
             cfg.used.add(key)
-            report.skip(f"[{key}] table", "oauth2-proxy's legacy configuration has no tables")
+            report.skip(
+                f"[{shown(key)}] table", "oauth2-proxy's legacy configuration has no tables"
+            )
 
     provider_type = str(cfg.get("provider", "google"))
     if provider_type not in _OIDC_PROVIDERS:
@@ -349,8 +370,11 @@ def convert(text: str, source: str, options: ImportOptions) -> str:
             cfg.skip(report, key, "an option this importer does not know; check it by hand")
     # An option read but mentioned nowhere keeps the gateway's default, which matches.
     mentioned = render(top, [], []) + "\n".join(report.not_imported + report.warnings)
+    # One pass over the text, not one regular-expression search of it per option.
+    words = set(re.findall(r"[\w-]+", mentioned))
     for key in values:
-        if not re.search(rf"(?<![\w-]){re.escape(key)}(?![\w-])", mentioned):
+        named = key in words if re.fullmatch(r"[\w-]+", key) else key in mentioned
+        if not named:
             report.same.append(cfg.show(key))
     steps = [
         "Register the callback URL in WSO2 (the application's Protocol tab, Authorized "
@@ -406,7 +430,7 @@ def _listener(cfg: _Options, report: Report, options: ImportOptions) -> tuple[Bl
 
 def _provider(cfg: _Options, report: Report, issuer: str) -> tuple[str, Block]:
     name, provider = provider_block(
-        _escape(issuer), discovery=False, report=report, source="oidc_issuer_url"
+        issuer, discovery=False, report=report, source="oidc_issuer_url"
     )
     if issuer.rstrip("/").endswith("/oauth2/oidcdiscovery"):
         report.warnings.append(
@@ -494,12 +518,12 @@ def _route(
 
     oidc = route.child("oidc")
     oidc.add("provider", provider_name)
-    oidc.add("client_id", _escape(client_id))
+    oidc.add("client_id", client_id)
     secret, secret_file = cfg.get("client_secret"), cfg.get("client_secret_file")
     if secret_file:
         oidc.add("client_secret_file", str(secret_file), "client_secret_file")
     elif secret and options.keep_secrets:
-        oidc.add("client_secret", _escape(str(secret)), "client_secret (--keep-secrets)")
+        oidc.add("client_secret", str(secret), "client_secret (--keep-secrets)")
     else:
         reference = report.secret(
             ENV_CLIENT_SECRET, f"the client secret WSO2 shows for client {client_id}"
@@ -777,8 +801,9 @@ def _redis(cfg: _Options, report: Report, options: ImportOptions, session: Block
             else:
                 secret = report.secret(ENV_REDIS_PASSWORD, "the Redis password (URL-encoded)")
                 comment = "redis_connection_url, password from the environment"
-            url = f"{scheme}{user or ''}:{secret}@{rest}"
-            session.add("url", _escape(url) if options.keep_secrets else url, comment)
+            # oauth2-proxy expands no ${...}: every part is literal but the reference.
+            url = config_text(f"{scheme}{user or ''}:", secret, f"@{rest}")
+            session.add("url", url, comment)
         else:
             session.add("url", url, "redis_connection_url")
     if cfg.get("redis_use_sentinel"):

@@ -28,7 +28,7 @@ from idgateway.importers import (
     session_key_from,
     wso2_url,
 )
-from idgateway.importers._yaml import scalar
+from idgateway.importers._yaml import config_text, reference, scalar
 from idgateway.model import ClaimRule, Config, PublicPath
 from tests.certs import make_ca
 
@@ -746,11 +746,59 @@ def test_other_urls_are_not_wso2():
 
 @pytest.mark.parametrize(
     "value",
-    ["plain", "a: b", "# x", "[x]", "yes", "123", "", " lead", "${VAR}", "~ ^/x", "ü", "a,b"],
+    ["plain", "a: b", "# x", "[x]", "yes", "123", "", " lead", "~ ^/x", "ü", "a,b", "a\u2028b"],
 )
 def test_scalars_read_back(value):
     import yaml
 
     assert yaml.safe_load(f"k: {scalar(value)}") == {"k": value}
-    if value != "${VAR}":  # written plain, as the README does: load_config hides ${...}
-        assert yaml.safe_load(f"k: [{scalar(value, flow=True)}]") == {"k": [value]}
+    assert yaml.safe_load(f"k: [{scalar(value, flow=True)}]") == {"k": [value]}
+
+
+def test_scalars_keep_dollar_literal_and_references_meant(tmp_path):
+    """Input text is literal for the loader ($${), a reference() is a ${NAME} it expands."""
+    import yaml
+
+    assert yaml.safe_load(f"k: {scalar('${APP_SECRET}')}") == {"k": "$${APP_SECRET}"}
+    assert scalar(reference("APP_SECRET")) == "${APP_SECRET}"
+    url = scalar(config_text("redis://:", reference("P"), "@h${x}:1"))
+    assert yaml.safe_load(f"k: {url}") == {"k": "redis://:${P}@h$${x}:1"}
+
+
+def test_comments_never_break_a_line_of_their_own():
+    """Comment text is one line; every YAML line break in it (an input value's) is escaped."""
+    import yaml
+
+    from idgateway.importers._yaml import Block, render
+
+    top = Block()
+    top.note("a\nb\rc\x85d\u2028e\u2029f: 1")
+    top.add("k", "v", "why\u2028x: 1")
+    text = render(top, ["head\u2028y: 2"], ["foot\nz: 3"])
+    assert yaml.safe_load(text) == {"k": "v"}
+    assert not re.search("[\r\x85\u2028\u2029]", text)
+    assert "# a\\nb\\rc\\Nd\\Le\\Pf: 1" in text
+
+
+def test_values_in_comments_are_quoted_by_the_emitter():
+    from idgateway.importers import describe
+    from idgateway.importers._yaml import shown
+    from idgateway.importers.mod_auth_openidc import Directive, Section
+
+    assert describe("a\u2028b") == '"a\\Lb"'
+    assert describe(["x", "y\nz"]) == '["x", "y\\nz"]'
+    assert shown("plain text") == "plain text" and shown("a\rb") == '"a\\rb"'
+    assert Directive("OIDCScope", ["openid email", "x#y", "ok"], 1).show() == (
+        'OIDCScope "openid email" "x#y" ok'
+    )
+    assert Section("Location", ["/a b"], 1).show() == '<Location "/a b">'
+
+
+def test_source_files_must_be_utf8(tmp_path):
+    path = tmp_path / "x.cfg"
+    path.write_bytes(b'\xef\xbb\xbfclient_id = "a"\n')  # a BOM is fine
+    with pytest.raises(ImporterError, match="provider"):
+        import_file("oauth2-proxy", str(path))
+    path.write_bytes(b'client_id = "caf\xe9"\n')
+    with pytest.raises(ImporterError, match=r"x.cfg is not UTF-8 text \(line 1: byte 0xe9\)"):
+        import_file("oauth2-proxy", str(path))
