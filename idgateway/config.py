@@ -11,6 +11,7 @@ A new block is new specs plus a builder; the engine does not change.
 from __future__ import annotations
 
 import datetime
+import ipaddress
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -293,6 +294,13 @@ def _build_config(reader: Reader, found: Section) -> Config | _Invalid:
             _build_route(reader, r, providers) if r.valid else INVALID
             for r in found.values["routes"]
         ]
+    admin = found.values["admin"]
+    if isinstance(admin, tuple) and not _is_loopback(admin[0]):
+        reader.warnings.append(
+            f"admin.address {admin[0]}:{admin[1]} is not a loopback address: /status, /metrics "
+            "and /readyz answer anyone who can reach it (routes, providers, users' activity); "
+            "bind it to 127.0.0.1 or restrict it with a firewall"
+        )
     if reader.problems or not found.valid:
         return INVALID
     return Config(
@@ -559,6 +567,13 @@ def _compose(reader: Reader) -> yaml.Node | _Invalid:
     if warning:
         reader.warnings.append(warning)
     return root  # type: ignore[no-any-return]
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 def summarize(config: Config) -> str:

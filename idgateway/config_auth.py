@@ -121,6 +121,40 @@ def _redirect_path(value: str) -> str:
     return value
 
 
+_COOKIE_DOMAIN = re.compile(
+    r"\A\.?(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\Z"
+)
+# A cookie path is sent in Set-Cookie as is: no ";" (it would start another
+# attribute), no spaces or controls, ASCII only.
+_COOKIE_PATH = re.compile(r"\A/[!-:<-~]*\Z")
+
+
+def _cookie_domain(value: str) -> str:
+    domain = value.strip().lower()
+    if not _COOKIE_DOMAIN.match(domain):
+        raise ValueError(
+            f"{value!r} is not a domain for a cookie: letters, digits, '-' and dots, "
+            "no port, e.g. example.com"
+        )
+    return domain.lstrip(".")
+
+
+def _cookie_path(value: str) -> str:
+    path = _redirect_path(value)
+    if not _COOKIE_PATH.match(path):
+        raise ValueError(
+            f"{value!r} is not a cookie path: printable ASCII starting with /, "
+            "without ';' or spaces, e.g. /"
+        )
+    return path
+
+
+def cookie_domain_covers(domain: str, host: str) -> bool:
+    """Whether a browser would send a cookie for ``domain`` to ``host`` (RFC 6265 5.1.3)."""
+    name = host[2:] if host.startswith("*.") else host
+    return name == domain or name.endswith("." + domain)
+
+
 def _request_path(value: str) -> str:
     """A path matched against request paths: in their canonical form."""
     return units.canonical_prefix(_redirect_path(value))
@@ -359,8 +393,8 @@ SESSION_FIELDS = (
     Field("inactivity_timeout", duration(), default=3600.0),
     Field("max_duration", duration(), default=86400.0),
     Field("cookie_name", parsed(units.parse_route_name, "a cookie name")),
-    Field("cookie_domain", _text("a domain")),
-    Field("cookie_path", parsed(_redirect_path, "a path"), default="/"),
+    Field("cookie_domain", parsed(_cookie_domain, "a domain, e.g. example.com")),
+    Field("cookie_path", parsed(_cookie_path, "a path, e.g. /"), default="/"),
     Field("same_site", _one_of(("Lax", "Strict", "None")), default="Lax"),
     Field("refresh_leeway", duration(allow_zero=True), default=60.0),
     Field("minimal", boolean, default=False),
@@ -480,6 +514,14 @@ def build_route_auth(
             found.nodes["oidc"], found.child("oidc") + ".scopes", "scopes must include 'openid'"
         )
     session = values.get("session") or SessionSettings()
+    if session.cookie_domain is not None and isinstance(values.get("hosts"), tuple):
+        outside = [h for h in values["hosts"] if not cookie_domain_covers(session.cookie_domain, h)]
+        if outside:
+            reader.warnings.append(
+                f"route {values['name']!r}: session.cookie_domain {session.cookie_domain!r} "
+                f"does not cover {', '.join(outside)}: browsers refuse the session cookie "
+                "there, so logins on that host cannot finish"
+            )
     if not session.keys:
         reader.warnings.append(
             f"route {values['name']!r}: no session keys configured; using a random key, so "

@@ -166,3 +166,48 @@ def test_world_writable_config_and_readable_secrets_are_warned_about(tmp_path: P
     path.chmod(0o640)
     quiet = "\n".join(load_config(str(path), {}).warnings)
     assert "world-writable" not in quiet and "readable by" not in quiet
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("cookie_domain: 'example.com; SameSite=None'", "is not a domain for a cookie"),
+        ("cookie_domain: 'example.com:8443'", "is not a domain for a cookie"),
+        ("cookie_domain: 'exa mple.com'", "is not a domain for a cookie"),
+        ('cookie_domain: "example.com\\r\\nSet-Cookie: x=1"', "is not a domain for a cookie"),
+        ("cookie_path: '/; Domain=evil.example'", "is not a cookie path"),
+        ("cookie_path: '/a b'", "is not a cookie path"),
+        ('cookie_path: "/\\u00e9"', "is not a cookie path"),
+        ("cookie_path: 'app'", "must be a path on the route's host"),
+    ],
+)
+def test_cookie_attributes_are_checked_at_check(tmp_path: Path, line: str, message: str) -> None:
+    plain = f"session: {{keys: [{KEY}]}}"
+    text = config_text().replace(plain, f"session: {{keys: [{KEY}], {line}}}")
+    problems = problem_text(tmp_path, text)
+    assert message in problems and "routes[0].session.cookie_" in problems
+
+
+def test_a_cookie_domain_that_misses_a_host_is_warned_about(tmp_path: Path) -> None:
+    text = config_text().replace(
+        f"session: {{keys: [{KEY}]}}", f"session: {{keys: [{KEY}], cookie_domain: other.com}}"
+    )
+    warnings = "\n".join(load(tmp_path, text).warnings)
+    assert "does not cover app1.example.com" in warnings
+    fine = config_text().replace(
+        f"session: {{keys: [{KEY}]}}", f"session: {{keys: [{KEY}], cookie_domain: .Example.com}}"
+    )
+    config = load(tmp_path, fine)
+    assert config.routes[0].auth.session.cookie_domain == "example.com"  # type: ignore[union-attr]
+    assert not any("cookie_domain" in warning for warning in config.warnings)
+
+
+@pytest.mark.parametrize(
+    ("address", "warned"),
+    [("127.0.0.1:9901", False), ("[::1]:9901", False), ("0.0.0.0:9901", True),
+     ("10.1.2.3:9901", True)],
+)
+def test_an_admin_listener_off_loopback_is_warned_about(tmp_path, address, warned) -> None:
+    text = config_text() + f"admin: {{address: '{address}'}}\n"
+    warnings = "\n".join(load(tmp_path, text).warnings)
+    assert ("is not a loopback address" in warnings) is warned
