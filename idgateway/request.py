@@ -20,8 +20,10 @@ from twisted.web import http, server
 from twisted.web.http import _IdentityTransferDecoder
 from twisted.web.resource import Resource
 
+from idgateway.http_numbers import parse_decimal
 from idgateway.model import LoggingSettings
 from idgateway.observe import log_access
+from idgateway.request_chunked import bound_chunked_decoder
 from idgateway.request_head import RequestHead, read_request_head
 from idgateway.tls import sni_server_name
 from idgateway.upstream import UpstreamConnection
@@ -325,6 +327,21 @@ class GatewayChannel(http.HTTPChannel):
                     self.dataReceived(data[consumed:])
                 return
         super().dataReceived(data)
+
+    def headerReceived(self, line: bytes) -> bool:
+        # twisted.web's line-by-line parser (heads the one-pass reader leaves
+        # to it) int()s a Content-Length of any length: past 4,300 digits that
+        # raised and dropped the connection with a traceback. Bounded here,
+        # and a chunked body gets a bounded chunk-size reader.
+        name, colon, value = line.partition(b":")
+        if colon and name.lower() == b"content-length":
+            if parse_decimal(value.strip(b" \t")) is None:
+                self._respondToBadRequestAndDisconnect()
+                return False
+        accepted: bool = super().headerReceived(line)
+        if accepted and self._transferDecoder is not None:
+            self._transferDecoder = bound_chunked_decoder(self._transferDecoder)
+        return accepted
 
     def _head_received(self, head: RequestHead, size: int) -> None:
         """What HTTPChannel.lineReceived does over a whole head, in one go."""
