@@ -332,10 +332,19 @@ class GatewayChannel(http.HTTPChannel):
         # twisted.web's line-by-line parser (heads the one-pass reader leaves
         # to it) int()s a Content-Length of any length: past 4,300 digits that
         # raised and dropped the connection with a traceback. Bounded here,
-        # and a chunked body gets a bounded chunk-size reader.
+        # and a chunked body gets a bounded chunk-size reader. It also
+        # ignored "Transfer-Encoding: identity" (a body of 0 bytes, while
+        # another parser refuses the request): only "chunked" is a coding.
         name, colon, value = line.partition(b":")
-        if colon and name.lower() == b"content-length":
-            if parse_decimal(value.strip(b" \t")) is None:
+        if b"\x0b" in value or b"\x0c" in value:
+            # (See request_head: whitespace to some parsers, not to others.)
+            self._respondToBadRequestAndDisconnect()
+            return False
+        if colon:
+            lower = name.lower()
+            if (lower == b"content-length" and parse_decimal(value.strip(b" \t")) is None) or (
+                lower == b"transfer-encoding" and value.strip(b" \t").lower() != b"chunked"
+            ):
                 self._respondToBadRequestAndDisconnect()
                 return False
         accepted: bool = super().headerReceived(line)

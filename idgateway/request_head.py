@@ -64,8 +64,15 @@ def read_request_head(
     consumed = lf + 1
     if not lines or len(lines) > max_headers + 1:
         return None  # (a blank line first: twisted.web skips it)
-    if data.find(b"\x00", 0, consumed) != -1:
-        return None  # a NUL: one search over the whole head, not one per line
+    if (
+        data.find(b"\x00", 0, consumed) != -1
+        or data.find(b"\x0b", 0, consumed) != -1
+        or data.find(b"\x0c", 0, consumed) != -1
+    ):
+        # A NUL, or a VT or FF (whitespace to many a parser's strip(), so a
+        # header one reads as "chunked" another reads as junk): one search
+        # each over the whole head, not one per line. The fallback refuses.
+        return None
     request_line = lines[0].split(b" ")
     if len(request_line) != 3:
         return None

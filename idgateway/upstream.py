@@ -213,6 +213,7 @@ def parse_response_head(head: bytes) -> ResponseHead | str:
     reason = status_line[2] if len(status_line) > 2 else b""
     headers: list[tuple[bytes, bytes]] = []
     length: int | None = None
+    length_text = b""
     chunked = False
     closes = False
     connection_tokens: list[bytes] = []
@@ -225,9 +226,10 @@ def parse_response_head(head: bytes) -> ResponseHead | str:
         lower = name.lower()
         if lower == b"content-length":
             parsed = parse_decimal(value)
-            if parsed is None or (length is not None and parsed != length):
+            # A repeat must be the same text ("5" then "05" is a conflict).
+            if parsed is None or (length is not None and value != length_text):
                 return "upstream sent a bad Content-Length"
-            length = parsed
+            length, length_text = parsed, value
         elif lower == b"transfer-encoding":
             # Only "chunked", once: another coding would reach the client
             # undecoded (the header is hop-by-hop), and a body delimited by
