@@ -23,6 +23,12 @@ generated messages built from the same tricky pieces.
 
 from __future__ import annotations
 
+import http.client
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import h11
@@ -38,6 +44,7 @@ from twisted.web.server import NOT_DONE_YET
 
 from idgateway.request import GatewaySite
 from idgateway.upstream import Exchange, UpstreamPool
+from tests.processes import GatewayProcess, free_port
 
 SAME = "same"
 BOTH_REFUSE = "both refuse"
@@ -625,3 +632,246 @@ def test_generated_responses_frame_as_h11_does_or_are_refused(data: bytes, metho
 @given(data=_message(_REQUEST_LINES))
 def test_generated_requests_frame_as_h11_does_or_are_refused(data: bytes) -> None:
     compare_request(data)
+
+
+# -- against the real gateway process -----------------------------------------------
+#
+# A raw-socket upstream misbehaves on purpose: after its answer it sends a
+# whole second response ("smuggled") that a gateway reusing the connection
+# would hand to the next client request. Every answer names the upstream
+# connection it was sent on, so the test sees which connection served what.
+
+_SMUGGLED = b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nsmuggled"
+
+
+class RawUpstream:
+    """A tiny HTTP/1.1 server on its own thread, answering by path."""
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.connections = 0
+        self._stop = False
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def _accept(self) -> None:
+        while not self._stop:
+            try:
+                sock, _ = self.listener.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self._serve, args=(sock, self.connections), daemon=True).start()
+
+    def _serve(self, sock: socket.socket, number: int) -> None:
+        buffer = b""
+        with sock:
+            while True:
+                while b"\r\n\r\n" not in buffer:
+                    try:
+                        data = sock.recv(65536)
+                    except OSError:
+                        return
+                    if not data:
+                        return
+                    buffer += data
+                head, _, buffer = buffer.partition(b"\r\n\r\n")
+                path = head.split(b" ", 2)[1]
+                sock.sendall(self._answer(path, number))
+                if path == b"/idle":
+                    # Once the gateway has its answer and the connection is
+                    # idle in its pool, junk arrives.
+                    time.sleep(0.3)
+                    sock.sendall(_SMUGGLED)
+
+    @staticmethod
+    def _answer(path: bytes, number: int) -> bytes:
+        body = b"conn=%d path=%s" % (number, path)
+        plain = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+        if path == b"/head-with-body":
+            return plain + _SMUGGLED  # (to a HEAD: the body, then more)
+        if path == b"/no-content-with-body":
+            return b"HTTP/1.1 204 No Content\r\n\r\n" + _SMUGGLED
+        if path == b"/not-modified-with-body":
+            return b"HTTP/1.1 304 Not Modified\r\n\r\n" + _SMUGGLED
+        if path == b"/longer-than-content-length":
+            return b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello" + b"12345" + _SMUGGLED
+        if path == b"/content-length-20-digits":
+            return b"HTTP/1.1 200 OK\r\nContent-Length: " + b"0" * 19 + b"5\r\n\r\nhello"
+        if path == b"/content-length-5000-digits":
+            return b"HTTP/1.1 200 OK\r\nContent-Length: " + b"9" * 5000 + b"\r\n\r\nhello"
+        if path == b"/chunk-size-17-digits":
+            return (
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                + b"0" * 16
+                + b"5\r\nhello\r\n0\r\n\r\n"
+            )
+        return plain
+
+    def close(self) -> None:
+        self._stop = True
+        self.listener.close()
+
+
+@pytest.fixture
+def gateway_and_upstream(tmp_path: Path) -> Iterator[tuple[GatewayProcess, RawUpstream, int, int]]:
+    upstream = RawUpstream()
+    port, admin = free_port(), free_port()
+    config = tmp_path / "gateway.yaml"
+    config.write_text(
+        f"""
+admin: {{address: 127.0.0.1:{admin}}}
+listeners: [{{address: 127.0.0.1:{port}}}]
+providers:
+  down: {{issuer: https://127.0.0.1:{free_port()}/oauth2/token}}
+routes:
+  - name: app
+    hosts: [app.localhost]
+    upstream: http://127.0.0.1:{upstream.port}
+    oidc: {{provider: down, client_id: c, client_secret: s}}
+  - name: open
+    default: true
+    upstream: http://127.0.0.1:{upstream.port}
+"""
+    )
+    gateway = GatewayProcess(config, tmp_path / "gateway.log")
+    try:
+        gateway.start([port, admin])
+        yield gateway, upstream, port, admin
+    finally:
+        gateway.stop()
+        upstream.close()
+
+
+def _discards(admin: int, upstream: RawUpstream) -> dict[str, float]:
+    conn = http.client.HTTPConnection("127.0.0.1", admin, timeout=10)
+    conn.request("GET", "/metrics")
+    text = conn.getresponse().read().decode()
+    found = {}
+    for line in text.splitlines():
+        if line.startswith("idgateway_upstream_connections_discarded_total{"):
+            labels, value = line.rsplit(" ", 1)
+            if f'upstream="http://127.0.0.1:{upstream.port}"' in labels:
+                found[labels.split('reason="')[1].split('"')[0]] = float(value)
+    return found
+
+
+def _assert_clean_log(gateway: GatewayProcess) -> None:
+    log = gateway.log()
+    for marker in ("Traceback", "Unhandled", "ValueError"):
+        assert marker not in log, log
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status", "reason"),
+    [
+        ("HEAD", "/head-with-body", 200, "body_after_no_body_response"),
+        ("GET", "/no-content-with-body", 204, "body_after_no_body_response"),
+        ("GET", "/not-modified-with-body", 304, "body_after_no_body_response"),
+        ("GET", "/longer-than-content-length", 200, "bytes_after_content_length"),
+        ("GET", "/idle", 200, "data_while_idle"),
+    ],
+)
+def test_stray_upstream_bytes_never_answer_the_next_request(
+    gateway_and_upstream: Any, method: str, path: str, status: int, reason: str
+) -> None:
+    gateway, upstream, port, admin = gateway_and_upstream
+    before = _discards(admin, upstream)
+    assert before == dict.fromkeys(
+        ("body_after_no_body_response", "bytes_after_content_length", "data_while_idle"), 0.0
+    )
+    client = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    client.request(method, path)
+    response = client.getresponse()
+    first = response.read()
+    assert response.status == status
+    assert b"smuggled" not in first
+    if path == "/idle":
+        time.sleep(0.8)  # the junk reaches the idle pooled connection
+    attacked = upstream.connections
+    client.request("GET", "/next")
+    response = client.getresponse()
+    # Its own answer, on a fresh upstream connection: never the stray bytes.
+    assert (response.status, response.read()) == (200, b"conn=%d path=/next" % (attacked + 1))
+    assert _discards(admin, upstream)[reason] == 1.0
+    _assert_clean_log(gateway)
+
+
+@pytest.mark.parametrize(
+    "path", ["/content-length-20-digits", "/content-length-5000-digits", "/chunk-size-17-digits"]
+)
+def test_overlong_upstream_numbers_are_a_clean_502(gateway_and_upstream: Any, path: str) -> None:
+    gateway, upstream, port, admin = gateway_and_upstream
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        answer = b""
+        try:
+            while chunk := sock.recv(65536):
+                answer += chunk
+                if answer.startswith(b"HTTP/1.1 502 ") and answer.endswith(b"\n"):
+                    break
+        except ConnectionResetError:
+            pass
+    if path == "/chunk-size-17-digits":
+        # The 200 head may already be on its way when the chunk size comes:
+        # then the client's response is cut off, as for any broken upstream
+        # body (never a complete answer with that body).
+        assert answer.startswith(b"HTTP/1.1 502 ") or b"hello" not in answer, answer
+    else:
+        assert answer.startswith(b"HTTP/1.1 502 "), answer
+    _assert_clean_log(gateway)
+
+
+_CLIENT_REQUESTS = {
+    "content-length-20-digits": b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: "
+    + b"0" * 19
+    + b"5\r\n\r\nhello",
+    "content-length-5000-digits": b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: "
+    + b"9" * 5000
+    + b"\r\n\r\nhello",
+    # (split over two writes: twisted.web's line reader, not the one-pass one)
+    "content-length-5000-digits-split": b"POST / HTTP/1.1\r\nHost: x\r\nContent-Len|gth: "
+    + b"9" * 5000
+    + b"\r\n\r\nhello",
+    "content-length-junk": b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5x\r\n\r\nhello",
+    "chunk-size-17-digits": b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+    + b"0" * 16
+    + b"5\r\nhello\r\n0\r\n\r\n",
+    "chunk-size-5000-digits": b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+    + b"f" * 5000
+    + b"\r\nhello\r\n0\r\n\r\n",
+    "chunk-size-junk": b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+    + b"5x\r\nhello\r\n0\r\n\r\n",
+}
+
+
+@pytest.mark.parametrize("name", sorted(_CLIENT_REQUESTS))
+def test_overlong_client_numbers_are_a_clean_400(gateway_and_upstream: Any, name: str) -> None:
+    gateway, upstream, port, admin = gateway_and_upstream
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        for part in _CLIENT_REQUESTS[name].split(b"|"):
+            sock.sendall(part)
+            time.sleep(0.05)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 400 "), answer[:200]
+    _assert_clean_log(gateway)
+
+
+@pytest.mark.parametrize("count", [b"9" * 20, b"9" * 5000, b"2x", b"-2", b"+2", b"0x2"])
+def test_overlong_cookie_chunk_count_is_no_session(gateway_and_upstream: Any, count: bytes) -> None:
+    # The first session cookie chunk starts with "<count>.": a bad count is a
+    # tampered cookie (no session: the login answer), never an exception.
+    gateway, upstream, port, admin = gateway_and_upstream
+    client = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    client.putrequest("GET", "/private", skip_host=True)
+    client.putheader("Host", "app.localhost")
+    client.putheader("Accept", "application/json")
+    client.putheader("Cookie", "_idgw_app=" + count.decode() + ".abc; _idgw_app_1=def")
+    client.endheaders()
+    response = client.getresponse()
+    response.read()
+    assert response.status in (401, 503), response.status
+    _assert_clean_log(gateway)
