@@ -103,8 +103,9 @@ class _Sink:
         self.failed = "upgraded"
 
 
-def gateway_response(data: bytes, method: bytes) -> tuple[Any, ...]:
-    """("ok", status, body, reused) | ("refuse", why) as the gateway reads it."""
+def gateway_response(data: bytes, method: bytes, split: bool = False) -> tuple[Any, ...]:
+    """("ok", status, body, reused) | ("refuse", why) as the gateway reads it
+    (``split``: one byte per read)."""
     discards: list[str] = []
     endpoint = _Endpoint()
     pool = UpstreamPool(endpoint, MemoryReactorClock(), on_discard=discards.append)  # type: ignore[arg-type]
@@ -113,7 +114,8 @@ def gateway_response(data: bytes, method: bytes) -> tuple[Any, ...]:
         Exchange(method + b" / HTTP/1.1\r\nHost: x\r\n\r\n", sink, is_head=method == b"HEAD")
     )
     connection = endpoint.protocols[0]
-    connection.dataReceived(data)
+    for piece in [data[i : i + 1] for i in range(len(data))] if split else [data]:
+        connection.dataReceived(piece)
     reused = connection.pool_state == "idle" and not connection.closed
     connection.connectionLost(Failure(ConnectionDone()))
     if sink.failed is not None:
@@ -172,14 +174,19 @@ class _Recorder(Resource):
         return NOT_DONE_YET
 
 
-def gateway_request(data: bytes) -> tuple[Any, ...]:
-    """("ok", method, target, body) | ("incomplete",) | ("refuse", why)."""
+def gateway_request(data: bytes, split: bool = False) -> tuple[Any, ...]:
+    """("ok", method, target, body) | ("incomplete",) | ("waiting",) | ("refuse", why)
+    (``split``: one byte per read, which also leaves the head to twisted.web's
+    line reader instead of the one-pass one)."""
     recorder = _Recorder()
     site = GatewaySite(recorder, reactor=MemoryReactorClock())
     channel = site.buildProtocol(None)
     transport = StringTransport()
     channel.makeConnection(transport)  # type: ignore[union-attr]
-    channel.dataReceived(data)  # type: ignore[union-attr]
+    for piece in [data[i : i + 1] for i in range(len(data))] if split else [data]:
+        if transport.disconnecting:
+            break  # (a closing TCP transport stops reading)
+        channel.dataReceived(piece)  # type: ignore[union-attr]
     written = transport.value()
     if written.startswith(b"HTTP/1.1 4") or transport.disconnecting:
         return ("refuse", written[:40])
@@ -422,6 +429,19 @@ def test_upstream_response_framing_matches_h11(data: bytes, method: bytes, expec
     assert compare_response(data, method) == expected
 
 
+@pytest.mark.parametrize(
+    ("data", "method"),
+    [pytest.param(data, method, id=name) for name, data, method, _ in RESPONSE_VECTORS],
+)
+def test_upstream_response_framing_does_not_depend_on_reads(data: bytes, method: bytes) -> None:
+    # One byte per read: a chunk size or a Content-Length split between
+    # reads, stray bytes arriving once the connection is idle in the pool.
+    whole, split = gateway_response(data, method), gateway_response(data, method, split=True)
+    assert whole[0] == split[0] and whole[1:3] == split[1:3], (whole, split)
+    if whole[0] == "ok":
+        assert split[3] is whole[3] or not split[3], (whole, split)
+
+
 def test_no_reuse_after_stray_bytes() -> None:
     # The property compare_response checks, spelled out: a response followed
     # by anything never leaves its connection in the pool.
@@ -526,6 +546,17 @@ REQUEST_VECTORS: list[tuple[str, bytes, str]] = [
 )
 def test_client_request_framing_matches_h11(data: bytes, expected: str) -> None:
     assert compare_request(data) == expected
+
+
+@pytest.mark.parametrize("data", [pytest.param(data, id=name) for name, data, _ in REQUEST_VECTORS])
+def test_client_request_framing_does_not_depend_on_reads(data: bytes) -> None:
+    # The one-pass head reader and twisted.web's line reader (bounded by
+    # GatewayChannel) must agree, and a chunk size split between reads is
+    # bounded all the same.
+    whole, split = gateway_request(data), gateway_request(data, split=True)
+    assert whole[0] == split[0], (whole, split)
+    if whole[0] == "ok":
+        assert whole == split
 
 
 # -- generated inputs ----------------------------------------------------------------
