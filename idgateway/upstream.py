@@ -77,6 +77,9 @@ DISCARD_REASONS = (
 # header line the gateway writes back to a client.
 _CONTROLS = bytes(range(0, 9)) + bytes(range(10, 32)) + b"\x7f"
 
+# Trailers are dropped, but read: at most this much of them (as twisted.web).
+MAX_TRAILER_BYTES = 64 * 1024
+
 # How often each pool checks its busy connections' deadlines: timeouts fire
 # up to this much late.
 WATCHDOG_INTERVAL = 0.25
@@ -275,6 +278,7 @@ class UpstreamConnection(Protocol):
         self.deadline = 0.0
         self.deadline_kind = FAIL_TIMEOUT
         self._chunk_state_data = False  # inside a chunk's data vs reading a size line
+        self._trailer_bytes = 0  # of the trailer section being read (bounded)
         self.reused = False
         self.closed = False
         self._body_paused = False
@@ -563,7 +567,13 @@ class UpstreamConnection(Protocol):
                     self._response_complete()
                     return None
                 name, colon, _ = line.partition(b":")
-                if not colon or not is_token(name) or line.translate(None, _CONTROLS) != line:
+                self._trailer_bytes += len(line) + 2
+                if (
+                    not colon
+                    or not is_token(name)
+                    or line.translate(None, _CONTROLS) != line
+                    or self._trailer_bytes > MAX_TRAILER_BYTES
+                ):
                     self._fail(FAIL_PROTOCOL, "upstream sent a malformed trailer")
                     return None
                 continue
@@ -573,7 +583,11 @@ class UpstreamConnection(Protocol):
             if size is None or extensions.translate(None, _CONTROLS) != extensions:
                 self._fail(FAIL_PROTOCOL, "upstream sent a malformed chunk size")
                 return None
-            self._remaining = size if size else -3
+            if size:
+                self._remaining = size
+            else:
+                self._remaining = -3
+                self._trailer_bytes = 0
         return None
 
     def _discard_after(self, reason: str) -> None:

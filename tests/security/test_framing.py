@@ -401,6 +401,7 @@ RESPONSE_VECTORS: list[tuple[str, bytes, bytes, str]] = [
     ("chunk-bare-lf", CHUNKED + b"5\nhello\n0\n\n", b"GET", BOTH_REFUSE),
     ("chunk-no-last", CHUNKED + b"5\r\nhello\r\n", b"GET", BOTH_REFUSE),
     ("trailers", CHUNKED + b"0\r\nX-T: 1\r\n\r\n", b"GET", SAME),
+    ("trailers-too-many", CHUNKED + b"0\r\n" + b"X-T: 1\r\n" * 10000 + b"\r\n", b"GET", STRICTER),
     ("trailer-malformed", CHUNKED + b"0\r\nnot a header\r\n\r\n", b"GET", BOTH_REFUSE),
     ("status-two-digits", b"HTTP/1.1 20 OK\r\n\r\n", b"GET", BOTH_REFUSE),
     ("status-plus", b"HTTP/1.1 +204 OK\r\n\r\nhello", b"GET", BOTH_REFUSE),
