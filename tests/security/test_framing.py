@@ -42,6 +42,7 @@ from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
+from idgateway.http_numbers import parse_decimal, parse_hex
 from idgateway.request import GatewaySite
 from idgateway.upstream import Exchange, UpstreamPool
 from tests.processes import GatewayProcess, free_port
@@ -558,6 +559,37 @@ def test_client_request_framing_does_not_depend_on_reads(data: bytes) -> None:
     assert whole[0] == split[0], (whole, split)
     if whole[0] == "ok":
         assert whole == split
+
+
+@pytest.mark.parametrize(
+    ("text", "decimal", "hexadecimal"),
+    [
+        (b"0", 0, 0),
+        (b"5", 5, 5),
+        (b"0005", 5, 5),
+        (b"9" * 19, 10**19 - 1, None),
+        (b"9" * 20, None, None),
+        (b"f" * 16, None, 2**64 - 1),
+        (b"0" * 17, 0, None),
+        (b"9" * 5000, None, None),
+        (b"", None, None),
+        (b"+5", None, None),
+        (b"-5", None, None),
+        (b" 5", None, None),
+        (b"5 ", None, None),
+        (b"5\t", None, None),
+        (b"1_0", None, None),
+        (b"0x5", None, None),
+        (b"5\x00", None, None),
+        ("\u0665".encode(), None, None),  # an Arabic-Indic five
+        (b"\xd9\xa5", None, None),
+    ],
+)
+def test_framing_numbers_are_bounded_ascii_digits(
+    text: bytes, decimal: int | None, hexadecimal: int | None
+) -> None:
+    assert parse_decimal(text) == decimal
+    assert parse_hex(text) == hexadecimal
 
 
 # -- generated inputs ----------------------------------------------------------------
