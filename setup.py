@@ -47,6 +47,10 @@ setup(
             "ruff",
             "types-PyYAML",
             "mypy-zope",
+            # tests/security/test_framing.py: the reference HTTP/1.1 parser the
+            # gateway's framing is compared with, on generated inputs.
+            "h11>=0.14",
+            "hypothesis>=6.100",
         ],
     },
     entry_points={"console_scripts": ["idgateway=idgateway.cli:main"]},

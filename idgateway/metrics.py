@@ -41,6 +41,8 @@ from prometheus_client.core import (
 from prometheus_client.samples import Sample
 from prometheus_client.utils import floatToGoString
 
+from idgateway.upstream import DISCARD_REASONS
+
 # Route label for requests that matched no route (unknown host).
 NO_ROUTE = "-"
 
@@ -167,6 +169,30 @@ class _RequestCollector:
         yield upstream
 
 
+class _UpstreamDiscardCollector:
+    """idgateway_upstream_connections_discarded_total: pooled upstream
+    connections closed instead of reused because bytes arrived that no
+    response accounts for (a desync attempt, or a broken upstream)."""
+
+    def __init__(self, counts: dict[str, dict[str, int]]) -> None:
+        self.counts = counts
+
+    def describe(self) -> Iterable[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(
+            "idgateway_upstream_connections_discarded",
+            "Upstream connections closed instead of reused, by upstream and reason "
+            "(body_after_no_body_response, bytes_after_content_length, data_while_idle)",
+            labels=["upstream", "reason"],
+        )
+        for upstream, by_reason in sorted(self.counts.items()):
+            for reason, count in by_reason.items():
+                family.add_metric([upstream, reason], float(count))
+        yield family
+
+
 class _ScrapeCollector:
     """Values read at scrape time: provider readiness, open connections and WebSockets."""
 
@@ -274,6 +300,9 @@ class GatewayMetrics:
         self.connections: Callable[[], int] | None = None
         self.websockets: Callable[[], dict[str, int]] | None = None
         r.register(_ScrapeCollector(self))  # type: ignore[arg-type]
+        # upstream URL -> reason -> connections discarded (plain numbers).
+        self._upstream_discards: dict[str, dict[str, int]] = {}
+        r.register(_UpstreamDiscardCollector(self._upstream_discards))  # type: ignore[arg-type]
         self._reasons: set[str] = set()
 
     def bind(
@@ -342,6 +371,16 @@ class GatewayMetrics:
 
     def session_store_error(self, route: str) -> None:
         self.session_store_errors.labels(route).inc()
+
+    def upstream_discards(self, upstream: str) -> Callable[[str], None]:
+        """What an upstream's pool calls with the reason when it closes a
+        connection instead of reusing it (every reason shows, from 0)."""
+        counts = self._upstream_discards.setdefault(upstream, dict.fromkeys(DISCARD_REASONS, 0))
+
+        def discarded(reason: str) -> None:
+            counts[reason] = counts.get(reason, 0) + 1
+
+        return discarded
 
     def provider_calls(self, provider: str) -> ProviderCallMetrics:
         """What a provider's HTTP client reports its calls to (``oidc.http.send``)."""

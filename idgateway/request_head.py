@@ -17,6 +17,7 @@ from typing import NamedTuple
 
 from twisted.web.http_headers import InvalidHeaderName, _nameEncoder
 
+from idgateway.http_numbers import parse_decimal
 from idgateway.http_syntax import is_token
 
 # The bytes twisted.web accepts in a request target (its _parseRequestLine).
@@ -63,8 +64,15 @@ def read_request_head(
     consumed = lf + 1
     if not lines or len(lines) > max_headers + 1:
         return None  # (a blank line first: twisted.web skips it)
-    if data.find(b"\x00", 0, consumed) != -1:
-        return None  # a NUL: one search over the whole head, not one per line
+    if (
+        data.find(b"\x00", 0, consumed) != -1
+        or data.find(b"\x0b", 0, consumed) != -1
+        or data.find(b"\x0c", 0, consumed) != -1
+    ):
+        # A NUL, or a VT or FF (whitespace to many a parser's strip(), so a
+        # header one reads as "chunked" another reads as junk): one search
+        # each over the whole head, not one per line. The fallback refuses.
+        return None
     request_line = lines[0].split(b" ")
     if len(request_line) != 3:
         return None
@@ -98,9 +106,10 @@ def read_request_head(
     length = 0
     if b"Content-Length" in headers:
         lengths = headers[b"Content-Length"]
-        if len(lengths) != 1 or not lengths[0].isdigit():
-            return None
-        length = int(lengths[0])
+        parsed = parse_decimal(lengths[0]) if len(lengths) == 1 else None
+        if parsed is None:
+            return None  # (twisted.web's parser, bounded by GatewayChannel, answers 400)
+        length = parsed
     if b"Transfer-Encoding" in headers:
         return None
     return RequestHead(method, target, version, headers, length), consumed

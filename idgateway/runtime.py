@@ -148,6 +148,7 @@ class StateBuilder:
                     self.reactor,
                     size=upstream.pool_size,
                     describe=upstream.url,
+                    on_discard=self.metrics.upstream_discards(upstream.url),
                 )
             pools[key] = existing
             return existing

@@ -15,7 +15,7 @@ the pool full wait in a FIFO queue.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 from typing import Protocol as TypingProtocol
 
@@ -32,6 +32,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from idgateway.http_numbers import parse_decimal, parse_hex
 from idgateway.http_syntax import is_token
 from idgateway.writecoalesce import coalesce_writes
 
@@ -58,6 +59,26 @@ FAIL_IDLE = "idle"  # the exchange went silent for longer than the idle timeout
 FAIL_PROTOCOL = "protocol"  # the upstream spoke something other than HTTP/1.x
 FAIL_RESET = "reset"  # the connection dropped before the response completed
 FAIL_CANCELLED = "cancelled"
+
+# Why a pooled connection was closed instead of reused: something arrived
+# that no response accounts for. Reading it as the start of the next
+# response is how one response is split into two (a desync); each is counted
+# (idgateway_upstream_connections_discarded_total).
+DISCARD_BODY_AFTER_NO_BODY = "body_after_no_body_response"  # HEAD, 204, 304
+DISCARD_AFTER_CONTENT_LENGTH = "bytes_after_content_length"  # or after the last chunk
+DISCARD_DATA_WHILE_IDLE = "data_while_idle"
+DISCARD_REASONS = (
+    DISCARD_BODY_AFTER_NO_BODY,
+    DISCARD_AFTER_CONTENT_LENGTH,
+    DISCARD_DATA_WHILE_IDLE,
+)
+
+# Control characters (all but HTAB) and DEL: never in a status line or a
+# header line the gateway writes back to a client.
+_CONTROLS = bytes(range(0, 9)) + bytes(range(10, 32)) + b"\x7f"
+
+# Trailers are dropped, but read: at most this much of them (as twisted.web).
+MAX_TRAILER_BYTES = 64 * 1024
 
 # How often each pool checks its busy connections' deadlines: timeouts fire
 # up to this much late.
@@ -165,25 +186,37 @@ _RESPONSE_HEADS_MAX = 256
 
 def parse_response_head(head: bytes) -> ResponseHead | str:
     """The status line and headers in ``head`` (without the blank line), or
-    what is wrong with them."""
+    what is wrong with them.
+
+    Stricter than RFC 9112 where a laxer reading could frame the body
+    differently from another parser (tests/security/test_framing.py holds
+    it against h11): no obsolete line folds or bare LFs, one exact
+    ``chunked`` transfer coding, no Content-Length beside it.
+    """
     crlf = head.count(b"\r\n")
-    if head.count(b"\r") != crlf or head.count(b"\n") != crlf or b"\x00" in head:
-        # A CR or LF outside a line end (an obsolete line fold's, say) or a
-        # NUL: the head is written back to the client as it came, so it must
-        # be plain lines.
-        return "upstream sent a CR, LF or NUL inside a header line"
+    if head.count(b"\r") != crlf or head.count(b"\n") != crlf:
+        # A CR or LF outside a line end (an obsolete line fold's, say): the
+        # head is written back to the client as it came, so it must be plain
+        # lines.
+        return "upstream sent a CR or LF inside a header line"
     lines = head.split(b"\r\n")
+    if len(head.translate(None, _CONTROLS)) != len(head) - 2 * crlf:
+        return "upstream sent a control character (NUL, say) inside a header line"
     status_line = lines[0].split(b" ", 2)
-    try:
-        version = status_line[0]
-        status = int(status_line[1])
-        if not version.startswith(b"HTTP/1.") or not 100 <= status <= 999:
-            raise ValueError(version)
-    except (ValueError, IndexError):
+    version = status_line[0]
+    status_text = status_line[1] if len(status_line) > 1 else b""
+    if (
+        (version != b"HTTP/1.1" and version != b"HTTP/1.0")
+        or len(status_text) != 3
+        or not status_text.isdigit()
+        or status_text[0] == 0x30
+    ):
         return "upstream sent a malformed status line"
+    status = int(status_text)
     reason = status_line[2] if len(status_line) > 2 else b""
     headers: list[tuple[bytes, bytes]] = []
     length: int | None = None
+    length_text = b""
     chunked = False
     closes = False
     connection_tokens: list[bytes] = []
@@ -195,17 +228,24 @@ def parse_response_head(head: bytes) -> ResponseHead | str:
         value = value.strip(b" \t")
         lower = name.lower()
         if lower == b"content-length":
-            if not value.isdigit() or (length is not None and int(value) != length):
+            parsed = parse_decimal(value)
+            # A repeat must be the same text ("5" then "05" is a conflict).
+            if parsed is None or (length is not None and value != length_text):
                 return "upstream sent a bad Content-Length"
-            length = int(value)
+            length, length_text = parsed, value
         elif lower == b"transfer-encoding":
-            chunked = value.lower().rsplit(b",", 1)[-1].strip() == b"chunked"
-            if not chunked:
-                # A non-chunked transfer coding: the body ends at close.
-                closes = True
+            # Only "chunked", once: another coding would reach the client
+            # undecoded (the header is hop-by-hop), and a body delimited by
+            # close is one more way for two parsers to disagree.
+            if chunked or value.lower() != b"chunked":
+                return "upstream sent a Transfer-Encoding other than chunked"
+            chunked = True
         elif lower == b"connection":
             connection_tokens.extend(t.strip().lower() for t in value.split(b","))
         headers.append((name, value))
+    if chunked and length is not None:
+        # RFC 9112 6.3: "ought to be handled as an error".
+        return "upstream sent both Content-Length and Transfer-Encoding"
     if version == b"HTTP/1.0" and b"keep-alive" not in connection_tokens:
         closes = True
     if b"close" in connection_tokens:
@@ -238,6 +278,7 @@ class UpstreamConnection(Protocol):
         self.deadline = 0.0
         self.deadline_kind = FAIL_TIMEOUT
         self._chunk_state_data = False  # inside a chunk's data vs reading a size line
+        self._trailer_bytes = 0  # of the trailer section being read (bounded)
         self.reused = False
         self.closed = False
         self._body_paused = False
@@ -365,9 +406,13 @@ class UpstreamConnection(Protocol):
     def dataReceived(self, data: bytes) -> None:
         exchange = self.exchange
         if exchange is None:
-            # Bytes on an idle connection: the upstream is confused; drop it.
-            self._keep_alive = False
-            self.abandon()
+            # Bytes on an idle connection: the upstream is confused (or a
+            # body it should not have sent arrived late); never read them
+            # as the next response.
+            if not self.closed:
+                self._keep_alive = False
+                self.pool.count_discard(DISCARD_DATA_WHILE_IDLE)
+                self.abandon()
             return
         self._got_any = True
         if self._state == _TUNNEL:
@@ -394,10 +439,14 @@ class UpstreamConnection(Protocol):
                 self._remaining = 0
                 if piece:
                     exchange.sink.response_data(piece)
-                self._response_complete()
+                    if self.exchange is not exchange:
+                        return
                 if data:
                     # Bytes after a complete response: not HTTP we trust.
-                    self._keep_alive = False
+                    # (Decided before completing: completing hands a
+                    # kept-alive connection back to the pool.)
+                    self._discard_after(DISCARD_AFTER_CONTENT_LENGTH)
+                self._response_complete()
                 return
             elif state == _BODY_CHUNKED:
                 rest = self._parse_chunked(data)
@@ -443,16 +492,22 @@ class UpstreamConnection(Protocol):
             exchange.sink.response_head(status, reason, headers, None)
             exchange.sink.upgraded(self, rest)
             return None
+        if status == 101:
+            # Switching protocols nobody asked for: whatever follows is not HTTP.
+            self._fail(FAIL_PROTOCOL, "upstream switched protocols unasked")
+            return None
         if 100 <= status < 200:
             # Interim response (100 Continue, 103 Early Hints): wait for the real one.
             return rest
-        if chunked:
-            length = None
         if exchange.is_head or status in (204, 304):
+            if rest or (status == 204 and (chunked or length)):
+                # A body where none can be (or a 204 announcing one, which
+                # is likely to follow): the upstream and the gateway no
+                # longer agree where the next response starts.
+                self._discard_after(DISCARD_BODY_AFTER_NO_BODY)
             exchange.sink.response_head(status, reason, headers, length)
-            self._response_complete()
-            if rest:
-                self._keep_alive = False
+            if self.exchange is exchange:
+                self._response_complete()
             return None
         exchange.sink.response_head(status, reason, headers, length)
         if self.exchange is not exchange:
@@ -464,9 +519,9 @@ class UpstreamConnection(Protocol):
             return rest
         if length is not None:
             if length == 0:
-                self._response_complete()
                 if rest:
-                    self._keep_alive = False
+                    self._discard_after(DISCARD_AFTER_CONTENT_LENGTH)
+                self._response_complete()
                 return None
             self._state = _BODY_LENGTH
             self._remaining = length
@@ -507,21 +562,39 @@ class UpstreamConnection(Protocol):
             if self._remaining == -3:
                 # Trailer section: ends at an empty line; trailers are dropped.
                 if not line:
-                    self._response_complete()
                     if data:
-                        self._keep_alive = False
+                        self._discard_after(DISCARD_AFTER_CONTENT_LENGTH)
+                    self._response_complete()
+                    return None
+                name, colon, _ = line.partition(b":")
+                self._trailer_bytes += len(line) + 2
+                if (
+                    not colon
+                    or not is_token(name)
+                    or line.translate(None, _CONTROLS) != line
+                    or self._trailer_bytes > MAX_TRAILER_BYTES
+                ):
+                    self._fail(FAIL_PROTOCOL, "upstream sent a malformed trailer")
                     return None
                 continue
-            size_text = line.split(b";", 1)[0].strip()
-            try:
-                size = int(size_text, 16)
-                if size < 0 or not size_text:
-                    raise ValueError(size_text)
-            except ValueError:
+            # 1 to 16 hex digits (no sign, prefix or space), then extensions.
+            size_text, _, extensions = line.partition(b";")
+            size = parse_hex(size_text)
+            if size is None or extensions.translate(None, _CONTROLS) != extensions:
                 self._fail(FAIL_PROTOCOL, "upstream sent a malformed chunk size")
                 return None
-            self._remaining = size if size else -3
+            if size:
+                self._remaining = size
+            else:
+                self._remaining = -3
+                self._trailer_bytes = 0
         return None
+
+    def _discard_after(self, reason: str) -> None:
+        """Something arrived that no response accounts for: close, not reuse."""
+        if self._keep_alive:
+            self._keep_alive = False
+            self.pool.count_discard(reason)
 
     def _response_complete(self) -> None:
         self._state = _DONE
@@ -611,8 +684,12 @@ class UpstreamPool:
         clock: IReactorTime,
         size: int = 64,
         describe: str = "upstream",
+        on_discard: Callable[[str], None] | None = None,
     ) -> None:
         self.endpoint = endpoint
+        # Told the reason each time a connection is closed instead of reused
+        # because of bytes no response accounts for (DISCARD_REASONS).
+        self.on_discard = on_discard
         self.clock = clock
         self.size = size
         self.describe = describe
@@ -624,6 +701,13 @@ class UpstreamPool:
         self._waiting: deque[Exchange] = deque()
         self._factory = _ConnectionFactory(self)
         self.closed = False
+
+    def count_discard(self, reason: str) -> None:
+        self._log.debug(
+            "closing a connection to {upstream}: {reason}", upstream=self.describe, reason=reason
+        )
+        if self.on_discard is not None:
+            self.on_discard(reason)
 
     @property
     def open_connections(self) -> int:

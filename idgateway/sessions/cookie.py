@@ -25,6 +25,7 @@ from typing import Any
 
 import attrs
 
+from idgateway.http_numbers import parse_decimal
 from idgateway.sessions.keys import KeyRing
 from idgateway.sessions.model import Session
 
@@ -291,10 +292,11 @@ class CookieSessionCodec:
             return None, present
         if b"." in first:
             head, _, first = first.partition(b".")
-            if not head.isdigit() or not 2 <= int(head) <= present:
+            count = parse_decimal(head)
+            if count is None or not 2 <= count <= present:
                 return None, present
             parts = [first]
-            for name in self._names[1 : int(head)]:
+            for name in self._names[1:count]:
                 part = cookies.get(name)
                 if part is None:
                     return None, present

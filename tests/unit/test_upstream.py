@@ -274,12 +274,16 @@ def test_parse_response_head_reads_framing_and_connection_fate() -> None:
         False,
         False,
     )
-    chunked = parse_response_head(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked")
+    chunked = parse_response_head(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: Chunked")
     assert isinstance(chunked, ResponseHead) and chunked.chunked and not chunked.closes
+    # Any other transfer coding would reach the client undecoded (the header
+    # is hop-by-hop): refused (tests/security/test_framing.py has the rest).
+    for coding in (b"gzip, chunked", b"gzip", b"chunked, identity"):
+        refused = parse_response_head(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: " + coding)
+        assert refused == "upstream sent a Transfer-Encoding other than chunked", coding
     closes = [
         b"HTTP/1.0 200 OK\r\nContent-Length: 1",
         b"HTTP/1.1 200 OK\r\nConnection: Close",
-        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip",
     ]
     for raw in closes:
         parsed = parse_response_head(raw)
