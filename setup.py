@@ -38,8 +38,6 @@ setup(
         "test": [
             "pytest>=8",
             "pytest-timeout",
-            # Property tests: generated request targets against the path judge.
-            "hypothesis",
             "websockets>=12",
             # Drives Debian's chromium (executable_path); never downloads a browser.
             "playwright>=1.40",
@@ -50,6 +48,8 @@ setup(
             # tests/security/test_framing.py: the reference HTTP/1.1 parser the
             # gateway's framing is compared with, on generated inputs.
             "h11>=0.14",
+            # Property tests: generated request targets against the path judge,
+            # generated HTTP messages against h11.
             "hypothesis>=6.100",
         ],
     },
