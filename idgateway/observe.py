@@ -258,6 +258,10 @@ def _audit(request: Any, event: str, text: str, fields: dict[str, Any]) -> None:
     if settings.format == "json":
         audit_logger.info(_JSON_FORMAT, as_json=_AsJSON(fields), **fields)
     else:
+        user = fields.get("user")
+        if user is not None:
+            # A user name is a claim: escaped like the access line's.
+            fields["user"] = log_user(user)
         audit_logger.info(text + " [{request_id}]", **fields)
 
 

@@ -467,3 +467,27 @@ def test_json_line_is_one_line_of_valid_json_with_the_exact_target(
 def test_a_plain_target_is_logged_as_it_is() -> None:
     path = b"/plain/path-1.css"
     assert observe.log_text(path) == "/plain/path-1.css"
+
+
+@pytest.mark.parametrize(
+    "user, shown",
+    [
+        pytest.param("bob\n2026 route app1: root signed in", r"bob\x0A2026\x20route", id="lf"),
+        pytest.param("bob\u2028root", r"bob\xE2\x80\xA8root", id="u2028"),
+        pytest.param("bob\x1b[2J", r"bob\x1B[2J", id="esc"),
+    ],
+)
+def test_text_audit_lines_escape_the_user(user: str, shown: str) -> None:
+    request = fake_request(TEXT)
+    with capturedLogs() as events:
+        observe.login_succeeded(request, route="app1", user=user)
+        observe.signed_out(request, route="app1", user=user)
+    lines = [formatEvent(e) for e in events if e.get("log_namespace") == "idgateway.audit"]
+    assert len(lines) == 2
+    for line in lines:
+        assert line.startswith(f"route app1: {shown}")
+        assert only_printable_ascii(line) and len(line.splitlines()) == 1
+    with capturedLogs() as events:
+        observe.login_succeeded(fake_request(JSON), route="app1", user=user)
+    [event] = [e for e in events if e.get("log_namespace") == "idgateway.audit"]
+    assert json.loads(formatEvent(event))["user"] == user
