@@ -61,6 +61,13 @@ def log_text(raw: bytes) -> str:
     return "".join([escaped[b] for b in raw])
 
 
+# The usual methods, looked up rather than checked on every line.
+_LOG_METHODS = {
+    method: method.decode("ascii")
+    for method in (b"GET", b"HEAD", b"POST", b"PUT", b"PATCH", b"DELETE", b"OPTIONS")
+}
+
+
 @lru_cache(maxsize=4096)
 def log_user(user: str) -> str:
     """A user name (a claim) as a text log field; see log_text."""
@@ -165,7 +172,7 @@ def access_line(request: Any, settings: LoggingSettings, now: float) -> str:
     upstream_ms = request.idgw_upstream_ms
     cut_off = getattr(request, "idgw_cut_off", False)
     return (
-        f"{log_text(request.method)} "
+        f"{_LOG_METHODS.get(request.method) or log_text(request.method)} "
         f"{log_text(request.path.partition(b'?')[0])} {request.code} "
         f"{request.sentLength}B route={request.idgw_route or ANONYMOUS}"
         f"{'' if user is None else ' user=' + log_user(user)}"
