@@ -746,3 +746,13 @@ def test_scalars_read_back(value):
     assert yaml.safe_load(f"k: {scalar(value)}") == {"k": value}
     if value != "${VAR}":  # written plain, as the README does: load_config hides ${...}
         assert yaml.safe_load(f"k: [{scalar(value, flow=True)}]") == {"k": [value]}
+
+
+@pytest.mark.parametrize("encoding", ["latin1", "base64url", "none"])
+def test_mod_auth_openidc_claim_encoding_is_explained(tmp_path, encoding):
+    text = MOD_AUTH_OPENIDC_CONF.read_text().replace(
+        'OIDCClaimDelimiter "_"', f'OIDCClaimDelimiter "_"\n    OIDCPassClaimsAs headers {encoding}'
+    )
+    output = run_import("mod_auth_openidc", write(tmp_path, "httpd.conf", text))
+    assert f"OIDCPassClaimsAs ... {encoding}: the gateway sends values as printable ASCII" in output
+    assert "percent-encoding" in output
