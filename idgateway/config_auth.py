@@ -14,6 +14,12 @@ from cryptography import x509
 
 from idgateway import units
 from idgateway.config_regex import compile_config_regex
+from idgateway.forwarding import (
+    ALWAYS_STRIPPED,
+    FORWARDING_HEADERS,
+    REQUEST_HOP_BY_HOP,
+    header_key,
+)
 from idgateway.model import (
     AuthorizeRules,
     ClaimRule,
@@ -50,7 +56,57 @@ from idgateway.sessions.redis_client import parse_redis_url
 
 HEADER_PRESETS = ("oauth2-proxy", "mod_auth_openidc")
 _HTTP_METHODS = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"}
-_HEADER_NAME = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9_-]*\Z")
+# RFC 9110 section 5.6.2: a field name is a token.
+_TOKEN = re.compile(r"\A[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")
+_TOKEN_RULE = "letters, digits and !#$%&'*+-.^_`|~ only: no spaces, colons, CR or LF"
+# Names an identity header must not take: they frame the message, or the
+# gateway sets or strips them itself for every request.
+_NOT_IDENTITY_HEADERS = (
+    REQUEST_HOP_BY_HOP
+    | FORWARDING_HEADERS
+    | ALWAYS_STRIPPED
+    | {b"x-request-id", b"x-forwarded-prefix", b"cookie"}
+)
+
+
+def _header_name_problem(name: str) -> str | None:
+    """What is wrong with ``name`` as an identity header's name, or None."""
+    if not _TOKEN.match(name):
+        return f"{name!r} is not a valid header name ({_TOKEN_RULE}), e.g. X-Remote-User"
+    if header_key(name.encode("ascii")) in _NOT_IDENTITY_HEADERS:
+        return (
+            f"{name!r} cannot be an identity header: the gateway sets or strips it "
+            "itself; choose another name, e.g. X-Remote-User"
+        )
+    return None
+
+
+def _header_name(value: str) -> str:
+    problem = _header_name_problem(value)
+    if problem is not None:
+        raise ValueError(problem)
+    return value
+
+
+def _claim_prefix(value: str) -> str:
+    if not _TOKEN.match(value):
+        raise ValueError(
+            f"{value!r} is not a valid header prefix ({_TOKEN_RULE}), e.g. OIDC_CLAIM_"
+        )
+    return value
+
+
+def _list_delimiter(value: str) -> str:
+    if not value:
+        raise ValueError("must not be empty; expected a delimiter, e.g. ','")
+    for char in value:
+        if not " " <= char <= "~" or char.isalnum() or char == "%":
+            raise ValueError(
+                f"{value!r} is not a usable list delimiter: {char!r} is not allowed "
+                "(printable ASCII punctuation or spaces only; no '%', letters or digits, "
+                "which values would then have to encode), e.g. ','"
+            )
+    return value
 
 
 def _text(expected: str) -> Any:
@@ -206,8 +262,9 @@ def _headers(reader: Reader, node: yaml.Node, key: str) -> HeaderSettings | _Inv
     for key_node, value_node in node.value:
         header = str(key_node.value)
         child = f"{key}.{header}"
-        if not _HEADER_NAME.match(header):
-            reader.problem(key_node, child, f"{header!r} is not a valid header name")
+        problem = _header_name_problem(header)
+        if problem is not None:
+            reader.problem(key_node, child, problem)
             continue
         claim = reader.text(value_node, child, "a claim name, e.g. username")
         if claim is not INVALID:
@@ -405,9 +462,9 @@ HEADER_OPTION_FIELDS = (
     Field("pass_access_token", boolean, default=False),
     Field("pass_authorization_header", boolean, default=False),
     Field("pass_id_token", boolean, default=False),
-    Field("claim_prefix", _text("a header prefix"), default="OIDC_CLAIM_"),
-    Field("list_delimiter", _text("a delimiter"), default=","),
-    Field("remote_user_header", _text("a header name"), default="X-Remote-User"),
+    Field("claim_prefix", parsed(_claim_prefix, "a header prefix"), default="OIDC_CLAIM_"),
+    Field("list_delimiter", parsed(_list_delimiter, "a delimiter"), default=","),
+    Field("remote_user_header", parsed(_header_name, "a header name"), default="X-Remote-User"),
 )
 
 AUTHORIZE_FIELDS = (

@@ -2,8 +2,8 @@
 
 Request side: drop hop-by-hop headers and any header the client's
 ``Connection`` names, drop headers the gateway owns (identity headers,
-forwarding headers from untrusted peers), then add ``X-Forwarded-*`` and
-``X-Request-Id``. Response side: drop hop-by-hop headers, keep everything
+forwarding headers from untrusted peers, URL overrides from anyone), then add
+``X-Forwarded-*`` and ``X-Request-Id``. Response side: drop hop-by-hop headers, keep everything
 else, repeated headers in their order.
 """
 
@@ -26,10 +26,18 @@ FORWARDING_HEADERS = frozenset(
         b"x-forwarded-proto",
         b"x-forwarded-host",
         b"x-forwarded-port",
+        # Where the app is mounted (Spring, Symfony, ASP.NET build links and
+        # redirects with it): believed from trusted proxies, like the others.
+        b"x-forwarded-prefix",
         b"forwarded",
         b"x-real-ip",
     }
 )
+
+# Dropped from every request, trusted proxies' too: IIS-era URL overrides that
+# frameworks (Symfony, Zend/Laminas, Drupal) read in place of the request
+# line, so a path the gateway checked would not be the path the app serves.
+ALWAYS_STRIPPED = frozenset({b"x-original-url", b"x-rewrite-url"})
 
 _SAFE_REQUEST_ID = re.compile(rb"\A[A-Za-z0-9._:/+=@-]{1,128}\Z")
 
@@ -116,7 +124,7 @@ def _decision_table(strip: frozenset[bytes], strip_prefixes: tuple[bytes, ...]) 
 
 
 def _decide(key: bytes, strip: frozenset[bytes], strip_prefixes: tuple[bytes, ...]) -> int:
-    if key in REQUEST_HOP_BY_HOP or key in strip:
+    if key in REQUEST_HOP_BY_HOP or key in strip or key in ALWAYS_STRIPPED:
         return _DROP
     if strip_prefixes and key.startswith(strip_prefixes):
         return _DROP
@@ -190,6 +198,9 @@ def build_request_head(
         proto = incoming_forwarded.get(b"x-forwarded-proto", proto)
         original_host = incoming_forwarded.get(b"x-forwarded-host", original_host)
         port = incoming_forwarded.get(b"x-forwarded-port", port)
+        mounted_at = incoming_forwarded.get(b"x-forwarded-prefix")
+        if mounted_at is not None:
+            out += (b"X-Forwarded-Prefix: ", mounted_at, b"\r\n")
     else:
         forwarded_for = client_ip
     out += (

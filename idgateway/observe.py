@@ -44,6 +44,35 @@ _JSON_FORMAT = "{as_json}"
 # The user field for an anonymous request in text lines.
 ANONYMOUS = "-"
 
+# Text lines escape what a client or a claim could use to forge a line or a
+# field, as nginx does: every byte outside printable ASCII (CR, LF, NUL, ESC,
+# and the UTF-8 bytes of U+0085 or U+2028, which some readers take for line
+# breaks) becomes \xHH, and so do '"' and '\' (so that \xHH is unambiguous)
+# and the space (fields are separated by spaces and not quoted).
+_LOG_KEEP = bytes(b for b in range(0x21, 0x7F) if b not in b'"\\')
+_LOG_ESCAPED = tuple(chr(b) if b in _LOG_KEEP else f"\\x{b:02X}" for b in range(256))
+
+
+def log_text(raw: bytes) -> str:
+    """``raw`` as a text log field: printable ASCII, the rest escaped as ``\\xHH``."""
+    if not raw.translate(None, _LOG_KEEP):
+        return raw.decode("ascii")  # the common case: nothing to escape
+    escaped = _LOG_ESCAPED
+    return "".join([escaped[b] for b in raw])
+
+
+# The usual methods, looked up rather than checked on every line.
+_LOG_METHODS = {
+    method: method.decode("ascii")
+    for method in (b"GET", b"HEAD", b"POST", b"PUT", b"PATCH", b"DELETE", b"OPTIONS")
+}
+
+
+@lru_cache(maxsize=4096)
+def log_user(user: str) -> str:
+    """A user name (a claim) as a text log field; see log_text."""
+    return log_text(user.encode("utf-8", "surrogatepass"))
+
 
 class _AsJSON:
     """Formats as one JSON object of its fields, only when a log line is written."""
@@ -143,10 +172,10 @@ def access_line(request: Any, settings: LoggingSettings, now: float) -> str:
     upstream_ms = request.idgw_upstream_ms
     cut_off = getattr(request, "idgw_cut_off", False)
     return (
-        f"{request.method.decode('latin-1')} "
-        f"{request.path.partition(b'?')[0].decode('latin-1')} {request.code} "
+        f"{_LOG_METHODS.get(request.method) or log_text(request.method)} "
+        f"{log_text(request.path.partition(b'?')[0])} {request.code} "
         f"{request.sentLength}B route={request.idgw_route or ANONYMOUS}"
-        f"{'' if user is None else ' user=' + user}"
+        f"{'' if user is None else ' user=' + log_user(user)}"
         f" gw={None if started is None else round((now - started) * 1000, 1)}ms"
         f"{'' if upstream_ms is None else f' up={upstream_ms}ms'}"
         f" id={request.request_id.decode('latin-1')}"
@@ -236,6 +265,10 @@ def _audit(request: Any, event: str, text: str, fields: dict[str, Any]) -> None:
     if settings.format == "json":
         audit_logger.info(_JSON_FORMAT, as_json=_AsJSON(fields), **fields)
     else:
+        user = fields.get("user")
+        if user is not None:
+            # A user name is a claim: escaped like the access line's.
+            fields["user"] = log_user(user)
         audit_logger.info(text + " [{request_id}]", **fields)
 
 

@@ -1188,9 +1188,11 @@ def _headers(host: _Host, report: Report, route: Block) -> Block:
             "application; the gateway does (claim_prefix), and the access token with "
             "pass_access_token."
         )
-    if pass_as and len(pass_as.args) > 1 and pass_as.arg(1).lower() != "none":
+    if pass_as and len(pass_as.args) > 1:
         headers.note(
-            f"OIDCPassClaimsAs ... {pass_as.arg(1)}: the gateway sends values as UTF-8 text."
+            f"OIDCPassClaimsAs ... {pass_as.arg(1)}: the gateway sends values as printable "
+            "ASCII, percent-encoding %, the list delimiter, controls and non-ASCII (UTF-8) "
+            "characters (see headers in the README)."
         )
     headers.add("pass_access_token", True, "mod_auth_openidc passes OIDC_access_token by default")
     id_token = host.last("OIDCPassIDTokenAs")

@@ -384,7 +384,8 @@ def test_mod_auth_openidc_hostile_claim_name(tmp_path, vector):
 
 def test_mod_auth_openidc_apache_reference_stays_a_reference_for_secrets_only(tmp_path):
     """Apache expanded ${X}: a secret given so stays a ${X}; any other value is literal."""
-    path = mod_file(tmp_path, "OIDCClaimPrefix", "p${APP_SECRET}")
+    # (Not OIDCClaimPrefix: braces are never in a header name, so that is refused.)
+    path = mod_file(tmp_path, "OIDCDefaultLoggedOutURL", "/p${APP_SECRET}")
     text = path.read_text().replace('OIDCClientSecret "s"', 'OIDCClientSecret "${MY_SECRET}"')
     path.write_text(text)
     output = import_file("mod_auth_openidc", str(path))
@@ -392,7 +393,7 @@ def test_mod_auth_openidc_apache_reference_stays_a_reference_for_secrets_only(tm
     assert config is not None
     assert config.routes[0].auth.oidc.client_secret != "${MY_SECRET}"  # expanded, as meant
     assert "${MY_SECRET}" in output
-    assert config.routes[0].auth.headers.claim_prefix == "p${APP_SECRET}"
+    assert config.routes[0].auth.oidc.post_logout_redirect == "/p${APP_SECRET}"
 
 
 # ---- Include --------------------------------------------------------------------------

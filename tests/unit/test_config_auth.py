@@ -349,3 +349,95 @@ def test_bad_frontchannel_logout_values(tmp_path: Path, value: str) -> None:
     text = problems(tmp_path, route_with(block))
     assert "gateway.yaml:8: routes[0].oidc.frontchannel_logout" in text
     assert "expected true or false" in text
+
+
+def header_options(text: str) -> str:
+    return route_with(OIDC + "    headers: {preset: mod_auth_openidc, " + text + "}\n")
+
+
+@pytest.mark.parametrize(
+    "option, message",
+    [
+        pytest.param(
+            'remote_user_header: "X-User\\r\\nX-Admin: 1"', "not a valid header name", id="crlf"
+        ),
+        pytest.param('remote_user_header: "X-User\\n"', "not a valid header name", id="lf"),
+        pytest.param("remote_user_header: 'X User'", "not a valid header name", id="space"),
+        pytest.param("remote_user_header: 'X-User:'", "not a valid header name", id="colon"),
+        pytest.param('remote_user_header: "X-\\0User"', "not a valid header name", id="nul"),
+        pytest.param("remote_user_header: 'X-Üser'", "not a valid header name", id="non-ascii"),
+        pytest.param("remote_user_header: ''", "not a valid header name", id="empty"),
+        pytest.param("remote_user_header: Content-Length", "cannot be an identity header", id="cl"),
+        pytest.param(
+            "remote_user_header: transfer_encoding", "cannot be an identity header", id="te"
+        ),
+        pytest.param("remote_user_header: Host", "cannot be an identity header", id="host"),
+        pytest.param(
+            "remote_user_header: X-Forwarded-For", "cannot be an identity header", id="xff"
+        ),
+        pytest.param(
+            "remote_user_header: X-Original-URL", "cannot be an identity header", id="xou"
+        ),
+        pytest.param("remote_user_header: X-Request-Id", "cannot be an identity header", id="rid"),
+        pytest.param("remote_user_header: Cookie", "cannot be an identity header", id="cookie"),
+        pytest.param("claim_prefix: 'OIDC CLAIM '", "not a valid header prefix", id="prefix-space"),
+        pytest.param('claim_prefix: "X-\\r\\nY-"', "not a valid header prefix", id="prefix-crlf"),
+        pytest.param("claim_prefix: 'X:'", "not a valid header prefix", id="prefix-colon"),
+        pytest.param("claim_prefix: ''", "not a valid header prefix", id="prefix-empty"),
+        pytest.param('list_delimiter: "\\n"', "not a usable list delimiter", id="delim-lf"),
+        pytest.param('list_delimiter: ",\\r\\n"', "not a usable list delimiter", id="delim-crlf"),
+        pytest.param('list_delimiter: "\\t"', "not a usable list delimiter", id="delim-tab"),
+        pytest.param("list_delimiter: '%'", "not a usable list delimiter", id="delim-percent"),
+        pytest.param("list_delimiter: 'a'", "not a usable list delimiter", id="delim-letter"),
+        pytest.param("list_delimiter: '1'", "not a usable list delimiter", id="delim-digit"),
+        pytest.param("list_delimiter: '·'", "not a usable list delimiter", id="delim-non-ascii"),
+        pytest.param("list_delimiter: ''", "must not be empty", id="delim-empty"),
+    ],
+)
+def test_bad_header_options_name_file_line_key_and_fix(
+    tmp_path: Path, option: str, message: str
+) -> None:
+    key = option.split(":", 1)[0]
+    text = problems(tmp_path, header_options(option))
+    assert message in text, text
+    assert f"gateway.yaml:9: routes[0].headers.{key}" in text, text
+    assert "e.g." in text, text
+
+
+@pytest.mark.parametrize(
+    "header, message",
+    [
+        ("'X User'", "not a valid header name"),
+        ("'X-User:'", "not a valid header name"),
+        ('"X-User\\r\\nX-Admin"', "not a valid header name"),
+        ("Content-Length", "cannot be an identity header"),
+        ("X_Forwarded_Host", "cannot be an identity header"),
+        ("X-Rewrite-URL", "cannot be an identity header"),
+    ],
+)
+def test_bad_custom_header_names(tmp_path: Path, header: str, message: str) -> None:
+    text = problems(tmp_path, route_with(OIDC + "    headers: {" + header + ": username}\n"))
+    assert message in text and "gateway.yaml:9: routes[0].headers." in text, text
+
+
+def test_good_header_options(tmp_path: Path) -> None:
+    config = load_config(
+        write(
+            tmp_path,
+            header_options(
+                "remote_user_header: X-Remote.User, claim_prefix: X-Claim_, list_delimiter: '; '"
+            ),
+        ),
+        ENV,
+    )
+    headers = config.routes[0].auth.headers
+    assert (headers.remote_user_header, headers.claim_prefix, headers.list_delimiter) == (
+        "X-Remote.User",
+        "X-Claim_",
+        "; ",
+    )
+    custom = load_config(
+        write(tmp_path, route_with(OIDC + "    headers: {X-User.Id: username, X-Team: team}\n")),
+        ENV,
+    )
+    assert custom.routes[0].auth.headers.mapping == (("X-User.Id", "username"), ("X-Team", "team"))

@@ -1,3 +1,5 @@
+import pytest
+
 from idgateway.forwarding import (
     TrustedProxies,
     build_request_head,
@@ -150,3 +152,39 @@ def test_trusted_proxies():
     assert not trusted.trusts("11.0.0.1")
     assert not trusted.trusts("not-an-ip")
     assert not TrustedProxies([]).trusts("10.0.0.1")
+
+
+URL_OVERRIDES = [
+    (b"X-Original-URL", b"/admin"),
+    (b"X-Rewrite-URL", b"/admin"),
+    (b"x-original-url", b"/admin"),
+    (b"X_Original_URL", b"/admin"),
+    (b"X-REWRITE-URL", b"/admin"),
+    (b"X_Rewrite-Url", b"/admin"),
+]
+
+
+@pytest.mark.parametrize("trusted", [False, True], ids=["untrusted", "trusted"])
+@pytest.mark.parametrize("name, value", URL_OVERRIDES)
+def test_url_override_headers_never_reach_the_upstream(name, value, trusted):
+    raw = head([(name, [value]), (b"Accept", [b"*/*"])], trusted=trusted)
+    _, pairs = parse(raw)
+    assert b"/admin" not in raw
+    assert all(header_key(n) not in (b"x-original-url", b"x-rewrite-url") for n, _ in pairs)
+    assert (b"Accept", b"*/*") in pairs
+
+
+@pytest.mark.parametrize(
+    "name", [b"X-Forwarded-Prefix", b"x-forwarded-prefix", b"X_Forwarded_Prefix"]
+)
+def test_forwarded_prefix_from_an_untrusted_peer_is_dropped(name):
+    raw = head([(name, [b"/evil"]), (name, [b"/evil2"])])
+    assert b"/evil" not in raw
+    assert b"prefix" not in raw.lower()
+
+
+def test_forwarded_prefix_from_a_trusted_proxy_is_kept_once():
+    _, pairs = parse(head([(b"X_Forwarded_Prefix", [b"/app"])], trusted=True))
+    assert [v for n, v in pairs if header_key(n) == b"x-forwarded-prefix"] == [b"/app"]
+    _, pairs = parse(head([], trusted=True))
+    assert all(header_key(n) != b"x-forwarded-prefix" for n, _ in pairs)

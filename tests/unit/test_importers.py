@@ -802,3 +802,13 @@ def test_source_files_must_be_utf8(tmp_path):
     path.write_bytes(b'client_id = "caf\xe9"\n')
     with pytest.raises(ImporterError, match=r"x.cfg is not UTF-8 text \(line 1: byte 0xe9\)"):
         import_file("oauth2-proxy", str(path))
+
+
+@pytest.mark.parametrize("encoding", ["latin1", "base64url", "none"])
+def test_mod_auth_openidc_claim_encoding_is_explained(tmp_path, encoding):
+    text = MOD_AUTH_OPENIDC_CONF.read_text().replace(
+        'OIDCClaimDelimiter "_"', f'OIDCClaimDelimiter "_"\n    OIDCPassClaimsAs headers {encoding}'
+    )
+    output = run_import("mod_auth_openidc", write(tmp_path, "httpd.conf", text))
+    assert f"OIDCPassClaimsAs ... {encoding}: the gateway sends values as printable ASCII" in output
+    assert "percent-encoding" in output

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import re
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -331,7 +332,10 @@ def test_the_direct_text_line_is_the_logged_events_line(
         fields["user"] = shown
     elif user_id != "none":
         fields["user"] = observe.ANONYMOUS
-    # The line's documented shape, spelled out from the fields.
+    # The line's documented shape, spelled out from the fields (the path's
+    # UTF-8 bytes escaped as \xHH).
+    assert fields["path"] == "/caf\xc3\xa9"
+    fields["path"] = "/caf\\xC3\\xA9"
     expected = (
         f"{fields['method']} {fields['path']} {fields['status']} {fields['bytes']}B"
         f" route={fields['route']}"
@@ -357,3 +361,133 @@ def test_the_direct_text_line_is_the_logged_events_line(
     assert len(taken) == 1
     assert taken[0][1].split(" gw=")[0] == expected.split(" gw=")[0]
     assert taken[0][1].split("ms", 1)[1] == expected.split("ms", 1)[1]
+
+
+# (what a client puts in the target, how the text line shows it)
+HOSTILE_TARGETS = [
+    pytest.param(b"/a\x85b", r"/a\x85b", id="nel-byte-0x85"),
+    pytest.param("/a\u0085b".encode(), r"/a\xC2\x85b", id="nel-u0085-utf8"),
+    pytest.param("/a\u2028b".encode(), r"/a\xE2\x80\xA8b", id="line-separator-u2028"),
+    pytest.param("/a\u2029b".encode(), r"/a\xE2\x80\xA9b", id="paragraph-separator-u2029"),
+    pytest.param(b"/a\rb", r"/a\x0Db", id="cr"),
+    pytest.param(b"/a\nb", r"/a\x0Ab", id="lf"),
+    pytest.param(
+        b"/a\n2026-01-01T00:00:00+0000 [idgateway.access#info] GET /admin 200 1B route=app1",
+        r"/a\x0A2026-01-01T00:00:00+0000\x20[idgateway.access#info]\x20GET\x20/admin"
+        r"\x20200\x201B\x20route=app1",
+        id="forged-line",
+    ),
+    pytest.param(b"/a\x1b[2J\x1b]0;pwned\x07", r"/a\x1B[2J\x1B]0;pwned\x07", id="terminal-escape"),
+    pytest.param(b"/a\x00b", r"/a\x00b", id="nul"),
+    pytest.param(b"/a\x7fb", r"/a\x7Fb", id="del"),
+    pytest.param(b"/a\tb", r"/a\x09b", id="tab"),
+    pytest.param(b"/a b route=admin user=root", r"/a\x20b\x20route=admin\x20user=root", id="space"),
+    pytest.param(b'/a"b', r"/a\x22b", id="quote"),
+    pytest.param(b"/a\\x0Ab", r"/a\x5Cx0Ab", id="backslash-looks-escaped"),
+    pytest.param(b"/caf\xc3\xa9", r"/caf\xC3\xA9", id="utf8"),
+    pytest.param(b"/%0A%85", "/%0A%85", id="percent-encoded-stays"),
+]
+
+
+def only_printable_ascii(text: str) -> bool:
+    return all(" " <= char <= "~" for char in text)
+
+
+@pytest.mark.parametrize("target, shown", HOSTILE_TARGETS)
+def test_text_line_escapes_the_target(target: bytes, shown: str) -> None:
+    line = observe.access_line(fake_request(path=target), TEXT, 100.25)
+    assert line.startswith(f"GET {shown} 200 1234B route=app1 user=alice ")
+    assert only_printable_ascii(line), line
+    assert len(line.splitlines()) == 1
+    # The escape is reversible: \xHH and nothing else stands for a byte.
+    assert target.decode("latin-1") == re.sub(
+        r"\\x([0-9A-F]{2})", lambda m: chr(int(m[1], 16)), line.split(" ")[1]
+    )
+
+
+@pytest.mark.parametrize("target, shown", HOSTILE_TARGETS)
+def test_every_text_path_writes_one_escaped_line(target: bytes, shown: str) -> None:
+    """The event, twistd's stdout and the worker record carry the same single line."""
+    request = fake_request(path=target, method=b"G\x85T")
+    [event] = emit(request)
+    via_event = io.StringIO()
+    from twisted.logger import textFileLogObserver
+
+    textFileLogObserver(via_event)(event)
+    direct = io.StringIO()
+    observe.write_access_text_to(direct)
+    try:
+        observe.log_access(request)
+    finally:
+        observe.write_access_text_to(None)
+    taken: list[tuple[float, str]] = []
+    observe.send_access_lines_to(lambda when, line: taken.append((when, line)))
+    try:
+        observe.log_access(request)
+    finally:
+        observe.send_access_lines_to(None)
+    [(_, record)] = taken
+    for written in (via_event.getvalue(), direct.getvalue(), record + "\n"):
+        assert written.count("\n") == 1 and written.endswith("\n")
+        assert len(written.splitlines()) == 1, "no reader sees a second line"
+        assert only_printable_ascii(written.rstrip("\n")), written
+        assert f"] G\\x85T {shown} 200 " in written or written.startswith(f"G\\x85T {shown} ")
+
+
+@pytest.mark.parametrize(
+    "user, shown",
+    [
+        pytest.param("bob\n2026 GET /admin", r"bob\x0A2026\x20GET\x20/admin", id="lf"),
+        pytest.param("bob\u2028x", r"bob\xE2\x80\xA8x", id="u2028"),
+        pytest.param("bob\u0085x", r"bob\xC2\x85x", id="u0085"),
+        pytest.param("bob\x1b[31m", r"bob\x1B[31m", id="esc"),
+        pytest.param("bob\ud800", r"bob\xED\xA0\x80", id="lone-surrogate"),
+        pytest.param("bob route=admin", r"bob\x20route=admin", id="space"),
+        pytest.param("josé", r"jos\xC3\xA9", id="utf8"),
+    ],
+)
+def test_text_line_escapes_the_user(user: str, shown: str) -> None:
+    line = observe.access_line(fake_request(idgw_user=user), TEXT, 100.25)
+    assert f" user={shown} gw=" in line
+    assert only_printable_ascii(line) and len(line.splitlines()) == 1
+
+
+@pytest.mark.parametrize("target, shown", HOSTILE_TARGETS)
+def test_json_line_is_one_line_of_valid_json_with_the_exact_target(
+    target: bytes, shown: str
+) -> None:
+    [event] = emit(fake_request(JSON, path=target, idgw_user="bob\u2028\n\x85"))
+    text = formatEvent(event)
+    assert only_printable_ascii(text) and len(text.splitlines()) == 1
+    record = json.loads(text)
+    assert record["path"] == target.decode("latin-1")
+    assert record["user"] == "bob\u2028\n\x85"
+
+
+def test_a_plain_target_is_logged_as_it_is() -> None:
+    path = b"/plain/path-1.css"
+    assert observe.log_text(path) == "/plain/path-1.css"
+
+
+@pytest.mark.parametrize(
+    "user, shown",
+    [
+        pytest.param("bob\n2026 route app1: root signed in", r"bob\x0A2026\x20route", id="lf"),
+        pytest.param("bob\u2028root", r"bob\xE2\x80\xA8root", id="u2028"),
+        pytest.param("bob\x1b[2J", r"bob\x1B[2J", id="esc"),
+    ],
+)
+def test_text_audit_lines_escape_the_user(user: str, shown: str) -> None:
+    request = fake_request(TEXT)
+    with capturedLogs() as events:
+        observe.login_succeeded(request, route="app1", user=user)
+        observe.signed_out(request, route="app1", user=user)
+    lines = [formatEvent(e) for e in events if e.get("log_namespace") == "idgateway.audit"]
+    assert len(lines) == 2
+    for line in lines:
+        assert line.startswith(f"route app1: {shown}")
+        assert only_printable_ascii(line) and len(line.splitlines()) == 1
+    with capturedLogs() as events:
+        observe.login_succeeded(fake_request(JSON), route="app1", user=user)
+    [event] = [e for e in events if e.get("log_namespace") == "idgateway.audit"]
+    assert json.loads(formatEvent(event))["user"] == user

@@ -209,3 +209,51 @@ def test_a_workers_log_pipe_is_widened_and_anything_else_left_alone(tmp_path):
     with open(tmp_path / "log", "w") as log:
         workers._widen_log_pipe(log)
     workers._widen_log_pipe(io.StringIO())  # no descriptor at all
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        pytest.param(b"/a\nforged", id="lf"),
+        pytest.param(b"/a\rforged", id="cr"),
+        pytest.param(b"/a\x85forged", id="nel-byte"),
+        pytest.param("/a\u2028forged".encode(), id="u2028"),
+        pytest.param(b"/a\x1e{}", id="record-separator"),
+        pytest.param(b"/a\x00\x1b[2J", id="nul-esc"),
+    ],
+)
+def test_a_hostile_target_crosses_the_pipe_as_one_record(
+    monkeypatch: pytest.MonkeyPatch, path: bytes
+) -> None:
+    """Worker side (the record writer) to master side (the relay): one access line."""
+    out = io.StringIO()
+    monkeypatch.setattr(workers.sys, "stdout", out)
+    monkeypatch.setattr(
+        "twisted.logger.globalLogBeginner.beginLoggingTo", lambda observers, **kw: None
+    )
+    monkeypatch.setattr(observe_module, "_direct_record", None)  # restored afterwards
+    clock = Clock()
+    workers._log_json_to_stdout(clock)
+    request = SimpleNamespace(
+        idgw_logging=LoggingSettings(),
+        idgw_started=time.monotonic(),
+        idgw_upstream_ms=None,
+        idgw_route="app1",
+        idgw_user="a\u2028b",
+        idgw_cut_off=False,
+        client=SimpleNamespace(host="198.51.100.7"),
+        method=b"GET",
+        path=path,
+        code=200,
+        sentLength=5,
+        request_id=b"rid-1",
+    )
+    observe_module.log_access(request)
+    clock.advance(workers.ACCESS_FLUSH_DELAY)
+    piped = out.getvalue().encode("utf-8")
+    assert piped.count(b"\n") == 1
+    [event] = relay(piped.rstrip(b"\n"))
+    assert event["log_namespace"] == "idgateway.access"
+    line = formatEvent(event)
+    assert line.startswith("[worker 1] GET /a\\x") and " user=a\\xE2\\x80\\xA8b " in line
+    assert all(" " <= char <= "~" for char in line)
