@@ -157,7 +157,15 @@ def _build_certificate_pair(reader: Reader, found: Section) -> CertificatePair |
 
 def _build_listener(reader: Reader, found: Section) -> Listener:
     host, port = found.values["address"]
-    return Listener(host=host, port=port, tls=found.values["tls"])
+    values = found.values
+    return Listener(
+        host=host,
+        port=port,
+        tls=values["tls"],
+        client_header_timeout=values["client_header_timeout"],
+        client_body_timeout=values["client_body_timeout"],
+        max_connections=values["max_connections"],
+    )
 
 
 def _hsts(reader: Reader, node: yaml.Node, key: str) -> tuple[int | None, bool] | _Invalid:
@@ -299,6 +307,8 @@ def _build_config(reader: Reader, found: Section) -> Config | _Invalid:
         admin=found.values["admin"],
         logging=found.values["logging"],
         reload=found.values["reload"],
+        client_header_timeout=found.values["client_header_timeout"],
+        client_body_timeout=found.values["client_body_timeout"],
     )
 
 
@@ -346,6 +356,11 @@ LISTENER_FIELDS = (
             lambda _, found: TLSSettings(**found.values),
         ),
     ),
+    # No default: absent means the top-level value (or, for max_connections,
+    # the share of the file-descriptor limit), decided where it is used.
+    Field("client_header_timeout", duration()),
+    Field("client_body_timeout", duration()),
+    Field("max_connections", integer(1, 10000)),
 )
 HSTS_FIELDS = (
     Field("max_age", duration(allow_zero=True), default=365 * 86400.0),
@@ -386,6 +401,8 @@ ROUTE_FIELDS = (
     Field("max_header_size", size(), default=_default(Route, "max_header_size")),
     Field("https_redirect", boolean, default=_default(Route, "https_redirect")),
     Field("hsts", _hsts, default=(None, False)),
+    Field("max_websockets", integer(0, 1024), default=_default(Route, "max_websockets")),
+    Field("websocket_idle_timeout", duration(), default=_default(Route, "websocket_idle_timeout")),
     *ROUTE_AUTH_FIELDS,
 )
 _LISTENERS = list_of(
@@ -446,6 +463,8 @@ TOP_FIELDS = (
     Field("trusted_proxies", _NETWORKS, default=()),
     Field("providers", build_providers, default=()),
     Field("workers", config_workers, default=1),
+    Field("client_header_timeout", duration(), default=_default(Config, "client_header_timeout")),
+    Field("client_body_timeout", duration(), default=_default(Config, "client_body_timeout")),
     Field("redis", build_top_redis),
     Field(
         "admin",
