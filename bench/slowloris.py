@@ -314,8 +314,10 @@ def _measure(args: argparse.Namespace, port: int, op: Any, gateway: Any) -> int:
     duration = args.deadline + args.interval + 10
     slow = SlowClients(port, args.connections, args.interval, duration).start()
     try:
-        # Measure while every slow connection is open and trickling.
-        loaded = latencies_ms(port, host, "/echo", args.requests, cookie)
+        # Measure while the slow connections trickle and through the moment
+        # they are cut (the requests are spread over the deadline and 2 s more).
+        pause = max(0.0, (args.deadline + 2) / args.requests - 0.002)
+        loaded = latencies_ms(port, host, "/echo", args.requests, cookie, pause)
         measured_within = time.monotonic() - slow.started
         found = slow.results(timeout=duration + 60)
     finally:
@@ -341,7 +343,10 @@ def _measure(args: argparse.Namespace, port: int, op: Any, gateway: Any) -> int:
             f"normal client {label}: {len(times)} requests, p50 {percentile(times, 0.5):.2f} ms, "
             f"p99 {percentile(times, 0.99):.2f} ms, max {max(times):.2f} ms"
         )
-    print(f"  (the loaded run took the first {measured_within:.1f} s of the slowloris)")
+    print(
+        f"  (the loaded run spans the first {measured_within:.1f} s of the slowloris, "
+        "the cut included)"
+    )
     return 0
 
 

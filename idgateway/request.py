@@ -272,6 +272,9 @@ def _peer_text(channel: GatewayChannel) -> str:
     return f"{host}:{getattr(peer, 'port', '')}" if host is not None else "-"
 
 
+# Slow heads cut per reactor turn (the rest in the turns after).
+HEAD_CUT_BATCH = 200
+
 # GatewayChannel's cached TLS server name before it is first asked.
 _NOT_YET = object()
 
@@ -583,8 +586,17 @@ class GatewaySite(server.Site):
             timeout=deadline,
             peer=_peer_text(late[0]),
         )
-        for channel in late:
-            channel.head_timed_out()
+        self._cut_heads(late)
+
+    def _cut_heads(self, late: list[GatewayChannel]) -> None:
+        # A few hundred per reactor turn: thousands at once would hold up
+        # every other connection's requests for the whole batch.
+        batch, rest = late[:HEAD_CUT_BATCH], late[HEAD_CUT_BATCH:]
+        for channel in batch:
+            if channel._head_since is not None:  # (not cut, nor finished, since)
+                channel.head_timed_out()
+        if rest:
+            self.reactor.callLater(0, self._cut_heads, rest)
 
     def _close_idle_tunnels(self, now: float) -> None:
         idle = [tunnel for tunnel in self.tunnels if tunnel.idle_expired(now)]
