@@ -166,12 +166,17 @@ class GatewayRequest(server.Request):
 
     def gotLength(self, length: int | None) -> None:
         self.content = _EMPTY_CONTENT
+        # The head is in (the channel calls this from allHeadersReceived):
+        # its deadline is over, and a body's idle timeout starts.
+        channel: GatewayChannel = self.channel  # type: ignore[assignment]
+        if channel._head_since is not None:
+            channel._end_head()
         if length == 0:
             # No body: let the channel finish its bookkeeping and dispatch from
             # requestReceived, so an immediate answer cannot run inside the
             # channel's header parsing.
             return
-        channel = self.channel
+        channel._reading_body = True
         self.body = BodyPipe(self, length)
         self._dispatch(channel._command, channel._path, channel._version)
 
@@ -335,13 +340,6 @@ class GatewayChannel(http.HTTPChannel):
             return
         self.transport.write(_HEAD_TIMEOUT_RESPONSE)
         self.loseConnection()
-
-    def allHeadersReceived(self) -> None:
-        if self._head_since is not None:
-            self._end_head()
-        if self.length != 0:
-            self._reading_body = True
-        super().allHeadersReceived()
 
     def allContentReceived(self) -> None:
         self._reading_body = False
