@@ -60,7 +60,7 @@ class OncePerSecond:
     events keep coming, none otherwise).
     """
 
-    _log = Logger(namespace="idgateway.connections")
+    _log = Logger()
 
     def __init__(self, clock: Any, message: str, **fields: Any) -> None:
         self.clock = clock

@@ -421,3 +421,70 @@ routes:
         log = process.log()
         assert "max_connections (2) reached" in log, log[-2000:]
         assert "Traceback" not in log
+
+
+# ---- out of descriptors (EMFILE at accept) -------------------------------------------------
+
+
+def test_running_out_of_descriptors_is_reported_once_a_second(tmp_path: Path) -> None:
+    """A max_connections above what the descriptors allow: accept() fails with EMFILE.
+
+    Twisted then accepts and closes with a reserved descriptor, logging a line
+    per socket; the gateway turns those into one report a second.
+    """
+    import resource
+    import subprocess
+
+    from tests.processes import REPO, TWISTD, wait_for_port
+
+    port = free_port()
+    with BackendProcess(name="echo") as backend:
+        config = tmp_path / "emfile.yaml"
+        config.write_text(
+            f"""
+listeners:
+  - address: 127.0.0.1:{port}
+    max_connections: 5000
+routes:
+  - name: app1
+    default: true
+    upstream: http://127.0.0.1:{backend.port}
+"""
+        )
+        log_path = tmp_path / "emfile.log"
+
+        def few_descriptors() -> None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+
+        process = subprocess.Popen(
+            [sys.executable, "-c", TWISTD, "-n", "--pidfile=", "--logfile", str(log_path)]
+            + ["idgateway", "--config", str(config)],
+            cwd=REPO,
+            preexec_fn=few_descriptors,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+        )
+        socks: list[socket.socket] = []
+        try:
+            wait_for_port(port, 20, process)
+            for _ in range(200):
+                socks.append(socket.create_connection(("127.0.0.1", port)))
+            time.sleep(2.5)
+            for sock in socks:
+                sock.close()
+            socks = []
+            # Descriptors free again: served as usual.
+            deadline = time.monotonic() + 5
+            while not _get(port).startswith(b"HTTP/1.1 200 ") and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert _get(port).startswith(b"HTTP/1.1 200 ")
+        finally:
+            for sock in socks:
+                sock.close()
+            process.terminate()
+            process.wait(10)
+        log = log_path.read_text()
+        reports = [line for line in log.splitlines() if "out of file descriptors (EMFILE)" in line]
+        assert 1 <= len(reports) <= 5, log[-3000:]
+        assert "EMFILE recovery: Closed socket" not in log
+        assert "Traceback" not in log

@@ -501,3 +501,17 @@ def test_bad_values_name_the_file_line_and_key(
     assert problem.key == key
     assert problem.file.endswith("gateway.yaml") and problem.line is not None
     assert says in problem.message, problem.message
+
+
+def test_twisted_ports_still_log_accept_errors_through_their_logger() -> None:
+    """throttle_accept_logs relies on tcp.Port._logger (private): fail loudly if it goes."""
+    from twisted.internet import tcp
+    from twisted.logger import Logger
+
+    from idgateway.connection_limits import throttle_accept_logs
+
+    assert isinstance(tcp.Port._logger, Logger)
+    port = tcp.Port(0, None, reactor=MemoryReactorClock())  # type: ignore[arg-type]
+    throttle_accept_logs(port, MemoryReactorClock(), "127.0.0.1:1")
+    assert isinstance(port._logger.observer, AcceptLogThrottle)
+    assert port._logger.namespace == tcp.Port._logger.namespace
