@@ -515,3 +515,24 @@ def test_twisted_ports_still_log_accept_errors_through_their_logger() -> None:
     throttle_accept_logs(port, MemoryReactorClock(), "127.0.0.1:1")
     assert isinstance(port._logger.observer, AcceptLogThrottle)
     assert port._logger.namespace == tcp.Port._logger.namespace
+
+
+def test_the_service_applies_the_limits_and_a_reload_changes_them(tmp_path: Path) -> None:
+    path = tmp_path / "gateway.yaml"
+    text = (
+        "listeners:\n  - address: 127.0.0.1:1\n    max_connections: {limit}\n"
+        "client_header_timeout: {header}\n"
+        "routes:\n  - name: app\n    hosts: [app.localhost]\n    upstream: http://127.0.0.1:9\n"
+    )
+    path.write_text(text.format(limit=10, header="5s"))
+    reactor = MemoryReactorClock()
+    service = GatewayService(load_config(str(path)), reactor, install_signal_handlers=False)
+    service.startService()
+    try:
+        (site,) = service._drain_sites
+        assert (site.header_timeout, site.body_timeout, site.max_connections) == (5.0, 60.0, 10)
+        path.write_text(text.format(limit=3, header="7s"))
+        assert service.reload()
+        assert (site.header_timeout, site.max_connections) == (7.0, 3)
+    finally:
+        service.stopService()
