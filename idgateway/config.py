@@ -166,7 +166,15 @@ def _build_certificate_pair(reader: Reader, found: Section) -> CertificatePair |
 
 def _build_listener(reader: Reader, found: Section) -> Listener:
     host, port = found.values["address"]
-    return Listener(host=host, port=port, tls=found.values["tls"])
+    values = found.values
+    return Listener(
+        host=host,
+        port=port,
+        tls=values["tls"],
+        client_header_timeout=values["client_header_timeout"],
+        client_body_timeout=values["client_body_timeout"],
+        max_connections=values["max_connections"],
+    )
 
 
 def _hsts(reader: Reader, node: yaml.Node, key: str) -> tuple[int | None, bool] | _Invalid:
@@ -315,6 +323,8 @@ def _build_config(reader: Reader, found: Section) -> Config | _Invalid:
         admin=found.values["admin"],
         logging=found.values["logging"],
         reload=found.values["reload"],
+        client_header_timeout=found.values["client_header_timeout"],
+        client_body_timeout=found.values["client_body_timeout"],
     )
 
 
@@ -325,7 +335,6 @@ def _pass_or_refuse(value: str) -> str:
     if value not in ("refuse", "pass"):
         raise ValueError(f"{value!r} is not refuse or pass")
     return value
-
 
 
 def _default(cls: type, name: str) -> Any:
@@ -369,6 +378,11 @@ LISTENER_FIELDS = (
             lambda _, found: TLSSettings(**found.values),
         ),
     ),
+    # No default: absent means the top-level value (or, for max_connections,
+    # the share of the file-descriptor limit), decided where it is used.
+    Field("client_header_timeout", duration()),
+    Field("client_body_timeout", duration()),
+    Field("max_connections", integer(1, 10000)),
 )
 HSTS_FIELDS = (
     Field("max_age", duration(allow_zero=True), default=365 * 86400.0),
@@ -428,6 +442,8 @@ ROUTE_FIELDS = (
         boolean,
         default=_default(Route, "case_insensitive_paths"),
     ),
+    Field("max_websockets", integer(0, 1024), default=_default(Route, "max_websockets")),
+    Field("websocket_idle_timeout", duration(), default=_default(Route, "websocket_idle_timeout")),
     *ROUTE_AUTH_FIELDS,
 )
 _LISTENERS = list_of(
@@ -488,6 +504,8 @@ TOP_FIELDS = (
     Field("trusted_proxies", _NETWORKS, default=()),
     Field("providers", build_providers, default=()),
     Field("workers", config_workers, default=1),
+    Field("client_header_timeout", duration(), default=_default(Config, "client_header_timeout")),
+    Field("client_body_timeout", duration(), default=_default(Config, "client_body_timeout")),
     Field("redis", build_top_redis),
     Field(
         "admin",

@@ -37,6 +37,16 @@ class Listener:
     host: str
     port: int
     tls: TLSSettings | None = None
+    # Seconds a request head may take to arrive in full, however it trickles
+    # in; None: the top-level client_header_timeout.
+    client_header_timeout: float | None = None
+    # Longest silence while a request body is being read; None: the
+    # top-level client_body_timeout.
+    client_body_timeout: float | None = None
+    # Client connections open at once on this listener (all worker processes
+    # together); None: derived from the file-descriptor limit
+    # (service.default_max_connections).
+    max_connections: int | None = None
 
     @property
     def address(self) -> str:
@@ -124,6 +134,12 @@ class Route:
     # Every path rule (public paths, paths[].prefix, api_paths) ignores case,
     # for IIS-style upstreams.
     case_insensitive_paths: bool = False
+
+    # WebSocket tunnels open at once on this route (all worker processes
+    # together); upgrades past it get 503.
+    max_websockets: int = 1024
+    # A tunnel with no bytes either way for this long is closed.
+    websocket_idle_timeout: float = 3600.0
     # Login; None means the route is open (a plain reverse proxy).
     auth: RouteAuth | None = None
 
@@ -170,6 +186,10 @@ class Config:
     redis: RedisSettings | None = None
     logging: LoggingSettings = LoggingSettings()
     reload: ReloadSettings = ReloadSettings()
+    # Seconds a request head may take to arrive in full (listeners may override).
+    client_header_timeout: float = 15.0
+    # Longest silence while a request body is read (listeners may override).
+    client_body_timeout: float = 60.0
 
 
 # ---- login: providers, per-route OIDC clients, sessions, identity headers ---------------

@@ -40,6 +40,7 @@ from idgateway.upstream import (
     Exchange,
     UpstreamConnection,
 )
+from idgateway.websocket_limits import WebSocketSlot, WebSocketSlots
 
 
 class StateHolder:
@@ -47,6 +48,8 @@ class StateHolder:
 
     def __init__(self, state: GatewayState) -> None:
         self.current = state
+        # Open WebSocket tunnels per route (they outlive reloads).
+        self.websockets = WebSocketSlots()
 
 
 class GatewayResource(Resource):
@@ -164,6 +167,18 @@ class GatewayResource(Resource):
             connection, headers.getRawHeaders(b"upgrade")
         )
         body = request.body
+        if upgrade:
+            slot = self.holder.websockets.take(route)
+            if slot is None:
+                self._refuse(
+                    request,
+                    503,
+                    "Too many WebSocket connections are open on this route "
+                    f"(max_websockets: {route.max_websockets}); try again later.",
+                    error="too_many_websockets",
+                )
+                return
+            request.idgw_websocket_slot = slot
         chunked = body is not None and body.length is None
         peer = request.client
         client_ip = getattr(peer, "host", None) or "unix"
@@ -437,12 +452,23 @@ class ProxiedResponse:
         pending = b"".join(channel._dataBuffer)
         channel._dataBuffer = []
         channel.setTimeout(None)
-        tunnel = WebSocketTunnel(connection)
+        route = self.runtime.route
+        tunnel = WebSocketTunnel(
+            connection,
+            route=route.name,
+            idle_timeout=route.websocket_idle_timeout,
+            slot=request.idgw_websocket_slot,
+        )
+        # The tunnel gives the slot back when it closes, not the request.
+        request.idgw_websocket_slot = None
         exchange = connection.exchange
         if exchange is not None:
             exchange.sink = tunnel  # type: ignore[assignment]
         client.unregisterProducer()  # type: ignore[attr-defined]
         channel._protocolUpgradeForWebsockets(tunnel)
+        site = getattr(channel, "site", None)
+        if site is not None and hasattr(site, "watch_tunnel"):
+            tunnel.watch_idle(site, site.reactor.seconds())
         if leftover:
             tunnel.response_data(leftover)
         if pending:
@@ -464,10 +490,46 @@ class ProxiedResponse:
 
 
 class WebSocketTunnel(Protocol):
-    """After a 101: bytes both ways, unchanged, each side pacing the other."""
+    """After a 101: bytes both ways, unchanged, each side pacing the other.
 
-    def __init__(self, upstream: UpstreamConnection) -> None:
+    Idle tunnels are closed by the client listener's once-a-second sweep
+    (GatewaySite.watch_tunnel): each chunk only sets a flag, the sweep turns
+    the flag into a time.
+    """
+
+    def __init__(
+        self,
+        upstream: UpstreamConnection,
+        *,
+        route: str = "-",
+        idle_timeout: float | None = None,
+        slot: WebSocketSlot | None = None,
+    ) -> None:
         self.upstream = upstream
+        self.route = route
+        self.idle_timeout = idle_timeout
+        self._slot = slot
+        self._site: Any = None
+        self._active = False
+        self._idle_since = 0.0
+
+    def watch_idle(self, site: Any, now: float) -> None:
+        if self.idle_timeout is not None and self.transport is not None:
+            self._site = site
+            self._idle_since = now
+            site.watch_tunnel(self)
+
+    def idle_expired(self, now: float) -> bool:
+        if self._active:
+            self._active = False
+            self._idle_since = now
+            return False
+        return now - self._idle_since >= self.idle_timeout  # type: ignore[operator]
+
+    def close_idle(self) -> None:
+        if self.transport is not None:
+            self.transport.loseConnection()
+        self.upstream.abandon()
 
     def connectionMade(self) -> None:
         client: ITransport = self.transport  # type: ignore[assignment]
@@ -479,14 +541,22 @@ class WebSocketTunnel(Protocol):
         upstream_transport.registerProducer(client, True)  # type: ignore[attr-defined]
 
     def dataReceived(self, data: bytes) -> None:
+        self._active = True
         if self.upstream.transport is not None:
             self.upstream.transport.write(data)
 
     def connectionLost(self, reason: Failure | None = None) -> None:
+        if self._slot is not None:
+            slot, self._slot = self._slot, None
+            slot.release()
+        if self._site is not None:
+            self._site.tunnels.discard(self)
+            self._site = None
         self.upstream.abandon()
 
     # upstream.ResponseSink, for the upstream's side of the tunnel
     def response_data(self, data: bytes) -> None:
+        self._active = True
         if self.transport is not None:
             self.transport.write(data)
 

@@ -15,7 +15,10 @@ from io import BytesIO
 from typing import Any
 
 from twisted.internet.defer import Deferred
+from twisted.internet.protocol import connectionDone
 from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web import http, server
 from twisted.web.http import _IdentityTransferDecoder
 from twisted.web.resource import Resource
@@ -23,11 +26,13 @@ from twisted.web.resource import Resource
 from idgateway.http_numbers import parse_decimal
 from idgateway.model import LoggingSettings
 from idgateway.observe import log_access
+from idgateway.pages import send_error
 from idgateway.paths import PathReading
 from idgateway.request_chunked import bound_chunked_decoder
 from idgateway.request_head import RequestHead, read_request_head
 from idgateway.tls import sni_server_name
 from idgateway.upstream import UpstreamConnection
+from idgateway.websocket_limits import WebSocketSlot
 from idgateway.writecoalesce import coalesce_writes
 
 # Bytes of request body buffered while the upstream connection is being set
@@ -161,15 +166,23 @@ class GatewayRequest(server.Request):
     # The connection was lost before the response was finished (the client
     # went away, or the gateway cut it off after a broken upstream response).
     idgw_cut_off: bool = False
+    # A WebSocket upgrade's claim on its route's max_websockets, until the
+    # request ends or becomes a tunnel (which then holds it).
+    idgw_websocket_slot: WebSocketSlot | None = None
 
     def gotLength(self, length: int | None) -> None:
         self.content = _EMPTY_CONTENT
+        # The head is in (the channel calls this from allHeadersReceived):
+        # its deadline is over, and a body's idle timeout starts.
+        channel: GatewayChannel = self.channel  # type: ignore[assignment]
+        if channel._head_since is not None:
+            channel._end_head()
         if length == 0:
             # No body: let the channel finish its bookkeeping and dispatch from
             # requestReceived, so an immediate answer cannot run inside the
             # channel's header parsing.
             return
-        channel = self.channel
+        channel._reading_body = True
         self.body = BodyPipe(self, length)
         self._dispatch(channel._command, channel._path, channel._version)
 
@@ -216,10 +229,19 @@ class GatewayRequest(server.Request):
         # cyclic garbage collector later (which then ran every few requests).
         self.on_disconnect = None
         self.on_body_exceeded = None
+        if self.idgw_websocket_slot is not None:
+            self._release_websocket_slot()
+
+    def _release_websocket_slot(self) -> None:
+        slot, self.idgw_websocket_slot = self.idgw_websocket_slot, None
+        if slot is not None:
+            slot.release()
 
     def connectionLost(self, reason: Any) -> None:
         super().connectionLost(reason)
         self.on_body_exceeded = None  # (a cycle through the response, as above)
+        if self.idgw_websocket_slot is not None:
+            self._release_websocket_slot()
         if self.on_disconnect is not None:
             callback, self.on_disconnect = self.on_disconnect, None
             callback()
@@ -244,6 +266,25 @@ class GatewayRequest(server.Request):
 # How often a site looks for connections idle past their timeout: they are
 # closed up to this much late.
 IDLE_SWEEP_INTERVAL = 1.0
+
+# What a request head that missed client_header_timeout gets, as nginx sends.
+_HEAD_TIMEOUT_BODY = b"The request head did not arrive in time (client_header_timeout).\n"
+_HEAD_TIMEOUT_RESPONSE = (
+    b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\n"
+    b"Content-Type: text/plain; charset=utf-8\r\n"
+    b"Content-Length: " + str(len(_HEAD_TIMEOUT_BODY)).encode() + b"\r\n\r\n" + _HEAD_TIMEOUT_BODY
+)
+
+
+def _peer_text(channel: GatewayChannel) -> str:
+    transport = channel.transport
+    peer = transport.getPeer() if transport is not None else None
+    host = getattr(peer, "host", None)
+    return f"{host}:{getattr(peer, 'port', '')}" if host is not None else "-"
+
+
+# Slow heads cut per reactor turn (the rest in the turns after).
+HEAD_CUT_BATCH = 200
 
 # GatewayChannel's cached TLS server name before it is first asked.
 _NOT_YET = object()
@@ -271,6 +312,54 @@ class GatewayChannel(http.HTTPChannel):
         # twisted already gathers per reactor turn).
         coalesce_writes(getattr(self.transport, "transport", None))
         super().connectionMade()
+        # The first head's deadline runs from the accept, as nginx's does: a
+        # connection that sends nothing holds a descriptor just the same.
+        self._start_head()
+
+    # -- the request head's deadline (client_header_timeout) --------------------
+    # Bytes trickling in keep the idle timeout from ever firing (slowloris), so
+    # a head also has a deadline from its first byte that arriving bytes do not
+    # move. A whole head read in one piece (the usual case) never starts it:
+    # only heads that take more than one read are watched, by the site's sweep.
+
+    # When the head being read began; None: no head is being read.
+    _head_since: float | None = None
+    # A request body is being read: the idle timeout is client_body_timeout.
+    _reading_body = False
+
+    def _start_head(self) -> None:
+        site: GatewaySite = self.site  # type: ignore[attr-defined]
+        if site.header_timeout is not None:
+            self._head_since = site.reactor.seconds()
+            site.watch_head(self)
+
+    def _end_head(self) -> None:
+        if self._head_since is not None:
+            self._head_since = None
+            self.site.heading_channels.discard(self)  # type: ignore[attr-defined]
+
+    def head_timed_out(self) -> None:
+        """The head missed its deadline: 408 and close (nothing of a response began)."""
+        self._end_head()
+        self.setTimeout(None)
+        if self.transport is None:
+            return
+        self.transport.write(_HEAD_TIMEOUT_RESPONSE)
+        self.loseConnection()
+
+    def allContentReceived(self) -> None:
+        self._reading_body = False
+        if not self.requests:
+            # The request already answered and closed the connection (413, early
+            # upstream reply); the tail of its body has nothing left to reach.
+            self.length = 0
+            self._transferDecoder = None
+            return
+        super().allContentReceived()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._end_head()
+        super().connectionLost(reason)
 
     # -- the idle timeout, without a DelayedCall per request -------------------
     # twisted.web cancels the channel's timeout when a request arrives and
@@ -299,7 +388,49 @@ class GatewayChannel(http.HTTPChannel):
 
     def idle_expired(self, now: float) -> bool:
         period = self._idle_period
-        return period is not None and now - self._idle_since >= period
+        if period is None:
+            return False
+        if self._reading_body:
+            body_timeout = self.site.body_timeout  # type: ignore[attr-defined]
+            if body_timeout is not None:
+                period = body_timeout
+            if self._body_held_back():
+                # The gateway itself stopped reading (the upstream is slow to
+                # take the body): the client is not the one being silent.
+                self._idle_since = now
+                return False
+        return now - self._idle_since >= period
+
+    def _body_held_back(self) -> bool:
+        requests = self.requests
+        body = requests[-1].body if requests else None
+        return body is not None and body._client_paused
+
+    def timeoutConnection(self) -> None:
+        if not self._reading_body:
+            super().timeoutConnection()
+            return
+        # client_body_timeout: the body stopped arriving. Answer 408 if no
+        # response has begun (as nginx does), else cut the connection.
+        self._reading_body = False
+        request: GatewayRequest | None = self.requests[-1] if self.requests else None
+        if request is None or request.startedWriting or request.finished:
+            if self.transport is not None:
+                self.transport.loseConnection()
+            return
+        if request.on_disconnect is not None:
+            # The upstream exchange (or the endpoint) will not get the rest.
+            cancel, request.on_disconnect = request.on_disconnect, None
+            cancel()
+        request.end_response_early()
+        self.persistent = False
+        send_error(
+            request,
+            408,
+            "The request body stopped arriving: nothing came for "
+            f"{self.site.body_timeout:g} s (client_body_timeout).",  # type: ignore[attr-defined]
+            request_id=request.request_id,
+        )
 
     def dataReceived(self, data: bytes) -> None:
         # A whole request head in one read, between requests: parse it in one
@@ -330,6 +461,8 @@ class GatewayChannel(http.HTTPChannel):
                     # any more, or a WebSocket tunnel.)
                     self.dataReceived(data[consumed:])
                 return
+        if self._head_since is None and self.line_mode:
+            self._start_head()
         super().dataReceived(data)
 
     def headerReceived(self, line: bytes) -> bool:
@@ -401,15 +534,6 @@ class GatewayChannel(http.HTTPChannel):
             self._peer = super().getPeer()
         return self._peer
 
-    def allContentReceived(self) -> None:
-        if not self.requests:
-            # The request already answered and closed the connection (413, early
-            # upstream reply); the tail of its body has nothing left to reach.
-            self.length = 0
-            self._transferDecoder = None
-            return
-        super().allContentReceived()
-
 
 class GatewaySite(server.Site):
     """A Site whose channels stream request bodies and skip the generic H2 wrapper."""
@@ -418,10 +542,26 @@ class GatewaySite(server.Site):
     requestFactory = GatewayRequest
     noisy = False
 
-    def __init__(self, resource: Resource, **kwargs: Any) -> None:
+    _log = Logger()
+
+    def __init__(
+        self,
+        resource: Resource,
+        *,
+        header_timeout: float | None = None,
+        body_timeout: float | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(resource, **kwargs)
+        # client_header_timeout and client_body_timeout (None: none).
+        self.header_timeout = header_timeout
+        self.body_timeout = body_timeout
         # Channels whose idle timeout runs (GatewayChannel.setTimeout).
         self.idle_channels: set[GatewayChannel] = set()
+        # Channels reading a request head that did not come in one piece.
+        self.heading_channels: set[GatewayChannel] = set()
+        # WebSocket tunnels, for their idle timeout (proxy.WebSocketTunnel).
+        self.tunnels: set[Any] = set()
         self._idle_sweep = LoopingCall(self._time_out_idle)
         self._idle_sweep.clock = self.reactor
 
@@ -430,15 +570,74 @@ class GatewaySite(server.Site):
         if not self._idle_sweep.running:
             self._idle_sweep.start(IDLE_SWEEP_INTERVAL, now=False)
 
+    def watch_head(self, channel: GatewayChannel) -> None:
+        self.heading_channels.add(channel)
+        if not self._idle_sweep.running:
+            self._idle_sweep.start(IDLE_SWEEP_INTERVAL, now=False)
+
+    def watch_tunnel(self, tunnel: Any) -> None:
+        """Close ``tunnel`` once idle for its ``idle_timeout`` (see WebSocketTunnel)."""
+        self.tunnels.add(tunnel)
+        if not self._idle_sweep.running:
+            self._idle_sweep.start(IDLE_SWEEP_INTERVAL, now=False)
+
     def _time_out_idle(self) -> None:
-        if not self.idle_channels:
+        if not (self.idle_channels or self.heading_channels or self.tunnels):
             self._idle_sweep.stop()
             return
         now = self.reactor.seconds()
+        if self.heading_channels:
+            self._cut_slow_heads(now)
+        if self.tunnels:
+            self._close_idle_tunnels(now)
         expired = [channel for channel in self.idle_channels if channel.idle_expired(now)]
         for channel in expired:
             channel.setTimeout(None)
             channel.timeoutConnection()
+
+    def _cut_slow_heads(self, now: float) -> None:
+        deadline = self.header_timeout
+        if deadline is None:
+            return
+        late = [
+            channel
+            for channel in self.heading_channels
+            if now - channel._head_since >= deadline  # type: ignore[operator]
+        ]
+        if not late:
+            return
+        # One line per sweep, however many: a slowloris run cuts thousands at once.
+        self._log.info(
+            "408: closed {count} connection(s) whose request head took over {timeout:g} s "
+            "(client_header_timeout), e.g. from {peer}",
+            count=len(late),
+            timeout=deadline,
+            peer=_peer_text(late[0]),
+        )
+        self._cut_heads(late)
+
+    def _cut_heads(self, late: list[GatewayChannel]) -> None:
+        # A few hundred per reactor turn: thousands at once would hold up
+        # every other connection's requests for the whole batch.
+        batch, rest = late[:HEAD_CUT_BATCH], late[HEAD_CUT_BATCH:]
+        for channel in batch:
+            if channel._head_since is not None:  # (not cut, nor finished, since)
+                channel.head_timed_out()
+        if rest:
+            self.reactor.callLater(0, self._cut_heads, rest)
+
+    def _close_idle_tunnels(self, now: float) -> None:
+        idle = [tunnel for tunnel in self.tunnels if tunnel.idle_expired(now)]
+        for tunnel in idle:
+            self.tunnels.discard(tunnel)
+            tunnel.close_idle()
+        if idle:
+            self._log.info(
+                "closed {count} WebSocket tunnel(s) idle past their route's "
+                "websocket_idle_timeout (route {route})",
+                count=len(idle),
+                route=idle[0].route,
+            )
 
     def log(self, request: http.Request) -> None:
         # Access logging is the gateway's own job (see observe); twisted's

@@ -16,6 +16,12 @@ from twisted.python.failure import Failure
 
 from idgateway import observe, systemd
 from idgateway.config import ConfigError, load_config
+from idgateway.connection_limits import (
+    OncePerSecond,
+    default_max_connections,
+    process_share,
+    throttle_accept_logs,
+)
 from idgateway.model import Config, Listener
 from idgateway.proxy import GatewayResource, StateHolder
 from idgateway.request import GatewayChannel, GatewaySite
@@ -102,11 +108,42 @@ class DrainableSite(GatewaySite):
 
     protocol = DrainableChannel  # type: ignore[assignment]
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        max_connections: int | None = None,
+        address: str = "",
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.connections: set[DrainableChannel] = set()
         self.draining = False
         self._waiters: list[defer.Deferred[None]] = []
+        # This process's share of the listener's max_connections (None: no limit).
+        self.max_connections = max_connections
+        self.refused = OncePerSecond(
+            self.reactor,
+            "max_connections ({limit}) reached on {address}: closed {count} new "
+            "connection(s) since the last report ({total} in all)",
+            address=address,
+            limit=max_connections,
+        )
+
+    def buildProtocol(self, addr: Any) -> Any:
+        limit = self.max_connections
+        if limit is not None and len(self.connections) >= limit:
+            # None: twisted's port closes the accepted socket at once. No
+            # response and no traceback; the count goes into the next report.
+            self.refused.note()
+            return None
+        return super().buildProtocol(addr)
+
+    def set_limits(self, header_timeout: float, body_timeout: float, max_connections: int) -> None:
+        """A listener's limits (at start and on reload; open connections keep theirs)."""
+        self.header_timeout = header_timeout
+        self.body_timeout = body_timeout
+        self.max_connections = max_connections
+        self.refused.fields["limit"] = max_connections
 
     def forget(self, channel: DrainableChannel) -> None:
         self.connections.discard(channel)
@@ -177,6 +214,10 @@ class GatewayService(MultiService):
         self.reloads = 0
         # Every Site made for a listener, so that SIGTERM can drain them.
         self._drain_sites: list[DrainableSite] = []
+        # Each listener's Site, by (host, port): reloads update their limits.
+        self._sites: dict[tuple[str, int], GatewaySite] = {}
+        # max_websockets is per route for all workers together.
+        self.holder.websockets.workers = config.workers
         self._draining: defer.Deferred[None] | None = None
         # reload: {watch: true}: a change to the file reloads as SIGHUP does.
         self.watcher = ConfigWatcher(config.source, reactor, self.reload)
@@ -257,15 +298,43 @@ class GatewayService(MultiService):
             "admin listener on http://{host}:{port}/ (healthz, readyz)", host=host, port=port
         )
 
+    def listener_limits(self, listener: Listener, config: Config) -> tuple[float, float, int]:
+        """(client_header_timeout, client_body_timeout, this process's max_connections)."""
+        header = listener.client_header_timeout or config.client_header_timeout
+        body = listener.client_body_timeout or config.client_body_timeout
+        if listener.max_connections is not None:
+            # The listener's limit is for all worker processes together.
+            limit = process_share(listener.max_connections, config.workers)
+        else:
+            # Each process's own share of its own descriptors.
+            limit = default_max_connections(len(config.listeners))
+        return header, body, limit
+
     def _factory_for(self, listener: Listener) -> IProtocolFactory:
         """The listener's Site, behind TLS on a TLS listener."""
-        site = self.site_class(
-            GatewayResource(self.holder, tls=listener.tls is not None, port=listener.port),
-            timeout=CLIENT_IDLE_TIMEOUT,
-            reactor=self.reactor,
-        )
-        if isinstance(site, DrainableSite):
+        header_timeout, body_timeout, max_connections = self.listener_limits(listener, self.config)
+        resource = GatewayResource(self.holder, tls=listener.tls is not None, port=listener.port)
+        site: GatewaySite
+        if issubclass(self.site_class, DrainableSite):
+            site = self.site_class(
+                resource,
+                timeout=CLIENT_IDLE_TIMEOUT,
+                reactor=self.reactor,
+                header_timeout=header_timeout,
+                body_timeout=body_timeout,
+                max_connections=max_connections,
+                address=listener.address,
+            )
             self._drain_sites.append(site)
+        else:
+            site = self.site_class(
+                resource,
+                timeout=CLIENT_IDLE_TIMEOUT,
+                reactor=self.reactor,
+                header_timeout=header_timeout,
+                body_timeout=body_timeout,
+            )
+        self._sites[(listener.host, listener.port)] = site
         if listener.tls is None:
             return site
         contexts = SNIServerContexts(listener.tls)
@@ -283,6 +352,7 @@ class GatewayService(MultiService):
         # address, if it passed one, instead of binding.
         adopted = systemd.adopt_listener(self.reactor, listener.host, listener.port, factory)
         if adopted is not None:
+            throttle_accept_logs(adopted, self.reactor, listener.address)
             self._ports[key] = adopted
             return
         # Listening on the reactor's own thread finishes synchronously for TCP;
@@ -292,6 +362,7 @@ class GatewayService(MultiService):
         d.addCallbacks(lambda port: self._ports.__setitem__(key, port), failures.append)
         if failures:
             failures[0].raiseException()
+        throttle_accept_logs(self._ports[key], self.reactor, listener.address)
 
     def open_websockets(self) -> dict[str, int]:
         """WebSocket tunnels open on this process's listeners, by route.
@@ -407,6 +478,7 @@ class GatewayService(MultiService):
         # give it back to the collector, or its reference cycles would stay.
         gc.unfreeze()
         self._sync_listeners(config)
+        self._update_limits(config)
         self.config = config
         self.reloads += 1
         if self.watches_config:
@@ -415,6 +487,12 @@ class GatewayService(MultiService):
             self._log.warn("config: {warning}", warning=warning)
         self._log.info("configuration reloaded: {routes} route(s)", routes=len(config.routes))
         return True
+
+    def _update_limits(self, config: Config) -> None:
+        for listener in config.listeners:
+            site = self._sites.get((listener.host, listener.port))
+            if isinstance(site, DrainableSite):
+                site.set_limits(*self.listener_limits(listener, config))
 
     def _sync_listeners(self, config: Config) -> None:
         wanted = {(each.host, each.port): each for each in config.listeners}

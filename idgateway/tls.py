@@ -353,3 +353,11 @@ class GatewayTLSFactory(TLSMemoryBIOFactory):
     """TLS for the gateway's listeners (server side) with TurnBufferedTLS connections."""
 
     protocol = TurnBufferedTLS  # type: ignore[assignment]
+
+    def buildProtocol(self, addr: Any) -> Any:
+        # The Site may refuse the connection (max_connections): then there is
+        # nothing to wrap, and twisted's port closes the socket.
+        wrapped = self.wrappedFactory.buildProtocol(addr)
+        if wrapped is None:
+            return None
+        return self.protocol(self, wrapped)

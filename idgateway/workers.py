@@ -67,6 +67,7 @@ import idgateway
 from idgateway import observe as observe_module
 from idgateway import systemd
 from idgateway.config import ConfigError, load_config
+from idgateway.connection_limits import throttle_accept_logs
 from idgateway.metrics import METRICS, GatewayMetrics
 from idgateway.model import Config, Listener
 from idgateway.observe import text_timestamp
@@ -673,6 +674,7 @@ class WorkerService(GatewayService):
         finally:
             # adoptStreamPort works on its own duplicate.
             os.close(fd)
+        throttle_accept_logs(port, self.reactor, listener.address)
         self._ports[(listener.host, listener.port)] = port
 
     def _sync_listeners(self, config: Config) -> None:
