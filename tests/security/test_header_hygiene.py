@@ -339,8 +339,12 @@ LOG_VECTORS = [
     ),
     pytest.param(b"/a" + NEL + b"b", b"", None, id="target-u0085"),
     pytest.param(b"/a\xa8\xa9b", b"", r"/a\xA8\xA9b", id="target-high-bytes"),
-    pytest.param(b"/a%0A%0D%85%E2%80%A8", b"", "/a%0A%0D%85%E2%80%A8", id="target-encoded"),
-    pytest.param(b'/a"b\\x0A', b"", r"/a\x22b\x5Cx0A", id="target-quote-backslash"),
+    # (Encoded CR/LF in a path are refused as ambiguous before logging matters:
+    # tests/security/test_paths.py.)
+    pytest.param(b"/a%85%E2%80%A8", b"", "/a%85%E2%80%A8", id="target-encoded"),
+    pytest.param(b'/a"b', b"", r"/a\x22b", id="target-quote"),
+    # (A backslash in a path is refused as ambiguous: tests/security/test_paths.py.)
+    pytest.param(b"/a\\x0A", b"", None, id="target-backslash"),
     pytest.param(b"/a" + LS + b"b", b"", None, id="target-u2028"),
     pytest.param(b"/a\rb", b"", None, id="target-cr"),
     pytest.param(b"/a\x1bb", b"", None, id="target-esc"),
