@@ -17,7 +17,7 @@ from twisted.logger import Logger
 from idgateway import observe
 from idgateway.access import safe_redirect
 from idgateway.gate import secure_origin
-from idgateway.metrics import METRICS  # metrics hook
+from idgateway.metrics import METRICS, OAUTH_ERRORS  # metrics hook
 from idgateway.oidc.client import (
     TokenEndpointError,
     authorize_url,
@@ -39,6 +39,13 @@ if TYPE_CHECKING:
     from idgateway.runtime import GatewayState, RouteRuntime
 
 _log = Logger(namespace="idgateway.endpoints")
+
+# Identity headers that carry a token: kept out of /oauth2/auth answers (lower case).
+_TOKEN_HEADERS = frozenset(
+    {b"x-forwarded-access-token", b"oidc_access_token", b"oidc_id_token", b"authorization"}
+)
+# A provider's error code is logged up to this length.
+_MAX_LOGGED_CODE = 64
 
 # ID token claims that only matter while validating; not kept in the session.
 _TECHNICAL_CLAIMS = frozenset(
@@ -71,7 +78,7 @@ def dispatch(
     elif path == "/oauth2/userinfo":
         _run(userinfo(login, request, tls), request, "userinfo")
     elif path == "/oauth2/auth":
-        _run(auth_request(login, request, tls), request, "auth request")
+        _run(auth_request(login, request, tls, state), request, "auth request")
     elif path == "/oauth2/backchannel_logout":
         defer.ensureDeferred(backchannel_logout(login, request, state)).addErrback(
             _unexpected, request, "back-channel logout"
@@ -198,12 +205,21 @@ async def callback(login: RouteLogin, request: GatewayRequest, host: bytes, tls:
     for value in clear_flow:
         request.responseHeaders.addRawHeader(b"set-cookie", value)
     if "error" in params:
-        reason = params["error"] if params["error"].replace("_", "").isalnum() else "error"
+        # Anyone can send a browser here with ?error=<anything>: the code is
+        # logged, never a metric label (70 made-up codes would fill the label
+        # pool and hide the gateway's own reasons behind "other").
+        provider_code = params["error"]
+        _log.info(
+            "route {route}: the provider answered the login with error {code!r} [{request_id}]",
+            route=login.route.name,
+            code=provider_code[:_MAX_LOGGED_CODE],
+            request_id=request.request_id.decode(),
+        )
         _login_failed(
             request,
             login,
-            403 if reason == "access_denied" else 401,
-            reason,
+            403 if provider_code == "access_denied" else 401,
+            "provider_error",
             "Sign-in was refused or cancelled at the identity provider.",
         )
         return
@@ -248,7 +264,7 @@ async def callback(login: RouteLogin, request: GatewayRequest, host: bytes, tls:
             request,
             login,
             502,
-            "token_" + error.error,
+            "token_" + (error.error if error.error in OAUTH_ERRORS else "provider_error"),
             "The identity provider refused to complete the sign-in.",
         )
         return
@@ -375,8 +391,14 @@ async def userinfo(login: RouteLogin, request: GatewayRequest, tls: bool) -> Non
     )
 
 
-async def auth_request(login: RouteLogin, request: GatewayRequest, tls: bool) -> None:
-    """For nginx auth_request and Traefik forwardAuth: 202 + identity, 401 or 403."""
+async def auth_request(
+    login: RouteLogin, request: GatewayRequest, tls: bool, state: GatewayState | None = None
+) -> None:
+    """For nginx auth_request and Traefik forwardAuth: 202 + identity, 401 or 403.
+
+    Token headers (access token, ID token, Authorization) are left out unless
+    the route sets forward_auth.pass_tokens and the peer is a trusted proxy.
+    """
     from idgateway.access import authorization_failure
 
     session, _, _ = await login.current_session(request, tls)
@@ -391,9 +413,17 @@ async def auth_request(login: RouteLogin, request: GatewayRequest, tls: bool) ->
     ):
         send_json(request, 403, {"error": "forbidden"})
         return
-    send_json(
-        request, 202, {"user": session.user}, headers=login.identity.auth_request_headers(session)
-    )
+    headers = login.identity.auth_request_headers(session)
+    if not (login.auth.forward_auth.pass_tokens and _trusted_peer(request, state)):
+        # Tokens never go to the browser: a same-origin script (an XSS in the
+        # app) can fetch this endpoint and read the answer's headers.
+        headers = [(name, value) for name, value in headers if name.lower() not in _TOKEN_HEADERS]
+    send_json(request, 202, {"user": session.user}, headers=headers)
+
+
+def _trusted_peer(request: GatewayRequest, state: GatewayState | None) -> bool:
+    peer = getattr(request.client, "host", None)
+    return state is not None and peer is not None and state.trusted.trusts(peer)
 
 
 def _logout_error(request: GatewayRequest, login: RouteLogin, description: str) -> None:
