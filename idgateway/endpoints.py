@@ -44,7 +44,7 @@ _log = Logger(namespace="idgateway.endpoints")
 _TOKEN_HEADERS = frozenset(
     {b"x-forwarded-access-token", b"oidc_access_token", b"oidc_id_token", b"authorization"}
 )
-# A provider's error code is logged up to this length.
+# A provider's error code is shown (audit log, error page) up to this length.
 _MAX_LOGGED_CODE = 64
 
 # ID token claims that only matter while validating; not kept in the session.
@@ -205,22 +205,20 @@ async def callback(login: RouteLogin, request: GatewayRequest, host: bytes, tls:
     for value in clear_flow:
         request.responseHeaders.addRawHeader(b"set-cookie", value)
     if "error" in params:
-        # Anyone can send a browser here with ?error=<anything>: the code is
-        # logged, never a metric label (70 made-up codes would fill the label
-        # pool and hide the gateway's own reasons behind "other").
-        provider_code = params["error"]
-        _log.info(
-            "route {route}: the provider answered the login with error {code!r} [{request_id}]",
-            route=login.route.name,
-            code=provider_code[:_MAX_LOGGED_CODE],
-            request_id=request.request_id.decode(),
-        )
-        _login_failed(
+        # Anyone can send a browser here with ?error=<anything>: the provider's
+        # code goes to the audit log and the error page, never into a metric
+        # label (70 made-up codes would fill the label pool and hide the
+        # gateway's own reasons behind "other").
+        provider_code = params["error"][:_MAX_LOGGED_CODE]
+        reason = provider_code if provider_code.replace("_", "").isalnum() else "error"
+        observe.login_failed(request, route=login.route.name, reason=reason)  # audit hook
+        METRICS.login_failed(login.route.name, "provider_error")  # metrics hook
+        send_error(
             request,
-            login,
-            403 if provider_code == "access_denied" else 401,
-            "provider_error",
+            403 if reason == "access_denied" else 401,
             "Sign-in was refused or cancelled at the identity provider.",
+            error=reason,
+            request_id=request.request_id,
         )
         return
     if flow is None:

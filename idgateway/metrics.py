@@ -14,7 +14,7 @@ store times each of its calls with one pair of clock readings and one
 Label values are bounded: route names come from the config, status classes
 are 1xx..5xx, and login failure reasons are the gateway's own codes: a
 callback's ``?error=`` (anyone can forge one) counts as ``provider_error``,
-with the provider's code in the log, and a token endpoint's error code outside
+with the provider's code in the audit log, and a token endpoint's error code outside
 the OAuth list as ``token_provider_error`` (past a limit, any other reason is
 counted as ``other``). Provider names come from the config; provider calls
 and error kinds are the fixed lists below. Provider calls are reported by the
