@@ -23,6 +23,7 @@ from idgateway.forwarding import (
 from idgateway.model import (
     AuthorizeRules,
     ClaimRule,
+    ForwardAuthSettings,
     HeaderSettings,
     OIDCSettings,
     ProviderSettings,
@@ -32,6 +33,7 @@ from idgateway.model import (
     SessionSettings,
 )
 from idgateway.oidc.client import RESERVED_AUTHORIZE_PARAMETERS
+from idgateway.oidc.transport import InsecureTransport, check_configured_url
 from idgateway.schema import (
     INVALID,
     PEM_FILE_LIMIT,
@@ -317,6 +319,7 @@ PROVIDER_FIELDS = (
     Field("issuer", parsed(_https_url, "a URL")),
     Field("ca_file", _ca_bundle),
     Field("insecure_skip_verify", boolean, default=False),
+    Field("insecure_http", boolean, default=False),
 )
 
 OIDC_FIELDS = (
@@ -467,6 +470,8 @@ HEADER_OPTION_FIELDS = (
     Field("remote_user_header", parsed(_header_name, "a header name"), default="X-Remote-User"),
 )
 
+FORWARD_AUTH_FIELDS = (Field("pass_tokens", boolean, default=False),)
+
 AUTHORIZE_FIELDS = (
     Field("email_domains", _STRINGS, default=()),
     Field("groups", _STRINGS, default=()),
@@ -506,6 +511,15 @@ ROUTE_AUTH_FIELDS = (
         ),
         default=AuthorizeRules(),
     ),
+    Field(
+        "forward_auth",
+        mapping(
+            FORWARD_AUTH_FIELDS,
+            "a mapping like {pass_tokens: false}",
+            lambda _, found: ForwardAuthSettings(**found.values),
+        ),
+        default=ForwardAuthSettings(),
+    ),
 )
 
 
@@ -531,6 +545,28 @@ def build_providers(reader: Reader, node: yaml.Node, key: str) -> Any:
                 "issuer: https://localhost:9443/oauth2/token",
             )
             continue
+        insecure = False
+        for url_key in ("discovery_url", "issuer"):
+            url = values[url_key]
+            if url is None:
+                continue
+            try:
+                warning = check_configured_url(url, insecure_http=values["insecure_http"])
+            except InsecureTransport as error:
+                reader.problem(found.nodes[url_key], f"{child}.{url_key}", str(error))
+                insecure = True
+                continue
+            if warning is not None:
+                reader.warnings.append(f"provider {name!r}: {warning}")
+        if insecure:
+            continue
+        if values["insecure_http"] and not any(
+            (values[k] or "").startswith("http://") for k in ("discovery_url", "issuer")
+        ):
+            reader.warnings.append(
+                f"provider {name!r}: insecure_http is on: endpoints its discovery document "
+                "advertises may be plain HTTP, so tokens may cross the network unencrypted"
+            )
         if values["insecure_skip_verify"]:
             reader.warnings.append(
                 f"provider {name!r}: insecure_skip_verify is on: the provider's TLS certificate "
@@ -546,7 +582,7 @@ def build_route_auth(
     """The route's RouteAuth from its oidc/session/... values, or None for open routes."""
     values = found.values
     oidc = values.get("oidc")
-    names = ("session", "public_paths", "authorize")
+    names = ("session", "public_paths", "authorize", "forward_auth")
     if oidc is None:
         for name in names:
             if name in found.nodes:
@@ -591,4 +627,5 @@ def build_route_auth(
         headers=values["headers"],
         public_paths=values["public_paths"],
         authorize=values["authorize"],
+        forward_auth=values["forward_auth"],
     )

@@ -17,7 +17,7 @@ from twisted.logger import Logger
 from idgateway import logout_pages, observe
 from idgateway.access import safe_redirect
 from idgateway.gate import secure_origin
-from idgateway.metrics import METRICS  # metrics hook
+from idgateway.metrics import METRICS, OAUTH_ERRORS  # metrics hook
 from idgateway.oidc.client import (
     TokenEndpointError,
     authorize_url,
@@ -40,6 +40,13 @@ if TYPE_CHECKING:
     from idgateway.runtime import GatewayState, RouteRuntime
 
 _log = Logger(namespace="idgateway.endpoints")
+
+# Identity headers that carry a token: kept out of /oauth2/auth answers (lower case).
+_TOKEN_HEADERS = frozenset(
+    {b"x-forwarded-access-token", b"oidc_access_token", b"oidc_id_token", b"authorization"}
+)
+# A provider's error code is shown (audit log, error page) up to this length.
+_MAX_LOGGED_CODE = 64
 
 # ID token claims that only matter while validating; not kept in the session.
 _TECHNICAL_CLAIMS = frozenset(
@@ -199,13 +206,20 @@ async def callback(login: RouteLogin, request: GatewayRequest, host: bytes, tls:
     for value in clear_flow:
         request.responseHeaders.addRawHeader(b"set-cookie", value)
     if "error" in params:
-        reason = params["error"] if params["error"].replace("_", "").isalnum() else "error"
-        _login_failed(
+        # Anyone can send a browser here with ?error=<anything>: the provider's
+        # code goes to the audit log and the error page, never into a metric
+        # label (70 made-up codes would fill the label pool and hide the
+        # gateway's own reasons behind "other").
+        provider_code = params["error"][:_MAX_LOGGED_CODE]
+        reason = provider_code if provider_code.replace("_", "").isalnum() else "error"
+        observe.login_failed(request, route=login.route.name, reason=reason)  # audit hook
+        METRICS.login_failed(login.route.name, "provider_error")  # metrics hook
+        send_error(
             request,
-            login,
             403 if reason == "access_denied" else 401,
-            reason,
             "Sign-in was refused or cancelled at the identity provider.",
+            error=reason,
+            request_id=request.request_id,
         )
         return
     if flow is None:
@@ -249,7 +263,7 @@ async def callback(login: RouteLogin, request: GatewayRequest, host: bytes, tls:
             request,
             login,
             502,
-            "token_" + error.error,
+            "token_" + (error.error if error.error in OAUTH_ERRORS else "provider_error"),
             "The identity provider refused to complete the sign-in.",
         )
         return
@@ -408,6 +422,9 @@ async def auth_request(
     path, readings, public paths and rules; an ambiguous one is refused (400).
     Those headers are believed only from ``trusted_proxies``; from anyone else
     the /oauth2/auth request itself is judged.
+
+    Token headers (access token, ID token, Authorization) are left out unless
+    the route sets forward_auth.pass_tokens and the peer is a trusted proxy.
     """
     from idgateway.access import authorization_failure
 
@@ -440,9 +457,17 @@ async def auth_request(
     ):
         send_json(request, 403, {"error": "forbidden"})
         return
-    send_json(
-        request, 202, {"user": session.user}, headers=login.identity.auth_request_headers(session)
-    )
+    headers = login.identity.auth_request_headers(session)
+    if not (login.auth.forward_auth.pass_tokens and _trusted_peer(request, state)):
+        # Tokens never go to the browser: a same-origin script (an XSS in the
+        # app) can fetch this endpoint and read the answer's headers.
+        headers = [(name, value) for name, value in headers if name.lower() not in _TOKEN_HEADERS]
+    send_json(request, 202, {"user": session.user}, headers=headers)
+
+
+def _trusted_peer(request: GatewayRequest, state: GatewayState | None) -> bool:
+    peer = getattr(request.client, "host", None)
+    return state is not None and peer is not None and state.trusted.trusts(peer)
 
 
 def _logout_error(request: GatewayRequest, login: RouteLogin, description: str) -> None:

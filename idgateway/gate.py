@@ -29,6 +29,8 @@ from idgateway.metrics import METRICS  # metrics hook
 from idgateway.model import AuthorizeRules, ProviderSettings, PublicPath, Route, RouteAuth
 from idgateway.oidc.client import ClientCredentials, TokenEndpointError, refresh_tokens
 from idgateway.oidc.provider import ProviderClient
+from idgateway.oidc.refresh import validate_refreshed_id_token
+from idgateway.oidc.tokens import PROVIDER_UNAVAILABLE, TokenError
 from idgateway.pages import send_error, send_provider_unavailable, wants_json
 from idgateway.paths import PathReading
 from idgateway.sessions.binding import session_binding
@@ -764,6 +766,33 @@ class RouteLogin:
                 return UNAVAILABLE
             return None
         now = self.clock.seconds()
+        if tokens.id_token is not None:
+            # As untrusted as the login's: validated before it replaces the
+            # session's (it goes upstream and back to the provider as a hint).
+            try:
+                await validate_refreshed_id_token(
+                    tokens.id_token,
+                    provider=self.provider.client,
+                    client_id=self.oidc.client_id,
+                    session_sub=session.sub,
+                    previous_id_token=session.id_token,
+                    access_token=tokens.access_token,
+                    now=now,
+                )
+            except TokenError as error:
+                # Refused like an invalid_grant: the user logs in again. The new
+                # tokens are dropped; the session is never given them.
+                self._log.warn(
+                    "route {route}: refresh for {user} refused: the new ID token is "
+                    "invalid ({reason})",
+                    route=self.route.name,
+                    user=session.user,
+                    reason=error.reason,
+                )
+                if error.reason == PROVIDER_UNAVAILABLE:
+                    return UNAVAILABLE
+                return None
+            now = self.clock.seconds()
         return attrs.evolve(
             session,
             access_token=tokens.access_token,

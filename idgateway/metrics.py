@@ -12,8 +12,10 @@ store times each of its calls with one pair of clock readings and one
 ``observe`` on a child it fetched when it was made (``session_store_timers``).
 
 Label values are bounded: route names come from the config, status classes
-are 1xx..5xx, and login failure reasons are the gateway's own codes or the
-provider's OAuth error code (free text from the browser after a limit is
+are 1xx..5xx, and login failure reasons are the gateway's own codes: a
+callback's ``?error=`` (anyone can forge one) counts as ``provider_error``,
+with the provider's code in the audit log, and a token endpoint's error code outside
+the OAuth list as ``token_provider_error`` (past a limit, any other reason is
 counted as ``other``). Provider names come from the config; provider calls
 and error kinds are the fixed lists below. Provider calls are reported by the
 provider's HTTP client (``oidc.http.send``), which ``runtime.StateBuilder``
@@ -72,6 +74,8 @@ _OAUTH_ERRORS = frozenset(
         "registration_not_supported",
     }
 )
+# The OAuth error codes as a public name (endpoints keep others out of labels).
+OAUTH_ERRORS = _OAUTH_ERRORS
 # How many other distinct failure reasons get their own label value.
 _MAX_OTHER_REASONS = 64
 

@@ -205,6 +205,9 @@ class ProviderSettings:
     ca_file: str | None = None
     # mod_auth_openidc's "OIDCSSLValidateServer Off"; logged loudly at start.
     insecure_skip_verify: bool = False
+    # Allow plain-HTTP provider URLs on another machine (loopback needs no
+    # flag); logged loudly at start and by `idgateway check`.
+    insecure_http: bool = False
 
 
 @attrs.frozen
@@ -281,6 +284,15 @@ class HeaderSettings:
 
 
 @attrs.frozen
+class ForwardAuthSettings:
+    """``forward_auth:``: what /oauth2/auth (nginx auth_request, Traefik forwardAuth) answers."""
+
+    # Add the route's token headers (access token, ID token, Authorization) to
+    # the answer, for peers in trusted_proxies only; never for anyone else.
+    pass_tokens: bool = False
+
+
+@attrs.frozen
 class PublicPath:
     """A request that skips login: an optional method and a path prefix or regex."""
 
@@ -318,3 +330,4 @@ class RouteAuth:
     headers: HeaderSettings = HeaderSettings()
     public_paths: tuple[PublicPath, ...] = ()
     authorize: AuthorizeRules = AuthorizeRules()
+    forward_auth: ForwardAuthSettings = ForwardAuthSettings()

@@ -275,6 +275,12 @@ class StateBuilder:
                 "provider {name}: TLS verification is OFF (insecure_skip_verify)",
                 name=settings.name,
             )
+        if settings.insecure_http:
+            self._log.warn(
+                "provider {name}: plain HTTP allowed (insecure_http): tokens and the client "
+                "secret may cross the network unencrypted",
+                name=settings.name,
+            )
         http = make_http_client(
             self.reactor,
             ca_file=settings.ca_file,
@@ -287,6 +293,7 @@ class StateBuilder:
             issuer=settings.issuer,
             http=http,
             clock=self.reactor,
+            insecure_http=settings.insecure_http,
         )
         client.start()
         return ProviderHandle(settings=settings, client=client, http=http)

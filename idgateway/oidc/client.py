@@ -9,6 +9,8 @@ no message ever holds a secret, a code or a token.
 from __future__ import annotations
 
 import base64
+import math
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import parse_qsl, quote, quote_plus, urlencode, urlsplit, urlunsplit
@@ -43,6 +45,11 @@ RESERVED_AUTHORIZE_PARAMETERS = frozenset(
 
 # Provider-supplied error descriptions are shown in logs: keep them short.
 _MAX_DESCRIPTION = 300
+
+# expires_in: a ten-year lifetime is already absurd; more is refused, as is a
+# decimal string longer than that (int() of thousands of digits is slow).
+_MAX_EXPIRES_IN = 10 * 366 * 86400
+_DECIMAL = re.compile(r"[0-9]{1,10}")
 
 
 @attrs.frozen
@@ -346,13 +353,27 @@ def _token_response(result: HTTPResult) -> TokenResponse:
 
 
 def _expires_in(value: object) -> int | None:
-    if isinstance(value, bool):
+    """The token's lifetime in whole seconds, None when the provider gave none.
+
+    A number that is not finite and positive (``1e400`` parses as infinity,
+    ``-5``, ``0``, ``"NaN"``, ``"abc"``, ``true``) is a provider error, not a
+    lifetime to guess at: it would make a token expire never or at once.
+    Decimal strings (``"3600"``) are tolerated, within ``_MAX_EXPIRES_DIGITS``.
+    """
+    if value is None:
         return None
-    if isinstance(value, int | float):
-        return int(value)
-    if isinstance(value, str) and value.isdigit():
-        return int(value)
-    return None
+    if isinstance(value, str) and _DECIMAL.fullmatch(value):
+        value = int(value)
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or not 0 < value <= _MAX_EXPIRES_IN
+    ):
+        raise TokenEndpointError(
+            "invalid_response", "expires_in is not a finite positive number of seconds", 200
+        )
+    return max(1, int(value))
 
 
 def _optional_string(value: object) -> str | None:

@@ -19,7 +19,6 @@ call (the browser went away) is neither.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable, Mapping
 from typing import Any, Protocol, TypeVar
 
@@ -37,6 +36,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IPolicyForHTTPS, IResponse
 from zope.interface import implementer
 
+from idgateway.oidc import bounded_json
 from idgateway.tls import HTTP_1_1, client_tls_options
 
 _T = TypeVar("_T")
@@ -93,8 +93,8 @@ class HTTPResult:
         return values[0] if values else None
 
     def json(self) -> Any:
-        """The body parsed as JSON; ValueError if it is not JSON."""
-        return json.loads(self.body)
+        """The body parsed as JSON; ValueError if it is not JSON or nests too deep."""
+        return bounded_json.loads(self.body)
 
 
 def make_http_client(

@@ -29,6 +29,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from idgateway.oidc.http import HTTPFailure, count_error, send
+from idgateway.oidc.transport import InsecureTransport, check_configured_url, check_endpoint
 
 DISCOVERY_SUFFIX = "/.well-known/openid-configuration"
 
@@ -61,6 +62,22 @@ class ProviderMetadata:
     id_token_signing_alg_values_supported: tuple[str, ...] = ("RS256",)
     code_challenge_methods_supported: tuple[str, ...] = ()
     backchannel_logout_supported: bool = False
+
+    def endpoints(self) -> tuple[tuple[str, str], ...]:
+        """(field name, URL) of every endpoint the document names, for transport checks."""
+        return tuple(
+            (name, url)
+            for name, url in (
+                ("authorization_endpoint", self.authorization_endpoint),
+                ("token_endpoint", self.token_endpoint),
+                ("jwks_uri", self.jwks_uri),
+                ("userinfo_endpoint", self.userinfo_endpoint),
+                ("end_session_endpoint", self.end_session_endpoint),
+                ("introspection_endpoint", self.introspection_endpoint),
+                ("revocation_endpoint", self.revocation_endpoint),
+            )
+            if url is not None
+        )
 
     @classmethod
     def from_document(cls, document: object) -> ProviderMetadata:
@@ -196,6 +213,10 @@ class ProviderClient:
     authoritative) or by ``issuer`` (the discovery URL is derived from it and
     the document must state exactly that issuer), or both (that URL, that
     issuer). ``clock`` drives retries, refreshes and timeouts.
+
+    Every URL is HTTPS (``idgateway.oidc.transport``): the configured one, and
+    each endpoint the document advertises, or the document is refused. Plain
+    HTTP takes ``insecure_http`` (or a provider on loopback).
     """
 
     _log = Logger()
@@ -213,9 +234,17 @@ class ProviderClient:
         logout_refetch_interval: float = 300,
         retry_max: float = 60,
         timeout: float = 10,
+        insecure_http: bool = False,
     ) -> None:
         if discovery_url is None and issuer is None:
             raise ValueError(f"provider {name}: give discovery_url or issuer")
+        for url in (discovery_url, issuer):
+            if url is not None:
+                try:
+                    check_configured_url(url, insecure_http=insecure_http)
+                except InsecureTransport as error:
+                    raise ValueError(f"provider {name}: {error}") from None
+        self.insecure_http = insecure_http
         self.name = name
         self.expected_issuer = issuer
         if discovery_url is None:
@@ -243,6 +272,8 @@ class ProviderClient:
         self._refreshing: defer.Deferred[None] | None = None
         self._last_jwks_fetch: float | None = None
         self._refetch_lock = defer.DeferredLock()
+        # Endpoints already reported as living on another host than discovery.
+        self._elsewhere_logged: set[tuple[str, str]] = set()
 
     @property
     def ready(self) -> bool:
@@ -340,10 +371,31 @@ class ProviderClient:
                     f"{self.discovery_url} states issuer {metadata.issuer!r}, "
                     f"but the configured issuer is {self.expected_issuer!r}"
                 )
+            self._check_transport(metadata)
         except ProviderError:
             count_error(self._http, "discovery", "invalid")  # metrics hook
             raise
         return metadata
+
+    def _check_transport(self, metadata: ProviderMetadata) -> None:
+        """Refuse a document that sends provider traffic over plain HTTP."""
+        for field, url in metadata.endpoints():
+            try:
+                elsewhere = check_endpoint(
+                    field, url, discovery_url=self.discovery_url, insecure_http=self.insecure_http
+                )
+            except InsecureTransport as error:
+                raise ProviderError(str(error)) from None
+            if elsewhere and (field, url) not in self._elsewhere_logged:
+                self._elsewhere_logged.add((field, url))
+                self._log.info(
+                    "Provider {provider}: {field} {url} is on another host than the "
+                    "discovery document ({discovery_url}); allowed over HTTPS",
+                    provider=self.name,
+                    field=field,
+                    url=url,
+                    discovery_url=self.discovery_url,
+                )
 
     async def _fetch_keys(
         self, jwks_uri: str, *, for_logout: bool = False

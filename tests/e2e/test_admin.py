@@ -121,7 +121,8 @@ routes:
             for labels, value in re.findall(logins, text, re.M)
             if 'route="app1"' in labels
             and 'result="failed"' in labels
-            and 'reason="access_denied"' in labels
+            # The provider's ?error= code is not a label (anyone can forge one).
+            and 'reason="provider_error"' in labels
         ]
         assert failed == [1.0], text
         assert "idgateway_request_seconds_bucket" in text

@@ -13,6 +13,15 @@
 //     "trusted_ca_files": []      // extra CA bundles trusted when POSTing back-channel logouts
 //   }
 //
+// A tenant may misbehave on purpose (the gateway's security tests), with
+//   "misbehave": {
+//     "refresh_id_token": "other_sub" | "garbage",  // a refresh answers with an ID token
+//                                   // validly signed but about "mallory", or "not.a.jwt"
+//     "jwks_uri": "http",           // discovery advertises http://.../oauth2/jwks
+//     "expires_in": "1e400"         // raw JSON text put in every token response's expires_in
+//   }
+// Without it (the default) the tenant behaves exactly as before.
+//
 // The default tenants (carbon.super, acme.com) always exist; a tenant given in the
 // config replaces the default users only when it lists "users".
 
@@ -134,6 +143,26 @@ function normalizeClient(tenant, client, index) {
   };
 }
 
+const MISBEHAVIOURS = {
+  refresh_id_token: (v) => ['other_sub', 'garbage'].includes(v),
+  jwks_uri: (v) => v === 'http',
+  expires_in: (v) => typeof v === 'string' && v.length > 0,
+};
+
+function normalizeMisbehave(tenant, misbehave) {
+  if (misbehave === undefined) return {};
+  if (!misbehave || typeof misbehave !== 'object') fail(`tenants.${tenant}.misbehave must be an object`);
+  for (const [key, value] of Object.entries(misbehave)) {
+    if (!(key in MISBEHAVIOURS)) {
+      fail(`tenants.${tenant}.misbehave.${key} is not one of ${Object.keys(MISBEHAVIOURS).join(', ')}`);
+    }
+    if (!MISBEHAVIOURS[key](value)) {
+      fail(`tenants.${tenant}.misbehave.${key}: ${JSON.stringify(value)} is not allowed`);
+    }
+  }
+  return { ...misbehave };
+}
+
 export function loadConfig(raw) {
   const input = raw ?? {};
   const tenants = defaultTenants();
@@ -150,6 +179,7 @@ export function loadConfig(raw) {
     };
   }
   for (const [name, tenant] of Object.entries(tenants)) {
+    tenant.misbehave = normalizeMisbehave(name, tenant.misbehave);
     tenant.users = tenant.users.map((user, i) => normalizeUser(name, user, i));
     tenant.clients = tenant.clients.map((client, i) => normalizeClient(name, client, i));
   }

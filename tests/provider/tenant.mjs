@@ -134,6 +134,8 @@ export class Tenant {
     this.users = settings.users;
     this.clients = new Map(settings.clients.map((c) => [c.client_id, c]));
     this.consentPage = settings.consentPage;
+    // Deliberate faults for the gateway's security tests (config.mjs); {} = none.
+    this.misbehave = settings.misbehave ?? {};
     this.ttl = settings.ttl;
     this.log = log;
     this.store = previous?.store ?? new TenantStore();
@@ -468,18 +470,49 @@ export class Tenant {
         ctx.body = tenant.discovery(ctx.body);
       } else if (route === 'introspection' && ctx.status === 200 && ctx.body?.active) {
         ctx.body = tenant.introspection(ctx);
+      } else if (route === 'token' && ctx.status === 200 && ctx.body
+        && Object.keys(tenant.misbehave).length) {
+        tenant.misbehaveOnToken(ctx);
       }
     });
   }
 
+  // The security tests' faulty token answers (only with "misbehave" set).
+  misbehaveOnToken(ctx) {
+    const body = { ...ctx.body };
+    const fault = this.misbehave.refresh_id_token;
+    if (fault && ctx.oidc?.params?.grant_type === 'refresh_token' && body.id_token) {
+      if (fault === 'garbage') {
+        body.id_token = 'not.a.jwt';
+      } else {
+        // Validly signed by this tenant, right issuer and audience: only sub differs.
+        const [header, payload] = body.id_token.split('.').slice(0, 2)
+          .map((part) => JSON.parse(Buffer.from(part, 'base64url').toString()));
+        body.id_token = signRS256({ ...payload, sub: 'mallory' }, header, this.key.privateKey);
+      }
+      this.log(`misbehaving: refresh answered with a ${fault} ID token`);
+    }
+    if (this.misbehave.expires_in === undefined) {
+      ctx.body = body;
+      return;
+    }
+    // Raw JSON text: 1e400 cannot be written by JSON.stringify.
+    const marker = '"__expires_in__"';
+    body.expires_in = '__expires_in__';
+    ctx.type = 'application/json; charset=utf-8';
+    ctx.body = JSON.stringify(body).replace(marker, this.misbehave.expires_in);
+    this.log(`misbehaving: expires_in ${this.misbehave.expires_in}`);
+  }
+
   discovery(body) {
+    const jwksBase = this.misbehave.jwks_uri === 'http' ? this.base.replace(/^https:/, 'http:') : this.base;
     const out = {
       ...body,
       issuer: this.issuer,
       authorization_endpoint: `${this.base}/oauth2/authorize`,
       token_endpoint: `${this.base}/oauth2/token`,
       userinfo_endpoint: `${this.base}/oauth2/userinfo`,
-      jwks_uri: `${this.base}/oauth2/jwks`,
+      jwks_uri: `${jwksBase}/oauth2/jwks`,
       introspection_endpoint: `${this.base}/oauth2/introspect`,
       revocation_endpoint: `${this.base}/oauth2/revoke`,
       end_session_endpoint: `${this.base}/oidc/logout`,

@@ -35,6 +35,7 @@ from idgateway.config import (
 )
 from idgateway.config_auth import (
     AUTHORIZE_FIELDS,
+    FORWARD_AUTH_FIELDS,
     HEADER_OPTION_FIELDS,
     OIDC_FIELDS,
     PROVIDER_FIELDS,
@@ -860,6 +861,6 @@ def test_the_example_file_in_etc_loads(tmp_path: Path, certs: Path) -> None:
     assert billing.max_body_size is None and billing.hsts_max_age == 365 * 86400
     every_spec = (TOP_FIELDS, LISTENER_FIELDS, TLS_FIELDS, CERTIFICATE_FIELDS, ROUTE_FIELDS)
     every_spec += (PATH_FIELDS, HSTS_FIELDS, PROVIDER_FIELDS, OIDC_FIELDS, SESSION_FIELDS)
-    every_spec += (HEADER_OPTION_FIELDS, AUTHORIZE_FIELDS, RELOAD_FIELDS)
+    every_spec += (HEADER_OPTION_FIELDS, AUTHORIZE_FIELDS, RELOAD_FIELDS, FORWARD_AUTH_FIELDS)
     unused = [field.name for spec in every_spec for field in spec if f"{field.name}:" not in text]
     assert unused == []
