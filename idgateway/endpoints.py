@@ -428,7 +428,11 @@ async def auth_request(
     """
     from idgateway.access import authorization_failure
 
-    forwarded = _forwarded_request(request, state)
+    try:
+        forwarded = _forwarded_request(request, state)
+    except AmbiguousForward as why:
+        send_json(request, 400, {"error": "ambiguous_forward", "message": str(why)})
+        return
     if forwarded is None:
         method, raw_path = request.method, request.path
     else:
@@ -466,6 +470,7 @@ async def auth_request(
 
 
 def _trusted_peer(request: GatewayRequest, state: GatewayState | None) -> bool:
+    """Whether the peer is in trusted_proxies (may name another request, get tokens)."""
     peer = getattr(request.client, "host", None)
     return state is not None and peer is not None and state.trusted.trusts(peer)
 
@@ -609,6 +614,10 @@ async def frontchannel_logout(
     request.finish()
 
 
+class AmbiguousForward(ValueError):
+    """The forwarded request cannot be named one way only."""
+
+
 def _forwarded_request(
     request: GatewayRequest, state: GatewayState
 ) -> tuple[bytes, bytes] | None:
@@ -617,24 +626,38 @@ def _forwarded_request(
 
     Only a peer in trusted_proxies may name another request: from anyone else
     (a browser script, a client reaching the gateway directly) the headers are
-    ignored, and logged.
+    ignored, and logged. nginx passes a client's own headers through to its
+    auth subrequest, so two headers naming different paths, or one header
+    twice, are refused (AmbiguousForward) rather than one of them believed;
+    and without X-Forwarded-Method the method is unknown, so only public
+    paths open to every method match.
     """
     headers = request.requestHeaders
-    uri = headers.getRawHeaders(b"x-forwarded-uri") or headers.getRawHeaders(b"x-original-uri")
-    if not uri:
+    forwarded = headers.getRawHeaders(b"x-forwarded-uri") or []
+    original = headers.getRawHeaders(b"x-original-uri") or []
+    if not forwarded and not original:
         return None
-    peer = getattr(request.client, "host", None)
-    if peer is None or not state.trusted.trusts(peer):
+    if not _trusted_peer(request, state):
         _log.info(
             "auth request from {peer}, not a trusted proxy: X-Forwarded-Uri ignored, "
             "the request itself is judged [{request_id}]",
-            peer=peer or "unix",
+            peer=getattr(request.client, "host", None) or "unix",
             request_id=request.request_id.decode(),
         )
         return None
-    methods = headers.getRawHeaders(b"x-forwarded-method")
-    method = methods[0].strip().upper() if methods else b"GET"
-    return method, uri[0].partition(b"?")[0]
+    paths = {value.partition(b"?")[0] for value in (*forwarded, *original)}
+    if len(forwarded) > 1 or len(original) > 1 or len(paths) > 1:
+        raise AmbiguousForward(
+            "X-Forwarded-Uri and X-Original-URI name more than one path; let the proxy set "
+            "exactly one (nginx: proxy_set_header X-Forwarded-Uri \"\";)"
+        )
+    methods = headers.getRawHeaders(b"x-forwarded-method") or []
+    if len(methods) > 1:
+        raise AmbiguousForward("X-Forwarded-Method is given more than once")
+    # b"" matches no method-specific public path: "GET /items" must not open
+    # POST /items because the proxy did not say which method it was.
+    method = methods[0].strip().upper() if methods else b""
+    return method, paths.pop()
 
 
 def _unexpected(failure: Any, request: GatewayRequest, what: str) -> None:

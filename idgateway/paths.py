@@ -41,11 +41,22 @@ _LITERAL = frozenset(_ALPHA_DIGIT + b"-._~!$&'()*+,;=:@/")
 _PLAIN = bytes(sorted(_LITERAL - {ord(";")}))
 _HEX = frozenset(b"0123456789ABCDEFabcdef")
 _SLASH_RUNS = re.compile(r"/{2,}")
-_DOUBLE_ENCODED = re.compile(rb"%25[0-9A-Fa-f]{2}")
+# "%25" then what another decoding pass would read as an escape: "%252e", and
+# IIS's "%25u002e".
+_DOUBLE_ENCODED = re.compile(rb"%25(?:[0-9A-Fa-f]{2}|[uU][0-9A-Fa-f]{4})")
 # Escapes that are never UTF-8 but that old decoders read as ASCII: the
 # overlong forms of "/" and "." ("%c0%af", "%e0%80%ae") that once walked past
 # IIS and Tomcat.
-_OVERLONG_UTF8 = re.compile(rb"%C[01]|%E0%[89]|%F0%8", re.IGNORECASE)
+_OVERLONG_UTF8 = re.compile(rb"%C[01]|%E0%[89]|%F0%8|%F[8-F]%[89AB]", re.IGNORECASE)
+# Characters whose Unicode case mapping or Windows "best fit" is ASCII: on a
+# case-insensitive route "/adm%C4%B1n/" (dotless i) or a fullwidth "ａdmin"
+# could be "/admin/" to the upstream. Refused there.
+_FOLDS_TO_ASCII = re.compile(
+    rb"%C4%B[01]|%C5%BF|%E2%84%AA|%E2%84%AB|%EF%BC%[89AB][0-9A-F]|%EF%BD%[89][0-9A-F]|%EF%BD%A0"
+)
+# A segment of dots and spaces only ("...", ".. ") that Windows would trim
+# into a dot segment.
+_WINDOWS_DOTS = re.compile(r"(?:^|/)[. ]*(?:%20[. ]*)*(?=/|$)")
 
 
 class AmbiguousPath(ValueError):
@@ -84,7 +95,15 @@ def canonical_path(raw: bytes, policy: PathPolicy = DEFAULT_POLICY) -> bytes:
             if name != segment:
                 raise AmbiguousPath("a dot segment carries ;parameters (..;)")
         segments.append(segment)
-    return b"/" + b"/".join(_remove_dot_segments(segments, b".", b"..", b""))
+    canonical = b"/" + b"/".join(_remove_dot_segments(segments, b".", b"..", b""))
+    if policy.case_insensitive:
+        if _FOLDS_TO_ASCII.search(canonical):
+            raise AmbiguousPath("a character that case-insensitive servers read as ASCII")
+        text = canonical.decode("latin-1")
+        for match in _WINDOWS_DOTS.finditer(text):
+            if match.group().strip("/"):
+                raise AmbiguousPath("a segment of dots and spaces (Windows trims it)")
+    return canonical
 
 
 def _canonical_segment(
@@ -243,9 +262,16 @@ class PathJudge:
         self.fold: Callable[[str], str] = str.lower if policy.case_insensitive else _same
         by_length = sorted(range(len(prefixes)), key=lambda i: len(prefixes[i]), reverse=True)
         self._subs = tuple((self.fold(prefixes[i]), i) for i in by_length)
-        self._rule_subs = tuple(
-            (prefix, i) for prefix, i in self._subs if i < len(with_rules) and with_rules[i]
-        )
+        # Rules also cover a prefix's own path without its slash: "/admin/" rules
+        # apply to "/admin" too (a servlet mapping "/admin/*" serves "/admin").
+        rule_subs: list[tuple[str, int]] = []
+        for prefix, i in self._subs:
+            if i < len(with_rules) and with_rules[i]:
+                rule_subs.append((prefix, i))
+        self._rule_subs = tuple(rule_subs)
+        self._rule_exact = {
+            prefix[:-1]: i for prefix, i in rule_subs if prefix.endswith("/") and len(prefix) > 1
+        }
         # Raw path -> its reading: pages ask for the same paths again and again.
         self._cache: dict[bytes, PathReading] = {}
 
@@ -261,7 +287,7 @@ class PathJudge:
         else:
             texts = readings(text, self.policy)
         sub = self._agreed(texts, self._subs, "path sub-routes")
-        rules = self._agreed(texts, self._rule_subs, "authorization rules")
+        rules = self._agreed(texts, self._rule_subs, "authorization rules", self._rule_exact)
         reading = PathReading(canonical, texts, sub, rules)
         if len(self._cache) >= self._CACHE_MAX:
             self._cache.clear()
@@ -269,11 +295,21 @@ class PathJudge:
         return reading
 
     def _agreed(
-        self, texts: tuple[str, ...], subs: tuple[tuple[str, int], ...], what: str
+        self,
+        texts: tuple[str, ...],
+        subs: tuple[tuple[str, int], ...],
+        what: str,
+        exact: dict[str, int] | None = None,
     ) -> int | None:
         if not subs:
             return None
-        chosen = [self._longest(self.fold(text), subs) for text in texts]
+        chosen = []
+        for text in texts:
+            folded = self.fold(text)
+            choice = self._longest(folded, subs)
+            if choice is None and exact:
+                choice = exact.get(folded)
+            chosen.append(choice)
         if any(choice != chosen[0] for choice in chosen[1:]):
             raise AmbiguousPath(f"servers would read this path under different {what}")
         return chosen[0]

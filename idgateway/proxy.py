@@ -104,6 +104,12 @@ class GatewayResource(Resource):
                 )
         request.idgw_route = route.name  # observe hook
         runtime = state.runtimes[route.name]
+        if not host and (
+            request.clientproto != b"HTTP/1.0" or runtime.login is not None or route.https_redirect
+        ):
+            # No host to build a URL with (redirect_uri, https_redirect): an
+            # HTTP/1.0 request without Host reaches only plain proxy routes.
+            return self._refuse(request, 400, "The request needs a Host header.", error="bad_host")
         uri = request.uri
         if not uri.startswith(b"/"):
             if uri == b"*" and request.method == b"OPTIONS":

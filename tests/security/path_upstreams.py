@@ -113,8 +113,8 @@ def iis_path(raw: str) -> str:
 def area(path: str) -> str:
     if path.startswith("/public/") or path == "/public" or path == "/healthz":
         return "public"
-    if path.startswith("/admin/"):
-        return "admin"
+    if path.startswith("/admin/") or path == "/admin":
+        return "admin"  # a servlet mapping "/admin/*" serves "/admin" too
     return "app"
 
 

@@ -72,6 +72,10 @@ routes:
     hosts: [secure.localhost]
     upstream: http://127.0.0.1:{echo.port}
     https_redirect: true
+  - name: fallback
+    default: true
+    upstream: http://127.0.0.1:{echo.port}
+    https_redirect: true
 """
         )
         gateway = GatewayProcess(tmp / "gateway.yaml", tmp / "gateway.log").start([port])
@@ -118,9 +122,18 @@ def test_https_redirect_runs_after_the_host_and_target_checks(env) -> None:
     assert headers[b"location"] == b"https://secure.localhost/x?q=1"
 
 
-def test_unknown_hosts_get_421(env) -> None:
-    status, _, _ = get(env["port"], b"evil.example")
-    assert status == 421
+def test_unknown_hosts_go_to_the_default_route(env) -> None:
+    status, headers, _ = get(env["port"], b"evil.example", b"/x")
+    assert status == 308 and headers[b"location"] == b"https://evil.example/x"
+
+
+def test_an_empty_host_never_builds_a_url(env) -> None:
+    # HTTP/1.1 with an empty Host, and HTTP/1.0 without one, on a route that
+    # would build a URL (https_redirect): never "Location: https:////evil/x".
+    status, headers, _ = get(env["port"], b"", b"//evil.example/x")
+    assert status == 400 and b"location" not in headers
+    status, headers, _ = raw(env["port"], b"GET //evil.example/x HTTP/1.0\r\n\r\n")
+    assert status == 400 and b"location" not in headers
 
 
 def test_login_redirect_uses_the_normalised_host(tmp_path: Path) -> None:

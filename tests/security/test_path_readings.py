@@ -138,7 +138,9 @@ def _public(path: str, fold: bool) -> bool:
 
 
 def _admin(path: str, fold: bool) -> bool:
-    return (path.lower() if fold else path).startswith(ADMIN)
+    # A servlet mapping "/admin/*" serves "/admin" itself too.
+    path = path.lower() if fold else path
+    return path.startswith(ADMIN) or path == ADMIN[:-1]
 
 
 # -- the property -----------------------------------------------------------------

@@ -75,7 +75,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
       scopes: [openid, email, profile, groups]
       user_claim: username
     session: {{keys: [{key}]}}
-    public_paths: [/public/, /healthz]
+    public_paths: [/public/, /healthz, "GET /items"]
     paths:
       - {{prefix: /admin/, upstream: "http://127.0.0.1:{upstreams[name]}",
           authorize: {{groups: [admins]}}}}
@@ -148,6 +148,16 @@ VECTORS = [
     b"/ADMIN/x",
     b"/Admin./x",
     b"/admin%20/x",
+    b"/admin",
+    b"/admin;jsessionid=1",
+    b"/admin.",
+    # Unicode case mappings and Windows best fit on the IIS-style route
+    b"/adm%C4%B1n/x",
+    b"/%EF%BD%81dmin/x",
+    b"/public/..%20/admin/x",
+    b"/public/.../admin/x",
+    b"/public/%25u002e%25u002e/admin/x",
+    b"/public/..%F8%80%80%80%AF../admin",
     # invalid escapes
     b"/public/%zz/../admin/x",
     b"/public/%/admin",
@@ -212,9 +222,13 @@ def test_a_route_that_passes_slashes_keeps_them_encoded_and_opaque(env) -> None:
     assert status == 400
 
 
-def _auth(env, forwarded_uri: bytes, method: bytes = b"GET", cookie: bool = True) -> int:
+def _auth(
+    env, forwarded_uri: bytes, method: bytes | None = b"GET", cookie: bool = True, extra=b""
+) -> int:
     client = env["signed_in"]["ngx"]
-    headers = b"X-Forwarded-Uri: " + forwarded_uri + b"\r\nX-Forwarded-Method: " + method + b"\r\n"
+    headers = b"X-Forwarded-Uri: " + forwarded_uri + b"\r\n" + extra
+    if method is not None:
+        headers += b"X-Forwarded-Method: " + method + b"\r\n"
     if cookie:
         cookies = "; ".join(f"{k}={v}" for k, v in client.cookies.items()).encode()
         headers += b"Cookie: " + cookies + b"\r\n"
@@ -243,3 +257,20 @@ def test_forward_auth_judges_the_forwarded_uri_as_the_gate_does(
     env, forwarded_uri, cookie, status
 ) -> None:
     assert _auth(env, forwarded_uri, cookie=cookie) == status
+
+
+@pytest.mark.parametrize(
+    ("method", "extra", "status"),
+    [
+        (b"GET", b"", 202),  # "GET /items" is public
+        (b"HEAD", b"", 202),
+        (b"POST", b"", 401),
+        (None, b"", 401),  # no method said: only paths public to every method
+        (b"GET", b"X-Forwarded-Method: POST\r\n", 400),  # the method twice
+        (b"GET", b"X-Original-URI: /admin/x\r\n", 400),  # two headers, two paths
+        (b"GET", b"X-Forwarded-Uri: /admin/x\r\n", 400),  # the header twice
+        (b"GET", b"X-Original-URI: /items?x=1\r\n", 202),  # two headers, one path
+    ],
+)
+def test_forward_auth_needs_one_forwarded_request(env, method, extra, status) -> None:
+    assert _auth(env, b"/items", method=method, cookie=False, extra=extra) == status

@@ -177,3 +177,41 @@ def test_the_plain_path_is_its_own_canonical_path_and_is_remembered() -> None:
     reading = judge.read(raw)
     assert reading.canonical is raw and reading.texts == ("/static/app.js",)
     assert judge.read(raw) is reading
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"/adm%C4%B1n/x",  # dotless i: Java's equalsIgnoreCase reads it as I
+        b"/adm%C4%B0n/x",  # dotted capital I
+        b"/%E2%84%AAey/",  # Kelvin sign K
+        b"/s%C5%BFecret/",  # long s
+        b"/%EF%BD%81dmin/",  # fullwidth a (Windows best fit)
+        b"/public/..%20/admin",  # Windows trims ".. " to ".."
+        b"/public/.../admin",
+        b"/public/.%20./admin",
+    ],
+)
+def test_case_insensitive_routes_refuse_what_folds_to_ascii(raw: bytes) -> None:
+    judge = PathJudge(PathPolicy(case_insensitive=True), ["/admin/"], [True])
+    with pytest.raises(AmbiguousPath):
+        judge.read(raw)
+    if b"%20" not in raw and b"..." not in raw:
+        assert PathJudge(PathPolicy()).read(raw).canonical  # fine where case matters
+
+
+@pytest.mark.parametrize(
+    "raw", [b"/public/%25u002e%25u002e/admin", b"/a%F8%80%80%80%AF", b"/a%FC%80%80%80%80%AF"]
+)
+def test_more_double_encodings_and_overlong_forms_are_refused(raw: bytes) -> None:
+    with pytest.raises(AmbiguousPath):
+        canonical_path(raw)
+
+
+def test_rules_under_a_prefix_cover_the_prefix_without_its_slash() -> None:
+    # A servlet mapping "/admin/*" serves "/admin" too.
+    assert JUDGE.read(b"/admin").rules_route == 1
+    assert JUDGE.read(b"/admin").sub_route is None  # the upstream choice is nginx's
+    assert JUDGE.read(b"/adminx").rules_route is None
+    with pytest.raises(AmbiguousPath):
+        JUDGE.read(b"/admin;jsessionid=1")
