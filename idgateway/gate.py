@@ -377,6 +377,10 @@ class RouteLogin:
     def admit(self, visit: Visit, session: Session, *, reissue: bool) -> None:
         request = visit.request
         request.idgw_user = session.user  # observe hook: the access log's user
+        # A WebSocket tunnel this request may open ends with this session.
+        request.idgw_login = self
+        request.idgw_session = session
+        request.idgw_session_id = visit.session_id
         rules = self.rules_for(request.idgw_reading)
         # A session's verdict and identity headers depend only on the session
         # object (immutable, and shared by every request with the same cookie or
@@ -578,6 +582,34 @@ class RouteLogin:
         if now - session.created_at > self.session_settings.max_duration:
             return False
         return now - session.last_seen <= self.session_settings.inactivity_timeout
+
+    def session_ended(
+        self, session: Session, session_id: str | None
+    ) -> bool | defer.Deferred[bool]:
+        """For an open WebSocket tunnel: has the session that opened it ended?
+
+        Past its max_duration, revoked (sign-out, back- or front-channel
+        logout: cookie sessions), or gone from Redis (deleted by a logout, or
+        expired there). Redis being unavailable proves nothing: the tunnel
+        stays. A tunnel is not a request, so it does not extend the session,
+        and the session's inactivity timeout is left to its HTTP requests.
+        """
+        if session.route != self.route.name:
+            return True
+        if self.clock.seconds() - session.created_at > self.session_settings.max_duration:
+            return True
+        if self.store is None:
+            return self._revoked(session)
+        if session_id is None:
+            return False
+        return defer.ensureDeferred(self._gone_from_redis(session_id))
+
+    async def _gone_from_redis(self, session_id: str) -> bool:
+        assert self.store is not None
+        try:
+            return await self.store.load(session_id) is None
+        except RedisUnavailable:
+            return False
 
     def _revoked(self, session: Session) -> bool:
         """Cookie sessions ended by a sign-out or a back- or front-channel logout

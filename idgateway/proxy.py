@@ -40,6 +40,7 @@ from idgateway.upstream import (
     Exchange,
     UpstreamConnection,
 )
+from idgateway.websocket_frames import CLOSE_POLICY_VIOLATION, FrameBoundaries
 from idgateway.websocket_limits import WebSocketSlot, WebSocketSlots
 
 
@@ -465,6 +466,9 @@ class ProxiedResponse:
             idle_timeout=route.websocket_idle_timeout,
             slot=request.idgw_websocket_slot,
         )
+        if request.idgw_login is not None:
+            # The tunnel ends with the session that opened it.
+            tunnel.session = (request.idgw_login, request.idgw_session, request.idgw_session_id)
         # The tunnel gives the slot back when it closes, not the request.
         request.idgw_websocket_slot = None
         exchange = connection.exchange
@@ -518,6 +522,11 @@ class WebSocketTunnel(Protocol):
         self._site: Any = None
         self._active = False
         self._idle_since = 0.0
+        # (the route's gate, the session, its Redis id) on routes with a login.
+        self.session: tuple[Any, Any, str | None] | None = None
+        self._checking = False
+        # Frames going to the client, so that a close frame of ours goes between two.
+        self._frames = FrameBoundaries()
 
     def watch_idle(self, site: Any, now: float) -> None:
         if self.idle_timeout is not None and self.transport is not None:
@@ -536,6 +545,36 @@ class WebSocketTunnel(Protocol):
         if self.transport is not None:
             self.transport.loseConnection()
         self.upstream.abandon()
+
+    def session_verdict(self) -> Any:
+        """True when the session that opened the tunnel ended; a Deferred for
+        Redis sessions (one check in flight per tunnel); False otherwise."""
+        if self.session is None or self._checking:
+            return False
+        login, session, session_id = self.session
+        verdict = login.session_ended(session, session_id)
+        if not isinstance(verdict, bool):
+            self._checking = True
+
+            def checked(ended: bool) -> bool:
+                self._checking = False
+                return ended
+
+            verdict.addCallback(checked)
+        return verdict
+
+    def end_with_session(self) -> None:
+        """Close with 1008 (policy violation) between two frames, or cut the
+        connection if the upstream is in the middle of one."""
+        self.upstream.abandon()
+        transport = self.transport
+        if transport is None:
+            return
+        if self._frames.at_boundary:
+            transport.write(CLOSE_POLICY_VIOLATION)
+            transport.loseConnection()
+        else:
+            transport.abortConnection()  # type: ignore[attr-defined]
 
     def connectionMade(self) -> None:
         client: ITransport = self.transport  # type: ignore[assignment]
@@ -564,6 +603,8 @@ class WebSocketTunnel(Protocol):
     def response_data(self, data: bytes) -> None:
         self._active = True
         if self.transport is not None:
+            if self.session is not None:
+                self._frames.feed(data)
             self.transport.write(data)
 
     def response_end(self) -> None:

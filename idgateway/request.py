@@ -169,6 +169,11 @@ class GatewayRequest(server.Request):
     # A WebSocket upgrade's claim on its route's max_websockets, until the
     # request ends or becomes a tunnel (which then holds it).
     idgw_websocket_slot: WebSocketSlot | None = None
+    # The session admitted by the gate (a tunnel opened by this request ends
+    # with it): the route's gate, the session, its Redis id.
+    idgw_login: Any = None
+    idgw_session: Any = None
+    idgw_session_id: str | None = None
 
     def gotLength(self, length: int | None) -> None:
         self.content = _EMPTY_CONTENT
@@ -590,6 +595,7 @@ class GatewaySite(server.Site):
             self._cut_slow_heads(now)
         if self.tunnels:
             self._close_idle_tunnels(now)
+            self._end_tunnels_of_ended_sessions()
         expired = [channel for channel in self.idle_channels if channel.idle_expired(now)]
         for channel in expired:
             channel.setTimeout(None)
@@ -638,6 +644,27 @@ class GatewaySite(server.Site):
                 count=len(idle),
                 route=idle[0].route,
             )
+
+    def _end_tunnels_of_ended_sessions(self) -> None:
+        """Close (1008) the tunnels whose session ended: within a sweep, a second."""
+        for tunnel in list(self.tunnels):
+            verdict = tunnel.session_verdict()
+            if verdict is True:
+                self._end_tunnel(tunnel)
+            elif isinstance(verdict, Deferred):
+                verdict.addCallback(self._ended_later, tunnel)
+
+    def _ended_later(self, ended: bool, tunnel: Any) -> None:
+        if ended and tunnel in self.tunnels:
+            self._end_tunnel(tunnel)
+
+    def _end_tunnel(self, tunnel: Any) -> None:
+        self.tunnels.discard(tunnel)
+        tunnel.end_with_session()
+        self._log.info(
+            "closed a WebSocket tunnel of route {route}: its session ended",
+            route=tunnel.route,
+        )
 
     def log(self, request: http.Request) -> None:
         # Access logging is the gateway's own job (see observe); twisted's
