@@ -184,6 +184,10 @@ class DrainableSite(GatewaySite):
 # The service
 
 
+class ListenerFailed(Exception):
+    """A listener of a new configuration could not be opened."""
+
+
 class GatewayService(MultiService):
     """Binds the listeners and serves the current configuration."""
 
@@ -470,6 +474,17 @@ class GatewayService(MultiService):
         except Exception:
             self._log.failure("reload refused: could not apply {path}", path=path)
             return False
+        try:
+            # New listeners first: a port that cannot be bound refuses the
+            # whole reload, and the old listeners keep serving.
+            self._open_new_listeners(config)
+        except ListenerFailed as failure:
+            StateBuilder.retire(new, old)
+            self._log.error(
+                "reload refused: {why}; still serving the previous configuration",
+                why=str(failure),
+            )
+            return False
         for contexts, table in prepared:
             contexts.install(table)
         self.holder.current = new
@@ -477,7 +492,7 @@ class GatewayService(MultiService):
         # The state start-up froze (startService) is garbage from now on:
         # give it back to the collector, or its reference cycles would stay.
         gc.unfreeze()
-        self._sync_listeners(config)
+        self._close_old_listeners(config)
         self._update_limits(config)
         self.config = config
         self.reloads += 1
@@ -494,17 +509,28 @@ class GatewayService(MultiService):
             if isinstance(site, DrainableSite):
                 site.set_limits(*self.listener_limits(listener, config))
 
-    def _sync_listeners(self, config: Config) -> None:
-        wanted = {(each.host, each.port): each for each in config.listeners}
+    def _open_new_listeners(self, config: Config) -> None:
+        """Listen on the configuration's new addresses, all or none (ListenerFailed)."""
+        opened: list[tuple[str, int]] = []
+        for listener in config.listeners:
+            key = (listener.host, listener.port)
+            if key in self._ports:
+                continue
+            try:
+                self._listen(listener)
+            except Exception as error:
+                for done in opened:
+                    self._ports.pop(done).stopListening()
+                    self._tls.pop(done, None)
+                reason = getattr(error, "socketError", None) or error
+                raise ListenerFailed(f"cannot listen on {listener.address}: {reason}") from None
+            opened.append(key)
+
+    def _close_old_listeners(self, config: Config) -> None:
+        wanted = {(each.host, each.port) for each in config.listeners}
         for key in list(self._ports):
             if key[0] == "admin":
                 continue  # the admin listener follows its own config (restart to move it)
             if key not in wanted:
                 self._ports.pop(key).stopListening()
                 self._tls.pop(key, None)
-        for key, listener in wanted.items():
-            if key not in self._ports:
-                try:
-                    self._listen(listener)
-                except Exception:
-                    self._log.failure("could not listen on {address}", address=listener.address)

@@ -211,3 +211,42 @@ def test_an_admin_listener_off_loopback_is_warned_about(tmp_path, address, warne
     text = config_text() + f"admin: {{address: '{address}'}}\n"
     warnings = "\n".join(load(tmp_path, text).warnings)
     assert ("is not a loopback address" in warnings) is warned
+
+
+def test_a_reload_whose_new_listener_cannot_bind_is_refused(tmp_path: Path) -> None:
+    """The old listener keeps serving and the log says the reload was refused."""
+    import signal
+    import socket
+
+    from tests.backends import BackendProcess
+    from tests.processes import GatewayProcess, free_port
+
+    port = free_port()
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen(1)
+    taken = busy.getsockname()[1]
+    with BackendProcess(name="echo") as echo:
+        text = (
+            f"listeners: [{{address: 127.0.0.1:{port}}}]\n"
+            f"routes: [{{name: app, default: true, upstream: 'http://127.0.0.1:{echo.port}'}}]\n"
+        )
+        path = tmp_path / "gateway.yaml"
+        path.write_text(text)
+        gateway = GatewayProcess(path, tmp_path / "gateway.log").start([port])
+        try:
+            path.write_text(text.replace(f"127.0.0.1:{port}", f"127.0.0.1:{taken}"))
+            gateway.signal(signal.SIGHUP)
+            deadline = time.monotonic() + 15
+            while "reload refused" not in gateway.log():
+                assert time.monotonic() < deadline, gateway.log()[-2000:]
+                time.sleep(0.1)
+            log = gateway.log()
+            assert f"cannot listen on 127.0.0.1:{taken}" in log
+            assert "configuration reloaded" not in log
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+                sock.sendall(b"GET /x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+                assert sock.recv(100).startswith(b"HTTP/1.1 200")
+        finally:
+            gateway.stop()
+            busy.close()
