@@ -24,6 +24,7 @@ from twisted.web.server import NOT_DONE_YET, Request, Site
 from idgateway.metrics import METRICS, GatewayMetrics
 from idgateway.proxy import StateHolder
 from idgateway.tls import certificate_expiry
+from idgateway.units import mask_credentials
 
 
 async def readiness(holder: StateHolder) -> tuple[bool, dict[str, Any]]:
@@ -157,8 +158,11 @@ async def status(holder: StateHolder, service: Any = None) -> dict[str, Any]:
         providers.append(
             {
                 "name": settings.name,
-                "issuer": metadata.issuer if metadata is not None else settings.issuer,
-                "discovery_url": settings.discovery_url,
+                "issuer": mask_credentials(
+                    metadata.issuer if metadata is not None else settings.issuer or ""
+                )
+                or None,
+                "discovery_url": mask_credentials(settings.discovery_url or "") or None,
                 "ready": provider.ready,
                 "last_error": provider.last_error,
             }

@@ -316,7 +316,7 @@ def _build_config(reader: Reader, found: Section) -> Config | _Invalid:
         listeners=listeners,
         routes=tuple(routes),  # type: ignore[arg-type]  # no problems, so no INVALID
         trusted_proxies=found.values["trusted_proxies"],
-        warnings=tuple(reader.warnings),
+        warnings=tuple(units.mask_credentials(warning) for warning in reader.warnings),
         providers=found.values["providers"],
         workers=found.values["workers"],
         redis=found.values["redis"],

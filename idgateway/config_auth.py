@@ -572,6 +572,14 @@ def build_providers(reader: Reader, node: yaml.Node, key: str) -> Any:
                 f"provider {name!r}: insecure_skip_verify is on: the provider's TLS certificate "
                 "is NOT checked; anyone on the network path can impersonate it"
             )
+        for url_key in ("discovery_url", "issuer"):
+            url = values.get(url_key)
+            if url and "@" in url.split("://", 1)[-1].split("/", 1)[0]:
+                reader.warnings.append(
+                    f"provider {name!r}: {url_key} {units.mask_credentials(url)} carries "
+                    "credentials, which the gateway does not send; remove them (they are "
+                    "masked wherever the URL is shown)"
+                )
         providers.append(ProviderSettings(name=name, **values))
     return tuple(providers)
 

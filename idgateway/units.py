@@ -292,3 +292,18 @@ def canonical_prefix(value: str) -> str:
     if any(segment in (".", "..") for segment in value.split("/")):
         raise ValueError(f"{value!r} has dot segments; write {text!r}")
     return text
+
+
+_URL_CREDENTIALS = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)([^/?#@\s:]*)(?::[^/?#@\s]*)?@")
+
+
+def mask_credentials(text: str) -> str:
+    """``text`` with the password of every URL in it replaced by ``***``.
+
+    ``https://user:pass@host/x`` -> ``https://user:***@host/x``, and
+    ``redis://:pass@host`` -> ``redis://:***@host``: for logs, /status,
+    /readyz and ``check``, which must show where, never the secret.
+    """
+    if "@" not in text:
+        return text
+    return _URL_CREDENTIALS.sub(lambda m: f"{m.group(1)}{m.group(2)}:***@", text)

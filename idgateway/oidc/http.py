@@ -38,6 +38,7 @@ from zope.interface import implementer
 
 from idgateway.oidc import bounded_json
 from idgateway.tls import HTTP_1_1, client_tls_options
+from idgateway.units import mask_credentials
 
 _T = TypeVar("_T")
 
@@ -264,11 +265,14 @@ async def _exchange(
     except Exception as error:
         if _cancelled(error):
             raise defer.CancelledError() from error
-        raise HTTPFailure("connect", f"{method} {url} failed: {_describe(error)}") from error
+        shown = mask_credentials(url)
+        raise HTTPFailure("connect", f"{method} {shown} failed: {_describe(error)}") from error
     if response.length is not None and isinstance(response.length, int):
         if response.length > max_body:
-            raise HTTPFailure("too_large", f"{method} {url}: response larger than {max_body} bytes")
-    body = await _read_body(response, max_body, f"{method} {url}")
+            shown = mask_credentials(url)
+            too_large = f"{method} {shown}: response larger than {max_body} bytes"
+            raise HTTPFailure("too_large", too_large)
+    body = await _read_body(response, max_body, f"{method} {mask_credentials(url)}")
     return HTTPResult(status=response.code, headers=response.headers, body=body)
 
 

@@ -30,6 +30,7 @@ from twisted.python.failure import Failure
 
 from idgateway.oidc.http import HTTPFailure, count_error, send
 from idgateway.oidc.transport import InsecureTransport, check_configured_url, check_endpoint
+from idgateway.units import mask_credentials
 
 DISCOVERY_SUFFIX = "/.well-known/openid-configuration"
 
@@ -341,9 +342,9 @@ class ProviderClient:
         if isinstance(failure.value, defer.CancelledError) and not self._running:
             return
         if isinstance(failure.value, ProviderError | HTTPFailure):
-            self.last_error = str(failure.value)
+            self.last_error = mask_credentials(str(failure.value))
         else:
-            self.last_error = f"unexpected error: {failure.getErrorMessage()}"
+            self.last_error = mask_credentials(f"unexpected error: {failure.getErrorMessage()}")
             self._log.failure(
                 "Provider {provider}: unexpected error while refreshing",
                 failure,
@@ -393,8 +394,8 @@ class ProviderClient:
                     "discovery document ({discovery_url}); allowed over HTTPS",
                     provider=self.name,
                     field=field,
-                    url=url,
-                    discovery_url=self.discovery_url,
+                    url=mask_credentials(url),
+                    discovery_url=mask_credentials(self.discovery_url),
                 )
 
     async def _fetch_keys(
@@ -499,4 +500,4 @@ class ProviderClient:
 
     def __repr__(self) -> str:
         state = "ready" if self.ready else f"not ready ({self.last_error})"
-        return f"<ProviderClient {self.name} {self.discovery_url} {state}>"
+        return f"<ProviderClient {self.name} {mask_credentials(self.discovery_url)} {state}>"

@@ -250,3 +250,60 @@ def test_a_reload_whose_new_listener_cannot_bind_is_refused(tmp_path: Path) -> N
         finally:
             gateway.stop()
             busy.close()
+
+
+def test_credentials_in_urls_are_masked_wherever_they_are_shown(tmp_path: Path) -> None:
+    """/status, /readyz, the log and `idgateway check` show where, never the password."""
+    import http.client
+    import subprocess
+    import sys
+
+    from tests.processes import GatewayProcess, free_port
+
+    port, admin, closed = free_port(), free_port(), free_port()
+    discovery = (
+        f"https://admin:hunter2@127.0.0.1:{closed}"
+        "/oauth2/oidcdiscovery/.well-known/openid-configuration"
+    )
+    text = f"""
+listeners: [{{address: 127.0.0.1:{port}}}]
+admin: {{address: 127.0.0.1:{admin}}}
+providers:
+  wso2: {{discovery_url: "{discovery}"}}
+routes:
+  - name: app1
+    hosts: [app1.example.com]
+    upstream: http://127.0.0.1:9
+    oidc: {{provider: wso2, client_id: app1, client_secret: s}}
+    session: {{keys: [{KEY}]}}
+"""
+    path = tmp_path / "gateway.yaml"
+    path.write_text(text)
+    path.chmod(0o640)
+    check = subprocess.run(
+        [sys.executable, "-m", "idgateway.cli", "check", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert "hunter2" not in check.stdout + check.stderr
+    assert "admin:***@127.0.0.1" in check.stdout + check.stderr
+    gateway = GatewayProcess(path, tmp_path / "gateway.log").start([port, admin])
+    try:
+        deadline = time.monotonic() + 10
+        shown = ""
+        while "last_error" not in shown or "null" in shown.split("last_error", 1)[1][:10]:
+            assert time.monotonic() < deadline, shown
+            time.sleep(0.3)
+            bodies = []
+            for target in ("/status?format=json", "/readyz"):
+                conn = http.client.HTTPConnection("127.0.0.1", admin, timeout=5)
+                conn.request("GET", target, headers={"Accept": "application/json"})
+                bodies.append(conn.getresponse().read().decode())
+                conn.close()
+            shown = "\n".join(bodies)
+        assert "hunter2" not in shown
+        assert "admin:***@127.0.0.1" in shown
+    finally:
+        gateway.stop()
+    assert "hunter2" not in gateway.log()
