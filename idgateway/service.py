@@ -7,7 +7,7 @@ import signal
 from typing import Any, TextIO
 
 from twisted.application.service import MultiService
-from twisted.internet import defer
+from twisted.internet import defer, threads
 from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
 from twisted.internet.interfaces import IListeningPort, IProtocolFactory
 from twisted.internet.protocol import connectionDone
@@ -184,6 +184,14 @@ class DrainableSite(GatewaySite):
 # The service
 
 
+def _read_config(path: str) -> Config | Exception:
+    """load_config for a thread: the configuration, or what stopped it."""
+    try:
+        return load_config(path)
+    except Exception as error:
+        return error
+
+
 class ListenerFailed(Exception):
     """A listener of a new configuration could not be opened."""
 
@@ -224,7 +232,9 @@ class GatewayService(MultiService):
         self.holder.websockets.workers = config.workers
         self._draining: defer.Deferred[None] | None = None
         # reload: {watch: true}: a change to the file reloads as SIGHUP does.
-        self.watcher = ConfigWatcher(config.source, reactor, self.reload)
+        self.watcher = ConfigWatcher(config.source, reactor, self.reload_in_background)
+        # Reloads asked for so far (only the latest one read is applied).
+        self._reload_asked = 0
 
     # -- lifecycle --------------------------------------------------------------
 
@@ -442,11 +452,36 @@ class GatewayService(MultiService):
     # -- reload ------------------------------------------------------------------
 
     def _on_sighup(self, signum: int, frame: Any) -> None:
-        self.reactor.callFromThread(self.reload)
+        self.reactor.callFromThread(self.reload_in_background)
+
+    def reload_in_background(self) -> defer.Deferred[bool]:
+        """SIGHUP and ``reload: watch``: read and check the file in a thread, then
+        apply it on the reactor (``reload``).
+
+        Reading secret files and certificates and checking the file never hold
+        up the requests in flight, even on a slow disk or network file system.
+        Of several reloads asked for at once, only the latest is applied.
+        """
+        self._reload_asked += 1
+        asked = self._reload_asked
+        pool = getattr(self.reactor, "getThreadPool", None)
+        if pool is None:  # a test reactor without threads
+            return defer.succeed(self.reload())
+        self._log.info("reading {path} for a reload", path=self.config.source)
+        read = threads.deferToThreadPool(self.reactor, pool(), _read_config, self.config.source)
+
+        def apply(outcome: Config | Exception) -> bool:
+            if asked != self._reload_asked:
+                return False  # a later reload read the file again
+            return self.reload(outcome)
+
+        applied: defer.Deferred[bool] = read.addCallback(apply)
+        return applied
 
     @systemd.notify_reload  # systemd hook: RELOADING=1 before, READY=1 after
-    def reload(self) -> bool:
-        """Re-read the config file; swap it in whole, or keep the old one and say why."""
+    def reload(self, read: Config | Exception | None = None) -> bool:
+        """Re-read the config file (or take what ``reload_in_background`` read);
+        swap it in whole, or keep the old one and say why."""
         path = self.config.source
         if self._draining is not None:
             # A reload would listen again on the ports the drain closed.
@@ -454,7 +489,9 @@ class GatewayService(MultiService):
             return False
         self._log.info("reloading configuration from {path}", path=path)
         try:
-            config = load_config(path)
+            if isinstance(read, Exception):
+                raise read
+            config = read if read is not None else load_config(path)
         except ConfigError as error:
             for problem in error.problems:
                 self._log.error("reload refused: {problem}", problem=str(problem))
