@@ -19,6 +19,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from idgateway import observe
 from idgateway.access import (
     authorization_failure,
     compile_public_paths,
@@ -403,7 +404,7 @@ class RouteLogin:
             self._log.info(
                 "route {route}: {user} refused: {why}",
                 route=self.route.name,
-                user=session.user,
+                user=observe.log_user(session.user),
                 why=failure,
             )
             send_error(
@@ -534,7 +535,7 @@ class RouteLogin:
                 self._log.warn(
                     "route {route}: sign-out of {user} not shared with other processes: {error}",
                     route=self.route.name,
-                    user=session.user,
+                    user=observe.log_user(session.user),
                     error=str(error),
                 )
         return self.codecs[tls].clear(max(chunks, 1))
@@ -791,7 +792,7 @@ class RouteLogin:
             self._log.info(
                 "route {route}: refresh for {user} failed: {error}",
                 route=self.route.name,
-                user=session.user,
+                user=observe.log_user(session.user),
                 error=error.error,
             )
             if error.error in _PROVIDER_TROUBLE:
@@ -818,7 +819,7 @@ class RouteLogin:
                     "route {route}: refresh for {user} refused: the new ID token is "
                     "invalid ({reason})",
                     route=self.route.name,
-                    user=session.user,
+                    user=observe.log_user(session.user),
                     reason=error.reason,
                 )
                 if error.reason == PROVIDER_UNAVAILABLE:
