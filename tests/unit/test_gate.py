@@ -222,3 +222,26 @@ def test_a_sub_only_logout_ends_that_subjects_earlier_cookie_sessions():
     assert not login._revoked(session(clock.seconds(), id="s5"))
     nothing = defer.ensureDeferred(login.end_sessions(None, sid=None, sub=None))  # type: ignore[arg-type]
     assert nothing.result == "nothing to end"
+
+
+def test_a_tunnels_session_ends_at_max_duration_and_on_revocation():
+    """RouteLogin.session_ended: what the once-a-second tunnel sweep asks."""
+    from idgateway.sessions.revocation import RevocationList
+
+    clock = Clock()
+    clock.advance(1000)
+    login = make_login(clock, inactivity_timeout=600.0, max_duration=3600.0)
+    login.revocation = RevocationList(clock, None, ttl=3600.0)
+    s = session(clock.seconds())
+    assert login.session_ended(s, None) is False
+    # A tunnel is not a request: inactivity is left to the session's HTTP requests.
+    clock.advance(601)
+    assert login.session_ended(s, None) is False
+    assert login.session_ended(attrs.evolve(s, route="app2"), None) is True
+    done = defer.ensureDeferred(login.revocation.revoke_session("app1", s.id, s.created_at))
+    assert done.called
+    assert login.session_ended(s, None) is True
+    other = attrs.evolve(s, id="s2")
+    assert login.session_ended(other, None) is False
+    clock.advance(3000)
+    assert login.session_ended(other, None) is True  # past max_duration
