@@ -677,10 +677,13 @@ class WorkerService(GatewayService):
         throttle_accept_logs(port, self.reactor, listener.address)
         self._ports[(listener.host, listener.port)] = port
 
-    def _sync_listeners(self, config: Config) -> None:
+    def _open_new_listeners(self, config: Config) -> None:
         # The master owns the sockets; it logs that a listener change needs a
         # restart. TLS certificates on the existing listeners do reload.
         pass
+
+    def _close_old_listeners(self, config: Config) -> None:
+        pass  # (as above: the workers keep serving the master's sockets)
 
     def drain(self, timeout: float) -> defer.Deferred[None]:
         """Stop accepting, let in-flight requests finish (at most ``timeout`` s), stop."""
