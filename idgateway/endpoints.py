@@ -537,9 +537,11 @@ async def frontchannel_logout(
 ) -> None:
     """The provider loads this in an iframe with ?iss=&sid= (oidc.frontchannel_logout).
 
-    With the route's session cookie: that session ends (unless iss or sid name
-    another). Without: the sessions of ``sid`` end, if ``iss`` is the provider's.
-    The answer never tells whether a sid existed.
+    With the route's session cookie: that session ends if ``iss`` is the
+    provider's and ``sid`` is the session's own (the provider's iframe always
+    sends both; a link from another site, which the browser sends the Lax
+    cookie on, cannot know the sid). Without: the sessions of ``sid`` end, if
+    ``iss`` is the provider's. The answer never tells whether a sid existed.
     """
     if not login.oidc.frontchannel_logout:
         # Off: as if the endpoint did not exist.
@@ -568,7 +570,7 @@ async def frontchannel_logout(
     session, chunks, session_id = await login.current_session(request, tls)
     clear: list[bytes] = []
     if session is not None:
-        if sid is None or sid == session.provider_sid:
+        if iss is not None and sid is not None and sid == session.provider_sid:
             clear = await login.end_session(tls, chunks, session_id, session)
             METRICS.logout(login.route.name, "frontchannel")  # metrics hook
     elif sid is None or iss is None:

@@ -80,7 +80,17 @@ def is_cross_site(request: IRequest, origin: str) -> bool:
     site = headers.getRawHeaders(b"sec-fetch-site")
     if site:
         # One value, one of the three same-site ones; anything else is suspect.
-        return len(site) != 1 or site[0].strip().lower() not in _SAME_SITE
+        if len(site) != 1 or site[0].strip().lower() not in _SAME_SITE:
+            return True
+        if site[0].strip().lower() != b"same-site":
+            return False  # same-origin, or none (typed, bookmarked)
+        # "same-site" covers every subdomain of the site: another route, user
+        # content. Only a request from this route's own origin signs out at once.
+        for name in (b"origin", b"referer"):
+            values = headers.getRawHeaders(name)
+            if values:
+                return len(values) != 1 or _origin_of(values[0]) != origin.lower()
+        return True
     for name in (b"origin", b"referer"):
         values = headers.getRawHeaders(name)
         if values:

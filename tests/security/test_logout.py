@@ -206,11 +206,29 @@ def test_frontchannel_logout_with_a_cookie_ends_only_that_session(environment: E
     env = environment
     first, second = env.alice(), env.alice()
     copy = copy_of(first)
-    status, _, body = first.get("/oauth2/frontchannel_logout")
+    query = urlencode({"iss": issuer(env), "sid": sid_of(first)})
+    status, _, body = first.get(f"/oauth2/frontchannel_logout?{query}")
     assert status == 200 and b"Signed out." in body
     assert not signed_in(first)
     assert not signed_in(copy)  # the session itself ended, not only this cookie
     assert signed_in(second)
+
+
+@pytest.mark.parametrize("query", ["", "iss", "sid"], ids=["nothing", "iss-only", "sid-only"])
+def test_a_link_from_another_site_cannot_end_a_session_through_frontchannel_logout(
+    environment: Env, query: str
+) -> None:
+    """A top-level link carries the Lax cookie but cannot know the session's sid."""
+    env = environment
+    user = env.alice()
+    params = {"iss": issuer(env)} if query == "iss" else {}
+    if query == "sid":
+        params = {"sid": sid_of(user)}  # (without iss: still not the provider's iframe)
+    status, _, _ = user.get(
+        f"/oauth2/frontchannel_logout?{urlencode(params)}", {"Sec-Fetch-Site": "cross-site"}
+    )
+    assert status == 200
+    assert signed_in(user)
 
 
 @pytest.mark.parametrize(
@@ -305,7 +323,8 @@ def test_a_flood_of_made_up_sids_stays_bounded(environment: Env) -> None:
         assert 0 < env.redis.call("PTTL", key) <= 24 * 3600 * 1000
     # Users with cookies are not affected by the budget.
     user = env.alice()
-    assert user.get("/oauth2/frontchannel_logout")[0] == 200
+    query = urlencode({"iss": issuer(env), "sid": sid_of(user)})
+    assert user.get(f"/oauth2/frontchannel_logout?{query}")[0] == 200
     assert not signed_in(user)
 
 
@@ -349,7 +368,7 @@ def test_a_cross_site_sign_out_asks_first(environment: Env, case: int) -> None:
     [
         {},  # curl, scripts: no browser headers at all
         {"Sec-Fetch-Site": "same-origin"},
-        {"Sec-Fetch-Site": "same-site"},
+        {"Sec-Fetch-Site": "same-site", "Origin": "ORIGIN"},
         {"Sec-Fetch-Site": "none"},  # typed into the address bar, a bookmark
         {"Origin": "ORIGIN"},
         {"Referer": "ORIGIN/some/page?x=1"},

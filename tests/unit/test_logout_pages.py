@@ -46,9 +46,23 @@ def test_cross_site(headers: dict[bytes, list[bytes]]) -> None:
 @pytest.mark.parametrize(
     "headers",
     [
+        {b"sec-fetch-site": [b"same-site"]},  # a sibling subdomain, no Origin
+        {b"sec-fetch-site": [b"same-site"], b"referer": [b"https://app2.example.com/"]},
+        {b"sec-fetch-site": [b"same-site"], b"origin": [b"https://user.example.com"]},
+    ],
+    ids=["no-origin", "sibling-referer", "sibling-origin"],
+)
+def test_same_site_but_another_origin_is_cross_site(headers: dict[bytes, list[bytes]]) -> None:
+    assert is_cross_site(_Request(headers), ORIGIN)
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
         {},
         {b"sec-fetch-site": [b"same-origin"]},
-        {b"sec-fetch-site": [b"same-site"]},
+        {b"sec-fetch-site": [b"same-site"], b"origin": [ORIGIN.encode()]},
+        {b"sec-fetch-site": [b"same-site"], b"referer": [b"https://app1.example.com/x"]},
         {b"sec-fetch-site": [b"none"]},
         {b"sec-fetch-site": [b" Same-Origin "]},
         {b"origin": [ORIGIN.encode()]},
