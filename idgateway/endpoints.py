@@ -518,10 +518,37 @@ async def backchannel_logout(
         _logout_error(request, login, "logout token already used")
         return
     sid, sub = claims.get("sid"), claims.get("sub")
-    # iat counts whole seconds: a session begun within that second is ended too.
-    issued = claims.get("iat")
-    since = float(issued) + 1 if isinstance(issued, int | float) else None
-    ended = await login.end_sessions(state, sid=sid, sub=sub, since=since)
+    # A sub-only token ends the sessions that began before it arrived: not
+    # before its iat, which a provider clock behind ours (within the token
+    # leeway) would move back, sparing sessions begun in the meantime.
+    try:
+        ended = await login.end_sessions(state, sid=sid, sub=sub, since=None)
+    except RedisUnavailable as error:
+        if login.store is not None:
+            # The sessions live in Redis and could not be deleted: not done.
+            _log.warn(
+                "route {route}: back-channel logout not performed: {error} [{request_id}]",
+                route=login.route.name,
+                error=str(error),
+                request_id=request.request_id.decode(),
+            )
+            send_json(
+                request,
+                503,
+                {"error": "temporarily_unavailable", "error_description": "sessions unavailable"},
+                headers=[(b"retry-after", b"5")],
+            )
+            return
+        # Cookie sessions: this process has the revocation; the others learn
+        # of it when Redis is back (they reload the list on reconnecting).
+        _log.warn(
+            "route {route}: back-channel logout remembered by this process only: {error} "
+            "[{request_id}]",
+            route=login.route.name,
+            error=str(error),
+            request_id=request.request_id.decode(),
+        )
+        ended = "revoked in this process"
     # audit hook: sid and sub are logged as hashes
     observe.backchannel_logout(request, route=login.route.name, sid=sid, sub=sub, ended=ended)
     METRICS.logout(login.route.name, "backchannel")  # metrics hook

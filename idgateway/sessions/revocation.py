@@ -14,7 +14,8 @@ Each entry has a reference time ``t`` (when the logout happened; for a
 session id, when that session began) and lives until ``t + ttl``, where
 ``ttl`` is the longest ``max_duration`` of the cookie-session routes, read at
 lookup: a reload that raises it extends every entry (and the Redis keys).
-Memory holds at most ``max_entries`` per kind (the oldest go first). With
+Memory holds at most ``max_entries`` per kind; past it the oldest go first,
+and the route's sessions that began by then are refused (fail closed). With
 Redis, every process learns of a revocation through publish/subscribe within
 moments, and a process starting (or reconnecting) later loads the list::
 
@@ -204,8 +205,13 @@ class _Revocations:
             self._prune_at = max(_PRUNE_FROM, 2 * len(entries))
         excess = len(entries) - owner.max_entries
         if excess > 0:
+            dead_before = owner.dead_before
             for oldest in list(itertools.islice(entries, excess)):
-                del entries[oldest]
+                # Fail closed: a revocation dropped for room must not bring
+                # its sessions back, so every session of that route that began
+                # by then is refused (its users log in again).
+                route = oldest[: -_HASH_LENGTH - 1]
+                dead_before[route] = max(dead_before.get(route, 0.0), entries.pop(oldest) + 1.0)
             self.evicted += excess
             owner.evicted(self.kind, excess)
         return True
@@ -422,7 +428,8 @@ class RevocationList:
             self._last_eviction_warning = now
             self._log.warn(
                 "The revocation list holds {max} {kind} entries: the oldest were dropped "
-                "({count} now); sessions they ended may come back before their max_duration",
+                "({count} now), and every session that began before them is refused (its "
+                "user logs in again) so that none they ended comes back",
                 max=self.max_entries,
                 kind=kind,
                 count=count,
@@ -468,6 +475,7 @@ class RevocationList:
         if self._client is None:
             return 0
         found = 0
+        stored: list[tuple[float, str]] = []
         cursor: bytes | str = "0"
         while True:
             reply = await self._client.eval(
@@ -483,10 +491,14 @@ class RevocationList:
                 except ValueError:
                     # An older gateway's "1": revoked a ttl before it expires.
                     t = self._clock.seconds() + ttl_ms / 1000 - self.ttl
-                self._remember(bytes(key).decode("utf-8", "replace"), t)
+                stored.append((t, bytes(key).decode("utf-8", "replace")))
                 found += 1
             if cursor in (b"0", "0"):
                 break
+        # Oldest first, as they happened: past the cap, the oldest are the
+        # ones dropped (SCAN's order is the keyspace's, not time's).
+        for t, key in sorted(stored):
+            self._remember(key, t)
         self.loaded += 1
         return found
 
@@ -499,6 +511,8 @@ class ReplayCache:
     (a token is accepted up to that long after its ``exp``).
     """
 
+    _log = Logger()
+
     def __init__(self, clock: Any, client: RedisClient | None, *, leeway: float = 60.0) -> None:
         self._clock = clock
         self._client = client
@@ -508,14 +522,26 @@ class ReplayCache:
     async def first_use(self, issuer: str, jti: str, expires_at: float) -> bool:
         """True the first time ``(issuer, jti)`` is seen, False for a replay.
 
-        Raises ``RedisUnavailable`` when Redis cannot answer.
+        With Redis, every process shares the answer; when Redis cannot answer,
+        this process's own memory does.
         """
         now = self._clock.seconds()
         # At least a second, so even an already expired token is remembered.
         lifetime = max(1.0, expires_at + self.leeway - now)
         key = _JTI_PREFIX + _sha256(f"{issuer}\x00{jti}")
         if self._client is not None:
-            return await self._client.set(key, "1", px=math.ceil(lifetime * 1000), nx=True)
+            try:
+                first = await self._client.set(key, "1", px=math.ceil(lifetime * 1000), nx=True)
+            except RedisUnavailable as error:
+                # A logout must not be lost because Redis stalls: this
+                # process's memory decides (a replay to another process in
+                # the meantime would only end sessions already ended).
+                self._log.warn(
+                    "logout token replay check in this process only: {error}", error=str(error)
+                )
+            else:
+                self._seen.add(key, now + lifetime)
+                return bool(first)
         if key in self._seen:
             return False
         self._seen.add(key, now + lifetime)

@@ -547,3 +547,24 @@ def _wait_for(condition: Any, timeout: float = 10) -> None:
     while not condition():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.05)
+
+
+def test_a_back_channel_logout_is_not_lost_while_redis_stalls(environment: Env) -> None:
+    """Redis paused while the provider posts: the logout still ends the
+    session (this process remembers it) and the answer is a 200, not a 503."""
+    import threading
+
+    env = environment
+    user = env.alice()
+    token = env.op.logout_token(client_id="app1-client", sid=sid_of(user))
+    pause = threading.Thread(target=env.redis.call, args=("CLIENT", "PAUSE", "3000", "ALL"))
+    pause.start()
+    time.sleep(0.3)
+    try:
+        status, _, body = post(
+            env.client(), "/oauth2/backchannel_logout", f"logout_token={token}".encode()
+        )
+    finally:
+        pause.join()
+    assert status == 200, body
+    assert not signed_in(user)

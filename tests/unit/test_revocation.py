@@ -316,7 +316,7 @@ def test_revoking_a_sub_ends_the_sessions_begun_until_then() -> None:
 
 
 @pytest.mark.parametrize("kind", ["sid", "id", "sub"])
-def test_each_kind_is_bounded_oldest_first(kind: str) -> None:
+def test_each_kind_is_bounded_oldest_first_and_fails_closed(kind: str) -> None:
     clock = _clock_at(1_000_000)
     revoked = RevocationList(clock, None, ttl=3600, max_entries=100)
 
@@ -336,7 +336,14 @@ def test_each_kind_is_bounded_oldest_first(kind: str) -> None:
     newest = _session(**{field: f"{kind}-999"}, created_at=clock.seconds() - 10)
     oldest = _session(**{field: f"{kind}-0"}, created_at=clock.seconds() - 10)
     assert revoked.session_revoked("app", newest)
-    assert not revoked.session_revoked("app", oldest)
+    # Fail closed: the dropped revocation does not bring its session back; the
+    # route's sessions that began before it are refused too (log in again).
+    assert revoked.session_revoked("app", oldest)
+    unrelated_old = _session(id="never-revoked", sub="x", created_at=clock.seconds() - 10)
+    assert revoked.session_revoked("app", unrelated_old)
+    fresh = _session(id="fresh", sub="x", provider_sid="fresh", created_at=clock.seconds() + 2)
+    assert not revoked.session_revoked("app", fresh)
+    assert not revoked.session_revoked("other-route", unrelated_old)
 
 
 def test_a_raised_ttl_extends_entries_and_keeps_outlived_sessions_dead() -> None:
