@@ -139,6 +139,7 @@ class RouteLogin:
         # Sessions are bound to the provider and client that made them: a
         # reload that changes either ends them (sessions/binding.py).
         binding = session_binding(provider.settings, auth.oidc.client_id)
+        self.binding = binding
         cookie_name = auth.session.cookie_name or f"_idgw_{route.name}"
         self.codecs = {
             secure: CookieSessionCodec(
@@ -583,6 +584,20 @@ class RouteLogin:
         if now - session.created_at > self.session_settings.max_duration:
             return False
         return now - session.last_seen <= self.session_settings.inactivity_timeout
+
+    def keeps_sessions_of(self, before: RouteLogin) -> bool:
+        """Whether the sessions ``before`` (this route's gate before a reload)
+        admitted are still this route's: same provider and client (the
+        binding), the key that sealed them still known, the same store and
+        cookie. (What a cookie would meet on its next request, for the open
+        WebSocket tunnels that send none.)"""
+        return (
+            self.route.name == before.route.name
+            and self.binding == before.binding
+            and before.keyring.key_ids[0] in self.keyring.key_ids
+            and (self.store is None) == (before.store is None)
+            and self.codecs[True].cookie_name == before.codecs[True].cookie_name
+        )
 
     def session_ended(
         self, session: Session, session_id: str | None

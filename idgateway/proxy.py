@@ -9,7 +9,7 @@ forwarding; routes without a login go straight through.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from twisted.internet.interfaces import IPushProducer, ITransport
@@ -467,8 +467,12 @@ class ProxiedResponse:
             slot=request.idgw_websocket_slot,
         )
         if request.idgw_login is not None:
-            # The tunnel ends with the session that opened it.
+            # The tunnel ends with the session that opened it, judged by the
+            # route's gate of the configuration in force (reloads included).
             tunnel.session = (request.idgw_login, request.idgw_session, request.idgw_session_id)
+            holder = getattr(getattr(request.site, "resource", None), "holder", None)
+            if holder is not None:
+                tunnel.current_login = _current_login_of(holder, route.name)
         # The tunnel gives the slot back when it closes, not the request.
         request.idgw_websocket_slot = None
         exchange = connection.exchange
@@ -499,6 +503,14 @@ class ProxiedResponse:
             self.exchange.cancel()
 
 
+def _current_login_of(holder: StateHolder, route: str) -> Callable[[], Any]:
+    def current() -> Any:
+        runtime = holder.current.runtimes.get(route)
+        return None if runtime is None else runtime.login
+
+    return current
+
+
 class WebSocketTunnel(Protocol):
     """After a 101: bytes both ways, unchanged, each side pacing the other.
 
@@ -524,6 +536,8 @@ class WebSocketTunnel(Protocol):
         self._idle_since = 0.0
         # (the route's gate, the session, its Redis id) on routes with a login.
         self.session: tuple[Any, Any, str | None] | None = None
+        # The route's gate in the current configuration (None: gone, or no login).
+        self.current_login: Callable[[], Any] | None = None
         self._checking = False
         # Frames going to the client, so that a close frame of ours goes between two.
         self._frames = FrameBoundaries()
@@ -552,6 +566,15 @@ class WebSocketTunnel(Protocol):
         if self.session is None or self._checking:
             return False
         login, session, session_id = self.session
+        if self.current_login is not None:
+            current = self.current_login()
+            if current is not login:
+                # A reload: the session must still be this route's (same
+                # provider, client, keys), and the new max_duration applies.
+                if current is None or not current.keeps_sessions_of(login):
+                    return True
+                self.session = (current, session, session_id)
+                login = current
         verdict = login.session_ended(session, session_id)
         if not isinstance(verdict, bool):
             self._checking = True

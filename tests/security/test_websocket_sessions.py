@@ -141,3 +141,71 @@ def test_another_users_tunnel_stays_open(env) -> None:
     kept.send("still here")
     assert kept.recv(timeout=5) == "still here"
     kept.close()
+
+
+def _gateway_yaml(port: int, op: Any, backend: int, key: str, client_id: str) -> str:
+    return f"""
+listeners: [{{address: 127.0.0.1:{port}}}]
+providers:
+  wso2: {{discovery_url: "{op.discovery_url()}", ca_file: "{op.ca_file}"}}
+routes:
+  - name: cookie
+    hosts: [cookie.localhost]
+    upstream: http://127.0.0.1:{backend}
+    oidc:
+      provider: wso2
+      client_id: {client_id}
+      client_secret: cookie-secret
+      scopes: [openid, profile]
+      user_claim: username
+    session: {{keys: [{key}]}}
+"""
+
+
+@pytest.mark.parametrize("change", ["keys", "client", "nothing"])
+def test_a_reload_that_ends_the_routes_sessions_ends_their_tunnels(
+    tmp_path: Path, change: str
+) -> None:
+    """New session keys, or another client: old cookies get the login, and the
+    tunnels they opened close too; a reload that changes neither keeps them."""
+    import signal
+
+    port = free_port()
+    clients = [
+        registered_client(name, "cookie-secret", "cookie.localhost", port, "client_secret_basic")
+        for name in ("cookie-client", "other-client")
+    ]
+    key = base64.b64encode(os.urandom(32)).decode()
+    with (
+        ProviderProcess(tmp_path / "op", {"tenants": {"carbon.super": {"clients": clients}}}) as op,
+        BackendProcess(name="ws") as backend,
+    ):
+        path = tmp_path / "gateway.yaml"
+        path.write_text(_gateway_yaml(port, op, backend.port, key, "cookie-client"))
+        gateway = GatewayProcess(path, tmp_path / "gateway.log").start([port])
+        try:
+            deadline = time.monotonic() + 20
+            while Client(port, "cookie.localhost").get("/")[0] != 302:
+                assert time.monotonic() < deadline
+                time.sleep(0.2)
+            env = {"port": port, "op": op}
+            client = _signed_in(env, "cookie")
+            ws = _tunnel(env, client)
+            new_key = base64.b64encode(os.urandom(32)).decode() if change == "keys" else key
+            client_id = "other-client" if change == "client" else "cookie-client"
+            path.write_text(_gateway_yaml(port, op, backend.port, new_key, client_id))
+            before = gateway.log().count("configuration reloaded")
+            gateway.signal(signal.SIGHUP)
+            while gateway.log().count("configuration reloaded") <= before:
+                assert time.monotonic() < deadline + 20, gateway.log()[-2000:]
+                time.sleep(0.1)
+            if change == "nothing":
+                time.sleep(2.5)  # two sweeps
+                ws.send("kept")
+                assert ws.recv(timeout=5) == "kept"
+                ws.close()
+            else:
+                assert client.get("/", {"Accept": "application/json"})[0] == 401
+                assert _closed_with_1008(ws) < 4
+        finally:
+            gateway.stop()
