@@ -18,6 +18,8 @@ from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from twisted.internet import defer
+from twisted.internet.protocol import connectionDone
+from twisted.web.http import HTTPChannel
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
@@ -312,6 +314,7 @@ def admin_site(
     metrics: GatewayMetrics = METRICS,
     connections: Callable[[], int] | None = None,
     websockets: Callable[[], dict[str, int]] | None = None,
+    reactor: Any = None,
 ) -> Site:
     """The admin Site. ``service`` (a GatewayService), when given, supplies the
     reload count, the open client connections and WebSocket tunnels of its
@@ -322,6 +325,54 @@ def admin_site(
     root.putChild(b"readyz", _Ready(holder))
     root.putChild(b"metrics", _Metrics(metrics, getattr(service, "gather_metrics", None)))
     root.putChild(b"status", _Status(holder, service))
-    site = Site(root)
+    site = AdminSite(root, reactor=reactor)
     site.noisy = False
     return site
+
+
+# The admin listener serves a scraper and a few people: a handful of
+# connections, each short. Without limits, idle or trickling connections to it
+# would use up the descriptors the public listeners need.
+ADMIN_MAX_CONNECTIONS = 64
+# A connection's whole life (keep-alive included): scrapers reconnect.
+ADMIN_CONNECTION_LIFETIME = 60.0
+ADMIN_IDLE_TIMEOUT = 15.0
+
+
+class _AdminChannel(HTTPChannel):
+    _lifetime: Any = None
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        site: AdminSite = self.site  # type: ignore[attr-defined]
+        site.open.add(self)
+        self._lifetime = site.reactor.callLater(ADMIN_CONNECTION_LIFETIME, self._expired)
+
+    def _expired(self) -> None:
+        self._lifetime = None
+        if self.transport is not None:
+            self.transport.abortConnection()  # type: ignore[attr-defined]
+
+    def connectionLost(self, reason: Any = connectionDone) -> None:
+        if self._lifetime is not None and self._lifetime.active():
+            self._lifetime.cancel()
+        self._lifetime = None
+        self.site.open.discard(self)  # type: ignore[attr-defined]
+        super().connectionLost(reason)
+
+
+class AdminSite(Site):
+    """The admin listener's Site: at most ADMIN_MAX_CONNECTIONS connections
+    (more are closed at accept), each for at most ADMIN_CONNECTION_LIFETIME
+    seconds, idle for at most ADMIN_IDLE_TIMEOUT."""
+
+    protocol = _AdminChannel  # type: ignore[assignment]
+
+    def __init__(self, resource: Resource, reactor: Any = None) -> None:
+        super().__init__(resource, timeout=ADMIN_IDLE_TIMEOUT, reactor=reactor)
+        self.open: set[_AdminChannel] = set()
+
+    def buildProtocol(self, addr: Any) -> Any:
+        if len(self.open) >= ADMIN_MAX_CONNECTIONS:
+            return None  # closed at once by the port
+        return super().buildProtocol(addr)

@@ -15,6 +15,7 @@ from io import BytesIO
 from typing import Any
 
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import ISSLTransport
 from twisted.internet.protocol import connectionDone
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -270,6 +271,10 @@ class GatewayRequest(server.Request):
 
 # How often a site looks for connections idle past their timeout: they are
 # closed up to this much late.
+# How long a connection told to close may take to get its last answer out
+# before it is aborted (a TLS handshake that never finished, a client that
+# never reads).
+CLOSE_GRACE = 5.0
 IDLE_SWEEP_INTERVAL = 1.0
 
 # What a request head that missed client_header_timeout gets, as nginx sends.
@@ -329,6 +334,9 @@ class GatewayChannel(http.HTTPChannel):
 
     # When the head being read began; None: no head is being read.
     _head_since: float | None = None
+    # Nothing has arrived on this connection yet (over TLS: perhaps not even
+    # a finished handshake).
+    _silent = True
     # A request body is being read: the idle timeout is client_body_timeout.
     _reading_body = False
 
@@ -349,8 +357,17 @@ class GatewayChannel(http.HTTPChannel):
         self.setTimeout(None)
         if self.transport is None:
             return
+        if self._silent and ISSLTransport.providedBy(self.transport):
+            # No request, perhaps no TLS session to write a 408 into: cut it.
+            self.transport.abortConnection()  # type: ignore[attr-defined]
+            return
         self.transport.write(_HEAD_TIMEOUT_RESPONSE)
         self.loseConnection()
+        # A clean close waits for the 408 to leave: on a TLS listener whose
+        # handshake never finished, or to a client that never reads, it would
+        # wait forever. The sweep aborts what is still open a little later.
+        site: GatewaySite = self.site  # type: ignore[attr-defined]
+        site.watch_closing(self)
 
     def allContentReceived(self) -> None:
         self._reading_body = False
@@ -364,6 +381,9 @@ class GatewayChannel(http.HTTPChannel):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._end_head()
+        site = getattr(self, "site", None)
+        if site is not None and self in site.closing_channels:
+            del site.closing_channels[self]
         super().connectionLost(reason)
 
     # -- the idle timeout, without a DelayedCall per request -------------------
@@ -438,6 +458,8 @@ class GatewayChannel(http.HTTPChannel):
         )
 
     def dataReceived(self, data: bytes) -> None:
+        if self._silent:
+            self._silent = False
         # A whole request head in one read, between requests: parse it in one
         # pass (request_head) instead of line by line. Anything else (a head
         # split over reads, a body in progress, a request being answered, an
@@ -567,6 +589,9 @@ class GatewaySite(server.Site):
         self.heading_channels: set[GatewayChannel] = set()
         # WebSocket tunnels, for their idle timeout (proxy.WebSocketTunnel).
         self.tunnels: set[Any] = set()
+        # Connections told to close (a 408 for a late head) -> when: aborted if
+        # still open CLOSE_GRACE seconds later.
+        self.closing_channels: dict[GatewayChannel, float] = {}
         self._idle_sweep = LoopingCall(self._time_out_idle)
         self._idle_sweep.clock = self.reactor
 
@@ -586,11 +611,28 @@ class GatewaySite(server.Site):
         if not self._idle_sweep.running:
             self._idle_sweep.start(IDLE_SWEEP_INTERVAL, now=False)
 
+    def watch_closing(self, channel: GatewayChannel) -> None:
+        self.closing_channels[channel] = self.reactor.seconds()
+        if not self._idle_sweep.running:
+            self._idle_sweep.start(IDLE_SWEEP_INTERVAL, now=False)
+
+    def _abort_lingering(self, now: float) -> None:
+        late = [c for c, since in self.closing_channels.items() if now - since >= CLOSE_GRACE]
+        for channel in late:
+            del self.closing_channels[channel]
+            transport = channel.transport
+            if transport is not None:
+                transport.abortConnection()  # type: ignore[attr-defined]
+
     def _time_out_idle(self) -> None:
-        if not (self.idle_channels or self.heading_channels or self.tunnels):
+        if not (
+            self.idle_channels or self.heading_channels or self.tunnels or self.closing_channels
+        ):
             self._idle_sweep.stop()
             return
         now = self.reactor.seconds()
+        if self.closing_channels:
+            self._abort_lingering(now)
         if self.heading_channels:
             self._cut_slow_heads(now)
         if self.tunnels:

@@ -304,7 +304,9 @@ class GatewayService(MultiService):
         host, port = self.config.admin
         endpoint_class = TCP6ServerEndpoint if ":" in host else TCP4ServerEndpoint
         failures: list[Any] = []
-        d = endpoint_class(self.reactor, port, interface=host).listen(admin_site(self.holder, self))
+        d = endpoint_class(self.reactor, port, interface=host).listen(
+            admin_site(self.holder, self, reactor=self.reactor)
+        )
         d.addCallbacks(lambda p: self._ports.__setitem__(("admin", port), p), failures.append)
         if failures:
             failures[0].raiseException()

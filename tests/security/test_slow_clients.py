@@ -488,3 +488,69 @@ routes:
         assert 1 <= len(reports) <= 5, log[-3000:]
         assert "EMFILE recovery: Closed socket" not in log
         assert "Traceback" not in log
+
+
+# ---- TLS listeners: a handshake that never finishes ------------------------------------------
+
+PARTIAL_CLIENT_HELLO = bytes([0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xFC, 0x03, 0x03])
+
+
+@pytest.fixture(scope="module")
+def tls_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    from tests.certs import make_ca
+
+    tmp = tmp_path_factory.mktemp("slow-tls")
+    ca = make_ca(tmp / "pki")
+    leaf = ca.issue(tmp / "pki", ["app1", "127.0.0.1"], name="app1")
+    port = free_port()
+    with BackendProcess(name="echo") as backend:
+        config = tmp / "gateway.yaml"
+        config.write_text(
+            f"""
+listeners:
+  - address: 127.0.0.1:{port}
+    max_connections: {MAX_CONNECTIONS}
+    client_header_timeout: {HEADER_DEADLINE}s
+    tls:
+      certificates: [{{cert: {leaf.cert_path}, key: {leaf.key_path}}}]
+routes:
+  - name: app1
+    default: true
+    upstream: http://127.0.0.1:{backend.port}
+"""
+        )
+        process = GatewayProcess(config, tmp / "gateway.log").start([port])
+        try:
+            yield {"port": port, "ca": str(ca.cert_path)}
+        finally:
+            process.stop()
+
+
+def _https_get(port: int, ca: str) -> bytes:
+    import ssl
+
+    context = ssl.create_default_context(cafile=ca)
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+        with context.wrap_socket(raw, server_hostname="app1") as conn:
+            conn.sendall(b"GET /echo HTTP/1.1\r\nHost: app1\r\nConnection: close\r\n\r\n")
+            return conn.recv(64)
+
+
+@pytest.mark.parametrize("sent", [b"", PARTIAL_CLIENT_HELLO], ids=["silent", "partial-hello"])
+def test_a_tls_handshake_that_never_finishes_is_cut_at_the_deadline(tls_gateway, sent) -> None:
+    with socket.create_connection(("127.0.0.1", tls_gateway["port"]), timeout=5) as sock:
+        opened = time.monotonic()
+        sock.sendall(sent)
+        _, closed = _read_until_closed(sock, HEADER_DEADLINE + MARGIN + 2)
+    assert closed - opened <= HEADER_DEADLINE + MARGIN
+
+
+def test_silent_tls_connections_cannot_hold_max_connections(tls_gateway) -> None:
+    port = tls_gateway["port"]
+    silent = [socket.create_connection(("127.0.0.1", port)) for _ in range(MAX_CONNECTIONS)]
+    try:
+        time.sleep(HEADER_DEADLINE + MARGIN)
+        assert _https_get(port, tls_gateway["ca"]).startswith(b"HTTP/1.1 200")
+    finally:
+        for sock in silent:
+            sock.close()
