@@ -561,6 +561,10 @@ def _compose(reader: Reader) -> yaml.Node | _Invalid:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except (OSError, FileTooOdd) as error:
         return reader.problem(None, "", _reason(error))
+    except RecursionError:
+        return reader.problem(
+            None, "", "the file nests lists or mappings too deeply (hundreds of levels)"
+        )
     except UnicodeDecodeError as error:
         return reader.problem(None, "", f"not UTF-8 text (bad byte at offset {error.start})")
     except yaml.MarkedYAMLError as error:

@@ -31,6 +31,22 @@ FORWARDING_HEADERS = frozenset(
         b"x-forwarded-prefix",
         b"forwarded",
         b"x-real-ip",
+        # Other spellings of the same facts that frameworks and CDNs read
+        # (Rack prefers X-Forwarded-Scheme to -Proto; IIS Front-End-Https):
+        # believed from trusted proxies only, like the others.
+        b"x-forwarded-scheme",
+        b"x-forwarded-ssl",
+        b"x-forwarded-server",
+        b"x-forwarded-path",
+        b"x-forwarded-uri",
+        b"x-original-uri",
+        b"x-url-scheme",
+        b"front-end-https",
+        b"x-client-ip",
+        b"x-cluster-client-ip",
+        b"true-client-ip",
+        b"cf-connecting-ip",
+        b"fastly-client-ip",
     }
 )
 

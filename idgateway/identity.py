@@ -130,6 +130,9 @@ class IdentityHeaders:
             "X-Auth-Request-Email",
             "X-Auth-Request-Groups",
             "X-Auth-Request-Preferred-Username",
+            # oauth2-proxy's own: apps migrated from it may read them.
+            "X-Auth-Request-Access-Token",
+            "X-Auth-Request-Id-Token",
             *OAUTH2_PROXY_HEADERS,
             "OIDC_access_token",
             "OIDC_id_token",

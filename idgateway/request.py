@@ -351,6 +351,15 @@ class GatewayChannel(http.HTTPChannel):
             self._head_since = None
             self.site.heading_channels.discard(self)  # type: ignore[attr-defined]
 
+    def _send100Continue(self) -> None:  # noqa: N802 - twisted.web's name
+        # twisted.web sends "100 Continue" after gotLength, where the gateway
+        # already dispatched the request: if that answered at once (400, 413,
+        # a login redirect), a 100 after the final response is not HTTP.
+        request = self.requests[-1] if self.requests else None
+        if request is None or request.startedWriting or request.finished:
+            return
+        super()._send100Continue()
+
     def head_timed_out(self) -> None:
         """The head missed its deadline: 408 and close (nothing of a response began)."""
         self._end_head()

@@ -294,7 +294,9 @@ def canonical_prefix(value: str) -> str:
     return text
 
 
-_URL_CREDENTIALS = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)([^/?#@\s:]*)(?::[^/?#@\s]*)?@")
+# scheme://user:password@ up to the LAST "@" before whitespace or a quote: a
+# password may hold "/", "?", "#" and "@" (openssl rand -base64 gives "/").
+_URL_CREDENTIALS = re.compile(r"""(?i)\b([a-z][a-z0-9+.-]*://)([^/?#@\s:'"]*)(?::[^\s'"]*)?@""")
 
 
 def mask_credentials(text: str) -> str:

@@ -331,6 +331,8 @@ class UpstreamConnection(Protocol):
         if self.closed or self.transport is None:
             return
         if self.exchange is not None and self.exchange.chunked_body:
+            if not data:
+                return  # an empty chunk would be "0\r\n\r\n": the end of the body
             self.transport.writeSequence([b"%x\r\n" % len(data), data, b"\r\n"])
         else:
             self.transport.write(data)

@@ -307,3 +307,36 @@ routes:
     finally:
         gateway.stop()
     assert "hunter2" not in gateway.log()
+
+
+@pytest.mark.parametrize(
+    ("text", "secret"),
+    [
+        ("redis://:Zm9vYmFy/c2VjcmV0+Xyz=@127.0.0.1:6379/0", "c2VjcmV0"),
+        ("'redis://:a/b?c#d@h:1/0' names no host", "a/b?c#d"),
+        ("http://admin:p@ss@host/x", "p@ss"),
+        ("rediss://user:hunter2@h:6380 and https://u:s3cret@op/x", "s3cret"),
+    ],
+)
+def test_masking_covers_passwords_with_slashes_and_at_signs(text: str, secret: str) -> None:
+    from idgateway.units import mask_credentials
+
+    masked = mask_credentials(text)
+    assert secret not in masked and "hunter2" not in masked and ":***@" in masked
+
+
+def test_check_never_shows_a_redis_password_from_the_environment(tmp_path: Path) -> None:
+    text = config_text() + "redis: {url: 'redis://:${REDIS_PASSWORD}@'}\n"
+    path = tmp_path / "gateway.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as caught:
+        load_config(str(path), {"REDIS_PASSWORD": "Zm9vYmFy/c2VjcmV0+Xyz="})
+    assert "c2VjcmV0" not in str(caught.value) and "Zm9vYmFy" not in str(caught.value)
+
+
+@pytest.mark.parametrize("opener", ["[", "{a: "], ids=["lists", "mappings"])
+def test_deep_nesting_is_a_config_error_not_a_traceback(tmp_path: Path, opener: str) -> None:
+    closer = "]" if opener == "[" else "}"
+    text = "listeners: " + opener * 1000 + closer * 1000 + "\n"
+    message = problem_text(tmp_path, text)
+    assert "nests lists or mappings too deeply" in message

@@ -183,3 +183,38 @@ routes:
             assert status == 400 and b"location" not in headers
         finally:
             gateway.stop()
+
+
+@pytest.mark.parametrize(
+    "target, host",
+    [
+        (b"/a/%2e%2e/b", b"app1.localhost"),
+        (b"/x", b"app1.localhost@evil"),
+        (b"/x", b"nope.example"),
+    ],
+    ids=["ambiguous-path", "bad-host", "unknown-host"],
+)
+def test_no_100_continue_after_a_final_answer(env, target: bytes, host: bytes) -> None:
+    """A request refused at once is not followed by a stray '100 Continue'."""
+    status, _, body = raw(
+        env["port"],
+        b"POST " + target + b" HTTP/1.1\r\nHost: " + host + b"\r\nExpect: 100-continue\r\n"
+        b"Content-Length: 5\r\nConnection: close\r\n\r\n",
+    )
+    assert status in (400, 308, 421)
+    assert b"100 Continue" not in body
+
+
+def test_100_continue_still_comes_for_a_request_that_reads_its_body(env) -> None:
+    with socket.create_connection(("127.0.0.1", env["port"]), timeout=10) as sock:
+        sock.sendall(
+            b"POST /upload HTTP/1.1\r\nHost: app1.localhost\r\nExpect: 100-continue\r\n"
+            b"Content-Length: 5\r\nConnection: close\r\n\r\n"
+        )
+        first = sock.recv(100)
+        assert first.startswith(b"HTTP/1.1 100 Continue")
+        sock.sendall(b"hello")
+        rest = b""
+        while chunk := sock.recv(65536):
+            rest += chunk
+    assert (first + rest).count(b"HTTP/1.1 200") == 1
