@@ -173,6 +173,7 @@ def _build_listener(reader: Reader, found: Section) -> Listener:
         tls=values["tls"],
         client_header_timeout=values["client_header_timeout"],
         client_body_timeout=values["client_body_timeout"],
+        client_send_timeout=values["client_send_timeout"],
         max_connections=values["max_connections"],
     )
 
@@ -325,6 +326,7 @@ def _build_config(reader: Reader, found: Section) -> Config | _Invalid:
         reload=found.values["reload"],
         client_header_timeout=found.values["client_header_timeout"],
         client_body_timeout=found.values["client_body_timeout"],
+        client_send_timeout=found.values["client_send_timeout"],
     )
 
 
@@ -382,6 +384,7 @@ LISTENER_FIELDS = (
     # the share of the file-descriptor limit), decided where it is used.
     Field("client_header_timeout", duration()),
     Field("client_body_timeout", duration()),
+    Field("client_send_timeout", duration()),
     Field("max_connections", integer(1, 10000)),
 )
 HSTS_FIELDS = (
@@ -506,6 +509,7 @@ TOP_FIELDS = (
     Field("workers", config_workers, default=1),
     Field("client_header_timeout", duration(), default=_default(Config, "client_header_timeout")),
     Field("client_body_timeout", duration(), default=_default(Config, "client_body_timeout")),
+    Field("client_send_timeout", duration(), default=_default(Config, "client_send_timeout")),
     Field("redis", build_top_redis),
     Field(
         "admin",

@@ -47,6 +47,9 @@ class Listener:
     # together); None: derived from the file-descriptor limit
     # (service.default_max_connections).
     max_connections: int | None = None
+    # Longest time a client may leave a response unread (its socket full);
+    # None: the top-level client_send_timeout.
+    client_send_timeout: float | None = None
 
     @property
     def address(self) -> str:
@@ -190,6 +193,9 @@ class Config:
     client_header_timeout: float = 15.0
     # Longest silence while a request body is read (listeners may override).
     client_body_timeout: float = 60.0
+    # Longest time a response may wait for a client that does not read it
+    # (nginx's send_timeout; listeners may override).
+    client_send_timeout: float = 60.0
 
 
 # ---- login: providers, per-route OIDC clients, sessions, identity headers ---------------

@@ -318,6 +318,8 @@ class ProxiedResponse:
         self.tls = tls
         self.exchange: Exchange | None = None
         self._producing = False
+        # Watched by the site for client_send_timeout (the client stopped reading).
+        self._stalled = False
         self._upgrade_headers: Sequence[tuple[bytes, bytes]] = ()
 
     # -- upstream.ResponseSink ---------------------------------------------------
@@ -397,6 +399,8 @@ class ProxiedResponse:
         if self._producing:
             self._producing = False
             request.unregisterProducer()
+        if self._stalled:
+            self._unwatch_stalled()
         # The exchange points back here (its sink): no cycle left to collect.
         self.exchange = None
         return not (request._disconnected or request.finished)
@@ -493,12 +497,35 @@ class ProxiedResponse:
     def pauseProducing(self) -> None:
         if self.exchange is not None and self.exchange.connection is not None:
             self.exchange.connection.pause_reading()
+        # The client stopped reading: it has client_send_timeout to start again.
+        site = getattr(self.request.channel, "site", None)
+        if site is not None and hasattr(site, "watch_stalled"):
+            site.watch_stalled(self)
+            self._stalled = True
 
     def resumeProducing(self) -> None:
         if self.exchange is not None and self.exchange.connection is not None:
             self.exchange.connection.resume_reading()
+        self._unwatch_stalled()
+
+    def _unwatch_stalled(self) -> None:
+        if not self._stalled:
+            return
+        self._stalled = False
+        site = getattr(self.request.channel, "site", None)
+        stalled = getattr(site, "stalled", None)
+        if stalled:
+            stalled.pop(self, None)
+
+    def send_timed_out(self) -> None:
+        """client_send_timeout: the client left the response unread too long."""
+        if self.exchange is not None:
+            self.exchange.cancel()
+        _abort_client(self.request)
 
     def stopProducing(self) -> None:
+        if self._stalled:
+            self._unwatch_stalled()
         if self.exchange is not None:
             self.exchange.cancel()
 

@@ -601,6 +601,10 @@ class GatewaySite(server.Site):
         # Connections told to close (a 408 for a late head) -> when: aborted if
         # still open CLOSE_GRACE seconds later.
         self.closing_channels: dict[GatewayChannel, float] = {}
+        # client_send_timeout (None: none), and the responses whose client
+        # stopped reading -> since when (proxy.ProxiedResponse).
+        self.send_timeout: float | None = None
+        self.stalled: dict[Any, float] = {}
         self._idle_sweep = LoopingCall(self._time_out_idle)
         self._idle_sweep.clock = self.reactor
 
@@ -625,6 +629,31 @@ class GatewaySite(server.Site):
         if not self._idle_sweep.running:
             self._idle_sweep.start(IDLE_SWEEP_INTERVAL, now=False)
 
+    def watch_stalled(self, response: Any) -> None:
+        """A response's client stopped reading (its socket is full)."""
+        if self.send_timeout is None:
+            return
+        self.stalled.setdefault(response, self.reactor.seconds())
+        if not self._idle_sweep.running:
+            self._idle_sweep.start(IDLE_SWEEP_INTERVAL, now=False)
+
+    def _cut_stalled(self, now: float) -> None:
+        timeout = self.send_timeout
+        if timeout is None:
+            self.stalled.clear()
+            return
+        late = [r for r, since in self.stalled.items() if now - since >= timeout]
+        for response in late:
+            del self.stalled[response]
+            response.send_timed_out()
+        if late:
+            self._log.info(
+                "cut {count} connection(s) whose client read nothing of its response for "
+                "{timeout:g} s (client_send_timeout)",
+                count=len(late),
+                timeout=timeout,
+            )
+
     def _abort_lingering(self, now: float) -> None:
         late = [c for c, since in self.closing_channels.items() if now - since >= CLOSE_GRACE]
         for channel in late:
@@ -635,11 +664,17 @@ class GatewaySite(server.Site):
 
     def _time_out_idle(self) -> None:
         if not (
-            self.idle_channels or self.heading_channels or self.tunnels or self.closing_channels
+            self.idle_channels
+            or self.heading_channels
+            or self.tunnels
+            or self.closing_channels
+            or self.stalled
         ):
             self._idle_sweep.stop()
             return
         now = self.reactor.seconds()
+        if self.stalled:
+            self._cut_stalled(now)
         if self.closing_channels:
             self._abort_lingering(now)
         if self.heading_channels:

@@ -326,6 +326,11 @@ class GatewayService(MultiService):
             limit = default_max_connections(len(config.listeners))
         return header, body, limit
 
+    @staticmethod
+    def send_timeout(listener: Listener, config: Config) -> float:
+        """client_send_timeout: the listener's, else the top-level one."""
+        return listener.client_send_timeout or config.client_send_timeout
+
     def _factory_for(self, listener: Listener) -> IProtocolFactory:
         """The listener's Site, behind TLS on a TLS listener."""
         header_timeout, body_timeout, max_connections = self.listener_limits(listener, self.config)
@@ -350,6 +355,7 @@ class GatewayService(MultiService):
                 header_timeout=header_timeout,
                 body_timeout=body_timeout,
             )
+        site.send_timeout = self.send_timeout(listener, self.config)
         self._sites[(listener.host, listener.port)] = site
         if listener.tls is None:
             return site
@@ -547,6 +553,8 @@ class GatewayService(MultiService):
             site = self._sites.get((listener.host, listener.port))
             if isinstance(site, DrainableSite):
                 site.set_limits(*self.listener_limits(listener, config))
+            if isinstance(site, GatewaySite):
+                site.send_timeout = self.send_timeout(listener, config)
 
     def _open_new_listeners(self, config: Config) -> None:
         """Listen on the configuration's new addresses, all or none (ListenerFailed)."""

@@ -26,6 +26,7 @@ from tests.processes import GatewayProcess, free_port
 
 HEADER_DEADLINE = 2.0
 BODY_TIMEOUT = 2.0
+SEND_TIMEOUT = 2.0
 # The sweep runs once a second and the machine may be busy: a cut is on time
 # when it comes within this much after the deadline.
 MARGIN = 3.0
@@ -46,6 +47,7 @@ listeners:
   - address: 127.0.0.1:{main_port}
     client_header_timeout: {HEADER_DEADLINE}s
     client_body_timeout: {BODY_TIMEOUT}s
+    client_send_timeout: {SEND_TIMEOUT}s
   - address: 127.0.0.1:{small_port}
     max_connections: {MAX_CONNECTIONS}
 client_header_timeout: 30s
@@ -554,3 +556,40 @@ def test_silent_tls_connections_cannot_hold_max_connections(tls_gateway) -> None
     finally:
         for sock in silent:
             sock.close()
+
+
+# ---- slow readers: client_send_timeout ---------------------------------------------------------
+
+
+def test_a_client_that_stops_reading_is_cut_at_the_send_timeout(gateway: dict[str, Any]) -> None:
+    size = 200 * 1024 * 1024
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", gateway["port"]))
+    with sock:
+        sock.sendall(
+            f"GET /download?size={size} HTTP/1.1\r\nHost: app1\r\n\r\n".encode()
+        )
+        time.sleep(SEND_TIMEOUT + MARGIN + 1)  # read nothing meanwhile
+        received, _ = _read_until_closed(sock, 10)
+    # Cut: far less than the response arrived, and the connection ended.
+    assert len(received) < size // 4
+
+
+def test_a_slow_but_steady_reader_is_not_cut(gateway: dict[str, Any]) -> None:
+    size = 2 * 1024 * 1024
+    with socket.create_connection(("127.0.0.1", gateway["port"]), timeout=10) as sock:
+        sock.sendall(
+            f"GET /download?size={size} HTTP/1.1\r\nHost: app1\r\nConnection: close\r\n\r\n"
+            .encode()
+        )
+        received = b""
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            chunk = sock.recv(256 * 1024)
+            if not chunk:
+                break
+            received += chunk
+            time.sleep(0.5)  # well within the send timeout between reads
+    body = received.partition(b"\r\n\r\n")[2]
+    assert len(body) == size
