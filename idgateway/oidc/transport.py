@@ -26,7 +26,9 @@ def is_loopback_host(host: str | None) -> bool:
     if not host:
         return False
     name = host.lower().rstrip(".")
-    if name == "localhost" or name.endswith(".localhost"):
+    if name == "localhost":
+        # (Not "*.localhost": the C library may ask DNS for those, and DNS can
+        # answer with any address.)
         return True
     try:
         return ipaddress.ip_address(name).is_loopback

@@ -25,7 +25,7 @@ LOOPBACK_DISCOVERY = "http://127.0.0.1:9763/oauth2/oidcdiscovery/.well-known/ope
     [
         ("localhost", True),
         ("LOCALHOST.", True),
-        ("wso2.localhost", True),
+        ("wso2.localhost", False),  # resolved by DNS, not surely loopback
         ("127.0.0.1", True),
         ("127.9.9.9", True),
         ("::1", True),
