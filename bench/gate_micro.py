@@ -179,6 +179,8 @@ class _Fixture:
         headers.setRawHeaders(
             b"Cookie", [b"_ga=GA1.1.1843; %s=%s; theme=dark" % (self.cookie_name, cookie)]
         )
+        # What render does before the gate: the path's one reading (idgateway.paths).
+        request.idgw_reading = self.runtime.paths.read(request.path)
         return request
 
 

@@ -123,3 +123,12 @@ def test_steal_share_between_two_readings(harness):
     assert harness.steal_percent((100, 10_000), (100, 10_000)) is None
     ticks = harness.machine_cpu_ticks()
     assert ticks is not None and ticks[1] > 0 and 0 <= ticks[0] <= ticks[1]
+
+
+def test_the_gate_microbenchmark_still_measures_the_authenticated_path():
+    """bench/gate_micro.py drives the gate as render does (a few calls: a smoke test)."""
+    spec = importlib.util.spec_from_file_location("bench_gate_micro", BENCH / "gate_micro.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    figures = module.run(iterations=50, batches=1)
+    assert figures
