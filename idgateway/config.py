@@ -490,7 +490,7 @@ LISTENER_FIELDS = (
     Field(
         "max_connections",
         integer(1, 10000),
-        type_text="integer >= 1",
+        type_text="integer from 1 to 10000",
         default_text="default: a share of the descriptor limit",
         description=r"""
             Client connections this listener holds open at once. Past it a new
@@ -677,7 +677,7 @@ ROUTE_FIELDS = (
         "upstream_pool_size",
         integer(1, 64),
         default=_default(Upstream, "pool_size"),
-        type_text="integer >= 1",
+        type_text="integer from 1 to 64",
         default_text="default ``64``",
         description=r"""
             Most connections held open to each of the route's upstreams, busy and
@@ -773,7 +773,7 @@ ROUTE_FIELDS = (
         description=r"""
             Largest request header block accepted (request line plus headers).
             Request heads over 64 KiB are refused before routing whatever this says
-            (see `Limits`_). Example: ``max_header_size: 32KB``
+            (see :ref:`architecture:Limits`). Example: ``max_header_size: 32KB``
         """,
     ),
     Field(
@@ -846,7 +846,7 @@ ROUTE_FIELDS = (
         "max_websockets",
         integer(0, 1024),
         default=_default(Route, "max_websockets"),
-        type_text="integer >= 0",
+        type_text="integer from 0 to 1024",
         default_text="default ``1024``",
         description=r"""
             WebSocket tunnels open at once on this route (upgrades still on their
@@ -996,7 +996,8 @@ TOP_FIELDS = (
         description=r"""
             Which upstream serves which request.
 
-            A request is matched on its ``Host`` header (see `Routing`_). Each entry of
+            A request is matched on its ``Host`` header (see :ref:`architecture:Routing`). Each
+            entry of
             ``routes`` is a mapping. with these keys.
         """,
     ),
@@ -1009,11 +1010,11 @@ TOP_FIELDS = (
         description=r"""
             Peers whose ``X-Forwarded-For``, ``-Proto``, ``-Host``, ``-Port`` and
             ``-Prefix`` headers are believed, such as a load balancer in front of the gateway.
-            From any other peer these headers are replaced (see `Headers`_). A
+            From any other peer these headers are replaced (see :ref:`architecture:Headers`). A
             trusted peer's ``X-Forwarded-Proto: https`` also tells login routes that
             the browser uses HTTPS: cookies are then ``Secure`` (with the
             ``__Host-`` prefix) and the callback URL is ``https://``, as on a TLS
-            listener (see `Behind a TLS-terminating proxy`_). A bare
+            listener (see :ref:`operations:Behind a TLS-terminating proxy`). A bare
             address means that one host (``192.0.2.7`` is ``192.0.2.7/32``); host
             bits of a network are cleared (``10.1.2.3/16`` is ``10.1.0.0/16``).
             Example: ``trusted_proxies: [127.0.0.1, 10.0.0.0/8, "fd00::/8"]``
@@ -1060,8 +1061,8 @@ TOP_FIELDS = (
             How many processes serve the listeners. ``1``: the ``twistd`` process
             serves alone, as it always has. More than one: the ``twistd`` process
             becomes a master that binds the listeners and runs that many worker
-            processes accepting on them side by side (see `Running on every
-            core`_). ``auto`` is the number of CPUs the system reports
+            processes accepting on them side by side (see :ref:`operations:Running on every core`).
+            ``auto`` is the number of CPUs the system reports
             (``os.cpu_count()``) when the file is read; on a one-CPU machine that
             is 1, a single process. With more than one worker, give every login
             route ``session.keys``: a random key is made per process, and the
@@ -1130,10 +1131,10 @@ TOP_FIELDS = (
 
             * the provider sessions (``sid``) ended by back-channel or front-channel
               logout on routes with **cookie** sessions, so that every process
-              refuses their cookies (see `Logout from the provider`_);
+              refuses their cookies (see :ref:`login:Logout from the provider`);
             * the ``jti`` of every logout token already used (replay protection);
             * the coordination of access token refreshes of cookie sessions across
-              processes (see `Token refresh`_).
+              processes (see :ref:`login:Token refresh`).
 
             Routes with ``session.store: redis`` name their own Redis in
             ``session`` (it may be the same one). Without ``redis:``, the Redis of
@@ -1188,14 +1189,15 @@ TOP_FIELDS = (
             * ``GET /readyz``: ``200`` when every login route's provider has been
               discovered and every Redis the gateway uses answers a ``PING`` within
               its ``command_timeout``, else ``503``; JSON with the detail per
-              route, provider and Redis either way (see `Health checks: /healthz
-              and /readyz`_).
+              route, provider and Redis either way (see
+              :ref:`operations:Health checks: /healthz and /readyz`).
 
             Keep it on loopback or an internal network: it has no
             TLS and no authentication, and ``/readyz`` names the routes, providers
             and Redis servers (never a password). With ``workers`` above 1, worker
-            0 serves it, and reports what that worker sees (see `Running on every
-            core`_). It is bound by the gateway itself, never taken from systemd's
+            0 serves it, and reports what that worker sees (see
+            :ref:`operations:Running on every core`). It is bound by the gateway itself, never
+            taken from systemd's
             sockets. A
             reload leaves it as it is: adding, moving or removing it needs a
             restart. Example::
@@ -1216,7 +1218,7 @@ TOP_FIELDS = (
         default_text="default ``{access_log: true, format: text, user_id: plain}``",
         fields=LOGGING_FIELDS,
         description=r"""
-            The access log and the audit log (see :ref:`operations:Logging`), as a
+            The access log and the audit log (see :ref:`operations:Running under systemd`), as a
             mapping of the keys below. Example: ``logging: {format: json, user_id: hash}``
         """,
     ),

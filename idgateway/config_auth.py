@@ -328,7 +328,8 @@ PROVIDER_FIELDS = (
             ``https://HOST:9443/t/TENANT/oauth2/oidcdiscovery/.well-known/openid-configuration``
             for any other tenant.
             Example:
-            ``discovery_url: https://localhost:9443/oauth2/oidcdiscovery/.well-known/openid-configuration``
+            ``discovery_url:
+            https://localhost:9443/oauth2/oidcdiscovery/.well-known/openid-configuration``
         """,
     ),
     Field(
@@ -359,7 +360,7 @@ PROVIDER_FIELDS = (
         description=r"""
             PEM file of the certificates trusted for TLS to this provider, instead of
             the system store: for a WSO2 with its shipped self-signed certificate, that
-            certificate exported from WSO2 (see `Registering the gateway in WSO2`_).
+            certificate exported from WSO2 (see :ref:`wso2:Registering the gateway in WSO2`).
             The file is read while loading: an unreadable file, or one without a
             ``-----BEGIN CERTIFICATE-----``, is an error. The provider's host name is
             checked against its certificate too, so the URLs must use a name the
@@ -486,7 +487,7 @@ OIDC_FIELDS = (
             Scopes asked for; must include ``openid``. With WSO2, ``email`` brings
             ``email``, ``profile`` brings ``username`` and the names, and ``groups``
             brings ``groups`` (and ``roles``), provided the application is allowed
-            those attributes (see `Registering the gateway in WSO2`_). Ask for
+            those attributes (see :ref:`wso2:Registering the gateway in WSO2`). Ask for
             ``groups`` when ``authorize.groups`` or a groups header needs them.
             Example: ``scopes: [openid, email, profile, groups]``
         """,
@@ -586,7 +587,7 @@ OIDC_FIELDS = (
             Where ``/oauth2/sign_out`` finally sends the browser. A path is on the
             route's host (``/`` becomes ``https://app1.example.com/``). It is sent to
             the provider as ``post_logout_redirect_uri``, so it must be registered
-            there (see `Registering the gateway in WSO2`_).
+            there (see :ref:`wso2:Registering the gateway in WSO2`).
             Example: ``post_logout_redirect: /goodbye``
         """,
     ),
@@ -599,7 +600,7 @@ OIDC_FIELDS = (
         description=r"""
             Origins other than the request's own host that ``rd=`` (and so the page
             shown after login) may name, as ``scheme://host[:port]``; an entry with
-            a path never matches. See `Redirect safety`_.
+            a path never matches. See :ref:`login:Redirect safety`.
             Example: ``allowed_redirects: [https://portal.example.com]``
         """,
     ),
@@ -612,7 +613,7 @@ OIDC_FIELDS = (
         description=r"""
             Requests under these paths are API calls whatever their headers say:
             without a session they get ``401`` JSON, never a login redirect (see
-            `Browsers and API clients`_). Compared as a plain text prefix of the
+            :ref:`login:Browsers and API clients`). Compared as a plain text prefix of the
             canonical path (see ``public_paths``), so end them with ``/``.
             Example: ``api_paths: [/api/]``
         """,
@@ -625,8 +626,8 @@ OIDC_FIELDS = (
         default_text="default ``false``",
         description=r"""
             Serve ``/oauth2/frontchannel_logout``, the URL a provider loads in a
-            hidden iframe when the user logs out there (see `Logout from the
-            provider`_). Its requests are not signed, so it is off unless asked for;
+            hidden iframe when the user logs out there (see :ref:`login:Logout from the provider`).
+            Its requests are not signed, so it is off unless asked for;
             when off the endpoint answers ``404`` like any unknown one. Prefer
             back-channel logout where the provider offers it.
             Example: ``frontchannel_logout: true``
@@ -723,7 +724,7 @@ REDIS_FIELDS = (
         "pool_size",
         integer(1, 10),
         default=10,
-        type_text="integer >= 1",
+        type_text="integer from 1 to 10",
         default_text="default ``10``",
         description=r"""
             Connections each gateway process keeps open to this Redis; commands are
@@ -755,7 +756,7 @@ REDIS_FIELDS = (
         description=r"""
             The longest any Redis call may take, waiting for a connection included.
             Past it the call counts as "Redis unavailable": a request that needed it
-            gets ``503`` (see `When Redis is down`_), and a connection that did not
+            gets ``503`` (see :ref:`operations:When Redis is down`), and a connection that did not
             answer in time is dropped and opened again. Example: ``command_timeout: 500ms``
         """,
     ),
@@ -838,8 +839,8 @@ SESSION_FIELDS = (
         default_text="default ``cookie``",
         description=r"""
             Where sessions live. ``cookie``: in encrypted cookies, so the gateway
-            keeps nothing (see `Session cookies`_). ``redis``: in Redis, and the
-            cookie holds only an opaque session id (see `Sessions in Redis`_); then
+            keeps nothing (see :ref:`login:Session cookies`). ``redis``: in Redis, and the
+            cookie holds only an opaque session id (see :ref:`login:Sessions in Redis`); then
             ``url`` (or ``sentinels`` and ``master_name``) is required, and the
             other keys of `Redis connections`_ may be given here too. ``url``,
             ``sentinels`` or ``master_name`` with ``store: cookie`` is an error
@@ -859,7 +860,7 @@ SESSION_FIELDS = (
             missing padding are accepted too). They seal the session cookies (with
             ``store: redis``, the session data in Redis) and the login-flow
             cookies. The first key encrypts, every key
-            decrypts, which is how keys rotate (see `Rotating session keys`_). A key
+            decrypts, which is how keys rotate (see :ref:`login:Rotating session keys`). A key
             of the wrong length is an error that never repeats the key
             (``decodes to 5 bytes, not 32; make a key with: openssl rand -base64 32``);
             so is an empty list. Without ``keys`` the gateway makes a random key,
@@ -952,7 +953,7 @@ SESSION_FIELDS = (
         default_text="default ``60s``",
         description=r"""
             The access token is refreshed on the first request that finds it
-            expiring within this time (see `Token refresh`_); ``0`` waits until it
+            expiring within this time (see :ref:`login:Token refresh`); ``0`` waits until it
             has expired. Example: ``refresh_leeway: 2m``
         """,
     ),
@@ -1145,7 +1146,8 @@ ROUTE_AUTH_FIELDS = (
 
                 providers:
                   wso2:
-                    discovery_url: https://localhost:9443/oauth2/oidcdiscovery/.well-known/openid-configuration
+                    discovery_url:
+                    https://localhost:9443/oauth2/oidcdiscovery/.well-known/openid-configuration
                     ca_file: /etc/idgateway/wso2carbon.pem
                   acme:
                     issuer: https://localhost:9443/t/acme.com/oauth2/token
@@ -1395,8 +1397,9 @@ ROUTE_AUTH_FIELDS = (
             are ASCII-only and ``$`` matches only at the very end.
             Example: ``public_paths: [/healthz, "GET /static/", "~ ^/assets/.*[.]css$"]``
 
-            Matching uses the request's **canonical path** (see `Request paths: one
-            reading for the gate and the upstream`_), the same path the upstream
+            Matching uses the request's **canonical path** (see
+            :ref:`architecture:Request paths: one reading for the gate and the upstream`), the same
+            path the upstream
             receives: ``/static/../admin`` is ``/admin`` and needs a login, while
             ``/static/%2e%2e/admin``, ``/static/..;/admin`` and
             ``//static/..%2Fadmin`` cannot be read one way only and get ``400``. A
@@ -1425,7 +1428,7 @@ ROUTE_AUTH_FIELDS = (
         fields=AUTHORIZE_FIELDS,
         description=r"""
             Who may use the route once signed in. Every rule given must pass; a user who
-            fails one gets ``403`` (see `Answers and error pages`_), and the log says
+            fails one gets ``403`` (see :ref:`login:Answers and error pages`), and the log says
             which rule (``route app1: bob refused: not in an allowed group``). Without
             ``authorize``, every user the provider signs in may pass. The rules read the
             session's claims (from the ID token, and from userinfo with
