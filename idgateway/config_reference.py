@@ -90,9 +90,9 @@ def blocks() -> list[Block]:
     return [block for block in found if shortest[id(block.fields)] is block]
 
 
-def every_key() -> Iterator[tuple[str, Field]]:
+def every_key(top: tuple[Field, ...] = TOP_FIELDS) -> Iterator[tuple[str, Field]]:
     """Every (dotted key, field) a configuration file may hold."""
-    for block in _walk("", None, TOP_FIELDS):
+    for block in _walk("", None, top):
         for field in block.fields:
             yield (f"{block.path}.{field.name}" if block.path else field.name), field
 
