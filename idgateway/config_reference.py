@@ -145,7 +145,11 @@ def render() -> str:
         for field in block.fields:
             out.append(f"``{field.name}`` ({_kind(field)})")
             if field.fields:
-                # The nested keys have their own section; its text is the field's.
+                # The nested keys have their own section, which shows the field's text;
+                # here its opening paragraph, unless that only leads into a list.
+                opening = _text(field.description).split("\n\n")[0]
+                if not opening.endswith(":") and "::" not in opening:
+                    out.append(_indent(opening))
                 out.append(f"    See `{title_of[id(field.fields)]}`_.")
             elif home[id(field)] is not block:
                 out.append(f"    As in `{home[id(field)].title}`_.")
