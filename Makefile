@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN = $(VENV)/bin
 
-.PHONY: demo test venv system-deps lint bench clean
+.PHONY: demo test venv system-deps lint docs bench clean
 
 $(VENV)/.installed: setup.py pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,15 +24,19 @@ system-deps:
 demo: venv
 	$(BIN)/python scripts/demo.py
 
-test: system-deps venv
+test: system-deps venv docs
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests
 
 lint: venv
 	$(BIN)/ruff check idgateway tests bench
 	$(BIN)/mypy
 
+# The documentation site, warnings as errors; output in docs/_build (ignored by git).
+docs: venv
+	$(BIN)/sphinx-build -W --keep-going -q -b html docs docs/_build/html
+
 bench: venv
 	bench/run
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build *.egg-info docs/_build

@@ -12,6 +12,7 @@ setup(
     description="Identity gateway: OpenID Connect login in front of many apps, on Twisted",
     long_description=open("README.rst", encoding="utf-8").read(),
     long_description_content_type="text/x-rst",
+    license="MIT",
     python_requires=">=3.11",
     packages=find_packages(include=["idgateway", "idgateway.*"]) + ["twisted.plugins"],
     package_data={"twisted.plugins": ["idgateway_plugin.py"]},
@@ -51,6 +52,9 @@ setup(
             # Property tests: generated request targets against the path judge,
             # generated HTTP messages against h11.
             "hypothesis>=6.100",
+            # make docs (and make test, which builds them): the Sphinx site in docs/,
+            # with the built-in alabaster theme.
+            "sphinx>=7",
         ],
     },
     entry_points={"console_scripts": ["idgateway=idgateway.cli:main"]},

@@ -26,6 +26,8 @@ from cryptography.x509.oid import NameOID
 from idgateway import units
 from idgateway.config_auth import (
     AUTHORIZE_FIELDS,
+    PROVIDER_FIELDS,
+    REDIS_FIELDS,
     ROUTE_AUTH_FIELDS,
     build_providers,
     build_route_auth,
@@ -352,8 +354,27 @@ _PATH = "{prefix: /api/, upstream: http://127.0.0.1:3001}"
 _HOST = parsed(units.parse_host_pattern, "a host name, e.g. app1.example.com")
 
 CERTIFICATE_FIELDS = (
-    Field("cert", file_path("a PEM certificate file"), required=True, example="cert: app1.pem"),
-    Field("key", file_path("a PEM private key file"), required=True, example="key: app1.key"),
+    Field(
+        "cert",
+        file_path("a PEM certificate file"),
+        required=True,
+        example="cert: app1.pem",
+        type_text="file path",
+        default_text="required",
+        description="PEM file with the certificate chain, leaf first.",
+    ),
+    Field(
+        "key",
+        file_path("a PEM private key file"),
+        required=True,
+        example="key: app1.key",
+        type_text="file path",
+        default_text="required",
+        description=r"""
+            PEM file with the leaf's private key, unencrypted. It must match
+            the certificate: a key for another certificate is an error.
+        """,
+    ),
 )
 _PAIRS = list_of(
     mapping(CERTIFICATE_FIELDS, f"a mapping like {_PAIR}", _build_certificate_pair),
@@ -361,17 +382,67 @@ _PAIRS = list_of(
     min_items=1,
 )
 TLS_FIELDS = (
-    Field("certificates", _PAIRS, required=True, example=f"certificates: [{_PAIR}]"),
+    Field(
+        "certificates",
+        _PAIRS,
+        required=True,
+        example=f"certificates: [{_PAIR}]",
+        type_text="list of ``{cert, key}`` mappings",
+        default_text="required, at least one",
+        fields=CERTIFICATE_FIELDS,
+        description=r"""
+            The certificates to serve. A client's SNI name selects the
+            certificate whose DNS Subject Alternative Names cover it; the host
+            names are read from the certificates (a certificate without SANs is
+            matched by its subject CN). Each entry:
+
+            Example::
+
+                certificates:
+                  - {cert: /etc/idgateway/app1.pem, key: /etc/idgateway/app1.key}
+        """,
+    ),
     Field(
         "min_version",
         parsed(units.parse_tls_version, 'a TLS version, "1.2" or "1.3"'),
         default=_default(TLSSettings, "min_version"),
+        type_text='``"1.2"`` or ``"1.3"``',
+        default_text='default ``"1.2"``',
+        description=r"""
+            Oldest TLS version accepted. The unquoted numbers ``1.2`` and ``1.3``
+            are accepted too. Example: ``min_version: "1.3"``
+        """,
     ),
-    Field("ciphers", parsed(units.parse_ciphers, "an OpenSSL cipher list, e.g. ECDHE+AESGCM")),
+    Field(
+        "ciphers",
+        parsed(units.parse_ciphers, "an OpenSSL cipher list, e.g. ECDHE+AESGCM"),
+        type_text="string",
+        default_text="default: OpenSSL's secure default",
+        description=r"""
+            OpenSSL cipher list for TLS 1.2 (TLS 1.3 suites are not affected). A
+            list that selects no cipher is an error.
+            Example: ``ciphers: ECDHE+AESGCM:ECDHE+CHACHA20``
+        """,
+    ),
 )
 _LISTEN = parsed(units.parse_listen_address, "a listen address, e.g. 127.0.0.1:8080")
 LISTENER_FIELDS = (
-    Field("address", _LISTEN, required=True, example="address: 127.0.0.1:8080"),
+    Field(
+        "address",
+        _LISTEN,
+        required=True,
+        example="address: 127.0.0.1:8080",
+        type_text="string",
+        default_text="required",
+        description=r"""
+            ``host:port``, ``[ipv6]:port``, ``:port`` or ``port``; the last two listen
+            on all IPv4 interfaces (``0.0.0.0``). Use ``"[::]:443"`` for all IPv6
+            interfaces (quote it: YAML reads ``[`` as a list). The host may be an IP
+            address or a name such as ``localhost``. Port 0 lets the system pick a
+            free port (useful in tests). Two listeners may not share an address.
+            Example: ``address: 127.0.0.1:8080``
+        """,
+    ),
     Field(
         "tls",
         mapping(
@@ -379,17 +450,82 @@ LISTENER_FIELDS = (
             f"a mapping like {{certificates: [{_PAIR}]}}",
             lambda _, found: TLSSettings(**found.values),
         ),
+        type_text="mapping",
+        default_text="default: none, plain HTTP",
+        fields=TLS_FIELDS,
+        description="Makes the listener HTTPS.",
     ),
     # No default: absent means the top-level value (or, for max_connections,
     # the share of the file-descriptor limit), decided where it is used.
-    Field("client_header_timeout", duration()),
-    Field("client_body_timeout", duration()),
-    Field("client_send_timeout", duration()),
-    Field("max_connections", integer(1, 10000)),
+    Field(
+        "client_header_timeout",
+        duration(),
+        type_text="duration > 0",
+        default_text="default: the top-level values",
+        description=r"""
+            This listener's own values of the top-level keys of the same names.
+            Example: ``client_header_timeout: 5s``
+        """,
+    ),
+    Field(
+        "client_body_timeout",
+        duration(),
+        type_text="duration > 0",
+        default_text="default: the top-level values",
+        description=r"""
+            This listener's own values of the top-level keys of the same names.
+            Example: ``client_header_timeout: 5s``
+        """,
+    ),
+    Field(
+        "client_send_timeout",
+        duration(),
+        type_text="duration > 0",
+        default_text="default: the top-level values",
+        description=r"""
+            This listener's own values of the top-level keys of the same names.
+            Example: ``client_header_timeout: 5s``
+        """,
+    ),
+    Field(
+        "max_connections",
+        integer(1, 10000),
+        type_text="integer from 1 to 10000",
+        default_text="default: a share of the descriptor limit",
+        description=r"""
+            Client connections this listener holds open at once. Past it a new
+            connection is accepted and closed at once (no response), and the number
+            refused is logged at most once a second, never a traceback. With
+            ``workers`` above 1 the limit is for all workers together: each admits
+            ``max_connections // workers`` (at least 1). The default is each
+            process's share of its own file-descriptor limit: ``(soft RLIMIT_NOFILE
+            - 128) // (2 * number of listeners)``, at least 16 (128 descriptors are
+            kept for logs, Redis, providers and the admin listener; halved because
+            each client connection may hold an upstream connection). Under
+            ``etc/idgateway.service`` (``LimitNOFILE=65536``) that is 32704 with
+            one listener, per process. If descriptors run out anyway, connections
+            are accepted and closed at once and logged the same way.
+            Example: ``max_connections: 10000``
+        """,
+    ),
 )
 HSTS_FIELDS = (
-    Field("max_age", duration(allow_zero=True), default=365 * 86400.0),
-    Field("include_subdomains", boolean, default=False),
+    Field(
+        "max_age",
+        duration(allow_zero=True),
+        default=365 * 86400.0,
+        type_text="duration",
+        default_text="default ``365d``",
+        description="How long browsers remember to use HTTPS only; sent in whole seconds.",
+    ),
+    Field(
+        "include_subdomains",
+        boolean,
+        default=False,
+        type_text="boolean",
+        default_text="default ``false``",
+        description="Add ``includeSubDomains``.",
+    ),
 )
 PATH_FIELDS = (
     Field(
@@ -397,9 +533,32 @@ PATH_FIELDS = (
         parsed(units.parse_path_prefix, "a path, e.g. /api/"),
         True,
         example="prefix: /api/",
+        type_text="string starting with ``/``",
+        default_text="required",
+        description=r"""
+            Compared with the request's canonical path (see :ref:`architecture:Request paths: one
+            reading for the gate and the upstream`; case-sensitive unless
+            ``case_insensitive_paths``, query excluded), so ``/api/`` does not match
+            ``/api``; it is kept in canonical form itself (``/café/`` is
+            ``/caf%C3%A9/``), and one with dot segments is an error.
+        """,
     ),
-    Field("upstream", _UPSTREAM, required=True, example="upstream: http://127.0.0.1:3001"),
-    Field("upstream_ca_file", _pem_bundle),
+    Field(
+        "upstream",
+        _UPSTREAM,
+        required=True,
+        example="upstream: http://127.0.0.1:3001",
+        type_text="URL",
+        default_text="required",
+        description="As the route's ``upstream``, its own path prepended the same way.",
+    ),
+    Field(
+        "upstream_ca_file",
+        _pem_bundle,
+        type_text="file path",
+        default_text="optional",
+        description="As the route's ``upstream_ca_file``; without it, the route's applies.",
+    ),
     Field(
         "authorize",
         mapping(
@@ -407,30 +566,243 @@ PATH_FIELDS = (
             "a mapping like {groups: [admins]}",
             lambda _, found: AuthorizeRules(**found.values),
         ),
+        type_text="mapping",
+        default_text="optional",
+        fields=AUTHORIZE_FIELDS,
+        description=r"""
+            Only on a route with login: the rules for this path instead of the route's,
+            with the keys of ```authorize``: who may pass`_.
+        """,
     ),
 )
 _PASS_OR_REFUSE = parsed(_pass_or_refuse, "refuse (the default) or pass")
 PATH_RULES_FIELDS = (
-    Field("encoded_slashes", _PASS_OR_REFUSE, default=_default(PathRules, "encoded_slashes")),
-    Field("backslashes", _PASS_OR_REFUSE, default=_default(PathRules, "backslashes")),
+    Field(
+        "encoded_slashes",
+        _PASS_OR_REFUSE,
+        default=_default(PathRules, "encoded_slashes"),
+        type_text="``refuse`` or ``pass``",
+        default_text="default ``refuse``",
+        description=r"""
+            ``pass`` lets ``%2F`` and ``%5C`` through to the upstream instead of refusing
+            them with ``400``.
+        """,
+    ),
+    Field(
+        "backslashes",
+        _PASS_OR_REFUSE,
+        default=_default(PathRules, "backslashes"),
+        type_text="``refuse`` or ``pass``",
+        default_text="default ``refuse``",
+        description=r"""
+            ``pass`` lets a literal ``\`` through to the upstream instead of refusing it
+            with ``400``.
+        """,
+    ),
 )
 _PATHS = list_of(section(PATH_FIELDS, f"a mapping like {_PATH}"), f"a list like [{_PATH}]")
 ROUTE_FIELDS = (
-    Field("name", parsed(units.parse_route_name, "a name, e.g. app1"), True, example="name: app1"),
-    Field("hosts", list_of(_HOST, "a list of strings, e.g. [app1.example.com]"), default=()),
-    Field("default", boolean, default=False),
-    Field("upstream", _UPSTREAM, required=True, example="upstream: http://127.0.0.1:3000"),
-    Field("upstream_ca_file", _pem_bundle),
-    Field("upstream_pool_size", integer(1, 64), default=_default(Upstream, "pool_size")),
-    Field("paths", _PATHS, default=()),
-    Field("preserve_host", boolean, default=_default(Route, "preserve_host")),
-    Field("connect_timeout", duration(), default=_default(Route, "connect_timeout")),
-    Field("response_timeout", duration(), default=_default(Route, "response_timeout")),
-    Field("idle_timeout", duration(), default=_default(Route, "idle_timeout")),
-    Field("max_body_size", size(zero_is_unlimited=True), default=_default(Route, "max_body_size")),
-    Field("max_header_size", size(), default=_default(Route, "max_header_size")),
-    Field("https_redirect", boolean, default=_default(Route, "https_redirect")),
-    Field("hsts", _hsts, default=(None, False)),
+    Field(
+        "name",
+        parsed(units.parse_route_name, "a name, e.g. app1"),
+        True,
+        example="name: app1",
+        type_text="string",
+        default_text="required",
+        description=r"""
+            Unique name used in logs and ``check`` output: letters, digits, ``_``,
+            ``.`` and ``-``. Example: ``name: app1``
+        """,
+    ),
+    Field(
+        "hosts",
+        list_of(_HOST, "a list of strings, e.g. [app1.example.com]"),
+        default=(),
+        type_text="list of strings",
+        default_text="default ``[]``",
+        description=r"""
+            Host names this route serves, without port: exact names
+            (``app1.example.com``), IP literals (``192.0.2.1``, ``"[2001:db8::1]"``),
+            or wildcards ``"*.example.com"`` that match any name under
+            ``example.com`` at any depth (but not ``example.com`` itself). Names are
+            lower-cased; international names must be written in their ASCII
+            (``xn--``) form. A host may appear on only one route. A route without
+            hosts must be the default route.
+            Example: ``hosts: [app1.example.com, "*.app1.example.com"]``
+        """,
+    ),
+    Field(
+        "default",
+        boolean,
+        default=False,
+        type_text="boolean",
+        default_text="default ``false``",
+        description=r"""
+            Serve requests whose host no route lists. At most one route.
+            Example: ``default: true``
+        """,
+    ),
+    Field(
+        "upstream",
+        _UPSTREAM,
+        required=True,
+        example="upstream: http://127.0.0.1:3000",
+        type_text="URL",
+        default_text="required",
+        description=r"""
+            Where requests go: ``http://host[:port][/path]``,
+            ``https://host[:port][/path]`` or ``unix:/path/to.sock`` (HTTP over a
+            Unix socket; ``unix:///path/to.sock`` also works). Ports default to 80
+            and 443. A path is prepended to every request path
+            (``http://127.0.0.1:3000/app`` sends ``/x`` to ``/app/x``). User names,
+            passwords, query strings and fragments are refused. IPv6 hosts go in
+            brackets: ``"http://[::1]:3000"``. Host names are resolved when a
+            connection is opened. Example: ``upstream: http://127.0.0.1:3000``
+        """,
+    ),
+    Field(
+        "upstream_ca_file",
+        _pem_bundle,
+        type_text="file path",
+        default_text="default: the system's trusted CAs",
+        description=r"""
+            PEM file of CA certificates trusted for an ``https://`` upstream instead
+            of the system store. The route's ``https://`` path upstreams use it too
+            unless they name their own. An error unless the route has an
+            ``https://`` upstream.
+            Example: ``upstream_ca_file: /etc/idgateway/internal-ca.pem``
+        """,
+    ),
+    Field(
+        "upstream_pool_size",
+        integer(1, 64),
+        default=_default(Upstream, "pool_size"),
+        type_text="integer from 1 to 64",
+        default_text="default ``64``",
+        description=r"""
+            Most connections held open to each of the route's upstreams, busy and
+            idle together; requests beyond that wait in a queue for a free
+            connection (time in the queue does not count towards
+            ``response_timeout``). Path upstreams use the route's value.
+            Example: ``upstream_pool_size: 16``
+        """,
+    ),
+    Field(
+        "paths",
+        _PATHS,
+        default=(),
+        type_text="list of ``{prefix, upstream, upstream_ca_file, authorize}``",
+        default_text="default ``[]``",
+        fields=PATH_FIELDS,
+        description=r"""
+            Path prefixes within the route's hosts served by another upstream; the
+            longest matching prefix wins, and other paths go to the route's
+            ``upstream``. A prefix may appear once per route. Example::
+
+                paths:
+                  - {prefix: /api/, upstream: http://127.0.0.1:3001}
+                  - prefix: /admin/
+                    upstream: http://127.0.0.1:3000
+                    authorize: {groups: [admins]}
+        """,
+    ),
+    Field(
+        "preserve_host",
+        boolean,
+        default=_default(Route, "preserve_host"),
+        type_text="boolean",
+        default_text="default ``false``",
+        description=r"""
+            Send the client's ``Host`` header upstream, checked and normalised (lower
+            case, no trailing dot, as nginx's ``$host`` with the port), instead of
+            the upstream's own ``host[:port]`` (``localhost`` for Unix sockets).
+            Example: ``preserve_host: true``
+        """,
+    ),
+    Field(
+        "connect_timeout",
+        duration(),
+        default=_default(Route, "connect_timeout"),
+        type_text="duration > 0",
+        default_text="default ``5s``",
+        description=r"""
+            Time allowed to open a TCP (or Unix socket) connection to the upstream;
+            the TLS handshake with an ``https://`` upstream counts towards
+            ``response_timeout``. Example: ``connect_timeout: 2s``
+        """,
+    ),
+    Field(
+        "response_timeout",
+        duration(),
+        default=_default(Route, "response_timeout"),
+        type_text="duration > 0",
+        default_text="default ``60s``",
+        description=r"""
+            Time allowed for the upstream to start answering (status line and
+            headers) once the request is sent. Example: ``response_timeout: 30s``
+        """,
+    ),
+    Field(
+        "idle_timeout",
+        duration(),
+        default=_default(Route, "idle_timeout"),
+        type_text="duration > 0",
+        default_text="default ``300s``",
+        description=r"""
+            Longest silence in either direction once the exchange has started.
+            Example: ``idle_timeout: 5m``
+        """,
+    ),
+    Field(
+        "max_body_size",
+        size(zero_is_unlimited=True),
+        default=_default(Route, "max_body_size"),
+        type_text="size",
+        default_text="default ``100MB``",
+        description=r"""
+            Largest request body accepted. ``0`` or ``null`` means unlimited.
+            Example: ``max_body_size: 2GB``
+        """,
+    ),
+    Field(
+        "max_header_size",
+        size(),
+        default=_default(Route, "max_header_size"),
+        type_text="size > 0",
+        default_text="default ``16KB``",
+        description=r"""
+            Largest request header block accepted (request line plus headers).
+            Request heads over 64 KiB are refused before routing whatever this says
+            (see :ref:`architecture:Limits`). Example: ``max_header_size: 32KB``
+        """,
+    ),
+    Field(
+        "https_redirect",
+        boolean,
+        default=_default(Route, "https_redirect"),
+        type_text="boolean",
+        default_text="default ``false``",
+        description=r"""
+            Answer requests that arrive over plain HTTP with a ``308`` redirect to
+            the same URL over HTTPS, on the port of the first TLS listener (left out
+            when it is 443). "Plain HTTP" means a plain listener, whatever
+            ``X-Forwarded-Proto`` says: behind a TLS-terminating proxy, redirect at
+            the proxy instead. Example: ``https_redirect: true``
+        """,
+    ),
+    Field(
+        "hsts",
+        _hsts,
+        default=(None, False),
+        type_text="``false``, ``true`` or a mapping",
+        default_text="default ``false``",
+        fields=HSTS_FIELDS,
+        description=r"""
+            Send ``Strict-Transport-Security`` on answers sent over a TLS listener
+            (behind a TLS-terminating proxy, set it at the proxy). ``true`` means the
+            defaults. Example: ``hsts: {max_age: 365d, include_subdomains: true}``
+        """,
+    ),
     Field(
         "path_rules",
         mapping(
@@ -439,14 +811,63 @@ ROUTE_FIELDS = (
             lambda _, found: PathRules(**found.values),
         ),
         default=PathRules(),
+        type_text="mapping",
+        default_text="default ``{encoded_slashes: refuse, backslashes: refuse}``",
+        fields=PATH_RULES_FIELDS,
+        description=r"""
+            What the route passes to its upstream instead of refusing with ``400``:
+            ``encoded_slashes: pass`` lets ``%2F`` and ``%5C`` through and
+            ``backslashes: pass`` a literal ``\`` (each ``refuse`` or ``pass``). A
+            passed character stays as it came (upper-cased escape) and is opaque to
+            every path rule: it is never decoded and never separates segments, as
+            Apache's ``AllowEncodedSlashes NoDecode``. Even then a path where a
+            passed ``\`` or ``%2F`` would form a dot segment upstream
+            (``/files/..%2Fetc``) is refused. Turn these on only for an upstream that
+            needs them (file names with slashes in an API).
+            Example: ``path_rules: {encoded_slashes: pass}``
+        """,
     ),
     Field(
         "case_insensitive_paths",
         boolean,
         default=_default(Route, "case_insensitive_paths"),
+        type_text="boolean",
+        default_text="default ``false``",
+        description=r"""
+            Match every path rule of the route (``public_paths``, ``paths[].prefix``
+            and their ``authorize``, ``api_paths``) without regard to case, for
+            IIS-style upstreams that read ``/ADMIN/`` as ``/admin/``. A segment's
+            trailing dots and spaces (``/admin./``) are then judged as IIS reads them
+            too. By default prefixes are case-sensitive, as nginx's locations.
+            Example: ``case_insensitive_paths: true``
+        """,
     ),
-    Field("max_websockets", integer(0, 1024), default=_default(Route, "max_websockets")),
-    Field("websocket_idle_timeout", duration(), default=_default(Route, "websocket_idle_timeout")),
+    Field(
+        "max_websockets",
+        integer(0, 1024),
+        default=_default(Route, "max_websockets"),
+        type_text="integer from 0 to 1024",
+        default_text="default ``1024``",
+        description=r"""
+            WebSocket tunnels open at once on this route (upgrades still on their
+            way to the upstream count too). Past it an upgrade gets ``503`` with a
+            message saying so. With ``workers`` above 1 each worker admits
+            ``max_websockets // workers`` (at least 1). ``0`` refuses every upgrade.
+            Example: ``max_websockets: 200``
+        """,
+    ),
+    Field(
+        "websocket_idle_timeout",
+        duration(),
+        default=_default(Route, "websocket_idle_timeout"),
+        type_text="duration > 0",
+        default_text="default ``1h``",
+        description=r"""
+            A WebSocket tunnel with no bytes in either direction for this long is
+            closed (checked once a second). ``idle_timeout`` does not apply to a
+            tunnel once it is open. Example: ``websocket_idle_timeout: 10m``
+        """,
+    ),
     *ROUTE_AUTH_FIELDS,
 )
 _LISTENERS = list_of(
@@ -466,10 +887,32 @@ def _choice(choices: tuple[str, ...]) -> Any:
 
 
 LOGGING_FIELDS = (
-    Field("access_log", boolean, default=_default(LoggingSettings, "access_log")),
-    Field("format", _choice(("text", "json")), default=_default(LoggingSettings, "format")),
     Field(
-        "user_id", _choice(("plain", "hash", "none")), default=_default(LoggingSettings, "user_id")
+        "access_log",
+        boolean,
+        default=_default(LoggingSettings, "access_log"),
+        type_text="boolean",
+        default_text="default ``true``",
+        description="Write the per-request access line.",
+    ),
+    Field(
+        "format",
+        _choice(("text", "json")),
+        default=_default(LoggingSettings, "format"),
+        type_text="``text`` or ``json``",
+        default_text="default ``text``",
+        description="``text``: readable lines; ``json``: each message is one JSON object.",
+    ),
+    Field(
+        "user_id",
+        _choice(("plain", "hash", "none")),
+        default=_default(LoggingSettings, "user_id"),
+        type_text="``plain``, ``hash`` or ``none``",
+        default_text="default ``plain``",
+        description=r"""
+            The user in access lines: ``plain``, ``hash`` (first 16 hex digits of its
+            SHA-256) or ``none``.
+        """,
     ),
 )
 # A shorter interval would only burn CPU: editors and deploy tools take longer
@@ -485,39 +928,283 @@ def _watch_interval(text: str) -> float:
 
 
 RELOAD_FIELDS = (
-    Field("watch", boolean, default=_default(ReloadSettings, "watch")),
+    Field(
+        "watch",
+        boolean,
+        default=_default(ReloadSettings, "watch"),
+        type_text="boolean",
+        default_text="default ``false``",
+        description=r"""
+            Poll the file. When its contents change, the gateway reloads exactly as on
+            ``SIGHUP``: a file with problems is refused (each problem is logged,
+            the running configuration stays), and the next change tries again.
+        """,
+    ),
     Field(
         "interval",
         parsed(_watch_interval, "a duration of at least 100ms, e.g. 2s"),
         default=_default(ReloadSettings, "interval"),
+        type_text="duration, at least ``100ms``",
+        default_text="default ``2s``",
+        description=r"""
+            How often the file is checked. A check is one ``stat()``; the file is
+            read (and hashed) only when its modification time, size or inode
+            changed, so ``touch`` alone reloads nothing, and a file replaced by
+            renaming (editors, Kubernetes ConfigMap links) is seen.
+        """,
     ),
 )
 _NETWORKS = list_of(
     parsed(units.parse_network, "an IP address or network, e.g. 10.0.0.0/8"),
     "a list of IP addresses or networks, e.g. [10.0.0.0/8, 192.0.2.7]",
 )
+ADMIN_FIELDS = (Field(
+        "address",
+        _LISTEN,
+        default=("127.0.0.1", 9901),
+        type_text="listen address",
+        default_text="default ``127.0.0.1:9901``",
+        description=r"""
+            Where to listen, in the forms of a listener's address (``host:port``,
+            ``[ipv6]:port``, ``:port``, ``port``); the default makes ``admin: {}``
+            enough. Use a port that no listener uses.
+        """,
+    ),)
 TOP_FIELDS = (
-    Field("listeners", _LISTENERS, required=True, example="listeners: [{address: 127.0.0.1:8080}]"),
+    Field(
+        "listeners",
+        _LISTENERS,
+        required=True,
+        example="listeners: [{address: 127.0.0.1:8080}]",
+        type_text="list of listeners",
+        default_text="required, at least one",
+        fields=LISTENER_FIELDS,
+        description=r"""
+            Where the gateway accepts connections.
+
+            Each entry of ``listeners`` is a mapping with these keys.
+        """,
+    ),
     Field(
         "routes",
         list_of(section(ROUTE_FIELDS, f"a mapping like {_ROUTE}"), f"a list like [{_ROUTE}]", 1),
         required=True,
         example=f"routes: [{_ROUTE}]",
+        type_text="list of routes",
+        default_text="required, at least one",
+        fields=ROUTE_FIELDS,
+        description=r"""
+            Which upstream serves which request.
+
+            A request is matched on its ``Host`` header (see :ref:`architecture:Routing`). Each
+            entry of
+            ``routes`` is a mapping. with these keys.
+        """,
     ),
-    Field("trusted_proxies", _NETWORKS, default=()),
-    Field("providers", build_providers, default=()),
-    Field("workers", config_workers, default=1),
-    Field("client_header_timeout", duration(), default=_default(Config, "client_header_timeout")),
-    Field("client_body_timeout", duration(), default=_default(Config, "client_body_timeout")),
-    Field("client_send_timeout", duration(), default=_default(Config, "client_send_timeout")),
-    Field("redis", build_top_redis),
+    Field(
+        "trusted_proxies",
+        _NETWORKS,
+        default=(),
+        type_text="list of IP addresses or CIDR networks",
+        default_text="default ``[]``",
+        description=r"""
+            Peers whose ``X-Forwarded-For``, ``-Proto``, ``-Host``, ``-Port`` and
+            ``-Prefix`` headers are believed, such as a load balancer in front of the gateway.
+            From any other peer these headers are replaced (see :ref:`architecture:Headers`). A
+            trusted peer's ``X-Forwarded-Proto: https`` also tells login routes that
+            the browser uses HTTPS: cookies are then ``Secure`` (with the
+            ``__Host-`` prefix) and the callback URL is ``https://``, as on a TLS
+            listener (see :ref:`operations:Behind a TLS-terminating proxy`). A bare
+            address means that one host (``192.0.2.7`` is ``192.0.2.7/32``); host
+            bits of a network are cleared (``10.1.2.3/16`` is ``10.1.0.0/16``).
+            Example: ``trusted_proxies: [127.0.0.1, 10.0.0.0/8, "fd00::/8"]``
+        """,
+    ),
+    Field(
+        "providers",
+        build_providers,
+        default=(),
+        type_text="mapping of names to providers",
+        default_text="default ``{}``",
+        fields=PROVIDER_FIELDS,
+        description=r"""
+            The OpenID providers (for WSO2: one entry per tenant) that routes log
+            users in with, each under a name of your choice that routes refer to.
+
+            Each entry under ``providers`` is one OpenID provider (with WSO2 Identity
+            Server: one tenant) under a name of your choice, which routes name in
+            ``oidc.provider``. Give **exactly one** of ``discovery_url`` and ``issuer``
+            (both, or neither, is an error).
+
+            The gateway fetches each provider's discovery document and signing keys
+            (JWKS) in the background when it starts: it starts and serves even while a
+            provider is unreachable, retries with a backoff growing from 1 s to 60 s,
+            and then refreshes both every hour. A token signed with a key id it does not
+            know makes it fetch the keys again at once (at most every 30 s), so a key
+            rotation at the provider needs nothing from you. Back-channel logout tokens,
+            which anyone can POST, have their own smaller allowance (one such refetch
+            every 5 minutes, and none within 30 s of another fetch) that never uses up
+            the logins'. Each provider has its own
+            connection pool, and every call to it a 10 s deadline. Several routes may
+            share a provider (several applications in one tenant), each with its own
+            client. A reload keeps a provider whose settings did not change, with what
+            it has loaded.
+        """,
+    ),
+    Field(
+        "workers",
+        config_workers,
+        default=1,
+        type_text="``auto`` or a number from 1 to 256",
+        default_text="default ``1``",
+        description=r"""
+            How many processes serve the listeners. ``1``: the ``twistd`` process
+            serves alone, as it always has. More than one: the ``twistd`` process
+            becomes a master that binds the listeners and runs that many worker
+            processes accepting on them side by side (see :ref:`operations:Running on every core`).
+            ``auto`` is the number of CPUs the system reports
+            (``os.cpu_count()``) when the file is read; on a one-CPU machine that
+            is 1, a single process. With more than one worker, give every login
+            route ``session.keys``: a random key is made per process, and the
+            workers could not read each other's cookies. Changing ``workers`` needs
+            a restart. Example: ``workers: auto``
+        """,
+    ),
+    Field(
+        "client_header_timeout",
+        duration(),
+        default=_default(Config, "client_header_timeout"),
+        type_text="duration > 0",
+        default_text="default ``15s``",
+        description=r"""
+            Time a client has to send a whole request head (request line and
+            headers), from its first byte; for a connection's first request, from
+            the accept. Bytes arriving do not extend it, so a client that trickles
+            a head a byte at a time (slowloris) is cut at the deadline: it gets
+            ``408`` with ``Connection: close`` and the connection closes (checked
+            once a second; one log line per check says how many were cut). Between
+            requests on a keep-alive connection the idle timeout applies until the
+            next head's first byte. A listener may set its own.
+            Example: ``client_header_timeout: 10s``
+        """,
+    ),
+    Field(
+        "client_body_timeout",
+        duration(),
+        default=_default(Config, "client_body_timeout"),
+        type_text="duration > 0",
+        default_text="default ``60s``",
+        description=r"""
+            Longest silence from the client while a request body is being read
+            (time the gateway itself holds the client back, because the upstream is
+            slow to take the body, does not count). Past it the upstream request is
+            cancelled and the client gets ``408`` if no response has begun, and the
+            connection closes. The route's ``idle_timeout`` is the upstream's side
+            of the same exchange. A listener may set its own.
+            Example: ``client_body_timeout: 30s``
+        """,
+    ),
+    Field(
+        "client_send_timeout",
+        duration(),
+        default=_default(Config, "client_send_timeout"),
+        type_text="duration > 0",
+        default_text="default ``60s``",
+        description=r"""
+            Longest time a response may wait for a client that reads none of it
+            (its socket full), as nginx's ``send_timeout``: past it the upstream
+            request is cancelled and the connection is cut. A slow but steady reader
+            is never cut; one that stops reading cannot hold a connection (and its
+            upstream connection) for the route's whole ``idle_timeout``. A listener
+            may set its own. Example: ``client_send_timeout: 30s``
+        """,
+    ),
+    Field(
+        "redis",
+        build_top_redis,
+        type_text="mapping",
+        default_text="default: none",
+        fields=REDIS_FIELDS,
+        description=r"""
+            A Redis that every gateway process (every worker, every machine) shares
+            for what a logout and a token refresh must tell the others:
+
+            * the provider sessions (``sid``) ended by back-channel or front-channel
+              logout on routes with **cookie** sessions, so that every process
+              refuses their cookies (see :ref:`login:Logout from the provider`);
+            * the ``jti`` of every logout token already used (replay protection);
+            * the coordination of access token refreshes of cookie sessions across
+              processes (see :ref:`login:Token refresh`).
+
+            Routes with ``session.store: redis`` name their own Redis in
+            ``session`` (it may be the same one). Without ``redis:``, the Redis of
+            the first route with ``store: redis`` plays this part; with neither, all
+            of this lives in each process's memory, and the gateway warns at start
+            when a route keeps cookie sessions: ``logged-out sessions are only remembered by this
+            process; other processes will not see back-channel logouts``;
+
+            and, with ``workers`` above 1, that refreshes are not coordinated
+            between processes. The shared Redis is chosen when the gateway starts:
+            after changing it, restart rather than reload.
+            Example: ``redis: {url: "redis://:${REDIS_PASSWORD}@10.0.0.5:6379/0"}``
+
+            The same keys say how to reach a Redis in the top-level ``redis:`` block
+            and in a route's ``session`` block with ``store: redis``. Give ``url``, or
+            ``sentinels`` with ``master_name`` (and, optionally, a ``url`` too). Blocks
+            with identical settings share one pool of connections. Examples::
+
+                redis:
+                  url: redis://:s3cret@127.0.0.1:6379/1         # password, host, port, database 1
+
+                redis:
+                  url: rediss://:s3cret@redis.internal:6380/0   # TLS, verified
+                  redis_ca_file: /etc/idgateway/redis-ca.pem
+
+                redis:
+                  url: unix:/run/redis/redis.sock?db=2
+
+                # a master watched by Sentinel (of url, only password, database and TLS count)
+                redis:
+                  sentinels: [10.0.0.5:26379, 10.0.0.6:26379, 10.0.0.7:26379]
+                  master_name: idgateway
+                  url: redis://:s3cret@idgateway/1
+        """,
+    ),
     Field(
         "admin",
         mapping(
-            (Field("address", _LISTEN, default=("127.0.0.1", 9901)),),
+            ADMIN_FIELDS,
             "a mapping like {address: 127.0.0.1:9901}",
             lambda _, found: found.values["address"],
         ),
+        type_text="mapping",
+        default_text="default: none, no admin listener",
+        fields=ADMIN_FIELDS,
+        description=r"""
+            A plain-HTTP listener of its own for health checks, apart from the
+            public listeners and their routes. It answers two paths (anything else
+            is ``404``):
+
+            * ``GET /healthz``: ``200`` with ``ok`` while the process runs;
+            * ``GET /readyz``: ``200`` when every login route's provider has been
+              discovered and every Redis the gateway uses answers a ``PING`` within
+              its ``command_timeout``, else ``503``; JSON with the detail per
+              route, provider and Redis either way (see
+              :ref:`operations:Health checks: /healthz and /readyz`).
+
+            Keep it on loopback or an internal network: it has no
+            TLS and no authentication, and ``/readyz`` names the routes, providers
+            and Redis servers (never a password). With ``workers`` above 1, worker
+            0 serves it, and reports what that worker sees (see
+            :ref:`operations:Running on every core`). It is bound by the gateway itself, never
+            taken from systemd's
+            sockets. A
+            reload leaves it as it is: adding, moving or removing it needs a
+            restart. Example::
+
+                admin:
+                  address: 127.0.0.1:9901
+        """,
     ),
     Field(
         "logging",
@@ -527,6 +1214,13 @@ TOP_FIELDS = (
             lambda _, found: LoggingSettings(**found.values),
         ),
         default=LoggingSettings(),
+        type_text="mapping",
+        default_text="default ``{access_log: true, format: text, user_id: plain}``",
+        fields=LOGGING_FIELDS,
+        description=r"""
+            The access log and the audit log (see :ref:`operations:Running under systemd`), as a
+            mapping of the keys below. Example: ``logging: {format: json, user_id: hash}``
+        """,
     ),
     Field(
         "reload",
@@ -536,6 +1230,21 @@ TOP_FIELDS = (
             lambda _, found: ReloadSettings(**found.values),
         ),
         default=ReloadSettings(),
+        type_text="mapping",
+        default_text="default ``{watch: false, interval: 2s}``",
+        fields=RELOAD_FIELDS,
+        description=r"""
+            Whether the gateway re-reads its file by itself when it changes, as
+            ``SIGHUP`` (``systemctl reload``) makes it do.
+
+            With ``workers`` above 1 the master watches the file and sends every
+            worker ``SIGHUP``. A reload that changes ``reload:`` itself takes effect
+            at once (turning ``watch`` off stops the polling). Example::
+
+                reload:
+                  watch: true
+                  interval: 2s
+        """,
     ),
 )
 

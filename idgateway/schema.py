@@ -92,6 +92,15 @@ class Field:
     secret: bool = False
     # Shown when a required key is missing, e.g. "upstream: http://127.0.0.1:3000".
     example: str = ""
+    # The configuration reference (docs/configuration.rst) is rendered from these
+    # (idgateway/config_reference.py); a unit test fails when a key has no description.
+    # reStructuredText; indented as the source likes (cleaned with inspect.cleandoc).
+    description: str = ""
+    # For people, as the reference shows them: "duration > 0", "``15s``", "required".
+    type_text: str = ""
+    default_text: str = ""
+    # The keys of a mapping (or of each mapping in a list) this field holds.
+    fields: tuple[Field, ...] = ()
 
 
 @attrs.define
