@@ -4,7 +4,7 @@
     idgateway import mod_auth_openidc httpd-oidc.conf
 
 Each importer reads the other tool's file, maps every directive it can onto
-the gateway's options (``README.rst``, *Coming from the WSO2 guides*) and
+the gateway's options (``docs/migration.rst``) and
 writes the YAML with comments: where a value came from when that matters,
 what the gateway does by itself, and one ``# not imported:`` line for every
 directive without an equivalent. Secrets (client secrets, cookie secrets,

@@ -1192,7 +1192,7 @@ def _headers(host: _Host, report: Report, route: Block) -> Block:
         headers.note(
             f"OIDCPassClaimsAs ... {pass_as.arg(1)}: the gateway sends values as printable "
             "ASCII, percent-encoding %, the list delimiter, controls and non-ASCII (UTF-8) "
-            "characters (see headers in the README)."
+            "characters (see docs/architecture.rst, Headers)."
         )
     headers.add("pass_access_token", True, "mod_auth_openidc passes OIDC_access_token by default")
     id_token = host.last("OIDCPassIDTokenAs")

@@ -683,8 +683,8 @@ def _upstreams(cfg: _Options, report: Report, route: Block) -> None:
         root = "http://127.0.0.1:8080"
         route.note(
             "The file has no usable upstreams (an nginx auth_request set-up?): this one is a "
-            "placeholder. For auth_request, point nginx at /oauth2/auth (README, The "
-            "gateway's endpoints)."
+            "placeholder. For auth_request, point nginx at /oauth2/auth (docs/login.rst, "
+            "The gateway's endpoints)."
         )
     route.add("upstream", root, "upstreams")
     if paths:
