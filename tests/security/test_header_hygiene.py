@@ -11,7 +11,6 @@ way the log is written (twistd's log file, stdout, workers' relay, JSON).
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import re
@@ -25,9 +24,8 @@ from urllib.parse import unquote
 import pytest
 
 from tests.backends import BackendProcess
-from tests.e2e.test_login import Client
 from tests.http_helpers import header_values
-from tests.login_env import registered_client
+from tests.login_env import Client, registered_client, session_key
 from tests.processes import GatewayProcess, free_port
 from tests.provider_process import ProviderProcess, node_binary
 
@@ -68,9 +66,6 @@ ALICE = {
     "roles": ["admin"],
 }
 
-
-def session_key() -> str:
-    return base64.b64encode(os.urandom(32)).decode()
 
 
 def printable(value: str) -> bool:

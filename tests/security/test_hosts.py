@@ -138,8 +138,7 @@ def test_an_empty_host_never_builds_a_url(env) -> None:
 
 def test_login_redirect_uses_the_normalised_host(tmp_path: Path) -> None:
     """The redirect_uri sent to the provider is built from the normalised host."""
-    from tests.e2e.test_login import Client
-    from tests.login_env import registered_client
+    from tests.login_env import Client, registered_client
     from tests.provider_process import ProviderProcess, node_binary
 
     if node_binary() is None:
