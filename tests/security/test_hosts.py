@@ -13,6 +13,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from tests.backends import BackendProcess
+from tests.http_helpers import send_raw
 from tests.processes import GatewayProcess, free_port
 
 ATTACKS = [
@@ -34,11 +35,7 @@ ATTACKS = [
 
 
 def raw(port: int, head: bytes) -> tuple[int, dict[bytes, bytes], bytes]:
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        sock.sendall(head)
-        data = b""
-        while chunk := sock.recv(65536):
-            data += chunk
+    data = send_raw(port, head)
     head_bytes, _, body = data.partition(b"\r\n\r\n")
     lines = head_bytes.split(b"\r\n")
     headers = {}
