@@ -1,6 +1,6 @@
 # Two commands do all set-up on a fresh Debian machine (Python 3.11, node 20, root):
 #   make demo   - run the gateway in front of the bundled demo back end
-#   make test   - install everything the tests need, then run the whole suite
+#   make test   - install everything the tests need, run ruff and mypy, then the whole suite
 PYTHON ?= python3
 VENV ?= .venv
 BIN = $(VENV)/bin
@@ -11,12 +11,17 @@ $(VENV)/.installed: setup.py pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test]'
-	# An editable install does not expose twisted/plugins/ to twistd: put the
-	# checkout itself on the venv's path so `twistd idgateway` finds the plugin.
-	$(BIN)/python -c 'import site, os; open(os.path.join(site.getsitepackages()[0], "idgateway-checkout.pth"), "w").write(os.getcwd() + "\n")'
 	touch $@
 
-venv: $(VENV)/.installed
+# An editable install does not expose twisted/plugins/ to twistd: link the plugin
+# into a directory of the venv and put that on the venv's path, so that `twistd
+# idgateway` finds it and Twisted writes its dropin.cache there, not in the checkout.
+$(VENV)/plugin/twisted/plugins/idgateway_plugin.py: $(VENV)/.installed
+	mkdir -p $(@D)
+	ln -sf $(CURDIR)/twisted/plugins/idgateway_plugin.py $@
+	$(BIN)/python -c 'import site, os; open(os.path.join(site.getsitepackages()[0], "idgateway-checkout.pth"), "w").write(os.path.abspath("$(VENV)/plugin") + "\n")'
+
+venv: $(VENV)/.installed $(VENV)/plugin/twisted/plugins/idgateway_plugin.py
 
 system-deps:
 	scripts/install-system-deps
@@ -24,7 +29,7 @@ system-deps:
 demo: venv
 	$(BIN)/python scripts/demo.py
 
-test: system-deps venv docs
+test: system-deps venv lint docs
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests
 
 lint: venv

@@ -45,6 +45,17 @@ def request(
         conn.close()
 
 
+def send_raw(port: int, data: bytes, timeout: float = 10) -> bytes:
+    """Exactly these bytes on a new connection to 127.0.0.1:port (http.client refuses
+    some of them); everything the gateway sends back until it closes."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(data)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    return answer
+
+
 def echo_json(port: int, host: str, path: str = "/echo", **kw: object) -> dict:
     headers = dict(kw.pop("headers", {}) or {})  # type: ignore[arg-type]
     headers.setdefault("Accept", "application/json")

@@ -1,8 +1,19 @@
-"""The two-tenant provider set-up shared by the login, browser and demo set-ups."""
+"""The two-tenant set-up shared by the login, browser, security and demo set-ups: the
+provider's registered clients, the gateway's configuration for them, and a
+cookie-keeping client for scripted logins."""
 
 from __future__ import annotations
 
-from typing import Any
+import base64
+import http.client
+import os
+import time
+from http.cookies import SimpleCookie
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs, urlsplit
+
+if TYPE_CHECKING:
+    from tests.provider_process import ProviderProcess
 
 APP1_SECRET = "app1-client-secret"
 APP2_SECRET = "app2-client-secret"
@@ -43,3 +54,135 @@ def two_tenant_config(port: int) -> dict[str, Any]:
             },
         }
     }
+
+
+def session_key() -> str:
+    """A fresh session key, as the config takes it (base64 of 32 random bytes)."""
+    return base64.b64encode(os.urandom(32)).decode()
+
+
+def two_tenant_gateway_yaml(
+    port: int,
+    op: ProviderProcess,
+    backend_port: int,
+    app2_secret_file: os.PathLike[str] | str,
+    app2_session_key: str,
+    *,
+    app1_provider: str = "wso2",
+    app1_client_id: str = "app1-client",
+    app1_scopes: str | None = None,
+    app1_session: str = "{keys: [${APP1_SESSION_KEY}]}",
+    app1_headers: str | None = None,
+    app1_more: str = "",
+    app2_headers: str | None = None,
+) -> str:
+    """The gateway in front of two_tenant_config()'s clients: app1 on the super tenant
+    (provider ``wso2``, found by discovery; client secret and session key from
+    $APP1_CLIENT_SECRET and $APP1_SESSION_KEY), app2 on acme.com (provider ``acme``,
+    client secret from a file). ``app1_more``: more YAML lines for app1's route,
+    indented by four spaces."""
+    app1_options = ""
+    if app1_scopes is not None:
+        app1_options += f"      scopes: {app1_scopes}\n"
+    app1_route = f"    session: {app1_session}\n"
+    if app1_headers is not None:
+        app1_route += f"    headers: {app1_headers}\n"
+    app2_route = "" if app2_headers is None else f"    headers: {app2_headers}\n"
+    return f"""
+listeners:
+  - address: 127.0.0.1:{port}
+providers:
+  wso2:
+    discovery_url: {op.discovery_url()}
+    ca_file: {op.ca_file}
+  acme:
+    issuer: {op.issuer("acme.com")}
+    ca_file: {op.ca_file}
+routes:
+  - name: app1
+    hosts: [app1.localhost]
+    upstream: http://127.0.0.1:{backend_port}
+    oidc:
+      provider: {app1_provider}
+      client_id: {app1_client_id}
+      client_secret: ${{APP1_CLIENT_SECRET}}
+      client_auth: client_secret_basic
+{app1_options}      user_claim: username
+{app1_route}{app1_more}  - name: app2
+    hosts: [app2.localhost]
+    upstream: http://127.0.0.1:{backend_port}
+    oidc:
+      provider: acme
+      client_id: app2-client
+      client_secret_file: {app2_secret_file}
+      client_auth: client_secret_post
+      user_claim: username
+    session: {{keys: [{app2_session_key}]}}
+{app2_route}"""
+
+
+class Client:
+    """A cookie-keeping HTTP client for one gateway host (no redirects followed)."""
+
+    def __init__(self, port: int, host: str) -> None:
+        self.port = port
+        # As a browser sends it: with the port.
+        self.host = f"{host}:{port}"
+        self.cookies: dict[str, str] = {}
+
+    def connection(self) -> http.client.HTTPConnection:
+        """A new connection to the gateway (the benchmark's TLS client overrides it)."""
+        return http.client.HTTPConnection("127.0.0.1", self.port, timeout=20)
+
+    def get(
+        self, path: str, headers: dict[str, str] | None = None
+    ) -> tuple[int, http.client.HTTPMessage, bytes]:
+        conn = self.connection()
+        try:
+            all_headers = {"Host": self.host, **(headers or {})}
+            if self.cookies:
+                all_headers["Cookie"] = "; ".join(f"{k}={v}" for k, v in self.cookies.items())
+            conn.request("GET", path, headers=all_headers)
+            response = conn.getresponse()
+            body = response.read()
+            for value in response.headers.get_all("Set-Cookie") or []:
+                cookie = SimpleCookie()
+                cookie.load(value)
+                for name, morsel in cookie.items():
+                    if morsel["max-age"] == "0" or morsel.value == "":
+                        self.cookies.pop(name, None)
+                    else:
+                        self.cookies[name] = morsel.value
+            return response.status, response.headers, body
+        finally:
+            conn.close()
+
+    def login(
+        self, op: ProviderProcess, path: str, username: str, password: str
+    ) -> tuple[int, bytes]:
+        status, headers, _ = self.get(path)
+        assert status == 302, f"expected a login redirect, got {status}"
+        authorize = headers["Location"]
+        query = parse_qs(urlsplit(authorize).query)
+        assert query["code_challenge_method"] == ["S256"]
+        assert query["state"] and query["nonce"]
+        callback = op.scripted_login(authorize, username, password)
+        parts = urlsplit(callback)
+        assert parts.netloc == self.host
+        status, headers, _ = self.get(f"{parts.path}?{parts.query}")
+        assert status == 302, f"callback answered {status}"
+        assert headers["Location"] == path
+        status, _, body = self.get(path, {"Accept": "application/json"})
+        return status, body
+
+
+def wait_until_login_offered(
+    port: int, hosts: tuple[str, ...] = ("app1.localhost", "app2.localhost")
+) -> None:
+    """Discovery runs in the background: wait until every route offers a login redirect."""
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if all(Client(port, host).get("/")[0] == 302 for host in hosts):
+            return
+        time.sleep(0.2)
+    raise AssertionError("providers were not discovered in time")

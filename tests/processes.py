@@ -2,19 +2,40 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
-# twistd, run so that the current directory (the repo) is on sys.path and
-# twisted/plugins/idgateway_plugin.py is found even without an install.
-TWISTD = "from twisted.scripts.twistd import run; run()"
+PLUGINS = REPO / "twisted" / "plugins"
+
+# Twisted writes a dropin.cache into every twisted/plugins/ directory it scans,
+# and the twistd these tests start has the checkout on sys.path (its working
+# directory, the test's PYTHONPATH, or an older venv's .pth): it leaves the
+# checkout's directory out, so that a test run leaves no file in the working
+# tree, and scans a copy of the plugin in a temporary directory instead, unless
+# another directory on its path (the venv's link, an installed copy) has it.
+_PLUGIN_COPY = tempfile.mkdtemp(prefix="idgateway-plugin-")
+shutil.copy2(PLUGINS / "idgateway_plugin.py", _PLUGIN_COPY)
+atexit.register(shutil.rmtree, _PLUGIN_COPY, True)
+
+TWISTD = f"""
+import os, twisted.plugins as plugins
+checkout = {str(PLUGINS)!r}
+plugins.__path__[:] = [d for d in plugins.__path__ if os.path.realpath(d) != checkout]
+if not any(os.path.exists(os.path.join(d, "idgateway_plugin.py")) for d in plugins.__path__):
+    plugins.__path__.append({_PLUGIN_COPY!r})
+from twisted.scripts.twistd import run
+run()
+"""
 
 
 def free_port() -> int:

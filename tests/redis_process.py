@@ -24,7 +24,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import quote
@@ -34,7 +34,12 @@ from twisted.internet import defer
 from twisted.internet.epollreactor import EPollReactor
 from twisted.python.failure import Failure
 
+from idgateway.sessions.redis_client import RedisSettings
+
 T = TypeVar("T")
+
+# The shared server's password has characters a URL must percent-encode.
+SHARED_PASSWORD = "s3cret/with:odd@chars"
 
 REDIS_SERVER = shutil.which("redis-server")
 
@@ -386,12 +391,49 @@ def elapsed_since(reactor: Any, start: float) -> float:
     return float(reactor.seconds()) - start
 
 
+# The client settings every Redis test uses: a small pool and a 0.5 s command
+# timeout, so that fault tests can check failures come within it.
+COMMAND_TIMEOUT = 0.5
+
+
+def redis_settings(url: str, **overrides: Any) -> RedisSettings:
+    """RedisSettings for a test client of the server at ``url``."""
+    values: dict[str, Any] = {
+        "url": url,
+        "pool_size": 2,
+        "connect_timeout": 1.0,
+        "command_timeout": COMMAND_TIMEOUT,
+    }
+    values.update(overrides)
+    return RedisSettings(**values)
+
+
+@pytest.fixture(scope="session")
+def shared_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisProcess]:
+    """One redis-server for the whole run (offered by tests/conftest.py); its password has
+    characters a URL must percent-encode. Tests that kill, pause or restart a server
+    start their own."""
+    if REDIS_SERVER is None:
+        pytest.skip("redis-server is not installed (apt-get install redis-server)")
+    with RedisProcess(tmp_path_factory.mktemp("redis"), password=SHARED_PASSWORD) as server:
+        yield server
+
+
+@pytest.fixture
+def redis(shared_redis: RedisProcess) -> RedisProcess:
+    """The shared redis-server, emptied for this test."""
+    shared_redis.call("FLUSHALL")
+    return shared_redis
+
+
 __all__ = [
     "RedisProcess",
+    "SHARED_PASSWORD",
     "SentinelProcess",
     "elapsed_since",
     "free_port",
     "redis_supports_tls",
+    "redis_settings",
     "requires_redis",
     "run_in_reactor",
     "short_tempdir",

@@ -9,10 +9,8 @@ the identity headers from that rendered page.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import json
-import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,7 +22,13 @@ import pytest
 from tests.browser import describe, launch_chromium, new_context, require_chromium
 from tests.http_helpers import header_values
 from tests.http_helpers import request as http_request
-from tests.login_env import APP1_SECRET, APP2_SECRET, two_tenant_config
+from tests.login_env import (
+    APP1_SECRET,
+    APP2_SECRET,
+    session_key,
+    two_tenant_config,
+    two_tenant_gateway_yaml,
+)
 from tests.processes import GatewayProcess, free_port
 from tests.provider_process import ProviderProcess, node_binary
 
@@ -35,10 +39,6 @@ pytestmark = pytest.mark.skipif(node_binary() is None, reason="node is not insta
 
 TIMEOUT_MS = 15_000
 LOGIN_PAGE = "/authenticationendpoint/login.do"
-
-
-def session_key() -> str:
-    return base64.b64encode(os.urandom(32)).decode()
 
 
 def short(text: str, limit: int = 240) -> str:
@@ -90,42 +90,16 @@ def environment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Environmen
         (tmp / "app2-secret").write_text(APP2_SECRET + "\n")
         gateway_config = tmp / "gateway.yaml"
         gateway_config.write_text(
-            f"""
-listeners:
-  - address: 127.0.0.1:{port}
-providers:
-  wso2:
-    discovery_url: {op.discovery_url()}
-    ca_file: {op.ca_file}
-  acme:
-    issuer: {op.issuer("acme.com")}
-    ca_file: {op.ca_file}
-routes:
-  - name: app1
-    hosts: [app1.localhost]
-    upstream: http://127.0.0.1:{backend.port}
-    oidc:
-      provider: wso2
-      client_id: app1-client
-      client_secret: ${{APP1_CLIENT_SECRET}}
-      client_auth: client_secret_basic
-      scopes: [openid, email, profile, groups]
-      user_claim: username
-    session:
-      keys: [${{APP1_SESSION_KEY}}]
-    headers: oauth2-proxy
-  - name: app2
-    hosts: [app2.localhost]
-    upstream: http://127.0.0.1:{backend.port}
-    oidc:
-      provider: acme
-      client_id: app2-client
-      client_secret_file: {tmp / "app2-secret"}
-      client_auth: client_secret_post
-      user_claim: username
-    session: {{keys: [{session_key()}]}}
-    headers: mod_auth_openidc
-"""
+            two_tenant_gateway_yaml(
+                port,
+                op,
+                backend.port,
+                tmp / "app2-secret",
+                session_key(),
+                app1_scopes="[openid, email, profile, groups]",
+                app1_headers="oauth2-proxy",
+                app2_headers="mod_auth_openidc",
+            )
         )
         env = {"APP1_CLIENT_SECRET": APP1_SECRET, "APP1_SESSION_KEY": session_key()}
         gateway = GatewayProcess(gateway_config, tmp / "gateway.log", env=env).start([port])

@@ -10,7 +10,6 @@ gateway on it and logs alice in with a scripted browser.
 
 from __future__ import annotations
 
-import base64
 import http.client
 import json
 import os
@@ -25,8 +24,8 @@ import pytest
 
 from tests.backends import BackendProcess
 from tests.certs import make_ca
-from tests.e2e.test_login import Client
 from tests.http_helpers import header_values, request
+from tests.login_env import Client, session_key
 from tests.processes import REPO, TWISTD, GatewayProcess, free_port
 from tests.provider_process import ProviderProcess, node_binary
 from tests.redis_process import REDIS_SERVER, RedisProcess
@@ -39,9 +38,6 @@ O2P_CLIENT_SECRET = "o2p-guide-client-secret-8f3a91c7d2"
 MOD_CLIENT_ID = "Hn4sQ2wLx8vRt0bKp6yMz1cJfa3e"
 MOD_CLIENT_SECRET = "modauth-guide-client-secret-5c2e7b"
 
-
-def session_key() -> str:
-    return base64.b64encode(os.urandom(32)).decode()
 
 
 def provider_config(client_id: str, secret: str, redirect_uri: str) -> dict:

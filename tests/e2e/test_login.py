@@ -3,81 +3,26 @@ real echo back end."""
 
 from __future__ import annotations
 
-import base64
-import http.client
 import json
-import os
 import time
-from http.cookies import SimpleCookie
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import urlsplit
 
 import pytest
 
 from tests.http_helpers import header_values
-from tests.login_env import APP1_SECRET, APP2_SECRET, two_tenant_config
+from tests.login_env import (
+    APP1_SECRET,
+    APP2_SECRET,
+    Client,
+    session_key,
+    two_tenant_config,
+    two_tenant_gateway_yaml,
+    wait_until_login_offered,
+)
 from tests.processes import free_port
 from tests.provider_process import ProviderProcess, node_binary
 
 pytestmark = pytest.mark.skipif(node_binary() is None, reason="node is not installed")
-
-
-def session_key() -> str:
-    return base64.b64encode(os.urandom(32)).decode()
-
-
-class Client:
-    """A cookie-keeping HTTP client for one gateway host (no redirects followed)."""
-
-    def __init__(self, port: int, host: str) -> None:
-        self.port = port
-        # As a browser sends it: with the port.
-        self.host = f"{host}:{port}"
-        self.cookies: dict[str, str] = {}
-
-    def connection(self) -> http.client.HTTPConnection:
-        """A new connection to the gateway (the benchmark's TLS client overrides it)."""
-        return http.client.HTTPConnection("127.0.0.1", self.port, timeout=20)
-
-    def get(
-        self, path: str, headers: dict[str, str] | None = None
-    ) -> tuple[int, http.client.HTTPMessage, bytes]:
-        conn = self.connection()
-        try:
-            all_headers = {"Host": self.host, **(headers or {})}
-            if self.cookies:
-                all_headers["Cookie"] = "; ".join(f"{k}={v}" for k, v in self.cookies.items())
-            conn.request("GET", path, headers=all_headers)
-            response = conn.getresponse()
-            body = response.read()
-            for value in response.headers.get_all("Set-Cookie") or []:
-                cookie = SimpleCookie()
-                cookie.load(value)
-                for name, morsel in cookie.items():
-                    if morsel["max-age"] == "0" or morsel.value == "":
-                        self.cookies.pop(name, None)
-                    else:
-                        self.cookies[name] = morsel.value
-            return response.status, response.headers, body
-        finally:
-            conn.close()
-
-    def login(
-        self, op: ProviderProcess, path: str, username: str, password: str
-    ) -> tuple[int, bytes]:
-        status, headers, _ = self.get(path)
-        assert status == 302, f"expected a login redirect, got {status}"
-        authorize = headers["Location"]
-        query = parse_qs(urlsplit(authorize).query)
-        assert query["code_challenge_method"] == ["S256"]
-        assert query["state"] and query["nonce"]
-        callback = op.scripted_login(authorize, username, password)
-        parts = urlsplit(callback)
-        assert parts.netloc == self.host
-        status, headers, _ = self.get(f"{parts.path}?{parts.query}")
-        assert status == 302, f"callback answered {status}"
-        assert headers["Location"] == path
-        status, _, body = self.get(path, {"Accept": "application/json"})
-        return status, body
 
 
 @pytest.fixture(scope="module")
@@ -93,32 +38,17 @@ def environment(tmp_path_factory):
         (tmp / "app2-secret").write_text(APP2_SECRET + "\n")
         gateway_config = tmp / "gateway.yaml"
         gateway_config.write_text(
-            f"""
-listeners:
-  - address: 127.0.0.1:{port}
-providers:
-  wso2:
-    discovery_url: {op.discovery_url()}
-    ca_file: {op.ca_file}
-  acme:
-    issuer: {op.issuer("acme.com")}
-    ca_file: {op.ca_file}
-routes:
-  - name: app1
-    hosts: [app1.localhost]
-    upstream: http://127.0.0.1:{backend.port}
-    oidc:
-      provider: wso2
-      client_id: app1-client
-      client_secret: ${{APP1_CLIENT_SECRET}}
-      client_auth: client_secret_basic
-      scopes: [openid, email, profile, groups]
-      user_claim: username
-    session:
-      keys: [${{APP1_SESSION_KEY}}]
-      inactivity_timeout: 1h
-      max_duration: 24h
-    headers: oauth2-proxy
+            two_tenant_gateway_yaml(
+                port,
+                op,
+                backend.port,
+                tmp / "app2-secret",
+                session_key(),
+                app1_scopes="[openid, email, profile, groups]",
+                app1_session="{keys: [${APP1_SESSION_KEY}], inactivity_timeout: 1h, "
+                "max_duration: 24h}",
+                app1_headers="oauth2-proxy",
+                app1_more=f"""\
     public_paths: [/healthz, "GET /static/"]
     authorize:
       groups: [engineering]
@@ -126,38 +56,17 @@ routes:
       - prefix: /admin/
         upstream: http://127.0.0.1:{backend.port}
         authorize: {{groups: [admins]}}
-  - name: app2
-    hosts: [app2.localhost]
-    upstream: http://127.0.0.1:{backend.port}
-    oidc:
-      provider: acme
-      client_id: app2-client
-      client_secret_file: {tmp / "app2-secret"}
-      client_auth: client_secret_post
-      user_claim: username
-    session: {{keys: [{session_key()}]}}
-    headers: mod_auth_openidc
-"""
+""",
+                app2_headers="mod_auth_openidc",
+            )
         )
         env = {"APP1_CLIENT_SECRET": APP1_SECRET, "APP1_SESSION_KEY": session_key()}
         gateway = GatewayProcess(gateway_config, tmp / "gateway.log", env=env).start([port])
         try:
-            _wait_ready(port)
+            wait_until_login_offered(port)
             yield op, gateway, port
         finally:
             gateway.stop()
-
-
-def _wait_ready(port: int) -> None:
-    """Discovery runs in the background; wait until a login redirect is offered."""
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        status, _, _ = Client(port, "app1.localhost").get("/")
-        status2, _, _ = Client(port, "app2.localhost").get("/")
-        if status == 302 and status2 == 302:
-            return
-        time.sleep(0.2)
-    raise AssertionError("providers were not discovered in time")
 
 
 def test_login_to_app1_puts_identity_headers_on_the_request(environment):

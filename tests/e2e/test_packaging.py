@@ -3,14 +3,43 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 from tests.processes import REPO, TWISTD
 
+# What a source tree holds, less what a checkout accumulates: pip builds in the
+# tree it is given (build/, *.egg-info), so it is given a copy, not the checkout.
+NOT_SOURCE = shutil.ignore_patterns(
+    ".git",
+    ".venv",
+    "build",
+    "dist",
+    "*.egg-info",
+    "node_modules",
+    "__pycache__",
+    ".mypy_cache",
+    ".ruff_cache",
+    ".pytest_cache",
+    "dropin.cache",
+)
+
+# twistd that sees only the plugin directories under the directory named by its
+# first argument (the installed copy), not the checkout's or the venv's.
+TWISTD_INSTALLED_ONLY = """
+import os, sys, twisted.plugins as plugins
+target = sys.argv.pop(1)
+plugins.__path__[:] = [d for d in plugins.__path__ if os.path.realpath(d).startswith(target)]
+from twisted.scripts.twistd import run
+run()
+"""
+
 
 def test_pip_install_makes_twistd_list_the_plugin(tmp_path: Path) -> None:
+    source = tmp_path / "source"
+    shutil.copytree(REPO, source, ignore=NOT_SOURCE, symlinks=True)
     target = tmp_path / "site"
     subprocess.run(
         [
@@ -22,7 +51,7 @@ def test_pip_install_makes_twistd_list_the_plugin(tmp_path: Path) -> None:
             "--no-deps",
             "--target",
             str(target),
-            str(REPO),
+            str(source),
         ],
         check=True,
         capture_output=True,
@@ -32,7 +61,7 @@ def test_pip_install_makes_twistd_list_the_plugin(tmp_path: Path) -> None:
     env = dict(os.environ, PYTHONPATH=str(target))
     # Run from an empty directory so only the installed copy can be found.
     result = subprocess.run(
-        [sys.executable, "-c", TWISTD, "--help"],
+        [sys.executable, "-c", TWISTD_INSTALLED_ONLY, os.path.realpath(target), "--help"],
         cwd=tmp_path,
         env=env,
         capture_output=True,

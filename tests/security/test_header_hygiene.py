@@ -11,11 +11,9 @@ way the log is written (twistd's log file, stdout, workers' relay, JSON).
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import re
-import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,9 +23,8 @@ from urllib.parse import unquote
 import pytest
 
 from tests.backends import BackendProcess
-from tests.e2e.test_login import Client
-from tests.http_helpers import header_values
-from tests.login_env import registered_client
+from tests.http_helpers import header_values, send_raw
+from tests.login_env import Client, registered_client, session_key
 from tests.processes import GatewayProcess, free_port
 from tests.provider_process import ProviderProcess, node_binary
 
@@ -68,9 +65,6 @@ ALICE = {
     "roles": ["admin"],
 }
 
-
-def session_key() -> str:
-    return base64.b64encode(os.urandom(32)).decode()
 
 
 def printable(value: str) -> bool:
@@ -311,14 +305,11 @@ def logging_gateway(
 
 def raw_request(port: int, target: bytes, headers: bytes) -> int:
     """Send one request as raw bytes; its status, or 0 when the connection just closed."""
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        sock.sendall(
-            b"GET " + target + b" HTTP/1.1\r\nHost: plain.localhost\r\n"
-            b"Connection: close\r\n" + headers + b"\r\n"
-        )
-        answer = b""
-        while chunk := sock.recv(65536):
-            answer += chunk
+    answer = send_raw(
+        port,
+        b"GET " + target + b" HTTP/1.1\r\nHost: plain.localhost\r\n"
+        b"Connection: close\r\n" + headers + b"\r\n",
+    )
     match = re.match(rb"HTTP/1\.[01] (\d{3}) ", answer)
     return int(match[1]) if match else 0
 

@@ -13,6 +13,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from tests.backends import BackendProcess
+from tests.http_helpers import send_raw
 from tests.processes import GatewayProcess, free_port
 
 ATTACKS = [
@@ -34,11 +35,7 @@ ATTACKS = [
 
 
 def raw(port: int, head: bytes) -> tuple[int, dict[bytes, bytes], bytes]:
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        sock.sendall(head)
-        data = b""
-        while chunk := sock.recv(65536):
-            data += chunk
+    data = send_raw(port, head)
     head_bytes, _, body = data.partition(b"\r\n\r\n")
     lines = head_bytes.split(b"\r\n")
     headers = {}
@@ -138,8 +135,7 @@ def test_an_empty_host_never_builds_a_url(env) -> None:
 
 def test_login_redirect_uses_the_normalised_host(tmp_path: Path) -> None:
     """The redirect_uri sent to the provider is built from the normalised host."""
-    from tests.e2e.test_login import Client
-    from tests.login_env import registered_client
+    from tests.login_env import Client, registered_client
     from tests.provider_process import ProviderProcess, node_binary
 
     if node_binary() is None:

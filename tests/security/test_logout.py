@@ -20,9 +20,15 @@ from urllib.parse import quote, urlencode
 
 import pytest
 
-from tests.e2e.test_login import Client, session_key
 from tests.http_helpers import header_values
-from tests.login_env import APP2_SECRET, registered_client, two_tenant_config
+from tests.login_env import (
+    APP2_SECRET,
+    Client,
+    registered_client,
+    session_key,
+    two_tenant_config,
+    wait_until_login_offered,
+)
 from tests.processes import GatewayProcess, free_port
 from tests.provider_process import ProviderProcess, node_binary
 from tests.redis_process import RedisProcess
@@ -102,7 +108,7 @@ def environment(tmp_path_factory: pytest.TempPathFactory) -> Any:
         gateway = GatewayProcess(config, tmp / "gateway.log").start([port])
         started = time.monotonic()
         try:
-            _wait_ready(port)
+            wait_until_login_offered(port, ("app1.localhost", "app2.localhost", "app3.localhost"))
             yield Env(op, gateway, port, redis, backend.port, started)
         finally:
             gateway.stop()
@@ -132,15 +138,6 @@ class Env:
 
     def keys(self, pattern: str) -> list[bytes]:
         return list(self.redis.call("KEYS", pattern))
-
-
-def _wait_ready(port: int) -> None:
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        if all(Client(port, f"{h}.localhost").get("/")[0] == 302 for h in ("app1", "app2", "app3")):
-            return
-        time.sleep(0.2)
-    raise AssertionError("providers were not discovered in time")
 
 
 def signed_in(client: Client) -> bool:

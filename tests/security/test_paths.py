@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from tests.backends import BackendProcess
-from tests.e2e.test_login import Client
-from tests.login_env import registered_client
+from tests.http_helpers import send_raw
+from tests.login_env import Client, registered_client
 from tests.processes import GatewayProcess, free_port
 from tests.provider_process import ProviderProcess, node_binary
 from tests.security.path_upstreams import NginxUpstream, ReadingUpstream
@@ -33,11 +32,7 @@ def raw_request(port: int, target: bytes, host: bytes, headers: bytes = b"") -> 
     """Exactly these bytes on the wire (http.client refuses some of them)."""
     head = b"GET " + target + b" HTTP/1.1\r\nHost: " + host + b"\r\n" + headers
     head += b"Accept: text/plain\r\nConnection: close\r\n\r\n"
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        sock.sendall(head)
-        data = b""
-        while chunk := sock.recv(65536):
-            data += chunk
+    data = send_raw(port, head)
     status = int(data.split(b" ", 2)[1])
     return status, data.partition(b"\r\n\r\n")[2]
 

@@ -28,8 +28,14 @@ import pytest
 
 from idgateway.sessions.flows import MAX_CLEARED_FLOWS
 from tests.backends import BackendProcess
-from tests.e2e.test_login import Client
-from tests.login_env import APP1_SECRET, APP2_SECRET, two_tenant_config
+from tests.login_env import (
+    APP1_SECRET,
+    APP2_SECRET,
+    Client,
+    two_tenant_config,
+    two_tenant_gateway_yaml,
+    wait_until_login_offered,
+)
 from tests.processes import GatewayProcess, free_port
 from tests.provider_process import ProviderProcess, node_binary
 from tests.redis_process import REDIS_SERVER, RedisProcess
@@ -62,41 +68,17 @@ def gateway_yaml(
     session: str = "{keys: [${APP1_SESSION_KEY}]}",
     public_paths: str = "[/healthz]",
 ) -> str:
-    op = world["op"]
-    backend = world["backend"].port
-    return f"""
-listeners:
-  - address: 127.0.0.1:{world["port"]}
-providers:
-  wso2:
-    discovery_url: {op.discovery_url()}
-    ca_file: {op.ca_file}
-  acme:
-    issuer: {op.issuer("acme.com")}
-    ca_file: {op.ca_file}
-routes:
-  - name: app1
-    hosts: [app1.localhost]
-    upstream: http://127.0.0.1:{backend}
-    oidc:
-      provider: {provider}
-      client_id: {client_id}
-      client_secret: ${{APP1_CLIENT_SECRET}}
-      client_auth: client_secret_basic
-      user_claim: username
-    session: {session}
-    public_paths: {public_paths}
-  - name: app2
-    hosts: [app2.localhost]
-    upstream: http://127.0.0.1:{backend}
-    oidc:
-      provider: acme
-      client_id: app2-client
-      client_secret_file: {world["tmp"] / "app2-secret"}
-      client_auth: client_secret_post
-      user_claim: username
-    session: {{keys: [{SESSION_KEY}]}}
-"""
+    return two_tenant_gateway_yaml(
+        world["port"],
+        world["op"],
+        world["backend"].port,
+        world["tmp"] / "app2-secret",
+        SESSION_KEY,
+        app1_provider=provider,
+        app1_client_id=client_id,
+        app1_session=session,
+        app1_more=f"    public_paths: {public_paths}\n",
+    )
 
 
 @pytest.fixture
@@ -116,18 +98,6 @@ def start(world: dict[str, Any], tmp_path: Path) -> Iterator[Any]:
     yield start_gateway
     for gateway in started:
         gateway.stop()
-
-
-def wait_until_login_offered(port: int) -> None:
-    """Discovery runs in the background: wait for both routes' login redirects."""
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        if all(
-            Client(port, host).get("/")[0] == 302 for host in ("app1.localhost", "app2.localhost")
-        ):
-            return
-        time.sleep(0.2)
-    raise AssertionError("providers were not discovered in time")
 
 
 def reload(gateway: GatewayProcess, text: str) -> None:

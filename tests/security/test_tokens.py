@@ -22,8 +22,8 @@ from urllib.parse import quote, urlencode, urlsplit
 
 import pytest
 
-from tests.e2e.test_login import Client, session_key
 from tests.http_helpers import header_values
+from tests.login_env import Client, session_key
 from tests.processes import GatewayProcess, free_port
 from tests.provider_process import ProviderProcess, node_binary
 

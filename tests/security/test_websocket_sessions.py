@@ -14,8 +14,7 @@ from typing import Any
 import pytest
 
 from tests.backends import BackendProcess
-from tests.e2e.test_login import Client
-from tests.login_env import registered_client
+from tests.login_env import Client, registered_client
 from tests.processes import GatewayProcess, free_port
 from tests.provider_process import ProviderProcess, node_binary
 from tests.redis_process import RedisProcess
