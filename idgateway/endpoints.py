@@ -628,7 +628,7 @@ async def frontchannel_logout(
                 extra_headers={b"retry-after": b"60"},
             )
             return
-        await login.end_sessions(state, sid=sid, sub=None)
+        await login.end_sessions(state, sid=sid, sub=None, verified=False)
         METRICS.logout(login.route.name, "frontchannel")  # metrics hook
     request.setResponseCode(200)
     out = request.responseHeaders

@@ -33,7 +33,7 @@ from idgateway.oidc.provider import ProviderClient
 from idgateway.oidc.refresh import validate_refreshed_id_token
 from idgateway.oidc.tokens import PROVIDER_UNAVAILABLE, TokenError
 from idgateway.pages import send_error, send_provider_unavailable, wants_json
-from idgateway.paths import PathReading
+from idgateway.paths import PathReading, fold_case, no_fold
 from idgateway.sessions.binding import session_binding
 from idgateway.sessions.cookie import (
     CookieHeaderReader,
@@ -168,7 +168,7 @@ class RouteLogin:
         )
         # Case-insensitive routes compare folded paths with folded prefixes (and
         # run their public regexes case-insensitively).
-        self.fold = str.lower if route.case_insensitive_paths else _same
+        self.fold = fold_case if route.case_insensitive_paths else no_fold
         self.public = compile_public_paths(
             [_folded(p) for p in auth.public_paths]
             if route.case_insensitive_paths
@@ -220,9 +220,9 @@ class RouteLogin:
 
     def is_public(self, method: bytes, reading: PathReading) -> bool:
         """Public only if every reading of the path is (see idgateway.paths)."""
-        public, fold = self.public, self.fold
-        for text in reading.texts:
-            if not is_public(public, method, fold(text)):
+        public = self.public
+        for text in reading.matched:  # (folded on case-insensitive routes)
+            if not is_public(public, method, text):
                 return False
         return True
 
@@ -548,6 +548,7 @@ class RouteLogin:
         sid: str | None,
         sub: str | None,
         since: float | None = None,
+        verified: bool = True,
     ) -> str:
         """A back- or front-channel logout: end every session of a provider sid,
         else of a sub (those that began at or before ``since``, default now)."""
@@ -560,7 +561,7 @@ class RouteLogin:
             return "nothing to end"
         revocation = self.revocation or state.revocation
         if sid:
-            await revocation.revoke(self.route.name, sid)
+            await revocation.revoke(self.route.name, sid, verified=verified)
             return "sid revoked"
         if sub:
             now = self.clock.seconds()
@@ -574,7 +575,8 @@ class RouteLogin:
         if wants_json(request):
             return True
         fold = self.fold
-        return any(fold(path).startswith(fold(prefix)) for prefix in self.oidc.api_paths)
+        folded = fold(path)
+        return any(folded.startswith(fold(prefix)) for prefix in self.oidc.api_paths)
 
     # -- session lifetime -------------------------------------------------------------
 
@@ -871,14 +873,10 @@ def _essential(claims: dict[str, Any], oidc: Any) -> dict[str, Any]:
     return {k: v for k, v in claims.items() if k in keep}
 
 
-def _same(text: str) -> str:
-    return text
-
-
 def _folded(public: PublicPath) -> PublicPath:
     """A public path of a case-insensitive route: lower-case prefix, (?i) regex."""
     if public.prefix is not None:
-        return attrs.evolve(public, prefix=public.prefix.lower())
+        return attrs.evolve(public, prefix=fold_case(public.prefix))
     if public.regex is not None:
         return attrs.evolve(public, regex="(?i)" + public.regex)
     return public

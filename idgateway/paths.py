@@ -26,6 +26,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 from typing import Literal, TypeVar
+from urllib.parse import unquote
 
 import attrs
 
@@ -224,22 +225,23 @@ class PathReading:
     sub_route: int | None
     # The index of the path sub-route whose authorize rules apply, or None.
     rules_route: int | None
+    # The readings as path rules compare them (folded on case-insensitive
+    # routes, see PathJudge.fold): public paths and api_paths match these.
+    matched: tuple[str, ...] = ()
+    # The canonical path is the raw path: the request target goes upstream as is.
+    unchanged: bool = False
 
     @property
     def text(self) -> str:
         return self.texts[0]
 
     def everywhere(self, test: Callable[[str], bool]) -> bool:
-        """Whether ``test`` holds for every reading (how public paths are judged)."""
-        for text in self.texts:
+        """Whether ``test`` holds for every reading as matched (how public paths
+        are judged: public only if every reading is)."""
+        for text in self.matched:
             if not test(text):
                 return False
         return True
-
-
-def under_prefix(path: str, prefix: str) -> bool:
-    """A sub-route prefix covers the paths that start with it (as nginx's location)."""
-    return path.startswith(prefix)
 
 
 class PathJudge:
@@ -259,7 +261,7 @@ class PathJudge:
         with_rules: Sequence[bool] = (),
     ) -> None:
         self.policy = policy
-        self.fold: Callable[[str], str] = str.lower if policy.case_insensitive else _same
+        self.fold: Callable[[str], str] = fold_case if policy.case_insensitive else no_fold
         by_length = sorted(range(len(prefixes)), key=lambda i: len(prefixes[i]), reverse=True)
         self._subs = tuple((self.fold(prefixes[i]), i) for i in by_length)
         # Rules also cover a prefix's own path without its slash: "/admin/" rules
@@ -286,9 +288,10 @@ class PathJudge:
             texts: tuple[str, ...] = (text,)
         else:
             texts = readings(text, self.policy)
-        sub = self._agreed(texts, self._subs, "path sub-routes")
-        rules = self._agreed(texts, self._rule_subs, "authorization rules", self._rule_exact)
-        reading = PathReading(canonical, texts, sub, rules)
+        matched = texts if self.fold is no_fold else tuple(self.fold(text) for text in texts)
+        sub = self._agreed(matched, self._subs, "path sub-routes")
+        rules = self._agreed(matched, self._rule_subs, "authorization rules", self._rule_exact)
+        reading = PathReading(canonical, texts, sub, rules, matched, canonical is raw)
         if len(self._cache) >= self._CACHE_MAX:
             self._cache.clear()
         self._cache[raw] = reading
@@ -304,11 +307,10 @@ class PathJudge:
         if not subs:
             return None
         chosen = []
-        for text in texts:
-            folded = self.fold(text)
-            choice = self._longest(folded, subs)
+        for text in texts:  # (already folded)
+            choice = self._longest(text, subs)
             if choice is None and exact:
-                choice = exact.get(folded)
+                choice = exact.get(text)
             chosen.append(choice)
         if any(choice != chosen[0] for choice in chosen[1:]):
             raise AmbiguousPath(f"servers would read this path under different {what}")
@@ -322,5 +324,18 @@ class PathJudge:
         return None
 
 
-def _same(text: str) -> str:
+_NON_ASCII_ESCAPES = re.compile(r"(?:%[89A-Fa-f][0-9A-Fa-f])+")
+
+
+def fold_case(text: str) -> str:
+    """A canonical path (or prefix) as a case-insensitive server compares it:
+    escaped UTF-8 decoded, then Unicode case-folded, so "/CAF%C3%89/" and
+    "/caf%C3%A9/" are one path, as they are to IIS."""
+    if "%" in text:
+        text = _NON_ASCII_ESCAPES.sub(lambda m: unquote(m.group(), errors="replace"), text)
+    return text.casefold()
+
+
+def no_fold(text: str) -> str:
+    """The fold of a case-sensitive route: none."""
     return text

@@ -191,7 +191,7 @@ class GatewayResource(Resource):
         client_ip = getattr(peer, "host", None) or "unix"
         # The upstream gets the path the gate judged, and the query unchanged.
         target = request.uri
-        if reading.canonical is not request.path:
+        if not reading.unchanged:
             target = reading.canonical + target[len(request.path) :]
         if upstream.base_path:
             target = upstream.base_path.encode() + target
@@ -538,6 +538,9 @@ def _current_login_of(holder: StateHolder, route: str) -> Callable[[], Any]:
     return current
 
 
+_tunnel_log = Logger(namespace="idgateway.proxy.WebSocketTunnel")
+
+
 class WebSocketTunnel(Protocol):
     """After a 101: bytes both ways, unchanged, each side pacing the other.
 
@@ -585,7 +588,14 @@ class WebSocketTunnel(Protocol):
     def close_idle(self) -> None:
         if self.transport is not None:
             self.transport.loseConnection()
+            self._abort_if_lingering()
         self.upstream.abandon()
+
+    def _abort_if_lingering(self) -> None:
+        # A clean close waits for the client to read what is buffered; one that
+        # never reads would keep the descriptor and the route's WebSocket slot.
+        if self._site is not None:
+            self._site.watch_closing(self)
 
     def session_verdict(self) -> Any:
         """True when the session that opened the tunnel ended; a Deferred for
@@ -610,7 +620,12 @@ class WebSocketTunnel(Protocol):
                 self._checking = False
                 return ended
 
-            verdict.addCallback(checked)
+            def failed(failure: Any) -> bool:
+                self._checking = False
+                _tunnel_log.failure("checking a WebSocket tunnel's session", failure)
+                return False
+
+            verdict.addCallbacks(checked, failed)
         return verdict
 
     def end_with_session(self) -> None:
@@ -623,6 +638,7 @@ class WebSocketTunnel(Protocol):
         if self._frames.at_boundary:
             transport.write(CLOSE_POLICY_VIOLATION)
             transport.loseConnection()
+            self._abort_if_lingering()
         else:
             transport.abortConnection()  # type: ignore[attr-defined]
 
@@ -646,6 +662,7 @@ class WebSocketTunnel(Protocol):
             slot.release()
         if self._site is not None:
             self._site.tunnels.discard(self)
+            self._site.closing_channels.pop(self, None)
             self._site = None
         self.upstream.abandon()
 
@@ -660,6 +677,7 @@ class WebSocketTunnel(Protocol):
     def response_end(self) -> None:
         if self.transport is not None:
             self.transport.loseConnection()
+            self._abort_if_lingering()
 
     def response_failed(self, why: str, detail: str) -> None:
         if self.transport is not None:

@@ -600,7 +600,7 @@ class GatewaySite(server.Site):
         self.tunnels: set[Any] = set()
         # Connections told to close (a 408 for a late head) -> when: aborted if
         # still open CLOSE_GRACE seconds later.
-        self.closing_channels: dict[GatewayChannel, float] = {}
+        self.closing_channels: dict[Any, float] = {}  # channels and WebSocket tunnels
         # client_send_timeout (None: none), and the responses whose client
         # stopped reading -> since when (proxy.ProxiedResponse).
         self.send_timeout: float | None = None
@@ -624,7 +624,7 @@ class GatewaySite(server.Site):
         if not self._idle_sweep.running:
             self._idle_sweep.start(IDLE_SWEEP_INTERVAL, now=False)
 
-    def watch_closing(self, channel: GatewayChannel) -> None:
+    def watch_closing(self, channel: Any) -> None:
         self.closing_channels[channel] = self.reactor.seconds()
         if not self._idle_sweep.running:
             self._idle_sweep.start(IDLE_SWEEP_INTERVAL, now=False)
@@ -673,15 +673,27 @@ class GatewaySite(server.Site):
             self._idle_sweep.stop()
             return
         now = self.reactor.seconds()
+        # Each duty on its own: one that fails (logged) must not stop the others,
+        # nor the sweep itself, which every timeout here depends on.
         if self.stalled:
-            self._cut_stalled(now)
+            self._duty(self._cut_stalled, now)
         if self.closing_channels:
-            self._abort_lingering(now)
+            self._duty(self._abort_lingering, now)
         if self.heading_channels:
-            self._cut_slow_heads(now)
+            self._duty(self._cut_slow_heads, now)
         if self.tunnels:
-            self._close_idle_tunnels(now)
-            self._end_tunnels_of_ended_sessions()
+            self._duty(self._close_idle_tunnels, now)
+            self._duty(self._end_tunnels_of_ended_sessions, now)
+        if self.idle_channels:
+            self._duty(self._time_out_idle_channels, now)
+
+    def _duty(self, duty: Callable[[float], None], now: float) -> None:
+        try:
+            duty(now)
+        except Exception:
+            self._log.failure("the once-a-second connection sweep: {duty}", duty=duty)
+
+    def _time_out_idle_channels(self, now: float) -> None:
         expired = [channel for channel in self.idle_channels if channel.idle_expired(now)]
         for channel in expired:
             channel.setTimeout(None)
@@ -731,7 +743,7 @@ class GatewaySite(server.Site):
                 route=idle[0].route,
             )
 
-    def _end_tunnels_of_ended_sessions(self) -> None:
+    def _end_tunnels_of_ended_sessions(self, now: float = 0.0) -> None:
         """Close (1008) the tunnels whose session ended: within a sweep, a second."""
         for tunnel in list(self.tunnels):
             verdict = tunnel.session_verdict()
@@ -739,6 +751,9 @@ class GatewaySite(server.Site):
                 self._end_tunnel(tunnel)
             elif isinstance(verdict, Deferred):
                 verdict.addCallback(self._ended_later, tunnel)
+                verdict.addErrback(
+                    lambda failure: self._log.failure("ending a WebSocket tunnel", failure)
+                )
 
     def _ended_later(self, ended: bool, tunnel: Any) -> None:
         if ended and tunnel in self.tunnels:

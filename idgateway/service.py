@@ -568,7 +568,11 @@ class GatewayService(MultiService):
             except Exception as error:
                 for done in opened:
                     self._ports.pop(done).stopListening()
+                for done in (*opened, key):
                     self._tls.pop(done, None)
+                    site = self._sites.pop(done, None)
+                    if site in self._drain_sites:
+                        self._drain_sites.remove(site)  # type: ignore[arg-type]
                 reason = getattr(error, "socketError", None) or error
                 raise ListenerFailed(f"cannot listen on {listener.address}: {reason}") from None
             opened.append(key)

@@ -55,7 +55,16 @@ _HASH_LENGTH = 64
 SID = "sid"
 SESSION_ID = "id"
 SUB = "sub"
-_KIND_PREFIXES = {SID: "idgw:revoked:", SESSION_ID: "idgw:revoked-id:", SUB: "idgw:revoked-sub:"}
+# A provider sid named by a front-channel logout without a cookie: nobody
+# proved it (anyone who knows the issuer can send one), so these are kept
+# apart, fewer, and dropping one past the cap does not fail closed.
+UNVERIFIED_SID = "fc"
+_KIND_PREFIXES = {
+    SID: "idgw:revoked:",
+    SESSION_ID: "idgw:revoked-id:",
+    SUB: "idgw:revoked-sub:",
+    UNVERIFIED_SID: "idgw:revoked-fc:",
+}
 _SCAN_PATTERN = "idgw:revoked*"
 
 # Entries kept in memory per kind; beyond it the oldest are dropped (and a
@@ -180,6 +189,9 @@ class _Revocations:
     def __init__(self, owner: RevocationList, kind: str) -> None:
         self._owner = owner
         self.kind = kind
+        # Past the cap, dropping a proven revocation must not bring its sessions
+        # back (fail closed); an unverified one only names a sid nobody proved.
+        self.fail_closed = kind != UNVERIFIED_SID
         self.entries: dict[str, float] = {}
         self._prune_at = _PRUNE_FROM
         self.evicted = 0
@@ -203,15 +215,18 @@ class _Revocations:
             ]:
                 del entries[dead]
             self._prune_at = max(_PRUNE_FROM, 2 * len(entries))
-        excess = len(entries) - owner.max_entries
+        cap = owner.max_entries if self.fail_closed else owner.max_entries // 10
+        excess = len(entries) - cap
         if excess > 0:
             dead_before = owner.dead_before
             for oldest in list(itertools.islice(entries, excess)):
-                # Fail closed: a revocation dropped for room must not bring
-                # its sessions back, so every session of that route that began
-                # by then is refused (its users log in again).
-                route = oldest[: -_HASH_LENGTH - 1]
-                dead_before[route] = max(dead_before.get(route, 0.0), entries.pop(oldest) + 1.0)
+                t = entries.pop(oldest)
+                if self.fail_closed:
+                    # A revocation dropped for room must not bring its sessions
+                    # back: every session of that route that began by then is
+                    # refused (its users log in again).
+                    route = oldest[: -_HASH_LENGTH - 1]
+                    dead_before[route] = max(dead_before.get(route, 0.0), t + 1.0)
             self.evicted += excess
             owner.evicted(self.kind, excess)
         return True
@@ -260,6 +275,7 @@ class RevocationList:
         self._revoked = self._tables[SID]
         self._ids = self._tables[SESSION_ID]
         self._subs = self._tables[SUB]
+        self._unverified = self._tables[UNVERIFIED_SID]
         # Cookie sessions that began before this were dead (older than every
         # route's max_duration) when a reload raised the ttl: they stay dead,
         # whether or not their revocation entries are still around.
@@ -343,9 +359,12 @@ class RevocationList:
 
     def is_revoked(self, route: str, sid: str | None) -> bool:
         """Whether ``sid`` was logged out on ``route``. Memory only, no Redis."""
-        if sid is None or not len(self._revoked):
+        if sid is None or not (len(self._revoked) or len(self._unverified)):
             return False
-        return self._revoked.since(f"{route}:{_sha256(sid)}", self._clock.seconds()) is not None
+        key, now = f"{route}:{_sha256(sid)}", self._clock.seconds()
+        return self._revoked.since(key, now) is not None or (
+            self._unverified.since(key, now) is not None
+        )
 
     def session_revoked(self, route: str, session: Any) -> bool:
         """Whether a cookie session is dead: its sid, its id, or its sub since
@@ -353,8 +372,8 @@ class RevocationList:
         Memory only, no Redis: on every request's path."""
         if session.created_at < self.dead_before.get(route, 0.0):
             return True
-        sids, ids, subs = self._revoked, self._ids, self._subs
-        if not (sids.entries or ids.entries or subs.entries):
+        sids, ids, subs, unverified = self._revoked, self._ids, self._subs, self._unverified
+        if not (sids.entries or ids.entries or subs.entries or unverified.entries):
             return False
         memo = self._digests.get(session.id)
         if memo is None or memo[0] is not session or memo[1] != route:
@@ -372,6 +391,9 @@ class RevocationList:
         now = self._clock.seconds()
         if memo[2] is not None and sids.entries and sids.since(memo[2], now) is not None:
             return True
+        if memo[2] is not None and unverified.entries:
+            if unverified.since(memo[2], now) is not None:
+                return True
         if ids.entries and ids.since(memo[3], now) is not None:
             return True
         if subs.entries:
@@ -379,12 +401,15 @@ class RevocationList:
             return since is not None and session.created_at <= since
         return False
 
-    async def revoke(self, route: str, sid: str) -> None:
+    async def revoke(self, route: str, sid: str, *, verified: bool = True) -> None:
         """Remember ``sid`` as logged out here now, then tell Redis and the other processes.
 
+        ``verified=False`` for a sid nobody proved (a front-channel logout
+        without a cookie): kept apart, see UNVERIFIED_SID.
         Raises ``RedisUnavailable`` if Redis cannot be told (this process still knows).
         """
-        await self._add(SID, route, sid, self._clock.seconds())
+        kind = SID if verified else UNVERIFIED_SID
+        await self._add(kind, route, sid, self._clock.seconds())
 
     async def revoke_session(self, route: str, session_id: str, created_at: float) -> None:
         """One session (its cookie, and every copy of it) ends, everywhere.

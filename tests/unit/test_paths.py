@@ -215,3 +215,21 @@ def test_rules_under_a_prefix_cover_the_prefix_without_its_slash() -> None:
     assert JUDGE.read(b"/adminx").rules_route is None
     with pytest.raises(AmbiguousPath):
         JUDGE.read(b"/admin;jsessionid=1")
+
+
+def test_case_insensitive_routes_fold_non_ascii_as_iis_does() -> None:
+    from idgateway.units import canonical_prefix
+
+    judge = PathJudge(PathPolicy(case_insensitive=True), [canonical_prefix("/café/")], [True])
+    for raw in (b"/caf%C3%A9/x", b"/CAF%C3%89/x", b"/Caf%c3%a9/x"):
+        assert judge.read(raw).rules_route == 0, raw
+    plain = PathJudge(PathPolicy(), [canonical_prefix("/café/")], [True])
+    assert plain.read(b"/CAF%C3%89/x").rules_route is None  # case matters there
+
+
+def test_a_plain_path_goes_upstream_unchanged() -> None:
+    judge = PathJudge(PathPolicy())
+    assert judge.read(b"/a/b").unchanged
+    assert not judge.read(b"/a/./b").unchanged
+    # A cached reading still says so for another bytes object of the same path.
+    assert judge.read(bytes(bytearray(b"/a/b"))).unchanged

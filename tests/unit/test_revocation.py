@@ -193,3 +193,26 @@ def test_unverified_revocations_have_a_budget_per_route() -> None:
     assert sum(revoked.admit_unverified("app") for _ in range(100)) == 30
 
 
+
+
+def test_unverified_sids_are_capped_apart_and_never_fail_closed() -> None:
+    """A flood of front-channel sids nobody proved (the budget lets a few
+    through per process) cannot get other sessions refused, on its route or
+    another: past their own cap the oldest are simply dropped."""
+    clock = _clock_at(1_000_000)
+    revoked = RevocationList(clock, None, ttl=3600, max_entries=100)
+    bystander = _session(id="b", sub="b", provider_sid="b-sid", created_at=clock.seconds() - 10)
+
+    async def main(reactor: Any) -> None:
+        await revoked.revoke("app", "real-sid")  # a proven one (back-channel)
+        for n in range(500):
+            await revoked.revoke("app", f"made-up-{n}", verified=False)
+            clock.advance(0.001)
+
+    run_in_reactor(main)
+    assert not revoked.session_revoked("app", bystander)
+    assert not revoked.session_revoked("other", bystander)
+    assert revoked.is_revoked("app", "real-sid")
+    assert revoked.is_revoked("app", "made-up-499")
+    assert not revoked.is_revoked("app", "made-up-0")  # dropped, nothing else
+    assert revoked.size() <= 1 + 100 // 10
