@@ -60,11 +60,11 @@ class DrainableChannel(GatewayChannel):
         finally:
             self.site.forget(self)
 
-    def _protocolUpgradeForWebsockets(self, protocol: Any) -> None:
+    def switch_to_tunnel(self, protocol: Any) -> None:
         # The request that upgraded is the first (and only) one in flight.
         if self.requests:
             self.websocket_route = getattr(self.requests[0], "idgw_route", None)
-        super()._protocolUpgradeForWebsockets(protocol)
+        super().switch_to_tunnel(protocol)
         self.upgraded = True
         # The tunnel now owns connectionLost; keep counting the connection
         # until it really ends.
