@@ -15,6 +15,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from idgateway import observe, systemd
+from idgateway._twisted import log_fallbacks
 from idgateway.config import ConfigError, load_config
 from idgateway.connection_limits import (
     OncePerSecond,
@@ -244,6 +245,8 @@ class GatewayService(MultiService):
             observe.write_access_text_to(self.access_out)
         for warning in self.config.warnings:
             self._log.warn("config: {warning}", warning=warning)
+        # Private Twisted names this Twisted lacks: the stock path is taken.
+        log_fallbacks()
         for listener in self.config.listeners:
             self._listen(listener)
         self._listen_admin()
