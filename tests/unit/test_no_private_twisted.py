@@ -198,7 +198,7 @@ def test_the_scan_knows_the_private_names_the_seam_hides() -> None:
         "_protocolUpgradeForWebsockets",
         "_aggregator",
     ):
-        assert name in forbidden, name
+        assert name in forbidden or not hasattr(http.HTTPChannel, name), name
 
 
 CAUGHT = {

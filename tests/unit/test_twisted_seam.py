@@ -3,9 +3,8 @@
 The seam (``idgateway._twisted``) takes a fast path only when the names it
 needs are there, and the stock path otherwise. This list is the seam's
 contract with the installed Twisted: a name a new release drops fails here
-(and the gateway, meanwhile, takes the fallback: slower, not broken). Names
-marked with a ``since`` version exist from that Twisted release on; on an
-older Twisted the test checks the seam chose its fallback instead.
+(and the gateway, meanwhile, takes the fallback: slower, not broken). It runs on
+the newest Twisted and on the floor setup.py states (``make test-floor``).
 """
 
 from __future__ import annotations
@@ -25,15 +24,12 @@ from twisted.web import http, http_headers
 from twisted.web.test.requesthelper import DummyChannel
 
 import idgateway._twisted
-import twisted
 from idgateway._twisted import chunked, http_channel
 from idgateway._twisted import http_headers as seam_headers
 from idgateway._twisted import reactor as seam_reactor
 from idgateway._twisted import redis as seam_redis
 from idgateway._twisted import tcp as seam_tcp
 from idgateway._twisted import tls as seam_tls
-
-TWISTED = tuple(int(part) for part in twisted.__version__.split(".")[:2])
 
 
 def _class(owner: Any, name: str) -> bool:
@@ -73,87 +69,61 @@ def _an_encoder(owner: Any, name: str) -> bool:
 
 _channel = http.HTTPChannel
 
-# (where, private name, kind, Twisted release it exists from, the seam flag
-# that must be False on an older one)
-PRIVATE_NAMES: list[tuple[Any, str, Callable[[Any, str], bool], tuple[int, int], Any]] = [
+# (where, private name, what kind of thing it must be)
+PRIVATE_NAMES: list[tuple[Any, str, Callable[[Any, str], bool]]] = [
     # _twisted/http_channel.py: the one-pass request head
-    (_channel, "_HTTPChannel__first_line", _class_attribute(int), (0, 0), None),
-    (_channel, "_busyReceiving", _class_attribute(bool), (0, 0), None),
-    (_channel, "_buffer", _class_attribute(bytes), (0, 0), None),
-    (_channel, "_handlingRequest", _instance_attribute(_channel, bool), (0, 0), None),
-    (_channel, "_finishRequestBody", _function, (0, 0), None),
-    (_channel, "_transferDecoder", _instance_attribute(_channel, type(None)), (0, 0), None),
-    (_channel, "_command", _set_in_line_received, (0, 0), None),
-    (_channel, "_path", _set_in_line_received, (0, 0), None),
-    (_channel, "_version", _set_in_line_received, (0, 0), None),
-    (http, "_IdentityTransferDecoder", _class, (0, 0), None),
-    (
-        http_headers.Headers,
-        "_rawHeaders",
-        _instance_attribute(http_headers.Headers, dict),
-        (0, 0),
-        None,
-    ),
-    (_channel, "_dataBuffer", _instance_attribute(_channel, list), (0, 0), None),
-    (_channel, "_send100Continue", _function, (0, 0), None),
+    (_channel, "_HTTPChannel__first_line", _class_attribute(int)),
+    (_channel, "_busyReceiving", _class_attribute(bool)),
+    (_channel, "_buffer", _class_attribute(bytes)),
+    (_channel, "_handlingRequest", _instance_attribute(_channel, bool)),
+    (_channel, "_finishRequestBody", _function),
+    (_channel, "_transferDecoder", _instance_attribute(_channel, type(None))),
+    (_channel, "_command", _set_in_line_received),
+    (_channel, "_path", _set_in_line_received),
+    (_channel, "_version", _set_in_line_received),
+    (http, "_IdentityTransferDecoder", _class),
+    (http_headers.Headers, "_rawHeaders", _instance_attribute(http_headers.Headers, dict)),
+    (_channel, "_dataBuffer", _instance_attribute(_channel, list)),
+    (_channel, "_send100Continue", _function),
     # _twisted/http_headers.py
-    (http_headers, "_nameEncoder", _an_encoder, (24, 10), "canonical"),
+    (http_headers, "_nameEncoder", _an_encoder),
     # _twisted/chunked.py
-    (http, "_ChunkedTransferDecoder", _class, (0, 0), None),
-    (http, "_MalformedChunkedDataError", _class, (0, 0), None),
-    (
-        getattr(http, "_ChunkedTransferDecoder", None),
-        "_dataReceived_CHUNK_LENGTH",
-        _function,
-        (0, 0),
-        None,
-    ),
+    (http, "_ChunkedTransferDecoder", _class),
+    (http, "_MalformedChunkedDataError", _class),
+    (getattr(http, "_ChunkedTransferDecoder", None), "_dataReceived_CHUNK_LENGTH", _function),
     # _twisted/tcp.py
     (
         abstract.FileDescriptor,
         "_tempDataBuffer",
         _instance_attribute(abstract.FileDescriptor, list),
-        (0, 0),
-        None,
     ),
-    (abstract.FileDescriptor, "_writeDisconnecting", _class_attribute(bool), (0, 0), None),
-    (tcp.Connection, "_aborting", _class_attribute(bool), (0, 0), None),
-    (tcp.Port, "_fromListeningDescriptor", _function, (0, 0), None),
-    (tcp.Port, "_logger", lambda o, n: "_logger" in inspect.getsource(o), (0, 0), None),
-    (endpoints, "_WrappingProtocol", _class, (0, 0), None),
-    (getattr(endpoints, "_WrappingProtocol", None), "_wrappedProtocol", _set_in_init, (0, 0), None),
+    (abstract.FileDescriptor, "_writeDisconnecting", _class_attribute(bool)),
+    (tcp.Connection, "_aborting", _class_attribute(bool)),
+    (tcp.Port, "_fromListeningDescriptor", _function),
+    (tcp.Port, "_logger", lambda o, n: "_logger" in inspect.getsource(o)),
+    (endpoints, "_WrappingProtocol", _class),
+    (getattr(endpoints, "_WrappingProtocol", None), "_wrappedProtocol", _set_in_init),
     # _twisted/tls.py
-    (tls.BufferingTLSTransport, "_aggregator", _set_in_init, (0, 0), None),
-    (tls.TLSMemoryBIOFactory, "_clock", _set_in_init, (0, 0), None),
+    (tls.BufferingTLSTransport, "_aggregator", _set_in_init),
+    (tls.TLSMemoryBIOFactory, "_clock", _set_in_init),
     # _twisted/reactor.py
-    (EPollReactor, "_poller", _set_in_init, (0, 0), None),
-    (EPollReactor, "_selectables", _set_in_init, (0, 0), None),
-    (EPollReactor, "_doReadOrWrite", _function, (0, 0), None),
+    (EPollReactor, "_poller", _set_in_init),
+    (EPollReactor, "_selectables", _set_in_init),
+    (EPollReactor, "_doReadOrWrite", _function),
     # _twisted/redis.py (txredisapi)
-    (txredisapi.BaseRedisProtocol, "replyQueue", _set_in_init, (0, 0), None),
-    (
-        txredisapi.ReplyQueue,
-        "waiting",
-        _instance_attribute(txredisapi.ReplyQueue, list),
-        (0, 0),
-        None,
-    ),
+    (txredisapi.BaseRedisProtocol, "replyQueue", _set_in_init),
+    (txredisapi.ReplyQueue, "waiting", _instance_attribute(txredisapi.ReplyQueue, list)),
 ]
 
 
 @pytest.mark.parametrize(
-    ("owner", "name", "kind", "since", "fallback"),
+    ("owner", "name", "kind"),
     PRIVATE_NAMES,
-    ids=[f"{getattr(o, '__name__', o)}.{n}" for o, n, _k, _s, _f in PRIVATE_NAMES],
+    ids=[f"{getattr(o, '__name__', o)}.{n}" for o, n, _k in PRIVATE_NAMES],
 )
 def test_each_private_name_the_seam_uses_exists(
-    owner: Any, name: str, kind: Callable[[Any, str], bool], since: tuple[int, int], fallback: Any
+    owner: Any, name: str, kind: Callable[[Any, str], bool]
 ) -> None:
-    if TWISTED < since:
-        assert not kind(owner, name) if owner is not None else True
-        assert fallback == "canonical" and seam_headers._name_encoder is None
-        assert any(name in noted for noted, _ in idgateway._twisted.FALLBACKS)
-        return
     assert owner is not None
     assert kind(owner, name), f"{owner!r} has no {name} of the expected kind"
 
@@ -168,8 +138,7 @@ def test_the_seam_takes_every_fast_path_on_a_supported_twisted() -> None:
     assert seam_tls.TURN_BUFFERED
     assert seam_reactor.LEAN and seam_reactor.LeanEPollReactor is not EPollReactor
     assert seam_redis.COUNTED
-    expected = [] if TWISTED >= (24, 10) else ["twisted.web.http_headers._nameEncoder"]
-    assert [name for name, _ in idgateway._twisted.FALLBACKS] == expected
+    assert idgateway._twisted.FALLBACKS == []
 
 
 def test_the_one_pass_head_matches_twisted_header_storage() -> None:
