@@ -113,15 +113,15 @@ class BodyPipe:
     def resume(self) -> None:
         if self._client_paused:
             self._client_paused = False
-            channel = self.request.channel
-            if channel is not None and channel.transport is not None:
-                IPushProducer(channel.transport).resumeProducing()
+            producer = _client_producer(self.request)
+            if producer is not None:
+                producer.resumeProducing()
 
     def _pause_client(self) -> None:
         self._client_paused = True
-        channel = self.request.channel
-        if channel is not None and channel.transport is not None:
-            IPushProducer(channel.transport).pauseProducing()
+        producer = _client_producer(self.request)
+        if producer is not None:
+            producer.pauseProducing()
 
     # -- for the gateway's own endpoints, which need the whole (small) body ----
 
@@ -138,6 +138,15 @@ class BodyPipe:
 
 async def _value(data: bytes) -> bytes:
     return data
+
+
+def _client_producer(request: GatewayRequest) -> Any:
+    """The client connection, as the producer of the request body (None: gone,
+    or a transport that cannot pause, as HTTPChannel's own _NoPushProducer)."""
+    channel = request.channel
+    if channel is None or channel.transport is None:
+        return None
+    return IPushProducer(channel.transport, None)
 
 
 class GatewayRequest(server.Request):
