@@ -84,9 +84,11 @@ class _Ready(Resource):
         self.holder = holder
 
     def render_GET(self, request: Request) -> Any:
+        gone = client_gone_test(request)
+
         async def answer() -> None:
             ready, detail = await readiness(self.holder)
-            if request._disconnected:
+            if gone():
                 return
             body = json.dumps(detail, indent=2).encode() + b"\n"
             request.setResponseCode(200 if ready else 503)
@@ -116,14 +118,15 @@ class _Metrics(Resource):
         if self.gather is None:
             return generate_latest(self.metrics.registry)
         gather = self.gather
+        gone = client_gone_test(request)
 
         async def answer() -> None:
             body = await gather()
-            if not request._disconnected:
+            if not gone():
                 request.write(body)
                 request.finish()
 
-        defer.ensureDeferred(answer()).addErrback(lambda failure: _failed(request, failure))
+        defer.ensureDeferred(answer()).addErrback(lambda failure: _failed(request, failure, gone))
         return NOT_DONE_YET
 
 
@@ -260,9 +263,11 @@ class _Status(Resource):
         self.service = service
 
     def render_GET(self, request: Request) -> Any:
+        gone = client_gone_test(request)
+
         async def answer() -> None:
             detail = await status(self.holder, self.service)
-            if request._disconnected:
+            if gone():
                 return
             if _wants_json(request):
                 body = json.dumps(detail, indent=2).encode() + b"\n"
@@ -275,15 +280,27 @@ class _Status(Resource):
             request.finish()
 
         d = defer.ensureDeferred(answer())
-        d.addErrback(lambda failure: _failed(request, failure))
+        d.addErrback(lambda failure: _failed(request, failure, gone))
         return NOT_DONE_YET
 
 
-def _failed(request: Request, failure: Any) -> None:
+def client_gone_test(request: Request) -> Callable[[], bool]:
+    """A test of whether ``request``'s client went away (Request.notifyFinish)."""
+    gone = False
+
+    def lost(_failure: Any) -> None:
+        nonlocal gone
+        gone = True
+
+    request.notifyFinish().addErrback(lost)
+    return lambda: gone
+
+
+def _failed(request: Request, failure: Any, gone: Callable[[], bool]) -> None:
     from twisted.logger import Logger
 
     Logger(namespace="idgateway.admin").failure("status page failed", failure)
-    if not request.finished and not request._disconnected:
+    if not request.finished and not gone():
         request.setResponseCode(500)
         request.write(b"status unavailable\n")
         request.finish()

@@ -18,6 +18,8 @@ from typing import Any
 from twisted.logger import ILogObserver, Logger, globalLogPublisher
 from zope.interface import implementer
 
+from idgateway._twisted.tcp import port_logger, set_port_logger
+
 # Descriptors left for everything that is not a client connection: logs,
 # Redis, calls to providers, the admin listener, files read on reload.
 FD_RESERVE = 128
@@ -118,12 +120,12 @@ class AcceptLogThrottle:
 def throttle_accept_logs(port: Any, clock: Any, address: str) -> None:
     """Route ``port``'s accept-time log events through an AcceptLogThrottle.
 
-    twisted.internet.tcp.Port logs through its ``_logger`` (a private
-    attribute); a port without one is left as it is, logging as stock
+    twisted.internet.tcp.Port logs through a private Logger
+    (``idgateway._twisted.tcp.port_logger``); a port without one is left as it is, logging as stock
     twisted does.
     """
-    logger = getattr(port, "_logger", None)
-    if isinstance(logger, Logger):
-        port._logger = Logger(
-            namespace=logger.namespace, observer=AcceptLogThrottle(clock, address)
+    logger = port_logger(port)
+    if logger is not None:
+        set_port_logger(
+            port, Logger(namespace=logger.namespace, observer=AcceptLogThrottle(clock, address))
         )

@@ -300,7 +300,7 @@ async def callback(login: RouteLogin, request: GatewayRequest, host: bytes, tls:
             )
             return
         claims = {**extra, **claims}
-    if request.finished or request._disconnected:
+    if request.finished or request.client_gone:
         return
     now = login.clock.seconds()
     kept = {k: v for k, v in claims.items() if k not in _TECHNICAL_CLAIMS}
@@ -342,7 +342,7 @@ async def callback(login: RouteLogin, request: GatewayRequest, host: bytes, tls:
     request.idgw_user = session.user
     observe.login_succeeded(request, route=login.route.name, user=session.user)
     METRICS.login_succeeded(login.route.name)  # metrics hook
-    if request.finished or request._disconnected:
+    if request.finished or request.client_gone:
         return
     _redirect(request, target or "/", new_cookies)
 
@@ -691,7 +691,7 @@ def _forwarded_request(
 
 def _unexpected(failure: Any, request: GatewayRequest, what: str) -> None:
     if failure.check(RedisUnavailable):
-        if not request.finished and not request._disconnected:
+        if not request.finished and not request.client_gone:
             send_error(
                 request,
                 503,
@@ -706,7 +706,7 @@ def _unexpected(failure: Any, request: GatewayRequest, what: str) -> None:
         what=what,
         request_id=request.request_id.decode(),
     )
-    if not request.finished and not request._disconnected:
+    if not request.finished and not request.client_gone:
         send_error(
             request, 500, "Something went wrong on the gateway.", request_id=request.request_id
         )

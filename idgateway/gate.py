@@ -300,7 +300,7 @@ class RouteLogin:
     def check(self, visit: Visit, session: Session | None) -> None:
         """Lifetime, revocation and refresh; then admit or send to login."""
         request = visit.request
-        if request.finished or request._disconnected:
+        if request.finished or request.client_gone:
             return
         now = self.clock.seconds()
         if session is not None and not self._alive(session, now):
@@ -317,7 +317,7 @@ class RouteLogin:
         d = defer.ensureDeferred(self.refreshed(session, visit.session_id))
 
         def refreshed(new: Session | None | _Unavailable) -> None:
-            if request.finished or request._disconnected:
+            if request.finished or request.client_gone:
                 return
             if new is UNAVAILABLE:
                 # The provider is down: keep the session while its access token
@@ -350,7 +350,7 @@ class RouteLogin:
             error=failure.getErrorMessage(),
             request_id=request.request_id.decode(),
         )
-        if request.finished or request._disconnected:
+        if request.finished or request.client_gone:
             return
         send_error(
             request,
@@ -371,7 +371,7 @@ class RouteLogin:
             route=self.route.name,
             request_id=request.request_id.decode(),
         )
-        if not request.finished and not request._disconnected:
+        if not request.finished and not request.client_gone:
             send_error(
                 request, 500, "Something went wrong on the gateway.", request_id=request.request_id
             )

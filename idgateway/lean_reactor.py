@@ -9,47 +9,23 @@ through twisted.logger, which does not read that context, and
 this reactor calls it directly; an exception that still escapes is logged
 here, as callWithLogger would have, and the loop goes on.
 
+The loop reads the epoll reactor's internals, so it lives in the seam
+(``idgateway._twisted.reactor``), with the stock EPollReactor as its fallback.
+
 Only worker processes (``workers:`` > 1) use it: the master picks their
 entry point. A single-process gateway runs on whatever reactor twistd chose.
 """
 
 from __future__ import annotations
 
-import errno
-
 from twisted.internet.epollreactor import EPollReactor
-from twisted.logger import Logger
+
+from idgateway._twisted.reactor import LeanEPollReactor
+
+__all__ = ["LeanEPollReactor", "install"]
 
 
-class LeanEPollReactor(EPollReactor):
-    _lean_log = Logger()
-
-    def doPoll(self, timeout: float | None) -> None:
-        if timeout is None:
-            timeout = -1  # wait indefinitely
-        try:
-            ready = self._poller.poll(timeout, len(self._selectables))
-        except OSError as err:
-            if err.errno == errno.EINTR:
-                return
-            raise
-        selectables = self._selectables
-        do_read_or_write = self._doReadOrWrite
-        for fd, event in ready:
-            selectable = selectables.get(fd)
-            if selectable is None:
-                continue
-            try:
-                do_read_or_write(selectable, fd, event)
-            except Exception:
-                self._lean_log.failure(
-                    "unhandled error handling {selectable!r}", selectable=selectable
-                )
-
-    doIteration = doPoll
-
-
-def install() -> LeanEPollReactor:
+def install() -> EPollReactor:
     """Install LeanEPollReactor as twisted's global reactor (before anything imports it)."""
     from twisted.internet.main import installReactor
 

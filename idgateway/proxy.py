@@ -30,7 +30,7 @@ from idgateway.forwarding import (
 )
 from idgateway.pages import send_error
 from idgateway.paths import AmbiguousPath, PathReading
-from idgateway.request import GatewayRequest
+from idgateway.request import GatewayChannel, GatewayRequest
 from idgateway.runtime import GatewayState, RouteRuntime
 from idgateway.sessions.cookie import strip_cookies
 from idgateway.upstream import (
@@ -337,7 +337,7 @@ class ProxiedResponse:
         if status == 101:
             self._upgrade_headers = headers
             return
-        if request._disconnected:
+        if request.client_gone:
             return
         request.setResponseCode(status, reason or None)
         if length == 0 or status in NO_BODY_CODES or request.method == b"HEAD":
@@ -403,7 +403,7 @@ class ProxiedResponse:
             self._unwatch_stalled()
         # The exchange points back here (its sink): no cycle left to collect.
         self.exchange = None
-        return not (request._disconnected or request.finished)
+        return not (request.client_gone or request.finished)
 
     def response_failed(self, why: str, detail: str) -> None:
         request = self.request
@@ -450,8 +450,8 @@ class ProxiedResponse:
 
     def upgraded(self, connection: UpstreamConnection, leftover: bytes) -> None:
         request = self.request
-        channel = request.channel
-        if request._disconnected or channel.transport is None:
+        channel: GatewayChannel = request.channel  # type: ignore[assignment]
+        if request.client_gone or channel.transport is None:
             connection.abandon()
             return
         client = channel.transport
@@ -460,8 +460,7 @@ class ProxiedResponse:
             head += (name, b": ", value, b"\r\n")
         head.append(b"\r\n")
         client.writeSequence(head)
-        pending = b"".join(channel._dataBuffer)
-        channel._dataBuffer = []
+        pending = channel.take_unparsed_bytes()
         channel.setTimeout(None)
         route = self.runtime.route
         tunnel = WebSocketTunnel(
@@ -483,7 +482,7 @@ class ProxiedResponse:
         if exchange is not None:
             exchange.sink = tunnel  # type: ignore[assignment]
         client.unregisterProducer()  # type: ignore[attr-defined]
-        channel._protocolUpgradeForWebsockets(tunnel)
+        channel.switch_to_tunnel(tunnel)
         site = getattr(channel, "site", None)
         if site is not None and hasattr(site, "watch_tunnel"):
             tunnel.watch_idle(site, site.reactor.seconds())

@@ -15,22 +15,20 @@ from io import BytesIO
 from typing import Any
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import ISSLTransport
+from twisted.internet.interfaces import IProtocol, IPushProducer, ISSLTransport
 from twisted.internet.protocol import connectionDone
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http, server
-from twisted.web.http import _IdentityTransferDecoder
 from twisted.web.resource import Resource
 
+from idgateway._twisted.http_channel import HTTPChannelInternals
 from idgateway.http_numbers import parse_decimal
 from idgateway.model import LoggingSettings
 from idgateway.observe import log_access
 from idgateway.pages import send_error
 from idgateway.paths import PathReading
-from idgateway.request_chunked import bound_chunked_decoder
-from idgateway.request_head import RequestHead, read_request_head
 from idgateway.tls import sni_server_name
 from idgateway.upstream import UpstreamConnection
 from idgateway.websocket_limits import WebSocketSlot
@@ -115,15 +113,15 @@ class BodyPipe:
     def resume(self) -> None:
         if self._client_paused:
             self._client_paused = False
-            channel = self.request.channel
-            if channel is not None and channel.transport is not None:
-                channel._networkProducer.resumeProducing()
+            producer = _client_producer(self.request)
+            if producer is not None:
+                producer.resumeProducing()
 
     def _pause_client(self) -> None:
         self._client_paused = True
-        channel = self.request.channel
-        if channel is not None and channel.transport is not None:
-            channel._networkProducer.pauseProducing()
+        producer = _client_producer(self.request)
+        if producer is not None:
+            producer.pauseProducing()
 
     # -- for the gateway's own endpoints, which need the whole (small) body ----
 
@@ -140,6 +138,15 @@ class BodyPipe:
 
 async def _value(data: bytes) -> bytes:
     return data
+
+
+def _client_producer(request: GatewayRequest) -> Any:
+    """The client connection, as the producer of the request body (None: gone,
+    or a transport that cannot pause, as HTTPChannel's own _NoPushProducer)."""
+    channel = request.channel
+    if channel is None or channel.transport is None:
+        return None
+    return IPushProducer(channel.transport, None)
 
 
 class GatewayRequest(server.Request):
@@ -175,6 +182,9 @@ class GatewayRequest(server.Request):
     idgw_login: Any = None
     idgw_session: Any = None
     idgw_session_id: str | None = None
+    # The client's connection was lost (twisted.web's Request keeps this in a
+    # private attribute; notifyFinish() would cost a Deferred per request).
+    client_gone: bool = False
 
     def gotLength(self, length: int | None) -> None:
         self.content = _EMPTY_CONTENT
@@ -190,7 +200,7 @@ class GatewayRequest(server.Request):
             return
         channel._reading_body = True
         self.body = BodyPipe(self, length)
-        self._dispatch(channel._command, channel._path, channel._version)
+        self._dispatch(*channel.request_line())
 
     def _dispatch(self, command: bytes, uri: bytes, version: bytes) -> None:
         self.method = command
@@ -203,14 +213,14 @@ class GatewayRequest(server.Request):
 
     def handleContentChunk(self, data: bytes) -> None:
         body = self.body
-        if body is not None and not self.finished and not self._disconnected:
+        if body is not None and not self.finished and not self.client_gone:
             body.feed(data)
 
     def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
         body = self.body
         if body is None:
             self._dispatch(command, path, version)
-        elif not self.finished and not self._disconnected:
+        elif not self.finished and not self.client_gone:
             body.finish()
 
     def body_exceeded_limit(self) -> None:
@@ -227,8 +237,10 @@ class GatewayRequest(server.Request):
             self.channel.persistent = False
             self.responseHeaders.setRawHeaders(b"Connection", [b"close"])
 
-    def _cleanup(self) -> None:
-        super()._cleanup()
+    def finish(self) -> None:
+        super().finish()
+        if not self.finished:
+            return  # (the connection was already lost: nothing was finished)
         # Finished: nothing is left to cancel or refuse. These hold the
         # request's exchange and response, which hold the request: dropping
         # them lets reference counting free the request now, instead of the
@@ -244,6 +256,7 @@ class GatewayRequest(server.Request):
             slot.release()
 
     def connectionLost(self, reason: Any) -> None:
+        self.client_gone = True
         super().connectionLost(reason)
         self.on_body_exceeded = None  # (a cycle through the response, as above)
         if self.idgw_websocket_slot is not None:
@@ -303,7 +316,7 @@ _NOT_YET = object()
 CLIENT_CLOSED_REQUEST = 499
 
 
-class GatewayChannel(http.HTTPChannel):
+class GatewayChannel(HTTPChannelInternals):
     """HTTPChannel that tolerates a response finished before its request body.
 
     It also remembers the connection's addresses: twisted.web asks for them on
@@ -334,9 +347,8 @@ class GatewayChannel(http.HTTPChannel):
 
     # When the head being read began; None: no head is being read.
     _head_since: float | None = None
-    # Nothing has arrived on this connection yet (over TLS: perhaps not even
-    # a finished handshake).
-    _silent = True
+    # (_silent, from HTTPChannelInternals: nothing has arrived on this
+    # connection yet; over TLS perhaps not even a finished handshake.)
     # A request body is being read: the idle timeout is client_body_timeout.
     _reading_body = False
 
@@ -351,14 +363,9 @@ class GatewayChannel(http.HTTPChannel):
             self._head_since = None
             self.site.heading_channels.discard(self)  # type: ignore[attr-defined]
 
-    def _send100Continue(self) -> None:  # noqa: N802 - twisted.web's name
-        # twisted.web sends "100 Continue" after gotLength, where the gateway
-        # already dispatched the request: if that answered at once (400, 413,
-        # a login redirect), a 100 after the final response is not HTTP.
+    def may_send_100_continue(self) -> bool:
         request = self.requests[-1] if self.requests else None
-        if request is None or request.startedWriting or request.finished:
-            return
-        super()._send100Continue()
+        return not (request is None or request.startedWriting or request.finished)
 
     def head_timed_out(self) -> None:
         """The head missed its deadline: 408 and close (nothing of a response began)."""
@@ -383,8 +390,7 @@ class GatewayChannel(http.HTTPChannel):
         if not self.requests:
             # The request already answered and closed the connection (413, early
             # upstream reply); the tail of its body has nothing left to reach.
-            self.length = 0
-            self._transferDecoder = None
+            self.drop_body_decoder()
             return
         super().allContentReceived()
 
@@ -466,40 +472,9 @@ class GatewayChannel(http.HTTPChannel):
             request_id=request.request_id,
         )
 
-    def dataReceived(self, data: bytes) -> None:
-        if self._silent:
-            self._silent = False
-        # A whole request head in one read, between requests: parse it in one
-        # pass (request_head) instead of line by line. Anything else (a head
-        # split over reads, a body in progress, a request being answered, an
-        # unusual head) goes through twisted.web's parser as before.
-        if (
-            self.line_mode
-            and not self._buffer
-            and not self._busyReceiving
-            and not self._handlingRequest
-            and self.persistent
-            and not self.paused
-            and self._HTTPChannel__first_line == 1
-        ):
-            found = read_request_head(data, self.maxHeaders, self.MAX_LENGTH)
-            if found is not None:
-                head, consumed = found
-                self.resetTimeout()
-                self._busyReceiving = True
-                try:
-                    self._head_received(head, consumed)
-                finally:
-                    self._busyReceiving = False
-                if consumed < len(data):
-                    # A body, or pipelined requests: as twisted.web would.
-                    # (dataReceived may have been replaced: not persistent
-                    # any more, or a WebSocket tunnel.)
-                    self.dataReceived(data[consumed:])
-                return
+    def head_parsed_by_lines(self) -> None:
         if self._head_since is None and self.line_mode:
             self._start_head()
-        super().dataReceived(data)
 
     def headerReceived(self, line: bytes) -> bool:
         # twisted.web's line-by-line parser (heads the one-pass reader leaves
@@ -511,41 +486,32 @@ class GatewayChannel(http.HTTPChannel):
         name, colon, value = line.partition(b":")
         if b"\x0b" in value or b"\x0c" in value:
             # (See request_head: whitespace to some parsers, not to others.)
-            self._respondToBadRequestAndDisconnect()
+            self.refuse_bad_request()
             return False
         if colon:
             lower = name.lower()
             if (lower == b"content-length" and parse_decimal(value.strip(b" \t")) is None) or (
                 lower == b"transfer-encoding" and value.strip(b" \t").lower() != b"chunked"
             ):
-                self._respondToBadRequestAndDisconnect()
+                self.refuse_bad_request()
                 return False
         accepted: bool = super().headerReceived(line)
-        if accepted and self._transferDecoder is not None:
-            self._transferDecoder = bound_chunked_decoder(self._transferDecoder)
+        if accepted:
+            self.bound_body_decoder()
         return accepted
 
-    def _head_received(self, head: RequestHead, size: int) -> None:
-        """What HTTPChannel.lineReceived does over a whole head, in one go."""
-        request: GatewayRequest = self.requestFactory(self, len(self.requests))  # type: ignore[assignment]
-        # The request line and headers as sent, without the blank line.
-        request.head_size = size - 2
-        self.requests.append(request)
-        self._HTTPChannel__first_line = 0
-        self._command = head.method
-        self._path = head.target
-        self._version = head.version
-        request.requestHeaders._rawHeaders = head.headers
-        if head.length:
-            self.length = head.length
-            self._transferDecoder = _IdentityTransferDecoder(
-                head.length, request.handleContentChunk, self._finishRequestBody
-            )
-        self.allHeadersReceived()
-        if self.length == 0:
-            self.allContentReceived()
-        else:
-            self.setRawMode()
+    def refuse_bad_request(self) -> None:
+        """400 and close, at once (as twisted.web answers a malformed head)."""
+        self.transport.write(b"HTTP/1.1 400 Bad Request\r\n\r\n")  # type: ignore[union-attr]
+        self.loseConnection()
+
+    def switch_to_tunnel(self, protocol: IProtocol) -> None:
+        """From now on, ``protocol`` gets this connection's bytes and its end
+        (a WebSocket tunnel), as twisted.web's own WebSocket upgrade does."""
+        self.dataReceived = protocol.dataReceived  # type: ignore[method-assign]
+        self.connectionLost = protocol.connectionLost  # type: ignore[method-assign,assignment]
+        assert self.transport is not None, "a tunnel needs a connected channel"
+        protocol.makeConnection(self.transport)
 
     _server_name: Any = _NOT_YET
 

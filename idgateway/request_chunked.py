@@ -1,43 +1,14 @@
 """Chunked request bodies with a bound on the chunk size.
 
-twisted.web's ``_ChunkedTransferDecoder`` reads a chunk size of up to 1,024
-hex digits (a length no client can send, and one more parser disagreement
-for a smuggler to try). The gateway allows 16 hex digits (64 bits, as
-``idgateway.http_numbers`` documents); a longer size is a malformed body,
-which twisted.web answers with a 400 and a closed connection.
-
-twisted.web has no public way to choose its body decoder: this subclass of
-its private one is the gateway's only such use; the fallback if Twisted
-drops the name is the stock, unbounded decoder (``BOUNDED`` says which).
+The decoder subclasses a private twisted.web class, so it lives in the seam
+(``idgateway._twisted.chunked``); this module keeps its old import path.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from idgateway._twisted.chunked import BOUNDED, bound_chunked_decoder
 
-from idgateway.http_numbers import MAX_HEX_DIGITS, leading_hex_digits
+if BOUNDED:
+    from idgateway._twisted.chunked import BoundedChunkedDecoder  # noqa: F401
 
-try:
-    from twisted.web.http import _ChunkedTransferDecoder, _MalformedChunkedDataError
-except ImportError:  # pragma: no cover - a Twisted without them
-    BOUNDED = False
-else:
-    BOUNDED = True
-
-    class BoundedChunkedDecoder(_ChunkedTransferDecoder):  # type: ignore[misc]
-        """The stock chunked decoder, refusing chunk sizes over 16 hex digits."""
-
-        def _dataReceived_CHUNK_LENGTH(self) -> bool:
-            # Only the digits the size starts with matter: whatever follows
-            # (an extension, the CRLF, junk) is the stock decoder's to judge.
-            if leading_hex_digits(self._buffer[: MAX_HEX_DIGITS + 1]) > MAX_HEX_DIGITS:
-                raise _MalformedChunkedDataError("Chunk size over 16 hex digits.")
-            return bool(super()._dataReceived_CHUNK_LENGTH())
-
-
-def bound_chunked_decoder(decoder: Any) -> Any:
-    """``decoder``, or a bounded one with the same callbacks if it is the
-    stock chunked decoder twisted.web just chose for a request body."""
-    if BOUNDED and type(decoder) is _ChunkedTransferDecoder:
-        return BoundedChunkedDecoder(decoder.dataCallback, decoder.finishCallback)
-    return decoder
+__all__ = ["BOUNDED", "bound_chunked_decoder"]

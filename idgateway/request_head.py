@@ -15,8 +15,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from twisted.web.http_headers import InvalidHeaderName, _nameEncoder
-
+from idgateway._twisted.http_headers import InvalidHeaderName, canonical_header_name
 from idgateway.http_numbers import parse_decimal
 from idgateway.http_syntax import is_token
 
@@ -92,7 +91,7 @@ def read_request_head(
         if canonical is None:
             # Not a token (a leading space: an obsolete line fold), or new.
             try:
-                canonical = _nameEncoder.encode(name)
+                canonical = canonical_header_name(name)
             except InvalidHeaderName:
                 return None
             if len(_CANONICAL_NAMES) < _MAX_CANONICAL_NAMES:

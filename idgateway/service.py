@@ -15,6 +15,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from idgateway import observe, systemd
+from idgateway._twisted import log_fallbacks
 from idgateway.config import ConfigError, load_config
 from idgateway.connection_limits import (
     OncePerSecond,
@@ -60,11 +61,11 @@ class DrainableChannel(GatewayChannel):
         finally:
             self.site.forget(self)
 
-    def _protocolUpgradeForWebsockets(self, protocol: Any) -> None:
+    def switch_to_tunnel(self, protocol: Any) -> None:
         # The request that upgraded is the first (and only) one in flight.
         if self.requests:
             self.websocket_route = getattr(self.requests[0], "idgw_route", None)
-        super()._protocolUpgradeForWebsockets(protocol)
+        super().switch_to_tunnel(protocol)
         self.upgraded = True
         # The tunnel now owns connectionLost; keep counting the connection
         # until it really ends.
@@ -244,6 +245,8 @@ class GatewayService(MultiService):
             observe.write_access_text_to(self.access_out)
         for warning in self.config.warnings:
             self._log.warn("config: {warning}", warning=warning)
+        # Private Twisted names this Twisted lacks: the stock path is taken.
+        log_fallbacks()
         for listener in self.config.listeners:
             self._listen(listener)
         self._listen_admin()

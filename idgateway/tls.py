@@ -29,14 +29,14 @@ from twisted.internet.ssl import (
     trustRootFromCertificates,
 )
 from twisted.logger import Logger
-from twisted.protocols.tls import BufferingTLSTransport, TLSMemoryBIOFactory, TLSMemoryBIOProtocol
+from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from zope.interface import implementer
 
+from idgateway._twisted.tls import TurnBufferedTLS
 from idgateway.model import CertificatePair, TLSSettings
-from idgateway.writecoalesce import TurnWriteBuffer
 
 if TYPE_CHECKING:
-    from twisted.internet._sslverify import IOpenSSLTrustRoot
+    from idgateway._twisted.tls import IOpenSSLTrustRoot
 
 HTTP_1_1 = b"http/1.1"
 
@@ -332,21 +332,6 @@ def _leaf_certificate(cert_path: str) -> x509.Certificate:
         ) from error
     except ValueError as error:
         raise TLSConfigurationError(f"no PEM certificate in {cert_path}") from error
-
-
-class TurnBufferedTLS(BufferingTLSTransport):
-    """Twisted's buffering TLS transport, its small writes gathered per reactor
-    turn by the shared flush (writecoalesce.TurnWriteBuffer) instead of a timer
-    per connection."""
-
-    def __init__(
-        self, factory: TLSMemoryBIOFactory, wrappedProtocol: Any, _connectWrapped: bool = True
-    ) -> None:
-        super().__init__(factory, wrappedProtocol, _connectWrapped)
-        self._aggregator = TurnWriteBuffer(  # type: ignore[assignment]
-            super(BufferingTLSTransport, self).write, factory._clock
-        )
-        self.write = self._aggregator.write  # type: ignore[method-assign]
 
 
 class GatewayTLSFactory(TLSMemoryBIOFactory):

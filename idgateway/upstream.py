@@ -32,6 +32,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from idgateway._twisted.tcp import wrapped_by_endpoint
 from idgateway.http_numbers import parse_decimal, parse_hex
 from idgateway.http_syntax import is_token
 from idgateway.writecoalesce import coalesce_writes
@@ -292,7 +293,7 @@ class UpstreamConnection(Protocol):
 
     def connectionMade(self) -> None:
         transport = self.transport
-        if getattr(getattr(transport, "protocol", None), "_wrappedProtocol", None) is self:
+        if wrapped_by_endpoint(transport, self):
             # A TCP connection made through an endpoint delivers every read
             # through the endpoint's wrapper protocol, which only passes it
             # on (its half-close interfaces are this protocol's, and this one

@@ -66,6 +66,7 @@ from zope.interface import implementer
 import idgateway
 from idgateway import observe as observe_module
 from idgateway import systemd
+from idgateway._twisted.tcp import adopt_listening_port
 from idgateway.config import ConfigError, load_config
 from idgateway.connection_limits import throttle_accept_logs
 from idgateway.metrics import METRICS, GatewayMetrics
@@ -716,9 +717,7 @@ class SharedPort(tcp.Port):
 
 def adopt_shared_port(reactor: Any, fd: int, family: int, factory: Any) -> IListeningPort:
     """reactor.adoptStreamPort for a socket the workers share (see SharedPort)."""
-    port = SharedPort._fromListeningDescriptor(reactor, fd, family, factory)
-    port.startListening()
-    return port
+    return adopt_listening_port(reactor, fd, family, factory, SharedPort)
 
 
 @implementer(IReadDescriptor)

@@ -14,7 +14,8 @@ passes the TCP connection under the TLS layer) so that the
 first write of a reactor turn schedules one flush at the start of the next
 turn (``callLater(0)``), shared by every such transport; the flush runs the
 transport's own ``doWrite`` (so flow control, producers and partial sends are
-Twisted's), and only a socket that did not take everything, or a connection
+Twisted's; what it reads of a transport's internals is in
+``idgateway._twisted.tcp``), and only a socket that did not take everything, or a connection
 being closed, is handed to the reactor to watch as before. Writes made in the
 same turn leave in one ``send``.
 """
@@ -25,6 +26,8 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import tcp
+
+from idgateway._twisted.tcp import COALESCING, flush_transports
 
 
 class _Flusher:
@@ -61,18 +64,7 @@ class _Flusher:
         self._scheduled = False
         if self.before:
             self._schedule()  # (a TLS flush asked for another: next turn)
-        for transport in waiting:
-            transport._flush_waiting = False
-            if not transport.connected or transport._watched:
-                continue
-            if transport.disconnecting or transport._writeDisconnecting or transport._aborting:
-                # Closing: the reactor's own path writes what is left, then closes.
-                transport._watch()
-                continue
-            if transport.doWrite() is not None or transport.dataBuffer or transport._tempDataBuffer:
-                # The kernel did not take it all, or the send failed: let the
-                # reactor watch the socket (it reports a failure as before).
-                transport._watch()
+        flush_transports(waiting)
 
 
 _flushers: dict[int, _Flusher] = {}
@@ -125,7 +117,7 @@ _UPGRADES: dict[type, type] = {tcp.Server: CoalescingServer, tcp.Client: Coalesc
 def coalesce_writes(transport: object) -> None:
     """Make ``transport`` coalesce its writes if it is a plain TCP server or client."""
     upgrade = _UPGRADES.get(type(transport))
-    if upgrade is not None:
+    if upgrade is not None and COALESCING:
         # Same instance layout (the subclass adds only defaults): only
         # startWriting and stopWriting differ.
         transport.__class__ = upgrade

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import html
+import inspect
 import json
 import os
 import socket
@@ -38,6 +39,7 @@ from twisted.internet.interfaces import (
     IStreamServerEndpoint,
 )
 from twisted.python.failure import Failure
+from twisted.web.http import HTTPFactory
 from twisted.web.http_headers import Headers
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
@@ -339,14 +341,22 @@ class EchoResource(Resource):
         return render_html(facts).encode("utf-8")
 
 
+# No form parsing: the echo reports the body's length, not its fields.
+# (Twisted before 25.5 has no such option, and parses them.)
+_NO_FORM_PARSING: dict[str, Any] = (
+    {"parsePOSTFormSubmission": False}
+    if "parsePOSTFormSubmission" in inspect.signature(HTTPFactory.__init__).parameters
+    else {}
+)
+
+
 def make_site(reactor: IReactorTime | None = None) -> Site:
     """A ``Site`` serving ``EchoResource`` on every path."""
-    # No form parsing: the echo reports the body's length, not its fields.
     return Site(
         EchoResource(),
         requestFactory=ArrivalOrderRequest,
-        parsePOSTFormSubmission=False,
         reactor=reactor,
+        **_NO_FORM_PARSING,
     )
 
 

@@ -57,6 +57,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 # One class for the config and the client: the config builds it, we use it.
+from idgateway._twisted.redis import replies_outstanding
 from idgateway.model import RedisSettings
 
 __all__ = [
@@ -371,7 +372,7 @@ class _Protocol(txredisapi.BaseRedisProtocol):  # type: ignore[misc]
 
     @property
     def outstanding(self) -> int:
-        return len(self.replyQueue.waiting)
+        return replies_outstanding(self)
 
     def abort(self) -> None:
         if self.transport is not None:

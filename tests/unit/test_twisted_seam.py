@@ -1,0 +1,303 @@
+"""Every private Twisted / txredisapi name ``idgateway/_twisted/`` uses still exists.
+
+The seam (``idgateway._twisted``) takes a fast path only when the names it
+needs are there, and the stock path otherwise. This list is the seam's
+contract with the installed Twisted: a name a new release drops fails here
+(and the gateway, meanwhile, takes the fallback: slower, not broken). It runs on
+the newest Twisted and on the floor setup.py states (``make test-floor``).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import txredisapi
+from twisted.internet import abstract, endpoints, tcp
+from twisted.internet.epollreactor import EPollReactor
+from twisted.internet.error import ConnectionDone
+from twisted.protocols import tls
+from twisted.python.failure import Failure
+from twisted.web import http, http_headers
+from twisted.web.test.requesthelper import DummyChannel
+
+import idgateway._twisted
+from idgateway._twisted import chunked, http_channel
+from idgateway._twisted import http_headers as seam_headers
+from idgateway._twisted import reactor as seam_reactor
+from idgateway._twisted import redis as seam_redis
+from idgateway._twisted import tcp as seam_tcp
+from idgateway._twisted import tls as seam_tls
+
+
+def _class(owner: Any, name: str) -> bool:
+    return inspect.isclass(getattr(owner, name, None))
+
+
+def _function(owner: Any, name: str) -> bool:
+    return callable(getattr(owner, name, None))
+
+
+def _instance_attribute(make: Callable[[], Any], kind: type) -> Callable[[Any, str], bool]:
+    def check(owner: Any, name: str) -> bool:
+        return isinstance(getattr(make(), name, None), kind)
+
+    return check
+
+
+def _class_attribute(kind: type) -> Callable[[Any, str], bool]:
+    def check(owner: Any, name: str) -> bool:
+        return isinstance(getattr(owner, name, None), kind)
+
+    return check
+
+
+def _set_in_init(owner: Any, name: str) -> bool:
+    # Made in __init__ (an instance would open descriptors): read its code.
+    return name in owner.__init__.__code__.co_names
+
+
+def _set_in_line_received(owner: Any, name: str) -> bool:
+    return name in inspect.getsource(owner.lineReceived)
+
+
+def _an_encoder(owner: Any, name: str) -> bool:
+    return _function(getattr(owner, name, None), "encode")
+
+
+_channel = http.HTTPChannel
+
+# (where, private name, what kind of thing it must be)
+PRIVATE_NAMES: list[tuple[Any, str, Callable[[Any, str], bool]]] = [
+    # _twisted/http_channel.py: the one-pass request head
+    (_channel, "_HTTPChannel__first_line", _class_attribute(int)),
+    (_channel, "_busyReceiving", _class_attribute(bool)),
+    (_channel, "_buffer", _class_attribute(bytes)),
+    (_channel, "_handlingRequest", _instance_attribute(_channel, bool)),
+    (_channel, "_finishRequestBody", _function),
+    (_channel, "_transferDecoder", _instance_attribute(_channel, type(None))),
+    (_channel, "_command", _set_in_line_received),
+    (_channel, "_path", _set_in_line_received),
+    (_channel, "_version", _set_in_line_received),
+    (http, "_IdentityTransferDecoder", _class),
+    (http_headers.Headers, "_rawHeaders", _instance_attribute(http_headers.Headers, dict)),
+    (_channel, "_dataBuffer", _instance_attribute(_channel, list)),
+    (_channel, "_send100Continue", _function),
+    # _twisted/http_headers.py
+    (http_headers, "_nameEncoder", _an_encoder),
+    # _twisted/chunked.py
+    (http, "_ChunkedTransferDecoder", _class),
+    (http, "_MalformedChunkedDataError", _class),
+    (getattr(http, "_ChunkedTransferDecoder", None), "_dataReceived_CHUNK_LENGTH", _function),
+    # _twisted/tcp.py
+    (
+        abstract.FileDescriptor,
+        "_tempDataBuffer",
+        _instance_attribute(abstract.FileDescriptor, list),
+    ),
+    (abstract.FileDescriptor, "_writeDisconnecting", _class_attribute(bool)),
+    (tcp.Connection, "_aborting", _class_attribute(bool)),
+    (tcp.Port, "_fromListeningDescriptor", _function),
+    (tcp.Port, "_logger", lambda o, n: "_logger" in inspect.getsource(o)),
+    (endpoints, "_WrappingProtocol", _class),
+    (getattr(endpoints, "_WrappingProtocol", None), "_wrappedProtocol", _set_in_init),
+    # _twisted/tls.py
+    (tls.BufferingTLSTransport, "_aggregator", _set_in_init),
+    (tls.TLSMemoryBIOFactory, "_clock", _set_in_init),
+    # _twisted/reactor.py
+    (EPollReactor, "_poller", _set_in_init),
+    (EPollReactor, "_selectables", _set_in_init),
+    (EPollReactor, "_doReadOrWrite", _function),
+    # _twisted/redis.py (txredisapi)
+    (txredisapi.BaseRedisProtocol, "replyQueue", _set_in_init),
+    (txredisapi.ReplyQueue, "waiting", _instance_attribute(txredisapi.ReplyQueue, list)),
+]
+
+
+@pytest.mark.parametrize(
+    ("owner", "name", "kind"),
+    PRIVATE_NAMES,
+    ids=[f"{getattr(o, '__name__', o)}.{n}" for o, n, _k in PRIVATE_NAMES],
+)
+def test_each_private_name_the_seam_uses_exists(
+    owner: Any, name: str, kind: Callable[[Any, str], bool]
+) -> None:
+    assert owner is not None
+    assert kind(owner, name), f"{owner!r} has no {name} of the expected kind"
+
+
+def test_the_seam_takes_every_fast_path_on_a_supported_twisted() -> None:
+    # On the installed Twisted each check the seam makes at import succeeds
+    # (a failing one means a fast path silently turned off).
+    assert http_channel.ONE_PASS_HEAD
+    assert http_channel.UNPARSED_BUFFER
+    assert chunked.BOUNDED
+    assert seam_tcp.COALESCING and seam_tcp.ADOPT_AS_SUBCLASS
+    assert seam_tls.TURN_BUFFERED
+    assert seam_reactor.LEAN and seam_reactor.LeanEPollReactor is not EPollReactor
+    assert seam_redis.COUNTED
+    assert idgateway._twisted.FALLBACKS == []
+
+
+def test_the_one_pass_head_matches_twisted_header_storage() -> None:
+    request = http.Request(DummyChannel())
+    request.requestHeaders.setRawHeaders(b"www-authenticate", [b"x"])
+    assert list(request.requestHeaders._rawHeaders) == [b"WWW-Authenticate"]
+    assert seam_headers.canonical_header_name(b"www-authenticate") == b"WWW-Authenticate"
+
+
+@pytest.mark.parametrize("name", [b"bad name", b"", b"x\r\ny", b"\xff", b" leading"])
+def test_a_header_name_that_is_no_token_is_refused(name: bytes) -> None:
+    with pytest.raises(seam_headers.InvalidHeaderName):
+        seam_headers.canonical_header_name(name)
+
+
+def test_without_namencoder_header_names_are_spelled_as_headers_stores_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(seam_headers, "_name_encoder", None)
+    for name in (b"content-type", b"www-authenticate", b"x-forwarded-for", b"DNT", b"te"):
+        headers = http_headers.Headers()
+        headers.setRawHeaders(name, [b"v"])
+        [(stored, _)] = list(headers.getAllRawHeaders())
+        assert seam_headers.canonical_header_name(name) == stored
+    with pytest.raises(seam_headers.InvalidHeaderName):
+        seam_headers.canonical_header_name(b"no:colon")
+
+
+def test_log_fallbacks_logs_each_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    from twisted.logger import capturedLogs
+
+    monkeypatch.setattr(idgateway._twisted, "FALLBACKS", [("Thing._gone", "done slowly")])
+    monkeypatch.setattr(idgateway._twisted, "_logged", False)
+    with capturedLogs() as events:
+        idgateway._twisted.log_fallbacks()
+        idgateway._twisted.log_fallbacks()
+    texts = [e["log_format"].format(**e) for e in events if "name" in e]
+    assert texts == ["this Twisted has no Thing._gone: done slowly (slower, same behaviour)"]
+
+
+def test_without_reply_counts_every_redis_connection_owes_nothing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    protocol = txredisapi.BaseRedisProtocol()
+    protocol.replyQueue.get()  # one reply owed
+    assert seam_redis.replies_outstanding(protocol) == 1
+    monkeypatch.setattr(seam_redis, "COUNTED", False)
+    assert seam_redis.replies_outstanding(protocol) == 0
+
+
+def test_without_write_internals_transports_are_left_stock(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from idgateway import writecoalesce
+
+    transport = tcp.Server.__new__(tcp.Server)
+    monkeypatch.setattr(writecoalesce, "COALESCING", False)
+    writecoalesce.coalesce_writes(transport)
+    assert type(transport) is tcp.Server
+    monkeypatch.setattr(writecoalesce, "COALESCING", True)
+    writecoalesce.coalesce_writes(transport)
+    assert type(transport) is writecoalesce.CoalescingServer
+
+
+def test_without_adopt_as_subclass_a_shared_port_is_a_stock_adopted_port(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    adopted: list[tuple[int, int, object]] = []
+
+    class Reactor:
+        def adoptStreamPort(self, fd: int, family: int, factory: object) -> str:  # noqa: N802
+            adopted.append((fd, family, factory))
+            return "stock port"
+
+    monkeypatch.setattr(seam_tcp, "ADOPT_AS_SUBCLASS", False)
+    port = seam_tcp.adopt_listening_port(Reactor(), 7, 2, "factory", tcp.Port)
+    assert port == "stock port"
+    assert adopted == [(7, 2, "factory")]
+
+
+def _serve_gateway(reads: list[bytes]) -> tuple[bytes, int]:
+    """What a GatewaySite answers to ``reads`` (Date removed), and the head
+    lines twisted.web's own parser read."""
+    import re
+
+    from twisted.internet.address import IPv4Address
+    from twisted.internet.testing import StringTransport
+    from twisted.web.resource import Resource
+    from twisted.web.server import NOT_DONE_YET
+
+    from idgateway.request import GatewaySite
+
+    class Echo(Resource):
+        isLeaf = True
+
+        def render(self, request: Any) -> object:
+            def answer(body: bytes) -> None:
+                request.write(request.method + b" " + request.uri + b" " + body)
+                request.finish()
+
+            if request.body is None:
+                answer(b"")
+            else:
+                request.body.collect(1 << 20).addCallback(answer)
+            return NOT_DONE_YET
+
+    site = GatewaySite(Echo())
+    channel = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+    assert channel is not None
+    transport = StringTransport(peerAddress=IPv4Address("TCP", "198.51.100.9", 4000))
+    channel.makeConnection(transport)
+    lines = 0
+    line_received = channel.lineReceived
+
+    def count(line: bytes) -> Any:
+        nonlocal lines
+        lines += 1
+        return line_received(line)
+
+    channel.lineReceived = count  # type: ignore[method-assign]
+    for data in reads:
+        channel.dataReceived(data)
+    output = re.sub(rb"Date: [^\r]*\r\n", b"", transport.value())
+    channel.connectionLost(Failure(ConnectionDone()))
+    return output, lines
+
+
+_HEADS = {
+    "get": [b"GET /a?b=1 HTTP/1.1\r\nHost: a\r\nAccept: */*\r\n\r\n"],
+    "post": [b"POST /f HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello"],
+    "pipelined": [b"GET /1 HTTP/1.1\r\nHost: a\r\n\r\nGET /2 HTTP/1.1\r\nHost: a\r\n\r\n"],
+    "chunk-size-too-long": [
+        b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+        + b"0" * 16
+        + b"1\r\nx\r\n0\r\n\r\n"
+    ],
+    "vertical-tab": [b"GET / HTTP/1.1\r\nHost: a\r\nX-A: 1\x0b2\r\n\r\n"],
+}
+
+
+@pytest.mark.parametrize("reads", list(_HEADS.values()), ids=list(_HEADS))
+def test_without_the_one_pass_head_twisted_web_parses_and_answers_the_same(
+    reads: list[bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fast, fast_lines = _serve_gateway(reads)
+    monkeypatch.setattr(http_channel, "ONE_PASS_HEAD", False)
+    stock, stock_lines = _serve_gateway(reads)
+    assert stock == fast
+    assert stock.startswith(b"HTTP/1.1 ")
+    assert stock_lines > 0
+
+
+def test_without_the_unparsed_buffer_a_tunnel_starts_with_nothing_pending(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    channel = http_channel.HTTPChannelInternals()
+    channel._dataBuffer = [b"ab", b"c"]
+    monkeypatch.setattr(http_channel, "UNPARSED_BUFFER", False)
+    assert channel.take_unparsed_bytes() == b""
+    monkeypatch.setattr(http_channel, "UNPARSED_BUFFER", True)
+    assert channel.take_unparsed_bytes() == b"abc"
+    assert channel.take_unparsed_bytes() == b""
