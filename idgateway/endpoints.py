@@ -26,7 +26,7 @@ from idgateway.oidc.client import (
     fetch_userinfo,
 )
 from idgateway.oidc.tokens import TokenError, validate_id_token, validate_logout_token
-from idgateway.pages import send_error, send_provider_unavailable
+from idgateway.pages import send_error, send_provider_unavailable, send_sessions_unavailable
 from idgateway.paths import AmbiguousPath
 from idgateway.sessions.cookie import parse_cookie_header
 from idgateway.sessions.flows import FlowCookies
@@ -692,13 +692,7 @@ def _forwarded_request(
 def _unexpected(failure: Any, request: GatewayRequest, what: str) -> None:
     if failure.check(RedisUnavailable):
         if not request.finished and not request.client_gone:
-            send_error(
-                request,
-                503,
-                "Sessions are unavailable right now. Please try again in a moment.",
-                error="session_store_unavailable",
-                request_id=request.request_id,
-            )
+            send_sessions_unavailable(request, request.request_id)
         return
     _log.failure(
         "unexpected error in {what} [{request_id}]",

@@ -32,7 +32,12 @@ from idgateway.oidc.client import ClientCredentials, TokenEndpointError, refresh
 from idgateway.oidc.provider import ProviderClient
 from idgateway.oidc.refresh import validate_refreshed_id_token
 from idgateway.oidc.tokens import PROVIDER_UNAVAILABLE, TokenError
-from idgateway.pages import send_error, send_provider_unavailable, wants_json
+from idgateway.pages import (
+    send_error,
+    send_provider_unavailable,
+    send_sessions_unavailable,
+    wants_json,
+)
 from idgateway.paths import PathReading, fold_case, no_fold
 from idgateway.sessions.binding import session_binding
 from idgateway.sessions.cookie import (
@@ -352,14 +357,7 @@ class RouteLogin:
         )
         if request.finished or request.client_gone:
             return
-        send_error(
-            request,
-            503,
-            "Sessions are unavailable right now. Please try again in a moment.",
-            error="session_store_unavailable",
-            request_id=request.request_id,
-            extra_headers={b"retry-after": b"5"},
-        )
+        send_sessions_unavailable(request, request.request_id)
 
     def _failed(self, failure: Failure, visit: Visit) -> None:
         request = visit.request

@@ -93,3 +93,15 @@ def send_provider_unavailable(request: IRequest, detail: str, request_id: bytes)
         request_id=request_id,
         extra_headers={b"retry-after": b"30"},
     )
+
+
+def send_sessions_unavailable(request: IRequest, request_id: bytes) -> None:
+    """503 when the session store (Redis) cannot answer: the one answer for it."""
+    send_error(
+        request,
+        503,
+        "Sessions are unavailable right now. Please try again in a moment.",
+        error="session_store_unavailable",
+        request_id=request_id,
+        extra_headers={b"retry-after": b"5"},
+    )
