@@ -2,15 +2,27 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import settings
 
 from tests.processes import REPO
 from tests.redis_process import redis, shared_redis  # noqa: F401 - fixtures
 from tests.systemd_helpers import manager, notify_socket  # noqa: F401 - fixtures
+
+# Property tests are derandomized (the same examples every run): no example
+# database, and whatever Hypothesis still stores goes to a temporary
+# directory, never .hypothesis/ in the checkout.
+os.environ.setdefault(
+    "HYPOTHESIS_STORAGE_DIRECTORY", tempfile.mkdtemp(prefix="idgateway-hypothesis-")
+)
+settings.register_profile("idgateway", database=None)
+settings.load_profile("idgateway")
 
 # What a test run may add to the checkout: Python's bytecode caches, and the
 # provider's node dependencies that the first test needing them installs (as
