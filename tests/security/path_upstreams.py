@@ -83,7 +83,8 @@ class NginxUpstream:
                 self.process.kill()
 
 
-def _resolve(path: str) -> str:
+def resolve(path: str) -> str:
+    """Merge slashes, then RFC 3986 dot-segment removal."""
     parts = re.sub("/+", "/", path).split("/")[1:]
     out: list[str] = []
     for i, part in enumerate(parts):
@@ -102,12 +103,12 @@ def servlet_path(raw: str) -> str:
     stripped = "/".join(part.split(";", 1)[0] for part in raw.split("?", 1)[0].split("/"))
     decoded = unquote_to_bytes(stripped).decode("latin-1").replace("\\", "/")
     decoded = "/".join(part.split(";", 1)[0] for part in decoded.split("/"))
-    return _resolve(decoded)
+    return resolve(decoded)
 
 
 def iis_path(raw: str) -> str:
     servlet = servlet_path(raw).lower()
-    return _resolve("/".join(part.rstrip(". ") for part in servlet.split("/")))
+    return resolve("/".join(part.rstrip(". ") for part in servlet.split("/")))
 
 
 def area(path: str) -> str:

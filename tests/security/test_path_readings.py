@@ -18,7 +18,6 @@ path, nor allowed to a user outside ``admins`` while a reading lands under the
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from urllib.parse import unquote_to_bytes
 
@@ -32,6 +31,7 @@ from idgateway.gate import ProviderHandle, RouteLogin
 from idgateway.model import ProviderSettings, Route
 from idgateway.paths import AmbiguousPath, PathJudge
 from idgateway.runtime import path_judge
+from tests.security.path_upstreams import resolve as _resolve
 
 CONFIG = """
 listeners: [{address: 127.0.0.1:8080}]
@@ -83,21 +83,8 @@ def gates(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[PathJudge
 
 
 # -- three readings of a forwarded target, independent of idgateway.paths --------
-
-
-def _resolve(path: str) -> str:
-    """Merge slashes, then RFC 3986 dot-segment removal."""
-    parts = re.sub("/+", "/", path).split("/")[1:]
-    out: list[str] = []
-    for i, part in enumerate(parts):
-        if part in (".", ".."):
-            if part == ".." and out:
-                out.pop()
-            if i == len(parts) - 1:
-                out.append("")
-            continue
-        out.append(part)
-    return "/" + "/".join(out)
+# (_resolve, shared with the test upstreams: merge slashes, then RFC 3986
+# dot-segment removal.)
 
 
 def _decode(path: str) -> str:
