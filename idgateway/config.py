@@ -48,7 +48,7 @@ from idgateway.model import (
     TLSSettings,
     Upstream,
 )
-from idgateway.schema import (  # noqa: F401  (re-exported: callers import them from here)
+from idgateway.schema import (
     CONFIG_FILE_LIMIT,
     INVALID,
     PEM_FILE_LIMIT,
@@ -59,7 +59,6 @@ from idgateway.schema import (  # noqa: F401  (re-exported: callers import them 
     Problem,
     Reader,
     Section,
-    _describe,
     _Invalid,
     _reason,
     boolean,
@@ -74,6 +73,7 @@ from idgateway.schema import (  # noqa: F401  (re-exported: callers import them 
     parsed,
     read_bounded,
     read_section,
+    record,  # noqa: F401  (re-exported: callers import them from here)
     section,
     size,
 )
@@ -426,6 +426,23 @@ TLS_FIELDS = (
     ),
 )
 _LISTEN = parsed(units.parse_listen_address, "a listen address, e.g. 127.0.0.1:8080")
+# Timeouts a listener may set for itself, over the top-level keys of the same names.
+LISTENER_TIMEOUTS = ("client_header_timeout", "client_body_timeout", "client_send_timeout")
+
+
+def _listener_override(name: str) -> Field:
+    return Field(
+        name,
+        duration(),
+        type_text="duration > 0",
+        default_text="default: the top-level value",
+        description=f"""
+            This listener's own value of the top-level ``{name}``.
+            Example: ``{name}: 5s``
+        """,
+    )
+
+
 LISTENER_FIELDS = (
     Field(
         "address",
@@ -445,11 +462,7 @@ LISTENER_FIELDS = (
     ),
     Field(
         "tls",
-        mapping(
-            TLS_FIELDS,
-            f"a mapping like {{certificates: [{_PAIR}]}}",
-            lambda _, found: TLSSettings(**found.values),
-        ),
+        record(TLS_FIELDS, f"a mapping like {{certificates: [{_PAIR}]}}", TLSSettings),
         type_text="mapping",
         default_text="default: none, plain HTTP",
         fields=TLS_FIELDS,
@@ -457,36 +470,7 @@ LISTENER_FIELDS = (
     ),
     # No default: absent means the top-level value (or, for max_connections,
     # the share of the file-descriptor limit), decided where it is used.
-    Field(
-        "client_header_timeout",
-        duration(),
-        type_text="duration > 0",
-        default_text="default: the top-level values",
-        description=r"""
-            This listener's own values of the top-level keys of the same names.
-            Example: ``client_header_timeout: 5s``
-        """,
-    ),
-    Field(
-        "client_body_timeout",
-        duration(),
-        type_text="duration > 0",
-        default_text="default: the top-level values",
-        description=r"""
-            This listener's own values of the top-level keys of the same names.
-            Example: ``client_header_timeout: 5s``
-        """,
-    ),
-    Field(
-        "client_send_timeout",
-        duration(),
-        type_text="duration > 0",
-        default_text="default: the top-level values",
-        description=r"""
-            This listener's own values of the top-level keys of the same names.
-            Example: ``client_header_timeout: 5s``
-        """,
-    ),
+    *(_listener_override(name) for name in LISTENER_TIMEOUTS),
     Field(
         "max_connections",
         integer(1, 10000),
@@ -561,11 +545,7 @@ PATH_FIELDS = (
     ),
     Field(
         "authorize",
-        mapping(
-            AUTHORIZE_FIELDS,
-            "a mapping like {groups: [admins]}",
-            lambda _, found: AuthorizeRules(**found.values),
-        ),
+        record(AUTHORIZE_FIELDS, "a mapping like {groups: [admins]}", AuthorizeRules),
         type_text="mapping",
         default_text="optional",
         fields=AUTHORIZE_FIELDS,
@@ -805,10 +785,10 @@ ROUTE_FIELDS = (
     ),
     Field(
         "path_rules",
-        mapping(
+        record(
             PATH_RULES_FIELDS,
             "a mapping like {encoded_slashes: pass, backslashes: refuse}",
-            lambda _, found: PathRules(**found.values),
+            PathRules,
         ),
         default=PathRules(),
         type_text="mapping",
@@ -958,7 +938,8 @@ _NETWORKS = list_of(
     parsed(units.parse_network, "an IP address or network, e.g. 10.0.0.0/8"),
     "a list of IP addresses or networks, e.g. [10.0.0.0/8, 192.0.2.7]",
 )
-ADMIN_FIELDS = (Field(
+ADMIN_FIELDS = (
+    Field(
         "address",
         _LISTEN,
         default=("127.0.0.1", 9901),
@@ -969,7 +950,8 @@ ADMIN_FIELDS = (Field(
             ``[ipv6]:port``, ``:port``, ``port``); the default makes ``admin: {}``
             enough. Use a port that no listener uses.
         """,
-    ),)
+    ),
+)
 TOP_FIELDS = (
     Field(
         "listeners",
@@ -1208,10 +1190,10 @@ TOP_FIELDS = (
     ),
     Field(
         "logging",
-        mapping(
+        record(
             LOGGING_FIELDS,
             "a mapping like {access_log: true, format: json, user_id: hash}",
-            lambda _, found: LoggingSettings(**found.values),
+            LoggingSettings,
         ),
         default=LoggingSettings(),
         type_text="mapping",
@@ -1224,11 +1206,7 @@ TOP_FIELDS = (
     ),
     Field(
         "reload",
-        mapping(
-            RELOAD_FIELDS,
-            "a mapping like {watch: true, interval: 2s}",
-            lambda _, found: ReloadSettings(**found.values),
-        ),
+        record(RELOAD_FIELDS, "a mapping like {watch: true, interval: 2s}", ReloadSettings),
         default=ReloadSettings(),
         type_text="mapping",
         default_text="default ``{watch: false, interval: 2s}``",

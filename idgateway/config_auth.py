@@ -53,6 +53,7 @@ from idgateway.schema import (
     parsed,
     read_bounded,
     read_section,
+    record,
 )
 from idgateway.sessions.redis_client import parse_redis_url
 
@@ -1053,7 +1054,8 @@ HEADER_OPTION_FIELDS = (
     ),
 )
 
-FORWARD_AUTH_FIELDS = (Field(
+FORWARD_AUTH_FIELDS = (
+    Field(
         "pass_tokens",
         boolean,
         default=False,
@@ -1067,7 +1069,8 @@ FORWARD_AUTH_FIELDS = (Field(
             (``auth_request_set $token $upstream_http_oidc_access_token;``).
             Example: ``forward_auth: {pass_tokens: true}``
         """,
-    ),)
+    ),
+)
 
 AUTHORIZE_FIELDS = (
     Field(
@@ -1127,11 +1130,7 @@ AUTHORIZE_FIELDS = (
 ROUTE_AUTH_FIELDS = (
     Field(
         "oidc",
-        mapping(
-            OIDC_FIELDS,
-            "a mapping like {provider: wso2, client_id: app1, ...}",
-            lambda _, found: OIDCSettings(**found.values),
-        ),
+        record(OIDC_FIELDS, "a mapping like {provider: wso2, client_id: app1, ...}", OIDCSettings),
         type_text="mapping",
         default_text="default: none, no login",
         fields=OIDC_FIELDS,
@@ -1417,11 +1416,7 @@ ROUTE_AUTH_FIELDS = (
     ),
     Field(
         "authorize",
-        mapping(
-            AUTHORIZE_FIELDS,
-            "a mapping like {email_domains: [example.com]}",
-            lambda _, found: AuthorizeRules(**found.values),
-        ),
+        record(AUTHORIZE_FIELDS, "a mapping like {email_domains: [example.com]}", AuthorizeRules),
         default=AuthorizeRules(),
         type_text="mapping",
         default_text="default: none, every user signed in may pass",
@@ -1455,11 +1450,7 @@ ROUTE_AUTH_FIELDS = (
     ),
     Field(
         "forward_auth",
-        mapping(
-            FORWARD_AUTH_FIELDS,
-            "a mapping like {pass_tokens: false}",
-            lambda _, found: ForwardAuthSettings(**found.values),
-        ),
+        record(FORWARD_AUTH_FIELDS, "a mapping like {pass_tokens: false}", ForwardAuthSettings),
         default=ForwardAuthSettings(),
         type_text="mapping",
         default_text="default ``{pass_tokens: false}``",

@@ -303,6 +303,11 @@ def list_of(item: Converter, expected: str, min_items: int = 0) -> Converter:
     return convert
 
 
+def record(fields: Sequence[Field], expected: str, cls: Callable[..., Any]) -> Converter:
+    """A mapping read against ``fields`` and built into ``cls(**values)``."""
+    return mapping(fields, expected, lambda _, found: cls(**found.values))
+
+
 def section(fields: Sequence[Field], expected: str) -> Converter:
     """The Section itself, for builders that need several sections at once (routes)."""
     return lambda reader, node, key: read_section(reader, node, key, fields, expected)
