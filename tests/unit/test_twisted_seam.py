@@ -17,9 +17,7 @@ import pytest
 import txredisapi
 from twisted.internet import abstract, endpoints, tcp
 from twisted.internet.epollreactor import EPollReactor
-from twisted.internet.error import ConnectionDone
 from twisted.protocols import tls
-from twisted.python.failure import Failure
 from twisted.web import http, http_headers
 from twisted.web.test.requesthelper import DummyChannel
 
@@ -220,49 +218,10 @@ def test_without_adopt_as_subclass_a_shared_port_is_a_stock_adopted_port(
 
 
 def _serve_gateway(reads: list[bytes]) -> tuple[bytes, int]:
-    """What a GatewaySite answers to ``reads`` (Date removed), and the head
-    lines twisted.web's own parser read."""
-    import re
+    """The gateway channel's answer to these reads, and the lines twisted.web parsed."""
+    from tests.unit.test_request_head import _serve
 
-    from twisted.internet.address import IPv4Address
-    from twisted.internet.testing import StringTransport
-    from twisted.web.resource import Resource
-    from twisted.web.server import NOT_DONE_YET
-
-    from idgateway.request import GatewaySite
-
-    class Echo(Resource):
-        isLeaf = True
-
-        def render(self, request: Any) -> object:
-            def answer(body: bytes) -> None:
-                request.write(request.method + b" " + request.uri + b" " + body)
-                request.finish()
-
-            if request.body is None:
-                answer(b"")
-            else:
-                request.body.collect(1 << 20).addCallback(answer)
-            return NOT_DONE_YET
-
-    site = GatewaySite(Echo())
-    channel = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
-    assert channel is not None
-    transport = StringTransport(peerAddress=IPv4Address("TCP", "198.51.100.9", 4000))
-    channel.makeConnection(transport)
-    lines = 0
-    line_received = channel.lineReceived
-
-    def count(line: bytes) -> Any:
-        nonlocal lines
-        lines += 1
-        return line_received(line)
-
-    channel.lineReceived = count  # type: ignore[method-assign]
-    for data in reads:
-        channel.dataReceived(data)
-    output = re.sub(rb"Date: [^\r]*\r\n", b"", transport.value())
-    channel.connectionLost(Failure(ConnectionDone()))
+    _, output, _, lines = _serve(reads, fast=True)
     return output, lines
 
 
