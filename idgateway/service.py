@@ -338,26 +338,19 @@ class GatewayService(MultiService):
         """The listener's Site, behind TLS on a TLS listener."""
         header_timeout, body_timeout, max_connections = self.listener_limits(listener, self.config)
         resource = GatewayResource(self.holder, tls=listener.tls is not None, port=listener.port)
-        site: GatewaySite
+        limits: dict[str, Any] = {}
         if issubclass(self.site_class, DrainableSite):
-            site = self.site_class(
-                resource,
-                timeout=CLIENT_IDLE_TIMEOUT,
-                reactor=self.reactor,
-                header_timeout=header_timeout,
-                body_timeout=body_timeout,
-                max_connections=max_connections,
-                address=listener.address,
-            )
+            limits = {"max_connections": max_connections, "address": listener.address}
+        site: GatewaySite = self.site_class(
+            resource,
+            timeout=CLIENT_IDLE_TIMEOUT,
+            reactor=self.reactor,
+            header_timeout=header_timeout,
+            body_timeout=body_timeout,
+            **limits,
+        )
+        if isinstance(site, DrainableSite):
             self._drain_sites.append(site)
-        else:
-            site = self.site_class(
-                resource,
-                timeout=CLIENT_IDLE_TIMEOUT,
-                reactor=self.reactor,
-                header_timeout=header_timeout,
-                body_timeout=body_timeout,
-            )
         site.send_timeout = self.send_timeout(listener, self.config)
         self._sites[(listener.host, listener.port)] = site
         if listener.tls is None:
