@@ -86,11 +86,11 @@ class _Fixture:
         from twisted.internet.task import Clock
         from twisted.internet.testing import MemoryReactorClock
 
-        from idgateway.config import load_config
-        from idgateway.gate import ProviderHandle
+        from idgateway.config.load import load_config
+        from idgateway.gate.session_check import ProviderHandle
         from idgateway.oidc.provider import ProviderMetadata
-        from idgateway.proxy import GatewayResource, StateHolder
-        from idgateway.runtime import StateBuilder
+        from idgateway.routing.resource import GatewayResource, StateHolder
+        from idgateway.routing.state import StateBuilder
 
         self.key = base64.b64encode(os.urandom(32)).decode("ascii")
         with tempfile.TemporaryDirectory(prefix="idgateway-gate-micro-") as tmp:
@@ -163,7 +163,7 @@ class _Fixture:
     def request(self, cookie: bytes):
         from twisted.web.test.requesthelper import DummyChannel
 
-        from idgateway.request import GatewayRequest
+        from idgateway.server.channel import GatewayRequest
 
         channel = DummyChannel()
         request = GatewayRequest(channel)
@@ -179,7 +179,7 @@ class _Fixture:
         headers.setRawHeaders(
             b"Cookie", [b"_ga=GA1.1.1843; %s=%s; theme=dark" % (self.cookie_name, cookie)]
         )
-        # What render does before the gate: the path's one reading (idgateway.paths).
+        # What render does before the gate: the path's one reading (idgateway.http.paths).
         request.idgw_reading = self.runtime.paths.read(request.path)
         return request
 

@@ -1107,8 +1107,8 @@ def store_sessions(
     global _deferred_signals
     from twisted.internet import defer
 
+    from idgateway.redis.client import RedisClient, RedisSettings
     from idgateway.sessions.keys import KeyRing
-    from idgateway.sessions.redis_client import RedisClient, RedisSettings
     from idgateway.sessions.redis_store import RedisSessionStore
     from tests.redis_process import run_in_reactor
 
@@ -1566,7 +1566,7 @@ def measure_login_cpu(rig: LoginRig, srv: Server, count: int) -> dict:
 
 def login_binding(rig: LoginRig) -> bytes:
     """What the login gateway's sessions are bound to: its provider and client id."""
-    from idgateway.model import ProviderSettings
+    from idgateway.config.model import ProviderSettings
     from idgateway.sessions.binding import session_binding
 
     provider = ProviderSettings(name="wso2", discovery_url=rig.provider.discovery_url())

@@ -8,7 +8,7 @@ from typing import Any
 
 sys.path.insert(0, os.path.abspath(".."))
 
-from idgateway import config_reference  # noqa: E402
+from idgateway.config import reference as config_reference  # noqa: E402
 
 project = "idgateway"
 author = "the idgateway developers"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from idgateway.config import ConfigError, load_config, summarize
+from idgateway.config.load import ConfigError, load_config, summarize
 from idgateway.importers import KINDS, ImporterError, ImportOptions, import_file
 
 

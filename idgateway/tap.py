@@ -10,7 +10,7 @@ from typing import Any
 
 from twisted.python import usage
 
-from idgateway.config import ConfigError, load_config, summarize
+from idgateway.config.load import ConfigError, load_config, summarize
 
 
 class Options(usage.Options):
@@ -39,7 +39,7 @@ class Options(usage.Options):
 
 
 def makeService(options: Options, reactor: Any = None) -> Any:
-    from idgateway.service import GatewayService
+    from idgateway.server.service import GatewayService
 
     if reactor is None:
         from twisted.internet import reactor as global_reactor
@@ -47,7 +47,7 @@ def makeService(options: Options, reactor: Any = None) -> Any:
         reactor = global_reactor
     config = options["parsed_config"]
     if config.workers > 1:
-        from idgateway.workers import MasterService
+        from idgateway.workers.master import MasterService
 
         return MasterService(
             config,

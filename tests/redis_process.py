@@ -34,7 +34,7 @@ from twisted.internet import defer
 from twisted.internet.epollreactor import EPollReactor
 from twisted.python.failure import Failure
 
-from idgateway.sessions.redis_client import RedisSettings
+from idgateway.redis.client import RedisSettings
 
 T = TypeVar("T")
 

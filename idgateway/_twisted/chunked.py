@@ -3,7 +3,7 @@
 twisted.web's ``_ChunkedTransferDecoder`` reads a chunk size of up to 1,024
 hex digits (a length no client can send, and one more parser disagreement
 for a smuggler to try). The gateway allows 16 hex digits (64 bits, as
-``idgateway.http_numbers`` documents); a longer size is a malformed body,
+``idgateway.http.numbers`` documents); a longer size is a malformed body,
 which twisted.web answers with a 400 and a closed connection.
 
 Private names used (twisted.web.http): ``_ChunkedTransferDecoder`` (its
@@ -17,7 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 from idgateway._twisted import note_fallback
-from idgateway.http_numbers import MAX_HEX_DIGITS, leading_hex_digits
+from idgateway.http.numbers import MAX_HEX_DIGITS, leading_hex_digits
 
 try:
     from twisted.web.http import _ChunkedTransferDecoder, _MalformedChunkedDataError

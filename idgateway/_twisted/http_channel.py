@@ -1,6 +1,6 @@
 """twisted.web's HTTPChannel internals behind the gateway's channel.
 
-``HTTPChannelInternals`` is the base of ``idgateway.request.GatewayChannel``:
+``HTTPChannelInternals`` is the base of ``idgateway.server.channel.GatewayChannel``:
 everything that channel needs to read or write inside twisted.web's
 ``HTTPChannel`` (and ``LineReceiver`` under it) happens here.
 
@@ -12,7 +12,7 @@ Private names used (twisted.web.http, twisted.protocols.basic, http_headers):
   ``lineReceived`` leaves it), ``._finishRequestBody``, ``._transferDecoder``
   and ``_IdentityTransferDecoder`` (the body decoder ``headerReceived`` would
   choose), ``Headers._rawHeaders`` (a parsed head handed over whole): the
-  one-pass head reader (``idgateway.request_head``). Without any of them
+  one-pass head reader (``idgateway.server.request_head``). Without any of them
   (``ONE_PASS_HEAD`` False) every head goes through twisted.web's line parser,
   as stock: slower, same answers.
 - ``HTTPChannel._transferDecoder`` and ``_ChunkedTransferDecoder`` (see
@@ -36,7 +36,7 @@ from twisted.web.http_headers import Headers
 
 from idgateway._twisted import note_fallback
 from idgateway._twisted.chunked import bound_chunked_decoder
-from idgateway.request_head import RequestHead, read_request_head
+from idgateway.server.request_head import RequestHead, read_request_head
 
 _identity_decoder: Any = getattr(http, "_IdentityTransferDecoder", None)
 

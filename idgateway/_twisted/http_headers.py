@@ -11,7 +11,7 @@ from __future__ import annotations
 from twisted.web import http_headers
 
 from idgateway._twisted import note_fallback
-from idgateway.http_syntax import is_token
+from idgateway.http.syntax import is_token
 
 
 class InvalidHeaderName(ValueError):

@@ -4,7 +4,7 @@ Private names used (EPollReactor): ``_poller`` (the epoll object),
 ``_selectables`` (descriptor -> selectable), ``_doReadOrWrite`` (one event's
 dispatch, which already catches and logs what doRead/doWrite raise).
 ``LeanEPollReactor.doPoll`` is EPollReactor's without ``log.callWithLogger``
-around each event (see ``idgateway.lean_reactor``). Without those names
+around each event (see ``idgateway.workers.event_loop``). Without those names
 (``LEAN`` False), ``LeanEPollReactor`` is the stock EPollReactor.
 """
 
@@ -22,7 +22,7 @@ class _LeanEPollReactor(EPollReactor):
     """EPollReactor, its events dispatched without callWithLogger."""
 
     # (The namespace it always had, before it moved into the seam.)
-    _lean_log = Logger(namespace="idgateway.lean_reactor.LeanEPollReactor")
+    _lean_log = Logger(namespace="idgateway.workers.event_loop.LeanEPollReactor")
 
     def doPoll(self, timeout: float | None) -> None:
         if timeout is None:

@@ -5,7 +5,7 @@ Private names used:
 - ``FileDescriptor._writeDisconnecting``, ``._aborting``,
   ``._tempDataBuffer`` (twisted.internet.abstract): whether a TCP transport is
   closing, and whether it still holds bytes, after the shared per-turn flush
-  of ``idgateway.writecoalesce`` ran its ``doWrite``. Without them
+  of ``idgateway.server.socket_writes`` ran its ``doWrite``. Without them
   (``COALESCING`` False) ``coalesce_writes`` leaves transports as they are:
   Twisted's own write path, one epoll change more per write.
 - ``tcp.Port._fromListeningDescriptor``: a listening socket the workers share,

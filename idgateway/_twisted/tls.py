@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from twisted.protocols.tls import BufferingTLSTransport, TLSMemoryBIOFactory
 
 from idgateway._twisted import note_fallback
-from idgateway.writecoalesce import TurnWriteBuffer
+from idgateway.server.socket_writes import TurnWriteBuffer
 
 if TYPE_CHECKING:
     from twisted.internet._sslverify import IOpenSSLTrustRoot as IOpenSSLTrustRoot

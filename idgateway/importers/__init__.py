@@ -27,7 +27,8 @@ from typing import Any
 
 import attrs
 
-from idgateway import units
+from idgateway.config import values as units
+from idgateway.config.schema import ConfigError
 from idgateway.importers._yaml import (
     Block,
     ConfigText,
@@ -38,7 +39,6 @@ from idgateway.importers._yaml import (
     render,
     shown,
 )
-from idgateway.schema import ConfigError
 
 KINDS = ("oauth2-proxy", "mod_auth_openidc")
 
@@ -333,7 +333,7 @@ def finish(
 
 def check(text: str, environ: dict[str, str]) -> list[str]:
     """What load_config objects to in ``text`` (paths shown relative to gateway.yaml)."""
-    from idgateway.config import load_config
+    from idgateway.config.load import load_config
 
     with tempfile.TemporaryDirectory(prefix="idgateway-import-") as directory:
         path = os.path.join(directory, "gateway.yaml")

@@ -34,7 +34,7 @@ WIDTH = 96
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _BARE_REFERENCE = re.compile(r"\$\{[A-Za-z_][A-Za-z0-9_]*\}")
 # The configuration loader hides ${NAME} behind these two private-use characters
-# while it parses (idgateway.schema.hide_references) and turns them back into
+# while it parses (idgateway.config.schema.hide_references) and turns them back into
 # "${" and "}" in every value afterwards: a value holding them cannot be written
 # so that it reads back literally.
 _LOADER_RESERVED = ("\ue000", "\ue001")

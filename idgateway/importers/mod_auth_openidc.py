@@ -24,8 +24,8 @@ from urllib.parse import parse_qsl
 
 import attrs
 
-from idgateway import units
-from idgateway.config_regex import not_starting_with
+from idgateway.config import values as units
+from idgateway.config.regex import not_starting_with
 from idgateway.importers import (
     ImporterError,
     ImportOptions,

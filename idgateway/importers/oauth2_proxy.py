@@ -22,7 +22,7 @@ import re
 import tomllib
 from typing import Any
 
-from idgateway import units
+from idgateway.config import values as units
 from idgateway.importers import (
     ImporterError,
     ImportOptions,

@@ -36,9 +36,9 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IPolicyForHTTPS, IResponse
 from zope.interface import implementer
 
+from idgateway.config.values import mask_credentials
 from idgateway.oidc import bounded_json
-from idgateway.tls import HTTP_1_1, client_tls_options
-from idgateway.units import mask_credentials
+from idgateway.server.tls import HTTP_1_1, client_tls_options
 
 _T = TypeVar("_T")
 
@@ -61,7 +61,7 @@ class HTTPFailure(Exception):
 
 
 class CallObserver(Protocol):
-    """Where a provider's HTTP client reports its calls (``idgateway.metrics``)."""
+    """Where a provider's HTTP client reports its calls (``idgateway.observe.metrics``)."""
 
     def observe(self, call: str, seconds: float) -> None: ...
 
@@ -111,7 +111,7 @@ def make_http_client(
 
     ``ca_file`` is a PEM bundle (one or more certificates) to trust instead of
     the platform's store; it is read now, so a bad path fails at start
-    (``idgateway.tls.TLSConfigurationError``). ``insecure_skip_verify`` turns
+    (``idgateway.server.tls.TLSConfigurationError``). ``insecure_skip_verify`` turns
     off certificate and host name checks entirely: the caller must have logged
     a warning. ``timeout`` bounds connection set-up; use ``send`` for a
     deadline on whole requests. ``calls`` receives each call's time and failures.
@@ -144,7 +144,7 @@ class VerifyingTLSPolicy:
         self._ca_file = ca_file
 
     def creatorForNetloc(self, hostname: bytes, port: int) -> IOpenSSLClientConnectionCreator:
-        # Cached per host and CA file contents by idgateway.tls.
+        # Cached per host and CA file contents by idgateway.server.tls.
         return client_tls_options(hostname.decode("idna"), self._ca_file)
 
 

@@ -28,9 +28,9 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from idgateway.config.values import mask_credentials
 from idgateway.oidc.http import HTTPFailure, count_error, send
 from idgateway.oidc.transport import InsecureTransport, check_configured_url, check_endpoint
-from idgateway.units import mask_credentials
 
 DISCOVERY_SUFFIX = "/.well-known/openid-configuration"
 

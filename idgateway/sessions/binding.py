@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 
-from idgateway.model import ProviderSettings
+from idgateway.config.model import ProviderSettings
 
 
 def session_binding(provider: ProviderSettings, client_id: str) -> bytes:

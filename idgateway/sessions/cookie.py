@@ -25,7 +25,7 @@ from typing import Any
 
 import attrs
 
-from idgateway.http_numbers import parse_decimal
+from idgateway.http.numbers import parse_decimal
 from idgateway.sessions.keys import KeyRing
 from idgateway.sessions.model import Session
 

@@ -36,10 +36,10 @@ from typing import Any
 
 from twisted.logger import Logger
 
-from idgateway.metrics import METRICS, GatewayMetrics
+from idgateway.observe.metrics import METRICS, GatewayMetrics
+from idgateway.redis.client import RedisClient, RedisUnavailable
 from idgateway.sessions.keys import KeyRing
 from idgateway.sessions.model import Session
-from idgateway.sessions.redis_client import RedisClient, RedisUnavailable
 
 __all__ = ["RedisSessionStore", "RedisUnavailable", "session_key_hash"]
 

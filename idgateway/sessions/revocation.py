@@ -42,7 +42,7 @@ from typing import Any
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from idgateway.sessions.redis_client import RedisClient, RedisUnavailable
+from idgateway.redis.client import RedisClient, RedisUnavailable
 
 __all__ = ["REVOKED_CHANNEL", "RedisUnavailable", "ReplayCache", "RevocationList"]
 

@@ -39,7 +39,6 @@ MOD_CLIENT_ID = "Hn4sQ2wLx8vRt0bKp6yMz1cJfa3e"
 MOD_CLIENT_SECRET = "modauth-guide-client-secret-5c2e7b"
 
 
-
 def provider_config(client_id: str, secret: str, redirect_uri: str) -> dict:
     return {
         "tenants": {

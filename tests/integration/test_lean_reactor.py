@@ -9,7 +9,7 @@ import pytest
 from twisted.logger import capturedLogs
 from twisted.python import context, log
 
-from idgateway.lean_reactor import LeanEPollReactor
+from idgateway.workers.event_loop import LeanEPollReactor
 
 
 class _Reader:

@@ -23,13 +23,13 @@ from typing import Any
 
 import pytest
 
-from idgateway.sessions.keys import KeyRing
-from idgateway.sessions.redis_client import (
+from idgateway.redis.client import (
     RedisClient,
     RedisCommandError,
     RedisSettings,
     RedisUnavailable,
 )
+from idgateway.sessions.keys import KeyRing
 from idgateway.sessions.redis_store import RedisSessionStore
 from tests.certs import make_ca
 from tests.redis_process import (
@@ -657,5 +657,3 @@ def test_nothing_listening_fails_fast_and_closed_clients_refuse() -> None:
             await client.get("x")
 
     run_in_reactor(main)
-
-

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from idgateway.sessions.redis_client import RedisClient, RedisUnavailable
+from idgateway.redis.client import RedisClient, RedisUnavailable
 from idgateway.sessions.revocation import ReplayCache, RevocationList
 from tests.redis_process import (
     RedisProcess,

@@ -1,4 +1,4 @@
-"""idgateway.systemd with real sockets and child processes: sd_listen_fds in a child, and
+"""idgateway.server.systemd with real sockets and child processes: sd_listen_fds in a child, and
 adopting passed listening sockets (the in-memory half is tests/unit/test_systemd.py)."""
 
 from __future__ import annotations
@@ -15,11 +15,11 @@ import pytest
 from twisted.internet.protocol import Factory
 from twisted.internet.testing import MemoryReactorClock
 
-from idgateway import systemd
-from idgateway.config import load_config
-from idgateway.service import GatewayService
-from idgateway.systemd import PassedSocket, PassedSockets
-from idgateway.workers import MasterService
+from idgateway.config.load import load_config
+from idgateway.server import systemd
+from idgateway.server.service import GatewayService
+from idgateway.server.systemd import PassedSocket, PassedSockets
+from idgateway.workers.master import MasterService
 from tests.systemd_helpers import Manager, write_config
 
 
@@ -241,7 +241,7 @@ for offset, fd in enumerate(high):
     os.close(fd)
 os.environ["LISTEN_PID"] = str(os.getpid())
 os.environ["LISTEN_FDS"] = str(count)
-from idgateway import systemd
+from idgateway.server import systemd
 found = systemd.listen_fds()
 inheritable = {str(key): os.get_inheritable(fd) for key, fd in found.items()}
 passed = systemd.PassedSockets.from_environment(os.environ)  # already unset: nothing
@@ -276,7 +276,7 @@ AFTER_TWISTED = """
 import json, os
 import twisted.internet.endpoints
 gone = [name for name in ("LISTEN_PID", "LISTEN_FDS") if name not in os.environ]
-from idgateway import systemd
+from idgateway.server import systemd
 found = systemd.inherited()
 print(json.dumps({
     "gone": gone,

@@ -8,8 +8,8 @@ from typing import Any
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import MemoryReactorClock
 
-from idgateway.model import Listener
-from idgateway.workers import adopt_shared_port, bind_listener
+from idgateway.config.model import Listener
+from idgateway.workers.master import adopt_shared_port, bind_listener
 
 
 class _Counting(Factory):

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from idgateway.config import ConfigError, load_config
-from idgateway.schema import SECRET_FILE_LIMIT, YAML_NODE_BUDGET, expanded_size
+from idgateway.config.load import ConfigError, load_config
+from idgateway.config.schema import SECRET_FILE_LIMIT, YAML_NODE_BUDGET, expanded_size
 
 KEY = "a" * 43 + "="
 
@@ -97,7 +97,11 @@ def test_the_config_file_itself_may_not_be_a_fifo(tmp_path: Path) -> None:
     path = _fifo(tmp_path)
     # In a child process with a timeout: a blocking open would hang the test.
     result = subprocess.run(
-        [sys.executable, "-c", f"from idgateway.config import load_config; load_config({path!r})"],
+        [
+            sys.executable,
+            "-c",
+            f"from idgateway.config.load import load_config; load_config({path!r})",
+        ],
         capture_output=True,
         text=True,
         timeout=20,
@@ -143,7 +147,7 @@ def test_alias_and_merge_bombs_are_refused_quickly(tmp_path: Path, text: str) ->
 def test_ordinary_anchors_stay_well_under_the_budget(tmp_path: Path) -> None:
     import yaml
 
-    from idgateway.schema import hide_references
+    from idgateway.config.schema import hide_references
 
     text = (Path(__file__).resolve().parents[2] / "etc" / "gateway.yaml").read_text()
     root = yaml.compose(hide_references(text), Loader=yaml.SafeLoader)
@@ -204,8 +208,12 @@ def test_a_cookie_domain_that_misses_a_host_is_warned_about(tmp_path: Path) -> N
 
 @pytest.mark.parametrize(
     ("address", "warned"),
-    [("127.0.0.1:9901", False), ("[::1]:9901", False), ("0.0.0.0:9901", True),
-     ("10.1.2.3:9901", True)],
+    [
+        ("127.0.0.1:9901", False),
+        ("[::1]:9901", False),
+        ("0.0.0.0:9901", True),
+        ("10.1.2.3:9901", True),
+    ],
 )
 def test_an_admin_listener_off_loopback_is_warned_about(tmp_path, address, warned) -> None:
     text = config_text() + f"admin: {{address: '{address}'}}\n"
@@ -319,7 +327,7 @@ routes:
     ],
 )
 def test_masking_covers_passwords_with_slashes_and_at_signs(text: str, secret: str) -> None:
-    from idgateway.units import mask_credentials
+    from idgateway.config.values import mask_credentials
 
     masked = mask_credentials(text)
     assert secret not in masked and "hunter2" not in masked and ":***@" in masked

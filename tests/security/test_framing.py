@@ -3,10 +3,10 @@
 A gateway and the server behind it that disagree where a message ends can be
 made to read one response as two (response splitting) or one request as two
 (request smuggling). The gateway has three framing parsers: the upstream
-response parser with its chunked decoder (``idgateway.upstream``), and the
-client request-head parser (``idgateway.request_head``, with twisted.web's
+response parser with its chunked decoder (``idgateway.proxy.upstream``), and the
+client request-head parser (``idgateway.server.request_head``, with twisted.web's
 line parser as its fallback) with its chunked body decoder
-(``idgateway.request_chunked``). Each is driven in memory on the same bytes as
+(``idgateway._twisted.chunked``). Each is driven in memory on the same bytes as
 h11 (the reference), and the outcomes compared:
 
 - ``same``: both accept, with the same status or request line and the same
@@ -42,9 +42,9 @@ from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
-from idgateway.http_numbers import parse_decimal, parse_hex
-from idgateway.request import GatewaySite
-from idgateway.upstream import Exchange, UpstreamPool
+from idgateway.http.numbers import parse_decimal, parse_hex
+from idgateway.proxy.upstream import Exchange, UpstreamPool
+from idgateway.server.channel import GatewaySite
 from tests.processes import GatewayProcess, free_port
 
 SAME = "same"

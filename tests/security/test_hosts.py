@@ -48,7 +48,12 @@ def raw(port: int, head: bytes) -> tuple[int, dict[bytes, bytes], bytes]:
 def get(port: int, host: bytes, target: bytes = b"/", extra: bytes = b"") -> tuple:
     return raw(
         port,
-        b"GET " + target + b" HTTP/1.1\r\nHost: " + host + b"\r\n" + extra
+        b"GET "
+        + target
+        + b" HTTP/1.1\r\nHost: "
+        + host
+        + b"\r\n"
+        + extra
         + b"Connection: close\r\n\r\n",
     )
 
@@ -145,8 +150,9 @@ def test_login_redirect_uses_the_normalised_host(tmp_path: Path) -> None:
         "tenants": {
             "carbon.super": {
                 "clients": [
-                    registered_client("app1-client", "s", "app1.localhost", port,
-                                      "client_secret_basic")
+                    registered_client(
+                        "app1-client", "s", "app1.localhost", port, "client_secret_basic"
+                    )
                 ]
             }
         }

@@ -31,7 +31,7 @@ import pytest
 import yaml
 
 from idgateway.cli import main
-from idgateway.config import ConfigError, load_config
+from idgateway.config.load import ConfigError, load_config
 from idgateway.importers import MAX_FILE_BYTES, ImporterError, ImportOptions, import_file
 from idgateway.importers._includes import MAX_INCLUDE_DEPTH, MAX_INCLUDED_FILES
 

@@ -26,11 +26,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.internet.task import Clock
 
-from idgateway.config import load_config
-from idgateway.gate import ProviderHandle, RouteLogin
-from idgateway.model import ProviderSettings, Route
-from idgateway.paths import AmbiguousPath, PathJudge
-from idgateway.runtime import path_judge
+from idgateway.config.load import load_config
+from idgateway.config.model import ProviderSettings, Route
+from idgateway.gate.session_check import ProviderHandle, RouteLogin
+from idgateway.http.paths import AmbiguousPath, PathJudge
+from idgateway.routing.state import path_judge
 from tests.security.path_upstreams import resolve as _resolve
 
 CONFIG = """
@@ -82,7 +82,7 @@ def gates(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[PathJudge
     return {route.name: _gate(route) for route in config.routes}
 
 
-# -- three readings of a forwarded target, independent of idgateway.paths --------
+# -- three readings of a forwarded target, independent of idgateway.http.paths --------
 # (_resolve, shared with the test upstreams: merge slashes, then RFC 3986
 # dot-segment removal.)
 
@@ -134,18 +134,55 @@ def _admin(path: str, fold: bool) -> bool:
 
 PIECES = st.sampled_from(
     [
-        "/", ".", ";", "%", "\\", "2", "5", "e", "f", "c", "a", "E", "F", "C", "A",
-        "..", "%2e", "%2E", "%2f", "%5c", "%25", "%3b", "%3B", "%00", "%c0%af",
-        "admin", "ADMIN", "Admin", "public", "Public", "healthz", "api", "x", "=", "~",
-        "admin/", "public/", "/..", "/.", ";x", ";jsessionid=1", "%20", "//",
+        "/",
+        ".",
+        ";",
+        "%",
+        "\\",
+        "2",
+        "5",
+        "e",
+        "f",
+        "c",
+        "a",
+        "E",
+        "F",
+        "C",
+        "A",
+        "..",
+        "%2e",
+        "%2E",
+        "%2f",
+        "%5c",
+        "%25",
+        "%3b",
+        "%3B",
+        "%00",
+        "%c0%af",
+        "admin",
+        "ADMIN",
+        "Admin",
+        "public",
+        "Public",
+        "healthz",
+        "api",
+        "x",
+        "=",
+        "~",
+        "admin/",
+        "public/",
+        "/..",
+        "/.",
+        ";x",
+        ";jsessionid=1",
+        "%20",
+        "//",
     ]
 )
 TARGETS = st.lists(PIECES, min_size=1, max_size=14).map(lambda pieces: "/" + "".join(pieces))
 
 
-def verdict(
-    gate: tuple[PathJudge, RouteLogin], target: str
-) -> tuple[bool, bool, str] | None:
+def verdict(gate: tuple[PathJudge, RouteLogin], target: str) -> tuple[bool, bool, str] | None:
     """(public, admin rules, forwarded path) as the gate decides; None: refused (400)."""
     judge, login = gate
     try:

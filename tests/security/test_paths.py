@@ -42,8 +42,9 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     tmp = Path(tmp_path_factory.mktemp("paths"))
     port = free_port()
     clients = [
-        registered_client(f"{name}-client", f"{name}-secret", f"{name}.localhost", port,
-                          "client_secret_basic")
+        registered_client(
+            f"{name}-client", f"{name}-secret", f"{name}.localhost", port, "client_secret_basic"
+        )
         for name in ROUTES
     ]
     config = {"tenants": {"carbon.super": {"clients": clients}}}

@@ -567,9 +567,7 @@ def test_a_client_that_stops_reading_is_cut_at_the_send_timeout(gateway: dict[st
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     sock.connect(("127.0.0.1", gateway["port"]))
     with sock:
-        sock.sendall(
-            f"GET /download?size={size} HTTP/1.1\r\nHost: app1\r\n\r\n".encode()
-        )
+        sock.sendall(f"GET /download?size={size} HTTP/1.1\r\nHost: app1\r\n\r\n".encode())
         time.sleep(SEND_TIMEOUT + MARGIN + 1)  # read nothing meanwhile
         received, _ = _read_until_closed(sock, 10)
     # Cut: far less than the response arrived, and the connection ended.
@@ -581,7 +579,7 @@ def test_a_slow_but_steady_reader_is_not_cut(gateway: dict[str, Any]) -> None:
     with socket.create_connection(("127.0.0.1", gateway["port"]), timeout=10) as sock:
         sock.sendall(
             f"GET /download?size={size} HTTP/1.1\r\nHost: app1\r\nConnection: close\r\n\r\n"
-            .encode()
+            .encode()  # fmt: skip
         )
         received = b""
         deadline = time.monotonic() + 30

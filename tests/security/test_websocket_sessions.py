@@ -29,8 +29,9 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     tmp = Path(tmp_path_factory.mktemp("wss"))
     port = free_port()
     clients = [
-        registered_client(f"{n}-client", f"{n}-secret", f"{n}.localhost", port,
-                          "client_secret_basic")
+        registered_client(
+            f"{n}-client", f"{n}-secret", f"{n}.localhost", port, "client_secret_basic"
+        )
         for n in ROUTES
     ]
     config = {"tenants": {"carbon.super": {"clients": clients}}}

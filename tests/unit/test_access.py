@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from idgateway.access import (
+from idgateway.config.model import AuthorizeRules, ClaimRule, PublicPath
+from idgateway.gate.rules import (
     authorization_failure,
     compile_public_paths,
     is_public,
     safe_redirect,
 )
-from idgateway.model import AuthorizeRules, ClaimRule, PublicPath
-from idgateway.paths import AmbiguousPath, PathJudge, PathPolicy
+from idgateway.http.paths import AmbiguousPath, PathJudge, PathPolicy
 
 JUDGE = PathJudge(PathPolicy())
 

@@ -7,7 +7,7 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.web.resource import Resource
 
-from idgateway.admin import (
+from idgateway.server.admin import (
     ADMIN_CONNECTION_LIFETIME,
     ADMIN_IDLE_TIMEOUT,
     ADMIN_MAX_CONNECTIONS,

@@ -1,4 +1,4 @@
-"""Tests for idgateway.config: the accepted file, and every way a file can be wrong."""
+"""Tests for idgateway.config.load: the accepted file, and every way a file can be wrong."""
 
 from __future__ import annotations
 
@@ -14,7 +14,15 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from idgateway.config import (
+from idgateway.config.auth import (
+    AUTHORIZE_FIELDS,
+    FORWARD_AUTH_FIELDS,
+    HEADER_OPTION_FIELDS,
+    OIDC_FIELDS,
+    PROVIDER_FIELDS,
+    SESSION_FIELDS,
+)
+from idgateway.config.load import (
     CERTIFICATE_FIELDS,
     HSTS_FIELDS,
     INVALID,
@@ -33,16 +41,8 @@ from idgateway.config import (
     read_section,
     summarize,
 )
-from idgateway.config_auth import (
-    AUTHORIZE_FIELDS,
-    FORWARD_AUTH_FIELDS,
-    HEADER_OPTION_FIELDS,
-    OIDC_FIELDS,
-    PROVIDER_FIELDS,
-    SESSION_FIELDS,
-)
-from idgateway.model import Config
-from idgateway.runtime import path_judge
+from idgateway.config.model import Config
+from idgateway.routing.state import path_judge
 
 UTC = datetime.UTC
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from idgateway.config import ConfigError, load_config
-from idgateway.model import ClaimRule, PublicPath
+from idgateway.config.load import ConfigError, load_config
+from idgateway.config.model import ClaimRule, PublicPath
 
 KEY = "q3F1K2x0cUxZbU5PcFFyU3RVdld4WXphYmNkZWZnaGk="  # 32 bytes
 CA_PEM = "ca.pem"

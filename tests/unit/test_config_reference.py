@@ -7,8 +7,17 @@ from pathlib import Path
 
 import pytest
 
-from idgateway import config_reference
-from idgateway.config import (
+from idgateway.config import reference as config_reference
+from idgateway.config.auth import (
+    AUTHORIZE_FIELDS,
+    FORWARD_AUTH_FIELDS,
+    HEADER_OPTION_FIELDS,
+    OIDC_FIELDS,
+    PROVIDER_FIELDS,
+    REDIS_FIELDS,
+    SESSION_FIELDS,
+)
+from idgateway.config.load import (
     ADMIN_FIELDS,
     CERTIFICATE_FIELDS,
     HSTS_FIELDS,
@@ -21,16 +30,7 @@ from idgateway.config import (
     TLS_FIELDS,
     TOP_FIELDS,
 )
-from idgateway.config_auth import (
-    AUTHORIZE_FIELDS,
-    FORWARD_AUTH_FIELDS,
-    HEADER_OPTION_FIELDS,
-    OIDC_FIELDS,
-    PROVIDER_FIELDS,
-    REDIS_FIELDS,
-    SESSION_FIELDS,
-)
-from idgateway.schema import Field, boolean, mapping
+from idgateway.config.schema import Field, boolean, mapping
 
 EVERY_SPEC = {
     "TOP_FIELDS": TOP_FIELDS,

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from idgateway.access import authorization_failure, compile_public_paths, is_public
-from idgateway.config_regex import compile_config_regex, not_starting_with
-from idgateway.model import AuthorizeRules, ClaimRule, PublicPath
+from idgateway.config.model import AuthorizeRules, ClaimRule, PublicPath
+from idgateway.config.regex import compile_config_regex, not_starting_with
+from idgateway.gate.rules import authorization_failure, compile_public_paths, is_public
 from tests.unit.test_config_auth import OIDC, problems, route_with
 
 # Each of these backtracks exponentially (or close) on Python's re.

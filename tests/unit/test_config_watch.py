@@ -15,10 +15,10 @@ import pytest
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
 
-from idgateway.config import ConfigError, load_config
-from idgateway.model import ReloadSettings
-from idgateway.service import GatewayService
-from idgateway.watch import ConfigWatcher
+from idgateway.config.load import ConfigError, load_config
+from idgateway.config.model import ReloadSettings
+from idgateway.config.watch import ConfigWatcher
+from idgateway.server.service import GatewayService
 
 BASE = """\
 listeners:
@@ -218,7 +218,7 @@ def test_off_by_default_and_stopped_by_a_drain(tmp_path: Path) -> None:
 
 
 def test_with_workers_the_master_watches_and_tells_every_worker(tmp_path: Path) -> None:
-    from idgateway.workers import MasterService, WorkerService
+    from idgateway.workers.master import MasterService, WorkerService
 
     text = BASE + "workers: 2\nreload: {watch: true, interval: 1s}\n"
     path = tmp_path / "gateway.yaml"

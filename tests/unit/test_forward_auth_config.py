@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from idgateway.config import ConfigError, load_config
-from idgateway.model import ForwardAuthSettings
+from idgateway.config.load import ConfigError, load_config
+from idgateway.config.model import ForwardAuthSettings
 
 OIDC = "    oidc: {provider: wso2, client_id: c, client_secret: s}\n"
 

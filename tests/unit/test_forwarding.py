@@ -1,6 +1,6 @@
 import pytest
 
-from idgateway.forwarding import (
+from idgateway.proxy.headers import (
     TrustedProxies,
     build_request_head,
     header_key,

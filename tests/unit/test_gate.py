@@ -9,9 +9,7 @@ import pytest
 from twisted.internet import defer
 from twisted.internet.task import Clock
 
-from idgateway import gate as gate_module
-from idgateway.gate import UNAVAILABLE, ProviderHandle, RouteLogin
-from idgateway.model import (
+from idgateway.config.model import (
     OIDCSettings,
     ProviderSettings,
     Route,
@@ -19,6 +17,8 @@ from idgateway.model import (
     SessionSettings,
     Upstream,
 )
+from idgateway.gate import session_check as gate_module
+from idgateway.gate.session_check import UNAVAILABLE, ProviderHandle, RouteLogin
 from idgateway.oidc.client import TokenEndpointError, TokenResponse
 from idgateway.oidc.provider import ProviderMetadata
 from idgateway.sessions.model import Session
@@ -163,8 +163,8 @@ def test_secure_origin_trusts_x_forwarded_proto_only_from_trusted_proxies():
     from twisted.internet.address import IPv4Address
     from twisted.web.http_headers import Headers
 
-    from idgateway.forwarding import TrustedProxies
-    from idgateway.gate import secure_origin
+    from idgateway.gate.session_check import secure_origin
+    from idgateway.proxy.headers import TrustedProxies
 
     def request(peer: str, proto: str | None):
         headers = Headers()

@@ -7,9 +7,9 @@ from urllib.parse import unquote
 
 import pytest
 
-from idgateway.forwarding import build_request_head, header_key
-from idgateway.identity import ClaimEncoder, IdentityHeaders
-from idgateway.model import HeaderSettings
+from idgateway.config.model import HeaderSettings
+from idgateway.gate.identity_headers import ClaimEncoder, IdentityHeaders
+from idgateway.proxy.headers import build_request_head, header_key
 from idgateway.sessions.model import Session
 
 SESSION = Session(

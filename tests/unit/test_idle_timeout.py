@@ -9,7 +9,7 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
-from idgateway.request import IDLE_SWEEP_INTERVAL, GatewayRequest, GatewaySite
+from idgateway.server.channel import IDLE_SWEEP_INTERVAL, GatewayRequest, GatewaySite
 
 
 class _Hold(Resource):

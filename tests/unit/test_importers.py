@@ -17,9 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from idgateway.access import compile_public_paths, is_public
 from idgateway.cli import main
-from idgateway.config import load_config
+from idgateway.config.load import load_config
+from idgateway.config.model import ClaimRule, Config, PublicPath
+from idgateway.gate.rules import compile_public_paths, is_public
 from idgateway.importers import (
     ImporterError,
     ImportOptions,
@@ -29,7 +30,6 @@ from idgateway.importers import (
     wso2_url,
 )
 from idgateway.importers._yaml import config_text, reference, scalar
-from idgateway.model import ClaimRule, Config, PublicPath
 from tests.certs import make_ca
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"

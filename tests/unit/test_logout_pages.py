@@ -8,7 +8,7 @@ import os
 import pytest
 from twisted.web.http_headers import Headers
 
-from idgateway.logout_pages import FORM_LIFETIME, form_token, is_cross_site, token_valid
+from idgateway.gate.logout_pages import FORM_LIFETIME, form_token, is_cross_site, token_valid
 from idgateway.sessions.keys import KeyRing
 
 ORIGIN = "https://app1.example.com"

@@ -1,4 +1,4 @@
-"""idgateway.metrics: counters and histograms move when the hooks are called."""
+"""idgateway.observe.metrics: counters and histograms move when the hooks are called."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from types import SimpleNamespace
 
 from prometheus_client import REGISTRY, generate_latest
 
-from idgateway.metrics import GatewayMetrics
-from idgateway.model import ProviderSettings
+from idgateway.config.model import ProviderSettings
+from idgateway.observe.metrics import GatewayMetrics
 
 
 def value(metrics: GatewayMetrics, name: str, **labels: str) -> float:
@@ -40,8 +40,9 @@ def test_request_finished_reads_the_access_log_fields() -> None:
 
 
 def test_observe_hook_counts_even_without_an_access_log() -> None:
-    from idgateway import metrics, observe
-    from idgateway.model import LoggingSettings
+    from idgateway.config.model import LoggingSettings
+    from idgateway.observe import access_log as observe
+    from idgateway.observe import metrics
 
     before = value(metrics.METRICS, "idgateway_requests_total", route="hook", status_class="2xx")
     request = SimpleNamespace(

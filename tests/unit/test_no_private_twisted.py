@@ -68,10 +68,10 @@ PRIVATE_SOURCES: list[Any] = [
 # (module relative to idgateway/, name): the gateway's own attribute.
 OWN = {
     # TurnWriteBuffer's own list and write callable (not a LineReceiver's).
-    ("writecoalesce.py", "_buffer"),
-    ("writecoalesce.py", "_write"),
+    ("server/socket_writes.py", "_buffer"),
+    ("server/socket_writes.py", "_write"),
     # The upstream response parser's own buffer.
-    ("upstream.py", "_buffer"),
+    ("proxy/upstream.py", "_buffer"),
     # A set's / a flow store's own helpers.
     ("sessions/revocation.py", "_add"),
     ("sessions/flows.py", "_base"),
@@ -81,8 +81,8 @@ OWN = {
     ("sessions/redis_store.py", "_clock"),
     ("sessions/revocation.py", "_clock"),
     # RedisClient's own (not the txredisapi protocol's) state and method.
-    ("sessions/redis_client.py", "_command"),
-    ("sessions/redis_client.py", "_started"),
+    ("redis/client.py", "_command"),
+    ("redis/client.py", "_started"),
     ("sessions/revocation.py", "_started"),
 }
 EVERYWHERE = {"_log"}
@@ -223,5 +223,5 @@ def test_the_gateways_own_names_pass() -> None:
     source = "class C:\n    _log = 1\n    def _mine(self):\n        return self._log\n"
     assert _violations("probe.py", source, _private_twisted_names()) == []
     own = "def f(buffer):\n    return buffer._buffer\n"
-    assert _violations("writecoalesce.py", own, _private_twisted_names()) == []
+    assert _violations("server/socket_writes.py", own, _private_twisted_names()) == []
     assert _violations("request.py", own, _private_twisted_names())

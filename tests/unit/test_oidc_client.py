@@ -50,7 +50,7 @@ from idgateway.oidc.http import (
     send,
 )
 from idgateway.oidc.provider import ProviderMetadata
-from idgateway.tls import TLSConfigurationError
+from idgateway.server.tls import TLSConfigurationError
 from tests.certs import CA, Leaf, make_ca
 from tests.unit.test_oidc_provider import (
     BASE,

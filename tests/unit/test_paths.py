@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from idgateway.paths import (
+from idgateway.http.paths import (
     AmbiguousPath,
     PathJudge,
     PathPolicy,
@@ -114,9 +114,7 @@ def test_readings_of_a_path() -> None:
     assert readings("/Admin./x%20/y", iis) == ("/Admin./x%20/y", "/Admin/x/y")
 
 
-JUDGE = PathJudge(
-    PathPolicy(), ["/api/", "/admin/", "/admin/reports/"], [False, True, False]
-)
+JUDGE = PathJudge(PathPolicy(), ["/api/", "/admin/", "/admin/reports/"], [False, True, False])
 
 
 @pytest.mark.parametrize(
@@ -218,7 +216,7 @@ def test_rules_under_a_prefix_cover_the_prefix_without_its_slash() -> None:
 
 
 def test_case_insensitive_routes_fold_non_ascii_as_iis_does() -> None:
-    from idgateway.units import canonical_prefix
+    from idgateway.config.values import canonical_prefix
 
     judge = PathJudge(PathPolicy(case_insensitive=True), [canonical_prefix("/café/")], [True])
     for raw in (b"/caf%C3%A9/x", b"/CAF%C3%89/x", b"/Caf%c3%a9/x"):

@@ -17,8 +17,8 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
 from twisted.web.server import NOT_DONE_YET, Request
 
-from idgateway.metrics import GatewayMetrics
-from idgateway.model import ProviderSettings
+from idgateway.config.model import ProviderSettings
+from idgateway.observe.metrics import GatewayMetrics
 from idgateway.oidc.client import (
     ClientCredentials,
     TokenEndpointError,
@@ -29,7 +29,7 @@ from idgateway.oidc.client import (
 )
 from idgateway.oidc.http import ProviderHTTPClient
 from idgateway.oidc.provider import ProviderClient
-from idgateway.runtime import StateBuilder
+from idgateway.routing.state import StateBuilder
 from tests.unit.test_oidc_provider import CLIENT_ID, CLIENT_SECRET, FakeWSO2, resolve
 
 CREDS = ClientCredentials(CLIENT_ID, CLIENT_SECRET, "client_secret_basic")

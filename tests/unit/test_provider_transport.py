@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from twisted.internet.task import Clock
 
-from idgateway.config import ConfigError, load_config
+from idgateway.config.load import ConfigError, load_config
 from idgateway.oidc.transport import (
     InsecureTransport,
     check_configured_url,

@@ -11,8 +11,8 @@ from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
-from idgateway.proxy import ProxiedResponse, forwarded_header_lines
-from idgateway.request import GatewayRequest, GatewaySite
+from idgateway.routing.resource import ProxiedResponse, forwarded_header_lines
+from idgateway.server.channel import GatewayRequest, GatewaySite
 
 
 class _Hold(Resource):
@@ -181,7 +181,7 @@ def test_a_finished_response_leaves_no_cycle_for_the_garbage_collector() -> None
     import gc
     import weakref
 
-    from idgateway.upstream import Exchange
+    from idgateway.proxy.upstream import Exchange
 
     resource = _Hold()
     channel = GatewaySite(resource).buildProtocol(IPv4Address("TCP", "127.0.0.1", 1))

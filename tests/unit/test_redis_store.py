@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
+from idgateway.redis.client import RedisClient, RedisSettings, parse_redis_url
 from idgateway.sessions.model import Session
-from idgateway.sessions.redis_client import RedisClient, RedisSettings, parse_redis_url
 from idgateway.sessions.redis_store import RedisSessionStore, is_session_id
 from tests.session_factories import make_session
 

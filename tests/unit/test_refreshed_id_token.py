@@ -12,9 +12,7 @@ import pytest
 from twisted.internet import defer
 from twisted.internet.task import Clock
 
-from idgateway import gate as gate_module
-from idgateway.gate import UNAVAILABLE, ProviderHandle, RouteLogin
-from idgateway.model import (
+from idgateway.config.model import (
     OIDCSettings,
     ProviderSettings,
     Route,
@@ -22,6 +20,8 @@ from idgateway.model import (
     SessionSettings,
     Upstream,
 )
+from idgateway.gate import session_check as gate_module
+from idgateway.gate.session_check import UNAVAILABLE, ProviderHandle, RouteLogin
 from idgateway.oidc.client import TokenEndpointError, TokenResponse, refresh_tokens
 from idgateway.oidc.provider import ProviderClient
 from idgateway.oidc.refresh import SUB_MISMATCH, validate_refreshed_id_token

@@ -9,9 +9,9 @@ from typing import Any
 
 from twisted.internet.testing import MemoryReactorClock
 
-from idgateway import service as service_module
-from idgateway.config import load_config
-from idgateway.service import GatewayService
+from idgateway.config.load import load_config
+from idgateway.server import service as service_module
+from idgateway.server.service import GatewayService
 
 CONFIG = (
     "listeners:\n  - address: 127.0.0.1:1\n"

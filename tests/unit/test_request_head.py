@@ -19,8 +19,8 @@ from twisted.web import http
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
-from idgateway.request import GatewayChannel, GatewayRequest, GatewaySite
-from idgateway.request_head import RequestHead, read_request_head
+from idgateway.server.channel import GatewayChannel, GatewayRequest, GatewaySite
+from idgateway.server.request_head import RequestHead, read_request_head
 
 BROWSER_GET = (
     b"GET /app/page?x=1 HTTP/1.1\r\n"

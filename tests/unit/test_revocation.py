@@ -193,8 +193,6 @@ def test_unverified_revocations_have_a_budget_per_route() -> None:
     assert sum(revoked.admit_unverified("app") for _ in range(100)) == 30
 
 
-
-
 def test_unverified_sids_are_capped_apart_and_never_fail_closed() -> None:
     """A flood of front-channel sids nobody proved (the budget lets a few
     through per process) cannot get other sessions refused, on its route or

@@ -1,5 +1,5 @@
-from idgateway.model import Route, Upstream
-from idgateway.routing import RouteTable, normalise_host
+from idgateway.config.model import Route, Upstream
+from idgateway.routing.table import RouteTable, normalise_host
 
 UP = Upstream(url="http://127.0.0.1:1", kind="http", host="127.0.0.1", port=1)
 

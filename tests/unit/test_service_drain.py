@@ -8,8 +8,8 @@ from typing import Any
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 
-from idgateway.config import load_config
-from idgateway.service import DrainableSite, GatewayService
+from idgateway.config.load import load_config
+from idgateway.server.service import DrainableSite, GatewayService
 
 
 def make_service(tmp_path: Path) -> tuple[GatewayService, MemoryReactorClock]:

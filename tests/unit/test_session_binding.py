@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from twisted.internet import defer
 
-from idgateway.model import ProviderSettings
+from idgateway.config.model import ProviderSettings
 from idgateway.sessions.binding import session_binding
 from idgateway.sessions.cookie import CookieSessionCodec, CookieSettings, parse_cookie_header
 from idgateway.sessions.flows import MAX_CLEARED_FLOWS, FlowCookies

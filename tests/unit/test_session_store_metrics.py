@@ -15,7 +15,7 @@ from prometheus_client import generate_latest
 from twisted.internet import defer
 from twisted.internet.task import Clock
 
-from idgateway.metrics import GatewayMetrics
+from idgateway.observe.metrics import GatewayMetrics
 from idgateway.sessions.keys import KeyRing
 from idgateway.sessions.model import Session
 from idgateway.sessions.redis_store import RedisSessionStore, RedisUnavailable

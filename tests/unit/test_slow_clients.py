@@ -13,17 +13,17 @@ from twisted.logger import LogEvent, globalLogPublisher
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
-from idgateway.config import ConfigError, load_config
-from idgateway.connection_limits import (
+from idgateway.config.load import ConfigError, load_config
+from idgateway.config.model import Config, Listener, Route, Upstream
+from idgateway.proxy.websocket_limits import WebSocketSlots
+from idgateway.routing.resource import WebSocketTunnel
+from idgateway.server.channel import IDLE_SWEEP_INTERVAL, BodyPipe, GatewayRequest
+from idgateway.server.connection_limits import (
     AcceptLogThrottle,
     default_max_connections,
     process_share,
 )
-from idgateway.model import Config, Listener, Route, Upstream
-from idgateway.proxy import WebSocketTunnel
-from idgateway.request import IDLE_SWEEP_INTERVAL, BodyPipe, GatewayRequest
-from idgateway.service import DrainableSite, GatewayService
-from idgateway.websocket_limits import WebSocketSlots
+from idgateway.server.service import DrainableSite, GatewayService
 
 
 class _Hold(Resource):
@@ -314,7 +314,7 @@ def test_a_closed_connection_frees_its_place() -> None:
 
 
 def test_the_tls_factory_passes_a_refusal_on() -> None:
-    from idgateway.tls import GatewayTLSFactory
+    from idgateway.server.tls import GatewayTLSFactory
 
     site, _, _ = _site(max_connections=1)
     _connect(site)
@@ -508,7 +508,7 @@ def test_twisted_ports_still_log_accept_errors_through_their_logger() -> None:
     from twisted.internet import tcp
     from twisted.logger import Logger
 
-    from idgateway.connection_limits import throttle_accept_logs
+    from idgateway.server.connection_limits import throttle_accept_logs
 
     assert isinstance(tcp.Port._logger, Logger)
     port = tcp.Port(0, None, reactor=MemoryReactorClock())  # type: ignore[arg-type]

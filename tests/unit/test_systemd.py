@@ -1,4 +1,4 @@
-"""idgateway.systemd: sd_notify datagrams, sd_listen_fds, and adopting passed sockets."""
+"""idgateway.server.systemd: sd_notify datagrams, sd_listen_fds, and adopting passed sockets."""
 
 from __future__ import annotations
 
@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 from twisted.internet.testing import MemoryReactorClock
 
-from idgateway import systemd
-from idgateway.config import load_config
-from idgateway.model import Listener
-from idgateway.service import GatewayService
-from idgateway.systemd import PassedSocket, PassedSockets
-from idgateway.workers import MasterService
+from idgateway.config.load import load_config
+from idgateway.config.model import Listener
+from idgateway.server import systemd
+from idgateway.server.service import GatewayService
+from idgateway.server.systemd import PassedSocket, PassedSockets
+from idgateway.workers.master import MasterService
 from tests.systemd_helpers import Manager, write_config
 
 # ---- sd_notify -------------------------------------------------------------------------------
@@ -106,11 +106,11 @@ def test_child_environ_drops_what_systemd_meant_for_this_process() -> None:
         "LISTEN_FDS": "2",
         "LISTEN_FDNAMES": "a:b",
         "WATCHDOG_USEC": "1",
-        "CREDENTIALS_DIRECTORY": "/run/credentials/idgateway.service",
+        "CREDENTIALS_DIRECTORY": "/run/credentials/idgateway.server.service",
     }
     assert systemd.child_environ(environ) == {
         "PATH": "/usr/bin",
-        "CREDENTIALS_DIRECTORY": "/run/credentials/idgateway.service",
+        "CREDENTIALS_DIRECTORY": "/run/credentials/idgateway.server.service",
     }
 
 
@@ -213,7 +213,7 @@ def test_master_ready_once_every_worker_serves(tmp_path: Path, notify_socket: Ma
 
 
 def test_credentials_directory_expands_in_secret_file_paths(tmp_path: Path) -> None:
-    """``client_secret_file: ${CREDENTIALS_DIRECTORY}/...`` as etc/idgateway.service says."""
+    """``client_secret_file: ${CREDENTIALS_DIRECTORY}/...`` as etc/idgateway.server.service says."""
     credentials = tmp_path / "credentials"
     credentials.mkdir()
     (credentials / "app1-client-secret").write_text("s3cret-${NOT_EXPANDED}\n")

@@ -26,8 +26,8 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 from zope.interface import implementer
 
-from idgateway.model import CertificatePair, TLSSettings
-from idgateway.tls import (
+from idgateway.config.model import CertificatePair, TLSSettings
+from idgateway.server.tls import (
     SNIServerContexts,
     TLSConfigurationError,
     certificate_expiry,
@@ -536,10 +536,10 @@ def test_a_gateway_channel_asks_for_the_tls_server_name_once_per_connection(
 ) -> None:
     from twisted.web.server import NOT_DONE_YET
 
-    from idgateway import request as request_module
-    from idgateway.request import GatewaySite
-    from idgateway.tls import GatewayTLSFactory, TurnBufferedTLS
-    from idgateway.writecoalesce import TurnWriteBuffer
+    from idgateway.server import channel as request_module
+    from idgateway.server.channel import GatewaySite
+    from idgateway.server.socket_writes import TurnWriteBuffer
+    from idgateway.server.tls import GatewayTLSFactory, TurnBufferedTLS
 
     asked: list[object] = []
     real = request_module.sni_server_name

@@ -190,7 +190,7 @@ def test_without_reply_counts_every_redis_connection_owes_nothing(
 def test_without_write_internals_transports_are_left_stock(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from idgateway import writecoalesce
+    from idgateway.server import socket_writes as writecoalesce
 
     transport = tcp.Server.__new__(tcp.Server)
     monkeypatch.setattr(writecoalesce, "COALESCING", False)

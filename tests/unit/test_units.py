@@ -1,10 +1,10 @@
-"""Tests for idgateway.units: the syntax of single configuration values."""
+"""Tests for idgateway.config.values: the syntax of single configuration values."""
 
 from __future__ import annotations
 
 import pytest
 
-from idgateway import units
+from idgateway.config import values as units
 
 
 @pytest.mark.parametrize(

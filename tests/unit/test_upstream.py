@@ -10,7 +10,7 @@ from twisted.internet.error import ConnectionDone, ConnectionRefusedError
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 
-from idgateway.upstream import (
+from idgateway.proxy.upstream import (
     FAIL_CONNECT,
     FAIL_PROTOCOL,
     FAIL_RESET,

@@ -6,7 +6,7 @@ import struct
 
 import pytest
 
-from idgateway.websocket_frames import CLOSE_POLICY_VIOLATION, FrameBoundaries
+from idgateway.proxy.websocket_frames import CLOSE_POLICY_VIOLATION, FrameBoundaries
 
 
 def frame(payload: bytes, opcode: int = 1, masked: bool = False) -> bytes:

@@ -14,10 +14,10 @@ from prometheus_client import generate_latest
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 
-from idgateway.admin import admin_site
-from idgateway.config import load_config
-from idgateway.metrics import GatewayMetrics
-from idgateway.service import GatewayService
+from idgateway.config.load import load_config
+from idgateway.observe.metrics import GatewayMetrics
+from idgateway.server.admin import admin_site
+from idgateway.server.service import GatewayService
 
 CONFIG = """\
 listeners:

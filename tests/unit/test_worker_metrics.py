@@ -1,4 +1,4 @@
-"""idgateway.worker_metrics: worker 0 shows every worker's figures, each with a ``worker`` label.
+"""idgateway.workers.metrics: worker 0 shows every worker's figures, each with a ``worker`` label.
 
 In memory: the workers' registries are real GatewayMetrics; their sockets are
 a MemoryReactorClock's recorded UNIX connections, answered by hand.
@@ -18,8 +18,8 @@ from twisted.internet.error import ConnectionDone, ConnectionLost, ConnectionRef
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 
-from idgateway.metrics import GatewayMetrics
-from idgateway.worker_metrics import (
+from idgateway.observe.metrics import GatewayMetrics
+from idgateway.workers.metrics import (
     ExpositionFactory,
     WorkerMetricsGatherer,
     listen_exposition,
@@ -176,8 +176,8 @@ def test_gatherer_reads_every_other_worker(tmp_path: Path) -> None:
 
 
 def worker(tmp_path: Path, index: int, reactor: MemoryReactorClock, metrics: GatewayMetrics) -> Any:
-    from idgateway.config import load_config
-    from idgateway.workers import WorkerService
+    from idgateway.config.load import load_config
+    from idgateway.workers.master import WorkerService
 
     path = tmp_path / "gateway.yaml"
     path.write_text(
@@ -217,7 +217,7 @@ def test_worker_1_serves_its_figures_on_its_socket(tmp_path: Path) -> None:
 def test_worker_0_admin_metrics_gather_every_worker(tmp_path: Path) -> None:
     from twisted.web.test.requesthelper import DummyRequest
 
-    from idgateway.admin import admin_site
+    from idgateway.server.admin import admin_site
 
     reactor = MemoryReactorClock()
     metrics = worker_metrics(2)

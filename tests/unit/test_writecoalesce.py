@@ -7,7 +7,7 @@ from typing import Any
 from twisted.internet import tcp
 from twisted.internet.task import Clock
 
-from idgateway.writecoalesce import (
+from idgateway.server.socket_writes import (
     CoalescingClient,
     CoalescingServer,
     _Coalescing,
@@ -129,7 +129,7 @@ def test_over_tls_the_tcp_connection_under_the_tls_layer_coalesces() -> None:
     from twisted.internet.testing import StringTransport
     from twisted.web.resource import Resource
 
-    from idgateway.request import GatewaySite
+    from idgateway.server.channel import GatewaySite
 
     class _TLSLayer(StringTransport):
         """Stands in for TLSMemoryBIOProtocol: a transport over a TCP transport."""
@@ -150,7 +150,7 @@ def test_over_tls_the_tcp_connection_under_the_tls_layer_coalesces() -> None:
 
 
 def test_a_turns_tls_writes_become_one_record_and_leave_with_the_tcp_flush() -> None:
-    from idgateway.writecoalesce import TurnWriteBuffer
+    from idgateway.server.socket_writes import TurnWriteBuffer
 
     clock = Clock()
     tcp_below = _Transport(clock)
@@ -173,7 +173,7 @@ def test_a_turns_tls_writes_become_one_record_and_leave_with_the_tcp_flush() -> 
 
 
 def test_a_large_tls_write_goes_out_at_once_and_close_flushes() -> None:
-    from idgateway.writecoalesce import TurnWriteBuffer
+    from idgateway.server.socket_writes import TurnWriteBuffer
 
     clock = Clock()
     records: list[bytes] = []
@@ -188,7 +188,7 @@ def test_a_large_tls_write_goes_out_at_once_and_close_flushes() -> None:
 
 
 def test_many_connections_tls_writes_share_one_flush() -> None:
-    from idgateway.writecoalesce import TurnWriteBuffer
+    from idgateway.server.socket_writes import TurnWriteBuffer
 
     clock = Clock()
     records: list[bytes] = []

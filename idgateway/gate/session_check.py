@@ -1,0 +1,906 @@
+"""The login gate of one route: session check, refresh, authorization, identity.
+
+An authenticated request on the hot path costs one cookie decryption, a few
+comparisons and the header list: no provider call, no RSA, no Deferred. Only
+an access token due for refresh takes the asynchronous path, and concurrent
+requests of one session share that one refresh.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from typing import TYPE_CHECKING, Any
+
+import attrs
+from twisted.internet import defer, task
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from idgateway.config.model import AuthorizeRules, ProviderSettings, PublicPath, Route, RouteAuth
+from idgateway.gate.identity_headers import IdentityHeaders
+from idgateway.gate.rules import (
+    authorization_failure,
+    compile_public_paths,
+    is_public,
+)
+from idgateway.http.paths import PathReading, fold_case, no_fold
+from idgateway.observe import access_log as observe
+from idgateway.observe.metrics import METRICS  # metrics hook
+from idgateway.oidc.client import ClientCredentials, TokenEndpointError, refresh_tokens
+from idgateway.oidc.provider import ProviderClient
+from idgateway.oidc.refresh import validate_refreshed_id_token
+from idgateway.oidc.tokens import PROVIDER_UNAVAILABLE, TokenError
+from idgateway.redis.client import RedisClient, RedisUnavailable
+from idgateway.server.error_pages import (
+    send_error,
+    send_provider_unavailable,
+    send_sessions_unavailable,
+    wants_json,
+)
+from idgateway.sessions.binding import session_binding
+from idgateway.sessions.cookie import (
+    CookieHeaderReader,
+    CookieSessionCodec,
+    CookieSettings,
+    SessionTooLarge,
+    parse_cookie_header,
+)
+from idgateway.sessions.flows import FlowCookies
+from idgateway.sessions.keys import KeyRing
+from idgateway.sessions.model import Session
+from idgateway.sessions.redis_store import RedisSessionStore
+from idgateway.sessions.revocation import RevocationList
+
+if TYPE_CHECKING:
+    from idgateway.routing.resource import GatewayResource
+    from idgateway.routing.state import GatewayState, RouteRuntime
+    from idgateway.server.channel import GatewayRequest
+
+# A session's cookie is re-issued (sliding inactivity) at most this often.
+SLIDE_EVERY = 60.0
+# How long a refresh result is handed to requests still carrying the old cookie.
+REFRESH_GRACE = 60.0
+# Redis sessions: how long a loaded session is reused without asking Redis
+# again (bounds how late a logout elsewhere is seen), and how many are kept.
+LOADED_FOR = 1.0
+LOADED_MAX = 10_000
+# How many sessions' authorization verdicts and identity headers are kept.
+ADMISSION_MEMO_MAX = 4096
+# A request without cookies (shared, never changed).
+_NO_COOKIES: dict[bytes, bytes] = {}
+# Redis sessions: how long one process may hold a session's refresh lock, and
+# how long (steps x step seconds) the others wait for its result.
+REFRESH_LOCK_MS = 10_000
+REFRESH_WAIT_STEPS = 40
+REFRESH_WAIT_STEP = 0.1
+# Token endpoint answers that mean "could not ask", not "refused".
+_PROVIDER_TROUBLE = frozenset({"temporarily_unavailable", "server_error", "invalid_response"})
+
+
+class _Unavailable:
+    """The provider could not be asked (down, 5xx, timeout)."""
+
+
+UNAVAILABLE = _Unavailable()
+
+
+@attrs.define(eq=False)
+class Visit:
+    """One request on its way through the gate."""
+
+    resource: GatewayResource
+    request: GatewayRequest
+    state: GatewayState
+    runtime: RouteRuntime
+    host: bytes
+    path: str
+    upstream_cookie: bytes | None
+    # The browser's scheme: https on TLS listeners, or behind a trusted proxy
+    # that says so (X-Forwarded-Proto); decides Secure cookies and callback URLs.
+    tls: bool = False
+    chunks: int = 0
+    session_id: str | None = None
+
+
+@attrs.define(eq=False)
+class ProviderHandle:
+    """A running provider client and the HTTP client it (and token calls) use."""
+
+    settings: ProviderSettings
+    client: ProviderClient
+    http: Any
+
+
+class RouteLogin:
+    """Everything one route needs to log users in and check their sessions."""
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        route: Route,
+        auth: RouteAuth,
+        provider: ProviderHandle,
+        clock: IReactorTime,
+        redis: RedisClient | None = None,
+        shared_redis: RedisClient | None = None,
+        revocation: RevocationList | None = None,
+    ) -> None:
+        self.route = route
+        # Provider sids ended by back-channel logout (cookie sessions only).
+        self.revocation = revocation
+        # Cookie sessions: a Redis shared by every process coordinates refreshes.
+        self.shared_redis = shared_redis
+        self.auth = auth
+        self.oidc = auth.oidc
+        self.session_settings = auth.session
+        self.provider = provider
+        self.clock = clock
+        keys = auth.session.keys or (_EPHEMERAL_KEYS.setdefault(route.name, _random_key()),)
+        self.keyring = KeyRing.from_strings(keys)
+        # Sessions are bound to the provider and client that made them: a
+        # reload that changes either ends them (sessions/binding.py).
+        binding = session_binding(provider.settings, auth.oidc.client_id)
+        self.binding = binding
+        cookie_name = auth.session.cookie_name or f"_idgw_{route.name}"
+        self.codecs = {
+            secure: CookieSessionCodec(
+                route.name,
+                self.keyring,
+                CookieSettings(
+                    name=cookie_name,
+                    secure=secure,
+                    domain=auth.session.cookie_domain,
+                    path=auth.session.cookie_path,
+                    same_site=auth.session.same_site,
+                ),
+                binding=binding,
+            )
+            for secure in (False, True)
+        }
+        self.flows = {
+            secure: FlowCookies(route.name, self.keyring, secure, binding=binding)
+            for secure in (False, True)
+        }
+        self.identity = IdentityHeaders.for_route(
+            auth.headers,
+            user_claim=auth.oidc.user_claim,
+            email_claim=auth.oidc.email_claim,
+            groups_claim=auth.oidc.groups_claim,
+        )
+        # Case-insensitive routes compare folded paths with folded prefixes (and
+        # run their public regexes case-insensitively).
+        self.fold = fold_case if route.case_insensitive_paths else no_fold
+        self.public = compile_public_paths(
+            [_folded(p) for p in auth.public_paths]
+            if route.case_insensitive_paths
+            else auth.public_paths
+        )
+        self.credentials = ClientCredentials(
+            client_id=auth.oidc.client_id,
+            client_secret=auth.oidc.client_secret,
+            auth_method=auth.oidc.client_auth,
+        )
+        self.redirect_path = auth.oidc.redirect_path
+        # store: redis: the cookie holds an opaque id, the session lives in Redis.
+        self.store: RedisSessionStore | None = None
+        if auth.session.store == "redis":
+            assert redis is not None, "store: redis needs a Redis client"
+            self.store = RedisSessionStore(
+                redis,
+                route=route.name,
+                keyring=self.keyring,
+                inactivity_timeout=auth.session.inactivity_timeout,
+                max_duration=auth.session.max_duration,
+                clock=clock,
+                binding=binding,
+            )
+        self._refreshing: dict[tuple[str, str], defer.Deferred[Any]] = {}
+        # Redis sessions recently loaded by this process: id -> (until, session).
+        self._loaded: dict[str, tuple[float, Session]] = {}
+        self._recent: dict[tuple[str, str], tuple[float, Session]] = {}
+        # Cookie headers seen before: (Cookie for the upstream, cookies by name).
+        self._cookie_headers = CookieHeaderReader()
+        # Bound once: a fresh bound method per request would empty that memo.
+        self._is_own_cookie = self.is_own_cookie
+        # id(session) -> (session, rules, authorization failure, identity headers).
+        self._admission: dict[
+            int, tuple[Session, AuthorizeRules, str | None, list[tuple[bytes, bytes]]]
+        ] = {}
+
+    def rules_for(self, reading: PathReading) -> AuthorizeRules:
+        """The longest path sub-route with its own rules wins, else the route's.
+
+        The path judge has already checked that every reading of the path
+        selects the same sub-route (or refused the request).
+        """
+        if reading.rules_route is not None:
+            rules = self.route.paths[reading.rules_route].authorize
+            assert rules is not None
+            return rules
+        return self.auth.authorize
+
+    def is_public(self, method: bytes, reading: PathReading) -> bool:
+        """Public only if every reading of the path is (see idgateway.http.paths)."""
+        public = self.public
+        for text in reading.matched:  # (folded on case-insensitive routes)
+            if not is_public(public, method, text):
+                return False
+        return True
+
+    def is_own_cookie(self, name: bytes) -> bool:
+        return any(c.is_own_cookie(name) for c in self.codecs.values()) or any(
+            f.is_own_cookie(name) for f in self.flows.values()
+        )
+
+    # -- the request path ---------------------------------------------------------
+
+    def handle(
+        self,
+        resource: GatewayResource,
+        request: GatewayRequest,
+        state: GatewayState,
+        runtime: RouteRuntime,
+        host: bytes,
+    ) -> None:
+        reading: PathReading = request.idgw_reading
+        path = reading.text
+        if path.startswith("/oauth2/") or path == self.redirect_path:
+            # (Imported here: endpoints imports this module. Not above the
+            # `if`: an import statement costs a microsecond on every request.)
+            from idgateway.gate import endpoints
+
+            endpoints.dispatch(self, resource, request, state, runtime, host, path)
+            return
+        cookie_values = request.requestHeaders.getRawHeaders(b"cookie")
+        upstream_cookie: bytes | None = None
+        cookies = _NO_COOKIES
+        if cookie_values:
+            own = runtime.own_cookie or self._is_own_cookie
+            upstream_cookie, cookies = self._cookie_headers.read(cookie_values, own)
+        tls = secure_origin(resource, request, state)
+        visit = Visit(resource, request, state, runtime, host, path, upstream_cookie, tls)
+        if self.is_public(request.method, reading):
+            resource.forward(request, state, runtime, host, cookie=upstream_cookie)
+            return
+        if self.store is None:
+            session, visit.chunks = self.codecs[tls].decode(cookies)
+            self.check(visit, session)
+            return
+        session_id = cookies.get(self.store_cookie_name(tls))
+        if not session_id:
+            self.unauthenticated(visit)
+            return
+        visit.session_id = session_id.decode("latin-1")
+        cached = self._loaded.get(visit.session_id)
+        if cached is not None and cached[0] > self.clock.seconds():
+            self.check(visit, cached[1])
+            return
+        d = defer.ensureDeferred(self._load(visit.session_id))
+        d.addCallbacks(
+            lambda session: self.check(visit, session), self._store_failed, errbackArgs=(visit,)
+        )
+        d.addErrback(self._failed, visit)
+
+    async def _load(self, session_id: str) -> Session | None:
+        """One Redis GET; the result serves this process for LOADED_FOR seconds.
+
+        A page load's burst of requests then costs one round trip, and a logout
+        elsewhere still takes effect everywhere within a second.
+        """
+        assert self.store is not None
+        session = await self.store.load(session_id)
+        if session is not None:
+            if len(self._loaded) >= LOADED_MAX:
+                now = self.clock.seconds()
+                self._loaded = {k: v for k, v in self._loaded.items() if v[0] > now}
+                if len(self._loaded) >= LOADED_MAX:
+                    self._loaded.clear()
+            self._loaded[session_id] = (self.clock.seconds() + LOADED_FOR, session)
+        return session
+
+    def check(self, visit: Visit, session: Session | None) -> None:
+        """Lifetime, revocation and refresh; then admit or send to login."""
+        request = visit.request
+        if request.finished or request.client_gone:
+            return
+        now = self.clock.seconds()
+        if session is not None and not self._alive(session, now):
+            session = None
+        if session is not None and self._revoked(session):
+            session = None  # ended by a back-channel logout
+        if session is None:
+            self.unauthenticated(visit)
+            return
+        if not self._needs_refresh(session, now):
+            self.admit(visit, session, reissue=False)
+            return
+        old = session
+        d = defer.ensureDeferred(self.refreshed(session, visit.session_id))
+
+        def refreshed(new: Session | None | _Unavailable) -> None:
+            if request.finished or request.client_gone:
+                return
+            if new is UNAVAILABLE:
+                # The provider is down: keep the session while its access token
+                # is still good; a blip must not log everyone out.
+                if (old.access_expires_at or 0) > self.clock.seconds():
+                    self.admit(visit, old, reissue=False)
+                else:
+                    send_provider_unavailable(
+                        request,
+                        "The identity provider cannot be reached to renew your sign-in.",
+                        request.request_id,
+                    )
+                return
+            if new is None:
+                self.unauthenticated(visit)
+                return
+            assert isinstance(new, Session)
+            self.admit(visit, new, reissue=self.store is None)
+
+        d.addCallback(refreshed)
+        d.addErrback(self._failed, visit)
+
+    def _store_failed(self, failure: Failure, visit: Visit) -> None:
+        failure.trap(RedisUnavailable)
+        METRICS.session_store_error(self.route.name)  # metrics hook
+        request = visit.request
+        self._log.warn(
+            "route {route}: session store unavailable: {error} [{request_id}]",
+            route=self.route.name,
+            error=failure.getErrorMessage(),
+            request_id=request.request_id.decode(),
+        )
+        if request.finished or request.client_gone:
+            return
+        send_sessions_unavailable(request, request.request_id)
+
+    def _failed(self, failure: Failure, visit: Visit) -> None:
+        request = visit.request
+        if failure.check(RedisUnavailable):
+            METRICS.session_store_error(self.route.name)  # metrics hook
+        self._log.failure(
+            "route {route}: unexpected error [{request_id}]",
+            failure,
+            route=self.route.name,
+            request_id=request.request_id.decode(),
+        )
+        if not request.finished and not request.client_gone:
+            send_error(
+                request, 500, "Something went wrong on the gateway.", request_id=request.request_id
+            )
+
+    def admit(self, visit: Visit, session: Session, *, reissue: bool) -> None:
+        request = visit.request
+        request.idgw_user = session.user  # observe hook: the access log's user
+        # A WebSocket tunnel this request may open ends with this session.
+        request.idgw_login = self
+        request.idgw_session = session
+        request.idgw_session_id = visit.session_id
+        rules = self.rules_for(request.idgw_reading)
+        # A session's verdict and identity headers depend only on the session
+        # object (immutable, and shared by every request with the same cookie or
+        # loaded Redis session) and the rules: work them out once per pair.
+        memo = self._admission.get(id(session))
+        if memo is not None and memo[0] is session and memo[1] is rules:
+            failure, identity = memo[2], memo[3]
+        else:
+            failure = authorization_failure(
+                rules,
+                session.claims,
+                email_claim=self.oidc.email_claim,
+                groups_claim=self.oidc.groups_claim,
+            )
+            identity = self.identity.headers_for(session)
+            if len(self._admission) >= ADMISSION_MEMO_MAX:
+                self._admission.clear()
+            self._admission[id(session)] = (session, rules, failure, identity)
+        if failure is not None:
+            self._log.info(
+                "route {route}: {user} refused: {why}",
+                route=self.route.name,
+                user=observe.log_user(session.user),
+                why=failure,
+            )
+            send_error(
+                request,
+                403,
+                "You are signed in, but this application does not allow your account.",
+                error="forbidden",
+                request_id=request.request_id,
+            )
+            return
+        now = self.clock.seconds()
+        set_cookies: list[bytes] = []
+        if reissue or now - session.last_seen > SLIDE_EVERY:
+            session = attrs.evolve(session, last_seen=now)
+            if self.store is None:
+                set_cookies = self.session_cookies(session, visit.tls, visit.chunks)
+            elif visit.session_id is not None:
+                # Sliding expiry in Redis: a write once a minute per session,
+                # off the request's path (the answer does not wait for it).
+                self._save_later(visit.session_id, session)
+        visit.resource.forward(
+            request,
+            visit.state,
+            visit.runtime,
+            visit.host,
+            cookie=visit.upstream_cookie,
+            identity=identity,
+            set_cookies=set_cookies,
+        )
+
+    def _save_later(self, session_id: str, session: Session) -> None:
+        assert self.store is not None
+        if session_id in self._loaded:
+            self._loaded[session_id] = (self._loaded[session_id][0], session)
+        d = defer.ensureDeferred(self.store.save(session_id, session))
+        d.addErrback(self._save_failed)
+
+    def _save_failed(self, failure: Failure) -> None:
+        METRICS.session_store_error(self.route.name)  # metrics hook
+        self._log.warn(
+            "route {route}: could not extend a session: {error}",
+            route=self.route.name,
+            error=failure.getErrorMessage(),
+        )
+
+    def unauthenticated(self, visit: Visit) -> None:
+        from idgateway.gate import endpoints
+
+        request, tls = visit.request, visit.tls
+        if self.store is None:
+            clear = self.codecs[tls].clear(visit.chunks) if visit.chunks else []
+        else:
+            clear = [self.store_cookie_clear(tls)] if visit.session_id else []
+        if self._is_api_request(request, visit.path):
+            login_url = endpoints.start_url(request, visit.host, tls)
+            endpoints.send_json(
+                request,
+                401,
+                {"error": "unauthenticated", "message": "Sign in first.", "login_url": login_url},
+                set_cookies=clear,
+            )
+            return
+        endpoints.begin_login(
+            self,
+            request,
+            visit.host,
+            tls,
+            return_to=request.uri.decode("latin-1"),
+            set_cookies=clear,
+        )
+
+    # -- sessions: create, find, end ----------------------------------------------------
+
+    def store_cookie_name(self, tls: bool) -> bytes:
+        return self.codecs[tls].cookie_name.encode("ascii")
+
+    def store_cookie_clear(self, tls: bool) -> bytes:
+        return self.codecs[tls].clear(1)[0]
+
+    async def start_session(self, session: Session, tls: bool) -> list[bytes]:
+        """Set-Cookie values for a new login."""
+        if self.store is None:
+            return self.session_cookies(session, tls, 0)
+        session_id = self.store.new_session_id()
+        await self.store.save(session_id, session)
+        return [self.codecs[tls].plain_cookie(session_id.encode("ascii"))]
+
+    async def current_session(
+        self, request: GatewayRequest, tls: bool
+    ) -> tuple[Session | None, int, str | None]:
+        """(session, cookie chunks present, Redis session id) for the endpoints."""
+        cookies = parse_cookie_header(request.requestHeaders.getRawHeaders(b"cookie", []))
+        session: Session | None
+        if self.store is None:
+            session, chunks = self.codecs[tls].decode(cookies)
+            session_id = None
+        else:
+            raw = cookies.get(self.store_cookie_name(tls))
+            session_id = raw.decode("latin-1") if raw else None
+            session = await self.store.load(session_id) if session_id else None
+            chunks = 1 if raw else 0
+        if session is not None and (
+            not self._alive(session, self.clock.seconds()) or self._revoked(session)
+        ):
+            session = None
+        return session, chunks, session_id
+
+    async def end_session(
+        self, tls: bool, chunks: int, session_id: str | None, session: Session | None = None
+    ) -> list[bytes]:
+        """Forget this browser's session; Set-Cookie values that clear it.
+
+        A cookie session's id also goes on the revocation list (until its
+        max_duration would have ended it), so a copy of the cookie is dead too.
+        """
+        if self.store is not None:
+            if session_id:
+                self._loaded.pop(session_id, None)
+                await self.store.delete(session_id)
+            return [self.store_cookie_clear(tls)]
+        if session is not None and self.revocation is not None:
+            try:
+                await self.revocation.revoke_session(
+                    self.route.name, session.id, session.created_at
+                )
+            except RedisUnavailable as error:
+                # This process remembers; signing out must not fail over it.
+                self._log.warn(
+                    "route {route}: sign-out of {user} not shared with other processes: {error}",
+                    route=self.route.name,
+                    user=observe.log_user(session.user),
+                    error=str(error),
+                )
+        return self.codecs[tls].clear(max(chunks, 1))
+
+    async def end_sessions(
+        self,
+        state: GatewayState,
+        *,
+        sid: str | None,
+        sub: str | None,
+        since: float | None = None,
+        verified: bool = True,
+    ) -> str:
+        """A back- or front-channel logout: end every session of a provider sid,
+        else of a sub (those that began at or before ``since``, default now)."""
+        if self.store is not None:
+            self._loaded.clear()
+            if sid:
+                return f"{await self.store.delete_by_sid(sid)} session(s) deleted"
+            if sub:
+                return f"{await self.store.delete_by_sub(sub)} session(s) deleted"
+            return "nothing to end"
+        revocation = self.revocation or state.revocation
+        if sid:
+            await revocation.revoke(self.route.name, sid, verified=verified)
+            return "sid revoked"
+        if sub:
+            now = self.clock.seconds()
+            await revocation.revoke_sub(
+                self.route.name, sub, now if since is None else min(since, now)
+            )
+            return "sub revoked"
+        return "nothing to end"
+
+    def _is_api_request(self, request: GatewayRequest, path: str) -> bool:
+        if wants_json(request):
+            return True
+        fold = self.fold
+        folded = fold(path)
+        return any(folded.startswith(fold(prefix)) for prefix in self.oidc.api_paths)
+
+    # -- session lifetime -------------------------------------------------------------
+
+    def _alive(self, session: Session, now: float) -> bool:
+        if session.route != self.route.name:
+            return False
+        if now - session.created_at > self.session_settings.max_duration:
+            return False
+        return now - session.last_seen <= self.session_settings.inactivity_timeout
+
+    def keeps_sessions_of(self, before: RouteLogin) -> bool:
+        """Whether the sessions ``before`` (this route's gate before a reload)
+        admitted are still this route's: same provider and client (the
+        binding), the key that sealed them still known, the same store and
+        cookie. (What a cookie would meet on its next request, for the open
+        WebSocket tunnels that send none.)"""
+        return (
+            self.route.name == before.route.name
+            and self.binding == before.binding
+            and before.keyring.key_ids[0] in self.keyring.key_ids
+            and (self.store is None) == (before.store is None)
+            and self.codecs[True].cookie_name == before.codecs[True].cookie_name
+        )
+
+    def session_ended(
+        self, session: Session, session_id: str | None
+    ) -> bool | defer.Deferred[bool]:
+        """For an open WebSocket tunnel: has the session that opened it ended?
+
+        Past its max_duration, revoked (sign-out, back- or front-channel
+        logout: cookie sessions), or gone from Redis (deleted by a logout, or
+        expired there). Redis being unavailable proves nothing: the tunnel
+        stays. A tunnel is not a request, so it does not extend the session,
+        and the session's inactivity timeout is left to its HTTP requests.
+        """
+        if session.route != self.route.name:
+            return True
+        if self.clock.seconds() - session.created_at > self.session_settings.max_duration:
+            return True
+        if self.store is None:
+            return self._revoked(session)
+        if session_id is None:
+            return False
+        return defer.ensureDeferred(self._gone_from_redis(session_id))
+
+    async def _gone_from_redis(self, session_id: str) -> bool:
+        assert self.store is not None
+        try:
+            return await self.store.load(session_id) is None
+        except RedisUnavailable:
+            return False
+
+    def _revoked(self, session: Session) -> bool:
+        """Cookie sessions ended by a sign-out or a back- or front-channel logout
+        (Redis sessions are deleted instead)."""
+        return (
+            self.store is None
+            and self.revocation is not None
+            and self.revocation.session_revoked(self.route.name, session)
+        )
+
+    def _needs_refresh(self, session: Session, now: float) -> bool:
+        expires = session.access_expires_at
+        if expires is None or session.refresh_token is None:
+            return False
+        return expires - self.session_settings.refresh_leeway <= now
+
+    async def refreshed(
+        self, session: Session, session_id: str | None = None
+    ) -> Session | None | _Unavailable:
+        """The session with fresh tokens; None if the refresh was refused (log in
+        again); UNAVAILABLE if the provider could not be asked.
+
+        Concurrent requests of one session share one refresh, and requests that
+        still carry the pre-refresh cookie (parallel page loads) get its result for
+        a grace period: WSO2 rotates refresh tokens, so refreshing twice with the
+        same token would fail and log the user out.
+        """
+        key = (session.id, session.refresh_token or "")
+        now = self.clock.seconds()
+        recent = self._recent.get(key)
+        if recent is not None and recent[0] > now:
+            return recent[1]
+        pending = self._refreshing.get(key)
+        if pending is None:
+            if session_id is not None:
+                work = self._refresh_shared(session, session_id)
+            elif self.shared_redis is not None:
+                work = self._refresh_coordinated(session, self.shared_redis)
+            else:
+                work = self._refresh(session)
+            pending = defer.ensureDeferred(work)
+            self._refreshing[key] = pending
+
+            def done(result: Any) -> Any:
+                self._refreshing.pop(key, None)
+                if isinstance(result, Session):
+                    self._remember(key, result)
+                return result
+
+            pending.addBoth(done)
+        # Each waiter gets its own Deferred relayed from the shared one, so one
+        # waiter's callbacks cannot change what the others receive.
+        waiter: defer.Deferred[Session | None | _Unavailable] = defer.Deferred()
+
+        def relay(result: Any) -> Any:
+            if isinstance(result, Failure):
+                waiter.errback(result)
+            else:
+                waiter.callback(result)
+            return result
+
+        pending.addBoth(relay)
+        return await waiter
+
+    def _remember(self, key: tuple[str, str], session: Session) -> None:
+        now = self.clock.seconds()
+        if len(self._recent) > 10000:
+            self._recent = {k: v for k, v in self._recent.items() if v[0] > now}
+        self._recent[key] = (now + REFRESH_GRACE, session)
+
+    async def _refresh_shared(
+        self, session: Session, session_id: str
+    ) -> Session | None | _Unavailable:
+        """Refresh a Redis session: one process refreshes (SET NX PX lock); the others
+        wait briefly and use the tokens it stored. A lost update here would log the
+        user out, since WSO2 kills the old refresh token."""
+        assert self.store is not None
+        token = await self.store.lock(session_id, ttl_ms=REFRESH_LOCK_MS)
+        if token is None:
+            for _ in range(REFRESH_WAIT_STEPS):
+                await _sleep(self.clock, REFRESH_WAIT_STEP)
+                stored = await self.store.load(session_id)
+                if stored is None:
+                    return None
+                if stored.refresh_token != session.refresh_token:
+                    return stored
+            return UNAVAILABLE
+        try:
+            # Another process may have finished just before we took the lock.
+            stored = await self.store.load(session_id)
+            if stored is None:
+                return None
+            if stored.refresh_token != session.refresh_token:
+                return stored
+            new = await self._refresh(session)
+            if isinstance(new, Session):
+                await self.store.save(session_id, new)
+                self._loaded.pop(session_id, None)
+            return new
+        finally:
+            await self.store.unlock(session_id, token)
+
+    async def _refresh_coordinated(
+        self, session: Session, redis: RedisClient
+    ) -> Session | None | _Unavailable:
+        """Refresh a cookie session once across every process sharing ``redis``.
+
+        The winner of a SET NX lock refreshes and leaves the result (sealed with
+        the route's keys) for REFRESH_GRACE seconds; the others, and late requests
+        still carrying the old cookie, take that result instead of spending the
+        already-rotated refresh token.
+        """
+        digest = hashlib.sha256(f"{session.id}\0{session.refresh_token}".encode()).hexdigest()
+        base = f"idgw:{self.route.name}:refresh:{digest}"
+        try:
+            stored = await self._stored_refresh(redis, base)
+            if stored is not None:
+                return stored
+            token = os.urandom(16).hex()
+            if not await redis.set(base + ":lock", token.encode(), px=REFRESH_LOCK_MS, nx=True):
+                for _ in range(REFRESH_WAIT_STEPS):
+                    await _sleep(self.clock, REFRESH_WAIT_STEP)
+                    stored = await self._stored_refresh(redis, base)
+                    if stored is not None:
+                        return stored
+                return UNAVAILABLE
+        except RedisUnavailable as error:
+            self._log.warn(
+                "route {route}: Redis unavailable for refresh coordination ({error}); "
+                "refreshing in this process only",
+                route=self.route.name,
+                error=str(error),
+            )
+            return await self._refresh(session)
+        new = await self._refresh(session)
+        if isinstance(new, Session):
+            sealed = self.keyring.seal(
+                json.dumps(new.to_json_dict()).encode(), base.encode("ascii")
+            )
+            try:
+                await redis.set(base + ":result", sealed, px=int(REFRESH_GRACE * 1000))
+            except RedisUnavailable:
+                pass  # this process still has the result; others may ask the provider
+        return new
+
+    async def _stored_refresh(self, redis: RedisClient, base: str) -> Session | None:
+        raw = await redis.get(base + ":result")
+        if raw is None:
+            return None
+        opened = self.keyring.open(raw, base.encode("ascii"))
+        if opened is None:
+            return None
+        return Session.from_json_dict(json.loads(opened))
+
+    async def _refresh(self, session: Session) -> Session | None | _Unavailable:
+        # metrics hook: one count per refresh asked of the provider (not per request).
+        result = await self._ask_refresh(session)
+        METRICS.refresh(
+            self.route.name,
+            "unavailable" if result is UNAVAILABLE else "failed" if result is None else "ok",
+        )
+        return result
+
+    async def _ask_refresh(self, session: Session) -> Session | None | _Unavailable:
+        metadata = self.provider.client.metadata
+        if metadata is None:
+            return UNAVAILABLE
+        if session.refresh_token is None:
+            return None
+        try:
+            tokens = await refresh_tokens(
+                self.provider.http,
+                metadata,
+                self.credentials,
+                refresh_token=session.refresh_token,
+                clock=self.clock,
+            )
+        except TokenEndpointError as error:
+            self._log.info(
+                "route {route}: refresh for {user} failed: {error}",
+                route=self.route.name,
+                user=observe.log_user(session.user),
+                error=error.error,
+            )
+            if error.error in _PROVIDER_TROUBLE:
+                return UNAVAILABLE
+            return None
+        now = self.clock.seconds()
+        if tokens.id_token is not None:
+            # As untrusted as the login's: validated before it replaces the
+            # session's (it goes upstream and back to the provider as a hint).
+            try:
+                await validate_refreshed_id_token(
+                    tokens.id_token,
+                    provider=self.provider.client,
+                    client_id=self.oidc.client_id,
+                    session_sub=session.sub,
+                    previous_id_token=session.id_token,
+                    access_token=tokens.access_token,
+                    now=now,
+                )
+            except TokenError as error:
+                # Refused like an invalid_grant: the user logs in again. The new
+                # tokens are dropped; the session is never given them.
+                self._log.warn(
+                    "route {route}: refresh for {user} refused: the new ID token is "
+                    "invalid ({reason})",
+                    route=self.route.name,
+                    user=observe.log_user(session.user),
+                    reason=error.reason,
+                )
+                if error.reason == PROVIDER_UNAVAILABLE:
+                    return UNAVAILABLE
+                return None
+            now = self.clock.seconds()
+        return attrs.evolve(
+            session,
+            access_token=tokens.access_token,
+            access_expires_at=now + tokens.expires_in if tokens.expires_in else None,
+            refresh_token=tokens.refresh_token or session.refresh_token,
+            id_token=tokens.id_token or session.id_token,
+            last_seen=now,
+        )
+
+    def session_cookies(self, session: Session, tls: bool, previous_chunks: int) -> list[bytes]:
+        codec = self.codecs[tls]
+        try:
+            return codec.encode(session, previous_chunks)
+        except SessionTooLarge:
+            # Keep what the headers need; drop the tokens (no refresh, no id_token_hint).
+            slim = attrs.evolve(session, id_token=None, refresh_token=None, access_expires_at=None)
+            try:
+                return codec.encode(slim, previous_chunks)
+            except SessionTooLarge:
+                slim = attrs.evolve(
+                    slim, access_token=None, claims=_essential(session.claims, self.oidc)
+                )
+                return codec.encode(slim, previous_chunks)
+
+
+def _essential(claims: dict[str, Any], oidc: Any) -> dict[str, Any]:
+    keep = {oidc.user_claim, oidc.email_claim, oidc.groups_claim, "sub", "sid", "username", "roles"}
+    return {k: v for k, v in claims.items() if k in keep}
+
+
+def _folded(public: PublicPath) -> PublicPath:
+    """A public path of a case-insensitive route: lower-case prefix, (?i) regex."""
+    if public.prefix is not None:
+        return attrs.evolve(public, prefix=fold_case(public.prefix))
+    if public.regex is not None:
+        return attrs.evolve(public, regex="(?i)" + public.regex)
+    return public
+
+
+async def _sleep(clock: IReactorTime, seconds: float) -> None:
+    await task.deferLater(clock, seconds, lambda: None)
+
+
+def secure_origin(resource: GatewayResource, request: GatewayRequest, state: GatewayState) -> bool:
+    """Whether the browser talks https to us (directly, or to a trusted proxy)."""
+    if resource.tls:
+        return True
+    proto = request.requestHeaders.getRawHeaders(b"x-forwarded-proto")
+    if not proto or proto[0].strip().lower() != b"https":
+        return False
+    peer = getattr(request.client, "host", None)
+    return peer is not None and state.trusted.trusts(peer)
+
+
+# Keys made up for routes configured without any: kept for the life of the
+# process, so that a reload does not log everyone out.
+_EPHEMERAL_KEYS: dict[str, str] = {}
+
+
+def _random_key() -> str:
+    import base64
+
+    return base64.b64encode(os.urandom(32)).decode("ascii")

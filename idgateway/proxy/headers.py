@@ -1,0 +1,273 @@
+"""Header rewriting between the client and the upstream.
+
+Request side: drop hop-by-hop headers and any header the client's
+``Connection`` names, drop headers the gateway owns (identity headers,
+forwarding headers from untrusted peers, URL overrides from anyone), then add
+``X-Forwarded-*`` and ``X-Request-Id``. Response side: drop hop-by-hop headers, keep everything
+else, repeated headers in their order.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import itertools
+import os
+import re
+from collections.abc import Iterable, Sequence
+
+from idgateway.proxy.upstream import HOP_BY_HOP
+
+# Request headers that describe the client's hop, not the request.
+REQUEST_HOP_BY_HOP = HOP_BY_HOP | {b"host", b"content-length"}
+
+FORWARDING_HEADERS = frozenset(
+    {
+        b"x-forwarded-for",
+        b"x-forwarded-proto",
+        b"x-forwarded-host",
+        b"x-forwarded-port",
+        # Where the app is mounted (Spring, Symfony, ASP.NET build links and
+        # redirects with it): believed from trusted proxies, like the others.
+        b"x-forwarded-prefix",
+        b"forwarded",
+        b"x-real-ip",
+        # Other spellings of the same facts that frameworks and CDNs read
+        # (Rack prefers X-Forwarded-Scheme to -Proto; IIS Front-End-Https):
+        # believed from trusted proxies only, like the others.
+        b"x-forwarded-scheme",
+        b"x-forwarded-ssl",
+        b"x-forwarded-server",
+        b"x-forwarded-path",
+        b"x-forwarded-uri",
+        b"x-original-uri",
+        b"x-url-scheme",
+        b"front-end-https",
+        b"x-client-ip",
+        b"x-cluster-client-ip",
+        b"true-client-ip",
+        b"cf-connecting-ip",
+        b"fastly-client-ip",
+    }
+)
+
+# Dropped from every request, trusted proxies' too: IIS-era URL overrides that
+# frameworks (Symfony, Zend/Laminas, Drupal) read in place of the request
+# line, so a path the gateway checked would not be the path the app serves.
+ALWAYS_STRIPPED = frozenset({b"x-original-url", b"x-rewrite-url"})
+
+_SAFE_REQUEST_ID = re.compile(rb"\A[A-Za-z0-9._:/+=@-]{1,128}\Z")
+
+
+def header_key(name: bytes) -> bytes:
+    """The spelling-insensitive form of a header name: ``X_Forwarded-User`` -> ``x-forwarded-user``.
+
+    Some servers (CGI, PHP, mod_wsgi) turn ``-`` into ``_``; a header an attacker
+    spells with underscores must be stripped like the real one.
+    """
+    return name.lower().replace(b"_", b"-")
+
+
+class TrustedProxies:
+    """Peers whose X-Forwarded-* headers are believed."""
+
+    def __init__(self, cidrs: Iterable[str]) -> None:
+        self.networks = tuple(ipaddress.ip_network(c, strict=False) for c in cidrs)
+        self._cache: dict[str, bool] = {}
+
+    def trusts(self, peer_host: str) -> bool:
+        if not self.networks:
+            return False
+        known = self._cache.get(peer_host)
+        if known is not None:
+            return known
+        try:
+            address = ipaddress.ip_address(peer_host)
+        except ValueError:
+            result = False
+        else:
+            result = any(address in net for net in self.networks)
+        if len(self._cache) > 10000:
+            self._cache.clear()
+        self._cache[peer_host] = result
+        return result
+
+
+# Request ids: a random per-process prefix and a counter. Unique across
+# processes and restarts in practice, and far cheaper than os.urandom per
+# request on the hot path; they are identifiers, not secrets.
+_ID_PREFIX = os.urandom(8).hex().encode("ascii")
+_id_counter = itertools.count(int.from_bytes(os.urandom(4), "big"))
+
+
+def new_request_id() -> bytes:
+    return b"%s%016x" % (_ID_PREFIX, next(_id_counter))
+
+
+def request_id_from(incoming: Sequence[bytes] | None) -> bytes:
+    """Keep a well-formed incoming X-Request-Id (tracing across hops), else mint one."""
+    if incoming and _SAFE_REQUEST_ID.match(incoming[0]):
+        return incoming[0]
+    return new_request_id()
+
+
+def connection_tokens(values: Sequence[bytes] | None) -> frozenset[bytes]:
+    if not values:
+        return frozenset()
+    return frozenset(
+        header_key(token.strip())
+        for value in values
+        for token in value.split(b",")
+        if token.strip()
+    )
+
+
+# What build_request_head does with a header, by name: decided once per
+# (name, strip set) and remembered, since every request repeats the same few
+# dozen names. Tables are per strip set (one or two per route).
+_EMIT, _DROP, _FORWARDING = 0, 1, 2
+_TABLES_MAX = 256
+_TABLE_NAMES_MAX = 1024
+_decision_tables: dict[tuple[frozenset[bytes], tuple[bytes, ...]], dict[bytes, int]] = {}
+
+
+def _decision_table(strip: frozenset[bytes], strip_prefixes: tuple[bytes, ...]) -> dict[bytes, int]:
+    table = _decision_tables.get((strip, strip_prefixes))
+    if table is None:
+        if len(_decision_tables) >= _TABLES_MAX:
+            _decision_tables.clear()
+        table = _decision_tables[(strip, strip_prefixes)] = {}
+    return table
+
+
+def _decide(key: bytes, strip: frozenset[bytes], strip_prefixes: tuple[bytes, ...]) -> int:
+    if key in REQUEST_HOP_BY_HOP or key in strip or key in ALWAYS_STRIPPED:
+        return _DROP
+    if strip_prefixes and key.startswith(strip_prefixes):
+        return _DROP
+    if key in FORWARDING_HEADERS:
+        return _FORWARDING
+    if key == b"x-request-id":
+        return _DROP
+    return _EMIT
+
+
+_SCAN = object()
+
+
+def build_request_head(
+    *,
+    method: bytes,
+    target: bytes,
+    headers: Iterable[tuple[bytes, Sequence[bytes]]],
+    host_header: bytes,
+    client_ip: bytes,
+    proto: bytes,
+    port: bytes,
+    original_host: bytes,
+    request_id: bytes,
+    trusted_peer: bool,
+    strip: frozenset[bytes] = frozenset(),
+    strip_prefixes: tuple[bytes, ...] = (),
+    body_length: int | None = None,
+    chunked_body: bool = False,
+    upgrade: bytes | None = None,
+    extra: Iterable[tuple[bytes, bytes]] = (),
+    connection: Sequence[bytes] | None | object = _SCAN,
+) -> bytes:
+    """The request line and headers to send upstream, ready to write.
+
+    ``strip`` holds header keys (see ``header_key``) the gateway itself sets
+    for this route, such as identity headers: a client must never supply them.
+    ``connection``: the request's Connection header values if the caller has
+    them at hand (None: there is none); otherwise ``headers`` is searched.
+    """
+    incoming_forwarded: dict[bytes, bytes] = {}
+    out = [method, b" ", target, b" HTTP/1.1\r\nHost: ", host_header, b"\r\n"]
+    header_list = headers if isinstance(headers, list | tuple) else list(headers)
+    if connection is _SCAN:
+        connection = None
+        for name, values in header_list:
+            if name.lower() == b"connection":
+                connection = values
+                break
+    named_in_connection = connection_tokens(connection)  # type: ignore[arg-type]
+    table = _decision_table(strip, strip_prefixes)
+    for name, values in header_list:
+        action = table.get(name)
+        if action is None:
+            action = _decide(header_key(name), strip, strip_prefixes)
+            if len(table) < _TABLE_NAMES_MAX:
+                table[name] = action
+        if action == _DROP:
+            continue
+        if named_in_connection and header_key(name) in named_in_connection:
+            continue
+        if action == _FORWARDING:
+            if trusted_peer:
+                incoming_forwarded[header_key(name)] = b", ".join(values)
+            continue
+        for value in values:
+            out += (name, b": ", value, b"\r\n")
+    if trusted_peer:
+        previous = incoming_forwarded.get(b"x-forwarded-for")
+        forwarded_for = previous + b", " + client_ip if previous else client_ip
+        proto = incoming_forwarded.get(b"x-forwarded-proto", proto)
+        original_host = incoming_forwarded.get(b"x-forwarded-host", original_host)
+        port = incoming_forwarded.get(b"x-forwarded-port", port)
+        mounted_at = incoming_forwarded.get(b"x-forwarded-prefix")
+        if mounted_at is not None:
+            out += (b"X-Forwarded-Prefix: ", mounted_at, b"\r\n")
+    else:
+        forwarded_for = client_ip
+    out += (
+        b"X-Forwarded-For: ",
+        forwarded_for,
+        b"\r\nX-Forwarded-Proto: ",
+        proto,
+        b"\r\nX-Forwarded-Host: ",
+        original_host,
+        b"\r\nX-Forwarded-Port: ",
+        port,
+        b"\r\nX-Request-Id: ",
+        request_id,
+        b"\r\n",
+    )
+    for name, value in extra:
+        out += (name, b": ", value, b"\r\n")
+    if upgrade is not None:
+        out += (b"Connection: Upgrade\r\nUpgrade: ", upgrade, b"\r\n")
+    if body_length is not None:
+        out += (b"Content-Length: ", b"%d" % body_length, b"\r\n")
+    elif chunked_body:
+        out.append(b"Transfer-Encoding: chunked\r\n")
+    out.append(b"\r\n")
+    return b"".join(out)
+
+
+def response_headers_to_forward(
+    headers: Sequence[tuple[bytes, bytes]], *, keep_upgrade: bool = False
+) -> list[tuple[bytes, bytes]]:
+    """Upstream response headers minus hop-by-hop ones and those ``Connection`` names."""
+    named: set[bytes] = set()
+    for name, value in headers:
+        if name.lower() == b"connection":
+            named.update(header_key(t.strip()) for t in value.split(b",") if t.strip())
+    kept = []
+    for name, value in headers:
+        key = name.lower()
+        if key in HOP_BY_HOP or key in named or key == b"content-length":
+            if keep_upgrade and key in (b"upgrade", b"connection"):
+                kept.append((name, value))
+            continue
+        kept.append((name, value))
+    return kept
+
+
+def is_websocket_upgrade(
+    connection: Sequence[bytes] | None, upgrade: Sequence[bytes] | None
+) -> bool:
+    if not connection or not upgrade:
+        return False
+    return (
+        b"upgrade" in connection_tokens(connection) and upgrade[0].strip().lower() == b"websocket"
+    )
