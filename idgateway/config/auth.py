@@ -25,6 +25,8 @@ from idgateway.config.model import (
     RouteAuth,
     SessionSettings,
 )
+from idgateway.config.provider_urls import InsecureTransport, check_configured_url
+from idgateway.config.redis_url import parse_redis_url
 from idgateway.config.regex import compile_config_regex
 from idgateway.config.schema import (
     INVALID,
@@ -47,15 +49,30 @@ from idgateway.config.schema import (
     read_section,
     record,
 )
-from idgateway.oidc.client import RESERVED_AUTHORIZE_PARAMETERS
-from idgateway.oidc.transport import InsecureTransport, check_configured_url
-from idgateway.proxy.headers import (
+from idgateway.http.header_names import (
     ALWAYS_STRIPPED,
     FORWARDING_HEADERS,
     REQUEST_HOP_BY_HOP,
     header_key,
 )
-from idgateway.redis.client import parse_redis_url
+
+# Authorization request parameters that ``extra`` may not set: they carry the
+# flow's security (state, nonce, PKCE) or would change its shape.
+RESERVED_AUTHORIZE_PARAMETERS = frozenset(
+    {
+        "response_type",
+        "response_mode",
+        "client_id",
+        "redirect_uri",
+        "scope",
+        "state",
+        "nonce",
+        "code_challenge",
+        "code_challenge_method",
+        "request",
+        "request_uri",
+    }
+)
 
 HEADER_PRESETS = ("oauth2-proxy", "mod_auth_openidc")
 _HTTP_METHODS = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"}

@@ -486,7 +486,7 @@ LISTENER_FIELDS = (
             - 128) // (2 * number of listeners)``, at least 16 (128 descriptors are
             kept for logs, Redis, providers and the admin listener; halved because
             each client connection may hold an upstream connection). Under
-            ``etc/idgateway.server.service`` (``LimitNOFILE=65536``) that is 32704 with
+            ``etc/idgateway.service`` (``LimitNOFILE=65536``) that is 32704 with
             one listener, per process. If descriptors run out anyway, connections
             are accepted and closed at once and logged the same way.
             Example: ``max_connections: 10000``

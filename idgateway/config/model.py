@@ -151,7 +151,7 @@ class Route:
 class LoggingSettings:
     """The top-level ``logging:`` block: the access log and how lines look."""
 
-    # One line per finished request (namespace idgateway.gate.rules).
+    # One line per finished request (namespace idgateway.access).
     access_log: bool = True
     # "text": readable lines; "json": each access/audit message is a JSON object.
     format: Literal["text", "json"] = "text"

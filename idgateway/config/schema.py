@@ -523,7 +523,7 @@ def loose_permissions(path: str, *, secret: bool) -> str | None:
     return None
 
 
-_SECRET_PATH = file_path("a file path, e.g. /run/credentials/idgateway.server.service/secret")
+_SECRET_PATH = file_path("a file path, e.g. /run/credentials/idgateway.service/secret")
 
 
 def _reason(error: Exception) -> str:

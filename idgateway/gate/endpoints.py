@@ -6,15 +6,15 @@
 
 from __future__ import annotations
 
-import json
 import os
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qs, quote
+from urllib.parse import parse_qs
 
 from twisted.internet import defer
 from twisted.logger import Logger
 
 from idgateway.gate import logout_pages
+from idgateway.gate.answers import origin, send_json, send_redirect
 from idgateway.gate.rules import safe_redirect
 from idgateway.gate.session_check import secure_origin
 from idgateway.http.paths import AmbiguousPath
@@ -22,14 +22,13 @@ from idgateway.observe import access_log as observe
 from idgateway.observe.metrics import METRICS, OAUTH_ERRORS  # metrics hook
 from idgateway.oidc.client import (
     TokenEndpointError,
-    authorize_url,
     end_session_url,
     exchange_code,
     fetch_userinfo,
 )
 from idgateway.oidc.tokens import TokenError, validate_id_token, validate_logout_token
 from idgateway.redis.client import RedisUnavailable
-from idgateway.server.error_pages import (
+from idgateway.server.answers import (
     send_error,
     send_provider_unavailable,
     send_sessions_unavailable,
@@ -39,9 +38,8 @@ from idgateway.sessions.flows import FlowCookies
 from idgateway.sessions.model import Session
 
 if TYPE_CHECKING:
+    from idgateway.gate.contracts import Forwarder, GatewayView, RouteView
     from idgateway.gate.session_check import RouteLogin
-    from idgateway.routing.resource import GatewayResource
-    from idgateway.routing.state import GatewayState, RouteRuntime
     from idgateway.server.channel import GatewayRequest
 
 _log = Logger(namespace="idgateway.gate.endpoints")
@@ -61,10 +59,10 @@ _TECHNICAL_CLAIMS = frozenset(
 
 def dispatch(
     login: RouteLogin,
-    resource: GatewayResource,
+    resource: Forwarder,
     request: GatewayRequest,
-    state: GatewayState,
-    runtime: RouteRuntime,
+    state: GatewayView,
+    runtime: RouteView,
     host: bytes,
     path: str,
 ) -> None:
@@ -78,7 +76,7 @@ def dispatch(
         target = safe_redirect(
             rd, host=host.decode("latin-1"), allowed=login.oidc.allowed_redirects
         )
-        begin_login(login, request, host, tls, return_to=target or "/")
+        login.begin_login(request, host, tls, return_to=target or "/")
     elif path == "/oauth2/sign_out":
         _run(sign_out(login, request, host, tls), request, "sign-out")
     elif path == "/oauth2/userinfo":
@@ -104,92 +102,6 @@ def _run(work: Any, request: GatewayRequest, what: str) -> None:
 def _query(request: GatewayRequest) -> dict[str, str]:
     raw = request.uri.partition(b"?")[2].decode("latin-1")
     return {k: v[0] for k, v in parse_qs(raw, keep_blank_values=True).items()}
-
-
-def _origin(host: bytes, tls: bool) -> str:
-    return ("https://" if tls else "http://") + host.decode("latin-1")
-
-
-def start_url(request: GatewayRequest, host: bytes, tls: bool) -> str:
-    return f"{_origin(host, tls)}/oauth2/start?rd={quote(request.uri.decode('latin-1'), safe='')}"
-
-
-def send_json(
-    request: GatewayRequest,
-    status: int,
-    payload: dict[str, Any],
-    *,
-    set_cookies: list[bytes] = (),  # type: ignore[assignment]
-    headers: list[tuple[bytes, bytes]] = (),  # type: ignore[assignment]
-) -> None:
-    body = json.dumps(payload).encode()
-    request.setResponseCode(status)
-    out = request.responseHeaders
-    out.setRawHeaders(b"content-type", [b"application/json"])
-    out.setRawHeaders(b"content-length", [b"%d" % len(body)])
-    out.setRawHeaders(b"cache-control", [b"no-store"])
-    for value in set_cookies:
-        out.addRawHeader(b"set-cookie", value)
-    for name, value in headers:
-        out.addRawHeader(name, value)
-    request.end_response_early()
-    if request.method != b"HEAD":
-        request.write(body)
-    request.finish()
-
-
-def _redirect(request: GatewayRequest, location: str, set_cookies: list[bytes] = ()) -> None:  # type: ignore[assignment]
-    request.setResponseCode(302)
-    out = request.responseHeaders
-    out.setRawHeaders(b"location", [location.encode("latin-1", "replace")])
-    out.setRawHeaders(b"cache-control", [b"no-store"])
-    out.setRawHeaders(b"content-length", [b"0"])
-    for value in set_cookies:
-        out.addRawHeader(b"set-cookie", value)
-    request.end_response_early()
-    request.finish()
-
-
-def begin_login(
-    login: RouteLogin,
-    request: GatewayRequest,
-    host: bytes,
-    tls: bool,
-    *,
-    return_to: str,
-    set_cookies: list[bytes] = (),  # type: ignore[assignment]
-) -> None:
-    """302 to the provider's authorize endpoint with state, nonce and PKCE S256."""
-    metadata = login.provider.client.metadata
-    if metadata is None:
-        _log.warn(
-            "route {route}: provider {provider} not available: {error}",
-            route=login.route.name,
-            provider=login.provider.settings.name,
-            error=login.provider.client.last_error or "discovery has not finished yet",
-        )
-        send_provider_unavailable(
-            request,
-            "Sign-in is unavailable right now: the identity provider cannot be reached.",
-            request.request_id,
-        )
-        return
-    flows: FlowCookies = login.flows[tls]
-    now = login.clock.seconds()
-    flow = flows.new_flow(return_to, now)
-    cookies = parse_cookie_header(request.requestHeaders.getRawHeaders(b"cookie", []))
-    url = authorize_url(
-        metadata,
-        client_id=login.oidc.client_id,
-        redirect_uri=_origin(host, tls) + login.redirect_path,
-        scopes=login.oidc.scopes,
-        state=flow.state,
-        nonce=flow.nonce,
-        code_challenge=FlowCookies.code_challenge(flow.code_verifier),
-        extra=dict(login.oidc.extra_params),
-    )
-    METRICS.login_started(login.route.name)  # metrics hook
-    _redirect(request, url, [*set_cookies, *flows.set_cookie(flow, cookies, now)])
 
 
 def _login_failed(
@@ -259,7 +171,7 @@ async def callback(login: RouteLogin, request: GatewayRequest, host: bytes, tls:
             metadata,
             login.credentials,
             code=code,
-            redirect_uri=_origin(host, tls) + login.redirect_path,
+            redirect_uri=origin(host, tls) + login.redirect_path,
             code_verifier=flow.code_verifier,
             clock=login.clock,
         )
@@ -292,7 +204,10 @@ async def callback(login: RouteLogin, request: GatewayRequest, host: bytes, tls:
     if login.oidc.userinfo and metadata.userinfo_endpoint:
         try:
             extra = await fetch_userinfo(
-                login.provider.http, metadata, access_token=tokens.access_token
+                login.provider.http,
+                metadata,
+                access_token=tokens.access_token,
+                clock=login.clock,
             )
         except Exception:
             _login_failed(
@@ -349,7 +264,7 @@ async def callback(login: RouteLogin, request: GatewayRequest, host: bytes, tls:
     METRICS.login_succeeded(login.route.name)  # metrics hook
     if request.finished or request.client_gone:
         return
-    _redirect(request, target or "/", new_cookies)
+    send_redirect(request, target or "/", new_cookies)
 
 
 async def sign_out(login: RouteLogin, request: GatewayRequest, host: bytes, tls: bool) -> None:
@@ -368,14 +283,14 @@ async def sign_out(login: RouteLogin, request: GatewayRequest, host: bytes, tls:
             )
             logout_pages.send_refused(request)
             return
-    elif logout_pages.is_cross_site(request, _origin(host, tls)):
+    elif logout_pages.is_cross_site(request, origin(host, tls)):
         token = logout_pages.form_token(login.keyring, login.route.name, bound, now)
         logout_pages.send_confirmation(request, token)
         return
     clear = await login.end_session(tls, chunks, session_id, session)
     back = login.oidc.post_logout_redirect
     if back.startswith("/"):
-        back = _origin(host, tls) + back
+        back = origin(host, tls) + back
     metadata = login.provider.client.metadata
     target = None
     if metadata is not None and session is not None:
@@ -390,7 +305,7 @@ async def sign_out(login: RouteLogin, request: GatewayRequest, host: bytes, tls:
     if session is not None:
         request.idgw_user = session.user  # observe hook
         observe.signed_out(request, route=login.route.name, user=session.user)  # audit hook
-    _redirect(request, target or back, clear)
+    send_redirect(request, target or back, clear)
 
 
 async def userinfo(login: RouteLogin, request: GatewayRequest, tls: bool) -> None:
@@ -417,8 +332,8 @@ async def auth_request(
     login: RouteLogin,
     request: GatewayRequest,
     tls: bool,
-    state: GatewayState,
-    runtime: RouteRuntime,
+    state: GatewayView,
+    runtime: RouteView,
 ) -> None:
     """For nginx auth_request and Traefik forwardAuth: 202 + identity, 401 or 403.
 
@@ -474,7 +389,7 @@ async def auth_request(
     send_json(request, 202, {"user": session.user}, headers=headers)
 
 
-def _trusted_peer(request: GatewayRequest, state: GatewayState | None) -> bool:
+def _trusted_peer(request: GatewayRequest, state: GatewayView | None) -> bool:
     """Whether the peer is in trusted_proxies (may name another request, get tokens)."""
     peer = getattr(request.client, "host", None)
     return state is not None and peer is not None and state.trusted.trusts(peer)
@@ -492,7 +407,7 @@ def _logout_error(request: GatewayRequest, login: RouteLogin, description: str) 
 
 
 async def backchannel_logout(
-    login: RouteLogin, request: GatewayRequest, state: GatewayState
+    login: RouteLogin, request: GatewayRequest, state: GatewayView
 ) -> None:
     """WSO2 POSTs logout_token=<JWT>: end every session of its sid (or sub)."""
     if request.method != b"POST" or request.body is None:
@@ -565,7 +480,7 @@ async def backchannel_logout(
 
 
 async def frontchannel_logout(
-    login: RouteLogin, request: GatewayRequest, state: GatewayState, tls: bool
+    login: RouteLogin, request: GatewayRequest, state: GatewayView, tls: bool
 ) -> None:
     """The provider loads this in an iframe with ?iss=&sid= (oidc.frontchannel_logout).
 
@@ -652,7 +567,7 @@ class AmbiguousForward(ValueError):
     """The forwarded request cannot be named one way only."""
 
 
-def _forwarded_request(request: GatewayRequest, state: GatewayState) -> tuple[bytes, bytes] | None:
+def _forwarded_request(request: GatewayRequest, state: GatewayView) -> tuple[bytes, bytes] | None:
     """For /oauth2/auth: (method, path) of the original request that nginx or
     Traefik pass along, or None to judge the /oauth2/auth request itself.
 

@@ -14,7 +14,7 @@ from typing import Any
 import attrs
 
 from idgateway.config.model import HeaderSettings
-from idgateway.proxy.headers import (
+from idgateway.http.header_names import (
     ALWAYS_STRIPPED,
     FORWARDING_HEADERS,
     REQUEST_HOP_BY_HOP,

@@ -20,6 +20,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from idgateway.config.model import AuthorizeRules, ProviderSettings, PublicPath, Route, RouteAuth
+from idgateway.gate.answers import origin, send_json, send_redirect, start_url
 from idgateway.gate.identity_headers import IdentityHeaders
 from idgateway.gate.rules import (
     authorization_failure,
@@ -29,12 +30,17 @@ from idgateway.gate.rules import (
 from idgateway.http.paths import PathReading, fold_case, no_fold
 from idgateway.observe import access_log as observe
 from idgateway.observe.metrics import METRICS  # metrics hook
-from idgateway.oidc.client import ClientCredentials, TokenEndpointError, refresh_tokens
+from idgateway.oidc.client import (
+    ClientCredentials,
+    TokenEndpointError,
+    authorize_url,
+    refresh_tokens,
+)
 from idgateway.oidc.provider import ProviderClient
 from idgateway.oidc.refresh import validate_refreshed_id_token
 from idgateway.oidc.tokens import PROVIDER_UNAVAILABLE, TokenError
 from idgateway.redis.client import RedisClient, RedisUnavailable
-from idgateway.server.error_pages import (
+from idgateway.server.answers import (
     send_error,
     send_provider_unavailable,
     send_sessions_unavailable,
@@ -55,8 +61,7 @@ from idgateway.sessions.redis_store import RedisSessionStore
 from idgateway.sessions.revocation import RevocationList
 
 if TYPE_CHECKING:
-    from idgateway.routing.resource import GatewayResource
-    from idgateway.routing.state import GatewayState, RouteRuntime
+    from idgateway.gate.contracts import Forwarder, GatewayView, RouteView
     from idgateway.server.channel import GatewayRequest
 
 # A session's cookie is re-issued (sliding inactivity) at most this often.
@@ -91,10 +96,10 @@ UNAVAILABLE = _Unavailable()
 class Visit:
     """One request on its way through the gate."""
 
-    resource: GatewayResource
+    resource: Forwarder
     request: GatewayRequest
-    state: GatewayState
-    runtime: RouteRuntime
+    state: GatewayView
+    runtime: RouteView
     host: bytes
     path: str
     upstream_cookie: bytes | None
@@ -240,21 +245,14 @@ class RouteLogin:
 
     def handle(
         self,
-        resource: GatewayResource,
+        resource: Forwarder,
         request: GatewayRequest,
-        state: GatewayState,
-        runtime: RouteRuntime,
+        state: GatewayView,
+        runtime: RouteView,
         host: bytes,
     ) -> None:
         reading: PathReading = request.idgw_reading
         path = reading.text
-        if path.startswith("/oauth2/") or path == self.redirect_path:
-            # (Imported here: endpoints imports this module. Not above the
-            # `if`: an import statement costs a microsecond on every request.)
-            from idgateway.gate import endpoints
-
-            endpoints.dispatch(self, resource, request, state, runtime, host, path)
-            return
         cookie_values = request.requestHeaders.getRawHeaders(b"cookie")
         upstream_cookie: bytes | None = None
         cookies = _NO_COOKIES
@@ -450,30 +448,68 @@ class RouteLogin:
         )
 
     def unauthenticated(self, visit: Visit) -> None:
-        from idgateway.gate import endpoints
-
         request, tls = visit.request, visit.tls
         if self.store is None:
             clear = self.codecs[tls].clear(visit.chunks) if visit.chunks else []
         else:
             clear = [self.store_cookie_clear(tls)] if visit.session_id else []
         if self._is_api_request(request, visit.path):
-            login_url = endpoints.start_url(request, visit.host, tls)
-            endpoints.send_json(
+            login_url = start_url(request, visit.host, tls)
+            send_json(
                 request,
                 401,
                 {"error": "unauthenticated", "message": "Sign in first.", "login_url": login_url},
                 set_cookies=clear,
             )
             return
-        endpoints.begin_login(
-            self,
+        self.begin_login(
             request,
             visit.host,
             tls,
             return_to=request.uri.decode("latin-1"),
             set_cookies=clear,
         )
+
+    def begin_login(
+        self,
+        request: GatewayRequest,
+        host: bytes,
+        tls: bool,
+        *,
+        return_to: str,
+        set_cookies: list[bytes] = (),  # type: ignore[assignment]
+    ) -> None:
+        """302 to the provider's authorize endpoint with state, nonce and PKCE S256."""
+        metadata = self.provider.client.metadata
+        if metadata is None:
+            self._log.warn(
+                "route {route}: provider {provider} not available: {error}",
+                route=self.route.name,
+                provider=self.provider.settings.name,
+                error=self.provider.client.last_error or "discovery has not finished yet",
+            )
+            send_provider_unavailable(
+                request,
+                "Sign-in is unavailable right now: the identity provider cannot be reached.",
+                request.request_id,
+            )
+            return
+        flows: FlowCookies = self.flows[tls]
+        now = self.clock.seconds()
+        flow = flows.new_flow(return_to, now)
+        cookies = parse_cookie_header(request.requestHeaders.getRawHeaders(b"cookie", []))
+        url = authorize_url(
+            metadata,
+            client_id=self.oidc.client_id,
+            redirect_uri=origin(host, tls) + self.redirect_path,
+            scopes=self.oidc.scopes,
+            state=flow.state,
+            nonce=flow.nonce,
+            code_challenge=FlowCookies.code_challenge(flow.code_verifier),
+            extra=dict(self.oidc.extra_params),
+        )
+        METRICS.login_started(self.route.name)  # metrics hook
+        send_redirect(request, url, [*set_cookies, *flows.set_cookie(flow, cookies, now)])
 
     # -- sessions: create, find, end ----------------------------------------------------
 
@@ -541,7 +577,7 @@ class RouteLogin:
 
     async def end_sessions(
         self,
-        state: GatewayState,
+        state: GatewayView,
         *,
         sid: str | None,
         sub: str | None,
@@ -884,7 +920,7 @@ async def _sleep(clock: IReactorTime, seconds: float) -> None:
     await task.deferLater(clock, seconds, lambda: None)
 
 
-def secure_origin(resource: GatewayResource, request: GatewayRequest, state: GatewayState) -> bool:
+def secure_origin(resource: Forwarder, request: GatewayRequest, state: GatewayView) -> bool:
     """Whether the browser talks https to us (directly, or to a trusted proxy)."""
     if resource.tls:
         return True

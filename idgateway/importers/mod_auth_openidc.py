@@ -26,7 +26,10 @@ import attrs
 
 from idgateway.config import values as units
 from idgateway.config.regex import not_starting_with
-from idgateway.importers import (
+from idgateway.importers._includes import IncludeError, IncludeState, included_paths
+from idgateway.importers._yaml import Block, Flow, config_text, quoted, shown
+from idgateway.importers._yaml import reference as env_reference
+from idgateway.importers.common import (
     ImporterError,
     ImportOptions,
     Report,
@@ -41,9 +44,6 @@ from idgateway.importers import (
     split_url,
     tls_self_signed_hint,
 )
-from idgateway.importers._includes import IncludeError, IncludeState, included_paths
-from idgateway.importers._yaml import Block, Flow, config_text, quoted, shown
-from idgateway.importers._yaml import reference as env_reference
 
 KIND = "mod_auth_openidc"
 _TRANSPARENT = {"ifmodule", "ifdefine", "ifversion", "iffile", "ifdirective", "ifsection"}

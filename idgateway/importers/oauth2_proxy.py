@@ -23,7 +23,8 @@ import tomllib
 from typing import Any
 
 from idgateway.config import values as units
-from idgateway.importers import (
+from idgateway.importers._yaml import Block, Flow, config_text, render, shown
+from idgateway.importers.common import (
     ImporterError,
     ImportOptions,
     Report,
@@ -39,7 +40,6 @@ from idgateway.importers import (
     split_url,
     tls_self_signed_hint,
 )
-from idgateway.importers._yaml import Block, Flow, config_text, render, shown
 
 KIND = "oauth2-proxy"
 ENV_CLIENT_SECRET = "OAUTH2_PROXY_CLIENT_SECRET"

@@ -1,6 +1,6 @@
 """The access log and the audit log, as twisted.logger events with structured fields.
 
-Access: one event per finished request (namespace ``idgateway.gate.rules``), emitted
+Access: one event per finished request (namespace ``idgateway.access``), emitted
 from ``GatewaySite.log``, which twisted.web calls from ``Request.finish``.
 Audit: logins, failed logins with their reason, sign-outs and back-channel
 logouts (namespace ``idgateway.audit``).
@@ -29,7 +29,7 @@ from twisted.logger import Logger, LogLevel, formatTime
 from idgateway.config.model import LoggingSettings
 from idgateway.observe.metrics import METRICS  # metrics hook
 
-access_logger = Logger(namespace="idgateway.gate.rules")
+access_logger = Logger(namespace="idgateway.access")
 audit_logger = Logger(namespace="idgateway.audit")
 
 DEFAULT_SETTINGS = LoggingSettings()

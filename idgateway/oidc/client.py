@@ -19,29 +19,12 @@ import attrs
 from treq.client import HTTPClient
 from twisted.internet.interfaces import IReactorTime
 
+from idgateway.config.auth import RESERVED_AUTHORIZE_PARAMETERS
 from idgateway.oidc.http import HTTPFailure, HTTPResult, count_error, send
 from idgateway.oidc.provider import ProviderMetadata
 
 CLIENT_SECRET_BASIC = "client_secret_basic"
 CLIENT_SECRET_POST = "client_secret_post"
-
-# Authorization request parameters that ``extra`` may not set: they carry the
-# flow's security (state, nonce, PKCE) or would change its shape.
-RESERVED_AUTHORIZE_PARAMETERS = frozenset(
-    {
-        "response_type",
-        "response_mode",
-        "client_id",
-        "redirect_uri",
-        "scope",
-        "state",
-        "nonce",
-        "code_challenge",
-        "code_challenge_method",
-        "request",
-        "request_uri",
-    }
-)
 
 # Provider-supplied error descriptions are shown in logs: keep them short.
 _MAX_DESCRIPTION = 300
@@ -181,7 +164,7 @@ async def exchange_code(
     redirect_uri: str,
     code_verifier: str,
     timeout: float = 10,
-    clock: IReactorTime | None = None,
+    clock: IReactorTime,
 ) -> TokenResponse:
     """Trade an authorization code (and its PKCE verifier) for tokens."""
     form = {
@@ -200,7 +183,7 @@ async def refresh_tokens(
     *,
     refresh_token: str,
     timeout: float = 10,
-    clock: IReactorTime | None = None,
+    clock: IReactorTime,
 ) -> TokenResponse:
     """Use a refresh token. WSO2 rotates them: store the returned ``refresh_token``.
 
@@ -216,7 +199,7 @@ async def fetch_userinfo(
     *,
     access_token: str,
     timeout: float = 10,
-    clock: IReactorTime | None = None,
+    clock: IReactorTime,
     expected_sub: str | None = None,
 ) -> dict[str, Any]:
     """The userinfo claims for ``access_token`` (a JSON object).
@@ -233,7 +216,7 @@ async def fetch_userinfo(
             http,
             "GET",
             url,
-            clock=_clock(clock),
+            clock=clock,
             timeout=timeout,
             headers={"Authorization": f"Bearer {access_token}"},
             call="userinfo",
@@ -279,7 +262,7 @@ async def _token_request(
     creds: ClientCredentials,
     form: dict[str, str],
     timeout: float,
-    clock: IReactorTime | None,
+    clock: IReactorTime,
     call: str,
 ) -> TokenResponse:
     headers: dict[str, str] = {}
@@ -292,7 +275,7 @@ async def _token_request(
             http,
             "POST",
             metadata.token_endpoint,
-            clock=_clock(clock),
+            clock=clock,
             timeout=timeout,
             headers=headers,
             data=form,
@@ -416,12 +399,3 @@ def _status_error(status: int) -> str:
     if status >= 500:
         return "server_error"
     return "invalid_response"
-
-
-def _clock(clock: IReactorTime | None) -> IReactorTime:
-    if clock is not None:
-        return clock
-    # The default, like treq's own: only when the caller injected none.
-    from twisted.internet import reactor
-
-    return reactor  # type: ignore[return-value,unused-ignore]

@@ -28,9 +28,9 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from idgateway.config.provider_urls import InsecureTransport, check_configured_url, check_endpoint
 from idgateway.config.values import mask_credentials
 from idgateway.oidc.http import HTTPFailure, count_error, send
-from idgateway.oidc.transport import InsecureTransport, check_configured_url, check_endpoint
 
 DISCOVERY_SUFFIX = "/.well-known/openid-configuration"
 
@@ -215,7 +215,7 @@ class ProviderClient:
     the document must state exactly that issuer), or both (that URL, that
     issuer). ``clock`` drives retries, refreshes and timeouts.
 
-    Every URL is HTTPS (``idgateway.oidc.transport``): the configured one, and
+    Every URL is HTTPS (``idgateway.config.provider_urls``): the configured one, and
     each endpoint the document advertises, or the document is refused. Plain
     HTTP takes ``insecure_http`` (or a provider on loopback).
     """

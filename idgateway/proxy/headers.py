@@ -15,56 +15,15 @@ import os
 import re
 from collections.abc import Iterable, Sequence
 
-from idgateway.proxy.upstream import HOP_BY_HOP
-
-# Request headers that describe the client's hop, not the request.
-REQUEST_HOP_BY_HOP = HOP_BY_HOP | {b"host", b"content-length"}
-
-FORWARDING_HEADERS = frozenset(
-    {
-        b"x-forwarded-for",
-        b"x-forwarded-proto",
-        b"x-forwarded-host",
-        b"x-forwarded-port",
-        # Where the app is mounted (Spring, Symfony, ASP.NET build links and
-        # redirects with it): believed from trusted proxies, like the others.
-        b"x-forwarded-prefix",
-        b"forwarded",
-        b"x-real-ip",
-        # Other spellings of the same facts that frameworks and CDNs read
-        # (Rack prefers X-Forwarded-Scheme to -Proto; IIS Front-End-Https):
-        # believed from trusted proxies only, like the others.
-        b"x-forwarded-scheme",
-        b"x-forwarded-ssl",
-        b"x-forwarded-server",
-        b"x-forwarded-path",
-        b"x-forwarded-uri",
-        b"x-original-uri",
-        b"x-url-scheme",
-        b"front-end-https",
-        b"x-client-ip",
-        b"x-cluster-client-ip",
-        b"true-client-ip",
-        b"cf-connecting-ip",
-        b"fastly-client-ip",
-    }
+from idgateway.http.header_names import (
+    ALWAYS_STRIPPED,
+    FORWARDING_HEADERS,
+    HOP_BY_HOP,
+    REQUEST_HOP_BY_HOP,
+    header_key,
 )
 
-# Dropped from every request, trusted proxies' too: IIS-era URL overrides that
-# frameworks (Symfony, Zend/Laminas, Drupal) read in place of the request
-# line, so a path the gateway checked would not be the path the app serves.
-ALWAYS_STRIPPED = frozenset({b"x-original-url", b"x-rewrite-url"})
-
 _SAFE_REQUEST_ID = re.compile(rb"\A[A-Za-z0-9._:/+=@-]{1,128}\Z")
-
-
-def header_key(name: bytes) -> bytes:
-    """The spelling-insensitive form of a header name: ``X_Forwarded-User`` -> ``x-forwarded-user``.
-
-    Some servers (CGI, PHP, mod_wsgi) turn ``-`` into ``_``; a header an attacker
-    spells with underscores must be stripped like the real one.
-    """
-    return name.lower().replace(b"_", b"-")
 
 
 class TrustedProxies:

@@ -37,22 +37,6 @@ from idgateway.http.numbers import parse_decimal, parse_hex
 from idgateway.http.syntax import is_token
 from idgateway.server.socket_writes import coalesce_writes
 
-# Response hop-by-hop headers (RFC 9110 7.6.1), lower case.
-HOP_BY_HOP = frozenset(
-    {
-        b"connection",
-        b"keep-alive",
-        b"proxy-authenticate",
-        b"proxy-authorization",
-        b"proxy-connection",
-        b"te",
-        b"trailer",
-        b"trailers",
-        b"transfer-encoding",
-        b"upgrade",
-    }
-)
-
 # Why an exchange failed; the proxy maps these to 502/504 or an abort.
 FAIL_CONNECT = "connect"  # could not connect (refused, unreachable, TLS failure)
 FAIL_TIMEOUT = "timeout"  # no response head within the response timeout

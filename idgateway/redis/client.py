@@ -29,7 +29,6 @@ import functools
 import os
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar, cast
-from urllib.parse import parse_qsl, unquote, urlsplit
 
 import attrs
 import txredisapi
@@ -59,6 +58,7 @@ from twisted.python.failure import Failure
 # One class for the config and the client: the config builds it, we use it.
 from idgateway._twisted.redis import replies_outstanding
 from idgateway.config.model import RedisSettings
+from idgateway.config.redis_url import URL_EXAMPLE, parse_redis_url
 
 __all__ = [
     "RedisClient",
@@ -69,13 +69,6 @@ __all__ = [
 ]
 
 _T = TypeVar("_T")
-
-DEFAULT_PORT = 6379
-_URL_EXAMPLE = "redis://:s3cret@127.0.0.1:6379/1"
-_URL_FORMS = (
-    "redis://[:password@]host[:port][/db], rediss://[:password@]host[:port][/db] (TLS), "
-    "unix:///path/redis.sock or unix:/path/redis.sock?db=N"
-)
 
 # Reconnect backoff: the first retry after a lost connection is immediate,
 # failures then wait 50 ms, 100 ms, ... up to this.
@@ -107,130 +100,6 @@ class RedisCommandError(RedisUnavailable):
 
 
 # -- URLs ----------------------------------------------------------------------
-
-
-def _redacted(url: str) -> str:
-    """``url`` with any password replaced by ``***``, for error messages and logs."""
-    parts = urlsplit(url)
-    if parts.password is None and "password=" not in parts.query:
-        return url
-    netloc = parts.netloc
-    if "@" in netloc:
-        userinfo, _, hostport = netloc.rpartition("@")
-        user = userinfo.partition(":")[0]
-        netloc = f"{user}:***@{hostport}"
-    query = "&".join(
-        f"{name}=***" if name == "password" else f"{name}={value}"
-        for name, value in parse_qsl(parts.query, keep_blank_values=True)
-    )
-    return parts._replace(netloc=netloc, query=query).geturl()
-
-
-def _parse_db(text: str, shown: str) -> int:
-    if not text.isdigit() or not text.isascii():
-        raise ValueError(
-            f"the database in {shown} must be a number like 0 or 1, not {text!r}; "
-            f"e.g. {_URL_EXAMPLE}"
-        )
-    db = int(text)
-    if db >= 1 << 31:
-        raise ValueError(f"the database number in {shown} is too large; e.g. {_URL_EXAMPLE}")
-    return db
-
-
-def parse_redis_url(url: str) -> dict[str, Any]:
-    """Split a Redis URL into its parts, or raise ValueError saying what is wrong.
-
-    Accepted: ``redis://[[user]:password@]host[:port][/db]`` (the form WSO2's
-    guides use), ``rediss://...`` (the same over TLS), ``unix:///path/redis.sock``
-    and ``unix:/path/redis.sock?db=N&password=...``. Passwords may be
-    percent-encoded. Returns a dict with ``scheme`` ("redis", "rediss",
-    "unix"), ``host``, ``port``, ``path``, ``username``, ``password``, ``db``
-    and ``tls``. Messages never repeat the password.
-    """
-    if not isinstance(url, str) or not url.strip():
-        raise ValueError(f"a Redis URL is needed, one of {_URL_FORMS}; e.g. {_URL_EXAMPLE}")
-    url = url.strip()
-    shown = repr(_redacted(url))
-    parts = urlsplit(url)
-    scheme = parts.scheme.lower()
-    result: dict[str, Any] = {
-        "scheme": scheme,
-        "host": None,
-        "port": None,
-        "path": None,
-        "username": None,
-        "password": None,
-        "db": 0,
-        "tls": scheme == "rediss",
-    }
-    if scheme in ("redis", "rediss"):
-        if parts.fragment:
-            raise ValueError(f"{shown} has a '#' part; percent-encode it as %23 in a password")
-        if parts.query:
-            raise ValueError(
-                f"{shown} has a '?' part, which {scheme}:// URLs do not take; put the database "
-                f"in the path, e.g. {_URL_EXAMPLE}"
-            )
-        if not parts.hostname:
-            raise ValueError(f"{shown} names no host; e.g. {_URL_EXAMPLE}")
-        try:
-            port = parts.port
-        except ValueError:
-            raise ValueError(
-                f"{shown} has a bad port (a number from 1 to 65535); e.g. {_URL_EXAMPLE}"
-            ) from None
-        if port == 0:
-            raise ValueError(
-                f"{shown} has a bad port (a number from 1 to 65535); e.g. {_URL_EXAMPLE}"
-            )
-        path = parts.path.strip("/")
-        if "/" in path:
-            raise ValueError(
-                f"{shown}: only a database number may follow the host; e.g. {_URL_EXAMPLE}"
-            )
-        result.update(
-            host=parts.hostname,
-            port=port or DEFAULT_PORT,
-            username=unquote(parts.username) if parts.username else None,
-            password=unquote(parts.password) if parts.password is not None else None,
-            db=_parse_db(path, shown) if path else 0,
-        )
-        if result["password"] == "":
-            result["password"] = None
-        return result
-    if scheme == "unix":
-        path = unquote(parts.path)
-        if not path.startswith("/"):
-            raise ValueError(
-                f"{shown}: a unix socket needs an absolute path, "
-                "e.g. unix:///run/redis/redis.sock or unix:/run/redis/redis.sock?db=1"
-            )
-        if parts.hostname:
-            raise ValueError(
-                f"{shown} names a host; a unix socket URL is unix:///path/redis.sock "
-                "(three slashes) or unix:/path/redis.sock"
-            )
-        result["path"] = path
-        if parts.username:
-            result["username"] = unquote(parts.username)
-        if parts.password:
-            result["password"] = unquote(parts.password)
-        for name, value in parse_qsl(parts.query, keep_blank_values=True):
-            if name == "db":
-                result["db"] = _parse_db(value, shown)
-            elif name == "password":
-                result["password"] = value or None
-            else:
-                raise ValueError(
-                    f"{shown}: unknown parameter {name!r}; a unix socket URL takes db and "
-                    "password, e.g. unix:/run/redis/redis.sock?db=1"
-                )
-        return result
-    raise ValueError(
-        f"{shown} is not a Redis URL (scheme {parts.scheme or 'missing'!r}); use one of "
-        f"{_URL_FORMS}; e.g. {_URL_EXAMPLE}"
-    )
 
 
 @attrs.frozen
@@ -281,7 +150,7 @@ class _Target:
             )
         if not settings.url:
             raise ValueError(
-                f"Redis needs a url (e.g. {_URL_EXAMPLE}) or sentinels with a master_name"
+                f"Redis needs a url (e.g. {URL_EXAMPLE}) or sentinels with a master_name"
             )
         parts = parse_redis_url(settings.url)
         return cls(

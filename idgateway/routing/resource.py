@@ -21,6 +21,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 from zope.interface import implementer
 
+from idgateway.gate import endpoints
 from idgateway.http.paths import AmbiguousPath, PathReading
 from idgateway.observe import access_log as observe
 from idgateway.proxy.headers import (
@@ -39,8 +40,8 @@ from idgateway.proxy.upstream import (
 from idgateway.proxy.websocket_frames import CLOSE_POLICY_VIOLATION, FrameBoundaries
 from idgateway.proxy.websocket_limits import WebSocketSlot, WebSocketSlots
 from idgateway.routing.state import GatewayState, RouteRuntime
+from idgateway.server.answers import send_error
 from idgateway.server.channel import GatewayChannel, GatewayRequest
-from idgateway.server.error_pages import send_error
 from idgateway.sessions.cookie import strip_cookies
 
 
@@ -135,8 +136,12 @@ class GatewayResource(Resource):
             if body.length is not None and body.length > route.max_body_size:
                 return self._refuse(request, 413, "The request body is too large.")
             body.limit = route.max_body_size
-        if runtime.login is not None:
-            runtime.login.handle(self, request, state, runtime, host)
+        login = runtime.login
+        if login is not None:
+            if reading.text.startswith("/oauth2/") or reading.text == login.redirect_path:
+                endpoints.dispatch(login, self, request, state, runtime, host, reading.text)
+            else:
+                login.handle(self, request, state, runtime, host)
         elif runtime.own_cookie is not None and request.requestHeaders.hasHeader(b"cookie"):
             # An open route beside login routes: their session cookies (a shared
             # cookie_domain) must not reach this upstream either.

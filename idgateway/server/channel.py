@@ -30,7 +30,7 @@ from idgateway.http.paths import PathReading
 from idgateway.observe.access_log import log_access
 from idgateway.proxy.upstream import UpstreamConnection
 from idgateway.proxy.websocket_limits import WebSocketSlot
-from idgateway.server.error_pages import send_error
+from idgateway.server.answers import send_error
 from idgateway.server.socket_writes import coalesce_writes
 from idgateway.server.tls import sni_server_name
 

@@ -1,6 +1,6 @@
 """systemd integration without libsystemd: readiness notification and socket activation.
 
-Readiness (``Type=notify`` in etc/idgateway.server.service)
+Readiness (``Type=notify`` in etc/idgateway.service)
     ``notify()`` speaks the sd_notify(3) protocol: one datagram of newline-separated
     ``NAME=value`` assignments to the AF_UNIX datagram socket that systemd names in
     ``$NOTIFY_SOCKET`` (a path, or ``@name`` for the abstract namespace). The gateway

@@ -1,9 +1,10 @@
 """Several worker processes behind one master (``workers: N`` in the config).
 
 The master is the twistd process. It binds every listener itself, never
-accepts on them, and runs N copies of this module (``python -m
-idgateway.workers.master``) that inherit the listening sockets as fixed descriptors
-(3, 4, ...) and accept on them side by side. The kernel hands each new
+accepts on them, and runs N worker processes (``python -m
+idgateway.workers.process``, see ``workers.worker``) that inherit the
+listening sockets as fixed descriptors (3, 4, ...) and accept on them side by
+side. The kernel hands each new
 connection to whichever worker accepts first; each takes one connection per
 turn of its event loop (``SharedPort``), so a burst spreads over the workers.
 
@@ -30,8 +31,6 @@ turn of its event loop (``SharedPort``), so a burst spreads over the workers.
 
 from __future__ import annotations
 
-import argparse
-import fcntl
 import os
 import shutil
 import signal
@@ -39,18 +38,14 @@ import site
 import socket
 import sys
 import tempfile
-from collections.abc import Callable, Sequence
-from typing import Any, TextIO, cast
+from typing import Any, TextIO
 
 import attrs
 from twisted.application.service import Service
-from twisted.internet import defer, tcp
-from twisted.internet.error import CannotListenError, ConnectionDone, ConnectionLost
+from twisted.internet import defer
 from twisted.internet.interfaces import (
     IDelayedCall,
-    IListeningPort,
     IProcessTransport,
-    IReadDescriptor,
 )
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import (
@@ -61,79 +56,45 @@ from twisted.logger import (
     formatEvent,
 )
 from twisted.python.failure import Failure
-from zope.interface import implementer
 
 import idgateway
-from idgateway._twisted.tcp import adopt_listening_port
-from idgateway.config.load import ConfigError, load_config
+from idgateway.config.load import load_config
 from idgateway.config.model import Config, Listener
 from idgateway.config.watch import ConfigWatcher
-from idgateway.observe import access_log as observe_module
 from idgateway.observe.access_log import text_timestamp
-from idgateway.observe.metrics import METRICS, GatewayMetrics
 from idgateway.server import systemd
-from idgateway.server.connection_limits import throttle_accept_logs
-from idgateway.server.service import GatewayService
 from idgateway.server.tls import SNIServerContexts
-from idgateway.workers.metrics import WorkerMetricsGatherer, listen_exposition
+from idgateway.workers.log_relay import (
+    ACCESS_NAMESPACE,
+    ACCESS_RECORD,
+    MAX_LINE,
+    READY_FIELD,
+    TRACEBACK_FIELD,
+    WORKER_FIELD,
+    WorkerFailure,
+)
+from idgateway.workers.shared_port import FIRST_LISTEN_FD, bind_listener, listener_key
+from idgateway.workers.worker import DRAIN_TIMEOUT
 
-# Seconds a worker gives in-flight requests after SIGTERM before it cuts them.
-DRAIN_TIMEOUT = 30.0
 # Seconds the master waits past the drain timeout before it SIGKILLs a worker.
 KILL_GRACE = 5.0
+
+
 # Pause before restarting a worker that exited; doubles while it keeps dying
 # within STABLE_UPTIME of its start, up to MAX_RESTART_DELAY.
 RESTART_DELAY = 1.0
+
+
 MAX_RESTART_DELAY = 30.0
+
+
 STABLE_UPTIME = 10.0
-BACKLOG = 1024
-# The first inherited listening socket's descriptor number in a worker.
-FIRST_LISTEN_FD = 3
-# A worker output line longer than this is passed on in pieces.
-MAX_LINE = 1024 * 1024
-# Set on the event a worker logs once it is serving.
-READY_FIELD = "gateway_worker_ready"
-WORKER_FIELD = "gateway_worker"
-# A failure's traceback as text: JSON keeps a failure's frames but not its
-# exception, so the worker sends the traceback it would have printed.
-TRACEBACK_FIELD = "gateway_worker_traceback"
-# A text access line travels from worker to master as this mark, the event's
-# time, a tab and the line: a JSON record per request cost the worker more
-# than a tenth of the request and the master as much again to decode.
-ACCESS_RECORD = "\x1f"
-ACCESS_NAMESPACE = "idgateway.gate.rules"
-# How long a worker gathers access records before writing them to the master:
-# one pipe write (and one read in the master) per batch, not per request.
-ACCESS_FLUSH_DELAY = 0.05
 
 
 def worker_count(config: Config) -> int:
     # The schema's `workers` key (1 by default, `auto` already resolved to the
     # number of cores); read defensively for configs built without it.
     return max(1, int(getattr(config, "workers", 1) or 1))
-
-
-def listener_key(listener: Listener) -> tuple[str, int, bool]:
-    return (listener.host, listener.port, listener.tls is not None)
-
-
-# ---------------------------------------------------------------------------
-# The master: binds, spawns, restarts, forwards signals
-
-
-def bind_listener(listener: Listener, backlog: int = BACKLOG) -> socket.socket:
-    """A listening, non-blocking socket for ``listener``; nobody accepts on it here."""
-    family = socket.AF_INET6 if ":" in listener.host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((listener.host, listener.port))
-        sock.listen(backlog)
-        sock.setblocking(False)
-    except OSError as error:
-        sock.close()
-        raise CannotListenError(listener.host, listener.port, error) from error
-    return sock
 
 
 def _worker_pythonpath(environ: dict[str, str]) -> dict[str, str]:
@@ -471,22 +432,6 @@ def _describe_exit(reason: Failure) -> str:
     return f"exit status {getattr(value, 'exitCode', None)}"
 
 
-class WorkerError(Exception):
-    """An error logged by a worker process (the message is its last traceback line)."""
-
-
-class WorkerFailure(Failure):
-    """A failure a worker logged, carrying the traceback as the worker formatted it."""
-
-    def __init__(self, traceback: str) -> None:
-        lines = traceback.strip().splitlines()
-        super().__init__(WorkerError(lines[-1] if lines else "error in a worker"))
-        self.worker_traceback = traceback
-
-    def getTraceback(self, elideFrameworkCode: int = 0, detail: str = "default") -> str:
-        return self.worker_traceback
-
-
 class WorkerProtocol(ProcessProtocol):
     """One worker's pipes: its JSON log on stdout, stray text on stderr."""
 
@@ -596,336 +541,3 @@ class WorkerProtocol(ProcessProtocol):
         finally:
             if ready:
                 self.master.worker_ready(self.worker)
-
-
-# ---------------------------------------------------------------------------
-# The worker: adopts the inherited sockets, drains on SIGTERM
-
-
-class WorkerService(GatewayService):
-    """GatewayService on sockets inherited from the master instead of its own."""
-
-    drains_on_sigterm = False  # the worker installs its own SIGTERM handling
-    watches_config = False  # the master watches (reload: watch) and sends SIGHUP
-
-    def __init__(
-        self,
-        config: Config,
-        reactor: Any,
-        *,
-        index: int,
-        inherited: dict[tuple[str, int], int],
-        install_signal_handlers: bool = True,
-        workers: int = 1,
-        metrics_dir: str | None = None,
-        metrics: GatewayMetrics = METRICS,
-    ) -> None:
-        super().__init__(config, reactor, install_signal_handlers=install_signal_handlers)
-        self.index = index
-        # One worker serves the admin listener (it binds its own port).
-        self.serves_admin = index == 0
-        # (host, port) -> inherited descriptor, until adopted.
-        self.inherited = dict(inherited)
-        self._drained: defer.Deferred[None] | None = None
-        self.metrics = metrics
-        self.metrics_dir = metrics_dir
-        self.gather_metrics = None
-        if index == 0 and workers > 1 and metrics_dir is not None:
-            # The admin listener's /metrics: every worker's figures.
-            self.gather_metrics = WorkerMetricsGatherer(
-                reactor, metrics.registry, metrics_dir, workers
-            ).exposition
-
-    def startService(self) -> None:
-        if self.index > 0 and self.metrics_dir is not None:
-            from idgateway.server.admin import bind_metrics
-
-            # Worker 0 reads this worker's figures (scrape-time values included).
-            bind_metrics(self.metrics, self.holder, self)
-            self._ports[("metrics", self.index)] = listen_exposition(
-                self.reactor, self.metrics_dir, self.index, self.metrics.registry
-            )
-        super().startService()
-        for (host, port), fd in self.inherited.items():
-            self._log.warn(
-                "{host}:{port} is no longer in the configuration; this worker does not serve "
-                "it (restart the gateway to stop listening there)",
-                host=host,
-                port=port,
-            )
-            os.close(fd)
-        self.inherited = {}
-
-    def _listen(self, listener: Listener) -> None:
-        fd = self.inherited.pop((listener.host, listener.port), None)
-        if fd is None:
-            self._log.warn(
-                "the master does not listen on {address}; restart the gateway to serve it",
-                address=listener.address,
-            )
-            return
-        family = socket.AF_INET6 if ":" in listener.host else socket.AF_INET
-        try:
-            # The master made it non-blocking; be sure, since a blocking
-            # listening socket would hang twisted's accept loop.
-            os.set_blocking(fd, False)
-            port: IListeningPort = adopt_shared_port(
-                self.reactor, fd, family, self._factory_for(listener)
-            )
-        finally:
-            # adoptStreamPort works on its own duplicate.
-            os.close(fd)
-        throttle_accept_logs(port, self.reactor, listener.address)
-        self._ports[(listener.host, listener.port)] = port
-
-    def _open_new_listeners(self, config: Config) -> None:
-        # The master owns the sockets; it logs that a listener change needs a
-        # restart. TLS certificates on the existing listeners do reload.
-        pass
-
-    def _close_old_listeners(self, config: Config) -> None:
-        pass  # (as above: the workers keep serving the master's sockets)
-
-    def drain(self, timeout: float) -> defer.Deferred[None]:
-        """Stop accepting, let in-flight requests finish (at most ``timeout`` s), stop."""
-        if self._drained is None:
-            self._drained = self.drain_connections(timeout).addCallback(
-                lambda _: defer.maybeDeferred(self.stopService)
-            )
-        return self._drained
-
-
-class SharedPort(tcp.Port):
-    """A listening port shared with the other workers: one accept per wake-up.
-
-    twisted's port accepts up to 100 connections each time the socket is
-    readable (and raises that while they keep coming). Every worker is woken
-    for a new connection, so the first to run took a whole burst: a client
-    that opens its 32 connections at once could find all of them on one
-    worker, one core busy and the other idle. Taking one connection per turn
-    lets the worker with less to do take the next one.
-    """
-
-    @property  # type: ignore[override]
-    def numberAccepts(self) -> int:
-        return 1
-
-    @numberAccepts.setter
-    def numberAccepts(self, value: int) -> None:
-        pass  # tcp.Port's own adaptive figure; ignored
-
-
-def adopt_shared_port(reactor: Any, fd: int, family: int, factory: Any) -> IListeningPort:
-    """reactor.adoptStreamPort for a socket the workers share (see SharedPort)."""
-    return adopt_listening_port(reactor, fd, family, factory, SharedPort)
-
-
-@implementer(IReadDescriptor)
-class Lifeline:
-    """The read end of a pipe from the master: end-of-file means the master is gone."""
-
-    def __init__(self, fd: int, on_lost: Callable[[], None]) -> None:
-        self.fd = fd
-        self.on_lost = on_lost
-
-    def fileno(self) -> int:
-        return self.fd
-
-    def doRead(self) -> Failure | None:
-        try:
-            data = os.read(self.fd, 4096)
-        except BlockingIOError:
-            return None
-        except OSError:
-            return Failure(ConnectionLost())
-        return None if data else Failure(ConnectionDone())
-
-    def connectionLost(self, reason: Failure) -> None:
-        self.on_lost()
-
-    def logPrefix(self) -> str:
-        return "master-lifeline"
-
-
-def parse_listen_fd(spec: str) -> tuple[int, tuple[str, int]]:
-    """``3=127.0.0.1:8080`` or ``4=[::1]:8443``."""
-    fd_text, _, address = spec.partition("=")
-    host_text, _, port_text = address.rpartition(":")
-    if host_text.startswith("[") and host_text.endswith("]"):
-        host_text = host_text[1:-1]
-    try:
-        return int(fd_text), (host_text, int(port_text))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected FD=HOST:PORT, got {spec!r}") from None
-
-
-# The pipe a worker's log goes through to the master, when the kernel allows
-# (Linux): about eight 50 ms batches of access records at full speed (0.4 s),
-# instead of the default 64 KiB (about two). A write to a full pipe blocks the
-# worker, every connection of it included, for as long as the master is not
-# reading. (Not more: an unprivileged user's pipes share a budget,
-# fs.pipe-user-pages-soft, 64 MiB by default, and a gateway may run many
-# workers.)
-LOG_PIPE_BYTES = 256 * 1024
-
-
-def _widen_log_pipe(stream: Any) -> None:
-    set_size = getattr(fcntl, "F_SETPIPE_SZ", None)
-    if set_size is None:
-        return
-    try:
-        fcntl.fcntl(stream.fileno(), set_size, LOG_PIPE_BYTES)
-    except (OSError, ValueError):
-        # Not a pipe (a terminal, a file), over the limit, or no descriptor
-        # at all (io.UnsupportedOperation is a ValueError): keep what it is.
-        pass
-
-
-def _log_json_to_stdout(reactor: Any) -> None:
-    from twisted.logger import globalLogBeginner, jsonFileLogObserver
-
-    _widen_log_pipe(sys.stdout)
-
-    as_json = jsonFileLogObserver(sys.stdout)
-    out = sys.stdout
-    # Access records wait here (not in sys.stdout, which may be unbuffered,
-    # e.g. with PYTHONUNBUFFERED) and go out in one write per batch.
-    pending: list[str] = []
-
-    def flush() -> None:
-        if pending:
-            out.write("".join(pending))
-            pending.clear()
-            out.flush()
-
-    def access_record(when: float, line: str) -> None:
-        # Text access lines: a compact record, written in batches.
-        line = line.replace("\n", "\\n").replace("\r", "\\r")
-        if not pending:
-            reactor.callLater(ACCESS_FLUSH_DELAY, flush)
-        pending.append(f"{ACCESS_RECORD}{when!r}\t{line}\n")
-
-    def observe(event: dict[str, Any]) -> None:
-        line = event.get("access_line")
-        if isinstance(line, str) and event.get("log_namespace") == ACCESS_NAMESPACE:
-            access_record(event.get("log_time", 0.0), line)
-            return
-        flush()  # what was logged before this goes out before it
-        failure = event.get("log_failure")
-        if isinstance(failure, Failure):
-            event = dict(event)
-            event[TRACEBACK_FIELD] = failure.getTraceback()
-        as_json(event)
-
-    globalLogBeginner.beginLoggingTo(
-        [cast(ILogObserver, observe)], redirectStandardIO=False, discardBuffer=False
-    )
-    # Text access lines skip twisted.logger and become records directly.
-    observe_module.send_access_lines_to(access_record)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    # The master forwards SIGHUP as soon as this worker says it is serving,
-    # and handles ^C (the terminal sends SIGINT to every process) by sending
-    # SIGTERM: until then, neither must kill this process.
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    parser = argparse.ArgumentParser(
-        prog="python -m idgateway.workers.process",
-        description="One idgateway worker; the master (twistd idgateway) starts these.",
-    )
-    parser.add_argument("--config", required=True)
-    parser.add_argument("--index", type=int, required=True)
-    parser.add_argument("--drain-timeout", type=float, default=DRAIN_TIMEOUT)
-    parser.add_argument("--workers", type=int, default=1, help="how many workers the master runs")
-    parser.add_argument(
-        "--metrics-dir", default=None, help="where workers serve their metrics to worker 0"
-    )
-    parser.add_argument(
-        "--listen-fd",
-        action="append",
-        type=parse_listen_fd,
-        default=[],
-        metavar="FD=HOST:PORT",
-        help="an inherited listening socket and the listener it belongs to",
-    )
-    args = parser.parse_args(argv)
-    from twisted.internet import reactor as global_reactor
-
-    reactor: Any = global_reactor
-    _log_json_to_stdout(reactor)
-    log = Logger(namespace="idgateway.workers.master")
-    try:
-        config = load_config(args.config)
-    except ConfigError as error:
-        for problem in error.problems:
-            log.error("configuration refused: {problem}", problem=str(problem))
-        return 1
-    inherited = {address: fd for fd, address in args.listen_fd}
-    try:
-        service = WorkerService(
-            config,
-            reactor,
-            index=args.index,
-            inherited=inherited,
-            workers=args.workers,
-            metrics_dir=args.metrics_dir,
-        )
-    except Exception:
-        log.failure("worker {index} could not start", index=args.index)
-        return 1
-    exit_code = 0
-    stopping = False
-
-    def start() -> None:
-        nonlocal exit_code
-        try:
-            service.startService()
-        except Exception:
-            log.failure("worker {index} could not start", index=args.index)
-            exit_code = 1
-            stop_reactor()
-            return
-        log.info(
-            "worker {index} serving (pid {pid})",
-            index=args.index,
-            pid=os.getpid(),
-            **{READY_FIELD: True},
-        )
-
-    def stop_reactor() -> None:
-        if reactor.running:
-            reactor.stop()
-
-    def stop(why: str) -> None:
-        nonlocal stopping
-        if stopping:
-            return
-        stopping = True
-        log.info("worker {index} stopping: {why}", index=args.index, why=why)
-        done = service.drain(args.drain_timeout) if service.running else defer.succeed(None)
-
-        def finished(result: object) -> None:
-            if isinstance(result, Failure):
-                log.failure("worker {index}: error while stopping", result, index=args.index)
-            stop_reactor()
-
-        done.addBoth(finished)
-
-    def on_sigterm(signum: int, frame: Any) -> None:
-        reactor.callFromThread(stop, "SIGTERM")
-
-    signal.signal(signal.SIGTERM, on_sigterm)
-    reactor.addReader(Lifeline(0, lambda: stop("the master is gone")))
-    reactor.callWhenRunning(start)
-    # SIGHUP is GatewayService's, SIGTERM ours; nothing else is wanted.
-    reactor.run(installSignalHandlers=False)
-    return exit_code
-
-
-if __name__ == "__main__":
-    # Run the importable module's main, so that classes and log namespaces are
-    # idgateway.workers.master.*, not __main__.*.
-    from idgateway.workers.master import main as _main
-
-    sys.exit(_main())

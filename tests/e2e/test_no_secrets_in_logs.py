@@ -187,7 +187,7 @@ def test_no_secret_appears_in_the_log(run):
 
 def test_every_request_has_one_access_line(run):
     log, _, sent = run
-    access = _events(log, "idgateway.gate.rules")
+    access = _events(log, "idgateway.access")
     by_id: dict[str, list[dict[str, Any]]] = {}
     for event in access:
         by_id.setdefault(event["request_id"], []).append(event)

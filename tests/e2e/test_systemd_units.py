@@ -1,4 +1,4 @@
-"""etc/idgateway.server.service and etc/idgateway.socket.
+"""etc/idgateway.service and etc/idgateway.socket.
 
 - ``systemd-analyze verify`` (Debian package systemd) on both units. verify also checks
   that every Exec*= binary exists, and /opt/idgateway/venv/bin/twistd does not here. So
@@ -38,12 +38,13 @@ from pathlib import Path
 import pytest
 
 from idgateway.config.values import parse_listen_address
-from idgateway.workers.master import DRAIN_TIMEOUT, KILL_GRACE
+from idgateway.workers.master import KILL_GRACE
+from idgateway.workers.worker import DRAIN_TIMEOUT
 from tests.backends import BackendProcess
 from tests.http_helpers import echo_json, request
 from tests.processes import REPO, free_port
 
-SERVICE_UNIT = REPO / "etc" / "idgateway.server.service"
+SERVICE_UNIT = REPO / "etc" / "idgateway.service"
 SOCKET_UNIT = REPO / "etc" / "idgateway.socket"
 EXAMPLE_CONFIG = REPO / "etc" / "gateway.yaml"
 # The install paths in the unit's ExecStart, and what this checkout has instead.
@@ -155,7 +156,7 @@ def test_service_unit_keeps_the_contract() -> None:
 def test_socket_unit_matches_the_example_listeners() -> None:
     """Each ListenStream is the address of a listener in etc/gateway.yaml, so it is adopted."""
     sockets = unit_settings(SOCKET_UNIT, "Socket")
-    assert sockets["Service"] == ["idgateway.server.service"]
+    assert sockets["Service"] == ["idgateway.service"]
     assert sockets["FileDescriptorName"] == ["idgateway"]
     streams = {parse_listen_address(value) for value in sockets["ListenStream"]}
     # (The example is not plain YAML: ${NAME} stands unquoted in flow lists.)
@@ -191,7 +192,7 @@ def installed_copy(directory: Path, config: Path) -> Path:
     exec_line = "ExecStart=" + shlex.join(exec_start())
     assert text.count(exec_line) == 1
     text = text.replace(exec_line, "ExecStart=" + shlex.join(command_for(config)))
-    (directory / "idgateway.server.service").write_text(text)
+    (directory / "idgateway.service").write_text(text)
     shutil.copy(SOCKET_UNIT, directory / "idgateway.socket")
     return directory
 
@@ -202,7 +203,7 @@ def test_verify_units_installed_from_this_checkout(tmp_path: Path) -> None:
     config = tmp_path / "gateway.yaml"
     config.write_text(plain_config(8080, 3000))
     units = installed_copy(tmp_path / "units", config)
-    verify(str(units / "idgateway.server.service"), str(units / "idgateway.socket"))
+    verify(str(units / "idgateway.service"), str(units / "idgateway.socket"))
 
 
 def system_unit_directory() -> Path:
@@ -233,20 +234,20 @@ def scratch_root(root: Path) -> Path:
 @needs_systemd_analyze
 def test_verify_the_shipped_units_as_they_are(tmp_path: Path) -> None:
     root = scratch_root(tmp_path / "root")
-    verify(f"--root={root}", "idgateway.server.service", "idgateway.socket")
+    verify(f"--root={root}", "idgateway.service", "idgateway.socket")
 
 
 @needs_systemd_analyze
 def test_verify_as_used_here_catches_mistakes(tmp_path: Path) -> None:
     """The checks above fail on what verify only warns about, and on a missing binary."""
     root = scratch_root(tmp_path / "root")
-    unit = root / "etc" / "systemd" / "system" / "idgateway.server.service"
+    unit = root / "etc" / "systemd" / "system" / "idgateway.service"
     unit.write_text(unit.read_text().replace("NoNewPrivileges=yes", "NoNewPrivilege=yes"))
     with pytest.raises(AssertionError, match="Unknown key"):
-        verify(f"--root={root}", "idgateway.server.service")
+        verify(f"--root={root}", "idgateway.service")
     (root / INSTALLED_TWISTD.lstrip("/")).unlink()
     with pytest.raises(AssertionError, match="is not executable"):
-        verify(f"--root={root}", "idgateway.server.service")
+        verify(f"--root={root}", "idgateway.service")
 
 
 # ---- a fake service manager ---------------------------------------------------------------

@@ -132,7 +132,7 @@ def start_with_workers(
 
 
 def access_lines(gateway: GatewayProcess) -> list[str]:
-    marker = "[idgateway.gate.rules#info] [worker "
+    marker = "[idgateway.access#info] [worker "
     return [line for line in gateway.log().splitlines() if marker in line]
 
 
@@ -230,7 +230,7 @@ def test_two_workers_share_the_listener(start_gateway, backend, log_to_stdout):
         lines = [
             line
             for line in gateway.log().splitlines()
-            if "[idgateway.gate.rules#info] [worker " in line and " GET /echo 200 " in line
+            if "[idgateway.access#info] [worker " in line and " GET /echo 200 " in line
         ]
         if len(lines) >= 200 or time.monotonic() > deadline:
             break
@@ -403,6 +403,6 @@ def test_a_single_process_logging_to_stdout_writes_its_access_lines_there(start_
     )
     lines = [line for line in gateway.log().splitlines() if " GET /echo 200 " in line]
     assert len(lines) == 5
-    # twistd's own text format: "<time> [idgateway.gate.rules#info] GET /echo 200 ...".
-    assert all(" [idgateway.gate.rules#info] GET /echo 200 " in line for line in lines)
+    # twistd's own text format: "<time> [idgateway.access#info] GET /echo 200 ...".
+    assert all(" [idgateway.access#info] GET /echo 200 " in line for line in lines)
     assert not any("i=" in line or "[worker" in line for line in lines)

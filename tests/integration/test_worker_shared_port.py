@@ -9,7 +9,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import MemoryReactorClock
 
 from idgateway.config.model import Listener
-from idgateway.workers.master import adopt_shared_port, bind_listener
+from idgateway.workers.shared_port import adopt_shared_port, bind_listener
 
 
 class _Counting(Factory):

@@ -313,7 +313,7 @@ def raw_request(port: int, target: bytes, headers: bytes) -> int:
     return int(match[1]) if match else 0
 
 
-FORGED = b"2026-01-01T00:00:00+0000 [idgateway.gate.rules#info] GET /FORGED 200 1B route=plain"
+FORGED = b"2026-01-01T00:00:00+0000 [idgateway.access#info] GET /FORGED 200 1B route=plain"
 NEL, LS = "\u0085".encode(), "\u2028".encode()
 ESC = b"\x1b]0;pwned\x07\x1b[2J"
 
@@ -351,7 +351,7 @@ LOG_VECTORS = [
 
 
 def access_lines(log: str) -> list[str]:
-    return [line for line in log.split("\n") if "[idgateway.gate.rules#info]" in line]
+    return [line for line in log.split("\n") if "[idgateway.access#info]" in line]
 
 
 @pytest.mark.parametrize("target, headers, shown", LOG_VECTORS)
@@ -387,7 +387,7 @@ def test_hostile_requests_leave_one_escaped_access_line(
     ]
     assert len(text.splitlines()) == text.count("\n")
     assert "/FORGED" not in text or all(
-        line.index("[idgateway.gate.rules#info]") < line.index("FORGED")
+        line.index("[idgateway.access#info]") < line.index("FORGED")
         for line in text.split("\n")
         if "FORGED" in line
     )

@@ -218,7 +218,8 @@ def test_off_by_default_and_stopped_by_a_drain(tmp_path: Path) -> None:
 
 
 def test_with_workers_the_master_watches_and_tells_every_worker(tmp_path: Path) -> None:
-    from idgateway.workers.master import MasterService, WorkerService
+    from idgateway.workers.master import MasterService
+    from idgateway.workers.worker import WorkerService
 
     text = BASE + "workers: 2\nreload: {watch: true, interval: 1s}\n"
     path = tmp_path / "gateway.yaml"

@@ -21,15 +21,9 @@ from idgateway.cli import main
 from idgateway.config.load import load_config
 from idgateway.config.model import ClaimRule, Config, PublicPath
 from idgateway.gate.rules import compile_public_paths, is_public
-from idgateway.importers import (
-    ImporterError,
-    ImportOptions,
-    import_file,
-    parse_go_duration,
-    session_key_from,
-    wso2_url,
-)
+from idgateway.importers import ImporterError, ImportOptions, import_file
 from idgateway.importers._yaml import config_text, reference, scalar
+from idgateway.importers.common import parse_go_duration, session_key_from, wso2_url
 from tests.certs import make_ca
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"

@@ -48,7 +48,7 @@ def fake_request(settings: LoggingSettings | None = TEXT, **overrides: Any) -> A
 
 
 def access_events(events: list[LogEvent] | Any) -> list[LogEvent]:
-    return [e for e in events if e.get("log_namespace") == "idgateway.gate.rules"]
+    return [e for e in events if e.get("log_namespace") == "idgateway.access"]
 
 
 def emit(request: Any, now: float = 100.25) -> list[LogEvent]:
@@ -372,8 +372,8 @@ HOSTILE_TARGETS = [
     pytest.param(b"/a\rb", r"/a\x0Db", id="cr"),
     pytest.param(b"/a\nb", r"/a\x0Ab", id="lf"),
     pytest.param(
-        b"/a\n2026-01-01T00:00:00+0000 [idgateway.gate.rules#info] GET /admin 200 1B route=app1",
-        r"/a\x0A2026-01-01T00:00:00+0000\x20[idgateway.gate.rules#info]\x20GET\x20/admin"
+        b"/a\n2026-01-01T00:00:00+0000 [idgateway.access#info] GET /admin 200 1B route=app1",
+        r"/a\x0A2026-01-01T00:00:00+0000\x20[idgateway.access#info]\x20GET\x20/admin"
         r"\x20200\x201B\x20route=app1",
         id="forged-line",
     ),

@@ -9,7 +9,7 @@ import pytest
 from twisted.internet.task import Clock
 
 from idgateway.config.load import ConfigError, load_config
-from idgateway.oidc.transport import (
+from idgateway.config.provider_urls import (
     InsecureTransport,
     check_configured_url,
     check_endpoint,

@@ -106,11 +106,11 @@ def test_child_environ_drops_what_systemd_meant_for_this_process() -> None:
         "LISTEN_FDS": "2",
         "LISTEN_FDNAMES": "a:b",
         "WATCHDOG_USEC": "1",
-        "CREDENTIALS_DIRECTORY": "/run/credentials/idgateway.server.service",
+        "CREDENTIALS_DIRECTORY": "/run/credentials/idgateway.service",
     }
     assert systemd.child_environ(environ) == {
         "PATH": "/usr/bin",
-        "CREDENTIALS_DIRECTORY": "/run/credentials/idgateway.server.service",
+        "CREDENTIALS_DIRECTORY": "/run/credentials/idgateway.service",
     }
 
 
@@ -213,7 +213,7 @@ def test_master_ready_once_every_worker_serves(tmp_path: Path, notify_socket: Ma
 
 
 def test_credentials_directory_expands_in_secret_file_paths(tmp_path: Path) -> None:
-    """``client_secret_file: ${CREDENTIALS_DIRECTORY}/...`` as etc/idgateway.server.service says."""
+    """``client_secret_file: ${CREDENTIALS_DIRECTORY}/...`` as etc/idgateway.service says."""
     credentials = tmp_path / "credentials"
     credentials.mkdir()
     (credentials / "app1-client-secret").write_text("s3cret-${NOT_EXPANDED}\n")

@@ -20,8 +20,9 @@ from twisted.logger import (
 
 from idgateway.config.model import LoggingSettings
 from idgateway.observe import access_log as observe_module
-from idgateway.workers import master as workers
-from idgateway.workers.master import ACCESS_RECORD, WorkerProtocol, _Worker
+from idgateway.workers import log_relay as workers
+from idgateway.workers.log_relay import ACCESS_RECORD
+from idgateway.workers.master import WorkerProtocol, _Worker
 
 
 def relay(*lines: bytes) -> list[dict[str, Any]]:
@@ -38,7 +39,7 @@ def relay(*lines: bytes) -> list[dict[str, Any]]:
 def test_an_access_record_becomes_the_workers_access_line() -> None:
     line = "GET /a 200 5B route=app1 user=alice gw=1.0ms up=0.5ms id=x ip=127.0.0.1"
     [event] = relay(f"{ACCESS_RECORD}1700000000.25\t{line}".encode())
-    assert event["log_namespace"] == "idgateway.gate.rules"
+    assert event["log_namespace"] == "idgateway.access"
     assert event["log_time"] == 1700000000.25
     assert event["gateway_worker"] == 1
     assert formatEvent(event) == "[worker 1] " + line
@@ -50,7 +51,7 @@ def test_a_broken_access_record_is_passed_on_as_text() -> None:
         f"[worker 1] {ACCESS_RECORD}not-a-time\tGET /",
         f"[worker 1] {ACCESS_RECORD}no tab",
     ]
-    assert all(e["log_namespace"] != "idgateway.gate.rules" for e in events)
+    assert all(e["log_namespace"] != "idgateway.access" for e in events)
 
 
 def test_the_worker_writes_access_lines_compactly_and_in_batches(
@@ -73,12 +74,12 @@ def test_the_worker_writes_access_lines_compactly_and_in_batches(
     )
     clock = Clock()
     monkeypatch.setattr(observe_module, "_direct_record", None)  # restored afterwards
-    workers._log_json_to_stdout(clock)
+    workers.log_json_to_stdout(clock)
     [observe] = began
     for n in range(3):
         observe(
             {
-                "log_namespace": "idgateway.gate.rules",
+                "log_namespace": "idgateway.access",
                 "log_time": 10.0 + n,
                 "access_line": f"GET /{n} 200 1B user=a\nb",
             }
@@ -138,7 +139,7 @@ def test_with_a_text_log_on_stdout_access_lines_are_written_as_twistd_would() ->
         observer=text_observer,
     )
     line = "GET /a 200 5B route=app1 gw=1.0ms id=x ip=127.0.0.1"
-    other = Logger(namespace="idgateway.server.service")
+    other = Logger(namespace="idgateway.service")
     records = io.StringIO()
     other.observer = jsonFileLogObserver(records, recordSeparator="\x1e")
     other.info("worker {n} serving", n=1)
@@ -163,7 +164,7 @@ def test_with_a_text_log_on_stdout_access_lines_are_written_as_twistd_would() ->
         expected.append(via_observer.getvalue().rstrip("\n"))
     # ... in the order the worker logged them.
     assert written[0] == expected[0]
-    assert written[1].endswith("[idgateway.server.service#info] [worker 1] worker 1 serving")
+    assert written[1].endswith("[idgateway.service#info] [worker 1] worker 1 serving")
     assert written[2] == expected[1]
     assert len(written) == 3
 
@@ -194,12 +195,12 @@ def test_a_workers_log_pipe_is_widened_and_anything_else_left_alone(tmp_path):
     import fcntl
     import os
 
-    from idgateway.workers import master as workers
+    from idgateway.workers import log_relay as workers
 
     read_end, write_end = os.pipe()
     try:
         with open(write_end, "w", closefd=False) as stream:
-            workers._widen_log_pipe(stream)
+            workers.widen_log_pipe(stream)
         if hasattr(fcntl, "F_GETPIPE_SZ"):
             assert fcntl.fcntl(write_end, fcntl.F_GETPIPE_SZ) >= workers.LOG_PIPE_BYTES
     finally:
@@ -207,8 +208,8 @@ def test_a_workers_log_pipe_is_widened_and_anything_else_left_alone(tmp_path):
         os.close(write_end)
     # A file (twistd -n > file, say) is not a pipe: no error, nothing changed.
     with open(tmp_path / "log", "w") as log:
-        workers._widen_log_pipe(log)
-    workers._widen_log_pipe(io.StringIO())  # no descriptor at all
+        workers.widen_log_pipe(log)
+    workers.widen_log_pipe(io.StringIO())  # no descriptor at all
 
 
 @pytest.mark.parametrize(
@@ -233,7 +234,7 @@ def test_a_hostile_target_crosses_the_pipe_as_one_record(
     )
     monkeypatch.setattr(observe_module, "_direct_record", None)  # restored afterwards
     clock = Clock()
-    workers._log_json_to_stdout(clock)
+    workers.log_json_to_stdout(clock)
     request = SimpleNamespace(
         idgw_logging=LoggingSettings(),
         idgw_started=time.monotonic(),
@@ -253,7 +254,7 @@ def test_a_hostile_target_crosses_the_pipe_as_one_record(
     piped = out.getvalue().encode("utf-8")
     assert piped.count(b"\n") == 1
     [event] = relay(piped.rstrip(b"\n"))
-    assert event["log_namespace"] == "idgateway.gate.rules"
+    assert event["log_namespace"] == "idgateway.access"
     line = formatEvent(event)
     assert line.startswith("[worker 1] GET /a\\x") and " user=a\\xE2\\x80\\xA8b " in line
     assert all(" " <= char <= "~" for char in line)

@@ -177,7 +177,7 @@ def test_gatherer_reads_every_other_worker(tmp_path: Path) -> None:
 
 def worker(tmp_path: Path, index: int, reactor: MemoryReactorClock, metrics: GatewayMetrics) -> Any:
     from idgateway.config.load import load_config
-    from idgateway.workers.master import WorkerService
+    from idgateway.workers.worker import WorkerService
 
     path = tmp_path / "gateway.yaml"
     path.write_text(
