@@ -134,4 +134,5 @@ def test_only_the_twistd_plugin_touches_the_global_reactor() -> None:
     # tap.py builds the service on twistd's reactor; a worker process's entry
     # point (workers.process) installs its event loop and hands it to main();
     # demo.echo is a separate program (the demo back end), not the gateway.
-    assert sorted(set(users)) == ["idgateway.demo.echo", "idgateway.tap", "idgateway.workers.process"]
+    expected = ["idgateway.demo.echo", "idgateway.tap", "idgateway.workers.process"]
+    assert sorted(set(users)) == expected
