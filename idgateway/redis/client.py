@@ -25,40 +25,23 @@ replies outstanding. Bulk replies are ``bytes`` (never converted to numbers).
 from __future__ import annotations
 
 import builtins
-import functools
-import os
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
-import attrs
 import txredisapi
-from cryptography import x509
-from OpenSSL.crypto import X509
 from twisted.internet import defer
-from twisted.internet.abstract import isIPAddress, isIPv6Address
-from twisted.internet.endpoints import (
-    HostnameEndpoint,
-    TCP4ClientEndpoint,
-    TCP6ClientEndpoint,
-    UNIXClientEndpoint,
-    wrapClientTLS,
-)
-from twisted.internet.interfaces import IStreamClientEndpoint
-from twisted.internet.protocol import Factory
-from twisted.internet.ssl import (
-    Certificate,
-    optionsForClientTLS,
-    platformTrust,
-    trustRootFromCertificates,
-)
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 # One class for the config and the client: the config builds it, we use it.
-from idgateway._twisted.redis import replies_outstanding
 from idgateway.config.model import RedisSettings
-from idgateway.config.redis_url import URL_EXAMPLE, parse_redis_url
+from idgateway.config.redis_url import parse_redis_url
+from idgateway.redis.connection import Connector, tls_options
+from idgateway.redis.errors import RedisCommandError, RedisUnavailable, describe_failure
+from idgateway.redis.protocol import RedisProtocol, SubscriberProtocol
+from idgateway.redis.pubsub import Subscription, Subscriptions
+from idgateway.redis.target import Target
 
 __all__ = [
     "RedisClient",
@@ -87,201 +70,14 @@ _UNAVAILABLE_REPLIES = ("LOADING", "READONLY", "MASTERDOWN", "NOAUTH", "BUSY", "
 _RECONNECT_REPLIES = ("READONLY", "NOAUTH", "MASTERDOWN")
 
 
-class RedisUnavailable(Exception):
-    """Redis could not answer (down, too slow, refused us); the gateway answers 503."""
-
-
-class RedisCommandError(RedisUnavailable):
-    """Redis answered a command with an error (a wrong type, a missing permission).
-
-    A ``RedisUnavailable`` too, so one ``except RedisUnavailable`` covers every
-    Redis failure.
-    """
-
-
-# -- URLs ----------------------------------------------------------------------
-
-
-@attrs.frozen
-class _Target:
-    """Where the connections go, from RedisSettings."""
-
-    tls: bool
-    host: str | None
-    port: int | None
-    path: str | None
-    username: str | None
-    password: str | None
-    db: int
-    sentinels: tuple[tuple[str, int], ...]
-    master_name: str | None
-
-    @classmethod
-    def from_settings(cls, settings: RedisSettings) -> _Target:
-        if settings.pool_size < 1:
-            raise ValueError(f"Redis pool_size must be at least 1, not {settings.pool_size}")
-        for name in ("connect_timeout", "command_timeout"):
-            if not getattr(settings, name) > 0:
-                raise ValueError(f"Redis {name} must be more than 0 seconds")
-        sentinels = tuple((str(host), int(port)) for host, port in settings.sentinels)
-        if sentinels:
-            if not settings.master_name:
-                raise ValueError(
-                    "Redis sentinels need master_name, the name the sentinels monitor "
-                    "(e.g. mymaster)"
-                )
-            # A URL with sentinels only brings the password, database and TLS;
-            # the sentinels say where the master is.
-            parts = parse_redis_url(settings.url) if settings.url else None
-            if parts is not None and parts["scheme"] == "unix":
-                raise ValueError(
-                    "Redis sentinels name TCP masters; a unix: URL cannot go with them"
-                )
-            return cls(
-                tls=bool(parts and parts["tls"]),
-                host=None,
-                port=None,
-                path=None,
-                username=parts["username"] if parts else None,
-                password=parts["password"] if parts else None,
-                db=parts["db"] if parts else 0,
-                sentinels=sentinels,
-                master_name=settings.master_name,
-            )
-        if not settings.url:
-            raise ValueError(
-                f"Redis needs a url (e.g. {URL_EXAMPLE}) or sentinels with a master_name"
-            )
-        parts = parse_redis_url(settings.url)
-        return cls(
-            tls=parts["tls"],
-            host=parts["host"],
-            port=parts["port"],
-            path=parts["path"],
-            username=parts["username"],
-            password=parts["password"],
-            db=parts["db"],
-            sentinels=(),
-            master_name=None,
-        )
-
-    def describe(self) -> str:
-        """Where we connect, without the password."""
-        if self.sentinels:
-            listed = ", ".join(f"{host}:{port}" for host, port in self.sentinels)
-            return f"Redis master {self.master_name!r} via Sentinel {listed}"
-        if self.path is not None:
-            return f"Redis at unix:{self.path}"
-        scheme = "rediss" if self.tls else "redis"
-        host = f"[{self.host}]" if self.host and ":" in self.host else self.host
-        return f"Redis at {scheme}://{host}:{self.port}/{self.db}"
-
-
-def _tls_options(host: str, ca_file: str | None) -> Any:
-    """Verified TLS for ``host`` (no ALPN: Redis does not speak HTTP).
-
-    Cached per CA file version, so a replaced CA file is read again.
-    """
-    if ca_file is None:
-        return optionsForClientTLS(host, trustRoot=platformTrust())
-    try:
-        status = os.stat(ca_file)
-    except OSError as error:
-        raise ValueError(f"cannot read the Redis CA file {ca_file}: {error.strerror}") from None
-    return _tls_options_from_file(host, ca_file, (status.st_mtime_ns, status.st_size))
-
-
-@functools.lru_cache(maxsize=32)
-def _tls_options_from_file(host: str, ca_file: str, _version: tuple[int, int]) -> Any:
-    try:
-        with open(ca_file, "rb") as file:
-            pem = file.read()
-    except OSError as error:
-        raise ValueError(f"cannot read the Redis CA file {ca_file}: {error.strerror}") from None
-    try:
-        certificates = x509.load_pem_x509_certificates(pem)
-    except ValueError:
-        raise ValueError(f"no PEM certificates in the Redis CA file {ca_file}") from None
-    trust = trustRootFromCertificates(
-        [Certificate(X509.from_cryptography(certificate)) for certificate in certificates]
-    )
-    return optionsForClientTLS(host, trustRoot=trust)
-
-
-# -- connections -----------------------------------------------------------------
-
-
-class _Protocol(txredisapi.BaseRedisProtocol):  # type: ignore[misc]
-    """txredisapi's RESP protocol on our reactor, remembering why it was lost."""
-
-    def __init__(self, reactor: Any) -> None:
-        # charset=None and no number conversion: values come back as the bytes stored.
-        super().__init__(charset=None, convertNumbers=False)
-        self.callLater = reactor.callLater
-        self.lost_reason: Failure | None = None
-        self.on_lost: Callable[[_Protocol], None] | None = None
-
-    def connectionMade(self) -> Any:
-        set_keep_alive = getattr(self.transport, "setTcpKeepAlive", None)
-        if set_keep_alive is not None:
-            try:
-                set_keep_alive(True)
-            except OSError:
-                pass
-        return super().connectionMade()
-
-    def connectionLost(self, why: Failure) -> None:
-        self.lost_reason = why
-        # Leave the pool before failing the waiting calls: their callers may
-        # send their next command from inside that errback.
-        if self.on_lost is not None:
-            on_lost, self.on_lost = self.on_lost, None
-            on_lost(self)
-        super().connectionLost(why)
-
-    @property
-    def outstanding(self) -> int:
-        return replies_outstanding(self)
-
-    def abort(self) -> None:
-        if self.transport is not None:
-            self.transport.abortConnection()
-
-
-class _SubscriberProtocol(_Protocol):
-    """A connection in subscribe mode: messages go to ``on_message``, replies to callers."""
-
-    def __init__(self, reactor: Any, on_message: Callable[[bytes, bytes], None]) -> None:
-        super().__init__(reactor)
-        self._on_message = on_message
-        self.channels: set[bytes] = set()
-
-    def replyReceived(self, reply: Any) -> None:
-        if isinstance(reply, list) and len(reply) == 3 and reply[0] == b"message":
-            self._on_message(reply[1], reply[2])
-            return
-        super().replyReceived(reply)
-
-
-def _describe_failure(failure: Failure | BaseException | None) -> str:
-    error = failure.value if isinstance(failure, Failure) else failure
-    if error is None:
-        return "connection closed"
-    if isinstance(error, RedisUnavailable):
-        return str(error)
-    text = str(error).strip() or type(error).__name__
-    # Twisted's connection errors read "Connection was refused by other side: 111: ...".
-    return text.rstrip(".")
-
-
 class _Slot:
     """One pooled connection: connects, reconnects with backoff, reports changes."""
 
     def __init__(self, client: RedisClient, subscriber: bool = False) -> None:
         self._client = client
         self.subscriber = subscriber
-        self.protocol: _Protocol | None = None
-        self._attempt: defer.Deferred[_Protocol] | None = None
+        self.protocol: RedisProtocol | None = None
+        self._attempt: defer.Deferred[RedisProtocol] | None = None
         self._retry: Any = None
         self._failures = 0
         self.last_failure_at: float | None = None
@@ -297,11 +93,11 @@ class _Slot:
         if self._retry is not None and self._retry.active():
             self._retry.cancel()
         self._retry = None
-        attempt = defer.ensureDeferred(self._client._open(self.subscriber))
+        attempt = defer.ensureDeferred(self._client._connector.open(self.subscriber))
         self._attempt = attempt
         attempt.addCallbacks(self._opened, self._failed)
 
-    def _opened(self, protocol: _Protocol) -> None:
+    def _opened(self, protocol: RedisProtocol) -> None:
         self._attempt = None
         if self._closed:
             protocol.transport.loseConnection()
@@ -321,16 +117,16 @@ class _Slot:
         self._failures += 1
         self.last_failure_at = self._client._reactor.seconds()
         self._schedule_retry()
-        self._client._slot_failed(self, _describe_failure(failure))
+        self._client._slot_failed(self, describe_failure(failure))
 
-    def _lost(self, protocol: _Protocol) -> None:
+    def _lost(self, protocol: RedisProtocol) -> None:
         if self.protocol is protocol:
             self.protocol = None
         if self._closed:
             return
         # Straight back: most losses are a restarted server or an idle timeout.
         self._retry = self._client._reactor.callLater(0, self.start)
-        self._client._slot_lost(self, _describe_failure(protocol.lost_reason))
+        self._client._slot_lost(self, describe_failure(protocol.lost_reason))
 
     def _schedule_retry(self) -> None:
         delay = min(_MAX_RETRY_DELAY, _FIRST_RETRY_DELAY * 2 ** (self._failures - 1))
@@ -356,13 +152,6 @@ class _Slot:
         return done
 
 
-@attrs.define
-class _Subscription:
-    channel: bytes
-    on_message: Callable[[bytes], None]
-    on_subscribed: Callable[[], None] | None
-
-
 class RedisClient:
     """A pool of ``settings.pool_size`` connections to one Redis (or Sentinel master).
 
@@ -376,10 +165,12 @@ class RedisClient:
     def __init__(self, reactor: Any, settings: RedisSettings) -> None:
         self._reactor = reactor
         self._settings = settings
-        self._target = _Target.from_settings(settings)
+        self._target = Target.from_settings(settings)
+        self._subscriptions = Subscriptions()
+        self._connector = Connector(reactor, settings, self._target, self._subscriptions.dispatch)
         if self._target.tls:
             # Fail now, at start, on an unreadable CA file rather than on first use.
-            _tls_options(self._target.host or "localhost", settings.ca_file)
+            tls_options(self._target.host or "localhost", settings.ca_file)
         self.description = self._target.describe()
         self._slots = [_Slot(self) for _ in range(settings.pool_size)]
         self._waiters: list[defer.Deferred[None]] = []
@@ -388,7 +179,6 @@ class RedisClient:
         self._last_error: str | None = None
         self._was_ready = False
         self._subscriber: _Slot | None = None
-        self._subscriptions: list[_Subscription] = []
         self._subscriber_ping: LoopingCall | None = None
 
     # -- state -------------------------------------------------------------
@@ -485,7 +275,7 @@ class RedisClient:
         try:
             reply = protocol.execute_command(*args)
         except txredisapi.ConnectionError as error:
-            raise RedisUnavailable(f"{self.description}: {_describe_failure(error)}") from None
+            raise RedisUnavailable(f"{self.description}: {describe_failure(error)}") from None
         try:
             return await self._within(reply, deadline)
         except defer.TimeoutError:
@@ -500,11 +290,11 @@ class RedisClient:
         except txredisapi.ConnectionError as error:
             raise RedisUnavailable(
                 f"{self.description}: lost the connection during {_command_name(args)} "
-                f"({_describe_failure(protocol.lost_reason or error)})"
+                f"({describe_failure(protocol.lost_reason or error)})"
             ) from None
 
     def _reply_error(
-        self, protocol: _Protocol, args: tuple[Any, ...], error: Exception
+        self, protocol: RedisProtocol, args: tuple[Any, ...], error: Exception
     ) -> RedisUnavailable:
         message = str(error)
         code = message.split(" ", 1)[0].upper()
@@ -525,8 +315,8 @@ class RedisClient:
 
     # -- the pool --------------------------------------------------------------
 
-    def _pick(self) -> _Protocol | None:
-        best: _Protocol | None = None
+    def _pick(self) -> RedisProtocol | None:
+        best: RedisProtocol | None = None
         for slot in self._slots:
             protocol = slot.protocol
             if protocol is None or not protocol.connected:
@@ -537,7 +327,7 @@ class RedisClient:
                     break
         return best
 
-    async def _connection(self, deadline: float) -> _Protocol:
+    async def _connection(self, deadline: float) -> RedisProtocol:
         while True:
             protocol = self._pick()
             if protocol is not None:
@@ -586,7 +376,7 @@ class RedisClient:
     def _slot_ready(self, slot: _Slot) -> None:
         if slot.subscriber:
             assert slot.protocol is not None
-            self._start_subscribing(slot.protocol, list(self._subscriptions))
+            self._start_subscribing(slot.protocol, list(self._subscriptions.all))
             return
         if not self._was_ready:
             self._was_ready = True
@@ -615,168 +405,6 @@ class RedisClient:
                 "Lost every connection to {where}: {reason}", where=self.description, reason=reason
             )
 
-    # -- connecting ------------------------------------------------------------
-
-    async def _open(self, subscriber: bool) -> _Protocol:
-        target = self._target
-        host: str | None
-        port: int | None
-        if target.sentinels:
-            host, port = await self._ask_sentinels()
-        else:
-            host, port = target.host, target.port
-        attempt = defer.ensureDeferred(self._connect_and_set_up(host, port, subscriber))
-        attempt.addTimeout(self._settings.connect_timeout, self._reactor)
-        try:
-            return await attempt
-        except defer.TimeoutError:
-            raise RedisUnavailable(
-                f"connecting to {self._where(host, port)} took longer than "
-                f"{self._settings.connect_timeout:g} s"
-            ) from None
-
-    def _where(self, host: str | None, port: int | None) -> str:
-        if self._target.path is not None:
-            return f"unix:{self._target.path}"
-        return f"{host}:{port}"
-
-    def _endpoint(self, host: str | None, port: int | None) -> IStreamClientEndpoint:
-        timeout = self._settings.connect_timeout
-        if self._target.path is not None:
-            return UNIXClientEndpoint(self._reactor, self._target.path, timeout=timeout)
-        assert host is not None and port is not None
-        endpoint = self._tcp_endpoint(host, port)
-        if self._target.tls:
-            endpoint = wrapClientTLS(
-                _tls_options(host, self._settings.ca_file), endpoint, clock=self._reactor
-            )
-        return endpoint
-
-    def _tcp_endpoint(self, host: str, port: int) -> IStreamClientEndpoint:
-        timeout = self._settings.connect_timeout
-        # An address needs no resolver thread, and a refused connection is
-        # reported at once rather than after HostnameEndpoint's 0.3 s
-        # attempt delay.
-        if isIPAddress(host):
-            return TCP4ClientEndpoint(self._reactor, host, port, timeout=timeout)
-        if isIPv6Address(host):
-            return TCP6ClientEndpoint(self._reactor, host, port, timeout=timeout)
-        return HostnameEndpoint(self._reactor, host, port, timeout=timeout)
-
-    async def _connect_and_set_up(
-        self, host: str | None, port: int | None, subscriber: bool
-    ) -> _Protocol:
-        where = self._where(host, port)
-        if subscriber:
-            factory = Factory.forProtocol(
-                functools.partial(_SubscriberProtocol, self._reactor, self._dispatch)
-            )
-        else:
-            factory = Factory.forProtocol(functools.partial(_Protocol, self._reactor))
-        try:
-            protocol = cast(_Protocol, await self._endpoint(host, port).connect(factory))
-        except defer.CancelledError:
-            raise
-        except Exception as error:
-            raise RedisUnavailable(
-                f"cannot connect to {where}: {_describe_failure(error)}"
-            ) from None
-        try:
-            await self._set_up(protocol, where, subscriber)
-        except BaseException:
-            protocol.abort()
-            raise
-        return protocol
-
-    async def _set_up(self, protocol: _Protocol, where: str, subscriber: bool) -> None:
-        target = self._target
-
-        async def run(*args: Any) -> Any:
-            try:
-                return await protocol.execute_command(*args)
-            except txredisapi.ResponseError as error:
-                shown = "AUTH" if args[0] == "AUTH" else " ".join(str(arg) for arg in args)
-                raise RedisUnavailable(f"{where} refused {shown}: {error}") from None
-            except txredisapi.ConnectionError:
-                reason = _describe_failure(protocol.lost_reason)
-                raise RedisUnavailable(f"{where} closed the connection: {reason}") from None
-
-        answered = False
-        if target.password is not None:
-            if target.username:
-                await run("AUTH", target.username, target.password)
-            else:
-                await run("AUTH", target.password)
-            answered = True
-        if target.sentinels:
-            role = await run("ROLE")
-            if not role or role[0] != b"master":
-                shown = role[0].decode("ascii", "replace") if role else "unknown"
-                raise RedisUnavailable(f"{where} is a {shown}, not the master")
-            answered = True
-        # The subscriber subscribes once ready (see _resubscribe); SELECT does
-        # not matter to publish/subscribe.
-        if target.db and not subscriber:
-            await run("SELECT", target.db)
-            answered = True
-        if not answered:
-            # Proves the server answers, not just that the kernel accepted us.
-            await run("PING")
-
-    async def _ask_sentinels(self) -> tuple[str, int]:
-        """The master's address from the first sentinel that knows it."""
-        target = self._target
-        problems = []
-        for host, port in target.sentinels:
-            attempt = defer.ensureDeferred(self._ask_sentinel(host, port))
-            attempt.addTimeout(self._settings.connect_timeout, self._reactor)
-            try:
-                reply = await attempt
-            except defer.TimeoutError:
-                problems.append(
-                    f"{host}:{port} did not answer within {self._settings.connect_timeout:g} s"
-                )
-                continue
-            except RedisUnavailable as error:
-                problems.append(str(error))
-                continue
-            if not reply or len(reply) != 2:
-                problems.append(f"{host}:{port} does not know a master {target.master_name!r}")
-                continue
-            try:
-                return bytes(reply[0]).decode("ascii"), int(reply[1])
-            except (ValueError, UnicodeDecodeError):
-                problems.append(f"{host}:{port} gave a strange address {reply!r}")
-        raise RedisUnavailable(
-            f"no Sentinel named the master {target.master_name!r}: {'; '.join(problems)}"
-        )
-
-    async def _ask_sentinel(self, host: str, port: int) -> Any:
-        endpoint = self._tcp_endpoint(host, port)
-        try:
-            protocol = cast(
-                _Protocol,
-                await endpoint.connect(
-                    Factory.forProtocol(functools.partial(_Protocol, self._reactor))
-                ),
-            )
-        except defer.CancelledError:
-            raise
-        except Exception as error:
-            raise RedisUnavailable(f"Sentinel {host}:{port}: {_describe_failure(error)}") from None
-        try:
-            return await protocol.execute_command(
-                "SENTINEL", "get-master-addr-by-name", self._target.master_name
-            )
-        except txredisapi.ResponseError as error:
-            raise RedisUnavailable(f"Sentinel {host}:{port} refused: {error}") from None
-        except txredisapi.ConnectionError:
-            reason = _describe_failure(protocol.lost_reason)
-            raise RedisUnavailable(f"Sentinel {host}:{port}: {reason}") from None
-        finally:
-            if protocol.transport is not None:
-                protocol.transport.loseConnection()
-
     # -- publish/subscribe ---------------------------------------------------------
 
     def subscribe(
@@ -794,8 +422,8 @@ class RedisClient:
         """
         if self._closed:
             raise RedisUnavailable("the Redis client was closed")
-        subscription = _Subscription(channel.encode("utf-8"), on_message, on_subscribed)
-        self._subscriptions.append(subscription)
+        subscription = Subscription(channel.encode("utf-8"), on_message, on_subscribed)
+        self._subscriptions.add(subscription)
         if self._subscriber is None:
             self._subscriber = _Slot(self, subscriber=True)
             ping = self._subscriber_ping = LoopingCall(self._ping_subscriber)
@@ -807,42 +435,17 @@ class RedisClient:
         if protocol is not None:  # else: subscribed and told once connected
             self._start_subscribing(protocol, [subscription])
 
-    def _start_subscribing(self, protocol: _Protocol, subscriptions: list[_Subscription]) -> None:
-        d = defer.ensureDeferred(self._subscribe_and_tell(protocol, subscriptions))
+    def _start_subscribing(
+        self, protocol: RedisProtocol, subscriptions: list[Subscription]
+    ) -> None:
+        assert isinstance(protocol, SubscriberProtocol)
+        d = defer.ensureDeferred(
+            self._subscriptions.subscribe_on(protocol, subscriptions, self._within_command_timeout)
+        )
         d.addErrback(lambda _: None)  # a failed SUBSCRIBE drops the connection; see below
 
-    async def _subscribe_and_tell(
-        self, protocol: _Protocol, subscriptions: list[_Subscription]
-    ) -> None:
-        assert isinstance(protocol, _SubscriberProtocol)
-        for subscription in subscriptions:
-            channel = subscription.channel
-            if channel not in protocol.channels:
-                protocol.channels.add(channel)
-                reply = protocol.execute_command("SUBSCRIBE", channel)
-                try:
-                    await self._within(
-                        reply, self._reactor.seconds() + self._settings.command_timeout
-                    )
-                except Exception:
-                    # Reconnecting subscribes to every channel again.
-                    protocol.abort()
-                    raise
-        for subscription in subscriptions:
-            if subscription.on_subscribed is not None:
-                try:
-                    subscription.on_subscribed()
-                except Exception:
-                    self._log.failure("A Redis subscriber failed on (re)subscription")
-
-    def _dispatch(self, channel: bytes, message: bytes) -> None:
-        channel = bytes(channel)
-        for subscription in list(self._subscriptions):
-            if subscription.channel == channel:
-                try:
-                    subscription.on_message(bytes(message))
-                except Exception:
-                    self._log.failure("A Redis subscriber failed on a message")
+    def _within_command_timeout(self, reply: defer.Deferred[Any]) -> Any:
+        return self._within(reply, self._reactor.seconds() + self._settings.command_timeout)
 
     async def _ping_subscriber_once(self) -> None:
         slot = self._subscriber

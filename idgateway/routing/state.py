@@ -38,6 +38,7 @@ from idgateway.oidc.http import make_http_client
 from idgateway.oidc.provider import ProviderClient
 from idgateway.proxy.headers import TrustedProxies
 from idgateway.proxy.upstream import UpstreamPool
+from idgateway.proxy.websocket_limits import WebSocketSlots
 from idgateway.redis.client import RedisClient
 from idgateway.routing.table import RouteTable
 from idgateway.server.tls import client_tls_options
@@ -370,3 +371,12 @@ def _hsts(route: Route) -> bytes | None:
 def _first_tls_port(config: Config) -> int | None:
     ports: Iterable[int] = (listener.port for listener in config.listeners if listener.tls)
     return next(iter(ports), None)
+
+
+class StateHolder:
+    """The one mutable cell: the current GatewayState, replaced whole on reload."""
+
+    def __init__(self, state: GatewayState) -> None:
+        self.current = state
+        # Open WebSocket tunnels per route (they outlive reloads).
+        self.websockets = WebSocketSlots()

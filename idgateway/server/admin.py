@@ -25,7 +25,7 @@ from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from idgateway.config.values import mask_credentials
 from idgateway.observe.metrics import METRICS, GatewayMetrics
-from idgateway.routing.resource import StateHolder
+from idgateway.routing.state import StateHolder
 from idgateway.server.tls import certificate_expiry
 
 

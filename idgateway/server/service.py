@@ -19,8 +19,8 @@ from idgateway.config.load import ConfigError, load_config
 from idgateway.config.model import Config, Listener
 from idgateway.config.watch import ConfigWatcher
 from idgateway.observe import access_log as observe
-from idgateway.routing.resource import GatewayResource, StateHolder
-from idgateway.routing.state import StateBuilder
+from idgateway.routing.resource import GatewayResource
+from idgateway.routing.state import StateBuilder, StateHolder
 from idgateway.server import systemd
 from idgateway.server.channel import GatewayChannel, GatewaySite
 from idgateway.server.connection_limits import (

@@ -11,7 +11,7 @@ from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
-from idgateway.routing.resource import ProxiedResponse, forwarded_header_lines
+from idgateway.proxy.response import ProxiedResponse, forwarded_header_lines
 from idgateway.server.channel import GatewayRequest, GatewaySite
 
 

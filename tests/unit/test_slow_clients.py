@@ -16,7 +16,7 @@ from twisted.web.server import NOT_DONE_YET
 from idgateway.config.load import ConfigError, load_config
 from idgateway.config.model import Config, Listener, Route, Upstream
 from idgateway.proxy.websocket_limits import WebSocketSlots
-from idgateway.routing.resource import WebSocketTunnel
+from idgateway.proxy.websocket_tunnel import WebSocketTunnel
 from idgateway.server.channel import IDLE_SWEEP_INTERVAL, BodyPipe, GatewayRequest
 from idgateway.server.connection_limits import (
     AcceptLogThrottle,

@@ -1,0 +1,299 @@
+"""The upstream's answer on its way to the client: status line, headers, streamed body.
+
+``ProxiedResponse`` is the ``upstream.ResponseSink`` of one exchange: it writes
+the head once, streams the body with backpressure both ways, and ends or cuts
+the client's response when the upstream ends or fails.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from twisted.internet.interfaces import IPushProducer
+from twisted.logger import Logger
+from twisted.web.http import NO_BODY_CODES
+from zope.interface import implementer
+
+from idgateway.observe import access_log as observe
+from idgateway.proxy.headers import (
+    response_headers_to_forward,
+)
+from idgateway.proxy.upstream import (
+    FAIL_CONNECT,
+    FAIL_IDLE,
+    FAIL_TIMEOUT,
+    Exchange,
+    UpstreamConnection,
+)
+from idgateway.proxy.websocket_tunnel import WebSocketTunnel, current_login_of
+from idgateway.routing.state import RouteRuntime
+from idgateway.server.answers import send_error
+from idgateway.server.channel import GatewayChannel, GatewayRequest
+
+# The header lines forwarded for an upstream head, by the identity of its
+# (immutable, shared) parsed headers: see upstream._RESPONSE_HEADS.
+_FORWARDED_LINES: dict[tuple[int, bool], tuple[Sequence[tuple[bytes, bytes]], bytes]] = {}
+
+
+_FORWARDED_LINES_MAX = 256
+
+
+def forwarded_header_lines(headers: Sequence[tuple[bytes, bytes]], *, replace_hsts: bool) -> bytes:
+    """The upstream's end-to-end headers as lines for the client's response.
+
+    With ``replace_hsts`` the application's Strict-Transport-Security is left
+    out: the route's own policy replaces it.
+    """
+    key = (id(headers), replace_hsts)
+    known = _FORWARDED_LINES.get(key)
+    if known is not None and known[0] is headers:
+        return known[1]
+    lines: list[bytes] = []
+    for name, value in response_headers_to_forward(headers):
+        if replace_hsts and name.lower() == b"strict-transport-security":
+            continue
+        lines += (name, b": ", value, b"\r\n")
+    block = b"".join(lines)
+    if isinstance(headers, tuple):  # shared parsed heads only; a list may change
+        if len(_FORWARDED_LINES) >= _FORWARDED_LINES_MAX:
+            _FORWARDED_LINES.clear()
+        _FORWARDED_LINES[key] = (headers, block)
+    return block
+
+
+def abort_client(request: GatewayRequest) -> None:
+    """Cut the client off (RST): a truncated body must not look complete."""
+    transport = request.channel.transport
+    if transport is not None:
+        transport.abortConnection()  # type: ignore[attr-defined]
+
+
+@implementer(IPushProducer)
+class ProxiedResponse:
+    """Streams one upstream response to the client; the client's pace sets the upstream's."""
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        request: GatewayRequest,
+        runtime: RouteRuntime,
+        *,
+        tls: bool,
+        set_cookies: list[bytes] = [],  # noqa: B006 - never mutated
+    ) -> None:
+        self.request = request
+        self.set_cookies = set_cookies
+        self.runtime = runtime
+        self.tls = tls
+        self.exchange: Exchange | None = None
+        self._producing = False
+        # Watched by the site for client_send_timeout (the client stopped reading).
+        self._stalled = False
+        self._upgrade_headers: Sequence[tuple[bytes, bytes]] = ()
+
+    # -- upstream.ResponseSink ---------------------------------------------------
+
+    def response_head(
+        self,
+        status: int,
+        reason: bytes,
+        headers: Sequence[tuple[bytes, bytes]],
+        length: int | None,
+    ) -> None:
+        request = self.request
+        # observe hook: upstream time is the time to the response head.
+        request.idgw_upstream_ms = observe.upstream_elapsed_ms(request.idgw_upstream_started)
+        if status == 101:
+            self._upgrade_headers = headers
+            return
+        if request.client_gone:
+            return
+        request.setResponseCode(status, reason or None)
+        if length == 0 or status in NO_BODY_CODES or request.method == b"HEAD":
+            # The answer is complete with its head: if the request body is
+            # not, say Connection: close in this head (as response_end would).
+            request.end_response_early()
+        # The head goes out as the upstream sent it (minus hop-by-hop headers)
+        # plus the gateway's own, written here in one piece: converting every
+        # header into twisted.web's Headers and back cost more than the rest of
+        # the response. The upstream parser has already refused heads with a
+        # header name that is not a token, or a CR, LF or NUL out of place.
+        hsts = self.runtime.hsts_header if self.tls else None
+        head = [
+            request.clientproto,
+            b" %d " % status,
+            request.code_message,
+            b"\r\n",
+            forwarded_header_lines(headers, replace_hsts=hsts is not None),
+        ]
+        if length is not None:
+            head += (b"Content-Length: %d\r\n" % length,)
+        elif (
+            request.clientproto == b"HTTP/1.1"
+            and request.method != b"HEAD"
+            and status not in NO_BODY_CODES
+        ):
+            # No length from the upstream: chunk it, so the connection can be
+            # kept (as twisted.web does).
+            head.append(b"Transfer-Encoding: chunked\r\n")
+            request.chunked = 1
+        if hsts is not None:
+            head += (b"Strict-Transport-Security: ", hsts, b"\r\n")
+        for value in self.set_cookies:
+            head += (b"Set-Cookie: ", value, b"\r\n")
+        # Set by the channel before the answer: Connection: close.
+        for name, values in request.responseHeaders.getAllRawHeaders():
+            for value in values:
+                head += (name, b": ", value, b"\r\n")
+        head.append(b"\r\n")
+        request.startedWriting = 1
+        # One bytes object: the transport would otherwise queue each piece.
+        request.channel.write(b"".join(head))
+        request.registerProducer(self, True)
+        self._producing = True
+
+    def response_data(self, data: bytes) -> None:
+        self.request.write(data)
+
+    def response_end(self) -> None:
+        request = self.request
+        if not self._stop_streaming():
+            return
+        request.end_response_early()
+        request.finish()
+
+    def _stop_streaming(self) -> bool:
+        """Detach from the client; True if an answer can still be sent."""
+        request = self.request
+        if self._producing:
+            self._producing = False
+            request.unregisterProducer()
+        if self._stalled:
+            self._unwatch_stalled()
+        # The exchange points back here (its sink): no cycle left to collect.
+        self.exchange = None
+        return not (request.client_gone or request.finished)
+
+    def response_failed(self, why: str, detail: str) -> None:
+        request = self.request
+        if not self._stop_streaming():
+            return
+        if request.startedWriting:
+            # Never end a half-sent response in a way that looks complete.
+            self._log.warn(
+                "upstream {upstream} failed mid-response ({why}: {detail}); aborting client",
+                upstream=self.runtime.route.name,
+                why=why,
+                detail=detail,
+            )
+            abort_client(request)
+            return
+        if why == FAIL_TIMEOUT or why == FAIL_IDLE:
+            status, message = 504, "The application did not answer in time."
+        elif why == FAIL_CONNECT:
+            status, message = 502, "The application is not reachable right now."
+        else:
+            status, message = 502, "The application gave an invalid answer."
+        self._log.warn(
+            "route {route}: upstream failed ({why}: {detail}) -> {status} [{request_id}]",
+            route=self.runtime.route.name,
+            why=why,
+            detail=detail,
+            status=status,
+            request_id=request.request_id.decode(),
+        )
+        request.end_response_early()
+        send_error(request, status, message, error="upstream_" + why, request_id=request.request_id)
+
+    def body_too_large(self) -> None:
+        if self.exchange is not None:
+            self.exchange.cancel()
+        request = self.request
+        if not self._stop_streaming():
+            return
+        if request.startedWriting:
+            abort_client(request)
+            return
+        request.end_response_early()
+        send_error(request, 413, "The request body is too large.", request_id=request.request_id)
+
+    def upgraded(self, connection: UpstreamConnection, leftover: bytes) -> None:
+        request = self.request
+        channel: GatewayChannel = request.channel  # type: ignore[assignment]
+        if request.client_gone or channel.transport is None:
+            connection.abandon()
+            return
+        client = channel.transport
+        head = [b"HTTP/1.1 101 Switching Protocols\r\n"]
+        for name, value in self._upgrade_headers:
+            head += (name, b": ", value, b"\r\n")
+        head.append(b"\r\n")
+        client.writeSequence(head)
+        pending = channel.take_unparsed_bytes()
+        channel.setTimeout(None)
+        route = self.runtime.route
+        tunnel = WebSocketTunnel(
+            connection,
+            route=route.name,
+            idle_timeout=route.websocket_idle_timeout,
+            slot=request.idgw_websocket_slot,
+        )
+        if request.idgw_login is not None:
+            # The tunnel ends with the session that opened it, judged by the
+            # route's gate of the configuration in force (reloads included).
+            tunnel.session = (request.idgw_login, request.idgw_session, request.idgw_session_id)
+            holder = getattr(getattr(request.site, "resource", None), "holder", None)
+            if holder is not None:
+                tunnel.current_login = current_login_of(holder, route.name)
+        # The tunnel gives the slot back when it closes, not the request.
+        request.idgw_websocket_slot = None
+        exchange = connection.exchange
+        if exchange is not None:
+            exchange.sink = tunnel  # type: ignore[assignment]
+        client.unregisterProducer()  # type: ignore[attr-defined]
+        channel.switch_to_tunnel(tunnel)
+        site = getattr(channel, "site", None)
+        if site is not None and hasattr(site, "watch_tunnel"):
+            tunnel.watch_idle(site, site.reactor.seconds())
+        if leftover:
+            tunnel.response_data(leftover)
+        if pending:
+            tunnel.dataReceived(pending)
+
+    # -- IPushProducer: the client's socket is full, or drained --------------------
+
+    def pauseProducing(self) -> None:
+        if self.exchange is not None and self.exchange.connection is not None:
+            self.exchange.connection.pause_reading()
+        # The client stopped reading: it has client_send_timeout to start again.
+        site = getattr(self.request.channel, "site", None)
+        if site is not None and hasattr(site, "watch_stalled"):
+            site.watch_stalled(self)
+            self._stalled = True
+
+    def resumeProducing(self) -> None:
+        if self.exchange is not None and self.exchange.connection is not None:
+            self.exchange.connection.resume_reading()
+        self._unwatch_stalled()
+
+    def _unwatch_stalled(self) -> None:
+        if not self._stalled:
+            return
+        self._stalled = False
+        site = getattr(self.request.channel, "site", None)
+        stalled = getattr(site, "stalled", None)
+        if stalled:
+            stalled.pop(self, None)
+
+    def send_timed_out(self) -> None:
+        """client_send_timeout: the client left the response unread too long."""
+        if self.exchange is not None:
+            self.exchange.cancel()
+        abort_client(self.request)
+
+    def stopProducing(self) -> None:
+        if self._stalled:
+            self._unwatch_stalled()
+        if self.exchange is not None:
+            self.exchange.cancel()

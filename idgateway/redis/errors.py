@@ -1,0 +1,28 @@
+"""How a Redis call fails: one exception kind for "Redis could not answer"."""
+
+from __future__ import annotations
+
+from twisted.python.failure import Failure
+
+
+class RedisUnavailable(Exception):
+    """Redis could not answer (down, too slow, refused us); the gateway answers 503."""
+
+
+class RedisCommandError(RedisUnavailable):
+    """Redis answered a command with an error (a wrong type, a missing permission).
+
+    A ``RedisUnavailable`` too, so one ``except RedisUnavailable`` covers every
+    Redis failure.
+    """
+
+
+def describe_failure(failure: Failure | BaseException | None) -> str:
+    error = failure.value if isinstance(failure, Failure) else failure
+    if error is None:
+        return "connection closed"
+    if isinstance(error, RedisUnavailable):
+        return str(error)
+    text = str(error).strip() or type(error).__name__
+    # Twisted's connection errors read "Connection was refused by other side: 111: ...".
+    return text.rstrip(".")
