@@ -12,7 +12,7 @@ from typing import Any
 import yaml
 from cryptography import x509
 
-from idgateway.config import values as units
+from idgateway.config import values as value_syntax
 from idgateway.config.model import (
     AuthorizeRules,
     ClaimRule,
@@ -188,7 +188,7 @@ def _public_path(value: str) -> PublicPath:
             f"{value!r} is not a public path; expected '/healthz', 'GET /static/' "
             "or '~ ^/assets/' (a regex)"
         )
-    return PublicPath(method=method, prefix=units.canonical_prefix(rest))
+    return PublicPath(method=method, prefix=value_syntax.canonical_prefix(rest))
 
 
 def _redirect_path(value: str) -> str:
@@ -233,7 +233,7 @@ def cookie_domain_covers(domain: str, host: str) -> bool:
 
 def _request_path(value: str) -> str:
     """A path matched against request paths: in their canonical form."""
-    return units.canonical_prefix(_redirect_path(value))
+    return value_syntax.canonical_prefix(_redirect_path(value))
 
 
 def _extra_params(reader: Reader, node: yaml.Node, key: str) -> Any:
@@ -915,7 +915,7 @@ SESSION_FIELDS = (
     ),
     Field(
         "cookie_name",
-        parsed(units.parse_route_name, "a cookie name"),
+        parsed(value_syntax.parse_route_name, "a cookie name"),
         type_text="name",
         default_text="default ``_idgw_<route name>``",
         description=r"""
@@ -1539,7 +1539,7 @@ def build_providers(reader: Reader, node: yaml.Node, key: str) -> Any:
             url = values.get(url_key)
             if url and "@" in url.split("://", 1)[-1].split("/", 1)[0]:
                 reader.warnings.append(
-                    f"provider {name!r}: {url_key} {units.mask_credentials(url)} carries "
+                    f"provider {name!r}: {url_key} {value_syntax.mask_credentials(url)} carries "
                     "credentials, which the gateway does not send; remove them (they are "
                     "masked wherever the URL is shown)"
                 )

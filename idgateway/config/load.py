@@ -23,7 +23,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 
-from idgateway.config import values as units
+from idgateway.config import values as value_syntax
 from idgateway.config.auth import (
     AUTHORIZE_FIELDS,
     PROVIDER_FIELDS,
@@ -319,7 +319,7 @@ def _build_config(reader: Reader, found: Section) -> Config | _Invalid:
         listeners=listeners,
         routes=tuple(routes),  # type: ignore[arg-type]  # no problems, so no INVALID
         trusted_proxies=found.values["trusted_proxies"],
-        warnings=tuple(units.mask_credentials(warning) for warning in reader.warnings),
+        warnings=tuple(value_syntax.mask_credentials(warning) for warning in reader.warnings),
         providers=found.values["providers"],
         workers=found.values["workers"],
         redis=found.values["redis"],
@@ -347,11 +347,13 @@ def _default(cls: type, name: str) -> Any:
 
 # Route fields whose YAML key is the model's attribute name are passed straight through.
 _ROUTE_ATTRIBUTES = {field.name for field in attrs.fields(Route)} - {"upstream", "paths", "auth"}
-_UPSTREAM = parsed(units.parse_upstream_url, f"an upstream URL ({units.UPSTREAM_FORMS})")
+_UPSTREAM = parsed(
+    value_syntax.parse_upstream_url, f"an upstream URL ({value_syntax.UPSTREAM_FORMS})"
+)
 _PAIR = "{cert: /etc/idgateway/app1.pem, key: /etc/idgateway/app1.key}"
 _ROUTE = "{name: app1, hosts: [app1.example.com], upstream: http://127.0.0.1:3000}"
 _PATH = "{prefix: /api/, upstream: http://127.0.0.1:3001}"
-_HOST = parsed(units.parse_host_pattern, "a host name, e.g. app1.example.com")
+_HOST = parsed(value_syntax.parse_host_pattern, "a host name, e.g. app1.example.com")
 
 CERTIFICATE_FIELDS = (
     Field(
@@ -404,7 +406,7 @@ TLS_FIELDS = (
     ),
     Field(
         "min_version",
-        parsed(units.parse_tls_version, 'a TLS version, "1.2" or "1.3"'),
+        parsed(value_syntax.parse_tls_version, 'a TLS version, "1.2" or "1.3"'),
         default=_default(TLSSettings, "min_version"),
         type_text='``"1.2"`` or ``"1.3"``',
         default_text='default ``"1.2"``',
@@ -415,7 +417,7 @@ TLS_FIELDS = (
     ),
     Field(
         "ciphers",
-        parsed(units.parse_ciphers, "an OpenSSL cipher list, e.g. ECDHE+AESGCM"),
+        parsed(value_syntax.parse_ciphers, "an OpenSSL cipher list, e.g. ECDHE+AESGCM"),
         type_text="string",
         default_text="default: OpenSSL's secure default",
         description=r"""
@@ -425,7 +427,7 @@ TLS_FIELDS = (
         """,
     ),
 )
-_LISTEN = parsed(units.parse_listen_address, "a listen address, e.g. 127.0.0.1:8080")
+_LISTEN = parsed(value_syntax.parse_listen_address, "a listen address, e.g. 127.0.0.1:8080")
 # Timeouts a listener may set for itself, over the top-level keys of the same names.
 LISTENER_TIMEOUTS = ("client_header_timeout", "client_body_timeout", "client_send_timeout")
 
@@ -514,7 +516,7 @@ HSTS_FIELDS = (
 PATH_FIELDS = (
     Field(
         "prefix",
-        parsed(units.parse_path_prefix, "a path, e.g. /api/"),
+        parsed(value_syntax.parse_path_prefix, "a path, e.g. /api/"),
         True,
         example="prefix: /api/",
         type_text="string starting with ``/``",
@@ -584,7 +586,7 @@ _PATHS = list_of(section(PATH_FIELDS, f"a mapping like {_PATH}"), f"a list like 
 ROUTE_FIELDS = (
     Field(
         "name",
-        parsed(units.parse_route_name, "a name, e.g. app1"),
+        parsed(value_syntax.parse_route_name, "a name, e.g. app1"),
         True,
         example="name: app1",
         type_text="string",
@@ -901,7 +903,7 @@ MIN_WATCH_INTERVAL = 0.1
 
 
 def _watch_interval(text: str) -> float:
-    seconds = units.parse_duration(text)
+    seconds = value_syntax.parse_duration(text)
     if seconds < MIN_WATCH_INTERVAL:
         raise ValueError(f"must be at least 100ms, e.g. 2s; got {text!r}")
     return seconds
@@ -935,7 +937,7 @@ RELOAD_FIELDS = (
     ),
 )
 _NETWORKS = list_of(
-    parsed(units.parse_network, "an IP address or network, e.g. 10.0.0.0/8"),
+    parsed(value_syntax.parse_network, "an IP address or network, e.g. 10.0.0.0/8"),
     "a list of IP addresses or networks, e.g. [10.0.0.0/8, 192.0.2.7]",
 )
 ADMIN_FIELDS = (
@@ -1316,7 +1318,7 @@ def _options(route: Route) -> str:
     options = [name for name in ("preserve_host", "https_redirect") if getattr(route, name)]
     if route.hsts_max_age is not None:
         subdomains = " +subdomains" if route.hsts_include_subdomains else ""
-        options.append(f"hsts {units.format_duration(route.hsts_max_age)}{subdomains}")
+        options.append(f"hsts {value_syntax.format_duration(route.hsts_max_age)}{subdomains}")
     if route.max_body_size is None:
         options.append("no body limit")
     return f"  [{', '.join(options)}]" if options else ""

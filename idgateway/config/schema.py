@@ -20,7 +20,7 @@ from typing import Any
 import attrs
 import yaml
 
-from idgateway.config import values as units
+from idgateway.config import values as value_syntax
 
 
 @attrs.frozen
@@ -33,7 +33,9 @@ class Problem:
     def __str__(self) -> str:
         where = self.file if self.line is None else f"{self.file}:{self.line}"
         text = f"{where}: {self.key}: {self.message}" if self.key else f"{where}: {self.message}"
-        return units.mask_credentials(text)  # a URL value quoted back never shows its password
+        return value_syntax.mask_credentials(
+            text
+        )  # a URL value quoted back never shows its password
 
 
 class ConfigError(Exception):
@@ -254,17 +256,17 @@ def integer(minimum: int, example: int) -> Converter:
 
 def duration(allow_zero: bool = False) -> Converter:
     def parse(text: str) -> float:
-        seconds = units.parse_duration(text)
+        seconds = value_syntax.parse_duration(text)
         if seconds == 0 and not allow_zero:
-            raise ValueError(f"must be longer than zero; expected {units.DURATION_FORMS}")
+            raise ValueError(f"must be longer than zero; expected {value_syntax.DURATION_FORMS}")
         return seconds
 
-    return parsed(parse, f"a duration ({units.DURATION_FORMS})")
+    return parsed(parse, f"a duration ({value_syntax.DURATION_FORMS})")
 
 
 def size(zero_is_unlimited: bool = False) -> Converter:
     """Bytes; with ``zero_is_unlimited``, 0 or null give None (no limit)."""
-    as_bytes = parsed(units.parse_size, f"a size ({units.SIZE_FORMS})")
+    as_bytes = parsed(value_syntax.parse_size, f"a size ({value_syntax.SIZE_FORMS})")
 
     def convert(reader: Reader, node: yaml.Node, key: str) -> int | None | _Invalid:
         if zero_is_unlimited and isinstance(node, yaml.ScalarNode) and node.tag == _NULL:
@@ -274,7 +276,9 @@ def size(zero_is_unlimited: bool = False) -> Converter:
             return result  # type: ignore[no-any-return]
         if zero_is_unlimited:
             return None
-        return reader.problem(node, key, f"must be more than zero; expected {units.SIZE_FORMS}")
+        return reader.problem(
+            node, key, f"must be more than zero; expected {value_syntax.SIZE_FORMS}"
+        )
 
     return convert
 

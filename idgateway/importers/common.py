@@ -15,7 +15,7 @@ from typing import Any
 
 import attrs
 
-from idgateway.config import values as units
+from idgateway.config import values as value_syntax
 from idgateway.config.schema import ConfigError
 from idgateway.importers._yaml import (
     Block,
@@ -99,7 +99,7 @@ def route_name(host: str | None, fallback: str) -> str:
 
 
 def duration_text(seconds: float) -> str:
-    return units.format_duration(seconds)
+    return value_syntax.format_duration(seconds)
 
 
 _GO_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1, "m": 60, "h": 3600}

@@ -24,7 +24,7 @@ from urllib.parse import parse_qsl
 
 import attrs
 
-from idgateway.config import values as units
+from idgateway.config import values as value_syntax
 from idgateway.config.regex import not_starting_with
 from idgateway.importers._includes import IncludeError, IncludeState, included_paths
 from idgateway.importers._yaml import Block, Flow, config_text, quoted, shown
@@ -675,7 +675,7 @@ def _route(
         if not candidate:
             continue
         try:
-            hosts.append(units.parse_host_pattern(candidate))
+            hosts.append(value_syntax.parse_host_pattern(candidate))
         except ValueError as error:
             route.note(f"Host {candidate!r} left out: {error}")
     if hosts:
@@ -740,7 +740,7 @@ def _tls(host: _Host, report: Report, listener: Block) -> None:
     ciphers = host.value("SSLCipherSuite")
     if ciphers:
         try:
-            tls.add("ciphers", units.parse_ciphers(ciphers), "SSLCipherSuite")
+            tls.add("ciphers", value_syntax.parse_ciphers(ciphers), "SSLCipherSuite")
         except ValueError as error:
             report.skip(f"SSLCipherSuite {ciphers}", str(error))
 
@@ -845,7 +845,7 @@ def _upstream(local: str, target: str) -> tuple[str | None, str]:
     base = remote[: len(remote) - len(local_part)] if local_part else remote
     url = origin + base
     try:
-        units.parse_upstream_url(url)
+        value_syntax.parse_upstream_url(url)
     except ValueError as error:
         return None, str(error)
     return url, ""
@@ -1141,7 +1141,7 @@ def _session(host: _Host, report: Report, options: ImportOptions, env: str) -> B
     cookie = host.value("OIDCCookie")
     if cookie:
         try:
-            session.add("cookie_name", units.parse_route_name(cookie), "OIDCCookie")
+            session.add("cookie_name", value_syntax.parse_route_name(cookie), "OIDCCookie")
         except ValueError as error:
             report.skip(f"OIDCCookie {cookie}", str(error))
     domain = host.value("OIDCCookieDomain")

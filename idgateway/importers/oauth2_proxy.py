@@ -22,7 +22,7 @@ import re
 import tomllib
 from typing import Any
 
-from idgateway.config import values as units
+from idgateway.config import values as value_syntax
 from idgateway.importers._yaml import Block, Flow, config_text, render, shown
 from idgateway.importers.common import (
     ImporterError,
@@ -406,7 +406,7 @@ def _listener(cfg: _Options, report: Report, options: ImportOptions) -> tuple[Bl
     if address.startswith(":"):
         address = "0.0.0.0" + address
     try:
-        units.parse_listen_address(address)
+        value_syntax.parse_listen_address(address)
     except ValueError as error:
         report.warnings.append(f"The listen address {address!r} cannot be used: {error}")
     if options.listen:
@@ -422,7 +422,9 @@ def _listener(cfg: _Options, report: Report, options: ImportOptions) -> tuple[Bl
         version = cfg.get("tls_min_version")
         if version:
             try:
-                block.add("min_version", units.parse_tls_version(str(version)), "tls_min_version")
+                block.add(
+                    "min_version", value_syntax.parse_tls_version(str(version)), "tls_min_version"
+                )
             except ValueError as error:
                 cfg.skip(report, "tls_min_version", str(error))
     return listener, tls
@@ -487,7 +489,7 @@ def _route(
     hosts: list[str] = []
     if host:
         try:
-            hosts.append(units.parse_host_pattern(host))
+            hosts.append(value_syntax.parse_host_pattern(host))
         except ValueError as error:
             route.note(f"The host of redirect_url is not usable as a route host: {error}")
     if hosts:
@@ -609,7 +611,7 @@ def _callback_note(
 ) -> str:
     listen_scheme = "https" if tls else "http"
     try:
-        _, listen_port = units.parse_listen_address(str(listener.get("address")))
+        _, listen_port = value_syntax.parse_listen_address(str(listener.get("address")))
     except ValueError:
         listen_port = None
     shown = "" if listen_port in (None, 443 if tls else 80) else f":{listen_port}"
@@ -657,7 +659,7 @@ def _upstreams(cfg: _Options, report: Report, route: Block) -> None:
         else:
             url = re.sub(r"\A([a-z]+://[^/?#]+).*\Z", r"\1", item, flags=re.I)
         try:
-            units.parse_upstream_url(url)
+            value_syntax.parse_upstream_url(url)
         except ValueError as error:
             report.skip(f"upstreams item {describe(item)}", str(error))
             continue
@@ -754,7 +756,7 @@ def _session(cfg: _Options, report: Report, options: ImportOptions, tls: bool) -
     name = cfg.get("cookie_name")
     if name and name != "_oauth2_proxy":
         try:
-            session.add("cookie_name", units.parse_route_name(str(name)), "cookie_name")
+            session.add("cookie_name", value_syntax.parse_route_name(str(name)), "cookie_name")
         except ValueError as error:
             cfg.skip(report, "cookie_name", str(error))
     domains = _strings(cfg.get("cookie_domains")) or _strings(cfg.get("cookie_domain"))

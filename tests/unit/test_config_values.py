@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from idgateway.config import values as units
+from idgateway.config import values as value_syntax
 
 
 @pytest.mark.parametrize(
@@ -27,19 +27,19 @@ from idgateway.config import values as units
     ],
 )
 def test_parse_duration(text: str | int | float, seconds: float) -> None:
-    assert units.parse_duration(text) == seconds
+    assert value_syntax.parse_duration(text) == seconds
 
 
 @pytest.mark.parametrize("text", ["", "s", "5 minutes", "1y", "5M", "-1s", "1h-5m", "ms5", "1e3"])
 def test_parse_duration_rejects(text: str) -> None:
     with pytest.raises(ValueError, match="expected a number of seconds or a number with a unit"):
-        units.parse_duration(text)
+        value_syntax.parse_duration(text)
 
 
 @pytest.mark.parametrize("value", [-1, True, float("nan"), float("inf")])
 def test_parse_duration_rejects_odd_numbers(value: float) -> None:
     with pytest.raises(ValueError):
-        units.parse_duration(value)
+        value_syntax.parse_duration(value)
 
 
 @pytest.mark.parametrize(
@@ -63,7 +63,7 @@ def test_parse_duration_rejects_odd_numbers(value: float) -> None:
     ],
 )
 def test_parse_size(text: str | int | float, size: int) -> None:
-    assert units.parse_size(text) == size
+    assert value_syntax.parse_size(text) == size
 
 
 @pytest.mark.parametrize(
@@ -71,23 +71,23 @@ def test_parse_size(text: str | int | float, size: int) -> None:
 )
 def test_parse_size_rejects(value: str | int | float) -> None:
     with pytest.raises(ValueError, match="size|bytes"):
-        units.parse_size(value)
+        value_syntax.parse_size(value)
 
 
 @pytest.mark.parametrize(
     ("seconds", "text"), [(0.25, "250ms"), (30, "30s"), (300, "5m"), (7200, "2h"), (86400, "1d")]
 )
 def test_format_duration_round_trips(seconds: float, text: str) -> None:
-    assert units.format_duration(seconds) == text
-    assert units.parse_duration(text) == seconds
+    assert value_syntax.format_duration(seconds) == text
+    assert value_syntax.parse_duration(text) == seconds
 
 
 @pytest.mark.parametrize(
     ("size", "text"), [(100, "100B"), (16384, "16KB"), (100 * 1024**2, "100MB")]
 )
 def test_format_size_round_trips(size: int, text: str) -> None:
-    assert units.format_size(size) == text
-    assert units.parse_size(text) == size
+    assert value_syntax.format_size(size) == text
+    assert value_syntax.parse_size(text) == size
 
 
 @pytest.mark.parametrize(
@@ -102,7 +102,7 @@ def test_format_size_round_trips(size: int, text: str) -> None:
     ],
 )
 def test_parse_host_pattern(text: str, pattern: str) -> None:
-    assert units.parse_host_pattern(text) == pattern
+    assert value_syntax.parse_host_pattern(text) == pattern
 
 
 @pytest.mark.parametrize(
@@ -122,7 +122,7 @@ def test_parse_host_pattern(text: str, pattern: str) -> None:
 )
 def test_parse_host_pattern_rejects(text: str, message: str) -> None:
     with pytest.raises(ValueError, match=message.replace("*", r"\*").replace(".", r"\.")):
-        units.parse_host_pattern(text)
+        value_syntax.parse_host_pattern(text)
 
 
 @pytest.mark.parametrize(
@@ -137,7 +137,7 @@ def test_parse_host_pattern_rejects(text: str, message: str) -> None:
     ],
 )
 def test_parse_listen_address(text: str, address: tuple[str, int]) -> None:
-    assert units.parse_listen_address(text) == address
+    assert value_syntax.parse_listen_address(text) == address
 
 
 @pytest.mark.parametrize(
@@ -145,7 +145,7 @@ def test_parse_listen_address(text: str, address: tuple[str, int]) -> None:
 )
 def test_parse_listen_address_rejects(text: str) -> None:
     with pytest.raises(ValueError):
-        units.parse_listen_address(text)
+        value_syntax.parse_listen_address(text)
 
 
 @pytest.mark.parametrize(
@@ -158,7 +158,7 @@ def test_parse_listen_address_rejects(text: str) -> None:
     ],
 )
 def test_parse_upstream_url(text: str, kind: str, host: str, port: int, base_path: str) -> None:
-    upstream = units.parse_upstream_url(text)
+    upstream = value_syntax.parse_upstream_url(text)
     assert (upstream.url, upstream.kind, upstream.host) == (text, kind, host)
     assert (upstream.port, upstream.base_path) == (port, base_path)
     assert upstream.ca_file is None and upstream.pool_size == 64
@@ -166,7 +166,7 @@ def test_parse_upstream_url(text: str, kind: str, host: str, port: int, base_pat
 
 @pytest.mark.parametrize("text", ["unix:/run/app.sock", "unix:///run/app.sock"])
 def test_parse_unix_upstream(text: str) -> None:
-    upstream = units.parse_upstream_url(text)
+    upstream = value_syntax.parse_upstream_url(text)
     assert (upstream.kind, upstream.socket_path, upstream.host_header) == (
         "unix",
         "/run/app.sock",
@@ -192,12 +192,12 @@ def test_parse_unix_upstream(text: str) -> None:
 )
 def test_parse_upstream_url_rejects(text: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        units.parse_upstream_url(text)
+        value_syntax.parse_upstream_url(text)
 
 
 def test_forms_are_shown_when_a_url_is_wrong() -> None:
     with pytest.raises(ValueError) as caught:
-        units.parse_upstream_url("ws://a")
+        value_syntax.parse_upstream_url("ws://a")
     assert "http://host[:port][/path], https://host[:port][/path] or unix:" in str(caught.value)
 
 
@@ -206,45 +206,45 @@ def test_forms_are_shown_when_a_url_is_wrong() -> None:
     [("10.0.0.0/8", "10.0.0.0/8"), ("192.0.2.7", "192.0.2.7/32"), ("10.1.2.3/16", "10.1.0.0/16")],
 )
 def test_parse_network(text: str, network: str) -> None:
-    assert units.parse_network(text) == network
+    assert value_syntax.parse_network(text) == network
 
 
 @pytest.mark.parametrize("text", ["10.0.0.0/33", "example.com", ""])
 def test_parse_network_rejects(text: str) -> None:
     with pytest.raises(ValueError, match="is not an IP address or network"):
-        units.parse_network(text)
+        value_syntax.parse_network(text)
 
 
 @pytest.mark.parametrize(("text", "version"), [("1.2", "1.2"), ("1.3", "1.3"), ("TLSv1.3", "1.3")])
 def test_parse_tls_version(text: str, version: str) -> None:
-    assert units.parse_tls_version(text) == version
+    assert value_syntax.parse_tls_version(text) == version
 
 
 @pytest.mark.parametrize("text", ["1.1", "1.0", "1.20", "2"])
 def test_parse_tls_version_rejects(text: str) -> None:
     with pytest.raises(ValueError, match='expected "1.2" or "1.3"'):
-        units.parse_tls_version(text)
+        value_syntax.parse_tls_version(text)
 
 
 def test_parse_ciphers() -> None:
-    assert units.parse_ciphers("ECDHE+AESGCM") == "ECDHE+AESGCM"
+    assert value_syntax.parse_ciphers("ECDHE+AESGCM") == "ECDHE+AESGCM"
     with pytest.raises(ValueError, match="no cipher matches"):
-        units.parse_ciphers("NOTHING-AT-ALL")
+        value_syntax.parse_ciphers("NOTHING-AT-ALL")
 
 
 @pytest.mark.parametrize("text", ["app1", "App_1.v2-beta"])
 def test_parse_route_name(text: str) -> None:
-    assert units.parse_route_name(text) == text
+    assert value_syntax.parse_route_name(text) == text
 
 
 @pytest.mark.parametrize("text", ["", "has space", "a/b", "ü"])
 def test_parse_route_name_rejects(text: str) -> None:
     with pytest.raises(ValueError, match="is not a route name"):
-        units.parse_route_name(text)
+        value_syntax.parse_route_name(text)
 
 
 def test_parse_path_prefix() -> None:
-    assert units.parse_path_prefix("/api/") == "/api/"
+    assert value_syntax.parse_path_prefix("/api/") == "/api/"
     for text in ("api/", "/a?b", ""):
         with pytest.raises(ValueError, match="must start with '/'"):
-            units.parse_path_prefix(text)
+            value_syntax.parse_path_prefix(text)
