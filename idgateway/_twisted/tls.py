@@ -28,7 +28,7 @@ if not TURN_BUFFERED:  # pragma: no cover - a Twisted that buffers otherwise
 
 class TurnBufferedTLS(BufferingTLSTransport):
     """Twisted's buffering TLS transport, its small writes gathered per reactor
-    turn by the shared flush (writecoalesce.TurnWriteBuffer) instead of a timer
+    turn by the shared flush (server.socket_writes.TurnWriteBuffer) instead of a timer
     per connection."""
 
     def __init__(

@@ -18,7 +18,7 @@ with the provider's code in the audit log, and a token endpoint's error code out
 the OAuth list as ``token_provider_error`` (past a limit, any other reason is
 counted as ``other``). Provider names come from the config; provider calls
 and error kinds are the fixed lists below. Provider calls are reported by the
-provider's HTTP client (``oidc.http.send``), which ``runtime.StateBuilder``
+provider's HTTP client (``oidc.http.send``), which ``routing.state.StateBuilder``
 makes with ``provider_calls(name)``.
 
 With ``workers:`` > 1 every process keeps its own registry; the admin listener

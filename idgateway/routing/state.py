@@ -58,7 +58,7 @@ class RouteRuntime:
     hsts_header: bytes | None
     # Reads request paths: canonical form, sub-route, rules (idgateway.http.paths).
     paths: PathJudge
-    # Header keys (see forwarding.header_key) never accepted from clients:
+    # Header keys (see http.header_names.header_key) never accepted from clients:
     # every identity header any route could inject.
     strip_headers: frozenset[bytes] = frozenset()
     strip_prefixes: tuple[bytes, ...] = ()

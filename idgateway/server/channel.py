@@ -562,13 +562,13 @@ class GatewaySite(server.Site):
         self.idle_channels: set[GatewayChannel] = set()
         # Channels reading a request head that did not come in one piece.
         self.heading_channels: set[GatewayChannel] = set()
-        # WebSocket tunnels, for their idle timeout (proxy.WebSocketTunnel).
+        # WebSocket tunnels, for their idle timeout (proxy.websocket_tunnel).
         self.tunnels: set[Any] = set()
         # Connections told to close (a 408 for a late head) -> when: aborted if
         # still open CLOSE_GRACE seconds later.
         self.closing_channels: dict[Any, float] = {}  # channels and WebSocket tunnels
         # client_send_timeout (None: none), and the responses whose client
-        # stopped reading -> since when (proxy.ProxiedResponse).
+        # stopped reading -> since when (proxy.response).
         self.send_timeout: float | None = None
         self.stalled: dict[Any, float] = {}
         self._idle_sweep = LoopingCall(self._time_out_idle)
