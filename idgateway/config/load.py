@@ -177,6 +177,7 @@ def _build_listener(reader: Reader, found: Section) -> Listener:
         client_body_timeout=values["client_body_timeout"],
         client_send_timeout=values["client_send_timeout"],
         max_connections=values["max_connections"],
+        source=f"{reader.file}:{found.node.start_mark.line + 1}",
     )
 
 

@@ -50,6 +50,9 @@ class Listener:
     # Longest time a client may leave a response unread (its socket full);
     # None: the top-level client_send_timeout.
     client_send_timeout: float | None = None
+    # Where the file declares it ("gateway.yaml:12"), for start-up errors; not
+    # part of what the listener is (a reload compares listeners without it).
+    source: str = attrs.field(default="", eq=False)
 
     @property
     def address(self) -> str:

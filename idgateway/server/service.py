@@ -29,6 +29,7 @@ from idgateway.server.connection_limits import (
     process_share,
     throttle_accept_logs,
 )
+from idgateway.server.startup_errors import StartupError, listen_problem, stop_starting
 from idgateway.server.tls import GatewayTLSFactory, SNIServerContexts
 
 # Idle keep-alive connections from clients are closed after this long.
@@ -248,9 +249,12 @@ class GatewayService(MultiService):
             self._log.warn("config: {warning}", warning=warning)
         # Private Twisted names this Twisted lacks: the stock path is taken.
         log_fallbacks()
-        for listener in self.config.listeners:
-            self._listen(listener)
-        self._listen_admin()
+        try:
+            for listener in self.config.listeners:
+                self._listen(listener)
+            self._listen_admin()
+        except StartupError as error:
+            stop_starting(self._log, error)
         if self.install_signal_handlers:
             signal.signal(signal.SIGHUP, self._on_sighup)
             # idgateway.workers.master' worker process handles SIGTERM itself (with the
@@ -313,7 +317,8 @@ class GatewayService(MultiService):
         )
         d.addCallbacks(lambda p: self._ports.__setitem__(("admin", port), p), failures.append)
         if failures:
-            failures[0].raiseException()
+            address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+            raise StartupError(listen_problem(address, "the admin listener", failures[0].value))
         self._log.info(
             "admin listener on http://{host}:{port}/ (healthz, readyz)", host=host, port=port
         )
@@ -380,7 +385,8 @@ class GatewayService(MultiService):
         failures: list[Any] = []
         d.addCallbacks(lambda port: self._ports.__setitem__(key, port), failures.append)
         if failures:
-            failures[0].raiseException()
+            problem = listen_problem(listener.address, listener.source, failures[0].value)
+            raise StartupError(problem)
         throttle_accept_logs(self._ports[key], self.reactor, listener.address)
 
     def open_websockets(self) -> dict[str, int]:
@@ -570,8 +576,9 @@ class GatewayService(MultiService):
                     site = self._sites.pop(done, None)
                     if site in self._drain_sites:
                         self._drain_sites.remove(site)  # type: ignore[arg-type]
-                reason = getattr(error, "socketError", None) or error
-                raise ListenerFailed(f"cannot listen on {listener.address}: {reason}") from None
+                if not isinstance(error, StartupError):
+                    error = StartupError(listen_problem(listener.address, listener.source, error))
+                raise ListenerFailed(str(error)) from None
             opened.append(key)
 
     def _close_old_listeners(self, config: Config) -> None:

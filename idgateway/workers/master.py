@@ -43,6 +43,7 @@ from typing import Any, TextIO
 import attrs
 from twisted.application.service import Service
 from twisted.internet import defer
+from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import (
     IDelayedCall,
     IProcessTransport,
@@ -63,6 +64,7 @@ from idgateway.config.model import Config, Listener
 from idgateway.config.watch import ConfigWatcher
 from idgateway.observe.access_log import text_timestamp
 from idgateway.server import systemd
+from idgateway.server.startup_errors import StartupError, listen_problem, stop_starting
 from idgateway.server.tls import SNIServerContexts
 from idgateway.workers.log_relay import (
     ACCESS_NAMESPACE,
@@ -171,12 +173,12 @@ class MasterService(Service):
 
     def privilegedStartService(self) -> None:
         # Before twistd drops privileges (--uid), so ports below 1024 work.
-        self._bind()
+        self._bind_or_stop()
         super().privilegedStartService()
 
     def startService(self) -> None:
         super().startService()
-        self._bind()
+        self._bind_or_stop()
         if self.metrics_dir is None:
             # Private to the gateway's user (0700); gone when the master stops.
             self.metrics_dir = tempfile.mkdtemp(prefix="idgw-metrics-")
@@ -200,6 +202,12 @@ class MasterService(Service):
             ),
         )
 
+    def _bind_or_stop(self) -> None:
+        try:
+            self._bind()
+        except StartupError as error:
+            stop_starting(self._log, error)
+
     def _bind(self) -> None:
         if self._sockets:
             return
@@ -213,7 +221,13 @@ class MasterService(Service):
             for listener in self.config.listeners:
                 # systemd hook (socket activation): the socket systemd passed, if any.
                 passed = systemd.listener_socket(listener.host, listener.port)
-                bound.append((listener, passed if passed is not None else bind_listener(listener)))
+                if passed is None:
+                    try:
+                        passed = bind_listener(listener)
+                    except CannotListenError as error:  # the OSError inside says why
+                        where = listener.source
+                        raise StartupError(listen_problem(listener.address, where, error)) from None
+                bound.append((listener, passed))
         except Exception:
             for _, sock in bound:
                 sock.close()
