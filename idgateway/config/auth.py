@@ -1496,6 +1496,8 @@ def build_providers(reader: Reader, node: yaml.Node, key: str) -> Any:
     for key_node, value_node in node.value:
         name = str(key_node.value)
         child = f"{key}.{name}"
+        broken = reader.broken_names.setdefault("providers", set())
+        broken.add(name)  # until it passes every check below
         found = read_section(reader, value_node, child, PROVIDER_FIELDS, "a provider mapping")
         if found is INVALID or not found.valid:
             continue
@@ -1544,7 +1546,36 @@ def build_providers(reader: Reader, node: yaml.Node, key: str) -> Any:
                     "masked wherever the URL is shown)"
                 )
         providers.append(ProviderSettings(name=name, **values))
+        broken.discard(name)
     return tuple(providers)
+
+
+def check_provider_reference(
+    reader: Reader, found: Section, providers: tuple[ProviderSettings, ...] | _Invalid
+) -> bool:
+    """Whether the route's ``oidc.provider`` names a usable provider (else a problem).
+
+    Run even on a route whose other keys are wrong, so that one pass of the
+    checker reports every problem in the file. A provider that is declared but
+    failed its own checks is not "unknown": its problem is reported where it
+    is declared, and the reference is simply not usable.
+    """
+    oidc = found.values.get("oidc")
+    if oidc is None or oidc is INVALID or providers is INVALID:
+        return oidc is not INVALID
+    if oidc.provider in reader.broken_names.get("providers", set()):
+        return False
+    known = [p.name for p in providers]
+    if oidc.provider not in known:
+        declared = sorted({*known, *reader.broken_names.get("providers", set())})
+        choices = ", ".join(declared) or "none are defined under 'providers:'"
+        reader.problem(
+            found.nodes["oidc"],
+            found.child("oidc") + ".provider",
+            f"unknown provider {oidc.provider!r}; known providers: {choices}",
+        )
+        return False
+    return True
 
 
 def build_route_auth(
@@ -1563,16 +1594,10 @@ def build_route_auth(
                     f"'{name}' only applies to a route with an 'oidc' block",
                 )
         return None
-    if oidc is INVALID or any(values.get(n) is INVALID for n in (*names, "headers")):
+    if oidc is INVALID or not check_provider_reference(reader, found, providers):
         return INVALID
-    known = {} if providers is INVALID else {p.name: p for p in providers}
-    if providers is not INVALID and oidc.provider not in known:
-        choices = ", ".join(known) or "none are defined under 'providers:'"
-        return reader.problem(
-            found.nodes["oidc"],
-            found.child("oidc") + ".provider",
-            f"unknown provider {oidc.provider!r}; known providers: {choices}",
-        )
+    if any(values.get(n) is INVALID for n in (*names, "headers")):
+        return INVALID
     if "openid" not in oidc.scopes:
         return reader.problem(
             found.nodes["oidc"], found.child("oidc") + ".scopes", "scopes must include 'openid'"

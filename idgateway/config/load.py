@@ -32,6 +32,7 @@ from idgateway.config.auth import (
     build_providers,
     build_route_auth,
     build_top_redis,
+    check_provider_reference,
 )
 from idgateway.config.auth import workers as config_workers
 from idgateway.config.model import (
@@ -193,6 +194,17 @@ def _hsts(reader: Reader, node: yaml.Node, key: str) -> tuple[int | None, bool] 
     return round(found.values["max_age"]), found.values["include_subdomains"]
 
 
+def _route_or_its_problems(
+    reader: Reader, found: Section, providers: tuple[ProviderSettings, ...] | _Invalid
+) -> Route | _Invalid:
+    if found.valid:
+        return _build_route(reader, found, providers)
+    # Keys of the route are wrong: still check what it refers to, so that
+    # the file's every problem is reported at once.
+    check_provider_reference(reader, found, providers)
+    return INVALID
+
+
 def _build_route(
     reader: Reader, found: Section, providers: tuple[ProviderSettings, ...] | _Invalid = ()
 ) -> Route | _Invalid:
@@ -302,10 +314,7 @@ def _build_config(reader: Reader, found: Section) -> Config | _Invalid:
     if found.values["routes"] is not INVALID:
         _check_routes_together(reader, found.values["routes"])
         providers = found.values["providers"]
-        routes = [
-            _build_route(reader, r, providers) if r.valid else INVALID
-            for r in found.values["routes"]
-        ]
+        routes = [_route_or_its_problems(reader, r, providers) for r in found.values["routes"]]
     admin = found.values["admin"]
     if isinstance(admin, tuple) and not _is_loopback(admin[0]):
         reader.warnings.append(

@@ -138,6 +138,9 @@ class Reader:
         self.environ = environ
         self.problems: list[Problem] = []
         self.warnings: list[str] = []
+        # Names declared in a section (e.g. "providers") whose own checks
+        # failed: a reference to one is not reported again as unknown.
+        self.broken_names: dict[str, set[str]] = {}
         self._constructor = yaml.constructor.SafeConstructor()
 
     def problem(self, node: yaml.Node | None, key: str, message: str) -> _Invalid:

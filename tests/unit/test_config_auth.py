@@ -124,6 +124,45 @@ def test_unknown_provider_names_the_known_ones(tmp_path: Path) -> None:
     assert "gateway.yaml:8: routes[0].oidc.provider" in text
 
 
+def test_a_bad_session_key_does_not_hide_an_unknown_provider(tmp_path: Path) -> None:
+    text = problems(
+        tmp_path,
+        route_with(
+            "    oidc: {provider: wos2, client_id: c, client_secret: s}\n"
+            "    session: {keys: [short]}\n"
+        ),
+    )
+    assert "routes[0].session.keys[0]: is not base64" in text
+    assert "routes[0].oidc.provider: unknown provider 'wos2'" in text
+
+
+@pytest.mark.parametrize(
+    "broken",
+    [
+        "{issuer: https://localhost:9443/oauth2/token, ca_file: /nonexistent/ca.pem}",
+        "{ca_file: /etc/hostname}",  # neither discovery_url nor issuer
+        "{issuer: 'not a url'}",
+    ],
+)
+def test_a_broken_provider_is_reported_once_not_as_unknown_on_its_routes(
+    tmp_path: Path, broken: str
+) -> None:
+    text = problems(
+        tmp_path,
+        "listeners: [{address: 127.0.0.1:8080}]\n"
+        f"providers:\n  wso2: {broken}\n"
+        "routes:\n"
+        "  - {name: a, hosts: [a.example.com], upstream: 'http://127.0.0.1:3000',\n"
+        "     oidc: {provider: wso2, client_id: c, client_secret: s}}\n"
+        "  - {name: b, hosts: [b.example.com], upstream: 'http://127.0.0.1:3000',\n"
+        "     oidc: {provider: nope, client_id: c, client_secret: s}}\n",
+    )
+    assert "providers.wso2" in text
+    assert "unknown provider 'wso2'" not in text
+    # A truly unknown name is still reported, with the declared names.
+    assert "unknown provider 'nope'; known providers: wso2" in text
+
+
 def test_provider_needs_exactly_one_of_discovery_url_and_issuer(tmp_path: Path) -> None:
     text = problems(
         tmp_path,
