@@ -36,6 +36,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IPolicyForHTTPS, IResponse
 from zope.interface import implementer
 
+from idgateway._twisted.client_pool import quiet
 from idgateway.config.values import mask_credentials
 from idgateway.oidc import bounded_json
 from idgateway.server.tls import HTTP_1_1, client_tls_options
@@ -124,7 +125,8 @@ def make_http_client(
         if ca_file is not None:
             # Loads and caches the bundle: refuses an unreadable or empty file now.
             client_tls_options("localhost", ca_file)
-    pool = HTTPConnectionPool(reactor, persistent=True)  # type: ignore[no-untyped-call]
+    # quiet: no "Starting factory" / "Stopping factory" log lines per connection.
+    pool = quiet(HTTPConnectionPool(reactor, persistent=True))  # type: ignore[no-untyped-call]
     pool.maxPersistentPerHost = pool_size
     # WSO2's Tomcat drops idle keep-alive connections after 20 s by default;
     # letting go first avoids sending a (non-retried) token POST into a

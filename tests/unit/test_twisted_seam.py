@@ -18,11 +18,11 @@ import txredisapi
 from twisted.internet import abstract, endpoints, tcp
 from twisted.internet.epollreactor import EPollReactor
 from twisted.protocols import tls
-from twisted.web import http, http_headers
+from twisted.web import client, http, http_headers
 from twisted.web.test.requesthelper import DummyChannel
 
 import idgateway._twisted
-from idgateway._twisted import chunked, http_channel
+from idgateway._twisted import chunked, client_pool, http_channel
 from idgateway._twisted import http_headers as seam_headers
 from idgateway._twisted import reactor as seam_reactor
 from idgateway._twisted import redis as seam_redis
@@ -108,6 +108,8 @@ PRIVATE_NAMES: list[tuple[Any, str, Callable[[Any, str], bool]]] = [
     (EPollReactor, "_poller", _set_in_init),
     (EPollReactor, "_selectables", _set_in_init),
     (EPollReactor, "_doReadOrWrite", _function),
+    # _twisted/client_pool.py
+    (client.HTTPConnectionPool, "_factory", _class),
     # _twisted/redis.py (txredisapi)
     (txredisapi.BaseRedisProtocol, "replyQueue", _set_in_init),
     (txredisapi.ReplyQueue, "waiting", _instance_attribute(txredisapi.ReplyQueue, list)),
@@ -136,6 +138,7 @@ def test_the_seam_takes_every_fast_path_on_a_supported_twisted() -> None:
     assert seam_tls.TURN_BUFFERED
     assert seam_reactor.LEAN and seam_reactor.LeanEPollReactor is not EPollReactor
     assert seam_redis.COUNTED
+    assert client_pool.QUIET
     assert idgateway._twisted.FALLBACKS == []
 
 
@@ -260,3 +263,35 @@ def test_without_the_unparsed_buffer_a_tunnel_starts_with_nothing_pending(
     monkeypatch.setattr(http_channel, "UNPARSED_BUFFER", True)
     assert channel.take_unparsed_bytes() == b"abc"
     assert channel.take_unparsed_bytes() == b""
+
+
+def test_a_quiet_pool_connects_without_factory_log_lines() -> None:
+    from twisted.internet.testing import MemoryReactorClock
+    from twisted.logger import globalLogPublisher
+
+    reactor = MemoryReactorClock()
+    pool = client_pool.quiet(client.HTTPConnectionPool(reactor))
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        factory = pool._factory(lambda protocol: None, "provider:443")
+        factory.doStart()
+        factory.doStop()
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert not [e for e in events if "factory" in str(e.get("log_format", "")).lower()]
+    # A stock pool's factory does log them: the test sees what it claims to.
+    stock = client.HTTPConnectionPool(reactor)._factory(lambda protocol: None, "provider:443")
+    globalLogPublisher.addObserver(events.append)
+    try:
+        stock.doStart()
+        stock.doStop()
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert any("Starting factory" in str(e.get("log_format", "")) for e in events)
+
+
+def test_without_the_factory_name_the_pool_is_left_stock(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(client_pool, "QUIET", False)
+    pool = client.HTTPConnectionPool(None)
+    assert client_pool.quiet(pool)._factory is client.HTTPConnectionPool._factory
