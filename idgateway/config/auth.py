@@ -598,14 +598,18 @@ OIDC_FIELDS = (
     Field(
         "post_logout_redirect",
         _text("a path or URL"),
-        default="/",
+        default=None,
         type_text="path or URL",
-        default_text="default ``/``",
+        default_text="default: ``/``, then the gateway's signed-out page",
         description=r"""
             Where ``/oauth2/sign_out`` finally sends the browser. A path is on the
             route's host (``/`` becomes ``https://app1.example.com/``). It is sent to
             the provider as ``post_logout_redirect_uri``, so it must be registered
-            there (see :ref:`wso2:Registering the gateway in WSO2`).
+            there (see :ref:`wso2:Registering the gateway in WSO2`). Unset, the
+            provider sends the browser back to ``/`` and the gateway answers that
+            visit with a small "You are signed out" page and a link to sign in
+            again, instead of starting a new login at once (the provider's login
+            form); set it to send the browser elsewhere.
             Example: ``post_logout_redirect: /goodbye``
         """,
     ),

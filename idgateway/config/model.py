@@ -235,7 +235,9 @@ class OIDCSettings:
     # Merge the userinfo endpoint's claims into the session at login.
     userinfo: bool = False
     # Where sign_out sends the browser back to after the provider's logout.
-    post_logout_redirect: str = "/"
+    # None: the provider returns the browser to "/", where the gateway shows its
+    # signed-out page once (instead of starting a new login at once).
+    post_logout_redirect: str | None = None
     # Absolute URLs besides this route's own host that rd/post-login may name.
     allowed_redirects: tuple[str, ...] = ()
     # Path prefixes that always get 401 JSON, never a login redirect.

@@ -288,7 +288,11 @@ async def sign_out(login: RouteLogin, request: GatewayRequest, host: bytes, tls:
         logout_pages.send_confirmation(request, token)
         return
     clear = await login.end_session(tls, chunks, session_id, session)
-    back = login.oidc.post_logout_redirect
+    back = login.oidc.post_logout_redirect or "/"
+    if login.oidc.post_logout_redirect is None:
+        # The provider sends the browser back to "/": show it the signed-out
+        # page there once, rather than a new login.
+        clear = [*clear, login.codecs[tls].signed_out_marker()]
     if back.startswith("/"):
         back = origin(host, tls) + back
     metadata = login.provider.client.metadata

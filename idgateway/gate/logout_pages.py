@@ -14,6 +14,7 @@ drive today sends Sec-Fetch-Site.
 
 from __future__ import annotations
 
+import html
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qs
 
@@ -67,6 +68,13 @@ _REFUSED_PAGE = (
     "expired or did not come from this application. You are still signed in. "
     '<a href="/oauth2/sign_out">Sign out</a> from here to try again.</p></body></html>'
 ).encode()
+
+_SIGNED_OUT_PAGE = (
+    '<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Signed out</title>'
+    '<meta name="viewport" content="width=device-width, initial-scale=1">' + _STYLE + "</head>"
+    "<body><h1>You are signed out</h1><p>You are signed out of {app}.</p>"
+    '<p><a href="{sign_in}">Sign in again</a></p></body></html>'
+)
 
 FRONTCHANNEL_PAGE = (
     b"<!doctype html><html><head><meta charset=utf-8><title>Signed out</title></head>"
@@ -144,12 +152,19 @@ async def posted_token(request: GatewayRequest) -> str | None:
     return values[0] if len(values) == 1 else None
 
 
-def send_page(request: GatewayRequest, status: int, body: bytes) -> None:
+def send_page(
+    request: GatewayRequest,
+    status: int,
+    body: bytes,
+    set_cookies: list[bytes] = (),  # type: ignore[assignment]
+) -> None:
     request.setResponseCode(status)
     out = request.responseHeaders
     for name, value in _PAGE_HEADERS:
         out.setRawHeaders(name, [value])
     out.setRawHeaders(b"content-length", [b"%d" % len(body)])
+    for value in set_cookies:
+        out.addRawHeader(b"set-cookie", value)
     request.end_response_early()
     if request.method != b"HEAD":
         request.write(body)
@@ -162,3 +177,14 @@ def send_confirmation(request: GatewayRequest, token: str) -> None:
 
 def send_refused(request: GatewayRequest) -> None:
     send_page(request, 403, _REFUSED_PAGE)
+
+
+def send_signed_out(
+    request: GatewayRequest, app: str, sign_in_url: str, set_cookies: list[bytes]
+) -> None:
+    """The page a browser sees when the provider sends it back after sign-out."""
+    # (replace, not format: the style sheet has braces of its own)
+    body = _SIGNED_OUT_PAGE.replace("{app}", html.escape(app)).replace(
+        "{sign_in}", html.escape(sign_in_url, True)
+    )
+    send_page(request, 200, body.encode("utf-8"), set_cookies)

@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 import attrs
 from twisted.internet import defer, task
@@ -22,6 +23,7 @@ from twisted.python.failure import Failure
 from idgateway.config.model import AuthorizeRules, ProviderSettings, PublicPath, Route, RouteAuth
 from idgateway.gate.answers import origin, send_json, send_redirect, start_url
 from idgateway.gate.identity_headers import IdentityHeaders
+from idgateway.gate.logout_pages import send_signed_out
 from idgateway.gate.rules import (
     authorization_failure,
     compile_public_paths,
@@ -462,6 +464,18 @@ class RouteLogin:
                 set_cookies=clear,
             )
             return
+        if self.oidc.post_logout_redirect is None and request.method in (b"GET", b"HEAD"):
+            codec = self.codecs[tls]
+            cookie_values = request.requestHeaders.getRawHeaders(b"cookie", [])
+            if codec.signed_out_name in parse_cookie_header(cookie_values):
+                # Back from signing out at the provider: say so, once.
+                send_signed_out(
+                    request,
+                    app=visit.host.decode("latin-1"),
+                    sign_in_url="/oauth2/start?rd=" + quote(visit.path, safe="/"),
+                    set_cookies=[*clear, codec.signed_out_marker_clear()],
+                )
+                return
         self.begin_login(
             request,
             visit.host,

@@ -61,6 +61,11 @@ class SessionTooLarge(Exception):
     """The session needs more cookies than allowed; store a smaller one."""
 
 
+# The signed-out marker cookie: its name after the session cookie's, and how
+# long a sign-out at the provider may take before the browser comes back.
+SIGNED_OUT_SUFFIX = b"_signed_out"
+SIGNED_OUT_FOR = 600
+
 def _check_cookie_name(instance: Any, attribute: Any, value: str) -> None:
     if not value or not set(value) <= _TOKEN_CHARS:
         raise ValueError(
@@ -206,9 +211,18 @@ class CookieSessionCodec:
         # changed between TLS and plain leaves the other kind in browsers.
         bases = {self.cookie_name, settings.name}
         self._own_bases = tuple(base.encode("ascii") + b"_" for base in bases)
-        self._own_names = frozenset(
-            b"%s%d" % (base, i) for base in self._own_bases for i in range(1, settings.max_chunks)
-        ) | frozenset(base.encode("ascii") for base in bases)
+        # Set by sign-out, read once when the provider sends the browser back:
+        # the gateway then shows its signed-out page instead of a new login.
+        self.signed_out_name = name + SIGNED_OUT_SUFFIX
+        self._own_names = (
+            frozenset(
+                b"%s%d" % (base, i)
+                for base in self._own_bases
+                for i in range(1, settings.max_chunks)
+            )
+            | frozenset(base.encode("ascii") for base in bases)
+            | frozenset(base.encode("ascii") + SIGNED_OUT_SUFFIX for base in bases)
+        )
 
     # -- encoding ----------------------------------------------------------
 
@@ -359,6 +373,13 @@ class CookieSessionCodec:
         """A Set-Cookie for an opaque value under this codec's name and attributes
         (the Redis store's session id: nothing to seal, nothing to chunk)."""
         return set_cookie_value(self._names[0], value, self._attributes, None)
+
+    def signed_out_marker(self) -> bytes:
+        """A Set-Cookie telling the next unauthenticated visit to show the signed-out page."""
+        return set_cookie_value(self.signed_out_name, b"1", self._attributes, SIGNED_OUT_FOR)
+
+    def signed_out_marker_clear(self) -> bytes:
+        return deletion_value(self.signed_out_name, self._attributes)
 
     def clear(self, chunks_present: int) -> list[bytes]:
         """Set-Cookie values deleting every chunk ``decode`` reported (at least the first).

@@ -79,8 +79,10 @@ UNVERIFIED_BURST = 30.0
 UNVERIFIED_RATE = 0.5
 
 LOCAL_ONLY_WARNING = (
-    "logged-out sessions are only remembered by this process; "
-    "other processes will not see back-channel logouts"
+    "logged-out sessions are only remembered by this process; other processes will not "
+    "see back-channel logouts, and a restart forgets them. To share them, set a shared "
+    "Redis (redis: {url: redis://...} at the top level, or store: redis on the routes); "
+    "with one process on one machine this is expected and can be ignored"
 )
 
 # In-memory tables drop expired entries when they grow past this (and then

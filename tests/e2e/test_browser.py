@@ -251,6 +251,8 @@ def test_sign_out_ends_the_provider_session_too(
     assert after and after[0].split("?")[0] == env.app("app1", "/"), (
         f"the provider did not send the browser to the post-logout URL\n{why}"
     )
+    # There the gateway says so, instead of starting a new login at once.
+    assert "You are signed out" in page.content(), why
 
     # The provider session is over as well: no silent single sign-on, a login page.
     assert sessions_before - {s["id"] for s in env.op.sessions()}, (

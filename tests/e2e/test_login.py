@@ -217,6 +217,40 @@ def test_sign_out_ends_the_session_at_the_provider(environment):
     assert status == 401
 
 
+def test_back_from_signing_out_the_browser_sees_a_signed_out_page_once(environment):
+    op, _, port = environment
+    client = Client(port, "app1.localhost")
+    client.login(op, "/echo", "alice", "alice123")
+    status, headers, _ = client.get("/oauth2/sign_out")
+    assert status == 302
+    marker = [name for name in client.cookies if name.endswith("_signed_out")]
+    assert marker, client.cookies
+    # A program (JSON) with the marker still gets the 401, not the page.
+    status, _, _ = client.get("/", {"Accept": "application/json"})
+    assert status == 401
+    # The provider sends the browser back to "/", its post_logout_redirect_uri.
+    status, headers, body = client.get("/?state=abc123")
+    assert status == 200, body
+    assert b"You are signed out of app1.localhost" in body
+    assert b'href="/oauth2/start?rd=/"' in body
+    assert headers["Content-Security-Policy"].startswith("default-src 'none'")
+    assert not [name for name in client.cookies if name.endswith("_signed_out")]
+    # Once: the next visit starts a login again.
+    status, headers, _ = client.get("/")
+    assert status == 302 and headers["Location"].startswith(op.base_url)
+
+
+def test_the_signed_out_marker_never_reaches_the_upstream(environment):
+    op, _, port = environment
+    client = Client(port, "app1.localhost")
+    client.login(op, "/echo", "alice", "alice123")
+    name = next(n for n in client.cookies if "_idgw_app1" in n)
+    client.cookies[name + "_signed_out"] = "1"
+    status, _, body = client.get("/echo", {"Accept": "application/json"})
+    assert status == 200
+    assert b"_signed_out" not in body
+
+
 def test_tampered_truncated_and_garbage_cookies_are_no_session(environment):
     op, _, port = environment
     client = Client(port, "app1.localhost")

@@ -102,3 +102,48 @@ def test_the_token_is_bound_to_route_session_keys_and_time() -> None:
 )
 def test_bad_tokens(token: str | None) -> None:
     assert not token_valid(_keyring(), "app1", "session-1", token, 1_800_000_000.0)
+
+
+class _Answer:
+    """What send_page writes: status, headers, body."""
+
+    method = b"GET"
+
+    def __init__(self) -> None:
+        self.responseHeaders = Headers()
+        self.status = 0
+        self.body = b""
+        self.finished = False
+
+    def setResponseCode(self, status: int) -> None:
+        self.status = status
+
+    def end_response_early(self) -> None:
+        pass
+
+    def write(self, data: bytes) -> None:
+        self.body += data
+
+    def finish(self) -> None:
+        self.finished = True
+
+
+def test_the_signed_out_page_escapes_what_it_shows_and_sets_its_cookies() -> None:
+    from idgateway.gate.logout_pages import send_signed_out
+
+    answer = _Answer()
+    send_signed_out(
+        answer,  # type: ignore[arg-type]
+        app='<script>alert(1)</script>"',
+        sign_in_url='/oauth2/start?rd=/"><script>',
+        set_cookies=[b"a=; Max-Age=0", b"b=; Max-Age=0"],
+    )
+    assert answer.status == 200 and answer.finished
+    assert b"<script>" not in answer.body
+    assert b"You are signed out of &lt;script&gt;" in answer.body
+    assert b'href="/oauth2/start?rd=/&quot;&gt;&lt;script&gt;"' in answer.body
+    assert answer.responseHeaders.getRawHeaders(b"set-cookie") == [
+        b"a=; Max-Age=0",
+        b"b=; Max-Age=0",
+    ]
+    assert answer.responseHeaders.getRawHeaders(b"x-frame-options") == [b"DENY"]
