@@ -23,6 +23,7 @@ from twisted.web.http import HTTPChannel
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
+from idgateway.assertion_keys import JwksResource
 from idgateway.metrics import METRICS, GatewayMetrics
 from idgateway.proxy import StateHolder
 from idgateway.tls import certificate_expiry
@@ -342,6 +343,7 @@ def admin_site(
     root.putChild(b"readyz", _Ready(holder))
     root.putChild(b"metrics", _Metrics(metrics, getattr(service, "gather_metrics", None)))
     root.putChild(b"status", _Status(holder, service))
+    root.putChild(b".well-known", JwksResource(lambda: holder.current.assertion_keys))
     site = AdminSite(root, reactor=reactor)
     site.noisy = False
     return site

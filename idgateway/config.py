@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 
 from idgateway import units
+from idgateway.config_assertion import ASSERTION_FIELD, ASSERTION_KEYS_FIELD, check_assertions
 from idgateway.config_auth import (
     AUTHORIZE_FIELDS,
     PROVIDER_FIELDS,
@@ -305,6 +306,7 @@ def _build_config(reader: Reader, found: Section) -> Config | _Invalid:
             _build_route(reader, r, providers) if r.valid else INVALID
             for r in found.values["routes"]
         ]
+        check_assertions(reader, found.values["assertion_keys"], found.values["routes"], routes)
     admin = found.values["admin"]
     if isinstance(admin, tuple) and not _is_loopback(admin[0]):
         reader.warnings.append(
@@ -329,6 +331,7 @@ def _build_config(reader: Reader, found: Section) -> Config | _Invalid:
         client_header_timeout=found.values["client_header_timeout"],
         client_body_timeout=found.values["client_body_timeout"],
         client_send_timeout=found.values["client_send_timeout"],
+        assertion_keys=found.values["assertion_keys"],
     )
 
 
@@ -849,6 +852,7 @@ ROUTE_FIELDS = (
         """,
     ),
     *ROUTE_AUTH_FIELDS,
+    ASSERTION_FIELD,
 )
 _LISTENERS = list_of(
     mapping(LISTENER_FIELDS, "a mapping like {address: 127.0.0.1:8080}", _build_listener),
@@ -1224,6 +1228,7 @@ TOP_FIELDS = (
                   interval: 2s
         """,
     ),
+    ASSERTION_KEYS_FIELD,
 )
 
 

@@ -25,6 +25,7 @@ from idgateway.access import (
     compile_public_paths,
     is_public,
 )
+from idgateway.assertion import AssertionSigner
 from idgateway.identity import IdentityHeaders
 from idgateway.metrics import METRICS  # metrics hook
 from idgateway.model import AuthorizeRules, ProviderSettings, PublicPath, Route, RouteAuth
@@ -210,6 +211,8 @@ class RouteLogin:
         self._admission: dict[
             int, tuple[Session, AuthorizeRules, str | None, list[tuple[bytes, bytes]]]
         ] = {}
+        # The route's identity assertion (set by the state builder); None: off.
+        self.assertion: AssertionSigner | None = None
 
     def rules_for(self, reading: PathReading) -> AuthorizeRules:
         """The longest path sub-route with its own rules wins, else the route's.
@@ -415,6 +418,16 @@ class RouteLogin:
             )
             return
         now = self.clock.seconds()
+        if self.assertion is not None:
+            identity = self.assertion.session_headers(
+                identity,
+                session,
+                visit.host,
+                visit.tls,
+                now,
+                email_claim=self.oidc.email_claim,
+                groups_claim=self.oidc.groups_claim,
+            )
         set_cookies: list[bytes] = []
         if reissue or now - session.last_seen > SLIDE_EVERY:
             session = attrs.evolve(session, last_seen=now)

@@ -22,6 +22,7 @@ from twisted.web.server import NOT_DONE_YET
 from zope.interface import implementer
 
 from idgateway import observe
+from idgateway.assertion_keys import JWKS_PATH, send_jwks
 from idgateway.forwarding import (
     build_request_head,
     is_websocket_upgrade,
@@ -130,6 +131,11 @@ class GatewayResource(Resource):
             return self._redirect_to_https(request, host, runtime, reading)
         if (request.head_size or _header_bytes(request)) > route.max_header_size:
             return self._refuse(request, 431, "The request headers are too large.")
+        if JWKS_PATH in reading.matched:
+            # The gateway's own: no login, public path, sub-route or upstream may
+            # answer it in its place, under any reading of the path.
+            send_jwks(request, state.assertion_keys)
+            return NOT_DONE_YET
         body = request.body
         if body is not None and route.max_body_size is not None:
             if body.length is not None and body.length > route.max_body_size:

@@ -22,7 +22,9 @@ from twisted.internet.endpoints import (
 from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
 from twisted.logger import Logger
 
-from idgateway.forwarding import TrustedProxies
+from idgateway.assertion import AssertionSigner
+from idgateway.assertion_keys import AssertionKeySet
+from idgateway.forwarding import TrustedProxies, header_key
 from idgateway.gate import ProviderHandle, RouteLogin
 from idgateway.identity import IdentityHeaders
 from idgateway.metrics import METRICS, GatewayMetrics
@@ -99,6 +101,8 @@ class GatewayState:
     revocation: RevocationList
     replay: ReplayCache
     redis_clients: dict[RedisSettings, RedisClient]
+    # The identity-assertion keys of this configuration (their JWKS is served as is).
+    assertion_keys: AssertionKeySet = AssertionKeySet()
 
     def runtime_for(self, route: Route) -> RouteRuntime:
         return self.runtimes[route.name]
@@ -212,6 +216,7 @@ class StateBuilder:
                 # Never closed by a reload while logout state depends on it.
                 redis_clients.setdefault(kept_settings, kept_client)
         runtimes: dict[str, RouteRuntime] = {}
+        assertion_keys = AssertionKeySet(config.assertion_keys)
         for route in config.routes:
             login = None
             identity = IdentityHeaders.for_route(
@@ -229,6 +234,16 @@ class StateBuilder:
                     self._revocation,
                 )
                 identity = login.identity
+            strip = identity.strip
+            if route.assertion is not None:
+                # Whatever the client sends in it is dropped, on every route (see below).
+                strip = strip | {header_key(route.assertion.header.encode("ascii"))}
+                if login is not None and assertion_keys.signing is not None:
+                    login.assertion = AssertionSigner(
+                        route.assertion,
+                        assertion_keys.signing,
+                        audience=route.assertion.audience or route.name,
+                    )
             runtimes[route.name] = RouteRuntime(
                 route=route,
                 default_pool=pool(route.upstream, route),
@@ -237,7 +252,7 @@ class StateBuilder:
                 paths=path_judge(route),
                 hsts_header=_hsts(route),
                 https_port_suffix=b"" if https_port in (None, 443) else b":%d" % https_port,
-                strip_headers=identity.strip,
+                strip_headers=strip,
                 strip_prefixes=identity.strip_prefixes,
                 login=login,
             )
@@ -266,6 +281,7 @@ class StateBuilder:
             revocation=self._revocation,
             replay=self._replay,
             redis_clients=redis_clients,
+            assertion_keys=assertion_keys,
         )
 
     def provider_handle(self, settings: ProviderSettings) -> ProviderHandle:
