@@ -13,7 +13,6 @@ import os
 import sys
 
 from idgateway.assertion_keys import KEY_TYPES, generate_key_file
-
 from idgateway.config import ConfigError, load_config, summarize
 from idgateway.importers import KINDS, ImporterError, ImportOptions, import_file
 
