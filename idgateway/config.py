@@ -1312,6 +1312,9 @@ def summarize(config: Config) -> str:
         lines.extend(f"    {path.prefix} -> {path.upstream.url}" for path in route.paths)
     if config.trusted_proxies:
         lines.append("Trusted proxies: " + ", ".join(config.trusted_proxies))
+    if config.assertion_keys:
+        lines.append("Assertion keys (the first signs):")
+        lines.extend(f"  {k.path}: {k.alg}, kid {k.kid}" for k in config.assertion_keys)
     lines.append("Warnings:" if config.warnings else "No warnings.")
     lines.extend(f"  {warning}" for warning in config.warnings)
     return "\n".join(lines)
@@ -1324,6 +1327,8 @@ def _options(route: Route) -> str:
         options.append(f"hsts {units.format_duration(route.hsts_max_age)}{subdomains}")
     if route.max_body_size is None:
         options.append("no body limit")
+    if route.assertion is not None:
+        options.append(f"assertion in {route.assertion.header}")
     return f"  [{', '.join(options)}]" if options else ""
 
 

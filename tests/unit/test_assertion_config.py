@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from idgateway.assertion_keys import generate_key_file
 from idgateway.config import ConfigError, Problem, load_config
-from idgateway.model import AssertionSettings
+from idgateway.model import AssertionSettings, Config
 
 TEMPLATE = """\
 listeners:
@@ -33,7 +33,7 @@ routes:
 """
 
 
-def load(tmp_path: Path, keys: str = "", route: str = "", route2: str = "") -> object:
+def load(tmp_path: Path, keys: str = "", route: str = "", route2: str = "") -> Config:
     path = tmp_path / "gateway.yaml"
     path.write_text(TEMPLATE.format(keys=keys, route=route, route2=route2))
     return load_config(str(path), {})
@@ -69,20 +69,20 @@ def test_the_contract_form_is_accepted(tmp_path: Path, ec_key: Path) -> None:
     ed = tmp_path / "assertion-ed.pem"
     generate_key_file(str(ed), "ed25519")
     config = load(tmp_path, keys_line(ec_key, ed), ON)
-    assert [k.alg for k in config.assertion_keys] == ["ES256", "EdDSA"]  # type: ignore[attr-defined]
-    app1, app2 = config.routes  # type: ignore[attr-defined]
+    assert [k.alg for k in config.assertion_keys] == ["ES256", "EdDSA"]
+    app1, app2 = config.routes
     assert app1.assertion == AssertionSettings("X-Idgateway-Assertion", 60.0, None)
     assert app2.assertion is None  # off unless set
 
 
 def test_defaults_and_audience(tmp_path: Path, ec_key: Path) -> None:
     config = load(tmp_path, keys_line(ec_key), "    assertion: {audience: orders}")
-    assert config.routes[0].assertion == AssertionSettings(audience="orders")  # type: ignore[attr-defined]
+    assert config.routes[0].assertion == AssertionSettings(audience="orders")
 
 
 def test_relative_key_paths_are_relative_to_the_file(tmp_path: Path, ec_key: Path) -> None:
     config = load(tmp_path, keys_line(ec_key.name), ON)
-    assert config.assertion_keys[0].path == str(ec_key)  # type: ignore[attr-defined]
+    assert config.assertion_keys[0].path == str(ec_key)
 
 
 def write_pem(path: Path, key: object, *, encrypted: bool = False) -> Path:
@@ -92,9 +92,7 @@ def write_pem(path: Path, key: object, *, encrypted: bool = False) -> Path:
         else serialization.NoEncryption()
     )
     path.write_bytes(
-        key.private_bytes(  # type: ignore[attr-defined]
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption
-        )
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption)
     )
     return path
 
@@ -260,3 +258,12 @@ def test_assertion_must_be_a_mapping(tmp_path: Path, ec_key: Path) -> None:
 def test_unknown_assertion_key(tmp_path: Path, ec_key: Path) -> None:
     problem = only_problem(tmp_path, keys_line(ec_key), "    assertion: {lifetme: 60s}")
     assert "lifetime" in problem.message  # the suggestion
+
+
+def test_check_summary_names_the_keys_and_the_header(tmp_path: Path, ec_key: Path) -> None:
+    from idgateway.config import summarize
+
+    config = load(tmp_path, keys_line(ec_key), ON)
+    text = summarize(config)
+    assert f"{ec_key}: ES256, kid {config.assertion_keys[0].kid}" in text
+    assert "assertion in X-Idgateway-Assertion" in text
