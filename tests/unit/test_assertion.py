@@ -343,3 +343,55 @@ def test_a_route_without_assertion_adds_no_header():
     resource = Forwarded()
     login.admit(visit(resource), session(0), reissue=False)
     assert all(b"assertion" not in name.lower() for name, _ in resource.identity[0])
+
+
+# ---- the demo back end's check ------------------------------------------------------------
+
+
+class _KeysByKid:
+    """Stands in for PyJWKClient: the published set, without HTTP."""
+
+    def __init__(self, keys: AssertionKeySet) -> None:
+        self.set = jwt.PyJWKSet.from_json(keys.jwks_body.decode())
+
+    def get_signing_key_from_jwt(self, token: str) -> Any:
+        kid = jwt.get_unverified_header(token)["kid"]
+        return next(k for k in self.set.keys if k.key_id == kid)
+
+
+def test_the_demo_echo_shows_a_verified_assertion(tmp_path: Path):
+    from twisted.internet.address import IPv4Address
+    from twisted.internet.error import ConnectionDone
+    from twisted.internet.testing import StringTransport
+    from twisted.python.failure import Failure
+
+    from idgateway.demo.assertion_check import AssertionCheck
+    from idgateway.demo.echo import make_site
+
+    key = generate_key_file(str(tmp_path / "k.pem"))
+    keys = AssertionKeySet((key,))
+    check = AssertionCheck("http://gateway/.well-known/idgateway/jwks.json", audience="app1")
+    check._jwks = _KeysByKid(keys)
+    token = signer_for(key).assertion(ALICE, ISSUER, time.time()).decode()
+
+    def page(headers: dict[bytes, bytes], accept: bytes = b"application/json") -> bytes:
+        site = make_site(reactor=Clock(), check=check)
+        channel = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+        transport = StringTransport()
+        channel.makeConnection(transport)
+        lines = [b"GET / HTTP/1.1", b"Host: app1.example.com", b"Accept: " + accept]
+        lines += [name + b": " + value for name, value in headers.items()]
+        channel.dataReceived(b"\r\n".join(lines) + b"\r\n\r\n")
+        channel.connectionLost(Failure(ConnectionDone()))
+        return transport.value().partition(b"\r\n\r\n")[2]
+
+    shown = json.loads(page({b"x-idgateway-assertion": token.encode()}))["assertion"]
+    assert shown["verified"] and shown["kid"] == key.kid
+    assert shown["claims"]["email"] == "alice@example.com"
+    assert b"Signed identity assertion: verified" in page(
+        {b"x-idgateway-assertion": token.encode()}, b"text/html"
+    )
+    forged = signer_for(key, audience="app2").assertion(ALICE, ISSUER, time.time()).decode()
+    refused = json.loads(page({b"x-idgateway-assertion": forged.encode()}))["assertion"]
+    assert refused["verified"] is False and "Audience" in refused["error"]
+    assert "assertion" not in json.loads(page({}))
