@@ -65,6 +65,9 @@ class RouteRuntime:
     strip_prefixes: tuple[bytes, ...] = ()
     # The login gate; None for open routes.
     login: RouteLogin | None = None
+    # The route's identity-assertion signer (any gate that admits a request may
+    # use it: RouteLogin does for sessions); None when the route has no assertion.
+    assertion: AssertionSigner | None = None
     # Whether a cookie name is one of the gateway's (any route's): such cookies
     # are removed from every request sent upstream. None when no route logs in.
     own_cookie: Callable[[bytes], bool] | None = None
@@ -235,15 +238,18 @@ class StateBuilder:
                 )
                 identity = login.identity
             strip = identity.strip
+            signer = None
             if route.assertion is not None:
                 # Whatever the client sends in it is dropped, on every route (see below).
                 strip = strip | {header_key(route.assertion.header.encode("ascii"))}
-                if login is not None and assertion_keys.signing is not None:
-                    login.assertion = AssertionSigner(
+                if assertion_keys.signing is not None:  # (config checks guarantee one)
+                    signer = AssertionSigner(
                         route.assertion,
                         assertion_keys.signing,
                         audience=route.assertion.audience or route.name,
                     )
+                if login is not None:
+                    login.assertion = signer
             runtimes[route.name] = RouteRuntime(
                 route=route,
                 default_pool=pool(route.upstream, route),
@@ -255,6 +261,7 @@ class StateBuilder:
                 strip_headers=strip,
                 strip_prefixes=identity.strip_prefixes,
                 login=login,
+                assertion=signer,
             )
         # Every route strips every identity header and every gateway cookie that
         # ANY route could set: routes may share an upstream or a cookie domain.

@@ -170,6 +170,12 @@ SPELLINGS = {
         ("x_idgateway_assertion", "{forged}"),
     ],
     "empty-value": [("X-Idgateway-Assertion", "")],
+    # Connection naming the header asks the gateway to drop it as hop-by-hop: the
+    # client's copy goes, and the gateway's own is still added after the filtering.
+    "named-in-connection": [
+        ("Connection", "X-Idgateway-Assertion"),
+        ("X-Idgateway-Assertion", "{forged}"),
+    ],
     "list-value": [("X-Idgateway-Assertion", "{forged}, {forged}")],
 }
 PLACES = {

@@ -395,3 +395,56 @@ def test_the_demo_echo_shows_a_verified_assertion(tmp_path: Path):
     refused = json.loads(page({b"x-idgateway-assertion": forged.encode()}))["assertion"]
     assert refused["verified"] is False and "Audience" in refused["error"]
     assert "assertion" not in json.loads(page({}))
+
+
+# ---- the state a configuration builds -------------------------------------------------------
+
+
+def test_the_state_signs_on_assertion_routes_and_every_route_strips_the_header(tmp_path: Path):
+    from twisted.internet.testing import MemoryReactorClock
+
+    from idgateway.config import load_config
+    from idgateway.gate import ProviderHandle
+    from idgateway.runtime import StateBuilder
+
+    class _Builder(StateBuilder):
+        def provider_handle(self, settings: Any) -> ProviderHandle:  # no discovery
+            return ProviderHandle(settings=settings, client=None, http=None)  # type: ignore[arg-type]
+
+    old = generate_key_file(str(tmp_path / "old.pem"), "ed25519")
+    new = generate_key_file(str(tmp_path / "new.pem"), "ec")
+    path = tmp_path / "gateway.yaml"
+    text = """
+listeners: [{address: 127.0.0.1:8080}]
+assertion_keys: [FIRST, SECOND]
+providers: {wso2: {issuer: http://127.0.0.1:9443/oauth2/token}}
+routes:
+  - name: app1
+    hosts: [app1.example.com]
+    upstream: http://127.0.0.1:3000
+    oidc: {provider: wso2, client_id: app1, client_secret: s}
+    session: {keys: [q3F1K2x0cUxZbU5PcFFyU3RVdld4WXphYmNkZWZnaGk=]}
+    assertion: {header: X-App1-Proof, audience: orders}
+  - name: open
+    hosts: [open.example.com]
+    upstream: http://127.0.0.1:3001
+"""
+    path.write_text(text.replace("FIRST", old.path).replace("SECOND", new.path))
+    builder = _Builder(MemoryReactorClock())
+    state = builder.build(load_config(str(path), {}))
+    app1, open_route = state.runtimes["app1"], state.runtimes["open"]
+    assert app1.assertion is not None and app1.login is not None
+    assert app1.login.assertion is app1.assertion
+    assert (app1.assertion.key, app1.assertion.audience) == (old, "orders")
+    assert open_route.assertion is None
+    for runtime in (app1, open_route):
+        assert b"x-app1-proof" in runtime.strip_headers
+    assert [k["kid"] for k in json.loads(state.assertion_keys.jwks_body)["keys"]] == [
+        old.kid,
+        new.kid,
+    ]
+    # A reload with the keys swapped: a new signer, with the new first key.
+    path.write_text(text.replace("FIRST", new.path).replace("SECOND", old.path))
+    reloaded = builder.build(load_config(str(path), {}), state)
+    signer = reloaded.runtimes["app1"].assertion
+    assert signer is not None and signer is not app1.assertion and signer.key == new
