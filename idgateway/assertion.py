@@ -181,6 +181,21 @@ class AssertionSigner:
         _bounded_put(self._sessions, key, entry, self._cache_max, lambda v: v[2] > now)
         return combined
 
+    def session_header(
+        self,
+        session: Session,
+        host: bytes,
+        tls: bool,
+        now: float,
+        *,
+        email_claim: str,
+        groups_claim: str,
+    ) -> tuple[bytes, bytes]:
+        """The assertion header alone, for a session arriving at ``host`` (forward-auth)."""
+        identity = session_identity(session, email_claim=email_claim, groups_claim=groups_claim)
+        issuer = ("https://" if tls else "http://") + host.decode("ascii", "replace")
+        return (self.header, self._current(identity, issuer, now).token)
+
 
 def _bounded_put(
     cache: dict[Any, Any], key: Any, value: Any, limit: int, keep: Callable[[Any], bool]

@@ -57,7 +57,9 @@ class Environment:
             app1_headers="oauth2-proxy",
             app1_more="    assertion: {header: X-Idgateway-Assertion, lifetime: 60s}\n",
         )
-        top = f"assertion_keys: [{', '.join(keys)}]\n"
+        # The proxy asking /oauth2/auth (nginx auth_request) is this machine.
+        top = "trusted_proxies: [127.0.0.1]\n"
+        top += f"assertion_keys: [{', '.join(keys)}]\n"
         top += f"admin: {{address: 127.0.0.1:{self.admin_port}}}\n"
         self.config.write_text(top + routes)
 
@@ -154,6 +156,18 @@ def test_the_jwks_is_public_on_every_host_and_on_the_admin_listener(environment:
     status, headers, body = request(env.admin_port, f"127.0.0.1:{env.admin_port}", JWKS_PATH)
     assert status == 200 and json.loads(body) == on_app1
     assert headers["Content-Type"] == "application/jwk-set+json"
+
+
+def test_forward_auth_hands_the_assertion_to_a_trusted_proxy(environment: Any) -> None:
+    env, _ = environment
+    client = Client(env.port, "app1.localhost")
+    client.login(env.op, "/echo", "alice", "alice123")
+    status, headers, _ = client.get("/oauth2/auth", {"X-Original-URI": "/echo"})
+    assert status == 202
+    token = headers["X-Idgateway-Assertion"]
+    claims = verify(token, env.jwks(), env.port)
+    assert claims["email"] == "alice@example.com"
+    assert assertion_from(client) == token  # the one the proxied requests carry
 
 
 def test_key_rollover_by_sighup(environment: Any) -> None:

@@ -325,3 +325,13 @@ def test_the_upstream_gets_no_assertion_on_a_public_path(gateway: Any) -> None:
     _, _, body = send(gateway["port"], "app1.localhost", "/public/x", [cookie_of(gateway["app1"])])
     echo = json.loads(body)
     assert assertion_headers(echo) == [] and header_values(echo, "x-forwarded-user") == []
+
+
+def test_forward_auth_gives_no_assertion_to_an_untrusted_peer(gateway: Any) -> None:
+    # A script in the page can fetch /oauth2/auth and read its headers: the
+    # assertion (like a token) is only for a proxy in trusted_proxies (none here).
+    status, headers, _ = send(
+        gateway["port"], "app1.localhost", "/oauth2/auth", [cookie_of(gateway["app1"])]
+    )
+    assert status == 202 and headers["X-Auth-Request-User"]
+    assert headers.get("X-Idgateway-Assertion") is None
