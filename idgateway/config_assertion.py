@@ -26,6 +26,7 @@ from idgateway.schema import (
     _Invalid,
     file_path,
     list_of,
+    loose_permissions,
     parsed,
     record,
 )
@@ -40,9 +41,14 @@ def _signing_key(reader: Reader, node: yaml.Node, key: str) -> SigningKey | _Inv
     if path is INVALID:
         return INVALID
     try:
-        return load_signing_key(path)
+        signing_key = load_signing_key(path)
     except AssertionKeyError as error:
         return reader.problem(node, key, str(error))
+    # Whoever can read the key can sign identities every upstream believes.
+    warning = loose_permissions(path, secret=True)
+    if warning is not None:
+        reader.warnings.append(warning)
+    return signing_key
 
 
 def _assertion_keys(reader: Reader, node: yaml.Node, key: str) -> Any:

@@ -267,3 +267,10 @@ def test_check_summary_names_the_keys_and_the_header(tmp_path: Path, ec_key: Pat
     text = summarize(config)
     assert f"{ec_key}: ES256, kid {config.assertion_keys[0].kid}" in text
     assert "assertion in X-Idgateway-Assertion" in text
+
+
+def test_a_key_readable_by_others_is_warned_about(tmp_path: Path, ec_key: Path) -> None:
+    assert not any(str(ec_key) in w for w in load(tmp_path, keys_line(ec_key), ON).warnings)
+    ec_key.chmod(0o644)
+    warnings = load(tmp_path, keys_line(ec_key), ON).warnings
+    assert any(str(ec_key) in w and "chmod 600" in w for w in warnings), warnings
