@@ -208,6 +208,11 @@ async def status(holder: StateHolder, service: Any = None) -> dict[str, Any]:
         "providers": providers,
         "certificates": certificates,
         "session_stores": session_stores,
+        # Which key signs identity assertions now, and which are published (rollovers).
+        "assertion_keys": [
+            {"path": key.path, "kid": key.kid, "alg": key.alg, "signs": index == 0}
+            for index, key in enumerate(state.assertion_keys.keys)
+        ],
     }
 
 
@@ -250,6 +255,7 @@ def status_html(detail: dict[str, Any]) -> bytes:
         _table("Providers", detail["providers"]),
         _table("TLS certificates", detail["certificates"]),
         _table("Session stores", detail["session_stores"]),
+        _table("Assertion keys", detail.get("assertion_keys", [])),
         "</body></html>",
     ]
     return "".join(parts).encode()

@@ -156,6 +156,11 @@ def test_the_jwks_is_public_on_every_host_and_on_the_admin_listener(environment:
     status, headers, body = request(env.admin_port, f"127.0.0.1:{env.admin_port}", JWKS_PATH)
     assert status == 200 and json.loads(body) == on_app1
     assert headers["Content-Type"] == "application/jwk-set+json"
+    status, _, body = request(env.admin_port, f"127.0.0.1:{env.admin_port}", "/status?format=json")
+    assert status == 200
+    assert json.loads(body)["assertion_keys"] == [
+        {"path": env.key_a.path, "kid": env.key_a.kid, "alg": "ES256", "signs": True}
+    ]
 
 
 def test_forward_auth_hands_the_assertion_to_a_trusted_proxy(environment: Any) -> None:
