@@ -448,3 +448,16 @@ routes:
     reloaded = builder.build(load_config(str(path), {}), state)
     signer = reloaded.runtimes["app1"].assertion
     assert signer is not None and signer is not app1.assertion and signer.key == new
+
+
+@pytest.mark.parametrize(
+    "email",
+    ["a@example.com\r\nX-Forwarded-User: root", "caf\u00e9@example.com", "nul\u0000@x", "\ud800"],
+)
+def test_hostile_claims_cannot_break_out_of_the_header(key: SigningKey, email: str):
+    import re
+
+    token = signer_for(key).assertion(attrs.evolve(ALICE, email=email), ISSUER, 0.0)
+    assert re.fullmatch(rb"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+", token)
+    payload = json.loads(b64decode(token.split(b".")[1].decode()))
+    assert payload["email"] == email  # carried exactly, JSON-escaped inside the signature
