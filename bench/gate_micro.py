@@ -16,6 +16,9 @@ listener uses, built from a real configuration by ``StateBuilder``:
 * ``gate, new cookie``: ``gate`` with a cookie the codec has not seen before on
   every request (AES-GCM open, zlib, JSON: a browser's first request to this
   process, or a session just re-issued); the steady state is the cached one.
+* ``gate+head, assertion``: ``gate+head`` on the same route with ``assertion``
+  on (an ES256 identity assertion in every upstream request, signed once and
+  reused): its ratio to ``gate+head`` is what the assertion costs per request.
 
 Each figure is the median of several batches of many calls timed with
 ``time.perf_counter``.  Run standalone (``.venv/bin/python bench/gate_micro.py
@@ -46,7 +49,7 @@ HOST = b"app1.localhost:8443"
 PORT = 8443
 # The same shape of configuration bench/run gives its cookie-session gateway.
 CONFIG = """\
-listeners:
+{assertion_keys}listeners:
   - address: 127.0.0.1:{port}
 providers:
   wso2:
@@ -64,7 +67,7 @@ routes:
     session:
       store: cookie
       keys: [{key}]
-"""
+{assertion}"""
 BROWSER_HEADERS = [
     (
         b"User-Agent",
@@ -82,11 +85,12 @@ COOKIE_TARGET_BYTES = 2048
 class _Fixture:
     """A gateway state built from CONFIG, its resource and a session cookie."""
 
-    def __init__(self) -> None:
+    def __init__(self, assertion: bool = False) -> None:
         from twisted.internet.task import Clock
         from twisted.internet.testing import MemoryReactorClock
 
         from idgateway.config.load import load_config
+        from idgateway.config.signing_keys import generate_key_file
         from idgateway.gate.session_check import ProviderHandle
         from idgateway.oidc.provider import ProviderMetadata
         from idgateway.routing.resource import GatewayResource, StateHolder
@@ -95,7 +99,16 @@ class _Fixture:
         self.key = base64.b64encode(os.urandom(32)).decode("ascii")
         with tempfile.TemporaryDirectory(prefix="idgateway-gate-micro-") as tmp:
             path = Path(tmp) / "gateway.yaml"
-            path.write_text(CONFIG.format(port=PORT, route=ROUTE, key=self.key))
+            keys, block = "", ""
+            if assertion:
+                generate_key_file(str(Path(tmp) / "assertion.pem"), "ec")
+                keys = f"assertion_keys: [{Path(tmp) / 'assertion.pem'}]\n"
+                block = "    assertion: {header: X-Idgateway-Assertion, lifetime: 60s}\n"
+            path.write_text(
+                CONFIG.format(
+                    port=PORT, route=ROUTE, key=self.key, assertion_keys=keys, assertion=block
+                )
+            )
             config = load_config(str(path), {})
 
         class _Provider:
@@ -245,6 +258,18 @@ def run(iterations: int = 20_000, batches: int = 7) -> dict:
         fresh_iter[0] = (i + 1) % len(fresh)
         login.handle(stub, fresh[i], state, runtime, HOST)
 
+    # The same route with an identity assertion: every upstream head carries one.
+    signed = _Fixture(assertion=True)
+    signed_request = signed.request(signed.cookie)
+    signed.resource.render(signed.request(signed.cookie))
+    last = signed.submitted[-1].head if signed.submitted else b""
+    signed_head = bytes(last) if not isinstance(last, list) else b"".join(last)
+    if b"X-Idgateway-Assertion: " not in signed_head:
+        raise RuntimeError("the route with assertion on sent no assertion upstream")
+
+    def gate_head_assertion() -> None:
+        signed.resource.render(signed_request)
+
     results = {}
     gc_was = gc.isenabled()
     try:
@@ -252,14 +277,17 @@ def run(iterations: int = 20_000, batches: int = 7) -> dict:
             ("gate", gate, iterations),
             ("gate_head", gate_head, iterations),
             ("gate_new_cookie", gate_new_cookie, max(len(fresh), iterations // 10)),
+            ("gate_head_assertion", gate_head_assertion, iterations),
         ):
             for _ in range(min(n, 2000)):  # warm-up
                 fn()
             taken.clear()
             fx.submitted.clear()
+            signed.submitted.clear()
             per = _batches(fn, n, batches)
             taken.clear()
             fx.submitted.clear()
+            signed.submitted.clear()
             results[name] = {
                 "median_us": statistics.median(per),
                 "min_us": min(per),
@@ -292,6 +320,13 @@ def summary_line(r: dict) -> str:
         f"(target ≤ {r['target_us']:g} µs: {verdict}); with the upstream request head "
         f"{r['gate_head']['median_us']:.1f} µs; new cookie each request "
         f"{r['gate_new_cookie']['median_us']:.1f} µs"
+        + (
+            f"; with the identity assertion {r['gate_head_assertion']['median_us']:.1f} µs "
+            f"({r['gate_head']['median_us'] / r['gate_head_assertion']['median_us']:.2f}x "
+            "the requests per second without it)"
+            if "gate_head_assertion" in r
+            else ""
+        )
     )
 
 
@@ -310,6 +345,7 @@ def main(argv: list[str] | None = None) -> int:
         ("gate", "RouteLogin.handle -> identity headers (cached cookie)"),
         ("gate_head", "GatewayResource.render -> upstream request head"),
         ("gate_new_cookie", "RouteLogin.handle, a cookie not seen before"),
+        ("gate_head_assertion", "gate_head on the route with assertion on"),
     ):
         x = r[name]
         print(

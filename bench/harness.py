@@ -59,6 +59,7 @@ START_TIMEOUT = {
     "stock": 15.0,
     "gateway": 30.0,
     "gateway_cookie": 30.0,
+    "gateway_cookie_assertion": 30.0,
     "gateway_redis": 30.0,
     "redis": 10.0,
     "apache_shm": 30.0,
@@ -73,7 +74,13 @@ LOGIN_HOST = "app1.localhost"
 LOGIN_USER, LOGIN_PASSWORD = "alice", "alice123"  # the provider's default user
 CLIENT_ID, CLIENT_SECRET = "bench-client", "bench-secret"
 APACHE_CLIENT_ID = "bench-apache-client"
-LOGIN_SERVERS = ("gateway_cookie", "gateway_redis", "gateway_cookie_tls")
+LOGIN_SERVERS = (
+    "gateway_cookie",
+    "gateway_redis",
+    "gateway_cookie_tls",
+    # The cookie-session gateway with a signed identity assertion on its route.
+    "gateway_cookie_assertion",
+)
 # The reference: Apache + mod_auth_openidc, shm cache and Redis cache.
 APACHE_SERVERS = ("apache_shm", "apache_redis", "apache_shm_tls")
 # Servers whose one listener is TLS (nginx has a TLS port besides its plain one).
@@ -478,6 +485,13 @@ routes:
     session:
 {session}"""
 
+# Appended to the assertion gateway's route (after its session block); the
+# top-level key is valid there too, YAML keys being unordered.
+ASSERTION_CONF = """\
+    assertion: {{header: X-Idgateway-Assertion, lifetime: 60s}}
+assertion_keys: [{key_file}]
+"""
+
 # The TLS gateway's listener; wrk sends the URL's 127.0.0.1 as its TLS server
 # name, which must name the same route as the Host header (else 421).
 LISTENER_TLS = """\
@@ -489,6 +503,7 @@ LISTENER_TLS = """\
 SESSION_CONF = {
     "gateway_cookie": "      store: cookie\n      keys: [{key}]\n",
     "gateway_cookie_tls": "      store: cookie\n      keys: [{key}]\n",
+    "gateway_cookie_assertion": "      store: cookie\n      keys: [{key}]\n",
     "gateway_redis": "      store: redis\n      url: {redis_url}\n      keys: [{key}]\n",
 }
 
@@ -507,7 +522,8 @@ def make_servers(
         nginx_tls_port,
         cookie_tls_port,
         shm_tls_port,
-    ) = free_ports(10)
+        assertion_port,
+    ) = free_ports(11)
 
     (tmp / "www").mkdir()
     (tmp / "www" / "100k").write_bytes(os.urandom(BODY_100K))
@@ -570,6 +586,17 @@ def make_servers(
             REPO,
             env=gw_env,
             ready_host=f"{LOGIN_HOST}:{redis_gw_port}",
+            provider_workers=workers,
+        ),
+        "gateway_cookie_assertion": Server(
+            "gateway_cookie_assertion",
+            "idgateway, login, cookie session, assertion",
+            twistd("gateway-cookie-assertion.yaml"),
+            assertion_port,
+            tmp / "gateway-cookie-assertion.log",
+            REPO,
+            env=gw_env,
+            ready_host=f"{LOGIN_HOST}:{assertion_port}",
             provider_workers=workers,
         ),
         "gateway_cookie_tls": Server(
@@ -830,6 +857,14 @@ class LoginRig:
             key=self.key, redis_url=self.redis_url if self.redis else ""
         )
         tls = self.tls if srv.tls else None
+        if srv.key == "gateway_cookie_assertion":
+            # The same route with an ES256 identity assertion in every upstream request.
+            key_file = self.tmp / "assertion.pem"
+            if not key_file.exists():
+                from idgateway.config.signing_keys import generate_key_file
+
+                generate_key_file(str(key_file), "ec")
+            session += ASSERTION_CONF.format(key_file=key_file)
         (self.tmp / Path(srv.argv[-1]).name).write_text(
             LOGIN_GATEWAY_CONF.format(
                 workers=self.workers,
@@ -1884,6 +1919,8 @@ CASES = [
     ("gateway", "gateway", "/"),
     ("login_cookie", "gateway_cookie", "/"),
     ("apache_shm", "apache_shm", "/"),
+    # Right after login_cookie: the same route with the signed identity assertion on.
+    ("login_cookie_assertion", "gateway_cookie_assertion", "/"),
     ("login_redis", "gateway_redis", "/"),
     ("apache_redis", "apache_redis", "/"),
     ("direct_100k", "nginx", "/100k"),
@@ -1897,7 +1934,13 @@ CASES = [
     ("apache_shm_tls", "apache_shm_tls", "/"),
 ]
 # Cases that send a logged-in user's session (the gateway's or Apache's).
-LOGIN_CASES = ("login_cookie", "login_redis", "login_cookie_100k", "login_cookie_tls")
+LOGIN_CASES = (
+    "login_cookie",
+    "login_redis",
+    "login_cookie_100k",
+    "login_cookie_tls",
+    "login_cookie_assertion",
+)
 APACHE_CASES = ("apache_shm", "apache_redis", "apache_shm_100k", "apache_shm_tls")
 TLS_CASES = ("direct_tls", "login_cookie_tls", "apache_shm_tls")
 SESSION_CASES = LOGIN_CASES + APACHE_CASES
@@ -1912,6 +1955,8 @@ RATIOS = [
     ("stock proxy / direct upstream", "stock", "direct"),
     ("gateway / direct upstream (100 KB)", "gateway_100k", "direct_100k"),
     ("Redis session / cookie session", "login_redis", "login_cookie"),
+    ("assertion on / cookie session", "login_cookie_assertion", "login_cookie"),
+    ("cookie session with assertion / direct upstream", "login_cookie_assertion", "direct"),
     ("cookie session / open-route gateway", "login_cookie", "gateway"),
     ("cookie session / direct upstream", "login_cookie", "direct"),
     ("Redis session / direct upstream", "login_redis", "direct"),
@@ -1936,6 +1981,8 @@ VS_APACHE = {
 # Targets for ratios (req/s), shown next to them (issue 6).
 RATIO_TARGETS = {
     "Redis session / cookie session": 0.8,
+    # Issue 13: signing identity assertions costs at most a tenth of the throughput.
+    "assertion on / cookie session": 0.9,
     "cookie session / mod_auth_openidc shm": 1.5,
     "Redis session / mod_auth_openidc Redis": 1.5,
     "cookie session / mod_auth_openidc shm (TLS)": 1.5,
@@ -2013,6 +2060,7 @@ def render(
         "gateway": ratios.get("gateway / direct upstream"),
         "gateway_100k": ratios.get("gateway / direct upstream (100 KB)"),
         "login_cookie": ratios.get("cookie session / direct upstream"),
+        "login_cookie_assertion": ratios.get("cookie session with assertion / direct upstream"),
         "login_redis": ratios.get("Redis session / direct upstream"),
         "login_cookie_100k": ratios.get("cookie session / direct upstream (100 KB)"),
         "apache_shm": ratios.get("mod_auth_openidc shm / direct upstream"),
@@ -2091,7 +2139,11 @@ def render(
         lines.append("latency ratios (lower is better): " + "; ".join(lat))
     if any(k in cases for k in LOGIN_CASES):
         parts = []
-        for name in ("Redis session / cookie session", "cookie session / open-route gateway"):
+        for name in (
+            "Redis session / cookie session",
+            "cookie session / open-route gateway",
+            "assertion on / cookie session",
+        ):
             r = ratios.get(name)
             text = f"{name.replace(' / ', ' ÷ ')} {fmt_x(r['rps']) if r else 'not run'}"
             target = RATIO_TARGETS.get(name)

@@ -3,14 +3,17 @@
 idgateway check gateway.yaml
 idgateway import oauth2-proxy oauth2-proxy.cfg [--listen ADDRESS] [--keep-secrets]
 idgateway import mod_auth_openidc httpd-oidc.conf [--listen ADDRESS] [--keep-secrets]
+idgateway keygen [--type ec|ed25519] PATH
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from idgateway.config.load import ConfigError, load_config, summarize
+from idgateway.config.signing_keys import KEY_TYPES, generate_key_file
 from idgateway.importers import KINDS, ImporterError, ImportOptions, import_file
 
 
@@ -41,6 +44,17 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="copy client secrets (and usable keys) into the output instead of ${NAME} references",
     )
+    keygen = commands.add_parser(
+        "keygen",
+        help="write a new signing key for identity assertions (assertion_keys)",
+        description=(
+            "Write a new private key for assertion_keys: EC P-256 (ES256, the default) or "
+            "Ed25519 (EdDSA), unencrypted PEM, readable by its owner only (0600). An existing "
+            "file is never overwritten. Prints the key's kid (its RFC 7638 thumbprint)."
+        ),
+    )
+    keygen.add_argument("--type", choices=KEY_TYPES, default="ec", help="key type (default: ec)")
+    keygen.add_argument("path", help="the key file to create, e.g. /etc/idgateway/assertion.pem")
     args = parser.parse_args(argv)
     if args.command == "check":
         try:
@@ -60,6 +74,24 @@ def main(argv: list[str] | None = None) -> int:
             print(f"idgateway import {args.kind}: {error}", file=sys.stderr)
             return 1
         sys.stdout.write(text)
+        return 0
+    if args.command == "keygen":
+        try:
+            key = generate_key_file(args.path, args.type)
+        except FileExistsError:
+            print(
+                f"idgateway keygen: {args.path} exists; it is never overwritten (move it away "
+                "first, or choose another name)",
+                file=sys.stderr,
+            )
+            return 1
+        except OSError as error:
+            print(
+                f"idgateway keygen: cannot write {args.path}: {error.strerror or error}",
+                file=sys.stderr,
+            )
+            return 1
+        print(f"wrote {os.path.abspath(args.path)} ({key.alg}, kid {key.kid})")
         return 0
     return 2
 

@@ -13,6 +13,7 @@ import yaml
 from cryptography import x509
 
 from idgateway.config import values as value_syntax
+from idgateway.config.files import PEM_FILE_LIMIT, FileTooOdd, read_bounded, read_problem
 from idgateway.config.model import (
     AuthorizeRules,
     ClaimRule,
@@ -30,14 +31,11 @@ from idgateway.config.redis_url import parse_redis_url
 from idgateway.config.regex import compile_config_regex
 from idgateway.config.schema import (
     INVALID,
-    PEM_FILE_LIMIT,
     Field,
-    FileTooOdd,
     Reader,
     Section,
     _describe,
     _Invalid,
-    _reason,
     boolean,
     duration,
     file_path,
@@ -45,7 +43,6 @@ from idgateway.config.schema import (
     list_of,
     mapping,
     parsed,
-    read_bounded,
     read_section,
     record,
 )
@@ -324,7 +321,7 @@ def _ca_bundle(reader: Reader, node: yaml.Node, key: str) -> str | _Invalid:
     try:
         x509.load_pem_x509_certificates(read_bounded(path, PEM_FILE_LIMIT))
     except (OSError, FileTooOdd) as error:
-        return reader.problem(node, key, _reason(error))
+        return reader.problem(node, key, read_problem(error))
     except ValueError:
         return reader.problem(node, key, f"{path} is not PEM (-----BEGIN CERTIFICATE-----)")
     return path  # type: ignore[no-any-return]

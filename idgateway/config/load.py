@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 
 from idgateway.config import values as value_syntax
+from idgateway.config.assertion import ASSERTION_FIELD, ASSERTION_KEYS_FIELD, check_assertions
 from idgateway.config.auth import (
     AUTHORIZE_FIELDS,
     PROVIDER_FIELDS,
@@ -35,6 +36,14 @@ from idgateway.config.auth import (
     check_provider_reference,
 )
 from idgateway.config.auth import workers as config_workers
+from idgateway.config.files import (
+    CONFIG_FILE_LIMIT,
+    PEM_FILE_LIMIT,
+    FileTooOdd,
+    loose_permissions,
+    read_bounded,
+    read_problem,
+)
 from idgateway.config.model import (
     AuthorizeRules,
     CertificatePair,
@@ -50,18 +59,14 @@ from idgateway.config.model import (
     Upstream,
 )
 from idgateway.config.schema import (
-    CONFIG_FILE_LIMIT,
     INVALID,
-    PEM_FILE_LIMIT,
     YAML_NODE_BUDGET,
     ConfigError,
     Field,
-    FileTooOdd,
     Problem,
     Reader,
     Section,
     _Invalid,
-    _reason,
     boolean,
     duration,
     expanded_size,
@@ -69,12 +74,10 @@ from idgateway.config.schema import (
     hide_references,
     integer,
     list_of,
-    loose_permissions,
     mapping,
     parsed,
-    read_bounded,
     read_section,
-    record,  # noqa: F401  (re-exported: callers import them from here)
+    record,
     section,
     size,
 )
@@ -95,7 +98,7 @@ def _certificates(reader: Reader, node: yaml.Node, key: str, path: str) -> Any:
     try:
         return read_certificates(path)
     except (OSError, FileTooOdd) as error:
-        return reader.problem(node, key, _reason(error))
+        return reader.problem(node, key, read_problem(error))
     except ValueError:
         return reader.problem(node, key, f"{path} is not PEM (-----BEGIN CERTIFICATE-----)")
 
@@ -111,7 +114,7 @@ def _private_key(reader: Reader, node: yaml.Node, key: str, path: str) -> Any:
     try:
         pem = read_bounded(path, PEM_FILE_LIMIT)
     except (OSError, FileTooOdd) as error:
-        return reader.problem(node, key, _reason(error))
+        return reader.problem(node, key, read_problem(error))
     try:
         return serialization.load_pem_private_key(pem, password=None)
     except TypeError:
@@ -315,6 +318,7 @@ def _build_config(reader: Reader, found: Section) -> Config | _Invalid:
         _check_routes_together(reader, found.values["routes"])
         providers = found.values["providers"]
         routes = [_route_or_its_problems(reader, r, providers) for r in found.values["routes"]]
+        check_assertions(reader, found.values["assertion_keys"], found.values["routes"], routes)
     admin = found.values["admin"]
     if isinstance(admin, tuple) and not _is_loopback(admin[0]):
         reader.warnings.append(
@@ -339,6 +343,7 @@ def _build_config(reader: Reader, found: Section) -> Config | _Invalid:
         client_header_timeout=found.values["client_header_timeout"],
         client_body_timeout=found.values["client_body_timeout"],
         client_send_timeout=found.values["client_send_timeout"],
+        assertion_keys=found.values["assertion_keys"],
     )
 
 
@@ -861,6 +866,7 @@ ROUTE_FIELDS = (
         """,
     ),
     *ROUTE_AUTH_FIELDS,
+    ASSERTION_FIELD,
 )
 _LISTENERS = list_of(
     mapping(LISTENER_FIELDS, "a mapping like {address: 127.0.0.1:8080}", _build_listener),
@@ -1236,6 +1242,7 @@ TOP_FIELDS = (
                   interval: 2s
         """,
     ),
+    ASSERTION_KEYS_FIELD,
 )
 
 
@@ -1263,7 +1270,7 @@ def _compose(reader: Reader) -> yaml.Node | _Invalid:
         text = hide_references(read_bounded(reader.file, CONFIG_FILE_LIMIT).decode("utf-8-sig"))
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except (OSError, FileTooOdd) as error:
-        return reader.problem(None, "", _reason(error))
+        return reader.problem(None, "", read_problem(error))
     except RecursionError:
         return reader.problem(
             None, "", "the file nests lists or mappings too deeply (hundreds of levels)"
@@ -1319,6 +1326,9 @@ def summarize(config: Config) -> str:
         lines.extend(f"    {path.prefix} -> {path.upstream.url}" for path in route.paths)
     if config.trusted_proxies:
         lines.append("Trusted proxies: " + ", ".join(config.trusted_proxies))
+    if config.assertion_keys:
+        lines.append("Assertion keys (the first signs):")
+        lines.extend(f"  {k.path}: {k.alg}, kid {k.kid}" for k in config.assertion_keys)
     lines.append("Warnings:" if config.warnings else "No warnings.")
     lines.extend(f"  {warning}" for warning in config.warnings)
     return "\n".join(lines)
@@ -1331,6 +1341,8 @@ def _options(route: Route) -> str:
         options.append(f"hsts {value_syntax.format_duration(route.hsts_max_age)}{subdomains}")
     if route.max_body_size is None:
         options.append("no body limit")
+    if route.assertion is not None:
+        options.append(f"assertion in {route.assertion.header}")
     return f"  [{', '.join(options)}]" if options else ""
 
 

@@ -6,9 +6,12 @@ one assignment. Nothing here does I/O.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import attrs
+
+if TYPE_CHECKING:
+    from idgateway.config.signing_keys import SigningKey
 
 UpstreamKind = Literal["http", "https", "unix"]
 
@@ -148,6 +151,19 @@ class Route:
     websocket_idle_timeout: float = 3600.0
     # Login; None means the route is open (a plain reverse proxy).
     auth: RouteAuth | None = None
+    # A signed identity assertion for the upstream (idgateway.gate.assertion); None: off.
+    assertion: AssertionSettings | None = None
+
+
+@attrs.frozen
+class AssertionSettings:
+    """``assertion:`` on a route: the header and lifetime of its signed identity assertion."""
+
+    header: str = "X-Idgateway-Assertion"
+    # Seconds from iat to exp.
+    lifetime: float = 60.0
+    # The aud claim; None: the route's name.
+    audience: str | None = None
 
 
 @attrs.frozen
@@ -199,6 +215,8 @@ class Config:
     # Longest time a response may wait for a client that does not read it
     # (nginx's send_timeout; listeners may override).
     client_send_timeout: float = 60.0
+    # The gateway's identity-assertion keys, loaded: the first signs, all are published.
+    assertion_keys: tuple[SigningKey, ...] = ()
 
 
 # ---- login: providers, per-route OIDC clients, sessions, identity headers ---------------

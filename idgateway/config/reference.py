@@ -37,6 +37,7 @@ TITLES = {
     "routes[].headers": "``headers``: identity headers",
     "routes[].authorize": "``authorize``: who may pass",
     "routes[].forward_auth": "``forward_auth``: what the auth endpoint hands out",
+    "routes[].assertion": "``assertion``: a signed identity assertion for the upstream",
 }
 # How a field's value holds its nested keys: a list of mappings, a mapping of
 # names to mappings, or one mapping.

@@ -44,6 +44,8 @@ from twisted.web.http_headers import Headers
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
+from idgateway.demo.assertion_check import AssertionCheck
+
 # Header names (lower case) that carry the user's identity, as set by this
 # gateway and by the usual alternatives (oauth2-proxy, mod_auth_openidc,
 # Apache's REMOTE_USER conventions). Matched as prefixes.
@@ -156,7 +158,7 @@ def _body_length(request: Request) -> int:
 class RequestFacts:
     """What the echo reports about one request, decoded for display."""
 
-    def __init__(self, request: Request) -> None:
+    def __init__(self, request: Request, check: AssertionCheck | None = None) -> None:
         uri = _text(request.uri)
         self.method = _text(request.method)
         self.uri = uri
@@ -167,9 +169,11 @@ class RequestFacts:
         }
         self.body_length = _body_length(request)
         self.client = describe_address(request.getClientAddress())
+        # The gateway's signed identity assertion, verified (--assertion-jwks).
+        self.assertion = check.check(self.headers) if check is not None else None
 
     def as_json(self) -> dict[str, Any]:
-        return {
+        document = {
             "method": self.method,
             "path": self.path,
             "query": self.query,
@@ -177,6 +181,9 @@ class RequestFacts:
             "cookies": self.cookies,
             "body_length": self.body_length,
         }
+        if self.assertion is not None:
+            document["assertion"] = self.assertion
+        return document
 
 
 _STYLE = """
@@ -240,6 +247,23 @@ def render_html(facts: RequestFacts) -> str:
             "or its route forwards no identity.</p>"
         )
 
+    assertion_html = ""
+    if facts.assertion is not None:
+        if facts.assertion["verified"]:
+            claims = facts.assertion["claims"]
+            rows = [("verified with key", str(facts.assertion["kid"]))]
+            rows += [(name, json.dumps(value)) for name, value in claims.items()]
+            assertion_html = (
+                '<section class="identity"><h2>Signed identity assertion: verified</h2>'
+                + _pairs_table(rows)
+                + "</section>"
+            )
+        else:
+            assertion_html = (
+                "<section><h2>Signed identity assertion: NOT verified</h2>"
+                f'<p class="none">{_escape(str(facts.assertion["error"]))}</p></section>'
+            )
+
     request_rows = [
         ("Method", facts.method),
         ("Path", facts.uri),
@@ -283,6 +307,7 @@ def render_html(facts: RequestFacts) -> str:
 <h2>Identity headers</h2>
 {identity_html}
 </section>
+{assertion_html}
 <section>
 <h2>Request</h2>
 <table>{request_html}</table>
@@ -329,8 +354,12 @@ class EchoResource(Resource):
 
     isLeaf = True
 
+    def __init__(self, check: AssertionCheck | None = None) -> None:
+        super().__init__()
+        self.check = check
+
     def render(self, request: Request) -> bytes:
-        facts = RequestFacts(request)
+        facts = RequestFacts(request, self.check)
         # The page can show tokens and cookies: keep it out of every cache.
         request.setHeader(b"cache-control", b"no-store")
         request.setHeader(b"x-content-type-options", b"nosniff")
@@ -350,10 +379,10 @@ _NO_FORM_PARSING: dict[str, Any] = (
 )
 
 
-def make_site(reactor: IReactorTime | None = None) -> Site:
+def make_site(reactor: IReactorTime | None = None, check: AssertionCheck | None = None) -> Site:
     """A ``Site`` serving ``EchoResource`` on every path."""
     return Site(
-        EchoResource(),
+        EchoResource(check),
         requestFactory=ArrivalOrderRequest,
         reactor=reactor,
         **_NO_FORM_PARSING,
@@ -454,7 +483,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         help=f"HOST:PORT, [V6]:PORT, PORT (on 127.0.0.1) or unix:PATH; repeatable "
         f"(default {DEFAULT_LISTEN})",
     )
+    parser.add_argument(
+        "--assertion-jwks",
+        metavar="URL",
+        help="verify the gateway's signed identity assertion against this JWKS "
+        "(e.g. http://127.0.0.1:8080/.well-known/idgateway/jwks.json) and show the result",
+    )
+    parser.add_argument(
+        "--assertion-host", metavar="HOST", help="the Host header for fetching the JWKS"
+    )
+    parser.add_argument(
+        "--assertion-audience", metavar="NAME", default="app1", help="the expected aud (app1)"
+    )
     args = parser.parse_args(argv)
+    check = None
+    if args.assertion_jwks:
+        check = AssertionCheck(
+            args.assertion_jwks, audience=args.assertion_audience, host=args.assertion_host
+        )
 
     from twisted.internet import reactor
 
@@ -474,7 +520,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(str(error))
 
     _log_problems_to_stderr()
-    site = make_site()
+    site = make_site(check=check)
     exit_code = 0
 
     def listening(ports: list[IListeningPort]) -> None:

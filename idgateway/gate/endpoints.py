@@ -82,7 +82,7 @@ def dispatch(
     elif path == "/oauth2/userinfo":
         _run(userinfo(login, request, tls), request, "userinfo")
     elif path == "/oauth2/auth":
-        _run(auth_request(login, request, tls, state, runtime), request, "auth request")
+        _run(auth_request(login, request, tls, state, runtime, host), request, "auth request")
     elif path == "/oauth2/backchannel_logout":
         defer.ensureDeferred(backchannel_logout(login, request, state)).addErrback(
             _unexpected, request, "back-channel logout"
@@ -338,6 +338,7 @@ async def auth_request(
     tls: bool,
     state: GatewayView,
     runtime: RouteView,
+    host: bytes = b"",
 ) -> None:
     """For nginx auth_request and Traefik forwardAuth: 202 + identity, 401 or 403.
 
@@ -390,6 +391,19 @@ async def auth_request(
         # Tokens never go to the browser: a same-origin script (an XSS in the
         # app) can fetch this endpoint and read the answer's headers.
         headers = [(name, value) for name, value in headers if name.lower() not in _TOKEN_HEADERS]
+    if login.assertion is not None and _trusted_peer(request, state):
+        # The route's signed identity assertion, for the proxy that asks to pass on
+        # (auth_request_set); like tokens, never to others: a script could read it here.
+        headers.append(
+            login.assertion.session_header(
+                session,
+                host,
+                tls,
+                login.clock.seconds(),
+                email_claim=login.oidc.email_claim,
+                groups_claim=login.oidc.groups_claim,
+            )
+        )
     send_json(request, 202, {"user": session.user}, headers=headers)
 
 

@@ -13,37 +13,19 @@ from typing import Any
 
 import attrs
 
-from idgateway.config.model import HeaderSettings
-from idgateway.http.header_names import (
-    ALWAYS_STRIPPED,
-    FORWARDING_HEADERS,
-    REQUEST_HOP_BY_HOP,
-    header_key,
+from idgateway.config.identity_names import (
+    identity_header_names,
 )
+from idgateway.config.model import HeaderSettings
+from idgateway.http.header_names import header_key
 from idgateway.sessions.model import Session
 
 # mod_auth_openidc preset: the claims that become <claim_prefix><name> headers.
 _CLAIM_NAME = re.compile(r"[A-Za-z0-9_.-]+")
-# Headers no claim may become, whatever claim_prefix says (a prefix such as
-# "X-Forwarded-" and a claim named "For" must not forge the client address):
-# they frame the message, or carry what the gateway itself vouches for.
-_NEVER_FROM_A_CLAIM = (
-    REQUEST_HOP_BY_HOP
-    | FORWARDING_HEADERS
-    | ALWAYS_STRIPPED
-    | {b"x-request-id", b"x-forwarded-prefix", b"cookie", b"authorization"}
-)
 # Tokens are passed verbatim or not at all: RFC 6750's b64token and JWTs are
 # visible ASCII, so anything else is not a token to vouch for.
 _TOKEN = re.compile(r"[\x21-\x7e]+")
 
-OAUTH2_PROXY_HEADERS = (
-    "X-Forwarded-User",
-    "X-Forwarded-Email",
-    "X-Forwarded-Preferred-Username",
-    "X-Forwarded-Groups",
-    "X-Forwarded-Access-Token",
-)
 
 
 class ClaimEncoder:
@@ -123,42 +105,16 @@ class IdentityHeaders:
     def for_route(
         cls, settings: HeaderSettings, *, user_claim: str, email_claim: str, groups_claim: str
     ) -> IdentityHeaders:
-        # Both presets' headers are stripped whichever the route uses: an app
-        # migrated from mod_auth_openidc may still trust OIDC_CLAIM_* headers.
-        names: list[str] = [
-            "X-Auth-Request-User",
-            "X-Auth-Request-Email",
-            "X-Auth-Request-Groups",
-            "X-Auth-Request-Preferred-Username",
-            # oauth2-proxy's own: apps migrated from it may read them.
-            "X-Auth-Request-Access-Token",
-            "X-Auth-Request-Id-Token",
-            *OAUTH2_PROXY_HEADERS,
-            "OIDC_access_token",
-            "OIDC_id_token",
-            "X-Remote-User",
-            "Remote-User",
-            settings.remote_user_header,
-            *(header for header, _ in settings.mapping),
-        ]
-        prefixes = tuple(
-            {header_key(b"OIDC_CLAIM_"), header_key(settings.claim_prefix.encode("ascii"))}
-        )
-        if settings.pass_authorization_header:
-            names.append("Authorization")
-        reserved = _NEVER_FROM_A_CLAIM | {
-            header_key(name.encode("ascii"))
-            for name in (settings.remote_user_header, "OIDC_access_token", "OIDC_id_token")
-        }
+        names = identity_header_names(settings)
         return cls(
             settings=settings,
             user_claim=user_claim,
             email_claim=email_claim,
             groups_claim=groups_claim,
-            strip=frozenset(header_key(n.encode("ascii")) for n in names),
-            strip_prefixes=prefixes,
+            strip=names.strip,
+            strip_prefixes=names.strip_prefixes,
             encoder=ClaimEncoder(settings.list_delimiter),
-            reserved=frozenset(reserved),
+            reserved=names.reserved,
         )
 
     def headers_for(self, session: Session) -> list[tuple[bytes, bytes]]:

@@ -22,6 +22,7 @@ from twisted.python.failure import Failure
 
 from idgateway.config.model import AuthorizeRules, ProviderSettings, PublicPath, Route, RouteAuth
 from idgateway.gate.answers import origin, send_json, send_redirect, start_url
+from idgateway.gate.assertion import AssertionSigner
 from idgateway.gate.identity_headers import IdentityHeaders
 from idgateway.gate.logout_pages import send_signed_out
 from idgateway.gate.rules import (
@@ -217,6 +218,8 @@ class RouteLogin:
         self._admission: dict[
             int, tuple[Session, AuthorizeRules, str | None, list[tuple[bytes, bytes]]]
         ] = {}
+        # The route's identity assertion (set by the state builder); None: off.
+        self.assertion: AssertionSigner | None = None
 
     def rules_for(self, reading: PathReading) -> AuthorizeRules:
         """The longest path sub-route with its own rules wins, else the route's.
@@ -415,6 +418,16 @@ class RouteLogin:
             )
             return
         now = self.clock.seconds()
+        if self.assertion is not None:
+            identity = self.assertion.session_headers(
+                identity,
+                session,
+                visit.host,
+                visit.tls,
+                now,
+                email_claim=self.oidc.email_claim,
+                groups_claim=self.oidc.groups_claim,
+            )
         set_cookies: list[bytes] = []
         if reissue or now - session.last_seen > SLIDE_EVERY:
             session = attrs.evolve(session, last_seen=now)

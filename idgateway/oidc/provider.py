@@ -28,7 +28,11 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from idgateway.config.provider_urls import InsecureTransport, check_configured_url, check_endpoint
+from idgateway.config.provider_urls import (
+    InsecureTransport,
+    check_configured_url,
+    check_endpoint,
+)
 from idgateway.config.values import mask_credentials
 from idgateway.oidc.http import HTTPFailure, count_error, send
 

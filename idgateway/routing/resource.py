@@ -16,6 +16,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
 from idgateway.gate import endpoints
+from idgateway.gate.jwks import JWKS_PATH, send_jwks
 from idgateway.http.paths import AmbiguousPath, PathReading
 from idgateway.observe import access_log as observe
 from idgateway.proxy.headers import (
@@ -110,6 +111,11 @@ class GatewayResource(Resource):
             return self._redirect_to_https(request, host, runtime, reading)
         if (request.head_size or _header_bytes(request)) > route.max_header_size:
             return self._refuse(request, 431, "The request headers are too large.")
+        if JWKS_PATH in reading.matched:
+            # The gateway's own: no login, public path, sub-route or upstream may
+            # answer it in its place, under any reading of the path.
+            send_jwks(request, state.assertion_keys)
+            return NOT_DONE_YET
         body = request.body
         if body is not None and route.max_body_size is not None:
             if body.length is not None and body.length > route.max_body_size:

@@ -30,13 +30,15 @@ from idgateway.config.model import (
     Route,
     Upstream,
 )
+from idgateway.config.signing_keys import AssertionKeySet
+from idgateway.gate.assertion import AssertionSigner
 from idgateway.gate.identity_headers import IdentityHeaders
 from idgateway.gate.session_check import ProviderHandle, RouteLogin
 from idgateway.http.paths import PathJudge, PathPolicy, PathReading
 from idgateway.observe.metrics import METRICS, GatewayMetrics
 from idgateway.oidc.http import make_http_client
 from idgateway.oidc.provider import ProviderClient
-from idgateway.proxy.headers import TrustedProxies
+from idgateway.proxy.headers import TrustedProxies, header_key
 from idgateway.proxy.upstream import UpstreamPool
 from idgateway.proxy.websocket_limits import WebSocketSlots
 from idgateway.redis.client import RedisClient
@@ -64,6 +66,9 @@ class RouteRuntime:
     strip_prefixes: tuple[bytes, ...] = ()
     # The login gate; None for open routes.
     login: RouteLogin | None = None
+    # The route's identity-assertion signer (any gate that admits a request may
+    # use it: RouteLogin does for sessions); None when the route has no assertion.
+    assertion: AssertionSigner | None = None
     # Whether a cookie name is one of the gateway's (any route's): such cookies
     # are removed from every request sent upstream. None when no route logs in.
     own_cookie: Callable[[bytes], bool] | None = None
@@ -100,6 +105,8 @@ class GatewayState:
     revocation: RevocationList
     replay: ReplayCache
     redis_clients: dict[RedisSettings, RedisClient]
+    # The identity-assertion keys of this configuration (their JWKS is served as is).
+    assertion_keys: AssertionKeySet = AssertionKeySet()
 
     def runtime_for(self, route: Route) -> RouteRuntime:
         return self.runtimes[route.name]
@@ -213,6 +220,7 @@ class StateBuilder:
                 # Never closed by a reload while logout state depends on it.
                 redis_clients.setdefault(kept_settings, kept_client)
         runtimes: dict[str, RouteRuntime] = {}
+        assertion_keys = AssertionKeySet(config.assertion_keys)
         for route in config.routes:
             login = None
             identity = IdentityHeaders.for_route(
@@ -230,6 +238,19 @@ class StateBuilder:
                     self._revocation,
                 )
                 identity = login.identity
+            strip = identity.strip
+            signer = None
+            if route.assertion is not None:
+                # Whatever the client sends in it is dropped, on every route (see below).
+                strip = strip | {header_key(route.assertion.header.encode("ascii"))}
+                if assertion_keys.signing is not None:  # (config checks guarantee one)
+                    signer = AssertionSigner(
+                        route.assertion,
+                        assertion_keys.signing,
+                        audience=route.assertion.audience or route.name,
+                    )
+                if login is not None:
+                    login.assertion = signer
             runtimes[route.name] = RouteRuntime(
                 route=route,
                 default_pool=pool(route.upstream, route),
@@ -238,9 +259,10 @@ class StateBuilder:
                 paths=path_judge(route),
                 hsts_header=_hsts(route),
                 https_port_suffix=b"" if https_port in (None, 443) else b":%d" % https_port,
-                strip_headers=identity.strip,
+                strip_headers=strip,
                 strip_prefixes=identity.strip_prefixes,
                 login=login,
+                assertion=signer,
             )
         # Every route strips every identity header and every gateway cookie that
         # ANY route could set: routes may share an upstream or a cookie domain.
@@ -267,6 +289,7 @@ class StateBuilder:
             revocation=self._revocation,
             replay=self._replay,
             redis_clients=redis_clients,
+            assertion_keys=assertion_keys,
         )
 
     def provider_handle(self, settings: ProviderSettings) -> ProviderHandle:

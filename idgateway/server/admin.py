@@ -24,6 +24,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from idgateway.config.values import mask_credentials
+from idgateway.gate.jwks import JwksResource
 from idgateway.observe.metrics import METRICS, GatewayMetrics
 from idgateway.routing.state import StateHolder
 from idgateway.server.tls import certificate_expiry
@@ -207,6 +208,11 @@ async def status(holder: StateHolder, service: Any = None) -> dict[str, Any]:
         "providers": providers,
         "certificates": certificates,
         "session_stores": session_stores,
+        # Which key signs identity assertions now, and which are published (rollovers).
+        "assertion_keys": [
+            {"path": key.path, "kid": key.kid, "alg": key.alg, "signs": index == 0}
+            for index, key in enumerate(state.assertion_keys.keys)
+        ],
     }
 
 
@@ -249,6 +255,7 @@ def status_html(detail: dict[str, Any]) -> bytes:
         _table("Providers", detail["providers"]),
         _table("TLS certificates", detail["certificates"]),
         _table("Session stores", detail["session_stores"]),
+        _table("Assertion keys", detail.get("assertion_keys", [])),
         "</body></html>",
     ]
     return "".join(parts).encode()
@@ -342,6 +349,7 @@ def admin_site(
     root.putChild(b"readyz", _Ready(holder))
     root.putChild(b"metrics", _Metrics(metrics, getattr(service, "gather_metrics", None)))
     root.putChild(b"status", _Status(holder, service))
+    root.putChild(b".well-known", JwksResource(lambda: holder.current.assertion_keys))
     site = AdminSite(root, reactor=reactor)
     site.noisy = False
     return site

@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from idgateway.config.assertion import ASSERTION_FIELDS
 from idgateway.config.auth import (
     AUTHORIZE_FIELDS,
     FORWARD_AUTH_FIELDS,
@@ -42,6 +43,7 @@ from idgateway.config.load import (
     summarize,
 )
 from idgateway.config.model import Config
+from idgateway.config.signing_keys import generate_key_file
 from idgateway.routing.state import path_judge
 
 UTC = datetime.UTC
@@ -128,6 +130,7 @@ def certs(tmp_path: Path) -> Path:
     make_certificate(directory, "star.example", ("*.example.com", "example.com"))
     make_certificate(directory, "internal-ca", ("internal-ca",))
     make_certificate(directory, "wso2carbon", ("localhost",))
+    generate_key_file(str(directory / "assertion-2026.pem"))
     return directory
 
 
@@ -862,5 +865,6 @@ def test_the_example_file_in_etc_loads(tmp_path: Path, certs: Path) -> None:
     every_spec = (TOP_FIELDS, LISTENER_FIELDS, TLS_FIELDS, CERTIFICATE_FIELDS, ROUTE_FIELDS)
     every_spec += (PATH_FIELDS, HSTS_FIELDS, PROVIDER_FIELDS, OIDC_FIELDS, SESSION_FIELDS)
     every_spec += (HEADER_OPTION_FIELDS, AUTHORIZE_FIELDS, RELOAD_FIELDS, FORWARD_AUTH_FIELDS)
+    every_spec += (ASSERTION_FIELDS,)
     unused = [field.name for spec in every_spec for field in spec if f"{field.name}:" not in text]
     assert unused == []
