@@ -34,6 +34,7 @@ from idgateway.config_auth import (
     build_top_redis,
 )
 from idgateway.config_auth import workers as config_workers
+from idgateway.config_bearer import build_route_bearer, check_scopes_need_bearer
 from idgateway.model import (
     AuthorizeRules,
     CertificatePair,
@@ -234,15 +235,17 @@ def _build_route(
                 authorize=sub.values["authorize"],
             )
         )
-    if auth is None:
+    bearer = build_route_bearer(reader, found, providers, auth)
+    check_scopes_need_bearer(reader, found, subs)
+    if auth is None and bearer is None:
         for sub in subs:
             if sub.values["authorize"] is not None:
                 reader.problem(
                     sub.nodes["authorize"],
                     sub.child("authorize"),
-                    "'authorize' only applies on a route with an 'oidc' block",
+                    "'authorize' only applies on a route with an 'oidc' or 'bearer' block",
                 )
-    if len(reader.problems) > problems_before or auth is INVALID:
+    if len(reader.problems) > problems_before or auth is INVALID or bearer is INVALID:
         return INVALID
     hsts_max_age, hsts_include_subdomains = values["hsts"]
     same_names = {name: values[name] for name in _ROUTE_ATTRIBUTES if name in values}
@@ -253,6 +256,7 @@ def _build_route(
         hsts_max_age=hsts_max_age,
         hsts_include_subdomains=hsts_include_subdomains,
         auth=auth,
+        bearer=bearer,
     )
 
 
@@ -346,7 +350,12 @@ def _default(cls: type, name: str) -> Any:
 
 
 # Route fields whose YAML key is the model's attribute name are passed straight through.
-_ROUTE_ATTRIBUTES = {field.name for field in attrs.fields(Route)} - {"upstream", "paths", "auth"}
+_ROUTE_ATTRIBUTES = {field.name for field in attrs.fields(Route)} - {
+    "upstream",
+    "paths",
+    "auth",
+    "bearer",
+}
 _UPSTREAM = parsed(units.parse_upstream_url, f"an upstream URL ({units.UPSTREAM_FORMS})")
 _PAIR = "{cert: /etc/idgateway/app1.pem, key: /etc/idgateway/app1.key}"
 _ROUTE = "{name: app1, hosts: [app1.example.com], upstream: http://127.0.0.1:3000}"

@@ -13,6 +13,7 @@ import yaml
 from cryptography import x509
 
 from idgateway import units
+from idgateway.config_bearer import SCOPES_FIELD, bearer_field
 from idgateway.config_regex import compile_config_regex
 from idgateway.forwarding import (
     ALWAYS_STRIPPED,
@@ -1125,6 +1126,7 @@ AUTHORIZE_FIELDS = (
             Example: ``claims: {org_name: Super, department: "~ ^(eng|ops)$"}``
         """,
     ),
+    SCOPES_FIELD,
 )
 
 ROUTE_AUTH_FIELDS = (
@@ -1466,6 +1468,7 @@ ROUTE_AUTH_FIELDS = (
             gets them on proxied requests.
         """,
     ),
+    bearer_field(),
 )
 
 
@@ -1538,12 +1541,14 @@ def build_route_auth(
     oidc = values.get("oidc")
     names = ("session", "public_paths", "authorize", "forward_auth")
     if oidc is None:
+        # A bearer route without login still has rules and public paths.
+        bearer_only = "bearer" in found.nodes
         for name in names:
-            if name in found.nodes:
+            if name in found.nodes and not (bearer_only and name != "session"):
                 reader.problem(
                     found.nodes[name],
                     found.child(name),
-                    f"'{name}' only applies to a route with an 'oidc' block",
+                    f"'{name}' only applies to a route with an 'oidc' (or 'bearer') block",
                 )
         return None
     if oidc is INVALID or any(values.get(n) is INVALID for n in (*names, "headers")):

@@ -37,6 +37,8 @@ TITLES = {
     "routes[].headers": "``headers``: identity headers",
     "routes[].authorize": "``authorize``: who may pass",
     "routes[].forward_auth": "``forward_auth``: what the auth endpoint hands out",
+    "routes[].bearer": "``bearer``: access tokens for APIs",
+    "routes[].bearer.introspection": "``introspection``: checking opaque tokens",
 }
 # How a field's value holds its nested keys: a list of mappings, a mapping of
 # names to mappings, or one mapping.

@@ -55,6 +55,7 @@ from idgateway.sessions.redis_store import RedisSessionStore
 from idgateway.sessions.revocation import RevocationList
 
 if TYPE_CHECKING:
+    from idgateway.bearer import BearerGate
     from idgateway.proxy import GatewayResource
     from idgateway.request import GatewayRequest
     from idgateway.runtime import GatewayState, RouteRuntime
@@ -206,6 +207,9 @@ class RouteLogin:
         self._cookie_headers = CookieHeaderReader()
         # Bound once: a fresh bound method per request would empty that memo.
         self._is_own_cookie = self.is_own_cookie
+        # The route's token gate when it takes bearer tokens too (set by the
+        # runtime): requests that carry a token are its, not the session's.
+        self.bearer: BearerGate | None = None
         # id(session) -> (session, rules, authorization failure, identity headers).
         self._admission: dict[
             int, tuple[Session, AuthorizeRules, str | None, list[tuple[bytes, bytes]]]
@@ -248,6 +252,10 @@ class RouteLogin:
     ) -> None:
         reading: PathReading = request.idgw_reading
         path = reading.text
+        bearer = self.bearer
+        if bearer is not None and bearer.claims_request(request, path):
+            bearer.handle(resource, request, state, runtime, host)
+            return
         if path.startswith("/oauth2/") or path == self.redirect_path:
             # (Imported here: endpoints imports this module. Not above the
             # `if`: an import statement costs a microsecond on every request.)
@@ -464,6 +472,8 @@ class RouteLogin:
                 401,
                 {"error": "unauthenticated", "message": "Sign in first.", "login_url": login_url},
                 set_cookies=clear,
+                # A route that takes tokens too says how (RFC 6750, RFC 9728).
+                headers=[] if self.bearer is None else self.bearer.challenges(visit.host, tls),
             )
             return
         endpoints.begin_login(

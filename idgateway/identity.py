@@ -134,6 +134,9 @@ class IdentityHeaders:
             "X-Auth-Request-Access-Token",
             "X-Auth-Request-Id-Token",
             *OAUTH2_PROXY_HEADERS,
+            # Bearer routes name the token's client (idgateway.bearer).
+            "X-Forwarded-Client-Id",
+            "X-Auth-Request-Client-Id",
             "OIDC_access_token",
             "OIDC_id_token",
             "X-Remote-User",

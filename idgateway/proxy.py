@@ -106,7 +106,10 @@ class GatewayResource(Resource):
         request.idgw_route = route.name  # observe hook
         runtime = state.runtimes[route.name]
         if not host and (
-            request.clientproto != b"HTTP/1.0" or runtime.login is not None or route.https_redirect
+            request.clientproto != b"HTTP/1.0"
+            or runtime.login is not None
+            or runtime.bearer is not None
+            or route.https_redirect
         ):
             # No host to build a URL with (redirect_uri, https_redirect): an
             # HTTP/1.0 request without Host reaches only plain proxy routes.
@@ -137,6 +140,8 @@ class GatewayResource(Resource):
             body.limit = route.max_body_size
         if runtime.login is not None:
             runtime.login.handle(self, request, state, runtime, host)
+        elif runtime.bearer is not None:
+            runtime.bearer.handle(self, request, state, runtime, host)
         elif runtime.own_cookie is not None and request.requestHeaders.hasHeader(b"cookie"):
             # An open route beside login routes: their session cookies (a shared
             # cookie_domain) must not reach this upstream either.

@@ -22,6 +22,7 @@ from twisted.internet.endpoints import (
 from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
 from twisted.logger import Logger
 
+from idgateway.bearer import BearerGate
 from idgateway.forwarding import TrustedProxies
 from idgateway.gate import ProviderHandle, RouteLogin
 from idgateway.identity import IdentityHeaders
@@ -63,6 +64,9 @@ class RouteRuntime:
     strip_prefixes: tuple[bytes, ...] = ()
     # The login gate; None for open routes.
     login: RouteLogin | None = None
+    # The bearer-token gate (routes with ``bearer``); on routes with a login
+    # too, the login gate hands it the requests that carry a token.
+    bearer: BearerGate | None = None
     # Whether a cookie name is one of the gateway's (any route's): such cookies
     # are removed from every request sent upstream. None when no route logs in.
     own_cookie: Callable[[bytes], bool] | None = None
@@ -229,6 +233,11 @@ class StateBuilder:
                     self._revocation,
                 )
                 identity = login.identity
+            bearer = self.bearer_gate(route, login, by_name, redis_client, shared_client)
+            if bearer is not None:
+                identity = bearer.identity if login is None else identity
+                if login is not None:
+                    login.bearer = bearer
             runtimes[route.name] = RouteRuntime(
                 route=route,
                 default_pool=pool(route.upstream, route),
@@ -240,6 +249,7 @@ class StateBuilder:
                 strip_headers=identity.strip,
                 strip_prefixes=identity.strip_prefixes,
                 login=login,
+                bearer=bearer,
             )
         # Every route strips every identity header and every gateway cookie that
         # ANY route could set: routes may share an upstream or a cookie domain.
@@ -266,6 +276,35 @@ class StateBuilder:
             revocation=self._revocation,
             replay=self._replay,
             redis_clients=redis_clients,
+        )
+
+    def bearer_gate(
+        self,
+        route: Route,
+        login: RouteLogin | None,
+        by_name: dict[str, ProviderHandle],
+        redis_client: Callable[[RedisSettings], RedisClient],
+        shared_client: RedisClient | None,
+    ) -> BearerGate | None:
+        """The route's token gate: introspection answers shared through the Redis
+        of its sessions (sealed with their keys), DPoP proofs' jti remembered in
+        that Redis, else the shared one, else this process."""
+        if route.bearer is None:
+            return None
+        session_redis = (
+            route.auth.session.redis
+            if route.auth is not None and route.auth.session.store == "redis"
+            else None
+        )
+        redis = redis_client(session_redis) if session_redis is not None else None
+        return BearerGate(
+            route,
+            route.bearer,
+            by_name[route.bearer.settings.provider],
+            self.reactor,
+            redis=redis,
+            keyring=login.keyring if login is not None and redis is not None else None,
+            replay_redis=redis or shared_client,
         )
 
     def provider_handle(self, settings: ProviderSettings) -> ProviderHandle:

@@ -1,0 +1,801 @@
+"""The bearer-token gate of a route: APIs called with OAuth 2.0 access tokens.
+
+A request's token comes from its one ``Authorization: Bearer`` (or ``DPoP``)
+header, never from the query string or the body. A JWT access token is
+verified here (``idgateway.oidc.access_tokens``), an opaque one introspected
+(``idgateway.oidc.introspection``), a DPoP-bound one needs its proof
+(``idgateway.oidc.dpop``); then the route's rules (``scopes`` and the others)
+apply, and the identity headers are built from the token as from a session.
+
+The hot path of a token seen before (a JWT verified, an opaque token's cached
+answer) is a SHA-256 and two dictionary lookups: no RSA, no provider call, no
+Deferred. Refusals follow RFC 6750 and RFC 9449: ``401`` with a
+``WWW-Authenticate`` challenge (``Bearer`` and/or ``DPoP``), ``403
+insufficient_scope`` naming the scopes. A token is never logged; a short
+prefix of its SHA-256 is, to correlate.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import re
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from idgateway.access import authorization_failure, compile_public_paths, is_public
+from idgateway.identity import IdentityHeaders
+from idgateway.model import AuthorizeRules, BearerAuth, PublicPath, Route
+from idgateway.oidc.access_tokens import (
+    AccessToken,
+    JWTAccessTokens,
+    ath_of,
+    looks_like_jwt,
+    token_digest,
+)
+from idgateway.oidc.dpop import DPoPError, check_proof
+from idgateway.oidc.introspection import Introspection, IntrospectionUnavailable
+from idgateway.oidc.provider import ASYMMETRIC_ALGORITHMS
+from idgateway.oidc.tokens import PROVIDER_UNAVAILABLE, TokenError
+from idgateway.paths import AmbiguousPath, PathReading, fold_case, no_fold
+from idgateway.routing import normalised_host_header
+from idgateway.sessions.cookie import strip_cookies
+from idgateway.sessions.keys import KeyRing
+from idgateway.sessions.model import Session
+from idgateway.sessions.redis_client import RedisClient
+from idgateway.sessions.revocation import ReplayCache
+
+if TYPE_CHECKING:
+    from idgateway.gate import ProviderHandle
+    from idgateway.proxy import GatewayResource
+    from idgateway.request import GatewayRequest
+    from idgateway.runtime import GatewayState, RouteRuntime
+
+# RFC 9728: where a protected resource publishes its metadata.
+WELL_KNOWN_RESOURCE = "/.well-known/oauth-protected-resource"
+# An Authorization header longer than this is refused before it is parsed.
+MAX_AUTHORIZATION = 16 * 1024
+# RFC 6750 2.1: b64token.
+_B64TOKEN = re.compile(rb"[A-Za-z0-9\-._~+/]+=*")
+# What a quoted-string in a challenge may hold (RFC 6750 3: error_description).
+_UNQUOTABLE = re.compile(r"[^\x20\x21\x23-\x5b\x5d-\x7e]")
+# Seconds a client should wait when the provider could not be asked.
+RETRY_AFTER = b"10"
+# How old a DPoP proof may be, at least (the route's leeway, if longer).
+DPOP_MIN_AGE = 10.0
+# How many tokens' verdicts and identity headers are kept.
+ADMISSION_MEMO_MAX = 4096
+# A request without cookies.
+_NO_COOKIE = True
+
+_log = Logger(namespace="idgateway.bearer")
+
+
+class Refusal(Exception):
+    """Why a token request is refused, as its answer will say it."""
+
+    def __init__(
+        self,
+        status: int,
+        error: str | None,
+        description: str,
+        *,
+        scope: str | None = None,
+        dpop: bool = False,
+        reason: str = "",
+    ) -> None:
+        super().__init__(description)
+        self.status = status
+        self.error = error
+        self.description = description
+        self.scope = scope
+        # The error is about DPoP (goes on the DPoP challenge).
+        self.dpop = dpop
+        # A short code for the log.
+        self.reason = reason or (error or "no_token")
+
+
+NO_TOKEN = Refusal(401, None, "An access token is required.")
+
+
+def read_authorization(request: GatewayRequest) -> tuple[str, str] | None:
+    """(scheme, token) of the request's Bearer or DPoP credentials; None if it has
+    none (no Authorization header, or another scheme); Refusal if they are unusable.
+
+    Exactly one Authorization header: two are refused, not one of them believed
+    (a proxy in front may add its own). Over MAX_AUTHORIZATION bytes: refused
+    without parsing.
+    """
+    values = request.requestHeaders.getRawHeaders(b"authorization")
+    if not values:
+        return None
+    if len(values) > 1:
+        raise Refusal(
+            401, "invalid_request", "Send exactly one Authorization header.", reason="duplicate"
+        )
+    value = values[0]
+    if len(value) > MAX_AUTHORIZATION:
+        raise Refusal(401, "invalid_token", "The access token is too long.", reason="oversized")
+    scheme, _, token = value.strip(b" \t").partition(b" ")
+    scheme = scheme.lower()
+    if scheme == b"bearer":
+        kind = "bearer"
+    elif scheme == b"dpop":
+        kind = "dpop"
+    else:
+        return None
+    token = token.strip(b" \t")
+    if not _B64TOKEN.fullmatch(token):
+        raise Refusal(401, "invalid_token", "The access token is malformed.", reason="malformed")
+    return kind, token.decode("ascii")
+
+
+def has_token(request: GatewayRequest) -> bool:
+    """Whether the request tries to authenticate with a token (Bearer or DPoP),
+    well-formed or not: such a request is judged by its token, never by a cookie."""
+    values = request.requestHeaders.getRawHeaders(b"authorization")
+    if not values:
+        return False
+    if len(values) > 1:
+        return True
+    scheme = values[0].lstrip(b" \t")[:6].lower()
+    return scheme.startswith((b"bearer", b"dpop"))
+
+
+def _quoted(text: str) -> str:
+    return _UNQUOTABLE.sub("?", text)[:300]
+
+
+def _default_port(scheme: str) -> bytes:
+    return b":443" if scheme == "https" else b":80"
+
+
+class BearerGate:
+    """Everything one route needs to judge requests by their access tokens."""
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        route: Route,
+        bearer: BearerAuth,
+        provider: ProviderHandle,
+        clock: IReactorTime,
+        *,
+        redis: RedisClient | None = None,
+        keyring: KeyRing | None = None,
+        replay_redis: RedisClient | None = None,
+    ) -> None:
+        self.route = route
+        self.bearer = bearer
+        self.settings = settings = bearer.settings
+        self.provider = provider
+        self.clock = clock
+        self.identity = IdentityHeaders.for_route(
+            bearer.headers,
+            user_claim=bearer.user_claim,
+            email_claim=bearer.email_claim,
+            groups_claim=bearer.groups_claim,
+        )
+        self.fold = fold_case if route.case_insensitive_paths else no_fold
+        self.public = compile_public_paths(
+            [_folded(p) for p in bearer.public_paths]
+            if route.case_insensitive_paths
+            else bearer.public_paths
+        )
+        self.jwt = (
+            JWTAccessTokens(provider.client, settings, clock, user_claim=bearer.user_claim)
+            if "jwt" in settings.tokens
+            else None
+        )
+        self.introspection = (
+            Introspection(
+                provider.client,
+                provider.http,
+                settings,
+                settings.introspection,
+                clock,
+                route=route.name,
+                user_claim=bearer.user_claim,
+                redis=redis,
+                keyring=keyring,
+            )
+            if "opaque" in settings.tokens and settings.introspection is not None
+            else None
+        )
+        self.dpop = settings.dpop
+        self.dpop_max_age = max(DPOP_MIN_AGE, settings.leeway)
+        self.replay = ReplayCache(clock, replay_redis, leeway=settings.leeway)
+        self.realm = _quoted(settings.realm or route.name)
+        self.scopes_supported = _all_scopes(bearer.authorize, route)
+        # id(token) -> (token, rules, missing scopes, other failure, identity headers)
+        self._admission: dict[
+            int,
+            tuple[AccessToken, AuthorizeRules, bool, str | None, list[tuple[bytes, bytes]]],
+        ] = {}
+
+    # -- which requests, which rules ------------------------------------------------
+
+    def claims_request(self, request: GatewayRequest, path: str) -> bool:
+        """On a route with a login too: whether this request is the token gate's
+        (the metadata document, or a request that carries a token)."""
+        if path == WELL_KNOWN_RESOURCE:
+            return True
+        if path.startswith("/oauth2/") and path != "/oauth2/auth":
+            return False
+        return has_token(request)
+
+    def rules_for(self, reading: PathReading) -> AuthorizeRules:
+        if reading.rules_route is not None:
+            rules = self.route.paths[reading.rules_route].authorize
+            assert rules is not None
+            return rules
+        return self.bearer.authorize
+
+    def is_public(self, method: bytes, reading: PathReading) -> bool:
+        for text in reading.matched:
+            if not is_public(self.public, method, text):
+                return False
+        return True
+
+    # -- the request path -------------------------------------------------------------
+
+    def handle(
+        self,
+        resource: GatewayResource,
+        request: GatewayRequest,
+        state: GatewayState,
+        runtime: RouteRuntime,
+        host: bytes,
+    ) -> None:
+        from idgateway.gate import secure_origin
+
+        reading: PathReading = request.idgw_reading
+        path = reading.text
+        tls = secure_origin(resource, request, state)
+        if path == WELL_KNOWN_RESOURCE:
+            self.send_metadata(request, host, tls)
+            return
+        if path == "/oauth2/auth":
+            asked = defer.ensureDeferred(self.auth_request(request, state, runtime, host, tls))
+            asked.addErrback(self._failed, request)
+            return
+        if path.startswith("/oauth2/") and runtime.login is None:
+            _send_json(request, 404, {"error": "not_found", "message": "No such gateway endpoint."})
+            return
+        cookie: bytes | None | bool = True
+        if runtime.own_cookie is not None and request.requestHeaders.hasHeader(b"cookie"):
+            cookies = request.requestHeaders.getRawHeaders(b"cookie", [])
+            cookie = strip_cookies(cookies, runtime.own_cookie)
+        if self.is_public(request.method, reading):
+            resource.forward(request, state, runtime, host, cookie=cookie)
+            return
+        try:
+            credentials = read_authorization(request)
+        except Refusal as refusal:
+            self.refuse(request, host, tls, refusal)
+            return
+        if credentials is None:
+            self.refuse(request, host, tls, NO_TOKEN)
+            return
+        scheme, token = credentials
+        digest = token_digest(token)
+        known = self._known(digest) if scheme == "bearer" else None
+        if known is not None and known.jkt is None and self.dpop != "required":
+            self.admit(resource, request, state, runtime, host, tls, known, token, cookie, reading)
+            return
+        d: defer.Deferred[AccessToken] = defer.ensureDeferred(
+            self.authenticate(
+                request, scheme, token, digest, request.method, reading, runtime, host, tls
+            )
+        )
+        d.addCallbacks(
+            lambda verified: self.admit(
+                resource, request, state, runtime, host, tls, verified, token, cookie, reading
+            ),
+            self._refused,
+            errbackArgs=(request, host, tls, digest),
+        )
+        d.addErrback(self._failed, request)
+
+    def _known(self, digest: bytes) -> AccessToken | None:
+        """A token verified (JWT) or found active (opaque) before: the hot path."""
+        if self.jwt is not None:
+            known = self.jwt.remembered(digest)
+            if known is not None:
+                return known
+        if self.introspection is not None:
+            found, answer = self.introspection.cached(digest)
+            if found:
+                return answer
+        return None
+
+    async def authenticate(
+        self,
+        request: GatewayRequest,
+        scheme: str,
+        token: str,
+        digest: bytes,
+        method: bytes,
+        reading: PathReading,
+        runtime: RouteRuntime,
+        host: bytes,
+        tls: bool,
+    ) -> AccessToken:
+        """The verified token, bound to this request's DPoP proof where it must be;
+        Refusal otherwise."""
+        verified = await self.validate(token, digest)
+        if scheme == "dpop":
+            await self._check_dpop(request, verified, digest, method, reading, runtime, host, tls)
+        elif verified.jkt is not None:
+            raise Refusal(
+                401,
+                "invalid_token",
+                "This access token is DPoP-bound: send it with the DPoP scheme and a proof.",
+                dpop=self.dpop != "off",
+                reason="dpop_bound_as_bearer",
+            )
+        elif self.dpop == "required":
+            raise Refusal(
+                401,
+                "invalid_token",
+                "This API accepts DPoP-bound access tokens only.",
+                dpop=True,
+                reason="dpop_required",
+            )
+        return verified
+
+    async def validate(self, token: str, digest: bytes) -> AccessToken:
+        """The token's verdict: a JWT verified here, an opaque one introspected."""
+        if looks_like_jwt(token) and self.jwt is not None:
+            known = self.jwt.remembered(digest)
+            if known is not None:
+                return known
+            try:
+                return await self.jwt.verify(token, digest)
+            except TokenError as error:
+                if error.reason == PROVIDER_UNAVAILABLE:
+                    raise Refusal(
+                        503, None, "The identity provider cannot be reached.", reason=error.reason
+                    ) from None
+                raise Refusal(
+                    401,
+                    "invalid_token",
+                    f"The access token is invalid: {error.message}.",
+                    reason=error.reason,
+                ) from None
+        if self.introspection is not None:
+            try:
+                answer = await self.introspection.check(token, digest)
+            except IntrospectionUnavailable as why:
+                self._log.warn(
+                    "route {route}: introspection unavailable: {why}",
+                    route=self.route.name,
+                    why=str(why),
+                )
+                raise Refusal(
+                    503,
+                    None,
+                    "The identity provider cannot check the access token now.",
+                    reason="introspection_unavailable",
+                ) from None
+            if answer is None:
+                raise Refusal(
+                    401,
+                    "invalid_token",
+                    "The access token is not active, or not valid for this API.",
+                    reason="inactive",
+                )
+            return answer
+        raise Refusal(401, "invalid_token", "The access token is not a JWT.", reason="not_a_jwt")
+
+    async def _check_dpop(
+        self,
+        request: GatewayRequest,
+        verified: AccessToken,
+        digest: bytes,
+        method: bytes,
+        reading: PathReading,
+        runtime: RouteRuntime,
+        host: bytes,
+        tls: bool,
+    ) -> None:
+        if self.dpop == "off":
+            raise Refusal(401, "invalid_token", "This API does not accept DPoP.", reason="dpop_off")
+        proofs = request.requestHeaders.getRawHeaders(b"dpop") or []
+        if len(proofs) != 1:
+            raise Refusal(
+                401,
+                "invalid_dpop_proof",
+                "Send exactly one DPoP proof header.",
+                dpop=True,
+                reason="dpop_proof_count",
+            )
+        try:
+            proof = proofs[0].decode("ascii")
+        except UnicodeDecodeError:
+            raise Refusal(
+                401, "invalid_dpop_proof", "The DPoP proof is malformed.", dpop=True
+            ) from None
+        scheme = "https" if tls else "http"
+        try:
+            jkt, jti, iat = check_proof(
+                proof,
+                method=method.decode("latin-1"),
+                htu_matches=self._htu_matcher(scheme, host, reading, runtime),
+                ath=ath_of(digest),
+                now=self.clock.seconds(),
+                max_age=self.dpop_max_age,
+                leeway=self.settings.leeway,
+            )
+        except DPoPError as error:
+            raise Refusal(401, "invalid_dpop_proof", str(error) + ".", dpop=True) from None
+        if verified.jkt is None or not hmac.compare_digest(verified.jkt, jkt):
+            raise Refusal(
+                401,
+                "invalid_token",
+                "The access token is not bound to the DPoP proof's key.",
+                dpop=True,
+                reason="dpop_key_mismatch",
+            )
+        first = await self.replay.first_use(
+            f"dpop\x00{self.route.name}\x00{jkt}", jti, iat + self.dpop_max_age
+        )
+        if not first:
+            raise Refusal(
+                401,
+                "invalid_dpop_proof",
+                "The DPoP proof was used before.",
+                dpop=True,
+                reason="dpop_replay",
+            )
+
+    def _htu_matcher(
+        self, scheme: str, host: bytes, reading: PathReading, runtime: RouteRuntime
+    ) -> Callable[[str], bool]:
+        """Whether a proof's htu names this request: same scheme and host (default
+        port or not), and a path whose canonical reading is this request's."""
+        own_host = (
+            host[: -len(_default_port(scheme))] if host.endswith(_default_port(scheme)) else host
+        )
+
+        def matches(htu: str) -> bool:
+            try:
+                parts = urlsplit(htu)
+                netloc = parts.netloc.encode("ascii")
+            except (ValueError, UnicodeEncodeError):
+                return False
+            if parts.scheme.lower() != scheme or b"@" in netloc:
+                return False
+            their = normalised_host_header(netloc)
+            if their is None:
+                return False
+            if their.endswith(_default_port(scheme)):
+                their = their[: -len(_default_port(scheme))]
+            if their != own_host:
+                return False
+            try:
+                path = parts.path.encode("ascii") or b"/"
+                their_reading = runtime.paths.read(path)
+            except (AmbiguousPath, UnicodeEncodeError):
+                return False
+            return their_reading.canonical == reading.canonical
+
+        return matches
+
+    # -- answers ------------------------------------------------------------------------
+
+    def admit(
+        self,
+        resource: GatewayResource,
+        request: GatewayRequest,
+        state: GatewayState,
+        runtime: RouteRuntime,
+        host: bytes,
+        tls: bool,
+        verified: AccessToken,
+        token: str,
+        cookie: bytes | None | bool,
+        reading: PathReading,
+    ) -> None:
+        if request.finished or request.client_gone:
+            return
+        request.idgw_user = verified.user  # observe hook: the access log's user
+        rules = self.rules_for(reading)
+        missing, failure, identity = self.verdict(verified, rules, token)
+        if missing:
+            self.refuse(
+                request,
+                host,
+                tls,
+                Refusal(
+                    403,
+                    "insufficient_scope",
+                    "The access token lacks a scope this resource needs.",
+                    scope=" ".join(rules.scopes),
+                ),
+            )
+            return
+        if failure is not None:
+            self._log.info(
+                "route {route}: {user} refused: {why}",
+                route=self.route.name,
+                user=verified.user,
+                why=failure,
+            )
+            _send_json(request, 403, {"error": "forbidden", "message": "Not allowed."})
+            return
+        resource.forward(request, state, runtime, host, cookie=cookie, identity=identity)
+
+    def verdict(
+        self, verified: AccessToken, rules: AuthorizeRules, token: str
+    ) -> tuple[bool, str | None, list[tuple[bytes, bytes]]]:
+        """(scopes missing, other rule failure, identity headers): once per token and rules."""
+        memo = self._admission.get(id(verified))
+        if memo is not None and memo[0] is verified and memo[1] is rules:
+            return memo[2], memo[3], memo[4]
+        missing = any(scope not in verified.scopes for scope in rules.scopes)
+        failure = authorization_failure(
+            rules,
+            verified.claims,
+            email_claim=self.bearer.email_claim,
+            groups_claim=self.bearer.groups_claim,
+        )
+        identity = self.identity_headers(verified, token)
+        if len(self._admission) >= ADMISSION_MEMO_MAX:
+            self._admission.clear()
+        self._admission[id(verified)] = (verified, rules, missing, failure, identity)
+        return missing, failure, identity
+
+    def _as_session(self, verified: AccessToken, token: str) -> Session:
+        sub = verified.claims.get("sub")
+        return Session(
+            id="",
+            route=self.route.name,
+            sub=sub if isinstance(sub, str) else verified.user,
+            user=verified.user,
+            claims=verified.claims,
+            created_at=0.0,
+            last_seen=0.0,
+            access_token=token,
+        )
+
+    def identity_headers(self, verified: AccessToken, token: str) -> list[tuple[bytes, bytes]]:
+        """The route's identity headers for this token, and the client's id
+        (oauth2-proxy preset: X-Forwarded-Client-Id; mod_auth_openidc:
+        OIDC_CLAIM_client_id, from the token's client_id claim)."""
+        headers = self.identity.headers_for(self._as_session(verified, token))
+        if verified.client_id is not None and self.identity.settings.preset == "oauth2-proxy":
+            encoded = self.identity.encoder.value(verified.client_id)
+            if encoded is not None:
+                headers.append((b"X-Forwarded-Client-Id", encoded))
+        return headers
+
+    def challenges(
+        self, host: bytes, tls: bool, refusal: Refusal = NO_TOKEN
+    ) -> list[tuple[bytes, bytes]]:
+        """WWW-Authenticate values: Bearer (unless DPoP is required) and DPoP (unless off)."""
+        metadata_url = (
+            f"{'https' if tls else 'http'}://{host.decode('latin-1')}{WELL_KNOWN_RESOURCE}"
+        )
+        common = [f'realm="{self.realm}"']
+        errors: list[str] = []
+        if refusal.error is not None:
+            errors.append(f'error="{refusal.error}"')
+            errors.append(f'error_description="{_quoted(refusal.description)}"')
+        if refusal.scope is not None:
+            errors.append(f'scope="{_quoted(refusal.scope)}"')
+        out: list[tuple[bytes, bytes]] = []
+        if self.dpop != "required":
+            params = common + ([] if refusal.dpop and self.dpop != "off" else errors)
+            params.append(f'resource_metadata="{metadata_url}"')
+            out.append((b"WWW-Authenticate", ("Bearer " + ", ".join(params)).encode("ascii")))
+        if self.dpop != "off":
+            algs = " ".join(sorted(ASYMMETRIC_ALGORITHMS))
+            params = [*common, f'algs="{algs}"']
+            if refusal.dpop or self.dpop == "required":
+                params += errors
+            out.append((b"WWW-Authenticate", ("DPoP " + ", ".join(params)).encode("ascii")))
+        return out
+
+    def refuse(self, request: GatewayRequest, host: bytes, tls: bool, refusal: Refusal) -> None:
+        if request.finished or request.client_gone:
+            return
+        if refusal.status == 503:
+            _send_json(
+                request,
+                503,
+                {"error": "temporarily_unavailable", "message": refusal.description},
+                headers=[(b"Retry-After", RETRY_AFTER)],
+            )
+            return
+        body: dict[str, Any] = {"error": refusal.error or "unauthenticated"}
+        body["message"] = refusal.description
+        if refusal.scope is not None:
+            body["scope"] = refusal.scope
+        _send_json(request, refusal.status, body, headers=self.challenges(host, tls, refusal))
+
+    def _refused(
+        self, failure: Failure, request: GatewayRequest, host: bytes, tls: bool, digest: bytes
+    ) -> None:
+        failure.trap(Refusal)
+        refusal = failure.value
+        assert isinstance(refusal, Refusal)
+        self._log.info(
+            "route {route}: token {token} refused ({reason}) [{request_id}]",
+            route=self.route.name,
+            token=digest.hex()[:12],
+            reason=refusal.reason,
+            request_id=request.request_id.decode(),
+        )
+        self.refuse(request, host, tls, refusal)
+
+    def _failed(self, failure: Failure, request: GatewayRequest) -> None:
+        self._log.failure(
+            "route {route}: unexpected error judging a token [{request_id}]",
+            failure,
+            route=self.route.name,
+            request_id=request.request_id.decode(),
+        )
+        if not request.finished and not request.client_gone:
+            _send_json(request, 500, {"error": "server_error", "message": "Gateway error."})
+
+    # -- /.well-known/oauth-protected-resource and /oauth2/auth ----------------------------
+
+    def metadata_document(self, host: bytes, tls: bool) -> dict[str, Any] | None:
+        """RFC 9728 protected-resource metadata; None while the issuer is unknown."""
+        client = self.provider.client
+        issuer = client.metadata.issuer if client.metadata is not None else None
+        issuer = issuer or self.provider.settings.issuer
+        if issuer is None:
+            return None
+        document: dict[str, Any] = {
+            "resource": f"{'https' if tls else 'http'}://{host.decode('latin-1')}",
+            "authorization_servers": [issuer],
+            "scopes_supported": list(self.scopes_supported),
+            "bearer_methods_supported": ["header"],
+            "resource_name": self.route.name,
+        }
+        if self.dpop != "off":
+            document["dpop_signing_alg_values_supported"] = sorted(ASYMMETRIC_ALGORITHMS)
+        if self.dpop == "required":
+            document["dpop_bound_access_tokens_required"] = True
+        return document
+
+    def send_metadata(self, request: GatewayRequest, host: bytes, tls: bool) -> None:
+        if request.method not in (b"GET", b"HEAD"):
+            _send_json(
+                request,
+                405,
+                {"error": "method_not_allowed", "message": "Use GET."},
+                headers=[(b"Allow", b"GET, HEAD")],
+            )
+            return
+        document = self.metadata_document(host, tls)
+        if document is None:
+            _send_json(
+                request,
+                503,
+                {"error": "temporarily_unavailable", "message": "The provider is not ready."},
+                headers=[(b"Retry-After", RETRY_AFTER)],
+            )
+            return
+        _send_json(request, 200, document, cache=b"public, max-age=300")
+
+    async def auth_request(
+        self,
+        request: GatewayRequest,
+        state: GatewayState,
+        runtime: RouteRuntime,
+        host: bytes,
+        tls: bool,
+    ) -> None:
+        """/oauth2/auth with a token (nginx auth_request): 202 and the identity
+        headers, or the 401/403 a proxied request would get."""
+        from idgateway import endpoints
+
+        try:
+            forwarded = endpoints._forwarded_request(request, state)
+        except endpoints.AmbiguousForward as why:
+            _send_json(request, 400, {"error": "ambiguous_forward", "message": str(why)})
+            return
+        method, raw_path = forwarded if forwarded is not None else (request.method, request.path)
+        try:
+            reading = runtime.paths.read(raw_path)
+        except AmbiguousPath as why:
+            _send_json(
+                request,
+                400,
+                {"error": "ambiguous_path", "message": f"The original path is ambiguous: {why}."},
+            )
+            return
+        if forwarded is not None and self.is_public(method, reading):
+            _send_json(request, 202, {"public": True})
+            return
+        try:
+            credentials = read_authorization(request)
+            if credentials is None:
+                raise NO_TOKEN
+            scheme, token = credentials
+            digest = token_digest(token)
+            verified = await self.authenticate(
+                request, scheme, token, digest, method, reading, runtime, host, tls
+            )
+        except Refusal as refusal:
+            self.refuse(request, host, tls, refusal)
+            return
+        if request.finished or request.client_gone:
+            return
+        rules = self.rules_for(reading)
+        missing, failure, _ = self.verdict(verified, rules, token)
+        if missing:
+            self.refuse(
+                request,
+                host,
+                tls,
+                Refusal(
+                    403,
+                    "insufficient_scope",
+                    "The access token lacks a scope this resource needs.",
+                    scope=" ".join(rules.scopes),
+                ),
+            )
+            return
+        if failure is not None:
+            _send_json(request, 403, {"error": "forbidden"})
+            return
+        session = self._as_session(verified, token)
+        headers = self.identity.auth_request_headers(session)
+        if verified.client_id is not None:
+            encoded = self.identity.encoder.value(verified.client_id)
+            if encoded is not None:
+                headers.append((b"X-Auth-Request-Client-Id", encoded))
+        if not (self.bearer.forward_auth.pass_tokens and endpoints._trusted_peer(request, state)):
+            headers = [
+                (name, value)
+                for name, value in headers
+                if name.lower() not in endpoints._TOKEN_HEADERS
+            ]
+        _send_json(request, 202, {"user": verified.user}, headers=headers)
+
+
+def _send_json(
+    request: GatewayRequest,
+    status: int,
+    payload: dict[str, Any],
+    *,
+    headers: Sequence[tuple[bytes, bytes]] = (),
+    cache: bytes = b"no-store",
+) -> None:
+    body = json.dumps(payload).encode()
+    request.setResponseCode(status)
+    out = request.responseHeaders
+    out.setRawHeaders(b"content-type", [b"application/json"])
+    out.setRawHeaders(b"content-length", [b"%d" % len(body)])
+    out.setRawHeaders(b"cache-control", [cache])
+    for name, value in headers:
+        out.addRawHeader(name, value)
+    request.end_response_early()
+    if request.method != b"HEAD":
+        request.write(body)
+    request.finish()
+
+
+def _all_scopes(rules: AuthorizeRules, route: Route) -> tuple[str, ...]:
+    scopes = set(rules.scopes)
+    for sub in route.paths:
+        if sub.authorize is not None:
+            scopes.update(sub.authorize.scopes)
+    return tuple(sorted(scopes))
+
+
+def _folded(public: PublicPath) -> PublicPath:
+    from idgateway.gate import _folded as folded
+
+    return folded(public)
