@@ -65,6 +65,9 @@ MAX_AUTHORIZATION = 16 * 1024
 _B64TOKEN = re.compile(rb"[A-Za-z0-9\-._~+/]+=*")
 # What a quoted-string in a challenge may hold (RFC 6750 3: error_description).
 _UNQUOTABLE = re.compile(r"[^\x20\x21\x23-\x5b\x5d-\x7e]")
+# Opaque tokens are short (WSO2's are UUIDs): a longer one is not sent to the
+# provider, so a client cannot make the gateway post kilobytes per made-up token.
+MAX_OPAQUE_TOKEN = 4096
 # Seconds a client should wait when the provider could not be asked.
 RETRY_AFTER = b"10"
 # How old a DPoP proof may be, at least (the route's leeway, if longer).
@@ -205,6 +208,7 @@ class BearerGate:
                 user_claim=bearer.user_claim,
                 redis=redis,
                 keyring=keyring,
+                timeout=settings.introspection.timeout,
             )
             if "opaque" in settings.tokens and settings.introspection is not None
             else None
@@ -371,6 +375,10 @@ class BearerGate:
                     reason=error.reason,
                 ) from None
         if self.introspection is not None:
+            if len(token) > MAX_OPAQUE_TOKEN:
+                raise Refusal(
+                    401, "invalid_token", "The access token is too long.", reason="oversized"
+                )
             try:
                 answer = await self.introspection.check(token, digest)
             except IntrospectionUnavailable as why:

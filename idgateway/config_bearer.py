@@ -9,6 +9,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
+import yaml
+
 from idgateway.model import (
     BearerAuth,
     BearerSettings,
@@ -72,6 +74,19 @@ def _realm(value: str) -> str:
     if not _REALM.match(value):
         raise ValueError('must be 1 to 200 printable ASCII characters without " or \\, e.g. orders')
     return value
+
+
+_DPOP_TEXT = parsed(_dpop, "off, optional or required")
+
+
+def _dpop_mode(reader: Reader, node: Any, key: str) -> Any:
+    """``off``, ``optional`` or ``required``; YAML 1.1 reads a bare ``off`` (and
+    ``false``) as a boolean, which means ``off`` here."""
+    if isinstance(node, yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:bool":
+        value = reader.value(node, key)
+        if value is False:
+            return "off"
+    return _DPOP_TEXT(reader, node, key)
 
 
 SCOPES = list_of(parsed(_scope, "an OAuth scope"), "a list of scopes, e.g. [orders:read]")
@@ -147,6 +162,18 @@ INTROSPECTION_FIELDS = (
             Example: ``negative_cache: 30s``
         """,
     ),
+    Field(
+        "timeout",
+        duration(),
+        default=10.0,
+        type_text="duration > 0",
+        default_text="default ``10s``",
+        description=r"""
+            The longest wait for the provider's answer. A request whose token has
+            no cached answer then gets ``503`` with ``Retry-After`` (never a pass).
+            Example: ``timeout: 3s``
+        """,
+    ),
 )
 
 BEARER_FIELDS = (
@@ -220,7 +247,7 @@ BEARER_FIELDS = (
     ),
     Field(
         "dpop",
-        parsed(_dpop, "off, optional or required"),
+        _dpop_mode,
         default="off",
         type_text="``off``, ``optional`` or ``required``",
         default_text="default ``off``",

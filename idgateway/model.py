@@ -357,6 +357,8 @@ class IntrospectionSettings:
     cache: float = 300.0
     # How long an "inactive" answer is reused.
     negative_cache: float = 10.0
+    # Longest wait for the provider's answer.
+    timeout: float = 10.0
 
 
 @attrs.frozen
