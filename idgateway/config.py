@@ -559,8 +559,8 @@ PATH_FIELDS = (
         default_text="optional",
         fields=AUTHORIZE_FIELDS,
         description=r"""
-            Only on a route with login: the rules for this path instead of the route's,
-            with the keys of ```authorize``: who may pass`_.
+            Only on a route with login or ``bearer``: the rules for this path instead of
+            the route's, with the keys of ```authorize``: who may pass`_.
         """,
     ),
 )
