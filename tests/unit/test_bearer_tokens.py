@@ -485,3 +485,61 @@ def test_the_hash_is_the_key_never_the_token() -> None:
     assert token_digest("abc") == hashlib.sha256(b"abc").digest()
     assert ath_of(token_digest(TOKEN)) == b64url(hashlib.sha256(TOKEN.encode()).digest())
     assert time.time() > 0
+
+
+class FakeRedis:
+    """GET and SET PX of a Redis, in memory (what the introspection cache uses)."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, bytes] = {}
+        self.ttls: dict[str, int | None] = {}
+
+    async def get(self, key: str) -> bytes | None:
+        return self.data.get(key)
+
+    async def set(
+        self, key: str, value: str | bytes, px: int | None = None, nx: bool = False
+    ) -> bool:
+        self.data[key] = value.encode() if isinstance(value, str) else value
+        self.ttls[key] = px
+        return True
+
+
+def test_answers_are_shared_through_redis_sealed_and_keyed_by_hash(
+    fake: FakeWSO2, clock: Clock
+) -> None:
+    from idgateway.sessions.keys import KeyRing
+
+    endpoint = Introspect()
+    endpoint.answers["opaque-secret-1"] = active(exp=int(NOW) + 120)
+    redis = FakeRedis()
+    keyring = KeyRing.from_strings([base64.b64encode(b"k" * 32).decode()])
+    provider = ready_provider(fake, clock)
+    settings = IntrospectionSettings(client_id="gw", client_secret="pw")
+
+    def process() -> Introspection:
+        return Introspection(
+            provider,
+            endpoint.stub,
+            SETTINGS,
+            settings,
+            clock,
+            route="orders",
+            redis=redis,  # type: ignore[arg-type]
+            keyring=keyring,
+        )
+
+    first, second = process(), process()
+    answer = ask(first, "opaque-secret-1")
+    assert answer is not None and len(endpoint.calls) == 1
+    (key,) = redis.data
+    assert key == f"idgw:orders:introspect:{token_digest('opaque-secret-1').hex()}"
+    assert b"opaque-secret-1" not in redis.data[key] and b"alice" not in redis.data[key]
+    assert redis.ttls[key] == 120_000  # exp before the 5 minutes of cache
+    shared = ask(second, "opaque-secret-1")
+    assert shared is not None and shared.user == "alice@carbon.super"
+    assert len(endpoint.calls) == 1, "the second process used the shared answer"
+    # Sealed for this key: moved under another token's hash it opens to nothing.
+    redis.data[f"idgw:orders:introspect:{token_digest('other').hex()}"] = redis.data[key]
+    endpoint.answers["other"] = {"active": False}
+    assert ask(process(), "other") is None
