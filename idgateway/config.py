@@ -243,7 +243,7 @@ def _build_route(
                 reader.problem(
                     sub.nodes["authorize"],
                     sub.child("authorize"),
-                    "'authorize' only applies on a route with an 'oidc' or 'bearer' block",
+                    "'authorize' only applies on a route with an 'oidc' block or a 'bearer' block",
                 )
     if len(reader.problems) > problems_before or auth is INVALID or bearer is INVALID:
         return INVALID

@@ -1548,7 +1548,8 @@ def build_route_auth(
                 reader.problem(
                     found.nodes[name],
                     found.child(name),
-                    f"'{name}' only applies to a route with an 'oidc' (or 'bearer') block",
+                    f"'{name}' only applies to a route with an 'oidc' block"
+                    + ("" if name == "session" else " or a 'bearer' block"),
                 )
         return None
     if oidc is INVALID or any(values.get(n) is INVALID for n in (*names, "headers")):

@@ -197,7 +197,7 @@ class VerifiedMemo:
     """Tokens already verified, by SHA-256, until their exp; at most ``limit``."""
 
     def __init__(self, clock: IReactorTime, limit: int = VERIFIED_MEMO_MAX) -> None:
-        self._clock = clock
+        self.clock = clock
         self._limit = limit
         self._tokens: dict[bytes, AccessToken] = {}
 
@@ -205,14 +205,14 @@ class VerifiedMemo:
         found = self._tokens.get(digest)
         if found is None:
             return None
-        if found.expires_at is not None and found.expires_at <= self._clock.seconds() - leeway:
+        if found.expires_at is not None and found.expires_at <= self.clock.seconds() - leeway:
             del self._tokens[digest]
             return None
         return found
 
     def put(self, digest: bytes, token: AccessToken) -> None:
         if len(self._tokens) >= self._limit:
-            now = self._clock.seconds()
+            now = self.clock.seconds()
             self._tokens = {
                 k: v for k, v in self._tokens.items() if v.expires_at is None or v.expires_at > now
             }

@@ -229,4 +229,4 @@ def test_path_authorize_needs_oidc_or_bearer(tmp_path: Path) -> None:
         " authorize: {groups: [admins]}}\n"
     )
     found = problem(tmp_path, text)
-    assert "'oidc' or 'bearer' block" in found.message
+    assert "'oidc' block or a 'bearer' block" in found.message
