@@ -235,6 +235,17 @@ class BearerGate:
             return False
         return has_token(request)
 
+    def adopt(self, before: BearerGate) -> None:
+        """Keep what ``before`` (this route's gate before a reload) verified and
+        cached, when the tokens would be judged the same way: same bearer
+        settings, same provider client."""
+        if before.settings != self.settings or before.provider.client is not self.provider.client:
+            return
+        if self.jwt is not None and before.jwt is not None:
+            self.jwt.memo = before.jwt.memo
+        if self.introspection is not None and before.introspection is not None:
+            self.introspection.adopt(before.introspection)
+
     def rules_for(self, reading: PathReading) -> AuthorizeRules:
         if reading.rules_route is not None:
             rules = self.route.paths[reading.rules_route].authorize

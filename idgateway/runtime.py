@@ -234,6 +234,9 @@ class StateBuilder:
                 )
                 identity = login.identity
             bearer = self.bearer_gate(route, login, by_name, redis_client, shared_client)
+            before = previous.runtimes.get(route.name) if previous is not None else None
+            if bearer is not None and before is not None and before.bearer is not None:
+                bearer.adopt(before.bearer)
             if bearer is not None:
                 identity = bearer.identity if login is None else identity
                 if login is not None:

@@ -85,6 +85,10 @@ class Introspection:
         self._cache: dict[bytes, tuple[float, AccessToken | None]] = {}
         self._pending: dict[bytes, defer.Deferred[tuple[bool, Any]]] = {}
 
+    def adopt(self, before: Introspection) -> None:
+        """After a reload that changed nothing about tokens: keep the answers."""
+        self._cache = before._cache
+
     def cached(self, digest: bytes) -> tuple[bool, AccessToken | None]:
         """(found, answer): the hot path, no I/O. answer None means inactive."""
         entry = self._cache.get(digest)

@@ -278,3 +278,19 @@ def test_the_metadata_document() -> None:
     }
     assert "none" not in document["dpop_signing_alg_values_supported"]
     assert not any(a.startswith("HS") for a in document["dpop_signing_alg_values_supported"])
+
+
+def test_a_reload_keeps_what_was_verified_unless_the_bearer_settings_changed() -> None:
+    import attrs
+
+    before, route = make_gate()
+    remember(before, "tok-1")
+    same = BearerGate(route, before.bearer, before.provider, Clock())
+    same.adopt(before)
+    assert same.jwt is not None and same.jwt.remembered(token_digest("tok-1")) is not None
+    changed_settings = attrs.evolve(before.settings, audiences=("billing",))
+    changed = BearerGate(
+        route, attrs.evolve(before.bearer, settings=changed_settings), before.provider, Clock()
+    )
+    changed.adopt(before)
+    assert changed.jwt is not None and changed.jwt.remembered(token_digest("tok-1")) is None
