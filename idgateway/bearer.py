@@ -18,10 +18,9 @@ prefix of its SHA-256 is, to correlate.
 from __future__ import annotations
 
 import hmac
-import json
 import re
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from twisted.internet import defer
@@ -29,7 +28,18 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from idgateway import bearer_endpoints
 from idgateway.access import authorization_failure, compile_public_paths, is_public
+from idgateway.bearer_answers import (
+    NO_TOKEN,
+    WELL_KNOWN_RESOURCE,
+    Refusal,
+    challenges,
+    insufficient_scope,
+    quoted,
+    send_json,
+    send_refusal,
+)
 from idgateway.identity import IdentityHeaders
 from idgateway.model import AuthorizeRules, BearerAuth, PublicPath, Route
 from idgateway.oidc.access_tokens import (
@@ -41,7 +51,6 @@ from idgateway.oidc.access_tokens import (
 )
 from idgateway.oidc.dpop import DPoPError, check_proof
 from idgateway.oidc.introspection import Introspection, IntrospectionUnavailable
-from idgateway.oidc.provider import ASYMMETRIC_ALGORITHMS
 from idgateway.oidc.tokens import PROVIDER_UNAVAILABLE, TokenError
 from idgateway.paths import AmbiguousPath, PathReading, fold_case, no_fold
 from idgateway.routing import normalised_host_header
@@ -57,54 +66,17 @@ if TYPE_CHECKING:
     from idgateway.request import GatewayRequest
     from idgateway.runtime import GatewayState, RouteRuntime
 
-# RFC 9728: where a protected resource publishes its metadata.
-WELL_KNOWN_RESOURCE = "/.well-known/oauth-protected-resource"
 # An Authorization header longer than this is refused before it is parsed.
 MAX_AUTHORIZATION = 16 * 1024
 # RFC 6750 2.1: b64token.
 _B64TOKEN = re.compile(rb"[A-Za-z0-9\-._~+/]+=*")
-# What a quoted-string in a challenge may hold (RFC 6750 3: error_description).
-_UNQUOTABLE = re.compile(r"[^\x20\x21\x23-\x5b\x5d-\x7e]")
 # Opaque tokens are short (WSO2's are UUIDs): a longer one is not sent to the
 # provider, so a client cannot make the gateway post kilobytes per made-up token.
 MAX_OPAQUE_TOKEN = 4096
-# Seconds a client should wait when the provider could not be asked.
-RETRY_AFTER = b"10"
 # How old a DPoP proof may be, at least (the route's leeway, if longer).
 DPOP_MIN_AGE = 10.0
 # How many tokens' verdicts and identity headers are kept.
 ADMISSION_MEMO_MAX = 4096
-# A request without cookies.
-_NO_COOKIE = True
-
-_log = Logger(namespace="idgateway.bearer")
-
-
-class Refusal(Exception):
-    """Why a token request is refused, as its answer will say it."""
-
-    def __init__(
-        self,
-        status: int,
-        error: str | None,
-        description: str,
-        *,
-        scope: str | None = None,
-        dpop: bool = False,
-        reason: str = "",
-    ) -> None:
-        super().__init__(description)
-        self.status = status
-        self.error = error
-        self.description = description
-        self.scope = scope
-        # The error is about DPoP (goes on the DPoP challenge).
-        self.dpop = dpop
-        # A short code for the log.
-        self.reason = reason or (error or "no_token")
-
-
-NO_TOKEN = Refusal(401, None, "An access token is required.")
 
 
 def read_authorization(request: GatewayRequest) -> tuple[str, str] | None:
@@ -149,10 +121,6 @@ def has_token(request: GatewayRequest) -> bool:
         return True
     scheme = values[0].lstrip(b" \t")[:6].lower()
     return scheme.startswith((b"bearer", b"dpop"))
-
-
-def _quoted(text: str) -> str:
-    return _UNQUOTABLE.sub("?", text)[:300]
 
 
 def _default_port(scheme: str) -> bytes:
@@ -216,7 +184,7 @@ class BearerGate:
         self.dpop = settings.dpop
         self.dpop_max_age = max(DPOP_MIN_AGE, settings.leeway)
         self.replay = ReplayCache(clock, replay_redis, leeway=settings.leeway)
-        self.realm = _quoted(settings.realm or route.name)
+        self.realm = quoted(settings.realm or route.name)
         self.scopes_supported = _all_scopes(bearer.authorize, route)
         # id(token) -> (token, rules, missing scopes, other failure, identity headers)
         self._admission: dict[
@@ -275,14 +243,16 @@ class BearerGate:
         path = reading.text
         tls = secure_origin(resource, request, state)
         if path == WELL_KNOWN_RESOURCE:
-            self.send_metadata(request, host, tls)
+            bearer_endpoints.send_metadata(self, request, host, tls)
             return
         if path == "/oauth2/auth":
-            asked = defer.ensureDeferred(self.auth_request(request, state, runtime, host, tls))
+            asked = defer.ensureDeferred(
+                bearer_endpoints.auth_request(self, request, state, runtime, host, tls)
+            )
             asked.addErrback(self._failed, request)
             return
         if path.startswith("/oauth2/") and runtime.login is None:
-            _send_json(request, 404, {"error": "not_found", "message": "No such gateway endpoint."})
+            send_json(request, 404, {"error": "not_found", "message": "No such gateway endpoint."})
             return
         cookie: bytes | None | bool = True
         if runtime.own_cookie is not None and request.requestHeaders.hasHeader(b"cookie"):
@@ -529,17 +499,7 @@ class BearerGate:
         rules = self.rules_for(reading)
         missing, failure, identity = self.verdict(verified, rules, token)
         if missing:
-            self.refuse(
-                request,
-                host,
-                tls,
-                Refusal(
-                    403,
-                    "insufficient_scope",
-                    "The access token lacks a scope this resource needs.",
-                    scope=" ".join(rules.scopes),
-                ),
-            )
+            self.refuse(request, host, tls, insufficient_scope(rules))
             return
         if failure is not None:
             self._log.info(
@@ -548,7 +508,7 @@ class BearerGate:
                 user=verified.user,
                 why=failure,
             )
-            _send_json(request, 403, {"error": "forbidden", "message": "Not allowed."})
+            send_json(request, 403, {"error": "forbidden", "message": "Not allowed."})
             return
         resource.forward(request, state, runtime, host, cookie=cookie, identity=identity)
 
@@ -572,7 +532,7 @@ class BearerGate:
         self._admission[id(verified)] = (verified, rules, missing, failure, identity)
         return missing, failure, identity
 
-    def _as_session(self, verified: AccessToken, token: str) -> Session:
+    def as_session(self, verified: AccessToken, token: str) -> Session:
         sub = verified.claims.get("sub")
         return Session(
             id="",
@@ -589,7 +549,7 @@ class BearerGate:
         """The route's identity headers for this token, and the client's id
         (oauth2-proxy preset: X-Forwarded-Client-Id; mod_auth_openidc:
         OIDC_CLAIM_client_id, from the token's client_id claim)."""
-        headers = self.identity.headers_for(self._as_session(verified, token))
+        headers = self.identity.headers_for(self.as_session(verified, token))
         if verified.client_id is not None and self.identity.settings.preset == "oauth2-proxy":
             encoded = self.identity.encoder.value(verified.client_id)
             if encoded is not None:
@@ -599,46 +559,10 @@ class BearerGate:
     def challenges(
         self, host: bytes, tls: bool, refusal: Refusal = NO_TOKEN
     ) -> list[tuple[bytes, bytes]]:
-        """WWW-Authenticate values: Bearer (unless DPoP is required) and DPoP (unless off)."""
-        metadata_url = (
-            f"{'https' if tls else 'http'}://{host.decode('latin-1')}{WELL_KNOWN_RESOURCE}"
-        )
-        common = [f'realm="{self.realm}"']
-        errors: list[str] = []
-        if refusal.error is not None:
-            errors.append(f'error="{refusal.error}"')
-            errors.append(f'error_description="{_quoted(refusal.description)}"')
-        if refusal.scope is not None:
-            errors.append(f'scope="{_quoted(refusal.scope)}"')
-        out: list[tuple[bytes, bytes]] = []
-        if self.dpop != "required":
-            params = common + ([] if refusal.dpop and self.dpop != "off" else errors)
-            params.append(f'resource_metadata="{metadata_url}"')
-            out.append((b"WWW-Authenticate", ("Bearer " + ", ".join(params)).encode("ascii")))
-        if self.dpop != "off":
-            algs = " ".join(sorted(ASYMMETRIC_ALGORITHMS))
-            params = [*common, f'algs="{algs}"']
-            if refusal.dpop or self.dpop == "required":
-                params += errors
-            out.append((b"WWW-Authenticate", ("DPoP " + ", ".join(params)).encode("ascii")))
-        return out
+        return challenges(self.realm, self.dpop, host, tls, refusal)
 
     def refuse(self, request: GatewayRequest, host: bytes, tls: bool, refusal: Refusal) -> None:
-        if request.finished or request.client_gone:
-            return
-        if refusal.status == 503:
-            _send_json(
-                request,
-                503,
-                {"error": "temporarily_unavailable", "message": refusal.description},
-                headers=[(b"Retry-After", RETRY_AFTER)],
-            )
-            return
-        body: dict[str, Any] = {"error": refusal.error or "unauthenticated"}
-        body["message"] = refusal.description
-        if refusal.scope is not None:
-            body["scope"] = refusal.scope
-        _send_json(request, refusal.status, body, headers=self.challenges(host, tls, refusal))
+        send_refusal(request, refusal, self.challenges(host, tls, refusal))
 
     def _refused(
         self, failure: Failure, request: GatewayRequest, host: bytes, tls: bool, digest: bytes
@@ -663,147 +587,7 @@ class BearerGate:
             request_id=request.request_id.decode(),
         )
         if not request.finished and not request.client_gone:
-            _send_json(request, 500, {"error": "server_error", "message": "Gateway error."})
-
-    # -- /.well-known/oauth-protected-resource and /oauth2/auth ----------------------------
-
-    def metadata_document(self, host: bytes, tls: bool) -> dict[str, Any] | None:
-        """RFC 9728 protected-resource metadata; None while the issuer is unknown."""
-        client = self.provider.client
-        issuer = client.metadata.issuer if client.metadata is not None else None
-        issuer = issuer or self.provider.settings.issuer
-        if issuer is None:
-            return None
-        document: dict[str, Any] = {
-            "resource": f"{'https' if tls else 'http'}://{host.decode('latin-1')}",
-            "authorization_servers": [issuer],
-            "scopes_supported": list(self.scopes_supported),
-            "bearer_methods_supported": ["header"],
-            "resource_name": self.route.name,
-        }
-        if self.dpop != "off":
-            document["dpop_signing_alg_values_supported"] = sorted(ASYMMETRIC_ALGORITHMS)
-        if self.dpop == "required":
-            document["dpop_bound_access_tokens_required"] = True
-        return document
-
-    def send_metadata(self, request: GatewayRequest, host: bytes, tls: bool) -> None:
-        if request.method not in (b"GET", b"HEAD"):
-            _send_json(
-                request,
-                405,
-                {"error": "method_not_allowed", "message": "Use GET."},
-                headers=[(b"Allow", b"GET, HEAD")],
-            )
-            return
-        document = self.metadata_document(host, tls)
-        if document is None:
-            _send_json(
-                request,
-                503,
-                {"error": "temporarily_unavailable", "message": "The provider is not ready."},
-                headers=[(b"Retry-After", RETRY_AFTER)],
-            )
-            return
-        _send_json(request, 200, document, cache=b"public, max-age=300")
-
-    async def auth_request(
-        self,
-        request: GatewayRequest,
-        state: GatewayState,
-        runtime: RouteRuntime,
-        host: bytes,
-        tls: bool,
-    ) -> None:
-        """/oauth2/auth with a token (nginx auth_request): 202 and the identity
-        headers, or the 401/403 a proxied request would get."""
-        from idgateway import endpoints
-
-        try:
-            forwarded = endpoints._forwarded_request(request, state)
-        except endpoints.AmbiguousForward as why:
-            _send_json(request, 400, {"error": "ambiguous_forward", "message": str(why)})
-            return
-        method, raw_path = forwarded if forwarded is not None else (request.method, request.path)
-        try:
-            reading = runtime.paths.read(raw_path)
-        except AmbiguousPath as why:
-            _send_json(
-                request,
-                400,
-                {"error": "ambiguous_path", "message": f"The original path is ambiguous: {why}."},
-            )
-            return
-        if forwarded is not None and self.is_public(method, reading):
-            _send_json(request, 202, {"public": True})
-            return
-        try:
-            credentials = read_authorization(request)
-            if credentials is None:
-                raise NO_TOKEN
-            scheme, token = credentials
-            digest = token_digest(token)
-            verified = await self.authenticate(
-                request, scheme, token, digest, method, reading, runtime, host, tls
-            )
-        except Refusal as refusal:
-            self.refuse(request, host, tls, refusal)
-            return
-        if request.finished or request.client_gone:
-            return
-        rules = self.rules_for(reading)
-        missing, failure, _ = self.verdict(verified, rules, token)
-        if missing:
-            self.refuse(
-                request,
-                host,
-                tls,
-                Refusal(
-                    403,
-                    "insufficient_scope",
-                    "The access token lacks a scope this resource needs.",
-                    scope=" ".join(rules.scopes),
-                ),
-            )
-            return
-        if failure is not None:
-            _send_json(request, 403, {"error": "forbidden"})
-            return
-        session = self._as_session(verified, token)
-        headers = self.identity.auth_request_headers(session)
-        if verified.client_id is not None:
-            encoded = self.identity.encoder.value(verified.client_id)
-            if encoded is not None:
-                headers.append((b"X-Auth-Request-Client-Id", encoded))
-        if not (self.bearer.forward_auth.pass_tokens and endpoints._trusted_peer(request, state)):
-            headers = [
-                (name, value)
-                for name, value in headers
-                if name.lower() not in endpoints._TOKEN_HEADERS
-            ]
-        _send_json(request, 202, {"user": verified.user}, headers=headers)
-
-
-def _send_json(
-    request: GatewayRequest,
-    status: int,
-    payload: dict[str, Any],
-    *,
-    headers: Sequence[tuple[bytes, bytes]] = (),
-    cache: bytes = b"no-store",
-) -> None:
-    body = json.dumps(payload).encode()
-    request.setResponseCode(status)
-    out = request.responseHeaders
-    out.setRawHeaders(b"content-type", [b"application/json"])
-    out.setRawHeaders(b"content-length", [b"%d" % len(body)])
-    out.setRawHeaders(b"cache-control", [cache])
-    for name, value in headers:
-        out.addRawHeader(name, value)
-    request.end_response_early()
-    if request.method != b"HEAD":
-        request.write(body)
-    request.finish()
+            send_json(request, 500, {"error": "server_error", "message": "Gateway error."})
 
 
 def _all_scopes(rules: AuthorizeRules, route: Route) -> tuple[str, ...]:
