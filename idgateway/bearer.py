@@ -41,6 +41,7 @@ from idgateway.bearer_answers import (
     send_refusal,
 )
 from idgateway.identity import IdentityHeaders
+from idgateway.metrics import METRICS  # metrics hook
 from idgateway.model import AuthorizeRules, BearerAuth, PublicPath, Route
 from idgateway.oidc.access_tokens import (
     AccessToken,
@@ -562,6 +563,7 @@ class BearerGate:
         return challenges(self.realm, self.dpop, host, tls, refusal)
 
     def refuse(self, request: GatewayRequest, host: bytes, tls: bool, refusal: Refusal) -> None:
+        METRICS.bearer_refused(self.route.name, refusal.reason)  # metrics hook
         send_refusal(request, refusal, self.challenges(host, tls, refusal))
 
     def _refused(

@@ -191,9 +191,18 @@ def test_an_oversized_header_is_refused_without_parsing(monkeypatch: pytest.Monk
 # Requests through the gate
 
 
+def refusals(reason: str) -> float:
+    from idgateway.metrics import METRICS
+
+    labels = {"route": "orders-api", "reason": reason}
+    return METRICS.registry.get_sample_value("idgateway_bearer_refusals_total", labels) or 0.0
+
+
 def test_no_token_is_a_401_challenge_without_error() -> None:
     gate, route = make_gate()
+    before = refusals("no_token")
     request, resource = run(gate, route, b"/orders", [])
+    assert refusals("no_token") == before + 1
     assert request.code == 401 and not resource.forwarded
     (challenge,) = request.challenges()
     assert challenge == (
