@@ -233,7 +233,9 @@ class StateBuilder:
                     self._revocation,
                 )
                 identity = login.identity
-            bearer = self.bearer_gate(route, login, by_name, redis_client, shared_client)
+            bearer = self.bearer_gate(
+                route, login, by_name, redis_client, shared_client, config.workers
+            )
             before = previous.runtimes.get(route.name) if previous is not None else None
             if bearer is not None and before is not None and before.bearer is not None:
                 bearer.adopt(before.bearer)
@@ -288,6 +290,7 @@ class StateBuilder:
         by_name: dict[str, ProviderHandle],
         redis_client: Callable[[RedisSettings], RedisClient],
         shared_client: RedisClient | None,
+        workers: int = 1,
     ) -> BearerGate | None:
         """The route's token gate: introspection answers shared through the Redis
         of its sessions (sealed with their keys), DPoP proofs' jti remembered in
@@ -300,6 +303,15 @@ class StateBuilder:
             else None
         )
         redis = redis_client(session_redis) if session_redis is not None else None
+        if route.bearer.settings.dpop != "off" and redis is None and shared_client is None:
+            if workers > 1:
+                self._log.warn(
+                    "route {route}: DPoP proofs' jti are remembered per process (no Redis): "
+                    "with workers: {n}, a proof replayed to another worker is not caught; "
+                    "set redis: {{url: ...}}",
+                    route=route.name,
+                    n=workers,
+                )
         return BearerGate(
             route,
             route.bearer,
