@@ -673,3 +673,94 @@ def test_a_route_with_login_and_tokens(world: dict[str, Any]) -> None:
     # A bad token is not a reason to fall back to the (absent) session: 401, no redirect.
     status, _, payload = call(world, WEB, headers={**_bearer_of("x.y.z"), "Accept": "text/html"})
     assert status == 401 and not reached_upstream(payload)
+
+
+# ---------------------------------------------------------------------------
+# Two gateway processes sharing the route's Redis: one introspection for both,
+# and a DPoP proof used on one is a replay on the other.
+
+
+@pytest.fixture(scope="module")
+def shared(world: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    from tests.backends import BackendProcess
+    from tests.login_env import session_key
+    from tests.redis_process import RedisProcess
+
+    tmp = tmp_path_factory.mktemp("bearer-shared")
+    op = world["op"]
+    key = session_key()
+    ports = [free_port(), free_port()]
+    with RedisProcess(tmp / "redis", password="s3cret") as redis, BackendProcess() as backend:
+        gateways = []
+        for index, port in enumerate(ports):
+            path = tmp / f"gateway-{index}.yaml"
+            path.write_text(
+                f"""
+listeners:
+  - address: 127.0.0.1:{port}
+providers:
+  wso2: {{discovery_url: {op.discovery_url()}, ca_file: {op.ca_file}}}
+routes:
+  - name: api
+    hosts: [{API}]
+    upstream: http://127.0.0.1:{backend.port}
+    oidc: {{provider: wso2, client_id: jwt-client, client_secret: {SECRET}}}
+    session:
+      store: redis
+      url: redis://:s3cret@127.0.0.1:{redis.port}/2
+      keys: [{key}]
+{_bearer("[jwt, opaque]")}"""
+            )
+            gateways.append(GatewayProcess(path, tmp / f"gateway-{index}.log").start([port]))
+        try:
+            for port in ports:
+                deadline = time.monotonic() + 30
+                while Client(port, API).get("/", {"Accept": "text/html"})[0] != 302:
+                    assert time.monotonic() < deadline
+                    time.sleep(0.2)
+            yield {"op": op, "ports": ports, "redis": redis}
+        finally:
+            for gateway in gateways:
+                gateway.stop()
+
+
+def _at(port: int, headers: dict[str, str]) -> tuple[int, dict[str, Any]]:
+    status, _, body = request(
+        port, f"{API}:{port}", "/echo", headers={"Accept": "application/json", **headers}
+    )
+    return status, json.loads(body) if body.startswith(b"{") else {}
+
+
+def test_an_introspection_answer_is_shared_through_redis(
+    world: dict[str, Any], shared: Any
+) -> None:
+    token = client_token(world, "opaque-client")
+    before = shared["op"].output().count("POST /oauth2/introspect")
+    for port in shared["ports"]:
+        status, payload = _at(port, _bearer_of(token))
+        assert status == 200, payload
+    assert shared["op"].output().count("POST /oauth2/introspect") - before == 1
+    stored = shared["redis"].call("KEYS", "idgw:api:introspect:*", db=2)
+    assert len(stored) >= 1
+    for name in stored:
+        value = shared["redis"].call("GET", name, db=2)
+        assert token.encode() not in name and token.encode() not in value
+        assert b"opaque-client" not in value  # sealed, not plain JSON
+
+
+def test_a_dpop_proof_used_on_one_process_is_a_replay_on_the_other(
+    world: dict[str, Any], shared: Any
+) -> None:
+    key = ec_key()
+    token = client_token(world, "jwt-client", dpop=key)
+    first, second = shared["ports"]
+    # htu names the host as the client sees it; both processes serve api.localhost.
+    the_proof = proof(key, "GET", f"http://{API}:{first}/echo", token=token)
+    headers = {"Authorization": f"DPoP {token}", "DPoP": the_proof}
+    status, payload = _at(first, headers)
+    assert status == 200, payload
+    # Same jti as the first proof, fresh signature and the second host's URL.
+    jti = json.loads(base64.urlsafe_b64decode(the_proof.split(".")[1] + "=="))["jti"]
+    replay = proof(key, "GET", f"http://{API}:{second}/echo", token=token, jti=jti)
+    status, payload = _at(second, {"Authorization": f"DPoP {token}", "DPoP": replay})
+    assert status == 401 and not reached_upstream(payload)
