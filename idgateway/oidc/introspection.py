@@ -38,6 +38,10 @@ from idgateway.sessions.redis_client import RedisClient, RedisUnavailable
 
 # Answers kept in this process (the oldest go first past it).
 CACHE_MAX = 10_000
+# Calls one route may have open at the provider at once. Every made-up opaque
+# token is a new question (no cache helps), so a flood of them must not turn
+# into a flood at the provider: past this, requests get 503 at once.
+MAX_IN_FLIGHT = 64
 # Introspection answers are a few hundred bytes.
 MAX_ANSWER = 64 * 1024
 # token_type values an access token may have (WSO2 answers "Refresh" for a
@@ -69,7 +73,9 @@ class Introspection:
         redis: RedisClient | None = None,
         keyring: KeyRing | None = None,
         timeout: float = 10.0,
+        max_in_flight: int = MAX_IN_FLIGHT,
     ) -> None:
+        self.max_in_flight = max_in_flight
         self.provider = provider
         self.http = http
         self.bearer = bearer
@@ -106,6 +112,10 @@ class Introspection:
             return answer
         pending = self._pending.get(digest)
         if pending is None:
+            if len(self._pending) >= self.max_in_flight:
+                raise IntrospectionUnavailable(
+                    f"{len(self._pending)} introspections already in flight"
+                )
             pending = defer.ensureDeferred(self._ask_once(token, digest))
             self._pending[digest] = pending
             pending.addBoth(self._done, digest)

@@ -171,6 +171,12 @@ BAD_JWTS = {
     "a-logout-token": lambda f: sign_jwt(claims(f), header={"typ": "logout+jwt"}),
     "a-dpop-proof": lambda f: sign_jwt(claims(f), header={"typ": "dpop+jwt"}),
     "malformed": lambda f: "a.b.c",
+    "attackers-key-in-the-header": lambda f: sign_jwt(
+        claims(f),
+        key=OTHER_RSA_KEY,
+        kid=None,
+        header={"jwk": OTHER_RSA_KEY.jwks_entries()[0], "jku": "https://evil.test/jwks"},
+    ),
     "stray-characters": lambda f: sign_jwt(claims(f)).replace(".", ".!", 1),
 }
 
@@ -479,6 +485,25 @@ def test_one_call_in_flight_per_token(fake: FakeWSO2, clock: Clock) -> None:
     assert len(outcomes) == 5
     assert all(isinstance(o, AccessToken) for o in outcomes)
     assert len({id(o) for o in outcomes}) == 1
+
+
+def test_a_flood_of_made_up_tokens_is_bounded_at_the_provider(fake: FakeWSO2, clock: Clock) -> None:
+    endpoint = Introspect()
+    endpoint.hold = True
+    client = introspection(fake, clock, endpoint)
+    client.max_in_flight = 3
+    outcomes: list[Any] = []
+    for index in range(10):
+        token = f"made-up-{index}"
+        defer.ensureDeferred(client.check(token, token_digest(token))).addBoth(outcomes.append)
+    assert len(endpoint.calls) == 3
+    refused = [o for o in outcomes if hasattr(o, "check") and o.check(IntrospectionUnavailable)]
+    assert len(refused) == 7
+    # A token already being asked about still waits for that one call.
+    defer.ensureDeferred(client.check("made-up-0", token_digest("made-up-0"))).addBoth(
+        outcomes.append
+    )
+    assert len(endpoint.calls) == 3 and len(outcomes) == 7
 
 
 def test_the_hash_is_the_key_never_the_token() -> None:
