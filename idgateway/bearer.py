@@ -526,6 +526,7 @@ class BearerGate:
             verified.claims,
             email_claim=self.bearer.email_claim,
             groups_claim=self.bearer.groups_claim,
+            granted_scopes=verified.scopes,
         )
         identity = self.identity_headers(verified, token)
         if len(self._admission) >= ADMISSION_MEMO_MAX:

@@ -103,8 +103,9 @@ SCOPES_FIELD = Field(
         list; for an opaque token, the introspection answer's ``scope``). A token
         that lacks one gets ``403`` with ``WWW-Authenticate: Bearer
         error="insufficient_scope", scope="..."`` naming the scopes needed. A
-        browser session has no scopes, so on a route with ``oidc`` and
-        ``bearer`` this rule applies to tokens only. Example:
+        browser session has no scopes: on a route with ``oidc`` and ``bearer``,
+        rules that list ``scopes`` refuse every session (``403``), so give them
+        to the API's paths (``paths[].authorize``). Example:
         ``scopes: [orders:read]``
     """,
 )

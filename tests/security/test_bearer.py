@@ -115,7 +115,9 @@ routes:
     hosts: [{WEB}]
     upstream: {up}
     oidc: {{provider: wso2, client_id: jwt-client, client_secret: {SECRET}}}
-{_bearer("[jwt]", "off")}"""
+{_bearer("[jwt]", "off")}    paths:
+      - {{prefix: /api/, upstream: {up}, authorize: {{scopes: [orders:admin]}}}}
+"""
         path = tmp / "gateway.yaml"
         path.write_text(config)
         gateway = GatewayProcess(path, tmp / "gateway.log").start([port])
@@ -764,3 +766,25 @@ def test_a_dpop_proof_used_on_one_process_is_a_replay_on_the_other(
     replay = proof(key, "GET", f"http://{API}:{second}/echo", token=token, jti=jti)
     status, payload = _at(second, {"Authorization": f"DPoP {token}", "DPoP": replay})
     assert status == 401 and not reached_upstream(payload)
+
+
+def test_a_session_never_passes_a_scopes_rule(world: dict[str, Any]) -> None:
+    from urllib.parse import urlsplit
+
+    port = world["port"]
+    client = Client(port, WEB)
+    status, headers, _ = client.get("/echo", {"Accept": "text/html"})
+    assert status == 302
+    callback = world["op"].scripted_login(headers["Location"], "alice", "alice123")
+    parts = urlsplit(callback)
+    status, _, _ = client.get(f"{parts.path}?{parts.query}")
+    assert status == 302
+    status, _, body = client.get("/echo", {"Accept": "application/json"})
+    assert status == 200, body
+    # /api/ asks for a scope: a browser session has none, whoever it is.
+    status, _, body = client.get("/api/orders", {"Accept": "application/json"})
+    assert status == 403 and b'"headers"' not in body
+    # A token with the scope passes there.
+    token = client_token(world, "jwt-client", scope="orders:read orders:admin")
+    status, _, payload = call(world, WEB, "/api/orders", _bearer_of(token))
+    assert status == 200, payload

@@ -303,3 +303,14 @@ def test_a_reload_keeps_what_was_verified_unless_the_bearer_settings_changed() -
     )
     changed.adopt(before)
     assert changed.jwt is not None and changed.jwt.remembered(token_digest("tok-1")) is None
+
+
+def test_a_scopes_rule_refuses_sessions_and_checks_tokens() -> None:
+    from idgateway.access import authorization_failure
+
+    rules = AuthorizeRules(scopes=("orders:read", "orders:write"))
+    assert authorization_failure(rules, {"scope": "orders:read orders:write"}) is not None
+    assert authorization_failure(rules, {}, granted_scopes=frozenset({"orders:read"}))
+    granted = frozenset({"orders:read", "orders:write", "x"})
+    assert authorization_failure(rules, {}, granted_scopes=granted) is None
+    assert authorization_failure(AuthorizeRules(), {}) is None
