@@ -788,3 +788,41 @@ def test_a_session_never_passes_a_scopes_rule(world: dict[str, Any]) -> None:
     token = client_token(world, "jwt-client", scope="orders:read orders:admin")
     status, _, payload = call(world, WEB, "/api/orders", _bearer_of(token))
     assert status == 200, payload
+
+
+def test_a_dpop_bound_opaque_token_needs_its_proof(world: dict[str, Any]) -> None:
+    key = ec_key()
+    token = client_token(world, "opaque-client", dpop=key)
+    assert token.count(".") != 2
+    status, _, payload = call(world, API, headers=_bearer_of(token))
+    assert status == 401 and not reached_upstream(payload)
+    headers = {
+        "Authorization": f"DPoP {token}",
+        "DPoP": proof(key, "GET", url(world, API), token=token),
+    }
+    status, _, payload = call(world, API, headers=headers)
+    assert status == 200, payload
+    headers["DPoP"] = proof(ec_key(), "GET", url(world, API), token=token)
+    status, _, payload = call(world, API, headers=headers)
+    assert status == 401 and not reached_upstream(payload)
+
+
+def test_forward_auth_checks_the_dpop_proof_against_the_original_request(
+    world: dict[str, Any],
+) -> None:
+    key = ec_key()
+    token = client_token(world, "jwt-client", dpop=key)
+    original = url(world, API, "/orders/7")
+    headers = {
+        "Authorization": f"DPoP {token}",
+        "X-Forwarded-Uri": "/orders/7",
+        "X-Forwarded-Method": "GET",
+        "DPoP": proof(key, "GET", original, token=token),
+    }
+    status, answer, payload = call(world, API, "/oauth2/auth", headers)
+    assert status == 202, payload
+    assert answer["X-Auth-Request-User"] == "client:jwt-client"
+    # A proof for /oauth2/auth itself does not name the original request.
+    headers["DPoP"] = proof(key, "GET", url(world, API, "/oauth2/auth"), token=token)
+    status, _, _ = call(world, API, "/oauth2/auth", headers)
+    assert status == 401
