@@ -40,9 +40,10 @@ from idgateway.bearer_answers import (
     send_json,
     send_refusal,
 )
+from idgateway.gate import _folded, secure_origin
 from idgateway.identity import IdentityHeaders
 from idgateway.metrics import METRICS  # metrics hook
-from idgateway.model import AuthorizeRules, BearerAuth, PublicPath, Route
+from idgateway.model import AuthorizeRules, BearerAuth, Route
 from idgateway.oidc.access_tokens import (
     AccessToken,
     JWTAccessTokens,
@@ -78,6 +79,10 @@ MAX_OPAQUE_TOKEN = 4096
 DPOP_MIN_AGE = 10.0
 # How many tokens' verdicts and identity headers are kept.
 ADMISSION_MEMO_MAX = 4096
+# Authorization header values already read (scheme, token, SHA-256), how many,
+# and up to what length: a repeated token skips the syntax check and the hash.
+READ_MEMO_MAX = 1024
+READ_MEMO_LONGEST = 4096
 
 
 def read_authorization(request: GatewayRequest) -> tuple[str, str] | None:
@@ -187,6 +192,8 @@ class BearerGate:
         self.replay = ReplayCache(clock, replay_redis, leeway=settings.leeway)
         self.realm = quoted(settings.realm or route.name)
         self.scopes_supported = _all_scopes(bearer.authorize, route)
+        # Authorization header value -> (scheme, token, SHA-256 of the token).
+        self._read: dict[bytes, tuple[str, str, bytes]] = {}
         # id(token) -> (token, rules, missing scopes, other failure, identity headers)
         self._admission: dict[
             int,
@@ -238,8 +245,6 @@ class BearerGate:
         runtime: RouteRuntime,
         host: bytes,
     ) -> None:
-        from idgateway.gate import secure_origin
-
         reading: PathReading = request.idgw_reading
         path = reading.text
         tls = secure_origin(resource, request, state)
@@ -262,16 +267,26 @@ class BearerGate:
         if self.is_public(request.method, reading):
             resource.forward(request, state, runtime, host, cookie=cookie)
             return
-        try:
-            credentials = read_authorization(request)
-        except Refusal as refusal:
-            self.refuse(request, host, tls, refusal)
-            return
-        if credentials is None:
-            self.refuse(request, host, tls, NO_TOKEN)
-            return
-        scheme, token = credentials
-        digest = token_digest(token)
+        values = request.requestHeaders.getRawHeaders(b"authorization")
+        seen = self._read.get(values[0]) if values is not None and len(values) == 1 else None
+        if seen is None:
+            try:
+                credentials = read_authorization(request)
+            except Refusal as refusal:
+                self.refuse(request, host, tls, refusal)
+                return
+            if credentials is None:
+                self.refuse(request, host, tls, NO_TOKEN)
+                return
+            scheme, token = credentials
+            digest = token_digest(token)
+            assert values is not None
+            if len(values[0]) <= READ_MEMO_LONGEST:
+                if len(self._read) >= READ_MEMO_MAX:
+                    self._read.clear()
+                self._read[values[0]] = (scheme, token, digest)
+        else:
+            scheme, token, digest = seen
         known = self._known(digest) if scheme == "bearer" else None
         if known is not None and known.jkt is None and self.dpop != "required":
             self.admit(resource, request, state, runtime, host, tls, known, token, cookie, reading)
@@ -599,9 +614,3 @@ def _all_scopes(rules: AuthorizeRules, route: Route) -> tuple[str, ...]:
         if sub.authorize is not None:
             scopes.update(sub.authorize.scopes)
     return tuple(sorted(scopes))
-
-
-def _folded(public: PublicPath) -> PublicPath:
-    from idgateway.gate import _folded as folded
-
-    return folded(public)
