@@ -314,3 +314,24 @@ def test_a_scopes_rule_refuses_sessions_and_checks_tokens() -> None:
     granted = frozenset({"orders:read", "orders:write", "x"})
     assert authorization_failure(rules, {}, granted_scopes=granted) is None
     assert authorization_failure(AuthorizeRules(), {}) is None
+
+
+def test_a_token_only_route_is_ready_once_its_provider_is() -> None:
+    from idgateway.admin import readiness
+    from tests.unit.test_oidc_provider import resolve
+
+    gate, _ = make_gate()
+    runtime = SimpleNamespace(login=None, bearer=gate)
+    holder = SimpleNamespace(
+        current=SimpleNamespace(
+            runtimes={"orders-api": runtime},
+            providers={gate.provider.settings: gate.provider},
+            redis_clients={},
+        )
+    )
+    FakeProvider.last_error = None  # type: ignore[attr-defined]
+    ready, detail = resolve(readiness(holder))  # type: ignore[arg-type]
+    assert ready and detail["routes"]["orders-api"]["bearer"] is True
+    gate.provider.client.ready = False  # type: ignore[misc]
+    ready, detail = resolve(readiness(holder))  # type: ignore[arg-type]
+    assert not ready and detail["routes"]["orders-api"]["provider_ready"] is False
