@@ -51,7 +51,7 @@ lint: venv
 
 # The documentation site, warnings as errors; output in docs/_build (ignored by git).
 docs: venv
-	$(BIN)/sphinx-build -W --keep-going -q -b html docs docs/_build/html
+	$(BIN)/sphinx-build -E -W --keep-going -q -b html docs docs/_build/html
 
 bench: venv
 	bench/run

@@ -73,6 +73,24 @@ LOGIN_ROUTE = "app1"
 LOGIN_HOST = "app1.localhost"
 LOGIN_USER, LOGIN_PASSWORD = "alice", "alice123"  # the provider's default user
 CLIENT_ID, CLIENT_SECRET = "bench-client", "bench-secret"
+# The bearer rows (issue 13): an API route on the cookie-session gateway, called
+# with client-credentials tokens of these clients (a JWT one and an opaque one).
+API_HOST = "api.localhost"
+API_AUDIENCE = "bench-api"
+API_SCOPE = "bench:read"
+BEARER_CLIENTS = {"bearer_jwt": ("bench-jwt", "jwt"), "bearer_opaque": ("bench-opaque", "opaque")}
+BEARER_ROUTE = """
+  - name: bench-api
+    hosts: [{api_host}]
+    upstream: http://127.0.0.1:{upstream_port}
+    bearer:
+      provider: wso2
+      tokens: [jwt, opaque]
+      audiences: [{audience}]
+      introspection: {{client_id: {client_id}, client_secret: {client_secret}, cache: 1h}}
+    authorize:
+      scopes: [{scope}]
+"""
 APACHE_CLIENT_ID = "bench-apache-client"
 LOGIN_SERVERS = (
     "gateway_cookie",
@@ -743,7 +761,20 @@ def provider_config(servers: dict[str, Server]) -> dict:
     return {
         "tenants": {
             "carbon.super": {
+                "api_scopes": [API_SCOPE],
                 "clients": [
+                    *(
+                        {
+                            "client_id": client_id,
+                            "client_secret": CLIENT_SECRET,
+                            "redirect_uris": ["http://unused.localhost/"],
+                            "grant_types": ["authorization_code", "client_credentials"],
+                            "token_endpoint_auth_method": "client_secret_basic",
+                            "access_token_format": kind,
+                            "access_token_audiences": [API_AUDIENCE],
+                        }
+                        for client_id, kind in BEARER_CLIENTS.values()
+                    ),
                     {
                         "client_id": CLIENT_ID,
                         "client_secret": CLIENT_SECRET,
@@ -771,7 +802,7 @@ def provider_config(servers: dict[str, Server]) -> dict:
                         "token_endpoint_auth_method": "client_secret_basic",
                         "pkce_required": False,
                     },
-                ]
+                ],
             }
         }
     }
@@ -798,6 +829,8 @@ class LoginRig:
         self.provider_error: str | None = None
         self.helpers = None
         self.sessions: dict[str, dict] = {}  # per gateway: cookie sizes etc., for JSON
+        self.bearer_tokens: dict[str, str] = {}  # bearer case -> its access token
+        self.bearer_error: str | None = None
 
     @property
     def redis_url(self) -> str:
@@ -881,7 +914,38 @@ class LoginRig:
                 client_secret=CLIENT_SECRET,
                 session=session,
             )
+            + (
+                BEARER_ROUTE.format(
+                    api_host=API_HOST,
+                    upstream_port=self.servers["nginx"].port,
+                    audience=API_AUDIENCE,
+                    client_id=CLIENT_ID,
+                    client_secret=CLIENT_SECRET,
+                    scope=API_SCOPE,
+                )
+                if srv.key == "gateway_cookie"
+                else ""
+            )
         )
+
+    def bearer_token(self, case: str) -> str | None:
+        """A client-credentials token for a bearer row, asked for once (it lives an hour)."""
+        if case in self.bearer_tokens:
+            return self.bearer_tokens[case]
+        client_id, _ = BEARER_CLIENTS[case]
+        try:
+            answer = self.provider.request(
+                "POST",
+                self.provider.endpoint("/oauth2/token"),
+                form={"grant_type": "client_credentials", "scope": API_SCOPE},
+                basic_auth=(client_id, CLIENT_SECRET),
+            )
+            token = str(answer.json()["access_token"])
+        except Exception as e:  # noqa: BLE001 (report it, keep the table)
+            self.bearer_error = f"no token for {client_id}: {type(e).__name__}: {e}"
+            return None
+        self.bearer_tokens[case] = token
+        return token
 
     def write_apache_config(self, srv: Server) -> None:
         root = self.tmp / srv.key
@@ -1918,6 +1982,10 @@ CASES = [
     ("stock", "stock", "/"),
     ("gateway", "gateway", "/"),
     ("login_cookie", "gateway_cookie", "/"),
+    # The same gateway process, its API route: a repeated JWT (verified once,
+    # then remembered) and an opaque token (introspected once, then cached).
+    ("bearer_jwt", "gateway_cookie", "/"),
+    ("bearer_opaque", "gateway_cookie", "/"),
     ("apache_shm", "apache_shm", "/"),
     # Right after login_cookie: the same route with the signed identity assertion on.
     ("login_cookie_assertion", "gateway_cookie_assertion", "/"),
@@ -1943,7 +2011,12 @@ LOGIN_CASES = (
 )
 APACHE_CASES = ("apache_shm", "apache_redis", "apache_shm_100k", "apache_shm_tls")
 TLS_CASES = ("direct_tls", "login_cookie_tls", "apache_shm_tls")
-SESSION_CASES = LOGIN_CASES + APACHE_CASES
+BEARER_CASES = tuple(BEARER_CLIENTS)
+BEARER_LABELS = {
+    "bearer_jwt": "idgateway, bearer JWT (repeated)",
+    "bearer_opaque": "idgateway, bearer opaque (cached)",
+}
+SESSION_CASES = LOGIN_CASES + APACHE_CASES + BEARER_CASES
 # Measurements other than wrk rows, each a line under the table; --only takes
 # their keys too.
 STEPS = ("login_cpu", "sessions_rss", "idle_conns", "gate_micro")
@@ -1959,6 +2032,8 @@ RATIOS = [
     ("cookie session with assertion / direct upstream", "login_cookie_assertion", "direct"),
     ("cookie session / open-route gateway", "login_cookie", "gateway"),
     ("cookie session / direct upstream", "login_cookie", "direct"),
+    ("repeated JWT bearer / cookie session", "bearer_jwt", "login_cookie"),
+    ("cached opaque bearer / cookie session", "bearer_opaque", "login_cookie"),
     ("Redis session / direct upstream", "login_redis", "direct"),
     ("cookie session / mod_auth_openidc shm", "login_cookie", "apache_shm"),
     ("Redis session / mod_auth_openidc Redis", "login_redis", "apache_redis"),
@@ -1980,6 +2055,8 @@ VS_APACHE = {
 }
 # Targets for ratios (req/s), shown next to them (issue 6).
 RATIO_TARGETS = {
+    "repeated JWT bearer / cookie session": 0.9,
+    "cached opaque bearer / cookie session": 0.9,
     "Redis session / cookie session": 0.8,
     # Issue 13: signing identity assertions costs at most a tenth of the throughput.
     "assertion on / cookie session": 0.9,
@@ -2143,6 +2220,8 @@ def render(
             "Redis session / cookie session",
             "cookie session / open-route gateway",
             "assertion on / cookie session",
+            "repeated JWT bearer / cookie session",
+            "cached opaque bearer / cookie session",
         ):
             r = ratios.get(name)
             text = f"{name.replace(' / ', ' ÷ ')} {fmt_x(r['rps']) if r else 'not run'}"
@@ -2612,7 +2691,16 @@ def main(argv: list[str] | None = None) -> int:
         srv = servers[case.server]
         headers: list[str] = []
         cookie = None
-        if case.key in SESSION_CASES:
+        if case.key in BEARER_CASES:
+            token = rig.bearer_token(case.key)
+            if token is None:
+                return None, rig.bearer_error or "no token", None
+            headers = [
+                f"Host: {API_HOST}:{srv.port}",
+                f"Authorization: Bearer {token}",
+                "Accept: application/json",
+            ]
+        elif case.key in SESSION_CASES:
             why = rig.touch(srv)
             if why:
                 return None, why, None
@@ -2649,7 +2737,7 @@ def main(argv: list[str] | None = None) -> int:
             wanted |= {k for k in STEP_SERVERS.get(step, ()) if apache or k not in APACHE_SERVERS}
         servers = {key: srv for key, srv in servers.items() if key in wanted}
         for case in cases.values():
-            case.label = servers[case.server].label
+            case.label = BEARER_LABELS.get(case.key) or servers[case.server].label
             if case.key in TLS_CASES and not servers[case.server].tls:
                 case.label += ", TLS"
         if not (os.path.isfile(APACHE) and os.access(APACHE, os.X_OK)):

@@ -9,7 +9,9 @@ Starts, on this machine only:
 * two request-echo back ends (``python -m idgateway.demo.echo``);
 * the gateway (``twistd -n idgateway``) with a generated configuration:
   app1.localhost logs in on carbon.super and forwards oauth2-proxy headers,
-  app2.localhost logs in on acme.com and forwards mod_auth_openidc headers.
+  app2.localhost logs in on acme.com and forwards mod_auth_openidc headers,
+  api.localhost takes bearer tokens (JWT or opaque, docs/apis.rst) and prints
+  a ``curl`` line that gets a client-credentials token and calls it.
 
 Session keys and client secrets are random for every run and reach the gateway
 through environment variables (``${APP1_SESSION_KEY}`` in the config), as they
@@ -121,22 +123,40 @@ def random_key() -> str:
     return base64.b64encode(os.urandom(32)).decode()
 
 
-def provider_config(gateway_port: int, app1_secret: str, app2_secret: str) -> dict[str, Any]:
+API_CLIENT = "api-client"
+API_SCOPES = ["orders:read", "orders:admin"]
+
+
+def provider_config(
+    gateway_port: int, app1_secret: str, app2_secret: str, api_secret: str = "unused"
+) -> dict[str, Any]:
     def origin(app: str) -> str:
         return f"http://{app}.localhost:{gateway_port}"
 
     return {
         "tenants": {
             SUPER_TENANT: {
+                "api_scopes": API_SCOPES,
                 "clients": [
+                    {
+                        # A service calling api.localhost: WSO2 "Token type: JWT",
+                        # the client-credentials grant, audience "orders".
+                        "client_id": API_CLIENT,
+                        "client_secret": api_secret,
+                        "redirect_uris": [f"{origin('api')}/unused"],
+                        "grant_types": ["authorization_code", "client_credentials"],
+                        "token_endpoint_auth_method": "client_secret_basic",
+                        "access_token_format": "jwt",
+                        "access_token_audiences": ["orders"],
+                    },
                     {
                         "client_id": "app1-client",
                         "client_secret": app1_secret,
                         "redirect_uris": [f"{origin('app1')}/oauth2/callback"],
                         "post_logout_redirect_uris": [f"{origin('app1')}/"],
                         "token_endpoint_auth_method": "client_secret_basic",
-                    }
-                ]
+                    },
+                ],
             },
             APP2_TENANT: {
                 "clients": [
@@ -211,6 +231,23 @@ routes:
     session:
       keys: [${{APP2_SESSION_KEY}}]
     headers: mod_auth_openidc
+
+  # An API: no login page, access tokens only (docs/apis.rst). JWTs are
+  # verified here; opaque tokens are introspected with app1's client.
+  - name: api
+    hosts: [api.localhost]
+    upstream: http://127.0.0.1:{echo1}
+    bearer:
+      provider: wso2
+      tokens: [jwt, opaque]
+      audiences: [orders]
+      introspection:
+        client_id: app1-client
+        client_secret: ${{APP1_CLIENT_SECRET}}
+      dpop: optional
+      realm: orders
+    authorize:
+      scopes: [orders:read]
 """
 
 
@@ -222,9 +259,12 @@ def banner(
     workdir: Path,
     logs: dict[str, Path],
     ready: bool,
+    api_secret: str = "",
 ) -> str:
     app1 = f"http://app1.localhost:{gateway_port}/"
     app2 = f"http://app2.localhost:{gateway_port}/"
+    api = f"http://api.localhost:{gateway_port}/"
+    token_url = f"{op.base_url}/oauth2/token"
     super_users = DEFAULT_USERS[SUPER_TENANT]
     acme_users = DEFAULT_USERS[APP2_TENANT]
     warning = (
@@ -246,6 +286,18 @@ idgateway demo is running: log in through the gateway with OpenID Connect.
       provider tenant {APP2_TENANT}, headers: mod_auth_openidc (X-Remote-User, OIDC_CLAIM_*)
       users: carol / {acme_users["carol"]}
       sign out: {app2}oauth2/sign_out
+
+  {api}    -> echo back end on 127.0.0.1:{echo1}
+      bearer tokens only (scope orders:read), no login page. Get a token with the
+      client-credentials grant and call the API:
+
+      TOKEN=$(curl -s --cacert {op.ca_file} -u {API_CLIENT}:{api_secret} \\
+          -d grant_type=client_credentials -d scope=orders:read {token_url} \\
+          | python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
+      curl -i -H "Authorization: Bearer $TOKEN" {api}
+
+      Without a token: curl -i {api}  (401 with a WWW-Authenticate challenge)
+      Metadata for OAuth clients: {api}.well-known/oauth-protected-resource
 
 Provider (WSO2-shaped, for development): {op.base_url}
   The browser will warn that the provider's certificate is not trusted: it comes
@@ -309,6 +361,7 @@ def main() -> int:
     }
 
     app1_secret, app2_secret = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
+    api_secret = secrets.token_urlsafe(24)
     env = dict(os.environ)
     env.update(
         APP1_SESSION_KEY=random_key(),
@@ -319,7 +372,7 @@ def main() -> int:
 
     op = ProviderProcess(
         workdir / "provider",
-        provider_config(gateway_port, app1_secret, app2_secret),
+        provider_config(gateway_port, app1_secret, app2_secret, api_secret),
         ca=make_ca(workdir / "ca", "idgateway demo CA"),
     )
     processes: list[subprocess.Popen[bytes]] = []
@@ -385,7 +438,7 @@ def main() -> int:
         processes.append(gateway)
         wait_for(gateway_port, gateway, "the gateway", logs["gateway"])
         ready = wait_for_login(gateway_port, gateway, logs["gateway"])
-        print(banner(gateway_port, echo1, echo2, op, workdir, logs, ready), flush=True)
+        print(banner(gateway_port, echo1, echo2, op, workdir, logs, ready, api_secret), flush=True)
 
         # Run until Ctrl-C / SIGTERM, or until one of the parts dies.
         watched = [("the gateway", gateway), ("an echo back end", processes[0])]

@@ -197,7 +197,11 @@ def check_assertions(
     for route in routes:
         if route is INVALID:
             continue
-        settings = route.auth.headers if route.auth is not None else HeaderSettings()
+        settings = HeaderSettings()
+        if route.auth is not None:
+            settings = route.auth.headers
+        elif route.bearer is not None:
+            settings = route.bearer.headers
         headers = identity_header_names(settings)
         taken |= headers.strip
         prefixes.update(headers.strip_prefixes)
@@ -212,8 +216,10 @@ def check_assertions(
                 key,
                 f"there is no key to sign with; {fix} (idgateway keygen writes one)",
             )
-        if route.auth is None:
-            reader.problem(node, key, "'assertion' only applies to a route with an 'oidc' block")
+        if route.auth is None and route.bearer is None:
+            reader.problem(
+                node, key, "'assertion' only applies to a route with an 'oidc' or 'bearer' block"
+            )
         name = route.assertion.header
         name_key = header_key(name.encode("ascii"))
         if name_key in taken or any(name_key.startswith(p) for p in prefixes):

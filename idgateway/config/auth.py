@@ -13,6 +13,7 @@ import yaml
 from cryptography import x509
 
 from idgateway.config import values as value_syntax
+from idgateway.config.bearer import SCOPES_FIELD, bearer_field
 from idgateway.config.files import PEM_FILE_LIMIT, FileTooOdd, read_bounded, read_problem
 from idgateway.config.model import (
     AuthorizeRules,
@@ -1143,6 +1144,7 @@ AUTHORIZE_FIELDS = (
             Example: ``claims: {org_name: Super, department: "~ ^(eng|ops)$"}``
         """,
     ),
+    SCOPES_FIELD,
 )
 
 ROUTE_AUTH_FIELDS = (
@@ -1484,6 +1486,7 @@ ROUTE_AUTH_FIELDS = (
             gets them on proxied requests.
         """,
     ),
+    bearer_field(),
 )
 
 
@@ -1587,12 +1590,15 @@ def build_route_auth(
     oidc = values.get("oidc")
     names = ("session", "public_paths", "authorize", "forward_auth")
     if oidc is None:
+        # A bearer route without login still has rules and public paths.
+        bearer_only = "bearer" in found.nodes
         for name in names:
-            if name in found.nodes:
+            if name in found.nodes and not (bearer_only and name != "session"):
                 reader.problem(
                     found.nodes[name],
                     found.child(name),
-                    f"'{name}' only applies to a route with an 'oidc' block",
+                    f"'{name}' only applies to a route with an 'oidc' block"
+                    + ("" if name == "session" else " or a 'bearer' block"),
                 )
         return None
     if oidc is INVALID or not check_provider_reference(reader, found, providers):

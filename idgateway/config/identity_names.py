@@ -56,6 +56,9 @@ def identity_header_names(settings: HeaderSettings) -> IdentityHeaderNames:
         "X-Auth-Request-Access-Token",
         "X-Auth-Request-Id-Token",
         *OAUTH2_PROXY_HEADERS,
+        # Bearer routes name the token's client (idgateway.gate.bearer).
+        "X-Forwarded-Client-Id",
+        "X-Auth-Request-Client-Id",
         "OIDC_access_token",
         "OIDC_id_token",
         "X-Remote-User",

@@ -36,6 +36,7 @@ from idgateway.config.auth import (
     check_provider_reference,
 )
 from idgateway.config.auth import workers as config_workers
+from idgateway.config.bearer import build_route_bearer, check_scopes_need_bearer
 from idgateway.config.files import (
     CONFIG_FILE_LIMIT,
     PEM_FILE_LIMIT,
@@ -250,15 +251,17 @@ def _build_route(
                 authorize=sub.values["authorize"],
             )
         )
-    if auth is None:
+    bearer = build_route_bearer(reader, found, providers, auth)
+    check_scopes_need_bearer(reader, found, subs)
+    if auth is None and bearer is None:
         for sub in subs:
             if sub.values["authorize"] is not None:
                 reader.problem(
                     sub.nodes["authorize"],
                     sub.child("authorize"),
-                    "'authorize' only applies on a route with an 'oidc' block",
+                    "'authorize' only applies on a route with an 'oidc' block or a 'bearer' block",
                 )
-    if len(reader.problems) > problems_before or auth is INVALID:
+    if len(reader.problems) > problems_before or auth is INVALID or bearer is INVALID:
         return INVALID
     hsts_max_age, hsts_include_subdomains = values["hsts"]
     same_names = {name: values[name] for name in _ROUTE_ATTRIBUTES if name in values}
@@ -269,6 +272,7 @@ def _build_route(
         hsts_max_age=hsts_max_age,
         hsts_include_subdomains=hsts_include_subdomains,
         auth=auth,
+        bearer=bearer,
     )
 
 
@@ -361,7 +365,12 @@ def _default(cls: type, name: str) -> Any:
 
 
 # Route fields whose YAML key is the model's attribute name are passed straight through.
-_ROUTE_ATTRIBUTES = {field.name for field in attrs.fields(Route)} - {"upstream", "paths", "auth"}
+_ROUTE_ATTRIBUTES = {field.name for field in attrs.fields(Route)} - {
+    "upstream",
+    "paths",
+    "auth",
+    "bearer",
+}
 _UPSTREAM = parsed(
     value_syntax.parse_upstream_url, f"an upstream URL ({value_syntax.UPSTREAM_FORMS})"
 )
@@ -567,8 +576,8 @@ PATH_FIELDS = (
         default_text="optional",
         fields=AUTHORIZE_FIELDS,
         description=r"""
-            Only on a route with login: the rules for this path instead of the route's,
-            with the keys of ```authorize``: who may pass`_.
+            Only on a route with login or ``bearer``: the rules for this path instead of
+            the route's, with the keys of ```authorize``: who may pass`_.
         """,
     ),
 )

@@ -151,6 +151,9 @@ class Route:
     websocket_idle_timeout: float = 3600.0
     # Login; None means the route is open (a plain reverse proxy).
     auth: RouteAuth | None = None
+    # Bearer tokens (APIs); None: the route takes no tokens. A route may have
+    # both (idgateway.gate.bearer decides per request).
+    bearer: BearerAuth | None = None
     # A signed identity assertion for the upstream (idgateway.gate.assertion); None: off.
     assertion: AssertionSettings | None = None
 
@@ -344,10 +347,12 @@ class AuthorizeRules:
     groups: tuple[str, ...] = ()
     roles: tuple[str, ...] = ()
     claims: tuple[ClaimRule, ...] = ()
+    # OAuth scopes a bearer token must all have been granted (sessions have none).
+    scopes: tuple[str, ...] = ()
 
     @property
     def empty(self) -> bool:
-        return not (self.email_domains or self.groups or self.roles or self.claims)
+        return not (self.email_domains or self.groups or self.roles or self.claims or self.scopes)
 
 
 @attrs.frozen
@@ -360,3 +365,57 @@ class RouteAuth:
     public_paths: tuple[PublicPath, ...] = ()
     authorize: AuthorizeRules = AuthorizeRules()
     forward_auth: ForwardAuthSettings = ForwardAuthSettings()
+
+
+# ---- bearer tokens: APIs behind the gateway (idgateway.gate.bearer) ---------------------------
+
+
+@attrs.frozen
+class IntrospectionSettings:
+    """``bearer.introspection``: the RFC 7662 client for opaque tokens."""
+
+    client_id: str
+    client_secret: str
+    # Longest reuse of an "active" answer (never past the token's exp).
+    cache: float = 300.0
+    # How long an "inactive" answer is reused.
+    negative_cache: float = 10.0
+    # Longest wait for the provider's answer.
+    timeout: float = 10.0
+
+
+@attrs.frozen
+class BearerSettings:
+    """``bearer:`` on a route: which access tokens it accepts, from which provider."""
+
+    provider: str
+    # "jwt" and/or "opaque".
+    tokens: tuple[str, ...] = ("jwt",)
+    # A JWT's aud must contain one of these.
+    audiences: tuple[str, ...] = ()
+    # Allowed azp / client_id; () means any.
+    clients: tuple[str, ...] = ()
+    introspection: IntrospectionSettings | None = None
+    # "off", "optional" or "required" (RFC 9449).
+    dpop: str = "off"
+    # The realm of the WWW-Authenticate challenges; None: the route's name.
+    realm: str | None = None
+    # The claim naming the user; None: the route's oidc.user_claim, else "sub".
+    user_claim: str | None = None
+    # Seconds of clock skew allowed on exp, nbf and iat.
+    leeway: float = 60.0
+
+
+@attrs.frozen
+class BearerAuth:
+    """What a bearer route needs: its settings and the route's headers and rules
+    (the same values as the route's ``auth`` when it also has ``oidc``)."""
+
+    settings: BearerSettings
+    headers: HeaderSettings = HeaderSettings()
+    public_paths: tuple[PublicPath, ...] = ()
+    authorize: AuthorizeRules = AuthorizeRules()
+    forward_auth: ForwardAuthSettings = ForwardAuthSettings()
+    user_claim: str = "sub"
+    email_claim: str = "email"
+    groups_claim: str = "groups"

@@ -38,6 +38,8 @@ TITLES = {
     "routes[].authorize": "``authorize``: who may pass",
     "routes[].forward_auth": "``forward_auth``: what the auth endpoint hands out",
     "routes[].assertion": "``assertion``: a signed identity assertion for the upstream",
+    "routes[].bearer": "``bearer``: access tokens for APIs",
+    "routes[].bearer.introspection": "``introspection``: checking opaque tokens",
 }
 # How a field's value holds its nested keys: a list of mappings, a mapping of
 # names to mappings, or one mapping.

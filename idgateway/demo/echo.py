@@ -55,6 +55,7 @@ IDENTITY_HEADER_PREFIXES: tuple[str, ...] = (
     "x-forwarded-preferred-username",
     "x-forwarded-groups",
     "x-forwarded-access-token",
+    "x-forwarded-client-id",
     "x-remote-",
     "remote-user",
     "x-auth-request-",

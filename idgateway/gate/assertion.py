@@ -181,6 +181,18 @@ class AssertionSigner:
         _bounded_put(self._sessions, key, entry, self._cache_max, lambda v: v[2] > now)
         return combined
 
+    def headers_with(
+        self,
+        base: list[tuple[bytes, bytes]],
+        identity: IdentityRecord,
+        host: bytes,
+        tls: bool,
+        now: float,
+    ) -> list[tuple[bytes, bytes]]:
+        """``base`` plus this route's assertion for ``identity`` (the token gate's way in)."""
+        issuer = ("https://" if tls else "http://") + host.decode("ascii", "replace")
+        return [*base, (self.header, self._current(identity, issuer, now).token)]
+
     def session_header(
         self,
         session: Session,

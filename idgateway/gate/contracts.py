@@ -40,6 +40,15 @@ class RouteView(Protocol):
     @property
     def own_cookie(self) -> Callable[[bytes], bool] | None: ...
 
+    @property
+    def has_login(self) -> bool: ...
+
+
+class TokenChallenges(Protocol):
+    """What the session gate asks of a route's token gate (``gate.bearer.BearerGate``)."""
+
+    def challenges(self, host: bytes, tls: bool) -> list[tuple[bytes, bytes]]: ...
+
 
 class Forwarder(Protocol):
     """The resource that sends a request upstream (``routing.resource.GatewayResource``)."""

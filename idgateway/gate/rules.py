@@ -71,8 +71,15 @@ def authorization_failure(
     *,
     email_claim: str = "email",
     groups_claim: str = "groups",
+    granted_scopes: frozenset[str] | None = None,
 ) -> str | None:
-    """None when every configured rule passes, else why the user is refused."""
+    """None when every configured rule passes, else why the user is refused.
+
+    ``granted_scopes``: a bearer token's scopes; None for a session, which
+    therefore never passes a ``scopes`` rule.
+    """
+    if rules.scopes and (granted_scopes is None or not granted_scopes.issuperset(rules.scopes)):
+        return "a required scope is not granted"
     if rules.email_domains:
         email = claims.get(email_claim)
         # A missing email_verified is NOT verified (WSO2 omits it unless asked).

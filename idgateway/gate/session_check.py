@@ -64,7 +64,7 @@ from idgateway.sessions.redis_store import RedisSessionStore
 from idgateway.sessions.revocation import RevocationList
 
 if TYPE_CHECKING:
-    from idgateway.gate.contracts import Forwarder, GatewayView, RouteView
+    from idgateway.gate.contracts import Forwarder, GatewayView, RouteView, TokenChallenges
     from idgateway.server.channel import GatewayRequest
 
 # A session's cookie is re-issued (sliding inactivity) at most this often.
@@ -214,6 +214,9 @@ class RouteLogin:
         self._cookie_headers = CookieHeaderReader()
         # Bound once: a fresh bound method per request would empty that memo.
         self._is_own_cookie = self.is_own_cookie
+        # The route's token gate when it takes bearer tokens too (set by the
+        # runtime): requests that carry a token are its, not the session's.
+        self.bearer: TokenChallenges | None = None
         # id(session) -> (session, rules, authorization failure, identity headers).
         self._admission: dict[
             int, tuple[Session, AuthorizeRules, str | None, list[tuple[bytes, bytes]]]
@@ -475,6 +478,8 @@ class RouteLogin:
                 401,
                 {"error": "unauthenticated", "message": "Sign in first.", "login_url": login_url},
                 set_cookies=clear,
+                # A route that takes tokens too says how (RFC 6750, RFC 9728).
+                headers=[] if self.bearer is None else self.bearer.challenges(visit.host, tls),
             )
             return
         if self.oidc.post_logout_redirect is None and request.method in (b"GET", b"HEAD"):

@@ -600,8 +600,8 @@ def _reason(directive: Directive) -> str:
         )
     if key.startswith("oidcoauth"):
         return (
-            "OAuth 2.0 resource server settings: the gateway logs users in, it does not "
-            "check bearer tokens"
+            "OAuth 2.0 resource server settings: give the route a bearer block by hand "
+            "(provider, audiences, introspection; docs/apis.rst)"
         )
     if key.startswith("oidc"):
         return "a mod_auth_openidc directive this importer does not know; check it by hand"

@@ -120,9 +120,14 @@ _NO_EQUIVALENT: dict[str, str] = {
     "redis_insecure_skip_tls_verify": "Redis TLS is always verified; give redis_ca_file",
     "redis_connection_idle_timeout": "the gateway keeps its Redis connections open",
     "redis_username": "Redis ACL user names are not supported; use the password",
-    "skip_jwt_bearer_tokens": "the gateway does not take bearer JWTs in place of a session",
-    "extra_jwt_issuers": "the gateway does not take bearer JWTs in place of a session",
-    "bearer_token_login_fallback": "the gateway does not take bearer JWTs in place of a session",
+    "skip_jwt_bearer_tokens": (
+        "give the route a bearer block by hand (provider, audiences; docs/apis.rst): "
+        "requests with a token are then judged by it"
+    ),
+    "extra_jwt_issuers": "a bearer block names one provider; add one route per issuer",
+    "bearer_token_login_fallback": (
+        "with a bearer block, a request with a bad token gets 401, never a login"
+    ),
     "real_client_ip_header": "X-Forwarded-For is believed from trusted_proxies only",
     "trusted_ips": "no address-based exceptions; use public_paths for paths",
     "encode_state": "the state parameter is always opaque",

@@ -264,6 +264,12 @@ class GatewayMetrics:
             ["route", "result"],
             registry=r,
         )
+        self.bearer_refusals = Counter(
+            "idgateway_bearer_refusals",
+            "Bearer-token requests refused (401, 403, 503), by route and reason code",
+            ["route", "reason"],
+            registry=r,
+        )
         self.logouts = Counter(
             "idgateway_logouts",
             "Logouts: sign_out, backchannel, frontchannel",
@@ -369,6 +375,10 @@ class GatewayMetrics:
 
     def refresh(self, route: str, result: str) -> None:
         self.refreshes.labels(route, result).inc()
+
+    def bearer_refused(self, route: str, reason: str) -> None:
+        """``reason``: the gate's own codes (idgateway.gate.bearer), a bounded set."""
+        self.bearer_refusals.labels(route, reason).inc()
 
     def logout(self, route: str, kind: str) -> None:
         self.logouts.labels(route, kind).inc()

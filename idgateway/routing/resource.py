@@ -15,7 +15,7 @@ from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
-from idgateway.gate import endpoints
+from idgateway.gate import bearer_endpoints, endpoints
 from idgateway.gate.jwks import JWKS_PATH, send_jwks
 from idgateway.http.paths import AmbiguousPath, PathReading
 from idgateway.observe import access_log as observe
@@ -87,7 +87,10 @@ class GatewayResource(Resource):
         request.idgw_route = route.name  # observe hook
         runtime = state.runtimes[route.name]
         if not host and (
-            request.clientproto != b"HTTP/1.0" or runtime.login is not None or route.https_redirect
+            request.clientproto != b"HTTP/1.0"
+            or runtime.login is not None
+            or runtime.bearer is not None
+            or route.https_redirect
         ):
             # No host to build a URL with (redirect_uri, https_redirect): an
             # HTTP/1.0 request without Host reaches only plain proxy routes.
@@ -121,8 +124,11 @@ class GatewayResource(Resource):
             if body.length is not None and body.length > route.max_body_size:
                 return self._refuse(request, 413, "The request body is too large.")
             body.limit = route.max_body_size
-        login = runtime.login
-        if login is not None:
+        login, bearer = runtime.login, runtime.bearer
+        if bearer is not None and (login is None or bearer.claims_request(request, reading.text)):
+            # A token (or a token-only route): judged as a token, never as a session.
+            bearer_endpoints.serve(bearer, self, request, state, runtime, host)
+        elif login is not None:
             if reading.text.startswith("/oauth2/") or reading.text == login.redirect_path:
                 endpoints.dispatch(login, self, request, state, runtime, host, reading.text)
             else:

@@ -32,6 +32,7 @@ from idgateway.config.model import (
 )
 from idgateway.config.signing_keys import AssertionKeySet
 from idgateway.gate.assertion import AssertionSigner
+from idgateway.gate.bearer import BearerGate
 from idgateway.gate.identity_headers import IdentityHeaders
 from idgateway.gate.session_check import ProviderHandle, RouteLogin
 from idgateway.http.paths import PathJudge, PathPolicy, PathReading
@@ -69,6 +70,9 @@ class RouteRuntime:
     # The route's identity-assertion signer (any gate that admits a request may
     # use it: RouteLogin does for sessions); None when the route has no assertion.
     assertion: AssertionSigner | None = None
+    # The bearer-token gate (routes with ``bearer``); on routes with a login
+    # too, the requests that carry a token are its (see routing.resource).
+    bearer: BearerGate | None = None
     # Whether a cookie name is one of the gateway's (any route's): such cookies
     # are removed from every request sent upstream. None when no route logs in.
     own_cookie: Callable[[bytes], bool] | None = None
@@ -86,6 +90,10 @@ class RouteRuntime:
 
     # Where https_redirect sends plain-HTTP clients: b"" for 443, else b":8443".
     https_port_suffix: bytes = b""
+
+    @property
+    def has_login(self) -> bool:
+        return self.login is not None
 
     def pool_for(self, reading: PathReading) -> tuple[UpstreamPool, Upstream]:
         if reading.sub_route is not None:
@@ -238,6 +246,16 @@ class StateBuilder:
                     self._revocation,
                 )
                 identity = login.identity
+            bearer = self.bearer_gate(
+                route, login, by_name, redis_client, shared_client, config.workers
+            )
+            before = previous.runtimes.get(route.name) if previous is not None else None
+            if bearer is not None and before is not None and before.bearer is not None:
+                bearer.adopt(before.bearer)
+            if bearer is not None:
+                identity = bearer.identity if login is None else identity
+                if login is not None:
+                    login.bearer = bearer
             strip = identity.strip
             signer = None
             if route.assertion is not None:
@@ -251,6 +269,8 @@ class StateBuilder:
                     )
                 if login is not None:
                     login.assertion = signer
+                if bearer is not None:
+                    bearer.assertion = signer
             runtimes[route.name] = RouteRuntime(
                 route=route,
                 default_pool=pool(route.upstream, route),
@@ -263,6 +283,7 @@ class StateBuilder:
                 strip_prefixes=identity.strip_prefixes,
                 login=login,
                 assertion=signer,
+                bearer=bearer,
             )
         # Every route strips every identity header and every gateway cookie that
         # ANY route could set: routes may share an upstream or a cookie domain.
@@ -290,6 +311,45 @@ class StateBuilder:
             replay=self._replay,
             redis_clients=redis_clients,
             assertion_keys=assertion_keys,
+        )
+
+    def bearer_gate(
+        self,
+        route: Route,
+        login: RouteLogin | None,
+        by_name: dict[str, ProviderHandle],
+        redis_client: Callable[[RedisSettings], RedisClient],
+        shared_client: RedisClient | None,
+        workers: int = 1,
+    ) -> BearerGate | None:
+        """The route's token gate: introspection answers shared through the Redis
+        of its sessions (sealed with their keys), DPoP proofs' jti remembered in
+        that Redis, else the shared one, else this process."""
+        if route.bearer is None:
+            return None
+        session_redis = (
+            route.auth.session.redis
+            if route.auth is not None and route.auth.session.store == "redis"
+            else None
+        )
+        redis = redis_client(session_redis) if session_redis is not None else None
+        if route.bearer.settings.dpop != "off" and redis is None and shared_client is None:
+            if workers > 1:
+                self._log.warn(
+                    "route {route}: DPoP proofs' jti are remembered per process (no Redis): "
+                    "with workers: {n}, a proof replayed to another worker is not caught; "
+                    "set redis: {{url: ...}}",
+                    route=route.name,
+                    n=workers,
+                )
+        return BearerGate(
+            route,
+            route.bearer,
+            by_name[route.bearer.settings.provider],
+            self.reactor,
+            redis=redis,
+            keyring=login.keyring if login is not None and redis is not None else None,
+            replay_redis=redis or shared_client,
         )
 
     def provider_handle(self, settings: ProviderSettings) -> ProviderHandle:

@@ -62,8 +62,15 @@ async def readiness(holder: StateHolder) -> tuple[bool, dict[str, Any]]:
                 detail["redis_ready"] = reachable.get(session_redis, False)
                 ready = ready and detail["redis_ready"]
             detail["ready"] = ready
+        elif runtime.bearer is not None:
+            # A token-only route cannot check a token before its provider's keys
+            # and endpoints are known.
+            handle = runtime.bearer.provider
+            detail["provider"] = handle.settings.name
+            detail["provider_ready"] = detail["ready"] = handle.client.ready
         else:
             detail["ready"] = True
+        detail["bearer"] = runtime.bearer is not None
         routes[name] = detail
     ready = all(r["ready"] for r in routes.values()) and all(r["ready"] for r in redis.values())
     return ready, {"ready": ready, "routes": routes, "providers": providers, "redis": redis}
@@ -155,6 +162,13 @@ async def status(holder: StateHolder, service: Any = None) -> dict[str, Any]:
                 "paths": {sub.prefix: sub.upstream.url for sub in route.paths},
                 "provider": None if auth is None else auth.oidc.provider,
                 "session_store": store,
+                # Bearer tokens (idgateway.gate.bearer): which kinds, from which provider.
+                "bearer": None
+                if route.bearer is None
+                else (
+                    f"{route.bearer.settings.provider}: "
+                    f"{', '.join(route.bearer.settings.tokens)}; dpop {route.bearer.settings.dpop}"
+                ),
             }
         )
     providers = []

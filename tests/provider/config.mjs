@@ -20,6 +20,10 @@
 //     "jwks_uri": "http",           // discovery advertises http://.../oauth2/jwks
 //     "expires_in": "1e400"         // raw JSON text put in every token response's expires_in
 //   }
+// A tenant's "api_scopes": ["orders:read", ...] are scopes of its API resources,
+// grantable besides the OIDC ones (client_credentials: "scope=orders:read"). A client's
+// "access_token_audiences": ["orders"] are added to its JWT access tokens' aud (WSO2's
+// per-application audiences), and "grant_types" may list "client_credentials".
 // Without it (the default) the tenant behaves exactly as before.
 //
 // The default tenants (carbon.super, acme.com) always exist; a tenant given in the
@@ -131,6 +135,11 @@ function normalizeClient(tenant, client, index) {
   }
   if (client.pkce_required !== undefined && typeof client.pkce_required !== 'boolean') {
     fail(`${where}.pkce_required must be true or false`);
+  }
+  if (client.access_token_audiences !== undefined
+    && (!Array.isArray(client.access_token_audiences)
+      || !client.access_token_audiences.every((a) => typeof a === 'string'))) {
+    fail(`${where}.access_token_audiences must be a list of strings`);
   }
   const format = client.access_token_format || 'opaque';
   if (!['opaque', 'jwt'].includes(format)) {

@@ -24,6 +24,10 @@
 //   POST /_test/logout_token?tenant=&client_id=&username=|sub=&sid=&kid=  a signed logout token
 //   POST /_test/rotate_keys?tenant=carbon.super[&drop_old=1] new signing key (kid);
 //        the old key stays in the JWKS (listed second) unless drop_old=1
+//   POST /_test/sign?tenant=  {"claims": {...}, "header": {...}}  any claims signed with
+//        the tenant's key ("now+60" -> epoch seconds); iss defaults to the tenant's
+//   POST /_test/introspection?tenant=&mode=normal|inactive|500|garbage|slow  what
+//        /oauth2/introspect answers from now on
 
 import * as fs from 'node:fs';
 import * as http from 'node:http';
@@ -145,6 +149,17 @@ function redirect(res, location, extraHeaders = {}) {
     location, 'content-length': '0', 'cache-control': 'no-store', ...extraHeaders,
   });
   res.end();
+}
+
+async function readBody(req) {
+  const chunks = [];
+  let size = 0;
+  for await (const chunk of req) {
+    size += chunk.length;
+    if (size > 64 * 1024) throw new Error('request body too large');
+    chunks.push(chunk);
+  }
+  return Buffer.concat(chunks).toString('utf8');
 }
 
 async function readForm(req) {
@@ -307,6 +322,25 @@ async function admin(req, res, url) {
       previous_kid: tenant.key.kidRS256,
       published: [rotated.key, ...rotated.oldKeys].map((k) => k.kidRS256),
     });
+  }
+  if (url.pathname === '/_test/sign' && req.method === 'POST') {
+    // Body: {"claims": {...}, "header": {...}}; "now+N"/"now-N" strings in
+    // claims become epoch seconds. Signed with the tenant's key.
+    const body = JSON.parse((await readBody(req)) || '{}');
+    const now = Math.floor(Date.now() / 1000);
+    const claims = Object.fromEntries(Object.entries(body.claims ?? {}).map(([k, v]) => {
+      const m = typeof v === 'string' ? /^now([+-]\d+)?$/.exec(v) : null;
+      return [k, m ? now + Number(m[1] ?? 0) : v];
+    }));
+    return sendJson(res, 200, { token: tenant.sign({ iss: tenant.issuer, ...claims }, body.header ?? {}) });
+  }
+  if (url.pathname === '/_test/introspection' && req.method === 'POST') {
+    const mode = url.searchParams.get('mode') || 'normal';
+    if (!['normal', 'inactive', '500', 'garbage', 'slow'].includes(mode)) {
+      return sendJson(res, 400, { error: `unknown mode ${mode}` });
+    }
+    tenant.introspectionFault = mode === 'normal' ? undefined : mode;
+    return sendJson(res, 200, { tenant: tenant.name, mode });
   }
   return sendJson(res, 404, { error: 'unknown admin endpoint' });
 }

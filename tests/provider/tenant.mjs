@@ -233,7 +233,8 @@ export class Tenant {
         end_session: '/oidc/logout',
         pushed_authorization_request: '/oauth2/par',
       },
-      scopes: ['openid', 'offline_access', 'profile', 'email', 'groups', 'roles'],
+      // WSO2 API resources' scopes (e.g. orders:read) besides the OIDC ones.
+      scopes: ['openid', 'offline_access', 'profile', 'email', 'groups', 'roles', ...(settings.api_scopes ?? [])],
       claims: {
         openid: ['sub'],
         profile: ['username', 'given_name', 'family_name', 'name'],
@@ -262,7 +263,10 @@ export class Tenant {
       ttl: { ...settings.ttl },
       features: {
         devInteractions: { enabled: false },
-        dPoP: { enabled: false },
+        // WSO2's "Token binding: DPoP" (RFC 9449): a DPoP proof at the token
+        // endpoint binds the access token to its key (cnf.jkt).
+        dPoP: { enabled: true },
+        clientCredentials: { enabled: true },
         backchannelLogout: { enabled: true },
         claimsParameter: { enabled: true },
         introspection: { enabled: true, allowedPolicy: async () => true },
@@ -384,21 +388,23 @@ export class Tenant {
     // Access tokens: remember the value handed out (for at_hash) and, for clients
     // with access_token_format "jwt", hand out a signed at+jwt whose jti is the
     // stored opaque token's id.
-    const AccessToken = provider.AccessToken;
-    const { save } = AccessToken.prototype;
-    AccessToken.prototype.save = async function wso2Save() {
-      let value = await save.call(this);
-      if (tenant.clients.get(this.clientId)?.access_token_format === 'jwt') {
-        const stored = await this.adapter.find(this.jti);
-        value = tenant.jwtAccessToken(stored);
-      }
-      Object.defineProperty(this, 'issuedValue', { value, configurable: true });
-      return value;
-    };
-    const findAccessToken = AccessToken.find;
-    AccessToken.find = async function find(value, ...rest) {
-      return findAccessToken.call(this, tenant.accessTokenId(value), ...rest);
-    };
+    // Client-credentials tokens (no user) are access tokens too, JWT or opaque alike.
+    for (const Model of [provider.AccessToken, provider.ClientCredentials]) {
+      const { save } = Model.prototype;
+      Model.prototype.save = async function wso2Save() {
+        let value = await save.call(this);
+        if (tenant.clients.get(this.clientId)?.access_token_format === 'jwt') {
+          const stored = await this.adapter.find(this.jti);
+          value = tenant.jwtAccessToken(stored);
+        }
+        Object.defineProperty(this, 'issuedValue', { value, configurable: true });
+        return value;
+      };
+      const findToken = Model.find;
+      Model.find = async function find(value, ...rest) {
+        return findToken.call(this, tenant.accessTokenId(value), ...rest);
+      };
+    }
 
     // Rotated refresh tokens: the old one is simply dead (invalid_grant) and the
     // new one stays valid (oidc-provider would revoke the whole grant on reuse).
@@ -418,10 +424,12 @@ export class Tenant {
 
   jwtAccessToken(stored) {
     const user = stored.accountId ? this.userBySub(stored.accountId) : undefined;
+    // WSO2: aud is the client id, plus the application's configured audiences.
+    const audiences = this.clients.get(stored.clientId)?.access_token_audiences ?? [];
     const payload = {
       sub: stored.accountId ?? stored.clientId,
       aut: user ? 'APPLICATION_USER' : 'APPLICATION',
-      aud: stored.clientId,
+      aud: audiences.length ? [stored.clientId, ...audiences] : stored.clientId,
       nbf: stored.iat,
       azp: stored.clientId,
       scope: stored.scope,
@@ -430,9 +438,27 @@ export class Tenant {
       iat: stored.iat,
       jti: stored.jti,
       client_id: stored.clientId,
+      // DPoP-bound (RFC 9449 6.1): the thumbprint of the proof's key.
+      cnf: stored.jkt ? { jkt: stored.jkt } : undefined,
       ...this.orgClaims(),
     };
-    return signRS256(payload, { alg: 'RS256', typ: 'at+jwt', kid: this.key.kidRS256 }, this.key.privateKey);
+    return this.sign(payload, { typ: 'at+jwt' });
+  }
+
+  // Any claims signed with this tenant's key (the security tests' crafted
+  // tokens: expired, another audience, an unknown kid...). RS256 unless the
+  // header says PS256.
+  sign(payload, header = {}) {
+    const full = { alg: 'RS256', kid: this.key.kidRS256, ...header };
+    const clean = Object.fromEntries(Object.entries(payload).filter(([, v]) => v !== undefined));
+    if (full.alg === 'PS256') {
+      const input = `${b64url(full)}.${b64url(clean)}`;
+      const signature = crypto.sign('sha256', Buffer.from(input), {
+        key: this.key.privateKey, padding: crypto.constants.RSA_PKCS1_PSS_PADDING, saltLength: 32,
+      }).toString('base64url');
+      return `${input}.${signature}`;
+    }
+    return signRS256(clean, full, this.key.privateKey);
   }
 
   // A back-channel logout token for `clientId`, signed like WSO2's (for tests
@@ -468,6 +494,8 @@ export class Tenant {
       const route = ctx._matchedRouteName;
       if (route === 'discovery' && ctx.status === 200 && ctx.body) {
         ctx.body = tenant.discovery(ctx.body);
+      } else if (route === 'introspection' && tenant.introspectionFault) {
+        await tenant.misbehaveOnIntrospection(ctx);
       } else if (route === 'introspection' && ctx.status === 200 && ctx.body?.active) {
         ctx.body = tenant.introspection(ctx);
       } else if (route === 'token' && ctx.status === 200 && ctx.body
@@ -502,6 +530,28 @@ export class Tenant {
     ctx.type = 'application/json; charset=utf-8';
     ctx.body = JSON.stringify(body).replace(marker, this.misbehave.expires_in);
     this.log(`misbehaving: expires_in ${this.misbehave.expires_in}`);
+  }
+
+  // /_test/introspection?mode=: what introspection answers instead (the
+  // gateway's security tests). "slow" answers after 3 s.
+  async misbehaveOnIntrospection(ctx) {
+    const mode = this.introspectionFault;
+    if (mode === 'inactive') {
+      ctx.status = 200;
+      ctx.body = { active: false };
+    } else if (mode === '500') {
+      ctx.status = 500;
+      ctx.body = { error: 'server_error' };
+    } else if (mode === 'garbage') {
+      ctx.status = 200;
+      ctx.type = 'application/json';
+      ctx.body = '{"active": tru';
+    } else if (mode === 'slow') {
+      await new Promise((resolve) => { setTimeout(resolve, 3000); });
+      ctx.status = 200;
+      ctx.body = { active: false };
+    }
+    this.log(`misbehaving: introspection answered ${mode}`);
   }
 
   discovery(body) {
@@ -545,8 +595,9 @@ export class Tenant {
       exp: token.exp,
       iat: token.iat,
       nbf: token.iat,
-      token_type: token.kind === 'RefreshToken' ? 'Refresh' : 'Bearer',
+      token_type: token.kind === 'RefreshToken' ? 'Refresh' : (token.jkt ? 'DPoP' : 'Bearer'),
       aut: user ? 'APPLICATION_USER' : 'APPLICATION',
+      cnf: token.jkt ? { jkt: token.jkt } : undefined,
     };
     return Object.fromEntries(Object.entries(out).filter(([, v]) => v !== undefined));
   }

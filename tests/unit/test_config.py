@@ -23,6 +23,7 @@ from idgateway.config.auth import (
     PROVIDER_FIELDS,
     SESSION_FIELDS,
 )
+from idgateway.config.bearer import BEARER_FIELDS, INTROSPECTION_FIELDS
 from idgateway.config.load import (
     CERTIFICATE_FIELDS,
     HSTS_FIELDS,
@@ -857,8 +858,10 @@ def test_the_example_file_in_etc_loads(tmp_path: Path, certs: Path) -> None:
     text = example.read_text().replace("/etc/idgateway", str(certs))
     env = {"BILLING_HOST": "billing.internal", "APP1_CLIENT_SECRET": "s3cret"}
     env["APP1_SESSION_KEY"] = "a" * 43 + "="
+    env["INTROSPECT_SECRET"] = "s3cret"
     config = load(tmp_path, text, env)
-    assert [route.name for route in config.routes] == ["app1", "billing", "wild", "fallback"]
+    names = [route.name for route in config.routes]
+    assert names == ["app1", "billing", "wild", "fallback", "orders-api"]
     billing = config.routes[1]
     assert billing.upstream.host == "billing.internal" and billing.connect_timeout == 2
     assert billing.max_body_size is None and billing.hsts_max_age == 365 * 86400
@@ -866,5 +869,6 @@ def test_the_example_file_in_etc_loads(tmp_path: Path, certs: Path) -> None:
     every_spec += (PATH_FIELDS, HSTS_FIELDS, PROVIDER_FIELDS, OIDC_FIELDS, SESSION_FIELDS)
     every_spec += (HEADER_OPTION_FIELDS, AUTHORIZE_FIELDS, RELOAD_FIELDS, FORWARD_AUTH_FIELDS)
     every_spec += (ASSERTION_FIELDS,)
+    every_spec += (BEARER_FIELDS, INTROSPECTION_FIELDS)
     unused = [field.name for spec in every_spec for field in spec if f"{field.name}:" not in text]
     assert unused == []

@@ -39,7 +39,7 @@ def _imports(name: str) -> set[str]:
         if isinstance(node, ast.Import):
             targets = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            # "from idgateway.gate import endpoints" imports the submodule.
+            # A submodule imported by name from its package counts as imported.
             targets = [
                 f"{node.module}.{alias.name}"
                 if f"{node.module}.{alias.name}" in MODULES
