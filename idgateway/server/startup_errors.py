@@ -9,15 +9,15 @@ that declares it and what to do, and the process exits with status 1.
 from __future__ import annotations
 
 import errno
+import os
 from typing import Any, NoReturn
 
 # What to do about the usual reasons a listening socket cannot be opened.
 _FIXES = {
-    errno.EADDRINUSE: "the address is already in use: stop the process listening there "
-    "(ss -ltnp shows it) or choose another port",
-    errno.EACCES: "permission denied: ports below 1024 need root or the "
-    "CAP_NET_BIND_SERVICE capability (AmbientCapabilities=CAP_NET_BIND_SERVICE in the "
-    "systemd unit), or let systemd open the socket (etc/idgateway.socket)",
+    errno.EADDRINUSE: "stop the process listening there (ss -ltnp shows it) or choose another port",
+    errno.EACCES: "ports below 1024 need root or the CAP_NET_BIND_SERVICE capability "
+    "(AmbientCapabilities=CAP_NET_BIND_SERVICE in the systemd unit), or let systemd open "
+    "the socket (etc/idgateway.socket)",
     errno.EADDRNOTAVAIL: "this machine has no such address: use one of its own "
     "addresses, 0.0.0.0 or [::]",
     errno.EAFNOSUPPORT: "this machine has no IPv6: listen on an IPv4 address",
@@ -43,7 +43,9 @@ def listen_problem(address: str, where: str, error: BaseException) -> str:
     """``cannot listen on 0.0.0.0:443 (gateway.yaml:3): <reason and fix>``."""
     os_error = _os_error(error)
     if os_error is not None and os_error.errno in _FIXES:
-        reason = _FIXES[os_error.errno]
+        # The system's words first (what people search for), then the fix.
+        said = os_error.strerror or os.strerror(os_error.errno)
+        reason = f"{said}: {_FIXES[os_error.errno]}"
     elif os_error is not None:
         reason = os_error.strerror or str(os_error)
     else:
