@@ -17,7 +17,6 @@ from idgateway.gate.bearer_answers import (
     send_json,
 )
 from idgateway.gate.session_check import secure_origin
-from idgateway.http.paths import AmbiguousPath
 from idgateway.oidc.access_tokens import token_digest
 from idgateway.oidc.provider import ASYMMETRIC_ALGORITHMS
 
@@ -80,22 +79,11 @@ async def auth_request(
     proxied request would get. The original request (X-Forwarded-Uri and
     X-Forwarded-Method from a trusted proxy) picks the rules and is what a DPoP
     proof must name, as endpoints.auth_request does for sessions."""
-    try:
-        forwarded = endpoints._forwarded_request(request, state)
-    except endpoints.AmbiguousForward as why:
-        send_json(request, 400, {"error": "ambiguous_forward", "message": str(why)})
+    original = endpoints.original_request(request, state, runtime)
+    if original is None:
         return
-    method, raw_path = forwarded if forwarded is not None else (request.method, request.path)
-    try:
-        reading = runtime.paths.read(raw_path)
-    except AmbiguousPath as why:
-        send_json(
-            request,
-            400,
-            {"error": "ambiguous_path", "message": f"The original path is ambiguous: {why}."},
-        )
-        return
-    if forwarded is not None and gate.is_public(method, reading):
+    method, reading = original.method, original.reading
+    if original.forwarded and gate.is_public(method, reading):
         send_json(request, 202, {"public": True})
         return
     try:

@@ -10,6 +10,7 @@ import os
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
+import attrs
 from twisted.internet import defer
 from twisted.logger import Logger
 
@@ -17,7 +18,7 @@ from idgateway.gate import logout_pages
 from idgateway.gate.answers import origin, send_json, send_redirect
 from idgateway.gate.rules import safe_redirect
 from idgateway.gate.session_check import secure_origin
-from idgateway.http.paths import AmbiguousPath
+from idgateway.http.paths import AmbiguousPath, PathReading
 from idgateway.observe import access_log as observe
 from idgateway.observe.metrics import METRICS, OAUTH_ERRORS  # metrics hook
 from idgateway.oidc.client import (
@@ -353,25 +354,11 @@ async def auth_request(
     """
     from idgateway.gate.rules import authorization_failure
 
-    try:
-        forwarded = _forwarded_request(request, state)
-    except AmbiguousForward as why:
-        send_json(request, 400, {"error": "ambiguous_forward", "message": str(why)})
+    original = original_request(request, state, runtime)
+    if original is None:
         return
-    if forwarded is None:
-        method, raw_path = request.method, request.path
-    else:
-        method, raw_path = forwarded
-    try:
-        reading = runtime.paths.read(raw_path)
-    except AmbiguousPath as why:
-        send_json(
-            request,
-            400,
-            {"error": "ambiguous_path", "message": f"The original path is ambiguous: {why}."},
-        )
-        return
-    if forwarded is not None and login.is_public(method, reading):
+    method, reading = original.method, original.reading
+    if original.forwarded and login.is_public(method, reading):
         send_json(request, 202, {"public": True})
         return
     session, _, _ = await login.current_session(request, tls)
@@ -405,6 +392,40 @@ async def auth_request(
             )
         )
     send_json(request, 202, {"user": session.user}, headers=headers)
+
+
+@attrs.frozen
+class OriginalRequest:
+    """What /oauth2/auth is asked about: the method and the path as the gate reads it."""
+
+    method: bytes
+    reading: PathReading
+    # Named by a trusted proxy (X-Forwarded-Uri...), not the /oauth2/auth request itself.
+    forwarded: bool
+
+
+def original_request(
+    request: GatewayRequest, state: GatewayView, runtime: RouteView
+) -> OriginalRequest | None:
+    """The original request of a forward-auth call, read exactly as the gate reads a
+    proxied one; None when it was ambiguous (then answered with 400 here). One
+    copy for the session and the token gate: both must judge the same path."""
+    try:
+        forwarded = _forwarded_request(request, state)
+    except AmbiguousForward as why:
+        send_json(request, 400, {"error": "ambiguous_forward", "message": str(why)})
+        return None
+    method, raw_path = forwarded if forwarded is not None else (request.method, request.path)
+    try:
+        reading = runtime.paths.read(raw_path)
+    except AmbiguousPath as why:
+        send_json(
+            request,
+            400,
+            {"error": "ambiguous_path", "message": f"The original path is ambiguous: {why}."},
+        )
+        return None
+    return OriginalRequest(method, reading, forwarded is not None)
 
 
 def _trusted_peer(request: GatewayRequest, state: GatewayView | None) -> bool:
