@@ -537,8 +537,9 @@ def test_a_gateway_channel_asks_for_the_tls_server_name_once_per_connection(
     from twisted.web.server import NOT_DONE_YET
 
     from idgateway import request as request_module
+    from idgateway._twisted.tls import TurnBufferedTLS
     from idgateway.request import GatewaySite
-    from idgateway.tls import GatewayTLSFactory, TurnBufferedTLS
+    from idgateway.tls import GatewayTLSFactory
     from idgateway.writecoalesce import TurnWriteBuffer
 
     asked: list[object] = []
