@@ -37,7 +37,6 @@ from __future__ import annotations
 from typing import Any
 
 from OpenSSL import SSL
-from twisted.protocols.policies import ProtocolWrapper
 from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 
@@ -132,7 +131,8 @@ class DirectRecordTLS(TurnBufferedTLS):
             if result > 0:
                 data = _ffi.buffer(buffer, result)[:]
                 if not self._aborted:
-                    ProtocolWrapper.dataReceived(self, data)
+                    # (ProtocolWrapper.dataReceived, without its frame)
+                    self.wrappedProtocol.dataReceived(data)
                 continue
             if _lib.SSL_get_error(ssl, result) == _lib.SSL_ERROR_WANT_READ:
                 break  # the bytes so far make no complete record: wait for more
