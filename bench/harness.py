@@ -2833,6 +2833,12 @@ def main(argv: list[str] | None = None) -> int:
         for step in steps:
             wanted |= {k for k in STEP_SERVERS.get(step, ()) if apache or not is_apache(k)}
         servers = {key: srv for key, srv in servers.items() if key in wanted}
+        # Only the modules some Apache of this run loads (--only may leave some out).
+        meta["config"]["mod_auth_openidc"] = [
+            m
+            for m in meta["config"]["mod_auth_openidc"]
+            if any(srv.module == m["path"] for srv in servers.values())
+        ]
 
         def label_cases() -> None:
             for case in cases.values():
