@@ -1792,7 +1792,7 @@ def measure_idle_connections(srv: Server, count: int, direct: Server | None) -> 
         "fresh": fresh,
         "target_ms": FRESH_TARGET_MS,
     }
-    out.update(idle_rss_projection(before["rss_kib"], after["rss_kib"], len(socks)))
+    out.update(idle_rss_projection(before, after, len(socks)))
     if direct is not None and direct.alive():
         times = []
         for _ in range(FRESH_REQUESTS):
@@ -1808,16 +1808,22 @@ def measure_idle_connections(srv: Server, count: int, direct: Server | None) -> 
     return out
 
 
-def idle_rss_projection(before_kib: float, after_kib: float, answered: int) -> dict:
+def idle_rss_projection(before: dict, after: dict, answered: int) -> dict:
     """RSS growth per IDLE_RSS_PER idle connections, and the whole server's RSS
-    with that many (its RSS before plus that growth), from ``answered``
-    measured connections; both in KiB, None if none answered."""
+    (and PSS) with that many (before plus that growth), from ``answered``
+    measured connections and tree_memory() before and after; in KiB, None if
+    none answered (PSS: None if not readable)."""
     if answered <= 0:
-        return {"rss_growth_per_10k_kib": None, "rss_at_10k_kib": None}
-    per = (after_kib - before_kib) * IDLE_RSS_PER / answered
+        return {"rss_growth_per_10k_kib": None, "rss_at_10k_kib": None, "pss_at_10k_kib": None}
+    scale = IDLE_RSS_PER / answered
+    per = (after["rss_kib"] - before["rss_kib"]) * scale
+    pss_before, pss_after = before.get("pss_kib"), after.get("pss_kib")
     return {
         "rss_growth_per_10k_kib": per,
-        "rss_at_10k_kib": before_kib + per,
+        "rss_at_10k_kib": before["rss_kib"] + per,
+        "pss_at_10k_kib": None
+        if pss_before is None or pss_after is None
+        else pss_before + (pss_after - pss_before) * scale,
         "rss_at_10k_target_mib": IDLE_RSS_TARGET_MIB,
     }
 
@@ -2393,24 +2399,26 @@ def render_extras(extras: dict) -> list[str]:
             if key in LOGIN_SERVERS:
                 verdict = "met" if f["max_ms"] < r["target_ms"] else "NOT met"
                 text += f" (target < {r['target_ms']:g} ms: {verdict})"
-            at_10k = r.get("rss_at_10k_kib")
-            if at_10k is not None:
-                text += (
-                    f"; per {IDLE_RSS_PER:,} connections +{mib(r['rss_growth_per_10k_kib'])}, "
-                    f"whole server at {IDLE_RSS_PER:,} {mib(at_10k)}"
-                )
-                if key in LOGIN_SERVERS:
-                    met = at_10k / 1024 < r["rss_at_10k_target_mib"]
-                    text += (
-                        f" (target < {r['rss_at_10k_target_mib']:g} MiB: "
-                        f"{'met' if met else 'NOT met'})"
-                    )
             d = r.get("direct_fresh")
             if d:
                 text += (
                     f", {fmt_x(f['median_ms'] / d['median_ms'])} the direct upstream's "
                     f"{d['median_ms']:.2f} ms"
                 )
+            at_10k = r.get("rss_at_10k_kib")
+            if at_10k is not None:
+                pss = r.get("pss_at_10k_kib")
+                text += (
+                    f"; per {IDLE_RSS_PER:,} connections +{mib(r['rss_growth_per_10k_kib'])}: "
+                    f"whole server at {IDLE_RSS_PER:,} RSS {mib(at_10k)}"
+                    + ("" if pss is None else f", PSS {mib(pss)}")
+                )
+                if key in LOGIN_SERVERS:
+                    met = at_10k / 1024 < r["rss_at_10k_target_mib"]
+                    text += (
+                        f" (target RSS < {r['rss_at_10k_target_mib']:g} MiB: "
+                        f"{'met' if met else 'NOT met'})"
+                    )
             return text
 
         parts = per_server(idle, idle_fmt)

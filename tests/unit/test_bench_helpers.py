@@ -327,8 +327,28 @@ def test_second_module_column_and_header(harness):
 
 
 def test_idle_rss_per_10k_connections(harness):
-    got = harness.idle_rss_projection(60 * 1024, 100 * 1024, 5_000)
+    before = {"rss_kib": 60 * 1024, "pss_kib": 40 * 1024}
+    after = {"rss_kib": 100 * 1024, "pss_kib": 70 * 1024}
+    got = harness.idle_rss_projection(before, after, 5_000)
     assert got["rss_growth_per_10k_kib"] == pytest.approx(80 * 1024)
     assert got["rss_at_10k_kib"] == pytest.approx(140 * 1024)
+    assert got["pss_at_10k_kib"] == pytest.approx(100 * 1024)
     assert got["rss_at_10k_target_mib"] == 150
-    assert harness.idle_rss_projection(60 * 1024, 60 * 1024, 0)["rss_at_10k_kib"] is None
+    assert harness.idle_rss_projection(before, before, 0)["rss_at_10k_kib"] is None
+    no_pss = harness.idle_rss_projection({"rss_kib": 1, "pss_kib": None}, after, 5_000)
+    assert no_pss["pss_at_10k_kib"] is None and no_pss["rss_at_10k_kib"] is not None
+    r = {
+        "fresh": {"median_ms": 1.0, "max_ms": 2.0},
+        "rss_growth_kib": 40 * 1024,
+        "answered": 5_000,
+        "still_open": 5_000,
+        "before": before,
+        "after": after,
+        "target_ms": 100.0,
+        **got,
+    }
+    [line] = harness.render_extras({"idle_conns": {"gateway_cookie": r}})
+    assert (
+        "per 10,000 connections +80.0 MiB: whole server at 10,000 RSS 140.0 MiB, "
+        "PSS 100.0 MiB (target RSS < 150 MiB: met)" in line
+    )
