@@ -113,8 +113,13 @@ class DirectRecordTLS(TurnBufferedTLS):
             return
         connection = self._tlsConnection
         bio = connection._into_ssl
-        with _ffi.from_buffer(data) as cdata:
-            result = _lib.BIO_write(bio, cdata, len(cdata))
+        if type(data) is bytes:
+            # cffi passes bytes to a (void *) as is, without from_buffer's
+            # buffer object and context manager.
+            result = _lib.BIO_write(bio, data, len(data))
+        else:
+            with _ffi.from_buffer(data) as cdata:
+                result = _lib.BIO_write(bio, cdata, len(cdata))
         if result <= 0:
             connection._handle_bio_errors(bio, result)  # raises, as bio_write would
         self._flushReceiveBIO()
@@ -171,6 +176,19 @@ class DirectRecordTLS(TurnBufferedTLS):
         ssl = connection._ssl
         total = len(data)
         sent = 0
+        if total <= _RECORD and type(data) is bytes:
+            # One record (the usual response): the bytes as they are, without
+            # a buffer object to take slices from.
+            if not total:
+                return
+            result = _lib.SSL_write(ssl, data, total)
+            if result <= 0:
+                self._write_failed(connection, ssl, result, data, 0)
+                return
+            sent = result
+            self._flushSendBIO()
+            if sent == total:
+                return
         with _ffi.from_buffer(data) as cdata:
             while sent < total:
                 result = _lib.SSL_write(ssl, cdata + sent, min(_RECORD, total - sent))
@@ -178,13 +196,17 @@ class DirectRecordTLS(TurnBufferedTLS):
                     sent += result
                     self._flushSendBIO()
                     continue
-                try:
-                    connection._raise_ssl_error(ssl, result)
-                except SSL.WantReadError:
-                    self._bufferedWrite(data[sent:])
-                except SSL.Error:
-                    self._tlsShutdownFinished(Failure())
+                self._write_failed(connection, ssl, result, data, sent)
                 break
+
+    def _write_failed(self, connection: Any, ssl: Any, result: int, data: bytes, sent: int) -> None:
+        """What Twisted's _write does when pyOpenSSL's send raises."""
+        try:
+            connection._raise_ssl_error(ssl, result)
+        except SSL.WantReadError:
+            self._bufferedWrite(data[sent:])
+        except SSL.Error:
+            self._tlsShutdownFinished(Failure())
 
 
 GatewayTLS: type[TurnBufferedTLS] = DirectRecordTLS if DIRECT else TurnBufferedTLS

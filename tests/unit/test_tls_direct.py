@@ -38,7 +38,7 @@ REQUEST = b"GET / HTTP/1.1\r\nHost: app1.localhost\r\n\r\n"
 class App(Protocol):
     """The server's application: records what it gets; answers each chunk."""
 
-    def __init__(self, answer: Callable[[bytes], bytes | None]) -> None:
+    def __init__(self, answer: Callable[[bytes], Any]) -> None:
         self.received = b""
         self.answer = answer
         self.lost: Failure | None = None
@@ -47,7 +47,7 @@ class App(Protocol):
     def dataReceived(self, data: bytes) -> None:
         self.received += data
         reply = self.answer(data)
-        if reply:
+        if reply is not None:
             self.transport.write(reply)  # type: ignore[union-attr]
 
     def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:  # noqa: B008
@@ -121,7 +121,7 @@ def contexts(tmp_path_factory: pytest.TempPathFactory) -> SNIServerContexts:
 def connect(
     contexts: SNIServerContexts,
     cls: type,
-    answer: Callable[[bytes], bytes | None] = lambda data: None,
+    answer: Callable[[bytes], Any] = lambda data: None,
     early: bytes = b"",
 ) -> Rig:
     clock = Clock()
@@ -231,7 +231,7 @@ def answer_per_request(data: bytes) -> bytes | None:
     return None
 
 
-SCENARIOS: list[tuple[str, Callable[[Rig], None], Callable[[bytes], bytes | None], bytes]] = [
+SCENARIOS: list[tuple[str, Callable[[Rig], None], Callable[[bytes], Any], bytes]] = [
     ("three requests", exchange_requests, answer_per_request, b""),
     ("100 KB response", large_response, lambda data: b"R" * 100_000, b""),
     ("100 KB request", large_request, lambda data: None, b""),
@@ -244,6 +244,12 @@ SCENARIOS: list[tuple[str, Callable[[Rig], None], Callable[[bytes], bytes | None
     ("truncated record", truncated_record, answer_per_request, b""),
     ("server closes after its answer", server_closes_after_answer, answer_per_request, b""),
     ("app writes before the handshake", exchange_requests, answer_per_request, b"early bytes"),
+    # The one-record write path and its edges.
+    ("empty write", exchange_requests, lambda data: b"", b""),
+    ("one full record", exchange_requests, lambda data: b"r" * 2**14, b""),
+    ("one byte over a record", exchange_requests, lambda data: b"r" * (2**14 + 1), b""),
+    ("a bytearray", exchange_requests, lambda data: bytearray(b"from a bytearray"), b""),
+    ("a memoryview", exchange_requests, lambda data: memoryview(b"from a memoryview"), b""),
 ]
 
 
@@ -255,7 +261,7 @@ SCENARIOS: list[tuple[str, Callable[[Rig], None], Callable[[bytes], bytes | None
 def test_direct_records_behave_as_pyopenssls_calls(
     contexts: SNIServerContexts,
     scenario: Callable[[Rig], None],
-    answer: Callable[[bytes], bytes | None],
+    answer: Callable[[bytes], Any],
     early: bytes,
 ) -> None:
     outcomes = []
@@ -293,6 +299,10 @@ def test_what_the_scenarios_see(contexts: SNIServerContexts) -> None:
     assert rig.app.received == REQUEST
     assert rig.app.lost is not None and rig.app.lost.check(ConnectionDone)
     assert rig.client_end == "close_notify"
+
+    rig = connect(contexts, DirectRecordTLS, lambda data: b"r" * (2**14 + 1))
+    exchange_requests(rig)
+    assert rig.client_received == b"r" * (3 * (2**14 + 1))
 
     rig = connect(contexts, DirectRecordTLS, answer_per_request, b"early bytes")
     exchange_requests(rig)
