@@ -199,6 +199,20 @@ class DirectRecordTLS(TurnBufferedTLS):
                 self._write_failed(connection, ssl, result, data, sent)
                 break
 
+    # HTTPChannel pauses and resumes its transport's producer around requests
+    # (resumeProducing after every one). The TLS protocol has no such methods:
+    # ProtocolWrapper.__getattr__ hands over the TCP transport's after a failed
+    # lookup through eight classes (1.0 us a call); the same, spelled out
+    # (0.2 us).
+    def pauseProducing(self) -> None:
+        self.transport.pauseProducing()  # type: ignore[union-attr]
+
+    def resumeProducing(self) -> None:
+        self.transport.resumeProducing()  # type: ignore[union-attr]
+
+    def stopProducing(self) -> None:
+        self.transport.stopProducing()  # type: ignore[union-attr]
+
     def _write_failed(self, connection: Any, ssl: Any, result: int, data: bytes, sent: int) -> None:
         """What Twisted's _write does when pyOpenSSL's send raises."""
         try:

@@ -313,3 +313,17 @@ def test_the_gateway_uses_direct_records_when_the_names_are_there() -> None:
     assert tls_direct.DIRECT
     assert GatewayTLS is DirectRecordTLS
     assert GatewayTLSFactory.protocol is GatewayTLS
+
+
+@pytest.mark.parametrize("cls", CLASSES)
+def test_producer_calls_reach_the_tcp_transport(contexts: SNIServerContexts, cls: type) -> None:
+    """HTTPChannel pauses and resumes the TLS transport as a producer: both
+    classes hand that to the TCP connection underneath."""
+    rig = connect(contexts, cls)
+    assert rig.wire.producerState == "producing"
+    rig.server.pauseProducing()
+    assert rig.wire.producerState == "paused"
+    rig.server.resumeProducing()
+    assert rig.wire.producerState == "producing"
+    rig.server.stopProducing()
+    assert rig.wire.producerState == "stopped"
