@@ -2505,7 +2505,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=textwrap.dedent("""\
             environment (flags and --quick win): BENCH_DURATION, BENCH_CONNECTIONS,
-            BENCH_ROUNDS, BENCH_THREADS, BENCH_WARMUP, BENCH_JSON.
+            BENCH_ROUNDS, BENCH_THREADS, BENCH_WARMUP, BENCH_JSON, BENCH_MOD_AUTH_OPENIDC.
             exit status: 0 all measured, 1 a target (or the Redis memory step) could not
             be started/measured, 2 set-up problem, 130 interrupted.  Low numbers never
             fail the run."""),
