@@ -103,12 +103,70 @@ LOGIN_SERVERS = (
 APACHE_SERVERS = ("apache_shm", "apache_redis", "apache_shm_tls")
 # Servers whose one listener is TLS (nginx has a TLS port besides its plain one).
 TLS_SERVERS = ("gateway_cookie_tls", "apache_shm_tls")
+# Debian's mod_auth_openidc (libapache2-mod-auth-openidc).  --mod-auth-openidc
+# names other builds: the first module listed is the reference (the "÷ apache"
+# column and the targets); every other one, Debian's included, gets Apache rows
+# and servers of its own whose keys end in MODULE_KEY_SUFFIX (apache_shm_debian,
+# apache_shm_m2, ...) and a "÷ <its version>" column.
+DEBIAN_MOD_AUTH_OPENIDC = "/usr/lib/apache2/modules/mod_auth_openidc.so"
+MODULE_KEY_SUFFIX = re.compile(r"_(?:debian|m[0-9]+)$")
+# What mod_auth_openidc logs when Apache starts (its post-config hook), e.g.
+# "mod_auth_openidc-2.4.20.2 - init - cjose 0.6.2.1, openssl-3.0.x, ...".
+MODULE_VERSION_LINE = re.compile(r"mod_auth_openidc-([0-9][\w.~+-]*) - init\b")
 # Redis memory: this many sessions in a DB of their own (the gateway uses 0).
 MEMORY_SESSIONS = 10_000
 MEMORY_DB = 1
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+def base_key(key: str) -> str:
+    """A server or row key without its module suffix: apache_shm_tls_debian
+    and apache_shm_tls_m2 -> apache_shm_tls."""
+    return MODULE_KEY_SUFFIX.sub("", key) if key.startswith("apache_") else key
+
+
+def is_apache(key: str) -> bool:
+    return base_key(key) in APACHE_SERVERS
+
+
+@dataclass(frozen=True)
+class OidcModule:
+    """One mod_auth_openidc build the Apache rows load."""
+
+    path: str
+    suffix: str  # of its Apache server and row keys; "" for the reference module
+
+
+def oidc_modules(paths: list[str]) -> list[OidcModule]:
+    """--mod-auth-openidc values -> the modules to measure, the reference first.
+
+    No value: Debian's module alone (its rows keep their plain keys).  Given
+    values come first, in order (``debian`` names Debian's module), duplicates
+    dropped; Debian's module is added last unless listed, so that the newest
+    module and Debian's are compared in the same run."""
+    resolved: list[str] = []
+    for path in paths or ["debian"]:
+        full = DEBIAN_MOD_AUTH_OPENIDC if path == "debian" else os.path.abspath(path)
+        if full not in resolved:
+            resolved.append(full)
+    if DEBIAN_MOD_AUTH_OPENIDC not in resolved:
+        resolved.append(DEBIAN_MOD_AUTH_OPENIDC)
+    return [
+        OidcModule(
+            path,
+            "" if i == 0 else "_debian" if path == DEBIAN_MOD_AUTH_OPENIDC else f"_m{i + 1}",
+        )
+        for i, path in enumerate(resolved)
+    ]
+
+
+def module_version(error_log: str) -> str | None:
+    """The mod_auth_openidc version Apache's error log names at start (the
+    last start's), or None if it names none."""
+    found = MODULE_VERSION_LINE.findall(error_log)
+    return found[-1] if found else None
 
 
 def free_port() -> int:
@@ -170,6 +228,9 @@ class Server:
     tls: bool = False
     tls_port: int | None = None
     ssl_context: ssl.SSLContext | None = None
+    # Apache: the mod_auth_openidc it loads, and the version it logged at start.
+    module: str | None = None
+    module_version: str | None = None
 
     @property
     def base_url(self) -> str:
@@ -398,7 +459,10 @@ ServerRoot {root}
 DefaultRuntimeDir {root}
 PidFile {root}/httpd.pid
 ErrorLog {root}/error.log
-LogLevel {log_level}
+# auth_openidc:info only for the server itself: the module logs its version
+# when Apache starts (bench/run names it in the table); the virtual host's own
+# LogLevel keeps requests at {log_level}.
+LogLevel {log_level} auth_openidc:info
 User {user}
 Group {group}
 ServerName {host}
@@ -413,7 +477,7 @@ LoadModule authz_core_module {modules}/mod_authz_core.so
 LoadModule authz_user_module {modules}/mod_authz_user.so
 LoadModule proxy_module {modules}/mod_proxy.so
 LoadModule proxy_http_module {modules}/mod_proxy_http.so
-LoadModule auth_openidc_module {modules}/mod_auth_openidc.so
+LoadModule auth_openidc_module {oidc_module}
 {ssl_modules}
 StartServers            2
 MinSpareThreads         25
@@ -425,6 +489,7 @@ MaxConnectionsPerChild  0
 
 <VirtualHost 127.0.0.1:{port}>
     ServerName {host}
+    LogLevel {log_level}
 {ssl}
     OIDCCryptoPassphrase {passphrase}
     OIDCProviderMetadataURL {discovery_url}
@@ -527,7 +592,12 @@ SESSION_CONF = {
 
 
 def make_servers(
-    tmp: Path, venv: Path, stock_log: bool, workers: int, tls: BenchTLS | None = None
+    tmp: Path,
+    venv: Path,
+    stock_log: bool,
+    workers: int,
+    tls: BenchTLS | None = None,
+    modules: list[OidcModule] | None = None,
 ) -> dict[str, Server]:
     (
         nginx_port,
@@ -632,23 +702,35 @@ def make_servers(
         ),
     }
 
-    # Apache's configs, like the login gateways', are written once the provider runs.
+    # Apache's configs, like the login gateways', are written once the provider
+    # runs.  One set of three per mod_auth_openidc build, the reference's on
+    # the ports above.
+    modules = modules or oidc_modules([])
+    apache_ports = [(shm_port, aredis_port, shm_tls_port)]
+    apache_ports += [tuple(free_ports(3)) for _ in modules[1:]]
     apache = {
-        key: Server(
-            key,
+        key + module.suffix: Server(
+            key + module.suffix,
             label,
-            [APACHE, "-f", str(tmp / key / "httpd.conf"), "-DFOREGROUND"],
+            [APACHE, "-f", str(tmp / (key + module.suffix) / "httpd.conf"), "-DFOREGROUND"],
             port,
-            tmp / f"{key}.out",
+            tmp / f"{key}{module.suffix}.out",
             tmp,
             ready_host=f"{LOGIN_HOST}:{port}",
             tls=key in TLS_SERVERS,
             ssl_context=tls.context if tls and key in TLS_SERVERS else None,
+            module=module.path,
         )
-        for key, label, port in (
-            ("apache_shm", "mod_auth_openidc, shm cache", shm_port),
-            ("apache_redis", "mod_auth_openidc, Redis cache", aredis_port),
-            ("apache_shm_tls", "mod_auth_openidc, shm cache, mod_ssl", shm_tls_port),
+        for module, ports in zip(modules, apache_ports, strict=True)
+        for key, label, port in zip(
+            APACHE_SERVERS,
+            (
+                "mod_auth_openidc, shm cache",
+                "mod_auth_openidc, Redis cache",
+                "mod_auth_openidc, shm cache, mod_ssl",
+            ),
+            ports,
+            strict=True,
         )
     }
 
@@ -795,8 +877,8 @@ def provider_config(servers: dict[str, Server]) -> dict:
                         "redirect_uris": [
                             f"{'https' if servers[k].tls else 'http'}://"
                             f"{LOGIN_HOST}:{servers[k].port}/callback"
-                            for k in APACHE_SERVERS
-                            if k in servers
+                            for k in servers
+                            if is_apache(k)
                         ]
                         or ["http://unused.localhost/"],
                         "token_endpoint_auth_method": "client_secret_basic",
@@ -955,7 +1037,9 @@ class LoginRig:
         if os.geteuid() == 0:
             os.chmod(self.tmp, 0o711)
             os.chmod(root, 0o777)
-        cache = APACHE_CACHE_CONF[srv.key].format(redis_port=self.redis.port if self.redis else 0)
+        cache = APACHE_CACHE_CONF[base_key(srv.key)].format(
+            redis_port=self.redis.port if self.redis else 0
+        )
         user = "www-data" if os.geteuid() == 0 else f"#{os.geteuid()}"
         group = "www-data" if os.geteuid() == 0 else f"#{os.getegid()}"
         tls = self.tls if srv.tls else None
@@ -973,6 +1057,7 @@ class LoginRig:
                 host=LOGIN_HOST,
                 port=srv.port,
                 modules=APACHE_MODULES,
+                oidc_module=srv.module or DEBIAN_MOD_AUTH_OPENIDC,
                 passphrase=base64.b64encode(os.urandom(24)).decode("ascii"),
                 discovery_url=self.provider.discovery_url(),
                 client_id=APACHE_CLIENT_ID,
@@ -1054,7 +1139,7 @@ class LoginRig:
         if status == 200:
             return None
         info(f"  {srv.label}: the session answered {status}; logging in again")
-        return self.login_apache(srv) if srv.key in APACHE_SERVERS else self.login(srv)
+        return self.login_apache(srv) if is_apache(srv.key) else self.login(srv)
 
     def stop(self) -> None:
         for what in (self.provider, self.redis):
@@ -1624,6 +1709,11 @@ RSS_SESSIONS = 10_000  # distinct live sessions, one request each
 IDLE_CONNECTIONS = 5_000  # idle keep-alive client connections
 FRESH_REQUESTS = 20  # new-connection requests timed while they are open
 FRESH_TARGET_MS = 100.0
+# The whole gateway (every process) with 10,000 idle keep-alive connections
+# (issue 17): projected from the IDLE_CONNECTIONS measured, which stay within
+# the default max_connections a 20,000-descriptor limit gives.
+IDLE_RSS_PER = 10_000
+IDLE_RSS_TARGET_MIB = 150.0
 # Which servers each step measures (the first is the gateway, the rest compare).
 STEP_SERVERS = {
     "login_cpu": ("gateway_cookie", "apache_shm"),
@@ -1637,7 +1727,7 @@ def measure_login_cpu(rig: LoginRig, srv: Server, count: int) -> dict:
     real scripted logins, each a new browser: GET / -> login redirect, the
     provider's pages (another process, not counted), the callback (code
     exchange, ID token check, session), and the first authenticated GET /."""
-    login = rig.login_apache if srv.key in APACHE_SERVERS else rig.login
+    login = rig.login_apache if is_apache(srv.key) else rig.login
     keep = srv.client
     before = tree_cpu_seconds(srv.proc.pid)
     t0 = time.monotonic()
@@ -1801,6 +1891,7 @@ def measure_idle_connections(srv: Server, count: int, direct: Server | None) -> 
         "fresh": fresh,
         "target_ms": FRESH_TARGET_MS,
     }
+    out.update(idle_rss_projection(before, after, len(socks)))
     if direct is not None and direct.alive():
         times = []
         for _ in range(FRESH_REQUESTS):
@@ -1814,6 +1905,26 @@ def measure_idle_connections(srv: Server, count: int, direct: Server | None) -> 
             times.append((time.perf_counter() - t) * 1000)
         out["direct_fresh"] = {"median_ms": statistics.median(times), "max_ms": max(times)}
     return out
+
+
+def idle_rss_projection(before: dict, after: dict, answered: int) -> dict:
+    """RSS growth per IDLE_RSS_PER idle connections, and the whole server's RSS
+    (and PSS) with that many (before plus that growth), from ``answered``
+    measured connections and tree_memory() before and after; in KiB, None if
+    none answered (PSS: None if not readable)."""
+    if answered <= 0:
+        return {"rss_growth_per_10k_kib": None, "rss_at_10k_kib": None, "pss_at_10k_kib": None}
+    scale = IDLE_RSS_PER / answered
+    per = (after["rss_kib"] - before["rss_kib"]) * scale
+    pss_before, pss_after = before.get("pss_kib"), after.get("pss_kib")
+    return {
+        "rss_growth_per_10k_kib": per,
+        "rss_at_10k_kib": before["rss_kib"] + per,
+        "pss_at_10k_kib": None
+        if pss_before is None or pss_after is None
+        else pss_before + (pss_after - pss_before) * scale,
+        "rss_at_10k_target_mib": IDLE_RSS_TARGET_MIB,
+    }
 
 
 def run_steps(steps: list[str], servers: dict[str, Server], rig, args, extras: dict) -> None:
@@ -1982,12 +2093,13 @@ CASES = [
     ("stock", "stock", "/"),
     ("gateway", "gateway", "/"),
     ("login_cookie", "gateway_cookie", "/"),
+    # Right after login_cookie: the module it is compared with (and its twins).
+    ("apache_shm", "apache_shm", "/"),
     # The same gateway process, its API route: a repeated JWT (verified once,
     # then remembered) and an opaque token (introspected once, then cached).
     ("bearer_jwt", "gateway_cookie", "/"),
     ("bearer_opaque", "gateway_cookie", "/"),
-    ("apache_shm", "apache_shm", "/"),
-    # Right after login_cookie: the same route with the signed identity assertion on.
+    # The same route with the signed identity assertion on (its own process).
     ("login_cookie_assertion", "gateway_cookie_assertion", "/"),
     ("login_redis", "gateway_redis", "/"),
     ("apache_redis", "apache_redis", "/"),
@@ -2017,6 +2129,20 @@ BEARER_LABELS = {
     "bearer_opaque": "idgateway, bearer opaque (cached)",
 }
 SESSION_CASES = LOGIN_CASES + APACHE_CASES + BEARER_CASES
+
+
+def cases_for(modules: list[OidcModule]) -> list[tuple[str, str, str]]:
+    """CASES with each mod_auth_openidc row followed by its twins for the
+    other modules (keys and servers suffixed), so that all of them follow the
+    gateway row they are compared with."""
+    out = []
+    for key, server, path in CASES:
+        out.append((key, server, path))
+        if key in APACHE_CASES:
+            out.extend((key + m.suffix, server + m.suffix, path) for m in modules[1:])
+    return out
+
+
 # Measurements other than wrk rows, each a line under the table; --only takes
 # their keys too.
 STEPS = ("login_cpu", "sessions_rss", "idle_conns", "gate_micro")
@@ -2053,22 +2179,48 @@ VS_APACHE = {
     "cookie session / mod_auth_openidc shm (100 KB)": "login_cookie_100k",
     "cookie session / mod_auth_openidc shm (TLS)": "login_cookie_tls",
 }
-# Targets for ratios (req/s), shown next to them (issue 6).
+# Targets for ratios (req/s), shown next to them (issue 6; against the
+# reference mod_auth_openidc, raised by issue 17 for its 2.4.20.2).
 RATIO_TARGETS = {
     "repeated JWT bearer / cookie session": 0.9,
     "cached opaque bearer / cookie session": 0.9,
     "Redis session / cookie session": 0.8,
     # Issue 13: signing identity assertions costs at most a tenth of the throughput.
     "assertion on / cookie session": 0.9,
-    "cookie session / mod_auth_openidc shm": 1.5,
-    "Redis session / mod_auth_openidc Redis": 1.5,
-    "cookie session / mod_auth_openidc shm (TLS)": 1.5,
+    "cookie session / mod_auth_openidc shm": 2.0,
+    "Redis session / mod_auth_openidc Redis": 3.0,
+    "cookie session / mod_auth_openidc shm (TLS)": 1.8,
 }
+
+
+def module_suffixes(cases) -> list[str]:
+    """The suffixes of the non-reference mod_auth_openidc rows, in row order."""
+    found: list[str] = []
+    for key in cases:
+        base = base_key(key)
+        if base != key and base in APACHE_CASES and key[len(base) :] not in found:
+            found.append(key[len(base) :])
+    return found
+
+
+def module_ratios(cases) -> list[tuple[str, str, str]]:
+    """RATIOS of a mod_auth_openidc row, for each other module's twin: the
+    name gets " [debian]" (or " [m2]", ...) appended."""
+    return [
+        (
+            f"{name} [{suffix[1:]}]",
+            num + suffix if num in APACHE_CASES else num,
+            den + suffix if den in APACHE_CASES else den,
+        )
+        for suffix in module_suffixes(cases)
+        for name, num, den in RATIOS
+        if den in APACHE_CASES or num in APACHE_CASES
+    ]
 
 
 def compute_ratios(cases: dict[str, Case]) -> dict[str, dict | None]:
     out: dict[str, dict | None] = {}
-    for name, num, den in RATIOS:
+    for name, num, den in RATIOS + module_ratios(cases):
         if num not in cases or den not in cases:
             continue
         a, b = cases[num].summary(), cases[den].summary()
@@ -2121,10 +2273,18 @@ def render(
 ) -> str:
     m = meta["machine"]
     c = meta["config"]
+    modules = c.get("mod_auth_openidc") or []
+    versions = {mod["suffix"]: mod.get("version") or "version ?" for mod in modules}
+    module_text = "; ".join(
+        f"mod_auth_openidc {versions[mod['suffix']]} ({mod['path']}"
+        + (", the ÷ apache reference)" if not mod["suffix"] else f", rows …{mod['suffix']})")
+        for mod in modules
+    )
     lines = [
         f"idgateway benchmark  {meta['date']}",
         f"machine: {m['nproc']} CPUs, {m['cpu_model']}; {m['kernel']}",
-        f"software: Python {m['python']}, Twisted {m['twisted']}, {m['nginx']}, {m['wrk']}",
+        f"software: Python {m['python']}, Twisted {m['twisted']}, {m['nginx']}, {m['wrk']}"
+        + (f"; {module_text}" if module_text else ""),
         f"load: wrk -t{c['threads']} -c{c['connections']} -d{c['duration_s']}s --latency; "
         f"{c['rounds']} round(s) alternating targets, {c['warmup_s']}s warm-up; "
         f"gateways with workers: {c.get('gateway_workers', 1)}; "
@@ -2132,22 +2292,34 @@ def render(
         f"{'to a file' if c['stock_proxy_logging'] else 'off'}",
         "",
     ]
-    ratio_rows = {
-        "stock": ratios.get("stock proxy / direct upstream"),
-        "gateway": ratios.get("gateway / direct upstream"),
-        "gateway_100k": ratios.get("gateway / direct upstream (100 KB)"),
-        "login_cookie": ratios.get("cookie session / direct upstream"),
-        "login_cookie_assertion": ratios.get("cookie session with assertion / direct upstream"),
-        "login_redis": ratios.get("Redis session / direct upstream"),
-        "login_cookie_100k": ratios.get("cookie session / direct upstream (100 KB)"),
-        "apache_shm": ratios.get("mod_auth_openidc shm / direct upstream"),
-        "apache_redis": ratios.get("mod_auth_openidc Redis / direct upstream"),
-        "apache_shm_100k": ratios.get("mod_auth_openidc shm / direct upstream (100 KB)"),
-        "login_cookie_tls": ratios.get("cookie session / direct upstream (TLS)"),
-        "apache_shm_tls": ratios.get("mod_auth_openidc shm / direct upstream (TLS)"),
+    direct_names = {
+        "stock": "stock proxy / direct upstream",
+        "gateway": "gateway / direct upstream",
+        "gateway_100k": "gateway / direct upstream (100 KB)",
+        "login_cookie": "cookie session / direct upstream",
+        "login_cookie_assertion": "cookie session with assertion / direct upstream",
+        "login_redis": "Redis session / direct upstream",
+        "login_cookie_100k": "cookie session / direct upstream (100 KB)",
+        "apache_shm": "mod_auth_openidc shm / direct upstream",
+        "apache_redis": "mod_auth_openidc Redis / direct upstream",
+        "apache_shm_100k": "mod_auth_openidc shm / direct upstream (100 KB)",
+        "login_cookie_tls": "cookie session / direct upstream (TLS)",
+        "apache_shm_tls": "mod_auth_openidc shm / direct upstream (TLS)",
     }
+    ratio_rows = {}
+    for key in cases:
+        base = base_key(key)
+        if base in direct_names:
+            tag = f" [{key[len(base) + 1 :]}]" if base != key else ""
+            ratio_rows[key] = ratios.get(direct_names[base] + tag)
     vs_stock = {"gateway": ratios.get("gateway / stock proxy")}
     vs_apache = {case: ratios.get(name) for name, case in VS_APACHE.items()}
+    # One more "÷" column per other mod_auth_openidc build (Debian's, ...).
+    suffixes = module_suffixes(cases)
+    vs_module = {
+        suffix: {case: ratios.get(f"{name} [{suffix[1:]}]") for name, case in VS_APACHE.items()}
+        for suffix in suffixes
+    }
     header = [
         "target",
         "path",
@@ -2160,6 +2332,7 @@ def render(
         "÷ direct",
         "÷ stock",
         "÷ apache",
+        *(f"÷ {versions.get(suffix, suffix[1:])}" for suffix in suffixes),
         "errors",
     ]
     rows = [header]
@@ -2184,6 +2357,10 @@ def render(
                 fmt_x(r_direct["rps"]) if r_direct else "-",
                 fmt_x(r_stock["rps"]) if r_stock else "-",
                 fmt_x(r_apache["rps"]) if r_apache else "-",
+                *(
+                    fmt_x(vs_module[suffix][key]["rps"]) if vs_module[suffix].get(key) else "-"
+                    for suffix in suffixes
+                ),
                 str(s["errors_total"]),
             ]
         )
@@ -2201,7 +2378,8 @@ def render(
     lines.append(
         "÷ direct / ÷ stock / ÷ apache: this row's median req/s divided by the "
         "direct-upstream row's (same path, same TLS or not) / the stock proxy's / its "
-        "mod_auth_openidc twin's; 1.00x = as fast."
+        "mod_auth_openidc twin's (the reference module; ÷ <version>: that module's twin); "
+        "1.00x = as fast."
     )
     lines.append(
         "CPU/req: user + system CPU time of the server's own processes (not wrk's, not the "
@@ -2249,7 +2427,24 @@ def render(
             text += f", CPU per request {fmt_x(r['cpu'])}"
         vs.append(text)
     if vs:
-        lines.append("÷ mod_auth_openidc (req/s): " + "; ".join(vs))
+        ref = versions.get("")
+        lines.append(f"÷ mod_auth_openidc{' ' + ref if ref else ''} (req/s): " + "; ".join(vs))
+    for suffix in suffixes:
+        vs = []
+        for name, key in VS_APACHE.items():
+            r = ratios.get(f"{name} [{suffix[1:]}]")
+            if key not in cases or r is None:
+                continue
+            text = f"{name.split(' / ')[0]}{name[name.find(' (') :] if ' (' in name else ''} "
+            text += fmt_x(r["rps"])
+            if r["p50"] and r["p99"]:
+                text += f", latency p50 {fmt_x(r['p50'])}, p99 {fmt_x(r['p99'])}"
+            if r.get("cpu"):
+                text += f", CPU per request {fmt_x(r['cpu'])}"
+            vs.append(text)
+        if vs:
+            label = versions.get(suffix, suffix[1:])
+            lines.append(f"÷ mod_auth_openidc {label} (req/s): " + "; ".join(vs))
     if memory is not None:
         if memory.get("mib_per_10k") is not None:
             lines.append(
@@ -2342,6 +2537,20 @@ def render_extras(extras: dict) -> list[str]:
                     f", {fmt_x(f['median_ms'] / d['median_ms'])} the direct upstream's "
                     f"{d['median_ms']:.2f} ms"
                 )
+            at_10k = r.get("rss_at_10k_kib")
+            if at_10k is not None:
+                pss = r.get("pss_at_10k_kib")
+                text += (
+                    f"; per {IDLE_RSS_PER:,} connections +{mib(r['rss_growth_per_10k_kib'])}: "
+                    f"whole server at {IDLE_RSS_PER:,} RSS {mib(at_10k)}"
+                    + ("" if pss is None else f", PSS {mib(pss)}")
+                )
+                if key in LOGIN_SERVERS:
+                    met = at_10k / 1024 < r["rss_at_10k_target_mib"]
+                    text += (
+                        f" (target RSS < {r['rss_at_10k_target_mib']:g} MiB: "
+                        f"{'met' if met else 'NOT met'})"
+                    )
             return text
 
         parts = per_server(idle, idle_fmt)
@@ -2428,7 +2637,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=textwrap.dedent("""\
             environment (flags and --quick win): BENCH_DURATION, BENCH_CONNECTIONS,
-            BENCH_ROUNDS, BENCH_THREADS, BENCH_WARMUP, BENCH_JSON.
+            BENCH_ROUNDS, BENCH_THREADS, BENCH_WARMUP, BENCH_JSON, BENCH_MOD_AUTH_OPENIDC.
             exit status: 0 all measured, 1 a target (or the Redis memory step) could not
             be started/measured, 2 set-up problem, 130 interrupted.  Low numbers never
             fail the run."""),
@@ -2486,6 +2695,18 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="skip the Apache mod_auth_openidc reference rows",
     )
     p.add_argument(
+        "--mod-auth-openidc",
+        metavar="PATH",
+        action="append",
+        default=None,
+        help="the mod_auth_openidc module the Apache rows load (LoadModule "
+        "auth_openidc_module PATH; default: Debian's "
+        f"{DEBIAN_MOD_AUTH_OPENIDC}); repeatable, the first is the ÷ apache "
+        "reference; every other one, and Debian's (added unless given; `debian` "
+        "names it), gets rows of its own and a ÷ <version> column "
+        "(env BENCH_MOD_AUTH_OPENIDC, paths separated by ':')",
+    )
+    p.add_argument(
         "--only",
         metavar="CASES",
         type=lambda text: [c.strip() for c in text.split(",") if c.strip()],
@@ -2494,7 +2715,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         + ", ".join(key for key, _, _ in CASES)
         + "; steps: "
         + ", ".join(STEPS)
-        + ")",
+        + "; the rows of a second mod_auth_openidc: its rows' keys + _debian, _m2, ...)",
     )
     p.add_argument(
         "--json",
@@ -2515,7 +2736,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="keep the temp dir (configs, server logs, raw wrk output)",
     )
     a = p.parse_args(argv)
-    known = [key for key, _, _ in CASES] + list(STEPS)
+    paths = a.mod_auth_openidc
+    if paths is None:
+        paths = [v for v in env("BENCH_MOD_AUTH_OPENIDC", "").split(os.pathsep) if v.strip()]
+    for path in paths:
+        if path != "debian" and not os.path.isfile(path):
+            p.error(f"--mod-auth-openidc: {path} is not a file (give a built mod_auth_openidc.so)")
+    a.modules = oidc_modules(paths)
+    known = [key for key, _, _ in cases_for(a.modules)] + list(STEPS)
     unknown = [c for c in a.only or () if c not in known]
     if unknown:
         p.error(f"--only: unknown row(s) {', '.join(unknown)}; known: {', '.join(known)}")
@@ -2557,7 +2785,7 @@ def start_server(srv: Server, tmp: Path) -> None:
     set srv.error."""
     info(f"starting {srv.label} on 127.0.0.1:{srv.port}")
     srv.start()
-    if srv.wait_ready(START_TIMEOUT[srv.key]):
+    if srv.wait_ready(START_TIMEOUT[base_key(srv.key)]):
         return
     srv.stop()
     detail = tail(srv.log)
@@ -2576,9 +2804,7 @@ def start_login_targets(rig: LoginRig, servers: dict[str, Server]) -> None:
     """Redis, provider, the two login gateways and one login on each; whatever
     fails sets the error of the gateways that need it."""
     rig.start()
-    for key in LOGIN_SERVERS + APACHE_SERVERS:
-        if key not in servers:
-            continue
+    for key in [k for k in LOGIN_SERVERS if k in servers] + [k for k in servers if is_apache(k)]:
         srv = servers[key]
         if srv.error:
             continue
@@ -2588,10 +2814,10 @@ def start_login_targets(rig: LoginRig, servers: dict[str, Server]) -> None:
         if rig.provider_error:
             srv.error = f"the provider {rig.provider_error}"
             continue
-        if key in ("gateway_redis", "apache_redis") and rig.redis_error:
+        if base_key(key) in ("gateway_redis", "apache_redis") and rig.redis_error:
             srv.error = f"Redis {rig.redis_error}"
             continue
-        apache = key in APACHE_SERVERS
+        apache = is_apache(key)
         if apache:
             rig.write_apache_config(srv)
         else:
@@ -2599,6 +2825,15 @@ def start_login_targets(rig: LoginRig, servers: dict[str, Server]) -> None:
         start_server(srv, rig.tmp)
         if srv.error:
             continue
+        if apache:
+            with contextlib.suppress(OSError):
+                log = (rig.tmp / key / "error.log").read_text(errors="replace")
+                srv.module_version = module_version(log)
+            info(f"  {srv.module}: mod_auth_openidc {srv.module_version or '(version not logged)'}")
+            if srv.module_version:
+                srv.label = srv.label.replace(
+                    "mod_auth_openidc", f"mod_auth_openidc {srv.module_version}", 1
+                )
         info(f"logging in as {LOGIN_USER} through {srv.label}")
         why = rig.login_apache(srv) if apache else rig.login(srv)
         if why:
@@ -2639,9 +2874,9 @@ def main(argv: list[str] | None = None) -> int:
     apache = login and not args.no_apache
     case_list = [
         c
-        for c in CASES
-        if (login or c[0] not in SESSION_CASES)
-        and (apache or c[0] not in APACHE_CASES)
+        for c in cases_for(args.modules)
+        if (login or base_key(c[0]) not in SESSION_CASES)
+        and (apache or base_key(c[0]) not in APACHE_CASES)
         and (not args.only or c[0] in args.only)
     ]
     tmp = Path(tempfile.mkdtemp(prefix="idgateway-bench-"))
@@ -2670,6 +2905,12 @@ def main(argv: list[str] | None = None) -> int:
             "gateway_workers": args.workers,
             "stock_proxy_logging": not args.stock_no_log,
             "order": [k for k, _, _ in case_list],
+            # Each module's version is filled in once its Apache has started.
+            "mod_auth_openidc": [
+                {"path": m.path, "suffix": m.suffix, "version": None} for m in args.modules
+            ]
+            if apache
+            else [],
         },
     }
 
@@ -2700,13 +2941,13 @@ def main(argv: list[str] | None = None) -> int:
                 f"Authorization: Bearer {token}",
                 "Accept: application/json",
             ]
-        elif case.key in SESSION_CASES:
+        elif base_key(case.key) in SESSION_CASES:
             why = rig.touch(srv)
             if why:
                 return None, why, None
             headers = session_headers(srv)
             cookie = cookie_header(srv.client)
-        base = srv.https_url if case.key in TLS_CASES else srv.base_url
+        base = srv.https_url if base_key(case.key) in TLS_CASES else srv.base_url
         leader = srv.proc.pid if srv.proc is not None else None
         cpu_before = tree_cpu_seconds(leader) if leader is not None else None
         machine_before = machine_cpu_ticks()
@@ -2722,33 +2963,52 @@ def main(argv: list[str] | None = None) -> int:
     tls: BenchTLS | None = None
     tls_error: str | None = None
     try:
-        if any(key in TLS_CASES for key in cases):
+        if any(base_key(key) in TLS_CASES for key in cases):
             try:
                 tls = make_bench_tls(tmp / "tls")
             except Exception as e:  # noqa: BLE001 (no cryptography, ...: say it, go on)
                 tls_error = f"no TLS certificate ({type(e).__name__}: {e})"
                 info(f"TLS rows: {tls_error}")
         servers = make_servers(
-            tmp, venv, stock_log=not args.stock_no_log, workers=args.workers, tls=tls
+            tmp,
+            venv,
+            stock_log=not args.stock_no_log,
+            workers=args.workers,
+            tls=tls,
+            modules=args.modules,
         )
         # Only the servers some case measures (nginx always: every proxy needs it).
         wanted = {"nginx"} | {case.server for case in cases.values()}
         for step in steps:
-            wanted |= {k for k in STEP_SERVERS.get(step, ()) if apache or k not in APACHE_SERVERS}
+            wanted |= {k for k in STEP_SERVERS.get(step, ()) if apache or not is_apache(k)}
         servers = {key: srv for key, srv in servers.items() if key in wanted}
-        for case in cases.values():
-            case.label = BEARER_LABELS.get(case.key) or servers[case.server].label
-            if case.key in TLS_CASES and not servers[case.server].tls:
-                case.label += ", TLS"
-        if not (os.path.isfile(APACHE) and os.access(APACHE, os.X_OK)):
-            for key in APACHE_SERVERS:
-                if key in servers:
-                    servers[key].error = (
-                        f"{APACHE} is missing "
-                        "(apt-get install -y apache2 libapache2-mod-auth-openidc)"
-                    )
-        for key in TLS_SERVERS:
-            if key in servers and tls_error:
+        # Only the modules some Apache of this run loads (--only may leave some out).
+        meta["config"]["mod_auth_openidc"] = [
+            m
+            for m in meta["config"]["mod_auth_openidc"]
+            if any(srv.module == m["path"] for srv in servers.values())
+        ]
+
+        def label_cases() -> None:
+            for case in cases.values():
+                case.label = BEARER_LABELS.get(case.key) or servers[case.server].label
+                if base_key(case.key) in TLS_CASES and not servers[case.server].tls:
+                    case.label += ", TLS"
+
+        label_cases()
+        for key, srv in servers.items():
+            if not is_apache(key):
+                continue
+            if not (os.path.isfile(APACHE) and os.access(APACHE, os.X_OK)):
+                srv.error = (
+                    f"{APACHE} is missing (apt-get install -y apache2 libapache2-mod-auth-openidc)"
+                )
+            elif not os.path.isfile(srv.module or ""):
+                srv.error = (
+                    f"{srv.module} is missing (apt-get install -y libapache2-mod-auth-openidc)"
+                )
+        for key in servers:
+            if base_key(key) in TLS_SERVERS and tls_error:
                 servers[key].error = tls_error
 
         # nginx first: every proxy needs it.
@@ -2760,13 +3020,23 @@ def main(argv: list[str] | None = None) -> int:
                 srv.error = "upstream nginx is not running"
                 continue
             start_server(srv, tmp)
-        if any(key in servers for key in LOGIN_SERVERS + APACHE_SERVERS):
+        if any(key in LOGIN_SERVERS or is_apache(key) for key in servers):
             rig = LoginRig(tmp, servers, args.workers, tls)
             start_login_targets(rig, servers)
+            label_cases()  # the Apache labels now name their module's version
+            for module in meta["config"]["mod_auth_openidc"]:
+                module["version"] = next(
+                    (
+                        srv.module_version
+                        for srv in servers.values()
+                        if srv.module == module["path"] and srv.module_version
+                    ),
+                    None,
+                )
 
         for case in cases.values():
             srv = servers[case.server]
-            if case.key in TLS_CASES and tls_error and not srv.error:
+            if base_key(case.key) in TLS_CASES and tls_error and not srv.error:
                 case.skipped = tls_error
                 notes.append(f"{case.label} {case.path}: not measured, {tls_error}")
             elif srv.error:

@@ -74,6 +74,9 @@ class RouteTable:
     # Host headers already read: raw -> (route, normalised host), or None when
     # the header is not a valid host[:port].
     _hosts: dict[bytes, tuple[Route | None, bytes] | None] = attrs.field(factory=dict, eq=False)
+    # TLS server names already resolved: a TLS listener checks every request's
+    # Host against its connection's SNI name, which the client chose.
+    _names: dict[str, Route | None] = attrs.field(factory=dict, eq=False)
 
     @classmethod
     def build(cls, routes: Iterable[Route]) -> RouteTable:
@@ -118,7 +121,15 @@ class RouteTable:
         return found
 
     def route_for_name(self, name: str) -> Route | None:
-        return self._lookup(normalise_host(name))
+        try:
+            return self._names[name]
+        except KeyError:
+            pass
+        route = self._lookup(normalise_host(name))
+        if len(self._names) > 4096:
+            self._names.clear()
+        self._names[name] = route
+        return route
 
     def _lookup(self, name: str) -> Route | None:
         route = self.exact.get(name)

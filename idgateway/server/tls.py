@@ -32,7 +32,7 @@ from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from zope.interface import implementer
 
-from idgateway._twisted.tls import TurnBufferedTLS
+from idgateway._twisted.tls_direct import GatewayTLS
 from idgateway.config.model import CertificatePair, TLSSettings
 
 if TYPE_CHECKING:
@@ -335,9 +335,10 @@ def _leaf_certificate(cert_path: str) -> x509.Certificate:
 
 
 class GatewayTLSFactory(TLSMemoryBIOFactory):
-    """TLS for the gateway's listeners (server side) with TurnBufferedTLS connections."""
+    """TLS for the gateway's listeners (server side) with TurnBufferedTLS
+    connections, their records moved by direct OpenSSL calls (GatewayTLS)."""
 
-    protocol = TurnBufferedTLS  # type: ignore[assignment]
+    protocol = GatewayTLS  # type: ignore[assignment]
 
     def buildProtocol(self, addr: Any) -> Any:
         # The Site may refuse the connection (max_connections): then there is

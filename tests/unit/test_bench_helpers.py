@@ -132,3 +132,223 @@ def test_the_gate_microbenchmark_still_measures_the_authenticated_path():
     spec.loader.exec_module(module)
     figures = module.run(iterations=50, batches=1)
     assert figures
+
+
+PEER = "/opt/peers/mod_auth_openidc-2.4.20.2.so"
+
+
+@pytest.fixture
+def peer_module(tmp_path):
+    path = tmp_path / "mod_auth_openidc-2.4.20.2.so"
+    path.write_bytes(b"\x7fELF")
+    return str(path)
+
+
+def test_default_apache_rows_load_debians_module(harness, monkeypatch):
+    monkeypatch.delenv("BENCH_MOD_AUTH_OPENIDC", raising=False)
+    args = harness.parse_args([])
+    assert args.modules == [harness.OidcModule(harness.DEBIAN_MOD_AUTH_OPENIDC, "")]
+    # One set of Apache rows, the keys as before.
+    assert [k for k, _, _ in harness.cases_for(args.modules)] == [k for k, _, _ in harness.CASES]
+
+
+@pytest.mark.parametrize("source", ["flag", "env"])
+def test_mod_auth_openidc_is_the_reference_and_debians_a_second_column(
+    harness, monkeypatch, peer_module, source
+):
+    if source == "flag":
+        monkeypatch.delenv("BENCH_MOD_AUTH_OPENIDC", raising=False)
+        args = harness.parse_args(["--mod-auth-openidc", peer_module])
+    else:
+        monkeypatch.setenv("BENCH_MOD_AUTH_OPENIDC", peer_module)
+        args = harness.parse_args([])
+    assert args.modules == [
+        harness.OidcModule(peer_module, ""),
+        harness.OidcModule(harness.DEBIAN_MOD_AUTH_OPENIDC, "_debian"),
+    ]
+    keys = [k for k, _, _ in harness.cases_for(args.modules)]
+    # Each mod_auth_openidc row is followed by Debian's twin, on a server of its own.
+    assert keys[keys.index("login_cookie") : keys.index("login_cookie") + 3] == [
+        "login_cookie",
+        "apache_shm",
+        "apache_shm_debian",
+    ]
+    assert keys[-2:] == ["apache_shm_tls", "apache_shm_tls_debian"]
+    servers = {server for _, server, _ in harness.cases_for(args.modules)}
+    assert {"apache_redis", "apache_redis_debian"} <= servers
+    assert harness.base_key("apache_shm_tls_debian") == "apache_shm_tls"
+    assert harness.is_apache("apache_redis_debian") and not harness.is_apache("gateway_redis")
+    # --only takes the twins' keys too.
+    args = harness.parse_args(
+        ["--mod-auth-openidc", peer_module, "--only", "login_cookie_tls,apache_shm_tls_debian"]
+    )
+    assert args.only == ["login_cookie_tls", "apache_shm_tls_debian"]
+
+
+def test_the_flag_wins_over_the_environment_and_repeats(harness, monkeypatch, peer_module):
+    monkeypatch.setenv("BENCH_MOD_AUTH_OPENIDC", "/nonexistent/mod.so")
+    args = harness.parse_args(["--mod-auth-openidc", "debian", "--mod-auth-openidc", peer_module])
+    # Debian's first (the reference), the other one's rows suffixed by position;
+    # Debian's is not added twice.
+    assert args.modules == [
+        harness.OidcModule(harness.DEBIAN_MOD_AUTH_OPENIDC, ""),
+        harness.OidcModule(peer_module, "_m2"),
+    ]
+    args = harness.parse_args(["--mod-auth-openidc", peer_module] * 2)
+    assert [m.suffix for m in args.modules] == ["", "_debian"]
+
+
+@pytest.mark.parametrize("bad", ["/nonexistent/mod_auth_openidc.so", "."])
+def test_a_module_that_is_not_a_file_is_refused(harness, monkeypatch, capsys, bad):
+    monkeypatch.delenv("BENCH_MOD_AUTH_OPENIDC", raising=False)
+    with pytest.raises(SystemExit) as exit_info:
+        harness.parse_args(["--mod-auth-openidc", bad])
+    assert exit_info.value.code == 2
+    assert f"--mod-auth-openidc: {bad} is not a file" in capsys.readouterr().err
+
+
+def test_an_unknown_row_of_a_second_module_is_refused(harness, monkeypatch, capsys):
+    monkeypatch.delenv("BENCH_MOD_AUTH_OPENIDC", raising=False)
+    with pytest.raises(SystemExit):
+        harness.parse_args(["--only", "apache_shm_debian"])  # no second module
+    assert "unknown row(s) apache_shm_debian" in capsys.readouterr().err
+
+
+def test_module_version_from_apaches_error_log(harness):
+    log = (
+        "[Mon Dec 07 08:37:32.519453 2026] [auth_openidc:info] [pid 347:tid 347] "
+        "mod_auth_openidc-2.4.12.3 - init - cjose 0.6.2.1, OpenSSL 3.0.20 7 Apr 2026, "
+        "EC=yes, GCM=yes, Memcache=yes, Redis=yes, JQ=no\n"
+        "[Mon Dec 07 08:37:34.368968 2026] [auth_openidc:info] [pid 347:tid 347] "
+        "mod_auth_openidc-2.4.12.3 - shutdown\n"
+        "[Mon Dec 07 08:38:34.481580 2026] [auth_openidc:info] [pid 480:tid 480] "
+        "mod_auth_openidc-2.4.20.2 - init - cjose 0.6.2.1, openssl-3.0.22, EC=yes, GCM=yes, "
+        "Memcache=yes, Redis=yes, JQ=no\n"
+    )
+    # The last start's version; a shutdown line is not a start.
+    assert harness.module_version(log) == "2.4.20.2"
+    assert harness.module_version(log.split("\n")[0]) == "2.4.12.3"
+    assert harness.module_version("AH00489: Apache/2.4.71 (Debian) configured") is None
+    assert harness.module_version("mod_auth_openidc-2.4.20.2 - shutdown") is None
+
+
+def test_apache_config_loads_the_module_and_logs_its_version(harness):
+    fields = dict.fromkeys(
+        [
+            "root",
+            "user",
+            "group",
+            "host",
+            "port",
+            "modules",
+            "ssl_modules",
+            "ssl",
+            "passphrase",
+            "discovery_url",
+            "client_id",
+            "client_secret",
+            "scheme",
+            "cache",
+            "upstream_port",
+        ],
+        "x",
+    )
+    conf = harness.APACHE_CONF.format(oidc_module=PEER, log_level="warn", **fields)
+    assert f"LoadModule auth_openidc_module {PEER}\n" in conf
+    # The server logs the module's init line; the virtual host stays at warn.
+    assert "\nLogLevel warn auth_openidc:info\n" in conf
+    assert "\n    LogLevel warn\n" in conf.split("<VirtualHost", 1)[1]
+
+
+def test_second_module_column_and_header(harness):
+    def case(key, server, rps):
+        c = harness.Case(key, server, "/", key)
+        for r in rps:
+            c.runs.append(
+                {
+                    "rps": r,
+                    "p50_ms": 1.0,
+                    "p99_ms": 2.0,
+                    "transfer_bytes_per_s": 1.0,
+                    "errors": 0,
+                    "requests": int(r * 10),
+                    "cpu_us_per_request": 100.0,
+                }
+            )
+        return c
+
+    cases = {
+        "direct": case("direct", "nginx", [40000]),
+        "login_cookie": case("login_cookie", "gateway_cookie", [20000]),
+        "apache_shm": case("apache_shm", "apache_shm", [10000]),
+        "apache_shm_debian": case("apache_shm_debian", "apache_shm_debian", [8000]),
+    }
+    ratios = harness.compute_ratios(cases)
+    assert ratios["cookie session / mod_auth_openidc shm"]["rps"] == pytest.approx(2.0)
+    assert ratios["cookie session / mod_auth_openidc shm [debian]"]["rps"] == pytest.approx(2.5)
+    assert ratios["mod_auth_openidc shm / direct upstream [debian]"]["rps"] == pytest.approx(0.2)
+    meta = {
+        "date": "now",
+        "machine": dict.fromkeys(
+            ["nproc", "cpu_model", "kernel", "python", "twisted", "nginx", "wrk"], "x"
+        ),
+        "config": {
+            "threads": 2,
+            "connections": 32,
+            "duration_s": 10,
+            "rounds": 1,
+            "warmup_s": 2,
+            "stock_proxy_logging": True,
+            "mod_auth_openidc": [
+                {"path": PEER, "suffix": "", "version": "2.4.20.2"},
+                {
+                    "path": harness.DEBIAN_MOD_AUTH_OPENIDC,
+                    "suffix": "_debian",
+                    "version": "2.4.12.3",
+                },
+            ],
+        },
+    }
+    lines = harness.render(meta, cases, ratios, [], None).splitlines()
+    assert "mod_auth_openidc 2.4.20.2 (" + PEER + ", the ÷ apache reference)" in lines[2]
+    assert "mod_auth_openidc 2.4.12.3 (" in lines[2]
+    header = lines[5].split("  ")
+    assert "÷ 2.4.12.3" in [h.strip() for h in header]
+    row = next(line for line in lines if line.startswith("login_cookie "))
+    assert "2x" in row.split() and "2.5x" in row.split()
+    assert any(
+        line.startswith("÷ mod_auth_openidc 2.4.20.2 (req/s): cookie session 2x (target ≥ 2x: met)")
+        for line in lines
+    )
+    assert any(
+        line.startswith("÷ mod_auth_openidc 2.4.12.3 (req/s): cookie session 2.5x")
+        for line in lines
+    )
+
+
+def test_idle_rss_per_10k_connections(harness):
+    before = {"rss_kib": 60 * 1024, "pss_kib": 40 * 1024}
+    after = {"rss_kib": 100 * 1024, "pss_kib": 70 * 1024}
+    got = harness.idle_rss_projection(before, after, 5_000)
+    assert got["rss_growth_per_10k_kib"] == pytest.approx(80 * 1024)
+    assert got["rss_at_10k_kib"] == pytest.approx(140 * 1024)
+    assert got["pss_at_10k_kib"] == pytest.approx(100 * 1024)
+    assert got["rss_at_10k_target_mib"] == 150
+    assert harness.idle_rss_projection(before, before, 0)["rss_at_10k_kib"] is None
+    no_pss = harness.idle_rss_projection({"rss_kib": 1, "pss_kib": None}, after, 5_000)
+    assert no_pss["pss_at_10k_kib"] is None and no_pss["rss_at_10k_kib"] is not None
+    r = {
+        "fresh": {"median_ms": 1.0, "max_ms": 2.0},
+        "rss_growth_kib": 40 * 1024,
+        "answered": 5_000,
+        "still_open": 5_000,
+        "before": before,
+        "after": after,
+        "target_ms": 100.0,
+        **got,
+    }
+    [line] = harness.render_extras({"idle_conns": {"gateway_cookie": r}})
+    assert (
+        "per 10,000 connections +80.0 MiB: whole server at 10,000 RSS 140.0 MiB, "
+        "PSS 100.0 MiB (target RSS < 150 MiB: met)" in line
+    )

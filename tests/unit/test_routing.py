@@ -44,3 +44,19 @@ def test_cached_lookups_stay_correct():
     for _ in range(3):
         assert table.route_for(b"app1.example.com") is APP1
         assert table.route_for(b"nope") is FALLBACK
+
+
+def test_tls_server_names_are_cached_bounded_and_stay_correct():
+    table = RouteTable.build([APP1, WILD, DEEP])
+    for _ in range(2):
+        assert table.route_for_name("app1.example.com") is APP1
+        assert table.route_for_name("APP1.example.com.") is APP1
+        assert table.route_for_name("x.eu.example.com") is DEEP
+        assert table.route_for_name("elsewhere.org") is None
+    # A client picks its SNI name: a flood of distinct names cannot grow the
+    # cache without limit, and each still gets its own answer.
+    for n in range(10_000):
+        assert table.route_for_name(f"h{n}.example.com") is WILD
+        assert table.route_for_name(f"h{n}.example.org") is None
+    assert len(table._names) <= 4097
+    assert table.route_for_name("app1.example.com") is APP1

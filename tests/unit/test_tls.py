@@ -536,10 +536,11 @@ def test_a_gateway_channel_asks_for_the_tls_server_name_once_per_connection(
 ) -> None:
     from twisted.web.server import NOT_DONE_YET
 
+    from idgateway._twisted.tls import TurnBufferedTLS
     from idgateway.server import channel as request_module
     from idgateway.server.channel import GatewaySite
     from idgateway.server.socket_writes import TurnWriteBuffer
-    from idgateway.server.tls import GatewayTLSFactory, TurnBufferedTLS
+    from idgateway.server.tls import GatewayTLSFactory
 
     asked: list[object] = []
     real = request_module.sni_server_name

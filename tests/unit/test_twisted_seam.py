@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 import txredisapi
+from OpenSSL import SSL
 from twisted.internet import abstract, endpoints, tcp
 from twisted.internet.epollreactor import EPollReactor
 from twisted.protocols import tls
@@ -28,6 +29,7 @@ from idgateway._twisted import reactor as seam_reactor
 from idgateway._twisted import redis as seam_redis
 from idgateway._twisted import tcp as seam_tcp
 from idgateway._twisted import tls as seam_tls
+from idgateway._twisted import tls_direct as seam_tls_direct
 
 
 def _class(owner: Any, name: str) -> bool:
@@ -55,6 +57,23 @@ def _class_attribute(kind: type) -> Callable[[Any, str], bool]:
 def _set_in_init(owner: Any, name: str) -> bool:
     # Made in __init__ (an instance would open descriptors): read its code.
     return name in owner.__init__.__code__.co_names
+
+
+def _set_in_make_connection(owner: Any, name: str) -> bool:
+    return name in owner.makeConnection.__code__.co_names
+
+
+def _cffi_lib_with(names: tuple[str, ...]) -> Callable[[Any, str], bool]:
+    def check(owner: Any, name: str) -> bool:
+        lib = getattr(owner, name, None)
+        return lib is not None and all(hasattr(lib, each) for each in names)
+
+    return check
+
+
+def _cffi_ffi(owner: Any, name: str) -> bool:
+    ffi = getattr(owner, name, None)
+    return all(callable(getattr(ffi, each, None)) for each in ("new", "buffer", "from_buffer"))
 
 
 def _set_in_line_received(owner: Any, name: str) -> bool:
@@ -104,6 +123,25 @@ PRIVATE_NAMES: list[tuple[Any, str, Callable[[Any, str], bool]]] = [
     # _twisted/tls.py
     (tls.BufferingTLSTransport, "_aggregator", _set_in_init),
     (tls.TLSMemoryBIOFactory, "_clock", _set_in_init),
+    # _twisted/tls_direct.py: pyOpenSSL's bindings and Connection, Twisted's TLS protocol
+    (SSL, "_lib", _cffi_lib_with(seam_tls_direct._LIB_NAMES)),
+    (SSL, "_ffi", _cffi_ffi),
+    (SSL.Connection, "_ssl", _set_in_init),
+    (SSL.Connection, "_into_ssl", _set_in_init),
+    (SSL.Connection, "_from_ssl", _set_in_init),
+    (SSL.Connection, "_raise_ssl_error", _function),
+    (SSL.Connection, "_handle_bio_errors", _function),
+    (tls.TLSMemoryBIOProtocol, "_flushReceiveBIO", _function),
+    (tls.TLSMemoryBIOProtocol, "_flushSendBIO", _function),
+    (tls.TLSMemoryBIOProtocol, "_write", _function),
+    (tls.TLSMemoryBIOProtocol, "_bufferedWrite", _function),
+    (tls.TLSMemoryBIOProtocol, "_shutdownTLS", _function),
+    (tls.TLSMemoryBIOProtocol, "_tlsShutdownFinished", _function),
+    (tls.TLSMemoryBIOProtocol, "_handshakeDone", _class_attribute(bool)),
+    (tls.TLSMemoryBIOProtocol, "_lostTLSConnection", _class_attribute(bool)),
+    (tls.TLSMemoryBIOProtocol, "_aborted", _class_attribute(bool)),
+    (tls.TLSMemoryBIOProtocol, "_tlsConnection", _set_in_make_connection),
+    (tls.TLSMemoryBIOProtocol, "_appSendBuffer", _set_in_make_connection),
     # _twisted/reactor.py
     (EPollReactor, "_poller", _set_in_init),
     (EPollReactor, "_selectables", _set_in_init),
@@ -136,6 +174,7 @@ def test_the_seam_takes_every_fast_path_on_a_supported_twisted() -> None:
     assert chunked.BOUNDED
     assert seam_tcp.COALESCING and seam_tcp.ADOPT_AS_SUBCLASS
     assert seam_tls.TURN_BUFFERED
+    assert seam_tls_direct.DIRECT
     assert seam_reactor.LEAN and seam_reactor.LeanEPollReactor is not EPollReactor
     assert seam_redis.COUNTED
     assert client_pool.QUIET
