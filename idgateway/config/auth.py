@@ -867,8 +867,9 @@ def _cluster_settings(
         for part, name in (("tls", "scheme (redis:// or rediss://)"), ("username", "user"),
                            ("password", "password")):
             if seed[part] != first[part]:
+                items = getattr(node, "value", None)
                 return reader.problem(
-                    node,
+                    items[index] if isinstance(items, list) else node,
                     f"{found.child('cluster')}[{index}]",
                     f"every seed of a cluster has the same {name} as the first "
                     f"(the gateway connects to every node alike); make them the same",

@@ -141,7 +141,7 @@ def parse_redis_url(url: str) -> dict[str, Any]:
     )
 
 
-CLUSTER_EXAMPLE = "[redis://:s3cret@10.0.0.1:7000, redis://:s3cret@10.0.0.2:7000]"
+CLUSTER_EXAMPLE = "cluster: [redis://10.0.0.1:7000, redis://10.0.0.2:7000]"
 
 
 def parse_cluster_seed(url: str) -> dict[str, Any]:
