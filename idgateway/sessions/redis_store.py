@@ -303,11 +303,15 @@ class RedisSessionStore:
         naming no session, which pruning removes).
         """
         digest = session_key_hash(session_id)
+        crowded = []
         for index in indexes:
             size = await self.client.eval(_INDEX_ADD, [index], [digest, index_ttl])
             if int(size) > _PRUNE_INDEX_FROM:
-                await self._prune_index(index)
+                crowded.append(index)
         await self.client.set(key, sealed, px=ttl)
+        # Pruned once this session is stored, so it is not taken for an ended one.
+        for index in crowded:
+            await self._prune_index(index)
 
     async def _prune_index(self, index: str) -> None:
         members = await self.client.smembers(index)
