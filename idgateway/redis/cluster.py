@@ -137,7 +137,7 @@ class RedisClusterClient:
         self._refreshing: list[defer.Deferred[None]] | None = None
         self._last_refresh = -math.inf
         self._last_error: str | None = None
-        self._started = False
+        self._start_called = False
         self._closed = False
         self._loop: LoopingCall | None = None
         # Publish/subscribe: one node's client at a time.
@@ -167,7 +167,7 @@ class RedisClusterClient:
             client = self._nodes[address] = self._make_node(
                 self._reactor, self.node_settings(address)
             )
-            if self._started:
+            if self._start_called:
                 client.start()
         return client
 
@@ -200,9 +200,9 @@ class RedisClusterClient:
 
     def start(self) -> None:
         """Read the slot map and connect to every primary now (calls do it when needed)."""
-        if self._started or self._closed:
+        if self._start_called or self._closed:
             return
-        self._started = True
+        self._start_called = True
         for client in self._nodes.values():
             client.start()
         self._refresh_soon(force=True)
@@ -217,10 +217,21 @@ class RedisClusterClient:
                 await self._refresh()
         except RedisUnavailable:
             return False
-        answers = await defer.gatherResults(
+        answers = await self._ping_primaries()
+        if not all(answers):
+            # A failed primary may have been replaced already: look before saying no.
+            try:
+                await self._refresh_soon()
+            except RedisUnavailable:
+                return False
+            answers = await self._ping_primaries()
+        return bool(answers) and all(answers)
+
+    async def _ping_primaries(self) -> list[bool]:
+        answers: list[bool] = await defer.gatherResults(
             [defer.ensureDeferred(self._node(a).ping()) for a in list(self._primaries)]
         )
-        return bool(answers) and all(answers)
+        return answers
 
     def close(self) -> defer.Deferred[Any]:
         """Close every node's connections; fires when they are closed. Later calls fail."""
@@ -487,7 +498,7 @@ class RedisClusterClient:
             self._move_subscriber()
         else:
             self._subscriber.subscribe(channel, on_message, on_subscribed)
-        if not self._started:
+        if not self._start_called:
             self.start()
 
     @property

@@ -17,6 +17,7 @@ from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 
 from idgateway.config.model import RedisSettings
+from idgateway.redis.client import RedisClient
 from idgateway.redis.cluster import (
     RedisClusterClient,
     parse_cluster_slots,
@@ -25,6 +26,8 @@ from idgateway.redis.cluster import (
 )
 from idgateway.redis.errors import RedisCommandError, RedisUnavailable
 from idgateway.redis.slots import SLOT_COUNT, crc16, hashed_part, key_slot
+from idgateway.sessions.keys import KeyRing
+from idgateway.sessions.redis_store import RedisSessionStore, session_key_hash
 
 # -- slots ---------------------------------------------------------------------------
 
@@ -451,13 +454,19 @@ def test_scan_keys_visits_every_primary() -> None:
 
 
 def test_ready_and_ping_need_every_primary() -> None:
-    cluster, client, _ = make()
+    cluster, client, clock = make()
     assert not client.ready
     assert run(client.ping()) is True
     assert client.ready
     cluster.down.add(C)
     assert not client.ready
+    clock.advance(1)
     assert run(client.ping()) is False
+    # C's replica (D) took over: ping looks at the map again before saying no.
+    cluster.owners = {A: range(0, 5461), B: range(5461, 10923), D: range(10923, SLOT_COUNT)}
+    clock.advance(1)
+    assert run(client.ping()) is True
+    assert client.primaries == [A, B, D] and client.ready
 
 
 def test_subscription_moves_to_another_node_when_its_node_stays_down() -> None:
@@ -498,3 +507,49 @@ def test_the_factory_picks_the_cluster_client_only_for_cluster_settings() -> Non
                       RedisClusterClient)
     plain = redis_client_for(clock, RedisSettings(url="redis://h:1"))
     assert not isinstance(plain, RedisClusterClient)
+
+
+# -- session keys: cluster mode only -------------------------------------------------------
+
+
+def _store(client: Any) -> RedisSessionStore:
+    return RedisSessionStore(
+        client,
+        route="app1",
+        keyring=KeyRing([b"k" * 32]),
+        inactivity_timeout=600,
+        max_duration=3600,
+        clock=Clock(),
+    )
+
+
+SESSION_ID = "A" * 42 + "E"
+
+
+def test_one_redis_keeps_its_key_names_so_an_upgrade_keeps_its_sessions() -> None:
+    store = _store(RedisClient(Clock(), RedisSettings(url="redis://127.0.0.1:6379/0")))
+    digest = session_key_hash(SESSION_ID)
+    assert store.session_key(SESSION_ID) == f"idgw:app1:s:{digest}"
+    assert store._lock_key(SESSION_ID) == f"idgw:app1:lock:{digest}"
+
+
+def test_on_a_cluster_a_session_and_its_lock_share_a_slot() -> None:
+    _, client, _ = make()
+    store = _store(client)
+    digest = session_key_hash(SESSION_ID)
+    assert store.session_key(SESSION_ID) == f"idgw:app1:s:{{{digest}}}"
+    assert store._lock_key(SESSION_ID) == f"idgw:app1:lock:{{{digest}}}"
+    assert key_slot(store.session_key(SESSION_ID)) == key_slot(store._lock_key(SESSION_ID))
+
+
+@pytest.mark.parametrize("hostile", ["{x}", "}{", "{}", "a{b}c", "\u00e9{", "{" * 100])
+def test_claims_with_braces_never_pick_a_key_s_slot(hostile: str) -> None:
+    # sid and sub come from the provider's tokens: they are hashed before they
+    # are part of a key, so they cannot steer keys into one slot (or another
+    # route's keys).
+    _, client, _ = make()
+    store = _store(client)
+    for kind in ("sid", "sub"):
+        key = store._index_key(kind, hostile)
+        assert "{" not in key and "}" not in key
+        assert key.startswith(f"idgw:app1:{kind}:") and len(key.rsplit(":", 1)[1]) == 64
