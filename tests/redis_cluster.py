@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import shutil
 import socket
+import ssl
 import subprocess
 import time
 from pathlib import Path
@@ -26,7 +27,7 @@ from urllib.parse import quote
 import pytest
 
 from idgateway.redis.slots import key_slot
-from tests.redis_process import RedisProcess, free_port
+from tests.redis_process import RedisProcess, _encode, _read_reply, free_port
 
 REDIS_CLI = shutil.which("redis-cli")
 NODE_TIMEOUT_MS = 1000
@@ -51,10 +52,16 @@ def cluster_port() -> int:
 
 
 class ClusterNode(RedisProcess):
-    """One node of the cluster; restarting it is not supported (its data dir is its identity)."""
+    """One node of the cluster; restarting it is not supported (its data dir is its identity).
 
-    def __init__(self, workdir: Path, password: str | None) -> None:
-        super().__init__(workdir / "node", password, port=cluster_port())
+    With ``tls`` (cert, key, CA paths) the node, the cluster bus and replication
+    speak TLS only; ``call`` then speaks TLS too.
+    """
+
+    def __init__(
+        self, workdir: Path, password: str | None, tls: tuple[Path, Path, Path] | None = None
+    ) -> None:
+        super().__init__(workdir / "node", password, port=cluster_port(), tls=tls)
         self.workdir = workdir / f"node-{self.port}"
         self.log_path = self.workdir / f"{self.name}.log"
 
@@ -69,7 +76,25 @@ class ClusterNode(RedisProcess):
         ]
         if self.password is not None:
             arguments += ["--masterauth", self.password]
+        if self.tls is not None:
+            arguments += ["--tls-cluster", "yes", "--tls-replication", "yes"]
         return arguments
+
+    def call(self, *args: str | bytes | int, db: int = 0) -> Any:
+        """One command over a fresh connection (TLS when the node has it)."""
+        if self.tls is None:
+            return super().call(*args, db=db)
+        context = ssl.create_default_context(cafile=str(self.tls[2]))
+        with (
+            socket.create_connection(("127.0.0.1", self.port), timeout=5) as raw,
+            context.wrap_socket(raw, server_hostname="127.0.0.1") as sock,
+        ):
+            reader = sock.makefile("rb")
+            if self.password is not None:
+                sock.sendall(_encode("AUTH", self.password))
+                _read_reply(reader)
+            sock.sendall(_encode(*args))
+            return _read_reply(reader)
 
     def role(self) -> str:
         return str(self.call("ROLE")[0].decode())
@@ -78,16 +103,24 @@ class ClusterNode(RedisProcess):
 class RedisCluster:
     """Six nodes, three primaries with one replica each, on 127.0.0.1."""
 
-    def __init__(self, workdir: Path, password: str | None = "s3cret", nodes: int = 6) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        password: str | None = "s3cret",
+        nodes: int = 6,
+        tls: tuple[Path, Path, Path] | None = None,
+    ) -> None:
         self.workdir = workdir
         self.password = password
-        self.nodes = [ClusterNode(workdir, password) for _ in range(nodes)]
+        self.tls = tls
+        self.nodes = [ClusterNode(workdir, password, tls) for _ in range(nodes)]
 
     @property
     def seeds(self) -> list[str]:
         """URLs of three nodes, as a config's ``cluster:`` lists them."""
         auth = f":{quote(self.password, safe='')}@" if self.password else ""
-        return [f"redis://{auth}127.0.0.1:{node.port}" for node in self.nodes[:3]]
+        scheme = "rediss" if self.tls else "redis"
+        return [f"{scheme}://{auth}127.0.0.1:{node.port}" for node in self.nodes[:3]]
 
     def start(self, timeout: float = 30.0) -> None:
         if REDIS_CLI is None:
@@ -100,6 +133,8 @@ class RedisCluster:
             command += ["--cluster-replicas", "1", "--cluster-yes"]
             if self.password is not None:
                 command += ["-a", self.password, "--no-auth-warning"]
+            if self.tls is not None:
+                command += ["--tls", "--cacert", str(self.tls[2])]
             done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
             if done.returncode != 0:
                 raise RuntimeError(

@@ -23,8 +23,9 @@ from idgateway.redis.slots import key_slot
 from idgateway.sessions.keys import KeyRing
 from idgateway.sessions.redis_store import RedisSessionStore, session_key_hash
 from idgateway.sessions.revocation import ReplayCache, RevocationList
+from tests.certs import make_ca
 from tests.redis_cluster import RedisCluster, requires_redis_cluster
-from tests.redis_process import run_in_reactor, short_tempdir, sleep
+from tests.redis_process import redis_supports_tls, run_in_reactor, short_tempdir, sleep
 from tests.session_factories import NOW, make_session
 
 pytestmark = requires_redis_cluster
@@ -286,3 +287,39 @@ def test_a_primary_killed_under_load_loses_no_replicated_session(tmp_path: Path)
     assert results["missing"] == 0, results
     assert results["ok"] > 100, results
     assert results["recovered_after"] < 10, results
+
+
+@pytest.mark.skipif(not redis_supports_tls(), reason="this redis-server was built without TLS")
+def test_a_tls_cluster_is_verified_node_by_node(tmp_path: Path) -> None:
+    ca = make_ca(tmp_path / "ca")
+    # Nodes present their certificate to each other on the cluster bus.
+    leaf = ca.issue(tmp_path / "ca", ["127.0.0.1"], client_auth=True)
+    other_ca = make_ca(tmp_path / "other", name="some other CA")
+    tls = (leaf.cert_path, leaf.key_path, ca.cert_path)
+    with RedisCluster(short_tempdir("rct"), tls=tls) as cluster:
+        assert all(seed.startswith("rediss://:s3cret@") for seed in cluster.seeds)
+
+        async def main(reactor: Any) -> None:
+            good = RedisClusterClient(
+                reactor, cluster_settings(cluster, ca_file=str(ca.cert_path))
+            )
+            wrong = RedisClusterClient(
+                reactor, cluster_settings(cluster, ca_file=str(other_ca.cert_path))
+            )
+            store = make_store(good, FakeClock())
+            try:
+                ids = [RedisSessionStore.new_session_id() for _ in range(12)]
+                for session_id in ids:
+                    await store.save(session_id, make_session())
+                for session_id in ids:
+                    assert await store.load(session_id) is not None
+                assert len(good.primaries) == 3 and await good.ping()
+                with pytest.raises(RedisUnavailable, match="certificate verify failed"):
+                    await wrong.get("anything")
+            finally:
+                await good.close()
+                await wrong.close()
+
+        run_in_reactor(main)
+        per_node = [len(node.call("KEYS", "idgw:app:s:*")) for node in cluster.primaries()]
+        assert sum(per_node) == 12 and all(per_node)
