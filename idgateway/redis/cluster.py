@@ -147,6 +147,9 @@ class RedisClusterClient:
         self._subscriber: RedisClient | None = None
         self._subscriber_address: Address | None = None
         self._subscriber_misses = 0
+        # Nodes whose calls failed since the map was last read: asked for the
+        # map last (a hung node would cost a whole command timeout).
+        self._suspects: set[Address] = set()
 
     # -- nodes -----------------------------------------------------------------
 
@@ -164,6 +167,8 @@ class RedisClusterClient:
     def _node(self, address: Address) -> RedisClient:
         client = self._nodes.get(address)
         if client is None:
+            if self._closed:
+                raise RedisUnavailable("the Redis client was closed")
             client = self._nodes[address] = self._make_node(
                 self._reactor, self.node_settings(address)
             )
@@ -205,7 +210,7 @@ class RedisClusterClient:
         self._start_called = True
         for client in self._nodes.values():
             client.start()
-        self._refresh_soon(force=True)
+        self._background(self._refresh_soon(force=True))
         loop = self._loop = LoopingCall(self._watch)
         loop.clock = self._reactor
         loop.start(_WATCH_INTERVAL, now=False)
@@ -279,8 +284,14 @@ class RedisClusterClient:
         if self._closed:
             raise RedisUnavailable("the Redis client was closed")
         self._last_refresh = self._reactor.seconds()
-        ready = [a for a in self._primaries if a in self._nodes and self._nodes[a].ready]
+        suspects = self._suspects
+        ready = [
+            a
+            for a in self._primaries
+            if a not in suspects and a in self._nodes and self._nodes[a].ready
+        ]
         candidates = list(dict.fromkeys([*ready, *self._primaries, *self._seeds]))
+        candidates.sort(key=lambda address: address in suspects)  # stable: suspects last
         problems = []
         for address in candidates:
             client = self._node(address)
@@ -294,6 +305,7 @@ class RedisClusterClient:
                 problems.append(f"{_host_port(address)} serves no slots (is the cluster created?)")
                 continue
             self._install(ranges)
+            self._suspects = set()
             self._last_error = None
             return
         self._last_error = "no node answered CLUSTER SLOTS: " + "; ".join(problems)
@@ -346,6 +358,8 @@ class RedisClusterClient:
     async def _for_slot(self, slot: int, args: tuple[Any, ...]) -> Any:
         if self._closed:
             raise RedisUnavailable("the Redis client was closed")
+        if not self._start_called:
+            self.start()
         deadline = self._reactor.seconds() + self._settings.command_timeout
         if self._slots[slot] is None:
             await self._refresh_soon(force=not self._primaries)
@@ -383,7 +397,9 @@ class RedisClusterClient:
                 # The node is down or too slow: perhaps a failover is under
                 # way. Read the map again (rate-limited); try once more only
                 # if the slot moved and time is left.
+                self._suspects.add(address)
                 if ask is not None or self._reactor.seconds() >= deadline:
+                    self._background(self._refresh_soon())
                     raise
                 try:
                     await self._refresh_soon()

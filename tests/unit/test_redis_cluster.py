@@ -392,6 +392,27 @@ def test_a_failed_primary_is_replaced_after_the_map_is_read_again() -> None:
     assert A not in client._nodes
 
 
+def test_a_hung_primary_is_asked_for_the_map_last() -> None:
+    cluster, client, clock = make()
+    key = key_on(cluster, A)
+    run(client.get(key))
+    hung = client._nodes[A]
+
+    async def hangs(*args: Any) -> Any:
+        cluster.log.append((A, args))
+        clock.advance(1.0)  # the whole command timeout
+        raise RedisUnavailable("10.0.0.1:7000 did not answer GET within 1 s")
+
+    hung.command = hangs  # type: ignore[method-assign]
+    cluster.log.clear()
+    with pytest.raises(RedisUnavailable, match="did not answer"):
+        run(client.get(key))
+    # No time was left to retry, but the map is read again meanwhile, from B
+    # (ready, not suspect) rather than from the node that just hung.
+    reads = [addr for addr, args in cluster.log if args[0] == "CLUSTER"]
+    assert reads == [B]
+
+
 def test_the_map_is_read_from_the_next_seed_when_the_first_is_down() -> None:
     cluster, client, _ = make()
     cluster.down.add(A)
