@@ -323,3 +323,52 @@ def test_a_tls_cluster_is_verified_node_by_node(tmp_path: Path) -> None:
         run_in_reactor(main)
         per_node = [len(node.call("KEYS", "idgw:app:s:*")) for node in cluster.primaries()]
         assert sum(per_node) == 12 and all(per_node)
+
+
+def test_a_hung_primary_is_failed_over_and_followed() -> None:
+    """SIGSTOP a primary: calls to it time out (503) instead of hanging, the cluster
+    promotes its replica, and the client follows; when the old primary wakes up
+    as a replica, nothing goes back to it."""
+    with RedisCluster(short_tempdir("rch")) as cluster:
+
+        async def main(reactor: Any) -> dict[str, Any]:
+            client = RedisClusterClient(reactor, cluster_settings(cluster))
+            store = make_store(client, FakeClock())
+            results: dict[str, Any] = {"timed_out": 0}
+            try:
+                ids = [RedisSessionStore.new_session_id() for _ in range(60)]
+                for session_id in ids:
+                    await store.save(session_id, make_session())
+                cluster.replicate()
+                victim = cluster.primary_for(store.session_key(ids[0]))
+                victim.pause()
+                paused_at = reactor.seconds()
+                try:
+                    while True:
+                        started = reactor.seconds()
+                        try:
+                            if await store.load(ids[0]) is not None:
+                                break
+                        except RedisUnavailable:
+                            results["timed_out"] += 1
+                            # Never longer than the command timeout (0.5 s), plus slack.
+                            assert reactor.seconds() - started < 1.0
+                        assert reactor.seconds() - paused_at < 15, "not followed"
+                        await sleep(reactor, 0.05)
+                    results["recovered_after"] = reactor.seconds() - paused_at
+                    results["lost"] = len([s for s in ids if await store.load(s) is None])
+                finally:
+                    victim.resume()
+                resumed_at = reactor.seconds()
+                await until(reactor, lambda: victim.role() == "slave", within=10)
+                results["demoted_after_resume"] = reactor.seconds() - resumed_at
+                assert ("127.0.0.1", victim.port) not in client.primaries
+                assert all([await store.load(s) is not None for s in ids])
+                return results
+            finally:
+                await client.close()
+
+        results = run_in_reactor(main, timeout=40)
+    print("hung primary:", results)  # shown with pytest -s
+    assert results["timed_out"] >= 1 and results["lost"] == 0, results
+    assert results["recovered_after"] < 10, results
