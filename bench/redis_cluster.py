@@ -14,7 +14,14 @@ for each:
   process for ``--seconds``, and reports loads per second (what one gateway
   process can ask of its session store: the hot path is one GET).
 
-    .venv/bin/python bench/redis_cluster.py [--sessions 20000] [--seconds 5] [--json PATH]
+* with ``--gateway``: also runs one gateway process (``workers: 1``) per
+  store in front of an echo back end, logs in once through the WSO2-shaped
+  provider, and measures authenticated requests per second with ``wrk``
+  (``-t2 -c32``, ``--seconds`` each). Each process reuses a session it
+  loaded for a second, so this is mostly the gateway's own cost.
+
+    .venv/bin/python bench/redis_cluster.py [--sessions 20000] [--seconds 5] [--gateway]
+                                            [--json PATH]
 
 A measurement, not a test: nothing fails when numbers are low.
 """
@@ -119,28 +126,108 @@ def measure(settings: RedisSettings, primaries: Any, sessions: int, seconds: flo
     return run_in_reactor(main, timeout=seconds + 120)
 
 
+def gateway_rates(work: Path, seconds: float, single_url: str, seeds: list[str]) -> dict[str, Any]:
+    """Authenticated req/s of one gateway process with each store, by wrk."""
+    import re
+    import shutil
+    import subprocess
+
+    from tests.backends import BackendProcess
+    from tests.e2e.test_redis_sessions import gateway_yaml
+    from tests.login_env import Client, session_key
+    from tests.processes import GatewayProcess, free_port
+    from tests.provider_process import ProviderProcess
+
+    wrk = shutil.which("wrk")
+    if wrk is None:
+        raise SystemExit("--gateway needs wrk (apt-get install wrk)")
+    ports = {"one Redis": free_port(), "Redis Cluster (3 primaries)": free_port()}
+    config = {
+        "tenants": {
+            "carbon.super": {
+                "clients": [
+                    {
+                        "client_id": "app1-client",
+                        "client_secret": "s3cret",
+                        "redirect_uris": [
+                            f"http://app1.localhost:{port}/oauth2/callback"
+                            for port in ports.values()
+                        ],
+                        "token_endpoint_auth_method": "client_secret_basic",
+                    }
+                ]
+            }
+        }
+    }
+    rates: dict[str, Any] = {}
+    key = session_key()
+    with ProviderProcess(work / "op", config) as op, BackendProcess(name="echo") as backend:
+        for name, port in ports.items():
+            text = gateway_yaml(port, op, backend.port, "URL", key)
+            if name == "one Redis":
+                text = text.replace("      url: URL", f"      url: {single_url}")
+            else:
+                text = text.replace("      url: URL", f"      cluster: [{', '.join(seeds)}]")
+            path = work / f"gateway-{port}.yaml"
+            path.write_text(text)
+            gateway = GatewayProcess(path, work / f"gateway-{port}.log").start([port])
+            try:
+                client = Client(port, "app1.localhost")
+                deadline = time.monotonic() + 20
+                while client.get("/")[0] != 302:
+                    assert time.monotonic() < deadline, "no login offered"
+                    time.sleep(0.2)
+                status, _ = client.login(op, "/", "alice", "alice123")
+                assert status == 200, status
+                cookie = "; ".join(f"{k}={v}" for k, v in client.cookies.items())
+                done = subprocess.run(
+                    [wrk, "-t2", "-c32", f"-d{max(1, int(seconds))}s",
+                     "-H", f"Host: app1.localhost:{port}", "-H", f"Cookie: {cookie}",
+                     "-H", "Accept: application/json", f"http://127.0.0.1:{port}/"],
+                    capture_output=True, text=True, check=True,
+                )
+                found = re.search(r"Requests/sec:\s+([0-9.]+)", done.stdout)
+                bad = re.search(r"Non-2xx or 3xx responses: (\d+)", done.stdout)
+                rates[name] = {
+                    "requests_per_second": float(found.group(1)) if found else 0.0,
+                    "non_2xx": int(bad.group(1)) if bad else 0,
+                }
+            finally:
+                gateway.stop()
+    return rates
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sessions", type=int, default=20000)
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--gateway", action="store_true", help="also measure req/s with wrk")
     parser.add_argument("--json", type=Path)
     options = parser.parse_args()
     results: dict[str, dict[str, float]] = {}
     work = short_tempdir("rbench")
-    with RedisProcess(work / "single") as single:
+    with (
+        RedisProcess(work / "single") as single,
+        RedisCluster(work / "cluster", password=None) as cluster,
+    ):
         settings = RedisSettings(url=single.url, pool_size=10)
         results["one Redis"] = measure(settings, lambda: [single], options.sessions,
                                        options.seconds, options.concurrency)
-    with RedisCluster(work / "cluster", password=None) as cluster:
         settings = RedisSettings(cluster=tuple(cluster.seeds), pool_size=10)
         results["Redis Cluster (3 primaries)"] = measure(
             settings, cluster.primaries, options.sessions, options.seconds, options.concurrency
         )
-    print(f"{'':30} {'bytes/session':>14} {'sessions/GB':>12} {'loads/s, 1 process':>19}")
+        if options.gateway:
+            rates = gateway_rates(work, options.seconds, single.url, cluster.seeds)
+            for name, row in rates.items():
+                results[name].update(row)
+    print(f"{'':30} {'bytes/session':>14} {'sessions/GB':>12} {'loads/s, 1 process':>19}"
+          f"{'  gateway req/s' if options.gateway else ''}")
     for name, row in results.items():
+        rate = f"{row['requests_per_second']:15,.0f}" if "requests_per_second" in row else ""
         print(f"{name:30} {row['bytes_per_session']:14.0f} {row['sessions_per_gb']:12,.0f} "
-              f"{row['loads_per_second']:19,.0f}")
+              f"{row['loads_per_second']:19,.0f}{rate}")
     if options.json:
         options.json.write_text(json.dumps(results, indent=2))
 
