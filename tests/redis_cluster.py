@@ -42,11 +42,15 @@ def _bindable(port: int) -> bool:
     return True
 
 
-def cluster_port() -> int:
-    """A free port whose cluster bus port (+10000) is free too."""
+def cluster_port(taken: set[int] | None = None) -> int:
+    """A free port whose cluster bus port (+10000) is free too, neither in ``taken``
+    (which gets both: the nodes of one cluster pick theirs before any listens)."""
+    taken = set() if taken is None else taken
     for _ in range(100):
         port = free_port()
-        if port + 10000 < 65536 and _bindable(port + 10000):
+        pair = {port, port + 10000}
+        if port + 10000 < 65536 and not pair & taken and _bindable(port + 10000):
+            taken.update(pair)
             return port
     raise RuntimeError("no free port pair for a Redis Cluster node")
 
@@ -59,9 +63,13 @@ class ClusterNode(RedisProcess):
     """
 
     def __init__(
-        self, workdir: Path, password: str | None, tls: tuple[Path, Path, Path] | None = None
+        self,
+        workdir: Path,
+        password: str | None,
+        tls: tuple[Path, Path, Path] | None = None,
+        taken: set[int] | None = None,
     ) -> None:
-        super().__init__(workdir / "node", password, port=cluster_port(), tls=tls)
+        super().__init__(workdir / "node", password, port=cluster_port(taken), tls=tls)
         self.workdir = workdir / f"node-{self.port}"
         self.log_path = self.workdir / f"{self.name}.log"
 
@@ -113,7 +121,8 @@ class RedisCluster:
         self.workdir = workdir
         self.password = password
         self.tls = tls
-        self.nodes = [ClusterNode(workdir, password, tls) for _ in range(nodes)]
+        taken: set[int] = set()
+        self.nodes = [ClusterNode(workdir, password, tls, taken) for _ in range(nodes)]
 
     @property
     def seeds(self) -> list[str]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -32,6 +33,13 @@ pytestmark = [
 @pytest.fixture(scope="module")
 def gateways(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     tmp = tmp_path_factory.mktemp("cluster-sessions")
+    # The cluster first: its twelve ports (nodes and buses) are taken before the
+    # gateways' are chosen, so they cannot pick one of them.
+    with RedisCluster(short_tempdir("rce")) as cluster:
+        yield from _gateways(tmp, cluster)
+
+
+def _gateways(tmp: Path, cluster: RedisCluster) -> Iterator[Any]:
     port_a, port_b = free_port(), free_port()
     config: dict[str, Any] = {
         "tenants": {
@@ -55,7 +63,6 @@ def gateways(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     }
     key = session_key()
     with (
-        RedisCluster(short_tempdir("rce")) as cluster,
         ProviderProcess(tmp / "op", config) as op,
         BackendProcess(name="echo") as backend,
     ):
@@ -69,10 +76,15 @@ def gateways(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
             path.write_text(text)
             started.append(GatewayProcess(path, tmp / f"gateway-{name}.log").start([port]))
         try:
-            for port in (port_a, port_b):
+            for port, gateway in zip((port_a, port_b), started, strict=True):
                 deadline = time.monotonic() + 20
-                while Client(port, "app1.localhost").get("/")[0] != 302:
-                    assert time.monotonic() < deadline
+                while True:
+                    try:
+                        if Client(port, "app1.localhost").get("/")[0] == 302:
+                            break
+                    except OSError as error:
+                        raise AssertionError(f"{error}:\n{gateway.log()[-4000:]}") from None
+                    assert time.monotonic() < deadline, gateway.log()[-4000:]
                     time.sleep(0.2)
             yield op, cluster, started, (port_a, port_b)
         finally:
