@@ -41,12 +41,12 @@ from twisted.python.failure import Failure
 from idgateway.config.model import RedisSettings
 from idgateway.config.redis_url import parse_cluster_seed
 from idgateway.redis.client import RedisClient
+from idgateway.redis.cluster_pubsub import MovingSubscription
 from idgateway.redis.errors import RedisCommandError, RedisUnavailable
+from idgateway.redis.slot_map import Address, parse_cluster_slots, parse_redirect
 from idgateway.redis.slots import SLOT_COUNT, key_slot
 
-__all__ = ["AnyRedisClient", "RedisClusterClient", "parse_cluster_slots", "redis_client_for"]
-
-Address = tuple[str, int]
+__all__ = ["AnyRedisClient", "RedisClusterClient", "redis_client_for"]
 
 # Redirections followed for one call before giving up (a slot moving twice
 # while we ask is already unusual).
@@ -54,50 +54,11 @@ _MAX_REDIRECTS = 5
 # The map is read again at most this often after failures, and this often anyway.
 _MIN_REFRESH_INTERVAL = 0.25
 _REFRESH_INTERVAL = 30.0
-# How often the subscription's node is checked; after this many checks
-# without a connection the subscription moves to another node.
+# How often the subscription's node is checked (see MovingSubscription).
 _WATCH_INTERVAL = 1.0
-_SUBSCRIBER_MOVE_AFTER = 2
 # Replies that mean "the cluster cannot serve this slot now" (a failover in
 # progress, a slot being migrated): read the map again, answer "unavailable".
 _CLUSTER_UNAVAILABLE = ("CLUSTERDOWN", "TRYAGAIN")
-
-
-def parse_cluster_slots(reply: Any, asked: Address) -> list[tuple[int, int, Address]]:
-    """``(first slot, last slot, primary address)`` ranges from a ``CLUSTER SLOTS`` reply.
-
-    A node that does not know its own address reports an empty host: that is
-    the node we asked (``asked``). Raises ValueError on a reply of another shape.
-    """
-    if not isinstance(reply, list):
-        raise ValueError(f"CLUSTER SLOTS answered {reply!r}, not a list")
-    ranges = []
-    for entry in reply:
-        if not isinstance(entry, list) or len(entry) < 3 or not isinstance(entry[2], list):
-            raise ValueError(f"CLUSTER SLOTS gave a strange entry {entry!r}")
-        first, last = int(entry[0]), int(entry[1])
-        if not 0 <= first <= last < SLOT_COUNT:
-            raise ValueError(f"CLUSTER SLOTS gave a bad slot range {first}-{last}")
-        primary = entry[2]
-        if len(primary) < 2:
-            raise ValueError(f"CLUSTER SLOTS gave no address in {entry!r}")
-        raw_host = primary[0]
-        host = bytes(raw_host).decode("ascii") if isinstance(raw_host, bytes) else str(raw_host)
-        if host in ("", "?"):
-            host = asked[0]
-        ranges.append((first, last, (host, int(primary[1]))))
-    return ranges
-
-
-def parse_redirect(reply: str) -> tuple[str, int, Address] | None:
-    """``("MOVED" | "ASK", slot, address)`` from an error reply, or None for another error."""
-    words = reply.split()
-    if len(words) != 3 or words[0] not in ("MOVED", "ASK"):
-        return None
-    host, _, port = words[2].rpartition(":")
-    if not words[1].isdigit() or not port.isdigit() or not host:
-        return None
-    return words[0], int(words[1]), (host.strip("[]"), int(port))
 
 
 class RedisClusterClient:
@@ -141,12 +102,11 @@ class RedisClusterClient:
         self._closed = False
         self._loop: LoopingCall | None = None
         # Publish/subscribe: one node's client at a time.
-        self._subscriptions: list[
-            tuple[str, Callable[[bytes], None], Callable[[], None] | None]
-        ] = []
-        self._subscriber: RedisClient | None = None
-        self._subscriber_address: Address | None = None
-        self._subscriber_misses = 0
+        self._subscription = MovingSubscription(
+            self._subscriber_client,
+            lambda: list(dict.fromkeys([*self._primaries, *self._seeds])),
+            self.description,
+        )
         # Nodes whose calls failed since the map was last read: asked for the
         # map last (a hung node would cost a whole command timeout).
         self._suspects: set[Address] = set()
@@ -243,12 +203,10 @@ class RedisClusterClient:
         self._closed = True
         if self._loop is not None and self._loop.running:
             self._loop.stop()
-        clients = list(self._nodes.values())
+        closing = [client.close() for client in self._nodes.values()]
         self._nodes.clear()
-        if self._subscriber is not None:
-            clients.append(self._subscriber)
-            self._subscriber = None
-        return defer.gatherResults([client.close() for client in clients], consumeErrors=True)
+        closing.append(self._subscription.close())
+        return defer.gatherResults(closing, consumeErrors=True)
 
     # -- the slot map ----------------------------------------------------------------
 
@@ -345,7 +303,7 @@ class RedisClusterClient:
     def _watch(self) -> None:
         if self._reactor.seconds() - self._last_refresh >= _REFRESH_INTERVAL:
             self._background(self._refresh_soon())
-        self._check_subscriber()
+        self._subscription.check()
 
     def _background(self, d: defer.Deferred[Any]) -> None:
         d.addErrback(lambda _: None)  # remembered in last_error; calls report it
@@ -509,54 +467,23 @@ class RedisClusterClient:
         """As ``RedisClient.subscribe``: on one node, moved to another if it fails."""
         if self._closed:
             raise RedisUnavailable("the Redis client was closed")
-        self._subscriptions.append((channel, on_message, on_subscribed))
-        if self._subscriber is None:
-            self._move_subscriber()
-        else:
-            self._subscriber.subscribe(channel, on_message, on_subscribed)
+        self._subscription.add(channel, on_message, on_subscribed)
         if not self._start_called:
-            self.start()
+            self.start()  # the watch loop moves the subscription when needed
 
     @property
     def subscribed(self) -> bool:
-        return self._subscriber is not None and self._subscriber.subscribed
+        return self._subscription.subscribed
 
     @property
     def subscriber_address(self) -> Address | None:
-        return self._subscriber_address
+        return self._subscription.address
 
-    def _move_subscriber(self) -> None:
-        candidates = list(dict.fromkeys([*self._primaries, *self._seeds]))
-        current = self._subscriber_address
-        if current in candidates and len(candidates) > 1:
-            # The next one after the node that failed, round the list.
-            at = candidates.index(current)
-            candidates = candidates[at + 1 :] + candidates[:at]
-        address = candidates[0]
-        old = self._subscriber
+    def _subscriber_client(self, address: Address) -> RedisClient:
         # Its own client: it only subscribes, so one pooled connection is plenty
         # (and is opened only if a command is sent, which none is).
         settings = attrs.evolve(self.node_settings(address), pool_size=1)
-        client = self._make_node(self._reactor, settings)
-        self._subscriber, self._subscriber_address = client, address
-        self._subscriber_misses = 0
-        for channel, on_message, on_subscribed in self._subscriptions:
-            client.subscribe(channel, on_message, on_subscribed)
-        if old is not None:
-            self._log.warn(
-                "{where}: publish/subscribe moved to {node}",
-                where=self.description,
-                node=_host_port(address),
-            )
-            old.close()
-
-    def _check_subscriber(self) -> None:
-        if self._subscriber is None or self._subscriber.subscribed:
-            self._subscriber_misses = 0
-            return
-        self._subscriber_misses += 1
-        if self._subscriber_misses >= _SUBSCRIBER_MOVE_AFTER:
-            self._move_subscriber()
+        return self._make_node(self._reactor, settings)
 
 
 AnyRedisClient = RedisClient | RedisClusterClient

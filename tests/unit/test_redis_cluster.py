@@ -18,13 +18,9 @@ from twisted.python.failure import Failure
 
 from idgateway.config.model import RedisSettings
 from idgateway.redis.client import RedisClient
-from idgateway.redis.cluster import (
-    RedisClusterClient,
-    parse_cluster_slots,
-    parse_redirect,
-    redis_client_for,
-)
+from idgateway.redis.cluster import RedisClusterClient, redis_client_for
 from idgateway.redis.errors import RedisCommandError, RedisUnavailable
+from idgateway.redis.slot_map import parse_cluster_slots, parse_redirect
 from idgateway.redis.slots import SLOT_COUNT, crc16, hashed_part, key_slot
 from idgateway.sessions.keys import KeyRing
 from idgateway.sessions.redis_store import RedisSessionStore, session_key_hash
