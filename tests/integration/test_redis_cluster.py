@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from idgateway.config.model import RedisSettings
+from idgateway.redis.client import RedisClient
 from idgateway.redis.cluster import RedisClusterClient
 from idgateway.redis.errors import RedisUnavailable
 from idgateway.redis.slots import key_slot
@@ -372,3 +373,65 @@ def test_a_hung_primary_is_failed_over_and_followed() -> None:
     print("hung primary:", results)  # shown with pytest -s
     assert results["timed_out"] >= 1 and results["lost"] == 0, results
     assert results["recovered_after"] < 10, results
+
+
+def test_a_slot_migrating_under_the_client_is_followed_by_ask_then_moved(
+    flushed: RedisCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reshard one session's slot by hand, as ``redis-cli --cluster reshard`` does:
+    while it migrates, a key already moved is reached with ASKING (on the same
+    connection as the command); once done, MOVED updates the client's map."""
+    cluster = flushed
+    asked: list[tuple[Any, ...]] = []
+    plain_asking = RedisClient.asking
+
+    async def counting_asking(self: RedisClient, *args: Any) -> Any:
+        asked.append(args)
+        return await plain_asking(self, *args)
+
+    monkeypatch.setattr(RedisClient, "asking", counting_asking)
+
+    def node_id(node: Any) -> str:
+        return str(node.call("CLUSTER", "MYID").decode())
+
+    async def main(reactor: Any) -> None:
+        client = RedisClusterClient(reactor, cluster_settings(cluster))
+        store = make_store(client, FakeClock())
+        try:
+            moved_id = RedisSessionStore.new_session_id()
+            await store.save(moved_id, make_session(sub="moved"))
+            key = store.session_key(moved_id)
+            slot = key_slot(key)
+            source = cluster.slot_owner(slot)
+            target = next(n for n in cluster.primaries() if n.port != source.port)
+            # A key with the session's tag: same slot, left on the source for now.
+            other_key = f"{{{key.split('{')[1].rstrip('}')}}}:other"
+            cluster.call(other_key, "SET", other_key, "still here")
+            target.call("CLUSTER", "SETSLOT", slot, "IMPORTING", node_id(source))
+            source.call("CLUSTER", "SETSLOT", slot, "MIGRATING", node_id(target))
+            source.call(
+                "MIGRATE", "127.0.0.1", target.port, "", 0, 5000, "AUTH", "s3cret", "KEYS", key
+            )
+            # Mid-migration: the moved session is on the target (ASK), the other
+            # key still on the source; the client's map still names the source.
+            loaded = await store.load(moved_id)
+            assert loaded is not None and loaded.sub == "moved"
+            assert await client.get(other_key) == b"still here"
+            assert client.slot_address(slot) == ("127.0.0.1", source.port)
+            assert [args[0] for args in asked] == ["GET"]
+            # The migration ends: every node learns the slot's new owner.
+            source.call(
+                "MIGRATE", "127.0.0.1", target.port, "", 0, 5000, "AUTH", "s3cret",
+                "KEYS", other_key,
+            )
+            for node in cluster.primaries():
+                node.call("CLUSTER", "SETSLOT", slot, "NODE", node_id(target))
+            loaded = await store.load(moved_id)
+            assert loaded is not None and loaded.sub == "moved"
+            assert client.slot_address(slot) == ("127.0.0.1", target.port)
+            assert len(asked) == 1  # MOVED, not ASK, once the slot has moved
+            assert await client.get(other_key) == b"still here"
+        finally:
+            await client.close()
+
+    run_in_reactor(main)
