@@ -301,11 +301,13 @@ def test_a_tls_cluster_is_verified_node_by_node(tmp_path: Path) -> None:
         assert all(seed.startswith("rediss://:s3cret@") for seed in cluster.seeds)
 
         async def main(reactor: Any) -> None:
+            # TLS handshakes on a busy machine: more time than the 0.5 s elsewhere.
+            slow = {"connect_timeout": 3.0, "command_timeout": 3.0}
             good = RedisClusterClient(
-                reactor, cluster_settings(cluster, ca_file=str(ca.cert_path))
+                reactor, cluster_settings(cluster, ca_file=str(ca.cert_path), **slow)
             )
             wrong = RedisClusterClient(
-                reactor, cluster_settings(cluster, ca_file=str(other_ca.cert_path))
+                reactor, cluster_settings(cluster, ca_file=str(other_ca.cert_path), **slow)
             )
             store = make_store(good, FakeClock())
             try:
