@@ -172,3 +172,43 @@ def test_a_mismatched_seed_is_shown_on_its_own_line(tmp_path: Path) -> None:
     )
     assert "gateway.yaml:14: routes[0].session.cluster[1]" in text and "same password" in text
     assert "hunter" not in text
+
+
+# -- oauth2-proxy's redis_use_cluster, imported --------------------------------------------
+
+OAUTH2_PROXY_CLUSTER = """
+http_address = "127.0.0.1:4180"
+provider = "oidc"
+oidc_issuer_url = "https://is.example.com:9443/oauth2/token"
+client_id = "app"
+client_secret = "hunter2-client"
+cookie_secret = "0123456789abcdef0123456789abcdef"
+upstreams = ["http://127.0.0.1:3000"]
+session_store_type = "redis"
+redis_use_cluster = true
+redis_cluster_connection_urls = ["redis://10.0.0.1:7000", "redis://10.0.0.2:7000"]
+redis_password = "hunter2-redis"
+"""
+
+
+@pytest.mark.parametrize("keep_secrets", [False, True])
+def test_oauth2_proxy_cluster_settings_are_imported(tmp_path: Path, keep_secrets: bool) -> None:
+    from idgateway.importers import ImportOptions, import_file
+
+    source = tmp_path / "oauth2-proxy.cfg"
+    source.write_text(OAUTH2_PROXY_CLUSTER)
+    text = import_file("oauth2-proxy", str(source), ImportOptions(keep_secrets=keep_secrets))
+    assert "not imported: redis_use_cluster" not in text
+    assert "not imported: redis_cluster_connection_urls" not in text
+    path = tmp_path / "gateway.yaml"
+    path.write_text(text)
+    env = {"OAUTH2_PROXY_CLIENT_SECRET": "c", "OAUTH2_PROXY_REDIS_PASSWORD": "from-env"}
+    env.update({name: KEY for name in ("OAUTH2_PROXY_SESSION_KEY", "OAUTH2_PROXY_COOKIE_SECRET")})
+    config = load_config(str(path), env)
+    redis = config.routes[0].auth.session.redis  # type: ignore[union-attr]
+    password = "hunter2-redis" if keep_secrets else "from-env"
+    assert redis.cluster == (
+        f"redis://:{password}@10.0.0.1:7000",
+        f"redis://:{password}@10.0.0.2:7000",
+    )
+    assert ("hunter2-redis" in text) is keep_secrets
