@@ -312,6 +312,9 @@ class RedisClient:
         message = str(error)
         code = message.split(" ", 1)[0].upper()
         where = f"{self.description} refused {_command_name(args)}: {message}"
+        if code in ("MOVED", "ASK"):
+            # A cluster node reached as one server: say what to configure.
+            where += "; it is a Redis Cluster node: give cluster: [its URL, ...] instead of url"
         if code in _RECONNECT_REPLIES:
             protocol.abort()
         if code in _UNAVAILABLE_REPLIES:

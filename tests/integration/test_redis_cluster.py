@@ -26,7 +26,13 @@ from idgateway.sessions.redis_store import RedisSessionStore, session_key_hash
 from idgateway.sessions.revocation import ReplayCache, RevocationList
 from tests.certs import make_ca
 from tests.redis_cluster import RedisCluster, requires_redis_cluster
-from tests.redis_process import redis_supports_tls, run_in_reactor, short_tempdir, sleep
+from tests.redis_process import (
+    RedisProcess,
+    redis_supports_tls,
+    run_in_reactor,
+    short_tempdir,
+    sleep,
+)
 from tests.session_factories import NOW, make_session
 
 pytestmark = requires_redis_cluster
@@ -433,6 +439,40 @@ def test_a_slot_migrating_under_the_client_is_followed_by_ask_then_moved(
             assert client.slot_address(slot) == ("127.0.0.1", target.port)
             assert len(asked) == 1  # MOVED, not ASK, once the slot has moved
             assert await client.get(other_key) == b"still here"
+        finally:
+            await client.close()
+
+    run_in_reactor(main)
+
+
+def test_url_pointing_at_a_cluster_node_says_to_use_cluster(flushed: RedisCluster) -> None:
+    cluster = flushed
+    key = "idgw:somewhere"
+    elsewhere = next(n for n in cluster.primaries() if n is not cluster.primary_for(key))
+
+    async def main(reactor: Any) -> None:
+        url = f"redis://:s3cret@127.0.0.1:{elsewhere.port}/0"
+        plain = RedisClient(reactor, RedisSettings(url=url, pool_size=1, command_timeout=0.5))
+        try:
+            with pytest.raises(RedisUnavailable, match="give cluster: \\[its URL"):
+                await plain.get(key)
+        finally:
+            await plain.close()
+
+    run_in_reactor(main)
+
+
+def test_cluster_pointing_at_a_plain_redis_says_so(redis: RedisProcess) -> None:
+    async def main(reactor: Any) -> None:
+        seed = redis.url.rsplit("/", 1)[0]
+        client = RedisClusterClient(
+            reactor, RedisSettings(cluster=(seed,), pool_size=1, command_timeout=0.5)
+        )
+        try:
+            with pytest.raises(RedisUnavailable, match="cluster support disabled"):
+                await client.get("k")
+            assert not await client.ping()
+            assert "cluster support disabled" in (client.last_error or "")
         finally:
             await client.close()
 
