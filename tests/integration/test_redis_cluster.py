@@ -257,7 +257,8 @@ def test_a_primary_killed_under_load_loses_no_replicated_session(tmp_path: Path)
                 from twisted.internet import defer
 
                 running = [defer.ensureDeferred(loader) for loader in loaders]
-                await sleep(reactor, 0.3)
+                await until(reactor, lambda: results["ok"] >= 20)
+                results["ok_before"] = results["ok"]
                 killed_at = reactor.seconds()
                 cluster.kill(victim)
 
@@ -292,7 +293,7 @@ def test_a_primary_killed_under_load_loses_no_replicated_session(tmp_path: Path)
     print("failover under load:", results)  # shown with pytest -s
     assert results["lost"] == 0, results
     assert results["missing"] == 0, results
-    assert results["ok"] > 100, results
+    assert results["ok"] > results["ok_before"] >= 20, results
     assert results["recovered_after"] < 10, results
 
 
@@ -360,8 +361,9 @@ def test_a_hung_primary_is_failed_over_and_followed() -> None:
                                 break
                         except RedisUnavailable:
                             results["timed_out"] += 1
-                            # Never longer than the command timeout (0.5 s), plus slack.
-                            assert reactor.seconds() - started < 1.0
+                            # The command timeout (0.5 s), plus slack for a busy machine:
+                            # never the seconds a hung server would hold a call.
+                            assert reactor.seconds() - started < 2.0
                         assert reactor.seconds() - paused_at < 15, "not followed"
                         await sleep(reactor, 0.05)
                     results["recovered_after"] = reactor.seconds() - paused_at
