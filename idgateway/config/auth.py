@@ -28,7 +28,7 @@ from idgateway.config.model import (
     SessionSettings,
 )
 from idgateway.config.provider_urls import InsecureTransport, check_configured_url
-from idgateway.config.redis_url import parse_redis_url
+from idgateway.config.redis_url import parse_cluster_seed, parse_redis_url
 from idgateway.config.regex import compile_config_regex
 from idgateway.config.schema import (
     INVALID,
@@ -662,6 +662,12 @@ def _redis_url(value: str) -> str:
     return value
 
 
+def _cluster_seed(value: str) -> str:
+    """redis://host:port or rediss://host:port of one node of a Redis Cluster."""
+    parse_cluster_seed(value)  # its ValueError names the problem without the password
+    return value
+
+
 def _host_port(value: str) -> tuple[str, int]:
     host, _, port = value.rpartition(":")
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
@@ -728,6 +734,33 @@ REDIS_FIELDS = (
         """,
     ),
     Field(
+        "cluster",
+        list_of(
+            parsed(_cluster_seed, "a redis:// or rediss:// URL"),
+            "a list like [redis://10.0.0.1:7000, redis://10.0.0.2:7000]",
+            min_items=1,
+        ),
+        default=(),
+        type_text="list of Redis URLs",
+        default_text="default ``[]``: not a cluster",
+        description=r"""
+            A Redis Cluster, instead of ``url`` (and of ``sentinels``): the URLs of
+            some of its nodes, ``redis://[[user]:password@]host:port`` or
+            ``rediss://...`` (TLS, verified against ``redis_ca_file`` or the system's
+            CAs), all with the same scheme and password, and no database (a cluster
+            has only database 0). The gateway asks the first seed that answers for
+            the slot map (``CLUSTER SLOTS``), keeps ``pool_size`` connections to each
+            primary, follows ``MOVED`` and ``ASK`` redirections, and reads the map
+            again when a node fails or a redirection says it changed, so a failover
+            (a replica promoted) is followed without a restart. The keys of one
+            session share a hash tag, so each session's operations stay in one slot;
+            revocations travel by publish/subscribe, which a cluster delivers on every
+            node. Seeds need not list every node, but list more than one: a seed
+            that is down is skipped. See :ref:`operations:One Redis, Sentinel or Cluster`.
+            Example: ``cluster: [redis://:s3cret@10.0.0.1:7000, redis://:s3cret@10.0.0.2:7000, redis://:s3cret@10.0.0.3:7000]``
+        """,
+    ),
+    Field(
         "redis_ca_file",
         file_path("a PEM file of CA certificates"),
         type_text="file path",
@@ -787,13 +820,16 @@ _REDIS_NAMES = tuple(field.name for field in REDIS_FIELDS)
 def redis_settings(reader: Reader, found: Section, where: str) -> RedisSettings | None | _Invalid:
     """RedisSettings from the redis keys of a section, or None when none are given."""
     values: dict[str, Any] = {name: found.values.get(name) for name in _REDIS_NAMES}
-    if all(values[name] in (None, ()) for name in ("url", "sentinels", "master_name")):
+    if all(values[name] in (None, ()) for name in ("url", "sentinels", "master_name", "cluster")):
         return None
+    if values["cluster"]:
+        return _cluster_settings(reader, found, values)
     if values["url"] is None and not (values["sentinels"] and values["master_name"]):
         return reader.problem(
             found.node,
             where,
-            "give 'url' (e.g. redis://127.0.0.1:6379/0), or 'sentinels' and 'master_name'",
+            "give 'url' (e.g. redis://127.0.0.1:6379/0), 'sentinels' and 'master_name', "
+            "or 'cluster'",
         )
     # With sentinels, a url may still be given: its password, database and TLS
     # apply to the master the sentinels name (its host is not used).
@@ -810,6 +846,44 @@ def redis_settings(reader: Reader, found: Section, where: str) -> RedisSettings 
     )
 
 
+def _cluster_settings(
+    reader: Reader, found: Section, values: dict[str, Any]
+) -> RedisSettings | _Invalid:
+    node = found.nodes.get("cluster", found.node)
+    for other, why in (
+        ("url", "a cluster's nodes come from its seeds; remove 'url' and put its password "
+         "in each seed (redis://:s3cret@10.0.0.1:7000)"),
+        ("sentinels", "a Redis Cluster promotes replicas itself; remove 'sentinels'"),
+        ("master_name", "a Redis Cluster has no Sentinel master; remove 'master_name'"),
+    ):
+        if values[other] not in (None, ()):
+            return reader.problem(
+                found.nodes.get(other, node),
+                found.child(other),
+                f"'cluster' and '{other}' exclude each other: {why}",
+            )
+    seeds = [parse_cluster_seed(url) for url in values["cluster"]]
+    first = seeds[0]
+    for index, seed in enumerate(seeds[1:], 1):
+        for part, name in (("tls", "scheme (redis:// or rediss://)"), ("username", "user"),
+                           ("password", "password")):
+            if seed[part] != first[part]:
+                items = getattr(node, "value", None)
+                return reader.problem(
+                    items[index] if isinstance(items, list) else node,
+                    f"{found.child('cluster')}[{index}]",
+                    f"every seed of a cluster has the same {name} as the first "
+                    f"(the gateway connects to every node alike); make them the same",
+                )
+    return RedisSettings(
+        cluster=tuple(values["cluster"]),
+        ca_file=values["redis_ca_file"],
+        pool_size=values["pool_size"],
+        connect_timeout=values["connect_timeout"],
+        command_timeout=values["command_timeout"],
+    )
+
+
 def _build_session(reader: Reader, found: Section) -> SessionSettings | _Invalid:
     redis = redis_settings(reader, found, found.key)
     if redis is INVALID:
@@ -819,11 +893,13 @@ def _build_session(reader: Reader, found: Section) -> SessionSettings | _Invalid
         return reader.problem(
             found.node,
             found.child("url"),
-            "store: redis needs 'url' (e.g. redis://:s3cret@127.0.0.1:6379/1) or sentinels",
+            "store: redis needs 'url' (e.g. redis://:s3cret@127.0.0.1:6379/1), sentinels "
+            "or cluster",
         )
     if store == "cookie" and redis is not None:
+        used = "cluster" if redis.cluster else "url"
         return reader.problem(
-            found.node, found.child("url"), "'url' is only used with store: redis"
+            found.node, found.child(used), f"'{used}' is only used with store: redis"
         )
     values = {k: v for k, v in found.values.items() if k not in _REDIS_NAMES}
     return SessionSettings(**values, redis=redis)

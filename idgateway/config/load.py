@@ -1158,8 +1158,9 @@ TOP_FIELDS = (
             Example: ``redis: {url: "redis://:${REDIS_PASSWORD}@10.0.0.5:6379/0"}``
 
             The same keys say how to reach a Redis in the top-level ``redis:`` block
-            and in a route's ``session`` block with ``store: redis``. Give ``url``, or
-            ``sentinels`` with ``master_name`` (and, optionally, a ``url`` too). Blocks
+            and in a route's ``session`` block with ``store: redis``. Give ``url``,
+            ``sentinels`` with ``master_name`` (and, optionally, a ``url`` too), or
+            ``cluster`` (a Redis Cluster's seed URLs). Blocks
             with identical settings share one pool of connections. Examples::
 
                 redis:
@@ -1177,6 +1178,10 @@ TOP_FIELDS = (
                   sentinels: [10.0.0.5:26379, 10.0.0.6:26379, 10.0.0.7:26379]
                   master_name: idgateway
                   url: redis://:s3cret@idgateway/1
+
+                # a Redis Cluster: some of its nodes, all with the same password
+                redis:
+                  cluster: [redis://:s3cret@10.0.0.1:7000, redis://:s3cret@10.0.0.2:7000]
         """,
     ),
     Field(

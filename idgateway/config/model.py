@@ -274,6 +274,8 @@ class RedisSettings:
     url: str | None = None  # redis://[:password@]host[:port][/db], rediss://..., unix:/path
     sentinels: tuple[tuple[str, int], ...] = ()
     master_name: str | None = None
+    # Redis Cluster: seed node URLs (instead of url and sentinels).
+    cluster: tuple[str, ...] = ()
     ca_file: str | None = None
     pool_size: int = 10
     connect_timeout: float = 2.0

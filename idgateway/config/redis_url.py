@@ -139,3 +139,26 @@ def parse_redis_url(url: str) -> dict[str, Any]:
         f"{shown} is not a Redis URL (scheme {parts.scheme or 'missing'!r}); use one of "
         f"{_URL_FORMS}; e.g. {URL_EXAMPLE}"
     )
+
+
+CLUSTER_EXAMPLE = "cluster: [redis://10.0.0.1:7000, redis://10.0.0.2:7000]"
+
+
+def parse_cluster_seed(url: str) -> dict[str, Any]:
+    """A Redis Cluster seed: a ``redis://`` or ``rediss://`` URL of one node, database 0.
+
+    The parts as ``parse_redis_url`` gives them, or ValueError saying what is wrong.
+    """
+    parts = parse_redis_url(url)
+    shown = repr(_redacted(url.strip()))
+    if parts["scheme"] == "unix":
+        raise ValueError(
+            f"{shown}: a Redis Cluster is reached over TCP; a seed is redis://host:port or "
+            f"rediss://host:port, e.g. {CLUSTER_EXAMPLE}"
+        )
+    if parts["db"] != 0:
+        raise ValueError(
+            f"{shown} names database {parts['db']}, but a Redis Cluster has only database 0; "
+            f"remove the /{parts['db']}"
+        )
+    return parts

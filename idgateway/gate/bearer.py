@@ -55,7 +55,7 @@ from idgateway.oidc.access_tokens import (
 from idgateway.oidc.dpop import DPoPError, check_proof
 from idgateway.oidc.introspection import Introspection, IntrospectionUnavailable
 from idgateway.oidc.tokens import PROVIDER_UNAVAILABLE, TokenError
-from idgateway.redis.client import RedisClient
+from idgateway.redis.cluster import AnyRedisClient
 from idgateway.routing.table import normalised_host_header
 from idgateway.sessions.cookie import strip_cookies
 from idgateway.sessions.keys import KeyRing
@@ -144,9 +144,9 @@ class BearerGate:
         provider: ProviderHandle,
         clock: IReactorTime,
         *,
-        redis: RedisClient | None = None,
+        redis: AnyRedisClient | None = None,
         keyring: KeyRing | None = None,
-        replay_redis: RedisClient | None = None,
+        replay_redis: AnyRedisClient | None = None,
     ) -> None:
         self.route = route
         self.bearer = bearer

@@ -42,7 +42,8 @@ from idgateway.oidc.client import (
 from idgateway.oidc.provider import ProviderClient
 from idgateway.oidc.refresh import validate_refreshed_id_token
 from idgateway.oidc.tokens import PROVIDER_UNAVAILABLE, TokenError
-from idgateway.redis.client import RedisClient, RedisUnavailable
+from idgateway.redis.client import RedisUnavailable
+from idgateway.redis.cluster import AnyRedisClient
 from idgateway.server.answers import (
     send_error,
     send_provider_unavailable,
@@ -133,8 +134,8 @@ class RouteLogin:
         auth: RouteAuth,
         provider: ProviderHandle,
         clock: IReactorTime,
-        redis: RedisClient | None = None,
-        shared_redis: RedisClient | None = None,
+        redis: AnyRedisClient | None = None,
+        shared_redis: AnyRedisClient | None = None,
         revocation: RevocationList | None = None,
     ) -> None:
         self.route = route
@@ -797,7 +798,7 @@ class RouteLogin:
             await self.store.unlock(session_id, token)
 
     async def _refresh_coordinated(
-        self, session: Session, redis: RedisClient
+        self, session: Session, redis: AnyRedisClient
     ) -> Session | None | _Unavailable:
         """Refresh a cookie session once across every process sharing ``redis``.
 
@@ -839,7 +840,7 @@ class RouteLogin:
                 pass  # this process still has the result; others may ask the provider
         return new
 
-    async def _stored_refresh(self, redis: RedisClient, base: str) -> Session | None:
+    async def _stored_refresh(self, redis: AnyRedisClient, base: str) -> Session | None:
         raw = await redis.get(base + ":result")
         if raw is None:
             return None

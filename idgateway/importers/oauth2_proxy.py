@@ -114,8 +114,6 @@ _NO_EQUIVALENT: dict[str, str] = {
     "tls_cipher_suites": (
         "Go cipher suite names; give listeners[].tls.ciphers as an OpenSSL list (e.g. ECDHE+AESGCM)"
     ),
-    "redis_use_cluster": "the gateway uses one Redis master (or Sentinel), not Redis Cluster",
-    "redis_cluster_connection_urls": "the gateway uses one Redis master, not Redis Cluster",
     "redis_sentinel_password": "Sentinel authentication is not supported",
     "redis_insecure_skip_tls_verify": "Redis TLS is always verified; give redis_ca_file",
     "redis_connection_idle_timeout": "the gateway keeps its Redis connections open",
@@ -709,7 +707,12 @@ def _session(cfg: _Options, report: Report, options: ImportOptions, tls: bool) -
         session.add(
             "store", "cookie", "session_store_type" if cfg.given("session_store_type") else None
         )
-        for option in ("redis_connection_url", "redis_password", "redis_use_sentinel"):
+        for option in (
+            "redis_connection_url",
+            "redis_password",
+            "redis_use_sentinel",
+            "redis_use_cluster",
+        ):
             if cfg.given(option):
                 cfg.skip(report, option, 'used only with session_store_type = "redis"')
     secret = cfg.get("cookie_secret")
@@ -792,27 +795,45 @@ def _session(cfg: _Options, report: Report, options: ImportOptions, tls: bool) -
     return session
 
 
+def _with_password(
+    url: str, password: Any, report: Report, options: ImportOptions
+) -> tuple[str, bool]:
+    """``url`` with the Redis password (its own or ``redis_password``) as a reference,
+    or kept with --keep-secrets; and whether it has one."""
+    match = re.match(r"\A(rediss?://)(?:([^:@/]*):([^@/]*)@)?(.*)\Z", url)
+    if not (match and (match.group(3) or password)):
+        return url, False
+    scheme, user, inline, rest = match.groups()
+    if options.keep_secrets:
+        from urllib.parse import quote
+
+        secret = inline or quote(str(password), safe="")
+    else:
+        secret = report.secret(ENV_REDIS_PASSWORD, "the Redis password (URL-encoded)")
+    # oauth2-proxy expands no ${...}: every part is literal but the reference.
+    return config_text(f"{scheme}{user or ''}:", secret, f"@{rest}"), True
+
+
 def _redis(cfg: _Options, report: Report, options: ImportOptions, session: Block) -> None:
     url = cfg.get("redis_connection_url")
     password = cfg.get("redis_password")
-    if url:
-        url = str(url)
-        match = re.match(r"\A(rediss?://)(?:([^:@/]*):([^@/]*)@)?(.*)\Z", url)
-        if match and (match.group(3) or password):
-            scheme, user, inline, rest = match.groups()
-            if options.keep_secrets:
-                from urllib.parse import quote
-
-                secret = inline or quote(str(password), safe="")
-                comment = "redis_connection_url (--keep-secrets)"
-            else:
-                secret = report.secret(ENV_REDIS_PASSWORD, "the Redis password (URL-encoded)")
-                comment = "redis_connection_url, password from the environment"
-            # oauth2-proxy expands no ${...}: every part is literal but the reference.
-            url = config_text(f"{scheme}{user or ''}:", secret, f"@{rest}")
-            session.add("url", url, comment)
-        else:
-            session.add("url", url, "redis_connection_url")
+    # How a URL's comment says where its password went.
+    how = " (--keep-secrets)" if options.keep_secrets else ", password from the environment"
+    if cfg.get("redis_use_cluster"):
+        seeds = [
+            _with_password(item, password, report, options)
+            for item in _strings(cfg.get("redis_cluster_connection_urls"))
+        ]
+        comment = "redis_cluster_connection_urls"
+        if any(secret for _, secret in seeds):
+            comment += how
+        session.add("cluster", [seed for seed, _ in seeds], comment)
+        if url:
+            cfg.skip(report, "redis_connection_url", "redis_use_cluster takes the cluster's URLs")
+            url = None
+    elif url:
+        url, secret = _with_password(str(url), password, report, options)
+        session.add("url", url, "redis_connection_url" + (how if secret else ""))
     if cfg.get("redis_use_sentinel"):
         sentinels = []
         for item in _strings(cfg.get("redis_sentinel_connection_urls")):
@@ -827,7 +848,7 @@ def _redis(cfg: _Options, report: Report, options: ImportOptions, session: Block
         )
     if cfg.get("redis_ca_path"):
         session.add("redis_ca_file", str(cfg.get("redis_ca_path")), "redis_ca_path")
-    if not url and not cfg.get("redis_use_sentinel"):
+    if not url and not cfg.get("redis_use_sentinel") and not cfg.get("redis_use_cluster"):
         report.warnings.append('session_store_type = "redis" without redis_connection_url.')
 
 

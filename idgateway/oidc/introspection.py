@@ -33,7 +33,8 @@ from idgateway.oidc.client import basic_authorization
 from idgateway.oidc.http import HTTPFailure, count_error, send
 from idgateway.oidc.provider import ProviderClient
 from idgateway.oidc.tokens import WRONG_ISSUER, WRONG_TYPE, TokenError
-from idgateway.redis.client import RedisClient, RedisUnavailable
+from idgateway.redis.client import RedisUnavailable
+from idgateway.redis.cluster import AnyRedisClient
 from idgateway.sessions.keys import KeyRing
 
 # Answers kept in this process (the oldest go first past it).
@@ -70,7 +71,7 @@ class Introspection:
         *,
         route: str,
         user_claim: str = "sub",
-        redis: RedisClient | None = None,
+        redis: AnyRedisClient | None = None,
         keyring: KeyRing | None = None,
         timeout: float = 10.0,
         max_in_flight: int = MAX_IN_FLIGHT,

@@ -189,6 +189,12 @@ class RedisClient:
         return any(slot.protocol is not None for slot in self._slots)
 
     @property
+    def subscribed(self) -> bool:
+        """True when the publish/subscribe connection is open (and subscribed)."""
+        slot = self._subscriber
+        return slot is not None and slot.protocol is not None and slot.protocol.connected
+
+    @property
     def last_error(self) -> str | None:
         """Why the last connection attempt failed or the last connection was lost."""
         return self._last_error
@@ -265,7 +271,11 @@ class RedisClient:
         """Any other command, e.g. ``command("PTTL", key)``."""
         return await self._command(*args)
 
-    async def _command(self, *args: Any) -> Any:
+    async def asking(self, *args: Any) -> Any:
+        """``ASKING`` and then the command, on one connection (a Redis Cluster ``ASK``)."""
+        return await self._command(*args, asking=True)
+
+    async def _command(self, *args: Any, asking: bool = False) -> Any:
         deadline = self._reactor.seconds() + self._settings.command_timeout
         protocol = await self._connection(deadline)
         if deadline <= self._reactor.seconds():
@@ -273,6 +283,9 @@ class RedisClient:
                 f"no connection to {self.description} within {self._settings.command_timeout:g} s"
             )
         try:
+            if asking:
+                # Pipelined back to back: ASKING holds for the next command only.
+                protocol.execute_command("ASKING").addErrback(lambda _: None)
             reply = protocol.execute_command(*args)
         except txredisapi.ConnectionError as error:
             raise RedisUnavailable(f"{self.description}: {describe_failure(error)}") from None
@@ -299,11 +312,14 @@ class RedisClient:
         message = str(error)
         code = message.split(" ", 1)[0].upper()
         where = f"{self.description} refused {_command_name(args)}: {message}"
+        if code in ("MOVED", "ASK"):
+            # A cluster node reached as one server: say what to configure.
+            where += "; it is a Redis Cluster node: give cluster: [its URL, ...] instead of url"
         if code in _RECONNECT_REPLIES:
             protocol.abort()
         if code in _UNAVAILABLE_REPLIES:
             return RedisUnavailable(where)
-        return RedisCommandError(where)
+        return RedisCommandError(where, message)
 
     async def _within(self, deferred: defer.Deferred[_T], deadline: float) -> _T:
         remaining = deadline - self._reactor.seconds()

@@ -16,6 +16,12 @@ class RedisCommandError(RedisUnavailable):
     Redis failure.
     """
 
+    def __init__(self, message: str, reply: str = "") -> None:
+        super().__init__(message)
+        # The server's own error reply ("MOVED 3999 10.0.0.2:7000", "WRONGTYPE ..."),
+        # for callers that act on it (the cluster client follows redirections).
+        self.reply = reply
+
 
 def describe_failure(failure: Failure | BaseException | None) -> str:
     error = failure.value if isinstance(failure, Failure) else failure

@@ -42,7 +42,7 @@ from idgateway.oidc.provider import ProviderClient
 from idgateway.proxy.headers import TrustedProxies, header_key
 from idgateway.proxy.upstream import UpstreamPool
 from idgateway.proxy.websocket_limits import WebSocketSlots
-from idgateway.redis.client import RedisClient
+from idgateway.redis.cluster import AnyRedisClient, redis_client_for
 from idgateway.routing.table import RouteTable
 from idgateway.server.tls import client_tls_options
 from idgateway.sessions.revocation import ReplayCache, RevocationList
@@ -112,7 +112,7 @@ class GatewayState:
     # Back-channel logout state shared by all routes (and, with Redis, processes).
     revocation: RevocationList
     replay: ReplayCache
-    redis_clients: dict[RedisSettings, RedisClient]
+    redis_clients: dict[RedisSettings, AnyRedisClient]
     # The identity-assertion keys of this configuration (their JWKS is served as is).
     assertion_keys: AssertionKeySet = AssertionKeySet()
 
@@ -149,7 +149,7 @@ class StateBuilder:
         # logout-token jtis must survive a config change.
         self._revocation: RevocationList | None = None
         self._replay: ReplayCache | None = None
-        self._revocation_redis: tuple[RedisSettings | None, RedisClient | None] = (None, None)
+        self._revocation_redis: tuple[RedisSettings | None, AnyRedisClient | None] = (None, None)
 
     def build(self, config: Config, previous: GatewayState | None = None) -> GatewayState:
         old_pools = previous.pools if previous is not None else {}
@@ -179,12 +179,12 @@ class StateBuilder:
             providers[settings] = handle
         by_name = {settings.name: handle for settings, handle in providers.items()}
         old_clients = previous.redis_clients if previous is not None else {}
-        redis_clients: dict[RedisSettings, RedisClient] = {}
+        redis_clients: dict[RedisSettings, AnyRedisClient] = {}
 
-        def redis_client(settings: RedisSettings) -> RedisClient:
+        def redis_client(settings: RedisSettings) -> AnyRedisClient:
             client = redis_clients.get(settings) or old_clients.get(settings)
             if client is None:
-                client = RedisClient(self.reactor, settings)
+                client = redis_client_for(self.reactor, settings)
             redis_clients[settings] = client
             return client
 
@@ -318,8 +318,8 @@ class StateBuilder:
         route: Route,
         login: RouteLogin | None,
         by_name: dict[str, ProviderHandle],
-        redis_client: Callable[[RedisSettings], RedisClient],
-        shared_client: RedisClient | None,
+        redis_client: Callable[[RedisSettings], AnyRedisClient],
+        shared_client: AnyRedisClient | None,
         workers: int = 1,
     ) -> BearerGate | None:
         """The route's token gate: introspection answers shared through the Redis

@@ -17,6 +17,14 @@ before a reload moved the route to another provider or client. The TTL
 slides with the inactivity timeout and never passes the maximum duration:
 ``min(inactivity_timeout, created_at + max_duration - now)``.
 
+On a Redis Cluster (``cluster:``) the session and lock keys put the hash in
+a ``{hash tag}`` (``idgw:<route>:s:{<sha256(id)>}``,
+``idgw:<route>:lock:{<sha256(id)>}``), so both live in one slot, and work
+that spans sessions (saving into the indexes, deleting what an index lists)
+is done command by command from here instead of in one script. One Redis and
+Sentinel keep the names above, so an existing deployment keeps its sessions;
+moving to a cluster starts with no sessions (users log in again).
+
 ``load`` is one GET (the hot path); an id that is not 43 base64url
 characters costs no Redis call at all.
 
@@ -37,7 +45,8 @@ from typing import Any
 from twisted.logger import Logger
 
 from idgateway.observe.metrics import METRICS, GatewayMetrics
-from idgateway.redis.client import RedisClient, RedisUnavailable
+from idgateway.redis.client import RedisUnavailable
+from idgateway.redis.cluster import AnyRedisClient, RedisClusterClient
 from idgateway.sessions.keys import KeyRing
 from idgateway.sessions.model import Session
 
@@ -82,6 +91,22 @@ return deleted
 """
 
 # Compare-and-delete: only the holder's token releases the lock.
+# Cluster mode, one index (its own slot). KEYS: the index. ARGV: session hash,
+# index ttl ms. Returns the index's size (the caller prunes a large one).
+_INDEX_ADD = """
+redis.call('SADD', KEYS[1], ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return redis.call('SCARD', KEYS[1])
+"""
+
+# Cluster mode: take an index's members and delete it, in one step, so a
+# session filed after this is not lost from the next index.
+_INDEX_TAKE = """
+local members = redis.call('SMEMBERS', KEYS[1])
+redis.call('DEL', KEYS[1])
+return members
+"""
+
 _UNLOCK = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('DEL', KEYS[1])
@@ -120,7 +145,7 @@ class RedisSessionStore:
 
     def __init__(
         self,
-        client: RedisClient,
+        client: AnyRedisClient,
         *,
         route: str,
         keyring: KeyRing,
@@ -142,6 +167,9 @@ class RedisSessionStore:
         self._clock = clock
         self._prefix = f"idgw:{route}:"
         self._session_prefix = f"idgw:{route}:s:"
+        # Cluster: the hash in a {tag}, so a session's keys share its slot.
+        self._cluster = isinstance(client, RedisClusterClient)
+        self._open, self._close = ("{", "}") if self._cluster else ("", "")
         self._associated_data = (
             b"idgateway redis session\x00" + route.encode("utf-8") + b"\x00" + binding + b"\x00"
         )
@@ -162,13 +190,16 @@ class RedisSessionStore:
         return secrets.token_urlsafe(SESSION_ID_BYTES)
 
     def session_key(self, session_id: str) -> str:
-        return self._session_prefix + session_key_hash(session_id)
+        return self._session_key_for(session_key_hash(session_id))
+
+    def _session_key_for(self, digest: str) -> str:
+        return f"{self._session_prefix}{self._open}{digest}{self._close}"
 
     def _index_key(self, kind: str, value: str) -> str:
         return f"{self._prefix}{kind}:{_hash_text(value)}"
 
     def _lock_key(self, session_id: str) -> str:
-        return f"{self._prefix}lock:{session_key_hash(session_id)}"
+        return f"{self._prefix}lock:{self._open}{session_key_hash(session_id)}{self._close}"
 
     def _ad(self, key: str) -> bytes:
         return self._associated_data + key.encode("ascii")
@@ -239,6 +270,12 @@ class RedisSessionStore:
             indexes.append(self._index_key("sub", session.sub))
         index_ttl = max(1, math.ceil(self.max_duration * 1000))
         started = self._clock.seconds()
+        if self._cluster:
+            try:
+                await self._save_on_cluster(key, sealed, ttl, session_id, indexes, index_ttl)
+            finally:
+                self._time_save(self._clock.seconds() - started)
+            return
         try:
             await self.client.eval(
                 _SAVE,
@@ -255,6 +292,36 @@ class RedisSessionStore:
             )
         finally:
             self._time_save(self._clock.seconds() - started)
+
+    async def _save_on_cluster(
+        self, key: str, sealed: bytes, ttl: int, session_id: str, indexes: list[str], index_ttl: int
+    ) -> None:
+        """``_SAVE`` for a cluster, where each index has its own slot.
+
+        The indexes first: a session that is stored is always findable by a
+        back-channel logout (a failure in between leaves at most an index entry
+        naming no session, which pruning removes).
+        """
+        digest = session_key_hash(session_id)
+        crowded = []
+        for index in indexes:
+            size = await self.client.eval(_INDEX_ADD, [index], [digest, index_ttl])
+            if int(size) > _PRUNE_INDEX_FROM:
+                crowded.append(index)
+        await self.client.set(key, sealed, px=ttl)
+        # Pruned once this session is stored, so it is not taken for an ended one.
+        for index in crowded:
+            await self._prune_index(index)
+
+    async def _prune_index(self, index: str) -> None:
+        members = await self.client.smembers(index)
+        gone = []
+        for member in members:
+            name = member.decode("ascii", "replace")
+            if not await self.client.command("EXISTS", self._session_key_for(name)):
+                gone.append(member)
+        if gone:
+            await self.client.command("SREM", index, *gone)
 
     async def delete(self, session_id: str) -> None:
         """Forget one session (sign-out). Its index entries go when the index is next pruned."""
@@ -277,7 +344,12 @@ class RedisSessionStore:
     async def _delete_indexed(self, index: str) -> int:
         started = self._clock.seconds()
         try:
-            deleted = await self.client.eval(_DELETE_INDEXED, [index], [self._session_prefix])
+            if self._cluster:
+                members = await self.client.eval(_INDEX_TAKE, [index])
+                keys = [self._session_key_for(bytes(m).decode("ascii", "replace")) for m in members]
+                deleted = await self.client.delete(*keys) if keys else 0
+            else:
+                deleted = await self.client.eval(_DELETE_INDEXED, [index], [self._session_prefix])
         finally:
             self._time_delete_indexed(self._clock.seconds() - started)
         return int(deleted)

@@ -24,6 +24,10 @@ moments, and a process starting (or reconnecting) later loads the list::
     idgw:revoked-sub:<route>:<sha256(sub)>   (and for subjects)
     channel idgw:revoked                     "v2 <t> <key>" per revocation
 
+On a Redis Cluster the keys are the same (each revocation is one key, so
+there is nothing to keep together); the loads SCAN every primary and read
+each key on its own, and the channel reaches the subscribers of every node.
+
 ``is_revoked`` and ``session_revoked`` never call Redis: they are on every
 request's path.
 
@@ -42,7 +46,8 @@ from typing import Any
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from idgateway.redis.client import RedisClient, RedisUnavailable
+from idgateway.redis.client import RedisUnavailable
+from idgateway.redis.cluster import AnyRedisClient, RedisClusterClient
 
 __all__ = ["REVOKED_CHANNEL", "RedisUnavailable", "ReplayCache", "RevocationList"]
 
@@ -129,6 +134,12 @@ end
 return #KEYS
 """
 _SCAN_COUNT = 1000
+
+# Cluster mode, one key at a time (a script's keys must share a slot).
+# KEYS: the key. Returns {pttl, value}.
+_TTL_AND_VALUE = """
+return {redis.call('PTTL', KEYS[1]), redis.call('GET', KEYS[1]) or ''}
+"""
 
 
 def _sha256(text: str) -> str:
@@ -262,7 +273,7 @@ class RevocationList:
     def __init__(
         self,
         clock: Any,
-        client: RedisClient | None,
+        client: AnyRedisClient | None,
         *,
         ttl: float = 86400,
         max_entries: int = MAX_ENTRIES,
@@ -344,6 +355,14 @@ class RevocationList:
 
     async def _extend_in_redis(self, pattern: str) -> None:
         assert self._client is not None
+        if isinstance(self._client, RedisClusterClient):
+            for raw in await self._client.scan_keys(pattern, _SCAN_COUNT):
+                key = bytes(raw).decode("utf-8", "replace")
+                parsed = _parse_revocation_key(key)
+                ttl_ms = math.ceil(self.ttl_for(parsed[1] if parsed else "") * 1000)
+                now_ms = math.floor(self._clock.seconds() * 1000)
+                await self._client.eval(_EXTEND, [key], [now_ms, ttl_ms])
+            return
         cursor: bytes | str = "0"
         while True:
             now_ms = math.floor(self._clock.seconds() * 1000)
@@ -503,6 +522,33 @@ class RevocationList:
             return 0
         found = 0
         stored: list[tuple[float, str]] = []
+        for key, ttl_ms, value in await self._stored_revocations():
+            if not isinstance(ttl_ms, int) or ttl_ms <= 0:
+                continue
+            try:
+                t = float(bytes(value))
+            except ValueError:
+                # An older gateway's "1": revoked a ttl before it expires.
+                t = self._clock.seconds() + ttl_ms / 1000 - self.ttl
+            stored.append((t, bytes(key).decode("utf-8", "replace")))
+            found += 1
+        # Oldest first, as they happened: past the cap, the oldest are the
+        # ones dropped (SCAN's order is the keyspace's, not time's).
+        for t, key in sorted(stored):
+            self._remember(key, t)
+        self.loaded += 1
+        return found
+
+
+    async def _stored_revocations(self) -> list[tuple[Any, Any, Any]]:
+        """(key, pttl, value) of every revocation key in Redis (or in the cluster)."""
+        assert self._client is not None
+        found: list[tuple[Any, Any, Any]] = []
+        if isinstance(self._client, RedisClusterClient):
+            for key in await self._client.scan_keys(_SCAN_PATTERN, _SCAN_COUNT):
+                ttl_ms, value = await self._client.eval(_TTL_AND_VALUE, [key])
+                found.append((key, ttl_ms, value))
+            return found
         cursor: bytes | str = "0"
         while True:
             reply = await self._client.eval(
@@ -510,24 +556,9 @@ class RevocationList:
             )
             cursor = reply[0]
             for index in range(1, len(reply) - 2, 3):
-                key, ttl_ms, value = reply[index], reply[index + 1], reply[index + 2]
-                if not isinstance(ttl_ms, int) or ttl_ms <= 0:
-                    continue
-                try:
-                    t = float(bytes(value))
-                except ValueError:
-                    # An older gateway's "1": revoked a ttl before it expires.
-                    t = self._clock.seconds() + ttl_ms / 1000 - self.ttl
-                stored.append((t, bytes(key).decode("utf-8", "replace")))
-                found += 1
+                found.append((reply[index], reply[index + 1], reply[index + 2]))
             if cursor in (b"0", "0"):
-                break
-        # Oldest first, as they happened: past the cap, the oldest are the
-        # ones dropped (SCAN's order is the keyspace's, not time's).
-        for t, key in sorted(stored):
-            self._remember(key, t)
-        self.loaded += 1
-        return found
+                return found
 
 
 class ReplayCache:
@@ -540,7 +571,7 @@ class ReplayCache:
 
     _log = Logger()
 
-    def __init__(self, clock: Any, client: RedisClient | None, *, leeway: float = 60.0) -> None:
+    def __init__(self, clock: Any, client: AnyRedisClient | None, *, leeway: float = 60.0) -> None:
         self._clock = clock
         self._client = client
         self.leeway = leeway
