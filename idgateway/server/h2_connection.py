@@ -358,6 +358,8 @@ class GatewayH2Connection(Protocol):
         self._idle_period: float | None = None
         self._idle_since = 0.0
         self._connection_window = 65535
+        # The client broke the protocol: h2 takes no more frames either way.
+        self._broken = False
         # Stream window acknowledged in steps of this (a WINDOW_UPDATE per
         # DATA frame would double the frames of an upload).
         self.window_step = max(limits.initial_window_size // 4, 16384)
@@ -387,13 +389,18 @@ class GatewayH2Connection(Protocol):
             self.drain()
 
     def dataReceived(self, data: bytes) -> None:  # noqa: N802 - Twisted's name
+        if self._broken:
+            return  # (the rest of what arrives before the close)
         try:
             events = self.h2.receive_data(data)
         except h2.exceptions.ProtocolError as error:
-            # h2 queued GOAWAY with the error's code: send it, then close.
+            # h2 queued GOAWAY with the error's code and takes no more frames:
+            # send it, end every stream, close.
             self._log.debug(
                 "HTTP/2 protocol error from {peer}: {error}", peer=self.peer, error=error
             )
+            self._broken = True
+            self._abandon_streams(Failure(ProtocolErrorFromClient(str(error))))
             self._close_now()
             return
         for event in events:
@@ -427,10 +434,7 @@ class GatewayH2Connection(Protocol):
     def connectionLost(self, reason: Failure = connectionDone) -> None:  # noqa: N802
         self._closing = True
         self.setTimeout(None)
-        streams, self.streams = self.streams, {}
-        self._blocked.clear()
-        for stream in streams.values():
-            stream.lost(reason)
+        self._abandon_streams(reason)
         closing = getattr(self.site, "closing_channels", None)
         if closing is not None:
             closing.pop(self, None)
@@ -438,6 +442,12 @@ class GatewayH2Connection(Protocol):
         if forget is not None:
             forget(self)
         self.transport = None
+
+    def _abandon_streams(self, reason: Failure) -> None:
+        streams, self.streams = self.streams, {}
+        self._blocked.clear()
+        for stream in streams.values():
+            stream.lost(reason)
 
     # -- events ------------------------------------------------------------------------
 
@@ -564,7 +574,7 @@ class GatewayH2Connection(Protocol):
     def send_headers(self, stream_id: int, block: list[tuple[bytes, bytes]]) -> None:
         try:
             self.h2.send_headers(stream_id, block)
-        except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
+        except h2.exceptions.ProtocolError:
             return
         self._write_out()
 
@@ -578,16 +588,19 @@ class GatewayH2Connection(Protocol):
         stream_id = stream.stream_id
         try:
             window = h2conn.local_flow_control_window(stream_id)
-        except h2.exceptions.StreamClosedError:
+        except h2.exceptions.ProtocolError:
             return
         frame_size = h2conn.max_outbound_frame_size
         sent = 0
         total = len(data)
-        while sent < total and window > 0:
-            size = min(total - sent, window, frame_size)
-            h2conn.send_data(stream_id, data[sent : sent + size])
-            sent += size
-            window -= size
+        try:
+            while sent < total and window > 0:
+                size = min(total - sent, window, frame_size)
+                h2conn.send_data(stream_id, data[sent : sent + size])
+                sent += size
+                window -= size
+        except h2.exceptions.ProtocolError:
+            return  # (the stream or the connection closed under it)
         if sent < total:
             stream.hold(data[sent:] if sent else data)
             self._blocked[stream_id] = stream
@@ -597,7 +610,7 @@ class GatewayH2Connection(Protocol):
         stream_id = stream.stream_id
         try:
             self.h2.end_stream(stream_id)
-        except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
+        except h2.exceptions.ProtocolError:
             pass
         else:
             if not stream.client_done:
@@ -605,7 +618,7 @@ class GatewayH2Connection(Protocol):
                 # answer): the client stops sending (RFC 9113 8.1).
                 try:
                     self.h2.reset_stream(stream_id, _NO_ERROR)
-                except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
+                except h2.exceptions.ProtocolError:
                     pass
         self._forget(stream)
         self._write_out()
@@ -613,7 +626,7 @@ class GatewayH2Connection(Protocol):
     def reset_stream(self, stream: H2Stream, code: int) -> None:
         try:
             self.h2.reset_stream(stream.stream_id, code)
-        except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
+        except h2.exceptions.ProtocolError:
             pass
         self._forget(stream)
         stream.lost(Failure(ConnectionResetByGateway(code)))
@@ -635,7 +648,7 @@ class GatewayH2Connection(Protocol):
             return
         try:
             self.h2.increment_flow_control_window(count, stream_id=stream.stream_id)
-        except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
+        except h2.exceptions.ProtocolError:
             return
         self._write_out()
 
@@ -698,6 +711,9 @@ class GatewayH2Connection(Protocol):
         frame = GoAwayFrame(stream_id=0, last_stream_id=self._last_stream_id, error_code=code)
         self.transport.write(frame.serialize())
         self._closing = True
+        if close:
+            self._broken = True
+            self._abandon_streams(Failure(ProtocolErrorFromClient("GOAWAY")))
         if close or not self.streams:
             self._close_now()
 
@@ -750,3 +766,7 @@ class ConnectionResetByClient(Exception):
 
 class ConnectionResetByGateway(Exception):
     """The gateway reset the stream."""
+
+
+class ProtocolErrorFromClient(Exception):
+    """The client broke HTTP/2 (or a limit): the connection is being closed."""
