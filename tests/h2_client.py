@@ -161,9 +161,7 @@ class H2Client:
             elif isinstance(event, h2.events.DataReceived) and response is not None:
                 response.body += event.data
                 if self.auto_window and event.flow_controlled_length:
-                    self.h2.acknowledge_received_data(
-                        event.flow_controlled_length, event.stream_id
-                    )
+                    self.h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
             elif isinstance(event, h2.events.StreamEnded) and response is not None:
                 response.ended = True
             elif isinstance(event, h2.events.StreamReset) and response is not None:

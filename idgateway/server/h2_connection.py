@@ -173,9 +173,7 @@ class H2Stream:
     ) -> None:
         """The head of an answer the gateway makes itself (twisted.web's Request.write)."""
         pairs = [
-            (name.lower(), value)
-            for name, values in headers.getAllRawHeaders()
-            for value in values
+            (name.lower(), value) for name, values in headers.getAllRawHeaders() for value in values
         ]
         self.write_response_head(int(code), pairs)
 
@@ -727,6 +725,8 @@ class GatewayH2Connection(Protocol):
         if transport is None:
             return
         self._closing = True
+        # A transport with a producer registered waits for it before closing.
+        transport.unregisterProducer()  # type: ignore[attr-defined]
         transport.loseConnection()
         # A client that never reads would keep the connection forever.
         watch = getattr(self.site, "watch_closing", None)
