@@ -18,7 +18,6 @@ import h2.config
 import h2.connection
 import h2.events
 import h2.exceptions
-import h2.settings
 
 
 @dataclass
@@ -66,9 +65,10 @@ class H2Client:
         self.authority = server_name
         config = h2.config.H2Configuration(client_side=True, header_encoding=None)
         self.h2 = h2.connection.H2Connection(config=config)
-        if settings:
-            self.h2.local_settings = h2.settings.Settings(client=True, initial_values=settings)
         self.h2.initiate_connection()
+        if settings:
+            # (Applied once the server acknowledges them, as h2 requires.)
+            self.h2.update_settings(settings)
         self.responses: dict[int, H2Response] = {}
         self.events: list[Any] = []
         self.auto_window = auto_window
