@@ -522,8 +522,9 @@ class GatewayH2Connection(Protocol):
             self._blocked.pop(stream.stream_id, None)
             stream.lost(Failure(ConnectionResetByClient(event.error_code)))
             self._stream_closed()
+        self._start_minute()
         self._resets += 1
-        if self._over_budget(self._resets, self.limits.max_resets_per_minute):
+        if self._resets > self.limits.max_resets_per_minute:
             self._log.info(
                 "HTTP/2: {peer} reset more than {limit} streams in a minute (rapid reset?): "
                 "closed with ENHANCE_YOUR_CALM",
@@ -533,8 +534,9 @@ class GatewayH2Connection(Protocol):
             self.go_away(_CALM, close=True)
 
     def _control_frame(self) -> None:
+        self._start_minute()
         self._control_frames += 1
-        if self._over_budget(self._control_frames, CONTROL_FRAMES_PER_MINUTE):
+        if self._control_frames > CONTROL_FRAMES_PER_MINUTE:
             self._log.info(
                 "HTTP/2: {peer} sent more than {limit} PING/SETTINGS/empty frames in a "
                 "minute: closed with ENHANCE_YOUR_CALM",
@@ -543,14 +545,12 @@ class GatewayH2Connection(Protocol):
             )
             self.go_away(_CALM, close=True)
 
-    def _over_budget(self, count: int, limit: int) -> bool:
+    def _start_minute(self) -> None:
+        """A minute after the last count started: both counts start again."""
         now = self.reactor.seconds()
         if now - self._minute >= 60.0:
-            # A new minute: both counts start again.
             self._minute = now
             self._resets = self._control_frames = 0
-            return False
-        return count > limit
 
     def _window_opened(self, stream_id: int) -> None:
         if stream_id:
