@@ -46,6 +46,7 @@ from zope.interface import implementer
 
 from idgateway.config.model import HTTP2Limits
 from idgateway.http.numbers import parse_decimal
+from idgateway.server.answers import send_error
 from idgateway.server.channel import _EMPTY_CONTENT, BodyPipe, GatewayRequest
 from idgateway.server.tls import sni_server_name
 
@@ -147,6 +148,8 @@ class H2Stream:
         self._reading_paused = False
         # (GatewayRequest.end_response_early sets it; HTTP/2 has no use for it.)
         self.persistent = True
+        # When the request body last moved (client_body_timeout).
+        self.last_data = 0.0
 
     # The request's ``channel.transport``: pausing it is flow control on the
     # stream; aborting it resets the stream.
@@ -274,6 +277,7 @@ class H2Stream:
     # -- from the connection -------------------------------------------------------
 
     def data_received(self, data: bytes, flow_length: int) -> None:
+        self.last_data = self.connection.reactor.seconds()
         request = self.request
         if request is not None:
             request.handleContentChunk(data)
@@ -285,6 +289,36 @@ class H2Stream:
         if not self._reading_paused and self._unacknowledged >= self.connection.window_step:
             count, self._unacknowledged = self._unacknowledged, 0
             self.connection.open_window(self, count)
+
+    def body_stalled(self, now: float, timeout: float) -> bool:
+        """The client stopped sending the body (not held back by the gateway)."""
+        request = self.request
+        return (
+            request is not None
+            and request.body is not None
+            and not self.client_done
+            and not self._reading_paused
+            and now - self.last_data >= timeout
+        )
+
+    def body_timed_out(self, timeout: float) -> None:
+        """client_body_timeout, as on HTTP/1.1: 408 if nothing was answered, else cut."""
+        request = self.request
+        if request is None or self.closed:
+            return
+        if request.on_disconnect is not None:
+            cancel, request.on_disconnect = request.on_disconnect, None
+            cancel()
+        if request.startedWriting or request.finished:
+            self.abortConnection()
+            return
+        send_error(
+            request,
+            408,
+            f"The request body stopped arriving: nothing came for {timeout:g} s "
+            "(client_body_timeout).",
+            request_id=request.request_id,
+        )
 
     def client_ended(self) -> None:
         self.client_done = True
@@ -498,6 +532,7 @@ class GatewayH2Connection(Protocol):
                 return
         if event.stream_ended is None and body_length != 0:
             request.body = BodyPipe(request, body_length)
+            stream.last_data = self.reactor.seconds()
         else:
             stream.client_done = event.stream_ended is not None
         # A CONNECT (no :path) gets the resource's "must be a path" answer.
@@ -752,7 +787,15 @@ class GatewayH2Connection(Protocol):
 
     def idle_expired(self, now: float) -> bool:
         period = self._idle_period
-        if period is None or self.streams:
+        if self.streams:
+            # Not idle; but each stream's body has client_body_timeout.
+            body_timeout = getattr(self.site, "body_timeout", None)
+            if body_timeout is not None:
+                stalled = [s for s in self.streams.values() if s.body_stalled(now, body_timeout)]
+                for stream in stalled:
+                    stream.body_timed_out(body_timeout)
+            return False
+        if period is None:
             return False
         return now - self._idle_since >= period
 

@@ -285,3 +285,29 @@ def test_a_body_is_acknowledged_only_as_it_is_taken() -> None:
     transport.resumeProducing()
     pair.exchange()
     assert pair.client.local_flow_control_window(stream_id) == 65536
+
+
+def test_a_body_that_stops_arriving_gets_408_at_client_body_timeout() -> None:
+    pair = Pair()
+    pair.site.body_timeout = 10
+    stream_id = pair.get(b"/hold", end=False)
+    [request] = pair.resource.held
+    cancelled: list[bool] = []
+    request.on_disconnect = lambda: cancelled.append(True)
+    request.body = type("Pipe", (), {"complete": False, "feed": lambda self, data: None})()
+    pair.client.send_data(stream_id, b"z" * 100)
+    pair.exchange()
+    pair.clock.advance(9)
+    pair.site._time_out_idle()
+    pair.exchange()
+    assert not pair.of(h2.events.ResponseReceived, stream_id)
+    pair.clock.advance(2)
+    pair.site._time_out_idle()
+    pair.exchange()
+    [response] = pair.of(h2.events.ResponseReceived, stream_id)
+    assert dict(response.headers)[b":status"] == b"408"
+    assert cancelled == [True]
+    # The rest of the body is not wanted: the stream is reset (NO_ERROR) after the answer.
+    [reset] = pair.of(h2.events.StreamReset, stream_id)
+    assert reset.error_code == h2.errors.ErrorCodes.NO_ERROR
+    assert not pair.transport.disconnecting  # other streams go on
