@@ -311,3 +311,19 @@ def test_a_body_that_stops_arriving_gets_408_at_client_body_timeout() -> None:
     [reset] = pair.of(h2.events.StreamReset, stream_id)
     assert reset.error_code == h2.errors.ErrorCodes.NO_ERROR
     assert not pair.transport.disconnecting  # other streams go on
+
+
+def test_trailers_end_the_body_and_are_dropped_as_on_http11() -> None:
+    from idgateway.server.channel import BodyPipe
+
+    pair = Pair()
+    stream_id = pair.get(b"/hold", end=False, te=b"trailers")
+    [request] = pair.resource.held
+    body = request.body = BodyPipe(request, None)
+    pair.client.send_data(stream_id, b"part")
+    pair.client.send_headers(stream_id, [(b"x-checksum", b"abc")], end_stream=True)
+    pair.exchange()
+    assert body.complete
+    assert b"".join(body._pending) == b"part"
+    assert request.requestHeaders.getRawHeaders(b"x-checksum") is None
+    assert request.requestHeaders.getRawHeaders(b"te") == [b"trailers"]
