@@ -24,6 +24,9 @@ setup(
         # name (tests/unit/test_tls.py fails on 25.5), and TLS listeners
         # failed their handshakes.
         "twisted[tls]>=26.4,<27",
+        # HTTP/2 at the edge (server.h2_connection drives it; twisted[http2]
+        # depends on the same library).
+        "h2>=4.1,<5",
         "treq>=24.9",
         "service-identity>=24.1",
         "pyopenssl>=24.2",

@@ -514,6 +514,7 @@ MaxConnectionsPerChild  0
 APACHE_SSL_MODULES = """\
 LoadModule socache_shmcb_module {modules}/mod_socache_shmcb.so
 LoadModule ssl_module {modules}/mod_ssl.so
+LoadModule http2_module {modules}/mod_http2.so
 SSLRandomSeed startup builtin
 SSLRandomSeed connect builtin
 SSLSessionCache shmcb:{root}/ssl_scache(512000)
@@ -521,7 +522,10 @@ SSLSessionCacheTimeout 300
 SSLCipherSuite HIGH:!aNULL
 SSLProtocol all -SSLv3
 """
+# mod_http2 as Debian ships it: h2 offered by ALPN before http/1.1 (wrk
+# offers no ALPN and stays on HTTP/1.1; h2load takes h2).
 APACHE_SSL_VHOST = """\
+    Protocols h2 http/1.1
     SSLEngine on
     SSLCertificateFile {cert}
     SSLCertificateKeyFile {key}
@@ -1465,6 +1469,87 @@ def run_wrk(
     return parsed, out
 
 
+H2LOAD = "/usr/bin/h2load"
+
+
+def run_h2load(
+    url: str, threads: int, connections: int, seconds: int, headers: list[str], tmp: Path
+) -> tuple[dict | None, str]:
+    """One h2load run (HTTP/2, ``H2_STREAMS`` streams per connection), parsed
+    into wrk's figures; latencies from its per-request log. None if it failed."""
+    if not os.access(H2LOAD, os.X_OK):
+        return None, f"{H2LOAD} is missing (apt-get install -y nghttp2-client)"
+    log = tmp / "h2load-requests.log"
+    argv = [
+        H2LOAD,
+        f"-t{threads}",
+        f"-c{connections}",
+        f"-m{H2_STREAMS}",
+        f"-D{seconds}",
+        f"--log-file={log}",
+    ]
+    for header in headers:
+        name, _, value = header.partition(":")
+        # h2 names the site in :authority; a Host header beside it that
+        # differs is refused (RFC 9113 8.3.1), so it is sent as :authority.
+        argv += ["-H", f":authority:{value}" if name.lower() == "host" else header]
+    argv.append(url)
+    p = subprocess.Popen(
+        argv,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        out, _ = p.communicate(timeout=seconds + 30)
+    except subprocess.TimeoutExpired:
+        stop_group(p, grace=1.0)
+        out = (p.stdout.read() if p.stdout else "") + "\n(h2load timed out)"
+    except BaseException:
+        stop_group(p, grace=1.0)
+        raise
+    parsed = parse_h2load(out, log)
+    if p.returncode != 0 or parsed["rps"] is None:
+        return None, out
+    return parsed, out
+
+
+def parse_h2load(out: str, log: Path) -> dict:
+    """h2load's summary (req/s, requests, failures) plus p50/p99 from its log
+    (one line per request: start, status, microseconds)."""
+    r: dict = {}
+    m = re.search(r"^finished in [\d.]+\w+, ([\d.]+) req/s, ([\d.]+)([KMGT]?B)/s", out, re.M)
+    r["rps"] = float(m.group(1)) if m else None
+    r["transfer_bytes_per_s"] = float(m.group(2)) * _SIZE[m.group(3)] if m else None
+    m = re.search(r"^requests: (\d+) total, \d+ started, (\d+) done, (\d+) succeeded, (\d+) failed",
+                  out, re.M)
+    r["requests"] = int(m.group(2)) if m else None
+    m2 = re.search(r"^status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", out, re.M)
+    failed = int(m.group(4)) if m else 0
+    r["non_2xx_3xx"] = int(m2.group(3)) + int(m2.group(4)) if m2 else 0
+    r["socket_errors"] = {"connect": 0, "read": 0, "write": 0, "timeout": 0}
+    r["errors"] = failed + r["non_2xx_3xx"]
+    elapsed: list[int] = []
+    try:
+        with open(log) as lines:
+            for line in lines:
+                fields = line.split()
+                if len(fields) == 3 and fields[1] != "-1":
+                    elapsed.append(int(fields[2]))
+    except OSError:
+        pass
+    elapsed.sort()
+    for pct in ("50", "75", "90", "99"):
+        r[f"p{pct}_ms"] = (
+            elapsed[min(len(elapsed) - 1, len(elapsed) * int(pct) // 100)] / 1000
+            if elapsed
+            else None
+        )
+    return r
+
+
 # --------------------------------------------------------------------------- process figures
 
 _CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
@@ -2112,6 +2197,10 @@ CASES = [
     ("direct_tls", "nginx", "/"),
     ("login_cookie_tls", "gateway_cookie_tls", "/"),
     ("apache_shm_tls", "apache_shm_tls", "/"),
+    # The same two servers over HTTP/2 (ALPN h2), with h2load -c32 -m10
+    # (issue 14): the gateway's row, then Apache mod_http2's, in every round.
+    ("login_cookie_h2", "gateway_cookie_tls", "/"),
+    ("apache_shm_h2", "apache_shm_tls", "/"),
 ]
 # Cases that send a logged-in user's session (the gateway's or Apache's).
 LOGIN_CASES = (
@@ -2120,9 +2209,13 @@ LOGIN_CASES = (
     "login_cookie_100k",
     "login_cookie_tls",
     "login_cookie_assertion",
+    "login_cookie_h2",
 )
-APACHE_CASES = ("apache_shm", "apache_redis", "apache_shm_100k", "apache_shm_tls")
-TLS_CASES = ("direct_tls", "login_cookie_tls", "apache_shm_tls")
+APACHE_CASES = ("apache_shm", "apache_redis", "apache_shm_100k", "apache_shm_tls", "apache_shm_h2")
+# Rows measured over HTTP/2 with h2load instead of wrk.
+H2_CASES = ("login_cookie_h2", "apache_shm_h2")
+H2_STREAMS = 10
+TLS_CASES = ("direct_tls", "login_cookie_tls", "apache_shm_tls", *H2_CASES)
 BEARER_CASES = tuple(BEARER_CLIENTS)
 BEARER_LABELS = {
     "bearer_jwt": "idgateway, bearer JWT (repeated)",
@@ -2171,6 +2264,9 @@ RATIOS = [
     ("cookie session / mod_auth_openidc shm (TLS)", "login_cookie_tls", "apache_shm_tls"),
     ("cookie session / direct upstream (TLS)", "login_cookie_tls", "direct_tls"),
     ("mod_auth_openidc shm / direct upstream (TLS)", "apache_shm_tls", "direct_tls"),
+    ("cookie session / mod_auth_openidc shm (TLS, h2)", "login_cookie_h2", "apache_shm_h2"),
+    ("cookie session h2 / HTTP/1.1 (TLS)", "login_cookie_h2", "login_cookie_tls"),
+    ("mod_auth_openidc shm h2 / HTTP/1.1 (TLS)", "apache_shm_h2", "apache_shm_tls"),
 ]
 # The "÷ apache" column: a gateway row against its mod_auth_openidc twin.
 VS_APACHE = {
@@ -2178,6 +2274,7 @@ VS_APACHE = {
     "Redis session / mod_auth_openidc Redis": "login_redis",
     "cookie session / mod_auth_openidc shm (100 KB)": "login_cookie_100k",
     "cookie session / mod_auth_openidc shm (TLS)": "login_cookie_tls",
+    "cookie session / mod_auth_openidc shm (TLS, h2)": "login_cookie_h2",
 }
 # Targets for ratios (req/s), shown next to them (issue 6; against the
 # reference mod_auth_openidc, raised by issue 17 for its 2.4.20.2).
@@ -2190,6 +2287,8 @@ RATIO_TARGETS = {
     "cookie session / mod_auth_openidc shm": 2.0,
     "Redis session / mod_auth_openidc Redis": 3.0,
     "cookie session / mod_auth_openidc shm (TLS)": 1.8,
+    # Issue 14: h2 at the edge against Apache with mod_http2 (same certificate).
+    "cookie session / mod_auth_openidc shm (TLS, h2)": 1.5,
 }
 
 
@@ -2445,6 +2544,17 @@ def render(
         if vs:
             label = versions.get(suffix, suffix[1:])
             lines.append(f"÷ mod_auth_openidc {label} (req/s): " + "; ".join(vs))
+    h2 = []
+    for name in ("cookie session h2 / HTTP/1.1 (TLS)", "mod_auth_openidc shm h2 / HTTP/1.1 (TLS)"):
+        r = ratios.get(name)
+        if r is not None:
+            text = f"{name.split(' h2 / ')[0]} {fmt_x(r['rps'])}"
+            h2.append(text)
+    if h2:
+        lines.append(
+            f"h2 (h2load -c{c['connections']} -m{H2_STREAMS}) ÷ HTTP/1.1 (wrk), TLS, req/s: "
+            + "; ".join(h2)
+        )
     if memory is not None:
         if memory.get("mib_per_10k") is not None:
             lines.append(
@@ -2951,7 +3061,14 @@ def main(argv: list[str] | None = None) -> int:
         leader = srv.proc.pid if srv.proc is not None else None
         cpu_before = tree_cpu_seconds(leader) if leader is not None else None
         machine_before = machine_cpu_ticks()
-        parsed, out = run_wrk(base + case.path, args.threads, args.connections, seconds, headers)
+        if base_key(case.key) in H2_CASES:
+            parsed, out = run_h2load(
+                base + case.path, args.threads, args.connections, seconds, headers, tmp
+            )
+        else:
+            parsed, out = run_wrk(
+                base + case.path, args.threads, args.connections, seconds, headers
+            )
         if parsed is not None and cpu_before is not None and leader is not None:
             parsed["cpu_us_per_request"] = cpu_per_request_us(
                 tree_cpu_seconds(leader) - cpu_before, parsed["requests"]
@@ -2994,6 +3111,8 @@ def main(argv: list[str] | None = None) -> int:
                 case.label = BEARER_LABELS.get(case.key) or servers[case.server].label
                 if base_key(case.key) in TLS_CASES and not servers[case.server].tls:
                     case.label += ", TLS"
+                if base_key(case.key) in H2_CASES:
+                    case.label += f", h2 (h2load -m{H2_STREAMS})"
 
         label_cases()
         for key, srv in servers.items():

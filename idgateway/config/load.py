@@ -45,6 +45,7 @@ from idgateway.config.files import (
     read_bounded,
     read_problem,
 )
+from idgateway.config.http2 import HTTP2_FIELD, LISTENER_HTTP2_FIELD, check_listener_http2
 from idgateway.config.model import (
     AuthorizeRules,
     CertificatePair,
@@ -182,6 +183,10 @@ def _build_listener(reader: Reader, found: Section) -> Listener:
         client_body_timeout=values["client_body_timeout"],
         client_send_timeout=values["client_send_timeout"],
         max_connections=values["max_connections"],
+        http2=check_listener_http2(
+            reader, found.nodes.get("http2"), found.child("http2"), values["http2"],
+            tls=values["tls"] is not None,
+        ),
         source=f"{reader.file}:{found.node.start_mark.line + 1}",
     )
 
@@ -347,6 +352,7 @@ def _build_config(reader: Reader, found: Section) -> Config | _Invalid:
         client_header_timeout=found.values["client_header_timeout"],
         client_body_timeout=found.values["client_body_timeout"],
         client_send_timeout=found.values["client_send_timeout"],
+        http2=found.values["http2"],
         assertion_keys=found.values["assertion_keys"],
     )
 
@@ -518,6 +524,7 @@ LISTENER_FIELDS = (
             Example: ``max_connections: 10000``
         """,
     ),
+    LISTENER_HTTP2_FIELD,
 )
 HSTS_FIELDS = (
     Field(
@@ -1256,6 +1263,7 @@ TOP_FIELDS = (
                   interval: 2s
         """,
     ),
+    HTTP2_FIELD,
     ASSERTION_KEYS_FIELD,
 )
 

@@ -53,6 +53,9 @@ class Listener:
     # Longest time a client may leave a response unread (its socket full);
     # None: the top-level client_send_timeout.
     client_send_timeout: float | None = None
+    # true: ALPN offers h2 (TLS only); false: HTTP/1.1 only; "prior_knowledge":
+    # h2c on a plain listener; None: true on TLS listeners, false on plain ones.
+    http2: bool | str | None = None
     # Where the file declares it ("gateway.yaml:12"), for start-up errors; not
     # part of what the listener is (a reload compares listeners without it).
     source: str = attrs.field(default="", eq=False)
@@ -60,6 +63,31 @@ class Listener:
     @property
     def address(self) -> str:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    @property
+    def http2_mode(self) -> str:
+        """How this listener speaks HTTP/2: "alpn", "prior_knowledge" or "off"."""
+        if self.http2 == "prior_knowledge":
+            return "prior_knowledge"
+        if self.http2 is None:
+            return "alpn" if self.tls is not None else "off"
+        return "alpn" if self.http2 else "off"
+
+
+@attrs.frozen
+class HTTP2Limits:
+    """``http2:``: per-connection limits of HTTP/2 clients (every listener speaking h2)."""
+
+    # Streams (requests) a client may have open at once on one connection.
+    max_concurrent_streams: int = 128
+    # Bytes of request body a stream may send before the gateway passes them on
+    # (its flow-control window): what one stream can make the gateway hold.
+    initial_window_size: int = 256 * 1024
+    # Decoded size of one header block (HPACK bombs end here).
+    max_header_list_size: int = 64 * 1024
+    # Streams a client may cancel (RST_STREAM) per minute before the connection
+    # is closed with ENHANCE_YOUR_CALM (rapid reset, CVE-2023-44487).
+    max_resets_per_minute: int = 200
 
 
 @attrs.frozen
@@ -218,6 +246,7 @@ class Config:
     # Longest time a response may wait for a client that does not read it
     # (nginx's send_timeout; listeners may override).
     client_send_timeout: float = 60.0
+    http2: HTTP2Limits = HTTP2Limits()
     # The gateway's identity-assertion keys, loaded: the first signs, all are published.
     assertion_keys: tuple[SigningKey, ...] = ()
 

@@ -26,6 +26,7 @@ TITLES = {
     "admin": "``admin``: the health-check listener",
     "logging": "``logging``: access and audit log",
     "reload": "``reload``: re-reading the file by itself",
+    "http2": "``http2``: limits of HTTP/2 connections",
     "redis": "Redis connections",
     "providers.*": "Providers",
     "routes[]": "Routes",

@@ -37,7 +37,8 @@ DEFAULT_SETTINGS = LoggingSettings()
 # Text access lines are rendered by log_access into this one field:
 #   GET /path 200 1234B route=app1 user=alice gw=1.2ms up=0.8ms id=<request id> ip=<client>
 # (user= only when logging.user_id names users; up= only for proxied requests;
-# " cut-off" at the end when the connection was lost before the response ended).
+# " h2" after ip= for HTTP/2 requests; " cut-off" at the end when the connection
+# was lost before the response ended).
 _LINE_FORMAT = "{access_line}"
 _JSON_FORMAT = "{as_json}"
 
@@ -60,6 +61,10 @@ def log_text(raw: bytes) -> str:
     escaped = _LOG_ESCAPED
     return "".join([escaped[b] for b in raw])
 
+
+# HTTP/2 requests are named in access lines: " h2" in text, "protocol": "h2"
+# in JSON (HTTP/1.x lines stay as they were).
+_HTTP_2 = b"HTTP/2"
 
 # The usual methods, looked up rather than checked on every line.
 _LOG_METHODS = {
@@ -148,6 +153,8 @@ def log_access(request: Any) -> None:
     cut_off = getattr(request, "idgw_cut_off", False)
     if cut_off:
         fields["cut_off"] = True
+    if getattr(request, "clientproto", None) == _HTTP_2:
+        fields["protocol"] = "h2"
     if settings.format == "json":
         fields["event"] = "access"
         event = dict(fields, as_json=_AsJSON(fields))
@@ -180,6 +187,7 @@ def access_line(request: Any, settings: LoggingSettings, now: float) -> str:
         f"{'' if upstream_ms is None else f' up={upstream_ms}ms'}"
         f" id={request.request_id.decode('latin-1')}"
         f" ip={getattr(request.client, 'host', None) or 'unix'}"
+        f"{' h2' if getattr(request, 'clientproto', None) == _HTTP_2 else ''}"
         f"{' cut-off' if cut_off else ''}"
     )
 

@@ -8,6 +8,7 @@ the client's response when the upstream ends or fails.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
@@ -29,6 +30,9 @@ from idgateway.proxy.websocket_tunnel import WebSocketTunnel, current_login_of
 from idgateway.routing.state import RouteRuntime
 from idgateway.server.answers import send_error
 from idgateway.server.channel import GatewayChannel, GatewayRequest
+
+# An HTTP/2 request's clientproto (server.h2_connection.HTTP_2).
+HTTP_2 = b"HTTP/2"
 
 # The header lines forwarded for an upstream head, by the identity of its
 # (immutable, shared) parsed headers: see upstream._RESPONSE_HEADS.
@@ -59,6 +63,33 @@ def forwarded_header_lines(headers: Sequence[tuple[bytes, bytes]], *, replace_hs
             _FORWARDED_LINES.clear()
         _FORWARDED_LINES[key] = (headers, block)
     return block
+
+
+def h2_header_pairs(
+    headers: Sequence[tuple[bytes, bytes]], *, replace_hsts: bool
+) -> list[tuple[bytes, bytes]]:
+    """The upstream's end-to-end headers for an HTTP/2 response (lower-case names).
+
+    A new list each time: the caller appends the gateway's own headers.
+    """
+    key = (id(headers), replace_hsts)
+    known = _H2_PAIRS.get(key)
+    if known is not None and known[0] is headers:
+        return list(known[1])
+    pairs = []
+    for name, value in response_headers_to_forward(headers):
+        lower = name.lower()
+        if replace_hsts and lower == b"strict-transport-security":
+            continue
+        pairs.append((lower, value))
+    if isinstance(headers, tuple):  # shared parsed heads only, as above
+        if len(_H2_PAIRS) >= _FORWARDED_LINES_MAX:
+            _H2_PAIRS.clear()
+        _H2_PAIRS[key] = (headers, tuple(pairs))
+    return pairs
+
+
+_H2_PAIRS: dict[tuple[int, bool], tuple[Sequence[tuple[bytes, bytes]], tuple[Any, ...]]] = {}
 
 
 def abort_client(request: GatewayRequest) -> None:
@@ -120,6 +151,9 @@ class ProxiedResponse:
         # the response. The upstream parser has already refused heads with a
         # header name that is not a token, or a CR, LF or NUL out of place.
         hsts = self.runtime.hsts_header if self.tls else None
+        if request.clientproto == HTTP_2:
+            self._h2_head(request, status, headers, length, hsts)
+            return
         head = [
             request.clientproto,
             b" %d " % status,
@@ -150,6 +184,30 @@ class ProxiedResponse:
         request.startedWriting = 1
         # One bytes object: the transport would otherwise queue each piece.
         request.channel.write(b"".join(head))
+        request.registerProducer(self, True)
+        self._producing = True
+
+    def _h2_head(
+        self,
+        request: GatewayRequest,
+        status: int,
+        headers: Sequence[tuple[bytes, bytes]],
+        length: int | None,
+        hsts: bytes | None,
+    ) -> None:
+        """The same head as HTTP/1.1's, as one HEADERS frame (lower-case names)."""
+        pairs = h2_header_pairs(headers, replace_hsts=hsts is not None)
+        if length is not None:
+            pairs.append((b"content-length", b"%d" % length))
+        if hsts is not None:
+            pairs.append((b"strict-transport-security", hsts))
+        for value in self.set_cookies:
+            pairs.append((b"set-cookie", value))
+        for name, values in request.responseHeaders.getAllRawHeaders():
+            for value in values:
+                pairs.append((name.lower(), value))
+        request.startedWriting = 1
+        request.channel.write_response_head(status, pairs)  # type: ignore[attr-defined]
         request.registerProducer(self, True)
         self._producing = True
 

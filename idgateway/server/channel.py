@@ -329,6 +329,18 @@ class GatewayChannel(HTTPChannelInternals):
     # applies below it.
     totalHeadersSize = 64 * 1024
 
+    def dataReceived(self, data: bytes) -> None:  # noqa: N802 - Twisted's name
+        if self._silent:
+            # The first bytes: an HTTP/2 client (ALPN chose h2, or the h2c
+            # preface on a prior_knowledge listener) is served from here on by
+            # the site's HTTP/2 side (server.h2_connection).
+            offer = self.site.http2  # type: ignore[attr-defined]
+            if offer is not None and offer.wants(self, data):
+                self._silent = False
+                offer.take_over(self, data)
+                return
+        super().dataReceived(data)
+
     def connectionMade(self) -> None:
         coalesce_writes(self.transport)
         # Over TLS, the TCP connection under the TLS layer (whose own writes
@@ -543,6 +555,9 @@ class GatewaySite(server.Site):
     protocol = GatewayChannel  # type: ignore[assignment]
     requestFactory = GatewayRequest
     noisy = False
+    # How this listener takes HTTP/2 connections (server.h2_connection.H2Offer);
+    # None: HTTP/1.1 only.
+    http2: Any = None
 
     _log = Logger()
 

@@ -29,6 +29,7 @@ from idgateway.server.connection_limits import (
     process_share,
     throttle_accept_logs,
 )
+from idgateway.server.h2_connection import H2Offer
 from idgateway.server.startup_errors import StartupError, listen_problem, stop_starting
 from idgateway.server.tls import GatewayTLSFactory, SNIServerContexts
 
@@ -340,6 +341,11 @@ class GatewayService(MultiService):
         """client_send_timeout: the listener's, else the top-level one."""
         return listener.client_send_timeout or config.client_send_timeout
 
+    def http2_offer(self, listener: Listener, config: Config) -> H2Offer | None:
+        """How the listener takes HTTP/2 connections (None: HTTP/1.1 only)."""
+        mode = listener.http2_mode
+        return None if mode == "off" else H2Offer(mode, config.http2, self.reactor)
+
     def _factory_for(self, listener: Listener) -> IProtocolFactory:
         """The listener's Site, behind TLS on a TLS listener."""
         header_timeout, body_timeout, max_connections = self.listener_limits(listener, self.config)
@@ -358,10 +364,11 @@ class GatewayService(MultiService):
         if isinstance(site, DrainableSite):
             self._drain_sites.append(site)
         site.send_timeout = self.send_timeout(listener, self.config)
+        site.http2 = self.http2_offer(listener, self.config)
         self._sites[(listener.host, listener.port)] = site
         if listener.tls is None:
             return site
-        contexts = SNIServerContexts(listener.tls)
+        contexts = SNIServerContexts(listener.tls, http2=listener.http2_mode == "alpn")
         self._tls[(listener.host, listener.port)] = contexts
         return GatewayTLSFactory(contexts, False, site)
 
@@ -513,7 +520,10 @@ class GatewayService(MultiService):
         try:
             # Load every certificate first, so a bad one refuses the whole reload.
             prepared = [
-                (self._tls[(each.host, each.port)], SNIServerContexts.prepare(each.tls))
+                (
+                    self._tls[(each.host, each.port)],
+                    SNIServerContexts.prepare(each.tls, http2=each.http2_mode == "alpn"),
+                )
                 for each in config.listeners
                 if each.tls is not None and (each.host, each.port) in self._tls
             ]
@@ -558,6 +568,8 @@ class GatewayService(MultiService):
                 site.set_limits(*self.listener_limits(listener, config))
             if isinstance(site, GatewaySite):
                 site.send_timeout = self.send_timeout(listener, config)
+                # New connections only: open ones keep the limits they started with.
+                site.http2 = self.http2_offer(listener, config)
 
     def _open_new_listeners(self, config: Config) -> None:
         """Listen on the configuration's new addresses, all or none (ListenerFailed)."""

@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from idgateway._twisted.tls import IOpenSSLTrustRoot
 
 HTTP_1_1 = b"http/1.1"
+H2 = b"h2"
 
 MIN_VERSIONS: dict[str, int] = {"1.2": SSL.TLS1_2_VERSION, "1.3": SSL.TLS1_3_VERSION}
 
@@ -106,8 +107,10 @@ class SNIServerContexts:
 
     log = Logger()
 
-    def __init__(self, settings: TLSSettings) -> None:
-        self._table = _build_table(settings)
+    def __init__(self, settings: TLSSettings, *, http2: bool = False) -> None:
+        # ALPN offers h2 before http/1.1 (the listener's http2).
+        self.http2 = http2
+        self._table = _build_table(settings, http2)
 
     @property
     def settings(self) -> TLSSettings:
@@ -115,16 +118,16 @@ class SNIServerContexts:
 
     def reload(self, settings: TLSSettings) -> None:
         """Use new certificates for new handshakes; raise and keep the old on error."""
-        self.install(self.prepare(settings))
+        self.install(self.prepare(settings, http2=self.http2))
 
     @staticmethod
-    def prepare(settings: TLSSettings) -> ContextTable:
+    def prepare(settings: TLSSettings, *, http2: bool = False) -> ContextTable:
         """Load everything ``settings`` names, or raise TLSConfigurationError.
 
         With ``install``, lets a reload touching several listeners load all of
         them before switching any.
         """
-        return _build_table(settings)
+        return _build_table(settings, http2)
 
     def install(self, table: ContextTable) -> None:
         # One assignment: a handshake sees either the old table or the new one.
@@ -143,7 +146,7 @@ class SNIServerContexts:
         return SSL.Connection(self._table.default, None)
 
 
-def _build_table(settings: TLSSettings) -> ContextTable:
+def _build_table(settings: TLSSettings, http2: bool = False) -> ContextTable:
     if not settings.certificates:
         raise TLSConfigurationError("a TLS listener needs at least one certificate")
     if settings.min_version not in MIN_VERSIONS:
@@ -151,7 +154,7 @@ def _build_table(settings: TLSSettings) -> ContextTable:
             f"unsupported TLS min_version {settings.min_version!r} "
             f"(expected one of {', '.join(MIN_VERSIONS)})"
         )
-    contexts = tuple(_server_context(pair, settings) for pair in settings.certificates)
+    contexts = tuple(_server_context(pair, settings, http2) for pair in settings.certificates)
     exact: dict[str, SSL.Context] = {}
     wildcard: dict[str, SSL.Context] = {}
     for pair, context in zip(settings.certificates, contexts, strict=True):
@@ -192,7 +195,14 @@ def _select_http_1_1(
     return HTTP_1_1 if HTTP_1_1 in offered else SSL.NO_OVERLAPPING_PROTOCOLS
 
 
-def _server_context(pair: CertificatePair, settings: TLSSettings) -> SSL.Context:
+def _select_h2(connection: SSL.Connection, offered: list[bytes]) -> bytes | Any:
+    # h2 first, as browsers expect; then as _select_http_1_1.
+    return H2 if H2 in offered else _select_http_1_1(connection, offered)
+
+
+def _server_context(
+    pair: CertificatePair, settings: TLSSettings, http2: bool = False
+) -> SSL.Context:
     context = SSL.Context(SSL.TLS_SERVER_METHOD)
     context.set_min_proto_version(MIN_VERSIONS[settings.min_version])
     context.set_options(_SERVER_OPTIONS)
@@ -226,7 +236,7 @@ def _server_context(pair: CertificatePair, settings: TLSSettings) -> SSL.Context
     except SSL.Error as error:
         raise TLSConfigurationError(mismatch) from error
     context.set_session_id(_SESSION_ID_CONTEXT)
-    context.set_alpn_select_callback(_select_http_1_1)
+    context.set_alpn_select_callback(_select_h2 if http2 else _select_http_1_1)
     return context
 
 

@@ -173,7 +173,9 @@ def test_mod_auth_openidc_is_the_reference_and_debians_a_second_column(
         "apache_shm",
         "apache_shm_debian",
     ]
-    assert keys[-2:] == ["apache_shm_tls", "apache_shm_tls_debian"]
+    tls = keys.index("apache_shm_tls")
+    assert keys[tls : tls + 2] == ["apache_shm_tls", "apache_shm_tls_debian"]
+    assert keys[-2:] == ["apache_shm_h2", "apache_shm_h2_debian"]
     servers = {server for _, server, _ in harness.cases_for(args.modules)}
     assert {"apache_redis", "apache_redis_debian"} <= servers
     assert harness.base_key("apache_shm_tls_debian") == "apache_shm_tls"

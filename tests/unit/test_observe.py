@@ -491,3 +491,12 @@ def test_text_audit_lines_escape_the_user(user: str, shown: str) -> None:
         observe.login_succeeded(fake_request(JSON), route="app1", user=user)
     [event] = [e for e in events if e.get("log_namespace") == "idgateway.audit"]
     assert json.loads(formatEvent(event))["user"] == user
+
+
+def test_http2_requests_are_named_in_text_and_json_lines() -> None:
+    [text] = emit(fake_request(clientproto=b"HTTP/2"))
+    assert formatEvent(text).endswith("ip=192.0.2.7 h2")
+    [plain] = emit(fake_request(clientproto=b"HTTP/1.1"))
+    assert formatEvent(plain).endswith("ip=192.0.2.7")
+    [record] = emit(fake_request(JSON, clientproto=b"HTTP/2"))
+    assert json.loads(formatEvent(record))["protocol"] == "h2"
