@@ -145,6 +145,14 @@ def _one_of(choices: tuple[str, ...]) -> Any:
     return parsed(check, " or ".join(choices))
 
 
+def _userinfo_mode(reader: Reader, node: yaml.Node, key: str) -> bool | str | _Invalid:
+    """``true``, ``false`` or ``auto`` (YAML booleans stay booleans)."""
+    value = reader.value(node, key)
+    if value is INVALID or isinstance(value, bool) or value == "auto":
+        return value  # type: ignore[no-any-return]
+    return reader.problem(node, key, f"expected auto, true or false; got {_describe(node)}")
+
+
 def _https_url(value: str) -> str:
     url = value.strip()
     if not re.match(r"\Ahttps?://[^/\s]+", url):
@@ -581,16 +589,22 @@ OIDC_FIELDS = (
     ),
     Field(
         "userinfo",
-        boolean,
-        default=False,
-        type_text="boolean",
-        default_text="default ``false``",
+        _userinfo_mode,
+        default="auto",
+        type_text="``auto``, ``true`` or ``false``",
+        default_text="default ``auto``",
         description=r"""
-            At login, also ask the provider's userinfo endpoint (with the new access
-            token) and add its claims to the session; the ID token's win where both
-            have one, and the userinfo ``sub`` must be the ID token's. If the call
-            fails, the login fails (``502``). For claims WSO2 puts in userinfo but
-            not in the ID token. Example: ``userinfo: true``
+            Whether login also asks the provider's userinfo endpoint (with the new
+            access token) and adds its claims to the session; the ID token's win
+            where both have one, and the userinfo ``sub`` must be the ID token's.
+            ``auto``: only when the ID token lacks a claim the route needs (its
+            ``user_claim``, ``email_claim``, ``groups_claim``, the claims of its
+            identity headers and of its ``authorize`` rules, on the route and its
+            ``paths``) and the provider has a userinfo endpoint; many providers put
+            groups and user names in userinfo only. ``true``: at every login.
+            ``false``: never (a claim missing from the ID token is then missing).
+            If the call fails, the login fails (``502``).
+            Example: ``userinfo: true``
         """,
     ),
     Field(

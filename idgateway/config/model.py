@@ -253,8 +253,9 @@ class OIDCSettings:
     user_claim: str = "sub"
     email_claim: str = "email"
     groups_claim: str = "groups"
-    # Merge the userinfo endpoint's claims into the session at login.
-    userinfo: bool = False
+    # Merge the userinfo endpoint's claims into the session at login: True,
+    # False, or "auto" (when the ID token lacks a claim the route needs).
+    userinfo: bool | Literal["auto"] = "auto"
     # Where sign_out sends the browser back to after the provider's logout.
     # None: the provider returns the browser to "/", where the gateway shows its
     # signed-out page once (instead of starting a new login at once).

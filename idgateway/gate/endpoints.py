@@ -15,6 +15,7 @@ from twisted.logger import Logger
 
 from idgateway.gate import logout_pages
 from idgateway.gate.answers import origin, send_json, send_redirect
+from idgateway.gate.needed_claims import missing_claims
 from idgateway.gate.rules import safe_redirect
 from idgateway.gate.session_check import secure_origin
 from idgateway.http.paths import AmbiguousPath
@@ -201,7 +202,8 @@ async def callback(login: RouteLogin, request: GatewayRequest, host: bytes, tls:
             request, login, 401, "id_token_" + error.reason, "The sign-in could not be verified."
         )
         return
-    if login.oidc.userinfo and metadata.userinfo_endpoint:
+    asked_userinfo = _should_ask_userinfo(login, claims, metadata.userinfo_endpoint)
+    if asked_userinfo:
         try:
             extra = await fetch_userinfo(
                 login.provider.http,
@@ -224,13 +226,14 @@ async def callback(login: RouteLogin, request: GatewayRequest, host: bytes, tls:
         return
     now = login.clock.seconds()
     kept = {k: v for k, v in claims.items() if k not in _TECHNICAL_CLAIMS}
+    _hint_missing_claims(login, claims, asked_userinfo, metadata.userinfo_endpoint is not None)
     user = claims.get(login.oidc.user_claim)
     if not user:
         _log.warn(
-            "route {route}: the ID token has no {claim!r} claim (user_claim); using sub. "
-            "Request the scope that carries it.",
+            "route {route}: the sign-in has no {claim!r} claim (user_claim); using sub. {fix}",
             route=login.route.name,
             claim=login.oidc.user_claim,
+            fix=_claim_fix(login, asked_userinfo, metadata.userinfo_endpoint is not None),
         )
         user = claims["sub"]
     minimal = login.session_settings.minimal
@@ -265,6 +268,50 @@ async def callback(login: RouteLogin, request: GatewayRequest, host: bytes, tls:
     if request.finished or request.client_gone:
         return
     send_redirect(request, target or "/", new_cookies)
+
+
+def _should_ask_userinfo(
+    login: RouteLogin, claims: dict[str, Any], userinfo_endpoint: str | None
+) -> bool:
+    """``userinfo: true`` asks always, ``auto`` when the ID token lacks a claim
+    the route needs; never without an endpoint to ask."""
+    if userinfo_endpoint is None or login.oidc.userinfo is False:
+        return False
+    if login.oidc.userinfo is True:
+        return True
+    return bool(missing_claims(claims, login.needed_claims))
+
+
+def _claim_fix(login: RouteLogin, asked_userinfo: bool, has_userinfo: bool) -> str:
+    """The setting that brings a missing claim, for the log."""
+    if login.oidc.userinfo is False and has_userinfo:
+        return (
+            "If the provider puts it in userinfo, set oidc.userinfo: auto (or true); "
+            "else request the scope that carries it (oidc.scopes)."
+        )
+    where = "the ID token and userinfo lack it" if asked_userinfo else "the ID token lacks it"
+    return (
+        f"{where}: request the scope that carries it (oidc.scopes) and have the "
+        "provider release it to this application."
+    )
+
+
+def _hint_missing_claims(
+    login: RouteLogin, claims: dict[str, Any], asked_userinfo: bool, has_userinfo: bool
+) -> None:
+    """Warn once per route and claim that a needed claim never came (rules
+    reading it refuse the user with 403), naming the setting that fixes it."""
+    for claim in missing_claims(claims, login.needed_claims):
+        if claim == login.oidc.user_claim or claim in login.hinted_claims:
+            continue  # user_claim has its own warning at every login
+        login.hinted_claims.add(claim)
+        _log.warn(
+            "route {route}: the sign-in has no {claim!r} claim, which the route's headers "
+            "or rules read; {fix} (logged once per claim)",
+            route=login.route.name,
+            claim=claim,
+            fix=_claim_fix(login, asked_userinfo, has_userinfo),
+        )
 
 
 async def sign_out(login: RouteLogin, request: GatewayRequest, host: bytes, tls: bool) -> None:

@@ -25,6 +25,7 @@ from idgateway.gate.answers import origin, send_json, send_redirect, start_url
 from idgateway.gate.assertion import AssertionSigner
 from idgateway.gate.identity_headers import IdentityHeaders
 from idgateway.gate.logout_pages import send_signed_out
+from idgateway.gate.needed_claims import needed_claims
 from idgateway.gate.rules import (
     authorization_failure,
     compile_public_paths,
@@ -193,6 +194,9 @@ class RouteLogin:
             auth_method=auth.oidc.client_auth,
         )
         self.redirect_path = auth.oidc.redirect_path
+        # For oidc.userinfo: auto, and for the "missing claim" hints (once each).
+        self.needed_claims = needed_claims(route, auth)
+        self.hinted_claims: set[str] = set()
         # store: redis: the cookie holds an opaque id, the session lives in Redis.
         self.store: RedisSessionStore | None = None
         if auth.session.store == "redis":
