@@ -250,7 +250,9 @@ async def callback(login: RouteLogin, request: GatewayRequest, host: bytes, tls:
         access_token=tokens.access_token,
         access_expires_at=now + tokens.expires_in if tokens.expires_in else None,
         refresh_token=None if minimal else tokens.refresh_token,
+        tokens_at=now,
     )
+    _note_provider_limits(login, session, tokens.expires_in)
     target = safe_redirect(
         flow.return_to, host=host.decode("latin-1"), allowed=login.oidc.allowed_redirects, tls=tls
     )
@@ -311,6 +313,34 @@ def _hint_missing_claims(
             route=login.route.name,
             claim=claim,
             fix=_claim_fix(login, asked_userinfo, has_userinfo),
+        )
+
+
+def _note_provider_limits(login: RouteLogin, session: Session, expires_in: int | None) -> None:
+    """What a login shows about the provider that configuration cannot: tokens
+    too short for the refresh leeway, ID tokens without ``sid``. Once per provider."""
+    handle = login.provider
+    leeway = login.session_settings.refresh_leeway
+    if expires_in is not None and expires_in < 2 * leeway and "short_tokens" not in handle.noted:
+        handle.noted.add("short_tokens")
+        _log.warn(
+            "provider {provider}: access tokens live {lifetime}s, less than twice "
+            "session.refresh_leeway ({leeway}s) of route {route}: refreshing at half their "
+            "lifetime instead (at most once a minute); lengthen the token lifetime at the "
+            "provider or shorten refresh_leeway",
+            provider=handle.settings.name,
+            lifetime=expires_in,
+            leeway=f"{leeway:g}",
+            route=login.route.name,
+        )
+    if session.provider_sid is None and "no_sid" not in handle.noted:
+        handle.noted.add("no_sid")
+        _log.warn(
+            "provider {provider}: its ID tokens carry no sid, so the provider cannot end this "
+            "session by sid (route {route}): back-channel logout tokens must name the sub, "
+            "and front-channel logout works only where the browser sends the session cookie",
+            provider=handle.settings.name,
+            route=login.route.name,
         )
 
 

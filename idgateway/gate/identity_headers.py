@@ -27,7 +27,6 @@ _CLAIM_NAME = re.compile(r"[A-Za-z0-9_.-]+")
 _TOKEN = re.compile(r"[\x21-\x7e]+")
 
 
-
 class ClaimEncoder:
     """Claim values as header values: printable ASCII, the list delimiter only between items.
 

@@ -121,6 +121,9 @@ class ProviderHandle:
     settings: ProviderSettings
     client: ProviderClient
     http: Any
+    # What logins have shown about the provider and logged once ("short_tokens",
+    # "no_sid"): a warning per provider, not per login.
+    noted: set[str] = attrs.field(factory=set)
 
 
 class RouteLogin:
@@ -709,10 +712,19 @@ class RouteLogin:
         )
 
     def _needs_refresh(self, session: Session, now: float) -> bool:
+        """Due within the leeway, which is at most half the token's lifetime; and
+        not again within SLIDE_EVERY of the last tokens unless they have expired,
+        so short tokens never mean a refresh (and a new cookie) per request."""
         expires = session.access_expires_at
         if expires is None or session.refresh_token is None:
             return False
-        return expires - self.session_settings.refresh_leeway <= now
+        leeway = self.session_settings.refresh_leeway
+        obtained = session.tokens_at
+        if obtained is not None:
+            if now < expires and now - obtained < SLIDE_EVERY:
+                return False
+            leeway = min(leeway, (expires - obtained) / 2)
+        return expires - leeway <= now
 
     async def refreshed(
         self, session: Session, session_id: str | None = None
@@ -920,6 +932,7 @@ class RouteLogin:
             refresh_token=tokens.refresh_token or session.refresh_token,
             id_token=tokens.id_token or session.id_token,
             last_seen=now,
+            tokens_at=now,
         )
 
     def session_cookies(self, session: Session, tls: bool, previous_chunks: int) -> list[bytes]:
