@@ -14,7 +14,18 @@ from cryptography import x509
 
 from idgateway.config import values as value_syntax
 from idgateway.config.bearer import SCOPES_FIELD, bearer_field
-from idgateway.config.files import PEM_FILE_LIMIT, FileTooOdd, read_bounded, read_problem
+from idgateway.config.client_keys import (
+    ClientKeyError,
+    certificate_key_mismatch,
+    load_client_key,
+)
+from idgateway.config.files import (
+    PEM_FILE_LIMIT,
+    FileTooOdd,
+    loose_permissions,
+    read_bounded,
+    read_problem,
+)
 from idgateway.config.model import (
     AuthorizeRules,
     ClaimRule,
@@ -87,6 +98,14 @@ _NOT_IDENTITY_HEADERS = (
 )
 
 
+CLIENT_AUTH_METHODS = (
+    "client_secret_basic",
+    "client_secret_post",
+    "private_key_jwt",
+    "tls_client_auth",
+)
+
+
 def _header_name_problem(name: str) -> str | None:
     """What is wrong with ``name`` as an identity header's name, or None."""
     if not _TOKEN.match(name):
@@ -151,6 +170,35 @@ def _userinfo_mode(reader: Reader, node: yaml.Node, key: str) -> bool | str | _I
     if value is INVALID or isinstance(value, bool) or value == "auto":
         return value  # type: ignore[no-any-return]
     return reader.problem(node, key, f"expected auto, true or false; got {_describe(node)}")
+
+
+def _client_key_file(reader: Reader, node: yaml.Node, key: str) -> str | _Invalid:
+    """A PEM private key that can sign private_key_jwt assertions."""
+    path = file_path("a PEM private key file")(reader, node, key)
+    if path is INVALID:
+        return INVALID
+    try:
+        load_client_key(path)
+    except ClientKeyError as error:
+        return reader.problem(node, key, str(error))
+    warning = loose_permissions(path, secret=True)
+    if warning:
+        reader.warnings.append(f"{key}: {warning}")
+    return path  # type: ignore[no-any-return]
+
+
+def _client_cert_file(reader: Reader, node: yaml.Node, key: str) -> str | _Invalid:
+    """A readable PEM file with the client's certificate (chain)."""
+    path = file_path("a PEM certificate file")(reader, node, key)
+    if path is INVALID:
+        return INVALID
+    try:
+        x509.load_pem_x509_certificates(read_bounded(path, PEM_FILE_LIMIT))
+    except (OSError, FileTooOdd) as error:
+        return reader.problem(node, key, read_problem(error))
+    except ValueError:
+        return reader.problem(node, key, f"{path} is not PEM (-----BEGIN CERTIFICATE-----)")
+    return path  # type: ignore[no-any-return]
 
 
 def _https_url(value: str) -> str:
@@ -476,29 +524,114 @@ OIDC_FIELDS = (
     Field(
         "client_secret",
         _text("a client secret"),
-        required=True,
         secret=True,
         example="client_secret: ${APP1_CLIENT_SECRET}",
         type_text="string, *secret*",
-        default_text="required",
+        default_text="required with a ``client_secret_*`` ``client_auth``",
         description=r"""
             The client's secret; or ``client_secret_file: PATH``, a file holding it
-            (see `General rules`_). Examples: ``client_secret: ${APP1_CLIENT_SECRET}``,
+            (see `General rules`_). Required with ``client_auth:
+            client_secret_basic`` (the default) or ``client_secret_post``; not used
+            with ``private_key_jwt`` or ``tls_client_auth``. A secret shorter than 16
+            characters is warned about by ``idgateway check`` and at every start.
+            Examples: ``client_secret: ${APP1_CLIENT_SECRET}``,
             ``client_secret_file: ${CREDENTIALS_DIRECTORY}/app1-client-secret``
             (a credential of the systemd unit)
         """,
     ),
     Field(
         "client_auth",
-        _one_of(("client_secret_basic", "client_secret_post")),
+        _one_of(CLIENT_AUTH_METHODS),
         default="client_secret_basic",
-        type_text="``client_secret_basic`` or ``client_secret_post``",
+        type_text=", ".join(f"``{m}``" for m in CLIENT_AUTH_METHODS),
         default_text="default ``client_secret_basic``",
         description=r"""
-            How the secret reaches the token endpoint: an HTTP Basic
-            ``Authorization`` header (id and secret form-encoded first, as RFC 6749
-            says) or two form fields. WSO2 accepts both.
-            Example: ``client_auth: client_secret_post``
+            How the gateway authenticates to the provider's token endpoint (code
+            exchange, refresh) and, when the route's ``bearer.introspection`` uses
+            this same client, its introspection endpoint.
+            ``client_secret_basic``: an HTTP Basic ``Authorization`` header (id and
+            secret form-encoded first, as RFC 6749 says). ``client_secret_post``:
+            two form fields. ``private_key_jwt`` (RFC 7523): a JWT signed with
+            ``private_key_file``, with a fresh ``jti`` and a 60-second ``exp`` per
+            call, ``aud`` as ``client_assertion_audience`` says; register the public
+            key (or a JWKS URL serving it) with the application at the provider.
+            ``tls_client_auth`` (RFC 8705): mutual TLS to the provider with
+            ``client_cert`` and ``client_key``; the form carries only
+            ``client_id``. WSO2 IS 7 accepts all four (per application).
+            Example: ``client_auth: private_key_jwt``
+        """,
+    ),
+    Field(
+        "private_key_file",
+        _client_key_file,
+        type_text="file path",
+        default_text="required with ``private_key_jwt``",
+        description=r"""
+            The PEM private key that signs ``private_key_jwt`` client assertions:
+            RSA of 2048 bits or more (``RS256``; ``PS256`` when the provider's
+            ``token_endpoint_auth_signing_alg_values_supported`` lists only that) or
+            EC P-256 (``ES256``). Unencrypted; keep it ``0600``. Read while loading:
+            an unreadable file, a public key or certificate, an encrypted or
+            unsupported key is an error naming the fix.
+            Example: ``private_key_file: /etc/idgateway/app1-client.key``
+        """,
+    ),
+    Field(
+        "client_assertion_audience",
+        _one_of(("token_endpoint", "issuer")),
+        default="token_endpoint",
+        type_text="``token_endpoint`` or ``issuer``",
+        default_text="default ``token_endpoint``",
+        description=r"""
+            The ``aud`` of ``private_key_jwt`` assertions: the token endpoint's URL
+            (RFC 7523, what most providers expect) or the provider's issuer (WSO2
+            accepts both; some providers only the issuer).
+            Example: ``client_assertion_audience: issuer``
+        """,
+    ),
+    Field(
+        "client_cert",
+        _client_cert_file,
+        type_text="file path",
+        default_text="required with ``tls_client_auth``",
+        description=r"""
+            The PEM certificate (chain) the gateway presents to the provider for
+            ``tls_client_auth`` (mutual TLS), with ``client_key``. Register its
+            subject DN (or the certificate) with the application at the provider.
+            Example: ``client_cert: /etc/idgateway/app1-client.pem``
+        """,
+    ),
+    Field(
+        "client_key",
+        file_path("a PEM private key file"),
+        type_text="file path",
+        default_text="required with ``tls_client_auth``",
+        description=r"""
+            The PEM private key of ``client_cert``. Read while loading: it must be
+            readable and match the certificate.
+            Example: ``client_key: /etc/idgateway/app1-client.key``
+        """,
+    ),
+    Field(
+        "par",
+        _one_of(("auto", "required", "off")),
+        default="auto",
+        type_text="``auto``, ``required`` or ``off``",
+        default_text="default ``auto``",
+        description=r"""
+            Pushed authorization requests (RFC 9126). ``auto``: when the provider's
+            discovery document names a ``pushed_authorization_request_endpoint``
+            (WSO2 IS 7: ``/oauth2/par``), the authorization request (state, nonce,
+            PKCE challenge, scopes, ``extra_params``) is POSTed there with the
+            client's authentication, and the browser is sent to the authorize
+            endpoint with only ``client_id`` and the ``request_uri`` it answered; a
+            provider without one gets the classic redirect. ``required``: refuse to
+            start a login without PAR (``503``, and the log says why). ``off``: never.
+            An error or garbage from the PAR endpoint gives the login error page
+            (``502``), not a ``500``; a ``request_uri`` that expired before the
+            browser reached the provider (WSO2: 60 s) ends at the provider, which
+            sends the browser back with an error; ``/oauth2/start`` begins anew.
+            Example: ``par: required``
         """,
     ),
     Field(
@@ -1161,10 +1294,71 @@ AUTHORIZE_FIELDS = (
     SCOPES_FIELD,
 )
 
+SECRET_AUTH_METHODS = ("client_secret_basic", "client_secret_post")
+MIN_SECRET_LENGTH = 16
+# Keys that belong to one client_auth method each.
+_METHOD_KEYS = {
+    "private_key_file": ("private_key_jwt",),
+    "client_assertion_audience": ("private_key_jwt",),
+    "client_cert": ("tls_client_auth",),
+    "client_key": ("tls_client_auth",),
+}
+
+
+def _build_oidc(reader: Reader, found: Section) -> OIDCSettings | _Invalid:
+    """OIDCSettings, once the keys that go with ``client_auth`` are all there."""
+    values = found.values
+    method = values["client_auth"]
+    node = found.node
+    ok = True
+    for name, methods in _METHOD_KEYS.items():
+        if name in found.nodes and method not in methods:
+            reader.problem(
+                found.nodes[name],
+                found.child(name),
+                f"{name!r} is used only with client_auth: {' or '.join(methods)}; "
+                f"remove it or set client_auth: {methods[0]}",
+            )
+            ok = False
+    needed = {
+        "client_secret_basic": ("client_secret",),
+        "client_secret_post": ("client_secret",),
+        "private_key_jwt": ("private_key_file",),
+        "tls_client_auth": ("client_cert", "client_key"),
+    }[method]
+    for name in needed:
+        if values.get(name) is None:
+            alternative = " (or 'client_secret_file')" if name == "client_secret" else ""
+            reader.problem(
+                node,
+                found.child(name),
+                f"missing required key {name!r}{alternative} for client_auth: {method}",
+            )
+            ok = False
+    if "client_secret" in found.nodes and method not in SECRET_AUTH_METHODS:
+        reader.warnings.append(
+            f"{found.child('client_secret')}: not used with client_auth: {method}; remove it"
+        )
+    if not ok:
+        return INVALID
+    if method == "tls_client_auth":
+        mismatch = certificate_key_mismatch(values["client_cert"], values["client_key"])
+        if mismatch is not None:
+            return reader.problem(found.nodes["client_key"], found.child("client_key"), mismatch)
+    secret = values.get("client_secret")
+    if method in SECRET_AUTH_METHODS and secret is not None and len(secret) < MIN_SECRET_LENGTH:
+        reader.warnings.append(
+            f"{found.child('client_secret')}: the client secret is shorter than "
+            f"{MIN_SECRET_LENGTH} characters and may be guessed; have the provider generate "
+            "a longer one (WSO2 does), or use client_auth: private_key_jwt"
+        )
+    return OIDCSettings(**{**values, "client_secret": secret or ""})
+
+
 ROUTE_AUTH_FIELDS = (
     Field(
         "oidc",
-        record(OIDC_FIELDS, "a mapping like {provider: wso2, client_id: app1, ...}", OIDCSettings),
+        mapping(OIDC_FIELDS, "a mapping like {provider: wso2, client_id: app1, ...}", _build_oidc),
         type_text="mapping",
         default_text="default: none, no login",
         fields=OIDC_FIELDS,

@@ -244,8 +244,19 @@ class ProviderSettings:
 class OIDCSettings:
     provider: str
     client_id: str
-    client_secret: str
+    # "" with client_auth private_key_jwt or tls_client_auth.
+    client_secret: str = attrs.field(default="", repr=False)
+    # client_secret_basic, client_secret_post, private_key_jwt or tls_client_auth.
     client_auth: str = "client_secret_basic"
+    # private_key_jwt: the PEM key signing client assertions, and their aud
+    # ("token_endpoint" or "issuer").
+    private_key_file: str | None = None
+    client_assertion_audience: str = "token_endpoint"
+    # tls_client_auth: the certificate and key presented to the provider.
+    client_cert: str | None = None
+    client_key: str | None = None
+    # Pushed authorization requests (RFC 9126): "auto", "required" or "off".
+    par: str = "auto"
     scopes: tuple[str, ...] = ("openid", "email", "profile")
     # Extra authorize parameters (prompt, acr_values, fidp, max_age, ...).
     extra_params: tuple[tuple[str, str], ...] = ()

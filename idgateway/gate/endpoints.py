@@ -168,7 +168,7 @@ async def callback(login: RouteLogin, request: GatewayRequest, host: bytes, tls:
         return
     try:
         tokens = await exchange_code(
-            login.provider.http,
+            login.token_http,
             metadata,
             login.credentials,
             code=code,

@@ -20,6 +20,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from idgateway.config.client_keys import load_client_key
 from idgateway.config.model import AuthorizeRules, ProviderSettings, PublicPath, Route, RouteAuth
 from idgateway.gate.answers import origin, send_json, send_redirect, start_url
 from idgateway.gate.assertion import AssertionSigner
@@ -40,6 +41,7 @@ from idgateway.oidc.client import (
     authorize_url,
     refresh_tokens,
 )
+from idgateway.oidc.client_assertion import ClientAssertionSigner
 from idgateway.oidc.provider import ProviderClient
 from idgateway.oidc.refresh import validate_refreshed_id_token
 from idgateway.oidc.tokens import PROVIDER_UNAVAILABLE, TokenError
@@ -140,6 +142,7 @@ class RouteLogin:
         redis: RedisClient | None = None,
         shared_redis: RedisClient | None = None,
         revocation: RevocationList | None = None,
+        token_http: Any = None,
     ) -> None:
         self.route = route
         # Provider sids ended by back-channel logout (cookie sessions only).
@@ -195,7 +198,16 @@ class RouteLogin:
             client_id=auth.oidc.client_id,
             client_secret=auth.oidc.client_secret,
             auth_method=auth.oidc.client_auth,
+            signer=(
+                ClientAssertionSigner(load_client_key(auth.oidc.private_key_file))
+                if auth.oidc.private_key_file is not None
+                else None
+            ),
+            assertion_audience=auth.oidc.client_assertion_audience,
         )
+        # Token, refresh and PAR calls: the provider's client, or this route's own
+        # with its client certificate (tls_client_auth).
+        self.token_http = token_http if token_http is not None else provider.http
         self.redirect_path = auth.oidc.redirect_path
         # For oidc.userinfo: auto, and for the "missing claim" hints (once each).
         self.needed_claims = needed_claims(route, auth)
@@ -881,7 +893,7 @@ class RouteLogin:
             return None
         try:
             tokens = await refresh_tokens(
-                self.provider.http,
+                self.token_http,
                 metadata,
                 self.credentials,
                 refresh_token=session.refresh_token,

@@ -20,11 +20,15 @@ from treq.client import HTTPClient
 from twisted.internet.interfaces import IReactorTime
 
 from idgateway.config.auth import RESERVED_AUTHORIZE_PARAMETERS
+from idgateway.oidc.client_assertion import ASSERTION_TYPE, ClientAssertionSigner
 from idgateway.oidc.http import HTTPFailure, HTTPResult, count_error, send
 from idgateway.oidc.provider import ProviderMetadata
 
 CLIENT_SECRET_BASIC = "client_secret_basic"
 CLIENT_SECRET_POST = "client_secret_post"
+PRIVATE_KEY_JWT = "private_key_jwt"
+TLS_CLIENT_AUTH = "tls_client_auth"
+CLIENT_AUTH_METHODS = (CLIENT_SECRET_BASIC, CLIENT_SECRET_POST, PRIVATE_KEY_JWT, TLS_CLIENT_AUTH)
 
 # Provider-supplied error descriptions are shown in logs: keep them short.
 _MAX_DESCRIPTION = 300
@@ -38,16 +42,50 @@ _DECIMAL = re.compile(r"[0-9]{1,10}")
 @attrs.frozen
 class ClientCredentials:
     client_id: str
-    client_secret: str = attrs.field(repr=False)
+    client_secret: str = attrs.field(default="", repr=False)
     auth_method: str = attrs.field(default=CLIENT_SECRET_BASIC)
+    # private_key_jwt: signs a fresh assertion per call; and its aud.
+    signer: ClientAssertionSigner | None = attrs.field(default=None, repr=False)
+    assertion_audience: str = "token_endpoint"
 
     @auth_method.validator
     def _check_auth_method(self, attribute: object, value: str) -> None:
-        if value not in (CLIENT_SECRET_BASIC, CLIENT_SECRET_POST):
+        if value not in CLIENT_AUTH_METHODS:
             raise ValueError(
                 f"unsupported client auth method {value!r} "
-                f"(expected {CLIENT_SECRET_BASIC} or {CLIENT_SECRET_POST})"
+                f"(expected one of {', '.join(CLIENT_AUTH_METHODS)})"
             )
+        if value == PRIVATE_KEY_JWT and self.signer is None:
+            raise ValueError("private_key_jwt needs a signer (oidc.private_key_file)")
+
+    def authenticate(
+        self, metadata: ProviderMetadata, form: dict[str, str], now: float
+    ) -> tuple[dict[str, str], dict[str, str]]:
+        """(form, headers) for a call to the token, PAR or introspection endpoint."""
+        if self.auth_method == CLIENT_SECRET_BASIC:
+            return form, {"Authorization": basic_authorization(self.client_id, self.client_secret)}
+        if self.auth_method == CLIENT_SECRET_POST:
+            return {**form, "client_id": self.client_id, "client_secret": self.client_secret}, {}
+        if self.auth_method == PRIVATE_KEY_JWT:
+            assert self.signer is not None
+            audience = (
+                metadata.issuer if self.assertion_audience == "issuer" else metadata.token_endpoint
+            )
+            assertion = self.signer.assertion(
+                self.client_id,
+                audience,
+                now,
+                metadata.token_endpoint_auth_signing_alg_values_supported,
+            )
+            return {
+                **form,
+                "client_id": self.client_id,
+                "client_assertion_type": ASSERTION_TYPE,
+                "client_assertion": assertion,
+            }, {}
+        # tls_client_auth: the TLS connection (the route's client certificate)
+        # authenticates; the form names the client.
+        return {**form, "client_id": self.client_id}, {}
 
 
 @attrs.frozen
@@ -265,11 +303,7 @@ async def _token_request(
     clock: IReactorTime,
     call: str,
 ) -> TokenResponse:
-    headers: dict[str, str] = {}
-    if creds.auth_method == CLIENT_SECRET_BASIC:
-        headers["Authorization"] = basic_authorization(creds.client_id, creds.client_secret)
-    else:
-        form = {**form, "client_id": creds.client_id, "client_secret": creds.client_secret}
+    form, headers = creds.authenticate(metadata, form, clock.seconds())
     try:
         result = await send(
             http,

@@ -25,6 +25,7 @@ from twisted.logger import Logger
 from idgateway.config.model import (
     Config,
     HeaderSettings,
+    OIDCSettings,
     ProviderSettings,
     RedisSettings,
     Route,
@@ -37,7 +38,7 @@ from idgateway.gate.identity_headers import IdentityHeaders
 from idgateway.gate.session_check import ProviderHandle, RouteLogin
 from idgateway.http.paths import PathJudge, PathPolicy, PathReading
 from idgateway.observe.metrics import METRICS, GatewayMetrics
-from idgateway.oidc.http import make_http_client
+from idgateway.oidc.http import ProviderHTTPClient, make_http_client
 from idgateway.oidc.provider import ProviderClient
 from idgateway.proxy.headers import TrustedProxies, header_key
 from idgateway.proxy.upstream import UpstreamPool
@@ -244,6 +245,7 @@ class StateBuilder:
                     redis_client(session_redis) if session_redis is not None else None,
                     shared_client,
                     self._revocation,
+                    token_http=self.mutual_tls_client(route.auth.oidc, by_name),
                 )
                 identity = login.identity
             bearer = self.bearer_gate(
@@ -350,6 +352,22 @@ class StateBuilder:
             redis=redis,
             keyring=login.keyring if login is not None and redis is not None else None,
             replay_redis=redis or shared_client,
+        )
+
+    def mutual_tls_client(
+        self, oidc: OIDCSettings, by_name: dict[str, ProviderHandle]
+    ) -> ProviderHTTPClient | None:
+        """The route's own provider client for tls_client_auth (its certificate
+        is the client's credential); None: the provider's shared one."""
+        if oidc.client_cert is None or oidc.client_key is None:
+            return None
+        settings = by_name[oidc.provider].settings
+        return make_http_client(
+            self.reactor,
+            ca_file=settings.ca_file,
+            insecure_skip_verify=settings.insecure_skip_verify,
+            calls=self.metrics.provider_calls(settings.name),
+            client_certificate=(oidc.client_cert, oidc.client_key),
         )
 
     def provider_handle(self, settings: ProviderSettings) -> ProviderHandle:
