@@ -51,6 +51,7 @@ from idgateway.config.model import (
     Config,
     Listener,
     LoggingSettings,
+    OIDCSettings,
     PathRoute,
     PathRules,
     ProviderSettings,
@@ -1333,6 +1334,8 @@ def summarize(config: Config) -> str:
         hosts = ", ".join([*route.hosts, *(["(default)"] if route.default else [])])
         lines.append(f"  {route.name}: {hosts} -> {route.upstream.url}{_options(route)}")
         lines.extend(f"    {path.prefix} -> {path.upstream.url}" for path in route.paths)
+        if route.auth is not None:
+            lines.append("    " + _logout_summary(route.auth.oidc))
     if config.trusted_proxies:
         lines.append("Trusted proxies: " + ", ".join(config.trusted_proxies))
     if config.assertion_keys:
@@ -1341,6 +1344,18 @@ def summarize(config: Config) -> str:
     lines.append("Warnings:" if config.warnings else "No warnings.")
     lines.extend(f"  {warning}" for warning in config.warnings)
     return "\n".join(lines)
+
+
+def _logout_summary(oidc: OIDCSettings) -> str:
+    """The logout paths the gateway serves for a route; whether the provider uses
+    them is in its discovery document, which /status and the start-up log show."""
+    served = ["back-channel (by sid, or by sub)"]
+    served.append("front-channel" if oidc.frontchannel_logout else "no front-channel")
+    served.append("RP-initiated sign-out")
+    return (
+        "provider logout: " + ", ".join(served) + "; as the provider's discovery document "
+        "offers them (see /status)"
+    )
 
 
 def _options(route: Route) -> str:

@@ -49,6 +49,9 @@ _log = Logger(namespace="idgateway.gate.endpoints")
 _TOKEN_HEADERS = frozenset(
     {b"x-forwarded-access-token", b"oidc_access_token", b"oidc_id_token", b"authorization"}
 )
+# A pushed request (PAR) whose flow is at least this old may have expired at
+# the provider: its invalid_request_uri starts a new login instead of an error.
+PAR_RESTART_AFTER = 10.0
 # A provider's error code is shown (audit log, error page) up to this length.
 _MAX_LOGGED_CODE = 64
 
@@ -123,6 +126,22 @@ async def callback(login: RouteLogin, request: GatewayRequest, host: bytes, tls:
     flow, clear_flow = flows.take(params.get("state", ""), cookies, now)
     for value in clear_flow:
         request.responseHeaders.addRawHeader(b"set-cookie", value)
+    if (
+        params.get("error") == "invalid_request_uri"
+        and flow is not None
+        and now - flow.created_at >= PAR_RESTART_AFTER
+    ):
+        # The pushed request expired before the browser reached the provider
+        # (WSO2 keeps it 60 s): start over where the user was going. Only for
+        # a flow of ours old enough to have expired, so no loop can form.
+        _log.info(
+            "route {route}: the pushed authorization request expired before the sign-in; "
+            "starting a new one [{request_id}]",
+            route=login.route.name,
+            request_id=request.request_id.decode(),
+        )
+        login.begin_login(request, host, tls, return_to=flow.return_to)
+        return
     if "error" in params:
         # Anyone can send a browser here with ?error=<anything>: the provider's
         # code goes to the audit log and the error page, never into a metric

@@ -37,12 +37,17 @@ from idgateway.observe import access_log as observe
 from idgateway.observe.metrics import METRICS  # metrics hook
 from idgateway.oidc.client import (
     ClientCredentials,
+    PushedRequestError,
     TokenEndpointError,
-    authorize_url,
+    authorization_parameters,
+    authorization_request_url,
+    push_authorization_request,
+    pushed_authorize_url,
     refresh_tokens,
 )
 from idgateway.oidc.client_assertion import ClientAssertionSigner
-from idgateway.oidc.provider import ProviderClient
+from idgateway.oidc.logout_paths import logout_paths
+from idgateway.oidc.provider import ProviderClient, ProviderMetadata
 from idgateway.oidc.refresh import validate_refreshed_id_token
 from idgateway.oidc.tokens import PROVIDER_UNAVAILABLE, TokenError
 from idgateway.redis.client import RedisClient, RedisUnavailable
@@ -242,6 +247,46 @@ class RouteLogin:
         ] = {}
         # The route's identity assertion (set by the state builder); None: off.
         self.assertion: AssertionSigner | None = None
+        # What the provider's discovery document offers this route, checked
+        # once it is known (warnings at start, and after a reload).
+        if provider.client.metadata is not None:
+            self.check_provider_offers(provider.client.metadata)
+        else:
+            provider.client.when_ready.append(self.check_provider_offers)
+
+    def check_provider_offers(self, metadata: ProviderMetadata) -> None:
+        """Warn about settings the provider's discovery document cannot honour,
+        and log which of its logout paths can end this route's sessions."""
+        oidc, route, provider = self.oidc, self.route.name, self.provider.settings.name
+        if oidc.post_logout_redirect is not None and metadata.end_session_endpoint is None:
+            self._log.warn(
+                "route {route}: post_logout_redirect is set but provider {provider} has no "
+                "end_session_endpoint: sign-out ends the gateway's session only, the "
+                "provider's stays, and the browser goes straight to {target}",
+                route=route,
+                provider=provider,
+                target=oidc.post_logout_redirect,
+            )
+        if oidc.par == "required" and metadata.pushed_authorization_request_endpoint is None:
+            self._log.warn(
+                "route {route}: par: required but provider {provider} advertises no "
+                "pushed_authorization_request_endpoint: no login can start",
+                route=route,
+                provider=provider,
+            )
+        if oidc.par == "off" and metadata.require_pushed_authorization_requests:
+            self._log.warn(
+                "route {route}: par: off but provider {provider} requires pushed "
+                "authorization requests; set par: auto",
+                route=route,
+                provider=provider,
+            )
+        paths = logout_paths(metadata, oidc)
+        self._log.info(
+            "route {route}: provider logout paths: {paths}",
+            route=route,
+            paths="; ".join(f"{name}: {how}" for name, how in paths.items()),
+        )
 
     def rules_for(self, reading: PathReading) -> AuthorizeRules:
         """The longest path sub-route with its own rules wins, else the route's.
@@ -545,12 +590,29 @@ class RouteLogin:
                 request.request_id,
             )
             return
+        use_par = self.oidc.par != "off" and (
+            metadata.pushed_authorization_request_endpoint is not None
+        )
+        if self.oidc.par == "required" and not use_par:
+            self._log.warn(
+                "route {route}: oidc.par is required but provider {provider} advertises no "
+                "pushed_authorization_request_endpoint; no login is started [{request_id}]",
+                route=self.route.name,
+                provider=self.provider.settings.name,
+                request_id=request.request_id.decode(),
+            )
+            send_provider_unavailable(
+                request,
+                "Sign-in is unavailable: the identity provider does not take pushed "
+                "authorization requests, which this application requires.",
+                request.request_id,
+            )
+            return
         flows: FlowCookies = self.flows[tls]
         now = self.clock.seconds()
         flow = flows.new_flow(return_to, now)
         cookies = parse_cookie_header(request.requestHeaders.getRawHeaders(b"cookie", []))
-        url = authorize_url(
-            metadata,
+        parameters = authorization_parameters(
             client_id=self.oidc.client_id,
             redirect_uri=origin(host, tls) + self.redirect_path,
             scopes=self.oidc.scopes,
@@ -559,8 +621,63 @@ class RouteLogin:
             code_challenge=FlowCookies.code_challenge(flow.code_verifier),
             extra=dict(self.oidc.extra_params),
         )
+        flow_cookies = [*set_cookies, *flows.set_cookie(flow, cookies, now)]
         METRICS.login_started(self.route.name)  # metrics hook
-        send_redirect(request, url, [*set_cookies, *flows.set_cookie(flow, cookies, now)])
+        if not use_par:
+            url = authorization_request_url(metadata, parameters)
+            send_redirect(request, url, flow_cookies)
+            return
+        d = defer.ensureDeferred(self._pushed_login(request, metadata, parameters, flow_cookies))
+        d.addErrback(self._failed_request, request)
+
+    async def _pushed_login(
+        self,
+        request: GatewayRequest,
+        metadata: ProviderMetadata,
+        parameters: list[tuple[str, str]],
+        flow_cookies: list[bytes],
+    ) -> None:
+        """RFC 9126: push the request, send the browser with its request_uri only."""
+        try:
+            request_uri = await push_authorization_request(
+                self.token_http, metadata, self.credentials, parameters, clock=self.clock
+            )
+        except PushedRequestError as error:
+            self._log.warn(
+                "route {route}: the provider's PAR endpoint refused or failed the "
+                "authorization request: {error} {description} [{request_id}]",
+                route=self.route.name,
+                error=error.error,
+                description=error.description,
+                request_id=request.request_id.decode(),
+            )
+            if request.finished or request.client_gone:
+                return
+            METRICS.login_failed(self.route.name, "par_failed")  # metrics hook
+            send_error(
+                request,
+                502,
+                "The identity provider refused to start the sign-in. Try again later.",
+                error="par_failed",
+                request_id=request.request_id,
+            )
+            return
+        if request.finished or request.client_gone:
+            return
+        url = pushed_authorize_url(metadata, client_id=self.oidc.client_id, request_uri=request_uri)
+        send_redirect(request, url, flow_cookies)
+
+    def _failed_request(self, failure: Failure, request: GatewayRequest) -> None:
+        self._log.failure(
+            "route {route}: unexpected error [{request_id}]",
+            failure,
+            route=self.route.name,
+            request_id=request.request_id.decode(),
+        )
+        if not request.finished and not request.client_gone:
+            send_error(
+                request, 500, "Something went wrong on the gateway.", request_id=request.request_id
+            )
 
     # -- sessions: create, find, end ----------------------------------------------------
 

@@ -140,13 +140,36 @@ def authorize_url(
     (``prompt``, ``acr_values``, ``fidp``, ``max_age``...) are appended; one
     named in RESERVED_AUTHORIZE_PARAMETERS raises ValueError.
     """
+    parameters = authorization_parameters(
+        client_id=client_id,
+        redirect_uri=redirect_uri,
+        scopes=scopes,
+        state=state,
+        nonce=nonce,
+        code_challenge=code_challenge,
+        extra=extra,
+    )
+    return _with_query(metadata.authorization_endpoint, parameters)
+
+
+def authorization_parameters(
+    *,
+    client_id: str,
+    redirect_uri: str,
+    scopes: Sequence[str],
+    state: str,
+    nonce: str,
+    code_challenge: str,
+    extra: Mapping[str, str] = {},  # noqa: B006 - never mutated
+) -> list[tuple[str, str]]:
+    """The parameters of an authorization request, for the URL or a PAR body."""
     clashes = sorted(RESERVED_AUTHORIZE_PARAMETERS.intersection(extra))
     if clashes:
         raise ValueError(f"extra authorization parameters may not set {', '.join(clashes)}")
     scope_list = list(dict.fromkeys(scopes))
     if "openid" not in scope_list:
         scope_list.insert(0, "openid")
-    parameters = [
+    return [
         ("response_type", "code"),
         ("client_id", client_id),
         ("redirect_uri", redirect_uri),
@@ -157,7 +180,78 @@ def authorize_url(
         ("code_challenge_method", "S256"),
         *extra.items(),
     ]
+
+
+class PushedRequestError(ProviderCallError):
+    """The PAR endpoint refused or failed, or answered something unusable."""
+
+
+# A request_uri is an opaque reference, not a place to smuggle a URL of its own.
+_REQUEST_URI = re.compile(r"[\x21-\x7e]{1,512}")
+
+
+async def push_authorization_request(
+    http: HTTPClient,
+    metadata: ProviderMetadata,
+    creds: ClientCredentials,
+    parameters: Sequence[tuple[str, str]],
+    *,
+    timeout: float = 10,
+    clock: IReactorTime,
+) -> str:
+    """RFC 9126: POST the authorization request with client authentication; the
+    ``request_uri`` the provider answered (``201`` with ``request_uri`` and
+    ``expires_in``). PushedRequestError otherwise."""
+    endpoint = metadata.pushed_authorization_request_endpoint
+    if endpoint is None:
+        raise PushedRequestError("invalid_request", "the provider has no PAR endpoint", 0)
+    form, headers = creds.authenticate(metadata, dict(parameters), clock.seconds())
+    if creds.auth_method != CLIENT_SECRET_BASIC:
+        form["client_id"] = creds.client_id
+    try:
+        result = await send(
+            http,
+            "POST",
+            endpoint,
+            clock=clock,
+            timeout=timeout,
+            headers=headers,
+            data=form,
+            call="par",
+        )
+    except HTTPFailure as failure:
+        raise PushedRequestError("temporarily_unavailable", str(failure), 0) from None
+    if result.status not in (200, 201):
+        error, description = _error_of(result)
+        raise PushedRequestError(
+            error or _status_error(result.status),
+            description or f"HTTP {result.status} from the PAR endpoint",
+            result.status,
+        )
+    try:
+        body = result.json()
+    except ValueError:
+        count_error(http, "par", "invalid")  # metrics hook
+        raise PushedRequestError("invalid_response", "PAR response is not JSON", 200) from None
+    request_uri = body.get("request_uri") if isinstance(body, dict) else None
+    if not isinstance(request_uri, str) or not _REQUEST_URI.fullmatch(request_uri):
+        count_error(http, "par", "invalid")  # metrics hook
+        raise PushedRequestError("invalid_response", "PAR response lacks request_uri", 200)
+    return request_uri
+
+
+def authorization_request_url(
+    metadata: ProviderMetadata, parameters: Sequence[tuple[str, str]]
+) -> str:
+    """The authorize endpoint with ``parameters`` (from authorization_parameters)."""
     return _with_query(metadata.authorization_endpoint, parameters)
+
+
+def pushed_authorize_url(metadata: ProviderMetadata, *, client_id: str, request_uri: str) -> str:
+    """Where the browser goes after a PAR: only ``client_id`` and ``request_uri``."""
+    return _with_query(
+        metadata.authorization_endpoint, [("client_id", client_id), ("request_uri", request_uri)]
+    )
 
 
 def end_session_url(
