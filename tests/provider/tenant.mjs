@@ -116,6 +116,13 @@ function splitRedirectUris(uris) {
   return { literal, patterns };
 }
 
+// The profile's limits on the configured lifetimes (config.mjs).
+function profileTtl(profile, ttl) {
+  if (profile === 'generic') return { ...ttl, AccessToken: Math.min(ttl.AccessToken, 60) };
+  if (profile === 'strict') return { ...ttl, AuthorizationCode: Math.min(ttl.AuthorizationCode, 10) };
+  return { ...ttl };
+}
+
 export class Tenant {
   // `previous`: the tenant this one replaces (key rotation): its storage
   // (sessions, tokens) and cookie keys carry over, and unless `dropOldKey`, its
@@ -136,7 +143,9 @@ export class Tenant {
     this.consentPage = settings.consentPage;
     // Deliberate faults for the gateway's security tests (config.mjs); {} = none.
     this.misbehave = settings.misbehave ?? {};
-    this.ttl = settings.ttl;
+    // "wso2", "generic" or "strict" (config.mjs): which provider this one plays.
+    this.profile = settings.profile ?? 'wso2';
+    this.ttl = profileTtl(this.profile, settings.ttl);
     this.log = log;
     this.store = previous?.store ?? new TenantStore();
     this.cookieKeys = previous?.cookieKeys ?? [crypto.randomBytes(32).toString('hex')];
@@ -187,6 +196,9 @@ export class Tenant {
     };
     if (client.token_endpoint_auth_method !== 'none') {
       metadata.client_secret = client.client_secret;
+    }
+    if (client.token_endpoint_auth_method === 'private_key_jwt') {
+      metadata.jwks = client.jwks;
     }
     if (client.backchannel_logout_uri) {
       metadata.backchannel_logout_uri = client.backchannel_logout_uri;
@@ -246,10 +258,15 @@ export class Tenant {
         auth_time: null,
         iss: null,
       },
-      conformIdTokenClaims: false,
+      // generic: the scope's claims only at userinfo when an access token is issued.
+      conformIdTokenClaims: this.profile === 'generic',
       // No grace period: a token past its exp is dead (tests use 5 s access tokens).
       clockTolerance: 0,
-      clientAuthMethods: ['client_secret_basic', 'client_secret_post', 'private_key_jwt', 'none'],
+      clientAuthMethods: {
+        wso2: ['client_secret_basic', 'client_secret_post', 'private_key_jwt', 'none'],
+        generic: ['client_secret_post'],
+        strict: ['private_key_jwt'],
+      }[this.profile],
       enabledJWA: {
         idTokenSigningAlgValues: ['RS256', 'PS256'],
       },
@@ -260,9 +277,13 @@ export class Tenant {
       pkce: { required: (_ctx, client) => this.clients.get(client.clientId)?.pkce_required !== false },
       rotateRefreshToken: true,
       issueRefreshToken: async (_ctx, client) => client.grantTypeAllowed('refresh_token'),
-      ttl: { ...settings.ttl },
+      ttl: { ...this.ttl },
       features: {
         devInteractions: { enabled: false },
+        pushedAuthorizationRequests: {
+          enabled: true,
+          requirePushedAuthorizationRequests: this.profile === 'strict',
+        },
         // WSO2's "Token binding: DPoP" (RFC 9449): a DPoP proof at the token
         // endpoint binds the access token to its key (cnf.jkt).
         dPoP: { enabled: true },
@@ -343,8 +364,9 @@ export class Tenant {
     const tenant = this;
     const { provider } = this;
 
-    // WSO2 puts `sid` into every ID token, backchannel logout or not ...
-    provider.Client.prototype.includeSid = () => true;
+    // WSO2 puts `sid` into every ID token, backchannel logout or not (a
+    // generic provider by default none) ...
+    provider.Client.prototype.includeSid = () => tenant.profile !== 'generic';
 
     // ... and one session has one sid, shared by every application.
     provider.Session.prototype.ensureClientContainer = function ensureClientContainer(clientId) {
@@ -375,7 +397,9 @@ export class Tenant {
         this.set('azp', this.client.clientId);
         this.set('amr', this.available.amr ?? ['BasicAuthenticator']);
         if (this.extra.sid) this.set('isk', sha256hex(`isk:${this.extra.sid}`));
-        for (const [k, v] of Object.entries(tenant.orgClaims())) this.set(k, v);
+        if (tenant.profile !== 'generic') {
+          for (const [k, v] of Object.entries(tenant.orgClaims())) this.set(k, v);
+        }
         const accessToken = this.ctx?.oidc?.entities?.AccessToken;
         if (accessToken?.issuedValue) this.set('at_hash', accessToken.issuedValue);
       } else if (options.use === 'logout') {
@@ -578,6 +602,22 @@ export class Tenant {
         'amr', 'acr', 'auth_time', 'nonce', 'at_hash', 'org_id', 'org_name', 'org_handle',
       ],
     };
+    if (this.profile === 'generic') {
+      Object.assign(out, {
+        backchannel_logout_supported: false,
+        backchannel_logout_session_supported: false,
+        frontchannel_logout_supported: true,
+        frontchannel_logout_session_supported: false,
+        token_endpoint_auth_methods_supported: ['client_secret_post'],
+      });
+    } else if (this.profile === 'strict') {
+      Object.assign(out, {
+        token_endpoint_auth_methods_supported: ['private_key_jwt'],
+        token_endpoint_auth_signing_alg_values_supported: ['RS256', 'PS256', 'ES256'],
+        code_challenge_methods_supported: ['S256'],
+        require_pushed_authorization_requests: true,
+      });
+    }
     return Object.fromEntries(Object.entries(out).filter(([, v]) => v !== null && v !== undefined));
   }
 
