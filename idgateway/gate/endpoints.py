@@ -49,6 +49,10 @@ _log = Logger(namespace="idgateway.gate.endpoints")
 _TOKEN_HEADERS = frozenset(
     {b"x-forwarded-access-token", b"oidc_access_token", b"oidc_id_token", b"authorization"}
 )
+# Claims only a signed ID token may bring: userinfo's are ignored.
+_ID_TOKEN_ONLY_CLAIMS = frozenset(
+    {"acr", "amr", "auth_time", "sid", "iss", "aud", "azp", "nonce", "exp", "iat", "nbf", "jti"}
+)
 # A pushed request (PAR) whose flow is at least this old may have expired at
 # the provider: its invalid_request_uri starts a new login instead of an error.
 PAR_RESTART_AFTER = 10.0
@@ -240,7 +244,10 @@ async def callback(login: RouteLogin, request: GatewayRequest, host: bytes, tls:
                 request, login, 401, "userinfo_sub_mismatch", "The sign-in could not be verified."
             )
             return
-        claims = {**extra, **claims}
+        # Userinfo is not signed: it adds claims, it never speaks for how or
+        # when the user authenticated, nor for the session (step-up, logout).
+        unsigned = {k: v for k, v in extra.items() if k not in _ID_TOKEN_ONLY_CLAIMS}
+        claims = {**unsigned, **claims}
     if request.finished or request.client_gone:
         return
     now = login.clock.seconds()
