@@ -38,7 +38,7 @@ def logout_paths(metadata: ProviderMetadata | None, oidc: OIDCSettings) -> dict[
     else:
         paths[FRONT_CHANNEL] = "not advertised (frontchannel_logout_supported is not true)"
     paths[RP_INITIATED] = (
-        "works"
+        "works (end_session_endpoint)"
         if metadata.end_session_endpoint is not None
         else "no end_session_endpoint: sign-out ends the gateway's session only"
     )

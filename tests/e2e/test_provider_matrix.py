@@ -257,7 +257,7 @@ def test_status_lists_the_logout_paths(profile: Environment) -> None:
     assert response.status == 200
     (route,) = json.loads(response.read())["routes"]
     paths = route["logout"]
-    assert paths["RP-initiated"] == "works"
+    assert paths["RP-initiated"].startswith("works")
     if profile.profile == "generic":
         assert paths["back-channel"].startswith("not advertised")
         assert paths["front-channel"].startswith("works")

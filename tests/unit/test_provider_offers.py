@@ -34,7 +34,7 @@ def test_a_wso2_like_provider_offers_every_path():
     paths = logout_paths(WSO2_LIKE, attrs.evolve(OIDC, frontchannel_logout=True))
     assert paths[BACK_CHANNEL].startswith("works")
     assert paths[FRONT_CHANNEL].startswith("works")
-    assert paths[RP_INITIATED] == "works"
+    assert paths[RP_INITIATED].startswith("works")
 
 
 def test_a_generic_provider_front_channel_only_without_end_session():
