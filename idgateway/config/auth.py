@@ -37,6 +37,7 @@ from idgateway.config.model import (
     RedisSettings,
     RouteAuth,
     SessionSettings,
+    StepUp,
 )
 from idgateway.config.provider_urls import InsecureTransport, check_configured_url
 from idgateway.config.redis_url import parse_redis_url
@@ -1293,6 +1294,81 @@ AUTHORIZE_FIELDS = (
     ),
     SCOPES_FIELD,
 )
+
+
+def _acr_value(value: str) -> str:
+    """An acr value goes space-separated into a URL and quoted into a header."""
+    if not value or any(not "\x21" <= c <= "\x7e" or c in '"\\' for c in value):
+        raise ValueError(
+            f"{value!r} is not an acr value: printable ASCII without spaces, quotes or "
+            "backslashes, e.g. mfa or urn:example:loa:2"
+        )
+    return value
+
+
+def _build_step_up(reader: Reader, found: Section) -> StepUp | _Invalid:
+    values = found.values
+    if not values["acr_values"] and values["max_age"] is None:
+        return reader.problem(
+            found.node,
+            found.key,
+            "give acr_values, max_age or both, e.g. login: {acr_values: [mfa], max_age: 10m}",
+        )
+    return StepUp(acr_values=values["acr_values"], max_age=values["max_age"])
+
+
+STEP_UP_FIELDS = (
+    Field(
+        "acr_values",
+        list_of(parsed(_acr_value, "an acr value"), "a list of acr values", min_items=1),
+        default=(),
+        type_text="list of strings",
+        default_text="default: any",
+        description=r"""
+            The authentication context classes this path accepts: the session's ID
+            token ``acr`` must be one of them. A session without one is sent through a
+            new login asking for them (``acr_values``, space-separated, in that
+            order of preference); its new ID token's ``acr`` must then be one of them,
+            or the answer is ``403``. WSO2 IS 7 maps ``acr`` values to
+            authentication flows (adaptive authentication).
+            Example: ``acr_values: [mfa]``
+        """,
+    ),
+    Field(
+        "max_age",
+        duration(),
+        type_text="duration",
+        default_text="default: any",
+        description=r"""
+            How long ago the user may have authenticated (the ID token's
+            ``auth_time``) for this path: an older (or unknown) one is sent through a
+            new login with ``max_age`` (in seconds), and the new ID token's
+            ``auth_time`` must be within it, or the answer is ``403``.
+            Example: ``max_age: 10m``
+        """,
+    ),
+)
+
+STEP_UP_FIELD = Field(
+    "login",
+    mapping(STEP_UP_FIELDS, "a mapping like {acr_values: [mfa], max_age: 10m}", _build_step_up),
+    type_text="mapping",
+    default_text="optional",
+    fields=STEP_UP_FIELDS,
+    description=r"""
+        Step-up for this path, on a route with ``oidc``: a session whose login
+        is weaker (``acr``) or older (``auth_time``) than this asks for goes
+        through a new login with these parameters (browsers; the session keeps
+        its id and is upgraded in place), or gets ``401`` with
+        ``WWW-Authenticate: Bearer error="insufficient_user_authentication"``
+        (RFC 9470) and the ``acr_values``/``max_age`` it needs (API clients). A
+        provider that answers the new login with a lower ``acr`` or an older
+        ``auth_time`` gets ``403``: never a loop. See
+        :ref:`login:Step-up per path`.
+        Example: ``login: {acr_values: [mfa], max_age: 10m}``
+    """,
+)
+
 
 SECRET_AUTH_METHODS = ("client_secret_basic", "client_secret_post")
 MIN_SECRET_LENGTH = 16

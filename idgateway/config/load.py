@@ -30,6 +30,7 @@ from idgateway.config.auth import (
     PROVIDER_FIELDS,
     REDIS_FIELDS,
     ROUTE_AUTH_FIELDS,
+    STEP_UP_FIELD,
     build_providers,
     build_route_auth,
     build_top_redis,
@@ -250,10 +251,18 @@ def _build_route(
                 prefix,
                 upstream_of(sub, sub.values["upstream_ca_file"] or route_ca),
                 authorize=sub.values["authorize"],
+                login=sub.values["login"],
             )
         )
     bearer = build_route_bearer(reader, found, providers, auth)
     check_scopes_need_bearer(reader, found, subs)
+    for sub in subs:
+        if auth is None and sub.values["login"] is not None:
+            reader.problem(
+                sub.nodes["login"],
+                sub.child("login"),
+                "'login' (step-up) only applies on a route with an 'oidc' block",
+            )
     if auth is None and bearer is None:
         for sub in subs:
             if sub.values["authorize"] is not None:
@@ -581,6 +590,7 @@ PATH_FIELDS = (
             the route's, with the keys of ```authorize``: who may pass`_.
         """,
     ),
+    STEP_UP_FIELD,
 )
 _PASS_OR_REFUSE = parsed(_pass_or_refuse, "refuse (the default) or pass")
 PATH_RULES_FIELDS = (

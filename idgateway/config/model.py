@@ -109,6 +109,16 @@ class PathRules:
 
 
 @attrs.frozen
+class StepUp:
+    """``paths[].login``: how recent and how strong a login this path needs."""
+
+    # The session's ID token acr must be one of these; () means any.
+    acr_values: tuple[str, ...] = ()
+    # Seconds since the user authenticated (ID token auth_time); None: any.
+    max_age: float | None = None
+
+
+@attrs.frozen
 class PathRoute:
     """A path prefix within a route's hosts with its own upstream."""
 
@@ -116,6 +126,8 @@ class PathRoute:
     upstream: Upstream
     # Stricter (or other) authorization for this path on a route with login.
     authorize: AuthorizeRules | None = None
+    # Step-up: a stronger or more recent login for this path (routes with oidc).
+    login: StepUp | None = None
 
 
 @attrs.frozen

@@ -21,7 +21,14 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from idgateway.config.client_keys import load_client_key
-from idgateway.config.model import AuthorizeRules, ProviderSettings, PublicPath, Route, RouteAuth
+from idgateway.config.model import (
+    AuthorizeRules,
+    ProviderSettings,
+    PublicPath,
+    Route,
+    RouteAuth,
+    StepUp,
+)
 from idgateway.gate.answers import origin, send_json, send_redirect, start_url
 from idgateway.gate.assertion import AssertionSigner
 from idgateway.gate.identity_headers import IdentityHeaders
@@ -31,6 +38,11 @@ from idgateway.gate.rules import (
     authorization_failure,
     compile_public_paths,
     is_public,
+)
+from idgateway.gate.step_up import (
+    insufficient_authentication_challenge,
+    satisfies,
+    step_up_parameters,
 )
 from idgateway.http.paths import PathReading, fold_case, no_fold
 from idgateway.observe import access_log as observe
@@ -214,6 +226,9 @@ class RouteLogin:
         # with its client certificate (tls_client_auth).
         self.token_http = token_http if token_http is not None else provider.http
         self.redirect_path = auth.oidc.redirect_path
+        # Step-up per path (paths[].login), by path sub-route index.
+        self.step_ups: tuple[StepUp | None, ...] = tuple(path.login for path in route.paths)
+        self.has_step_up = any(step_up is not None for step_up in self.step_ups)
         # For oidc.userinfo: auto, and for the "missing claim" hints (once each).
         self.needed_claims = needed_claims(route, auth)
         self.hinted_claims: set[str] = set()
@@ -451,6 +466,11 @@ class RouteLogin:
         request.idgw_login = self
         request.idgw_session = session
         request.idgw_session_id = visit.session_id
+        if self.has_step_up:
+            step_up = self.step_up_for(request.idgw_reading)
+            if step_up is not None and not satisfies(session, step_up, self.clock.seconds()):
+                self.step_up(visit, session, step_up)
+                return
         rules = self.rules_for(request.idgw_reading)
         # A session's verdict and identity headers depend only on the session
         # object (immutable, and shared by every request with the same cookie or
@@ -564,6 +584,46 @@ class RouteLogin:
             tls,
             return_to=request.uri.decode("latin-1"),
             set_cookies=clear,
+            # A path that needs a step-up asks for it in the first login.
+            step_up=self.step_up_for(request.idgw_reading) if self.has_step_up else None,
+        )
+
+    def step_up_for(self, reading: PathReading) -> StepUp | None:
+        """The step-up of the path sub-route serving ``reading`` (every reading of
+        the path selects the same one, or the path judge refused it)."""
+        if reading.sub_route is None:
+            return None
+        return self.step_ups[reading.sub_route]
+
+    def step_up(self, visit: Visit, session: Session, step_up: StepUp) -> None:
+        """A session too weak or too old for this path: a new login with the
+        path's acr_values/max_age (browsers), or RFC 9470's 401 (API clients)."""
+        request = visit.request
+        self._log.info(
+            "route {route}: {user} needs a step-up for {path} (acr {acr})",
+            route=self.route.name,
+            user=observe.log_user(session.user),
+            path=visit.path,
+            acr=session.claims.get("acr"),
+        )
+        if self._is_api_request(request, visit.path):
+            send_json(
+                request,
+                401,
+                {
+                    "error": "insufficient_user_authentication",
+                    "message": "A stronger or more recent sign-in is required.",
+                    "login_url": start_url(request, visit.host, visit.tls),
+                },
+                headers=[(b"www-authenticate", insufficient_authentication_challenge(step_up))],
+            )
+            return
+        self.begin_login(
+            request,
+            visit.host,
+            visit.tls,
+            return_to=request.uri.decode("latin-1"),
+            step_up=step_up,
         )
 
     def begin_login(
@@ -574,8 +634,10 @@ class RouteLogin:
         *,
         return_to: str,
         set_cookies: list[bytes] = (),  # type: ignore[assignment]
+        step_up: StepUp | None = None,
     ) -> None:
-        """302 to the provider's authorize endpoint with state, nonce and PKCE S256."""
+        """302 to the provider's authorize endpoint with state, nonce and PKCE S256
+        (and a step-up's acr_values and max_age, which its flow remembers)."""
         metadata = self.provider.client.metadata
         if metadata is None:
             self._log.warn(
@@ -610,7 +672,14 @@ class RouteLogin:
             return
         flows: FlowCookies = self.flows[tls]
         now = self.clock.seconds()
-        flow = flows.new_flow(return_to, now)
+        extra = dict(self.oidc.extra_params)
+        if step_up is None:
+            flow = flows.new_flow(return_to, now)
+        else:
+            flow = flows.new_flow(
+                return_to, now, acr_values=step_up.acr_values, max_age=step_up.max_age
+            )
+            extra.update(step_up_parameters(step_up))
         cookies = parse_cookie_header(request.requestHeaders.getRawHeaders(b"cookie", []))
         parameters = authorization_parameters(
             client_id=self.oidc.client_id,
@@ -619,7 +688,7 @@ class RouteLogin:
             state=flow.state,
             nonce=flow.nonce,
             code_challenge=FlowCookies.code_challenge(flow.code_verifier),
-            extra=dict(self.oidc.extra_params),
+            extra=extra,
         )
         flow_cookies = [*set_cookies, *flows.set_cookie(flow, cookies, now)]
         METRICS.login_started(self.route.name)  # metrics hook
@@ -694,6 +763,19 @@ class RouteLogin:
         session_id = self.store.new_session_id()
         await self.store.save(session_id, session)
         return [self.codecs[tls].plain_cookie(session_id.encode("ascii"))]
+
+    async def replace_session(
+        self, session: Session, tls: bool, chunks: int, session_id: str | None
+    ) -> list[bytes]:
+        """Set-Cookie values after storing ``session`` in place of the browser's
+        current one (a step-up): the same Redis id, or a new cookie."""
+        if self.store is None:
+            return self.session_cookies(session, tls, chunks)
+        if session_id is None:
+            return await self.start_session(session, tls)
+        await self.store.save(session_id, session)
+        self._loaded.pop(session_id, None)
+        return []
 
     async def current_session(
         self, request: GatewayRequest, tls: bool
@@ -1082,6 +1164,8 @@ class RouteLogin:
 
 def _essential(claims: dict[str, Any], oidc: Any) -> dict[str, Any]:
     keep = {oidc.user_claim, oidc.email_claim, oidc.groups_claim, "sub", "sid", "username", "roles"}
+    # Step-up compares these: dropping them would send the user round again.
+    keep.update(("acr", "auth_time"))
     return {k: v for k, v in claims.items() if k in keep}
 
 

@@ -29,6 +29,7 @@ from idgateway.gate.needed_claims import missing_claims, needed_claims
 from idgateway.gate.session_check import ProviderHandle, RouteLogin
 from idgateway.oidc.client import TokenResponse
 from idgateway.oidc.provider import ProviderMetadata
+from idgateway.sessions.flows import LoginFlow
 
 NO_RULES = AuthorizeRules()
 KEY = "a2tra2tra2tra2tra2tra2tra2tra2tra2tra2tra2s="
@@ -48,17 +49,15 @@ class FakeProvider:
         self.last_error = None
 
 
-@attrs.frozen
-class FakeFlow:
-    state: str = "st"
-    nonce: str = "n"
-    code_verifier: str = "v" * 43
-    return_to: str = "/"
-
-
 class FakeFlows:
-    def take(self, state: str, cookies: Any, now: float) -> tuple[FakeFlow, list[bytes]]:
-        return FakeFlow(), []
+    """Every state is a login this browser started (the callback's other checks
+    are what these tests are about)."""
+
+    def __init__(self, **step_up: Any) -> None:
+        self.step_up = step_up
+
+    def take(self, state: str, cookies: Any, now: float) -> tuple[LoginFlow, list[bytes]]:
+        return LoginFlow("st", "n", "v" * 43, "/", now, **self.step_up), []
 
 
 class FakeRequest:
