@@ -35,6 +35,10 @@
 //     tokens of at most 60 s, rotating refresh tokens.
 //   "strict": PKCE required, private_key_jwt only (a client gives its public "jwks"),
 //     PAR required, authorization codes of at most 10 s.
+// Step-up: a login asked for acr_values including "mfa" gets acr "mfa" (amr adds
+// "TOTP"), else "pwd"; a user with "mfa": false always gets "pwd". Such a
+// request also brings the login page back when the provider session's acr is
+// not one asked for (max_age does the same for an old login, as oidc-provider does).
 // The default tenants (carbon.super, acme.com) always exist; a tenant given in the
 // config replaces the default users only when it lists "users".
 

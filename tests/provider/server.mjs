@@ -274,10 +274,13 @@ async function commonAuth(tenantFromPath, req, res) {
   log(`login ${user.username}@${tenant.name} for client ${interaction.params.client_id}`);
   // WSO2 sets opbs (the OP browser state of OIDC Session Management), readable by JS.
   const opbs = `opbs=${crypto.randomUUID()}; Path=/; Secure; SameSite=None`;
+  const wanted = (interaction.params.acr_values ?? '').split(' ').filter(Boolean);
+  const mfa = wanted.includes('mfa') && user.mfa !== false;
   return finishInteraction(tenant, interaction, {
     login: {
       accountId: user.sub,
-      amr: ['BasicAuthenticator'],
+      acr: mfa ? 'mfa' : 'pwd',
+      amr: mfa ? ['BasicAuthenticator', 'TOTP'] : ['BasicAuthenticator'],
       remember: true,
     },
   }, res, { 'set-cookie': opbs });

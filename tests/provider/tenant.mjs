@@ -3,7 +3,7 @@
 
 import * as crypto from 'node:crypto';
 
-import Provider, { errors } from 'oidc-provider';
+import Provider, { errors, interactionPolicy } from 'oidc-provider';
 // Deep import of the RP-initiated logout actions (same module instance the
 // provider uses) so the logout confirmation page can be skipped, like WSO2 with
 // logout consent off.
@@ -114,6 +114,28 @@ function splitRedirectUris(uris) {
     }
   }
   return { literal, patterns };
+}
+
+// The login prompt also comes back when acr_values asks for a class the
+// provider session does not have (a step-up), once: the login that follows
+// answers the request, whatever acr it reached.
+function stepUpPolicy() {
+  const { Check, base } = interactionPolicy;
+  const policy = base();
+  policy.get('login').checks.add(new Check(
+    'acr_step_up',
+    'a stronger authentication is requested',
+    (ctx) => {
+      const { oidc } = ctx;
+      if (oidc.result?.login) return Check.NO_NEED_TO_PROMPT;
+      const wanted = (oidc.params.acr_values ?? '').split(' ').filter(Boolean);
+      if (wanted.length && oidc.session.accountId && !wanted.includes(oidc.session.acr)) {
+        return Check.REQUEST_PROMPT;
+      }
+      return Check.NO_NEED_TO_PROMPT;
+    },
+  ));
+  return policy;
 }
 
 // The profile's limits on the configured lifetimes (config.mjs).
@@ -308,7 +330,12 @@ export class Tenant {
         },
         userinfo: { enabled: true },
       },
+      // Step-up: "pwd" for a password, "mfa" when acr_values asked for it and
+      // the user can (users with "mfa": false cannot: the provider answers a
+      // lower acr, as WSO2 does when an authentication step is skipped).
+      acrValues: ['pwd', 'mfa'],
       interactions: {
+        policy: stepUpPolicy(),
         url: async (_ctx, interaction) => {
           const params = new URLSearchParams();
           const page = interaction.prompt.name === 'consent' ? 'oauth2_consent.do' : 'login.do';
@@ -396,6 +423,8 @@ export class Tenant {
         this.set('jti', crypto.randomUUID());
         this.set('azp', this.client.clientId);
         this.set('amr', this.available.amr ?? ['BasicAuthenticator']);
+        // The class the login reached ("pwd", or "mfa" for a step-up).
+        if (this.available.acr) this.set('acr', this.available.acr);
         if (this.extra.sid) this.set('isk', sha256hex(`isk:${this.extra.sid}`));
         if (tenant.profile !== 'generic') {
           for (const [k, v] of Object.entries(tenant.orgClaims())) this.set(k, v);

@@ -374,3 +374,31 @@ def test_identity_headers_still_come_from_the_session(world: World) -> None:
     )
     assert status == 200
     assert header_values(json.loads(body), "x-forwarded-user") != ["mallory"]
+
+
+# ---- step-up: an acr from anywhere but the signed ID token counts for nothing ------------
+
+
+@pytest.mark.parametrize("where", ["userinfo", "callback-query", "callback-iss-param"])
+def test_a_forged_acr_does_not_pass_a_step_up(provider, where: str) -> None:  # noqa: F811
+    from twisted.internet import defer
+
+    from idgateway.gate import endpoints
+    from tests.unit.test_userinfo_auto import FakeFlows, FakeRequest
+
+    provider["id_token_claims"] = {"sub": "u1", "acr": "pwd", "email": "a@x", "groups": ["g"]}
+    uri = b"/oauth2/callback?code=c&state=st"
+    if where == "userinfo":
+        provider["id_token_claims"].pop("acr")
+        provider["userinfo"] = {"sub": "u1", "acr": "mfa", "email": "a@x", "groups": ["g"]}
+    elif where == "callback-query":
+        uri += b"&acr=mfa&acr_values=mfa"
+    else:
+        uri += b"&id_token=eyJhbGciOiJub25lIn0.eyJhY3IiOiJtZmEifQ."
+    login = make_login(userinfo=True)
+    login.flows = {s: FakeFlows(acr_values=("mfa",)) for s in (False, True)}  # type: ignore[misc]
+    request = FakeRequest(uri)
+    d = defer.ensureDeferred(endpoints.callback(login, request, b"app.localhost", False))  # type: ignore[arg-type]
+    assert d.called
+    assert request.code == 403
+    assert not request.responseHeaders.getRawHeaders(b"location")
