@@ -1567,6 +1567,9 @@ ROUTE_AUTH_FIELDS = (
                * - ``X-Forwarded-Groups``
                  - the ``groups_claim``, joined by ``list_delimiter``
                  -
+               * - ``X-Forwarded-Org``
+                 - ``org_id`` (WSO2 IS 7 organizations)
+                 - when the token has one
                * - ``X-Forwarded-Access-Token``
                  - the access token
                  - only with ``pass_access_token: true``
@@ -1652,7 +1655,7 @@ ROUTE_AUTH_FIELDS = (
             could set (routes may share an upstream), in any spelling (any case, ``_``
             for ``-``), so a client can never pose as a user: ``X-Forwarded-User``,
             ``X-Forwarded-Email``, ``X-Forwarded-Preferred-Username``,
-            ``X-Forwarded-Groups``, ``X-Forwarded-Access-Token``,
+            ``X-Forwarded-Groups``, ``X-Forwarded-Org``, ``X-Forwarded-Access-Token``,
             ``X-Auth-Request-User``, ``X-Auth-Request-Email``,
             ``X-Auth-Request-Groups``, ``X-Auth-Request-Preferred-Username``,
             ``X-Remote-User``, ``Remote-User``, ``OIDC_access_token``,

@@ -141,6 +141,7 @@ class IdentityHeaders:
                 claims.get("preferred_username", claims.get("username")),
             )
             add("X-Forwarded-Groups", claims.get(self.groups_claim))
+            add("X-Forwarded-Org", claims.get("org_id"))
             if settings.pass_access_token:
                 add_token("X-Forwarded-Access-Token", session.access_token)
         elif settings.preset == "mod_auth_openidc":
