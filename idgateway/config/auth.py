@@ -39,6 +39,11 @@ from idgateway.config.model import (
     SessionSettings,
     StepUp,
 )
+from idgateway.config.organizations import (
+    NotAnOrganizationRoot,
+    organization_issuer,
+    parse_organization,
+)
 from idgateway.config.provider_urls import InsecureTransport, check_configured_url
 from idgateway.config.redis_url import parse_redis_url
 from idgateway.config.regex import compile_config_regex
@@ -355,7 +360,15 @@ def _claim_rules(reader: Reader, node: yaml.Node, key: str) -> Any:
     rules: list[ClaimRule] = []
     for key_node, value_node in node.value:
         claim = str(key_node.value)
-        value = reader.text(value_node, f"{key}.{claim}", "a value, or '~ regex'")
+        if isinstance(value_node, yaml.SequenceNode):
+            # Any of these exact values (org_id: [id1, id2]).
+            choices = list_of(_text("a value"), "a list of values", min_items=1)(
+                reader, value_node, f"{key}.{claim}"
+            )
+            if choices is not INVALID:
+                rules.append(ClaimRule(claim, "", any_of=choices))
+            continue
+        value = reader.text(value_node, f"{key}.{claim}", "a value, a list of values, or '~ regex'")
         if value is INVALID:
             continue
         if value.startswith("~"):
@@ -633,6 +646,28 @@ OIDC_FIELDS = (
             browser reached the provider (WSO2: 60 s) ends at the provider, which
             sends the browser back with an error; ``/oauth2/start`` begins anew.
             Example: ``par: required``
+        """,
+    ),
+    Field(
+        "organization",
+        parsed(parse_organization, "an organization id"),
+        type_text="organization id or handle",
+        default_text="default: none, the provider's own users",
+        description=r"""
+            WSO2 IS 7 (and Asgardeo) B2B: log users into this sub-organization of the
+            provider's root organization (tenant) instead of the root itself. The
+            gateway talks to the organization's own endpoints and checks its own
+            issuer, ``https://HOST/t/ROOT/o/ORG-ID/oauth2/token`` (``ROOT`` is
+            ``carbon.super`` for the super tenant), found by discovery like any
+            provider, so the provider must be named by a WSO2 issuer or discovery
+            URL of the root. The application must be shared into the organization.
+            One gateway can front an app for many customer organizations, each on
+            its own route or host; sessions of one are useless on another. ID
+            tokens carry ``org_id`` and ``org_name``: ``authorize: {claims:
+            {org_id: [...]}}`` can check them, the ``oauth2-proxy`` preset sends
+            ``X-Forwarded-Org`` (the ``org_id``), ``mod_auth_openidc`` sends
+            ``OIDC_CLAIM_org_id`` and ``OIDC_CLAIM_org_name``.
+            Example: ``organization: a6b3c9d2-1e2f-4a5b-8c7d-0e1f2a3b4c5d``
         """,
     ),
     Field(
@@ -1287,9 +1322,12 @@ AUTHORIZE_FIELDS = (
         default_text="default none",
         description=r"""
             Each named claim must equal its value (for a list claim: one item must);
-            a value starting with ``~`` is a regular expression (RE2, as for
-            ``public_paths``) that must match the whole value (or one item).
-            Example: ``claims: {org_name: Super, department: "~ ^(eng|ops)$"}``
+            a list of values accepts any of them; a value starting with ``~`` is a
+            regular expression (RE2, as for ``public_paths``) that must match the
+            whole value (or one item). WSO2 IS 7 organizations: ``org_id`` and
+            ``org_name`` (see ``oidc.organization``).
+            Example: ``claims: {org_name: Super, department: "~ ^(eng|ops)$",
+            org_id: [a6b3c9d2-1e2f-4a5b-8c7d-0e1f2a3b4c5d]}``
         """,
     ),
     SCOPES_FIELD,
@@ -1892,6 +1930,14 @@ def build_route_auth(
         return INVALID
     if any(values.get(n) is INVALID for n in (*names, "headers")):
         return INVALID
+    if oidc.organization is not None and providers is not INVALID:
+        root = next(p for p in providers if p.name == oidc.provider)
+        try:
+            organization_issuer(root, oidc.organization)
+        except NotAnOrganizationRoot as error:
+            return reader.problem(
+                found.nodes["oidc"], found.child("oidc") + ".organization", str(error)
+            )
     if "openid" not in oidc.scopes:
         return reader.problem(
             found.nodes["oidc"], found.child("oidc") + ".scopes", "scopes must include 'openid'"

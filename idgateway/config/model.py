@@ -269,6 +269,9 @@ class OIDCSettings:
     client_key: str | None = None
     # Pushed authorization requests (RFC 9126): "auto", "required" or "off".
     par: str = "auto"
+    # WSO2 IS 7 organizations: log into this sub-organization of the provider's
+    # root (its own issuer, idgateway.config.organizations); None: the root.
+    organization: str | None = None
     scopes: tuple[str, ...] = ("openid", "email", "profile")
     # Extra authorize parameters (prompt, acr_values, fidp, max_age, ...).
     extra_params: tuple[tuple[str, str], ...] = ()
@@ -363,6 +366,8 @@ class ClaimRule:
     # Exact value, or a regex when ``regex`` is set. Lists match if any item does.
     value: str
     regex: bool = False
+    # Any of these exact values (a YAML list in the rule); then ``value`` is unused.
+    any_of: tuple[str, ...] = ()
 
 
 @attrs.frozen

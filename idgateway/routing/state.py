@@ -31,6 +31,7 @@ from idgateway.config.model import (
     Route,
     Upstream,
 )
+from idgateway.config.organizations import organization_provider
 from idgateway.config.signing_keys import AssertionKeySet
 from idgateway.gate.assertion import AssertionSigner
 from idgateway.gate.bearer import BearerGate
@@ -179,6 +180,19 @@ class StateBuilder:
                 handle = self.provider_handle(settings)
             providers[settings] = handle
         by_name = {settings.name: handle for settings, handle in providers.items()}
+
+        def login_provider(oidc: OIDCSettings) -> ProviderHandle:
+            """The route's provider; for oidc.organization, that organization's own
+            (its issuer below the root's), made once per configuration."""
+            if oidc.organization is None:
+                return by_name[oidc.provider]
+            settings = organization_provider(by_name[oidc.provider].settings, oidc.organization)
+            handle = providers.get(settings) or old_providers.get(settings)
+            if handle is None:
+                handle = self.provider_handle(settings)
+            providers[settings] = handle
+            return handle
+
         old_clients = previous.redis_clients if previous is not None else {}
         redis_clients: dict[RedisSettings, RedisClient] = {}
 
@@ -240,7 +254,7 @@ class StateBuilder:
                 login = RouteLogin(
                     route,
                     route.auth,
-                    by_name[route.auth.oidc.provider],
+                    login_provider(route.auth.oidc),
                     self.reactor,
                     redis_client(session_redis) if session_redis is not None else None,
                     shared_client,

@@ -39,6 +39,11 @@
 // "TOTP"), else "pwd"; a user with "mfa": false always gets "pwd". Such a
 // request also brings the login page back when the provider session's acr is
 // not one asked for (max_age does the same for an old login, as oidc-provider does).
+// WSO2 IS 7 organizations: a tenant's "organizations": {"<org-id>": {"name": "Customer A",
+// "users": [...], "clients": [...]}} become tenants of their own, named
+// "<root>/o/<org-id>", served under /t/<root>/o/<org-id>/ with their own issuer
+// (.../o/<org-id>/oauth2/token), keys and users; their tokens carry org_id = the id
+// and org_name = "name".
 // The default tenants (carbon.super, acme.com) always exist; a tenant given in the
 // config replaces the default users only when it lists "users".
 
@@ -204,6 +209,20 @@ export function loadConfig(raw) {
       users: tenant.users ?? base.users,
       clients: tenant.clients ?? base.clients,
     };
+  }
+  for (const [root, tenant] of Object.entries(tenants)) {
+    for (const [id, org] of Object.entries(tenant.organizations ?? {})) {
+      if (!/^[A-Za-z0-9][A-Za-z0-9._-]*$/.test(id)) fail(`tenants.${root}.organizations: bad id ${id}`);
+      tenants[`${root}/o/${id}`] = {
+        users: [],
+        clients: [],
+        ...org,
+        orgId: id,
+        orgName: org.name ?? id,
+        orgHandle: org.handle ?? id,
+      };
+    }
+    delete tenant.organizations;
   }
   for (const [name, tenant] of Object.entries(tenants)) {
     tenant.profile = tenant.profile ?? 'wso2';

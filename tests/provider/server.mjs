@@ -389,6 +389,12 @@ async function dispatch(req, res) {
   if (match) {
     tenant = tenants.get(match[1]);
     rest = match[2] ?? '/';
+    // WSO2 IS 7 organizations: /t/<root>/o/<org-id>/...
+    const org = /^\/o\/([^/]+)(\/.*)?$/.exec(rest);
+    if (org) {
+      tenant = tenants.get(`${match[1]}/o/${org[1]}`);
+      rest = org[2] ?? '/';
+    }
     if (!tenant) return send(res, 404, messagePage('Unknown tenant', `No tenant ${match[1]}.`, 404).html);
     prefix = tenant.prefix;
   }

@@ -157,9 +157,11 @@ export class Tenant {
     this.prefix = this.isSuper ? '' : `/t/${name}`;
     this.base = `${publicOrigin}${this.prefix}`;
     this.issuer = `${this.base}/oauth2/token`;
-    this.orgId = this.isSuper ? SUPER_ORG_ID : stableUuid(`idgateway-test-provider:org:${name}`);
-    this.orgName = this.isSuper ? 'Super' : name;
-    this.orgHandle = name;
+    // An organization (config.mjs "organizations") has its own id and name.
+    this.orgId = settings.orgId
+      ?? (this.isSuper ? SUPER_ORG_ID : stableUuid(`idgateway-test-provider:org:${name}`));
+    this.orgName = settings.orgName ?? (this.isSuper ? 'Super' : name);
+    this.orgHandle = settings.orgHandle ?? name;
     this.users = settings.users;
     this.clients = new Map(settings.clients.map((c) => [c.client_id, c]));
     this.consentPage = settings.consentPage;
