@@ -150,3 +150,27 @@ def test_a_session_cookie_of_one_organizations_route_is_useless_on_the_other(env
     thief = Client(env.port, "b.localhost")
     thief.cookies = dict(carol.cookies)
     assert thief.get("/echo", {"Accept": "application/json"})[0] == 401
+
+
+def test_a_logout_token_of_another_organization_ends_nothing(env: Env) -> None:
+    """Signed by organization B (its own keys and issuer), addressed to route A's
+    client: refused, and carol's session on A stays."""
+    import http.client
+    from urllib.parse import urlencode
+
+    carol = Client(env.port, "a.localhost")
+    carol.login(env.op, "/echo", "carol", "carol123")
+    sub = next(
+        s["sub"] for s in env.op.sessions(f"carbon.super/o/{ORG_A}") if s["username"] == "carol"
+    )
+    for tenant in (f"carbon.super/o/{ORG_B}", "carbon.super"):
+        token = env.op.logout_token(tenant, client_id="app-a", sub=sub)
+        conn = http.client.HTTPConnection("127.0.0.1", env.port, timeout=10)
+        conn.request(
+            "POST",
+            "/oauth2/backchannel_logout",
+            body=urlencode({"logout_token": token}),
+            headers={"Host": "a.localhost", "Content-Type": "application/x-www-form-urlencoded"},
+        )
+        assert conn.getresponse().status == 400
+    assert carol.get("/echo", {"Accept": "application/json"})[0] == 200
