@@ -404,7 +404,9 @@ class IntrospectionSettings:
     """``bearer.introspection``: the RFC 7662 client for opaque tokens."""
 
     client_id: str
-    client_secret: str
+    # "": the route's own oidc client authenticates (private_key_jwt or
+    # tls_client_auth, the same client_id).
+    client_secret: str = attrs.field(default="", repr=False)
     # Longest reuse of an "active" answer (never past the token's exp).
     cache: float = 300.0
     # How long an "inactive" answer is reused.

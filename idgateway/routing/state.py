@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import attrs
 from twisted.internet.endpoints import (
@@ -39,6 +40,7 @@ from idgateway.gate.identity_headers import IdentityHeaders
 from idgateway.gate.session_check import ProviderHandle, RouteLogin
 from idgateway.http.paths import PathJudge, PathPolicy, PathReading
 from idgateway.observe.metrics import METRICS, GatewayMetrics
+from idgateway.oidc.client import ClientCredentials
 from idgateway.oidc.http import ProviderHTTPClient, make_http_client
 from idgateway.oidc.provider import ProviderClient
 from idgateway.proxy.headers import TrustedProxies, header_key
@@ -366,6 +368,7 @@ class StateBuilder:
             redis=redis,
             keyring=login.keyring if login is not None and redis is not None else None,
             replay_redis=redis or shared_client,
+            client=_key_client(route, login),
         )
 
     def mutual_tls_client(
@@ -427,6 +430,17 @@ class StateBuilder:
         for redis_settings, client in old.redis_clients.items():
             if new.redis_clients.get(redis_settings) is not client:
                 client.close()
+
+
+def _key_client(route: Route, login: RouteLogin | None) -> tuple[ClientCredentials, Any] | None:
+    """The route's own oidc client, when its bearer introspection is that client
+    and it authenticates with a key (private_key_jwt, tls_client_auth)."""
+    introspection = route.bearer.settings.introspection if route.bearer is not None else None
+    if login is None or introspection is None or introspection.client_secret:
+        return None
+    if introspection.client_id != login.oidc.client_id:
+        return None
+    return login.credentials, login.token_http
 
 
 def revocation_ttls(config: Config) -> dict[str, float]:

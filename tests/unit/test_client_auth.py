@@ -291,3 +291,80 @@ def test_tls_client_auth_without_a_key(tmp_path: Path) -> None:
 def test_client_key_kinds() -> None:
     assert ClientKey.algorithms.fget(client_key_from_pem(pem(_RSA), "k")) == ("RS256", "PS256")  # type: ignore[attr-defined]
     assert client_key_from_pem(pem(_EC), "k").algorithms == ("ES256",)
+
+
+# ---- introspection with the route's own key client -----------------------------------------
+
+
+def test_introspection_authenticates_with_the_routes_client_assertion() -> None:
+    from twisted.internet import defer
+
+    from idgateway.config.model import IntrospectionSettings
+    from idgateway.oidc.introspection import Introspection
+    from tests.unit.test_bearer_tokens import SETTINGS, Introspect
+
+    fake, clock = FakeWSO2(), Clock()
+    provider = ready_provider(fake, clock)
+    introspect = Introspect()
+    creds = jwt_creds(_EC)
+    checker = Introspection(
+        provider,
+        introspect.stub,
+        SETTINGS,
+        IntrospectionSettings(client_id=CLIENT_ID),
+        clock,
+        route="orders",
+        timeout=2,
+        credentials=creds,
+    )
+    for token in ("opaque-1", "opaque-2"):
+        d = defer.ensureDeferred(checker.check(token, token.encode()))
+        introspect.stub.flush()
+        assert d.called
+    first, second = introspect.calls
+    assert first["authorization"] == ""
+    assert first["client_assertion_type"] == ASSERTION_TYPE
+    assert first["client_id"] == CLIENT_ID
+    assert provider.metadata is not None
+    _, claims = decode(first["client_assertion"], _EC.public_key())
+    assert claims["aud"] == provider.metadata.token_endpoint
+    assert first["client_assertion"] != second["client_assertion"]
+
+
+def _bearer_route(*introspection: str, oidc: tuple[str, ...]) -> str:
+    return login_file(*oidc) + (
+        "    bearer:\n      provider: op\n      tokens: [opaque]\n      introspection:\n"
+        + "".join(f"        {line}\n" for line in introspection)
+    )
+
+
+def test_introspection_without_a_secret_for_the_routes_key_client(tmp_path: Path) -> None:
+    key = write(tmp_path, "client.key", pem(_EC))
+    config = load(
+        tmp_path,
+        _bearer_route(
+            "client_id: app1",
+            oidc=("client_auth: private_key_jwt", f"private_key_file: {key}"),
+        ),
+    )
+    bearer = config.routes[0].bearer
+    assert bearer is not None and bearer.settings.introspection is not None
+    assert bearer.settings.introspection.client_secret == ""
+
+
+@pytest.mark.parametrize(
+    ("introspection_client", "oidc"),
+    [
+        ("client_id: app1", (f"client_secret: {SECRET}",)),  # the route's client has a secret
+        ("client_id: another", ("client_auth: private_key_jwt", "private_key_file: KEY")),
+    ],
+    ids=["secret-client", "another-client"],
+)
+def test_introspection_without_a_secret_otherwise(
+    tmp_path: Path, introspection_client: str, oidc: tuple[str, ...]
+) -> None:
+    key = write(tmp_path, "client.key", pem(_EC))
+    lines = tuple(line.replace("KEY", key) for line in oidc)
+    problem = only_problem(tmp_path, _bearer_route(introspection_client, oidc=lines))
+    assert problem.key == "routes[0].bearer.introspection.client_secret"
+    assert "may be left out only for the route's own oidc client_id" in problem.message
