@@ -75,8 +75,11 @@ class CA:
         not_after: datetime | None = None,
         expired: bool = False,
         key_type: KeyType = "ec",
+        client: bool = False,
     ) -> Leaf:
         """Sign a server certificate for ``hostnames`` and write it to ``directory``.
+
+        ``client``: usable as a TLS client certificate too (mutual TLS).
 
         Host names that parse as IP addresses become IP SANs, the rest DNS SANs
         (wildcards such as ``*.example.com`` included). The files are
@@ -105,7 +108,13 @@ class CA:
             .not_valid_after(not_after)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(_key_usage(key_type, ca=False), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .add_extension(
+                x509.ExtendedKeyUsage(
+                    [ExtendedKeyUsageOID.SERVER_AUTH]
+                    + ([ExtendedKeyUsageOID.CLIENT_AUTH] if client else [])
+                ),
+                critical=False,
+            )
             .add_extension(
                 x509.SubjectAlternativeName([_general_name(host) for host in hostnames]),
                 critical=False,

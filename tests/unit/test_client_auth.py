@@ -368,3 +368,47 @@ def test_introspection_without_a_secret_otherwise(
     problem = only_problem(tmp_path, _bearer_route(introspection_client, oidc=lines))
     assert problem.key == "routes[0].bearer.introspection.client_secret"
     assert "may be left out only for the route's own oidc client_id" in problem.message
+
+
+# ---- tls_client_auth: the route's certificate in the TLS handshake (in memory) -------------
+
+
+def test_mutual_tls_presents_the_routes_certificate(tmp_path: Path) -> None:
+    from OpenSSL import SSL
+
+    from idgateway.oidc.http import MutualTLSPolicy, VerifyingTLSPolicy
+    from tests.unit.test_oidc_client import ServerTLS, handshake
+
+    ca = make_ca(tmp_path / "pki")
+    server = ca.issue(tmp_path / "pki", ["localhost"], key_type="rsa")
+    client = ca.issue(tmp_path / "pki", ["gateway-client"], client=True)
+    seen: list[str] = []
+
+    class RequiringClientCertificates(ServerTLS):
+        def __init__(self) -> None:
+            super().__init__(server)
+            self.context.load_verify_locations(str(ca.cert_path))
+
+            def verify(_conn: Any, cert: Any, _errno: int, _depth: int, ok: int) -> bool:
+                seen.append(cert.to_cryptography().subject.rfc4514_string())
+                return bool(ok)
+
+            self.context.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, verify)
+
+    import tests.unit.test_oidc_client as harness
+
+    original = harness.ServerTLS
+    harness.ServerTLS = lambda _leaf: RequiringClientCertificates()  # type: ignore[assignment,misc]
+    try:
+        mutual = MutualTLSPolicy(str(ca.cert_path), str(client.cert_path), str(client.key_path))
+        ok = handshake(server, mutual.creatorForNetloc(b"localhost", 443))
+        assert ok.handshake_done and ok.lost is None
+        assert any("gateway-client" in subject for subject in seen)
+        seen.clear()
+        plain = VerifyingTLSPolicy(str(ca.cert_path)).creatorForNetloc(b"localhost", 443)
+        refused = handshake(server, plain)
+        # (TLS 1.3: the client finishes first; the server's alert then ends it.)
+        assert refused.lost is not None, "the server requires a client certificate"
+        assert not any("gateway-client" in subject for subject in seen)
+    finally:
+        harness.ServerTLS = original  # type: ignore[misc]
