@@ -58,7 +58,7 @@ from idgateway.oidc.client import (
     refresh_tokens,
 )
 from idgateway.oidc.client_assertion import ClientAssertionSigner
-from idgateway.oidc.logout_paths import logout_paths
+from idgateway.oidc.logout_paths import logout_paths, unhonoured_settings
 from idgateway.oidc.provider import ProviderClient, ProviderMetadata
 from idgateway.oidc.refresh import validate_refreshed_id_token
 from idgateway.oidc.tokens import PROVIDER_UNAVAILABLE, TokenError
@@ -275,31 +275,15 @@ class RouteLogin:
     def check_provider_offers(self, metadata: ProviderMetadata) -> None:
         """Warn about settings the provider's discovery document cannot honour,
         and log which of its logout paths can end this route's sessions."""
-        oidc, route, provider = self.oidc, self.route.name, self.provider.settings.name
-        if oidc.post_logout_redirect is not None and metadata.end_session_endpoint is None:
+        route, provider = self.route.name, self.provider.settings.name
+        for warning in unhonoured_settings(self.oidc, metadata):
             self._log.warn(
-                "route {route}: post_logout_redirect is set but provider {provider} has no "
-                "end_session_endpoint: sign-out ends the gateway's session only, the "
-                "provider's stays, and the browser goes straight to {target}",
+                "route {route}, provider {provider}: {warning}",
                 route=route,
                 provider=provider,
-                target=oidc.post_logout_redirect,
+                warning=warning,
             )
-        if oidc.par == "required" and metadata.pushed_authorization_request_endpoint is None:
-            self._log.warn(
-                "route {route}: par: required but provider {provider} advertises no "
-                "pushed_authorization_request_endpoint: no login can start",
-                route=route,
-                provider=provider,
-            )
-        if oidc.par == "off" and metadata.require_pushed_authorization_requests:
-            self._log.warn(
-                "route {route}: par: off but provider {provider} requires pushed "
-                "authorization requests; set par: auto",
-                route=route,
-                provider=provider,
-            )
-        paths = logout_paths(metadata, oidc)
+        paths = logout_paths(metadata, self.oidc)
         self._log.info(
             "route {route}: provider logout paths: {paths}",
             route=route,

@@ -1,4 +1,5 @@
-"""Which ways a provider can end a route's sessions, from its discovery document.
+"""Which ways a provider can end a route's sessions, from its discovery document;
+and which of a route's settings the document shows cannot work.
 
 For ``/status`` and the start-up log: back-channel (the provider POSTs a logout
 token to ``/oauth2/backchannel_logout``), front-channel (it loads
@@ -43,3 +44,25 @@ def logout_paths(metadata: ProviderMetadata | None, oidc: OIDCSettings) -> dict[
         else "no end_session_endpoint: sign-out ends the gateway's session only"
     )
     return paths
+
+
+def unhonoured_settings(oidc: OIDCSettings, metadata: ProviderMetadata) -> list[str]:
+    """The route's settings this provider's discovery document cannot honour,
+    as warnings for people (the caller names the route and provider)."""
+    found: list[str] = []
+    if oidc.post_logout_redirect is not None and metadata.end_session_endpoint is None:
+        found.append(
+            "post_logout_redirect is set but the provider has no end_session_endpoint: "
+            "sign-out ends the gateway's session only, the provider's stays, and the "
+            f"browser goes straight to {oidc.post_logout_redirect}"
+        )
+    if oidc.par == "required" and metadata.pushed_authorization_request_endpoint is None:
+        found.append(
+            "par: required but the provider advertises no "
+            "pushed_authorization_request_endpoint: no login can start"
+        )
+    if oidc.par == "off" and metadata.require_pushed_authorization_requests:
+        found.append(
+            "par: off but the provider requires pushed authorization requests; set par: auto"
+        )
+    return found

@@ -70,13 +70,13 @@ def logged(work: Any) -> list[tuple[Any, str]]:
         (
             {"post_logout_redirect": "/bye"},
             attrs.evolve(WSO2_LIKE, end_session_endpoint=None),
-            "post_logout_redirect is set but provider op has no end_session_endpoint",
+            "post_logout_redirect is set but the provider has no end_session_endpoint",
         ),
-        ({"par": "required"}, WSO2_LIKE, "par: required but provider op advertises no"),
+        ({"par": "required"}, WSO2_LIKE, "par: required but the provider advertises no"),
         (
             {"par": "off"},
             attrs.evolve(WSO2_LIKE, require_pushed_authorization_requests=True),
-            "par: off but provider op requires pushed authorization requests",
+            "par: off but the provider requires pushed authorization requests",
         ),
     ],
 )
