@@ -79,3 +79,33 @@ def test_userinfo_bad_values(tmp_path: Path, value: str) -> None:
     assert problem.key == "routes[0].oidc.userinfo"
     assert "expected auto, true or false" in problem.message
     assert problem.line == 14
+
+
+@pytest.mark.parametrize(
+    "provider",
+    [
+        "issuer: http://localhost:9763/oauth2/token",
+        "discovery_url: http://127.0.0.1:9763/oauth2/oidcdiscovery/.well-known/openid-configuration",
+        "{issuer: http://wso2.internal:9763/oauth2/token, insecure_http: true}",
+    ],
+)
+def test_a_plain_http_provider_is_never_silent(tmp_path: Path, provider: str) -> None:
+    """Issue 15: an http:// issuer passed ``idgateway check`` with "No warnings"."""
+    from idgateway.config.load import summarize
+
+    text = login_file(f"client_secret: {SECRET}", provider=provider)
+    if provider.startswith("{"):
+        text = text.replace("  op:\n    {", "  op: {")
+    summary = summarize(load(tmp_path, text))
+    assert "No warnings." not in summary
+    assert "plain HTTP" in summary
+
+
+def test_a_plain_http_provider_elsewhere_needs_insecure_http(tmp_path: Path) -> None:
+    problem = only_problem(
+        tmp_path,
+        login_file(
+            f"client_secret: {SECRET}", provider="issuer: http://wso2.internal/oauth2/token"
+        ),
+    )
+    assert problem.key == "providers.op.issuer" and "insecure_http" in problem.message
