@@ -283,7 +283,9 @@ async def callback(login: RouteLogin, request: GatewayRequest, host: bytes, tls:
             "route {route}: the sign-in has no {claim!r} claim (user_claim); using sub. {fix}",
             route=login.route.name,
             claim=login.oidc.user_claim,
-            fix=_claim_fix(login, asked_userinfo, metadata.userinfo_endpoint is not None),
+            fix=_sentence(
+                _claim_fix(login, asked_userinfo, metadata.userinfo_endpoint is not None)
+            ),
         )
         user = claims["sub"]
     minimal = login.session_settings.minimal
@@ -350,17 +352,21 @@ def _should_ask_userinfo(
     return bool(missing_claims(claims, login.needed_claims))
 
 
+def _sentence(text: str) -> str:
+    return text[:1].upper() + text[1:] + "."
+
+
 def _claim_fix(login: RouteLogin, asked_userinfo: bool, has_userinfo: bool) -> str:
     """The setting that brings a missing claim, for the log."""
     if login.oidc.userinfo is False and has_userinfo:
         return (
-            "If the provider puts it in userinfo, set oidc.userinfo: auto (or true); "
-            "else request the scope that carries it (oidc.scopes)."
+            "if the provider puts it in userinfo, set oidc.userinfo: auto (or true); "
+            "else request the scope that carries it (oidc.scopes)"
         )
     where = "the ID token and userinfo lack it" if asked_userinfo else "the ID token lacks it"
     return (
         f"{where}: request the scope that carries it (oidc.scopes) and have the "
-        "provider release it to this application."
+        "provider release it to this application"
     )
 
 

@@ -264,3 +264,27 @@ def test_status_lists_the_logout_paths(profile: Environment) -> None:
     else:
         assert paths["back-channel"].startswith("works")
         assert paths["front-channel"].startswith("off")
+
+
+def test_a_dead_request_uri_then_a_new_login(profile: Environment) -> None:
+    """A pushed request that expired (WSO2, this provider: 60 s) or was used up
+    before the browser got there is refused by the provider, and visiting the
+    application again starts a new login that works: no state is left stuck."""
+    client = Client(profile.port, "app1.localhost")
+    status, headers, _ = client.get("/echo")
+    assert status == 302
+    authorize = headers["Location"]
+    assert "request_uri=" in authorize
+    browser = profile.op.browser()
+    # Used up (the provider treats "already used" exactly like "expired").
+    profile.op.scripted_login(authorize, "alice", "alice123", browser)
+    late = browser.request("GET", authorize)
+    location = late.location or ""
+    if late.status in (302, 303) and location.startswith(f"http://app1.localhost:{profile.port}"):
+        assert "error=invalid_request_uri" in location
+        status, _, _ = client.get(location.split(f":{profile.port}", 1)[1])
+        assert status in (302, 400, 401)  # a new login, or the error page
+    else:
+        assert late.status == 400 and "invalid_request_uri" in late.text
+    status, body = client.login(profile.op, "/echo", "alice", "alice123")
+    assert status == 200, body[:300]
