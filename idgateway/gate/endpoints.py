@@ -132,6 +132,12 @@ async def callback(login: RouteLogin, request: GatewayRequest, host: bytes, tls:
     flow, clear_flow = flows.take(params.get("state", ""), cookies, now)
     for value in clear_flow:
         request.responseHeaders.addRawHeader(b"set-cookie", value)
+    if params.get("error") == "invalid_request_uri" and flow is None and "state" not in params:
+        # The provider no longer knows the pushed request, so it cannot say its
+        # state: the login is this browser's newest (its cookie goes now).
+        flow, clear_newest = flows.take_newest(cookies, now)
+        for value in clear_newest:
+            request.responseHeaders.addRawHeader(b"set-cookie", value)
     if (
         params.get("error") == "invalid_request_uri"
         and flow is not None
@@ -139,7 +145,8 @@ async def callback(login: RouteLogin, request: GatewayRequest, host: bytes, tls:
     ):
         # The pushed request expired before the browser reached the provider
         # (WSO2 keeps it 60 s): start over where the user was going. Only for
-        # a flow of ours old enough to have expired, so no loop can form.
+        # a flow of ours old enough to have expired: the new one is younger, so
+        # a provider that keeps refusing gets the error page, never a loop.
         _log.info(
             "route {route}: the pushed authorization request expired before the sign-in; "
             "starting a new one [{request_id}]",

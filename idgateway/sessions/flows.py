@@ -260,6 +260,30 @@ class FlowCookies:
 
     # -- taking ------------------------------------------------------------
 
+    def take_newest(
+        self, cookies: Mapping[bytes, bytes], now: float
+    ) -> tuple[LoginFlow | None, list[bytes]]:
+        """The newest unexpired flow of this browser, and the deletion of its
+        cookie: for a provider answer that carries no ``state`` (an expired
+        pushed request), so the login it belonged to can be started again once.
+        """
+        newest: tuple[float, bytes, LoginFlow] | None = None
+        examined = 0
+        for name, value in cookies.items():
+            if not name.startswith(self._base):
+                continue
+            examined += 1
+            if examined > _MAX_EXAMINED_FLOWS:
+                break
+            flow = self._open(name, value)
+            if flow is None or self._expired(flow, now):
+                continue
+            if newest is None or flow.created_at > newest[0]:
+                newest = (flow.created_at, name, flow)
+        if newest is None:
+            return None, []
+        return newest[2], [deletion_value(newest[1], self._attributes)]
+
     def take(
         self, state: str, cookies: Mapping[bytes, bytes], now: float
     ) -> tuple[LoginFlow | None, list[bytes]]:

@@ -156,16 +156,20 @@ def test_a_par_endpoint_that_is_down_gets_the_login_error_page():
     assert b"refused to start the sign-in" in request.body
 
 
-def _callback_with_error(login: RouteLogin, age: float) -> FakeRequest:
+def _callback_with_error(login: RouteLogin, age: float, with_state: bool = True) -> FakeRequest:
     """The provider sends the browser back with invalid_request_uri, ``age``
-    seconds after the login started."""
+    seconds after the login started (with the state, or without: a provider
+    that no longer knows the request cannot say it)."""
     first = start(login)
     cookies = []
     for value in first.responseHeaders.getRawHeaders(b"set-cookie", []):
         cookies.append(value.split(b";")[0])
     state = LAST_STATE[0]  # what the PAR endpoint was given (the browser never sees it)
     login.clock.advance(age)  # type: ignore[attr-defined]
-    request = FakeRequest(f"/oauth2/callback?error=invalid_request_uri&state={state}".encode())
+    query = (
+        f"error=invalid_request_uri&state={state}" if with_state else "error=invalid_request_uri"
+    )
+    request = FakeRequest(f"/oauth2/callback?{query}".encode())
     request.requestHeaders.setRawHeaders(b"cookie", [b"; ".join(cookies)])
     d = defer.ensureDeferred(endpoints.callback(login, request, b"app.localhost", False))  # type: ignore[arg-type]
     assert d.called
@@ -185,9 +189,10 @@ def recording_par() -> PAREndpoint:
     return Recording()
 
 
-def test_an_expired_request_uri_starts_a_new_login(recording_par):
+@pytest.mark.parametrize("with_state", [True, False], ids=["with-state", "without-state"])
+def test_an_expired_request_uri_starts_a_new_login(recording_par, with_state):
     login = make_login("auto", http=StubTreq(recording_par))
-    request = _callback_with_error(login, age=61)
+    request = _callback_with_error(login, age=61, with_state=with_state)
     assert request.code == 302
     where, query = location(request)
     assert where == "https://op/oauth2/authorize" and query["request_uri"] == [REQUEST_URI]
@@ -195,11 +200,29 @@ def test_an_expired_request_uri_starts_a_new_login(recording_par):
     assert recording_par.received[1]["state"] != recording_par.received[0]["state"]
 
 
-def test_a_quick_invalid_request_uri_is_an_error_not_a_loop(recording_par):
+@pytest.mark.parametrize("with_state", [True, False], ids=["with-state", "without-state"])
+def test_a_quick_invalid_request_uri_is_an_error_not_a_loop(recording_par, with_state):
     login = make_login("auto", http=StubTreq(recording_par))
-    request = _callback_with_error(login, age=1)
+    request = _callback_with_error(login, age=1, with_state=with_state)
     assert request.code == 401
     assert len(recording_par.received) == 1
+
+
+def test_a_provider_that_keeps_refusing_gets_one_restart_then_the_error_page(recording_par):
+    """The restart's flow is the newest and young: the next refusal is an error."""
+    login = make_login("auto", http=StubTreq(recording_par))
+    restarted = _callback_with_error(login, age=61, with_state=False)
+    assert restarted.code == 302
+    cookies = [
+        v.split(b";")[0]
+        for v in restarted.responseHeaders.getRawHeaders(b"set-cookie", [])
+        if b"Max-Age=0" not in v
+    ]
+    again = FakeRequest(b"/oauth2/callback?error=invalid_request_uri")
+    again.requestHeaders.setRawHeaders(b"cookie", [b"; ".join(cookies)])
+    d = defer.ensureDeferred(endpoints.callback(login, again, b"app.localhost", False))  # type: ignore[arg-type]
+    assert d.called and again.code == 401
+    assert len(recording_par.received) == 2
 
 
 def test_invalid_request_uri_without_our_flow_is_an_error(recording_par):
