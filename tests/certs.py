@@ -79,8 +79,8 @@ class CA:
     ) -> Leaf:
         """Sign a server certificate for ``hostnames`` and write it to ``directory``.
 
-        ``client_auth=True`` lets it serve as a client certificate too (Redis
-        Cluster nodes present theirs to each other on the cluster bus).
+        ``client_auth=True`` lets it serve as a client certificate too (mutual TLS:
+        Redis Cluster nodes on the cluster bus, tls_client_auth to a provider).
 
         Host names that parse as IP addresses become IP SANs, the rest DNS SANs
         (wildcards such as ``*.example.com`` included). The files are

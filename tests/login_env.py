@@ -75,12 +75,14 @@ def two_tenant_gateway_yaml(
     app1_headers: str | None = None,
     app1_more: str = "",
     app2_headers: str | None = None,
+    app1_oidc_more: str = "",
 ) -> str:
     """The gateway in front of two_tenant_config()'s clients: app1 on the super tenant
     (provider ``wso2``, found by discovery; client secret and session key from
     $APP1_CLIENT_SECRET and $APP1_SESSION_KEY), app2 on acme.com (provider ``acme``,
     client secret from a file). ``app1_more``: more YAML lines for app1's route,
-    indented by four spaces."""
+    indented by four spaces. ``app1_oidc_more``: more lines for app1's oidc
+    block, indented by six."""
     app1_options = ""
     if app1_scopes is not None:
         app1_options += f"      scopes: {app1_scopes}\n"
@@ -107,7 +109,7 @@ routes:
       client_id: {app1_client_id}
       client_secret: ${{APP1_CLIENT_SECRET}}
       client_auth: client_secret_basic
-{app1_options}      user_claim: username
+{app1_options}{app1_oidc_more}      user_claim: username
 {app1_route}{app1_more}  - name: app2
     hosts: [app2.localhost]
     upstream: http://127.0.0.1:{backend_port}
@@ -164,8 +166,12 @@ class Client:
         assert status == 302, f"expected a login redirect, got {status}"
         authorize = headers["Location"]
         query = parse_qs(urlsplit(authorize).query)
-        assert query["code_challenge_method"] == ["S256"]
-        assert query["state"] and query["nonce"]
+        if "request_uri" in query:
+            # Pushed (oidc.par): state, nonce and PKCE went to the provider directly.
+            assert set(query) == {"client_id", "request_uri"}, query
+        else:
+            assert query["code_challenge_method"] == ["S256"]
+            assert query["state"] and query["nonce"]
         callback = op.scripted_login(authorize, username, password)
         parts = urlsplit(callback)
         assert parts.netloc == self.host

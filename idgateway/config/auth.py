@@ -14,7 +14,18 @@ from cryptography import x509
 
 from idgateway.config import values as value_syntax
 from idgateway.config.bearer import SCOPES_FIELD, bearer_field
-from idgateway.config.files import PEM_FILE_LIMIT, FileTooOdd, read_bounded, read_problem
+from idgateway.config.client_keys import (
+    ClientKeyError,
+    certificate_key_mismatch,
+    load_client_key,
+)
+from idgateway.config.files import (
+    PEM_FILE_LIMIT,
+    FileTooOdd,
+    loose_permissions,
+    read_bounded,
+    read_problem,
+)
 from idgateway.config.model import (
     AuthorizeRules,
     ClaimRule,
@@ -26,6 +37,12 @@ from idgateway.config.model import (
     RedisSettings,
     RouteAuth,
     SessionSettings,
+    StepUp,
+)
+from idgateway.config.organizations import (
+    NotAnOrganizationRoot,
+    organization_issuer,
+    parse_organization,
 )
 from idgateway.config.provider_urls import InsecureTransport, check_configured_url
 from idgateway.config.redis_url import parse_cluster_seed, parse_redis_url
@@ -87,6 +104,14 @@ _NOT_IDENTITY_HEADERS = (
 )
 
 
+CLIENT_AUTH_METHODS = (
+    "client_secret_basic",
+    "client_secret_post",
+    "private_key_jwt",
+    "tls_client_auth",
+)
+
+
 def _header_name_problem(name: str) -> str | None:
     """What is wrong with ``name`` as an identity header's name, or None."""
     if not _TOKEN.match(name):
@@ -143,6 +168,43 @@ def _one_of(choices: tuple[str, ...]) -> Any:
         return value
 
     return parsed(check, " or ".join(choices))
+
+
+def _userinfo_mode(reader: Reader, node: yaml.Node, key: str) -> bool | str | _Invalid:
+    """``true``, ``false`` or ``auto`` (YAML booleans stay booleans)."""
+    value = reader.value(node, key)
+    if value is INVALID or isinstance(value, bool) or value == "auto":
+        return value  # type: ignore[no-any-return]
+    return reader.problem(node, key, f"expected auto, true or false; got {_describe(node)}")
+
+
+def _client_key_file(reader: Reader, node: yaml.Node, key: str) -> str | _Invalid:
+    """A PEM private key that can sign private_key_jwt assertions."""
+    path = file_path("a PEM private key file")(reader, node, key)
+    if path is INVALID:
+        return INVALID
+    try:
+        load_client_key(path)
+    except ClientKeyError as error:
+        return reader.problem(node, key, str(error))
+    warning = loose_permissions(path, secret=True)
+    if warning:
+        reader.warnings.append(f"{key}: {warning}")
+    return path  # type: ignore[no-any-return]
+
+
+def _client_cert_file(reader: Reader, node: yaml.Node, key: str) -> str | _Invalid:
+    """A readable PEM file with the client's certificate (chain)."""
+    path = file_path("a PEM certificate file")(reader, node, key)
+    if path is INVALID:
+        return INVALID
+    try:
+        x509.load_pem_x509_certificates(read_bounded(path, PEM_FILE_LIMIT))
+    except (OSError, FileTooOdd) as error:
+        return reader.problem(node, key, read_problem(error))
+    except ValueError:
+        return reader.problem(node, key, f"{path} is not PEM (-----BEGIN CERTIFICATE-----)")
+    return path  # type: ignore[no-any-return]
 
 
 def _https_url(value: str) -> str:
@@ -298,7 +360,15 @@ def _claim_rules(reader: Reader, node: yaml.Node, key: str) -> Any:
     rules: list[ClaimRule] = []
     for key_node, value_node in node.value:
         claim = str(key_node.value)
-        value = reader.text(value_node, f"{key}.{claim}", "a value, or '~ regex'")
+        if isinstance(value_node, yaml.SequenceNode):
+            # Any of these exact values (org_id: [id1, id2]).
+            choices = list_of(_text("a value"), "a list of values", min_items=1)(
+                reader, value_node, f"{key}.{claim}"
+            )
+            if choices is not INVALID:
+                rules.append(ClaimRule(claim, "", any_of=choices))
+            continue
+        value = reader.text(value_node, f"{key}.{claim}", "a value, a list of values, or '~ regex'")
         if value is INVALID:
             continue
         if value.startswith("~"):
@@ -468,29 +538,136 @@ OIDC_FIELDS = (
     Field(
         "client_secret",
         _text("a client secret"),
-        required=True,
         secret=True,
         example="client_secret: ${APP1_CLIENT_SECRET}",
         type_text="string, *secret*",
-        default_text="required",
+        default_text="required with a ``client_secret_*`` ``client_auth``",
         description=r"""
             The client's secret; or ``client_secret_file: PATH``, a file holding it
-            (see `General rules`_). Examples: ``client_secret: ${APP1_CLIENT_SECRET}``,
+            (see `General rules`_). Required with ``client_auth:
+            client_secret_basic`` (the default) or ``client_secret_post``; not used
+            with ``private_key_jwt`` or ``tls_client_auth``. A secret shorter than 16
+            characters is warned about by ``idgateway check`` and at every start.
+            Examples: ``client_secret: ${APP1_CLIENT_SECRET}``,
             ``client_secret_file: ${CREDENTIALS_DIRECTORY}/app1-client-secret``
             (a credential of the systemd unit)
         """,
     ),
     Field(
         "client_auth",
-        _one_of(("client_secret_basic", "client_secret_post")),
+        _one_of(CLIENT_AUTH_METHODS),
         default="client_secret_basic",
-        type_text="``client_secret_basic`` or ``client_secret_post``",
+        type_text=", ".join(f"``{m}``" for m in CLIENT_AUTH_METHODS),
         default_text="default ``client_secret_basic``",
         description=r"""
-            How the secret reaches the token endpoint: an HTTP Basic
-            ``Authorization`` header (id and secret form-encoded first, as RFC 6749
-            says) or two form fields. WSO2 accepts both.
-            Example: ``client_auth: client_secret_post``
+            How the gateway authenticates to the provider's token endpoint (code
+            exchange, refresh) and, when the route's ``bearer.introspection`` uses
+            this same client, its introspection endpoint.
+            ``client_secret_basic``: an HTTP Basic ``Authorization`` header (id and
+            secret form-encoded first, as RFC 6749 says). ``client_secret_post``:
+            two form fields. ``private_key_jwt`` (RFC 7523): a JWT signed with
+            ``private_key_file``, with a fresh ``jti`` and a 60-second ``exp`` per
+            call, ``aud`` as ``client_assertion_audience`` says; register the public
+            key (or a JWKS URL serving it) with the application at the provider.
+            ``tls_client_auth`` (RFC 8705): mutual TLS to the provider with
+            ``client_cert`` and ``client_key``; the form carries only
+            ``client_id``. WSO2 IS 7 accepts all four (per application).
+            Example: ``client_auth: private_key_jwt``
+        """,
+    ),
+    Field(
+        "private_key_file",
+        _client_key_file,
+        type_text="file path",
+        default_text="required with ``private_key_jwt``",
+        description=r"""
+            The PEM private key that signs ``private_key_jwt`` client assertions:
+            RSA of 2048 bits or more (``RS256``; ``PS256`` when the provider's
+            ``token_endpoint_auth_signing_alg_values_supported`` lists only that) or
+            EC P-256 (``ES256``). Unencrypted; keep it ``0600``. Read while loading:
+            an unreadable file, a public key or certificate, an encrypted or
+            unsupported key is an error naming the fix.
+            Example: ``private_key_file: /etc/idgateway/app1-client.key``
+        """,
+    ),
+    Field(
+        "client_assertion_audience",
+        _one_of(("token_endpoint", "issuer")),
+        default="token_endpoint",
+        type_text="``token_endpoint`` or ``issuer``",
+        default_text="default ``token_endpoint``",
+        description=r"""
+            The ``aud`` of ``private_key_jwt`` assertions: the token endpoint's URL
+            (RFC 7523, what most providers expect) or the provider's issuer (WSO2
+            accepts both; some providers only the issuer).
+            Example: ``client_assertion_audience: issuer``
+        """,
+    ),
+    Field(
+        "client_cert",
+        _client_cert_file,
+        type_text="file path",
+        default_text="required with ``tls_client_auth``",
+        description=r"""
+            The PEM certificate (chain) the gateway presents to the provider for
+            ``tls_client_auth`` (mutual TLS), with ``client_key``. Register its
+            subject DN (or the certificate) with the application at the provider.
+            Example: ``client_cert: /etc/idgateway/app1-client.pem``
+        """,
+    ),
+    Field(
+        "client_key",
+        file_path("a PEM private key file"),
+        type_text="file path",
+        default_text="required with ``tls_client_auth``",
+        description=r"""
+            The PEM private key of ``client_cert``. Read while loading: it must be
+            readable and match the certificate.
+            Example: ``client_key: /etc/idgateway/app1-client.key``
+        """,
+    ),
+    Field(
+        "par",
+        _one_of(("auto", "required", "off")),
+        default="auto",
+        type_text="``auto``, ``required`` or ``off``",
+        default_text="default ``auto``",
+        description=r"""
+            Pushed authorization requests (RFC 9126). ``auto``: when the provider's
+            discovery document names a ``pushed_authorization_request_endpoint``
+            (WSO2 IS 7: ``/oauth2/par``), the authorization request (state, nonce,
+            PKCE challenge, scopes, ``extra_params``) is POSTed there with the
+            client's authentication, and the browser is sent to the authorize
+            endpoint with only ``client_id`` and the ``request_uri`` it answered; a
+            provider without one gets the classic redirect. ``required``: refuse to
+            start a login without PAR (``503``, and the log says why). ``off``: never.
+            An error or garbage from the PAR endpoint gives the login error page
+            (``502``), not a ``500``; a ``request_uri`` that expired before the
+            browser reached the provider (WSO2: 60 s) ends at the provider, which
+            sends the browser back with an error; ``/oauth2/start`` begins anew.
+            Example: ``par: required``
+        """,
+    ),
+    Field(
+        "organization",
+        parsed(parse_organization, "an organization id"),
+        type_text="organization id or handle",
+        default_text="default: none, the provider's own users",
+        description=r"""
+            WSO2 IS 7 (and Asgardeo) B2B: log users into this sub-organization of the
+            provider's root organization (tenant) instead of the root itself. The
+            gateway talks to the organization's own endpoints and checks its own
+            issuer, ``https://HOST/t/ROOT/o/ORG-ID/oauth2/token`` (``ROOT`` is
+            ``carbon.super`` for the super tenant), found by discovery like any
+            provider, so the provider must be named by a WSO2 issuer or discovery
+            URL of the root. The application must be shared into the organization.
+            One gateway can front an app for many customer organizations, each on
+            its own route or host; sessions of one are useless on another. ID
+            tokens carry ``org_id`` and ``org_name``: ``authorize: {claims:
+            {org_id: [...]}}`` can check them, the ``oauth2-proxy`` preset sends
+            ``X-Forwarded-Org`` (the ``org_id``), ``mod_auth_openidc`` sends
+            ``OIDC_CLAIM_org_id`` and ``OIDC_CLAIM_org_name``.
+            Example: ``organization: a6b3c9d2-1e2f-4a5b-8c7d-0e1f2a3b4c5d``
         """,
     ),
     Field(
@@ -581,16 +758,22 @@ OIDC_FIELDS = (
     ),
     Field(
         "userinfo",
-        boolean,
-        default=False,
-        type_text="boolean",
-        default_text="default ``false``",
+        _userinfo_mode,
+        default="auto",
+        type_text="``auto``, ``true`` or ``false``",
+        default_text="default ``auto``",
         description=r"""
-            At login, also ask the provider's userinfo endpoint (with the new access
-            token) and add its claims to the session; the ID token's win where both
-            have one, and the userinfo ``sub`` must be the ID token's. If the call
-            fails, the login fails (``502``). For claims WSO2 puts in userinfo but
-            not in the ID token. Example: ``userinfo: true``
+            Whether login also asks the provider's userinfo endpoint (with the new
+            access token) and adds its claims to the session; the ID token's win
+            where both have one, and the userinfo ``sub`` must be the ID token's.
+            ``auto``: only when the ID token lacks a claim the route needs (its
+            ``user_claim``, ``email_claim``, ``groups_claim``, the claims of its
+            identity headers and of its ``authorize`` rules, on the route and its
+            ``paths``) and the provider has a userinfo endpoint; many providers put
+            groups and user names in userinfo only. ``true``: at every login.
+            ``false``: never (a claim missing from the ID token is then missing).
+            If the call fails, the login fails (``502``).
+            Example: ``userinfo: true``
         """,
     ),
     Field(
@@ -1215,18 +1398,157 @@ AUTHORIZE_FIELDS = (
         default_text="default none",
         description=r"""
             Each named claim must equal its value (for a list claim: one item must);
-            a value starting with ``~`` is a regular expression (RE2, as for
-            ``public_paths``) that must match the whole value (or one item).
-            Example: ``claims: {org_name: Super, department: "~ ^(eng|ops)$"}``
+            a list of values accepts any of them; a value starting with ``~`` is a
+            regular expression (RE2, as for ``public_paths``) that must match the
+            whole value (or one item). WSO2 IS 7 organizations: ``org_id`` and
+            ``org_name`` (see ``oidc.organization``).
+            Example: ``claims: {org_name: Super, department: "~ ^(eng|ops)$",
+            org_id: [a6b3c9d2-1e2f-4a5b-8c7d-0e1f2a3b4c5d]}``
         """,
     ),
     SCOPES_FIELD,
 )
 
+
+def _acr_value(value: str) -> str:
+    """An acr value goes space-separated into a URL and quoted into a header."""
+    if not value or any(not "\x21" <= c <= "\x7e" or c in '"\\' for c in value):
+        raise ValueError(
+            f"{value!r} is not an acr value: printable ASCII without spaces, quotes or "
+            "backslashes, e.g. mfa or urn:example:loa:2"
+        )
+    return value
+
+
+def _build_step_up(reader: Reader, found: Section) -> StepUp | _Invalid:
+    values = found.values
+    if not values["acr_values"] and values["max_age"] is None:
+        return reader.problem(
+            found.node,
+            found.key,
+            "give acr_values, max_age or both, e.g. login: {acr_values: [mfa], max_age: 10m}",
+        )
+    return StepUp(acr_values=values["acr_values"], max_age=values["max_age"])
+
+
+STEP_UP_FIELDS = (
+    Field(
+        "acr_values",
+        list_of(parsed(_acr_value, "an acr value"), "a list of acr values", min_items=1),
+        default=(),
+        type_text="list of strings",
+        default_text="default: any",
+        description=r"""
+            The authentication context classes this path accepts: the session's ID
+            token ``acr`` must be one of them. A session without one is sent through a
+            new login asking for them (``acr_values``, space-separated, in that
+            order of preference); its new ID token's ``acr`` must then be one of them,
+            or the answer is ``403``. WSO2 IS 7 maps ``acr`` values to
+            authentication flows (adaptive authentication).
+            Example: ``acr_values: [mfa]``
+        """,
+    ),
+    Field(
+        "max_age",
+        duration(),
+        type_text="duration",
+        default_text="default: any",
+        description=r"""
+            How long ago the user may have authenticated (the ID token's
+            ``auth_time``) for this path: an older (or unknown) one is sent through a
+            new login with ``max_age`` (in seconds), and the new ID token's
+            ``auth_time`` must be within it, or the answer is ``403``.
+            Example: ``max_age: 10m``
+        """,
+    ),
+)
+
+STEP_UP_FIELD = Field(
+    "login",
+    mapping(STEP_UP_FIELDS, "a mapping like {acr_values: [mfa], max_age: 10m}", _build_step_up),
+    type_text="mapping",
+    default_text="optional",
+    fields=STEP_UP_FIELDS,
+    description=r"""
+        Step-up for this path, on a route with ``oidc``: a session whose login
+        is weaker (``acr``) or older (``auth_time``) than this asks for goes
+        through a new login with these parameters (browsers; the session keeps
+        its id and is upgraded in place), or gets ``401`` with
+        ``WWW-Authenticate: Bearer error="insufficient_user_authentication"``
+        (RFC 9470) and the ``acr_values``/``max_age`` it needs (API clients). A
+        provider that answers the new login with a lower ``acr`` or an older
+        ``auth_time`` gets ``403``: never a loop. See
+        :ref:`login:Step-up per path`.
+        Example: ``login: {acr_values: [mfa], max_age: 10m}``
+    """,
+)
+
+
+SECRET_AUTH_METHODS = ("client_secret_basic", "client_secret_post")
+MIN_SECRET_LENGTH = 16
+# Keys that belong to one client_auth method each.
+_METHOD_KEYS = {
+    "private_key_file": ("private_key_jwt",),
+    "client_assertion_audience": ("private_key_jwt",),
+    "client_cert": ("tls_client_auth",),
+    "client_key": ("tls_client_auth",),
+}
+
+
+def _build_oidc(reader: Reader, found: Section) -> OIDCSettings | _Invalid:
+    """OIDCSettings, once the keys that go with ``client_auth`` are all there."""
+    values = found.values
+    method = values["client_auth"]
+    node = found.node
+    ok = True
+    for name, methods in _METHOD_KEYS.items():
+        if name in found.nodes and method not in methods:
+            reader.problem(
+                found.nodes[name],
+                found.child(name),
+                f"{name!r} is used only with client_auth: {' or '.join(methods)}; "
+                f"remove it or set client_auth: {methods[0]}",
+            )
+            ok = False
+    needed = {
+        "client_secret_basic": ("client_secret",),
+        "client_secret_post": ("client_secret",),
+        "private_key_jwt": ("private_key_file",),
+        "tls_client_auth": ("client_cert", "client_key"),
+    }[method]
+    for name in needed:
+        if values.get(name) is None:
+            alternative = " (or 'client_secret_file')" if name == "client_secret" else ""
+            reader.problem(
+                node,
+                found.child(name),
+                f"missing required key {name!r}{alternative} for client_auth: {method}",
+            )
+            ok = False
+    if "client_secret" in found.nodes and method not in SECRET_AUTH_METHODS:
+        reader.warnings.append(
+            f"{found.child('client_secret')}: not used with client_auth: {method}; remove it"
+        )
+    if not ok:
+        return INVALID
+    if method == "tls_client_auth":
+        mismatch = certificate_key_mismatch(values["client_cert"], values["client_key"])
+        if mismatch is not None:
+            return reader.problem(found.nodes["client_key"], found.child("client_key"), mismatch)
+    secret = values.get("client_secret")
+    if method in SECRET_AUTH_METHODS and secret is not None and len(secret) < MIN_SECRET_LENGTH:
+        reader.warnings.append(
+            f"{found.child('client_secret')}: the client secret is shorter than "
+            f"{MIN_SECRET_LENGTH} characters and may be guessed; have the provider generate "
+            "a longer one (WSO2 does), or use client_auth: private_key_jwt"
+        )
+    return OIDCSettings(**{**values, "client_secret": secret or ""})
+
+
 ROUTE_AUTH_FIELDS = (
     Field(
         "oidc",
-        record(OIDC_FIELDS, "a mapping like {provider: wso2, client_id: app1, ...}", OIDCSettings),
+        mapping(OIDC_FIELDS, "a mapping like {provider: wso2, client_id: app1, ...}", _build_oidc),
         type_text="mapping",
         default_text="default: none, no login",
         fields=OIDC_FIELDS,
@@ -1359,6 +1681,9 @@ ROUTE_AUTH_FIELDS = (
                * - ``X-Forwarded-Groups``
                  - the ``groups_claim``, joined by ``list_delimiter``
                  -
+               * - ``X-Forwarded-Org``
+                 - ``org_id`` (WSO2 IS 7 organizations)
+                 - when the token has one
                * - ``X-Forwarded-Access-Token``
                  - the access token
                  - only with ``pass_access_token: true``
@@ -1444,7 +1769,7 @@ ROUTE_AUTH_FIELDS = (
             could set (routes may share an upstream), in any spelling (any case, ``_``
             for ``-``), so a client can never pose as a user: ``X-Forwarded-User``,
             ``X-Forwarded-Email``, ``X-Forwarded-Preferred-Username``,
-            ``X-Forwarded-Groups``, ``X-Forwarded-Access-Token``,
+            ``X-Forwarded-Groups``, ``X-Forwarded-Org``, ``X-Forwarded-Access-Token``,
             ``X-Auth-Request-User``, ``X-Auth-Request-Email``,
             ``X-Auth-Request-Groups``, ``X-Auth-Request-Preferred-Username``,
             ``X-Remote-User``, ``Remote-User``, ``OIDC_access_token``,
@@ -1681,6 +2006,14 @@ def build_route_auth(
         return INVALID
     if any(values.get(n) is INVALID for n in (*names, "headers")):
         return INVALID
+    if oidc.organization is not None and providers is not INVALID:
+        root = next(p for p in providers if p.name == oidc.provider)
+        try:
+            organization_issuer(root, oidc.organization)
+        except NotAnOrganizationRoot as error:
+            return reader.problem(
+                found.nodes["oidc"], found.child("oidc") + ".organization", str(error)
+            )
     if "openid" not in oidc.scopes:
         return reader.problem(
             found.nodes["oidc"], found.child("oidc") + ".scopes", "scopes must include 'openid'"

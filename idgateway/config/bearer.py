@@ -128,13 +128,17 @@ INTROSPECTION_FIELDS = (
     Field(
         "client_secret",
         _nonempty("a client secret"),
-        required=True,
         secret=True,
+        default="",
         example="client_secret: ${INTROSPECT_SECRET}",
         type_text="string, *secret*",
-        default_text="required",
+        default_text="required, unless the route's oidc client authenticates with a key",
         description=r"""
             That client's secret, or ``client_secret_file: PATH`` as for ``oidc``.
+            Leave it out when ``client_id`` is the route's own ``oidc.client_id`` and
+            that client uses ``client_auth: private_key_jwt`` or ``tls_client_auth``:
+            introspection then authenticates the same way (a fresh client assertion
+            per call, or the client certificate).
             Example: ``client_secret: ${INTROSPECT_SECRET}``
         """,
     ),
@@ -375,6 +379,21 @@ def build_route_bearer(
             "required when tokens has opaque, e.g. introspection: "
             "{client_id: gw-introspect, client_secret: ${INTROSPECT_SECRET}}",
         )
+    introspection = settings.introspection
+    if introspection is not None and not introspection.client_secret:
+        oidc = auth.oidc if auth is not None else None
+        if (
+            oidc is None
+            or oidc.client_id != introspection.client_id
+            or oidc.client_auth not in ("private_key_jwt", "tls_client_auth")
+        ):
+            reader.problem(
+                node,
+                where + ".introspection.client_secret",
+                "missing required key 'client_secret' (or 'client_secret_file'); it may be "
+                "left out only for the route's own oidc client_id with client_auth: "
+                "private_key_jwt or tls_client_auth",
+            )
     if len(set(settings.tokens)) != len(settings.tokens):
         reader.problem(node, where + ".tokens", "a token kind is listed twice")
     if len(reader.problems) > problems:

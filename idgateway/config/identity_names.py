@@ -30,6 +30,8 @@ OAUTH2_PROXY_HEADERS = (
     "X-Forwarded-Email",
     "X-Forwarded-Preferred-Username",
     "X-Forwarded-Groups",
+    # The user's organization (WSO2 IS 7 B2B: the ID token's org_id).
+    "X-Forwarded-Org",
     "X-Forwarded-Access-Token",
 )
 

@@ -30,6 +30,7 @@ from idgateway.config.auth import (
     PROVIDER_FIELDS,
     REDIS_FIELDS,
     ROUTE_AUTH_FIELDS,
+    STEP_UP_FIELD,
     build_providers,
     build_route_auth,
     build_top_redis,
@@ -52,6 +53,7 @@ from idgateway.config.model import (
     Config,
     Listener,
     LoggingSettings,
+    OIDCSettings,
     PathRoute,
     PathRules,
     ProviderSettings,
@@ -254,10 +256,18 @@ def _build_route(
                 prefix,
                 upstream_of(sub, sub.values["upstream_ca_file"] or route_ca),
                 authorize=sub.values["authorize"],
+                login=sub.values["login"],
             )
         )
     bearer = build_route_bearer(reader, found, providers, auth)
     check_scopes_need_bearer(reader, found, subs)
+    for sub in subs:
+        if auth is None and sub.values["login"] is not None:
+            reader.problem(
+                sub.nodes["login"],
+                sub.child("login"),
+                "'login' (step-up) only applies on a route with an 'oidc' block",
+            )
     if auth is None and bearer is None:
         for sub in subs:
             if sub.values["authorize"] is not None:
@@ -587,6 +597,7 @@ PATH_FIELDS = (
             the route's, with the keys of ```authorize``: who may pass`_.
         """,
     ),
+    STEP_UP_FIELD,
 )
 _PASS_OR_REFUSE = parsed(_pass_or_refuse, "refuse (the default) or pass")
 PATH_RULES_FIELDS = (
@@ -1346,6 +1357,8 @@ def summarize(config: Config) -> str:
         hosts = ", ".join([*route.hosts, *(["(default)"] if route.default else [])])
         lines.append(f"  {route.name}: {hosts} -> {route.upstream.url}{_options(route)}")
         lines.extend(f"    {path.prefix} -> {path.upstream.url}" for path in route.paths)
+        if route.auth is not None:
+            lines.append("    " + _logout_summary(route.auth.oidc))
     if config.trusted_proxies:
         lines.append("Trusted proxies: " + ", ".join(config.trusted_proxies))
     if config.assertion_keys:
@@ -1354,6 +1367,18 @@ def summarize(config: Config) -> str:
     lines.append("Warnings:" if config.warnings else "No warnings.")
     lines.extend(f"  {warning}" for warning in config.warnings)
     return "\n".join(lines)
+
+
+def _logout_summary(oidc: OIDCSettings) -> str:
+    """The logout paths the gateway serves for a route; whether the provider uses
+    them is in its discovery document, which /status and the start-up log show."""
+    served = ["back-channel (by sid, or by sub)"]
+    served.append("front-channel" if oidc.frontchannel_logout else "no front-channel")
+    served.append("RP-initiated sign-out")
+    return (
+        "provider logout: " + ", ".join(served) + "; as the provider's discovery document "
+        "offers them (see /status)"
+    )
 
 
 def _options(route: Route) -> str:

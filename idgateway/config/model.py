@@ -137,6 +137,16 @@ class PathRules:
 
 
 @attrs.frozen
+class StepUp:
+    """``paths[].login``: how recent and how strong a login this path needs."""
+
+    # The session's ID token acr must be one of these; () means any.
+    acr_values: tuple[str, ...] = ()
+    # Seconds since the user authenticated (ID token auth_time); None: any.
+    max_age: float | None = None
+
+
+@attrs.frozen
 class PathRoute:
     """A path prefix within a route's hosts with its own upstream."""
 
@@ -144,6 +154,8 @@ class PathRoute:
     upstream: Upstream
     # Stricter (or other) authorization for this path on a route with login.
     authorize: AuthorizeRules | None = None
+    # Step-up: a stronger or more recent login for this path (routes with oidc).
+    login: StepUp | None = None
 
 
 @attrs.frozen
@@ -273,8 +285,22 @@ class ProviderSettings:
 class OIDCSettings:
     provider: str
     client_id: str
-    client_secret: str
+    # "" with client_auth private_key_jwt or tls_client_auth.
+    client_secret: str = attrs.field(default="", repr=False)
+    # client_secret_basic, client_secret_post, private_key_jwt or tls_client_auth.
     client_auth: str = "client_secret_basic"
+    # private_key_jwt: the PEM key signing client assertions, and their aud
+    # ("token_endpoint" or "issuer").
+    private_key_file: str | None = None
+    client_assertion_audience: str = "token_endpoint"
+    # tls_client_auth: the certificate and key presented to the provider.
+    client_cert: str | None = None
+    client_key: str | None = None
+    # Pushed authorization requests (RFC 9126): "auto", "required" or "off".
+    par: str = "auto"
+    # WSO2 IS 7 organizations: log into this sub-organization of the provider's
+    # root (its own issuer, idgateway.config.organizations); None: the root.
+    organization: str | None = None
     scopes: tuple[str, ...] = ("openid", "email", "profile")
     # Extra authorize parameters (prompt, acr_values, fidp, max_age, ...).
     extra_params: tuple[tuple[str, str], ...] = ()
@@ -282,8 +308,9 @@ class OIDCSettings:
     user_claim: str = "sub"
     email_claim: str = "email"
     groups_claim: str = "groups"
-    # Merge the userinfo endpoint's claims into the session at login.
-    userinfo: bool = False
+    # Merge the userinfo endpoint's claims into the session at login: True,
+    # False, or "auto" (when the ID token lacks a claim the route needs).
+    userinfo: bool | Literal["auto"] = "auto"
     # Where sign_out sends the browser back to after the provider's logout.
     # None: the provider returns the browser to "/", where the gateway shows its
     # signed-out page once (instead of starting a new login at once).
@@ -370,6 +397,8 @@ class ClaimRule:
     # Exact value, or a regex when ``regex`` is set. Lists match if any item does.
     value: str
     regex: bool = False
+    # Any of these exact values (a YAML list in the rule); then ``value`` is unused.
+    any_of: tuple[str, ...] = ()
 
 
 @attrs.frozen
@@ -406,7 +435,9 @@ class IntrospectionSettings:
     """``bearer.introspection``: the RFC 7662 client for opaque tokens."""
 
     client_id: str
-    client_secret: str
+    # "": the route's own oidc client authenticates (private_key_jwt or
+    # tls_client_auth, the same client_id).
+    client_secret: str = attrs.field(default="", repr=False)
     # Longest reuse of an "active" answer (never past the token's exp).
     cache: float = 300.0
     # How long an "inactive" answer is reused.

@@ -31,6 +31,7 @@ TITLES = {
     "providers.*": "Providers",
     "routes[]": "Routes",
     "routes[].paths[]": "``paths``: upstreams by path prefix",
+    "routes[].paths[].login": "``login``: step-up per path",
     "routes[].hsts": "``hsts``: Strict-Transport-Security",
     "routes[].path_rules": "``path_rules``: what the route passes instead of refusing",
     "routes[].oidc": "Login on a route",

@@ -54,6 +54,7 @@ IDENTITY_HEADER_PREFIXES: tuple[str, ...] = (
     "x-forwarded-email",
     "x-forwarded-preferred-username",
     "x-forwarded-groups",
+    "x-forwarded-org",
     "x-forwarded-access-token",
     "x-forwarded-client-id",
     "x-remote-",

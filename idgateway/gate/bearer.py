@@ -20,7 +20,7 @@ from __future__ import annotations
 import hmac
 import re
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from twisted.internet import defer
@@ -52,6 +52,7 @@ from idgateway.oidc.access_tokens import (
     looks_like_jwt,
     token_digest,
 )
+from idgateway.oidc.client import ClientCredentials
 from idgateway.oidc.dpop import DPoPError, check_proof
 from idgateway.oidc.introspection import Introspection, IntrospectionUnavailable
 from idgateway.oidc.tokens import PROVIDER_UNAVAILABLE, TokenError
@@ -147,7 +148,10 @@ class BearerGate:
         redis: AnyRedisClient | None = None,
         keyring: KeyRing | None = None,
         replay_redis: AnyRedisClient | None = None,
+        client: tuple[ClientCredentials, Any] | None = None,
     ) -> None:
+        """``client``: the route's own oidc credentials and HTTP client, for an
+        introspection client that authenticates with a key (no secret)."""
         self.route = route
         self.bearer = bearer
         self.settings = settings = bearer.settings
@@ -175,7 +179,7 @@ class BearerGate:
         self.introspection = (
             Introspection(
                 provider.client,
-                provider.http,
+                client[1] if client is not None else provider.http,
                 settings,
                 settings.introspection,
                 clock,
@@ -184,6 +188,7 @@ class BearerGate:
                 redis=redis,
                 keyring=keyring,
                 timeout=settings.introspection.timeout,
+                credentials=client[0] if client is not None else None,
             )
             if "opaque" in settings.tokens and settings.introspection is not None
             else None

@@ -16,8 +16,10 @@ from twisted.logger import Logger
 
 from idgateway.gate import logout_pages
 from idgateway.gate.answers import origin, send_json, send_redirect
+from idgateway.gate.needed_claims import missing_claims
 from idgateway.gate.rules import safe_redirect
 from idgateway.gate.session_check import secure_origin
+from idgateway.gate.step_up import claims_satisfy
 from idgateway.http.paths import AmbiguousPath, PathReading
 from idgateway.observe import access_log as observe
 from idgateway.observe.metrics import METRICS, OAUTH_ERRORS  # metrics hook
@@ -49,6 +51,13 @@ _log = Logger(namespace="idgateway.gate.endpoints")
 _TOKEN_HEADERS = frozenset(
     {b"x-forwarded-access-token", b"oidc_access_token", b"oidc_id_token", b"authorization"}
 )
+# Claims only a signed ID token may bring: userinfo's are ignored.
+_ID_TOKEN_ONLY_CLAIMS = frozenset(
+    {"acr", "amr", "auth_time", "sid", "iss", "aud", "azp", "nonce", "exp", "iat", "nbf", "jti"}
+)
+# A pushed request (PAR) whose flow is at least this old may have expired at
+# the provider: its invalid_request_uri starts a new login instead of an error.
+PAR_RESTART_AFTER = 10.0
 # A provider's error code is shown (audit log, error page) up to this length.
 _MAX_LOGGED_CODE = 64
 
@@ -123,6 +132,29 @@ async def callback(login: RouteLogin, request: GatewayRequest, host: bytes, tls:
     flow, clear_flow = flows.take(params.get("state", ""), cookies, now)
     for value in clear_flow:
         request.responseHeaders.addRawHeader(b"set-cookie", value)
+    if params.get("error") == "invalid_request_uri" and flow is None and "state" not in params:
+        # The provider no longer knows the pushed request, so it cannot say its
+        # state: the login is this browser's newest (its cookie goes now).
+        flow, clear_newest = flows.take_newest(cookies, now)
+        for value in clear_newest:
+            request.responseHeaders.addRawHeader(b"set-cookie", value)
+    if (
+        params.get("error") == "invalid_request_uri"
+        and flow is not None
+        and now - flow.created_at >= PAR_RESTART_AFTER
+    ):
+        # The pushed request expired before the browser reached the provider
+        # (WSO2 keeps it 60 s): start over where the user was going. Only for
+        # a flow of ours old enough to have expired: the new one is younger, so
+        # a provider that keeps refusing gets the error page, never a loop.
+        _log.info(
+            "route {route}: the pushed authorization request expired before the sign-in; "
+            "starting a new one [{request_id}]",
+            route=login.route.name,
+            request_id=request.request_id.decode(),
+        )
+        login.begin_login(request, host, tls, return_to=flow.return_to)
+        return
     if "error" in params:
         # Anyone can send a browser here with ?error=<anything>: the provider's
         # code goes to the audit log and the error page, never into a metric
@@ -168,7 +200,7 @@ async def callback(login: RouteLogin, request: GatewayRequest, host: bytes, tls:
         return
     try:
         tokens = await exchange_code(
-            login.provider.http,
+            login.token_http,
             metadata,
             login.credentials,
             code=code,
@@ -202,7 +234,8 @@ async def callback(login: RouteLogin, request: GatewayRequest, host: bytes, tls:
             request, login, 401, "id_token_" + error.reason, "The sign-in could not be verified."
         )
         return
-    if login.oidc.userinfo and metadata.userinfo_endpoint:
+    asked_userinfo = _should_ask_userinfo(login, claims, metadata.userinfo_endpoint)
+    if asked_userinfo:
         try:
             extra = await fetch_userinfo(
                 login.provider.http,
@@ -220,18 +253,46 @@ async def callback(login: RouteLogin, request: GatewayRequest, host: bytes, tls:
                 request, login, 401, "userinfo_sub_mismatch", "The sign-in could not be verified."
             )
             return
-        claims = {**extra, **claims}
+        # Userinfo is not signed: it adds claims, it never speaks for how or
+        # when the user authenticated, nor for the session (step-up, logout).
+        unsigned = {k: v for k, v in extra.items() if k not in _ID_TOKEN_ONLY_CLAIMS}
+        claims = {**unsigned, **claims}
     if request.finished or request.client_gone:
         return
     now = login.clock.seconds()
+    if flow.step_up and not claims_satisfy(claims, flow.acr_values, flow.max_age, now):
+        # The provider did not give what the path asked for (a lower acr, an
+        # old auth_time): refuse, never send the browser round again.
+        _log.warn(
+            "route {route}: step-up refused: the provider answered acr {acr!r}, auth_time "
+            "{auth_time!r} for acr_values {wanted!r}, max_age {max_age!r} [{request_id}]",
+            route=login.route.name,
+            acr=claims.get("acr"),
+            auth_time=claims.get("auth_time"),
+            wanted=" ".join(flow.acr_values),
+            max_age=flow.max_age,
+            request_id=request.request_id.decode(),
+        )
+        _login_failed(
+            request,
+            login,
+            403,
+            "step_up_failed",
+            "The identity provider did not confirm the stronger or more recent sign-in "
+            "this page needs.",
+        )
+        return
     kept = {k: v for k, v in claims.items() if k not in _TECHNICAL_CLAIMS}
+    _hint_missing_claims(login, claims, asked_userinfo, metadata.userinfo_endpoint is not None)
     user = claims.get(login.oidc.user_claim)
     if not user:
         _log.warn(
-            "route {route}: the ID token has no {claim!r} claim (user_claim); using sub. "
-            "Request the scope that carries it.",
+            "route {route}: the sign-in has no {claim!r} claim (user_claim); using sub. {fix}",
             route=login.route.name,
             claim=login.oidc.user_claim,
+            fix=_sentence(
+                _claim_fix(login, asked_userinfo, metadata.userinfo_endpoint is not None)
+            ),
         )
         user = claims["sub"]
     minimal = login.session_settings.minimal
@@ -248,12 +309,17 @@ async def callback(login: RouteLogin, request: GatewayRequest, host: bytes, tls:
         access_token=tokens.access_token,
         access_expires_at=now + tokens.expires_in if tokens.expires_in else None,
         refresh_token=None if minimal else tokens.refresh_token,
+        tokens_at=now,
     )
+    _note_provider_limits(login, session, tokens.expires_in)
     target = safe_redirect(
         flow.return_to, host=host.decode("latin-1"), allowed=login.oidc.allowed_redirects, tls=tls
     )
     try:
-        new_cookies = await login.start_session(session, tls)
+        if flow.step_up:
+            session, new_cookies = await _upgraded(login, request, tls, session)
+        else:
+            new_cookies = await login.start_session(session, tls)
     except RedisUnavailable:
         _login_failed(
             request, login, 503, "session_store_unavailable", "Sessions are unavailable right now."
@@ -266,6 +332,95 @@ async def callback(login: RouteLogin, request: GatewayRequest, host: bytes, tls:
     if request.finished or request.client_gone:
         return
     send_redirect(request, target or "/", new_cookies)
+
+
+async def _upgraded(
+    login: RouteLogin, request: GatewayRequest, tls: bool, session: Session
+) -> tuple[Session, list[bytes]]:
+    """A step-up login upgrades the browser's session of the same user in place
+    (same id, same start: its limits and revocations still apply); another
+    user's, or none, gives a new session as any login does."""
+    current, chunks, session_id = await login.current_session(request, tls)
+    if current is None or current.sub != session.sub:
+        return session, await login.start_session(session, tls)
+    upgraded = attrs.evolve(session, id=current.id, created_at=current.created_at)
+    return upgraded, await login.replace_session(upgraded, tls, chunks, session_id)
+
+
+def _should_ask_userinfo(
+    login: RouteLogin, claims: dict[str, Any], userinfo_endpoint: str | None
+) -> bool:
+    """``userinfo: true`` asks always, ``auto`` when the ID token lacks a claim
+    the route needs; never without an endpoint to ask."""
+    if userinfo_endpoint is None or login.oidc.userinfo is False:
+        return False
+    if login.oidc.userinfo is True:
+        return True
+    return bool(missing_claims(claims, login.needed_claims))
+
+
+def _sentence(text: str) -> str:
+    return text[:1].upper() + text[1:] + "."
+
+
+def _claim_fix(login: RouteLogin, asked_userinfo: bool, has_userinfo: bool) -> str:
+    """The setting that brings a missing claim, for the log."""
+    if login.oidc.userinfo is False and has_userinfo:
+        return (
+            "if the provider puts it in userinfo, set oidc.userinfo: auto (or true); "
+            "else request the scope that carries it (oidc.scopes)"
+        )
+    where = "the ID token and userinfo lack it" if asked_userinfo else "the ID token lacks it"
+    return (
+        f"{where}: request the scope that carries it (oidc.scopes) and have the "
+        "provider release it to this application"
+    )
+
+
+def _hint_missing_claims(
+    login: RouteLogin, claims: dict[str, Any], asked_userinfo: bool, has_userinfo: bool
+) -> None:
+    """Warn once per route and claim that a needed claim never came (rules
+    reading it refuse the user with 403), naming the setting that fixes it."""
+    for claim in missing_claims(claims, login.needed_claims):
+        if claim == login.oidc.user_claim or claim in login.hinted_claims:
+            continue  # user_claim has its own warning at every login
+        login.hinted_claims.add(claim)
+        _log.warn(
+            "route {route}: the sign-in has no {claim!r} claim, which the route's headers "
+            "or rules read; {fix} (logged once per claim)",
+            route=login.route.name,
+            claim=claim,
+            fix=_claim_fix(login, asked_userinfo, has_userinfo),
+        )
+
+
+def _note_provider_limits(login: RouteLogin, session: Session, expires_in: int | None) -> None:
+    """What a login shows about the provider that configuration cannot: tokens
+    too short for the refresh leeway, ID tokens without ``sid``. Once per provider."""
+    handle = login.provider
+    leeway = login.session_settings.refresh_leeway
+    if expires_in is not None and expires_in < 2 * leeway and "short_tokens" not in handle.noted:
+        handle.noted.add("short_tokens")
+        _log.warn(
+            "provider {provider}: access tokens live {lifetime}s, less than twice "
+            "session.refresh_leeway ({leeway}s) of route {route}: refreshing at half their "
+            "lifetime instead (at most once a minute); lengthen the token lifetime at the "
+            "provider or shorten refresh_leeway",
+            provider=handle.settings.name,
+            lifetime=expires_in,
+            leeway=f"{leeway:g}",
+            route=login.route.name,
+        )
+    if session.provider_sid is None and "no_sid" not in handle.noted:
+        handle.noted.add("no_sid")
+        _log.warn(
+            "provider {provider}: its ID tokens carry no sid, so the provider cannot end this "
+            "session by sid (route {route}): back-channel logout tokens must name the sub, "
+            "and front-channel logout works only where the browser sends the session cookie",
+            provider=handle.settings.name,
+            route=login.route.name,
+        )
 
 
 async def sign_out(login: RouteLogin, request: GatewayRequest, host: bytes, tls: bool) -> None:

@@ -27,7 +27,6 @@ _CLAIM_NAME = re.compile(r"[A-Za-z0-9_.-]+")
 _TOKEN = re.compile(r"[\x21-\x7e]+")
 
 
-
 class ClaimEncoder:
     """Claim values as header values: printable ASCII, the list delimiter only between items.
 
@@ -142,6 +141,7 @@ class IdentityHeaders:
                 claims.get("preferred_username", claims.get("username")),
             )
             add("X-Forwarded-Groups", claims.get(self.groups_claim))
+            add("X-Forwarded-Org", claims.get("org_id"))
             if settings.pass_access_token:
                 add_token("X-Forwarded-Access-Token", session.access_token)
         elif settings.preset == "mod_auth_openidc":

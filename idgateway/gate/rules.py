@@ -102,7 +102,9 @@ def authorization_failure(
             if not isinstance(claims.get(rule.claim), str)
             else [str(claims.get(rule.claim))]
         )
-        if rule.regex:
+        if rule.any_of:
+            ok = any(v in rule.any_of for v in values)
+        elif rule.regex:
             pattern = compile_config_regex(rule.value)
             ok = any(pattern.fullmatch(v) for v in values)
         else:

@@ -20,26 +20,46 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from idgateway.config.model import AuthorizeRules, ProviderSettings, PublicPath, Route, RouteAuth
+from idgateway.config.client_keys import load_client_key
+from idgateway.config.model import (
+    AuthorizeRules,
+    ProviderSettings,
+    PublicPath,
+    Route,
+    RouteAuth,
+    StepUp,
+)
 from idgateway.gate.answers import origin, send_json, send_redirect, start_url
 from idgateway.gate.assertion import AssertionSigner
 from idgateway.gate.identity_headers import IdentityHeaders
 from idgateway.gate.logout_pages import send_signed_out
+from idgateway.gate.needed_claims import needed_claims
 from idgateway.gate.rules import (
     authorization_failure,
     compile_public_paths,
     is_public,
+)
+from idgateway.gate.step_up import (
+    insufficient_authentication_challenge,
+    satisfies,
+    step_up_parameters,
 )
 from idgateway.http.paths import PathReading, fold_case, no_fold
 from idgateway.observe import access_log as observe
 from idgateway.observe.metrics import METRICS  # metrics hook
 from idgateway.oidc.client import (
     ClientCredentials,
+    PushedRequestError,
     TokenEndpointError,
-    authorize_url,
+    authorization_parameters,
+    authorization_request_url,
+    push_authorization_request,
+    pushed_authorize_url,
     refresh_tokens,
 )
-from idgateway.oidc.provider import ProviderClient
+from idgateway.oidc.client_assertion import ClientAssertionSigner
+from idgateway.oidc.logout_paths import logout_paths, unhonoured_settings
+from idgateway.oidc.provider import ProviderClient, ProviderMetadata
 from idgateway.oidc.refresh import validate_refreshed_id_token
 from idgateway.oidc.tokens import PROVIDER_UNAVAILABLE, TokenError
 from idgateway.redis.client import RedisUnavailable
@@ -121,6 +141,9 @@ class ProviderHandle:
     settings: ProviderSettings
     client: ProviderClient
     http: Any
+    # What logins have shown about the provider and logged once ("short_tokens",
+    # "no_sid"): a warning per provider, not per login.
+    noted: set[str] = attrs.field(factory=set)
 
 
 class RouteLogin:
@@ -137,6 +160,7 @@ class RouteLogin:
         redis: AnyRedisClient | None = None,
         shared_redis: AnyRedisClient | None = None,
         revocation: RevocationList | None = None,
+        token_http: Any = None,
     ) -> None:
         self.route = route
         # Provider sids ended by back-channel logout (cookie sessions only).
@@ -192,8 +216,23 @@ class RouteLogin:
             client_id=auth.oidc.client_id,
             client_secret=auth.oidc.client_secret,
             auth_method=auth.oidc.client_auth,
+            signer=(
+                ClientAssertionSigner(load_client_key(auth.oidc.private_key_file))
+                if auth.oidc.private_key_file is not None
+                else None
+            ),
+            assertion_audience=auth.oidc.client_assertion_audience,
         )
+        # Token, refresh and PAR calls: the provider's client, or this route's own
+        # with its client certificate (tls_client_auth).
+        self.token_http = token_http if token_http is not None else provider.http
         self.redirect_path = auth.oidc.redirect_path
+        # Step-up per path (paths[].login), by path sub-route index.
+        self.step_ups: tuple[StepUp | None, ...] = tuple(path.login for path in route.paths)
+        self.has_step_up = any(step_up is not None for step_up in self.step_ups)
+        # For oidc.userinfo: auto, and for the "missing claim" hints (once each).
+        self.needed_claims = needed_claims(route, auth)
+        self.hinted_claims: set[str] = set()
         # store: redis: the cookie holds an opaque id, the session lives in Redis.
         self.store: RedisSessionStore | None = None
         if auth.session.store == "redis":
@@ -224,6 +263,33 @@ class RouteLogin:
         ] = {}
         # The route's identity assertion (set by the state builder); None: off.
         self.assertion: AssertionSigner | None = None
+        # What the provider's discovery document offers this route, checked
+        # once it is known (warnings at start, and after a reload).
+        client = provider.client
+        if client is None:  # a gate built without a provider (tests of other stages)
+            pass
+        elif client.metadata is not None:
+            self.check_provider_offers(client.metadata)
+        else:
+            client.when_ready.append(self.check_provider_offers)
+
+    def check_provider_offers(self, metadata: ProviderMetadata) -> None:
+        """Warn about settings the provider's discovery document cannot honour,
+        and log which of its logout paths can end this route's sessions."""
+        route, provider = self.route.name, self.provider.settings.name
+        for warning in unhonoured_settings(self.oidc, metadata):
+            self._log.warn(
+                "route {route}, provider {provider}: {warning}",
+                route=route,
+                provider=provider,
+                warning=warning,
+            )
+        paths = logout_paths(metadata, self.oidc)
+        self._log.info(
+            "route {route}: provider logout paths: {paths}",
+            route=route,
+            paths="; ".join(f"{name}: {how}" for name, how in paths.items()),
+        )
 
     def rules_for(self, reading: PathReading) -> AuthorizeRules:
         """The longest path sub-route with its own rules wins, else the route's.
@@ -388,6 +454,11 @@ class RouteLogin:
         request.idgw_login = self
         request.idgw_session = session
         request.idgw_session_id = visit.session_id
+        if self.has_step_up:
+            step_up = self.step_up_for(request.idgw_reading)
+            if step_up is not None and not satisfies(session, step_up, self.clock.seconds()):
+                self.step_up(visit, session, step_up)
+                return
         rules = self.rules_for(request.idgw_reading)
         # A session's verdict and identity headers depend only on the session
         # object (immutable, and shared by every request with the same cookie or
@@ -501,6 +572,46 @@ class RouteLogin:
             tls,
             return_to=request.uri.decode("latin-1"),
             set_cookies=clear,
+            # A path that needs a step-up asks for it in the first login.
+            step_up=self.step_up_for(request.idgw_reading) if self.has_step_up else None,
+        )
+
+    def step_up_for(self, reading: PathReading) -> StepUp | None:
+        """The step-up of the path sub-route serving ``reading`` (every reading of
+        the path selects the same one, or the path judge refused it)."""
+        if reading.sub_route is None:
+            return None
+        return self.step_ups[reading.sub_route]
+
+    def step_up(self, visit: Visit, session: Session, step_up: StepUp) -> None:
+        """A session too weak or too old for this path: a new login with the
+        path's acr_values/max_age (browsers), or RFC 9470's 401 (API clients)."""
+        request = visit.request
+        self._log.info(
+            "route {route}: {user} needs a step-up for {path} (acr {acr})",
+            route=self.route.name,
+            user=observe.log_user(session.user),
+            path=visit.path,
+            acr=session.claims.get("acr"),
+        )
+        if self._is_api_request(request, visit.path):
+            send_json(
+                request,
+                401,
+                {
+                    "error": "insufficient_user_authentication",
+                    "message": "A stronger or more recent sign-in is required.",
+                    "login_url": start_url(request, visit.host, visit.tls),
+                },
+                headers=[(b"www-authenticate", insufficient_authentication_challenge(step_up))],
+            )
+            return
+        self.begin_login(
+            request,
+            visit.host,
+            visit.tls,
+            return_to=request.uri.decode("latin-1"),
+            step_up=step_up,
         )
 
     def begin_login(
@@ -511,8 +622,10 @@ class RouteLogin:
         *,
         return_to: str,
         set_cookies: list[bytes] = (),  # type: ignore[assignment]
+        step_up: StepUp | None = None,
     ) -> None:
-        """302 to the provider's authorize endpoint with state, nonce and PKCE S256."""
+        """302 to the provider's authorize endpoint with state, nonce and PKCE S256
+        (and a step-up's acr_values and max_age, which its flow remembers)."""
         metadata = self.provider.client.metadata
         if metadata is None:
             self._log.warn(
@@ -527,22 +640,101 @@ class RouteLogin:
                 request.request_id,
             )
             return
+        use_par = self.oidc.par != "off" and (
+            metadata.pushed_authorization_request_endpoint is not None
+        )
+        if self.oidc.par == "required" and not use_par:
+            self._log.warn(
+                "route {route}: oidc.par is required but provider {provider} advertises no "
+                "pushed_authorization_request_endpoint; no login is started [{request_id}]",
+                route=self.route.name,
+                provider=self.provider.settings.name,
+                request_id=request.request_id.decode(),
+            )
+            send_provider_unavailable(
+                request,
+                "Sign-in is unavailable: the identity provider does not take pushed "
+                "authorization requests, which this application requires.",
+                request.request_id,
+            )
+            return
         flows: FlowCookies = self.flows[tls]
         now = self.clock.seconds()
-        flow = flows.new_flow(return_to, now)
+        extra = dict(self.oidc.extra_params)
+        if step_up is None:
+            flow = flows.new_flow(return_to, now)
+        else:
+            flow = flows.new_flow(
+                return_to, now, acr_values=step_up.acr_values, max_age=step_up.max_age
+            )
+            extra.update(step_up_parameters(step_up))
         cookies = parse_cookie_header(request.requestHeaders.getRawHeaders(b"cookie", []))
-        url = authorize_url(
-            metadata,
+        parameters = authorization_parameters(
             client_id=self.oidc.client_id,
             redirect_uri=origin(host, tls) + self.redirect_path,
             scopes=self.oidc.scopes,
             state=flow.state,
             nonce=flow.nonce,
             code_challenge=FlowCookies.code_challenge(flow.code_verifier),
-            extra=dict(self.oidc.extra_params),
+            extra=extra,
         )
+        flow_cookies = [*set_cookies, *flows.set_cookie(flow, cookies, now)]
         METRICS.login_started(self.route.name)  # metrics hook
-        send_redirect(request, url, [*set_cookies, *flows.set_cookie(flow, cookies, now)])
+        if not use_par:
+            url = authorization_request_url(metadata, parameters)
+            send_redirect(request, url, flow_cookies)
+            return
+        d = defer.ensureDeferred(self._pushed_login(request, metadata, parameters, flow_cookies))
+        d.addErrback(self._failed_request, request)
+
+    async def _pushed_login(
+        self,
+        request: GatewayRequest,
+        metadata: ProviderMetadata,
+        parameters: list[tuple[str, str]],
+        flow_cookies: list[bytes],
+    ) -> None:
+        """RFC 9126: push the request, send the browser with its request_uri only."""
+        try:
+            request_uri = await push_authorization_request(
+                self.token_http, metadata, self.credentials, parameters, clock=self.clock
+            )
+        except PushedRequestError as error:
+            self._log.warn(
+                "route {route}: the provider's PAR endpoint refused or failed the "
+                "authorization request: {error} {description} [{request_id}]",
+                route=self.route.name,
+                error=error.error,
+                description=error.description,
+                request_id=request.request_id.decode(),
+            )
+            if request.finished or request.client_gone:
+                return
+            METRICS.login_failed(self.route.name, "par_failed")  # metrics hook
+            send_error(
+                request,
+                502,
+                "The identity provider refused to start the sign-in. Try again later.",
+                error="par_failed",
+                request_id=request.request_id,
+            )
+            return
+        if request.finished or request.client_gone:
+            return
+        url = pushed_authorize_url(metadata, client_id=self.oidc.client_id, request_uri=request_uri)
+        send_redirect(request, url, flow_cookies)
+
+    def _failed_request(self, failure: Failure, request: GatewayRequest) -> None:
+        self._log.failure(
+            "route {route}: unexpected error [{request_id}]",
+            failure,
+            route=self.route.name,
+            request_id=request.request_id.decode(),
+        )
+        if not request.finished and not request.client_gone:
+            send_error(
+                request, 500, "Something went wrong on the gateway.", request_id=request.request_id
+            )
 
     # -- sessions: create, find, end ----------------------------------------------------
 
@@ -559,6 +751,19 @@ class RouteLogin:
         session_id = self.store.new_session_id()
         await self.store.save(session_id, session)
         return [self.codecs[tls].plain_cookie(session_id.encode("ascii"))]
+
+    async def replace_session(
+        self, session: Session, tls: bool, chunks: int, session_id: str | None
+    ) -> list[bytes]:
+        """Set-Cookie values after storing ``session`` in place of the browser's
+        current one (a step-up): the same Redis id, or a new cookie."""
+        if self.store is None:
+            return self.session_cookies(session, tls, chunks)
+        if session_id is None:
+            return await self.start_session(session, tls)
+        await self.store.save(session_id, session)
+        self._loaded.pop(session_id, None)
+        return []
 
     async def current_session(
         self, request: GatewayRequest, tls: bool
@@ -706,10 +911,19 @@ class RouteLogin:
         )
 
     def _needs_refresh(self, session: Session, now: float) -> bool:
+        """Due within the leeway, which is at most half the token's lifetime; and
+        not again within SLIDE_EVERY of the last tokens unless they have expired,
+        so short tokens never mean a refresh (and a new cookie) per request."""
         expires = session.access_expires_at
         if expires is None or session.refresh_token is None:
             return False
-        return expires - self.session_settings.refresh_leeway <= now
+        leeway = self.session_settings.refresh_leeway
+        obtained = session.tokens_at
+        if obtained is not None:
+            if now < expires and now - obtained < SLIDE_EVERY:
+                return False
+            leeway = min(leeway, (expires - obtained) / 2)
+        return expires - leeway <= now
 
     async def refreshed(
         self, session: Session, session_id: str | None = None
@@ -866,7 +1080,7 @@ class RouteLogin:
             return None
         try:
             tokens = await refresh_tokens(
-                self.provider.http,
+                self.token_http,
                 metadata,
                 self.credentials,
                 refresh_token=session.refresh_token,
@@ -917,6 +1131,7 @@ class RouteLogin:
             refresh_token=tokens.refresh_token or session.refresh_token,
             id_token=tokens.id_token or session.id_token,
             last_seen=now,
+            tokens_at=now,
         )
 
     def session_cookies(self, session: Session, tls: bool, previous_chunks: int) -> list[bytes]:
@@ -937,6 +1152,8 @@ class RouteLogin:
 
 def _essential(claims: dict[str, Any], oidc: Any) -> dict[str, Any]:
     keep = {oidc.user_claim, oidc.email_claim, oidc.groups_claim, "sub", "sid", "username", "roles"}
+    # Step-up compares these: dropping them would send the user round again.
+    keep.update(("acr", "auth_time"))
     return {k: v for k, v in claims.items() if k in keep}
 
 

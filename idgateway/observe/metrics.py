@@ -85,7 +85,7 @@ LOGOUT_KINDS = ("sign_out", "backchannel", "frontchannel")
 # release the refresh lock.
 SESSION_STORE_OPERATIONS = ("load", "save", "delete", "delete_indexed", "lock", "unlock")
 # The calls the gateway makes to a provider (idgateway.oidc) ...
-PROVIDER_CALLS = ("discovery", "jwks", "token", "refresh", "userinfo")
+PROVIDER_CALLS = ("discovery", "jwks", "token", "refresh", "userinfo", "par")
 # ... and how one can fail: no connection (or TLS), no complete answer in
 # time, a body over the size limit, an HTTP error status, or an answer the
 # gateway could not use (not JSON, missing fields, a wrong issuer).

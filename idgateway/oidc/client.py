@@ -20,11 +20,15 @@ from treq.client import HTTPClient
 from twisted.internet.interfaces import IReactorTime
 
 from idgateway.config.auth import RESERVED_AUTHORIZE_PARAMETERS
+from idgateway.oidc.client_assertion import ASSERTION_TYPE, ClientAssertionSigner
 from idgateway.oidc.http import HTTPFailure, HTTPResult, count_error, send
 from idgateway.oidc.provider import ProviderMetadata
 
 CLIENT_SECRET_BASIC = "client_secret_basic"
 CLIENT_SECRET_POST = "client_secret_post"
+PRIVATE_KEY_JWT = "private_key_jwt"
+TLS_CLIENT_AUTH = "tls_client_auth"
+CLIENT_AUTH_METHODS = (CLIENT_SECRET_BASIC, CLIENT_SECRET_POST, PRIVATE_KEY_JWT, TLS_CLIENT_AUTH)
 
 # Provider-supplied error descriptions are shown in logs: keep them short.
 _MAX_DESCRIPTION = 300
@@ -38,16 +42,50 @@ _DECIMAL = re.compile(r"[0-9]{1,10}")
 @attrs.frozen
 class ClientCredentials:
     client_id: str
-    client_secret: str = attrs.field(repr=False)
+    client_secret: str = attrs.field(default="", repr=False)
     auth_method: str = attrs.field(default=CLIENT_SECRET_BASIC)
+    # private_key_jwt: signs a fresh assertion per call; and its aud.
+    signer: ClientAssertionSigner | None = attrs.field(default=None, repr=False)
+    assertion_audience: str = "token_endpoint"
 
     @auth_method.validator
     def _check_auth_method(self, attribute: object, value: str) -> None:
-        if value not in (CLIENT_SECRET_BASIC, CLIENT_SECRET_POST):
+        if value not in CLIENT_AUTH_METHODS:
             raise ValueError(
                 f"unsupported client auth method {value!r} "
-                f"(expected {CLIENT_SECRET_BASIC} or {CLIENT_SECRET_POST})"
+                f"(expected one of {', '.join(CLIENT_AUTH_METHODS)})"
             )
+        if value == PRIVATE_KEY_JWT and self.signer is None:
+            raise ValueError("private_key_jwt needs a signer (oidc.private_key_file)")
+
+    def authenticate(
+        self, metadata: ProviderMetadata, form: dict[str, str], now: float
+    ) -> tuple[dict[str, str], dict[str, str]]:
+        """(form, headers) for a call to the token, PAR or introspection endpoint."""
+        if self.auth_method == CLIENT_SECRET_BASIC:
+            return form, {"Authorization": basic_authorization(self.client_id, self.client_secret)}
+        if self.auth_method == CLIENT_SECRET_POST:
+            return {**form, "client_id": self.client_id, "client_secret": self.client_secret}, {}
+        if self.auth_method == PRIVATE_KEY_JWT:
+            assert self.signer is not None
+            audience = (
+                metadata.issuer if self.assertion_audience == "issuer" else metadata.token_endpoint
+            )
+            assertion = self.signer.assertion(
+                self.client_id,
+                audience,
+                now,
+                metadata.token_endpoint_auth_signing_alg_values_supported,
+            )
+            return {
+                **form,
+                "client_id": self.client_id,
+                "client_assertion_type": ASSERTION_TYPE,
+                "client_assertion": assertion,
+            }, {}
+        # tls_client_auth: the TLS connection (the route's client certificate)
+        # authenticates; the form names the client.
+        return {**form, "client_id": self.client_id}, {}
 
 
 @attrs.frozen
@@ -102,13 +140,36 @@ def authorize_url(
     (``prompt``, ``acr_values``, ``fidp``, ``max_age``...) are appended; one
     named in RESERVED_AUTHORIZE_PARAMETERS raises ValueError.
     """
+    parameters = authorization_parameters(
+        client_id=client_id,
+        redirect_uri=redirect_uri,
+        scopes=scopes,
+        state=state,
+        nonce=nonce,
+        code_challenge=code_challenge,
+        extra=extra,
+    )
+    return _with_query(metadata.authorization_endpoint, parameters)
+
+
+def authorization_parameters(
+    *,
+    client_id: str,
+    redirect_uri: str,
+    scopes: Sequence[str],
+    state: str,
+    nonce: str,
+    code_challenge: str,
+    extra: Mapping[str, str] = {},  # noqa: B006 - never mutated
+) -> list[tuple[str, str]]:
+    """The parameters of an authorization request, for the URL or a PAR body."""
     clashes = sorted(RESERVED_AUTHORIZE_PARAMETERS.intersection(extra))
     if clashes:
         raise ValueError(f"extra authorization parameters may not set {', '.join(clashes)}")
     scope_list = list(dict.fromkeys(scopes))
     if "openid" not in scope_list:
         scope_list.insert(0, "openid")
-    parameters = [
+    return [
         ("response_type", "code"),
         ("client_id", client_id),
         ("redirect_uri", redirect_uri),
@@ -119,7 +180,78 @@ def authorize_url(
         ("code_challenge_method", "S256"),
         *extra.items(),
     ]
+
+
+class PushedRequestError(ProviderCallError):
+    """The PAR endpoint refused or failed, or answered something unusable."""
+
+
+# A request_uri is an opaque reference, not a place to smuggle a URL of its own.
+_REQUEST_URI = re.compile(r"[\x21-\x7e]{1,512}")
+
+
+async def push_authorization_request(
+    http: HTTPClient,
+    metadata: ProviderMetadata,
+    creds: ClientCredentials,
+    parameters: Sequence[tuple[str, str]],
+    *,
+    timeout: float = 10,
+    clock: IReactorTime,
+) -> str:
+    """RFC 9126: POST the authorization request with client authentication; the
+    ``request_uri`` the provider answered (``201`` with ``request_uri`` and
+    ``expires_in``). PushedRequestError otherwise."""
+    endpoint = metadata.pushed_authorization_request_endpoint
+    if endpoint is None:
+        raise PushedRequestError("invalid_request", "the provider has no PAR endpoint", 0)
+    form, headers = creds.authenticate(metadata, dict(parameters), clock.seconds())
+    if creds.auth_method != CLIENT_SECRET_BASIC:
+        form["client_id"] = creds.client_id
+    try:
+        result = await send(
+            http,
+            "POST",
+            endpoint,
+            clock=clock,
+            timeout=timeout,
+            headers=headers,
+            data=form,
+            call="par",
+        )
+    except HTTPFailure as failure:
+        raise PushedRequestError("temporarily_unavailable", str(failure), 0) from None
+    if result.status not in (200, 201):
+        error, description = _error_of(result)
+        raise PushedRequestError(
+            error or _status_error(result.status),
+            description or f"HTTP {result.status} from the PAR endpoint",
+            result.status,
+        )
+    try:
+        body = result.json()
+    except ValueError:
+        count_error(http, "par", "invalid")  # metrics hook
+        raise PushedRequestError("invalid_response", "PAR response is not JSON", 200) from None
+    request_uri = body.get("request_uri") if isinstance(body, dict) else None
+    if not isinstance(request_uri, str) or not _REQUEST_URI.fullmatch(request_uri):
+        count_error(http, "par", "invalid")  # metrics hook
+        raise PushedRequestError("invalid_response", "PAR response lacks request_uri", 200)
+    return request_uri
+
+
+def authorization_request_url(
+    metadata: ProviderMetadata, parameters: Sequence[tuple[str, str]]
+) -> str:
+    """The authorize endpoint with ``parameters`` (from authorization_parameters)."""
     return _with_query(metadata.authorization_endpoint, parameters)
+
+
+def pushed_authorize_url(metadata: ProviderMetadata, *, client_id: str, request_uri: str) -> str:
+    """Where the browser goes after a PAR: only ``client_id`` and ``request_uri``."""
+    return _with_query(
+        metadata.authorization_endpoint, [("client_id", client_id), ("request_uri", request_uri)]
+    )
 
 
 def end_session_url(
@@ -265,11 +397,7 @@ async def _token_request(
     clock: IReactorTime,
     call: str,
 ) -> TokenResponse:
-    headers: dict[str, str] = {}
-    if creds.auth_method == CLIENT_SECRET_BASIC:
-        headers["Authorization"] = basic_authorization(creds.client_id, creds.client_secret)
-    else:
-        form = {**form, "client_id": creds.client_id, "client_secret": creds.client_secret}
+    form, headers = creds.authenticate(metadata, form, clock.seconds())
     try:
         result = await send(
             http,

@@ -29,7 +29,12 @@ from treq.client import HTTPClient
 from twisted.internet import defer
 from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator, IReactorTime
-from twisted.internet.ssl import CertificateOptions
+from twisted.internet.ssl import (
+    CertificateOptions,
+    PrivateCertificate,
+    optionsForClientTLS,
+    platformTrust,
+)
 from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.http_headers import Headers
@@ -39,7 +44,7 @@ from zope.interface import implementer
 from idgateway._twisted.client_pool import quiet
 from idgateway.config.values import mask_credentials
 from idgateway.oidc import bounded_json
-from idgateway.server.tls import HTTP_1_1, client_tls_options
+from idgateway.server.tls import HTTP_1_1, client_tls_options, trust_root_from_file
 
 _T = TypeVar("_T")
 
@@ -107,6 +112,7 @@ def make_http_client(
     pool_size: int = 10,
     timeout: float = 10,
     calls: CallObserver | None = None,
+    client_certificate: tuple[str, str] | None = None,
 ) -> ProviderHTTPClient:
     """A treq client with its own persistent pool, for one provider.
 
@@ -116,10 +122,14 @@ def make_http_client(
     off certificate and host name checks entirely: the caller must have logged
     a warning. ``timeout`` bounds connection set-up; use ``send`` for a
     deadline on whole requests. ``calls`` receives each call's time and failures.
+    ``client_certificate`` is (certificate PEM file, key PEM file) for mutual
+    TLS (``client_auth: tls_client_auth``); read now.
     """
     policy: IPolicyForHTTPS
     if insecure_skip_verify:
         policy = UnverifiedTLSPolicy()
+    elif client_certificate is not None:
+        policy = MutualTLSPolicy(ca_file, *client_certificate)
     else:
         policy = VerifyingTLSPolicy(ca_file)
         if ca_file is not None:
@@ -148,6 +158,31 @@ class VerifyingTLSPolicy:
     def creatorForNetloc(self, hostname: bytes, port: int) -> IOpenSSLClientConnectionCreator:
         # Cached per host and CA file contents by idgateway.server.tls.
         return client_tls_options(hostname.decode("idna"), self._ca_file)
+
+
+@implementer(IPolicyForHTTPS)
+class MutualTLSPolicy:
+    """Verify the provider as VerifyingTLSPolicy does, and present the client's
+    certificate (RFC 8705 ``tls_client_auth``)."""
+
+    def __init__(self, ca_file: str | None, cert_file: str, key_file: str) -> None:
+        with open(cert_file, "rb") as cert, open(key_file, "rb") as key:
+            self._certificate = PrivateCertificate.loadPEM(cert.read() + b"\n" + key.read())
+        self._trust = None if ca_file is None else trust_root_from_file(ca_file)
+        self._by_host: dict[str, IOpenSSLClientConnectionCreator] = {}
+
+    def creatorForNetloc(self, hostname: bytes, port: int) -> IOpenSSLClientConnectionCreator:
+        name = hostname.decode("idna")
+        creator = self._by_host.get(name)
+        if creator is None:
+            creator = optionsForClientTLS(
+                name,
+                trustRoot=self._trust if self._trust is not None else platformTrust(),
+                clientCertificate=self._certificate,
+                acceptableProtocols=[HTTP_1_1],
+            )
+            self._by_host[name] = creator
+        return creator
 
 
 @implementer(IPolicyForHTTPS)

@@ -29,7 +29,7 @@ from idgateway.oidc.access_tokens import (
     check_audience_and_client,
     check_times,
 )
-from idgateway.oidc.client import basic_authorization
+from idgateway.oidc.client import ClientCredentials, basic_authorization
 from idgateway.oidc.http import HTTPFailure, count_error, send
 from idgateway.oidc.provider import ProviderClient
 from idgateway.oidc.tokens import WRONG_ISSUER, WRONG_TYPE, TokenError
@@ -75,6 +75,7 @@ class Introspection:
         keyring: KeyRing | None = None,
         timeout: float = 10.0,
         max_in_flight: int = MAX_IN_FLIGHT,
+        credentials: ClientCredentials | None = None,
     ) -> None:
         self.max_in_flight = max_in_flight
         self.provider = provider
@@ -88,6 +89,9 @@ class Introspection:
         self.keyring = keyring
         self.timeout = timeout
         self._authorization = basic_authorization(settings.client_id, settings.client_secret)
+        # The route's own client (private_key_jwt, tls_client_auth): it
+        # authenticates each call itself, instead of the basic header.
+        self.credentials = credentials
         # digest -> (until, AccessToken, or None for inactive)
         self._cache: dict[bytes, tuple[float, AccessToken | None]] = {}
         self._pending: dict[bytes, defer.Deferred[tuple[bool, Any]]] = {}
@@ -213,6 +217,10 @@ class Introspection:
             raise IntrospectionUnavailable(
                 f"provider {self.provider.name} advertises no introspection_endpoint"
             )
+        data = {"token": token, "token_type_hint": "access_token"}
+        headers = {"Authorization": self._authorization}
+        if self.credentials is not None:
+            data, headers = self.credentials.authenticate(metadata, data, self.clock.seconds())
         try:
             result = await send(
                 self.http,
@@ -220,8 +228,8 @@ class Introspection:
                 endpoint,
                 clock=self.clock,
                 timeout=self.timeout,
-                headers={"Authorization": self._authorization, "Accept": "application/json"},
-                data={"token": token, "token_type_hint": "access_token"},
+                headers={**headers, "Accept": "application/json"},
+                data=data,
                 max_body=MAX_ANSWER,
                 call="introspection",
             )

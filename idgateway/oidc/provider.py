@@ -15,7 +15,7 @@ two WSO2 serves; and the JWKS holds each key twice, with ``_RS256`` and
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import attrs
@@ -67,6 +67,12 @@ class ProviderMetadata:
     id_token_signing_alg_values_supported: tuple[str, ...] = ("RS256",)
     code_challenge_methods_supported: tuple[str, ...] = ()
     backchannel_logout_supported: bool = False
+    frontchannel_logout_supported: bool = False
+    # RFC 9126 (WSO2 7: /oauth2/par); None: the provider takes no pushed requests.
+    pushed_authorization_request_endpoint: str | None = None
+    require_pushed_authorization_requests: bool = False
+    # For private_key_jwt: what the token endpoint accepts (empty: not stated).
+    token_endpoint_auth_signing_alg_values_supported: tuple[str, ...] = ()
 
     def endpoints(self) -> tuple[tuple[str, str], ...]:
         """(field name, URL) of every endpoint the document names, for transport checks."""
@@ -80,6 +86,10 @@ class ProviderMetadata:
                 ("end_session_endpoint", self.end_session_endpoint),
                 ("introspection_endpoint", self.introspection_endpoint),
                 ("revocation_endpoint", self.revocation_endpoint),
+                (
+                    "pushed_authorization_request_endpoint",
+                    self.pushed_authorization_request_endpoint,
+                ),
             )
             if url is not None
         )
@@ -114,6 +124,16 @@ class ProviderMetadata:
                 document.get("code_challenge_methods_supported")
             ),
             backchannel_logout_supported=document.get("backchannel_logout_supported") is True,
+            frontchannel_logout_supported=document.get("frontchannel_logout_supported") is True,
+            pushed_authorization_request_endpoint=_optional_string(
+                document, "pushed_authorization_request_endpoint"
+            ),
+            token_endpoint_auth_signing_alg_values_supported=_strings(
+                document.get("token_endpoint_auth_signing_alg_values_supported")
+            ),
+            require_pushed_authorization_requests=(
+                document.get("require_pushed_authorization_requests") is True
+            ),
         )
 
 
@@ -279,6 +299,9 @@ class ProviderClient:
         self._refetch_lock = defer.DeferredLock()
         # Endpoints already reported as living on another host than discovery.
         self._elsewhere_logged: set[tuple[str, str]] = set()
+        # Called once with the metadata when the provider first becomes ready
+        # (the routes' checks of what the discovery document offers them).
+        self.when_ready: list[Callable[[ProviderMetadata], None]] = []
 
     @property
     def ready(self) -> bool:
@@ -334,6 +357,9 @@ class ProviderClient:
                 issuer=metadata.issuer,
                 count=len(keys),
             )
+            waiting, self.when_ready = self.when_ready, []
+            for notify in waiting:
+                notify(metadata)
 
     def _refreshed(self, _: None) -> None:
         self._refreshing = None

@@ -30,9 +30,7 @@ async def master_address(
         try:
             reply = await attempt
         except defer.TimeoutError:
-            problems.append(
-                f"{host}:{port} did not answer within {connect_timeout:g} s"
-            )
+            problems.append(f"{host}:{port} did not answer within {connect_timeout:g} s")
             continue
         except RedisUnavailable as error:
             problems.append(str(error))
@@ -48,6 +46,7 @@ async def master_address(
         f"no Sentinel named the master {target.master_name!r}: {'; '.join(problems)}"
     )
 
+
 async def _ask_sentinel(
     reactor: Any,
     target: Target,
@@ -59,9 +58,7 @@ async def _ask_sentinel(
     try:
         protocol = cast(
             RedisProtocol,
-            await endpoint.connect(
-                Factory.forProtocol(functools.partial(RedisProtocol, reactor))
-            ),
+            await endpoint.connect(Factory.forProtocol(functools.partial(RedisProtocol, reactor))),
         )
     except defer.CancelledError:
         raise

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import attrs
 from twisted.internet.endpoints import (
@@ -25,11 +26,13 @@ from twisted.logger import Logger
 from idgateway.config.model import (
     Config,
     HeaderSettings,
+    OIDCSettings,
     ProviderSettings,
     RedisSettings,
     Route,
     Upstream,
 )
+from idgateway.config.organizations import organization_provider
 from idgateway.config.signing_keys import AssertionKeySet
 from idgateway.gate.assertion import AssertionSigner
 from idgateway.gate.bearer import BearerGate
@@ -37,7 +40,8 @@ from idgateway.gate.identity_headers import IdentityHeaders
 from idgateway.gate.session_check import ProviderHandle, RouteLogin
 from idgateway.http.paths import PathJudge, PathPolicy, PathReading
 from idgateway.observe.metrics import METRICS, GatewayMetrics
-from idgateway.oidc.http import make_http_client
+from idgateway.oidc.client import ClientCredentials
+from idgateway.oidc.http import ProviderHTTPClient, make_http_client
 from idgateway.oidc.provider import ProviderClient
 from idgateway.proxy.headers import TrustedProxies, header_key
 from idgateway.proxy.upstream import UpstreamPool
@@ -178,6 +182,19 @@ class StateBuilder:
                 handle = self.provider_handle(settings)
             providers[settings] = handle
         by_name = {settings.name: handle for settings, handle in providers.items()}
+
+        def login_provider(oidc: OIDCSettings) -> ProviderHandle:
+            """The route's provider; for oidc.organization, that organization's own
+            (its issuer below the root's), made once per configuration."""
+            if oidc.organization is None:
+                return by_name[oidc.provider]
+            settings = organization_provider(by_name[oidc.provider].settings, oidc.organization)
+            handle = providers.get(settings) or old_providers.get(settings)
+            if handle is None:
+                handle = self.provider_handle(settings)
+            providers[settings] = handle
+            return handle
+
         old_clients = previous.redis_clients if previous is not None else {}
         redis_clients: dict[RedisSettings, AnyRedisClient] = {}
 
@@ -239,11 +256,12 @@ class StateBuilder:
                 login = RouteLogin(
                     route,
                     route.auth,
-                    by_name[route.auth.oidc.provider],
+                    login_provider(route.auth.oidc),
                     self.reactor,
                     redis_client(session_redis) if session_redis is not None else None,
                     shared_client,
                     self._revocation,
+                    token_http=self.mutual_tls_client(route.auth.oidc, by_name),
                 )
                 identity = login.identity
             bearer = self.bearer_gate(
@@ -350,6 +368,23 @@ class StateBuilder:
             redis=redis,
             keyring=login.keyring if login is not None and redis is not None else None,
             replay_redis=redis or shared_client,
+            client=_key_client(route, login),
+        )
+
+    def mutual_tls_client(
+        self, oidc: OIDCSettings, by_name: dict[str, ProviderHandle]
+    ) -> ProviderHTTPClient | None:
+        """The route's own provider client for tls_client_auth (its certificate
+        is the client's credential); None: the provider's shared one."""
+        if oidc.client_cert is None or oidc.client_key is None:
+            return None
+        settings = by_name[oidc.provider].settings
+        return make_http_client(
+            self.reactor,
+            ca_file=settings.ca_file,
+            insecure_skip_verify=settings.insecure_skip_verify,
+            calls=self.metrics.provider_calls(settings.name),
+            client_certificate=(oidc.client_cert, oidc.client_key),
         )
 
     def provider_handle(self, settings: ProviderSettings) -> ProviderHandle:
@@ -395,6 +430,17 @@ class StateBuilder:
         for redis_settings, client in old.redis_clients.items():
             if new.redis_clients.get(redis_settings) is not client:
                 client.close()
+
+
+def _key_client(route: Route, login: RouteLogin | None) -> tuple[ClientCredentials, Any] | None:
+    """The route's own oidc client, when its bearer introspection is that client
+    and it authenticates with a key (private_key_jwt, tls_client_auth)."""
+    introspection = route.bearer.settings.introspection if route.bearer is not None else None
+    if login is None or introspection is None or introspection.client_secret:
+        return None
+    if introspection.client_id != login.oidc.client_id:
+        return None
+    return login.credentials, login.token_http
 
 
 def revocation_ttls(config: Config) -> dict[str, float]:

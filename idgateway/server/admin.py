@@ -26,6 +26,7 @@ from twisted.web.server import NOT_DONE_YET, Request, Site
 from idgateway.config.values import mask_credentials
 from idgateway.gate.jwks import JwksResource
 from idgateway.observe.metrics import METRICS, GatewayMetrics
+from idgateway.oidc.logout_paths import logout_paths
 from idgateway.routing.state import StateHolder
 from idgateway.server.tls import certificate_expiry
 
@@ -162,6 +163,9 @@ async def status(holder: StateHolder, service: Any = None) -> dict[str, Any]:
                 "paths": {sub.prefix: sub.upstream.url for sub in route.paths},
                 "provider": None if auth is None else auth.oidc.provider,
                 "session_store": store,
+                # Which provider logout paths can end this route's sessions,
+                # from the provider's discovery document (idgateway.oidc.logout_paths).
+                "logout": None if auth is None else _logout_paths(state, route.name, auth),
                 # Bearer tokens (idgateway.gate.bearer): which kinds, from which provider.
                 "bearer": None
                 if route.bearer is None
@@ -228,6 +232,13 @@ async def status(holder: StateHolder, service: Any = None) -> dict[str, Any]:
             for index, key in enumerate(state.assertion_keys.keys)
         ],
     }
+
+
+def _logout_paths(state: Any, route: str, auth: Any) -> dict[str, str]:
+    runtime = state.runtimes.get(route)
+    login = runtime.login if runtime is not None else None
+    metadata = login.provider.client.metadata if login is not None else None
+    return logout_paths(metadata, auth.oidc)
 
 
 def _wants_json(request: Request) -> bool:

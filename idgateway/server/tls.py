@@ -298,6 +298,11 @@ def _file_signature(path: str) -> tuple[int, int]:
     return status.st_mtime_ns, status.st_size
 
 
+def trust_root_from_file(path: str) -> IOpenSSLTrustRoot:
+    """The certificates of a PEM bundle as a trust root (TLSConfigurationError if unusable)."""
+    return _trust_root_from_file(path)
+
+
 def _trust_root_from_file(path: str) -> IOpenSSLTrustRoot:
     try:
         with open(path, "rb") as file:

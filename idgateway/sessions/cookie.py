@@ -66,6 +66,7 @@ class SessionTooLarge(Exception):
 SIGNED_OUT_SUFFIX = b"_signed_out"
 SIGNED_OUT_FOR = 600
 
+
 def _check_cookie_name(instance: Any, attribute: Any, value: str) -> None:
     if not value or not set(value) <= _TOKEN_CHARS:
         raise ValueError(

@@ -18,6 +18,7 @@ import json
 import math
 import os
 from collections.abc import Callable, Mapping
+from typing import Any
 
 import attrs
 
@@ -58,6 +59,14 @@ class LoginFlow:
     code_verifier: str
     return_to: str
     created_at: float
+    # A step-up login (paths[].login): what the new ID token must show, and
+    # that the session it finishes is upgraded in place.
+    acr_values: tuple[str, ...] = ()
+    max_age: float | None = None
+
+    @property
+    def step_up(self) -> bool:
+        return bool(self.acr_values) or self.max_age is not None
 
 
 class FlowCookies:
@@ -123,7 +132,13 @@ class FlowCookies:
     # -- making ------------------------------------------------------------
 
     def new_flow(
-        self, return_to: str, now: float, random: Callable[[int], bytes] = os.urandom
+        self,
+        return_to: str,
+        now: float,
+        random: Callable[[int], bytes] = os.urandom,
+        *,
+        acr_values: tuple[str, ...] = (),
+        max_age: float | None = None,
     ) -> LoginFlow:
         """A fresh flow with random state, nonce and PKCE verifier.
 
@@ -141,6 +156,8 @@ class FlowCookies:
             code_verifier=_b64url(random(_VERIFIER_BYTES)),
             return_to=return_to,
             created_at=now,
+            acr_values=acr_values,
+            max_age=max_age,
         )
 
     def _too_long(self, return_to: str) -> bool:
@@ -152,10 +169,17 @@ class FlowCookies:
         return _b64url(hashlib.sha256(verifier.encode("ascii")).digest())
 
     def _seal(self, name: bytes, flow: LoginFlow) -> bytes:
-        plaintext = json.dumps(
-            [_FORMAT, flow.state, flow.nonce, flow.code_verifier, flow.return_to, flow.created_at],
-            separators=(",", ":"),
-        ).encode("ascii")
+        fields: list[Any] = [
+            _FORMAT,
+            flow.state,
+            flow.nonce,
+            flow.code_verifier,
+            flow.return_to,
+            flow.created_at,
+        ]
+        if flow.step_up:
+            fields.append([list(flow.acr_values), flow.max_age])
+        plaintext = json.dumps(fields, separators=(",", ":")).encode("ascii")
         return self._keyring.seal(plaintext, self._associated_data(name))
 
     def _open(self, name: bytes, value: bytes) -> LoginFlow | None:
@@ -164,8 +188,18 @@ class FlowCookies:
             return None
         try:
             data = json.loads(plaintext)
-            version, state, nonce, verifier, return_to, created_at = data
+            version, state, nonce, verifier, return_to, created_at = data[:6]
+            step_up = data[6] if len(data) == 7 else [[], None]
+            acr_values, max_age = step_up
         except (ValueError, TypeError):
+            return None
+        if (
+            len(data) > 7
+            or not isinstance(acr_values, list)
+            or not all(isinstance(a, str) for a in acr_values)
+            or not (max_age is None or (isinstance(max_age, int | float) and max_age >= 0))
+            or isinstance(max_age, bool)
+        ):
             return None
         if (
             version != _FORMAT
@@ -174,7 +208,15 @@ class FlowCookies:
             or isinstance(created_at, bool)
         ):
             return None
-        return LoginFlow(state, nonce, verifier, return_to, float(created_at))
+        return LoginFlow(
+            state,
+            nonce,
+            verifier,
+            return_to,
+            float(created_at),
+            acr_values=tuple(acr_values),
+            max_age=None if max_age is None else float(max_age),
+        )
 
     def _expired(self, flow: LoginFlow, now: float) -> bool:
         return now - flow.created_at > self.lifetime
@@ -217,6 +259,30 @@ class FlowCookies:
         return headers
 
     # -- taking ------------------------------------------------------------
+
+    def take_newest(
+        self, cookies: Mapping[bytes, bytes], now: float
+    ) -> tuple[LoginFlow | None, list[bytes]]:
+        """The newest unexpired flow of this browser, and the deletion of its
+        cookie: for a provider answer that carries no ``state`` (an expired
+        pushed request), so the login it belonged to can be started again once.
+        """
+        newest: tuple[float, bytes, LoginFlow] | None = None
+        examined = 0
+        for name, value in cookies.items():
+            if not name.startswith(self._base):
+                continue
+            examined += 1
+            if examined > _MAX_EXAMINED_FLOWS:
+                break
+            flow = self._open(name, value)
+            if flow is None or self._expired(flow, now):
+                continue
+            if newest is None or flow.created_at > newest[0]:
+                newest = (flow.created_at, name, flow)
+        if newest is None:
+            return None, []
+        return newest[2], [deletion_value(newest[1], self._attributes)]
 
     def take(
         self, state: str, cookies: Mapping[bytes, bytes], now: float

@@ -30,6 +30,10 @@ class Session:
     access_token: str | None = None
     access_expires_at: float | None = None
     refresh_token: str | None = None
+    # When the current tokens were obtained (login or last refresh): with
+    # access_expires_at, the access token's real lifetime, which bounds the
+    # refresh leeway (a 60 s token is not refreshed at once with a 60 s leeway).
+    tokens_at: float | None = None
 
     def to_json_dict(self) -> dict[str, Any]:
         return attrs.asdict(self)

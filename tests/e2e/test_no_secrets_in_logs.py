@@ -141,8 +141,9 @@ routes:
             bob = RecordingClient(port, "app1.localhost", secrets, sent)
             login(bob, op, "bob", "bob123")
 
-            # A refresh: the access token expires; the gateway gets new tokens.
-            time.sleep(ACCESS_TTL - 0.5)
+            # A refresh: the access token expires; the gateway gets new tokens
+            # (tokens shorter than a minute are refreshed once they expire).
+            time.sleep(ACCESS_TTL + 0.5)
             refreshed = see_tokens(alice)
             assert header_values(refreshed, "oidc_access_token") != header_values(
                 first, "oidc_access_token"

@@ -274,10 +274,13 @@ async function commonAuth(tenantFromPath, req, res) {
   log(`login ${user.username}@${tenant.name} for client ${interaction.params.client_id}`);
   // WSO2 sets opbs (the OP browser state of OIDC Session Management), readable by JS.
   const opbs = `opbs=${crypto.randomUUID()}; Path=/; Secure; SameSite=None`;
+  const wanted = (interaction.params.acr_values ?? '').split(' ').filter(Boolean);
+  const mfa = wanted.includes('mfa') && user.mfa !== false;
   return finishInteraction(tenant, interaction, {
     login: {
       accountId: user.sub,
-      amr: ['BasicAuthenticator'],
+      acr: mfa ? 'mfa' : 'pwd',
+      amr: mfa ? ['BasicAuthenticator', 'TOTP'] : ['BasicAuthenticator'],
       remember: true,
     },
   }, res, { 'set-cookie': opbs });
@@ -386,6 +389,12 @@ async function dispatch(req, res) {
   if (match) {
     tenant = tenants.get(match[1]);
     rest = match[2] ?? '/';
+    // WSO2 IS 7 organizations: /t/<root>/o/<org-id>/...
+    const org = /^\/o\/([^/]+)(\/.*)?$/.exec(rest);
+    if (org) {
+      tenant = tenants.get(`${match[1]}/o/${org[1]}`);
+      rest = org[2] ?? '/';
+    }
     if (!tenant) return send(res, 404, messagePage('Unknown tenant', `No tenant ${match[1]}.`, 404).html);
     prefix = tenant.prefix;
   }

@@ -3,7 +3,7 @@
 
 import * as crypto from 'node:crypto';
 
-import Provider, { errors } from 'oidc-provider';
+import Provider, { errors, interactionPolicy } from 'oidc-provider';
 // Deep import of the RP-initiated logout actions (same module instance the
 // provider uses) so the logout confirmation page can be skipped, like WSO2 with
 // logout consent off.
@@ -116,6 +116,35 @@ function splitRedirectUris(uris) {
   return { literal, patterns };
 }
 
+// The login prompt also comes back when acr_values asks for a class the
+// provider session does not have (a step-up), once: the login that follows
+// answers the request, whatever acr it reached.
+function stepUpPolicy() {
+  const { Check, base } = interactionPolicy;
+  const policy = base();
+  policy.get('login').checks.add(new Check(
+    'acr_step_up',
+    'a stronger authentication is requested',
+    (ctx) => {
+      const { oidc } = ctx;
+      if (oidc.result?.login) return Check.NO_NEED_TO_PROMPT;
+      const wanted = (oidc.params.acr_values ?? '').split(' ').filter(Boolean);
+      if (wanted.length && oidc.session.accountId && !wanted.includes(oidc.session.acr)) {
+        return Check.REQUEST_PROMPT;
+      }
+      return Check.NO_NEED_TO_PROMPT;
+    },
+  ));
+  return policy;
+}
+
+// The profile's limits on the configured lifetimes (config.mjs).
+function profileTtl(profile, ttl) {
+  if (profile === 'generic') return { ...ttl, AccessToken: Math.min(ttl.AccessToken, 60) };
+  if (profile === 'strict') return { ...ttl, AuthorizationCode: Math.min(ttl.AuthorizationCode, 10) };
+  return { ...ttl };
+}
+
 export class Tenant {
   // `previous`: the tenant this one replaces (key rotation): its storage
   // (sessions, tokens) and cookie keys carry over, and unless `dropOldKey`, its
@@ -128,15 +157,19 @@ export class Tenant {
     this.prefix = this.isSuper ? '' : `/t/${name}`;
     this.base = `${publicOrigin}${this.prefix}`;
     this.issuer = `${this.base}/oauth2/token`;
-    this.orgId = this.isSuper ? SUPER_ORG_ID : stableUuid(`idgateway-test-provider:org:${name}`);
-    this.orgName = this.isSuper ? 'Super' : name;
-    this.orgHandle = name;
+    // An organization (config.mjs "organizations") has its own id and name.
+    this.orgId = settings.orgId
+      ?? (this.isSuper ? SUPER_ORG_ID : stableUuid(`idgateway-test-provider:org:${name}`));
+    this.orgName = settings.orgName ?? (this.isSuper ? 'Super' : name);
+    this.orgHandle = settings.orgHandle ?? name;
     this.users = settings.users;
     this.clients = new Map(settings.clients.map((c) => [c.client_id, c]));
     this.consentPage = settings.consentPage;
     // Deliberate faults for the gateway's security tests (config.mjs); {} = none.
     this.misbehave = settings.misbehave ?? {};
-    this.ttl = settings.ttl;
+    // "wso2", "generic" or "strict" (config.mjs): which provider this one plays.
+    this.profile = settings.profile ?? 'wso2';
+    this.ttl = profileTtl(this.profile, settings.ttl);
     this.log = log;
     this.store = previous?.store ?? new TenantStore();
     this.cookieKeys = previous?.cookieKeys ?? [crypto.randomBytes(32).toString('hex')];
@@ -187,6 +220,9 @@ export class Tenant {
     };
     if (client.token_endpoint_auth_method !== 'none') {
       metadata.client_secret = client.client_secret;
+    }
+    if (client.token_endpoint_auth_method === 'private_key_jwt') {
+      metadata.jwks = client.jwks;
     }
     if (client.backchannel_logout_uri) {
       metadata.backchannel_logout_uri = client.backchannel_logout_uri;
@@ -246,10 +282,15 @@ export class Tenant {
         auth_time: null,
         iss: null,
       },
-      conformIdTokenClaims: false,
+      // generic: the scope's claims only at userinfo when an access token is issued.
+      conformIdTokenClaims: this.profile === 'generic',
       // No grace period: a token past its exp is dead (tests use 5 s access tokens).
       clockTolerance: 0,
-      clientAuthMethods: ['client_secret_basic', 'client_secret_post', 'private_key_jwt', 'none'],
+      clientAuthMethods: {
+        wso2: ['client_secret_basic', 'client_secret_post', 'private_key_jwt', 'none'],
+        generic: ['client_secret_post'],
+        strict: ['private_key_jwt'],
+      }[this.profile],
       enabledJWA: {
         idTokenSigningAlgValues: ['RS256', 'PS256'],
       },
@@ -260,9 +301,13 @@ export class Tenant {
       pkce: { required: (_ctx, client) => this.clients.get(client.clientId)?.pkce_required !== false },
       rotateRefreshToken: true,
       issueRefreshToken: async (_ctx, client) => client.grantTypeAllowed('refresh_token'),
-      ttl: { ...settings.ttl },
+      ttl: { ...this.ttl },
       features: {
         devInteractions: { enabled: false },
+        pushedAuthorizationRequests: {
+          enabled: true,
+          requirePushedAuthorizationRequests: this.profile === 'strict',
+        },
         // WSO2's "Token binding: DPoP" (RFC 9449): a DPoP proof at the token
         // endpoint binds the access token to its key (cnf.jkt).
         dPoP: { enabled: true },
@@ -287,7 +332,12 @@ export class Tenant {
         },
         userinfo: { enabled: true },
       },
+      // Step-up: "pwd" for a password, "mfa" when acr_values asked for it and
+      // the user can (users with "mfa": false cannot: the provider answers a
+      // lower acr, as WSO2 does when an authentication step is skipped).
+      acrValues: ['pwd', 'mfa'],
       interactions: {
+        policy: stepUpPolicy(),
         url: async (_ctx, interaction) => {
           const params = new URLSearchParams();
           const page = interaction.prompt.name === 'consent' ? 'oauth2_consent.do' : 'login.do';
@@ -343,8 +393,9 @@ export class Tenant {
     const tenant = this;
     const { provider } = this;
 
-    // WSO2 puts `sid` into every ID token, backchannel logout or not ...
-    provider.Client.prototype.includeSid = () => true;
+    // WSO2 puts `sid` into every ID token, backchannel logout or not (a
+    // generic provider by default none) ...
+    provider.Client.prototype.includeSid = () => tenant.profile !== 'generic';
 
     // ... and one session has one sid, shared by every application.
     provider.Session.prototype.ensureClientContainer = function ensureClientContainer(clientId) {
@@ -374,8 +425,12 @@ export class Tenant {
         this.set('jti', crypto.randomUUID());
         this.set('azp', this.client.clientId);
         this.set('amr', this.available.amr ?? ['BasicAuthenticator']);
+        // The class the login reached ("pwd", or "mfa" for a step-up).
+        if (this.available.acr) this.set('acr', this.available.acr);
         if (this.extra.sid) this.set('isk', sha256hex(`isk:${this.extra.sid}`));
-        for (const [k, v] of Object.entries(tenant.orgClaims())) this.set(k, v);
+        if (tenant.profile !== 'generic') {
+          for (const [k, v] of Object.entries(tenant.orgClaims())) this.set(k, v);
+        }
         const accessToken = this.ctx?.oidc?.entities?.AccessToken;
         if (accessToken?.issuedValue) this.set('at_hash', accessToken.issuedValue);
       } else if (options.use === 'logout') {
@@ -578,6 +633,22 @@ export class Tenant {
         'amr', 'acr', 'auth_time', 'nonce', 'at_hash', 'org_id', 'org_name', 'org_handle',
       ],
     };
+    if (this.profile === 'generic') {
+      Object.assign(out, {
+        backchannel_logout_supported: false,
+        backchannel_logout_session_supported: false,
+        frontchannel_logout_supported: true,
+        frontchannel_logout_session_supported: false,
+        token_endpoint_auth_methods_supported: ['client_secret_post'],
+      });
+    } else if (this.profile === 'strict') {
+      Object.assign(out, {
+        token_endpoint_auth_methods_supported: ['private_key_jwt'],
+        token_endpoint_auth_signing_alg_values_supported: ['RS256', 'PS256', 'ES256'],
+        code_challenge_methods_supported: ['S256'],
+        require_pushed_authorization_requests: true,
+      });
+    }
     return Object.fromEntries(Object.entries(out).filter(([, v]) => v !== null && v !== undefined));
   }
 

@@ -167,7 +167,7 @@ routes:
   - name: app1
     hosts: [app1.localhost]
     upstream: http://127.0.0.1:{echo.port}
-    oidc: {{provider: wso2, client_id: app1-client, client_secret: s}}
+    oidc: {{provider: wso2, client_id: app1-client, client_secret: s, par: "off"}}
 """
         )
         gateway = GatewayProcess(tmp_path / "gw.yaml", tmp_path / "gw.log").start([port])

@@ -66,6 +66,9 @@ class _Provider:
     metadata = None
     last_error = None
 
+    def __init__(self) -> None:
+        self.when_ready: list[object] = []
+
 
 def _gate(route: Route) -> tuple[PathJudge, RouteLogin]:
     assert route.auth is not None

@@ -78,6 +78,10 @@ def gateway_yaml(
         app1_client_id=client_id,
         app1_session=session,
         app1_more=f"    public_paths: {public_paths}\n",
+        # The moves below name a client the provider does not know: a pushed
+        # request (oidc.par) would be refused before any redirect, and this is
+        # about the redirect the gateway itself sends.
+        app1_oidc_more='      par: "off"\n',
     )
 
 

@@ -108,9 +108,7 @@ def test_no_import_cycles() -> None:
     assert _cycles() == []
 
 
-@pytest.mark.parametrize(
-    "name", sorted(n for n in MODULES if n.startswith(CONFIG_LAYERS)), ids=str
-)
+@pytest.mark.parametrize("name", sorted(n for n in MODULES if n.startswith(CONFIG_LAYERS)), ids=str)
 def test_the_config_layer_imports_nothing_that_runs(name: str) -> None:
     outside = {t for t in GRAPH[name] if not t.startswith(CONFIG_LAYERS)}
     assert outside == set(), f"{name} imports runtime modules"

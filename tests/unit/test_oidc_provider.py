@@ -426,6 +426,7 @@ def test_discovery_by_either_wso2_url(fake: FakeWSO2, clock: Clock, form: str) -
         id_token_signing_alg_values_supported=("RS256", "PS256", "ES256"),
         code_challenge_methods_supported=("S256", "plain"),
         backchannel_logout_supported=True,
+        frontchannel_logout_supported=True,
     )
     # Both WSO2 kids of the one key.
     assert {key.kid for key in provider.signing_keys} == {
