@@ -326,8 +326,15 @@ class ChaosRig:
         self.nginx = Server(
             "nginx",
             "nginx",
-            [harness.NGINX, "-e", str(self.tmp / "nginx-error.log"), "-c",
-             str(self.tmp / "nginx.conf"), "-p", str(self.tmp)],
+            [
+                harness.NGINX,
+                "-e",
+                str(self.tmp / "nginx-error.log"),
+                "-c",
+                str(self.tmp / "nginx.conf"),
+                "-p",
+                str(self.tmp),
+            ],
             nginx_port,
             self.tmp / "nginx.out",
             self.tmp,
@@ -337,8 +344,10 @@ class ChaosRig:
             raise RuntimeError(f"nginx did not start: {self.nginx.error}")
         self.backend = BackendProcess(listen=[f"127.0.0.1:{self.backend_port}"])
         self.backend.start()
-        info("starting Redis" + (" with Sentinel (primary, replica, 3 sentinels)"
-                                 if self.redis.sentinel else ""))
+        info(
+            "starting Redis"
+            + (" with Sentinel (primary, replica, 3 sentinels)" if self.redis.sentinel else "")
+        )
         self.redis.start()
         info("starting the WSO2-shaped provider")
         self.gateway_ports = gateway_ports
@@ -350,8 +359,14 @@ class ChaosRig:
         )
         for index, port in enumerate(gateway_ports):
             config = self.tmp / f"gateway-{index}.yaml"
-            argv = [str(self.venv / "bin" / "twistd"), "-n", "--pidfile=", "idgateway",
-                    "--config", str(config)]
+            argv = [
+                str(self.venv / "bin" / "twistd"),
+                "-n",
+                "--pidfile=",
+                "idgateway",
+                "--config",
+                str(config),
+            ]
             if index in self.nofile:
                 # as `ulimit -n N` in the shell that starts it
                 limit = self.nofile[index]
@@ -375,8 +390,9 @@ class ChaosRig:
             gateway.start()
         for gateway in self.gateways:
             if not gateway.wait_ready(45):
-                raise RuntimeError(f"{gateway.label} did not start: {gateway.error}\n"
-                                   f"{harness.tail(gateway.log)}")
+                raise RuntimeError(
+                    f"{gateway.label} did not start: {gateway.error}\n{harness.tail(gateway.log)}"
+                )
 
     def provider_config(self) -> dict[str, Any]:
         uris = [
@@ -392,8 +408,9 @@ class ChaosRig:
                             "client_id": CLIENT_ID,
                             "client_secret": CLIENT_SECRET,
                             "redirect_uris": uris,
-                            "post_logout_redirect_uris": [u.rsplit("/oauth2/", 1)[0] + "/"
-                                                          for u in uris],
+                            "post_logout_redirect_uris": [
+                                u.rsplit("/oauth2/", 1)[0] + "/" for u in uris
+                            ],
                             "token_endpoint_auth_method": "client_secret_basic",
                         }
                     ]
@@ -496,14 +513,20 @@ class ChaosRig:
         """One authenticated GET / with the session (as JSON: a lost one is 401)."""
         with session.lock:
             cookie = session.header()
-        status, headers, _ = http_get(self.gateway_ports[index], f"{session.route}.localhost",
-                                      "/", cookie)
+        status, headers, _ = http_get(
+            self.gateway_ports[index], f"{session.route}.localhost", "/", cookie
+        )
         take_cookies(session, headers.get_all("Set-Cookie") or [])
         return status
 
     def sign_out(self, session: Session, index: int = 0) -> int:
-        status, _, _ = http_get(self.gateway_ports[index], f"{session.route}.localhost",
-                                "/oauth2/sign_out", session.header(), accept="text/html")
+        status, _, _ = http_get(
+            self.gateway_ports[index],
+            f"{session.route}.localhost",
+            "/oauth2/sign_out",
+            session.header(),
+            accept="text/html",
+        )
         return status
 
 
@@ -567,8 +590,14 @@ class LoadClient:
     not be sent on time waits, and its stall counts from when it was due.
     """
 
-    def __init__(self, rig: ChaosRig, targets: list[Target], rate: float, connections: int,
-                 timeout: float = 15.0) -> None:
+    def __init__(
+        self,
+        rig: ChaosRig,
+        targets: list[Target],
+        rate: float,
+        connections: int,
+        timeout: float = 15.0,
+    ) -> None:
         self.rig = rig
         self.ports = rig.gateway_ports
         self.rate = rate
@@ -642,14 +671,17 @@ class LoadClient:
                         writer.close()
                         reader = writer = None
                     break
-                except (OSError, asyncio.IncompleteReadError, asyncio.TimeoutError,
-                        ValueError) as e:
+                except (TimeoutError, OSError, asyncio.IncompleteReadError, ValueError) as e:
                     error = _error_name(e)
                     if writer is not None:
                         writer.close()
                     reader = writer = None
-                    if not (reused and attempt == 0 and error in ("closed", "reset")
-                            and target.method == "GET"):
+                    if not (
+                        reused
+                        and attempt == 0
+                        and error in ("closed", "reset")
+                        and target.method == "GET"
+                    ):
                         break
                     self.retried += 1
                     error = ""
