@@ -590,7 +590,7 @@ class RouteLogin:
         if self.store is not None:
             if session_id:
                 self._loaded.pop(session_id, None)
-                await self.store.delete(session_id)
+                await self.store.delete(session_id, session)
             return [self.store_cookie_clear(tls)]
         if session is not None and self.revocation is not None:
             try:
