@@ -106,9 +106,15 @@ def label(sample: Sample) -> str:
 class Chaos:
     """The rig, its load, its sessions, and one method per fault."""
 
-    def __init__(self, rig: ChaosRig, options: Options) -> None:
+    def __init__(
+        self,
+        rig: ChaosRig,
+        options: Options,
+        mix: Callable[[dict[str, list[Session]]], list[Target]] | None = None,
+    ) -> None:
         self.rig = rig
         self.options = options
+        self.mix = mix  # more targets for the main load (the soak's mix)
         self.sessions: dict[str, list[Session]] = {}
         self.load: LoadClient | None = None
         self.flaky_load: LoadClient | None = None
@@ -131,6 +137,7 @@ class Chaos:
         targets = [
             Target("cookie", "cookie.localhost", "/", 1, self.sessions["cookie"]),
             Target("redis", "redis.localhost", "/", 1, self.sessions["redis"]),
+            *(self.mix(self.sessions) if self.mix else []),
         ]
         self.load = LoadClient(self.rig, targets, o.rate * 0.9, o.connections)
         # The flaky route on connections of its own: a slow upstream there must not
@@ -162,7 +169,10 @@ class Chaos:
                 session = self.rig.login(route, instance)
                 ok = self.rig.probe(session, 1 - instance if self.rig.instances > 1 else 0)
                 self.rig.sign_out(session, instance)
-                after = self.rig.probe(session, instance)
+                # Every process may reuse a session it loaded for up to a second
+                # (docs/sessions.rst): the copy of the cookie is dead after that.
+                time.sleep(1.2)
+                after = self.rig.probe(session, 1 - instance if self.rig.instances > 1 else 0)
                 outcome = (
                     "ok" if ok == 200 and after == 401 else f"used {ok}, after sign-out {after}"
                 )
