@@ -36,7 +36,7 @@ for entry in (str(BENCH_DIR), str(BENCH_DIR.parent)):
 
 import harness  # noqa: E402
 from chaos import Chaos, Options  # noqa: E402
-from chaos_rig import ChaosRig, Session, Target  # noqa: E402
+from chaos_rig import ChaosRig, Session, Target, take_cookies  # noqa: E402
 
 UPLOAD = os.urandom(16 * 1024)
 GROWTH_LIMIT = 0.05
@@ -76,7 +76,7 @@ class Soak:
             session = self.chaos.sessions["cookie"][self.websockets.total() % 4]
             port = self.rig.gateway_ports[self.websockets.total() % self.rig.instances]
             try:
-                self.websockets[websocket_echo(port, session.header())] += 1
+                self.websockets[websocket_echo(port, session)] += 1
             except OSError as e:
                 self.websockets[type(e).__name__] += 1
 
@@ -136,8 +136,12 @@ class Soak:
             thread.join(10)
 
 
-def websocket_echo(port: int, cookie: str) -> str:
-    """One WebSocket through the gateway: upgrade, one text message and its echo, close."""
+def websocket_echo(port: int, session: Session) -> str:
+    """One WebSocket through the gateway: upgrade, one text message and its echo, close.
+
+    Like a browser, it keeps a cookie the handshake's answer sets (a refresh
+    done for the upgrade re-issues the session cookie there)."""
+    cookie = session.header()
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
         key = base64.b64encode(os.urandom(16)).decode()
         sock.sendall(
@@ -153,6 +157,15 @@ def websocket_echo(port: int, cookie: str) -> str:
             if not chunk:
                 return "closed before the upgrade"
             head += chunk
+        head_text = head.split(b"\r\n\r\n", 1)[0].decode("latin-1")
+        take_cookies(
+            session,
+            [
+                line.split(":", 1)[1].strip()
+                for line in head_text.split("\r\n")[1:]
+                if line.lower().startswith("set-cookie:")
+            ],
+        )
         status = head.split(b" ", 2)[1].decode()
         if status != "101":
             return f"upgrade answered {status}"
