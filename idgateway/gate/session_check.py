@@ -105,6 +105,15 @@ _NO_COOKIES: dict[bytes, bytes] = {}
 REFRESH_LOCK_MS = 10_000
 REFRESH_WAIT_STEPS = 40
 REFRESH_WAIT_STEP = 0.1
+# While the access token is still good, a request waits this long for its
+# refresh, then goes on with the token it has (the refresh carries on, and its
+# result reaches the session's next request). A provider that hangs would
+# otherwise hold every request of the session for the provider call's timeout.
+REFRESH_PATIENCE = 2.0
+# After a refresh could not ask the provider (down, timeout), this long before
+# the session's requests ask again: a down provider costs one attempt per
+# session and period, not one per request.
+REFRESH_RETRY = 5.0
 # Token endpoint answers that mean "could not ask", not "refused".
 _PROVIDER_TROUBLE = frozenset({"temporarily_unavailable", "server_error", "invalid_response"})
 
@@ -249,7 +258,9 @@ class RouteLogin:
         self._refreshing: dict[tuple[str, str], defer.Deferred[Any]] = {}
         # Redis sessions recently loaded by this process: id -> (until, session).
         self._loaded: dict[str, tuple[float, Session]] = {}
-        self._recent: dict[tuple[str, str], tuple[float, Session]] = {}
+        # Refresh outcomes by (session id, refresh token): (until, the new session,
+        # or UNAVAILABLE while a refresh is slow or after it could not ask).
+        self._recent: dict[tuple[str, str], tuple[float, Session | _Unavailable]] = {}
         # Cookie headers seen before: (Cookie for the upstream, cookies by name).
         self._cookie_headers = CookieHeaderReader()
         # Bound once: a fresh bound method per request would empty that memo.
@@ -398,10 +409,13 @@ class RouteLogin:
             if request.finished or request.client_gone:
                 return
             if new is UNAVAILABLE:
-                # The provider is down: keep the session while its access token
-                # is still good; a blip must not log everyone out.
+                # The provider is down or slow: keep the session while its access
+                # token is still good; a blip must not log everyone out. Without
+                # sliding it: a refresh may still be rotating its tokens, and a
+                # re-issued cookie or re-saved Redis session with the old ones
+                # would undo it.
                 if (old.access_expires_at or 0) > self.clock.seconds():
-                    self.admit(visit, old, reissue=False)
+                    self.admit(visit, old, reissue=False, slide=False)
                 else:
                     send_provider_unavailable(
                         request,
@@ -447,7 +461,7 @@ class RouteLogin:
                 request, 500, "Something went wrong on the gateway.", request_id=request.request_id
             )
 
-    def admit(self, visit: Visit, session: Session, *, reissue: bool) -> None:
+    def admit(self, visit: Visit, session: Session, *, reissue: bool, slide: bool = True) -> None:
         request = visit.request
         request.idgw_user = session.user  # observe hook: the access log's user
         # A WebSocket tunnel this request may open ends with this session.
@@ -504,7 +518,7 @@ class RouteLogin:
                 groups_claim=self.oidc.groups_claim,
             )
         set_cookies: list[bytes] = []
-        if reissue or now - session.last_seen > SLIDE_EVERY:
+        if reissue or (slide and now - session.last_seen > SLIDE_EVERY):
             session = attrs.evolve(session, last_seen=now)
             if self.store is None:
                 set_cookies = self.session_cookies(session, visit.tls, visit.chunks)
@@ -796,7 +810,7 @@ class RouteLogin:
         if self.store is not None:
             if session_id:
                 self._loaded.pop(session_id, None)
-                await self.store.delete(session_id)
+                await self.store.delete(session_id, session)
             return [self.store_cookie_clear(tls)]
         if session is not None and self.revocation is not None:
             try:
@@ -935,12 +949,24 @@ class RouteLogin:
         still carry the pre-refresh cookie (parallel page loads) get its result for
         a grace period: WSO2 rotates refresh tokens, so refreshing twice with the
         same token would fail and log the user out.
+
+        While the access token is still good for more than REFRESH_PATIENCE, a
+        caller gets UNAVAILABLE (go on with the old token) after that long, and
+        so does every caller until the refresh ends; after a refresh that could
+        not ask the provider, callers get UNAVAILABLE for REFRESH_RETRY before
+        the provider is asked again.
         """
         key = (session.id, session.refresh_token or "")
         now = self.clock.seconds()
         recent = self._recent.get(key)
         if recent is not None and recent[0] > now:
-            return recent[1]
+            # Without a good token to go on with, wait for a refresh still running.
+            if (
+                recent[1] is not UNAVAILABLE
+                or (session.access_expires_at or 0) > now
+                or key not in self._refreshing
+            ):
+                return recent[1]
         pending = self._refreshing.get(key)
         if pending is None:
             if session_id is not None:
@@ -952,10 +978,22 @@ class RouteLogin:
             pending = defer.ensureDeferred(work)
             self._refreshing[key] = pending
 
+            def slow() -> None:
+                # Requests from now on go on with the token they have.
+                self._remember(key, UNAVAILABLE, REFRESH_PATIENCE + REFRESH_RETRY)
+
+            slow_call = self.clock.callLater(REFRESH_PATIENCE, slow)
+
             def done(result: Any) -> Any:
                 self._refreshing.pop(key, None)
+                if slow_call.active():
+                    slow_call.cancel()
                 if isinstance(result, Session):
                     self._remember(key, result)
+                elif result is UNAVAILABLE:
+                    self._remember(key, UNAVAILABLE, REFRESH_RETRY)
+                else:
+                    self._recent.pop(key, None)
                 return result
 
             pending.addBoth(done)
@@ -964,20 +1002,36 @@ class RouteLogin:
         waiter: defer.Deferred[Session | None | _Unavailable] = defer.Deferred()
 
         def relay(result: Any) -> Any:
-            if isinstance(result, Failure):
+            if waiter.called:
+                pass  # this waiter went on without it (REFRESH_PATIENCE)
+            elif isinstance(result, Failure):
                 waiter.errback(result)
             else:
                 waiter.callback(result)
             return result
 
         pending.addBoth(relay)
+        if (session.access_expires_at or 0) > now + REFRESH_PATIENCE:
+            impatient = self.clock.callLater(REFRESH_PATIENCE, waiter.callback, UNAVAILABLE)
+
+            def patient_enough(result: Any) -> Any:
+                if impatient.active():
+                    impatient.cancel()
+                return result
+
+            waiter.addBoth(patient_enough)
         return await waiter
 
-    def _remember(self, key: tuple[str, str], session: Session) -> None:
+    def _remember(
+        self,
+        key: tuple[str, str],
+        outcome: Session | _Unavailable,
+        for_seconds: float = REFRESH_GRACE,
+    ) -> None:
         now = self.clock.seconds()
         if len(self._recent) > 10000:
             self._recent = {k: v for k, v in self._recent.items() if v[0] > now}
-        self._recent[key] = (now + REFRESH_GRACE, session)
+        self._recent[key] = (now + for_seconds, outcome)
 
     async def _refresh_shared(
         self, session: Session, session_id: str

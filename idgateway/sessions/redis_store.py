@@ -90,6 +90,18 @@ redis.call('DEL', KEYS[1])
 return deleted
 """
 
+# KEYS: the session, then its indexes. ARGV: the session's hash. A sign-out
+# takes the session out of its sid and sub sets too (Redis drops a set that
+# becomes empty): else every login's sid set would outlive its sign-out by
+# max_duration, and the keys would grow with sign-outs, not live sessions.
+_DELETE_ONE = """
+redis.call('DEL', KEYS[1])
+for i = 2, #KEYS do
+  redis.call('SREM', KEYS[i], ARGV[1])
+end
+return 1
+"""
+
 # Compare-and-delete: only the holder's token releases the lock.
 # Cluster mode, one index (its own slot). KEYS: the index. ARGV: session hash,
 # index ttl ms. Returns the index's size (the caller prunes a large one).
@@ -263,11 +275,7 @@ class RedisSessionStore:
             session.to_json_dict(), separators=(",", ":"), ensure_ascii=False
         ).encode("utf-8")
         sealed = self._keyring.seal(payload, self._ad(key))
-        indexes = []
-        if session.provider_sid:
-            indexes.append(self._index_key("sid", session.provider_sid))
-        if session.sub:
-            indexes.append(self._index_key("sub", session.sub))
+        indexes = self._indexes(session)
         index_ttl = max(1, math.ceil(self.max_duration * 1000))
         started = self._clock.seconds()
         if self._cluster:
@@ -323,15 +331,36 @@ class RedisSessionStore:
         if gone:
             await self.client.command("SREM", index, *gone)
 
-    async def delete(self, session_id: str) -> None:
-        """Forget one session (sign-out). Its index entries go when the index is next pruned."""
+    async def delete(self, session_id: str, session: Session | None = None) -> None:
+        """Forget one session (sign-out), and with ``session`` its index entries
+        in the same round trip (without, they go when the index is next pruned)."""
         if not is_session_id(session_id):
             return
+        key = self.session_key(session_id)
+        indexes = self._indexes(session) if session is not None else []
         started = self._clock.seconds()
         try:
-            await self.client.delete(self.session_key(session_id))
+            if indexes and self._cluster:
+                # Each index has its own slot on a cluster: one call per key.
+                await self.client.delete(key)
+                for index in indexes:
+                    await self.client.command("SREM", index, session_key_hash(session_id))
+            elif indexes:
+                await self.client.eval(
+                    _DELETE_ONE, [key, *indexes], [session_key_hash(session_id)]
+                )
+            else:
+                await self.client.delete(key)
         finally:
             self._time_delete(self._clock.seconds() - started)
+
+    def _indexes(self, session: Session) -> list[str]:
+        indexes = []
+        if session.provider_sid:
+            indexes.append(self._index_key("sid", session.provider_sid))
+        if session.sub:
+            indexes.append(self._index_key("sub", session.sub))
+        return indexes
 
     async def delete_by_sid(self, sid: str) -> int:
         """Delete every session of the provider session ``sid``; how many there were."""

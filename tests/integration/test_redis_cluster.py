@@ -22,7 +22,11 @@ from idgateway.redis.cluster import RedisClusterClient
 from idgateway.redis.errors import RedisUnavailable
 from idgateway.redis.slots import key_slot
 from idgateway.sessions.keys import KeyRing
-from idgateway.sessions.redis_store import RedisSessionStore, session_key_hash
+from idgateway.sessions.redis_store import (
+    RedisSessionStore,
+    _hash_text,
+    session_key_hash,
+)
 from idgateway.sessions.revocation import ReplayCache, RevocationList
 from tests.certs import make_ca
 from tests.redis_cluster import RedisCluster, requires_redis_cluster
@@ -164,12 +168,20 @@ def test_logout_by_sid_and_by_sub_reach_sessions_on_every_node(flushed: RedisClu
             for session_id in bobs:
                 assert await store.load(session_id) is None
             assert await store.load(bystander) is not None
+            # A sign-out with the session at hand takes it out of its indexes
+            # too, each index in its own slot.
+            carol = make_session(provider_sid="sid-2", sub="carol")
+            await store.delete(bystander, carol)
+            assert await store.load(bystander) is None
         finally:
             await client.close()
             await other_process.close()
 
     run_in_reactor(main)
     assert not [k for k in cluster.keys("idgw:app:s:*") if b"{" not in k]
+    # The signed-out session's sid and sub indexes are gone (they held only it).
+    assert not cluster.keys(f"idgw:app:sid:{_hash_text('sid-2')}")
+    assert not cluster.keys(f"idgw:app:sub:{_hash_text('carol')}")
 
 
 def test_revocations_travel_between_processes_and_load_from_every_node(

@@ -444,6 +444,44 @@ def test_load_is_one_get_and_garbage_ids_cost_nothing(redis: RedisProcess) -> No
 
 
 @requires_redis
+def test_sign_out_takes_the_session_out_of_its_indexes(redis: RedisProcess) -> None:
+    """Issue 16's soak: keys must stay bounded by live sessions, so a signed-out
+    session's sid set goes with it (it used to stay for max_duration), and the
+    user's sub set keeps only the sessions still alive."""
+    clock = FakeClock()
+
+    async def main(reactor: Any) -> None:
+        client = RedisClient(reactor, redis_settings(redis.url))
+        store = make_store(client, clock)
+        try:
+            first, second = store.new_session_id(), store.new_session_id()
+            ended = make_session(provider_sid="sid-1", sub="alice")
+            await store.save(first, ended)
+            await store.save(second, make_session(provider_sid="sid-2", sub="alice"))
+            before = await client.command("DBSIZE")
+            assert before == 5  # two sessions, two sid sets, one sub set
+
+            await store.delete(first, ended)
+
+            assert await store.load(first) is None
+            assert await store.load(second) is not None
+            sid_1 = f"idgw:app:sid:{hashlib.sha256(b'sid-1').hexdigest()}"
+            sub = f"idgw:app:sub:{hashlib.sha256(b'alice').hexdigest()}"
+            assert await client.command("EXISTS", sid_1) == 0
+            assert await client.command("SMEMBERS", sub) == [
+                store.session_key(second).rsplit(":", 1)[1].encode()
+            ]
+            assert await client.command("DBSIZE") == 3
+            # Without the session (an old caller): the session key only, as before.
+            await store.delete(second)
+            assert await client.command("DBSIZE") == 2
+        finally:
+            await client.close()
+
+    run_in_reactor(main)
+
+
+@requires_redis
 def test_delete_by_sid_and_by_sub_remove_only_those_sessions(redis: RedisProcess) -> None:
     clock = FakeClock()
 
