@@ -1022,6 +1022,20 @@ class RouteLogin:
             waiter.addBoth(patient_enough)
         return await waiter
 
+    def adopt(self, before: RouteLogin) -> None:
+        """Carry the refreshes of ``before`` (this route's gate until a reload) over:
+        the ones still running and the recent results. Without them a request that
+        arrives after the reload with the pre-refresh cookie would spend the
+        already-rotated refresh token again, and WSO2 would end the session. Only
+        when the tokens come from the same provider client."""
+        same_client = (before.oidc.provider, before.oidc.client_id) == (
+            self.oidc.provider,
+            self.oidc.client_id,
+        )
+        if same_client and before.provider.client is self.provider.client:
+            self._recent = before._recent
+            self._refreshing = before._refreshing
+
     def _remember(
         self,
         key: tuple[str, str],

@@ -264,10 +264,12 @@ class StateBuilder:
                     token_http=self.mutual_tls_client(route.auth.oidc, by_name),
                 )
                 identity = login.identity
+            before = previous.runtimes.get(route.name) if previous is not None else None
+            if login is not None and before is not None and before.login is not None:
+                login.adopt(before.login)
             bearer = self.bearer_gate(
                 route, login, by_name, redis_client, shared_client, config.workers
             )
-            before = previous.runtimes.get(route.name) if previous is not None else None
             if bearer is not None and before is not None and before.bearer is not None:
                 bearer.adopt(before.bearer)
             if bearer is not None:

@@ -148,6 +148,35 @@ def test_concurrent_refreshes_share_one_call_and_late_cookies_get_its_result(tok
     assert defer.ensureDeferred(login.refreshed(s)).result is None  # type: ignore[attr-defined]
 
 
+def test_a_reload_keeps_refreshes_running_and_their_results(token_endpoint):
+    """The gate built by a reload adopts the old one's refreshes: a request with
+    the pre-refresh cookie never spends the rotated refresh token again."""
+    calls, answers = token_endpoint
+    clock = Clock()
+    old = make_login(clock)
+    answer: defer.Deferred[TokenResponse] = defer.Deferred()
+    answers.append(answer)
+    s = session(0)
+    running = defer.ensureDeferred(old.refreshed(s))
+    new = make_login(clock)
+    new.provider = old.provider  # the state builder keeps an unchanged provider's client
+    new.adopt(old)
+    joined = defer.ensureDeferred(new.refreshed(s))  # during the refresh
+    answer.callback(tokens(2))
+    assert running.result.refresh_token == joined.result.refresh_token == "rt-2"  # type: ignore[attr-defined]
+    clock.advance(10)
+    newer = make_login(clock)
+    newer.provider = old.provider
+    newer.adopt(new)
+    late = defer.ensureDeferred(newer.refreshed(s))  # after it, still the old cookie
+    assert late.result.access_token == "at-2"  # type: ignore[attr-defined]
+    assert calls == ["rt-1"]
+    # Another provider client: nothing is carried over.
+    other = make_login(clock)
+    other.adopt(newer)
+    assert other._recent == {} and other._refreshing == {}
+
+
 def test_provider_trouble_is_unavailable_not_a_logout(token_endpoint):
     _, answers = token_endpoint
     login = make_login(Clock())
