@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN = $(VENV)/bin
 
-.PHONY: demo test test-floor venv system-deps lint docs bench clean
+.PHONY: demo test test-floor venv system-deps lint docs bench clean soak
 
 $(VENV)/.installed: setup.py pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -43,7 +43,11 @@ demo: venv
 	$(BIN)/python scripts/demo.py
 
 test: system-deps venv lint docs test-floor
-	$(BIN)/python -m pytest -q -p no:cacheprovider tests
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not soak" tests
+
+# The 70 s soak test (tests/e2e/test_soak.py); bench/soak --minutes N is the long one.
+soak: system-deps venv
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m soak tests/e2e/test_soak.py
 
 lint: venv
 	$(BIN)/ruff check idgateway tests bench
