@@ -359,8 +359,15 @@ class ChaosRig:
         )
         for index, port in enumerate(gateway_ports):
             config = self.tmp / f"gateway-{index}.yaml"
+            # twistd as the tests start it (tests.processes.TWISTD): the
+            # checkout's twisted/plugins is left unscanned, so no dropin.cache
+            # is written into it.
+            from tests.processes import TWISTD
+
             argv = [
-                str(self.venv / "bin" / "twistd"),
+                str(self.venv / "bin" / "python"),
+                "-c",
+                TWISTD,
                 "-n",
                 "--pidfile=",
                 "idgateway",
