@@ -34,6 +34,32 @@ def registered_client(
     }
 
 
+def two_gateways_config(port_a: int, port_b: int, ttl: int | None = None) -> dict[str, Any]:
+    """app1 served by two gateway processes (ports a and b) sharing its sessions;
+    the provider's back-channel logouts go to b. ``ttl``: access token seconds."""
+    return {
+        "ttl": {"AccessToken": ttl} if ttl else {},
+        "tenants": {
+            "carbon.super": {
+                "clients": [
+                    {
+                        "client_id": "app1-client",
+                        "client_secret": "s3cret",
+                        "redirect_uris": [
+                            f"http://app1.localhost:{port_a}/oauth2/callback",
+                            f"http://app1.localhost:{port_b}/oauth2/callback",
+                        ],
+                        "backchannel_logout_uri": (
+                            f"http://app1.localhost:{port_b}/oauth2/backchannel_logout"
+                        ),
+                        "token_endpoint_auth_method": "client_secret_basic",
+                    }
+                ]
+            }
+        },
+    }
+
+
 def two_tenant_config(port: int) -> dict[str, Any]:
     """app1 on the super tenant (basic auth), app2 on acme.com (post auth)."""
     return {

@@ -41,7 +41,11 @@ from idgateway.gate.bearer_answers import (
     send_refusal,
 )
 from idgateway.gate.identity_headers import IdentityHeaders
-from idgateway.gate.rules import authorization_failure, compile_public_paths, is_public
+from idgateway.gate.rules import (
+    authorization_failure,
+    compile_public_paths,
+    every_reading_is_public,
+)
 from idgateway.gate.session_check import _folded, secure_origin
 from idgateway.http.paths import AmbiguousPath, PathReading, fold_case, no_fold
 from idgateway.observe.metrics import METRICS  # metrics hook
@@ -236,10 +240,7 @@ class BearerGate:
         return self.bearer.authorize
 
     def is_public(self, method: bytes, reading: PathReading) -> bool:
-        for text in reading.matched:
-            if not is_public(self.public, method, text):
-                return False
-        return True
+        return every_reading_is_public(self.public, method, reading)
 
     # -- the request path -------------------------------------------------------------
 

@@ -14,6 +14,7 @@ from urllib.parse import unquote, urlsplit
 
 from idgateway.config.model import AuthorizeRules, PublicPath
 from idgateway.config.regex import compile_config_regex
+from idgateway.http.paths import PathReading
 
 
 def compile_public_paths(
@@ -45,6 +46,19 @@ def is_public(
             return True
     return False
 
+
+
+def every_reading_is_public(
+    rules: tuple[tuple[bytes | None, str | None, Any], ...],
+    method: bytes,
+    reading: PathReading,
+) -> bool:
+    """Public only if every reading of the path is (see idgateway.http.paths): the
+    one test the session gate, the token gate and forward-auth share."""
+    for text in reading.matched:  # (folded on case-insensitive routes)
+        if not is_public(rules, method, text):
+            return False
+    return True
 
 def _under(path: str, prefix: str) -> bool:
     """``/healthz`` covers /healthz and /healthz/x, never /healthz-internal."""

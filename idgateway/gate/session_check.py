@@ -37,7 +37,7 @@ from idgateway.gate.needed_claims import needed_claims
 from idgateway.gate.rules import (
     authorization_failure,
     compile_public_paths,
-    is_public,
+    every_reading_is_public,
 )
 from idgateway.gate.step_up import (
     insufficient_authentication_challenge,
@@ -316,11 +316,7 @@ class RouteLogin:
 
     def is_public(self, method: bytes, reading: PathReading) -> bool:
         """Public only if every reading of the path is (see idgateway.http.paths)."""
-        public = self.public
-        for text in reading.matched:  # (folded on case-insensitive routes)
-            if not is_public(public, method, text):
-                return False
-        return True
+        return every_reading_is_public(self.public, method, reading)
 
     def is_own_cookie(self, name: bytes) -> bool:
         return any(c.is_own_cookie(name) for c in self.codecs.values()) or any(

@@ -191,7 +191,7 @@ class UnverifiedTLSPolicy:
 
     def __init__(self) -> None:
         # Deliberately unverified: built only for a provider configured with
-        # insecure_skip_verify: true, which runtime.provider_handle logs as a
+        # insecure_skip_verify: true, which routing.state's provider_handle logs as a
         # warning at start. Every other provider gets VerifyingTLSPolicy.
         options = CertificateOptions(verify=False, acceptableProtocols=[HTTP_1_1])
         self._context = options.getContext()

@@ -18,7 +18,7 @@ import pytest
 from tests.backends import BackendProcess
 from tests.e2e.test_redis_sessions import echo, gateway_yaml
 from tests.http_helpers import header_values
-from tests.login_env import Client, session_key
+from tests.login_env import Client, session_key, two_gateways_config
 from tests.processes import GatewayProcess, free_port
 from tests.provider_process import ProviderProcess, node_binary
 from tests.redis_cluster import RedisCluster, requires_redis_cluster
@@ -41,26 +41,7 @@ def gateways(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 
 def _gateways(tmp: Path, cluster: RedisCluster) -> Iterator[Any]:
     port_a, port_b = free_port(), free_port()
-    config: dict[str, Any] = {
-        "tenants": {
-            "carbon.super": {
-                "clients": [
-                    {
-                        "client_id": "app1-client",
-                        "client_secret": "s3cret",
-                        "redirect_uris": [
-                            f"http://app1.localhost:{port_a}/oauth2/callback",
-                            f"http://app1.localhost:{port_b}/oauth2/callback",
-                        ],
-                        "backchannel_logout_uri": (
-                            f"http://app1.localhost:{port_b}/oauth2/backchannel_logout"
-                        ),
-                        "token_endpoint_auth_method": "client_secret_basic",
-                    }
-                ]
-            }
-        },
-    }
+    config = two_gateways_config(port_a, port_b)
     key = session_key()
     with (
         ProviderProcess(tmp / "op", config) as op,

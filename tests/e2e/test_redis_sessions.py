@@ -13,7 +13,7 @@ import time
 import pytest
 
 from tests.http_helpers import header_values
-from tests.login_env import Client, session_key
+from tests.login_env import Client, session_key, two_gateways_config
 from tests.processes import GatewayProcess, free_port
 from tests.provider_process import ProviderProcess, node_binary
 from tests.redis_process import RedisProcess
@@ -90,27 +90,7 @@ def _cluster(tmp_path_factory, name, ttl, extra="", store="redis"):
 
     tmp = tmp_path_factory.mktemp(name)
     port_a, port_b = free_port(), free_port()
-    config: dict = {
-        "ttl": {"AccessToken": ttl} if ttl else {},
-        "tenants": {
-            "carbon.super": {
-                "clients": [
-                    {
-                        "client_id": "app1-client",
-                        "client_secret": "s3cret",
-                        "redirect_uris": [
-                            f"http://app1.localhost:{port_a}/oauth2/callback",
-                            f"http://app1.localhost:{port_b}/oauth2/callback",
-                        ],
-                        "backchannel_logout_uri": (
-                            f"http://app1.localhost:{port_b}/oauth2/backchannel_logout"
-                        ),
-                        "token_endpoint_auth_method": "client_secret_basic",
-                    }
-                ]
-            }
-        },
-    }
+    config = two_gateways_config(port_a, port_b, ttl)
     key = session_key()
     with (
         RedisProcess(tmp / "redis", password="s3cret") as redis,
