@@ -39,8 +39,8 @@ class Options(usage.Options):
 
 
 def makeService(options: Options, reactor: Any = None) -> Any:
-    from idgateway.server.service import GatewayService
-
+    # The imports are here, each in its branch: with workers the master runs
+    # none of the data path, and importing it would cost the master its memory.
     if reactor is None:
         from twisted.internet import reactor as global_reactor
 
@@ -54,6 +54,8 @@ def makeService(options: Options, reactor: Any = None) -> Any:
             reactor,
             access_out=sys.stdout if log_is_text_on_stdout(options) else None,
         )
+    from idgateway.server.service import GatewayService
+
     return GatewayService(
         config, reactor, access_out=sys.stdout if log_is_text_on_stdout(options) else None
     )

@@ -24,9 +24,10 @@ from functools import lru_cache
 from time import monotonic, time
 from typing import Any, TextIO
 
-from twisted.logger import Logger, LogLevel, formatTime
+from twisted.logger import Logger, LogLevel
 
 from idgateway.config.model import LoggingSettings
+from idgateway.observe.log_time import text_timestamp
 from idgateway.observe.metrics import METRICS  # metrics hook
 
 access_logger = Logger(namespace="idgateway.access")
@@ -199,7 +200,6 @@ def access_line(request: Any, settings: LoggingSettings, now: float) -> str:
 # formatted exactly as twistd's text observer would, which spares each request
 # twisted.logger's formatting (a tenth of a proxied request's CPU time).
 _direct_out: TextIO | None = None
-_stamp: tuple[int, str] = (-1, "")
 
 
 def write_access_text_to(out: TextIO | None) -> None:
@@ -219,15 +219,6 @@ def send_access_lines_to(record: Callable[[float, str], None] | None) -> None:
     """Hand text access lines (time, line) to ``record``, or None: log events."""
     global _direct_record
     _direct_record = record
-
-
-def text_timestamp(when: float) -> str:
-    """``when`` as twistd's text log writes it; to the second, so kept per second."""
-    global _stamp
-    second = int(when)
-    if _stamp[0] != second:
-        _stamp = (second, formatTime(when))
-    return _stamp[1]
 
 
 def _write_access_text(out: TextIO, line: str) -> None:

@@ -16,8 +16,6 @@ from twisted.logger import (
 )
 from twisted.python.failure import Failure
 
-from idgateway.observe import access_log as observe_module
-
 # A worker output line longer than this is passed on in pieces.
 MAX_LINE = 1024 * 1024
 
@@ -88,6 +86,10 @@ def widen_log_pipe(stream: Any) -> None:
 
 def log_json_to_stdout(reactor: Any) -> None:
     from twisted.logger import globalLogBeginner, jsonFileLogObserver
+
+    # Here, not at the top: the master reads this module's record format but
+    # must not import the access log (and the metrics and data path behind it).
+    from idgateway.observe import access_log as observe_module
 
     widen_log_pipe(sys.stdout)
 

@@ -62,10 +62,11 @@ import idgateway
 from idgateway.config.load import load_config
 from idgateway.config.model import Config, Listener
 from idgateway.config.watch import ConfigWatcher
-from idgateway.observe.access_log import text_timestamp
+from idgateway.observe.log_time import text_timestamp
 from idgateway.server import systemd
 from idgateway.server.startup_errors import StartupError, listen_problem, stop_starting
 from idgateway.server.tls import SNIServerContexts
+from idgateway.workers.drain import DRAIN_TIMEOUT
 from idgateway.workers.log_relay import (
     ACCESS_NAMESPACE,
     ACCESS_RECORD,
@@ -76,7 +77,6 @@ from idgateway.workers.log_relay import (
     WorkerFailure,
 )
 from idgateway.workers.shared_port import FIRST_LISTEN_FD, bind_listener, listener_key
-from idgateway.workers.worker import DRAIN_TIMEOUT
 
 # Seconds the master waits past the drain timeout before it SIGKILLs a worker.
 KILL_GRACE = 5.0

@@ -30,12 +30,10 @@ from idgateway.config.model import Config, Listener
 from idgateway.observe.metrics import METRICS, GatewayMetrics
 from idgateway.server.connection_limits import throttle_accept_logs
 from idgateway.server.service import GatewayService
+from idgateway.workers.drain import DRAIN_TIMEOUT
 from idgateway.workers.log_relay import READY_FIELD, log_json_to_stdout
 from idgateway.workers.metrics import WorkerMetricsGatherer, listen_exposition
 from idgateway.workers.shared_port import adopt_shared_port, parse_listen_fd
-
-# Seconds a worker gives in-flight requests after SIGTERM before it cuts them.
-DRAIN_TIMEOUT = 30.0
 
 
 class WorkerService(GatewayService):

@@ -1,0 +1,131 @@
+"""Each process imports only what it runs: every module costs each process its memory.
+
+With ``workers:`` > 1 the master (twistd) loads the config, binds, supervises
+and relays logs; it never serves a request, so it must not import the data
+path. Each case imports in a fresh interpreter, as the process does, and
+reads ``sys.modules`` there.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+# The data path and what only it needs: none of it belongs in the master.
+NOT_IN_THE_MASTER = (
+    "idgateway.gate",
+    "idgateway.proxy",
+    "idgateway.oidc",
+    "idgateway.sessions",
+    "idgateway.redis",
+    "idgateway.routing",
+    "idgateway.importers",
+    "idgateway.demo",
+    "idgateway.server.service",
+    "idgateway.server.channel",
+    "idgateway.server.h2_connection",
+    "idgateway.server.admin",
+    "idgateway.observe.access_log",
+    "idgateway.observe.metrics",
+    "idgateway.workers.worker",
+    "idgateway.workers.metrics",
+    "h2",
+    "hpack",
+    "treq",
+    "josepy",
+    "txredisapi",
+    "prometheus_client",
+    "multipart",
+    "twisted.web.server",
+    "twisted.web.client",
+)
+
+MASTER = """
+import json, sys
+from idgateway.tap import Options, makeService
+options = Options()
+options.parseOptions(["--config", CONFIG])
+service = makeService(options)
+assert type(service).__name__ == "MasterService", service
+print(json.dumps(sorted(sys.modules)))
+"""
+
+
+def _modules_after(code: str, **values: str) -> set[str]:
+    prelude = "".join(f"{name} = {value!r}\n" for name, value in values.items())
+    done = subprocess.run(
+        [sys.executable, "-c", prelude + textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return set(json.loads(done.stdout.splitlines()[-1]))
+
+
+def _loaded(modules: set[str], prefix: str) -> bool:
+    return prefix in modules or any(name.startswith(prefix + ".") for name in modules)
+
+
+@pytest.fixture(scope="module")
+def master_modules(tmp_path_factory: pytest.TempPathFactory) -> set[str]:
+    # A login route with cookie sessions (what the benchmark runs), TLS on
+    # one listener and metrics on: each pulls in more of the data path.
+    directory = tmp_path_factory.mktemp("master")
+    config = directory / "gateway.yaml"
+    config.write_text(
+        textwrap.dedent(
+            """\
+            workers: 2
+            listeners:
+              - address: 127.0.0.1:0
+            admin:
+              address: 127.0.0.1:0
+            providers:
+              wso2:
+                discovery_url: https://127.0.0.1:9/oauth2/token/.well-known/openid-configuration
+            routes:
+              - name: app
+                hosts: [app.test]
+                upstream: http://127.0.0.1:9
+                oidc:
+                  provider: wso2
+                  client_id: gateway
+                  client_secret: a-long-enough-client-secret
+                session:
+                  store: cookie
+                  keys: [MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=]
+            """
+        )
+    )
+    return _modules_after(MASTER, CONFIG=str(config))
+
+
+def test_the_master_is_what_it_seems(master_modules: set[str]) -> None:
+    # Guards the scan: the master's own parts are there.
+    for name in ("idgateway.workers.master", "idgateway.config.load", "twisted.internet.reactor"):
+        assert name in master_modules
+
+
+@pytest.mark.parametrize("prefix", NOT_IN_THE_MASTER)
+def test_the_master_does_not_import_the_data_path(master_modules: set[str], prefix: str) -> None:
+    assert not _loaded(master_modules, prefix), f"the master imports {prefix}"
+
+
+def test_the_single_process_gateway_still_has_its_data_path(tmp_path: Path) -> None:
+    # The other branch of makeService: without workers, twistd's process serves.
+    config = tmp_path / "gateway.yaml"
+    config.write_text(
+        "listeners:\n  - address: 127.0.0.1:0\n"
+        "routes:\n  - name: open\n    default: true\n    upstream: http://127.0.0.1:9\n"
+    )
+    modules = _modules_after(
+        MASTER.replace('"MasterService"', '"GatewayService"'), CONFIG=str(config)
+    )
+    assert "idgateway.server.service" in modules
