@@ -1640,26 +1640,47 @@ STEAL_NOTE_PCT = 2.0
 
 def tree_memory(leader: int) -> dict:
     """RSS and PSS (kB) summed over the tree; PSS shares shared pages out
-    fairly between the processes (RSS counts them in each)."""
+    fairly between the processes (RSS counts them in each). ``each``: every
+    process's own [pid, RSS, PSS or None], the leader first."""
     rss = pss = 0
     pss_ok = True
     pids = process_tree(leader)
-    for pid in pids:
+    each: list[list[int | None]] = []
+    for pid in sorted(pids, key=lambda p: p != leader):
+        own_rss: int | None = None
+        own_pss: int | None = None
         try:
             for line in Path(f"/proc/{pid}/status").read_text().splitlines():
                 if line.startswith("VmRSS:"):
-                    rss += int(line.split()[1])
+                    own_rss = int(line.split()[1])
+                    rss += own_rss
                     break
         except OSError:
             continue
         try:
             for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
                 if line.startswith("Pss:"):
-                    pss += int(line.split()[1])
+                    own_pss = int(line.split()[1])
+                    pss += own_pss
                     break
         except OSError:
             pss_ok = False
-    return {"processes": len(pids), "rss_kib": rss, "pss_kib": pss if pss_ok else None}
+        if own_rss is not None:
+            each.append([pid, own_rss, own_pss])
+    return {
+        "processes": len(pids),
+        "rss_kib": rss,
+        "pss_kib": pss if pss_ok else None,
+        "each": each,
+    }
+
+
+def each_process_memory(memory: dict) -> str:
+    """tree_memory()'s processes as ``RSS/PSS`` MiB each, the leader first."""
+    return ", ".join(
+        f"{own_rss / 1024:,.1f}/{'-' if own_pss is None else f'{own_pss / 1024:,.1f}'}"
+        for _, own_rss, own_pss in memory.get("each", [])
+    )
 
 
 def raise_nofile(wanted: int) -> dict:
@@ -2079,6 +2100,12 @@ def run_steps(steps: list[str], servers: dict[str, Server], rig, args, extras: d
                         f"  {r['answered']:,} answered, {r['still_open']:,} still open; "
                         f"RSS {rss[0]:,.1f} -> {rss[1]:,.1f} MiB; fresh requests median "
                         f"{r['fresh']['median_ms']:.1f} ms, max {r['fresh']['max_ms']:.1f} ms"
+                    )
+                    # The leader (the gateway's master) first, then its workers.
+                    info(
+                        "  each process RSS/PSS MiB, before: "
+                        f"{each_process_memory(r['before'])}; after: "
+                        f"{each_process_memory(r['after'])}"
                     )
                 else:
                     continue

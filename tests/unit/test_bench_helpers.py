@@ -45,6 +45,10 @@ def test_process_figures_cover_this_process(harness):
     assert pid in harness.process_tree(pid)
     memory = harness.tree_memory(pid)
     assert memory["rss_kib"] > 0
+    # Each process's own figures, the leader first, adding up to the tree's.
+    assert memory["each"][0][0] == pid
+    assert sum(own_rss for _, own_rss, _ in memory["each"]) == memory["rss_kib"]
+    assert harness.each_process_memory(memory).count("/") == len(memory["each"])
     assert harness.tree_cpu_seconds(pid) > 0
 
 
