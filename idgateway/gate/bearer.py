@@ -60,7 +60,6 @@ from idgateway.oidc.client import ClientCredentials
 from idgateway.oidc.dpop import DPoPError, check_proof
 from idgateway.oidc.introspection import Introspection, IntrospectionUnavailable
 from idgateway.oidc.tokens import PROVIDER_UNAVAILABLE, TokenError
-from idgateway.redis.cluster import AnyRedisClient
 from idgateway.routing.table import normalised_host_header
 from idgateway.sessions.cookie import strip_cookies
 from idgateway.sessions.keys import KeyRing
@@ -70,6 +69,7 @@ from idgateway.sessions.revocation import ReplayCache
 if TYPE_CHECKING:
     from idgateway.gate.contracts import Forwarder, GatewayView, RouteView
     from idgateway.gate.session_check import ProviderHandle
+    from idgateway.redis.cluster import AnyRedisClient
     from idgateway.server.channel import GatewayRequest
 
 # An Authorization header longer than this is refused before it is parsed.

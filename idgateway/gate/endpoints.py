@@ -30,7 +30,7 @@ from idgateway.oidc.client import (
     fetch_userinfo,
 )
 from idgateway.oidc.tokens import TokenError, validate_id_token, validate_logout_token
-from idgateway.redis.client import RedisUnavailable
+from idgateway.redis.errors import RedisUnavailable
 from idgateway.server.answers import (
     send_error,
     send_provider_unavailable,

@@ -62,8 +62,7 @@ from idgateway.oidc.logout_paths import logout_paths, unhonoured_settings
 from idgateway.oidc.provider import ProviderClient, ProviderMetadata
 from idgateway.oidc.refresh import validate_refreshed_id_token
 from idgateway.oidc.tokens import PROVIDER_UNAVAILABLE, TokenError
-from idgateway.redis.client import RedisUnavailable
-from idgateway.redis.cluster import AnyRedisClient
+from idgateway.redis.errors import RedisUnavailable
 from idgateway.server.answers import (
     send_error,
     send_provider_unavailable,
@@ -81,12 +80,13 @@ from idgateway.sessions.cookie import (
 from idgateway.sessions.flows import FlowCookies
 from idgateway.sessions.keys import KeyRing
 from idgateway.sessions.model import Session
-from idgateway.sessions.redis_store import RedisSessionStore
 from idgateway.sessions.revocation import RevocationList
 
 if TYPE_CHECKING:
     from idgateway.gate.contracts import Forwarder, GatewayView, RouteView, TokenChallenges
+    from idgateway.redis.cluster import AnyRedisClient
     from idgateway.server.channel import GatewayRequest
+    from idgateway.sessions.redis_store import RedisSessionStore
 
 # A session's cookie is re-issued (sliding inactivity) at most this often.
 SLIDE_EVERY = 60.0
@@ -246,6 +246,8 @@ class RouteLogin:
         self.store: RedisSessionStore | None = None
         if auth.session.store == "redis":
             assert redis is not None, "store: redis needs a Redis client"
+            from idgateway.sessions.redis_store import RedisSessionStore  # only with Redis
+
             self.store = RedisSessionStore(
                 redis,
                 route=route.name,

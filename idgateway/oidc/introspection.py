@@ -16,7 +16,7 @@ Nothing here ever lets a token through because the provider did not answer:
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
@@ -33,9 +33,11 @@ from idgateway.oidc.client import ClientCredentials, basic_authorization
 from idgateway.oidc.http import HTTPFailure, count_error, send
 from idgateway.oidc.provider import ProviderClient
 from idgateway.oidc.tokens import WRONG_ISSUER, WRONG_TYPE, TokenError
-from idgateway.redis.client import RedisUnavailable
-from idgateway.redis.cluster import AnyRedisClient
+from idgateway.redis.errors import RedisUnavailable
 from idgateway.sessions.keys import KeyRing
+
+if TYPE_CHECKING:
+    from idgateway.redis.cluster import AnyRedisClient
 
 # Answers kept in this process (the oldest go first past it).
 CACHE_MAX = 10_000

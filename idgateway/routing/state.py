@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 from twisted.internet.endpoints import (
@@ -46,10 +46,12 @@ from idgateway.oidc.provider import ProviderClient
 from idgateway.proxy.headers import TrustedProxies, header_key
 from idgateway.proxy.upstream import UpstreamPool
 from idgateway.proxy.websocket_limits import WebSocketSlots
-from idgateway.redis.cluster import AnyRedisClient, redis_client_for
 from idgateway.routing.table import RouteTable
 from idgateway.server.tls import client_tls_options
 from idgateway.sessions.revocation import ReplayCache, RevocationList
+
+if TYPE_CHECKING:
+    from idgateway.redis.cluster import AnyRedisClient
 
 PoolKey = tuple[Upstream, float]
 
@@ -201,6 +203,9 @@ class StateBuilder:
         def redis_client(settings: RedisSettings) -> AnyRedisClient:
             client = redis_clients.get(settings) or old_clients.get(settings)
             if client is None:
+                # Here, not at the top: a gateway without Redis never loads the client.
+                from idgateway.redis.cluster import redis_client_for
+
                 client = redis_client_for(self.reactor, settings)
             redis_clients[settings] = client
             return client

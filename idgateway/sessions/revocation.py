@@ -41,13 +41,15 @@ from __future__ import annotations
 import hashlib
 import itertools
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from idgateway.redis.client import RedisUnavailable
-from idgateway.redis.cluster import AnyRedisClient, RedisClusterClient
+from idgateway.redis.errors import RedisUnavailable
+
+if TYPE_CHECKING:
+    from idgateway.redis.cluster import AnyRedisClient
 
 __all__ = ["REVOKED_CHANNEL", "RedisUnavailable", "ReplayCache", "RevocationList"]
 
@@ -355,6 +357,8 @@ class RevocationList:
 
     async def _extend_in_redis(self, pattern: str) -> None:
         assert self._client is not None
+        from idgateway.redis.cluster import RedisClusterClient  # loaded with its client
+
         if isinstance(self._client, RedisClusterClient):
             for raw in await self._client.scan_keys(pattern, _SCAN_COUNT):
                 key = bytes(raw).decode("utf-8", "replace")
@@ -544,6 +548,8 @@ class RevocationList:
         """(key, pttl, value) of every revocation key in Redis (or in the cluster)."""
         assert self._client is not None
         found: list[tuple[Any, Any, Any]] = []
+        from idgateway.redis.cluster import RedisClusterClient  # loaded with its client
+
         if isinstance(self._client, RedisClusterClient):
             for key in await self._client.scan_keys(_SCAN_PATTERN, _SCAN_COUNT):
                 ttl_ms, value = await self._client.eval(_TTL_AND_VALUE, [key])

@@ -73,38 +73,40 @@ def _loaded(modules: set[str], prefix: str) -> bool:
     return prefix in modules or any(name.startswith(prefix + ".") for name in modules)
 
 
+# A login route with cookie sessions (what the benchmark runs) and an admin
+# listener (metrics): each pulls in more of the data path.
+GATEWAY_YAML = """\
+workers: 2
+listeners:
+  - address: 127.0.0.1:0
+admin:
+  address: 127.0.0.1:0
+providers:
+  wso2:
+    discovery_url: https://127.0.0.1:9/oauth2/token/.well-known/openid-configuration
+routes:
+  - name: app
+    hosts: [app.test]
+    upstream: http://127.0.0.1:9
+    oidc:
+      provider: wso2
+      client_id: gateway
+      client_secret: a-long-enough-client-secret
+    session:
+      store: cookie
+      keys: [MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=]
+"""
+
+
+def _config(directory: Path, text: str = GATEWAY_YAML) -> str:
+    path = directory / "gateway.yaml"
+    path.write_text(text)
+    return str(path)
+
+
 @pytest.fixture(scope="module")
 def master_modules(tmp_path_factory: pytest.TempPathFactory) -> set[str]:
-    # A login route with cookie sessions (what the benchmark runs), TLS on
-    # one listener and metrics on: each pulls in more of the data path.
-    directory = tmp_path_factory.mktemp("master")
-    config = directory / "gateway.yaml"
-    config.write_text(
-        textwrap.dedent(
-            """\
-            workers: 2
-            listeners:
-              - address: 127.0.0.1:0
-            admin:
-              address: 127.0.0.1:0
-            providers:
-              wso2:
-                discovery_url: https://127.0.0.1:9/oauth2/token/.well-known/openid-configuration
-            routes:
-              - name: app
-                hosts: [app.test]
-                upstream: http://127.0.0.1:9
-                oidc:
-                  provider: wso2
-                  client_id: gateway
-                  client_secret: a-long-enough-client-secret
-                session:
-                  store: cookie
-                  keys: [MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=]
-            """
-        )
-    )
-    return _modules_after(MASTER, CONFIG=str(config))
+    return _modules_after(MASTER, CONFIG=_config(tmp_path_factory.mktemp("master")))
 
 
 def test_the_master_is_what_it_seems(master_modules: set[str]) -> None:
@@ -118,14 +120,57 @@ def test_the_master_does_not_import_the_data_path(master_modules: set[str], pref
     assert not _loaded(master_modules, prefix), f"the master imports {prefix}"
 
 
+# What only a gateway with Redis (sessions, revocation, introspection cache) uses.
+REDIS_ONLY = ("idgateway.redis.client", "idgateway.redis.cluster", "txredisapi")
+
+WORKER = """
+import json, sys
+from twisted.internet.testing import MemoryReactorClock
+from idgateway.config.load import load_config
+from idgateway.workers.worker import WorkerService
+service = WorkerService(
+    load_config(CONFIG), MemoryReactorClock(), index=0, inherited={},
+    install_signal_handlers=False, workers=2,
+)
+assert list(service.holder.current.runtimes) == ["app"], service.holder.current.runtimes
+print(json.dumps(sorted(sys.modules)))
+"""
+
+
+@pytest.fixture(scope="module")
+def worker_modules(tmp_path_factory: pytest.TempPathFactory) -> set[str]:
+    # Cookie sessions, no Redis anywhere, built into the routes a worker serves.
+    return _modules_after(WORKER, CONFIG=_config(tmp_path_factory.mktemp("worker")))
+
+
+def test_the_worker_is_what_it_seems(worker_modules: set[str]) -> None:
+    for name in ("idgateway.gate.session_check", "idgateway.sessions.cookie", "treq"):
+        assert name in worker_modules
+
+
+@pytest.mark.parametrize("prefix", REDIS_ONLY)
+def test_a_worker_without_redis_does_not_import_the_redis_client(
+    worker_modules: set[str], prefix: str
+) -> None:
+    assert not _loaded(worker_modules, prefix), f"the worker imports {prefix}"
+
+
+def test_a_worker_with_redis_sessions_has_its_client(tmp_path: Path) -> None:
+    # The other side: store: redis still loads the client (lazily, as it builds).
+    with_redis = GATEWAY_YAML.replace(
+        "store: cookie", "store: redis\n      url: redis://127.0.0.1:9/0"
+    )
+    modules = _modules_after(WORKER, CONFIG=_config(tmp_path, with_redis))
+    for prefix in REDIS_ONLY:
+        assert _loaded(modules, prefix), prefix
+
+
 def test_the_single_process_gateway_still_has_its_data_path(tmp_path: Path) -> None:
     # The other branch of makeService: without workers, twistd's process serves.
-    config = tmp_path / "gateway.yaml"
-    config.write_text(
+    config = _config(
+        tmp_path,
         "listeners:\n  - address: 127.0.0.1:0\n"
-        "routes:\n  - name: open\n    default: true\n    upstream: http://127.0.0.1:9\n"
+        "routes:\n  - name: open\n    default: true\n    upstream: http://127.0.0.1:9\n",
     )
-    modules = _modules_after(
-        MASTER.replace('"MasterService"', '"GatewayService"'), CONFIG=str(config)
-    )
+    modules = _modules_after(MASTER.replace('"MasterService"', '"GatewayService"'), CONFIG=config)
     assert "idgateway.server.service" in modules
