@@ -16,20 +16,26 @@ import functools
 import re
 from typing import Any
 
-import re2
-
 __all__ = ["compile_config_regex", "not_starting_with"]
 
 
+# RE2 is loaded by the first config regex, not with this module: it maps
+# 2.5 MiB (its extension and libstdc++) into every process, and most configs
+# have no regex at all (and the master never compiles one it checked).
+@functools.cache
+def _re2() -> Any:
+    import re2
+
+    return re2
+
+
+@functools.cache
 def _options() -> Any:
-    options = re2.Options()
+    options = _re2().Options()
     # A refused pattern is reported once, by the config check, not also
     # by RE2's own logging on stderr.
     options.log_errors = False
     return options
-
-
-_OPTIONS = _options()
 
 
 # Cached: claim rules are compiled where they are used (a few patterns per
@@ -37,8 +43,9 @@ _OPTIONS = _options()
 @functools.lru_cache(maxsize=256)
 def compile_config_regex(pattern: str) -> Any:
     """The compiled pattern (``search``/``fullmatch`` as with ``re``); ValueError saying why not."""
+    re2 = _re2()
     try:
-        return re2.compile(pattern, options=_OPTIONS)
+        return re2.compile(pattern, options=_options())
     except re2.error as error:
         reason = error.args[0] if error.args else "cannot be compiled"
         if isinstance(reason, bytes):

@@ -43,6 +43,8 @@ NOT_IN_THE_MASTER = (
     "multipart",
     "twisted.web.server",
     "twisted.web.client",
+    # Loaded by the first config regex; this config has none.
+    "re2",
 )
 
 MASTER = """
@@ -163,6 +165,18 @@ def test_a_worker_with_redis_sessions_has_its_client(tmp_path: Path) -> None:
     modules = _modules_after(WORKER, CONFIG=_config(tmp_path, with_redis))
     for prefix in REDIS_ONLY:
         assert _loaded(modules, prefix), prefix
+
+
+def test_a_worker_without_config_regexes_does_not_load_re2(worker_modules: set[str]) -> None:
+    assert not _loaded(worker_modules, "re2")
+
+
+def test_a_config_regex_loads_re2_and_is_still_checked(tmp_path: Path) -> None:
+    with_regex = GATEWAY_YAML.replace(
+        "    session:\n", "    public_paths: ['~ ^/pub/[a-z]+$']\n    session:\n"
+    )
+    modules = _modules_after(WORKER, CONFIG=_config(tmp_path, with_regex))
+    assert _loaded(modules, "re2")
 
 
 def test_the_single_process_gateway_still_has_its_data_path(tmp_path: Path) -> None:
