@@ -48,6 +48,12 @@ from idgateway.config.model import HTTP2Limits
 from idgateway.http.numbers import parse_decimal
 from idgateway.server.answers import send_error
 from idgateway.server.channel import _EMPTY_CONTENT, BodyPipe, GatewayRequest
+from idgateway.server.h2_headers import (
+    CONNECTION_SPECIFIC,
+    MalformedHeaders,
+    check_trailers,
+    read_request_block,
+)
 from idgateway.server.tls import sni_server_name
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
@@ -63,18 +69,6 @@ CONTROL_BACKLOG = 256 * 1024
 # PING and SETTINGS frames (and empty DATA frames) a client may send per
 # minute: a browser sends a handful; a flood only makes the gateway answer.
 CONTROL_FRAMES_PER_MINUTE = 1200
-
-# Headers that name the connection, not the message: HTTP/2 has none
-# (RFC 9113 8.2.2); a response never carries them.
-CONNECTION_SPECIFIC = frozenset(
-    (
-        b"connection",
-        b"keep-alive",
-        b"proxy-connection",
-        b"transfer-encoding",
-        b"upgrade",
-    )
-)
 
 _NO_ERROR = h2.errors.ErrorCodes.NO_ERROR
 _CANCEL = h2.errors.ErrorCodes.CANCEL
@@ -353,6 +347,10 @@ class GatewayH2Connection(Protocol):
         config = h2.config.H2Configuration(
             client_side=False,
             header_encoding=None,
+            # Request and trailer blocks are checked (RFC 9113 8.2, 8.3) and
+            # their cookie crumbs joined by server.h2_headers, in one pass.
+            validate_inbound_headers=False,
+            normalize_inbound_headers=False,
             # Responses come from the gateway's own headers or an upstream head
             # its parser already checked; names are lower-cased here.
             validate_outbound_headers=False,
@@ -451,15 +449,17 @@ class GatewayH2Connection(Protocol):
                 self._client_reset(event)  # type: ignore[arg-type]
             elif kind is h2.events.PingReceived or kind is h2.events.RemoteSettingsChanged:
                 self._control_frame()
+            elif kind is h2.events.TrailersReceived:
+                self._trailers(event)  # type: ignore[arg-type]
             elif kind is h2.events.ConnectionTerminated:
                 self._close_now()
-            if self.transport is None or (self._closing and not self.streams):
+            if self.transport is None or self._broken or (self._closing and not self.streams):
                 break
         # The connection window is this side's to reopen: each stream's own
         # window bounds what a stream can make the gateway hold. (Counted by h2
         # itself, so DATA for streams already closed is reopened too.)
         left = self.h2.inbound_flow_control_window
-        if left < self._connection_window // 2 and self.transport is not None:
+        if left < self._connection_window // 2 and self.transport is not None and not self._broken:
             self.h2.increment_flow_control_window(self._connection_window - left)
         self._write_out()
 
@@ -489,41 +489,25 @@ class GatewayH2Connection(Protocol):
             # After GOAWAY: the client retries it on a new connection.
             self.h2.reset_stream(stream_id, _REFUSED)
             return
+        try:
+            block = read_request_block(event.headers or ())
+        except MalformedHeaders as error:
+            self._malformed(str(error))
+            return
         stream = H2Stream(self, stream_id)
         self.streams[stream_id] = stream
         request: GatewayRequest = self.site.requestFactory(stream, queued=False)
         stream.request = request
         request.content = _EMPTY_CONTENT
         raw = request.requestHeaders
-        method = path = authority = None
-        host_seen = False
-        length: bytes | None = None
-        size = 0
-        for name, value in event.headers or ():
-            size += len(name) + len(value) + 4
-            if name[:1] == b":":
-                if name == b":method":
-                    method = value
-                elif name == b":path":
-                    path = value
-                elif name == b":authority":
-                    authority = value
-                continue
-            if name == b"host":
-                if authority is not None and value != authority:
-                    # Two names for the site: which one would the upstream use?
-                    self._refuse_stream(stream, "the Host header and :authority differ")
-                    return
-                host_seen = True
-            elif name == b"content-length":
-                length = value
+        for name, value in block.fields:
             raw.addRawHeader(name, value)
-        if authority is not None and not host_seen:
+        method, path, authority = block.method, block.path, block.authority
+        assert method is not None  # (read_request_block refuses a block without one)
+        if authority is not None and block.host is None:
             raw.setRawHeaders(b"host", [authority])
-        request.head_size = size
-        if method is None:
-            self._refuse_stream(stream, "no :method")
-            return
+        length = block.length
+        request.head_size = block.size
         body_length: int | None = None
         if length is not None:
             body_length = parse_decimal(length)
@@ -537,6 +521,21 @@ class GatewayH2Connection(Protocol):
             stream.client_done = event.stream_ended is not None
         # A CONNECT (no :path) gets the resource's "must be a path" answer.
         request._dispatch(method, path if path is not None else authority or b"", HTTP_2)
+
+    def _malformed(self, why: str) -> None:
+        """A malformed header block: a connection error (RFC 9113 8.1.1), as h2 makes it."""
+        self._log.debug("HTTP/2 malformed headers from {peer}: {why}", peer=self.peer, why=why)
+        self.h2.close_connection(h2.errors.ErrorCodes.PROTOCOL_ERROR)
+        self._broken = True
+        self._abandon_streams(Failure(ProtocolErrorFromClient(why)))
+        self._close_now()
+
+    def _trailers(self, event: h2.events.TrailersReceived) -> None:
+        # Dropped, as on HTTP/1.1; but checked, as the head is.
+        try:
+            check_trailers(event.headers or ())
+        except MalformedHeaders as error:
+            self._malformed(str(error))
 
     def _refuse_stream(self, stream: H2Stream, why: str) -> None:
         self._log.debug("HTTP/2 stream refused ({why}) from {peer}", why=why, peer=self.peer)

@@ -8,6 +8,7 @@ held its memory: RSS grows by less than ``RSS_BOUND_KIB`` over the attack.
 
 from __future__ import annotations
 
+import json
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -272,6 +273,16 @@ def _blank(stream_id: int) -> Any:
     return H2Response(stream_id)
 
 
+def malformed_trailers(gateway: dict[str, Any]) -> None:
+    """A body, then a trailer block carrying a pseudo-header (RFC 9113 8.1)."""
+    with _client(gateway) as client:
+        stream_id = client.request("/upload", method="POST", end=False)
+        client.send_body(stream_id, b"x" * 10, end=False)
+        _raw_headers(client, stream_id, [(b":path", b"/admin")])
+        _refused(client, PROTOCOL_ERROR)
+        _no_success(client)
+
+
 def content_length_mismatch(gateway: dict[str, Any]) -> None:
     """content-length says 10, DATA carries 100."""
     with _client(gateway) as client:
@@ -335,6 +346,24 @@ ATTACKS = {
     "connection-header": _malformed(_request_block() + [(b"connection", b"keep-alive")]),
     "transfer-encoding": _malformed(_request_block() + [(b"transfer-encoding", b"chunked")]),
     "host-differs-from-authority": _malformed(_request_block() + [(b"host", b"other.localhost")]),
+    "non-token-header-name": _malformed(_request_block() + [(b"x(y", b"1")]),
+    "space-in-header-name": _malformed(_request_block() + [(b"x-auth user", b"1")]),
+    "crlf-in-header-value": _malformed(
+        _request_block() + [(b"x-a", b"1\r\nx-auth-request-user: admin")]
+    ),
+    "lf-in-cookie": _malformed(_request_block() + [(b"cookie", b"a=1\nx-admin: 1")]),
+    "nul-in-header-value": _malformed(_request_block() + [(b"x-a", b"1\x002")]),
+    "space-around-header-value": _malformed(_request_block() + [(b"x-a", b" 1")]),
+    "status-pseudo-header-in-request": _malformed(_request_block() + [(b":status", b"200")]),
+    "empty-path": _malformed(_request_block(b"")),
+    "two-host-headers": _malformed(
+        _request_block() + [(b"host", b"app1.localhost"), (b"host", b"app1.localhost")]
+    ),
+    "connect-with-path": _malformed(
+        [(b":method", b"CONNECT"), (b":authority", b"app1.localhost:443"), (b":path", b"/")]
+    ),
+    "protocol-without-connect": _malformed(_request_block() + [(b":protocol", b"websocket")]),
+    "pseudo-header-in-trailers": malformed_trailers,
     "content-length-mismatch": content_length_mismatch,
     "oversize-body": oversize_body,
     "h2c-upgrade-without-h2c": h2c_upgrade_refused,
@@ -365,6 +394,16 @@ def test_host_and_authority_that_differ_never_reach_an_upstream(gateway: dict[st
         except TimeoutError:
             pass
         assert not any(isinstance(event, h2.events.ResponseReceived) for event in client.events)
+
+
+def test_cookie_crumbs_reach_the_upstream_as_one_cookie_header(gateway: dict[str, Any]) -> None:
+    """RFC 9113 8.2.3: split cookie fields are joined with "; " for HTTP/1.1."""
+    with _client(gateway) as client:
+        response = client.get("/echo", headers=[("cookie", "a=1"), ("cookie", "b=2")])
+        assert response.status == 200
+        echoed = json.loads(bytes(response.body))
+        cookies = [value for name, value in echoed["headers"] if name == "cookie"]
+        assert cookies == ["a=1; b=2"]
 
 
 def test_sni_and_authority_naming_different_sites_is_421(gateway: dict[str, Any]) -> None:
