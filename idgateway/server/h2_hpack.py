@@ -1,0 +1,128 @@
+"""HPACK for the gateway's responses.
+
+``ResponseHeaderEncoder`` replaces ``hpack``'s encoder for responses: its
+dynamic-table search walks the table in Python for every field, and the
+table fills with values that never repeat (``x-request-id``, ``date``).
+Like nginx, it never adds response fields to the dynamic table: each field is
+a static-table reference or a literal "without indexing" (``set-cookie`` and
+the credentials: "never indexed"), so the client's decoder state cannot be
+probed through compression (RFC 7541 7.1). Literals of fields that repeat are
+Huffman-coded once and cached; values that change with every response are
+sent as they are.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from hpack import Encoder
+from hpack.table import HeaderTable
+
+# Fields whose value is different in (nearly) every response: not worth caching.
+_VOLATILE = frozenset(
+    (
+        b"date",
+        b"content-length",
+        b"x-request-id",
+        b"etag",
+        b"last-modified",
+        b"expires",
+        b"age",
+        b"location",
+        b"content-range",
+    )
+)
+# Never indexed by any intermediary either (RFC 7541 7.1.3).
+_SENSITIVE = frozenset((b"set-cookie", b"cookie", b"authorization", b"proxy-authorization"))
+_CACHE_MAX = 1024
+_CACHE_VALUE_MAX = 256
+
+_huffman = Encoder().huffman_coder
+# name -> static index; (name, value) -> static index.
+_STATIC_NAMES: dict[bytes, int] = {}
+_STATIC_PAIRS: dict[tuple[bytes, bytes], int] = {}
+for _index, (_name, _value) in enumerate(HeaderTable.STATIC_TABLE, start=1):
+    _STATIC_NAMES.setdefault(_name, _index)
+    _STATIC_PAIRS.setdefault((_name, _value), _index)
+
+
+def _integer(value: int, prefix_bits: int, first: int) -> bytes:
+    """RFC 7541 5.1: ``value`` with an N-bit prefix, ``first`` the flag bits."""
+    limit = (1 << prefix_bits) - 1
+    if value < limit:
+        return bytes((first | value,))
+    out = bytearray((first | limit,))
+    value -= limit
+    while value >= 128:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _string(data: bytes, huffman: bool) -> bytes:
+    if huffman:
+        coded = _huffman.encode(data)
+        if len(coded) < len(data):
+            return _integer(len(coded), 7, 0x80) + coded
+    return _integer(len(data), 7, 0) + data
+
+
+def encode_field(name: bytes, value: bytes, *, huffman: bool) -> bytes:
+    """One field as a static-table reference or a literal that is never added to
+    the dynamic table (RFC 7541 6.1, 6.2.2, 6.2.3)."""
+    index = _STATIC_PAIRS.get((name, value))
+    if index is not None:
+        return bytes((0x80 | index,))
+    first = 0x10 if name in _SENSITIVE else 0x00
+    name_index = _STATIC_NAMES.get(name)
+    if name_index is not None:
+        head = _integer(name_index, 4, first)
+    else:
+        head = bytes((first,)) + _string(name, huffman)
+    return head + _string(value, huffman)
+
+
+_field_cache: dict[tuple[bytes, bytes], bytes] = {}
+
+
+class ResponseHeaderEncoder:
+    """``h2``'s ``H2Connection.encoder`` for a server: see the module's text.
+
+    The dynamic table stays empty; the first block (and the first after the
+    client changes SETTINGS_HEADER_TABLE_SIZE) sets its size to 0, so no
+    decoder waits for a size update it is owed (RFC 7541 4.2).
+    """
+
+    def __init__(self) -> None:
+        self._announce_size = True
+        self._limit = 4096
+
+    @property
+    def header_table_size(self) -> int:
+        return self._limit
+
+    @header_table_size.setter
+    def header_table_size(self, value: int) -> None:
+        self._limit = value
+        self._announce_size = True
+
+    def encode(self, headers: Iterable[tuple[bytes, bytes]], huffman: bool = True) -> bytes:
+        parts = []
+        if self._announce_size:
+            self._announce_size = False
+            parts.append(b"\x20")  # dynamic table size update: 0
+        cache = _field_cache
+        for name, value in headers:
+            if name in _VOLATILE or name in _SENSITIVE or len(value) > _CACHE_VALUE_MAX:
+                parts.append(encode_field(name, value, huffman=False))
+                continue
+            key = (name, value)
+            encoded = cache.get(key)
+            if encoded is None:
+                encoded = encode_field(name, value, huffman=huffman)
+                if len(cache) >= _CACHE_MAX:
+                    cache.clear()
+                cache[key] = encoded
+            parts.append(encoded)
+        return b"".join(parts)
