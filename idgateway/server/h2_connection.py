@@ -524,6 +524,10 @@ class GatewayH2Connection(Protocol):
             stream.client_done = event.stream_ended is not None
         # A CONNECT (no :path) gets the resource's "must be a path" answer.
         request._dispatch(method, path if path is not None else authority or b"", HTTP_2)
+        if request.body is not None and block.expects_continue:
+            # As on HTTP/1.1: after the dispatch, unless it answered already.
+            if not (stream.closed or request.startedWriting or request.finished):
+                stream.write_response_head(100, [])
 
     def _malformed(self, why: str) -> None:
         """A malformed header block: a connection error (RFC 9113 8.1.1), as h2 makes it."""

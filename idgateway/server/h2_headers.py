@@ -45,6 +45,7 @@ class RequestBlock:
         "length",
         "fields",
         "size",
+        "expects_continue",
     )
 
     def __init__(self) -> None:
@@ -59,6 +60,8 @@ class RequestBlock:
         self.fields: list[tuple[bytes, bytes]] = []
         # Bytes of the block as HTTP/1.1 would spell it (name, ": ", value, CRLF).
         self.size = 0
+        # expect: 100-continue (RFC 9110 10.1.1).
+        self.expects_continue = False
 
 
 def _check_value(name: bytes, value: bytes) -> None:
@@ -130,6 +133,8 @@ def read_request_block(headers: Iterable[tuple[bytes, bytes]]) -> RequestBlock:
             block.host = value
         elif name == b"content-length":
             block.length = value
+        elif name == b"expect" and value.lower() == b"100-continue":
+            block.expects_continue = True
         fields.append((name, value))
     if cookies is not None:
         fields.append((b"cookie", cookies[0] if len(cookies) == 1 else b"; ".join(cookies)))

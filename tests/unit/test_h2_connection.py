@@ -9,6 +9,7 @@ import h2.config
 import h2.connection
 import h2.errors
 import h2.events
+import pytest
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
@@ -327,3 +328,36 @@ def test_trailers_end_the_body_and_are_dropped_as_on_http11() -> None:
     assert b"".join(body._pending) == b"part"
     assert request.requestHeaders.getRawHeaders(b"x-checksum") is None
     assert request.requestHeaders.getRawHeaders(b"te") == [b"trailers"]
+
+
+def test_expect_100_continue_gets_an_interim_100_before_the_body() -> None:
+    pair = Pair()
+    stream_id = pair.get(b"/hold", end=False, expect=b"100-Continue")
+    [interim] = pair.of(h2.events.InformationalResponseReceived, stream_id)
+    assert dict(interim.headers)[b":status"] == b"100"
+    assert not pair.of(h2.events.ResponseReceived, stream_id)
+    # Then the body, then the final answer on the same stream.
+    [request] = pair.resource.held
+    pair.client.send_data(stream_id, b"body", end_stream=True)
+    pair.exchange()
+    request.write(b"done")
+    request.finish()
+    pair.exchange()
+    [response] = pair.of(h2.events.ResponseReceived, stream_id)
+    assert dict(response.headers)[b":status"] == b"200"
+    assert pair.of(h2.events.StreamEnded, stream_id)
+
+
+@pytest.mark.parametrize(
+    "path, end, expect",
+    [
+        (b"/", False, b"100-continue"),  # answered at once: a 100 after it is not HTTP
+        (b"/hold", True, b"100-continue"),  # no body follows
+        (b"/hold", False, b"something-else"),
+    ],
+    ids=["answered-at-dispatch", "no-body", "other-expectation"],
+)
+def test_no_100_continue_when_it_would_be_wrong(path: bytes, end: bool, expect: bytes) -> None:
+    pair = Pair()
+    stream_id = pair.get(path, end=end, expect=expect)
+    assert not pair.of(h2.events.InformationalResponseReceived, stream_id)
