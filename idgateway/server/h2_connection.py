@@ -99,11 +99,14 @@ class H2Offer:
         """Serve ``channel``'s connection as HTTP/2 from now on, ``data`` first."""
         site = channel.site
         transport = channel.transport
+        # The first request's deadline runs on from the accept (client_header_timeout).
+        head_since = channel._head_since
         # The HTTP/1.1 channel's own timers and producer end here.
         channel.setTimeout(None)
         channel._end_head()
         transport.unregisterProducer()
         connection = GatewayH2Connection(site, self.limits, self.reactor)
+        connection._head_since = head_since
         channel.dataReceived = connection.dataReceived
         channel.connectionLost = connection.connectionLost
         connections = getattr(site, "connections", None)
@@ -393,6 +396,8 @@ class GatewayH2Connection(Protocol):
         self._connection_window = 65535
         # The client broke the protocol: h2 takes no more frames either way.
         self._broken = False
+        # When the wait for the first complete HEADERS block began (None: over).
+        self._head_since: float | None = None
         # Stream window acknowledged in steps of this (a WINDOW_UPDATE per
         # DATA frame would double the frames of an upload).
         self.window_step = max(limits.initial_window_size // 4, 16384)
@@ -417,6 +422,7 @@ class GatewayH2Connection(Protocol):
             self.h2.increment_flow_control_window(self._connection_window - 65535)
         self._minute = self.reactor.seconds()
         self.setTimeout(self.site.timeOut)
+        self._start_head()
         self._write_out()
         if getattr(self.site, "draining", False):
             self.drain()
@@ -469,6 +475,7 @@ class GatewayH2Connection(Protocol):
     def connectionLost(self, reason: Failure = connectionDone) -> None:  # noqa: N802
         self._closing = True
         self.setTimeout(None)
+        self._end_head()
         self._abandon_streams(reason)
         closing = getattr(self.site, "closing_channels", None)
         if closing is not None:
@@ -497,6 +504,8 @@ class GatewayH2Connection(Protocol):
         except MalformedHeaders as error:
             self._malformed(str(error))
             return
+        if self._head_since is not None:
+            self._end_head()
         stream = H2Stream(self, stream_id)
         self.streams[stream_id] = stream
         request: GatewayRequest = self.site.requestFactory(stream, queued=False)
@@ -773,6 +782,32 @@ class GatewayH2Connection(Protocol):
         watch = getattr(self.site, "watch_closing", None)
         if watch is not None:
             watch(self)
+
+    # -- the first request's deadline (client_header_timeout, the site's sweep) -----------
+    # A client that opens the connection (preface, SETTINGS) but never completes
+    # a HEADERS block holds it as an HTTP/1.1 client that sends no complete head
+    # would; the idle timeout alone would let a trickle of frames keep it open.
+
+    def _start_head(self) -> None:
+        site = self.site
+        if getattr(site, "header_timeout", None) is None or self._closing:
+            self._head_since = None
+            return
+        if self._head_since is None:
+            self._head_since = self.reactor.seconds()
+        site.watch_head(self)
+
+    def _end_head(self) -> None:
+        if self._head_since is not None:
+            self._head_since = None
+            heading = getattr(self.site, "heading_channels", None)
+            if heading is not None:
+                heading.discard(self)
+
+    def head_timed_out(self) -> None:
+        """No complete HEADERS block within client_header_timeout: GOAWAY and close."""
+        self._end_head()
+        self.go_away(_NO_ERROR, close=True)
 
     # -- the idle timeout (the site's sweep, as GatewayChannel's) -----------------------
 

@@ -49,10 +49,14 @@ DEFAULT_LIMITS = HTTP2Limits()
 
 
 class Pair:
-    def __init__(self, limits: HTTP2Limits = DEFAULT_LIMITS) -> None:
+    def __init__(
+        self, limits: HTTP2Limits = DEFAULT_LIMITS, header_timeout: float | None = None
+    ) -> None:
         self.clock = MemoryReactorClock()
         self.resource = Answer()
-        self.site = GatewaySite(self.resource, reactor=self.clock, timeout=75)
+        self.site = GatewaySite(
+            self.resource, reactor=self.clock, timeout=75, header_timeout=header_timeout
+        )
         self.server = GatewayH2Connection(self.site, limits, self.clock)
         self.transport = StringTransport()
         self.server.makeConnection(self.transport)
@@ -361,3 +365,28 @@ def test_no_100_continue_when_it_would_be_wrong(path: bytes, end: bool, expect: 
     pair = Pair()
     stream_id = pair.get(path, end=end, expect=expect)
     assert not pair.of(h2.events.InformationalResponseReceived, stream_id)
+
+
+def test_no_complete_headers_block_within_client_header_timeout_is_goaway_and_close() -> None:
+    pair = Pair(header_timeout=15)
+    pair.clock.advance(14)
+    pair.site._time_out_idle()
+    assert not pair.transport.disconnecting
+    pair.clock.advance(1)
+    pair.site._time_out_idle()
+    pair.exchange()
+    assert pair.transport.disconnecting
+    [goaway] = pair.of(h2.events.ConnectionTerminated)
+    assert goaway.error_code == h2.errors.ErrorCodes.NO_ERROR
+    assert goaway.last_stream_id == 0
+    assert pair.server not in pair.site.heading_channels
+
+
+def test_the_first_request_ends_the_header_deadline() -> None:
+    pair = Pair(header_timeout=15)
+    pair.clock.advance(10)
+    pair.get()
+    assert pair.server not in pair.site.heading_channels
+    pair.clock.advance(30)
+    pair.site._time_out_idle()
+    assert not pair.transport.disconnecting  # (the idle timeout, 75 s, applies)
