@@ -138,6 +138,8 @@ class H2Stream:
         self.pending_bytes = 0
         # The response is complete: END_STREAM once the pending data is out.
         self._ending = False
+        # Response body bytes its content-length still promises (None: no length).
+        self._body_left: int | None = None
         self.closed = False
         # The client ended its side (END_STREAM received).
         self.client_done = False
@@ -183,17 +185,35 @@ class H2Stream:
         if self.closed:
             return
         block = [(b":status", b"%d" % status)]
-        block += [pair for pair in headers if pair[0] not in CONNECTION_SPECIFIC]
+        length = None
+        for pair in headers:
+            name = pair[0]
+            if name in CONNECTION_SPECIFIC:
+                continue
+            if name == b"content-length":
+                length = pair[1]
+            block.append(pair)
+        if status >= 200:
+            self._body_left = None if length is None else parse_decimal(length)
         self.connection.send_headers(self.stream_id, block)
 
     def write(self, data: bytes) -> None:
         if self.closed or not data:
             return
+        end = False
+        left = self._body_left
+        if left is not None:
+            # The DATA that completes a content-length carries END_STREAM:
+            # no empty DATA frame (and its h2 state change) for finish().
+            left -= len(data)
+            self._body_left = left
+            if left <= 0:
+                end = self._ending = True
         if self._pending:
             self._pending.append(data)
             self.pending_bytes += len(data)
         else:
-            self.connection.send_data(self, data)
+            self.connection.send_data(self, data, end=end)
         if self.pending_bytes > STREAM_HIGH_WATER and not self._producer_paused:
             producer = self.producer
             if producer is not None:
@@ -626,8 +646,11 @@ class GatewayH2Connection(Protocol):
             return
         self._write_out()
 
-    def send_data(self, stream: H2Stream, data: bytes) -> None:
-        """Send what the windows allow of ``data`` now; the stream holds the rest."""
+    def send_data(self, stream: H2Stream, data: bytes, *, end: bool = False) -> None:
+        """Send what the windows allow of ``data`` now; the stream holds the rest.
+
+        With ``end``, the frame that carries the last of it ends the stream.
+        """
         if self._transport_paused:
             stream.hold(data)
             self._blocked[stream.stream_id] = stream
@@ -644,7 +667,8 @@ class GatewayH2Connection(Protocol):
         try:
             while sent < total and window > 0:
                 size = min(total - sent, window, frame_size)
-                h2conn.send_data(stream_id, data[sent : sent + size])
+                last = end and sent + size == total
+                h2conn.send_data(stream_id, data[sent : sent + size], end_stream=last)
                 sent += size
                 window -= size
         except h2.exceptions.ProtocolError:
@@ -652,6 +676,9 @@ class GatewayH2Connection(Protocol):
         if sent < total:
             stream.hold(data[sent:] if sent else data)
             self._blocked[stream_id] = stream
+        elif end:
+            self._ended(stream)
+            self._forget(stream)
         self._write_out()
 
     def end_stream(self, stream: H2Stream) -> None:
@@ -661,15 +688,19 @@ class GatewayH2Connection(Protocol):
         except h2.exceptions.ProtocolError:
             pass
         else:
-            if not stream.client_done:
-                # Answered before the request body ended (413, an early upstream
-                # answer): the client stops sending (RFC 9113 8.1).
-                try:
-                    self.h2.reset_stream(stream_id, _NO_ERROR)
-                except h2.exceptions.ProtocolError:
-                    pass
+            self._ended(stream)
         self._forget(stream)
         self._write_out()
+
+    def _ended(self, stream: H2Stream) -> None:
+        """The response's END_STREAM went out."""
+        if not stream.client_done:
+            # Answered before the request body ended (413, an early upstream
+            # answer): the client stops sending (RFC 9113 8.1).
+            try:
+                self.h2.reset_stream(stream.stream_id, _NO_ERROR)
+            except h2.exceptions.ProtocolError:
+                pass
 
     def reset_stream(self, stream: H2Stream, code: int) -> None:
         try:

@@ -9,6 +9,7 @@ import h2.config
 import h2.connection
 import h2.errors
 import h2.events
+import h2.settings
 import pytest
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.web.resource import Resource
@@ -37,6 +38,12 @@ class Answer(Resource):
     def render(self, request: Any) -> Any:
         if request.path == b"/hold":
             self.held.append(request)
+            return NOT_DONE_YET
+        if request.path == b"/sized":
+            request.setHeader(b"content-length", b"5")
+            request.write(b"he")
+            request.write(b"llo")
+            request.finish()
             return NOT_DONE_YET
         request.setHeader(b"content-type", b"text/plain")
         request.setHeader(b"Connection", b"close")  # never sent over h2
@@ -390,3 +397,41 @@ def test_the_first_request_ends_the_header_deadline() -> None:
     pair.clock.advance(30)
     pair.site._time_out_idle()
     assert not pair.transport.disconnecting  # (the idle timeout, 75 s, applies)
+
+
+def test_the_data_that_completes_a_content_length_ends_the_stream() -> None:
+    """No empty DATA frame after the body: the last DATA carries END_STREAM."""
+    pair = Pair()
+    pair.transport.clear()
+    stream_id = pair.client.get_next_available_stream_id()
+    pair.client.send_headers(
+        stream_id,
+        [
+            (b":method", b"GET"),
+            (b":scheme", b"https"),
+            (b":authority", b"a"),
+            (b":path", b"/sized"),
+        ],
+        end_stream=True,
+    )
+    pair.server.dataReceived(pair.client.data_to_send())
+    frames = [f for f in _frames(pair.transport.value()) if f.stream_id == stream_id]
+    assert [type(f).__name__ for f in frames] == ["HeadersFrame", "DataFrame", "DataFrame"]
+    assert [f.data for f in frames[1:]] == [b"he", b"llo"]
+    assert "END_STREAM" not in frames[1].flags and "END_STREAM" in frames[2].flags
+    assert stream_id not in pair.server.streams
+    pair.client.receive_data(pair.transport.value())  # (the client takes it as well-formed)
+
+
+def test_a_completed_body_held_by_the_window_ends_the_stream_once_sent() -> None:
+    pair = Pair()
+    pair.client.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 3})
+    pair.exchange()
+    stream_id = pair.get(b"/sized")
+    assert not pair.of(h2.events.StreamEnded, stream_id)  # 3 of 5 bytes sent
+    pair.client.increment_flow_control_window(10, stream_id=stream_id)
+    pair.exchange()
+    body = b"".join(e.data for e in pair.of(h2.events.DataReceived, stream_id))
+    assert body == b"hello"
+    assert pair.of(h2.events.StreamEnded, stream_id)
+    assert stream_id not in pair.server.streams
