@@ -44,6 +44,7 @@ from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
 from zope.interface import implementer
 
+from idgateway._twisted.http_headers import fill_headers
 from idgateway.config.model import HTTP2Limits
 from idgateway.http.numbers import parse_decimal
 from idgateway.server.answers import send_error
@@ -531,13 +532,12 @@ class GatewayH2Connection(Protocol):
         request: GatewayRequest = self.site.requestFactory(stream, queued=False)
         stream.request = request
         request.content = _EMPTY_CONTENT
-        raw = request.requestHeaders
-        for name, value in block.fields:
-            raw.addRawHeader(name, value)
         method, path, authority = block.method, block.path, block.authority
         assert method is not None  # (read_request_block refuses a block without one)
+        fields = block.fields
         if authority is not None and block.host is None:
-            raw.setRawHeaders(b"host", [authority])
+            fields.append((b"host", authority))
+        fill_headers(request.requestHeaders, fields)
         length = block.length
         request.head_size = block.size
         body_length: int | None = None

@@ -148,3 +148,28 @@ def test_malformed_trailers_are_refused(trailers: list[tuple[bytes, bytes]]) -> 
     with pytest.raises(MalformedHeaders):
         check_trailers(trailers)
     check_trailers([(b"x-checksum", b"abc")])
+
+
+@pytest.mark.parametrize("raw_headers", [True, False], ids=["seam", "fallback"])
+def test_checked_fields_fill_a_request_headers_as_add_raw_header_would(
+    raw_headers: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from twisted.web.http_headers import Headers
+
+    from idgateway._twisted import http_headers as seam
+
+    if not raw_headers:
+        monkeypatch.setattr(seam, "RAW_HEADERS", False)
+    fields = [
+        (b"accept", b"*/*"),
+        (b"x-forwarded-for", b"1.2.3.4"),
+        (b"www-authenticate", b"x"),
+        (b"x-forwarded-for", b"5.6.7.8"),
+        (b"cookie", b"a=1; b=2"),
+    ]
+    filled, added = Headers(), Headers()
+    seam.fill_headers(filled, fields)
+    for name, value in fields:
+        added.addRawHeader(name, value)
+    assert list(filled.getAllRawHeaders()) == list(added.getAllRawHeaders())
+    assert filled.getRawHeaders(b"X-Forwarded-For") == [b"1.2.3.4", b"5.6.7.8"]
