@@ -84,6 +84,24 @@ def encode_field(name: bytes, value: bytes, *, huffman: bool) -> bytes:
 
 
 _field_cache: dict[tuple[bytes, bytes], bytes] = {}
+# name -> the start of a literal of that name (its static index, or the name
+# Huffman-coded), for the fields whose values are not cached.
+_name_heads: dict[bytes, bytes] = {}
+# The length prefix of a raw string shorter than 127 bytes (one byte).
+_SHORT_LENGTHS = tuple(bytes((length,)) for length in range(127))
+
+
+def _literal_head(name: bytes) -> bytes:
+    first = 0x10 if name in _SENSITIVE else 0x00
+    name_index = _STATIC_NAMES.get(name)
+    if name_index is not None:
+        head = _integer(name_index, 4, first)
+    else:
+        head = bytes((first,)) + _string(name, True)
+    if len(_name_heads) >= _CACHE_MAX:
+        _name_heads.clear()
+    _name_heads[name] = head
+    return head
 
 
 class ResponseHeaderEncoder:
@@ -113,9 +131,15 @@ class ResponseHeaderEncoder:
             self._announce_size = False
             parts.append(b"\x20")  # dynamic table size update: 0
         cache = _field_cache
+        heads = _name_heads
         for name, value in headers:
             if name in _VOLATILE or name in _SENSITIVE or len(value) > _CACHE_VALUE_MAX:
-                parts.append(encode_field(name, value, huffman=False))
+                # (None of these has a value in the static table.)
+                head = heads.get(name)
+                parts.append(head if head is not None else _literal_head(name))
+                length = len(value)
+                parts.append(_SHORT_LENGTHS[length] if length < 127 else _integer(length, 7, 0))
+                parts.append(value)
                 continue
             key = (name, value)
             encoded = cache.get(key)
