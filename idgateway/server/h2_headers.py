@@ -76,11 +76,25 @@ def _check_value(name: bytes, value: bytes) -> None:
         raise MalformedHeaders(f"the value of {name!r} has a forbidden character or space")
 
 
-def _check_regular(name: bytes, value: bytes) -> None:
+# Regular field names already found to be tokens and not connection-specific:
+# the usual ones skip the scan (bounded: a client can invent names).
+_checked_names: set[bytes] = set()
+_CHECKED_NAMES_MAX = 1024
+
+
+def _check_name(name: bytes) -> None:
     if not name or name.translate(None, _NAME_CHARS):
         raise MalformedHeaders(f"{name!r} is not a lower-case field name")
     if name in CONNECTION_SPECIFIC:
         raise MalformedHeaders(f"connection-specific field {name!r}")
+    if len(_checked_names) >= _CHECKED_NAMES_MAX:
+        _checked_names.clear()
+    _checked_names.add(name)
+
+
+def _check_regular(name: bytes, value: bytes) -> None:
+    if name not in _checked_names:
+        _check_name(name)
     if name == b"te" and value.lower() != b"trailers":
         raise MalformedHeaders(f"te: {value!r} (only 'trailers' is allowed)")
     _check_value(name, value)
@@ -94,32 +108,44 @@ def read_request_block(headers: Iterable[tuple[bytes, bytes]]) -> RequestBlock:
     seen_pseudo: set[bytes] = set()
     regular = False
     size = 0
-    for name, value in headers:
+    checked = _checked_names
+    for field in headers:
+        name, value = field
         size += len(name) + len(value) + 4
-        if name[:1] == b":":
-            if regular:
-                raise MalformedHeaders(f"pseudo-header {name!r} after a regular field")
-            if name not in _REQUEST_PSEUDO:
-                raise MalformedHeaders(f"pseudo-header {name!r} in a request")
-            if name in seen_pseudo:
-                raise MalformedHeaders(f"pseudo-header {name!r} twice")
-            seen_pseudo.add(name)
-            _check_value(name, value)
-            if name == b":method":
-                block.method = value
-            elif name == b":path":
-                if not value:
-                    raise MalformedHeaders("an empty :path")
-                block.path = value
-            elif name == b":authority":
-                block.authority = value
-            elif name == b":scheme":
-                block.scheme = value
-            else:
-                block.protocol = value
-            continue
+        if name not in checked:
+            if name[:1] == b":":
+                if regular:
+                    raise MalformedHeaders(f"pseudo-header {name!r} after a regular field")
+                if name not in _REQUEST_PSEUDO:
+                    raise MalformedHeaders(f"pseudo-header {name!r} in a request")
+                if name in seen_pseudo:
+                    raise MalformedHeaders(f"pseudo-header {name!r} twice")
+                seen_pseudo.add(name)
+                _check_value(name, value)
+                if name == b":method":
+                    block.method = value
+                elif name == b":path":
+                    if not value:
+                        raise MalformedHeaders("an empty :path")
+                    block.path = value
+                elif name == b":authority":
+                    block.authority = value
+                elif name == b":scheme":
+                    block.scheme = value
+                else:
+                    block.protocol = value
+                continue
+            _check_name(name)
         regular = True
-        _check_regular(name, value)
+        # RFC 9113 8.2.1: no NUL, CR or LF; no leading or trailing SP or HTAB.
+        if value and (
+            b"\n" in value
+            or b"\r" in value
+            or b"\x00" in value
+            or value[0] in (0x20, 0x09)
+            or value[-1] in (0x20, 0x09)
+        ):
+            raise MalformedHeaders(f"the value of {name!r} has a forbidden character or space")
         if name == b"cookie":
             # RFC 9113 8.2.3: crumbs are joined with "; " for HTTP/1.1.
             if cookies is None:
@@ -133,9 +159,12 @@ def read_request_block(headers: Iterable[tuple[bytes, bytes]]) -> RequestBlock:
             block.host = value
         elif name == b"content-length":
             block.length = value
+        elif name == b"te":
+            if value.lower() != b"trailers":
+                raise MalformedHeaders(f"te: {value!r} (only 'trailers' is allowed)")
         elif name == b"expect" and value.lower() == b"100-continue":
             block.expects_continue = True
-        fields.append((name, value))
+        fields.append(field)
     if cookies is not None:
         fields.append((b"cookie", cookies[0] if len(cookies) == 1 else b"; ".join(cookies)))
     block.size = size
