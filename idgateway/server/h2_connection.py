@@ -55,7 +55,7 @@ from idgateway.server.h2_headers import (
     check_trailers,
     read_request_block,
 )
-from idgateway.server.h2_hpack import ResponseHeaderEncoder
+from idgateway.server.h2_hpack import RequestHeaderDecoder, ResponseHeaderEncoder
 from idgateway.server.tls import sni_server_name
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
@@ -382,8 +382,10 @@ class GatewayH2Connection(Protocol):
             normalize_outbound_headers=False,
         )
         self.h2 = h2.connection.H2Connection(config=config)
-        # Responses are encoded without hpack's dynamic-table search (h2_hpack).
+        # Responses are encoded without hpack's dynamic-table search, requests
+        # decoded without its per-field objects (h2_hpack).
         self.h2.encoder = ResponseHeaderEncoder()  # type: ignore[assignment]
+        self.h2.decoder = RequestHeaderDecoder()
         self.h2.local_settings = h2.settings.Settings(
             client=False,
             initial_values={

@@ -15,7 +15,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from hpack import Encoder
+from hpack import Decoder, Encoder
+from hpack.exceptions import HPACKDecodingError, InvalidTableSizeError, OversizedHeaderListError
+from hpack.hpack import decode_integer
+from hpack.huffman_table import decode_huffman
 from hpack.table import HeaderTable
 
 # Fields whose value is different in (nearly) every response: not worth caching.
@@ -150,3 +153,89 @@ class ResponseHeaderEncoder:
                 cache[key] = encoded
             parts.append(encoded)
         return b"".join(parts)
+
+
+# -- reading ------------------------------------------------------------------------
+
+
+class RequestHeaderDecoder(Decoder):
+    """``h2``'s ``H2Connection.decoder``: hpack's Decoder with a leaner ``decode``.
+
+    hpack's ``decode`` makes two tuple objects, a debug-log call and three
+    function calls for every field, even one that is a single-byte reference
+    to the table (most fields of a browser's second and later requests). This
+    one decodes the same representations (RFC 7541 6) with hpack's own table,
+    integer and Huffman code, and keeps its bounds: ``max_header_list_size``
+    counted as each field is decoded (HPACK bombs), table size updates only at
+    the start of a block and within ``max_allowed_table_size``. Errors are
+    hpack's exceptions, which ``h2`` turns into a connection error as before.
+    Fields come back as plain ``(name, value)`` byte tuples.
+    """
+
+    def decode(self, data: bytes, raw: bool = False) -> list[tuple[bytes, bytes]]:  # type: ignore[override]
+        table = self.header_table
+        get = table.get_by_index
+        limit = self.max_header_list_size
+        headers: list[tuple[bytes, bytes]] = []
+        inflated = 0
+        index = 0
+        end = len(data)
+        view = memoryview(data)
+        while index < end:
+            first = data[index]
+            if first & 0x80:
+                # Indexed field (6.1); a one-byte index is the usual case.
+                if first != 0xFF:
+                    number, used = first & 0x7F, 1
+                else:
+                    number, used = decode_integer(view[index:], 7)
+                if number == 0:
+                    raise HPACKDecodingError("indexed field with index 0")
+                field = get(number)
+                index += used
+            elif first & 0xE0 == 0x20:
+                # Dynamic table size update (6.3): only before the first field.
+                if headers:
+                    raise HPACKDecodingError("Table size update not at the start of the block")
+                size, used = decode_integer(view[index:], 5)
+                if size > self.max_allowed_table_size:
+                    raise InvalidTableSizeError("Encoder exceeded max allowable table size")
+                self.header_table_size = size
+                index += used
+                continue
+            else:
+                # Literal (6.2.1 with indexing, 6.2.2 without, 6.2.3 never).
+                indexing = bool(first & 0x40)
+                number, used = decode_integer(view[index:], 6 if indexing else 4)
+                index += used
+                if number:
+                    name = get(number)[0]
+                else:
+                    name, index = _read_string(data, view, index)
+                value, index = _read_string(data, view, index)
+                field = (name, value)
+                if indexing:
+                    table.add(name, value)
+            inflated += len(field[0]) + len(field[1]) + 32
+            if inflated > limit:
+                raise OversizedHeaderListError(
+                    f"A header list larger than {limit} has been received"
+                )
+            headers.append(field)
+        if self.header_table_size > self.max_allowed_table_size:
+            raise InvalidTableSizeError("Encoder did not shrink table size to within the max")
+        return headers
+
+
+def _read_string(data: bytes, view: memoryview, index: int) -> tuple[bytes, int]:
+    """A string literal (RFC 7541 5.2) at ``index``: its bytes and the index after it."""
+    if index >= len(data):
+        raise HPACKDecodingError("Truncated header block")
+    huffman = data[index] & 0x80
+    length, used = decode_integer(view[index:], 7)
+    start = index + used
+    stop = start + length
+    if stop > len(data):
+        raise HPACKDecodingError("Truncated header block")
+    text = data[start:stop]
+    return (decode_huffman(text) if huffman else text), stop

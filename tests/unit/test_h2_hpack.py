@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from hpack import Decoder
 
 from idgateway.server.h2_hpack import ResponseHeaderEncoder
@@ -70,3 +71,89 @@ def test_a_client_that_shrinks_its_table_reads_every_response() -> None:
         events = client.receive_data(server.data_to_send())
         [response] = [e for e in events if isinstance(e, h2.events.ResponseReceived)]
         assert response.headers == RESPONSE[:-1]
+
+
+# -- RequestHeaderDecoder: the same answers as hpack's Decoder -----------------------
+
+
+def _blocks(seed: int) -> list[list[tuple[bytes, bytes, bool]]]:
+    """Header lists a browser-like client sends: repeats, new values, secrets."""
+    import random
+
+    rng = random.Random(seed)
+    names = [
+        b":method",
+        b":path",
+        b"cookie",
+        b"user-agent",
+        b"accept",
+        b"x-custom",
+        b"authorization",
+    ]
+    blocks = []
+    for _ in range(60):
+        block = []
+        for _ in range(rng.randint(1, 12)):
+            name = rng.choice(names + [b"x-%d" % rng.randint(0, 50)])
+            value = bytes(rng.choice(b"abcXYZ019 =;/") for _ in range(rng.choice([0, 3, 40, 300])))
+            block.append((name, value, rng.random() < 0.2))
+        blocks.append(block)
+    return blocks
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_the_decoder_reads_what_hpack_reads_and_keeps_the_same_table(seed: int) -> None:
+    from hpack import Encoder
+
+    from idgateway.server.h2_hpack import RequestHeaderDecoder
+
+    encoder, stock, lean = Encoder(), Decoder(), RequestHeaderDecoder()
+    if seed % 2:
+        encoder.header_table_size = 256  # evictions, and a size update in a block
+        stock.max_allowed_table_size = lean.max_allowed_table_size = 4096
+    for block in _blocks(seed):
+        encoded = encoder.encode(block, huffman=bool(seed % 3))
+        expected = [(bytes(n), bytes(v)) for n, v in stock.decode(encoded, raw=True)]
+        assert lean.decode(encoded, raw=True) == expected
+        assert list(lean.header_table.dynamic_entries) == list(stock.header_table.dynamic_entries)
+
+
+BAD_BLOCKS = {
+    "index-0": b"\x80",
+    "index-past-the-table": b"\xbe",
+    "truncated-integer": b"\xff",
+    "truncated-name": b"\x40\x05ab",
+    "truncated-value": b"\x40\x01a\x05ab",
+    "huffman-with-eos": b"\x40\x01a\x84\xff\xff\xff\xff",
+    "size-update-after-a-field": b"\x82\x20",
+    "size-update-past-the-maximum": b"\x3f\xe2\x1f",  # 4097
+}
+
+
+@pytest.mark.parametrize("data", list(BAD_BLOCKS.values()), ids=list(BAD_BLOCKS))
+def test_a_bad_block_is_refused_as_hpack_refuses_it(data: bytes) -> None:
+    from hpack.exceptions import HPACKDecodingError
+
+    from idgateway.server.h2_hpack import RequestHeaderDecoder
+
+    with pytest.raises(HPACKDecodingError):
+        Decoder().decode(data, raw=True)
+    with pytest.raises(HPACKDecodingError):
+        RequestHeaderDecoder().decode(data, raw=True)
+
+
+def test_a_block_that_inflates_past_max_header_list_size_is_refused_at_once() -> None:
+    """An HPACK bomb: one big entry in the table, then many references to it."""
+    from hpack import Encoder
+    from hpack.exceptions import OversizedHeaderListError
+
+    from idgateway.server.h2_hpack import RequestHeaderDecoder
+
+    encoder = Encoder()
+    decoder = RequestHeaderDecoder()
+    decoder.max_header_list_size = 16 * 1024
+    decoder.decode(encoder.encode([(b"x-bomb", b"a" * 4000)]), raw=True)
+    bomb = encoder.encode([(b"x-bomb", b"a" * 4000)] * 100)
+    assert len(bomb) == 100  # one byte per reference
+    with pytest.raises(OversizedHeaderListError):
+        decoder.decode(bomb, raw=True)
