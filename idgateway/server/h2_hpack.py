@@ -1,4 +1,4 @@
-"""HPACK for the gateway's responses.
+"""HPACK for the gateway: its responses encoded, its requests decoded.
 
 ``ResponseHeaderEncoder`` replaces ``hpack``'s encoder for responses: its
 dynamic-table search walks the table in Python for every field, and the
@@ -9,6 +9,8 @@ the credentials: "never indexed"), so the client's decoder state cannot be
 probed through compression (RFC 7541 7.1). Literals of fields that repeat are
 Huffman-coded once and cached; values that change with every response are
 sent as they are.
+
+``RequestHeaderDecoder`` replaces ``hpack``'s decoder (see its text).
 """
 
 from __future__ import annotations
