@@ -1,12 +1,17 @@
 """Header names spelled as twisted.web's Headers stores them.
 
-Private name used: ``twisted.web.http_headers._nameEncoder`` (the Header-Case
+Private names used: ``twisted.web.http_headers._nameEncoder`` (the Header-Case
 spelling, with its cache and its exceptions such as ``WWW-Authenticate``).
 Without it: the spelling a public ``Headers`` gives the name (slower; the
-head reader caches the spellings it has seen).
+head reader caches the spellings it has seen). ``Headers._rawHeaders`` (the
+fields of an HTTP/2 request, already checked, set as one dict by
+``fill_headers``); without it: ``addRawHeader`` per field, which checks each
+value again.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterable
 
 from twisted.web import http_headers
 
@@ -39,3 +44,36 @@ def canonical_header_name(name: bytes) -> bytes:
     for spelled, _values in headers.getAllRawHeaders():
         return bytes(spelled)
     raise InvalidHeaderName(repr(name))  # pragma: no cover - Headers kept nothing
+
+
+# Headers keeps its fields in _rawHeaders: {Header-Case name: [values]}.
+RAW_HEADERS = (
+    _name_encoder is not None
+    and isinstance(getattr(http_headers.Headers(), "_rawHeaders", None), dict)
+    and http_headers.Headers({b"content-type": [b"x"]})._rawHeaders == {b"Content-Type": [b"x"]}
+)
+if not RAW_HEADERS:
+    note_fallback("twisted.web.http_headers.Headers._rawHeaders", "fields are added one by one")
+
+
+def fill_headers(headers: http_headers.Headers, fields: Iterable[tuple[bytes, bytes]]) -> None:
+    """Put ``fields`` into an empty ``headers``.
+
+    The names must be tokens and the values free of CR, LF and NUL (checked
+    by the caller, as ``server.h2_headers`` does): Headers' own check of each
+    value is skipped.
+    """
+    if not RAW_HEADERS:
+        for name, value in fields:
+            headers.addRawHeader(name, value)
+        return
+    raw: dict[bytes, list[bytes]] = {}
+    encode = _name_encoder.encode  # type: ignore[union-attr]
+    for name, value in fields:
+        spelled = encode(name)
+        values = raw.get(spelled)
+        if values is None:
+            raw[spelled] = [value]
+        else:
+            values.append(value)
+    headers._rawHeaders = raw

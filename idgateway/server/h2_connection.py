@@ -44,10 +44,18 @@ from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
 from zope.interface import implementer
 
+from idgateway._twisted.http_headers import fill_headers
 from idgateway.config.model import HTTP2Limits
 from idgateway.http.numbers import parse_decimal
 from idgateway.server.answers import send_error
 from idgateway.server.channel import _EMPTY_CONTENT, BodyPipe, GatewayRequest
+from idgateway.server.h2_headers import (
+    CONNECTION_SPECIFIC,
+    MalformedHeaders,
+    check_trailers,
+    read_request_block,
+)
+from idgateway.server.h2_hpack import RequestHeaderDecoder, ResponseHeaderEncoder
 from idgateway.server.tls import sni_server_name
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
@@ -63,18 +71,6 @@ CONTROL_BACKLOG = 256 * 1024
 # PING and SETTINGS frames (and empty DATA frames) a client may send per
 # minute: a browser sends a handful; a flood only makes the gateway answer.
 CONTROL_FRAMES_PER_MINUTE = 1200
-
-# Headers that name the connection, not the message: HTTP/2 has none
-# (RFC 9113 8.2.2); a response never carries them.
-CONNECTION_SPECIFIC = frozenset(
-    (
-        b"connection",
-        b"keep-alive",
-        b"proxy-connection",
-        b"transfer-encoding",
-        b"upgrade",
-    )
-)
 
 _NO_ERROR = h2.errors.ErrorCodes.NO_ERROR
 _CANCEL = h2.errors.ErrorCodes.CANCEL
@@ -104,11 +100,14 @@ class H2Offer:
         """Serve ``channel``'s connection as HTTP/2 from now on, ``data`` first."""
         site = channel.site
         transport = channel.transport
+        # The first request's deadline runs on from the accept (client_header_timeout).
+        head_since = channel._head_since
         # The HTTP/1.1 channel's own timers and producer end here.
         channel.setTimeout(None)
         channel._end_head()
         transport.unregisterProducer()
         connection = GatewayH2Connection(site, self.limits, self.reactor)
+        connection._head_since = head_since
         channel.dataReceived = connection.dataReceived
         channel.connectionLost = connection.connectionLost
         connections = getattr(site, "connections", None)
@@ -140,6 +139,8 @@ class H2Stream:
         self.pending_bytes = 0
         # The response is complete: END_STREAM once the pending data is out.
         self._ending = False
+        # Response body bytes its content-length still promises (None: no length).
+        self._body_left: int | None = None
         self.closed = False
         # The client ended its side (END_STREAM received).
         self.client_done = False
@@ -185,17 +186,35 @@ class H2Stream:
         if self.closed:
             return
         block = [(b":status", b"%d" % status)]
-        block += [pair for pair in headers if pair[0] not in CONNECTION_SPECIFIC]
+        length = None
+        for pair in headers:
+            name = pair[0]
+            if name in CONNECTION_SPECIFIC:
+                continue
+            if name == b"content-length":
+                length = pair[1]
+            block.append(pair)
+        if status >= 200:
+            self._body_left = None if length is None else parse_decimal(length)
         self.connection.send_headers(self.stream_id, block)
 
     def write(self, data: bytes) -> None:
         if self.closed or not data:
             return
+        end = False
+        left = self._body_left
+        if left is not None:
+            # The DATA that completes a content-length carries END_STREAM:
+            # no empty DATA frame (and its h2 state change) for finish().
+            left -= len(data)
+            self._body_left = left
+            if left <= 0:
+                end = self._ending = True
         if self._pending:
             self._pending.append(data)
             self.pending_bytes += len(data)
         else:
-            self.connection.send_data(self, data)
+            self.connection.send_data(self, data, end=end)
         if self.pending_bytes > STREAM_HIGH_WATER and not self._producer_paused:
             producer = self.producer
             if producer is not None:
@@ -353,12 +372,20 @@ class GatewayH2Connection(Protocol):
         config = h2.config.H2Configuration(
             client_side=False,
             header_encoding=None,
+            # Request and trailer blocks are checked (RFC 9113 8.2, 8.3) and
+            # their cookie crumbs joined by server.h2_headers, in one pass.
+            validate_inbound_headers=False,
+            normalize_inbound_headers=False,
             # Responses come from the gateway's own headers or an upstream head
             # its parser already checked; names are lower-cased here.
             validate_outbound_headers=False,
             normalize_outbound_headers=False,
         )
         self.h2 = h2.connection.H2Connection(config=config)
+        # Responses are encoded without hpack's dynamic-table search, requests
+        # decoded without its per-field objects (h2_hpack).
+        self.h2.encoder = ResponseHeaderEncoder()  # type: ignore[assignment]
+        self.h2.decoder = RequestHeaderDecoder()
         self.h2.local_settings = h2.settings.Settings(
             client=False,
             initial_values={
@@ -392,6 +419,8 @@ class GatewayH2Connection(Protocol):
         self._connection_window = 65535
         # The client broke the protocol: h2 takes no more frames either way.
         self._broken = False
+        # When the wait for the first complete HEADERS block began (None: over).
+        self._head_since: float | None = None
         # Stream window acknowledged in steps of this (a WINDOW_UPDATE per
         # DATA frame would double the frames of an upload).
         self.window_step = max(limits.initial_window_size // 4, 16384)
@@ -416,6 +445,7 @@ class GatewayH2Connection(Protocol):
             self.h2.increment_flow_control_window(self._connection_window - 65535)
         self._minute = self.reactor.seconds()
         self.setTimeout(self.site.timeOut)
+        self._start_head()
         self._write_out()
         if getattr(self.site, "draining", False):
             self.drain()
@@ -451,21 +481,24 @@ class GatewayH2Connection(Protocol):
                 self._client_reset(event)  # type: ignore[arg-type]
             elif kind is h2.events.PingReceived or kind is h2.events.RemoteSettingsChanged:
                 self._control_frame()
+            elif kind is h2.events.TrailersReceived:
+                self._trailers(event)  # type: ignore[arg-type]
             elif kind is h2.events.ConnectionTerminated:
                 self._close_now()
-            if self.transport is None or (self._closing and not self.streams):
+            if self.transport is None or self._broken or (self._closing and not self.streams):
                 break
         # The connection window is this side's to reopen: each stream's own
         # window bounds what a stream can make the gateway hold. (Counted by h2
         # itself, so DATA for streams already closed is reopened too.)
         left = self.h2.inbound_flow_control_window
-        if left < self._connection_window // 2 and self.transport is not None:
+        if left < self._connection_window // 2 and self.transport is not None and not self._broken:
             self.h2.increment_flow_control_window(self._connection_window - left)
         self._write_out()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:  # noqa: N802
         self._closing = True
         self.setTimeout(None)
+        self._end_head()
         self._abandon_streams(reason)
         closing = getattr(self.site, "closing_channels", None)
         if closing is not None:
@@ -489,41 +522,26 @@ class GatewayH2Connection(Protocol):
             # After GOAWAY: the client retries it on a new connection.
             self.h2.reset_stream(stream_id, _REFUSED)
             return
+        try:
+            block = read_request_block(event.headers or ())
+        except MalformedHeaders as error:
+            self._malformed(str(error))
+            return
+        if self._head_since is not None:
+            self._end_head()
         stream = H2Stream(self, stream_id)
         self.streams[stream_id] = stream
         request: GatewayRequest = self.site.requestFactory(stream, queued=False)
         stream.request = request
         request.content = _EMPTY_CONTENT
-        raw = request.requestHeaders
-        method = path = authority = None
-        host_seen = False
-        length: bytes | None = None
-        size = 0
-        for name, value in event.headers or ():
-            size += len(name) + len(value) + 4
-            if name[:1] == b":":
-                if name == b":method":
-                    method = value
-                elif name == b":path":
-                    path = value
-                elif name == b":authority":
-                    authority = value
-                continue
-            if name == b"host":
-                if authority is not None and value != authority:
-                    # Two names for the site: which one would the upstream use?
-                    self._refuse_stream(stream, "the Host header and :authority differ")
-                    return
-                host_seen = True
-            elif name == b"content-length":
-                length = value
-            raw.addRawHeader(name, value)
-        if authority is not None and not host_seen:
-            raw.setRawHeaders(b"host", [authority])
-        request.head_size = size
-        if method is None:
-            self._refuse_stream(stream, "no :method")
-            return
+        method, path, authority = block.method, block.path, block.authority
+        assert method is not None  # (read_request_block refuses a block without one)
+        fields = block.fields
+        if authority is not None and block.host is None:
+            fields.append((b"host", authority))
+        fill_headers(request.requestHeaders, fields)
+        length = block.length
+        request.head_size = block.size
         body_length: int | None = None
         if length is not None:
             body_length = parse_decimal(length)
@@ -537,6 +555,25 @@ class GatewayH2Connection(Protocol):
             stream.client_done = event.stream_ended is not None
         # A CONNECT (no :path) gets the resource's "must be a path" answer.
         request._dispatch(method, path if path is not None else authority or b"", HTTP_2)
+        if request.body is not None and block.expects_continue:
+            # As on HTTP/1.1: after the dispatch, unless it answered already.
+            if not (stream.closed or request.startedWriting or request.finished):
+                stream.write_response_head(100, [])
+
+    def _malformed(self, why: str) -> None:
+        """A malformed header block: a connection error (RFC 9113 8.1.1), as h2 makes it."""
+        self._log.debug("HTTP/2 malformed headers from {peer}: {why}", peer=self.peer, why=why)
+        self.h2.close_connection(h2.errors.ErrorCodes.PROTOCOL_ERROR)
+        self._broken = True
+        self._abandon_streams(Failure(ProtocolErrorFromClient(why)))
+        self._close_now()
+
+    def _trailers(self, event: h2.events.TrailersReceived) -> None:
+        # Dropped, as on HTTP/1.1; but checked, as the head is.
+        try:
+            check_trailers(event.headers or ())
+        except MalformedHeaders as error:
+            self._malformed(str(error))
 
     def _refuse_stream(self, stream: H2Stream, why: str) -> None:
         self._log.debug("HTTP/2 stream refused ({why}) from {peer}", why=why, peer=self.peer)
@@ -611,8 +648,11 @@ class GatewayH2Connection(Protocol):
             return
         self._write_out()
 
-    def send_data(self, stream: H2Stream, data: bytes) -> None:
-        """Send what the windows allow of ``data`` now; the stream holds the rest."""
+    def send_data(self, stream: H2Stream, data: bytes, *, end: bool = False) -> None:
+        """Send what the windows allow of ``data`` now; the stream holds the rest.
+
+        With ``end``, the frame that carries the last of it ends the stream.
+        """
         if self._transport_paused:
             stream.hold(data)
             self._blocked[stream.stream_id] = stream
@@ -629,7 +669,8 @@ class GatewayH2Connection(Protocol):
         try:
             while sent < total and window > 0:
                 size = min(total - sent, window, frame_size)
-                h2conn.send_data(stream_id, data[sent : sent + size])
+                last = end and sent + size == total
+                h2conn.send_data(stream_id, data[sent : sent + size], end_stream=last)
                 sent += size
                 window -= size
         except h2.exceptions.ProtocolError:
@@ -637,6 +678,9 @@ class GatewayH2Connection(Protocol):
         if sent < total:
             stream.hold(data[sent:] if sent else data)
             self._blocked[stream_id] = stream
+        elif end:
+            self._ended(stream)
+            self._forget(stream)
         self._write_out()
 
     def end_stream(self, stream: H2Stream) -> None:
@@ -646,15 +690,19 @@ class GatewayH2Connection(Protocol):
         except h2.exceptions.ProtocolError:
             pass
         else:
-            if not stream.client_done:
-                # Answered before the request body ended (413, an early upstream
-                # answer): the client stops sending (RFC 9113 8.1).
-                try:
-                    self.h2.reset_stream(stream_id, _NO_ERROR)
-                except h2.exceptions.ProtocolError:
-                    pass
+            self._ended(stream)
         self._forget(stream)
         self._write_out()
+
+    def _ended(self, stream: H2Stream) -> None:
+        """The response's END_STREAM went out."""
+        if not stream.client_done:
+            # Answered before the request body ended (413, an early upstream
+            # answer): the client stops sending (RFC 9113 8.1).
+            try:
+                self.h2.reset_stream(stream.stream_id, _NO_ERROR)
+            except h2.exceptions.ProtocolError:
+                pass
 
     def reset_stream(self, stream: H2Stream, code: int) -> None:
         try:
@@ -767,6 +815,32 @@ class GatewayH2Connection(Protocol):
         watch = getattr(self.site, "watch_closing", None)
         if watch is not None:
             watch(self)
+
+    # -- the first request's deadline (client_header_timeout, the site's sweep) -----------
+    # A client that opens the connection (preface, SETTINGS) but never completes
+    # a HEADERS block holds it as an HTTP/1.1 client that sends no complete head
+    # would; the idle timeout alone would let a trickle of frames keep it open.
+
+    def _start_head(self) -> None:
+        site = self.site
+        if getattr(site, "header_timeout", None) is None or self._closing:
+            self._head_since = None
+            return
+        if self._head_since is None:
+            self._head_since = self.reactor.seconds()
+        site.watch_head(self)
+
+    def _end_head(self) -> None:
+        if self._head_since is not None:
+            self._head_since = None
+            heading = getattr(self.site, "heading_channels", None)
+            if heading is not None:
+                heading.discard(self)
+
+    def head_timed_out(self) -> None:
+        """No complete HEADERS block within client_header_timeout: GOAWAY and close."""
+        self._end_head()
+        self.go_away(_NO_ERROR, close=True)
 
     # -- the idle timeout (the site's sweep, as GatewayChannel's) -----------------------
 

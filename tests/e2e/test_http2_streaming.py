@@ -185,3 +185,34 @@ def test_many_streams_on_one_connection_each_progress(gateway):
             if type(event).__name__ == "DataReceived"
         ]
         assert len({client.events[i].stream_id for i in starts if i < first_end}) == len(streams)
+
+
+def test_expect_100_continue_gets_an_interim_100_before_the_body_is_sent(gateway):
+    """As on HTTP/1.1: the client waits for 100 before it sends the body."""
+    import h2.events
+
+    _gw, port = gateway
+    body = BLOCK * 4
+    with H2Client(port, timeout=10) as client:
+        stream_id = client.request(
+            "/upload", method="PUT", headers=[("expect", "100-continue")], end=False
+        )
+        deadline = time.monotonic() + 10
+        interim = []
+        while not interim and time.monotonic() < deadline:
+            client.read_once(timeout=deadline - time.monotonic())
+            interim = [
+                e
+                for e in client.events
+                if isinstance(e, h2.events.InformationalResponseReceived)
+                and e.stream_id == stream_id
+            ]
+        assert dict(interim[0].headers)[b":status"] == b"100"
+        assert client.responses[stream_id].status is None  # no final answer yet
+        client.send_body(stream_id, body)
+        response = client.wait(stream_id)
+        assert response.status == 200
+        assert json.loads(bytes(response.body)) == {
+            "length": len(body),
+            "sha256": hashlib.sha256(body).hexdigest(),
+        }

@@ -8,6 +8,7 @@ held its memory: RSS grows by less than ``RSS_BOUND_KIB`` over the attack.
 
 from __future__ import annotations
 
+import json
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -15,6 +16,7 @@ from typing import Any
 
 import h2.errors
 import h2.events
+import h2.exceptions
 import h2.settings
 import pytest
 from hyperframe.frame import (
@@ -28,12 +30,14 @@ from hyperframe.frame import (
 
 from tests.backends import BackendProcess
 from tests.certs import make_ca
-from tests.h2_client import H2Client
+from tests.h2_client import ConnectionClosed, H2Client
 from tests.processes import GatewayProcess, free_port, rss_kib
 
 MAX_STREAMS = 8
 MAX_RESETS = 20
 SEND_TIMEOUT = 2.0
+# client_header_timeout of the "slow_tls" listener (the others keep the default).
+HEADER_TIMEOUT = 2.0
 RSS_BOUND_KIB = 30 * 1024
 CALM = h2.errors.ErrorCodes.ENHANCE_YOUR_CALM
 PROTOCOL_ERROR = h2.errors.ErrorCodes.PROTOCOL_ERROR
@@ -45,6 +49,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
     ca = make_ca(tmp / "pki")
     leaf = ca.issue(tmp / "pki", ["app1.localhost"], name="app1")
     tls_port, h2c_port, plain_port = free_port(), free_port(), free_port()
+    slow_tls_port = free_port()
     with BackendProcess(name="echo") as backend:
         config = tmp / "gateway.yaml"
         config.write_text(
@@ -58,6 +63,11 @@ listeners:
   - address: 127.0.0.1:{h2c_port}
     http2: prior_knowledge
   - address: 127.0.0.1:{plain_port}
+  - address: 127.0.0.1:{slow_tls_port}
+    client_header_timeout: {HEADER_TIMEOUT}s
+    tls:
+      certificates:
+        - {{cert: {leaf.cert_path}, key: {leaf.key_path}}}
 http2:
   max_concurrent_streams: {MAX_STREAMS}
   initial_window_size: 64KB
@@ -71,13 +81,14 @@ routes:
 """
         )
         process = GatewayProcess(config, tmp / "gateway.log").start(
-            [tls_port, h2c_port, plain_port]
+            [tls_port, h2c_port, plain_port, slow_tls_port]
         )
         try:
             yield {
                 "tls": tls_port,
                 "h2c": h2c_port,
                 "plain": plain_port,
+                "slow_tls": slow_tls_port,
                 "ca": ca.cert_path,
                 "process": process,
             }
@@ -272,6 +283,16 @@ def _blank(stream_id: int) -> Any:
     return H2Response(stream_id)
 
 
+def malformed_trailers(gateway: dict[str, Any]) -> None:
+    """A body, then a trailer block carrying a pseudo-header (RFC 9113 8.1)."""
+    with _client(gateway) as client:
+        stream_id = client.request("/upload", method="POST", end=False)
+        client.send_body(stream_id, b"x" * 10, end=False)
+        _raw_headers(client, stream_id, [(b":path", b"/admin")])
+        _refused(client, PROTOCOL_ERROR)
+        _no_success(client)
+
+
 def content_length_mismatch(gateway: dict[str, Any]) -> None:
     """content-length says 10, DATA carries 100."""
     with _client(gateway) as client:
@@ -335,6 +356,24 @@ ATTACKS = {
     "connection-header": _malformed(_request_block() + [(b"connection", b"keep-alive")]),
     "transfer-encoding": _malformed(_request_block() + [(b"transfer-encoding", b"chunked")]),
     "host-differs-from-authority": _malformed(_request_block() + [(b"host", b"other.localhost")]),
+    "non-token-header-name": _malformed(_request_block() + [(b"x(y", b"1")]),
+    "space-in-header-name": _malformed(_request_block() + [(b"x-auth user", b"1")]),
+    "crlf-in-header-value": _malformed(
+        _request_block() + [(b"x-a", b"1\r\nx-auth-request-user: admin")]
+    ),
+    "lf-in-cookie": _malformed(_request_block() + [(b"cookie", b"a=1\nx-admin: 1")]),
+    "nul-in-header-value": _malformed(_request_block() + [(b"x-a", b"1\x002")]),
+    "space-around-header-value": _malformed(_request_block() + [(b"x-a", b" 1")]),
+    "status-pseudo-header-in-request": _malformed(_request_block() + [(b":status", b"200")]),
+    "empty-path": _malformed(_request_block(b"")),
+    "two-host-headers": _malformed(
+        _request_block() + [(b"host", b"app1.localhost"), (b"host", b"app1.localhost")]
+    ),
+    "connect-with-path": _malformed(
+        [(b":method", b"CONNECT"), (b":authority", b"app1.localhost:443"), (b":path", b"/")]
+    ),
+    "protocol-without-connect": _malformed(_request_block() + [(b":protocol", b"websocket")]),
+    "pseudo-header-in-trailers": malformed_trailers,
     "content-length-mismatch": content_length_mismatch,
     "oversize-body": oversize_body,
     "h2c-upgrade-without-h2c": h2c_upgrade_refused,
@@ -356,6 +395,91 @@ def test_attack_is_contained(gateway: dict[str, Any], attack: str) -> None:
     assert grown < RSS_BOUND_KIB, f"RSS grew by {grown} KiB during {attack}"
 
 
+def _ended_after(client: H2Client, seconds: float) -> bool:
+    """Read for ``seconds``: whether the gateway sent GOAWAY or closed meanwhile."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            client.read_once(timeout=max(0.01, deadline - time.monotonic()))
+        except TimeoutError:
+            break
+        except (ConnectionClosed, h2.exceptions.ProtocolError):
+            return True
+        if client.goaway is not None:
+            return True
+    return False
+
+
+def _silent_after_preface(client: H2Client) -> None:
+    """The preface and SETTINGS (sent on connect), then nothing."""
+
+
+def _headers_never_ended(client: H2Client) -> None:
+    """A HEADERS frame without END_HEADERS, then a CONTINUATION a second, never the last."""
+    # The SETTINGS exchange first: its ACK inside the header block would be a
+    # protocol error of its own.
+    assert not _ended_after(client, 0.3)
+    first = HeadersFrame(1)
+    first.data = client.h2.encoder.encode(_request_block())
+    client.send_raw(first.serialize())
+    for _ in range(int(HEADER_TIMEOUT) + 3):
+        if _ended_after(client, 1.0):
+            return
+        continuation = ContinuationFrame(1)
+        continuation.data = b"\x40\x01a\x01b"  # one small literal field, never END_HEADERS
+        try:
+            client.send_raw(continuation.serialize())
+        except OSError:
+            return
+
+
+def _pings_but_no_request(client: H2Client) -> None:
+    """Frames that keep the connection busy (PING), but no request."""
+    for index in range(int(HEADER_TIMEOUT) * 2 + 6):
+        if _ended_after(client, 0.5):
+            return
+        try:
+            client.send_raw(PingFrame(0, opaque_data=b"%08d" % index).serialize())
+        except OSError:
+            return
+
+
+SLOW_FIRST_REQUESTS = {
+    "silent-after-preface": _silent_after_preface,
+    "headers-never-ended": _headers_never_ended,
+    "pings-but-no-request": _pings_but_no_request,
+}
+
+
+@pytest.mark.parametrize("play", list(SLOW_FIRST_REQUESTS), ids=list(SLOW_FIRST_REQUESTS))
+def test_a_first_request_that_never_completes_is_cut_at_client_header_timeout(
+    gateway: dict[str, Any], play: str
+) -> None:
+    """As an HTTP/1.1 connection that sends no complete head: closed at the deadline."""
+    started = time.monotonic()
+    with H2Client(gateway["slow_tls"], ca=gateway["ca"]) as client:
+        assert client.alpn == "h2"
+        SLOW_FIRST_REQUESTS[play](client)
+        client.read_until_closed(timeout=HEADER_TIMEOUT + 5)
+        took = time.monotonic() - started
+        assert client.goaway is not None, "no GOAWAY before the close"
+        assert client.goaway.last_stream_id == 0  # nothing was processed
+        _no_success(client)
+    # The sweep runs once a second.
+    assert HEADER_TIMEOUT - 0.5 <= took <= HEADER_TIMEOUT + 3, took
+
+
+def test_a_connection_whose_first_request_came_in_time_is_not_cut(
+    gateway: dict[str, Any],
+) -> None:
+    with H2Client(gateway["slow_tls"], ca=gateway["ca"]) as client:
+        assert client.get("/echo").status == 200
+        time.sleep(HEADER_TIMEOUT + 1.5)
+        # Still open (the idle timeout, 75 s, is what applies now).
+        assert client.get("/echo").status == 200
+        assert client.goaway is None
+
+
 def test_host_and_authority_that_differ_never_reach_an_upstream(gateway: dict[str, Any]) -> None:
     """Whichever way the client spells the site twice, no request goes upstream."""
     with _client(gateway) as client:
@@ -365,6 +489,16 @@ def test_host_and_authority_that_differ_never_reach_an_upstream(gateway: dict[st
         except TimeoutError:
             pass
         assert not any(isinstance(event, h2.events.ResponseReceived) for event in client.events)
+
+
+def test_cookie_crumbs_reach_the_upstream_as_one_cookie_header(gateway: dict[str, Any]) -> None:
+    """RFC 9113 8.2.3: split cookie fields are joined with "; " for HTTP/1.1."""
+    with _client(gateway) as client:
+        response = client.get("/echo", headers=[("cookie", "a=1"), ("cookie", "b=2")])
+        assert response.status == 200
+        echoed = json.loads(bytes(response.body))
+        cookies = [value for name, value in echoed["headers"] if name == "cookie"]
+        assert cookies == ["a=1; b=2"]
 
 
 def test_sni_and_authority_naming_different_sites_is_421(gateway: dict[str, Any]) -> None:

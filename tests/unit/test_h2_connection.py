@@ -9,6 +9,8 @@ import h2.config
 import h2.connection
 import h2.errors
 import h2.events
+import h2.settings
+import pytest
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
@@ -37,6 +39,12 @@ class Answer(Resource):
         if request.path == b"/hold":
             self.held.append(request)
             return NOT_DONE_YET
+        if request.path == b"/sized":
+            request.setHeader(b"content-length", b"5")
+            request.write(b"he")
+            request.write(b"llo")
+            request.finish()
+            return NOT_DONE_YET
         request.setHeader(b"content-type", b"text/plain")
         request.setHeader(b"Connection", b"close")  # never sent over h2
         request.write(b"hello " + request.getHeader(b"host"))
@@ -48,10 +56,14 @@ DEFAULT_LIMITS = HTTP2Limits()
 
 
 class Pair:
-    def __init__(self, limits: HTTP2Limits = DEFAULT_LIMITS) -> None:
+    def __init__(
+        self, limits: HTTP2Limits = DEFAULT_LIMITS, header_timeout: float | None = None
+    ) -> None:
         self.clock = MemoryReactorClock()
         self.resource = Answer()
-        self.site = GatewaySite(self.resource, reactor=self.clock, timeout=75)
+        self.site = GatewaySite(
+            self.resource, reactor=self.clock, timeout=75, header_timeout=header_timeout
+        )
         self.server = GatewayH2Connection(self.site, limits, self.clock)
         self.transport = StringTransport()
         self.server.makeConnection(self.transport)
@@ -327,3 +339,99 @@ def test_trailers_end_the_body_and_are_dropped_as_on_http11() -> None:
     assert b"".join(body._pending) == b"part"
     assert request.requestHeaders.getRawHeaders(b"x-checksum") is None
     assert request.requestHeaders.getRawHeaders(b"te") == [b"trailers"]
+
+
+def test_expect_100_continue_gets_an_interim_100_before_the_body() -> None:
+    pair = Pair()
+    stream_id = pair.get(b"/hold", end=False, expect=b"100-Continue")
+    [interim] = pair.of(h2.events.InformationalResponseReceived, stream_id)
+    assert dict(interim.headers)[b":status"] == b"100"
+    assert not pair.of(h2.events.ResponseReceived, stream_id)
+    # Then the body, then the final answer on the same stream.
+    [request] = pair.resource.held
+    pair.client.send_data(stream_id, b"body", end_stream=True)
+    pair.exchange()
+    request.write(b"done")
+    request.finish()
+    pair.exchange()
+    [response] = pair.of(h2.events.ResponseReceived, stream_id)
+    assert dict(response.headers)[b":status"] == b"200"
+    assert pair.of(h2.events.StreamEnded, stream_id)
+
+
+@pytest.mark.parametrize(
+    "path, end, expect",
+    [
+        (b"/", False, b"100-continue"),  # answered at once: a 100 after it is not HTTP
+        (b"/hold", True, b"100-continue"),  # no body follows
+        (b"/hold", False, b"something-else"),
+    ],
+    ids=["answered-at-dispatch", "no-body", "other-expectation"],
+)
+def test_no_100_continue_when_it_would_be_wrong(path: bytes, end: bool, expect: bytes) -> None:
+    pair = Pair()
+    stream_id = pair.get(path, end=end, expect=expect)
+    assert not pair.of(h2.events.InformationalResponseReceived, stream_id)
+
+
+def test_no_complete_headers_block_within_client_header_timeout_is_goaway_and_close() -> None:
+    pair = Pair(header_timeout=15)
+    pair.clock.advance(14)
+    pair.site._time_out_idle()
+    assert not pair.transport.disconnecting
+    pair.clock.advance(1)
+    pair.site._time_out_idle()
+    pair.exchange()
+    assert pair.transport.disconnecting
+    [goaway] = pair.of(h2.events.ConnectionTerminated)
+    assert goaway.error_code == h2.errors.ErrorCodes.NO_ERROR
+    assert goaway.last_stream_id == 0
+    assert pair.server not in pair.site.heading_channels
+
+
+def test_the_first_request_ends_the_header_deadline() -> None:
+    pair = Pair(header_timeout=15)
+    pair.clock.advance(10)
+    pair.get()
+    assert pair.server not in pair.site.heading_channels
+    pair.clock.advance(30)
+    pair.site._time_out_idle()
+    assert not pair.transport.disconnecting  # (the idle timeout, 75 s, applies)
+
+
+def test_the_data_that_completes_a_content_length_ends_the_stream() -> None:
+    """No empty DATA frame after the body: the last DATA carries END_STREAM."""
+    pair = Pair()
+    pair.transport.clear()
+    stream_id = pair.client.get_next_available_stream_id()
+    pair.client.send_headers(
+        stream_id,
+        [
+            (b":method", b"GET"),
+            (b":scheme", b"https"),
+            (b":authority", b"a"),
+            (b":path", b"/sized"),
+        ],
+        end_stream=True,
+    )
+    pair.server.dataReceived(pair.client.data_to_send())
+    frames = [f for f in _frames(pair.transport.value()) if f.stream_id == stream_id]
+    assert [type(f).__name__ for f in frames] == ["HeadersFrame", "DataFrame", "DataFrame"]
+    assert [f.data for f in frames[1:]] == [b"he", b"llo"]
+    assert "END_STREAM" not in frames[1].flags and "END_STREAM" in frames[2].flags
+    assert stream_id not in pair.server.streams
+    pair.client.receive_data(pair.transport.value())  # (the client takes it as well-formed)
+
+
+def test_a_completed_body_held_by_the_window_ends_the_stream_once_sent() -> None:
+    pair = Pair()
+    pair.client.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 3})
+    pair.exchange()
+    stream_id = pair.get(b"/sized")
+    assert not pair.of(h2.events.StreamEnded, stream_id)  # 3 of 5 bytes sent
+    pair.client.increment_flow_control_window(10, stream_id=stream_id)
+    pair.exchange()
+    body = b"".join(e.data for e in pair.of(h2.events.DataReceived, stream_id))
+    assert body == b"hello"
+    assert pair.of(h2.events.StreamEnded, stream_id)
+    assert stream_id not in pair.server.streams

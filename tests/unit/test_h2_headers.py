@@ -1,0 +1,175 @@
+"""server.h2_headers: the one-pass check of request blocks (RFC 9113 8.2, 8.3)."""
+
+from __future__ import annotations
+
+import pytest
+
+from idgateway.server.h2_headers import (
+    MalformedHeaders,
+    check_trailers,
+    read_request_block,
+)
+
+GET = [
+    (b":method", b"GET"),
+    (b":scheme", b"https"),
+    (b":authority", b"app.example"),
+    (b":path", b"/a?b"),
+]
+
+
+def test_a_request_block_is_taken_apart_with_cookie_crumbs_joined_last() -> None:
+    block = read_request_block(
+        GET
+        + [
+            (b"cookie", b"a=1"),
+            (b"accept", b"*/*"),
+            (b"cookie", b"b=2"),
+            (b"content-length", b"0"),
+            (b"te", b"Trailers"),
+            (b"x-empty", b""),
+        ]
+    )
+    assert (block.method, block.scheme, block.authority, block.path) == (
+        b"GET",
+        b"https",
+        b"app.example",
+        b"/a?b",
+    )
+    assert block.length == b"0"
+    assert block.host is None
+    assert block.fields == [
+        (b"accept", b"*/*"),
+        (b"content-length", b"0"),
+        (b"te", b"Trailers"),
+        (b"x-empty", b""),
+        (b"cookie", b"a=1; b=2"),
+    ]
+    assert block.size == sum(len(n) + len(v) + 4 for n, v in GET) + sum(
+        len(n) + len(v) + 4
+        for n, v in [
+            (b"cookie", b"a=1"),
+            (b"accept", b"*/*"),
+            (b"cookie", b"b=2"),
+            (b"content-length", b"0"),
+            (b"te", b"Trailers"),
+            (b"x-empty", b""),
+        ]
+    )
+
+
+def test_host_alone_or_equal_to_authority_is_accepted() -> None:
+    assert read_request_block(GET + [(b"host", b"app.example")]).host == b"app.example"
+    without_authority = [h for h in GET if h[0] != b":authority"] + [(b"host", b"h.example")]
+    block = read_request_block(without_authority)
+    assert block.authority is None and block.host == b"h.example"
+
+
+def test_connect_and_extended_connect_blocks() -> None:
+    read_request_block([(b":method", b"CONNECT"), (b":authority", b"a.example:443")])
+    read_request_block(
+        [
+            (b":method", b"CONNECT"),
+            (b":protocol", b"websocket"),
+            (b":scheme", b"https"),
+            (b":path", b"/ws"),
+            (b":authority", b"a.example"),
+        ]
+    )
+
+
+MALFORMED = {
+    "uppercase-name": GET + [(b"X-Upper", b"1")],
+    "space-in-name": GET + [(b"x y", b"1")],
+    "colon-in-name": GET + [(b"x:y", b"1")],
+    "non-token-name": GET + [(b"x(y", b"1")],
+    "non-ascii-name": GET + [("é".encode(), b"1")],
+    "empty-name": GET + [(b"", b"1")],
+    "nul-in-value": GET + [(b"x", b"a\x00b")],
+    "cr-in-value": GET + [(b"x", b"a\rb")],
+    "lf-in-value": GET + [(b"x", b"a\nb")],
+    "crlf-smuggled-header": GET + [(b"x", b"a\r\nx-auth-user: admin")],
+    "leading-space": GET + [(b"x", b" a")],
+    "trailing-tab": GET + [(b"x", b"a\t")],
+    "lf-in-cookie": GET + [(b"cookie", b"a=1\nb")],
+    "lf-in-path": [
+        (b":method", b"GET"),
+        (b":scheme", b"https"),
+        (b":authority", b"a"),
+        (b":path", b"/\n"),
+    ],
+    "connection": GET + [(b"connection", b"close")],
+    "keep-alive": GET + [(b"keep-alive", b"5")],
+    "proxy-connection": GET + [(b"proxy-connection", b"close")],
+    "transfer-encoding": GET + [(b"transfer-encoding", b"chunked")],
+    "upgrade": GET + [(b"upgrade", b"websocket")],
+    "te-gzip": GET + [(b"te", b"gzip")],
+    "te-trailers-and-more": GET + [(b"te", b"trailers, gzip")],
+    "unknown-pseudo": GET + [(b":evil", b"1")],
+    "status-in-request": GET + [(b":status", b"200")],
+    "pseudo-after-regular": GET[:2] + [(b"x", b"1")] + GET[2:],
+    "duplicate-path": GET + [(b":path", b"/other")],
+    "duplicate-method": [(b":method", b"GET")] + GET,
+    "duplicate-authority": GET + [(b":authority", b"other.example")],
+    "empty-path": GET[:3] + [(b":path", b"")],
+    "no-method": GET[1:],
+    "no-path": GET[:3],
+    "no-scheme": [GET[0]] + GET[2:],
+    "no-authority-no-host": [h for h in GET if h[0] != b":authority"],
+    "host-differs": GET + [(b"host", b"other.example")],
+    "two-hosts": GET + [(b"host", b"app.example"), (b"host", b"app.example")],
+    "connect-with-path": [
+        (b":method", b"CONNECT"),
+        (b":authority", b"a.example:443"),
+        (b":path", b"/"),
+    ],
+    "protocol-without-connect": GET + [(b":protocol", b"websocket")],
+}
+
+
+@pytest.mark.parametrize("block", list(MALFORMED.values()), ids=list(MALFORMED))
+def test_a_malformed_request_block_is_refused(block: list[tuple[bytes, bytes]]) -> None:
+    with pytest.raises(MalformedHeaders):
+        read_request_block(block)
+
+
+@pytest.mark.parametrize(
+    "trailers",
+    [
+        [(b":path", b"/")],
+        [(b"X-Upper", b"1")],
+        [(b"x", b"a\r\nb")],
+        [(b"connection", b"close")],
+        [(b"te", b"gzip")],
+    ],
+    ids=["pseudo-header", "uppercase", "crlf", "connection", "te"],
+)
+def test_malformed_trailers_are_refused(trailers: list[tuple[bytes, bytes]]) -> None:
+    with pytest.raises(MalformedHeaders):
+        check_trailers(trailers)
+    check_trailers([(b"x-checksum", b"abc")])
+
+
+@pytest.mark.parametrize("raw_headers", [True, False], ids=["seam", "fallback"])
+def test_checked_fields_fill_a_request_headers_as_add_raw_header_would(
+    raw_headers: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from twisted.web.http_headers import Headers
+
+    from idgateway._twisted import http_headers as seam
+
+    if not raw_headers:
+        monkeypatch.setattr(seam, "RAW_HEADERS", False)
+    fields = [
+        (b"accept", b"*/*"),
+        (b"x-forwarded-for", b"1.2.3.4"),
+        (b"www-authenticate", b"x"),
+        (b"x-forwarded-for", b"5.6.7.8"),
+        (b"cookie", b"a=1; b=2"),
+    ]
+    filled, added = Headers(), Headers()
+    seam.fill_headers(filled, fields)
+    for name, value in fields:
+        added.addRawHeader(name, value)
+    assert list(filled.getAllRawHeaders()) == list(added.getAllRawHeaders())
+    assert filled.getRawHeaders(b"X-Forwarded-For") == [b"1.2.3.4", b"5.6.7.8"]
