@@ -112,6 +112,26 @@ class H2Client:
         self.flush()
         return stream_id
 
+    def send_unchecked(
+        self, block: list[tuple[bytes, bytes]], *, stream_id: int | None = None, end: bool = True
+    ) -> int:
+        """A header block sent as given (no client-side checks, no lower-casing),
+        on a new stream or as trailers of ``stream_id``; this side's h2 state
+        follows the stream, so the gateway's answer to it is read as usual."""
+        config = self.h2.config
+        config.validate_outbound_headers = False
+        config.normalize_outbound_headers = False
+        try:
+            if stream_id is None:
+                stream_id = self.h2.get_next_available_stream_id()
+                self.responses[stream_id] = H2Response(stream_id)
+            self.h2.send_headers(stream_id, block, end_stream=end)
+        finally:
+            config.validate_outbound_headers = True
+            config.normalize_outbound_headers = True
+        self.flush()
+        return stream_id
+
     def send_body(self, stream_id: int, body: bytes, *, end: bool = True) -> None:
         """Send ``body`` as the windows allow (reading the while)."""
         sent = 0

@@ -525,7 +525,7 @@ class GatewayH2Connection(Protocol):
         try:
             block = read_request_block(event.headers or ())
         except MalformedHeaders as error:
-            self._malformed(str(error))
+            self._malformed(stream_id, str(error))
             return
         if self._head_since is not None:
             self._end_head()
@@ -560,24 +560,43 @@ class GatewayH2Connection(Protocol):
             if not (stream.closed or request.startedWriting or request.finished):
                 stream.write_response_head(100, [])
 
-    def _malformed(self, why: str) -> None:
-        """A malformed header block: a connection error (RFC 9113 8.1.1), as h2 makes it."""
-        self._log.debug("HTTP/2 malformed headers from {peer}: {why}", peer=self.peer, why=why)
-        self.h2.close_connection(h2.errors.ErrorCodes.PROTOCOL_ERROR)
-        self._broken = True
-        self._abandon_streams(Failure(ProtocolErrorFromClient(why)))
-        self._close_now()
+    def _malformed(self, stream_id: int, why: str) -> None:
+        """A malformed request: a stream error (RFC 9113 8.1.1), the connection goes on.
+
+        The block was decoded, so the HPACK state both sides share is intact;
+        nothing of the stream reached a route. Each such reset counts against
+        ``max_resets_per_minute`` as a client's own reset does: resets the
+        client makes the gateway send are no cheaper to flood with
+        ("MadeYouReset", CVE-2025-8671).
+        """
+        self._log.debug(
+            "HTTP/2 malformed request on stream {stream} from {peer}: {why}",
+            stream=stream_id,
+            peer=self.peer,
+            why=why,
+        )
+        stream = self.streams.get(stream_id)
+        if stream is not None:
+            self.reset_stream(stream, h2.errors.ErrorCodes.PROTOCOL_ERROR)
+        else:
+            try:
+                self.h2.reset_stream(stream_id, h2.errors.ErrorCodes.PROTOCOL_ERROR)
+            except h2.exceptions.ProtocolError:
+                pass
+            self._write_out()
+        self._count_reset()
 
     def _trailers(self, event: h2.events.TrailersReceived) -> None:
         # Dropped, as on HTTP/1.1; but checked, as the head is.
         try:
             check_trailers(event.headers or ())
         except MalformedHeaders as error:
-            self._malformed(str(error))
+            self._malformed(event.stream_id or 0, str(error))
 
     def _refuse_stream(self, stream: H2Stream, why: str) -> None:
         self._log.debug("HTTP/2 stream refused ({why}) from {peer}", why=why, peer=self.peer)
         self.reset_stream(stream, h2.errors.ErrorCodes.PROTOCOL_ERROR)
+        self._count_reset()
 
     def _data(self, event: h2.events.DataReceived) -> None:
         flow_length = event.flow_controlled_length or 0
@@ -594,6 +613,9 @@ class GatewayH2Connection(Protocol):
             self._blocked.pop(stream.stream_id, None)
             stream.lost(Failure(ConnectionResetByClient(event.error_code)))
             self._stream_closed()
+        self._count_reset()
+
+    def _count_reset(self) -> None:
         self._start_minute()
         self._resets += 1
         if self._resets > self.limits.max_resets_per_minute:

@@ -7,8 +7,9 @@ request. ``read_request_block`` makes the checks RFC 9113 requires (8.2.1
 field names and values, 8.2.2 connection-specific fields and ``te``, 8.3
 pseudo-header fields, ``Host`` against ``:authority``) in one pass, with the
 byte scans done by C (``bytes.translate``, ``in``), and combines the
-``cookie`` crumbs (8.2.3) on the way. A block that fails is a connection
-error (``PROTOCOL_ERROR``), as it was when ``h2`` made the checks.
+``cookie`` crumbs (8.2.3) on the way. A block that fails makes its request
+malformed: a stream error (``RST_STREAM`` with ``PROTOCOL_ERROR``, RFC 9113
+8.1.1), counted against ``max_resets_per_minute``; the connection goes on.
 """
 
 from __future__ import annotations
