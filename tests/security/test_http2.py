@@ -26,6 +26,7 @@ from hyperframe.frame import (
     PingFrame,
     RstStreamFrame,
     SettingsFrame,
+    WindowUpdateFrame,
 )
 
 from tests.backends import BackendProcess
@@ -114,6 +115,15 @@ def _raw_headers(
     client.send_raw(frame.serialize())
 
 
+def _headers_frame(client: H2Client, stream_id: int, block: list[tuple[bytes, bytes]]) -> Any:
+    """A HEADERS frame with END_STREAM, encoded as given."""
+    frame = HeadersFrame(stream_id)
+    frame.data = client.h2.encoder.encode(block)
+    frame.flags.add("END_HEADERS")
+    frame.flags.add("END_STREAM")
+    return frame
+
+
 def _request_block(path: bytes = b"/echo") -> list[tuple[bytes, bytes]]:
     return [
         (b":method", b"GET"),
@@ -154,6 +164,37 @@ def rapid_reset(gateway: dict[str, Any]) -> None:
             _refused(client, CALM)
         else:
             assert client.goaway is None or client.goaway.error_code == CALM
+
+
+def _made_you_reset(frame: Callable[[H2Client, int], Any]) -> Callable[[dict[str, Any]], None]:
+    """CVE-2025-8671 ("MadeYouReset"): a request whose upstream work is under
+    way, then a frame that makes the server reset the stream itself, in a
+    loop. The gateway either ends the connection at the first such frame (a
+    connection error) or counts its resets as the client's own (GOAWAY
+    ENHANCE_YOUR_CALM past the limit); each stream's upstream exchange ends
+    with it (the RSS bound and the other clients' service, checked after
+    every attack, show nothing piles up)."""
+
+    def attack(gateway: dict[str, Any]) -> None:
+        with _client(gateway) as client:
+            sent = 0
+            try:
+                for _ in range(MAX_RESETS * 5):
+                    stream_id = client.request("/slow-headers?delay=5")
+                    client.send_raw(frame(client, stream_id).serialize())
+                    sent += 1
+            except OSError:
+                pass
+            try:
+                client.read_until_closed(timeout=10)
+            except TimeoutError:
+                raise AssertionError(f"the connection stayed open after {sent} resets") from None
+            assert client.goaway is not None, "no GOAWAY before the close"
+            assert client.goaway.error_code in (PROTOCOL_ERROR, CALM)
+            if client.goaway.error_code == CALM:
+                assert client.goaway.last_stream_id <= 2 * (MAX_RESETS + 1) + 1
+
+    return attack
 
 
 def continuation_flood(gateway: dict[str, Any]) -> None:
@@ -332,6 +373,14 @@ def h2c_upgrade_refused(gateway: dict[str, Any]) -> None:
 
 ATTACKS = {
     "rapid-reset": rapid_reset,
+    # DATA and HEADERS on a stream the client already ended (half-closed remote).
+    "made-you-reset-data": _made_you_reset(lambda client, sid: DataFrame(sid, data=b"x")),
+    "made-you-reset-headers": _made_you_reset(
+        lambda client, sid: _headers_frame(client, sid, [(b"x-late", b"1")])
+    ),
+    "made-you-reset-window-update-zero": _made_you_reset(
+        lambda client, sid: WindowUpdateFrame(sid, window_increment=0)
+    ),
     "continuation-flood": continuation_flood,
     "hpack-bomb": hpack_bomb,
     "settings-flood": settings_flood,
