@@ -24,6 +24,7 @@ from twisted.web import http, server
 from twisted.web.resource import Resource
 
 from idgateway._twisted.http_channel import HTTPChannelInternals
+from idgateway._twisted.http_request import init_request
 from idgateway.config.model import LoggingSettings
 from idgateway.http.numbers import parse_decimal
 from idgateway.http.paths import PathReading
@@ -185,6 +186,10 @@ class GatewayRequest(server.Request):
     # The client's connection was lost (twisted.web's Request keeps this in a
     # private attribute; notifyFinish() would cost a Deferred per request).
     client_gone: bool = False
+
+    # As server.Request's, in one call instead of three nested ones, and with
+    # request headers whose per-request lookups take a shortcut.
+    __init__ = init_request
 
     def gotLength(self, length: int | None) -> None:
         self.content = _EMPTY_CONTENT
