@@ -116,6 +116,7 @@ class Exchange:
         "connection",
         "cancelled",
         "replayable",
+        "body_in_hand",
     )
 
     def __init__(
@@ -143,6 +144,11 @@ class Exchange:
         # A request with no body can be sent again on a fresh connection
         # if a reused one turns out to have been closed by the upstream.
         self.replayable = body is None
+        # Set before the sink gets the response head: the whole response
+        # (its head and all of its body) came in the read at hand, so it ends
+        # before anything else can happen (the sink need not take part in
+        # flow control for it).
+        self.body_in_hand = False
 
     def cancel(self) -> None:
         """The client went away: drop the upstream exchange, whatever its state."""
@@ -492,10 +498,13 @@ class UpstreamConnection(Protocol):
                 # is likely to follow): the upstream and the gateway no
                 # longer agree where the next response starts.
                 self._discard_after(DISCARD_BODY_AFTER_NO_BODY)
+            exchange.body_in_hand = True
             exchange.sink.response_head(status, reason, headers, length)
             if self.exchange is exchange:
                 self._response_complete()
             return None
+        if length is not None and len(rest) >= length and not chunked:
+            exchange.body_in_hand = True
         exchange.sink.response_head(status, reason, headers, length)
         if self.exchange is not exchange:
             return None
