@@ -27,7 +27,7 @@ from typing import Any
 
 from twisted.internet import tcp
 
-from idgateway._twisted.tcp import COALESCING, flush_transports
+from idgateway._twisted.tcp import COALESCING, DirectWrites, flush_transports
 
 
 class _Flusher:
@@ -103,11 +103,11 @@ class _Coalescing:
             super().stopWriting()  # type: ignore[misc]
 
 
-class CoalescingServer(_Coalescing, tcp.Server):
+class CoalescingServer(DirectWrites, _Coalescing, tcp.Server):
     pass
 
 
-class CoalescingClient(_Coalescing, tcp.Client):
+class CoalescingClient(DirectWrites, _Coalescing, tcp.Client):
     pass
 
 

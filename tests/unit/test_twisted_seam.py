@@ -127,6 +127,8 @@ PRIVATE_NAMES: list[tuple[Any, str, Callable[[Any, str], bool]]] = [
         _instance_attribute(abstract.FileDescriptor, list),
     ),
     (abstract.FileDescriptor, "_writeDisconnecting", _class_attribute(bool)),
+    (abstract.FileDescriptor, "_tempDataLen", _instance_attribute(abstract.FileDescriptor, int)),
+    (abstract.FileDescriptor, "_writeDisconnected", _class_attribute(bool)),
     (tcp.Connection, "_aborting", _class_attribute(bool)),
     (tcp.Port, "_fromListeningDescriptor", _function),
     (tcp.Port, "_logger", lambda o, n: "_logger" in inspect.getsource(o)),
