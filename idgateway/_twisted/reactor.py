@@ -4,13 +4,18 @@ Private names used (EPollReactor): ``_poller`` (the epoll object),
 ``_selectables`` (descriptor -> selectable), ``_doReadOrWrite`` (one event's
 dispatch, which already catches and logs what doRead/doWrite raise).
 ``LeanEPollReactor.doPoll`` is EPollReactor's without ``log.callWithLogger``
-around each event (see ``idgateway.workers.event_loop``). Without those names
-(``LEAN`` False), ``LeanEPollReactor`` is the stock EPollReactor.
+around each event (see ``idgateway.workers.event_loop``), and it runs what
+``idgateway._twisted.tcp.call_after_events`` was given once a poll's events
+are dispatched (the per-turn write flush of ``idgateway.server.socket_writes``,
+which otherwise costs a ``DelayedCall`` made, queued and run per turn). Without those names
+(``LEAN`` False), ``LeanEPollReactor`` is the stock EPollReactor, and
+``call_after_events`` always declines.
 """
 
 from __future__ import annotations
 
 import errno
+from collections.abc import Callable
 
 from twisted.internet.epollreactor import EPollReactor
 from twisted.logger import Logger
@@ -23,6 +28,8 @@ class _LeanEPollReactor(EPollReactor):
 
     # (The namespace it always had, before it moved into the seam.)
     _lean_log = Logger(namespace="idgateway.workers.event_loop.LeanEPollReactor")
+    # While a poll's events are being dispatched: what to call once they are.
+    _after_events: list[Callable[[], object]] | None = None
 
     def doPoll(self, timeout: float | None) -> None:
         if timeout is None:
@@ -35,16 +42,27 @@ class _LeanEPollReactor(EPollReactor):
             raise
         selectables = self._selectables
         do_read_or_write = self._doReadOrWrite
-        for fd, event in ready:
-            selectable = selectables.get(fd)
-            if selectable is None:
-                continue
+        after: list[Callable[[], object]] = []
+        self._after_events = after
+        try:
+            for fd, event in ready:
+                selectable = selectables.get(fd)
+                if selectable is None:
+                    continue
+                try:
+                    do_read_or_write(selectable, fd, event)
+                except Exception:
+                    self._lean_log.failure(
+                        "unhandled error handling {selectable!r}", selectable=selectable
+                    )
+        finally:
+            # (What the calls below ask for goes to callLater, as outside a poll.)
+            self._after_events = None
+        for call in after:
             try:
-                do_read_or_write(selectable, fd, event)
+                call()
             except Exception:
-                self._lean_log.failure(
-                    "unhandled error handling {selectable!r}", selectable=selectable
-                )
+                self._lean_log.failure("unhandled error after a poll's events: {call!r}", call=call)
 
     doIteration = doPoll
 

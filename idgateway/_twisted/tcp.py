@@ -24,7 +24,7 @@ Private names used:
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from twisted.internet import abstract, tcp
@@ -107,6 +107,20 @@ def _send_at_once(transport: Any) -> bool:
         transport.dataBuffer = data
         transport.offset = sent
         transport._watch()
+    return True
+
+
+def call_after_events(reactor: Any, call: Callable[[], object]) -> bool:
+    """Have ``reactor`` call ``call`` once the events it is dispatching now are
+    dispatched, before it polls again (True); False when it is not the
+    workers' lean reactor (``idgateway._twisted.reactor``, which keeps the list
+    in ``_after_events`` while it dispatches) in the middle of a poll's events:
+    the caller then uses ``callLater(0, ...)``, which runs at the same point of
+    the next turn, through a DelayedCall."""
+    after = getattr(reactor, "_after_events", None)
+    if after is None:
+        return False
+    after.append(call)
     return True
 
 

@@ -298,3 +298,88 @@ def test_what_the_socket_does_not_take_waits_for_the_reactor() -> None:
         server.doWrite()  # (the reactor, when the socket drains)
     assert received == data
     server.connectionLost(Failure(ConnectionDone()))
+
+
+def test_in_a_workers_event_loop_the_flush_follows_the_polls_events_untimed() -> None:
+    import socket
+
+    from twisted.internet.protocol import Protocol
+
+    from idgateway._twisted.reactor import LeanEPollReactor
+    from idgateway._twisted.tcp import call_after_events
+
+    reactor = LeanEPollReactor()
+    ours, theirs = socket.socketpair()
+    ours.setblocking(False)
+    theirs.settimeout(1)
+    seen: list[str] = []
+
+    class _Echo(Protocol):
+        def dataReceived(self, data: bytes) -> None:  # noqa: N802 - Twisted's name
+            self.transport.write(b"echo " + data)  # type: ignore[union-attr]
+            self.transport.write(b"!")  # type: ignore[union-attr]
+            seen.append("read")
+            assert call_after_events(reactor, lambda: seen.append("after"))
+
+    server = tcp.Server(ours, _Echo(), ("127.0.0.1", 1), None, 1, reactor)  # type: ignore[arg-type]
+    server.protocol.makeConnection(server)
+    coalesce_writes(server)
+    server.startReading()
+    assert not call_after_events(reactor, lambda: None), "outside a poll: declined"
+    theirs.send(b"hi")
+    reactor.doPoll(1)
+    assert theirs.recv(100) == b"echo hi!"
+    assert seen == ["read", "after"]
+    assert reactor.getDelayedCalls() == []
+    # Outside a poll's events (a timed call, say), a write still flushes at
+    # the start of the next turn.
+    server.write(b"later")
+    [flush] = reactor.getDelayedCalls()
+    reactor.runUntilCurrent()
+    assert theirs.recv(100) == b"later"
+    server.stopReading()
+    server.connectionLost(Failure(ConnectionDone()))
+    reactor._poller.close()
+
+
+def test_an_after_events_call_that_fails_is_logged_and_the_rest_still_run() -> None:
+    import socket
+
+    from twisted.internet.abstract import FileDescriptor
+
+    from idgateway._twisted.reactor import LeanEPollReactor
+    from idgateway._twisted.tcp import call_after_events
+
+    reactor = LeanEPollReactor()
+    ours, theirs = socket.socketpair()
+    ran: list[str] = []
+
+    def fails() -> None:
+        raise RuntimeError("boom")
+
+    class _Readable(FileDescriptor):
+        def fileno(self) -> int:
+            return ours.fileno()
+
+        def doRead(self) -> None:  # noqa: N802 - Twisted's name
+            ours.recv(10)
+            call_after_events(reactor, fails)
+            call_after_events(reactor, lambda: ran.append("second"))
+
+    readable = _Readable(reactor)
+    reactor.addReader(readable)
+    theirs.send(b"x")
+    from twisted.logger import globalLogPublisher
+
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        reactor.doPoll(1)
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert ran == ["second"]
+    assert any("after a poll's events" in e.get("log_format", "") for e in events)
+    reactor.removeReader(readable)
+    reactor._poller.close()
+    ours.close()
+    theirs.close()
