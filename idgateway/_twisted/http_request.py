@@ -45,6 +45,7 @@ _HOT_NAMES = (
     b"sec-fetch-mode",
     b"x-requested-with",
     b"content-type",
+    b"x-forwarded-proto",
 )
 _SPELLED: dict[bytes, bytes] = {name: canonical_header_name(name) for name in _HOT_NAMES}
 

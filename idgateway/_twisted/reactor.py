@@ -2,7 +2,10 @@
 
 Private names used (EPollReactor): ``_poller`` (the epoll object),
 ``_selectables`` (descriptor -> selectable), ``_doReadOrWrite`` (one event's
-dispatch, which already catches and logs what doRead/doWrite raise).
+dispatch, which already catches and logs what doRead/doWrite raise), and
+``_disconnectSelectable`` (what ``_doReadOrWrite`` ends with when a read
+says the connection is over): a plain read event (the usual one) is
+dispatched as ``_doReadOrWrite`` dispatches it, without its frame.
 ``LeanEPollReactor.doPoll`` is EPollReactor's without ``log.callWithLogger``
 around each event (see ``idgateway.workers.event_loop``), and it runs what
 ``idgateway._twisted.tcp.call_after_events`` was given once a poll's events
@@ -15,10 +18,13 @@ which otherwise costs a ``DelayedCall`` made, queued and run per turn). Without 
 from __future__ import annotations
 
 import errno
+import sys
 from collections.abc import Callable
+from select import EPOLLIN
 
 from twisted.internet.epollreactor import EPollReactor
 from twisted.logger import Logger
+from twisted.python import log
 
 from idgateway._twisted import note_fallback
 
@@ -50,7 +56,20 @@ class _LeanEPollReactor(EPollReactor):
                 if selectable is None:
                     continue
                 try:
-                    do_read_or_write(selectable, fd, event)
+                    if event != EPOLLIN:
+                        do_read_or_write(selectable, fd, event)
+                        continue
+                    # A read event alone: _doReadOrWrite's read path, spelled out.
+                    try:
+                        if selectable.fileno() == -1:
+                            do_read_or_write(selectable, fd, event)
+                            continue
+                        why = selectable.doRead()
+                    except BaseException:
+                        why = sys.exc_info()[1]
+                        log.err()
+                    if why:
+                        self._disconnectSelectable(selectable, why, True)
                 except Exception:
                     self._lean_log.failure(
                         "unhandled error handling {selectable!r}", selectable=selectable
@@ -72,6 +91,8 @@ LEAN = (
     "_poller" in _names_in_init
     and "_selectables" in _names_in_init
     and callable(getattr(EPollReactor, "_doReadOrWrite", None))
+    and callable(getattr(EPollReactor, "_disconnectSelectable", None))
+    and getattr(EPollReactor, "_POLL_IN", None) == EPOLLIN
 )
 
 LeanEPollReactor: type[EPollReactor]

@@ -25,9 +25,10 @@ Private names used:
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from errno import EWOULDBLOCK
 from typing import Any
 
-from twisted.internet import abstract, tcp
+from twisted.internet import abstract, main, tcp
 from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 
@@ -52,14 +53,31 @@ if not ADOPT_AS_SUBCLASS:
 
 
 class DirectWrites:
-    """Mixin over a coalescing ``tcp.Connection`` subclass: ``write`` in one frame.
+    """Mixin over a coalescing ``tcp.Connection`` subclass: ``write`` and
+    ``doRead`` in one frame each.
 
-    What ``tcp.Connection.write`` (``_newtls.ConnectionMixin.write``, then
-    ``FileDescriptor.write``, ``_dataMustBeBytes``, ``_maybePauseProducer``,
+    ``write`` is what ``tcp.Connection.write`` (``_newtls.ConnectionMixin.write``,
+    then ``FileDescriptor.write``, ``_dataMustBeBytes``, ``_maybePauseProducer``,
     ``_isSendBufferFull``) does for a plain connection and a bytes object;
     anything else takes that stock path. ``startWriting`` is the coalescing
-    one: the bytes leave with the turn's shared flush.
+    one: the bytes leave with the turn's shared flush. ``doRead`` is
+    ``tcp.Connection.doRead`` with its ``_dataReceived`` spelled out.
     """
+
+    def doRead(self) -> Any:  # noqa: N802 - Twisted's name
+        transport: Any = self
+        if transport.TLS:
+            return tcp.Connection.doRead(transport)
+        try:
+            data = transport.socket.recv(transport.bufferSize)
+        except OSError as error:
+            if error.args[0] == EWOULDBLOCK:
+                return None
+            return main.CONNECTION_LOST
+        if not data:
+            return main.CONNECTION_DONE
+        transport.protocol.dataReceived(data)
+        return None
 
     def write(self, data: bytes) -> None:
         transport: Any = self

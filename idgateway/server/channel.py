@@ -20,7 +20,7 @@ from twisted.internet.protocol import connectionDone
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web import http, server
+from twisted.web import server
 from twisted.web.resource import Resource
 
 from idgateway._twisted.http_channel import HTTPChannelInternals

@@ -160,6 +160,7 @@ PRIVATE_NAMES: list[tuple[Any, str, Callable[[Any, str], bool]]] = [
     (EPollReactor, "_poller", _set_in_init),
     (EPollReactor, "_selectables", _set_in_init),
     (EPollReactor, "_doReadOrWrite", _function),
+    (EPollReactor, "_disconnectSelectable", _function),
     # _twisted/client_pool.py
     (client.HTTPConnectionPool, "_factory", _class),
     # _twisted/redis.py (txredisapi)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from twisted.internet import tcp
 from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
@@ -379,6 +380,58 @@ def test_an_after_events_call_that_fails_is_logged_and_the_rest_still_run() -> N
         globalLogPublisher.removeObserver(events.append)
     assert ran == ["second"]
     assert any("after a poll's events" in e.get("log_format", "") for e in events)
+    reactor.removeReader(readable)
+    reactor._poller.close()
+    ours.close()
+    theirs.close()
+
+
+@pytest.mark.parametrize("outcome", ["data", "done", "raises"])
+def test_a_lean_loops_read_event_ends_as_twisteds_would(outcome: str) -> None:
+    import socket
+
+    from twisted.internet import main
+    from twisted.internet.abstract import FileDescriptor
+    from twisted.logger import globalLogPublisher
+
+    from idgateway._twisted.reactor import LeanEPollReactor
+
+    reactor = LeanEPollReactor()
+    ours, theirs = socket.socketpair()
+    lost: list[Any] = []
+
+    class _Readable(FileDescriptor):
+        def fileno(self) -> int:
+            return ours.fileno()
+
+        def doRead(self) -> Any:  # noqa: N802 - Twisted's name
+            ours.recv(10)
+            if outcome == "raises":
+                raise ValueError("bad protocol")
+            return main.CONNECTION_DONE if outcome == "done" else None
+
+        def connectionLost(self, reason: Any) -> None:  # noqa: N802 - Twisted's name
+            lost.append(reason)
+
+    readable = _Readable(reactor)
+    reactor.addReader(readable)
+    theirs.send(b"x")
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        reactor.doPoll(1)
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    if outcome == "data":
+        assert lost == [] and readable in reactor.getReaders()
+    else:
+        [reason] = lost
+        assert readable not in reactor.getReaders()
+        if outcome == "raises":
+            assert reason.check(ValueError)
+            assert any(e.get("isError") for e in events), "logged, as Twisted logs it"
+        else:
+            assert reason.check(ConnectionDone)
     reactor.removeReader(readable)
     reactor._poller.close()
     ours.close()
