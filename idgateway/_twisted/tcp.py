@@ -14,6 +14,10 @@ Private names used:
   ``flush_transports`` sends what a turn queued with one ``send`` of its own
   when the transport holds nothing older, instead of ``doWrite`` and the four
   calls under it. Checked with the names above (``COALESCING``).
+- ``EPollReactor._reads`` (the descriptors watched for reading):
+  ``DirectWrites.resumeProducing`` returns at once when its descriptor is in
+  it, as ``startReading`` would have after three calls. A reactor without it:
+  the stock path.
 - ``tcp.Port._fromListeningDescriptor``: a listening socket the workers share,
   adopted as a ``tcp.Port`` subclass (``SharedPort``). Without it: the
   reactor's public ``adoptStreamPort`` (a stock Port: Twisted's adaptive
@@ -63,6 +67,21 @@ class DirectWrites:
     one: the bytes leave with the turn's shared flush. ``doRead`` is
     ``tcp.Connection.doRead`` with its ``_dataReceived`` spelled out.
     """
+
+    def resumeProducing(self) -> None:  # noqa: N802 - Twisted's name
+        # HTTPChannel resumes its transport after every request, paused or not:
+        # FileDescriptor.resumeProducing -> startReading -> addReader -> _add,
+        # which finds the descriptor already watched. The epoll reactor keeps
+        # the watched descriptors in _reads: when this one is there already,
+        # that is all there is to know (any other reactor: the stock path).
+        transport: Any = self
+        if (
+            transport.connected
+            and not transport.disconnecting
+            and transport.fileno() in getattr(transport.reactor, "_reads", ())
+        ):
+            return
+        abstract.FileDescriptor.resumeProducing(transport)
 
     def doRead(self) -> Any:  # noqa: N802 - Twisted's name
         transport: Any = self

@@ -161,6 +161,7 @@ PRIVATE_NAMES: list[tuple[Any, str, Callable[[Any, str], bool]]] = [
     (EPollReactor, "_selectables", _set_in_init),
     (EPollReactor, "_doReadOrWrite", _function),
     (EPollReactor, "_disconnectSelectable", _function),
+    (EPollReactor, "_reads", _set_in_init),
     # _twisted/client_pool.py
     (client.HTTPConnectionPool, "_factory", _class),
     # _twisted/redis.py (txredisapi)

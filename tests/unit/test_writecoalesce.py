@@ -436,3 +436,41 @@ def test_a_lean_loops_read_event_ends_as_twisteds_would(outcome: str) -> None:
     reactor._poller.close()
     ours.close()
     theirs.close()
+
+
+def test_resuming_a_transport_being_read_is_a_no_op_and_a_paused_one_reads_again() -> None:
+    import socket
+
+    from twisted.internet.protocol import Protocol
+
+    from idgateway._twisted.reactor import LeanEPollReactor
+
+    reactor = LeanEPollReactor()
+    ours, theirs = socket.socketpair()
+    ours.setblocking(False)
+    received: list[bytes] = []
+
+    class _Collect(Protocol):
+        def dataReceived(self, data: bytes) -> None:  # noqa: N802 - Twisted's name
+            received.append(data)
+
+    server = tcp.Server(ours, _Collect(), ("127.0.0.1", 1), None, 1, reactor)  # type: ignore[arg-type]
+    coalesce_writes(server)
+    server.startReading()
+    server.resumeProducing()  # already reading: nothing to do
+    assert server in reactor.getReaders()
+    server.pauseProducing()
+    assert server not in reactor.getReaders()
+    server.resumeProducing()
+    assert server in reactor.getReaders()
+    theirs.send(b"again")
+    reactor.doPoll(1)
+    assert received == [b"again"]
+    server.disconnecting = True
+    server.stopReading()
+    server.resumeProducing()  # closing: stays unwatched, as stock
+    assert server not in reactor.getReaders()
+    server.disconnecting = False
+    server.connectionLost(Failure(ConnectionDone()))
+    reactor._poller.close()
+    theirs.close()
