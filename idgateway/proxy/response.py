@@ -133,8 +133,12 @@ class ProxiedResponse:
         length: int | None,
     ) -> None:
         request = self.request
-        # observe hook: upstream time is the time to the response head.
-        request.idgw_upstream_ms = observe.upstream_elapsed_ms(request.idgw_upstream_started)
+        # observe hook: upstream time is the time to the response head
+        # (observe.upstream_elapsed_ms, spelled out).
+        started = request.idgw_upstream_started
+        request.idgw_upstream_ms = (
+            None if started is None else round((observe.now() - started) * 1000, 1)
+        )
         if status == 101:
             self._upgrade_headers = headers
             return
