@@ -316,7 +316,9 @@ class UpstreamConnection(Protocol):
             exchange.body.attach(self)
         else:
             self._body_sent = True
-        self._arm(exchange.response_timeout, FAIL_TIMEOUT)
+        # (_arm, spelled out: once per request here, once in _parse_head)
+        self.deadline_kind = FAIL_TIMEOUT
+        self.deadline = self.pool.clock.seconds() + exchange.response_timeout
 
     def send_body_data(self, data: bytes) -> None:
         if self.closed or self.transport is None:
@@ -508,7 +510,8 @@ class UpstreamConnection(Protocol):
         exchange.sink.response_head(status, reason, headers, length)
         if self.exchange is not exchange:
             return None
-        self._arm(exchange.idle_timeout, FAIL_IDLE)
+        self.deadline_kind = FAIL_IDLE  # (_arm, spelled out)
+        self.deadline = self.pool.clock.seconds() + exchange.idle_timeout
         if chunked:
             self._state = _BODY_CHUNKED
             self._remaining = -1
@@ -606,14 +609,15 @@ class UpstreamConnection(Protocol):
             self.abandon()
 
     def _finish_exchange(self) -> None:
-        self._cancel_timer()
+        self.deadline = 0.0  # (_cancel_timer)
         exchange = self.exchange
         self.exchange = None
         if exchange is not None:
             exchange.connection = None
         if self._keep_alive and not self.closed:
             self.reused = True
-            self.resume_reading()
+            if self._reading_paused:
+                self.resume_reading()
             self.pool.release(self)
         else:
             self.closed = True
@@ -721,7 +725,10 @@ class UpstreamPool:
             connection = self._idle.pop()
             if connection.closed:
                 continue
-            self._mark_busy(connection)
+            connection.pool_state = "busy"  # (_mark_busy and _watch, spelled out)
+            self._active.add(connection)
+            if not self._watchdog.running:
+                self._watchdog.start(WATCHDOG_INTERVAL, now=False)
             connection.start(exchange)
             return
         if self.open_connections < self.size:
