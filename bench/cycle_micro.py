@@ -73,6 +73,7 @@ class Cycle:
         self.listener = tcp.Server(ours, channel, ("127.0.0.1", 50000), None, 1, self.reactor)
         self.listener.getPeer = lambda: peer  # type: ignore[method-assign]
         self.listener.getHost = lambda: IPv4Address("TCP", "127.0.0.1", gate_micro.PORT)  # type: ignore[method-assign]
+        self.listener.setTcpNoDelay = lambda enabled: None  # type: ignore[method-assign]
         channel.makeConnection(self.listener)
         pool = fx.runtime.pool_for(fx.runtime.paths.read(b"/"))[0]
         connection = UpstreamConnection(pool)
