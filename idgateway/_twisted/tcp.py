@@ -8,6 +8,16 @@ Private names used:
   of ``idgateway.server.socket_writes`` ran its ``doWrite``. Without them
   (``COALESCING`` False) ``coalesce_writes`` leaves transports as they are:
   Twisted's own write path, one epoll change more per write.
+- ``FileDescriptor._tempDataLen``, ``._writeDisconnected`` (with the
+  ``_tempDataBuffer`` above): ``DirectWrites.write`` queues a write as
+  ``FileDescriptor.write`` does, in one frame instead of five, and
+  ``flush_transports`` sends what a turn queued with one ``send`` of its own
+  when the transport holds nothing older, instead of ``doWrite`` and the four
+  calls under it. Checked with the names above (``COALESCING``).
+- ``EPollReactor._reads`` (the descriptors watched for reading):
+  ``DirectWrites.resumeProducing`` returns at once when its descriptor is in
+  it, as ``startReading`` would have after three calls. A reactor without it:
+  the stock path.
 - ``tcp.Port._fromListeningDescriptor``: a listening socket the workers share,
   adopted as a ``tcp.Port`` subclass (``SharedPort``). Without it: the
   reactor's public ``adoptStreamPort`` (a stock Port: Twisted's adaptive
@@ -18,10 +28,11 @@ Private names used:
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from errno import EWOULDBLOCK
 from typing import Any
 
-from twisted.internet import abstract, tcp
+from twisted.internet import abstract, main, tcp
 from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 
@@ -30,8 +41,11 @@ from idgateway._twisted import note_fallback
 _descriptor = abstract.FileDescriptor()
 COALESCING = (
     isinstance(getattr(_descriptor, "_tempDataBuffer", None), list)
+    and isinstance(getattr(_descriptor, "_tempDataLen", None), int)
+    and isinstance(getattr(_descriptor, "_writeDisconnected", None), bool)
     and isinstance(getattr(_descriptor, "_writeDisconnecting", None), bool)
     and isinstance(getattr(tcp.Connection, "_aborting", None), bool)
+    and isinstance(getattr(tcp.Connection, "SEND_LIMIT", None), int)
 )
 del _descriptor
 if not COALESCING:
@@ -40,6 +54,111 @@ if not COALESCING:
 ADOPT_AS_SUBCLASS = callable(getattr(tcp.Port, "_fromListeningDescriptor", None))
 if not ADOPT_AS_SUBCLASS:
     note_fallback("tcp.Port._fromListeningDescriptor", "shared ports are stock adopted ports")
+
+
+class DirectWrites:
+    """Mixin over a coalescing ``tcp.Connection`` subclass: ``write`` and
+    ``doRead`` in one frame each.
+
+    ``write`` is what ``tcp.Connection.write`` (``_newtls.ConnectionMixin.write``,
+    then ``FileDescriptor.write``, ``_dataMustBeBytes``, ``_maybePauseProducer``,
+    ``_isSendBufferFull``) does for a plain connection and a bytes object;
+    anything else takes that stock path. ``startWriting`` is the coalescing
+    one: the bytes leave with the turn's shared flush. ``doRead`` is
+    ``tcp.Connection.doRead`` with its ``_dataReceived`` spelled out.
+    """
+
+    def resumeProducing(self) -> None:  # noqa: N802 - Twisted's name
+        # HTTPChannel resumes its transport after every request, paused or not:
+        # FileDescriptor.resumeProducing -> startReading -> addReader -> _add,
+        # which finds the descriptor already watched. The epoll reactor keeps
+        # the watched descriptors in _reads: when this one is there already,
+        # that is all there is to know (any other reactor: the stock path).
+        transport: Any = self
+        if (
+            transport.connected
+            and not transport.disconnecting
+            and transport.fileno() in getattr(transport.reactor, "_reads", ())
+        ):
+            return
+        abstract.FileDescriptor.resumeProducing(transport)
+
+    def doRead(self) -> Any:  # noqa: N802 - Twisted's name
+        transport: Any = self
+        if transport.TLS:
+            return tcp.Connection.doRead(transport)
+        try:
+            data = transport.socket.recv(transport.bufferSize)
+        except OSError as error:
+            if error.args[0] == EWOULDBLOCK:
+                return None
+            return main.CONNECTION_LOST
+        if not data:
+            return main.CONNECTION_DONE
+        transport.protocol.dataReceived(data)
+        return None
+
+    def write(self, data: bytes) -> None:
+        transport: Any = self
+        if transport.TLS or type(data) is not bytes:
+            tcp.Connection.write(transport, data)
+            return
+        if not transport.connected or transport._writeDisconnected or not data:
+            return
+        transport._tempDataBuffer.append(data)
+        transport._tempDataLen += len(data)
+        producer = transport.producer
+        if (
+            producer is not None
+            and transport.streamingProducer
+            and len(transport.dataBuffer) + transport._tempDataLen > transport.bufferSize
+        ):
+            transport.producerPaused = True
+            producer.pauseProducing()
+        transport.startWriting()
+
+
+def _send_at_once(transport: Any) -> bool:
+    """Send what ``transport`` queued this turn with one ``send``, as ``doWrite``
+    would; False if its state is not the plain one this handles (``doWrite``
+    then does it)."""
+    queued = transport._tempDataBuffer
+    producer = transport.producer
+    if (
+        transport.dataBuffer
+        or not queued
+        or transport._tempDataLen > transport.SEND_LIMIT
+        or (producer is not None and (not transport.streamingProducer or transport.producerPaused))
+    ):
+        return False
+    data = queued[0] if len(queued) == 1 else b"".join(queued)
+    try:
+        sent = transport.socket.send(data)
+    except OSError:
+        return False  # (doWrite sends again and reports what it was)
+    transport._tempDataBuffer = []
+    transport._tempDataLen = 0
+    if sent < len(data):
+        # The kernel took part: the rest waits in dataBuffer, as doWrite
+        # leaves it, for the reactor to send when the socket drains.
+        transport.dataBuffer = data
+        transport.offset = sent
+        transport._watch()
+    return True
+
+
+def call_after_events(reactor: Any, call: Callable[[], object]) -> bool:
+    """Have ``reactor`` call ``call`` once the events it is dispatching now are
+    dispatched, before it polls again (True); False when it is not the
+    workers' lean reactor (``idgateway._twisted.reactor``, which keeps the list
+    in ``_after_events`` while it dispatches) in the middle of a poll's events:
+    the caller then uses ``callLater(0, ...)``, which runs at the same point of
+    the next turn, through a DelayedCall."""
+    after = getattr(reactor, "_after_events", None)
+    if after is None:
+        return False
+    after.append(call)
+    return True
 
 
 def flush_transports(waiting: Iterable[Any]) -> None:
@@ -56,6 +175,8 @@ def flush_transports(waiting: Iterable[Any]) -> None:
         if transport.disconnecting or transport._writeDisconnecting or transport._aborting:
             # Closing: the reactor's own path writes what is left, then closes.
             transport._watch()
+            continue
+        if _send_at_once(transport):
             continue
         if transport.doWrite() is not None or transport.dataBuffer or transport._tempDataBuffer:
             # The kernel did not take it all, or the send failed: let the

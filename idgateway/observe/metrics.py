@@ -344,15 +344,29 @@ class GatewayMetrics:
             tally.upstream.observe(upstream_s)
 
     def request_finished(self, request: Any, now: float) -> None:
-        """A finished GatewayRequest (observe.log_access calls this)."""
+        """A finished GatewayRequest (observe.log_access calls this).
+
+        What ``observe_request`` does, spelled out: one call per request
+        instead of four.
+        """
+        route = request.idgw_route or NO_ROUTE
+        tally = self._routes.get(route)
+        if tally is None:
+            tally = self._routes[route] = _RouteRequests()
+        index = request.code // 100 - 1
+        tally.by_class[index if 0 <= index < 5 else 4] += 1
         started = request.idgw_started
+        if started is not None:
+            timings = tally.gateway
+            seconds = now - started
+            timings.counts[bisect_left(_BUCKETS, seconds)] += 1
+            timings.sum += seconds
         upstream_ms = request.idgw_upstream_ms
-        self.observe_request(
-            request.idgw_route,
-            request.code,
-            None if started is None else now - started,
-            None if upstream_ms is None else upstream_ms / 1000.0,
-        )
+        if upstream_ms is not None:
+            timings = tally.upstream
+            seconds = upstream_ms / 1000.0
+            timings.counts[bisect_left(_BUCKETS, seconds)] += 1
+            timings.sum += seconds
 
     # ---- login, refresh, logout, store -----------------------------------------------
 

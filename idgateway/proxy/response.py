@@ -133,8 +133,12 @@ class ProxiedResponse:
         length: int | None,
     ) -> None:
         request = self.request
-        # observe hook: upstream time is the time to the response head.
-        request.idgw_upstream_ms = observe.upstream_elapsed_ms(request.idgw_upstream_started)
+        # observe hook: upstream time is the time to the response head
+        # (observe.upstream_elapsed_ms, spelled out).
+        started = request.idgw_upstream_started
+        request.idgw_upstream_ms = (
+            None if started is None else round((observe.now() - started) * 1000, 1)
+        )
         if status == 101:
             self._upgrade_headers = headers
             return
@@ -184,6 +188,18 @@ class ProxiedResponse:
         request.startedWriting = 1
         # One bytes object: the transport would otherwise queue each piece.
         request.channel.write(b"".join(head))
+        self._start_streaming(request)
+
+    def _start_streaming(self, request: GatewayRequest) -> None:
+        """Take part in flow control both ways, unless the whole answer is in hand.
+
+        A response that came in one read with its whole body (the usual small
+        answer) ends within this call: registering as the client's producer
+        only to unregister again would change nothing.
+        """
+        exchange = self.exchange
+        if exchange is not None and exchange.body_in_hand:
+            return
         request.registerProducer(self, True)
         self._producing = True
 
@@ -208,17 +224,28 @@ class ProxiedResponse:
                 pairs.append((name.lower(), value))
         request.startedWriting = 1
         request.channel.write_response_head(status, pairs)  # type: ignore[attr-defined]
-        request.registerProducer(self, True)
-        self._producing = True
+        self._start_streaming(request)
 
     def response_data(self, data: bytes) -> None:
-        self.request.write(data)
+        request = self.request
+        if request.startedWriting and not (
+            request.chunked or request.finished or request.client_gone
+        ):
+            # What Request.write does once the head is out and the body is
+            # not chunked, without its two frames per piece.
+            request.sentLength += len(data)
+            if data:
+                request.channel.write(data)
+            return
+        request.write(data)
 
     def response_end(self) -> None:
         request = self.request
         if not self._stop_streaming():
             return
-        request.end_response_early()
+        body = request.body
+        if body is not None and not body.complete:
+            request.end_response_early()
         request.finish()
 
     def _stop_streaming(self) -> bool:

@@ -116,6 +116,7 @@ class Exchange:
         "connection",
         "cancelled",
         "replayable",
+        "body_in_hand",
     )
 
     def __init__(
@@ -143,6 +144,11 @@ class Exchange:
         # A request with no body can be sent again on a fresh connection
         # if a reused one turns out to have been closed by the upstream.
         self.replayable = body is None
+        # Set before the sink gets the response head: the whole response
+        # (its head and all of its body) came in the read at hand, so it ends
+        # before anything else can happen (the sink need not take part in
+        # flow control for it).
+        self.body_in_hand = False
 
     def cancel(self) -> None:
         """The client went away: drop the upstream exchange, whatever its state."""
@@ -310,7 +316,9 @@ class UpstreamConnection(Protocol):
             exchange.body.attach(self)
         else:
             self._body_sent = True
-        self._arm(exchange.response_timeout, FAIL_TIMEOUT)
+        # (_arm, spelled out: once per request here, once in _parse_head)
+        self.deadline_kind = FAIL_TIMEOUT
+        self.deadline = self.pool.clock.seconds() + exchange.response_timeout
 
     def send_body_data(self, data: bytes) -> None:
         if self.closed or self.transport is None:
@@ -492,14 +500,18 @@ class UpstreamConnection(Protocol):
                 # is likely to follow): the upstream and the gateway no
                 # longer agree where the next response starts.
                 self._discard_after(DISCARD_BODY_AFTER_NO_BODY)
+            exchange.body_in_hand = True
             exchange.sink.response_head(status, reason, headers, length)
             if self.exchange is exchange:
                 self._response_complete()
             return None
+        if length is not None and len(rest) >= length and not chunked:
+            exchange.body_in_hand = True
         exchange.sink.response_head(status, reason, headers, length)
         if self.exchange is not exchange:
             return None
-        self._arm(exchange.idle_timeout, FAIL_IDLE)
+        self.deadline_kind = FAIL_IDLE  # (_arm, spelled out)
+        self.deadline = self.pool.clock.seconds() + exchange.idle_timeout
         if chunked:
             self._state = _BODY_CHUNKED
             self._remaining = -1
@@ -597,14 +609,15 @@ class UpstreamConnection(Protocol):
             self.abandon()
 
     def _finish_exchange(self) -> None:
-        self._cancel_timer()
+        self.deadline = 0.0  # (_cancel_timer)
         exchange = self.exchange
         self.exchange = None
         if exchange is not None:
             exchange.connection = None
         if self._keep_alive and not self.closed:
             self.reused = True
-            self.resume_reading()
+            if self._reading_paused:
+                self.resume_reading()
             self.pool.release(self)
         else:
             self.closed = True
@@ -712,7 +725,10 @@ class UpstreamPool:
             connection = self._idle.pop()
             if connection.closed:
                 continue
-            self._mark_busy(connection)
+            connection.pool_state = "busy"  # (_mark_busy and _watch, spelled out)
+            self._active.add(connection)
+            if not self._watchdog.running:
+                self._watchdog.start(WATCHDOG_INTERVAL, now=False)
             connection.start(exchange)
             return
         if self.open_connections < self.size:

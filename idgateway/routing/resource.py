@@ -129,8 +129,9 @@ class GatewayResource(Resource):
             # A token (or a token-only route): judged as a token, never as a session.
             bearer_endpoints.serve(bearer, self, request, state, runtime, host)
         elif login is not None:
-            if reading.text.startswith("/oauth2/") or reading.text == login.redirect_path:
-                endpoints.dispatch(login, self, request, state, runtime, host, reading.text)
+            text = reading.text
+            if text.startswith("/oauth2/") or text == login.redirect_path:
+                endpoints.dispatch(login, self, request, state, runtime, host, text)
             else:
                 login.handle(self, request, state, runtime, host)
         elif runtime.own_cookie is not None and request.requestHeaders.hasHeader(b"cookie"):

@@ -20,10 +20,11 @@ from twisted.internet.protocol import connectionDone
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web import http, server
+from twisted.web import server
 from twisted.web.resource import Resource
 
 from idgateway._twisted.http_channel import HTTPChannelInternals
+from idgateway._twisted.http_request import init_request
 from idgateway.config.model import LoggingSettings
 from idgateway.http.numbers import parse_decimal
 from idgateway.http.paths import PathReading
@@ -185,6 +186,15 @@ class GatewayRequest(server.Request):
     # The client's connection was lost (twisted.web's Request keeps this in a
     # private attribute; notifyFinish() would cost a Deferred per request).
     client_gone: bool = False
+
+    # As server.Request's, in one call instead of three nested ones, and with
+    # request headers whose per-request lookups take a shortcut.
+    __init__ = init_request
+    # Identity, as Request's own __eq__ and __hash__ have it, without a Python
+    # frame per comparison (HTTPChannel.requestDone compares every request).
+    __eq__ = object.__eq__
+    __ne__ = object.__ne__
+    __hash__ = object.__hash__
 
     def gotLength(self, length: int | None) -> None:
         self.content = _EMPTY_CONTENT
@@ -431,7 +441,10 @@ class GatewayChannel(HTTPChannelInternals):
             site.idle_channels.discard(self)
         else:
             self._idle_since = site.reactor.seconds()
-            site.watch_idle(self)
+            # (site.watch_idle, spelled out: twice per request through here)
+            site.idle_channels.add(self)
+            if not site._idle_sweep.running:
+                site._idle_sweep.start(IDLE_SWEEP_INTERVAL, now=False)
         return previous
 
     def resetTimeout(self) -> None:
@@ -748,7 +761,7 @@ class GatewaySite(server.Site):
             route=tunnel.route,
         )
 
-    def log(self, request: http.Request) -> None:
-        # Access logging is the gateway's own job (see observe); twisted's
-        # combined-log formatter is too slow for the hot path.
-        log_access(request)
+    # Access logging is the gateway's own job (see observe); twisted's
+    # combined-log formatter is too slow for the hot path. (Request.finish
+    # calls site.log(request): straight to log_access, no frame between.)
+    log = staticmethod(log_access)

@@ -12,7 +12,9 @@ writable at once.
 ``tcp.Client`` (anything else is left alone; for TLS, the gateway's channel
 passes the TCP connection under the TLS layer) so that the
 first write of a reactor turn schedules one flush at the start of the next
-turn (``callLater(0)``), shared by every such transport; the flush runs the
+turn (``callLater(0)``; in a worker's lean event loop, right after the poll's
+events are dispatched, which is the same point without a DelayedCall), shared
+by every such transport; the flush runs the
 transport's own ``doWrite`` (so flow control, producers and partial sends are
 Twisted's; what it reads of a transport's internals is in
 ``idgateway._twisted.tcp``), and only a socket that did not take everything, or a connection
@@ -27,7 +29,12 @@ from typing import Any
 
 from twisted.internet import tcp
 
-from idgateway._twisted.tcp import COALESCING, flush_transports
+from idgateway._twisted.tcp import (
+    COALESCING,
+    DirectWrites,
+    call_after_events,
+    flush_transports,
+)
 
 
 class _Flusher:
@@ -46,7 +53,10 @@ class _Flusher:
     def _schedule(self) -> None:
         if not self._scheduled:
             self._scheduled = True
-            self.reactor.callLater(0, self.flush)
+            # In a worker's event loop, right after the poll's events (no
+            # DelayedCall per turn); elsewhere at the start of the next turn.
+            if not call_after_events(self.reactor, self.flush):
+                self.reactor.callLater(0, self.flush)
 
     def add(self, transport: Any) -> None:
         self._schedule()
@@ -85,11 +95,20 @@ class _Coalescing:
     _flush_waiting = False
     _aborting = False
 
+    # The reactor's flusher, looked up once per transport (not per write).
+    _turn_flusher: _Flusher | None = None
+
     def startWriting(self) -> None:
         if self._watched or self._flush_waiting:
             return
         self._flush_waiting = True
-        _flusher(self.reactor).add(self)
+        flusher = self._turn_flusher
+        if flusher is None:
+            flusher = self._turn_flusher = _flusher(self.reactor)
+        # (_Flusher.add, without its two frames)
+        if not flusher._scheduled:
+            flusher._schedule()
+        flusher.waiting.append(self)
 
     def _watch(self) -> None:
         self._watched = True
@@ -103,11 +122,11 @@ class _Coalescing:
             super().stopWriting()  # type: ignore[misc]
 
 
-class CoalescingServer(_Coalescing, tcp.Server):
+class CoalescingServer(DirectWrites, _Coalescing, tcp.Server):
     pass
 
 
-class CoalescingClient(_Coalescing, tcp.Client):
+class CoalescingClient(DirectWrites, _Coalescing, tcp.Client):
     pass
 
 

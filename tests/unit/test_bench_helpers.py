@@ -138,6 +138,20 @@ def test_the_gate_microbenchmark_still_measures_the_authenticated_path():
     assert figures
 
 
+def test_the_request_cycle_microbenchmark_goes_round(capsys):
+    """bench/cycle_micro.py: a request through the gateway on real sockets, counted."""
+    spec = importlib.util.spec_from_file_location("bench_cycle_micro", BENCH / "cycle_micro.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    cycle = module.Cycle()
+    head, answer = cycle.one()
+    assert head.startswith(b"GET / HTTP/1.1\r\n") and b"X-Forwarded-User: " in head
+    assert answer.startswith(b"HTTP/1.1 200 OK\r\n") and answer.endswith(b"hello from upstream\n")
+    assert cycle.records and " 200 20B route=app1 " in cycle.records[-1]
+    module.count(cycle, 3, top=2)
+    assert "Python calls per request" in capsys.readouterr().out
+
+
 PEER = "/opt/peers/mod_auth_openidc-2.4.20.2.so"
 
 

@@ -208,3 +208,59 @@ def test_a_finished_response_leaves_no_cycle_for_the_garbage_collector() -> None
     finally:
         if was_enabled:
             gc.enable()
+
+
+def _exchange_for(sink: ProxiedResponse, *, in_hand: bool) -> Any:
+    from idgateway.proxy.upstream import Exchange
+
+    exchange = Exchange(b"GET / HTTP/1.1\r\n\r\n", sink)
+    exchange.body_in_hand = in_hand
+    sink.exchange = exchange
+    return exchange
+
+
+def test_an_answer_whole_in_hand_is_written_without_taking_part_in_flow_control() -> None:
+    sink, transport = _proxied(GET)
+    _exchange_for(sink, in_hand=True)
+    sink.response_head(200, b"OK", (), 5)
+    assert sink.request.producer is None
+    sink.response_data(b"hello")
+    sink.response_end()
+    assert transport.value().endswith(b"\r\n\r\nhello")
+    assert sink.request.finished and sink.request.sentLength == 5
+
+
+def test_an_answer_still_arriving_paces_the_upstream_by_the_client() -> None:
+    sink, transport = _proxied(GET)
+    exchange = _exchange_for(sink, in_hand=False)
+    paused: list[str] = []
+
+    class _Connection:
+        def pause_reading(self) -> None:
+            paused.append("pause")
+
+        def resume_reading(self) -> None:
+            paused.append("resume")
+
+    exchange.connection = _Connection()
+    sink.response_head(200, b"OK", (), 10)
+    assert sink.request.producer is sink
+    transport.producer.pauseProducing()  # the client's socket is full
+    transport.producer.resumeProducing()
+    assert paused == ["pause", "resume"]
+    sink.response_data(b"hello")
+    sink.response_data(b"world")
+    sink.response_end()
+    assert sink.request.producer is None
+    assert transport.value().endswith(b"\r\n\r\nhelloworld")
+    assert sink.request.sentLength == 10
+
+
+def test_body_data_after_the_client_left_is_dropped() -> None:
+    sink, transport = _proxied(GET)
+    _exchange_for(sink, in_hand=False)
+    sink.response_head(200, b"OK", (), 10)
+    written = transport.value()
+    sink.request.connectionLost(Failure(ConnectionDone()))
+    sink.response_data(b"hello")
+    assert transport.value() == written

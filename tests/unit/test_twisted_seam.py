@@ -19,11 +19,12 @@ from OpenSSL import SSL
 from twisted.internet import abstract, endpoints, tcp
 from twisted.internet.epollreactor import EPollReactor
 from twisted.protocols import tls
-from twisted.web import client, http, http_headers
+from twisted.python import components
+from twisted.web import client, http, http_headers, server
 from twisted.web.test.requesthelper import DummyChannel
 
 import idgateway._twisted
-from idgateway._twisted import chunked, client_pool, http_channel
+from idgateway._twisted import chunked, client_pool, http_channel, http_request
 from idgateway._twisted import http_headers as seam_headers
 from idgateway._twisted import reactor as seam_reactor
 from idgateway._twisted import redis as seam_redis
@@ -80,6 +81,10 @@ def _set_in_line_received(owner: Any, name: str) -> bool:
     return name in inspect.getsource(owner.lineReceived)
 
 
+def _set_in_http_request_init(owner: Any, name: str) -> bool:
+    return name in http.Request.__init__.__code__.co_names
+
+
 def _an_encoder(owner: Any, name: str) -> bool:
     return _function(getattr(owner, name, None), "encode")
 
@@ -104,6 +109,13 @@ PRIVATE_NAMES: list[tuple[Any, str, Callable[[Any, str], bool]]] = [
     (_channel, "_send100Continue", _function),
     # _twisted/http_headers.py
     (http_headers, "_nameEncoder", _an_encoder),
+    # _twisted/http_request.py (Headers._rawHeaders: above)
+    (server.Request, "_parsePOSTFormSubmission", _set_in_http_request_init),
+    (
+        server.Request,
+        "_adapterCache",
+        lambda o, n: n in components.Componentized.__init__.__code__.co_names,
+    ),
     # _twisted/chunked.py
     (http, "_ChunkedTransferDecoder", _class),
     (http, "_MalformedChunkedDataError", _class),
@@ -115,6 +127,8 @@ PRIVATE_NAMES: list[tuple[Any, str, Callable[[Any, str], bool]]] = [
         _instance_attribute(abstract.FileDescriptor, list),
     ),
     (abstract.FileDescriptor, "_writeDisconnecting", _class_attribute(bool)),
+    (abstract.FileDescriptor, "_tempDataLen", _instance_attribute(abstract.FileDescriptor, int)),
+    (abstract.FileDescriptor, "_writeDisconnected", _class_attribute(bool)),
     (tcp.Connection, "_aborting", _class_attribute(bool)),
     (tcp.Port, "_fromListeningDescriptor", _function),
     (tcp.Port, "_logger", lambda o, n: "_logger" in inspect.getsource(o)),
@@ -146,6 +160,8 @@ PRIVATE_NAMES: list[tuple[Any, str, Callable[[Any, str], bool]]] = [
     (EPollReactor, "_poller", _set_in_init),
     (EPollReactor, "_selectables", _set_in_init),
     (EPollReactor, "_doReadOrWrite", _function),
+    (EPollReactor, "_disconnectSelectable", _function),
+    (EPollReactor, "_reads", _set_in_init),
     # _twisted/client_pool.py
     (client.HTTPConnectionPool, "_factory", _class),
     # _twisted/redis.py (txredisapi)
@@ -171,6 +187,7 @@ def test_the_seam_takes_every_fast_path_on_a_supported_twisted() -> None:
     # (a failing one means a fast path silently turned off).
     assert http_channel.ONE_PASS_HEAD
     assert http_channel.UNPARSED_BUFFER
+    assert http_request.LEAN_INIT and http_request.DIRECT_LOOKUP
     assert chunked.BOUNDED
     assert seam_tcp.COALESCING and seam_tcp.ADOPT_AS_SUBCLASS
     assert seam_tls.TURN_BUFFERED
@@ -334,3 +351,39 @@ def test_without_the_factory_name_the_pool_is_left_stock(monkeypatch: pytest.Mon
     monkeypatch.setattr(client_pool, "QUIET", False)
     pool = client.HTTPConnectionPool(None)
     assert client_pool.quiet(pool)._factory is client.HTTPConnectionPool._factory
+
+
+def test_a_lean_request_is_set_up_as_a_stock_one() -> None:
+    from idgateway.server.channel import GatewayRequest
+
+    channel = DummyChannel()
+    stock = server.Request(channel, False)
+    lean = GatewayRequest(channel)
+    assert {k: type(v) for k, v in vars(stock).items() if k != "requestHeaders"} == {
+        k: type(v) for k, v in vars(lean).items() if k != "requestHeaders"
+    }
+    assert isinstance(lean.requestHeaders, http_headers.Headers)
+    assert (lean.client, lean.host, lean.transport, lean.queued) == (
+        stock.client,
+        stock.host,
+        stock.transport,
+        stock.queued,
+    )
+
+
+@pytest.mark.parametrize(
+    "name",
+    [b"host", b"Host", b"HOST", b"cookie", b"x-request-id", b"Connection", b"x-other", "host"],
+)
+def test_request_header_lookups_answer_as_stock_headers_do(name: Any) -> None:
+    lean, stock = http_request.RequestHeaders(), http_headers.Headers()
+    for headers in (lean, stock):
+        assert headers.getRawHeaders(name) is None
+        assert headers.getRawHeaders(name, [b"d"]) == [b"d"]
+        headers.setRawHeaders(b"Host", [b"a", b"b"])
+        headers.setRawHeaders(b"Cookie", [b"c=1"])
+        headers.setRawHeaders(b"X-Request-Id", [b"r"])
+        headers.setRawHeaders(b"Connection", [b"close"])
+        headers.setRawHeaders(b"X-Other", [b"o"])
+    assert lean.getRawHeaders(name) == stock.getRawHeaders(name)
+    assert lean.getRawHeaders(name, "default") == stock.getRawHeaders(name, "default")

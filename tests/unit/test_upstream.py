@@ -345,3 +345,30 @@ def test_reads_reach_the_connection_without_the_endpoints_wrapper():
     assert transport.protocol is connection  # type: ignore[attr-defined]
     transport.protocol.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")  # type: ignore[attr-defined]
     assert sink.body == b"ok" and sink.events[-1] == ("end",)
+
+
+@pytest.mark.parametrize(
+    ("answer", "is_head", "in_hand"),
+    [
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello", False, True),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", False, True),
+        (b"HTTP/1.1 204 No Content\r\n\r\n", False, True),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", True, True),  # HEAD
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhel", False, False),
+        (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+            False,
+            False,
+        ),
+        (b"HTTP/1.1 200 OK\r\n\r\nuntil close", False, False),
+    ],
+)
+def test_the_sink_is_told_when_the_whole_answer_came_with_its_head(
+    answer: bytes, is_head: bool, in_hand: bool
+) -> None:
+    pool, endpoint, _ = make()
+    seen: list[bool] = []
+    sink, exchange = send(pool, is_head=is_head)
+    sink.response_head = lambda *a: seen.append(exchange.body_in_hand)  # type: ignore[method-assign]
+    endpoint.protocols[0].dataReceived(answer)
+    assert seen == [in_hand]

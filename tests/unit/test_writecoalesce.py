@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from twisted.internet import tcp
+from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
+from twisted.python.failure import Failure
 
 from idgateway.server.socket_writes import (
     CoalescingClient,
@@ -24,14 +27,27 @@ class _Descriptor:
         self.disconnecting = False
         self._writeDisconnecting = False
         self.dataBuffer = b""
+        self.offset = 0
         self._tempDataBuffer: list[bytes] = []
+        self._tempDataLen = 0
+        self.producer: Any = None
+        self.streamingProducer = False
+        self.producerPaused = False
         self.sent: list[bytes] = []
         self.calls: list[str] = []
         self.takes = takes  # how many bytes the "kernel" accepts per send
         self.fails = False
+        self.socket = self  # (send, below)
+
+    def send(self, data: bytes) -> int:
+        if self.fails:
+            raise ConnectionResetError("gone")
+        self.sent.append(data[: self.takes])
+        return min(len(data), self.takes)
 
     def write(self, data: bytes) -> None:
         self._tempDataBuffer.append(data)
+        self._tempDataLen += len(data)
         self.startWriting()
 
     def startWriting(self) -> None:
@@ -43,8 +59,8 @@ class _Descriptor:
     def doWrite(self) -> Any:
         if self.fails:
             return ConnectionResetError("gone")
-        data = self.dataBuffer + b"".join(self._tempDataBuffer)
-        self._tempDataBuffer = []
+        data = self.dataBuffer[self.offset :] + b"".join(self._tempDataBuffer)
+        self._tempDataBuffer, self._tempDataLen, self.offset = [], 0, 0
         sent, self.dataBuffer = data[: self.takes], data[self.takes :]
         self.sent.append(sent)
         if not self.dataBuffer:
@@ -53,7 +69,7 @@ class _Descriptor:
 
 
 class _Transport(_Coalescing, _Descriptor):
-    pass
+    SEND_LIMIT = 128 * 1024
 
 
 def test_writes_of_one_turn_leave_in_one_send_without_watching_the_socket() -> None:
@@ -198,3 +214,263 @@ def test_many_connections_tls_writes_share_one_flush() -> None:
     assert len(clock.getDelayedCalls()) == 1
     clock.advance(0)
     assert sorted(records) == [b"0", b"1", b"2", b"3", b"4"]
+
+
+# -- DirectWrites and the flush's own send, on a real socket ---------------------------
+
+
+def _server_over_socketpair() -> tuple[Any, Any, Any]:
+    import socket
+
+    from twisted.internet.protocol import Protocol
+    from twisted.internet.testing import MemoryReactorClock
+
+    ours, theirs = socket.socketpair()
+    ours.setblocking(False)
+    theirs.settimeout(1)
+    reactor = MemoryReactorClock()
+    server = tcp.Server(ours, Protocol(), ("127.0.0.1", 1), None, 1, reactor)  # type: ignore[arg-type]
+    coalesce_writes(server)
+    assert type(server) is CoalescingServer
+    return server, theirs, reactor
+
+
+def test_a_turns_writes_leave_in_one_send_on_a_real_socket() -> None:
+    server, peer, reactor = _server_over_socketpair()
+    server.write(b"HTTP/1.1 200 OK\r\n\r\n")
+    server.write(b"body")
+    server.writeSequence([b"-", b"more"])
+    assert server._tempDataLen == len(b"HTTP/1.1 200 OK\r\n\r\nbody-more")
+    reactor.advance(0)
+    assert peer.recv(100) == b"HTTP/1.1 200 OK\r\n\r\nbody-more"
+    assert server._tempDataBuffer == [] and server._tempDataLen == 0
+    assert server.dataBuffer == b"" and not server._watched
+    server.connectionLost(Failure(ConnectionDone()))
+
+
+def test_writes_that_are_not_bytes_are_refused_as_twisted_refuses_them() -> None:
+    import pytest
+
+    server, _peer, _reactor = _server_over_socketpair()
+    with pytest.raises(TypeError):
+        server.write("text")  # type: ignore[arg-type]
+    server.write(b"")
+    assert server._tempDataBuffer == []
+
+
+def test_a_full_buffer_pauses_the_producer_and_a_paused_one_is_resumed_by_twisteds_write() -> None:
+    server, peer, reactor = _server_over_socketpair()
+    calls: list[str] = []
+
+    class _Producer:
+        def pauseProducing(self) -> None:
+            calls.append("pause")
+
+        def resumeProducing(self) -> None:
+            calls.append("resume")
+
+        def stopProducing(self) -> None:
+            calls.append("stop")
+
+    server.registerProducer(_Producer(), True)
+    server.write(b"x" * (server.bufferSize + 1))
+    assert calls == ["pause"] and server.producerPaused
+    reactor.advance(0)  # a paused producer: Twisted's doWrite sends and resumes it
+    assert calls == ["pause", "resume"] and not server.producerPaused
+    received = b""
+    while len(received) < server.bufferSize + 1:
+        received += peer.recv(1 << 20)
+    server.connectionLost(Failure(ConnectionDone()))
+
+
+def test_what_the_socket_does_not_take_waits_for_the_reactor() -> None:
+    import socket
+
+    server, peer, reactor = _server_over_socketpair()
+    server.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    data = b"y" * 100_000
+    server.write(data)
+    reactor.advance(0)
+    assert server._watched, "the rest is left to the reactor"
+    assert 0 < server.offset < len(data) and server.dataBuffer == data
+    received = b""
+    while len(received) < len(data):
+        received += peer.recv(1 << 20)
+        server.doWrite()  # (the reactor, when the socket drains)
+    assert received == data
+    server.connectionLost(Failure(ConnectionDone()))
+
+
+def test_in_a_workers_event_loop_the_flush_follows_the_polls_events_untimed() -> None:
+    import socket
+
+    from twisted.internet.protocol import Protocol
+
+    from idgateway._twisted.reactor import LeanEPollReactor
+    from idgateway._twisted.tcp import call_after_events
+
+    reactor = LeanEPollReactor()
+    ours, theirs = socket.socketpair()
+    ours.setblocking(False)
+    theirs.settimeout(1)
+    seen: list[str] = []
+
+    class _Echo(Protocol):
+        def dataReceived(self, data: bytes) -> None:  # noqa: N802 - Twisted's name
+            self.transport.write(b"echo " + data)  # type: ignore[union-attr]
+            self.transport.write(b"!")  # type: ignore[union-attr]
+            seen.append("read")
+            assert call_after_events(reactor, lambda: seen.append("after"))
+
+    server = tcp.Server(ours, _Echo(), ("127.0.0.1", 1), None, 1, reactor)  # type: ignore[arg-type]
+    server.protocol.makeConnection(server)
+    coalesce_writes(server)
+    server.startReading()
+    assert not call_after_events(reactor, lambda: None), "outside a poll: declined"
+    theirs.send(b"hi")
+    reactor.doPoll(1)
+    assert theirs.recv(100) == b"echo hi!"
+    assert seen == ["read", "after"]
+    assert reactor.getDelayedCalls() == []
+    # Outside a poll's events (a timed call, say), a write still flushes at
+    # the start of the next turn.
+    server.write(b"later")
+    [flush] = reactor.getDelayedCalls()
+    reactor.runUntilCurrent()
+    assert theirs.recv(100) == b"later"
+    server.stopReading()
+    server.connectionLost(Failure(ConnectionDone()))
+    reactor._poller.close()
+
+
+def test_an_after_events_call_that_fails_is_logged_and_the_rest_still_run() -> None:
+    import socket
+
+    from twisted.internet.abstract import FileDescriptor
+
+    from idgateway._twisted.reactor import LeanEPollReactor
+    from idgateway._twisted.tcp import call_after_events
+
+    reactor = LeanEPollReactor()
+    ours, theirs = socket.socketpair()
+    ran: list[str] = []
+
+    def fails() -> None:
+        raise RuntimeError("boom")
+
+    class _Readable(FileDescriptor):
+        def fileno(self) -> int:
+            return ours.fileno()
+
+        def doRead(self) -> None:  # noqa: N802 - Twisted's name
+            ours.recv(10)
+            call_after_events(reactor, fails)
+            call_after_events(reactor, lambda: ran.append("second"))
+
+    readable = _Readable(reactor)
+    reactor.addReader(readable)
+    theirs.send(b"x")
+    from twisted.logger import globalLogPublisher
+
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        reactor.doPoll(1)
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert ran == ["second"]
+    assert any("after a poll's events" in e.get("log_format", "") for e in events)
+    reactor.removeReader(readable)
+    reactor._poller.close()
+    ours.close()
+    theirs.close()
+
+
+@pytest.mark.parametrize("outcome", ["data", "done", "raises"])
+def test_a_lean_loops_read_event_ends_as_twisteds_would(outcome: str) -> None:
+    import socket
+
+    from twisted.internet import main
+    from twisted.internet.abstract import FileDescriptor
+    from twisted.logger import globalLogPublisher
+
+    from idgateway._twisted.reactor import LeanEPollReactor
+
+    reactor = LeanEPollReactor()
+    ours, theirs = socket.socketpair()
+    lost: list[Any] = []
+
+    class _Readable(FileDescriptor):
+        def fileno(self) -> int:
+            return ours.fileno()
+
+        def doRead(self) -> Any:  # noqa: N802 - Twisted's name
+            ours.recv(10)
+            if outcome == "raises":
+                raise ValueError("bad protocol")
+            return main.CONNECTION_DONE if outcome == "done" else None
+
+        def connectionLost(self, reason: Any) -> None:  # noqa: N802 - Twisted's name
+            lost.append(reason)
+
+    readable = _Readable(reactor)
+    reactor.addReader(readable)
+    theirs.send(b"x")
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        reactor.doPoll(1)
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    if outcome == "data":
+        assert lost == [] and readable in reactor.getReaders()
+    else:
+        [reason] = lost
+        assert readable not in reactor.getReaders()
+        if outcome == "raises":
+            assert reason.check(ValueError)
+            assert any(e.get("isError") for e in events), "logged, as Twisted logs it"
+        else:
+            assert reason.check(ConnectionDone)
+    reactor.removeReader(readable)
+    reactor._poller.close()
+    ours.close()
+    theirs.close()
+
+
+def test_resuming_a_transport_being_read_is_a_no_op_and_a_paused_one_reads_again() -> None:
+    import socket
+
+    from twisted.internet.protocol import Protocol
+
+    from idgateway._twisted.reactor import LeanEPollReactor
+
+    reactor = LeanEPollReactor()
+    ours, theirs = socket.socketpair()
+    ours.setblocking(False)
+    received: list[bytes] = []
+
+    class _Collect(Protocol):
+        def dataReceived(self, data: bytes) -> None:  # noqa: N802 - Twisted's name
+            received.append(data)
+
+    server = tcp.Server(ours, _Collect(), ("127.0.0.1", 1), None, 1, reactor)  # type: ignore[arg-type]
+    coalesce_writes(server)
+    server.startReading()
+    server.resumeProducing()  # already reading: nothing to do
+    assert server in reactor.getReaders()
+    server.pauseProducing()
+    assert server not in reactor.getReaders()
+    server.resumeProducing()
+    assert server in reactor.getReaders()
+    theirs.send(b"again")
+    reactor.doPoll(1)
+    assert received == [b"again"]
+    server.disconnecting = True
+    server.stopReading()
+    server.resumeProducing()  # closing: stays unwatched, as stock
+    assert server not in reactor.getReaders()
+    server.disconnecting = False
+    server.connectionLost(Failure(ConnectionDone()))
+    reactor._poller.close()
+    theirs.close()
