@@ -524,9 +524,17 @@ class RouteLogin:
 
     def _save_later(self, session_id: str, session: Session) -> None:
         assert self.store is not None and self._loaded is not None
-        self._loaded.replace(session_id, session)
-        d = defer.ensureDeferred(self.store.save(session_id, session))
-        d.addErrback(self._save_failed)
+        loaded = self._loaded
+        loaded.replace(session_id, session)
+        # Only over the session Redis still holds: a sign-out or logout on
+        # another process in the last second deleted it for good.
+        d = defer.ensureDeferred(self.store.save(session_id, session, only_if_stored=True))
+
+        def saved(stored: bool) -> None:
+            if not stored:
+                loaded.forget(session_id)
+
+        d.addCallbacks(saved, self._save_failed)
 
     def _save_failed(self, failure: Failure) -> None:
         METRICS.session_store_error(self.route.name)  # metrics hook
@@ -1068,9 +1076,13 @@ class RouteLogin:
                 return stored
             new = await self._refresh(session)
             if isinstance(new, Session):
-                await self.store.save(session_id, new)
+                # A logout while the provider was asked deleted the session:
+                # it stays deleted, and so do the new tokens.
+                kept = await self.store.save(session_id, new, only_if_stored=True)
                 assert self._loaded is not None
                 self._loaded.forget(session_id)
+                if not kept:
+                    return None
             return new
         finally:
             await self.store.unlock(session_id, token)

@@ -62,9 +62,17 @@ _SESSION_ID = re.compile(r"[A-Za-z0-9_-]{42}[AEIMQUYcgkosw048]")
 _PRUNE_INDEX_FROM = 16
 
 # KEYS: session, [sid index], [sub index]. ARGV: value, ttl ms, session hash,
-# index ttl ms, index count, key prefix for pruning, prune threshold.
+# index ttl ms, index count, key prefix for pruning, prune threshold, and
+# "XX" to store only over a session still there (else ""). Returns 0 when
+# XX found none (nothing stored), else 1.
 _SAVE = """
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+if ARGV[8] == 'XX' then
+  if not redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2], 'XX') then
+    return 0
+  end
+else
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+end
 for i = 2, 1 + tonumber(ARGV[5]) do
   if redis.call('SADD', KEYS[i], ARGV[3]) == 1
       and redis.call('SCARD', KEYS[i]) > tonumber(ARGV[7]) then
@@ -253,12 +261,19 @@ class RedisSessionStore:
         remaining = min(self.inactivity_timeout, session.created_at + self.max_duration - now)
         return max(0, math.ceil(remaining * 1000))
 
-    async def save(self, session_id: str, session: Session) -> None:
+    async def save(
+        self, session_id: str, session: Session, *, only_if_stored: bool = False
+    ) -> bool:
         """Store ``session`` under the cookie's id; the TTL starts again from now.
 
         A session past its maximum duration is deleted instead. Also files the
         session under its provider ``sid`` and its ``sub`` for back-channel
         logout, in the same round trip.
+
+        With ``only_if_stored``, only over a session Redis still holds (``SET
+        XX``): a write that slides or refreshes a session this process loaded
+        must not bring back one a sign-out or logout deleted meanwhile, on any
+        process. Whether it was stored.
         """
         if not is_session_id(session_id):
             raise ValueError("not a session id from new_session_id()")
@@ -270,7 +285,7 @@ class RedisSessionStore:
                 await self.client.delete(key)
             finally:
                 self._time_delete(self._clock.seconds() - started)
-            return
+            return False
         payload = json.dumps(
             session.to_json_dict(), separators=(",", ":"), ensure_ascii=False
         ).encode("utf-8")
@@ -280,12 +295,13 @@ class RedisSessionStore:
         started = self._clock.seconds()
         if self._cluster:
             try:
-                await self._save_on_cluster(key, sealed, ttl, session_id, indexes, index_ttl)
+                return await self._save_on_cluster(
+                    key, sealed, ttl, session_id, indexes, index_ttl, only_if_stored
+                )
             finally:
                 self._time_save(self._clock.seconds() - started)
-            return
         try:
-            await self.client.eval(
+            stored = await self.client.eval(
                 _SAVE,
                 [key, *indexes],
                 [
@@ -296,19 +312,29 @@ class RedisSessionStore:
                     len(indexes),
                     self._session_prefix,
                     _PRUNE_INDEX_FROM,
+                    "XX" if only_if_stored else "",
                 ],
             )
         finally:
             self._time_save(self._clock.seconds() - started)
+        return bool(int(stored))
 
     async def _save_on_cluster(
-        self, key: str, sealed: bytes, ttl: int, session_id: str, indexes: list[str], index_ttl: int
-    ) -> None:
+        self,
+        key: str,
+        sealed: bytes,
+        ttl: int,
+        session_id: str,
+        indexes: list[str],
+        index_ttl: int,
+        only_if_stored: bool,
+    ) -> bool:
         """``_SAVE`` for a cluster, where each index has its own slot.
 
         The indexes first: a session that is stored is always findable by a
-        back-channel logout (a failure in between leaves at most an index entry
-        naming no session, which pruning removes).
+        back-channel logout (a failure in between, or an ``only_if_stored``
+        save that finds no session, leaves at most an index entry naming no
+        session, which pruning removes).
         """
         digest = session_key_hash(session_id)
         crowded = []
@@ -316,10 +342,11 @@ class RedisSessionStore:
             size = await self.client.eval(_INDEX_ADD, [index], [digest, index_ttl])
             if int(size) > _PRUNE_INDEX_FROM:
                 crowded.append(index)
-        await self.client.set(key, sealed, px=ttl)
+        stored = await self.client.set(key, sealed, px=ttl, xx=only_if_stored)
         # Pruned once this session is stored, so it is not taken for an ended one.
         for index in crowded:
             await self._prune_index(index)
+        return stored
 
     async def _prune_index(self, index: str) -> None:
         members = await self.client.smembers(index)
