@@ -27,8 +27,10 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet import defer
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from idgateway.redis.errors import RedisUnavailable
 from idgateway.sessions.model import Session
 from idgateway.sessions.redis_store import RedisSessionStore
 
@@ -56,6 +58,8 @@ class _Load:
 
 class LoadedSessions:
     """A route's Redis sessions loaded by this process (``clock``: the reactor)."""
+
+    _log = Logger()
 
     def __init__(
         self,
@@ -145,7 +149,12 @@ class LoadedSessions:
             else:
                 self._keep(session_id, load.sent_at + self._loaded_for, result)
         # A failed reload ahead has no waiters: the entry serves out its time,
-        # and the request after it meets the failure itself.
+        # and the request after it meets the failure itself (Redis being
+        # unavailable is logged there); anything else is a bug to show now.
+        if not load.waiters and isinstance(result, Failure):
+            if not result.check(RedisUnavailable):
+                self._log.failure("Reloading a Redis session failed", result)
+            return
         for waiter in load.waiters:
             if isinstance(result, Failure):
                 waiter.errback(result)

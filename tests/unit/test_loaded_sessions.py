@@ -196,6 +196,25 @@ def test_a_failed_reload_ahead_lets_the_entry_serve_out_its_time(world: Any) -> 
     assert process.loaded.fresh(session_id, clock.seconds()) is None
 
 
+def test_an_unexpected_error_in_a_reload_ahead_is_logged(world: Any) -> None:
+    from twisted.logger import globalLogPublisher
+
+    redis, clock, process, session_id = world
+    d = process.loaded.load(session_id)
+    redis.answer()
+    assert result(d) is not None
+    clock.advance(LOADED_FOR - RELOAD_AHEAD / 2)
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        assert process.loaded.fresh(session_id, clock.seconds()) is not None
+        _, get = redis.gets.pop(0)
+        get.errback(ZeroDivisionError("a bug"))
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert [e for e in events if "Reloading a Redis session failed" in e.get("log_format", "")]
+
+
 @pytest.mark.parametrize("how", ["forget", "forget_all"])
 def test_a_session_ended_here_is_not_served_from_a_load_in_flight(world: Any, how: str) -> None:
     redis, clock, process, session_id = world
