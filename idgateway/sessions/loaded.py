@@ -18,12 +18,19 @@ moment its ``GET`` was *sent*: whatever Redis answered was read after that.
 * **Forgotten at once** by the process that ends or replaces a session: its
   entry goes, and a load already in flight for it is neither kept nor shared
   with requests that arrive afterwards (its answer may predate the change).
+* **Opened once per value**: a load that finds the very value the entry was
+  opened from (a digest of the sealed bytes; the session is unchanged, the
+  usual case) reuses the entry's session instead of opening, decoding and
+  parsing it again. The session object stays the same, so what the gate
+  worked out for it (authorization, identity headers) is reused too. Its
+  lifetime is checked again all the same.
 
 At most ``LOADED_MAX`` entries; past that, the expired ones go, then all.
 """
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 from twisted.internet import defer
@@ -73,8 +80,9 @@ class LoadedSessions:
         self.clock = clock
         self._loaded_for = loaded_for
         self._max_entries = max_entries
-        # session id -> (until, session)
-        self._entries: dict[str, tuple[float, Session]] = {}
+        # session id -> (until, session, digest of the sealed value it came
+        # from, or b"" when this process changed it since)
+        self._entries: dict[str, tuple[float, Session, bytes]] = {}
         self._loading: dict[str, _Load] = {}
 
     def __len__(self) -> int:
@@ -115,7 +123,7 @@ class LoadedSessions:
         """This process stored a newer ``session`` (its time left unchanged)."""
         entry = self._entries.get(session_id)
         if entry is not None:
-            self._entries[session_id] = (entry[0], session)
+            self._entries[session_id] = (entry[0], session, b"")
 
     def forget(self, session_id: str) -> None:
         """This process ended or replaced the session: no entry, no shared load."""
@@ -137,17 +145,36 @@ class LoadedSessions:
         if waiter is not None:
             # Before the GET: an id that is no session id is answered at once.
             load.waiters.append(waiter)
-        d = defer.ensureDeferred(self._store.load(session_id))
+        d = defer.ensureDeferred(self._fetch(session_id))
         d.addBoth(self._answered, session_id, load)
 
-    def _answered(self, result: Session | None | Failure, session_id: str, load: _Load) -> None:
+    async def _fetch(self, session_id: str) -> tuple[Session | None, bytes]:
+        """The store's ``load``, reusing the entry's session for an unchanged value."""
+        store = self._store
+        found = await store.load_sealed(session_id)
+        if found is None:
+            return None, b""
+        key, sealed = found
+        digest = hashlib.blake2b(sealed, digest_size=16).digest()
+        entry = self._entries.get(session_id)
+        if entry is not None and entry[2] == digest:
+            return store.current(entry[1]), digest
+        return store.current(store.open_sealed(key, sealed)), digest
+
+    def _answered(
+        self, result: tuple[Session | None, bytes] | Failure, session_id: str, load: _Load
+    ) -> None:
         if self._loading.get(session_id) is load:
             del self._loading[session_id]
-        if load.kept and not isinstance(result, Failure):
-            if result is None:
+        session: Session | None = None
+        if not isinstance(result, Failure):
+            session, digest = result
+            if not load.kept:
+                pass
+            elif session is None:
                 self._entries.pop(session_id, None)
             else:
-                self._keep(session_id, load.sent_at + self._loaded_for, result)
+                self._keep(session_id, load.sent_at + self._loaded_for, session, digest)
         # A failed reload ahead has no waiters: the entry serves out its time,
         # and the request after it meets the failure itself (Redis being
         # unavailable is logged there); anything else is a bug to show now.
@@ -159,9 +186,9 @@ class LoadedSessions:
             if isinstance(result, Failure):
                 waiter.errback(result)
             else:
-                waiter.callback(result)
+                waiter.callback(session)
 
-    def _keep(self, session_id: str, until: float, session: Session) -> None:
+    def _keep(self, session_id: str, until: float, session: Session, digest: bytes) -> None:
         entries = self._entries
         if len(entries) >= self._max_entries and session_id not in entries:
             now = self.clock.seconds()
@@ -169,4 +196,4 @@ class LoadedSessions:
                 del entries[stale]
             if len(entries) >= self._max_entries:
                 entries.clear()
-        entries[session_id] = (until, session)
+        entries[session_id] = (until, session, digest)

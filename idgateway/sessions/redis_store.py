@@ -228,6 +228,14 @@ class RedisSessionStore:
 
     async def load(self, session_id: str) -> Session | None:
         """The session for a cookie's id, or None: one GET, none for a malformed id."""
+        found = await self.load_sealed(session_id)
+        if found is None:
+            return None
+        return self.current(self.open_sealed(*found))
+
+    async def load_sealed(self, session_id: str) -> tuple[str, bytes] | None:
+        """``load`` in parts: the key and the sealed value Redis holds for the
+        id (one GET, none for a malformed id), or None."""
         if not is_session_id(session_id):
             return None
         key = self.session_key(session_id)
@@ -238,6 +246,10 @@ class RedisSessionStore:
             self._time_load(self._clock.seconds() - started)
         if sealed is None:
             return None
+        return key, sealed
+
+    def open_sealed(self, key: str, sealed: bytes) -> Session | None:
+        """The session sealed in ``sealed`` under ``key`` (its lifetime unchecked)."""
         plaintext = self._keyring.open(sealed, self._ad(key))
         if plaintext is None:
             # Sealed by a retired key, or not by us at all.
@@ -249,8 +261,11 @@ class RedisSessionStore:
             session = None
         if session is None:
             self._log.warn("Unreadable session data in Redis for route {route}", route=self.route)
-            return None
-        if session.created_at + self.max_duration <= self._clock.seconds():
+        return session
+
+    def current(self, session: Session | None) -> Session | None:
+        """``session`` unless it is past the maximum duration."""
+        if session is None or session.created_at + self.max_duration <= self._clock.seconds():
             # Redis's own expiry is authoritative, but not every clock agrees.
             return None
         return session

@@ -271,3 +271,93 @@ def test_past_the_limit_expired_entries_go_first(world: Any) -> None:
         loaded.load(session_id)
     redis.answer()
     assert len(loaded) == 2 and ids[0] not in loaded and ids[3] in loaded
+
+
+def counting_opens(store: RedisSessionStore) -> list[str]:
+    opened: list[str] = []
+    real = store.open_sealed
+
+    def open_sealed(key: str, sealed: bytes) -> Session | None:
+        opened.append(key)
+        return real(key, sealed)
+
+    store.open_sealed = open_sealed  # type: ignore[method-assign]
+    return opened
+
+
+def test_an_unchanged_value_is_not_opened_again(world: Any) -> None:
+    redis, clock, process, session_id = world
+    opened = counting_opens(process.store)
+    d = process.loaded.load(session_id)
+    redis.answer()
+    first = result(d)
+    clock.advance(LOADED_FOR + 5)  # the entry is over; the next request loads
+    d = process.loaded.load(session_id)
+    redis.answer()
+    assert result(d) is first, "the same object: the gate's memo of it holds too"
+    assert len(opened) == 1
+
+
+def test_a_value_changed_elsewhere_is_opened(world: Any) -> None:
+    redis, clock, process, session_id = world
+    opened = counting_opens(process.store)
+    d = process.loaded.load(session_id)
+    redis.answer()
+    assert result(d).user == "alice"
+    other = Process(redis, clock)  # another process stores new tokens
+    defer.ensureDeferred(other.store.save(session_id, make_session(user="alice2")))
+    clock.advance(LOADED_FOR + 5)
+    d = process.loaded.load(session_id)
+    redis.answer()
+    assert result(d).user == "alice2"
+    assert len(opened) == 2
+
+
+@pytest.mark.parametrize("change", ["flip a byte", "truncate", "another session's value"])
+def test_a_value_tampered_with_in_redis_is_opened_and_refused(world: Any, change: str) -> None:
+    redis, clock, process, session_id = world
+    d = process.loaded.load(session_id)
+    redis.answer()
+    assert result(d) is not None
+    key = process.store.session_key(session_id)
+    value = redis.data[key]
+    if change == "flip a byte":
+        middle = len(value) // 2
+        redis.data[key] = value[:middle] + bytes([value[middle] ^ 1]) + value[middle + 1 :]
+    elif change == "truncate":
+        redis.data[key] = value[:-1]
+    else:
+        other_id = RedisSessionStore.new_session_id()
+        defer.ensureDeferred(process.store.save(other_id, make_session(user="mallory")))
+        redis.data[key] = redis.data[process.store.session_key(other_id)]
+    clock.advance(LOADED_FOR + 5)
+    d = process.loaded.load(session_id)
+    redis.answer()
+    assert result(d) is None
+    assert process.loaded.fresh(session_id, clock.seconds()) is None
+
+
+def test_a_reused_session_still_ends_at_its_maximum_duration(world: Any) -> None:
+    redis, clock, process, session_id = world
+    d = process.loaded.load(session_id)
+    redis.answer()
+    assert result(d) is not None
+    clock.advance(86400)  # Redis (this one) has not expired the key; the store does
+    d = process.loaded.load(session_id)
+    redis.answer()
+    assert result(d) is None
+
+
+def test_after_a_slide_here_the_stored_value_is_opened_again(world: Any) -> None:
+    redis, clock, process, session_id = world
+    opened = counting_opens(process.store)
+    d = process.loaded.load(session_id)
+    redis.answer()
+    first = result(d)
+    slid = make_session(last_seen=NOW + 0.5)
+    process.loaded.replace(session_id, slid)
+    assert process.loaded.fresh(session_id, clock.seconds()) is slid
+    clock.advance(LOADED_FOR + 5)
+    d = process.loaded.load(session_id)
+    redis.answer()
+    assert result(d) == first and len(opened) == 2
