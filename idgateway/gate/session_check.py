@@ -79,6 +79,7 @@ from idgateway.sessions.cookie import (
 )
 from idgateway.sessions.flows import FlowCookies
 from idgateway.sessions.keys import KeyRing
+from idgateway.sessions.loaded import LoadedSessions
 from idgateway.sessions.model import Session
 from idgateway.sessions.revocation import RevocationList
 
@@ -92,10 +93,6 @@ if TYPE_CHECKING:
 SLIDE_EVERY = 60.0
 # How long a refresh result is handed to requests still carrying the old cookie.
 REFRESH_GRACE = 60.0
-# Redis sessions: how long a loaded session is reused without asking Redis
-# again (bounds how late a logout elsewhere is seen), and how many are kept.
-LOADED_FOR = 1.0
-LOADED_MAX = 10_000
 # How many sessions' authorization verdicts and identity headers are kept.
 ADMISSION_MEMO_MAX = 4096
 # A request without cookies (shared, never changed).
@@ -244,6 +241,12 @@ class RouteLogin:
         self.hinted_claims: set[str] = set()
         # store: redis: the cookie holds an opaque id, the session lives in Redis.
         self.store: RedisSessionStore | None = None
+        # Redis sessions recently loaded by this process (sessions/loaded.py).
+        self._loaded: LoadedSessions | None = None
+        # The cookie that holds the Redis session id, by TLS or not.
+        self._store_cookie_names = {
+            secure: codec.cookie_name.encode("ascii") for secure, codec in self.codecs.items()
+        }
         if auth.session.store == "redis":
             assert redis is not None, "store: redis needs a Redis client"
             from idgateway.sessions.redis_store import RedisSessionStore  # only with Redis
@@ -257,9 +260,8 @@ class RouteLogin:
                 clock=clock,
                 binding=binding,
             )
+            self._loaded = LoadedSessions(self.store, clock)
         self._refreshing: dict[tuple[str, str], defer.Deferred[Any]] = {}
-        # Redis sessions recently loaded by this process: id -> (until, session).
-        self._loaded: dict[str, tuple[float, Session]] = {}
         # Refresh outcomes by (session id, refresh token): (until, the new session,
         # or UNAVAILABLE while a refresh is slow or after it could not ask).
         self._recent: dict[tuple[str, str], tuple[float, Session | _Unavailable]] = {}
@@ -352,37 +354,25 @@ class RouteLogin:
             session, visit.chunks = self.codecs[tls].decode(cookies)
             self.check(visit, session)
             return
-        session_id = cookies.get(self.store_cookie_name(tls))
+        session_id = cookies.get(self._store_cookie_names[tls])
         if not session_id:
             self.unauthenticated(visit)
             return
         visit.session_id = session_id.decode("latin-1")
-        cached = self._loaded.get(visit.session_id)
-        if cached is not None and cached[0] > self.clock.seconds():
-            self.check(visit, cached[1])
+        loaded = self._loaded
+        assert loaded is not None
+        cached = loaded.fresh(visit.session_id, self.clock.seconds())
+        if cached is not None:
+            self.check(visit, cached)
             return
-        d = defer.ensureDeferred(self._load(visit.session_id))
+        # One GET per session at a time; it then serves this process for
+        # LOADED_FOR seconds (a page load's burst costs one round trip, and a
+        # logout elsewhere still takes effect everywhere within that bound).
+        d = loaded.load(visit.session_id)
         d.addCallbacks(
             lambda session: self.check(visit, session), self._store_failed, errbackArgs=(visit,)
         )
         d.addErrback(self._failed, visit)
-
-    async def _load(self, session_id: str) -> Session | None:
-        """One Redis GET; the result serves this process for LOADED_FOR seconds.
-
-        A page load's burst of requests then costs one round trip, and a logout
-        elsewhere still takes effect everywhere within a second.
-        """
-        assert self.store is not None
-        session = await self.store.load(session_id)
-        if session is not None:
-            if len(self._loaded) >= LOADED_MAX:
-                now = self.clock.seconds()
-                self._loaded = {k: v for k, v in self._loaded.items() if v[0] > now}
-                if len(self._loaded) >= LOADED_MAX:
-                    self._loaded.clear()
-            self._loaded[session_id] = (self.clock.seconds() + LOADED_FOR, session)
-        return session
 
     def check(self, visit: Visit, session: Session | None) -> None:
         """Lifetime, revocation and refresh; then admit or send to login."""
@@ -556,11 +546,18 @@ class RouteLogin:
         )
 
     def _save_later(self, session_id: str, session: Session) -> None:
-        assert self.store is not None
-        if session_id in self._loaded:
-            self._loaded[session_id] = (self._loaded[session_id][0], session)
-        d = defer.ensureDeferred(self.store.save(session_id, session))
-        d.addErrback(self._save_failed)
+        assert self.store is not None and self._loaded is not None
+        loaded = self._loaded
+        loaded.replace(session_id, session)
+        # Only over the session Redis still holds: a sign-out or logout on
+        # another process in the last second deleted it for good.
+        d = defer.ensureDeferred(self.store.save(session_id, session, only_if_stored=True))
+
+        def saved(stored: bool) -> None:
+            if not stored:
+                loaded.forget(session_id)
+
+        d.addCallbacks(saved, self._save_failed)
 
     def _save_failed(self, failure: Failure) -> None:
         METRICS.session_store_error(self.route.name)  # metrics hook
@@ -772,7 +769,7 @@ class RouteLogin:
     # -- sessions: create, find, end ----------------------------------------------------
 
     def store_cookie_name(self, tls: bool) -> bytes:
-        return self.codecs[tls].cookie_name.encode("ascii")
+        return self._store_cookie_names[tls]
 
     def store_cookie_clear(self, tls: bool) -> bytes:
         return self.codecs[tls].clear(1)[0]
@@ -795,7 +792,8 @@ class RouteLogin:
         if session_id is None:
             return await self.start_session(session, tls)
         await self.store.save(session_id, session)
-        self._loaded.pop(session_id, None)
+        assert self._loaded is not None
+        self._loaded.forget(session_id)
         return []
 
     async def current_session(
@@ -828,8 +826,11 @@ class RouteLogin:
         """
         if self.store is not None:
             if session_id:
-                self._loaded.pop(session_id, None)
+                assert self._loaded is not None
+                self._loaded.forget(session_id)
                 await self.store.delete(session_id, session)
+                # And what a request loaded while the DEL was on its way.
+                self._loaded.forget(session_id)
             return [self.store_cookie_clear(tls)]
         if session is not None and self.revocation is not None:
             try:
@@ -858,12 +859,18 @@ class RouteLogin:
         """A back- or front-channel logout: end every session of a provider sid,
         else of a sub (those that began at or before ``since``, default now)."""
         if self.store is not None:
-            self._loaded.clear()
-            if sid:
-                return f"{await self.store.delete_by_sid(sid)} session(s) deleted"
-            if sub:
-                return f"{await self.store.delete_by_sub(sub)} session(s) deleted"
-            return "nothing to end"
+            loaded = self._loaded
+            assert loaded is not None
+            loaded.forget_all()
+            try:
+                if sid:
+                    return f"{await self.store.delete_by_sid(sid)} session(s) deleted"
+                if sub:
+                    return f"{await self.store.delete_by_sub(sub)} session(s) deleted"
+                return "nothing to end"
+            finally:
+                # And what requests loaded while the deletion was on its way.
+                loaded.forget_all()
         revocation = self.revocation or state.revocation
         if sid:
             await revocation.revoke(self.route.name, sid, verified=verified)
@@ -1092,8 +1099,13 @@ class RouteLogin:
                 return stored
             new = await self._refresh(session)
             if isinstance(new, Session):
-                await self.store.save(session_id, new)
-                self._loaded.pop(session_id, None)
+                # A logout while the provider was asked deleted the session:
+                # it stays deleted, and so do the new tokens.
+                kept = await self.store.save(session_id, new, only_if_stored=True)
+                assert self._loaded is not None
+                self._loaded.forget(session_id)
+                if not kept:
+                    return None
             return new
         finally:
             await self.store.unlock(session_id, token)

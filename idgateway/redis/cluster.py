@@ -382,9 +382,15 @@ class RedisClusterClient:
         return value if value is None else bytes(value)
 
     async def set(
-        self, key: str | bytes, value: str | bytes, px: int | None = None, nx: bool = False
+        self,
+        key: str | bytes,
+        value: str | bytes,
+        px: int | None = None,
+        nx: bool = False,
+        xx: bool = False,
     ) -> bool:
-        """SET; with ``nx``, False when the key already existed."""
+        """SET; with ``nx``, False when the key already existed; with ``xx``,
+        False when it did not (and nothing is stored)."""
         args: list[Any] = ["SET", key, value]
         if px is not None:
             if px < 1:
@@ -392,6 +398,8 @@ class RedisClusterClient:
             args += ["PX", int(px)]
         if nx:
             args.append("NX")
+        if xx:
+            args.append("XX")
         return await self._for_key(key, *args) is not None
 
     async def delete(self, *keys: str | bytes) -> int:

@@ -1,4 +1,9 @@
-"""One Redis connection: txredisapi's RESP protocol on the reactor it is given."""
+"""One Redis connection: txredisapi's protocol on the reactor it is given.
+
+txredisapi encodes the commands and keeps the queue of callers waiting for
+replies; the replies are read by ``idgateway.redis.resp`` (all that arrived
+in one read at once, instead of one per reactor iteration).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,7 @@ import txredisapi
 from twisted.python.failure import Failure
 
 from idgateway._twisted.redis import replies_outstanding
+from idgateway.redis.resp import RespProtocolError, RespReader
 
 
 class RedisProtocol(txredisapi.BaseRedisProtocol):  # type: ignore[misc]
@@ -20,6 +26,19 @@ class RedisProtocol(txredisapi.BaseRedisProtocol):  # type: ignore[misc]
         self.callLater = reactor.callLater
         self.lost_reason: Failure | None = None
         self.on_lost: Callable[[RedisProtocol], None] | None = None
+        self._replies = RespReader()
+        self._protocol_error: Failure | None = None
+
+    def dataReceived(self, data: bytes, unpause: bool = False) -> None:
+        try:
+            replies = self._replies.feed(data)
+        except RespProtocolError:
+            # Nothing after this can be matched to its command.
+            self._protocol_error = Failure()
+            self.abort()
+            return
+        for reply in replies:
+            self.replyReceived(reply)
 
     def connectionMade(self) -> Any:
         set_keep_alive = getattr(self.transport, "setTcpKeepAlive", None)
@@ -31,7 +50,7 @@ class RedisProtocol(txredisapi.BaseRedisProtocol):  # type: ignore[misc]
         return super().connectionMade()
 
     def connectionLost(self, why: Failure) -> None:
-        self.lost_reason = why
+        self.lost_reason = self._protocol_error or why
         # Leave the pool before failing the waiting calls: their callers may
         # send their next command from inside that errback.
         if self.on_lost is not None:

@@ -62,9 +62,17 @@ _SESSION_ID = re.compile(r"[A-Za-z0-9_-]{42}[AEIMQUYcgkosw048]")
 _PRUNE_INDEX_FROM = 16
 
 # KEYS: session, [sid index], [sub index]. ARGV: value, ttl ms, session hash,
-# index ttl ms, index count, key prefix for pruning, prune threshold.
+# index ttl ms, index count, key prefix for pruning, prune threshold, and
+# "XX" to store only over a session still there (else ""). Returns 0 when
+# XX found none (nothing stored), else 1.
 _SAVE = """
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+if ARGV[8] == 'XX' then
+  if not redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2], 'XX') then
+    return 0
+  end
+else
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+end
 for i = 2, 1 + tonumber(ARGV[5]) do
   if redis.call('SADD', KEYS[i], ARGV[3]) == 1
       and redis.call('SCARD', KEYS[i]) > tonumber(ARGV[7]) then
@@ -220,6 +228,14 @@ class RedisSessionStore:
 
     async def load(self, session_id: str) -> Session | None:
         """The session for a cookie's id, or None: one GET, none for a malformed id."""
+        found = await self.load_sealed(session_id)
+        if found is None:
+            return None
+        return self.current(self.open_sealed(*found))
+
+    async def load_sealed(self, session_id: str) -> tuple[str, bytes] | None:
+        """``load`` in parts: the key and the sealed value Redis holds for the
+        id (one GET, none for a malformed id), or None."""
         if not is_session_id(session_id):
             return None
         key = self.session_key(session_id)
@@ -230,6 +246,10 @@ class RedisSessionStore:
             self._time_load(self._clock.seconds() - started)
         if sealed is None:
             return None
+        return key, sealed
+
+    def open_sealed(self, key: str, sealed: bytes) -> Session | None:
+        """The session sealed in ``sealed`` under ``key`` (its lifetime unchecked)."""
         plaintext = self._keyring.open(sealed, self._ad(key))
         if plaintext is None:
             # Sealed by a retired key, or not by us at all.
@@ -241,8 +261,11 @@ class RedisSessionStore:
             session = None
         if session is None:
             self._log.warn("Unreadable session data in Redis for route {route}", route=self.route)
-            return None
-        if session.created_at + self.max_duration <= self._clock.seconds():
+        return session
+
+    def current(self, session: Session | None) -> Session | None:
+        """``session`` unless it is past the maximum duration."""
+        if session is None or session.created_at + self.max_duration <= self._clock.seconds():
             # Redis's own expiry is authoritative, but not every clock agrees.
             return None
         return session
@@ -253,12 +276,19 @@ class RedisSessionStore:
         remaining = min(self.inactivity_timeout, session.created_at + self.max_duration - now)
         return max(0, math.ceil(remaining * 1000))
 
-    async def save(self, session_id: str, session: Session) -> None:
+    async def save(
+        self, session_id: str, session: Session, *, only_if_stored: bool = False
+    ) -> bool:
         """Store ``session`` under the cookie's id; the TTL starts again from now.
 
         A session past its maximum duration is deleted instead. Also files the
         session under its provider ``sid`` and its ``sub`` for back-channel
         logout, in the same round trip.
+
+        With ``only_if_stored``, only over a session Redis still holds (``SET
+        XX``): a write that slides or refreshes a session this process loaded
+        must not bring back one a sign-out or logout deleted meanwhile, on any
+        process. Whether it was stored.
         """
         if not is_session_id(session_id):
             raise ValueError("not a session id from new_session_id()")
@@ -270,7 +300,7 @@ class RedisSessionStore:
                 await self.client.delete(key)
             finally:
                 self._time_delete(self._clock.seconds() - started)
-            return
+            return False
         payload = json.dumps(
             session.to_json_dict(), separators=(",", ":"), ensure_ascii=False
         ).encode("utf-8")
@@ -280,12 +310,13 @@ class RedisSessionStore:
         started = self._clock.seconds()
         if self._cluster:
             try:
-                await self._save_on_cluster(key, sealed, ttl, session_id, indexes, index_ttl)
+                return await self._save_on_cluster(
+                    key, sealed, ttl, session_id, indexes, index_ttl, only_if_stored
+                )
             finally:
                 self._time_save(self._clock.seconds() - started)
-            return
         try:
-            await self.client.eval(
+            stored = await self.client.eval(
                 _SAVE,
                 [key, *indexes],
                 [
@@ -296,19 +327,29 @@ class RedisSessionStore:
                     len(indexes),
                     self._session_prefix,
                     _PRUNE_INDEX_FROM,
+                    "XX" if only_if_stored else "",
                 ],
             )
         finally:
             self._time_save(self._clock.seconds() - started)
+        return bool(int(stored))
 
     async def _save_on_cluster(
-        self, key: str, sealed: bytes, ttl: int, session_id: str, indexes: list[str], index_ttl: int
-    ) -> None:
+        self,
+        key: str,
+        sealed: bytes,
+        ttl: int,
+        session_id: str,
+        indexes: list[str],
+        index_ttl: int,
+        only_if_stored: bool,
+    ) -> bool:
         """``_SAVE`` for a cluster, where each index has its own slot.
 
         The indexes first: a session that is stored is always findable by a
-        back-channel logout (a failure in between leaves at most an index entry
-        naming no session, which pruning removes).
+        back-channel logout (a failure in between, or an ``only_if_stored``
+        save that finds no session, leaves at most an index entry naming no
+        session, which pruning removes).
         """
         digest = session_key_hash(session_id)
         crowded = []
@@ -316,10 +357,11 @@ class RedisSessionStore:
             size = await self.client.eval(_INDEX_ADD, [index], [digest, index_ttl])
             if int(size) > _PRUNE_INDEX_FROM:
                 crowded.append(index)
-        await self.client.set(key, sealed, px=ttl)
+        stored = await self.client.set(key, sealed, px=ttl, xx=only_if_stored)
         # Pruned once this session is stored, so it is not taken for an ended one.
         for index in crowded:
             await self._prune_index(index)
+        return stored
 
     async def _prune_index(self, index: str) -> None:
         members = await self.client.smembers(index)

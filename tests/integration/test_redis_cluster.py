@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 
 from idgateway.config.model import RedisSettings
@@ -182,6 +183,32 @@ def test_logout_by_sid_and_by_sub_reach_sessions_on_every_node(flushed: RedisClu
     # The signed-out session's sid and sub indexes are gone (they held only it).
     assert not cluster.keys(f"idgw:app:sid:{_hash_text('sid-2')}")
     assert not cluster.keys(f"idgw:app:sub:{_hash_text('carol')}")
+
+
+def test_a_save_only_over_a_stored_session_never_brings_an_ended_one_back(
+    flushed: RedisCluster,
+) -> None:
+    cluster = flushed
+
+    async def main(reactor: Any) -> None:
+        client = RedisClusterClient(reactor, cluster_settings(cluster))
+        clock = FakeClock()
+        store = make_store(client, clock)
+        try:
+            session_id = RedisSessionStore.new_session_id()
+            session = make_session(provider_sid="sid-9", sub="dave")
+            assert await store.save(session_id, session)
+            later = attrs.evolve(session, last_seen=session.last_seen + 60)
+            assert await store.save(session_id, later, only_if_stored=True)
+            assert await store.load(session_id) == later
+            await store.delete_by_sid("sid-9")  # a logout elsewhere
+            assert not await store.save(session_id, later, only_if_stored=True)
+            assert await store.load(session_id) is None
+        finally:
+            await client.close()
+
+    run_in_reactor(main)
+    assert not cluster.keys("idgw:app:s:*")
 
 
 def test_revocations_travel_between_processes_and_load_from_every_node(

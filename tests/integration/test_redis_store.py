@@ -21,6 +21,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 
 from idgateway.redis.client import (
@@ -297,6 +298,37 @@ def test_save_and_load_round_trip(redis: RedisProcess) -> None:
             assert await store.load(store.new_session_id()) is None
             await store.delete(session_id)
             assert await store.load(session_id) is None
+        finally:
+            await client.close()
+
+    run_in_reactor(main)
+
+
+@requires_redis
+def test_a_save_only_over_a_stored_session_never_brings_an_ended_one_back(
+    redis: RedisProcess,
+) -> None:
+    clock = FakeClock()
+
+    async def main(reactor: Any) -> None:
+        client = RedisClient(reactor, redis_settings(redis.url))
+        store = make_store(client, clock)
+        try:
+            session_id = store.new_session_id()
+            session = make_session(provider_sid="sid-9", sub="dave")
+            assert await store.save(session_id, session)
+            clock.now += 60
+            later = attrs.evolve(session, last_seen=clock.now)
+            assert await store.save(session_id, later, only_if_stored=True)
+            assert await store.load(session_id) == later
+            ttl = await client.command("PTTL", store.session_key(session_id))
+            assert 590_000 < int(ttl) <= 600_000, "the slide started the TTL again"
+            await store.delete(session_id, later)  # a sign-out elsewhere
+            assert not await store.save(session_id, later, only_if_stored=True)
+            assert await store.load(session_id) is None
+            # Nor does it file the ended session in its indexes again.
+            assert await store.delete_by_sid("sid-9") == 0
+            assert not await client.command("EXISTS", store._index_key("sub", "dave"))
         finally:
             await client.close()
 
