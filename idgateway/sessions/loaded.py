@@ -31,7 +31,7 @@ At most ``LOADED_MAX`` entries; past that, the expired ones go, then all.
 from __future__ import annotations
 
 import hashlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -39,7 +39,10 @@ from twisted.python.failure import Failure
 
 from idgateway.redis.errors import RedisUnavailable
 from idgateway.sessions.model import Session
-from idgateway.sessions.redis_store import RedisSessionStore
+
+if TYPE_CHECKING:
+    # (Only a type: a worker without Redis does not load the Redis client.)
+    from idgateway.sessions.redis_store import RedisSessionStore
 
 __all__ = ["LOADED_FOR", "LOADED_MAX", "RELOAD_AHEAD", "LoadedSessions"]
 
