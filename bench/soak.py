@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
+import hashlib
 import json
 import os
 import socket
@@ -63,6 +64,11 @@ class Soak:
     samples: list[dict[str, Any]] = field(default_factory=list)
     websockets: Counter[str] = field(default_factory=Counter)
     reloads: int = 0
+    reload_times: list[float] = field(default_factory=list)
+    # Each WebSocket that did not end "ok": when, which session and instance, the
+    # cookie it sent (a digest) and how long that cookie had been in the jar.
+    websocket_failures: list[dict[str, Any]] = field(default_factory=list)
+    started: float = field(default_factory=time.monotonic)
     cookie_changes: int = 0
     stop: threading.Event = field(default_factory=threading.Event)
 
@@ -71,14 +77,37 @@ class Soak:
         return self.chaos.rig
 
     def websocket_cycles(self) -> None:
-        """Open a tunnel through the cookie route, echo one message, close; twice a second."""
+        """Open a tunnel through the cookie route, echo one message, close; twice a second.
+
+        The tunnels share each session's cookie jar with the load, as a browser's
+        tabs do. One of the four cookie sessions gets no plain requests (the load's
+        request i goes to target i % 4 with session i % 4, and one target is the
+        Redis route): its only traffic is WebSockets, so its token refreshes happen
+        on upgrades and its refreshed cookie reaches it only on a 101."""
+        sessions = self.chaos.sessions["cookie"]
         while not self.stop.wait(0.5):
-            session = self.chaos.sessions["cookie"][self.websockets.total() % 4]
-            port = self.rig.gateway_ports[self.websockets.total() % self.rig.instances]
+            n = self.websockets.total()
+            session = sessions[n % len(sessions)]
+            instance = n % self.rig.instances
+            with session.lock:
+                cookie, age = session.header(), time.monotonic() - session.changed_at
             try:
-                self.websockets[websocket_echo(port, session)] += 1
+                outcome = websocket_echo(self.rig.gateway_ports[instance], session, cookie)
             except OSError as e:
-                self.websockets[type(e).__name__] += 1
+                outcome = type(e).__name__
+            self.websockets[outcome] += 1
+            if outcome != "ok":
+                self.websocket_failures.append(
+                    {
+                        "t": round(time.monotonic() - self.started, 1),
+                        "outcome": outcome,
+                        "session": n % len(sessions),
+                        "instance": instance,
+                        "cookie": hashlib.sha256(cookie.encode()).hexdigest()[:12],
+                        "cookie_age": round(age, 1),
+                        "jar_now": hashlib.sha256(session.header().encode()).hexdigest()[:12],
+                    }
+                )
 
     def reload_every_minute(self) -> None:
         n = 0
@@ -88,6 +117,7 @@ class Soak:
                 self.rig.write_config(index, extra_routes=n % 2)
                 self.rig.reload(index)
             self.reloads += 1
+            self.reload_times.append(round(time.monotonic() - self.started, 1))
 
     def sample(self, started: float) -> None:
         row: dict[str, Any] = {"t": round(time.monotonic() - started, 1)}
@@ -119,7 +149,7 @@ class Soak:
         ]
         for thread in threads:
             thread.start()
-        started = time.monotonic()
+        started = self.started = time.monotonic()
         cookies = {id(s): s.header() for s in self.chaos.sessions["cookie"]}
         while time.monotonic() - started < seconds:
             self.sample(started)
@@ -136,12 +166,11 @@ class Soak:
             thread.join(10)
 
 
-def websocket_echo(port: int, session: Session) -> str:
+def websocket_echo(port: int, session: Session, cookie: str) -> str:
     """One WebSocket through the gateway: upgrade, one text message and its echo, close.
 
     Like a browser, it keeps a cookie the handshake's answer sets (a refresh
     done for the upgrade re-issues the session cookie there)."""
-    cookie = session.header()
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
         key = base64.b64encode(os.urandom(16)).decode()
         sock.sendall(
@@ -273,6 +302,8 @@ def soak(
     seconds: float, sample_every: float, rate: float, keep_tmp: bool = False
 ) -> tuple[dict[str, Any], int]:
     tmp = Path(tempfile.mkdtemp(prefix="idgateway-soak-"))
+    if keep_tmp:
+        harness.info(f"logs and configs kept in {tmp}")
     rig = ChaosRig(tmp, sentinel=False, access_token_ttl=60, refresh_leeway="20s")
     chaos = Chaos(rig, Options(rate=rate, connections=16, sessions=4), mix=soak_mix)
     runner = Soak(chaos, sample_every)
@@ -318,6 +349,8 @@ def soak(
         f"{last['redis_used_memory'] / 1024:.0f} KiB"
     )
     lines.append(f"statuses: {figures['statuses']}")
+    for failure in runner.websocket_failures[:3]:
+        lines.append(f"WebSocket failure: {failure}")
     lines.append(
         f"machine: {os.cpu_count()} CPUs, load average "
         f"{load[0]:.2f} {load[1]:.2f} {load[2]:.2f} at the end"
@@ -329,6 +362,8 @@ def soak(
         "figures": figures,
         "problems": problems,
         "loadavg": load,
+        "reload_times": runner.reload_times,
+        "websocket_failures": runner.websocket_failures,
     }, (1 if problems else 0)
 
 
