@@ -63,6 +63,8 @@ class Soak:
     sample_every: float
     samples: list[dict[str, Any]] = field(default_factory=list)
     websockets: Counter[str] = field(default_factory=Counter)
+    # Upgrades whose 101 re-issued the session cookie (a refresh done for them).
+    websocket_cookie_reissues: int = 0
     reloads: int = 0
     reload_times: list[float] = field(default_factory=list)
     # Each WebSocket that did not end "ok": when, which session and instance, the
@@ -92,7 +94,10 @@ class Soak:
             with session.lock:
                 cookie, age = session.header(), time.monotonic() - session.changed_at
             try:
-                outcome = websocket_echo(self.rig.gateway_ports[instance], session, cookie)
+                outcome, reissued = websocket_echo(
+                    self.rig.gateway_ports[instance], session, cookie
+                )
+                self.websocket_cookie_reissues += reissued
             except OSError as e:
                 outcome = type(e).__name__
             self.websockets[outcome] += 1
@@ -131,6 +136,8 @@ class Soak:
         row["redis_revocations"] = len(self.rig.redis.master.call("KEYS", "idgw:revoked*"))
         row["redis_used_memory"] = self.rig.redis.used_memory()
         row["live_redis_sessions"] = len(self.chaos.sessions["redis"]) + 1  # + a login cycle
+        # The machine is shared: what else ran is part of the figures.
+        row["loadavg"] = [round(x, 2) for x in os.getloadavg()]
         self.samples.append(row)
         harness.info(
             f"  t={row['t']:>6}s "
@@ -140,6 +147,7 @@ class Soak:
                 for i in range(self.rig.instances)
             )
             + f"  redis keys {row['redis_keys']}, {row['redis_used_memory'] / 1024:.0f} KiB"
+            + f"  load {row['loadavg'][0]:.2f}"
         )
 
     def run(self, seconds: float) -> None:
@@ -166,8 +174,9 @@ class Soak:
             thread.join(10)
 
 
-def websocket_echo(port: int, session: Session, cookie: str) -> str:
+def websocket_echo(port: int, session: Session, cookie: str) -> tuple[str, bool]:
     """One WebSocket through the gateway: upgrade, one text message and its echo, close.
+    The outcome, and whether the 101 set a cookie.
 
     Like a browser, it keeps a cookie the handshake's answer sets (a refresh
     done for the upgrade re-issues the session cookie there)."""
@@ -184,20 +193,18 @@ def websocket_echo(port: int, session: Session, cookie: str) -> str:
         while b"\r\n\r\n" not in head:
             chunk = sock.recv(4096)
             if not chunk:
-                return "closed before the upgrade"
+                return "closed before the upgrade", False
             head += chunk
         head_text = head.split(b"\r\n\r\n", 1)[0].decode("latin-1")
-        take_cookies(
-            session,
-            [
-                line.split(":", 1)[1].strip()
-                for line in head_text.split("\r\n")[1:]
-                if line.lower().startswith("set-cookie:")
-            ],
-        )
+        set_cookies = [
+            line.split(":", 1)[1].strip()
+            for line in head_text.split("\r\n")[1:]
+            if line.lower().startswith("set-cookie:")
+        ]
+        take_cookies(session, set_cookies)
         status = head.split(b" ", 2)[1].decode()
         if status != "101":
-            return f"upgrade answered {status}"
+            return f"upgrade answered {status}", False
         rest = head.split(b"\r\n\r\n", 1)[1]
         payload = b"soak"
         mask = os.urandom(4)
@@ -206,16 +213,16 @@ def websocket_echo(port: int, session: Session, cookie: str) -> str:
         while len(rest) < 2 + len(payload):
             chunk = sock.recv(4096)
             if not chunk:
-                return "closed before the echo"
+                return "closed before the echo", bool(set_cookies)
             rest += chunk
         if rest[2 : 2 + len(payload)] != payload:
-            return "wrong echo"
+            return "wrong echo", bool(set_cookies)
         sock.sendall(
             bytes([0x88, 0x82]) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(b"\x03\xe8"))
         )
         with contextlib.suppress(OSError):
             sock.recv(64)
-        return "ok"
+        return "ok", bool(set_cookies)
 
 
 def growth(values: list[float]) -> float:
@@ -253,6 +260,7 @@ def verdict(soak: Soak) -> tuple[list[str], dict[str, Any]]:
     figures["login_cycles"] = dict(logins)
     if set(logins) - {"ok"}:
         problems.append(f"login/sign-out cycles that failed: {dict(logins)}")
+    figures["websocket_cookie_reissues"] = soak.websocket_cookie_reissues
     figures["reloads"] = soak.reloads
     figures["cookie_reissues"] = soak.cookie_changes
     if len(soak.samples) >= 6:
@@ -330,7 +338,8 @@ def soak(
         f"({figures['requests'] / seconds:.0f} req/s), {figures['reloads']} reloads, "
         f"{sum(runner.websockets.values())} WebSockets, "
         f"{sum(figures['login_cycles'].values())} login/sign-out cycles, "
-        f"{figures['cookie_reissues']} cookie re-issues (refreshes of 60 s tokens)"
+        f"{figures['cookie_reissues']} cookie re-issues seen in the samples (refreshes of "
+        f"60 s tokens), {figures['websocket_cookie_reissues']} on a WebSocket's 101"
     ]
     for index in range(rig.instances):
         g = f"gw{index}"

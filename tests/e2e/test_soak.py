@@ -44,5 +44,8 @@ def test_short_soak_stays_flat() -> None:
     assert code == 0, report["text"]
     assert figures["reloads"] == 1, report["text"]
     assert figures["cookie_reissues"] > 0, report["text"]  # the 60 s tokens were refreshed
+    # The WebSocket-only session was refreshed on an upgrade and got its new cookie
+    # on the 101 (without it, 60 s later, every upgrade of that session was a 302).
+    assert figures["websocket_cookie_reissues"] > 0, report["text"]
     assert figures["websockets"].get("ok", 0) > 50, report["text"]
     assert figures["login_cycles"].get("ok", 0) > 20, report["text"]
