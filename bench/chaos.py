@@ -65,6 +65,9 @@ class Options:
     command_timeout: float = 1.0
     upstream_timeout: float = 2.0
     faults: tuple[str, ...] = FAULTS
+    # Access-token lifetime at the provider (s); None: the provider's hour. Shorter
+    # than provider_down, every session's refresh falls due while it is down.
+    token_ttl: int | None = None
 
 
 @dataclass
@@ -251,10 +254,16 @@ class Chaos:
         for route, sessions in self.sessions.items():
             for n, session in enumerate(sessions):
                 status = 0
-                for _ in range(3):
+                # A 503 is a session waiting for something that is back now (a
+                # refresh retried REFRESH_RETRY after the provider came back): wait
+                # for it rather than call the session lost; a 401 is lost.
+                deadline = time.monotonic() + 20
+                for attempt in range(100):
                     with contextlib.suppress(OSError):
                         status = self.rig.probe(session, n % self.rig.instances)
                     if status in (200, 401):
+                        break
+                    if attempt >= 2 and (status != 503 or time.monotonic() > deadline):
                         break
                     time.sleep(0.5)
                 if status != 200:
@@ -605,7 +614,18 @@ def expect_sentinel_failover(chaos: Chaos, o: Outcome) -> list[str]:
 
 
 def expect_provider_down(chaos: Chaos, o: Outcome) -> list[str]:
-    unmet = expect_no_failures(chaos, o)
+    ttl = chaos.options.token_ttl
+    if ttl is not None and ttl < chaos.options.provider_down:
+        # Refreshes fall due while it is down: once a session's access token has
+        # expired its requests get 503 (the provider cannot renew the sign-in),
+        # never a login (401); nobody is signed out, and refresh resumes after.
+        unmet = _only(o, ("cookie", "redis", "cookie_100k", "upload"), {"503"})
+        if o.sessions_lost:
+            unmet.append(f"{o.sessions_lost} sessions lost: a refresh failure signed them out")
+        if o.recovery is None or o.recovery > chaos.options.recovery_limit:
+            unmet.append(f"refreshes did not resume (recovery {o.recovery})")
+    else:
+        unmet = expect_no_failures(chaos, o)
     answer = o.facts.get("callback_while_down")
     if isinstance(answer, dict) and not (answer["status"] >= 500 and answer["clear_page"]):
         unmet.append(f"the callback while down answered {answer}, not the error page")
@@ -664,7 +684,8 @@ def render(outcomes: list[Outcome], options: Options, achieved: float) -> str:
     lines = [
         f"load: {achieved:.0f} req/s achieved of {options.rate:.0f} asked, "
         f"{options.connections}+16 keep-alive connections, 2 instances x workers: 2, "
-        f"Redis behind Sentinel; provider down {options.provider_down:.0f} s",
+        f"Redis behind Sentinel; provider down {options.provider_down:.0f} s"
+        + (f", access tokens live {options.token_ttl} s" if options.token_ttl else ""),
         "",
         f"{'fault':<20} {'requests':>8} {'failed (by route and status)':<34} {'stall':>7} "
         f"{'recovery':>8} {'lost':>6} restart  expectation",
@@ -710,6 +731,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="S",
         help="how long the upstream faults last (default 10)",
     )
+    parser.add_argument(
+        "--token-ttl",
+        type=int,
+        metavar="S",
+        help="the provider's access-token lifetime (default: an hour); shorter than "
+        "--provider-down, every session's refresh falls due while the provider is down",
+    )
     parser.add_argument("--only", default="", help="comma-separated faults: " + ",".join(FAULTS))
     parser.add_argument("--no-sentinel", action="store_true", help="one Redis, no failover fault")
     parser.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
@@ -732,6 +760,7 @@ def main(argv: list[str] | None = None) -> int:
         provider_down=args.provider_down,
         fault_time=args.fault_time,
         faults=faults,
+        token_ttl=args.token_ttl,
     )
     tmp = Path(tempfile.mkdtemp(prefix="idgateway-chaos-"))
     rig = ChaosRig(
@@ -740,6 +769,7 @@ def main(argv: list[str] | None = None) -> int:
         nofile={1: LOW_NOFILE},
         command_timeout=options.command_timeout,
         upstream_timeout=options.upstream_timeout,
+        access_token_ttl=options.token_ttl,
     )
     chaos = Chaos(rig, options)
     outcomes: list[Outcome] = []

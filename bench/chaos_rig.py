@@ -247,6 +247,7 @@ class Session:
     route: str
     cookies: dict[str, str]
     lock: threading.Lock = field(default_factory=threading.Lock)
+    changed_at: float = field(default_factory=time.monotonic)  # the jar's last change
 
     def header(self) -> str:
         return "; ".join(f"{k}={v}" for k, v in self.cookies.items())
@@ -559,6 +560,7 @@ def take_cookies(session: Session, set_cookies: list[str]) -> None:
                     session.cookies.pop(name, None)
                 else:
                     session.cookies[name] = morsel.value
+            session.changed_at = time.monotonic()
 
 
 # --------------------------------------------------------------------------- load

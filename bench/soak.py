@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
+import hashlib
 import json
 import os
 import socket
@@ -62,7 +63,14 @@ class Soak:
     sample_every: float
     samples: list[dict[str, Any]] = field(default_factory=list)
     websockets: Counter[str] = field(default_factory=Counter)
+    # Upgrades whose 101 re-issued the session cookie (a refresh done for them).
+    websocket_cookie_reissues: int = 0
     reloads: int = 0
+    reload_times: list[float] = field(default_factory=list)
+    # Each WebSocket that did not end "ok": when, which session and instance, the
+    # cookie it sent (a digest) and how long that cookie had been in the jar.
+    websocket_failures: list[dict[str, Any]] = field(default_factory=list)
+    started: float = field(default_factory=time.monotonic)
     cookie_changes: int = 0
     stop: threading.Event = field(default_factory=threading.Event)
 
@@ -71,14 +79,40 @@ class Soak:
         return self.chaos.rig
 
     def websocket_cycles(self) -> None:
-        """Open a tunnel through the cookie route, echo one message, close; twice a second."""
+        """Open a tunnel through the cookie route, echo one message, close; twice a second.
+
+        The tunnels share each session's cookie jar with the load, as a browser's
+        tabs do. One of the four cookie sessions gets no plain requests (the load's
+        request i goes to target i % 4 with session i % 4, and one target is the
+        Redis route): its only traffic is WebSockets, so its token refreshes happen
+        on upgrades and its refreshed cookie reaches it only on a 101."""
+        sessions = self.chaos.sessions["cookie"]
         while not self.stop.wait(0.5):
-            session = self.chaos.sessions["cookie"][self.websockets.total() % 4]
-            port = self.rig.gateway_ports[self.websockets.total() % self.rig.instances]
+            n = self.websockets.total()
+            session = sessions[n % len(sessions)]
+            instance = n % self.rig.instances
+            with session.lock:
+                cookie, age = session.header(), time.monotonic() - session.changed_at
             try:
-                self.websockets[websocket_echo(port, session)] += 1
+                outcome, reissued = websocket_echo(
+                    self.rig.gateway_ports[instance], session, cookie
+                )
+                self.websocket_cookie_reissues += reissued
             except OSError as e:
-                self.websockets[type(e).__name__] += 1
+                outcome = type(e).__name__
+            self.websockets[outcome] += 1
+            if outcome != "ok":
+                self.websocket_failures.append(
+                    {
+                        "t": round(time.monotonic() - self.started, 1),
+                        "outcome": outcome,
+                        "session": n % len(sessions),
+                        "instance": instance,
+                        "cookie": hashlib.sha256(cookie.encode()).hexdigest()[:12],
+                        "cookie_age": round(age, 1),
+                        "jar_now": hashlib.sha256(session.header().encode()).hexdigest()[:12],
+                    }
+                )
 
     def reload_every_minute(self) -> None:
         n = 0
@@ -88,6 +122,7 @@ class Soak:
                 self.rig.write_config(index, extra_routes=n % 2)
                 self.rig.reload(index)
             self.reloads += 1
+            self.reload_times.append(round(time.monotonic() - self.started, 1))
 
     def sample(self, started: float) -> None:
         row: dict[str, Any] = {"t": round(time.monotonic() - started, 1)}
@@ -101,6 +136,8 @@ class Soak:
         row["redis_revocations"] = len(self.rig.redis.master.call("KEYS", "idgw:revoked*"))
         row["redis_used_memory"] = self.rig.redis.used_memory()
         row["live_redis_sessions"] = len(self.chaos.sessions["redis"]) + 1  # + a login cycle
+        # The machine is shared: what else ran is part of the figures.
+        row["loadavg"] = [round(x, 2) for x in os.getloadavg()]
         self.samples.append(row)
         harness.info(
             f"  t={row['t']:>6}s "
@@ -110,6 +147,7 @@ class Soak:
                 for i in range(self.rig.instances)
             )
             + f"  redis keys {row['redis_keys']}, {row['redis_used_memory'] / 1024:.0f} KiB"
+            + f"  load {row['loadavg'][0]:.2f}"
         )
 
     def run(self, seconds: float) -> None:
@@ -119,7 +157,7 @@ class Soak:
         ]
         for thread in threads:
             thread.start()
-        started = time.monotonic()
+        started = self.started = time.monotonic()
         cookies = {id(s): s.header() for s in self.chaos.sessions["cookie"]}
         while time.monotonic() - started < seconds:
             self.sample(started)
@@ -136,12 +174,12 @@ class Soak:
             thread.join(10)
 
 
-def websocket_echo(port: int, session: Session) -> str:
+def websocket_echo(port: int, session: Session, cookie: str) -> tuple[str, bool]:
     """One WebSocket through the gateway: upgrade, one text message and its echo, close.
+    The outcome, and whether the 101 set a cookie.
 
     Like a browser, it keeps a cookie the handshake's answer sets (a refresh
     done for the upgrade re-issues the session cookie there)."""
-    cookie = session.header()
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
         key = base64.b64encode(os.urandom(16)).decode()
         sock.sendall(
@@ -155,20 +193,18 @@ def websocket_echo(port: int, session: Session) -> str:
         while b"\r\n\r\n" not in head:
             chunk = sock.recv(4096)
             if not chunk:
-                return "closed before the upgrade"
+                return "closed before the upgrade", False
             head += chunk
         head_text = head.split(b"\r\n\r\n", 1)[0].decode("latin-1")
-        take_cookies(
-            session,
-            [
-                line.split(":", 1)[1].strip()
-                for line in head_text.split("\r\n")[1:]
-                if line.lower().startswith("set-cookie:")
-            ],
-        )
+        set_cookies = [
+            line.split(":", 1)[1].strip()
+            for line in head_text.split("\r\n")[1:]
+            if line.lower().startswith("set-cookie:")
+        ]
+        take_cookies(session, set_cookies)
         status = head.split(b" ", 2)[1].decode()
         if status != "101":
-            return f"upgrade answered {status}"
+            return f"upgrade answered {status}", False
         rest = head.split(b"\r\n\r\n", 1)[1]
         payload = b"soak"
         mask = os.urandom(4)
@@ -177,16 +213,16 @@ def websocket_echo(port: int, session: Session) -> str:
         while len(rest) < 2 + len(payload):
             chunk = sock.recv(4096)
             if not chunk:
-                return "closed before the echo"
+                return "closed before the echo", bool(set_cookies)
             rest += chunk
         if rest[2 : 2 + len(payload)] != payload:
-            return "wrong echo"
+            return "wrong echo", bool(set_cookies)
         sock.sendall(
             bytes([0x88, 0x82]) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(b"\x03\xe8"))
         )
         with contextlib.suppress(OSError):
             sock.recv(64)
-        return "ok"
+        return "ok", bool(set_cookies)
 
 
 def growth(values: list[float]) -> float:
@@ -224,6 +260,7 @@ def verdict(soak: Soak) -> tuple[list[str], dict[str, Any]]:
     figures["login_cycles"] = dict(logins)
     if set(logins) - {"ok"}:
         problems.append(f"login/sign-out cycles that failed: {dict(logins)}")
+    figures["websocket_cookie_reissues"] = soak.websocket_cookie_reissues
     figures["reloads"] = soak.reloads
     figures["cookie_reissues"] = soak.cookie_changes
     if len(soak.samples) >= 6:
@@ -273,6 +310,8 @@ def soak(
     seconds: float, sample_every: float, rate: float, keep_tmp: bool = False
 ) -> tuple[dict[str, Any], int]:
     tmp = Path(tempfile.mkdtemp(prefix="idgateway-soak-"))
+    if keep_tmp:
+        harness.info(f"logs and configs kept in {tmp}")
     rig = ChaosRig(tmp, sentinel=False, access_token_ttl=60, refresh_leeway="20s")
     chaos = Chaos(rig, Options(rate=rate, connections=16, sessions=4), mix=soak_mix)
     runner = Soak(chaos, sample_every)
@@ -299,7 +338,8 @@ def soak(
         f"({figures['requests'] / seconds:.0f} req/s), {figures['reloads']} reloads, "
         f"{sum(runner.websockets.values())} WebSockets, "
         f"{sum(figures['login_cycles'].values())} login/sign-out cycles, "
-        f"{figures['cookie_reissues']} cookie re-issues (refreshes of 60 s tokens)"
+        f"{figures['cookie_reissues']} cookie re-issues seen in the samples (refreshes of "
+        f"60 s tokens), {figures['websocket_cookie_reissues']} on a WebSocket's 101"
     ]
     for index in range(rig.instances):
         g = f"gw{index}"
@@ -318,6 +358,8 @@ def soak(
         f"{last['redis_used_memory'] / 1024:.0f} KiB"
     )
     lines.append(f"statuses: {figures['statuses']}")
+    for failure in runner.websocket_failures[:3]:
+        lines.append(f"WebSocket failure: {failure}")
     lines.append(
         f"machine: {os.cpu_count()} CPUs, load average "
         f"{load[0]:.2f} {load[1]:.2f} {load[2]:.2f} at the end"
@@ -329,6 +371,8 @@ def soak(
         "figures": figures,
         "problems": problems,
         "loadavg": load,
+        "reload_times": runner.reload_times,
+        "websocket_failures": runner.websocket_failures,
     }, (1 if problems else 0)
 
 

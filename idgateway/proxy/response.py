@@ -313,6 +313,13 @@ class ProxiedResponse:
         head = [b"HTTP/1.1 101 Switching Protocols\r\n"]
         for name, value in self._upgrade_headers:
             head += (name, b": ", value, b"\r\n")
+        # The gate's cookies go out here as on any answer: a refresh done for
+        # this upgrade rotated the session's refresh token, and a browser whose
+        # only traffic is WebSockets would otherwise keep the pre-refresh cookie
+        # and be signed out once the refresh grace ends (WSO2 refuses the old
+        # refresh token). Browsers store cookies set on a handshake's 101.
+        for value in self.set_cookies:
+            head += (b"Set-Cookie: ", value, b"\r\n")
         head.append(b"\r\n")
         client.writeSequence(head)
         pending = channel.take_unparsed_bytes()

@@ -9,11 +9,14 @@ failed requests across ten reloads, zero sessions lost after a worker kill,
 503 (never a redirect) within command_timeout while Redis hangs, replicated
 sessions surviving a Sentinel failover, authenticated traffic unaffected while
 the provider is down, 502/504 on the faulty upstream's route only, and new
-connections closed cleanly past the limit while served ones carry on.
+connections closed cleanly past the limit while served ones carry on. And the
+provider down while refreshes fall due (5 s access tokens): 503 for sessions
+whose token expired meanwhile, never a sign-out, refresh resuming after.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import sys
 from collections.abc import Iterator
@@ -80,4 +83,43 @@ def test_fault_under_load(chaos: Chaos, fault: str) -> None:
     report = render([outcome], OPTIONS, OPTIONS.rate)
     assert outcome.requests > OPTIONS.rate, report  # the load really ran through it
     assert outcome.unmet == [], report
+    assert not outcome.restart, report
+
+
+# 5 s access tokens, the provider down 14 s (past the provider call's 10 s
+# timeout): every session's refresh falls due while it is down.
+SHORT_TOKENS = dataclasses.replace(OPTIONS, provider_down=14.0, token_ttl=5, recovery_limit=30.0)
+
+
+@pytest.fixture(scope="module")
+def short_token_chaos(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Chaos]:
+    rig = ChaosRig(
+        tmp_path_factory.mktemp("chaos-short-tokens"),
+        sentinel=False,
+        command_timeout=SHORT_TOKENS.command_timeout,
+        upstream_timeout=SHORT_TOKENS.upstream_timeout,
+        access_token_ttl=SHORT_TOKENS.token_ttl,
+    )
+    runner = Chaos(rig, SHORT_TOKENS)
+    try:
+        rig.start()
+        runner.start()
+        yield runner
+    finally:
+        runner.stop()
+        rig.stop()
+
+
+def test_refreshes_falling_due_while_the_provider_is_down(short_token_chaos: Chaos) -> None:
+    outcome = short_token_chaos.run("provider_down")
+    report = render([outcome], SHORT_TOKENS, SHORT_TOKENS.rate)
+    assert outcome.requests > SHORT_TOKENS.rate, report
+    assert outcome.unmet == [], report
+    # The refreshes did fall due: the sessions whose token expired got 503
+    # ("cannot be reached to renew your sign-in"), on both session kinds; no
+    # 401, nobody signed out; the open route untouched.
+    assert outcome.failed_of("cookie", "redis"), report
+    assert {name.split()[1] for name in outcome.failed} == {"503"}, report
+    assert not outcome.failed_of("flaky"), report
+    assert outcome.sessions_lost == 0, report
     assert not outcome.restart, report
