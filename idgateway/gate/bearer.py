@@ -64,6 +64,7 @@ from idgateway.routing.table import normalised_host_header
 from idgateway.sessions.cookie import strip_cookies
 from idgateway.sessions.keys import KeyRing
 from idgateway.sessions.model import Session
+from idgateway.sessions.recent import RecentlyUsed
 from idgateway.sessions.revocation import ReplayCache
 
 if TYPE_CHECKING:
@@ -83,6 +84,7 @@ MAX_OPAQUE_TOKEN = 4096
 DPOP_MIN_AGE = 10.0
 # How many tokens' verdicts and identity headers are kept.
 ADMISSION_MEMO_MAX = 4096
+MEMO_PERIOD = 60.0  # the memo forgets tokens not used for one to two of these
 # Authorization header values already read (scheme, token, SHA-256), how many,
 # and up to what length: a repeated token skips the syntax check and the hash.
 READ_MEMO_MAX = 1024
@@ -205,10 +207,11 @@ class BearerGate:
         # Authorization header value -> (scheme, token, SHA-256 of the token).
         self._read: dict[bytes, tuple[str, str, bytes]] = {}
         # id(token) -> (token, rules, missing scopes, other failure, identity headers)
-        self._admission: dict[
+        # (Forgets tokens not seen for a minute or two: sessions/recent.py.)
+        self._admission: RecentlyUsed[
             int,
             tuple[AccessToken, AuthorizeRules, bool, str | None, list[tuple[bytes, bytes]]],
-        ] = {}
+        ] = RecentlyUsed(clock.seconds, MEMO_PERIOD, ADMISSION_MEMO_MAX)
 
     # -- which requests, which rules ------------------------------------------------
 
@@ -560,9 +563,7 @@ class BearerGate:
             granted_scopes=verified.scopes,
         )
         identity = self.identity_headers(verified, token)
-        if len(self._admission) >= ADMISSION_MEMO_MAX:
-            self._admission.clear()
-        self._admission[id(verified)] = (verified, rules, missing, failure, identity)
+        self._admission.put(id(verified), (verified, rules, missing, failure, identity))
         return missing, failure, identity
 
     def as_session(self, verified: AccessToken, token: str) -> Session:

@@ -81,6 +81,7 @@ from idgateway.sessions.flows import FlowCookies
 from idgateway.sessions.keys import KeyRing
 from idgateway.sessions.loaded import LoadedSessions
 from idgateway.sessions.model import Session
+from idgateway.sessions.recent import RecentlyUsed
 from idgateway.sessions.revocation import RevocationList
 
 if TYPE_CHECKING:
@@ -95,6 +96,7 @@ SLIDE_EVERY = 60.0
 REFRESH_GRACE = 60.0
 # How many sessions' authorization verdicts and identity headers are kept.
 ADMISSION_MEMO_MAX = 4096
+MEMO_PERIOD = 60.0  # the memos forget what was not used for one to two of these
 # A request without cookies (shared, never changed).
 _NO_COOKIES: dict[bytes, bytes] = {}
 # Redis sessions: how long one process may hold a session's refresh lock, and
@@ -265,6 +267,7 @@ class RouteLogin:
         # Refresh outcomes by (session id, refresh token): (until, the new session,
         # or UNAVAILABLE while a refresh is slow or after it could not ask).
         self._recent: dict[tuple[str, str], tuple[float, Session | _Unavailable]] = {}
+        self._recent_pruned_at = 0.0
         # Cookie headers seen before: (Cookie for the upstream, cookies by name).
         self._cookie_headers = CookieHeaderReader()
         # Bound once: a fresh bound method per request would empty that memo.
@@ -273,9 +276,11 @@ class RouteLogin:
         # runtime): requests that carry a token are its, not the session's.
         self.bearer: TokenChallenges | None = None
         # id(session) -> (session, rules, authorization failure, identity headers).
-        self._admission: dict[
+        # Forgets sessions not seen for a minute or two (sessions/recent.py):
+        # it holds each session, and refreshed sessions are never seen again.
+        self._admission: RecentlyUsed[
             int, tuple[Session, AuthorizeRules, str | None, list[tuple[bytes, bytes]]]
-        ] = {}
+        ] = RecentlyUsed(clock.seconds, MEMO_PERIOD, ADMISSION_MEMO_MAX)
         # The route's identity assertion (set by the state builder); None: off.
         self.assertion: AssertionSigner | None = None
         # What the provider's discovery document offers this route, checked
@@ -497,9 +502,7 @@ class RouteLogin:
                 groups_claim=self.oidc.groups_claim,
             )
             identity = self.identity.headers_for(session)
-            if len(self._admission) >= ADMISSION_MEMO_MAX:
-                self._admission.clear()
-            self._admission[id(session)] = (session, rules, failure, identity)
+            self._admission.put(id(session), (session, rules, failure, identity))
         if failure is not None:
             self._log.info(
                 "route {route}: {user} refused: {why}",
@@ -1060,6 +1063,7 @@ class RouteLogin:
         )
         if same_client and before.provider.client is self.provider.client:
             self._recent = before._recent
+            self._recent_pruned_at = before._recent_pruned_at
             self._refreshing = before._refreshing
 
     def _remember(
@@ -1069,8 +1073,11 @@ class RouteLogin:
         for_seconds: float = REFRESH_GRACE,
     ) -> None:
         now = self.clock.seconds()
-        if len(self._recent) > 10000:
+        # Expired results go once a grace period (each holds a session), and
+        # at once past 10,000.
+        if len(self._recent) > 10000 or now >= self._recent_pruned_at + REFRESH_GRACE:
             self._recent = {k: v for k, v in self._recent.items() if v[0] > now}
+            self._recent_pruned_at = now
         self._recent[key] = (now + for_seconds, outcome)
 
     async def _refresh_shared(

@@ -28,6 +28,7 @@ import attrs
 from idgateway.http.numbers import parse_decimal
 from idgateway.sessions.keys import KeyRing
 from idgateway.sessions.model import Session
+from idgateway.sessions.recent import RecentlyUsed
 
 HOST_PREFIX = "__Host-"
 
@@ -45,8 +46,11 @@ _MAX_INFLATED = 1 << 20
 # Recently opened cookies, so a browser's next request with the same cookie
 # skips AES, zlib and JSON (about 20 us -> 1 us). Only tokens that opened are
 # kept, compared in full, and the cache lives and dies with its codec (a key
-# change builds a new one). Bounded to a few MB.
+# change builds a new one). Bounded to a few MB, and to the cookies used in
+# the last one to two minutes (sessions/recent.py: a refreshed or re-issued
+# cookie is never sent again, so it must not stay until the bound pushes it out).
 _CACHE_ENTRIES = 1024
+_CACHE_PERIOD = 60.0
 _CACHE_TOKEN_BYTES = 4096
 
 _SAME_SITE = ("Lax", "Strict", "None")
@@ -192,7 +196,9 @@ class CookieSessionCodec:
         self.cookie_name = settings.effective_name
         self._keyring = keyring
         self._clock = clock
-        self._recent: dict[bytes, tuple[Session, int | None]] = {}
+        self._recent: RecentlyUsed[bytes, tuple[Session, int | None]] = RecentlyUsed(
+            clock, _CACHE_PERIOD, _CACHE_ENTRIES
+        )
         name = self.cookie_name.encode("ascii")
         self._names = [name] + [b"%s_%d" % (name, i) for i in range(1, settings.max_chunks)]
         # Cookie name -> one more than its chunk index.
@@ -336,10 +342,7 @@ class CookieSessionCodec:
     def _remember(self, token: bytes, opened: tuple[Session, int | None]) -> None:
         if len(token) > _CACHE_TOKEN_BYTES:
             return
-        recent = self._recent
-        if len(recent) >= _CACHE_ENTRIES:
-            del recent[next(iter(recent))]  # the oldest
-        recent[token] = opened
+        self._recent.put(token, opened)
 
     def _parse_envelope(self, envelope: bytes) -> tuple[Session, int | None] | None:
         if not envelope:

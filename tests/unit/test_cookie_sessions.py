@@ -527,10 +527,29 @@ def test_only_cookies_that_opened_are_remembered_and_the_cache_is_bounded():
     c = codec()
     for i in range(20):
         c.decode({b"__Host-_idgw_app1": b"garbage%d" % i})
-    assert c._recent == {}
+    assert len(c._recent) == 0
     for _ in range(1100):
         c.decode(as_request_cookies(c.encode(make_session())))
-    assert len(c._recent) == 1024
+    # Past the bound the older generation goes whole: never more than two bounds.
+    assert len(c._recent) <= 2 * 1024
+
+
+def test_cookies_not_sent_for_two_minutes_are_forgotten():
+    """A refreshed or re-issued cookie is never sent again: the cache must not
+    keep it until its bound pushes it out (the soak's slow RSS climb)."""
+    clock = FakeClock()
+    c = codec(clock=clock)
+    old = as_request_cookies(c.encode(make_session(), max_age=3600))
+    kept = as_request_cookies(c.encode(make_session(), max_age=3600))
+    assert c.decode(old)[0] is not None and c.decode(kept)[0] is not None
+    for _ in range(4):
+        clock.now += 45
+        assert c.decode(kept)[0] is not None  # in use: stays
+        c.decode(as_request_cookies(c.encode(make_session(), max_age=3600)))
+    # Six cookies were opened; the old one and the first new one are gone.
+    assert len(c._recent) == 4
+    # The old cookie still opens (from scratch), and is cached again.
+    assert c.decode(old)[0] is not None
 
 
 def test_cached_cookie_still_expires():
