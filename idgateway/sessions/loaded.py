@@ -50,6 +50,9 @@ __all__ = ["LOADED_FOR", "LOADED_MAX", "RELOAD_AHEAD", "LoadedSessions"]
 # on how late a logout elsewhere is seen), and how many are kept.
 LOADED_FOR = 1.0
 LOADED_MAX = 10_000
+# Expired entries are kept for a reload that finds the value unchanged (the
+# session opened before is reused); this long after expiry they go.
+FORGET_AFTER = 60.0
 # A request this close to the end of an entry's time starts its reload.
 RELOAD_AHEAD = 0.25
 
@@ -86,6 +89,7 @@ class LoadedSessions:
         # session id -> (until, session, digest of the sealed value it came
         # from, or b"" when this process changed it since)
         self._entries: dict[str, tuple[float, Session, bytes]] = {}
+        self._pruned_at = 0.0
         self._loading: dict[str, _Load] = {}
 
     def __len__(self) -> int:
@@ -193,8 +197,14 @@ class LoadedSessions:
 
     def _keep(self, session_id: str, until: float, session: Session, digest: bytes) -> None:
         entries = self._entries
+        now = self.clock.seconds()
+        if now >= self._pruned_at + FORGET_AFTER:
+            # Sessions not asked for in a minute go (each holds a session):
+            # otherwise every login's entry stayed until the bound.
+            self._pruned_at = now
+            for stale in [k for k, v in entries.items() if v[0] <= now - FORGET_AFTER]:
+                del entries[stale]
         if len(entries) >= self._max_entries and session_id not in entries:
-            now = self.clock.seconds()
             for stale in [k for k, v in entries.items() if v[0] <= now]:
                 del entries[stale]
             if len(entries) >= self._max_entries:

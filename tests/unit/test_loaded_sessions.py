@@ -17,7 +17,7 @@ from twisted.internet.task import Clock
 
 from idgateway.redis.client import RedisUnavailable
 from idgateway.sessions.keys import KeyRing
-from idgateway.sessions.loaded import LOADED_FOR, RELOAD_AHEAD, LoadedSessions
+from idgateway.sessions.loaded import FORGET_AFTER, LOADED_FOR, RELOAD_AHEAD, LoadedSessions
 from idgateway.sessions.model import Session
 from idgateway.sessions.redis_store import RedisSessionStore
 
@@ -271,6 +271,22 @@ def test_past_the_limit_expired_entries_go_first(world: Any) -> None:
         loaded.load(session_id)
     redis.answer()
     assert len(loaded) == 2 and ids[0] not in loaded and ids[3] in loaded
+
+
+def test_sessions_not_asked_for_since_a_minute_after_expiry_are_forgotten(world: Any) -> None:
+    """Each login's entry used to stay until the 10,000 bound: memory that
+    climbed for hours under steady logins (the soak)."""
+    redis, clock, process, session_id = world
+    loaded = LoadedSessions(process.store, clock)
+    loaded.load(session_id)
+    redis.answer()
+    assert session_id in loaded
+    clock.advance(LOADED_FOR + FORGET_AFTER + 1)
+    other = RedisSessionStore.new_session_id()
+    defer.ensureDeferred(process.store.save(other, make_session()))
+    loaded.load(other)
+    redis.answer()
+    assert session_id not in loaded and other in loaded
 
 
 def counting_opens(store: RedisSessionStore) -> list[str]:
