@@ -68,6 +68,7 @@ class Options:
     # Access-token lifetime at the provider (s); None: the provider's hour. Shorter
     # than provider_down, every session's refresh falls due while it is down.
     token_ttl: int | None = None
+    sentinel: bool = True  # Redis behind Sentinel (--no-sentinel: one Redis)
 
 
 @dataclass
@@ -684,7 +685,8 @@ def render(outcomes: list[Outcome], options: Options, achieved: float) -> str:
     lines = [
         f"load: {achieved:.0f} req/s achieved of {options.rate:.0f} asked, "
         f"{options.connections}+16 keep-alive connections, 2 instances x workers: 2, "
-        f"Redis behind Sentinel; provider down {options.provider_down:.0f} s"
+        f"{'Redis behind Sentinel' if options.sentinel else 'one Redis'}; "
+        f"provider down {options.provider_down:.0f} s"
         + (f", access tokens live {options.token_ttl} s" if options.token_ttl else ""),
         "",
         f"{'fault':<20} {'requests':>8} {'failed (by route and status)':<34} {'stall':>7} "
@@ -761,11 +763,12 @@ def main(argv: list[str] | None = None) -> int:
         fault_time=args.fault_time,
         faults=faults,
         token_ttl=args.token_ttl,
+        sentinel=not args.no_sentinel,
     )
     tmp = Path(tempfile.mkdtemp(prefix="idgateway-chaos-"))
     rig = ChaosRig(
         tmp,
-        sentinel=not args.no_sentinel,
+        sentinel=options.sentinel,
         nofile={1: LOW_NOFILE},
         command_timeout=options.command_timeout,
         upstream_timeout=options.upstream_timeout,
