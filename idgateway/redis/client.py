@@ -152,6 +152,22 @@ class _Slot:
         return done
 
 
+def set_arguments(
+    key: str | bytes, value: str | bytes, px: int | None, nx: bool, xx: bool
+) -> list[Any]:
+    """The words of a SET (one Redis or a cluster alike)."""
+    args: list[Any] = ["SET", key, value]
+    if px is not None:
+        if px < 1:
+            raise ValueError(f"px must be at least 1 ms, not {px}")
+        args += ["PX", int(px)]
+    if nx:
+        args.append("NX")
+    if xx:
+        args.append("XX")
+    return args
+
+
 class RedisClient:
     """A pool of ``settings.pool_size`` connections to one Redis (or Sentinel master).
 
@@ -241,15 +257,7 @@ class RedisClient:
     ) -> bool:
         """SET; with ``nx``, False when the key already existed; with ``xx``,
         False when it did not (and nothing is stored)."""
-        args: list[Any] = ["SET", key, value]
-        if px is not None:
-            if px < 1:
-                raise ValueError(f"px must be at least 1 ms, not {px}")
-            args += ["PX", int(px)]
-        if nx:
-            args.append("NX")
-        if xx:
-            args.append("XX")
+        args = set_arguments(key, value, px, nx, xx)
         return await self._command(*args) is not None
 
     async def delete(self, *keys: str | bytes) -> int:

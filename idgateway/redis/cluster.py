@@ -40,7 +40,7 @@ from twisted.python.failure import Failure
 
 from idgateway.config.model import RedisSettings
 from idgateway.config.redis_url import parse_cluster_seed
-from idgateway.redis.client import RedisClient
+from idgateway.redis.client import RedisClient, set_arguments
 from idgateway.redis.cluster_pubsub import MovingSubscription
 from idgateway.redis.errors import RedisCommandError, RedisUnavailable
 from idgateway.redis.slot_map import Address, parse_cluster_slots, parse_redirect
@@ -391,15 +391,7 @@ class RedisClusterClient:
     ) -> bool:
         """SET; with ``nx``, False when the key already existed; with ``xx``,
         False when it did not (and nothing is stored)."""
-        args: list[Any] = ["SET", key, value]
-        if px is not None:
-            if px < 1:
-                raise ValueError(f"px must be at least 1 ms, not {px}")
-            args += ["PX", int(px)]
-        if nx:
-            args.append("NX")
-        if xx:
-            args.append("XX")
+        args = set_arguments(key, value, px, nx, xx)
         return await self._for_key(key, *args) is not None
 
     async def delete(self, *keys: str | bytes) -> int:
