@@ -380,3 +380,54 @@ def test_idle_rss_per_10k_connections(harness):
         "per 10,000 connections +80.0 MiB: whole server at 10,000 RSS 140.0 MiB, "
         "PSS 100.0 MiB (target RSS < 150 MiB: met)" in line
     )
+
+
+def test_the_bench_knows_when_the_gateway_reissues_a_cookie(harness):
+    from idgateway.gate.session_check import SLIDE_EVERY
+
+    assert harness.RESEAL_AFTER == SLIDE_EVERY
+
+
+class _Client:
+    def __init__(self, cookies, answer_cookies=None):
+        self.cookies = dict(cookies)
+        self.answer_cookies = answer_cookies
+        self.asked = 0
+
+    def get(self, path, headers):
+        self.asked += 1
+        if self.answer_cookies is not None:
+            self.cookies = dict(self.answer_cookies)
+        return 200, {}, b"{}"
+
+
+def _rig_and_server(harness, tmp_path, key, cookie_age):
+    rig = harness.LoginRig(tmp_path, {})
+    logins = []
+    rig.login = lambda srv: logins.append(srv.key)
+    srv = harness.Server(key, key, [], 0, tmp_path / "log", tmp_path)
+    srv.client = _Client({"_idgw_app1": "old"})
+    srv.cookie_since = harness.time.monotonic() - cookie_age
+    return rig, srv, logins
+
+
+def test_a_cookie_that_would_be_reissued_mid_run_is_replaced_by_a_fresh_login(harness, tmp_path):
+    rig, srv, logins = _rig_and_server(harness, tmp_path, "gateway_cookie", cookie_age=50)
+    rig.touch(srv, for_seconds=10)
+    assert logins == ["gateway_cookie"]
+    assert srv.client.asked == 0
+
+
+def test_a_young_cookie_is_kept_and_a_reissued_one_restarts_the_clock(harness, tmp_path):
+    rig, srv, logins = _rig_and_server(harness, tmp_path, "gateway_cookie", cookie_age=20)
+    srv.client.answer_cookies = {"_idgw_app1": "new"}
+    since = srv.cookie_since
+    assert rig.touch(srv, for_seconds=10) is None
+    assert logins == [] and srv.client.asked == 1
+    assert srv.cookie_since > since
+
+
+def test_apache_sessions_are_not_logged_in_again(harness, tmp_path):
+    rig, srv, logins = _rig_and_server(harness, tmp_path, "apache_shm", cookie_age=500)
+    assert rig.touch(srv, for_seconds=10) is None
+    assert logins == [] and srv.client.asked == 1
