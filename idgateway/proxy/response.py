@@ -311,8 +311,15 @@ class ProxiedResponse:
             return
         client = channel.transport
         head = [b"HTTP/1.1 101 Switching Protocols\r\n"]
+        # Over TLS the route's HSTS goes out on a 101 as on any other answer
+        # (the application's own is replaced, as response_head does).
+        hsts = self.runtime.hsts_header if self.tls else None
         for name, value in self._upgrade_headers:
+            if hsts is not None and name.lower() == b"strict-transport-security":
+                continue
             head += (name, b": ", value, b"\r\n")
+        if hsts is not None:
+            head += (b"Strict-Transport-Security: ", hsts, b"\r\n")
         # The gate's cookies go out here as on any answer: a refresh done for
         # this upgrade rotated the session's refresh token, and a browser whose
         # only traffic is WebSockets would otherwise keep the pre-refresh cookie
@@ -322,6 +329,12 @@ class ProxiedResponse:
             head += (b"Set-Cookie: ", value, b"\r\n")
         head.append(b"\r\n")
         client.writeSequence(head)
+        # The upgrade gets its access line now, as the request it was: the
+        # tunnel that follows may last for hours, and its request is never
+        # finished (which is when twisted.web logs one).
+        request.code = 101
+        request.code_message = b"Switching Protocols"
+        observe.log_access(request)
         pending = channel.take_unparsed_bytes()
         channel.setTimeout(None)
         route = self.runtime.route

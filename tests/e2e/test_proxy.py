@@ -262,7 +262,7 @@ def test_websocket_is_proxied_both_ways(start_gateway, backend):
     from websockets.sync.client import connect
 
     port = free_port()
-    start_gateway(
+    gateway = start_gateway(
         f"""
 listeners:
   - address: 127.0.0.1:{port}
@@ -281,6 +281,12 @@ routes:
         big = "z" * 500_000
         ws.send(big)
         assert ws.recv(timeout=10) == big
+        # The upgrade has its access line while the tunnel is open.
+        deadline = time.monotonic() + 5
+        while " GET /ws 101 " not in gateway.log() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        lines = [line for line in gateway.log().splitlines() if "[idgateway.access#info]" in line]
+        assert [line for line in lines if " GET /ws 101 0B route=fallback " in line], lines
 
 
 def test_unix_socket_upstream(start_gateway, tmp_path):

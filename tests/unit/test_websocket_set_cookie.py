@@ -1,4 +1,5 @@
-"""A WebSocket handshake's 101 carries the gate's cookies, as any other answer does.
+"""A WebSocket handshake's 101 carries the gate's cookies, as any other answer does
+(and the route's HSTS over TLS), and gets an access line.
 
 The soak (issue 16) found it: a session whose access token had expired was
 refreshed for a WebSocket upgrade, the refresh rotated its refresh token, and
@@ -17,6 +18,8 @@ from twisted.internet.testing import StringTransport
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
+from idgateway.config.model import LoggingSettings
+from idgateway.observe import access_log
 from idgateway.proxy.response import ProxiedResponse
 from idgateway.server.channel import GatewayRequest, GatewaySite
 
@@ -52,7 +55,9 @@ class _Route:
 
 class _Runtime:
     route = _Route()
-    hsts_header = None
+
+    def __init__(self, hsts_header: bytes | None = None) -> None:
+        self.hsts_header = hsts_header
 
 
 class _Upstream:
@@ -68,7 +73,14 @@ class _Upstream:
         self.abandoned = True
 
 
-def _upgraded(set_cookies: list[bytes]) -> bytes:
+def _upgraded(
+    set_cookies: list[bytes],
+    *,
+    tls: bool = False,
+    hsts: bytes | None = None,
+    switched: list[tuple[bytes, bytes]] = SWITCHED,
+    access_lines: list[str] | None = None,
+) -> bytes:
     resource = _Hold()
     channel = GatewaySite(resource).buildProtocol(IPv4Address("TCP", "127.0.0.1", 1))
     assert channel is not None
@@ -76,11 +88,22 @@ def _upgraded(set_cookies: list[bytes]) -> bytes:
     channel.makeConnection(client)
     channel.dataReceived(UPGRADE)
     [request] = resource.requests
-    sink = ProxiedResponse(request, _Runtime(), tls=False, set_cookies=set_cookies)  # type: ignore[arg-type]
+    request.idgw_logging = LoggingSettings()
+    request.idgw_route = "app1"
+    request.idgw_user = "alice"
+    runtime = _Runtime(hsts)
+    sink = ProxiedResponse(request, runtime, tls=tls, set_cookies=set_cookies)  # type: ignore[arg-type]
     upstream = _Upstream()
-    sink.response_head(101, b"Switching Protocols", SWITCHED, None)
-    sink.upgraded(upstream, b"")  # type: ignore[arg-type]
+    sink.response_head(101, b"Switching Protocols", switched, None)
+    taken: list[tuple[float, str]] = []
+    access_log.send_access_lines_to(lambda when, line: taken.append((when, line)))
+    try:
+        sink.upgraded(upstream, b"")  # type: ignore[arg-type]
+    finally:
+        access_log.send_access_lines_to(None)
     assert not upstream.abandoned
+    if access_lines is not None:
+        access_lines.extend(line for _, line in taken)
     return client.value()
 
 
@@ -106,3 +129,29 @@ def test_without_cookies_the_101_is_the_upstreams() -> None:
         b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
         b"Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n"
     )
+
+
+HSTS = b"max-age=31536000; includeSubDomains"
+
+
+def test_over_tls_the_101_carries_the_routes_hsts_instead_of_the_applications() -> None:
+    switched = [*SWITCHED, (b"strict-Transport-Security", b"max-age=0")]
+    head = _upgraded([], tls=True, hsts=HSTS, switched=switched)
+    assert head.count(b"Strict-Transport-Security") == 1
+    assert b"Strict-Transport-Security: " + HSTS + b"\r\n" in head
+    assert b"max-age=0" not in head
+
+
+def test_over_plain_http_no_hsts_is_added() -> None:
+    switched = [*SWITCHED, (b"Strict-Transport-Security", b"max-age=5")]
+    head = _upgraded([], tls=False, hsts=HSTS, switched=switched)
+    assert HSTS not in head
+    assert b"Strict-Transport-Security: max-age=5\r\n" in head
+
+
+def test_the_upgrade_gets_one_access_line_when_the_101_goes_out() -> None:
+    lines: list[str] = []
+    _upgraded([REISSUED], access_lines=lines)
+    [line] = lines
+    assert line.startswith("GET /socket 101 0B route=app1 user=alice gw=")
+    assert line.endswith(" ip=192.168.1.1")  # (StringTransport's peer)
