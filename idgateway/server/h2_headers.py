@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from idgateway.http.syntax import is_request_target, is_token
+
 # Field names are lower-case tokens (RFC 9113 8.2.1 forbids upper case,
 # controls, space, ':' and non-ASCII; RFC 9110 5.1 makes a name a token,
 # which is also what the HTTP/1.1 reader and nghttp2 accept).
@@ -177,6 +179,15 @@ def _check_pseudo_headers(block: RequestBlock) -> None:
     method = block.method
     if method is None:
         raise MalformedHeaders("no :method")
+    # The method and the path become an HTTP/1.1 request line upstream: a
+    # space, a control or a non-ASCII byte in either would let the upstream
+    # read another line than the one the gateway judged (HTTP/1.1 clients get
+    # a 400 for the same bytes).
+    if not is_token(method):
+        raise MalformedHeaders(":method is not a token")
+    path = block.path
+    if path is not None and not is_request_target(path):
+        raise MalformedHeaders(":path has a byte that is not visible ASCII")
     if method == b"CONNECT" and block.protocol is None:
         # RFC 9113 8.5: a CONNECT names only the authority.
         if block.scheme is not None or block.path is not None:

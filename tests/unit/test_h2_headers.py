@@ -127,6 +127,35 @@ MALFORMED = {
 }
 
 
+def _with(name: bytes, value: bytes) -> list[tuple[bytes, bytes]]:
+    return [(n, value if n == name else v) for n, v in GET]
+
+
+# Bytes that would change the upstream's HTTP/1.1 request line.
+for _label, _method in {
+    "space": b"GET /smuggled",
+    "tab": b"GET\t/x",
+    "separator": b"G(T",
+    "vertical-tab": b"GET\x0b",
+    "del": b"\x7fGET",
+    "utf-8": "GÉT".encode(),
+    "empty": b"",
+}.items():
+    MALFORMED[f"method-{_label}"] = _with(b":method", _method)
+for _label, _path in {
+    "space-in-query": b"/echo?a b",
+    "space-in-path": b"/a b",
+    "tab": b"/echo?a\tb",
+    "control": b"/echo?a\x01b",
+    "del": b"/echo?a\x7fb",
+    "nel": b"/echo?a\x85b",
+    "high-byte": b"/echo?a\xb0b",
+    "utf-8": "/echo?café".encode(),
+    "request-line-in-query": b"/echo?x HTTP/1.1\x0bGET /admin",
+}.items():
+    MALFORMED[f"path-{_label}"] = _with(b":path", _path)
+
+
 @pytest.mark.parametrize("block", list(MALFORMED.values()), ids=list(MALFORMED))
 def test_a_malformed_request_block_is_refused(block: list[tuple[bytes, bytes]]) -> None:
     with pytest.raises(MalformedHeaders):
