@@ -180,14 +180,21 @@ def log_json_to_stdout(reactor: Any, *, text_for_worker: int | None = None) -> N
                     _write_all(raw, frame)
                 raw.flush()
 
+        # The timestamp of the last second seen: (second, its text).
+        stamp: list[Any] = [None, ""]
+
         def access_text(when: float, line: str) -> None:
             # The line as the master's text log shows it: twistd's timestamp of
             # the request's time (workers inherit the master's TZ), then the
             # namespace and this worker. \n and \r escaped: one line each.
-            line = line.replace("\n", "\\n").replace("\r", "\\r")
+            if "\n" in line or "\r" in line:
+                line = line.replace("\n", "\\n").replace("\r", "\\r")
             if not pending:
                 reactor.callLater(ACCESS_FLUSH_DELAY, flush_frames)
-            pending.append(f"{text_timestamp(when)}{prefix}{line}\n")
+            second = int(when)
+            if second != stamp[0]:  # (inline: a call per request cost more than the rest)
+                stamp[:] = second, text_timestamp(when)
+            pending.append(f"{stamp[1]}{prefix}{line}\n")
 
         flush, record = flush_frames, access_text
 
