@@ -470,3 +470,33 @@ def test_access_lines_survive_a_worker_killed_under_load_whole_and_in_local_time
         line for line in relayed if not access.match(line)
     ][:5]
     assert all(line[19:24] == "+0530" for line in lines)
+
+
+@pytest.mark.parametrize(
+    "log_to_stdout", [False, True], ids=["log-file: per-line records", "stdout: framed batches"]
+)
+def test_the_access_line_of_a_request_drained_at_sigterm_is_logged(
+    start_gateway, backend, log_to_stdout
+):
+    """The last batch of access lines goes out before a draining worker exits."""
+    port, gateway = start_with_workers(start_gateway, backend.port, log_to_stdout)
+    result: dict[str, object] = {}
+
+    def slow() -> None:
+        try:
+            status, _, body = request(port, "app.localhost", "/slow-headers?delay=1")
+            result["status"] = status
+        except Exception as error:  # reported by the assertion below
+            result["error"] = error
+
+    before = _established_to(backend.port)
+    client = threading.Thread(target=slow)
+    client.start()
+    wait_for(lambda: _established_to(backend.port) > before, 5, "the slow request upstream")
+    gateway.signal(signal.SIGTERM)
+    client.join(15)
+    assert result == {"status": 200}
+    assert gateway.process is not None
+    assert gateway.process.wait(15) == 0
+    [line] = [line for line in access_lines(gateway) if " GET /slow-headers 200 " in line]
+    assert line.index("[idgateway.access#info] [worker ") < line.index(" GET /slow-headers")

@@ -196,13 +196,17 @@ def test_random_reads_of_many_batches(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_two_workers_frames_never_mix(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Reads from two workers alternate; each frame is written whole, in its order."""
+    """Reads from two workers alternate, worker 2 logging events between its
+    batches while worker 1's frame is still arriving: each frame is written
+    whole, in its order, and no event lands inside one."""
     pipes = []
     for index in (1, 2):
         with monkeypatch.context() as patch:
             pipe = _Worker_Pipe(patch, text_for_worker=index)
             for n in range(50):
                 pipe.access(1700000000.0 + n, f"GET /w{index}/{n} 200 0B")
+                if index == 2 and n % 10 == 9:
+                    pipe.log.info("worker 2 event {n}", n=n)
             pipe.flush()
             pipes.append(pipe.piped())
     out = _Out()
@@ -218,12 +222,23 @@ def test_two_workers_frames_never_mix(monkeypatch: pytest.MonkeyPatch) -> None:
         for protocol, piped in zip(protocols, pipes, strict=True):
             if piped[at : at + 100]:
                 protocol.childDataReceived(1, piped[at : at + 100])
-    assert len(out.writes) == 2
-    for index, write in zip((1, 2), out.writes, strict=True):
-        lines = write.splitlines()
-        assert len(lines) == 50
-        assert all(f"[worker {index}] GET /w{index}/" in line for line in lines)
+    frames = [write for write in out.writes if "[idgateway.access#info]" in write]
+    events = [write for write in out.writes if write not in frames]
+    assert len(frames) == 1 + 5  # worker 1's one batch; worker 2's five
+    assert len(events) == 5 and all(event.count("\n") == 1 for event in events)
+    assert all("[worker 2] worker 2 event" in event for event in events)
+    # Worker 1's batch was cut into 100-byte reads across worker 2's writes.
+    [worker_1] = [frame for frame in frames if "[worker 1]" in frame]
+    assert out.writes.index(worker_1) > 0
+    for index in (1, 2):
+        lines = [
+            line
+            for frame in frames
+            for line in frame.splitlines()
+            if f"[worker {index}] GET /w{index}/" in line
+        ]
         assert [int(line.split("/")[2].split()[0]) for line in lines] == list(range(50))
+    assert sum(frame.count("\n") for frame in frames) == 100
 
 
 def test_a_worker_that_dies_mid_frame_leaves_no_torn_line(
@@ -430,3 +445,19 @@ def test_a_per_line_record_cut_short_by_the_workers_end_is_left_out() -> None:
         "[worker 1] a last word on stderr",
         "[worker 1] ended in the middle of an access line; its 22 bytes are left out of the log",
     ]
+
+
+def test_records_and_frames_in_one_read_keep_their_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    """(A master is not meant to get both from one worker; if it does, order holds.)"""
+    pipe = _Worker_Pipe(monkeypatch, text_for_worker=1)
+    pipe.access(1700000001.0, "GET /framed 200 0B")
+    pipe.flush()
+    record = f"{log_relay.ACCESS_RECORD}1700000000.5\tGET /record 200 0B\n".encode()
+    out = master_log(record + pipe.piped() + record)
+    lines = out.getvalue().splitlines()
+    assert [line.split("] ")[-1] for line in lines] == [
+        "GET /record 200 0B",
+        "GET /framed 200 0B",
+        "GET /record 200 0B",
+    ]
+    assert all(" [idgateway.access#info] [worker 1] GET /" in line for line in lines)
