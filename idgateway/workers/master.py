@@ -505,7 +505,7 @@ class WorkerProtocol(ProcessProtocol):
 
     def _write_access_frame(self, lines: bytes) -> None:
         """Finished access lines from the worker: to twistd's stdout, as they are."""
-        self._flush_access()  # records before it (from a worker started earlier)
+        self._flush_access()  # per-line records before it in this read go first
         if not lines.endswith(b"\n"):
             lines += b"\n"  # never let the next line run on from it
         out = self.master.access_out
@@ -518,7 +518,7 @@ class WorkerProtocol(ProcessProtocol):
         # on; an access line cut short is left out rather than logged torn.
         torn = self._stdout.end() if self._stdout is not None else 0
         for fd, rest in self._partial.items():
-            if fd == 1 and rest.startswith(b"\x1f"):  # (ACCESS_RECORD)
+            if fd == 1 and rest.startswith(ACCESS_RECORD.encode()):
                 torn += len(rest)
             elif rest:
                 self._line(fd, rest)
