@@ -27,7 +27,7 @@ from idgateway.workers.master import MasterService, WorkerProtocol, _Worker
 LINE = "GET /a 200 5B route=app1 user=alice gw=1.0ms up=0.5ms id=x ip=127.0.0.1"
 
 
-class _Worker_Pipe:
+class _WorkerPipe:
     """A worker's log set-up (log_json_to_stdout) writing into bytes, as into its pipe."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch, text_for_worker: int | None) -> None:
@@ -89,7 +89,7 @@ def master_log(piped: bytes, reads: Callable[[bytes], list[bytes]] | None = None
     return out
 
 
-def one_worker_session(pipe: _Worker_Pipe, lines: list[tuple[float, str]]) -> bytes:
+def one_worker_session(pipe: _WorkerPipe, lines: list[tuple[float, str]]) -> bytes:
     """Access lines, an event, more access lines, as a worker logs them over time."""
     half = len(lines) // 2
     for when, line in lines[:half]:
@@ -116,7 +116,7 @@ SAMPLES = [
 def reference(monkeypatch: pytest.MonkeyPatch) -> str:
     """The log as the master wrote it from per-line records (before frames)."""
     with monkeypatch.context() as patch:
-        pipe = _Worker_Pipe(patch, text_for_worker=None)
+        pipe = _WorkerPipe(patch, text_for_worker=None)
         piped = one_worker_session(pipe, SAMPLES)
     assert piped.startswith(log_relay.ACCESS_RECORD.encode())
     return master_log(piped).getvalue()
@@ -125,7 +125,7 @@ def reference(monkeypatch: pytest.MonkeyPatch) -> str:
 def test_frames_write_the_very_log_the_records_did(
     monkeypatch: pytest.MonkeyPatch, reference: str
 ) -> None:
-    pipe = _Worker_Pipe(monkeypatch, text_for_worker=1)
+    pipe = _WorkerPipe(monkeypatch, text_for_worker=1)
     piped = one_worker_session(pipe, SAMPLES)
     assert piped.startswith(ACCESS_FRAME)
     out = master_log(piped)
@@ -156,7 +156,7 @@ def test_frames_write_the_very_log_the_records_did(
 def test_a_frame_cut_into_reads_anywhere_is_written_whole(
     monkeypatch: pytest.MonkeyPatch, reference: str, cut: Callable[[bytes], list[bytes]]
 ) -> None:
-    pipe = _Worker_Pipe(monkeypatch, text_for_worker=1)
+    pipe = _WorkerPipe(monkeypatch, text_for_worker=1)
     out = master_log(one_worker_session(pipe, SAMPLES), cut)
     assert out.getvalue() == reference
     # Never part of a frame: each write ends a line.
@@ -166,7 +166,7 @@ def test_a_frame_cut_into_reads_anywhere_is_written_whole(
 def test_random_reads_of_many_batches(monkeypatch: pytest.MonkeyPatch) -> None:
     lines = [(1700000000.0 + n * 0.37, f"GET /{n} 200 {n}B") for n in range(400)]
     with monkeypatch.context() as patch:
-        pipe = _Worker_Pipe(patch, text_for_worker=None)
+        pipe = _WorkerPipe(patch, text_for_worker=None)
         for n, (when, line) in enumerate(lines):
             pipe.access(when, line)
             if n % 37 == 0:
@@ -175,7 +175,7 @@ def test_random_reads_of_many_batches(monkeypatch: pytest.MonkeyPatch) -> None:
                 pipe.log.info("event {n}", n=n)
         pipe.flush()
         reference = master_log(pipe.piped()).getvalue()
-    pipe = _Worker_Pipe(monkeypatch, text_for_worker=1)
+    pipe = _WorkerPipe(monkeypatch, text_for_worker=1)
     for n, (when, line) in enumerate(lines):
         pipe.access(when, line)
         if n % 37 == 0:
@@ -202,7 +202,7 @@ def test_two_workers_frames_never_mix(monkeypatch: pytest.MonkeyPatch) -> None:
     pipes = []
     for index in (1, 2):
         with monkeypatch.context() as patch:
-            pipe = _Worker_Pipe(patch, text_for_worker=index)
+            pipe = _WorkerPipe(patch, text_for_worker=index)
             for n in range(50):
                 pipe.access(1700000000.0 + n, f"GET /w{index}/{n} 200 0B")
                 if index == 2 and n % 10 == 9:
@@ -244,7 +244,7 @@ def test_two_workers_frames_never_mix(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_a_worker_that_dies_mid_frame_leaves_no_torn_line(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    pipe = _Worker_Pipe(monkeypatch, text_for_worker=1)
+    pipe = _WorkerPipe(monkeypatch, text_for_worker=1)
     for n in range(3):
         pipe.access(1700000000.0, f"GET /{n} 200 0B")
     pipe.flush()
@@ -372,7 +372,7 @@ def test_the_worker_writes_a_frame_whole_through_short_writes(
 def test_a_line_that_cannot_be_encoded_does_not_lose_its_batch(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    pipe = _Worker_Pipe(monkeypatch, text_for_worker=1)
+    pipe = _WorkerPipe(monkeypatch, text_for_worker=1)
     pipe.access(1700000000.0, "GET /a 200 0B user=\udce9")  # a lone surrogate
     pipe.access(1700000000.0, "GET /b 200 0B")
     pipe.flush()
@@ -449,7 +449,7 @@ def test_a_per_line_record_cut_short_by_the_workers_end_is_left_out() -> None:
 
 def test_records_and_frames_in_one_read_keep_their_order(monkeypatch: pytest.MonkeyPatch) -> None:
     """(A master is not meant to get both from one worker; if it does, order holds.)"""
-    pipe = _Worker_Pipe(monkeypatch, text_for_worker=1)
+    pipe = _WorkerPipe(monkeypatch, text_for_worker=1)
     pipe.access(1700000001.0, "GET /framed 200 0B")
     pipe.flush()
     record = f"{log_relay.ACCESS_RECORD}1700000000.5\tGET /record 200 0B\n".encode()
