@@ -160,7 +160,8 @@ def log_json_to_stdout(reactor: Any, *, text_for_worker: int | None = None) -> N
 
     def access_record(when: float, line: str) -> None:
         # Text access lines: a compact record, written in batches.
-        line = line.replace("\n", "\\n").replace("\r", "\\r")
+        if "\n" in line or "\r" in line:  # (two searches cost less than two replaces)
+            line = line.replace("\n", "\\n").replace("\r", "\\r")
         if not pending:
             reactor.callLater(ACCESS_FLUSH_DELAY, flush_records)
         pending.append(f"{ACCESS_RECORD}{when!r}\t{line}\n")
