@@ -19,7 +19,9 @@ turn of its event loop (``SharedPort``), so a burst spreads over the workers.
   are all gone, killing any left after the drain timeout.
 - A worker writes its log as JSON records on stdout; the master re-publishes
   each event into its own log with a ``[worker N]`` prefix (and a
-  ``gateway_worker`` field), so there is one log.
+  ``gateway_worker`` field), so there is one log. When twistd writes that log
+  as text on stdout, the workers send their access lines finished, in framed
+  batches the master writes there as they are (``workers.log_relay``).
 - A worker's stdin is a pipe from the master that carries nothing: when it
   reaches end-of-file the master has died (even by SIGKILL), and the worker
   drains and exits instead of serving on as an orphan.
@@ -76,6 +78,7 @@ from idgateway.workers.log_relay import (
     WORKER_FIELD,
     WorkerFailure,
 )
+from idgateway.workers.log_stream import WorkerStdout
 from idgateway.workers.shared_port import FIRST_LISTEN_FD, bind_listener, listener_key
 
 # Seconds the master waits past the drain timeout before it SIGKILLs a worker.
@@ -302,6 +305,9 @@ class MasterService(Service):
         ]
         if self.metrics_dir is not None:
             args += ["--metrics-dir", self.metrics_dir]
+        if self.access_out is not None:
+            # The worker sends its access lines as this log shows them.
+            args.append("--access-text")
         # 0: a pipe that only tells the worker the master is alive.
         child_fds: dict[int, Any] = {0: "w", 1: "r", 2: "r"}
         for offset, (listener, sock) in enumerate(self._sockets):
@@ -456,8 +462,21 @@ class WorkerProtocol(ProcessProtocol):
         self._log = Logger(observer=observer)
         self._partial: dict[int, bytes] = {1: b"", 2: b""}
         self.access_lines: list[str] | None = None
+        # With twistd's text log on stdout, the worker's stdout carries frames
+        # of finished access lines among its lines (see _spawn: --access-text).
+        self._stdout: WorkerStdout | None = None
+        if getattr(master, "access_out", None) is not None:
+            self._stdout = WorkerStdout(self._stdout_line, self._write_access_frame)
 
     def childDataReceived(self, childFD: int, data: bytes) -> None:
+        if childFD == 1 and self._stdout is not None:
+            self.access_lines = []
+            try:
+                self._stdout.feed(data)
+            finally:
+                self._flush_access()
+                self.access_lines = None
+            return
         buffered = self._partial.get(childFD, b"") + data
         *lines, rest = buffered.split(b"\n")
         while len(rest) > MAX_LINE:
@@ -481,11 +500,36 @@ class WorkerProtocol(ProcessProtocol):
             out.flush()
             self.access_lines.clear()
 
+    def _stdout_line(self, raw: bytes) -> None:
+        self._line(1, raw)
+
+    def _write_access_frame(self, lines: bytes) -> None:
+        """Finished access lines from the worker: to twistd's stdout, as they are."""
+        self._flush_access()  # per-line records before it in this read go first
+        if not lines.endswith(b"\n"):
+            lines += b"\n"  # never let the next line run on from it
+        out = self.master.access_out
+        if out is not None:
+            out.write(lines.decode("utf-8", "replace"))
+            out.flush()
+
     def processEnded(self, reason: Failure) -> None:
+        # What the worker was writing when it ended: whole lines are passed
+        # on; an access line cut short is left out rather than logged torn.
+        torn = self._stdout.end() if self._stdout is not None else 0
         for fd, rest in self._partial.items():
-            if rest:
+            if fd == 1 and rest.startswith(ACCESS_RECORD.encode()):
+                torn += len(rest)
+            elif rest:
                 self._line(fd, rest)
         self._partial = {1: b"", 2: b""}
+        if torn:
+            self._log.warn(
+                "[worker {gateway_worker}] ended in the middle of an access line; "
+                "its {torn} bytes are left out of the log",
+                gateway_worker=self.worker.index,
+                torn=torn,
+            )
         self.master.worker_ended(self.worker, reason)
 
     def _line(self, fd: int, raw: bytes) -> None:

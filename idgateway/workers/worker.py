@@ -174,6 +174,11 @@ def main(argv: Sequence[str] | None = None, *, reactor: Any) -> int:
         "--metrics-dir", default=None, help="where workers serve their metrics to worker 0"
     )
     parser.add_argument(
+        "--access-text",
+        action="store_true",
+        help="send access lines finished, as the master's text log on stdout shows them",
+    )
+    parser.add_argument(
         "--listen-fd",
         action="append",
         type=parse_listen_fd,
@@ -182,7 +187,7 @@ def main(argv: Sequence[str] | None = None, *, reactor: Any) -> int:
         help="an inherited listening socket and the listener it belongs to",
     )
     args = parser.parse_args(argv)
-    log_json_to_stdout(reactor)
+    log_json_to_stdout(reactor, text_for_worker=args.index if args.access_text else None)
     log = Logger(namespace="idgateway.workers.worker")
     try:
         config = load_config(args.config)

@@ -406,3 +406,110 @@ def test_a_single_process_logging_to_stdout_writes_its_access_lines_there(start_
     # twistd's own text format: "<time> [idgateway.access#info] GET /echo 200 ...".
     assert all(" [idgateway.access#info] GET /echo 200 " in line for line in lines)
     assert not any("i=" in line or "[worker" in line for line in lines)
+
+
+# A line of twistd's text log: its timestamp, then [namespace#level].
+TWISTD_LINE = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d{4} \[[^\]]*\] "
+
+
+@pytest.mark.parametrize(
+    "log_to_stdout", [False, True], ids=["log-file: per-line records", "stdout: framed batches"]
+)
+def test_access_lines_survive_a_worker_killed_under_load_whole_and_in_local_time(
+    start_gateway, backend, monkeypatch, log_to_stdout
+):
+    """Workers send finished lines only when the master logs text on stdout;
+    either way, a worker SIGKILLed in the middle of its traffic leaves no torn
+    line in the log, and the times are the master's local time (TZ)."""
+    import re
+
+    monkeypatch.setenv("TZ", "Asia/Kolkata")  # +0530 all year: no DST to race
+    port, gateway = start_with_workers(start_gateway, backend.port, log_to_stdout)
+    workers = children(gateway.pid)
+    assert all(("--access-text" in cmdline(pid)) is log_to_stdout for pid in workers)
+    stop = threading.Event()
+    answered: list[int] = []
+
+    def client() -> None:
+        while not stop.is_set():
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+                for i in range(20):
+                    conn.request("GET", f"/echo?i={i}", headers={"Host": "app.localhost"})
+                    response = conn.getresponse()
+                    response.read()
+                    answered.append(response.status)
+                conn.close()
+            except (OSError, http.client.HTTPException):
+                pass  # the killed worker's connections
+
+    threads = [threading.Thread(target=client) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    try:
+        wait_for(lambda: len(answered) > 300, 20, "requests answered")
+        os.kill(workers[0], signal.SIGKILL)
+        wait_for(lambda: len(children(gateway.pid)) == 2, 10, "the worker replaced")
+        before = len(answered)
+        wait_for(lambda: len(answered) > before + 300, 20, "requests after the restart")
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(10)
+    # The survivors' last batches (the killed worker's last 50 ms of lines
+    # went with it): wait until the log stops growing.
+    seen: list[int] = [-1]
+
+    def settled() -> bool:
+        count = len(access_lines(gateway))
+        if count == seen[0]:
+            return True
+        seen[0] = count
+        time.sleep(0.3)
+        return False
+
+    wait_for(settled, 10, "the access lines")
+    assert len(access_lines(gateway)) > 300
+    lines = gateway.log().split("\n")[:-1]
+    access = re.compile(
+        TWISTD_LINE.replace(r"\[[^\]]*\]", r"\[idgateway\.access#info\]")
+        + r"\[worker [01]\] GET /echo 200 \d+B route=app user=- gw=[\d.]+ms up=[\d.]+ms "
+        r"id=\S+ ip=127\.0\.0\.1$"
+    )
+    torn = [line for line in lines if not re.match(TWISTD_LINE, line)]
+    assert not torn, torn[:5]
+    relayed = [line for line in lines if "[idgateway.access#info]" in line]
+    assert relayed and all(access.match(line) for line in relayed), [
+        line for line in relayed if not access.match(line)
+    ][:5]
+    assert all(line[19:24] == "+0530" for line in lines)
+
+
+@pytest.mark.parametrize(
+    "log_to_stdout", [False, True], ids=["log-file: per-line records", "stdout: framed batches"]
+)
+def test_the_access_line_of_a_request_drained_at_sigterm_is_logged(
+    start_gateway, backend, log_to_stdout
+):
+    """The last batch of access lines goes out before a draining worker exits."""
+    port, gateway = start_with_workers(start_gateway, backend.port, log_to_stdout)
+    result: dict[str, object] = {}
+
+    def slow() -> None:
+        try:
+            status, _, body = request(port, "app.localhost", "/slow-headers?delay=1")
+            result["status"] = status
+        except Exception as error:  # reported by the assertion below
+            result["error"] = error
+
+    before = _established_to(backend.port)
+    client = threading.Thread(target=slow)
+    client.start()
+    wait_for(lambda: _established_to(backend.port) > before, 5, "the slow request upstream")
+    gateway.signal(signal.SIGTERM)
+    client.join(15)
+    assert result == {"status": 200}
+    assert gateway.process is not None
+    assert gateway.process.wait(15) == 0
+    [line] = [line for line in access_lines(gateway) if " GET /slow-headers 200 " in line]
+    assert line.index("[idgateway.access#info] [worker ") < line.index(" GET /slow-headers")
