@@ -69,10 +69,14 @@ class RequestBlock:
 
 def _check_value(name: bytes, value: bytes) -> None:
     # RFC 9113 8.2.1: no NUL, CR or LF; no leading or trailing SP or HTAB.
+    # Nor VT or FF, which the HTTP/1.1 reader refuses too: whitespace to many
+    # a parser's strip(), they would let the upstream read a value otherwise.
     if value and (
         b"\n" in value
         or b"\r" in value
         or b"\x00" in value
+        or b"\x0b" in value
+        or b"\x0c" in value
         or value[0] in (0x20, 0x09)
         or value[-1] in (0x20, 0x09)
     ):
@@ -140,11 +144,13 @@ def read_request_block(headers: Iterable[tuple[bytes, bytes]]) -> RequestBlock:
                 continue
             _check_name(name)
         regular = True
-        # RFC 9113 8.2.1: no NUL, CR or LF; no leading or trailing SP or HTAB.
+        # RFC 9113 8.2.1 (and VT, FF: see _check_value).
         if value and (
             b"\n" in value
             or b"\r" in value
             or b"\x00" in value
+            or b"\x0b" in value
+            or b"\x0c" in value
             or value[0] in (0x20, 0x09)
             or value[-1] in (0x20, 0x09)
         ):
@@ -193,8 +199,10 @@ def _check_pseudo_headers(block: RequestBlock) -> None:
         if block.scheme is not None or block.path is not None:
             raise MalformedHeaders("CONNECT with :scheme or :path")
     else:
-        if block.protocol is not None and method != b"CONNECT":
-            raise MalformedHeaders(":protocol without CONNECT")
+        if block.protocol is not None:
+            # RFC 8441 4: the gateway never sends SETTINGS_ENABLE_CONNECT_PROTOCOL,
+            # so a request with :protocol is malformed (WebSockets use HTTP/1.1).
+            raise MalformedHeaders(":protocol (extended CONNECT is not enabled)")
         if block.scheme is None or block.path is None:
             raise MalformedHeaders("no :scheme or no :path")
     authority, host = block.authority, block.host

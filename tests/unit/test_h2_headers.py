@@ -65,17 +65,19 @@ def test_host_alone_or_equal_to_authority_is_accepted() -> None:
     assert block.authority is None and block.host == b"h.example"
 
 
-def test_connect_and_extended_connect_blocks() -> None:
+def test_a_connect_block_is_well_formed_and_extended_connect_is_not_enabled() -> None:
+    # (A plain CONNECT is well-formed; the route answers it 405.)
     read_request_block([(b":method", b"CONNECT"), (b":authority", b"a.example:443")])
-    read_request_block(
-        [
-            (b":method", b"CONNECT"),
-            (b":protocol", b"websocket"),
-            (b":scheme", b"https"),
-            (b":path", b"/ws"),
-            (b":authority", b"a.example"),
-        ]
-    )
+    with pytest.raises(MalformedHeaders, match="extended CONNECT"):
+        read_request_block(
+            [
+                (b":method", b"CONNECT"),
+                (b":protocol", b"websocket"),
+                (b":scheme", b"https"),
+                (b":path", b"/ws"),
+                (b":authority", b"a.example"),
+            ]
+        )
 
 
 MALFORMED = {
@@ -89,6 +91,9 @@ MALFORMED = {
     "cr-in-value": GET + [(b"x", b"a\rb")],
     "lf-in-value": GET + [(b"x", b"a\nb")],
     "crlf-smuggled-header": GET + [(b"x", b"a\r\nx-auth-user: admin")],
+    "vt-in-value": GET + [(b"transfer-x", b"chunked\x0b")],
+    "ff-in-value": GET + [(b"x", b"a\x0cb")],
+    "vt-in-cookie": GET + [(b"cookie", b"a=1\x0bb")],
     "leading-space": GET + [(b"x", b" a")],
     "trailing-tab": GET + [(b"x", b"a\t")],
     "lf-in-cookie": GET + [(b"cookie", b"a=1\nb")],
