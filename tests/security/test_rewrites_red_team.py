@@ -1271,3 +1271,180 @@ def test_h2_content_length_disagreements_reach_no_upstream(
         assert len(seen.body) == int(seen.values(b"content-length")[0])
     assert not upstream.errors
     assert len(upstream.seen) == 0, [s.target for s in upstream.seen]
+
+
+# -- 7. the request line the upstream gets: every byte of it must be HTTP/1.1 ---------------
+#
+# The gateway writes ``method SP target SP HTTP/1.1`` from what the client sent.
+# On HTTP/1.1 the request line itself keeps spaces and controls out (the one-pass
+# reader's token and target checks, twisted.web's parser); on HTTP/2 nothing
+# does for ``:method``, nor for the query part of ``:path`` (the path part is
+# made canonical). An upstream then reads another request line than the one
+# the gateway judged: h11 refuses it (a 502 here); a lenient parser may split it.
+
+_NOT_A_TOKEN = (
+    "BYPASS: an HTTP/2 :method that is not a token (spaces, tabs, controls, non-ASCII) is "
+    "written verbatim into the upstream request line ('GET /smuggled /echo HTTP/1.1'); HTTP/1.1 "
+    "refuses such a method with a 400 (server/h2_headers.py read_request_block checks no "
+    "character of :method)"
+)
+_RAW_QUERY = (
+    "BYPASS: the query of an HTTP/2 :path goes into the upstream request line verbatim, with "
+    "spaces, tabs and control characters ('GET /echo?a b HTTP/1.1'); the same query on "
+    "HTTP/1.1 is a 400 (server/h2_headers.py checks no character of :path, the path judge only "
+    "the path part)"
+)
+_HIGH_QUERY = (
+    "BYPASS: a DEL or a byte 0x80-0xB0 in an HTTP/1.1 query is forwarded verbatim into the "
+    "upstream request line (server/request_head.py _TARGET is bytes 33-176, as twisted.web's "
+    "check; the query is not made canonical); 0xB1 and above are a 400"
+)
+
+
+def _h2_target(world: dict[str, Any], method: bytes, path: bytes) -> Any:
+    client = _h2(world)
+    try:
+        block = [
+            (b":method", method),
+            (b":scheme", b"http"),
+            (b":authority", b"open.localhost"),
+            (b":path", path),
+        ]
+        return client.wait(client.send_unchecked(block), timeout=5)
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize(
+    "method",
+    [
+        pytest.param(
+            b"GET /smuggled", id="space", marks=pytest.mark.xfail(strict=True, reason=_NOT_A_TOKEN)
+        ),
+        pytest.param(
+            b"GET\t/smuggled", id="tab", marks=pytest.mark.xfail(strict=True, reason=_NOT_A_TOKEN)
+        ),
+        pytest.param(
+            b"G(T", id="separator", marks=pytest.mark.xfail(strict=True, reason=_NOT_A_TOKEN)
+        ),
+        pytest.param(
+            b"GET\x0b", id="vertical-tab", marks=pytest.mark.xfail(strict=True, reason=_NOT_A_TOKEN)
+        ),
+        pytest.param(
+            b"\x7fGET", id="del", marks=pytest.mark.xfail(strict=True, reason=_NOT_A_TOKEN)
+        ),
+        pytest.param(
+            b"GET\xc3\xa9", id="utf-8", marks=pytest.mark.xfail(strict=True, reason=_NOT_A_TOKEN)
+        ),
+        pytest.param(b"get", id="lower-case-token"),
+    ],
+)
+def test_an_h2_method_reaches_the_upstream_as_one_token_or_is_refused(
+    world: dict[str, Any], upstream: RecordingUpstream, method: bytes
+) -> None:
+    response = _h2_target(world, method, b"/echo")
+    wait_for_quiet(upstream)
+    assert not upstream.errors, upstream.errors
+    assert response.reset is not None or response.status in (400, 405, 501, 200)
+    if response.status == 200:
+        assert [seen.method for seen in upstream.seen] == [method]
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        pytest.param(
+            b"/echo?a b", id="space", marks=pytest.mark.xfail(strict=True, reason=_RAW_QUERY)
+        ),
+        pytest.param(
+            b"/echo?a\tb", id="tab", marks=pytest.mark.xfail(strict=True, reason=_RAW_QUERY)
+        ),
+        pytest.param(
+            b"/echo?a\x0bb",
+            id="vertical-tab",
+            marks=pytest.mark.xfail(strict=True, reason=_RAW_QUERY),
+        ),
+        pytest.param(
+            b"/echo?a\x01b", id="control", marks=pytest.mark.xfail(strict=True, reason=_RAW_QUERY)
+        ),
+        pytest.param(
+            b"/echo?a\x7fb", id="del", marks=pytest.mark.xfail(strict=True, reason=_RAW_QUERY)
+        ),
+        pytest.param(
+            b"/echo?a\xc3\xa9", id="utf-8", marks=pytest.mark.xfail(strict=True, reason=_RAW_QUERY)
+        ),
+        pytest.param(b"/echo?a%20b", id="percent-encoded"),
+        pytest.param(b"/echo /smuggled", id="space-in-path"),
+        pytest.param(b"/echo\xc3\xa9", id="utf-8-in-path"),
+    ],
+)
+def test_an_h2_target_reaches_the_upstream_as_http_1_1_or_is_refused(
+    world: dict[str, Any], upstream: RecordingUpstream, path: bytes
+) -> None:
+    response = _h2_target(world, b"GET", path)
+    wait_for_quiet(upstream)
+    assert not upstream.errors, upstream.errors
+    assert response.reset is not None or response.status in (400, 200)
+    if response.status == 200:
+        [seen] = upstream.seen
+        assert not seen.target.translate(None, bytes(range(33, 127)))
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        pytest.param(
+            b"/echo?a\x7fb",
+            id="del-in-query",
+            marks=pytest.mark.xfail(strict=True, reason=_HIGH_QUERY),
+        ),
+        pytest.param(
+            b"/echo?a\x85b",
+            id="nel-in-query",
+            marks=pytest.mark.xfail(strict=True, reason=_HIGH_QUERY),
+        ),
+        pytest.param(
+            b"/echo?a\xb0b",
+            id="0xb0-in-query",
+            marks=pytest.mark.xfail(strict=True, reason=_HIGH_QUERY),
+        ),
+        pytest.param(b"/echo?a\xc3\xa9", id="utf-8-in-query"),
+        pytest.param(b"/echo\x7f", id="del-in-path"),
+        pytest.param(b"/echo\x85", id="nel-in-path"),
+    ],
+)
+@pytest.mark.parametrize("split", ["one-read", "head-split"])
+def test_an_http_1_1_target_reaches_the_upstream_as_http_1_1_or_is_refused(
+    world: dict[str, Any], upstream: RecordingUpstream, target: bytes, split: str
+) -> None:
+    data = b"GET " + target + b" HTTP/1.1\r\nHost: open.localhost\r\n" + CLOSE
+    received, _ = converse(world["port"], _pieces(data, split), settle=0.3)
+    wait_for_quiet(upstream)
+    assert not upstream.errors, upstream.errors
+    [answer] = parse_answers(received)
+    assert answer.status in (400, 200), received
+    if answer.status == 200:
+        [seen] = upstream.seen
+        assert not seen.target.translate(None, bytes(range(33, 127)))
+
+
+@pytest.mark.parametrize(
+    ("target", "host"),
+    [
+        (b"http://app.localhost/echo", b"open.localhost"),
+        (b"http://open.localhost/echo", b"app.localhost"),
+        (b"http://open.localhost@app.localhost/echo", b"open.localhost"),
+        (b"app.localhost/echo", b"open.localhost"),
+        (b"*", b"open.localhost"),
+    ],
+)
+def test_an_absolute_form_target_never_routes_by_one_host_and_forwards_another(
+    world: dict[str, Any], upstream: RecordingUpstream, target: bytes, host: bytes
+) -> None:
+    data = b"GET " + target + b" HTTP/1.1\r\nHost: " + host + b"\r\nAccept: application/json\r\n"
+    received, _ = converse(world["port"], [data + CLOSE], settle=0.3)
+    wait_for_quiet(upstream)
+    [answer] = parse_answers(received)
+    # Refused; or, were it ever taken, forwarded in origin form (one host named).
+    assert answer.status in (400, 401), received
+    assert all(seen.target.startswith(b"/") for seen in upstream.seen)
