@@ -454,3 +454,119 @@ def test_the_cookie_memo_answers_as_a_fresh_reading(sequence: list[list[bytes]])
             strip_cookies(headers, _is_own),
             parse_cookie_header(headers),
         )
+
+
+# -- the admission memo and the opened-cookie memo ------------------------------------------
+
+
+class _Forwarded:
+    """The resource's forward(): what the gate let through, with which identity."""
+
+    def __init__(self) -> None:
+        self.identities: list[list[tuple[bytes, bytes]]] = []
+
+    def forward(self, request: Any, state: Any, runtime: Any, host: bytes, **kwargs: Any) -> None:
+        self.identities.append(list(kwargs.get("identity") or []))
+
+
+def _staff_login(clock: Any) -> Any:
+    import attrs
+
+    from idgateway.config.model import AuthorizeRules
+    from tests.unit.test_gate import make_login
+
+    login = make_login(clock)
+    auth = attrs.evolve(login.auth, authorize=AuthorizeRules(groups=("staff",)))
+    login.auth = auth
+    return login
+
+
+def _visit(resource: _Forwarded) -> tuple[Any, Any]:
+    from twisted.web.test.requesthelper import DummyRequest
+
+    from idgateway.gate.session_check import Visit
+    from idgateway.http.paths import PathReading
+
+    request: Any = DummyRequest([b"echo"])
+    request.request_id = b"r"
+    request.idgw_reading = PathReading.__new__(PathReading)
+    object.__setattr__(request.idgw_reading, "rules_route", None)
+    visit = Visit(resource, request, None, None, b"app1.localhost", "/echo", None)  # type: ignore[arg-type]
+    return visit, request
+
+
+def _person(clock: Any, user: str, groups: list[str]) -> Any:
+    from tests.unit.test_gate import session
+
+    return session(clock.seconds(), user=user, claims={"groups": groups})
+
+
+def test_a_stale_admission_memo_entry_under_a_reused_id_is_not_believed() -> None:
+    """The memo is keyed by id(session): once a session is freed, another may
+    get its id. An entry left under that id (Alice's verdict and headers) must
+    not answer for Bob."""
+    from twisted.internet.task import Clock
+
+    clock = Clock()
+    clock.advance(1000)
+    login = _staff_login(clock)
+    alice, bob = _person(clock, "alice", ["staff"]), _person(clock, "bob", [])
+    resource = _Forwarded()
+    visit, _ = _visit(resource)
+    login.admit(visit, alice, reissue=False)
+    [(_, rules, failure, identity)] = [login._admission.get(id(alice))]
+    assert failure is None
+    # Alice's entry, as if left behind under the id Bob now has.
+    login._admission.put(id(bob), (alice, rules, failure, identity))
+    visit, request = _visit(resource)
+    login.admit(visit, bob, reissue=False)
+    assert request.responseCode == 403  # Bob is not staff: refused, not Alice's verdict
+    assert len(resource.identities) == 1
+
+
+def test_a_refreshed_session_is_judged_again_not_from_the_memo() -> None:
+    """A session replaced between two requests (a refresh that changed its
+    groups, a re-sealed cookie): a new object, a new verdict and new headers."""
+    import attrs
+    from twisted.internet.task import Clock
+
+    clock = Clock()
+    clock.advance(1000)
+    login = _staff_login(clock)
+    before = _person(clock, "alice", ["staff"])
+    resource = _Forwarded()
+    login.admit(_visit(resource)[0], before, reissue=False)
+    after = attrs.evolve(before, claims={"groups": []})
+    visit, request = _visit(resource)
+    login.admit(visit, after, reissue=False)
+    assert request.responseCode == 403
+    renamed = attrs.evolve(before, user="mallory")
+    login.admit(_visit(resource)[0], renamed, reissue=False)
+    users = [dict(identity)[b"X-Forwarded-User"] for identity in resource.identities]
+    assert users == [b"alice", b"mallory"]
+
+
+def test_an_opened_cookie_from_the_memo_still_expires() -> None:
+    """The opened-cookie memo keeps the session and its expiry: a cookie past
+    its Max-Age is refused although it was opened a moment ago."""
+    from twisted.internet.task import Clock
+
+    from idgateway.sessions.cookie import CookieSessionCodec, CookieSettings
+    from idgateway.sessions.keys import KeyRing
+    from tests.unit.test_gate import KEY
+
+    clock = Clock()
+    clock.advance(1000)
+    codec = CookieSessionCodec(
+        "app1",
+        KeyRing.from_strings([KEY]),
+        CookieSettings(name="_idgw_app1", secure=False),
+        clock=clock.seconds,
+    )
+    alice = _person(clock, "alice", ["staff"])
+    [set_cookie] = codec.encode(alice, max_age=60)
+    name, _, value = set_cookie.split(b";")[0].partition(b"=")
+    assert codec.decode({name: value})[0] == alice
+    assert codec.decode({name: value})[0] == alice  # (from the memo)
+    clock.advance(61)
+    assert codec.decode({name: value})[0] is None
