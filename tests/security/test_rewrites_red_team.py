@@ -139,13 +139,15 @@ class RecordingUpstream:
                     return
                 with self._lock:
                     self.seen.append(seen)
-                # Advance h11's state as if it had written the answer.
-                conn.send(h11.Response(status_code=200, headers=[("Content-Length", "0")]))
-                conn.send(h11.EndOfMessage())
                 try:
                     self._answer(sock, seen)
                 except OSError:
                     return
+                if seen.method == b"CONNECT":
+                    return  # (h11 would switch protocols: answered once, then closed)
+                # Advance h11's state as if it had written the answer.
+                conn.send(h11.Response(status_code=200, headers=[("Content-Length", "0")]))
+                conn.send(h11.EndOfMessage())
                 if conn.our_state is h11.MUST_CLOSE or conn.their_state is h11.MUST_CLOSE:
                     return
                 conn.start_next_cycle()
@@ -1503,3 +1505,39 @@ def test_an_absolute_form_target_never_routes_by_one_host_and_forwards_another(
     # Refused; or, were it ever taken, forwarded in origin form (one host named).
     assert answer.status in (400, 401), received
     assert all(seen.target.startswith(b"/") for seen in upstream.seen)
+
+
+_CONNECT = (
+    "BYPASS: a CONNECT with an origin-form target is forwarded to the upstream as "
+    "'CONNECT /echo HTTP/1.1' (HTTP/1.1, and HTTP/2 with :protocol although the gateway never "
+    "sent SETTINGS_ENABLE_CONNECT_PROTOCOL: RFC 8441 section 4 makes that malformed); an "
+    "upstream that can tunnel answers 200 and the response body becomes a raw tunnel "
+    "(server/h2_headers.py _check_pseudo_headers, routing/resource.py)"
+)
+
+
+@pytest.mark.xfail(strict=True, reason=_CONNECT)
+@pytest.mark.parametrize("protocol", ["http/1.1", "h2-extended-connect"])
+def test_a_connect_never_reaches_the_upstream(
+    world: dict[str, Any], upstream: RecordingUpstream, protocol: str
+) -> None:
+    if protocol == "http/1.1":
+        data = b"CONNECT /echo HTTP/1.1\r\nHost: open.localhost\r\n" + CLOSE
+        received, _ = converse(world["port"], [data], settle=0.5)
+        assert parse_answers(received)[0].status in (400, 405, 501)
+    else:
+        client = _h2(world)
+        try:
+            block = [
+                (b":method", b"CONNECT"),
+                (b":protocol", b"websocket"),
+                (b":scheme", b"http"),
+                (b":authority", b"open.localhost"),
+                (b":path", b"/echo"),
+            ]
+            response = client.wait(client.send_unchecked(block), timeout=5)
+        finally:
+            client.close()
+        assert response.reset is not None or response.status in (400, 405, 501)
+    wait_for_quiet(upstream)
+    assert [seen.method for seen in upstream.seen] == []
