@@ -57,8 +57,10 @@ from idgateway.http.header_names import header_key
 from idgateway.sessions.cookie import CookieSessionCodec, CookieSettings
 from idgateway.sessions.keys import KeyRing
 from idgateway.sessions.model import Session
+from idgateway.sessions.redis_store import RedisSessionStore, session_key_hash
 from tests.h2_client import H2Client
 from tests.processes import GatewayProcess, free_port
+from tests.redis_process import RedisProcess
 
 SESSION_KEY = base64.b64encode(os.urandom(32)).decode()
 COOKIE_NAME = b"_idgw_app"
@@ -280,6 +282,8 @@ def seal_cookie(issuer: str, user: str, groups: list[str], session_id: str) -> b
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     tmp = tmp_path_factory.mktemp("red-team")
     upstream = RecordingUpstream()
+    redis = RedisProcess(tmp / "redis")
+    redis.start()
     port, h2c_port = free_port(), free_port()
     issuer = f"https://127.0.0.1:{free_port()}/oauth2/token"
     config = tmp / "gateway.yaml"
@@ -304,6 +308,12 @@ routes:
       - prefix: /staff/
         upstream: http://127.0.0.1:{upstream.port}
         authorize: {{groups: [staff]}}
+  - name: rapp
+    hosts: [rapp.localhost]
+    upstream: http://127.0.0.1:{upstream.port}
+    oidc: {{provider: down, client_id: c, client_secret: s}}
+    session: {{store: redis, url: '{redis.url}', keys: [{SESSION_KEY}]}}
+    headers: oauth2-proxy
   - name: open
     default: true
     upstream: http://127.0.0.1:{upstream.port}
@@ -320,10 +330,12 @@ routes:
             "alice": seal_cookie(issuer, "alice", ["staff"], "a" * 32),
             "bob": seal_cookie(issuer, "bob", ["users"], "b" * 32),
             "issuer": issuer,
+            "redis": redis,
         }
     finally:
         gateway.stop()
         upstream.close()
+        redis.stop()
 
 
 @pytest.fixture
@@ -1541,3 +1553,91 @@ def test_a_connect_never_reaches_the_upstream(
         assert response.reset is not None or response.status in (400, 405, 501)
     wait_for_quiet(upstream)
     assert [seen.method for seen in upstream.seen] == []
+
+
+# -- 8. Redis sessions: the reply reader and the loaded sessions under load ----------------
+
+
+def _redis_command(port: int, *words: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(
+            b"*%d\r\n" % len(words) + b"".join(b"$%d\r\n%s\r\n" % (len(w), w) for w in words)
+        )
+        return sock.recv(65536)
+
+
+def store_redis_session(world: dict[str, Any], user: str) -> tuple[str, bytes]:
+    """A session for ``user`` written to Redis as the rapp route stores it: its
+    id and its key. (The route's associated data, spelled out: it is what
+    RedisSessionStore seals under.)"""
+    session_id = RedisSessionStore.new_session_id()
+    key = f"idgw:rapp:s:{session_key_hash(session_id)}".encode()
+    binding = json.dumps(["issuer", world["issuer"], "c"], separators=(",", ":")).encode()
+    associated = b"idgateway redis session\x00rapp\x00" + binding + b"\x00" + key
+    now = time.time()
+    session = Session(
+        id=session_id,
+        route="rapp",
+        sub=user,
+        user=user,
+        claims={"email": f"{user}@example.com", "groups": ["users"]},
+        created_at=now,
+        last_seen=now,
+    )
+    payload = json.dumps(session.to_json_dict(), separators=(",", ":")).encode()
+    sealed = KeyRing.from_strings([SESSION_KEY]).seal(payload, associated)
+    assert _redis_command(world["redis"].port, b"SET", key, sealed, b"PX", b"600000") == b"+OK\r\n"
+    return session_id, key
+
+
+def test_concurrent_redis_sessions_each_get_their_own_identity(
+    world: dict[str, Any], upstream: RecordingUpstream
+) -> None:
+    """Thirty users' requests, interleaved over eight keep-alive connections at
+    once: the gateway's Redis GETs are pipelined and their replies read many
+    per read (redis/resp.py), loaded sessions are shared and reloaded ahead
+    (sessions/loaded.py); every answer names the user whose cookie asked. Then
+    one session is deleted from Redis (a logout elsewhere): within the loaded
+    bound (1 s) its cookie is refused, the others go on."""
+    users = {f"user{n:02d}": store_redis_session(world, f"user{n:02d}")[0] for n in range(30)}
+    failures: list[str] = []
+
+    def client(offset: int) -> None:
+        with socket.create_connection(("127.0.0.1", world["port"]), timeout=10) as sock:
+            reader = sock.makefile("rb")
+            names = sorted(users)
+            for turn in range(60):
+                user = names[(offset * 7 + turn * 11) % len(names)]
+                sock.sendall(
+                    b"GET /echo HTTP/1.1\r\nHost: rapp.localhost\r\nAccept: application/json\r\n"
+                    b"Cookie: _idgw_rapp=%s\r\n\r\n" % users[user].encode()
+                )
+                status = int(reader.readline().split(b" ")[1])
+                length = 0
+                while (line := reader.readline()) != b"\r\n":
+                    if line.lower().startswith(b"content-length:"):
+                        length = int(line.split(b":")[1])
+                body = reader.read(length)
+                if status != 200 or json.loads(body)["users"] != [user]:
+                    failures.append(f"{user}: {status} {body[:120]!r}")
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert failures == []
+    assert len(upstream.seen) == 8 * 60
+
+    # A logout elsewhere: the session's key deleted from Redis.
+    gone = "user07"
+    key = f"idgw:rapp:s:{session_key_hash(users[gone])}".encode()
+    assert _redis_command(world["redis"].port, b"DEL", key) == b":1\r\n"
+    time.sleep(1.3)
+    for user in (gone, "user08"):
+        request = (
+            b"GET /echo HTTP/1.1\r\nHost: rapp.localhost\r\nAccept: application/json\r\n"
+            b"Cookie: _idgw_rapp=%s\r\n" % users[user].encode()
+        ) + CLOSE
+        received, _ = converse(world["port"], [request], settle=0.5)
+        assert parse_answers(received)[0].status == (401 if user == gone else 200), received
