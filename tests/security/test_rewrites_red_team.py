@@ -461,7 +461,7 @@ def h11_targets(data: bytes) -> list[bytes] | str:
         return f"h11 refuses: {error}"
 
 
-def wait_for_quiet(upstream: RecordingUpstream, seconds: float = 0.15) -> None:
+def wait_for_quiet(upstream: RecordingUpstream, seconds: float = 0.05) -> None:
     """Let requests on their way to the upstream arrive."""
     time.sleep(seconds)
 
@@ -731,7 +731,7 @@ def test_the_body_of_a_request_the_gate_answered_is_never_a_request(
     # After the hidden body, a request of its own (which closes the connection).
     after = b"GET /after HTTP/1.1\r\nHost: open.localhost\r\n" + CLOSE
     pieces = [data + after] if split == "one-read" else [data[:head_end], data[head_end:] + after]
-    received, closed = converse(world["port"], pieces, pause=0.2)
+    received, closed = converse(world["port"], pieces, pause=0.1)
     wait_for_quiet(upstream)
     answers = parse_answers(received)
     assert answers, received
