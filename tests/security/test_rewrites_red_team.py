@@ -244,6 +244,9 @@ class RecordingUpstream:
                 sock.sendall(plain)
             time.sleep(0.3)
             sock.sendall(stray)
+        elif mode == b"refuse-upgrade":
+            # A WebSocket handshake the upstream turns down: no tunnel.
+            sock.sendall(b"HTTP/1.1 426 Upgrade Required\r\nContent-Length: 0\r\n\r\n")
         elif mode == b"slow":
             time.sleep(0.3)
             sock.sendall(plain)
@@ -1641,3 +1644,59 @@ def test_concurrent_redis_sessions_each_get_their_own_identity(
         ) + CLOSE
         received, _ = converse(world["port"], [request], settle=0.5)
         assert parse_answers(received)[0].status == (401 if user == gone else 200), received
+
+
+# -- 9. upgrades: no tunnel the upstream did not open ----------------------------------------
+
+
+_WEBSOCKET = (
+    b"Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"
+    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+)
+_SMUGGLED_AFTER_UPGRADE = (
+    b"GET /smuggled HTTP/1.1\r\nHost: app.localhost\r\nX-Forwarded-User: admin\r\n"
+    b"Accept: application/json\r\n\r\n"
+)
+
+
+@pytest.mark.parametrize("split", ["one-read", "after-head"])
+def test_a_refused_websocket_upgrade_opens_no_tunnel(
+    world: dict[str, Any], upstream: RecordingUpstream, split: str
+) -> None:
+    """WebSocket smuggling: the upstream answers the handshake with a 426, the
+    client goes on as if it were a tunnel. What follows is HTTP again, read and
+    gated by the gateway (401 without a cookie), never bytes sent upstream."""
+    head = b"GET /r/refuse-upgrade HTTP/1.1\r\nHost: app.localhost\r\nCookie: %s\r\n%s\r\n" % (
+        world["alice"],
+        _WEBSOCKET,
+    )
+    pieces = [head + _SMUGGLED_AFTER_UPGRADE]
+    if split == "after-head":
+        pieces = [head, _SMUGGLED_AFTER_UPGRADE]
+    received, _ = converse(world["port"], pieces, pause=0.3, settle=0.6)
+    wait_for_quiet(upstream)
+    answers = parse_answers(received)
+    assert [a.status for a in answers][:1] == [426], received
+    assert [a.status for a in answers[1:]] in ([], [401]), received
+    assert upstream.targets() == [b"/r/refuse-upgrade"]
+    assert b"/smuggled" not in upstream.raw and b"admin" not in upstream.raw
+
+
+@pytest.mark.parametrize("upgrade", [b"h2c", b"h2c, websocket", b"websocket, h2c", b"HTTP/2.0"])
+def test_an_h2c_upgrade_never_reaches_the_upstream(
+    world: dict[str, Any], upstream: RecordingUpstream, upgrade: bytes
+) -> None:
+    """h2c smuggling: an Upgrade the gateway does not itself serve is dropped (a
+    hop-by-hop header), so no upstream can switch to HTTP/2 behind its back."""
+    data = (
+        b"GET /echo HTTP/1.1\r\nHost: app.localhost\r\nCookie: %s\r\n"
+        b"Connection: Upgrade, HTTP2-Settings\r\nUpgrade: %s\r\n"
+        b"HTTP2-Settings: AAMAAABkAAQAAP__\r\n" % (world["alice"], upgrade)
+    ) + CLOSE
+    received, _ = converse(world["port"], [data], settle=0.5)
+    wait_for_quiet(upstream)
+    [answer] = parse_answers(received)
+    assert answer.status in (200, 400), received
+    for seen in upstream.seen:
+        assert seen.values(b"upgrade") == [] or seen.values(b"upgrade") == [b"websocket"]
+        assert seen.values(b"http2-settings") == []
