@@ -1700,3 +1700,60 @@ def test_an_h2c_upgrade_never_reaches_the_upstream(
     for seen in upstream.seen:
         assert seen.values(b"upgrade") == [] or seen.values(b"upgrade") == [b"websocket"]
         assert seen.values(b"http2-settings") == []
+
+
+_VT_FF = (
+    "BYPASS: an HTTP/2 field value with a VT or FF (whitespace to many a parser's strip(), "
+    "refused with a 400 on HTTP/1.1 by request_head and GatewayChannel.headerReceived) is "
+    "forwarded verbatim to the upstream (server/h2_headers.py checks only NUL, CR, LF and "
+    "edge whitespace)"
+)
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        pytest.param(b"x-note", b"a\x0bb", marks=pytest.mark.xfail(strict=True, reason=_VT_FF)),
+        pytest.param(b"x-note", b"a\x0cb", marks=pytest.mark.xfail(strict=True, reason=_VT_FF)),
+        pytest.param(
+            b"cookie",
+            b"\x0b_idgw_app=forged",
+            marks=pytest.mark.xfail(strict=True, reason=_VT_FF),
+        ),
+        pytest.param(b"x-note", b"a\x01b", id="other-control-as-on-http-1.1"),
+    ],
+)
+def test_an_h2_field_value_is_held_to_what_http_1_1_accepts(
+    world: dict[str, Any], upstream: RecordingUpstream, name: bytes, value: bytes
+) -> None:
+    client = _h2(world)
+    try:
+        block = [
+            (b":method", b"GET"),
+            (b":scheme", b"http"),
+            (b":authority", b"open.localhost"),
+            (b":path", b"/echo"),
+            (name, value),
+        ]
+        response = client.wait(client.send_unchecked(block), timeout=5)
+    finally:
+        client.close()
+    wait_for_quiet(upstream)
+    # As the same field fares on HTTP/1.1: refused there, refused here; passed
+    # there, passed here (and h11 reads what reached the upstream).
+    http_1_1, _ = converse(
+        world["port"],
+        [
+            b"GET /echo HTTP/1.1\r\nHost: open.localhost\r\n"
+            + name
+            + b": "
+            + value
+            + b"\r\n"
+            + CLOSE
+        ],
+        settle=0.3,
+    )
+    expected = parse_answers(http_1_1)[0].status
+    assert response.reset is not None or response.status in (400, expected), response
+    assert not upstream.errors, upstream.errors
+    assert b"\x0b" not in upstream.raw and b"\x0c" not in upstream.raw
