@@ -35,6 +35,7 @@ import base64
 import json
 import os
 import socket
+import struct
 import threading
 import time
 from collections.abc import Iterator
@@ -1757,3 +1758,73 @@ def test_an_h2_field_value_is_held_to_what_http_1_1_accepts(
     assert response.reset is not None or response.status in (400, expected), response
     assert not upstream.errors, upstream.errors
     assert b"\x0b" not in upstream.raw and b"\x0c" not in upstream.raw
+
+
+# -- 10. a client that leaves mid-exchange: its answer never reaches the next client ---------
+
+
+def test_a_client_gone_mid_exchange_never_hands_its_answer_to_the_next(
+    world: dict[str, Any], upstream: RecordingUpstream
+) -> None:
+    """Alice's slow request holds the one pooled connection; she hangs up; Bob's
+    request, queued, must get Bob's answer (the connection Alice's answer is
+    still coming on cannot be handed over)."""
+    with socket.create_connection(("127.0.0.1", world["port"]), timeout=10) as alice:
+        alice.sendall(_get(world, "alice", "/r/slow"))
+        time.sleep(0.1)
+        results: dict[str, bytes] = {}
+
+        def bob() -> None:
+            results["bob"] = converse(world["port"], [_get(world, "bob", "/echo")], settle=2.0)[0]
+
+        thread = threading.Thread(target=bob)
+        thread.start()
+        time.sleep(0.1)
+        alice.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    thread.join()
+    [answer] = parse_answers(results["bob"])
+    assert answer.status == 200, results["bob"]
+    assert answer.json()["users"] == ["bob"]
+    time.sleep(0.4)  # (Alice's late answer lands before the next test)
+
+
+def test_an_h2_stream_reset_mid_exchange_never_hands_its_answer_to_another_stream(
+    world: dict[str, Any], upstream: RecordingUpstream
+) -> None:
+    """The same on one HTTP/2 connection: Alice's stream waits for the slow
+    upstream, Bob's stream is queued behind it for the one pooled connection,
+    Alice resets her stream; Bob's stream gets Bob's answer. Then streams of
+    both, interleaved on the connection, each get their own."""
+    client = _h2(world)
+    try:
+
+        def block(who: str, path: bytes) -> list[tuple[bytes, bytes]]:
+            return [
+                (b":method", b"GET"),
+                (b":scheme", b"http"),
+                (b":authority", b"app.localhost"),
+                (b":path", path),
+                (b"accept", b"application/json"),
+                (b"cookie", world[who]),
+            ]
+
+        slow = client.send_unchecked(block("alice", b"/r/slow"))
+        time.sleep(0.05)
+        queued = client.send_unchecked(block("bob", b"/echo"))
+        time.sleep(0.1)
+        client.h2.reset_stream(slow)
+        client.flush()
+        response = client.wait(queued)
+        assert response.status == 200
+        assert json.loads(bytes(response.body))["users"] == ["bob"]
+        time.sleep(0.4)
+        streams = [
+            (who, client.send_unchecked(block(who, b"/echo")))
+            for who in ("alice", "bob", "bob", "alice", "alice", "bob")
+        ]
+        for who, stream in streams:
+            response = client.wait(stream)
+            assert response.status == 200
+            assert json.loads(bytes(response.body))["users"] == [who]
+    finally:
+        client.close()
