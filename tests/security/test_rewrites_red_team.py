@@ -1828,3 +1828,30 @@ def test_an_h2_stream_reset_mid_exchange_never_hands_its_answer_to_another_strea
             assert json.loads(bytes(response.body))["users"] == [who]
     finally:
         client.close()
+
+
+@pytest.mark.parametrize("sent", [b"", b"0123456789"], ids=["expect-then-nothing", "partial-body"])
+def test_a_body_cut_short_never_prefixes_the_next_clients_request(
+    world: dict[str, Any], upstream: RecordingUpstream, sent: bytes
+) -> None:
+    """Alice announces 64 bytes of body (100-continue, or a part of it) and hangs
+    up: the pooled connection her request went out on holds a request the
+    upstream still reads the body of. Bob's request must never become that
+    body."""
+    with socket.create_connection(("127.0.0.1", world["port"]), timeout=10) as alice:
+        alice.sendall(
+            b"POST /echo HTTP/1.1\r\nHost: app.localhost\r\nAccept: application/json\r\n"
+            b"Cookie: %s\r\nExpect: 100-continue\r\nContent-Length: 64\r\n\r\n%s"
+            % (world["alice"], sent)
+        )
+        time.sleep(0.3)
+        alice.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    time.sleep(0.1)
+    received, _ = converse(world["port"], [_get(world, "bob", "/echo")], settle=2.0)
+    [answer] = parse_answers(received)
+    assert answer.status == 200, received
+    assert answer.json()["users"] == ["bob"]
+    wait_for_quiet(upstream)
+    for seen in upstream.seen:
+        assert b"GET" not in seen.body, seen.body
+    assert [seen.values(b"x-forwarded-user") for seen in upstream.seen][-1:] == [[b"bob"]]
