@@ -50,6 +50,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import h2.exceptions
 import h11
 import pytest
 from hpack import Encoder
@@ -68,7 +69,7 @@ from idgateway.sessions.cookie import CookieSessionCodec, CookieSettings
 from idgateway.sessions.keys import KeyRing
 from idgateway.sessions.model import Session
 from idgateway.sessions.redis_store import RedisSessionStore, session_key_hash
-from tests.h2_client import H2Client
+from tests.h2_client import ConnectionClosed, H2Client
 from tests.processes import GatewayProcess, free_port
 from tests.redis_process import RedisProcess
 
@@ -1912,3 +1913,43 @@ def test_a_non_idempotent_request_is_never_replayed_upstream(
         return
     assert len(seen) == 1, seen
     assert parse_answers(received)[0].status == 502
+
+
+@pytest.mark.parametrize("sent", [b"01234", b"0123456789ABCDEF"], ids=["short", "long"])
+def test_an_h2_body_off_its_content_length_never_prefixes_the_next_request(
+    world: dict[str, Any], upstream: RecordingUpstream, sent: bytes
+) -> None:
+    """content-length 10, then fewer or more DATA bytes and END_STREAM: the
+    stream is malformed (RFC 9113 8.1.1). What went upstream under that length
+    must not be completed by the next request on the pooled connection."""
+    client = _h2(world)
+    try:
+        block = [
+            (b":method", b"POST"),
+            (b":scheme", b"http"),
+            (b":authority", b"app.localhost"),
+            (b":path", b"/echo"),
+            (b"accept", b"application/json"),
+            (b"cookie", world["alice"]),
+            (b"content-length", b"10"),
+        ]
+        stream = client.send_unchecked(block, end=False)
+        client.send_body(stream, sent[:5], end=False)
+        time.sleep(0.2)  # (the head and the first bytes are upstream)
+        try:
+            client.send_body(stream, sent[5:], end=True)
+            response = client.wait(stream, timeout=3)
+            assert response.reset is not None or response.status in (400, 502), response
+        except (h2.exceptions.ProtocolError, ConnectionClosed):
+            pass  # (the gateway ended the connection: refused)
+    finally:
+        client.close()
+    received, _ = converse(world["port"], [_get(world, "bob", "/echo")], settle=2.0)
+    [answer] = parse_answers(received)
+    assert answer.status == 200, received
+    assert answer.json()["users"] == ["bob"]
+    wait_for_quiet(upstream)
+    for seen in upstream.seen:
+        assert b"GET" not in seen.body and b"bob" not in seen.body, seen.body
+        if seen.values(b"x-forwarded-user") == [b"alice"]:
+            assert len(seen.body) == 10 and seen.body == sent[:10] and len(sent) == 10
