@@ -1664,6 +1664,17 @@ def test_concurrent_redis_sessions_each_get_their_own_identity(
         received, _ = converse(world["port"], [request], settle=0.5)
         assert parse_answers(received)[0].status == (401 if user == gone else 200), received
 
+    # A sign-out on this process: the loaded session goes at once, no 1 s grace,
+    # even for a request pipelined right behind it.
+    cookie = b"Cookie: _idgw_rapp=%s\r\n" % users["user08"].encode()
+    sign_out = (
+        b"GET /oauth2/sign_out HTTP/1.1\r\nHost: rapp.localhost\r\n"
+        b"Sec-Fetch-Site: same-origin\r\n" + cookie + b"\r\n"
+    )
+    again = b"GET /echo HTTP/1.1\r\nHost: rapp.localhost\r\nAccept: application/json\r\n" + cookie
+    received, _ = converse(world["port"], [sign_out + again + CLOSE], settle=1.0)
+    assert [a.status for a in parse_answers(received)][1:] == [401], received
+
 
 # -- 9. upgrades: no tunnel the upstream did not open ----------------------------------------
 
