@@ -721,6 +721,16 @@ def _gate_cases(world: dict[str, Any]) -> dict[str, tuple[bytes, int]]:
             + hidden,
             403,
         ),
+        # Redis sessions: the gate answers only once Redis did (no such session),
+        # after the 100 Continue went out and the body began to arrive.
+        "401-after-redis": (
+            b"POST /echo HTTP/1.1\r\nHost: rapp.localhost\r\n"
+            + json_api
+            + b"Cookie: _idgw_rapp=%s\r\n" % RedisSessionStore.new_session_id().encode()
+            + b"Expect: 100-continue\r\nContent-Length: %d\r\n\r\n" % len(hidden)
+            + hidden,
+            401,
+        ),
         # 100-continue asked for, refused with a 401: the "body" that follows
         # is the next request.
         "401-expect-continue": (
@@ -740,6 +750,7 @@ GATE_CASES = [
     "login-post-body",
     "403-post-body",
     "401-expect-continue",
+    "401-after-redis",
 ]
 
 
