@@ -59,10 +59,20 @@ FORWARDING_HEADERS = frozenset(
 ALWAYS_STRIPPED = frozenset({b"x-original-url", b"x-rewrite-url"})
 
 
+# Every byte but a letter or a digit reads as '-' in a header key.
+_KEY_FOLD = bytes(
+    c + 32 if 0x41 <= c <= 0x5A else c if (0x30 <= c <= 0x39 or 0x61 <= c <= 0x7A) else 0x2D
+    for c in range(256)
+)
+
+
 def header_key(name: bytes) -> bytes:
     """The spelling-insensitive form of a header name: ``X_Forwarded-User`` -> ``x-forwarded-user``.
 
-    Some servers (CGI, PHP, mod_wsgi) turn ``-`` into ``_``; a header an attacker
-    spells with underscores must be stripped like the real one.
+    Some servers (CGI, PHP, mod_wsgi) turn ``-`` into ``_``, and some fold other
+    punctuation as well (PHP's built-in server reads ``X.Forwarded.User`` as
+    ``HTTP_X_FORWARDED_USER``): a header an attacker spells with underscores,
+    dots or any other token character in place of ``-`` must be stripped like
+    the real one.
     """
-    return name.lower().replace(b"_", b"-")
+    return name.translate(_KEY_FOLD)

@@ -188,3 +188,26 @@ def test_forwarded_prefix_from_a_trusted_proxy_is_kept_once():
     assert [v for n, v in pairs if header_key(n) == b"x-forwarded-prefix"] == [b"/app"]
     _, pairs = parse(head([], trusted=True))
     assert all(header_key(n) != b"x-forwarded-prefix" for n, _ in pairs)
+
+
+@pytest.mark.parametrize(
+    "spelling",
+    [
+        b"X-Forwarded-User",
+        b"x_forwarded_user",
+        b"X.Forwarded.User",
+        b"X-Forwarded.User",
+        b"X+Forwarded~User",
+        b"X!Forwarded|User",
+        b"x`forwarded'user",
+    ],
+)
+def test_every_punctuation_spelling_of_a_header_has_the_same_key(spelling: bytes) -> None:
+    # (Servers that fold punctuation into '_' for CGI-style names read these
+    # all as HTTP_X_FORWARDED_USER.)
+    assert header_key(spelling) == b"x-forwarded-user"
+
+
+def test_letters_and_digits_keep_their_place_in_a_key() -> None:
+    assert header_key(b"X-Api-Key2") == b"x-api-key2"
+    assert header_key(b"XAPIKEY") != header_key(b"X-API-KEY")
