@@ -101,6 +101,11 @@ class RequestBody(TypingProtocol):
     def resume(self) -> None: ...
 
 
+# RFC 9110 9.2.2: requests that may be sent again when a reused connection
+# closed before any answer (the upstream may or may not have seen them).
+IDEMPOTENT_METHODS = frozenset((b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"))
+
+
 class Exchange:
     """One request (head + optional streamed body) and where its answer goes."""
 
@@ -495,10 +500,13 @@ class UpstreamConnection(Protocol):
             # Interim response (100 Continue, 103 Early Hints): wait for the real one.
             return rest
         if exchange.is_head or status in (204, 304):
-            if rest or (status == 204 and (chunked or length)):
-                # A body where none can be (or a 204 announcing one, which
-                # is likely to follow): the upstream and the gateway no
-                # longer agree where the next response starts.
+            if rest or chunked or length:
+                # A body where none can be, or a head that announces one (a
+                # HEAD's or a 304's Content-Length may be honest, but an
+                # upstream that sends that body anyway, a moment later, would
+                # have it read as the next client's response on this
+                # connection): the upstream and the gateway may no longer
+                # agree where the next response starts, so it is not reused.
                 self._discard_after(DISCARD_BODY_AFTER_NO_BODY)
             exchange.body_in_hand = True
             exchange.sink.response_head(status, reason, headers, length)
@@ -647,9 +655,17 @@ class UpstreamConnection(Protocol):
         if self._state == _BODY_UNTIL_CLOSE:
             exchange.sink.response_end()
             return
-        if self._state == _HEAD and not self._got_any and self.reused and exchange.replayable:
+        if (
+            self._state == _HEAD
+            and not self._got_any
+            and self.reused
+            and exchange.replayable
+            and exchange.head[: exchange.head.find(b" ")] in IDEMPOTENT_METHODS
+        ):
             # The upstream closed this idle connection just as we reused it;
-            # nothing was processed, so sending again is safe.
+            # most likely nothing was processed, so an idempotent request is
+            # sent again (RFC 9110 9.2.2; a POST or PATCH is not: the upstream
+            # may have acted on it before closing, as nginx also assumes).
             exchange.replayable = False
             self.pool.submit(exchange)
             return

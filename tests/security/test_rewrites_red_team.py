@@ -979,28 +979,11 @@ def test_a_misbehaving_upstream_never_crosses_two_clients(
             "HEAD",
             "head-body-later",
             200,
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason=(
-                    "BYPASS: a HEAD answer's Content-Length body sent by the upstream after the "
-                    "head, once the pooled connection was handed to the next client's request, is "
-                    "read as that client's response (proxy/upstream.py _parse_head returns the "
-                    "connection to the pool at once after a HEAD/304 response)"
-                ),
-            ),
         ),
         pytest.param(
             "GET",
             "not-modified-body-later",
             304,
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason=(
-                    "BYPASS: a 304 with Content-Length whose 'body' the upstream sends after the "
-                    "head is read as the next queued client's response (proxy/upstream.py "
-                    "_parse_head)"
-                ),
-            ),
         ),
         pytest.param(
             "GET",
@@ -1009,8 +992,9 @@ def test_a_misbehaving_upstream_never_crosses_two_clients(
             marks=pytest.mark.xfail(
                 strict=True,
                 reason=(
-                    "BYPASS (inherent to HTTP/1.1 connection reuse; nginx and HAProxy behave "
-                    "alike): a whole unsolicited response the upstream sends after a complete one, "
+                    "KNOWN LIMITATION (inherent to HTTP/1.1 connection reuse; nginx and "
+                    "HAProxy behave alike): a whole unsolicited response the upstream sends "
+                    "after a complete one, "
                     "once the connection went to the next queued client, is that client's answer"
                 ),
             ),
@@ -1876,20 +1860,13 @@ def test_a_body_cut_short_never_prefixes_the_next_clients_request(
     assert [seen.values(b"x-forwarded-user") for seen in upstream.seen][-1:] == [[b"bob"]]
 
 
-_REPLAY = (
-    "BYPASS: a request without a body whose reused upstream connection closes before any "
-    "answer is sent again on a fresh connection whatever its method (proxy/upstream.py "
-    "Exchange.replayable = body is None; connectionLost resubmits): an upstream that acted on "
-    "a POST and then died sees it twice. RFC 9110 9.2.2: only idempotent methods (safe ones, "
-    "PUT, DELETE) may be retried automatically (nginx: proxy_next_upstream non_idempotent off)"
-)
 
 
 @pytest.mark.parametrize(
     "method",
     [
-        pytest.param("POST", marks=pytest.mark.xfail(strict=True, reason=_REPLAY)),
-        pytest.param("PATCH", marks=pytest.mark.xfail(strict=True, reason=_REPLAY)),
+        "POST",
+        "PATCH",
         "GET",
         "DELETE",
     ],

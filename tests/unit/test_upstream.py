@@ -372,3 +372,82 @@ def test_the_sink_is_told_when_the_whole_answer_came_with_its_head(
     sink.response_head = lambda *a: seen.append(exchange.body_in_hand)  # type: ignore[method-assign]
     endpoint.protocols[0].dataReceived(answer)
     assert seen == [in_hand]
+
+
+@pytest.mark.parametrize(
+    ("head", "is_head", "answer"),
+    [
+        pytest.param(
+            b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\n",
+            True,
+            b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n",
+            id="head-with-length",
+        ),
+        pytest.param(
+            b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\n",
+            True,
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+            id="head-chunked",
+        ),
+        pytest.param(
+            b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+            False,
+            b"HTTP/1.1 304 Not Modified\r\nContent-Length: 12\r\n\r\n",
+            id="304-with-length",
+        ),
+    ],
+)
+def test_an_answer_that_announces_a_body_it_cannot_have_is_not_reused(
+    head: bytes, is_head: bool, answer: bytes
+) -> None:
+    # The announced body might still come, a moment later: on a reused
+    # connection it would be read as the next client's response.
+    pool, endpoint, _ = make(size=1)
+    sink, _ = send(pool, head, is_head=is_head)
+    queued, _ = send(pool)  # waits for the one connection
+    endpoint.protocols[0].dataReceived(answer)
+    assert [e[0] for e in sink.events] == ["head", "end"]
+    assert endpoint.transports[0].disconnecting
+    # A stray answer that comes before the close is not anyone's.
+    endpoint.protocols[0].dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nstray")
+    endpoint.protocols[0].connectionLost(Failure(ConnectionDone()))
+    assert len(endpoint.transports) == 2, "the queued request gets a fresh connection"
+    assert queued.events == []
+    endpoint.protocols[1].dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nmine")
+    assert queued.body == b"mine"
+
+
+def test_a_head_answer_without_a_length_keeps_its_connection() -> None:
+    pool, endpoint, _ = make()
+    sink, _ = send(pool, b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\n", is_head=True)
+    endpoint.protocols[0].dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+    assert sink.events[-1] == ("end",)
+    assert pool._idle == [endpoint.protocols[0]]
+
+
+def _answer_then_close_on_reuse(method: bytes) -> tuple[Any, Any]:
+    pool, endpoint, _ = make(size=1)
+    first, _ = send(pool)
+    endpoint.protocols[0].dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+    assert first.events[-1] == ("end",)
+    sink, _ = send(pool, method + b" /x HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+    assert len(endpoint.transports) == 1  # the reused connection...
+    endpoint.protocols[0].connectionLost(Failure(ConnectionDone()))  # ...closes unanswered
+    return sink, endpoint
+
+
+@pytest.mark.parametrize("method", [b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE"])
+def test_an_idempotent_request_is_sent_again_when_a_reused_connection_closes(
+    method: bytes,
+) -> None:
+    sink, endpoint = _answer_then_close_on_reuse(method)
+    assert len(endpoint.transports) == 2
+    assert endpoint.transports[1].value().startswith(method + b" /x ")
+    assert sink.events == []
+
+
+@pytest.mark.parametrize("method", [b"POST", b"PATCH", b"LOCK", b"PROPFIND"])
+def test_a_request_that_is_not_idempotent_is_never_sent_twice(method: bytes) -> None:
+    sink, endpoint = _answer_then_close_on_reuse(method)
+    assert len(endpoint.transports) == 1
+    assert [e[0] for e in sink.events] == ["failed"]
