@@ -18,6 +18,7 @@ from twisted.web.server import NOT_DONE_YET
 from idgateway.gate import bearer_endpoints, endpoints
 from idgateway.gate.jwks import JWKS_PATH, send_jwks
 from idgateway.http.paths import AmbiguousPath, PathReading
+from idgateway.http.syntax import REQUEST_TARGET_CHARS
 from idgateway.observe import access_log as observe
 from idgateway.proxy.headers import (
     build_request_head,
@@ -96,6 +97,15 @@ class GatewayResource(Resource):
             # HTTP/1.0 request without Host reaches only plain proxy routes.
             return self._refuse(request, 400, "The request needs a Host header.", error="bad_host")
         uri = request.uri
+        if uri.translate(None, REQUEST_TARGET_CHARS):
+            # Every parser in front checks the target, but twisted.web's (the
+            # HTTP/1.1 fallback) lets DEL and 0x80-0xB0 through: forwarded
+            # verbatim, a byte such as 0x85 is whitespace to some upstreams.
+            return self._refuse(request, 400, "The request target has a byte it may not have.")
+        if request.method == b"CONNECT":
+            # A gateway, not a forward proxy: no tunnel to anywhere (nginx, too,
+            # refuses CONNECT), whatever the target.
+            return self._refuse(request, 405, "CONNECT is not served here.")
         if not uri.startswith(b"/"):
             if uri == b"*" and request.method == b"OPTIONS":
                 return self._refuse(request, 400, "OPTIONS * is not served here.")

@@ -17,10 +17,12 @@ from typing import NamedTuple
 
 from idgateway._twisted.http_headers import InvalidHeaderName, canonical_header_name
 from idgateway.http.numbers import parse_decimal
-from idgateway.http.syntax import is_token
+from idgateway.http.syntax import REQUEST_TARGET_CHARS, is_token
 
-# The bytes twisted.web accepts in a request target (its _parseRequestLine).
-_TARGET = bytes(range(33, 177))
+# The bytes a request target may hold (visible ASCII; twisted.web's own check,
+# which the fallback makes, also lets DEL and 0x80-0xB0 through: the route
+# refuses those).
+_TARGET = REQUEST_TARGET_CHARS
 
 
 # Header names as they arrive -> twisted.web's Header-Case spelling (bounded:

@@ -319,7 +319,9 @@ ESC = b"\x1b]0;pwned\x07\x1b[2J"
 
 # (target, extra request headers, what the text line shows for the target; None:
 # twisted.web refuses the request with a 400, as it does bytes above 0xB0 in a
-# target, controls in a target, and a bare CR or a NUL in a header)
+# target, controls in a target, and a bare CR or a NUL in a header; the bytes
+# it lets through, DEL and 0x80-0xB0, the route refuses with a 400 that is
+# logged)
 LOG_VECTORS = [
     pytest.param(
         b"/a\x85" + FORGED.replace(b" ", b"+"),
@@ -377,7 +379,10 @@ def test_hostile_requests_leave_one_escaped_access_line(
         assert status in (0, 400), status
         assert len(ours) <= 1
     else:
-        assert status == 200, (status, gateway.output()[-2000:])
+        # (A target with DEL or a byte 0x80-0xB0 passes twisted.web's parser
+        # and is refused by the route: a 400 with its access line.)
+        expected = 400 if any(c == 0x7F or c >= 0x80 for c in target) else 200
+        assert status == expected, (status, gateway.output()[-2000:])
         assert len(ours) == 1, gateway.output()[-2000:]
     # Whatever happened, no reader sees a forged line, and the file is plain ASCII
     # with no line breaks but its own.
@@ -398,4 +403,4 @@ def test_hostile_requests_leave_one_escaped_access_line(
             record = json.loads(line[line.index("{") :])
             assert record["path"] == target.decode("latin-1")
         elif shown is not None:
-            assert f"] GET {shown} 200 " in line, line
+            assert f"] GET {shown} {status} " in line, line

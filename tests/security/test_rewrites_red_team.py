@@ -1362,11 +1362,6 @@ def test_h2_content_length_disagreements_reach_no_upstream(
 # upstream would read another request line than the one the gateway judged:
 # h11 refuses it (a 502 here); a lenient parser may split it.
 
-_HIGH_QUERY = (
-    "BYPASS: a DEL or a byte 0x80-0xB0 in an HTTP/1.1 query is forwarded verbatim into the "
-    "upstream request line (server/request_head.py _TARGET is bytes 33-176, as twisted.web's "
-    "check; the query is not made canonical); 0xB1 and above are a 400"
-)
 
 
 def _h2_target(world: dict[str, Any], method: bytes, path: bytes) -> Any:
@@ -1463,17 +1458,14 @@ def test_an_h2_target_reaches_the_upstream_as_http_1_1_or_is_refused(
         pytest.param(
             b"/echo?a\x7fb",
             id="del-in-query",
-            marks=pytest.mark.xfail(strict=True, reason=_HIGH_QUERY),
         ),
         pytest.param(
             b"/echo?a\x85b",
             id="nel-in-query",
-            marks=pytest.mark.xfail(strict=True, reason=_HIGH_QUERY),
         ),
         pytest.param(
             b"/echo?a\xb0b",
             id="0xb0-in-query",
-            marks=pytest.mark.xfail(strict=True, reason=_HIGH_QUERY),
         ),
         pytest.param(b"/echo?a\xc3\xa9", id="utf-8-in-query"),
         pytest.param(b"/echo\x7f", id="del-in-path"),
@@ -1517,19 +1509,12 @@ def test_an_absolute_form_target_never_routes_by_one_host_and_forwards_another(
     assert all(seen.target.startswith(b"/") for seen in upstream.seen)
 
 
-_CONNECT = (
-    "BYPASS: a CONNECT with an origin-form target is forwarded to the upstream as "
-    "'CONNECT /echo HTTP/1.1' (HTTP/1.1, and HTTP/2 with :protocol although the gateway never "
-    "sent SETTINGS_ENABLE_CONNECT_PROTOCOL: RFC 8441 section 4 makes that malformed); an "
-    "upstream that can tunnel answers 200 and the response body becomes a raw tunnel "
-    "(server/h2_headers.py _check_pseudo_headers, routing/resource.py)"
-)
 
 
 @pytest.mark.parametrize(
     "protocol",
     [
-        pytest.param("http/1.1", marks=pytest.mark.xfail(strict=True, reason=_CONNECT)),
+        "http/1.1",
         "h2-extended-connect",
     ],
 )
