@@ -132,26 +132,33 @@ def build_request_head(
     upgrade: bytes | None = None,
     extra: Iterable[tuple[bytes, bytes]] = (),
     connection: Sequence[bytes] | None | object = _SCAN,
+    cookie: bytes | None = None,
 ) -> bytes:
     """The request line and headers to send upstream, ready to write.
 
     ``strip`` holds header keys (see ``header_key``) the gateway itself sets
     for this route, such as identity headers: a client must never supply them.
     ``connection``: the request's Connection header values if the caller has
-    them at hand (None: there is none); otherwise ``headers`` is searched.
+    them at hand (None: there is none); otherwise ``headers`` is searched
+    (and only then need it be more than an iterable, once through).
+    ``extra`` headers are added after the gateway's forwarding headers, then
+    ``cookie`` as a Cookie header (one the caller made: the client's goes
+    in ``strip`` then).
     """
-    incoming_forwarded: dict[bytes, bytes] = {}
+    incoming_forwarded: dict[bytes, bytes] | None = None
     out = [method, b" ", target, b" HTTP/1.1\r\nHost: ", host_header, b"\r\n"]
-    header_list = headers if isinstance(headers, list | tuple) else list(headers)
     if connection is _SCAN:
+        headers = headers if isinstance(headers, list | tuple) else list(headers)
         connection = None
-        for name, values in header_list:
+        for name, values in headers:
             if name.lower() == b"connection":
                 connection = values
                 break
-    named_in_connection = connection_tokens(connection)  # type: ignore[arg-type]
-    table = _decision_table(strip, strip_prefixes)
-    for name, values in header_list:
+    # (Most requests name nothing in a Connection header, or have none.)
+    named_in_connection = connection_tokens(connection) if connection else None  # type: ignore[arg-type]
+    # (_decision_table, its usual answer looked up here)
+    table = _decision_tables.get((strip, strip_prefixes)) or _decision_table(strip, strip_prefixes)
+    for name, values in headers:
         action = table.get(name)
         if action is None:
             action = _decide(header_key(name), strip, strip_prefixes)
@@ -163,11 +170,15 @@ def build_request_head(
             continue
         if action == _FORWARDING:
             if trusted_peer:
+                if incoming_forwarded is None:
+                    incoming_forwarded = {}
                 incoming_forwarded[header_key(name)] = b", ".join(values)
             continue
         for value in values:
             out += (name, b": ", value, b"\r\n")
     if trusted_peer:
+        if incoming_forwarded is None:
+            incoming_forwarded = {}
         previous = incoming_forwarded.get(b"x-forwarded-for")
         forwarded_for = previous + b", " + client_ip if previous else client_ip
         proto = incoming_forwarded.get(b"x-forwarded-proto", proto)
@@ -193,6 +204,8 @@ def build_request_head(
     )
     for name, value in extra:
         out += (name, b": ", value, b"\r\n")
+    if cookie is not None:
+        out += (b"Cookie: ", cookie, b"\r\n")
     if upgrade is not None:
         out += (b"Connection: Upgrade\r\nUpgrade: ", upgrade, b"\r\n")
     if body_length is not None:

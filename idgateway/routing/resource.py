@@ -22,6 +22,7 @@ from idgateway.observe import access_log as observe
 from idgateway.proxy.headers import (
     build_request_head,
     is_websocket_upgrade,
+    new_request_id,
     request_id_from,
 )
 from idgateway.proxy.response import ProxiedResponse
@@ -52,7 +53,9 @@ class GatewayResource(Resource):
         # observe hook: the access log's settings and clock start.
         request.idgw_logging = state.config.logging
         request.idgw_started = observe.now()
-        request_id = request_id_from(request.requestHeaders.getRawHeaders(b"x-request-id"))
+        incoming_id = request.requestHeaders.getRawHeaders(b"x-request-id")
+        # (request_id_from's answer without one, the usual case, asked here)
+        request_id = request_id_from(incoming_id) if incoming_id else new_request_id()
         request.request_id = request_id
         hosts = request.requestHeaders.getRawHeaders(b"host")
         if not hosts:
@@ -192,10 +195,12 @@ class GatewayResource(Resource):
             target = reading.canonical + target[len(request.path) :]
         if upstream.base_path:
             target = upstream.base_path.encode() + target
+        trusted = state.trusted
         head = build_request_head(
             method=request.method,
             target=target,
-            headers=list(headers.getAllRawHeaders()),
+            # (Read once through, the Connection header being at hand.)
+            headers=headers.getAllRawHeaders(),
             connection=connection,
             host_header=host if route.preserve_host else upstream.host_header_bytes,
             client_ip=client_ip.encode(),
@@ -203,10 +208,12 @@ class GatewayResource(Resource):
             port=self.port_bytes,
             original_host=host,
             request_id=request.request_id,
-            trusted_peer=state.trusted.trusts(client_ip),
+            # (trusts() is False without trusted proxies: the usual case, asked here.)
+            trusted_peer=bool(trusted.networks) and trusted.trusts(client_ip),
             strip=runtime.strip_headers if cookie is True else runtime.strip_headers_and_cookie,
             strip_prefixes=runtime.strip_prefixes,
-            extra=[*identity, (b"Cookie", cookie)] if isinstance(cookie, bytes) else identity,
+            extra=identity,
+            cookie=cookie if isinstance(cookie, bytes) else None,
             body_length=None if body is None else body.length,
             chunked_body=chunked,
             upgrade=b"websocket" if upgrade else None,
