@@ -1422,6 +1422,8 @@ def secure_origin(resource: Forwarder, request: GatewayRequest, state: GatewayVi
     """Whether the browser talks https to us (directly, or to a trusted proxy)."""
     if resource.tls:
         return True
+    if not state.trusted.networks:
+        return False  # (what trusts() answers for any peer: no header need be read)
     proto = request.requestHeaders.getRawHeaders(b"x-forwarded-proto")
     if not proto or proto[0].strip().lower() != b"https":
         return False
