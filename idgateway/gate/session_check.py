@@ -62,6 +62,7 @@ from idgateway.oidc.logout_paths import logout_paths, unhonoured_settings
 from idgateway.oidc.provider import ProviderClient, ProviderMetadata
 from idgateway.oidc.refresh import validate_refreshed_id_token
 from idgateway.oidc.tokens import PROVIDER_UNAVAILABLE, TokenError
+from idgateway.proxy.headers import header_lines
 from idgateway.redis.errors import RedisUnavailable
 from idgateway.server.answers import (
     send_error,
@@ -160,6 +161,7 @@ class _Admitted(NamedTuple):
     session: Session
     rules: AuthorizeRules
     identity: list[tuple[bytes, bytes]]  # before an identity assertion
+    identity_lines: bytes  # the same, as written upstream (header_lines)
     due: float  # (clock seconds) the first deadline, less ADMITTED_MARGIN
     sealed_until: int | None  # the cookie's sealed expiry (the codec's clock)
 
@@ -402,21 +404,30 @@ class RouteLogin:
                     and self._admit_again(admitted, request, reading)
                 ):
                     known = admitted.session
-                    identity = admitted.identity
                     request.idgw_user = known.user  # observe hook: the access log's user
                     request.idgw_login = self
                     request.idgw_session = known
                     request.idgw_session_id = None
-                    if self.assertion is not None:
-                        identity = self.assertion.session_headers(
-                            identity,
-                            known,
+                    if self.assertion is None:
+                        # The identity headers as written upstream the first time.
+                        resource.forward(
+                            request,
+                            state,
+                            runtime,
                             host,
-                            tls,
-                            self.clock.seconds(),
-                            email_claim=self.oidc.email_claim,
-                            groups_claim=self.oidc.groups_claim,
+                            cookie=upstream_cookie,
+                            identity_lines=admitted.identity_lines,
                         )
+                        return
+                    identity = self.assertion.session_headers(
+                        admitted.identity,
+                        known,
+                        host,
+                        tls,
+                        self.clock.seconds(),
+                        email_claim=self.oidc.email_claim,
+                        groups_claim=self.oidc.groups_claim,
+                    )
                     resource.forward(
                         request, state, runtime, host, cookie=upstream_cookie, identity=identity
                     )
@@ -685,6 +696,7 @@ class RouteLogin:
                 session,
                 rules,
                 identity,
+                header_lines(identity),
                 due - ADMITTED_MARGIN,
                 visit.sealed_until,
             ),

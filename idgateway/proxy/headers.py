@@ -133,6 +133,7 @@ def build_request_head(
     extra: Iterable[tuple[bytes, bytes]] = (),
     connection: Sequence[bytes] | None | object = _SCAN,
     cookie: bytes | None = None,
+    extra_lines: bytes = b"",
 ) -> bytes:
     """The request line and headers to send upstream, ready to write.
 
@@ -142,6 +143,7 @@ def build_request_head(
     them at hand (None: there is none); otherwise ``headers`` is searched
     (and only then need it be more than an iterable, once through).
     ``extra`` headers are added after the gateway's forwarding headers, then
+    ``extra_lines`` (more of them, as ``header_lines`` wrote them), then
     ``cookie`` as a Cookie header (one the caller made: the client's goes
     in ``strip`` then).
     """
@@ -204,6 +206,8 @@ def build_request_head(
     )
     for name, value in extra:
         out += (name, b": ", value, b"\r\n")
+    if extra_lines:
+        out.append(extra_lines)
     if cookie is not None:
         out += (b"Cookie: ", cookie, b"\r\n")
     if upgrade is not None:
@@ -214,6 +218,12 @@ def build_request_head(
         out.append(b"Transfer-Encoding: chunked\r\n")
     out.append(b"\r\n")
     return b"".join(out)
+
+
+def header_lines(pairs: Iterable[tuple[bytes, bytes]]) -> bytes:
+    """Headers as build_request_head writes them (its ``extra_lines``): for a
+    caller that sends the same ones with many requests."""
+    return b"".join([name + b": " + value + b"\r\n" for name, value in pairs])
 
 
 def response_headers_to_forward(

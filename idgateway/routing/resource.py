@@ -158,12 +158,14 @@ class GatewayResource(Resource):
         cookie: bytes | None | bool = True,
         identity: list[tuple[bytes, bytes]] = [],  # noqa: B006 - never mutated
         set_cookies: list[bytes] = [],  # noqa: B006 - never mutated
+        identity_lines: bytes = b"",
     ) -> None:
         """Send the request upstream.
 
         ``cookie`` is the Cookie header to send instead of the client's (None:
         none at all; True: the client's, untouched), ``identity`` the identity
-        headers, ``set_cookies`` Set-Cookie values for the response.
+        headers (or ``identity_lines``, the same as ``header_lines`` wrote
+        them, after them), ``set_cookies`` Set-Cookie values for the response.
         """
         route = runtime.route
         reading = request.idgw_reading
@@ -213,6 +215,7 @@ class GatewayResource(Resource):
             strip=runtime.strip_headers if cookie is True else runtime.strip_headers_and_cookie,
             strip_prefixes=runtime.strip_prefixes,
             extra=identity,
+            extra_lines=identity_lines,
             cookie=cookie if isinstance(cookie, bytes) else None,
             body_length=None if body is None else body.length,
             chunked_body=chunked,

@@ -25,6 +25,7 @@ from idgateway.config.load import load_config
 from idgateway.gate import session_check as gate_module
 from idgateway.gate.session_check import ProviderHandle
 from idgateway.oidc.provider import ProviderMetadata
+from idgateway.proxy.headers import header_lines
 from idgateway.routing.state import StateBuilder
 from idgateway.server.channel import GatewayRequest
 from idgateway.sessions.model import Session
@@ -109,9 +110,10 @@ class Gate:
             tls = False
 
             def forward(self, request, state, runtime, host, *, cookie=True, identity=(), **kw):
-                gate.outcomes.append(
-                    ("forward", cookie, list(identity), list(kw.get("set_cookies", [])))
-                )
+                # The identity headers as they are written upstream, whether
+                # handed over as pairs or already written.
+                written = header_lines(identity) + kw.get("identity_lines", b"")
+                gate.outcomes.append(("forward", cookie, written, list(kw.get("set_cookies", []))))
 
         self.resource = Resource()
         login.unauthenticated = lambda visit: self.outcomes.append(("login",))  # type: ignore[method-assign]
@@ -290,7 +292,37 @@ def test_the_memo_is_taken_and_strips_the_gateways_cookies():
         assert again == first
     assert gate.decoded == decoded, "decode, check and admit skipped"
     assert first[1] == b"a=1; b=2", "the session cookie never goes upstream"
-    assert (b"X-Forwarded-User", b"alice") in first[2] or first[2], first
+    assert b"X-Forwarded-User: alice\r\n" in first[2], first
+
+
+def test_the_upstream_head_is_the_same_byte_for_byte():
+    """Through the real resource (the pool only takes the exchange): the head
+    from the memo is the head the full checks build, identity headers, Cookie
+    and all (a fixed X-Request-Id: ids are minted per request)."""
+    from idgateway.routing.resource import GatewayResource, StateHolder
+
+    gate = Gate()
+    submitted: list[Any] = []
+    for pool in gate.state.pools.values():
+        pool.submit = submitted.append  # type: ignore[method-assign]
+    resource = GatewayResource(StateHolder(gate.state), tls=False, port=8443)
+    line = b"a=1; " + gate.cookie(gate.session()) + b"; b=2"
+
+    def head() -> bytes:
+        request = gate.request([line])
+        request.requestHeaders.setRawHeaders(b"X-Request-Id", [b"fixed-id"])
+        request.client = None  # (DummyChannel's peer is an address; keep it plain)
+        resource.render(request)
+        return bytes(submitted[-1].head)
+
+    decoded = gate.decoded
+    full = head()
+    assert gate.decoded == decoded + 1
+    again = head()
+    assert gate.decoded == decoded + 1, "the second came from the memo"
+    assert again == full
+    assert b"X-Forwarded-User: alice\r\n" in full and b"Cookie: a=1; b=2\r\n" in full
+    assert b"_idgw" not in full
 
 
 @pytest.mark.parametrize(
