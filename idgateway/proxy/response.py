@@ -158,12 +158,16 @@ class ProxiedResponse:
         if request.clientproto == HTTP_2:
             self._h2_head(request, status, headers, length, hsts)
             return
+        # (forwarded_header_lines, its usual answer looked up here)
+        known = _FORWARDED_LINES.get((id(headers), hsts is not None))
         head = [
             request.clientproto,
             b" %d " % status,
             request.code_message,
             b"\r\n",
-            forwarded_header_lines(headers, replace_hsts=hsts is not None),
+            known[1]
+            if known is not None and known[0] is headers
+            else forwarded_header_lines(headers, replace_hsts=hsts is not None),
         ]
         if length is not None:
             head += (b"Content-Length: %d\r\n" % length,)
