@@ -384,7 +384,8 @@ class RouteLogin:
             cookie_header = self._cookie_headers.read(cookie_values, own)
             upstream_cookie, cookies = cookie_header
         tls = secure_origin(resource, request, state)
-        if every_reading_is_public(self.public, request.method, reading):  # (is_public)
+        # (is_public; no public paths, the usual case: none is)
+        if self.public and every_reading_is_public(self.public, request.method, reading):
             resource.forward(request, state, runtime, host, cookie=upstream_cookie)
             return
         if self.store is None:

@@ -399,3 +399,13 @@ def test_an_admission_under_a_paths_rules_is_not_one_under_the_routes():
     assert gate.handle(gate.request([line], b"/open/x"))[0] == "forward"
     assert gate.handle(gate.request([line], b"/open/y"))[0] == "forward"
     assert gate.handle(gate.request([line], b"/projects/1")) == ("403",)
+
+
+def test_a_route_without_public_paths_has_no_public_path():
+    """(Even a reading with no texts to match, which every_reading_is_public
+    would call public: the gate asks it only when public paths are set.)"""
+    gate = Gate()
+    assert gate.login.public == ()
+    request = gate.request([b"theme=dark"])
+    request.idgw_reading = attrs.evolve(request.idgw_reading, matched=())
+    assert gate.handle(request) == ("login",)
