@@ -132,7 +132,7 @@ class GatewayResource(Resource):
             # A token (or a token-only route): judged as a token, never as a session.
             bearer_endpoints.serve(bearer, self, request, state, runtime, host)
         elif login is not None:
-            text = reading.text
+            text = reading.texts[0]  # (reading.text, without the property's call)
             if text.startswith("/oauth2/") or text == login.redirect_path:
                 endpoints.dispatch(login, self, request, state, runtime, host, text)
             else:
