@@ -147,6 +147,54 @@ def build_request_head(
     ``cookie`` as a Cookie header (one the caller made: the client's goes
     in ``strip`` then).
     """
+    return request_head(
+        method,
+        target,
+        headers,
+        connection,
+        host_header,
+        client_ip,
+        proto,
+        port,
+        original_host,
+        request_id,
+        trusted_peer,
+        strip,
+        strip_prefixes,
+        extra,
+        extra_lines,
+        cookie,
+        body_length,
+        chunked_body,
+        upgrade,
+    )
+
+
+def request_head(
+    method: bytes,
+    target: bytes,
+    headers: Iterable[tuple[bytes, Sequence[bytes]]],
+    connection: Sequence[bytes] | None | object,
+    host_header: bytes,
+    client_ip: bytes,
+    proto: bytes,
+    port: bytes,
+    original_host: bytes,
+    request_id: bytes,
+    trusted_peer: bool,
+    strip: frozenset[bytes],
+    strip_prefixes: tuple[bytes, ...],
+    extra: Iterable[tuple[bytes, bytes]],
+    extra_lines: bytes,
+    cookie: bytes | None,
+    body_length: int | None,
+    chunked_body: bool,
+    upgrade: bytes | None,
+) -> bytes:
+    """``build_request_head`` with every argument given, in this order (for
+    ``connection``, ``_SCAN`` to search ``headers``): the proxy's call on every
+    request. Nineteen keyword arguments cost a call about 0.7 µs more than
+    the same in order (CPython 3.11)."""
     incoming_forwarded: dict[bytes, bytes] | None = None
     out = [method, b" ", target, b" HTTP/1.1\r\nHost: ", host_header, b"\r\n"]
     if connection is _SCAN:

@@ -20,9 +20,9 @@ from idgateway.gate.jwks import JWKS_PATH, send_jwks
 from idgateway.http.paths import AmbiguousPath, PathReading
 from idgateway.observe import access_log as observe
 from idgateway.proxy.headers import (
-    build_request_head,
     is_websocket_upgrade,
     new_request_id,
+    request_head,
     request_id_from,
 )
 from idgateway.proxy.response import ProxiedResponse
@@ -198,28 +198,31 @@ class GatewayResource(Resource):
         if upstream.base_path:
             target = upstream.base_path.encode() + target
         trusted = state.trusted
-        head = build_request_head(
-            method=request.method,
-            target=target,
-            # (Read once through, the Connection header being at hand.)
-            headers=headers.getAllRawHeaders(),
-            connection=connection,
-            host_header=host if route.preserve_host else upstream.host_header_bytes,
-            client_ip=client_ip.encode(),
-            proto=self.proto,
-            port=self.port_bytes,
-            original_host=host,
-            request_id=request.request_id,
-            # (trusts() is False without trusted proxies: the usual case, asked here.)
-            trusted_peer=bool(trusted.networks) and trusted.trusts(client_ip),
-            strip=runtime.strip_headers if cookie is True else runtime.strip_headers_and_cookie,
-            strip_prefixes=runtime.strip_prefixes,
-            extra=identity,
-            extra_lines=identity_lines,
-            cookie=cookie if isinstance(cookie, bytes) else None,
-            body_length=None if body is None else body.length,
-            chunked_body=chunked,
-            upgrade=b"websocket" if upgrade else None,
+        # (build_request_head's arguments, in request_head's order)
+        head = request_head(
+            request.method,
+            target,
+            # (read once through, the Connection header being at hand)
+            headers.getAllRawHeaders(),
+            connection,
+            host if route.preserve_host else upstream.host_header_bytes,  # host_header
+            client_ip.encode(),
+            self.proto,
+            self.port_bytes,
+            host,  # original_host
+            request.request_id,
+            # trusted_peer (trusts() is False without trusted proxies: the usual
+            # case, asked here)
+            bool(trusted.networks) and trusted.trusts(client_ip),
+            # strip, strip_prefixes
+            runtime.strip_headers if cookie is True else runtime.strip_headers_and_cookie,
+            runtime.strip_prefixes,
+            identity,  # extra
+            identity_lines,  # extra_lines
+            cookie if isinstance(cookie, bytes) else None,  # cookie
+            None if body is None else body.length,  # body_length
+            chunked,  # chunked_body
+            b"websocket" if upgrade else None,  # upgrade
         )
         sink = ProxiedResponse(request, runtime, tls=self.tls, set_cookies=set_cookies)
         exchange = Exchange(
