@@ -69,4 +69,5 @@ class Forwarder(Protocol):
         cookie: bytes | None | bool = True,
         identity: list[tuple[bytes, bytes]] = ...,
         set_cookies: list[bytes] = ...,
+        identity_lines: bytes = ...,
     ) -> None: ...

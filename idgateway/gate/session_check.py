@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import quote
 
 import attrs
@@ -62,6 +62,7 @@ from idgateway.oidc.logout_paths import logout_paths, unhonoured_settings
 from idgateway.oidc.provider import ProviderClient, ProviderMetadata
 from idgateway.oidc.refresh import validate_refreshed_id_token
 from idgateway.oidc.tokens import PROVIDER_UNAVAILABLE, TokenError
+from idgateway.proxy.headers import header_lines
 from idgateway.redis.errors import RedisUnavailable
 from idgateway.server.answers import (
     send_error,
@@ -96,6 +97,12 @@ SLIDE_EVERY = 60.0
 REFRESH_GRACE = 60.0
 # How many sessions' authorization verdicts and identity headers are kept.
 ADMISSION_MEMO_MAX = 4096
+# How many Cookie headers' admissions are kept (cookie sessions; at most what
+# the route's CookieHeaderReader keeps, 1,024 headers).
+ADMITTED_MEMO_MAX = 1024
+# An admission is taken again only this long before anything about its session
+# falls due: the full checks compare "now - then > limit", the memo "now < due".
+ADMITTED_MARGIN = 0.001
 MEMO_PERIOD = 60.0  # the memos forget what was not used for one to two of these
 # A request without cookies (shared, never changed).
 _NO_COOKIES: dict[bytes, bytes] = {}
@@ -140,6 +147,23 @@ class Visit:
     tls: bool = False
     chunks: int = 0
     session_id: str | None = None
+    # Cookie sessions: the Cookie header as the route's reader answered it
+    # (None: not one it keeps), and the expiry sealed in the session cookie.
+    cookie_header: tuple[bytes | None, dict[bytes, bytes]] | None = None
+    sealed_until: int | None = None
+
+
+class _Admitted(NamedTuple):
+    """A Cookie header's session as check and admit let it through, and until when."""
+
+    cookie_header: tuple[bytes | None, dict[bytes, bytes]]
+    tls: bool
+    session: Session
+    rules: AuthorizeRules
+    identity: list[tuple[bytes, bytes]]  # before an identity assertion
+    identity_lines: bytes  # the same, as written upstream (header_lines)
+    due: float  # (clock seconds) the first deadline, less ADMITTED_MARGIN
+    sealed_until: int | None  # the cookie's sealed expiry (the codec's clock)
 
 
 @attrs.define(eq=False)
@@ -281,6 +305,14 @@ class RouteLogin:
         self._admission: RecentlyUsed[
             int, tuple[Session, AuthorizeRules, str | None, list[tuple[bytes, bytes]]]
         ] = RecentlyUsed(clock.seconds, MEMO_PERIOD, ADMISSION_MEMO_MAX)
+        # Cookie sessions: id(Cookie header as read) -> _Admitted, what the
+        # full checks found for it the last time, taken again while nothing is
+        # due (see handle). Holds only headers the reader holds too: it starts
+        # again with the reader's memo.
+        self._admitted: RecentlyUsed[int, _Admitted] = RecentlyUsed(
+            clock.seconds, MEMO_PERIOD, ADMITTED_MEMO_MAX
+        )
+        self._admitted_generation = self._cookie_headers.generation
         # The route's identity assertion (set by the state builder); None: off.
         self.assertion: AssertionSigner | None = None
         # What the provider's discovery document offers this route, checked
@@ -343,22 +375,74 @@ class RouteLogin:
         host: bytes,
     ) -> None:
         reading: PathReading = request.idgw_reading
-        path = reading.text
         cookie_values = request.requestHeaders.getRawHeaders(b"cookie")
         upstream_cookie: bytes | None = None
         cookies = _NO_COOKIES
+        cookie_header = None
         if cookie_values:
             own = runtime.own_cookie or self._is_own_cookie
-            upstream_cookie, cookies = self._cookie_headers.read(cookie_values, own)
+            cookie_header = self._cookie_headers.read(cookie_values, own)
+            upstream_cookie, cookies = cookie_header
         tls = secure_origin(resource, request, state)
-        visit = Visit(resource, request, state, runtime, host, path, upstream_cookie, tls)
-        if every_reading_is_public(self.public, request.method, reading):  # (is_public)
+        # (is_public; no public paths, the usual case: none is)
+        if self.public and every_reading_is_public(self.public, request.method, reading):
             resource.forward(request, state, runtime, host, cookie=upstream_cookie)
             return
         if self.store is None:
-            session, visit.chunks = self.codecs[tls].decode(cookies)
+            if cookie_header is not None:
+                # The same Cookie header as a request admitted before, with
+                # nothing due since: every check that can change between two
+                # requests (time against the session's, refresh and slide
+                # deadlines, the cookie's sealed expiry; revocation; the
+                # path's rules and step-up; a client gone) is made again, the
+                # rest (decode, authorization verdict, identity headers) is
+                # what the full checks found for this session.
+                admitted = self._admitted.get(id(cookie_header))
+                if (
+                    admitted is not None
+                    and admitted.cookie_header is cookie_header
+                    and admitted.tls is tls
+                    and self._admit_again(admitted, request, reading)
+                ):
+                    known = admitted.session
+                    request.idgw_user = known.user  # observe hook: the access log's user
+                    request.idgw_login = self
+                    request.idgw_session = known
+                    request.idgw_session_id = None
+                    if self.assertion is None:
+                        # The identity headers as written upstream the first time.
+                        resource.forward(
+                            request,
+                            state,
+                            runtime,
+                            host,
+                            cookie=upstream_cookie,
+                            identity_lines=admitted.identity_lines,
+                        )
+                        return
+                    identity = self.assertion.session_headers(
+                        admitted.identity,
+                        known,
+                        host,
+                        tls,
+                        self.clock.seconds(),
+                        email_claim=self.oidc.email_claim,
+                        groups_claim=self.oidc.groups_claim,
+                    )
+                    resource.forward(
+                        request, state, runtime, host, cookie=upstream_cookie, identity=identity
+                    )
+                    return
+                if not self._cookie_headers.remembers(cookie_values):  # type: ignore[arg-type]
+                    cookie_header = None  # (not to be kept here either)
+            visit = Visit(
+                resource, request, state, runtime, host, reading.text, upstream_cookie, tls
+            )
+            visit.cookie_header = cookie_header
+            session, visit.chunks, visit.sealed_until = self.codecs[tls].decode_with_expiry(cookies)
             self.check(visit, session)
             return
+        visit = Visit(resource, request, state, runtime, host, reading.text, upstream_cookie, tls)
         session_id = cookies.get(self._store_cookie_names[tls])
         if not session_id:
             self.unauthenticated(visit)
@@ -503,6 +587,7 @@ class RouteLogin:
             )
             identity = self.identity.headers_for(session)
             self._admission.put(id(session), (session, rules, failure, identity))
+        memo_identity = identity
         if failure is not None:
             self._log.info(
                 "route {route}: {user} refused: {why}",
@@ -538,6 +623,10 @@ class RouteLogin:
                 # Sliding expiry in Redis: a write once a minute per session,
                 # off the request's path (the answer does not wait for it).
                 self._save_later(visit.session_id, session)
+        elif slide and visit.cookie_header is not None:
+            # The session as its cookie opened, admitted as it is: the next
+            # request with this Cookie header may take the same way (handle).
+            self._remember_admitted(visit, session, rules, memo_identity)
         visit.resource.forward(
             request,
             visit.state,
@@ -546,6 +635,72 @@ class RouteLogin:
             cookie=visit.upstream_cookie,
             identity=identity,
             set_cookies=set_cookies,
+        )
+
+    def _admit_again(
+        self, admitted: _Admitted, request: GatewayRequest, reading: PathReading
+    ) -> bool:
+        """Whether a request with the Cookie header of ``admitted`` would meet
+        the same answer from check and admit: forwarded with the same identity
+        headers, nothing refreshed, slid or re-issued."""
+        if request.finished or request.client_gone:
+            return False
+        if not self.clock.seconds() < admitted.due:
+            return False
+        sealed_until = admitted.sealed_until
+        if sealed_until is not None and not self.codecs[admitted.tls].cookie_alive(sealed_until):
+            return False
+        revocation = self.revocation
+        if revocation is not None and revocation.session_revoked(self.route.name, admitted.session):
+            return False
+        if self.has_step_up and self.step_up_for(reading) is not None:
+            return False
+        if reading.rules_route is None:
+            return self.auth.authorize is admitted.rules
+        return self.rules_for(reading) is admitted.rules
+
+    def _remember_admitted(
+        self,
+        visit: Visit,
+        session: Session,
+        rules: AuthorizeRules,
+        identity: list[tuple[bytes, bytes]],
+    ) -> None:
+        """Keep what check and admit found for a cookie session that was let
+        through as its cookie opened, until the first of its deadlines."""
+        cookie_header = visit.cookie_header
+        assert cookie_header is not None and self.store is None
+        generation = self._cookie_headers.generation
+        if generation != self._admitted_generation:
+            # The reader let its headers go: so does this memo.
+            self._admitted.clear()
+            self._admitted_generation = generation
+        settings = self.session_settings
+        last_seen = session.last_seen
+        due = min(
+            session.created_at + settings.max_duration,
+            last_seen + settings.inactivity_timeout,
+            last_seen + SLIDE_EVERY,
+        )
+        expires = session.access_expires_at
+        if expires is not None and session.refresh_token is not None:
+            # (_needs_refresh is false until this, at the earliest.)
+            leeway = settings.refresh_leeway
+            if session.tokens_at is not None:
+                leeway = min(leeway, (expires - session.tokens_at) / 2)
+            due = min(due, expires - leeway)
+        self._admitted.put(
+            id(cookie_header),
+            _Admitted(
+                cookie_header,
+                visit.tls,
+                session,
+                rules,
+                identity,
+                header_lines(identity),
+                due - ADMITTED_MARGIN,
+                visit.sealed_until,
+            ),
         )
 
     def _save_later(self, session_id: str, session: Session) -> None:
@@ -1280,6 +1435,8 @@ def secure_origin(resource: Forwarder, request: GatewayRequest, state: GatewayVi
     """Whether the browser talks https to us (directly, or to a trusted proxy)."""
     if resource.tls:
         return True
+    if not state.trusted.networks:
+        return False  # (what trusts() answers for any peer: no header need be read)
     proto = request.requestHeaders.getRawHeaders(b"x-forwarded-proto")
     if not proto or proto[0].strip().lower() != b"https":
         return False

@@ -193,7 +193,9 @@ def access_line(request: Any, settings: LoggingSettings, now: float) -> str:
         f"{request.code} "
         f"{request.sentLength}B route={request.idgw_route or ANONYMOUS}"
         f"{'' if user is None else ' user=' + log_user(user)}"
-        f" gw={None if started is None else round((now - started) * 1000, 1)}ms"
+        # (":.1f" writes what str(round(x, 1)) wrote, in one conversion
+        # instead of two: both are the correctly rounded digits.)
+        f" gw={'None' if started is None else f'{(now - started) * 1000:.1f}'}ms"
         f"{'' if upstream_ms is None else f' up={upstream_ms}ms'}"
         f" id={request.request_id.decode('latin-1')}"
         f" ip={getattr(request.client, 'host', None) or 'unix'}"

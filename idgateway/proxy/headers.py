@@ -132,26 +132,83 @@ def build_request_head(
     upgrade: bytes | None = None,
     extra: Iterable[tuple[bytes, bytes]] = (),
     connection: Sequence[bytes] | None | object = _SCAN,
+    cookie: bytes | None = None,
+    extra_lines: bytes = b"",
 ) -> bytes:
     """The request line and headers to send upstream, ready to write.
 
     ``strip`` holds header keys (see ``header_key``) the gateway itself sets
     for this route, such as identity headers: a client must never supply them.
     ``connection``: the request's Connection header values if the caller has
-    them at hand (None: there is none); otherwise ``headers`` is searched.
+    them at hand (None: there is none); otherwise ``headers`` is searched
+    (and only then need it be more than an iterable, once through).
+    ``extra`` headers are added after the gateway's forwarding headers, then
+    ``extra_lines`` (more of them, as ``header_lines`` wrote them), then
+    ``cookie`` as a Cookie header (one the caller made: the client's goes
+    in ``strip`` then).
     """
-    incoming_forwarded: dict[bytes, bytes] = {}
+    return request_head(
+        method,
+        target,
+        headers,
+        connection,
+        host_header,
+        client_ip,
+        proto,
+        port,
+        original_host,
+        request_id,
+        trusted_peer,
+        strip,
+        strip_prefixes,
+        extra,
+        extra_lines,
+        cookie,
+        body_length,
+        chunked_body,
+        upgrade,
+    )
+
+
+def request_head(
+    method: bytes,
+    target: bytes,
+    headers: Iterable[tuple[bytes, Sequence[bytes]]],
+    connection: Sequence[bytes] | None | object,
+    host_header: bytes,
+    client_ip: bytes,
+    proto: bytes,
+    port: bytes,
+    original_host: bytes,
+    request_id: bytes,
+    trusted_peer: bool,
+    strip: frozenset[bytes],
+    strip_prefixes: tuple[bytes, ...],
+    extra: Iterable[tuple[bytes, bytes]],
+    extra_lines: bytes,
+    cookie: bytes | None,
+    body_length: int | None,
+    chunked_body: bool,
+    upgrade: bytes | None,
+) -> bytes:
+    """``build_request_head`` with every argument given, in this order (for
+    ``connection``, ``_SCAN`` to search ``headers``): the proxy's call on every
+    request. Nineteen keyword arguments cost a call about 0.7 µs more than
+    the same in order (CPython 3.11)."""
+    incoming_forwarded: dict[bytes, bytes] | None = None
     out = [method, b" ", target, b" HTTP/1.1\r\nHost: ", host_header, b"\r\n"]
-    header_list = headers if isinstance(headers, list | tuple) else list(headers)
     if connection is _SCAN:
+        headers = headers if isinstance(headers, list | tuple) else list(headers)
         connection = None
-        for name, values in header_list:
+        for name, values in headers:
             if name.lower() == b"connection":
                 connection = values
                 break
-    named_in_connection = connection_tokens(connection)  # type: ignore[arg-type]
-    table = _decision_table(strip, strip_prefixes)
-    for name, values in header_list:
+    # (Most requests name nothing in a Connection header, or have none.)
+    named_in_connection = connection_tokens(connection) if connection else None  # type: ignore[arg-type]
+    # (_decision_table, its usual answer looked up here)
+    table = _decision_tables.get((strip, strip_prefixes)) or _decision_table(strip, strip_prefixes)
+    for name, values in headers:
         action = table.get(name)
         if action is None:
             action = _decide(header_key(name), strip, strip_prefixes)
@@ -163,11 +220,15 @@ def build_request_head(
             continue
         if action == _FORWARDING:
             if trusted_peer:
+                if incoming_forwarded is None:
+                    incoming_forwarded = {}
                 incoming_forwarded[header_key(name)] = b", ".join(values)
             continue
         for value in values:
             out += (name, b": ", value, b"\r\n")
     if trusted_peer:
+        if incoming_forwarded is None:
+            incoming_forwarded = {}
         previous = incoming_forwarded.get(b"x-forwarded-for")
         forwarded_for = previous + b", " + client_ip if previous else client_ip
         proto = incoming_forwarded.get(b"x-forwarded-proto", proto)
@@ -193,6 +254,10 @@ def build_request_head(
     )
     for name, value in extra:
         out += (name, b": ", value, b"\r\n")
+    if extra_lines:
+        out.append(extra_lines)
+    if cookie is not None:
+        out += (b"Cookie: ", cookie, b"\r\n")
     if upgrade is not None:
         out += (b"Connection: Upgrade\r\nUpgrade: ", upgrade, b"\r\n")
     if body_length is not None:
@@ -201,6 +266,12 @@ def build_request_head(
         out.append(b"Transfer-Encoding: chunked\r\n")
     out.append(b"\r\n")
     return b"".join(out)
+
+
+def header_lines(pairs: Iterable[tuple[bytes, bytes]]) -> bytes:
+    """Headers as build_request_head writes them (its ``extra_lines``): for a
+    caller that sends the same ones with many requests."""
+    return b"".join([name + b": " + value + b"\r\n" for name, value in pairs])
 
 
 def response_headers_to_forward(

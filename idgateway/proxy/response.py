@@ -158,12 +158,16 @@ class ProxiedResponse:
         if request.clientproto == HTTP_2:
             self._h2_head(request, status, headers, length, hsts)
             return
+        # (forwarded_header_lines, its usual answer looked up here)
+        known = _FORWARDED_LINES.get((id(headers), hsts is not None))
         head = [
             request.clientproto,
             b" %d " % status,
             request.code_message,
             b"\r\n",
-            forwarded_header_lines(headers, replace_hsts=hsts is not None),
+            known[1]
+            if known is not None and known[0] is headers
+            else forwarded_header_lines(headers, replace_hsts=hsts is not None),
         ]
         if length is not None:
             head += (b"Content-Length: %d\r\n" % length,)
@@ -188,7 +192,9 @@ class ProxiedResponse:
         request.startedWriting = 1
         # One bytes object: the transport would otherwise queue each piece.
         request.channel.write(b"".join(head))
-        self._start_streaming(request)
+        exchange = self.exchange
+        if exchange is None or not exchange.body_in_hand:  # (see _start_streaming)
+            self._start_streaming(request)
 
     def _start_streaming(self, request: GatewayRequest) -> None:
         """Take part in flow control both ways, unless the whole answer is in hand.
@@ -241,8 +247,14 @@ class ProxiedResponse:
 
     def response_end(self) -> None:
         request = self.request
-        if not self._stop_streaming():
-            return
+        if self._producing or self._stalled:
+            if not self._stop_streaming():
+                return
+        else:
+            # (_stop_streaming, for an answer that never had to stream)
+            self.exchange = None
+            if request.client_gone or request.finished:
+                return
         body = request.body
         if body is not None and not body.complete:
             request.end_response_early()

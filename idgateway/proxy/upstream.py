@@ -513,8 +513,26 @@ class UpstreamConnection(Protocol):
             if self.exchange is exchange:
                 self._response_complete()
             return None
-        if length is not None and len(rest) >= length and not chunked:
+        if length is not None and not chunked and len(rest) >= length:
+            # The whole response is in hand (the usual small answer): hand it
+            # over and complete here, as the _BODY_LENGTH state would on the
+            # next turn of dataReceived's loop (no idle deadline to arm: it
+            # ends before anything else can happen).
             exchange.body_in_hand = True
+            exchange.sink.response_head(status, reason, headers, length)
+            if self.exchange is not exchange:
+                return None
+            self._state = _BODY_LENGTH
+            self._remaining = 0
+            if length:
+                exchange.sink.response_data(rest if len(rest) == length else rest[:length])
+                if self.exchange is not exchange:
+                    return None
+            if len(rest) > length:
+                # Bytes after a complete response: not HTTP we trust.
+                self._discard_after(DISCARD_AFTER_CONTENT_LENGTH)
+            self._response_complete()
+            return None
         exchange.sink.response_head(status, reason, headers, length)
         if self.exchange is not exchange:
             return None

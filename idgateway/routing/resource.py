@@ -21,8 +21,9 @@ from idgateway.http.paths import AmbiguousPath, PathReading
 from idgateway.http.syntax import REQUEST_TARGET_CHARS
 from idgateway.observe import access_log as observe
 from idgateway.proxy.headers import (
-    build_request_head,
     is_websocket_upgrade,
+    new_request_id,
+    request_head,
     request_id_from,
 )
 from idgateway.proxy.response import ProxiedResponse
@@ -53,7 +54,9 @@ class GatewayResource(Resource):
         # observe hook: the access log's settings and clock start.
         request.idgw_logging = state.config.logging
         request.idgw_started = observe.now()
-        request_id = request_id_from(request.requestHeaders.getRawHeaders(b"x-request-id"))
+        incoming_id = request.requestHeaders.getRawHeaders(b"x-request-id")
+        # (request_id_from's answer without one, the usual case, asked here)
+        request_id = request_id_from(incoming_id) if incoming_id else new_request_id()
         request.request_id = request_id
         hosts = request.requestHeaders.getRawHeaders(b"host")
         if not hosts:
@@ -139,7 +142,7 @@ class GatewayResource(Resource):
             # A token (or a token-only route): judged as a token, never as a session.
             bearer_endpoints.serve(bearer, self, request, state, runtime, host)
         elif login is not None:
-            text = reading.text
+            text = reading.texts[0]  # (reading.text, without the property's call)
             if text.startswith("/oauth2/") or text == login.redirect_path:
                 endpoints.dispatch(login, self, request, state, runtime, host, text)
             else:
@@ -165,12 +168,14 @@ class GatewayResource(Resource):
         cookie: bytes | None | bool = True,
         identity: list[tuple[bytes, bytes]] = [],  # noqa: B006 - never mutated
         set_cookies: list[bytes] = [],  # noqa: B006 - never mutated
+        identity_lines: bytes = b"",
     ) -> None:
         """Send the request upstream.
 
         ``cookie`` is the Cookie header to send instead of the client's (None:
         none at all; True: the client's, untouched), ``identity`` the identity
-        headers, ``set_cookies`` Set-Cookie values for the response.
+        headers (or ``identity_lines``, the same as ``header_lines`` wrote
+        them, after them), ``set_cookies`` Set-Cookie values for the response.
         """
         route = runtime.route
         reading = request.idgw_reading
@@ -202,24 +207,32 @@ class GatewayResource(Resource):
             target = reading.canonical + target[len(request.path) :]
         if upstream.base_path:
             target = upstream.base_path.encode() + target
-        head = build_request_head(
-            method=request.method,
-            target=target,
-            headers=list(headers.getAllRawHeaders()),
-            connection=connection,
-            host_header=host if route.preserve_host else upstream.host_header_bytes,
-            client_ip=client_ip.encode(),
-            proto=self.proto,
-            port=self.port_bytes,
-            original_host=host,
-            request_id=request.request_id,
-            trusted_peer=state.trusted.trusts(client_ip),
-            strip=runtime.strip_headers if cookie is True else runtime.strip_headers_and_cookie,
-            strip_prefixes=runtime.strip_prefixes,
-            extra=[*identity, (b"Cookie", cookie)] if isinstance(cookie, bytes) else identity,
-            body_length=None if body is None else body.length,
-            chunked_body=chunked,
-            upgrade=b"websocket" if upgrade else None,
+        trusted = state.trusted
+        # (build_request_head's arguments, in request_head's order)
+        head = request_head(
+            request.method,
+            target,
+            # (read once through, the Connection header being at hand)
+            headers.getAllRawHeaders(),
+            connection,
+            host if route.preserve_host else upstream.host_header_bytes,  # host_header
+            client_ip.encode(),
+            self.proto,
+            self.port_bytes,
+            host,  # original_host
+            request.request_id,
+            # trusted_peer (trusts() is False without trusted proxies: the usual
+            # case, asked here)
+            bool(trusted.networks) and trusted.trusts(client_ip),
+            # strip, strip_prefixes
+            runtime.strip_headers if cookie is True else runtime.strip_headers_and_cookie,
+            runtime.strip_prefixes,
+            identity,  # extra
+            identity_lines,  # extra_lines
+            cookie if isinstance(cookie, bytes) else None,  # cookie
+            None if body is None else body.length,  # body_length
+            chunked,  # chunked_body
+            b"websocket" if upgrade else None,  # upgrade
         )
         sink = ProxiedResponse(request, runtime, tls=self.tls, set_cookies=set_cookies)
         exchange = Exchange(

@@ -305,22 +305,30 @@ class CookieSessionCodec:
         The returned ``Session`` may be shared with other requests carrying
         the same cookie: treat it (and its claims) as read-only.
         """
+        session, present, _ = self.decode_with_expiry(cookies)
+        return session, present
+
+    def decode_with_expiry(
+        self, cookies: Mapping[bytes, bytes]
+    ) -> tuple[Session | None, int, int | None]:
+        """``decode``, and the expiry sealed in the cookie (None: none; see
+        ``cookie_alive``), for callers that remember what a cookie opened to."""
         present = self.chunks_present(cookies)
         if not present:
-            return None, 0
+            return None, 0, None
         first = cookies.get(self._names[0])
         if first is None:
-            return None, present
+            return None, present, None
         if b"." in first:
             head, _, first = first.partition(b".")
             count = parse_decimal(head)
             if count is None or not 2 <= count <= present:
-                return None, present
+                return None, present, None
             parts = [first]
             for name in self._names[1:count]:
                 part = cookies.get(name)
                 if part is None:
-                    return None, present
+                    return None, present, None
                 parts.append(part)
             token = b"".join(parts)
         else:
@@ -329,15 +337,20 @@ class CookieSessionCodec:
         if cached is None:
             envelope = self._keyring.open(token, self._associated_data)
             if envelope is None:
-                return None, present
+                return None, present, None
             cached = self._parse_envelope(envelope)
             if cached is None:
-                return None, present
+                return None, present, None
             self._remember(token, cached)
         session, expires = cached
         if expires is not None and expires <= self._clock():
-            return None, present
-        return session, present
+            return None, present, None
+        return session, present, expires
+
+    def cookie_alive(self, expires: int | None) -> bool:
+        """Whether a cookie sealed with ``expires`` (``decode_with_expiry``)
+        would still open now."""
+        return expires is None or expires > self._clock()
 
     def _remember(self, token: bytes, opened: tuple[Session, int | None]) -> None:
         if len(token) > _CACHE_TOKEN_BYTES:
@@ -453,6 +466,9 @@ class CookieHeaderReader:
         self._known: dict[bytes, tuple[bytes | None, dict[bytes, bytes]]] = {}
         self._bytes = 0
         self._is_own: Callable[[bytes], bool] | None = None
+        # Counts the times the memo started again: what callers keep beside
+        # the answers (by their identity) is to start again with it.
+        self.generation = 0
 
     def read(
         self, values: Sequence[bytes], is_own: Callable[[bytes], bool]
@@ -475,9 +491,16 @@ class CookieHeaderReader:
                 self._bytes += size
         return found
 
+    def remembers(self, values: Sequence[bytes]) -> bool:
+        """Whether ``read`` keeps its answer for these values (the same
+        objects come back for them until the memo starts again)."""
+        key = values[0] if len(values) == 1 else b"\n".join(values)
+        return key in self._known
+
     def _forget(self) -> None:
         self._known.clear()
         self._bytes = 0
+        self.generation += 1
 
 
 def strip_cookies(values: Sequence[bytes], is_own: Callable[[bytes], bool]) -> bytes | None:

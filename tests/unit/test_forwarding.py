@@ -211,3 +211,53 @@ def test_every_punctuation_spelling_of_a_header_has_the_same_key(spelling: bytes
 def test_letters_and_digits_keep_their_place_in_a_key() -> None:
     assert header_key(b"X-Api-Key2") == b"x-api-key2"
     assert header_key(b"XAPIKEY") != header_key(b"X-API-KEY")
+
+
+def test_forward_gives_request_head_each_argument_in_its_place(monkeypatch):
+    """GatewayResource.forward calls request_head with its nineteen arguments
+    in order (a keyword call cost more): each lands under its own name."""
+    import inspect
+
+    from idgateway.proxy import headers as headers_module
+    from idgateway.routing import resource as resource_module
+    from idgateway.routing.resource import GatewayResource, StateHolder
+    from tests.unit.test_gate_admitted_memo import HOST, Gate
+
+    named: list[dict] = []
+    signature = inspect.signature(headers_module.request_head)
+
+    def recording(*args):
+        named.append(dict(signature.bind(*args).arguments))
+        return headers_module.request_head(*args)
+
+    monkeypatch.setattr(resource_module, "request_head", recording)
+    gate = Gate()
+    submitted: list = []
+    for pool in gate.state.pools.values():
+        pool.submit = submitted.append
+    resource = GatewayResource(StateHolder(gate.state), tls=False, port=8443)
+    line = b"a=1; " + gate.cookie(gate.session()) + b"; b=2"
+    for _ in range(2):  # the full checks, then the memo
+        request = gate.request([line], b"/projects/1")
+        request.requestHeaders.setRawHeaders(b"X-Request-Id", [b"fixed-id"])
+        request.requestHeaders.setRawHeaders(b"Connection", [b"keep-alive"])
+        resource.render(request)
+    runtime = gate.runtime
+    for args in named:
+        assert args["method"] == b"GET" and args["target"] == b"/projects/1"
+        assert args["connection"] == [b"keep-alive"]
+        assert args["host_header"] == b"127.0.0.1:9" and args["original_host"] == HOST
+        assert args["client_ip"] == b"192.168.1.1" and args["trusted_peer"] is False
+        assert args["proto"] == b"http" and args["port"] == b"8443"
+        assert args["request_id"] == b"fixed-id"
+        assert args["strip"] is runtime.strip_headers_and_cookie
+        assert args["strip_prefixes"] is runtime.strip_prefixes
+        assert args["cookie"] == b"a=1; b=2"
+        assert (
+            b"X-Forwarded-User: alice"
+            in headers_module.header_lines(args["extra"]) + args["extra_lines"]
+        )
+        assert args["body_length"] is None and args["chunked_body"] is False
+        assert args["upgrade"] is None
+    assert len(named) == 2 and named[0]["extra_lines"] == b"" and named[1]["extra"] == []
+    assert bytes(submitted[0].head) == bytes(submitted[1].head)

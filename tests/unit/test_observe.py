@@ -500,3 +500,27 @@ def test_http2_requests_are_named_in_text_and_json_lines() -> None:
     assert formatEvent(plain).endswith("ip=192.0.2.7")
     [record] = emit(fake_request(JSON, clientproto=b"HTTP/2"))
     assert json.loads(formatEvent(record))["protocol"] == "h2"
+
+
+@pytest.mark.parametrize(
+    "elapsed",
+    [0.0, 0.00004, 0.00005, 0.00015, 0.00025, 0.0012345, 0.25, 1.04999, 1.05, 2.675, 86400.123456],
+)
+def test_the_gateway_time_is_written_as_str_of_round_wrote_it(elapsed: float) -> None:
+    """(The line's text is a contract: gw= is what str(round(ms, 1)) gave.)"""
+    started = 1000.0
+    request = fake_request(idgw_started=started)
+    line = observe.access_line(request, TEXT, started + elapsed)
+    assert f" gw={round((started + elapsed - started) * 1000, 1)}ms " in line
+    assert " gw=Nonems " in observe.access_line(fake_request(idgw_started=None), TEXT, 1.0)
+
+
+def test_the_gateway_time_is_written_as_str_of_round_wrote_it_for_many_values() -> None:
+    import random
+
+    chance = random.Random(17)
+    for _ in range(20_000):
+        started = chance.uniform(0, 1e6)
+        now = started + chance.choice([1e-5, 1e-3, 1.0, 60.0]) * chance.random()
+        line = observe.access_line(fake_request(idgw_started=started), TEXT, now)
+        assert f" gw={round((now - started) * 1000, 1)}ms " in line, (started, now)

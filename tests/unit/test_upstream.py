@@ -451,3 +451,83 @@ def test_a_request_that_is_not_idempotent_is_never_sent_twice(method: bytes) -> 
     sink, endpoint = _answer_then_close_on_reuse(method)
     assert len(endpoint.transports) == 1
     assert [e[0] for e in sink.events] == ["failed"]
+
+
+class _CancellingSink(Sink):
+    """A client that goes away while the body is handed over."""
+
+    exchange: Exchange | None = None
+
+    def response_data(self, data):
+        super().response_data(data)
+        assert self.exchange is not None
+        self.exchange.cancel()
+
+
+@pytest.mark.parametrize(
+    ("answer", "cancel_on_data"),
+    [
+        pytest.param(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello", False, id="exact"),
+        pytest.param(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhelloHTTP/1.1 200 OK\r\n"
+            b"Content-Length: 4\r\n\r\nevil",
+            False,
+            id="a-second-response-smuggled-after-the-body",
+        ),
+        pytest.param(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", False, id="empty"),
+        pytest.param(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\nx", False, id="empty-plus-bytes"
+        ),
+        pytest.param(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello",
+            False,
+            id="upstream-closes",
+        ),
+        pytest.param(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello", True, id="client-gone-mid-body"
+        ),
+    ],
+)
+def test_an_answer_in_one_read_ends_as_it_would_read_in_pieces(answer, cancel_on_data):
+    """The whole answer with its head (completed at once) against the same
+    bytes split after the head (the state machine's way): the same body, end,
+    reuse and discard reason."""
+
+    def run(pieces: list[bytes]) -> tuple[Any, ...]:
+        discards: list[str] = []
+        clock = MemoryReactorClock()
+        endpoint = FakeEndpoint()
+        pool = UpstreamPool(endpoint, clock, size=2, on_discard=discards.append)  # type: ignore[arg-type]
+        sink = _CancellingSink() if cancel_on_data else Sink()
+        exchange = Exchange(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", sink)
+        sink.exchange = exchange  # type: ignore[attr-defined]
+        pool.submit(exchange)
+        connection = endpoint.protocols[0]
+        for piece in pieces:
+            connection.dataReceived(piece)
+        return (
+            sink.body,
+            [event[0] for event in sink.events],
+            discards,
+            len(pool._idle),
+            connection.closed,
+            connection.deadline,
+        )
+
+    end = answer.index(b"\r\n\r\n") + 4
+    whole = run([answer])
+    if b"Content-Length: 0" not in answer:
+        # (After an empty body, a later read finds the connection idle: a
+        # different reason for the same discard.)
+        assert whole == run([answer[:end], answer[end:]])
+    body, events, discards, idle, closed, deadline = whole
+    assert deadline == 0.0, "no deadline left armed"
+    if cancel_on_data:
+        assert events == ["head"] and closed and not idle
+    elif b"evil" in answer or answer.endswith(b"\r\n\r\nx"):
+        assert b"evil" not in body and discards == ["bytes_after_content_length"]
+        assert closed and not idle, "a connection with stray bytes is never reused"
+    elif b"close" in answer:
+        assert closed and not idle
+    else:
+        assert events == ["head", "end"] and idle == 1 and not closed
