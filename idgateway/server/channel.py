@@ -212,6 +212,22 @@ class GatewayRequest(server.Request):
         self.body = BodyPipe(self, length)
         self._dispatch(*channel.request_line())
 
+    def received_without_body(self, command: bytes, uri: bytes, version: bytes) -> None:
+        """``gotLength(0)``, then ``requestReceived``, in one frame (the
+        channel's one-pass head of a request without a body)."""
+        self.content = _EMPTY_CONTENT
+        channel: GatewayChannel = self.channel  # type: ignore[assignment]
+        if channel._head_since is not None:
+            channel._end_head()
+        # (_dispatch, spelled out)
+        self.method = command
+        self.uri = uri
+        self.clientproto = version
+        self.path = uri.partition(b"?")[0]
+        self.args = {}
+        site = self.site = channel.site  # type: ignore[attr-defined]
+        site.resource.render(self)
+
     def _dispatch(self, command: bytes, uri: bytes, version: bytes) -> None:
         self.method = command
         self.uri = uri

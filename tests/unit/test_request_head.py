@@ -184,6 +184,27 @@ CASES = {
     "browser-get": [BROWSER_GET],
     "http-1.0": [b"GET / HTTP/1.0\r\nHost: a\r\n\r\n"],
     "connection-close": [b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"],
+    # (twisted.web splits the Connection header at spaces only, and reads its first line)
+    "connection-close-among-tokens": [
+        b"GET / HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, CLOSE\r\n\r\nGET /2 HTTP/1.1\r\n\r\n"
+    ],
+    "connection-close-after-comma": [
+        b"GET / HTTP/1.1\r\nHost: a\r\nConnection: keep-alive,close\r\n\r\nGET /2 HTTP/1.1\r\n\r\n"
+    ],
+    "connection-close-second-line": [
+        b"GET / HTTP/1.1\r\nConnection: keep-alive\r\nConnection: close\r\n\r\n"
+        b"GET /2 HTTP/1.1\r\n\r\n"
+    ],
+    "connection-empty": [b"GET / HTTP/1.1\r\nConnection:\r\n\r\nGET /2 HTTP/1.1\r\n\r\n"],
+    "http-1.0-keep-alive": [
+        b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\nGET /2 HTTP/1.0\r\n\r\n"
+    ],
+    "expect-continue-without-body": [
+        b"GET / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\n\r\nGET /2 HTTP/1.1\r\n\r\n"
+    ],
+    "content-length-zero": [
+        b"POST / HTTP/1.1\r\nContent-Length: 0\r\n\r\nGET /2 HTTP/1.1\r\nHost: a\r\n\r\n"
+    ],
     "post-in-one-read": [POST + b"hello world"],
     "post-body-later": [POST, b"hello", b" world"],
     "post-then-get": [POST + b"hello worldGET /next HTTP/1.1\r\nHost: a\r\n\r\n"],

@@ -107,6 +107,9 @@ PRIVATE_NAMES: list[tuple[Any, str, Callable[[Any, str], bool]]] = [
     (http_headers.Headers, "_rawHeaders", _instance_attribute(http_headers.Headers, dict)),
     (_channel, "_dataBuffer", _instance_attribute(_channel, list)),
     (_channel, "_send100Continue", _function),
+    (_channel, "_savedTimeOut", _class_attribute(type(None))),
+    (_channel, "_receivedHeaderCount", _class_attribute(int)),
+    (_channel, "_receivedHeaderSize", _class_attribute(int)),
     # _twisted/http_headers.py
     (http_headers, "_nameEncoder", _an_encoder),
     # _twisted/http_request.py (Headers._rawHeaders: above)
@@ -185,7 +188,7 @@ def test_each_private_name_the_seam_uses_exists(
 def test_the_seam_takes_every_fast_path_on_a_supported_twisted() -> None:
     # On the installed Twisted each check the seam makes at import succeeds
     # (a failing one means a fast path silently turned off).
-    assert http_channel.ONE_PASS_HEAD
+    assert http_channel.ONE_PASS_HEAD and http_channel.BODILESS_IN_ONE_GO
     assert http_channel.UNPARSED_BUFFER
     assert http_request.LEAN_INIT and http_request.DIRECT_LOOKUP
     assert chunked.BOUNDED
@@ -307,6 +310,51 @@ def test_without_the_one_pass_head_twisted_web_parses_and_answers_the_same(
     assert stock == fast
     assert stock.startswith(b"HTTP/1.1 ")
     assert stock_lines > 0
+
+
+@pytest.mark.parametrize(
+    "reads",
+    [
+        _HEADS["get"],
+        _HEADS["pipelined"],
+        [b"GET / HTTP/1.0\r\nHost: a\r\n\r\n"],
+        [b"GET / HTTP/1.1\r\nConnection: x close\r\n\r\nGET /2 HTTP/1.1\r\n\r\n"],
+    ],
+    ids=["get", "pipelined", "http-1.0", "connection-close"],
+)
+def test_without_the_bodiless_shortcut_twisted_web_methods_answer_the_same(
+    reads: list[bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from idgateway.server.channel import GatewayChannel
+    from tests.unit.test_request_head import _serve
+
+    stock_steps: list[str] = []
+    original = GatewayChannel.allContentReceived
+
+    def all_content_received(channel: GatewayChannel) -> None:
+        stock_steps.append("allContentReceived")
+        original(channel)
+
+    monkeypatch.setattr(GatewayChannel, "allContentReceived", all_content_received)
+    fast = _serve(reads, fast=True)
+    assert stock_steps == []  # (the shortcut was taken)
+    monkeypatch.setattr(http_channel, "BODILESS_IN_ONE_GO", False)
+    stock = _serve(reads, fast=True)
+    assert stock_steps
+    assert stock[:3] == fast[:3]
+    assert stock[1].split(b"\r\n")[0].endswith(b" 200 OK")
+
+
+def test_the_bodiless_shortcut_is_checked_against_the_stock_methods_code() -> None:
+    # The check reads the names each stock method's code uses: a method that
+    # does something else (another name) turns the shortcut off.
+    for name, names in http_channel._STOCK_HEAD_END.items():
+        assert http_channel._names(getattr(http.HTTPChannel, name)) == names
+    assert (
+        http_channel._names(http.HTTPChannel.requestDone)
+        != (http_channel._STOCK_HEAD_END["allContentReceived"])
+    )
+    assert http_channel._names(None) is None
 
 
 def test_without_the_unparsed_buffer_a_tunnel_starts_with_nothing_pending(
