@@ -110,6 +110,12 @@ PRIVATE_NAMES: list[tuple[Any, str, Callable[[Any, str], bool]]] = [
     (_channel, "_savedTimeOut", _class_attribute(type(None))),
     (_channel, "_receivedHeaderCount", _class_attribute(int)),
     (_channel, "_receivedHeaderSize", _class_attribute(int)),
+    # _twisted/http_request.py: a request ended in one frame (with _savedTimeOut,
+    # _handlingRequest and _dataBuffer above)
+    (http.Request, "_disconnected", _class_attribute(bool)),
+    (server.Request, "_encoder", _class_attribute(type(None))),
+    (_channel, "_waitingForTransport", _class_attribute(bool)),
+    (_channel, "_networkProducer", lambda o, n: n in o.connectionMade.__code__.co_names),
     # _twisted/http_headers.py
     (http_headers, "_nameEncoder", _an_encoder),
     # _twisted/http_request.py (Headers._rawHeaders: above)
@@ -190,7 +196,7 @@ def test_the_seam_takes_every_fast_path_on_a_supported_twisted() -> None:
     # (a failing one means a fast path silently turned off).
     assert http_channel.ONE_PASS_HEAD and http_channel.BODILESS_IN_ONE_GO
     assert http_channel.UNPARSED_BUFFER
-    assert http_request.LEAN_INIT and http_request.DIRECT_LOOKUP
+    assert http_request.LEAN_INIT and http_request.DIRECT_LOOKUP and http_request.FINISH_IN_ONE_GO
     assert chunked.BOUNDED
     assert seam_tcp.COALESCING and seam_tcp.ADOPT_AS_SUBCLASS
     assert seam_tls.TURN_BUFFERED
