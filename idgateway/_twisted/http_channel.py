@@ -116,6 +116,8 @@ class HTTPChannelInternals(http.HTTPChannel):
     def dataReceived(self, data: bytes) -> None:
         if self._silent:
             self._silent = False
+            if self.first_bytes_taken(data):
+                return
         # A whole request head in one read, between requests: parse it in one
         # pass (request_head) instead of line by line. Anything else (a head
         # split over reads, a body in progress, a request being answered, an
@@ -146,6 +148,11 @@ class HTTPChannelInternals(http.HTTPChannel):
                 return
         self.head_parsed_by_lines()
         super().dataReceived(data)
+
+    def first_bytes_taken(self, data: bytes) -> bool:
+        """Called with the connection's first bytes: True if something else
+        (another protocol) took them, and the connection, over."""
+        return False
 
     def head_parsed_by_lines(self) -> None:
         """Called before bytes go to twisted.web's own (line by line) parser."""
