@@ -6,9 +6,11 @@ Private names used (twisted.web.http, twisted.web.server, twisted.python.compone
   ``Componentized.__init__`` under it) sets on a new request, among them
   ``_parsePOSTFormSubmission`` and ``_adapterCache``: ``init_request`` sets
   the same attributes to the same values in one call instead of three nested
-  ones. Checked at import against a stock request built the stock way; on a
-  Twisted whose constructor sets anything else (``LEAN_INIT`` False) it calls
-  the stock constructor.
+  ones, and makes its two ``Headers`` without a frame for their ``__init__``
+  (``Headers._rawHeaders``, set empty). Checked at import against a stock
+  request built the stock way, and against the names ``Headers.__init__``
+  uses; on a Twisted whose constructors do anything else (``LEAN_INIT``
+  False) it calls the stock constructor.
 - ``Headers._rawHeaders``: ``RequestHeaders.getRawHeaders`` looks the names the
   gateway asks for on every request (Host, Cookie, Connection...) up in it
   directly, spelled once at import, instead of spelling each name again per
@@ -98,14 +100,21 @@ def _stock_attributes() -> dict[str, Any]:
     return {name: type(value) for name, value in vars(request).items()}
 
 
+_new_headers = Headers.__new__
+
+
 def _lean_init(request: Any, channel: Any, queued: Any = False) -> None:
     request.notifications = []
     request.channel = channel
     request.client = channel.getPeer()
     request.host = channel.getHost()
-    request.requestHeaders = RequestHeaders()
+    # (Headers(), without a frame for its __init__: all that does without
+    # arguments is set an empty _rawHeaders)
+    headers = request.requestHeaders = _new_headers(RequestHeaders)
+    headers._rawHeaders = {}
     request.received_cookies = {}
-    request.responseHeaders = Headers()
+    headers = request.responseHeaders = _new_headers(Headers)
+    headers._rawHeaders = {}
     request.cookies = []
     request.transport = channel.transport
     request.queued = queued
@@ -122,7 +131,16 @@ def _lean_attributes() -> dict[str, Any]:
     return made
 
 
-LEAN_INIT = _stock_attributes() == _lean_attributes() and issubclass(server.Request, Componentized)
+def _names(function: Any) -> tuple[str, ...] | None:
+    return getattr(getattr(function, "__code__", None), "co_names", None)
+
+
+LEAN_INIT = (
+    DIRECT_LOOKUP
+    and _names(Headers.__init__) == ("_rawHeaders", "items", "setRawHeaders")
+    and _stock_attributes() == _lean_attributes()
+    and issubclass(server.Request, Componentized)
+)
 if not LEAN_INIT:
     note_fallback("server.Request's constructor", "each request is set up the stock way")
 
@@ -139,10 +157,6 @@ def _stock_init(request: Any, channel: Any, queued: Any = False) -> None:
 # sets the request up as ``server.Request.__init__`` does, its request headers
 # a ``RequestHeaders``.
 init_request = _lean_init if LEAN_INIT else _stock_init
-
-
-def _names(function: Any) -> tuple[str, ...] | None:
-    return getattr(getattr(function, "__code__", None), "co_names", None)
 
 
 # The stock methods finish_request redoes, and the names each one's code uses

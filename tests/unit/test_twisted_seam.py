@@ -425,6 +425,25 @@ def test_a_lean_request_is_set_up_as_a_stock_one() -> None:
     )
 
 
+def test_a_lean_requests_headers_are_empty_headers_of_their_own() -> None:
+    from idgateway.server.channel import GatewayRequest
+
+    channel = DummyChannel()
+    one, two = GatewayRequest(channel), GatewayRequest(channel)
+    for headers, kind in (
+        (one.requestHeaders, http_request.RequestHeaders),
+        (one.responseHeaders, http_headers.Headers),
+    ):
+        assert type(headers) is kind
+        assert list(headers.getAllRawHeaders()) == [] and headers._rawHeaders == {}
+        assert repr(headers) == repr(kind())
+    one.requestHeaders.setRawHeaders(b"x-a", [b"1"])
+    one.responseHeaders.setRawHeaders(b"x-b", [b"2"])
+    assert not two.requestHeaders.hasHeader(b"x-a")
+    assert not two.responseHeaders.hasHeader(b"x-b")
+    assert one.requestHeaders.getRawHeaders(b"x-a") == [b"1"]
+
+
 @pytest.mark.parametrize(
     "name",
     [b"host", b"Host", b"HOST", b"cookie", b"x-request-id", b"Connection", b"x-other", "host"],
