@@ -17,7 +17,7 @@ from typing import NamedTuple
 
 from idgateway._twisted.http_headers import InvalidHeaderName, canonical_header_name
 from idgateway.http.numbers import parse_decimal
-from idgateway.http.syntax import is_token
+from idgateway.http.syntax import TOKEN_CHARS
 
 # The bytes twisted.web accepts in a request target (its _parseRequestLine).
 _TARGET = bytes(range(33, 177))
@@ -37,6 +37,9 @@ class RequestHead(NamedTuple):
     headers: dict[bytes, list[bytes]]
     # The Content-Length, 0 when there is none.
     length: int
+
+
+_new_tuple = tuple.__new__
 
 
 def read_request_head(
@@ -78,8 +81,8 @@ def read_request_head(
     method, target, version = request_line
     if version != b"HTTP/1.1" and version != b"HTTP/1.0":
         return None
-    if not is_token(method) or not target:
-        return None
+    if not method or method.translate(None, TOKEN_CHARS) or not target:
+        return None  # (a method that is no token: idgateway.http.syntax.is_token, inline)
     if target.translate(None, _TARGET):
         return None  # (this also keeps CR and LF out of the request line)
     headers: dict[bytes, list[bytes]] = {}
@@ -111,4 +114,5 @@ def read_request_head(
         length = parsed
     if b"Transfer-Encoding" in headers:
         return None
-    return RequestHead(method, target, version, headers, length), consumed
+    # (RequestHead(...) is a Python frame, NamedTuple's __new__; this is what it does)
+    return _new_tuple(RequestHead, (method, target, version, headers, length)), consumed

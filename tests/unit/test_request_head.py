@@ -41,6 +41,7 @@ def test_a_browser_head_is_parsed_as_twisted_would_store_it() -> None:
     found = read_request_head(BROWSER_GET + b"GET /next", 500, 16384)
     assert found is not None
     head, consumed = found
+    assert type(head) is RequestHead and head.target == b"/app/page?x=1"
     assert consumed == len(BROWSER_GET)  # up to the next request
     assert head == RequestHead(
         method=b"GET",
@@ -108,6 +109,23 @@ def test_a_head_not_all_there_or_too_big_is_left_to_twisted() -> None:
 )
 def test_anything_unusual_is_left_to_twisted(head: bytes) -> None:
     assert read_request_head(head + b"\r\n\r\n", 4, 16384) is None
+
+
+@pytest.mark.parametrize(
+    "method",
+    [b"GET", b"POST", b"PROPFIND", b"M-SEARCH", b"X_Y", b"~!#$%&'*+-.^_`|"],
+)
+def test_any_method_that_is_a_token_is_read(method: bytes) -> None:
+    found = read_request_head(method + b" / HTTP/1.1\r\nHost: a\r\n\r\n", 4, 16384)
+    assert found is not None and found[0].method == method
+
+
+@pytest.mark.parametrize(
+    "method",
+    [b"", b"GE\x7fT", b"G\xc3\xa9T", b"GET,", b"G@T", b"G\tT", b"(GET)", b'"GET"', b"G[T", b"G/T"],
+)
+def test_a_method_that_is_no_token_is_left_to_twisted(method: bytes) -> None:
+    assert read_request_head(method + b" / HTTP/1.1\r\nHost: a\r\n\r\n", 4, 16384) is None
 
 
 # -- the channel: fast path vs twisted.web's parser ----------------------------
