@@ -50,32 +50,17 @@ def read_request_head(
     ``max_size`` bytes, or twisted.web's line-by-line parser must decide."""
     # Split at each LF (a memchr; looking for CRLF or CRLFCRLF searched two or
     # four bytes at a time, slowly over a 2 KB cookie), requiring its CR to be
-    # the line's only one (another memchr).
-    lines = []
-    start = 0
-    while True:
-        lf = data.find(b"\n", start)
-        if lf == -1 or lf > max_size:
-            return None  # not all there yet, or too big for this path
-        if lf == start or data.find(b"\r", start, lf) != lf - 1:
-            return None  # a LF without its CR, or a CR inside the line
-        if lf - 1 == start:
-            break  # the blank line
-        lines.append(data[start : lf - 1])
-        start = lf + 1
-    consumed = lf + 1
-    if not lines or len(lines) > max_headers + 1:
-        return None  # (a blank line first: twisted.web skips it)
-    if (
-        data.find(b"\x00", 0, consumed) != -1
-        or data.find(b"\x0b", 0, consumed) != -1
-        or data.find(b"\x0c", 0, consumed) != -1
-    ):
-        # A NUL, or a VT or FF (whitespace to many a parser's strip(), so a
-        # header one reads as "chunked" another reads as junk): one search
-        # each over the whole head, not one per line. The fallback refuses.
+    # the line's only one (another memchr). Each header line is read as it is
+    # found (no list of lines to go over a second time).
+    find = data.find
+    lf = find(b"\n")
+    if lf == -1 or lf > max_size:
+        return None  # not all there yet, or too big for this path
+    if lf < 2 or find(b"\r", 0, lf) != lf - 1:
+        # A LF without its CR, a CR inside the line, or a blank line first
+        # (twisted.web skips one).
         return None
-    request_line = lines[0].split(b" ")
+    request_line = data[: lf - 1].split(b" ")
     if len(request_line) != 3:
         return None
     method, target, version = request_line
@@ -86,8 +71,18 @@ def read_request_head(
     if target.translate(None, _TARGET):
         return None  # (this also keeps CR and LF out of the request line)
     headers: dict[bytes, list[bytes]] = {}
-    for line in lines[1:]:
-        name, colon, value = line.partition(b":")
+    count = 0
+    start = lf + 1
+    while True:
+        lf = find(b"\n", start)
+        if lf == -1 or lf > max_size:
+            return None
+        end = lf - 1  # (where the line's CR must be)
+        if lf == start or find(b"\r", start, lf) != end:
+            return None
+        if end == start:
+            break  # the blank line
+        name, colon, value = data[start:end].partition(b":")
         if not colon:
             return None
         canonical = _CANONICAL_NAMES.get(name)
@@ -99,12 +94,25 @@ def read_request_head(
                 return None
             if len(_CANONICAL_NAMES) < _MAX_CANONICAL_NAMES:
                 _CANONICAL_NAMES[name] = canonical
-        name = canonical
-        values = headers.get(name)
+        values = headers.get(canonical)
         if values is None:
-            headers[name] = [value.strip(b" \t")]
+            headers[canonical] = [value.strip(b" \t")]
         else:
             values.append(value.strip(b" \t"))
+        count += 1
+        start = lf + 1
+    if count > max_headers:
+        return None
+    consumed = lf + 1
+    if (
+        find(b"\x00", 0, consumed) != -1
+        or find(b"\x0b", 0, consumed) != -1
+        or find(b"\x0c", 0, consumed) != -1
+    ):
+        # A NUL, or a VT or FF (whitespace to many a parser's strip(), so a
+        # header one reads as "chunked" another reads as junk): one search
+        # each over the whole head, not one per line. The fallback refuses.
+        return None
     length = 0
     if b"Content-Length" in headers:
         lengths = headers[b"Content-Length"]

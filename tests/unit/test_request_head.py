@@ -111,6 +111,38 @@ def test_anything_unusual_is_left_to_twisted(head: bytes) -> None:
     assert read_request_head(head + b"\r\n\r\n", 4, 16384) is None
 
 
+def test_as_many_headers_as_allowed_are_read_and_one_more_is_left_to_twisted() -> None:
+    head = b"GET / HTTP/1.1\r\n" + b"X-A: 1\r\n" * 4 + b"\r\n"
+    found = read_request_head(head, 4, 16384)
+    assert found is not None and found[0].headers == {b"X-A": [b"1"] * 4}
+    assert read_request_head(head, 3, 16384) is None
+    assert read_request_head(b"GET / HTTP/1.1\r\n\r\n", 0, 16384) is not None
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"\n",
+        b"\r\n",
+        b"\r\n\r\n",
+        b"\nGET / HTTP/1.1\r\n\r\n",
+        b"X\nGET / HTTP/1.1\r\n\r\n",
+        b"\rX\r\n\r\n",
+    ],
+    ids=["LF", "CRLF", "two-CRLF", "LF-first", "bare-LF-first-line", "CR-first"],
+)
+def test_a_first_line_that_is_blank_or_broken_is_left_to_twisted(data: bytes) -> None:
+    assert read_request_head(data, 4, 16384) is None
+
+
+def test_a_head_past_max_size_is_left_to_twisted_wherever_its_line_ends() -> None:
+    head = b"GET / HTTP/1.1\r\nX-A: " + b"a" * 50 + b"\r\n\r\n"
+    assert read_request_head(head, 4, len(head) - 1) is not None  # (the last LF's index)
+    assert read_request_head(head, 4, len(head) - 2) is None
+    assert read_request_head(head, 4, 20) is None  # (inside a header line)
+    assert read_request_head(head, 4, 10) is None  # (inside the request line)
+
+
 @pytest.mark.parametrize(
     "method",
     [b"GET", b"POST", b"PROPFIND", b"M-SEARCH", b"X_Y", b"~!#$%&'*+-.^_`|"],
