@@ -41,6 +41,10 @@ class RequestHead(NamedTuple):
 
 _new_tuple = tuple.__new__
 
+# Reads longer than this (a head with a body behind it, or pipelined heads)
+# are cut at their head's end before its lines are partitioned.
+_WHOLE_READ = 8 * 1024
+
 
 def read_request_head(
     data: bytes, max_headers: int, max_size: int
@@ -48,19 +52,30 @@ def read_request_head(
     """The request head at the start of ``data`` and how many bytes it took
     (its blank line included), or None: the head is not all there, is over
     ``max_size`` bytes, or twisted.web's line-by-line parser must decide."""
-    # Split at each LF (a memchr; looking for CRLF or CRLFCRLF searched two or
-    # four bytes at a time, slowly over a 2 KB cookie), requiring its CR to be
-    # the line's only one (another memchr). Each header line is read as it is
-    # found (no list of lines to go over a second time).
-    find = data.find
-    lf = find(b"\n")
-    if lf == -1 or lf > max_size:
+    # Split at each LF with partition (a memchr, then a copy of what follows:
+    # looking for CRLF or CRLFCRLF searched two or four bytes at a time,
+    # slowly over a 2 KB cookie, and find(sub, start, end) parses its
+    # arguments anew on every call), then at the line's first CR, which must
+    # be its last byte. Each header line is read as it is found.
+    if len(data) > _WHOLE_READ:
+        # A body behind the head: only the head is partitioned (the copies
+        # would otherwise take the whole read once per line).
+        end = data.find(b"\r\n\r\n", 0, max_size + 1)
+        if end == -1:
+            return None  # not all there yet, too big, or no CRLF before its blank line
+        rest = data[: end + 4]
+    else:
+        rest = data
+    line, lf, rest = rest.partition(b"\n")
+    consumed = len(line) + 1  # (the LF's index, plus one)
+    if not lf or consumed > max_size + 1:
         return None  # not all there yet, or too big for this path
-    if lf < 2 or find(b"\r", 0, lf) != lf - 1:
+    first, cr, after = line.partition(b"\r")
+    if after or not cr or not first:
         # A LF without its CR, a CR inside the line, or a blank line first
         # (twisted.web skips one).
         return None
-    request_line = data[: lf - 1].split(b" ")
+    request_line = first.split(b" ")
     if len(request_line) != 3:
         return None
     method, target, version = request_line
@@ -72,17 +87,17 @@ def read_request_head(
         return None  # (this also keeps CR and LF out of the request line)
     headers: dict[bytes, list[bytes]] = {}
     count = 0
-    start = lf + 1
     while True:
-        lf = find(b"\n", start)
-        if lf == -1 or lf > max_size:
+        line, lf, rest = rest.partition(b"\n")
+        consumed += len(line) + 1
+        if not lf or consumed > max_size + 1:
             return None
-        end = lf - 1  # (where the line's CR must be)
-        if lf == start or find(b"\r", start, lf) != end:
-            return None
-        if end == start:
+        text, cr, after = line.partition(b"\r")
+        if after or not cr:
+            return None  # (a bare LF, a CR inside the line)
+        if not text:
             break  # the blank line
-        name, colon, value = data[start:end].partition(b":")
+        name, colon, value = text.partition(b":")
         if not colon:
             return None
         canonical = _CANONICAL_NAMES.get(name)
@@ -100,18 +115,13 @@ def read_request_head(
         else:
             values.append(value.strip(b" \t"))
         count += 1
-        start = lf + 1
     if count > max_headers:
         return None
-    consumed = lf + 1
-    if (
-        find(b"\x00", 0, consumed) != -1
-        or find(b"\x0b", 0, consumed) != -1
-        or find(b"\x0c", 0, consumed) != -1
-    ):
-        # A NUL, or a VT or FF (whitespace to many a parser's strip(), so a
-        # header one reads as "chunked" another reads as junk): one search
-        # each over the whole head, not one per line. The fallback refuses.
+    # A NUL, or a VT or FF (whitespace to many a parser's strip(), so a header
+    # one reads as "chunked" another reads as junk): one search each over the
+    # whole head, not one per line. The fallback refuses.
+    head = data if consumed == len(data) else data[:consumed]
+    if head.partition(b"\x00")[1] or head.partition(b"\x0b")[1] or head.partition(b"\x0c")[1]:
         return None
     length = 0
     if b"Content-Length" in headers:

@@ -143,6 +143,37 @@ def test_a_head_past_max_size_is_left_to_twisted_wherever_its_line_ends() -> Non
     assert read_request_head(head, 4, 10) is None  # (inside the request line)
 
 
+BIG_BODY = b"\r\n\r\n".join([b"b" * 3000] * 4)  # (over 8 KiB, CRLFCRLF inside)
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        BROWSER_GET,
+        b"POST /f HTTP/1.1\r\nHost: a\r\nContent-Length: 12006\r\n\r\n",
+        b"GET / HTTP/1.1\r\nX-A: 1\nX-B: 2\r\n\r\n",  # a bare LF
+        b"GET / HTTP/1.1\r\nX-A: 1\rX-B: 2\r\n\r\n",  # a bare CR
+        b"GET / HTTP/1.1\r\nX-A: 1\n\r\n",  # its blank line after a bare LF
+        b"GET / HTTP/1.1\r\nX-A: a\x00b\r\n\r\n",
+        b"GET / HTTP/1.1\r\nX-A: 1\r\n",  # not all there: CRLFCRLF only in the body
+    ],
+    ids=["browser-get", "post", "bare-LF", "bare-CR", "blank-after-bare-LF", "NUL", "unfinished"],
+)
+def test_a_big_read_is_read_as_its_head_alone(head: bytes) -> None:
+    # Past 8 KiB the head is cut at its end before its lines are read.
+    alone = read_request_head(head, 500, 16384)
+    assert read_request_head(head + BIG_BODY, 500, 16384) == (
+        alone if head.endswith(b"\r\n\r\n") else None
+    )
+
+
+def test_a_big_read_whose_head_is_over_max_size_is_left_to_twisted() -> None:
+    head = b"GET / HTTP/1.1\r\nX-A: " + b"a" * 9000 + b"\r\n\r\n"
+    assert read_request_head(head + BIG_BODY, 500, len(head) - 1) is not None
+    assert read_request_head(head + BIG_BODY, 500, len(head) - 2) is None
+    assert read_request_head(head + BIG_BODY, 500, 100) is None
+
+
 @pytest.mark.parametrize(
     "method",
     [b"GET", b"POST", b"PROPFIND", b"M-SEARCH", b"X_Y", b"~!#$%&'*+-.^_`|"],
