@@ -67,7 +67,8 @@ class _DirectHeaders(Headers):
     """Headers whose lookups of the hot names skip the per-call spelling."""
 
     def getRawHeaders(self, name: Any, default: Any = None) -> Any:
-        spelled = _SPELLED.get(name) if type(name) is bytes else None
+        # (A str name is no key of _SPELLED, which holds bytes: the stock path.)
+        spelled = _SPELLED.get(name)
         if spelled is None:
             return super().getRawHeaders(name, default)
         # (Stock: the stored list itself for a bytes name; the default for none.)

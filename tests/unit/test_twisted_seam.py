@@ -446,7 +446,18 @@ def test_a_lean_requests_headers_are_empty_headers_of_their_own() -> None:
 
 @pytest.mark.parametrize(
     "name",
-    [b"host", b"Host", b"HOST", b"cookie", b"x-request-id", b"Connection", b"x-other", "host"],
+    [
+        b"host",
+        b"Host",
+        b"HOST",
+        b"cookie",
+        b"x-request-id",
+        b"Connection",
+        b"x-other",
+        "host",
+        "Cookie",
+        type("BytesName", (bytes,), {})(b"host"),
+    ],
 )
 def test_request_header_lookups_answer_as_stock_headers_do(name: Any) -> None:
     lean, stock = http_request.RequestHeaders(), http_headers.Headers()
