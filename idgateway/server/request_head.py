@@ -41,6 +41,10 @@ class RequestHead(NamedTuple):
 
 _new_tuple = tuple.__new__
 
+# Methods known to be tokens (the rest are checked: a translate builds its
+# table of 256 bytes per call).
+_USUAL_METHODS = frozenset((b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"OPTIONS", b"PATCH"))
+
 # Reads longer than this (a head with a body behind it, or pipelined heads)
 # are cut at their head's end before its lines are partitioned.
 _WHOLE_READ = 8 * 1024
@@ -81,8 +85,10 @@ def read_request_head(
     method, target, version = request_line
     if version != b"HTTP/1.1" and version != b"HTTP/1.0":
         return None
-    if not method or method.translate(None, TOKEN_CHARS) or not target:
+    if method not in _USUAL_METHODS and (not method or method.translate(None, TOKEN_CHARS)):
         return None  # (a method that is no token: idgateway.http.syntax.is_token, inline)
+    if not target:
+        return None
     if target.translate(None, _TARGET):
         return None  # (this also keeps CR and LF out of the request line)
     headers: dict[bytes, list[bytes]] = {}

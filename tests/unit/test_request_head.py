@@ -174,6 +174,13 @@ def test_a_big_read_whose_head_is_over_max_size_is_left_to_twisted() -> None:
     assert read_request_head(head + BIG_BODY, 500, 100) is None
 
 
+def test_the_methods_read_without_a_token_check_are_tokens() -> None:
+    from idgateway.http.syntax import is_token
+    from idgateway.server import request_head
+
+    assert request_head._USUAL_METHODS and all(map(is_token, request_head._USUAL_METHODS))
+
+
 @pytest.mark.parametrize(
     "method",
     [b"GET", b"POST", b"PROPFIND", b"M-SEARCH", b"X_Y", b"~!#$%&'*+-.^_`|"],
