@@ -95,6 +95,7 @@ _STOCK_HEAD_END = {
     ),
     "setRawMode": ("line_mode",),
 }  # fmt: skip
+_stock_check_persistence = http.HTTPChannel.checkPersistence
 BODILESS_IN_ONE_GO = ONE_PASS_HEAD and all(
     _names(getattr(http.HTTPChannel, name, None)) == names
     for name, names in _STOCK_HEAD_END.items()
@@ -161,8 +162,8 @@ class HTTPChannelInternals(http.HTTPChannel):
         """What HTTPChannel.lineReceived does over a whole head, in one go.
 
         The request factory's requests have ``received_without_body(method,
-        target, version)``: what their ``gotLength(0)`` and then
-        ``requestReceived(method, target, version)`` do.
+        target, version)``: what their ``parseCookies()``, ``gotLength(0)``
+        and then ``requestReceived(method, target, version)`` do.
         """
         request: Any = self.requestFactory(self, len(self.requests))  # type: ignore[attr-defined]
         # The request line and headers as sent, without the blank line.
@@ -171,14 +172,18 @@ class HTTPChannelInternals(http.HTTPChannel):
         headers = head.headers
         request.requestHeaders._rawHeaders = headers
         if BODILESS_IN_ONE_GO and not head.length and b"Expect" not in headers:
-            # No body, no 100-continue: allHeadersReceived (its parseCookies,
-            # unused by the gateway's requests, and its checkPersistence),
+            # No body, no 100-continue: allHeadersReceived (its
+            # checkPersistence spelled out unless a subclass has its own),
             # then allContentReceived and setRawMode, as they would. What
             # allContentReceived resets (length, the header counts,
             # __first_line, _transferDecoder, the request line) is as the
             # last request left it: this path starts only between requests.
             version = head.version
-            if version == b"HTTP/1.1":
+            if type(self).checkPersistence is not _stock_check_persistence:
+                # (A subclass's own: one that closes every connection while
+                # the server drains, say.)
+                self.persistent = self.checkPersistence(request, version)
+            elif version == b"HTTP/1.1":
                 connection = headers.get(b"Connection")
                 if connection and b"close" in [t.lower() for t in connection[0].split(b" ")]:
                     request.responseHeaders.setRawHeaders(b"Connection", [b"close"])

@@ -213,8 +213,9 @@ class GatewayRequest(server.Request):
         self._dispatch(*channel.request_line())
 
     def received_without_body(self, command: bytes, uri: bytes, version: bytes) -> None:
-        """``gotLength(0)``, then ``requestReceived``, in one frame (the
-        channel's one-pass head of a request without a body)."""
+        """``parseCookies()`` (nothing), ``gotLength(0)``, then
+        ``requestReceived``, in one frame (the channel's one-pass head of a
+        request without a body)."""
         self.content = _EMPTY_CONTENT
         channel: GatewayChannel = self.channel  # type: ignore[assignment]
         if channel._head_since is not None:

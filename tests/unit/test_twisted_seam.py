@@ -351,6 +351,47 @@ def test_without_the_bodiless_shortcut_twisted_web_methods_answer_the_same(
     assert stock[1].split(b"\r\n")[0].endswith(b" 200 OK")
 
 
+def _serve_closing_channel() -> tuple[bytes, bool, list[str]]:
+    """A GET on a channel whose own checkPersistence says close (as a
+    draining server's channels do): the answer, whether it closed, the calls."""
+    from twisted.internet.testing import StringTransport
+
+    from idgateway.server.channel import GatewayChannel, GatewaySite
+    from tests.unit.test_request_head import _Record
+
+    asked: list[str] = []
+
+    class ClosingChannel(GatewayChannel):
+        def checkPersistence(self, request: Any, version: bytes) -> bool:  # noqa: N802
+            asked.append("checkPersistence")
+            request.responseHeaders.setRawHeaders(b"Connection", [b"close"])
+            return False
+
+    site = GatewaySite(_Record())
+    site.protocol = ClosingChannel  # type: ignore[assignment]
+    channel: Any = site.buildProtocol(None)
+    transport = StringTransport()
+    channel.makeConnection(transport)
+    channel.dataReceived(b"GET / HTTP/1.1\r\nHost: a\r\n\r\nGET /2 HTTP/1.1\r\n\r\n")
+    output = transport.value()
+    return (
+        output.replace(output.partition(b"Date: ")[2].partition(b"\r\n")[0], b""),
+        bool(transport.disconnecting),
+        asked,
+    )
+
+
+def test_a_channels_own_check_persistence_is_asked_on_the_bodiless_shortcut(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    output, closed, asked = _serve_closing_channel()
+    assert asked == ["checkPersistence"]
+    assert b"Connection: close\r\n" in output and closed
+    assert output.count(b"HTTP/1.1 200 OK") == 1  # (the pipelined second one is not read)
+    monkeypatch.setattr(http_channel, "BODILESS_IN_ONE_GO", False)
+    assert _serve_closing_channel() == (output, closed, asked)
+
+
 def test_the_bodiless_shortcut_is_checked_against_the_stock_methods_code() -> None:
     # The check reads the names each stock method's code uses: a method that
     # does something else (another name) turns the shortcut off.
