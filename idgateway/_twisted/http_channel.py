@@ -25,6 +25,15 @@ Private names used (twisted.web.http, twisted.protocols.basic, http_headers):
   where the gateway cannot see them).
 - ``HTTPChannel._send100Continue``: overridden so that no "100 Continue"
   follows a final answer. Without it: twisted.web's own behaviour.
+- ``HTTPChannel._savedTimeOut``, ``._receivedHeaderCount``,
+  ``._receivedHeaderSize`` (with ``__first_line``, ``_handlingRequest``,
+  ``_transferDecoder`` above): a one-pass head without a body goes from its
+  head to its request's dispatch in one frame, doing what
+  ``allHeadersReceived``, ``checkPersistence``, ``allContentReceived`` and
+  ``setRawMode`` do (five frames, and the request's ``gotLength``,
+  ``requestReceived``). Taken only when those stock methods' code names
+  exactly what it names in this release (``BODILESS_IN_ONE_GO``, checked
+  at import); otherwise they are called, as stock.
 """
 
 from __future__ import annotations
@@ -62,6 +71,42 @@ if not callable(getattr(http.HTTPChannel, "_send100Continue", None)):
     note_fallback("HTTPChannel._send100Continue", "twisted.web decides when to send 100 Continue")
 
 
+def _names(function: Any) -> tuple[str, ...] | None:
+    return getattr(getattr(function, "__code__", None), "co_names", None)
+
+
+# The names each stock method's code uses, in the Twisted releases whose
+# methods _head_received redoes for a request without a body (26.4 to 26.10):
+# a release that changes what they do changes these, and the stock methods
+# are then called instead.
+_STOCK_HEAD_END = {
+    "allHeadersReceived": (
+        "requests", "parseCookies", "checkPersistence", "_version", "persistent", "gotLength",
+        "length", "requestHeaders", "getRawHeaders", "lower", "_send100Continue",
+    ),
+    "checkPersistence": (
+        "requestHeaders", "getRawHeaders", "split", "responseHeaders", "setRawHeaders",
+    ),
+    "allContentReceived": (
+        "_command", "_path", "_version", "length", "_receivedHeaderCount",
+        "_receivedHeaderSize", "_HTTPChannel__first_line", "_transferDecoder", "timeOut",
+        "setTimeout", "_savedTimeOut", "_handlingRequest", "setRawMode", "requests",
+        "requestReceived",
+    ),
+    "setRawMode": ("line_mode",),
+}  # fmt: skip
+_stock_check_persistence = http.HTTPChannel.checkPersistence
+BODILESS_IN_ONE_GO = ONE_PASS_HEAD and all(
+    _names(getattr(http.HTTPChannel, name, None)) == names
+    for name, names in _STOCK_HEAD_END.items()
+)
+if not BODILESS_IN_ONE_GO:
+    note_fallback(
+        "HTTPChannel's head-to-dispatch methods as known",
+        "a request without a body goes through them one by one",
+    )
+
+
 class HTTPChannelInternals(http.HTTPChannel):
     """An HTTPChannel with the gateway's uses of its internals, named."""
 
@@ -72,6 +117,8 @@ class HTTPChannelInternals(http.HTTPChannel):
     def dataReceived(self, data: bytes) -> None:
         if self._silent:
             self._silent = False
+            if self.first_bytes_taken(data):
+                return
         # A whole request head in one read, between requests: parse it in one
         # pass (request_head) instead of line by line. Anything else (a head
         # split over reads, a body in progress, a request being answered, an
@@ -89,7 +136,6 @@ class HTTPChannelInternals(http.HTTPChannel):
             found = read_request_head(data, self.maxHeaders, self.MAX_LENGTH)
             if found is not None:
                 head, consumed = found
-                self.resetTimeout()
                 self._busyReceiving = True
                 try:
                     self._head_received(head, consumed)
@@ -104,20 +150,63 @@ class HTTPChannelInternals(http.HTTPChannel):
         self.head_parsed_by_lines()
         super().dataReceived(data)
 
+    def first_bytes_taken(self, data: bytes) -> bool:
+        """Called with the connection's first bytes: True if something else
+        (another protocol) took them, and the connection, over."""
+        return False
+
     def head_parsed_by_lines(self) -> None:
         """Called before bytes go to twisted.web's own (line by line) parser."""
 
     def _head_received(self, head: RequestHead, size: int) -> None:
-        """What HTTPChannel.lineReceived does over a whole head, in one go."""
+        """What HTTPChannel.lineReceived does over a whole head, in one go.
+
+        The request factory's requests have ``received_without_body(method,
+        target, version)``: what their ``parseCookies()``, ``gotLength(0)``
+        and then ``requestReceived(method, target, version)`` do.
+        """
         request: Any = self.requestFactory(self, len(self.requests))  # type: ignore[attr-defined]
         # The request line and headers as sent, without the blank line.
         request.head_size = size - 2
         self.requests.append(request)
+        headers = head.headers
+        request.requestHeaders._rawHeaders = headers
+        if BODILESS_IN_ONE_GO and not head.length and b"Expect" not in headers:
+            # No body, no 100-continue: allHeadersReceived (its
+            # checkPersistence spelled out unless a subclass has its own),
+            # then allContentReceived and setRawMode, as they would. What
+            # allContentReceived resets (length, the header counts,
+            # __first_line, _transferDecoder, the request line) is as the
+            # last request left it: this path starts only between requests.
+            version = head.version
+            if type(self).checkPersistence is not _stock_check_persistence:
+                # (A subclass's own: one that closes every connection while
+                # the server drains, say.)
+                self.persistent = self.checkPersistence(request, version)
+            elif version == b"HTTP/1.1":
+                connection = headers.get(b"Connection")
+                if connection and b"close" in [t.lower() for t in connection[0].split(b" ")]:
+                    request.responseHeaders.setRawHeaders(b"Connection", [b"close"])
+                    self.persistent = False
+                else:
+                    self.persistent = True
+            else:
+                self.persistent = False
+            # The idle timeout pauses while the request is handled (its reset
+            # by this read would be undone at once).
+            if self.timeOut:
+                self._savedTimeOut = self.setTimeout(None)
+            else:
+                self.resetTimeout()
+            self._handlingRequest = True
+            self.line_mode = 0
+            request.received_without_body(head.method, head.target, version)
+            return
+        self.resetTimeout()
         self._HTTPChannel__first_line = 0
         self._command = head.method
         self._path = head.target
         self._version = head.version
-        request.requestHeaders._rawHeaders = head.headers
         if head.length:
             self.length = head.length
             self._transferDecoder = _identity_decoder(

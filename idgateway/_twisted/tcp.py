@@ -13,7 +13,8 @@ Private names used:
   ``FileDescriptor.write`` does, in one frame instead of five, and
   ``flush_transports`` sends what a turn queued with one ``send`` of its own
   when the transport holds nothing older, instead of ``doWrite`` and the four
-  calls under it. Checked with the names above (``COALESCING``).
+  calls under it (in its own loop: no frame per transport). Checked with the
+  names above (``COALESCING``).
 - ``EPollReactor._reads`` (the descriptors watched for reading):
   ``DirectWrites.resumeProducing`` returns at once when its descriptor is in
   it, as ``startReading`` would have after three calls. A reactor without it:
@@ -115,36 +116,11 @@ class DirectWrites:
         ):
             transport.producerPaused = True
             producer.pauseProducing()
-        transport.startWriting()
-
-
-def _send_at_once(transport: Any) -> bool:
-    """Send what ``transport`` queued this turn with one ``send``, as ``doWrite``
-    would; False if its state is not the plain one this handles (``doWrite``
-    then does it)."""
-    queued = transport._tempDataBuffer
-    producer = transport.producer
-    if (
-        transport.dataBuffer
-        or not queued
-        or transport._tempDataLen > transport.SEND_LIMIT
-        or (producer is not None and (not transport.streamingProducer or transport.producerPaused))
-    ):
-        return False
-    data = queued[0] if len(queued) == 1 else b"".join(queued)
-    try:
-        sent = transport.socket.send(data)
-    except OSError:
-        return False  # (doWrite sends again and reports what it was)
-    transport._tempDataBuffer = []
-    transport._tempDataLen = 0
-    if sent < len(data):
-        # The kernel took part: the rest waits in dataBuffer, as doWrite
-        # leaves it, for the reactor to send when the socket drains.
-        transport.dataBuffer = data
-        transport.offset = sent
-        transport._watch()
-    return True
+        # (The coalescing startWriting has nothing to do for a transport
+        # already waiting for the turn's flush, or watched: a second write in
+        # a turn, such as a response's body after its head, skips its frame.)
+        if not transport._flush_waiting and not transport._watched:
+            transport.startWriting()
 
 
 def call_after_events(reactor: Any, call: Callable[[], object]) -> bool:
@@ -176,8 +152,36 @@ def flush_transports(waiting: Iterable[Any]) -> None:
             # Closing: the reactor's own path writes what is left, then closes.
             transport._watch()
             continue
-        if _send_at_once(transport):
-            continue
+        # What the turn queued, with one send, as doWrite would, when the
+        # transport's state is the plain one (nothing older left to send, not
+        # too much, no producer that is paused or pulls): doWrite otherwise.
+        queued = transport._tempDataBuffer
+        producer = transport.producer
+        if not (
+            transport.dataBuffer
+            or not queued
+            or transport._tempDataLen > transport.SEND_LIMIT
+            or (
+                producer is not None
+                and (not transport.streamingProducer or transport.producerPaused)
+            )
+        ):
+            data = queued[0] if len(queued) == 1 else b"".join(queued)
+            try:
+                sent = transport.socket.send(data)
+            except OSError:
+                sent = -1  # (doWrite sends again and reports what it was)
+            if sent >= 0:
+                transport._tempDataBuffer = []
+                transport._tempDataLen = 0
+                if sent < len(data):
+                    # The kernel took part: the rest waits in dataBuffer, as
+                    # doWrite leaves it, for the reactor to send when the
+                    # socket drains.
+                    transport.dataBuffer = data
+                    transport.offset = sent
+                    transport._watch()
+                continue
         if transport.doWrite() is not None or transport.dataBuffer or transport._tempDataBuffer:
             # The kernel did not take it all, or the send failed: let the
             # reactor watch the socket (it reports a failure as before).

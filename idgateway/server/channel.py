@@ -24,7 +24,7 @@ from twisted.web import server
 from twisted.web.resource import Resource
 
 from idgateway._twisted.http_channel import HTTPChannelInternals
-from idgateway._twisted.http_request import init_request
+from idgateway._twisted.http_request import finish_request, init_request
 from idgateway.config.model import LoggingSettings
 from idgateway.http.numbers import parse_decimal
 from idgateway.http.paths import PathReading
@@ -212,6 +212,23 @@ class GatewayRequest(server.Request):
         self.body = BodyPipe(self, length)
         self._dispatch(*channel.request_line())
 
+    def received_without_body(self, command: bytes, uri: bytes, version: bytes) -> None:
+        """``parseCookies()`` (nothing), ``gotLength(0)``, then
+        ``requestReceived``, in one frame (the channel's one-pass head of a
+        request without a body)."""
+        self.content = _EMPTY_CONTENT
+        channel: GatewayChannel = self.channel  # type: ignore[assignment]
+        if channel._head_since is not None:
+            channel._end_head()
+        # (_dispatch, spelled out)
+        self.method = command
+        self.uri = uri
+        self.clientproto = version
+        self.path = uri.partition(b"?")[0]
+        self.args = {}
+        site = self.site = channel.site  # type: ignore[attr-defined]
+        site.resource.render(self)
+
     def _dispatch(self, command: bytes, uri: bytes, version: bytes) -> None:
         self.method = command
         self.uri = uri
@@ -248,7 +265,8 @@ class GatewayRequest(server.Request):
             self.responseHeaders.setRawHeaders(b"Connection", [b"close"])
 
     def finish(self) -> None:
-        super().finish()
+        # (super().finish(), in one frame for the usual response)
+        finish_request(self)
         if not self.finished:
             return  # (the connection was already lost: nothing was finished)
         # Finished: nothing is left to cancel or refuse. These hold the
@@ -339,17 +357,16 @@ class GatewayChannel(HTTPChannelInternals):
     # applies below it.
     totalHeadersSize = 64 * 1024
 
-    def dataReceived(self, data: bytes) -> None:  # noqa: N802 - Twisted's name
-        if self._silent:
-            # The first bytes: an HTTP/2 client (ALPN chose h2, or the h2c
-            # preface on a prior_knowledge listener) is served from here on by
-            # the site's HTTP/2 side (server.h2_connection).
-            offer = self.site.http2  # type: ignore[attr-defined]
-            if offer is not None and offer.wants(self, data):
-                self._silent = False
-                offer.take_over(self, data)
-                return
-        super().dataReceived(data)
+    def first_bytes_taken(self, data: bytes) -> bool:
+        # An HTTP/2 client (ALPN chose h2, or the h2c preface on a
+        # prior_knowledge listener) is served from here on by the site's
+        # HTTP/2 side (server.h2_connection). (Asked from the one
+        # dataReceived, not a second one above it: a frame less per read.)
+        offer = self.site.http2  # type: ignore[attr-defined]
+        if offer is not None and offer.wants(self, data):
+            offer.take_over(self, data)
+            return True
+        return False
 
     def connectionMade(self) -> None:
         coalesce_writes(self.transport)

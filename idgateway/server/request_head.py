@@ -17,7 +17,7 @@ from typing import NamedTuple
 
 from idgateway._twisted.http_headers import InvalidHeaderName, canonical_header_name
 from idgateway.http.numbers import parse_decimal
-from idgateway.http.syntax import REQUEST_TARGET_CHARS, is_token
+from idgateway.http.syntax import REQUEST_TARGET_CHARS, TOKEN_CHARS
 
 # The bytes a request target may hold (visible ASCII; twisted.web's own check,
 # which the fallback makes, also lets DEL and 0x80-0xB0 through: the route
@@ -41,52 +41,71 @@ class RequestHead(NamedTuple):
     length: int
 
 
+_new_tuple = tuple.__new__
+
+# Methods known to be tokens (the rest are checked: a translate builds its
+# table of 256 bytes per call).
+_USUAL_METHODS = frozenset((b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"OPTIONS", b"PATCH"))
+
+# Reads longer than this (a head with a body behind it, or pipelined heads)
+# are cut at their head's end before its lines are partitioned.
+_WHOLE_READ = 8 * 1024
+
+
 def read_request_head(
     data: bytes, max_headers: int, max_size: int
 ) -> tuple[RequestHead, int] | None:
     """The request head at the start of ``data`` and how many bytes it took
     (its blank line included), or None: the head is not all there, is over
     ``max_size`` bytes, or twisted.web's line-by-line parser must decide."""
-    # Split at each LF (a memchr; looking for CRLF or CRLFCRLF searched two or
-    # four bytes at a time, slowly over a 2 KB cookie), requiring its CR to be
-    # the line's only one (another memchr).
-    lines = []
-    start = 0
-    while True:
-        lf = data.find(b"\n", start)
-        if lf == -1 or lf > max_size:
-            return None  # not all there yet, or too big for this path
-        if lf == start or data.find(b"\r", start, lf) != lf - 1:
-            return None  # a LF without its CR, or a CR inside the line
-        if lf - 1 == start:
-            break  # the blank line
-        lines.append(data[start : lf - 1])
-        start = lf + 1
-    consumed = lf + 1
-    if not lines or len(lines) > max_headers + 1:
-        return None  # (a blank line first: twisted.web skips it)
-    if (
-        data.find(b"\x00", 0, consumed) != -1
-        or data.find(b"\x0b", 0, consumed) != -1
-        or data.find(b"\x0c", 0, consumed) != -1
-    ):
-        # A NUL, or a VT or FF (whitespace to many a parser's strip(), so a
-        # header one reads as "chunked" another reads as junk): one search
-        # each over the whole head, not one per line. The fallback refuses.
+    # Split at each LF with partition (a memchr, then a copy of what follows:
+    # looking for CRLF or CRLFCRLF searched two or four bytes at a time,
+    # slowly over a 2 KB cookie, and find(sub, start, end) parses its
+    # arguments anew on every call), then at the line's first CR, which must
+    # be its last byte. Each header line is read as it is found.
+    if len(data) > _WHOLE_READ:
+        # A body behind the head: only the head is partitioned (the copies
+        # would otherwise take the whole read once per line).
+        end = data.find(b"\r\n\r\n", 0, max_size + 1)
+        if end == -1:
+            return None  # not all there yet, too big, or no CRLF before its blank line
+        rest = data[: end + 4]
+    else:
+        rest = data
+    line, lf, rest = rest.partition(b"\n")
+    consumed = len(line) + 1  # (the LF's index, plus one)
+    if not lf or consumed > max_size + 1:
+        return None  # not all there yet, or too big for this path
+    first, cr, after = line.partition(b"\r")
+    if after or not cr or not first:
+        # A LF without its CR, a CR inside the line, or a blank line first
+        # (twisted.web skips one).
         return None
-    request_line = lines[0].split(b" ")
+    request_line = first.split(b" ")
     if len(request_line) != 3:
         return None
     method, target, version = request_line
     if version != b"HTTP/1.1" and version != b"HTTP/1.0":
         return None
-    if not is_token(method) or not target:
+    if method not in _USUAL_METHODS and (not method or method.translate(None, TOKEN_CHARS)):
+        return None  # (a method that is no token: idgateway.http.syntax.is_token, inline)
+    if not target:
         return None
     if target.translate(None, _TARGET):
         return None  # (this also keeps CR and LF out of the request line)
     headers: dict[bytes, list[bytes]] = {}
-    for line in lines[1:]:
-        name, colon, value = line.partition(b":")
+    count = 0
+    while True:
+        line, lf, rest = rest.partition(b"\n")
+        consumed += len(line) + 1
+        if not lf or consumed > max_size + 1:
+            return None
+        text, cr, after = line.partition(b"\r")
+        if after or not cr:
+            return None  # (a bare LF, a CR inside the line)
+        if not text:
+            break  # the blank line
+        name, colon, value = text.partition(b":")
         if not colon:
             return None
         canonical = _CANONICAL_NAMES.get(name)
@@ -98,12 +117,20 @@ def read_request_head(
                 return None
             if len(_CANONICAL_NAMES) < _MAX_CANONICAL_NAMES:
                 _CANONICAL_NAMES[name] = canonical
-        name = canonical
-        values = headers.get(name)
+        values = headers.get(canonical)
         if values is None:
-            headers[name] = [value.strip(b" \t")]
+            headers[canonical] = [value.strip(b" \t")]
         else:
             values.append(value.strip(b" \t"))
+        count += 1
+    if count > max_headers:
+        return None
+    # A NUL, or a VT or FF (whitespace to many a parser's strip(), so a header
+    # one reads as "chunked" another reads as junk): one search each over the
+    # whole head, not one per line. The fallback refuses.
+    head = data if consumed == len(data) else data[:consumed]
+    if head.partition(b"\x00")[1] or head.partition(b"\x0b")[1] or head.partition(b"\x0c")[1]:
+        return None
     length = 0
     if b"Content-Length" in headers:
         lengths = headers[b"Content-Length"]
@@ -113,4 +140,5 @@ def read_request_head(
         length = parsed
     if b"Transfer-Encoding" in headers:
         return None
-    return RequestHead(method, target, version, headers, length), consumed
+    # (RequestHead(...) is a Python frame, NamedTuple's __new__; this is what it does)
+    return _new_tuple(RequestHead, (method, target, version, headers, length)), consumed

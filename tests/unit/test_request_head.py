@@ -41,6 +41,7 @@ def test_a_browser_head_is_parsed_as_twisted_would_store_it() -> None:
     found = read_request_head(BROWSER_GET + b"GET /next", 500, 16384)
     assert found is not None
     head, consumed = found
+    assert type(head) is RequestHead and head.target == b"/app/page?x=1"
     assert consumed == len(BROWSER_GET)  # up to the next request
     assert head == RequestHead(
         method=b"GET",
@@ -108,6 +109,93 @@ def test_a_head_not_all_there_or_too_big_is_left_to_twisted() -> None:
 )
 def test_anything_unusual_is_left_to_twisted(head: bytes) -> None:
     assert read_request_head(head + b"\r\n\r\n", 4, 16384) is None
+
+
+def test_as_many_headers_as_allowed_are_read_and_one_more_is_left_to_twisted() -> None:
+    head = b"GET / HTTP/1.1\r\n" + b"X-A: 1\r\n" * 4 + b"\r\n"
+    found = read_request_head(head, 4, 16384)
+    assert found is not None and found[0].headers == {b"X-A": [b"1"] * 4}
+    assert read_request_head(head, 3, 16384) is None
+    assert read_request_head(b"GET / HTTP/1.1\r\n\r\n", 0, 16384) is not None
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"\n",
+        b"\r\n",
+        b"\r\n\r\n",
+        b"\nGET / HTTP/1.1\r\n\r\n",
+        b"X\nGET / HTTP/1.1\r\n\r\n",
+        b"\rX\r\n\r\n",
+    ],
+    ids=["LF", "CRLF", "two-CRLF", "LF-first", "bare-LF-first-line", "CR-first"],
+)
+def test_a_first_line_that_is_blank_or_broken_is_left_to_twisted(data: bytes) -> None:
+    assert read_request_head(data, 4, 16384) is None
+
+
+def test_a_head_past_max_size_is_left_to_twisted_wherever_its_line_ends() -> None:
+    head = b"GET / HTTP/1.1\r\nX-A: " + b"a" * 50 + b"\r\n\r\n"
+    assert read_request_head(head, 4, len(head) - 1) is not None  # (the last LF's index)
+    assert read_request_head(head, 4, len(head) - 2) is None
+    assert read_request_head(head, 4, 20) is None  # (inside a header line)
+    assert read_request_head(head, 4, 10) is None  # (inside the request line)
+
+
+BIG_BODY = b"\r\n\r\n".join([b"b" * 3000] * 4)  # (over 8 KiB, CRLFCRLF inside)
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        BROWSER_GET,
+        b"POST /f HTTP/1.1\r\nHost: a\r\nContent-Length: 12006\r\n\r\n",
+        b"GET / HTTP/1.1\r\nX-A: 1\nX-B: 2\r\n\r\n",  # a bare LF
+        b"GET / HTTP/1.1\r\nX-A: 1\rX-B: 2\r\n\r\n",  # a bare CR
+        b"GET / HTTP/1.1\r\nX-A: 1\n\r\n",  # its blank line after a bare LF
+        b"GET / HTTP/1.1\r\nX-A: a\x00b\r\n\r\n",
+        b"GET / HTTP/1.1\r\nX-A: 1\r\n",  # not all there: CRLFCRLF only in the body
+    ],
+    ids=["browser-get", "post", "bare-LF", "bare-CR", "blank-after-bare-LF", "NUL", "unfinished"],
+)
+def test_a_big_read_is_read_as_its_head_alone(head: bytes) -> None:
+    # Past 8 KiB the head is cut at its end before its lines are read.
+    alone = read_request_head(head, 500, 16384)
+    assert read_request_head(head + BIG_BODY, 500, 16384) == (
+        alone if head.endswith(b"\r\n\r\n") else None
+    )
+
+
+def test_a_big_read_whose_head_is_over_max_size_is_left_to_twisted() -> None:
+    head = b"GET / HTTP/1.1\r\nX-A: " + b"a" * 9000 + b"\r\n\r\n"
+    assert read_request_head(head + BIG_BODY, 500, len(head) - 1) is not None
+    assert read_request_head(head + BIG_BODY, 500, len(head) - 2) is None
+    assert read_request_head(head + BIG_BODY, 500, 100) is None
+
+
+def test_the_methods_read_without_a_token_check_are_tokens() -> None:
+    from idgateway.http.syntax import is_token
+    from idgateway.server import request_head
+
+    assert request_head._USUAL_METHODS and all(map(is_token, request_head._USUAL_METHODS))
+
+
+@pytest.mark.parametrize(
+    "method",
+    [b"GET", b"POST", b"PROPFIND", b"M-SEARCH", b"X_Y", b"~!#$%&'*+-.^_`|"],
+)
+def test_any_method_that_is_a_token_is_read(method: bytes) -> None:
+    found = read_request_head(method + b" / HTTP/1.1\r\nHost: a\r\n\r\n", 4, 16384)
+    assert found is not None and found[0].method == method
+
+
+@pytest.mark.parametrize(
+    "method",
+    [b"", b"GE\x7fT", b"G\xc3\xa9T", b"GET,", b"G@T", b"G\tT", b"(GET)", b'"GET"', b"G[T", b"G/T"],
+)
+def test_a_method_that_is_no_token_is_left_to_twisted(method: bytes) -> None:
+    assert read_request_head(method + b" / HTTP/1.1\r\nHost: a\r\n\r\n", 4, 16384) is None
 
 
 # -- the channel: fast path vs twisted.web's parser ----------------------------
@@ -184,6 +272,27 @@ CASES = {
     "browser-get": [BROWSER_GET],
     "http-1.0": [b"GET / HTTP/1.0\r\nHost: a\r\n\r\n"],
     "connection-close": [b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"],
+    # (twisted.web splits the Connection header at spaces only, and reads its first line)
+    "connection-close-among-tokens": [
+        b"GET / HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, CLOSE\r\n\r\nGET /2 HTTP/1.1\r\n\r\n"
+    ],
+    "connection-close-after-comma": [
+        b"GET / HTTP/1.1\r\nHost: a\r\nConnection: keep-alive,close\r\n\r\nGET /2 HTTP/1.1\r\n\r\n"
+    ],
+    "connection-close-second-line": [
+        b"GET / HTTP/1.1\r\nConnection: keep-alive\r\nConnection: close\r\n\r\n"
+        b"GET /2 HTTP/1.1\r\n\r\n"
+    ],
+    "connection-empty": [b"GET / HTTP/1.1\r\nConnection:\r\n\r\nGET /2 HTTP/1.1\r\n\r\n"],
+    "http-1.0-keep-alive": [
+        b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\nGET /2 HTTP/1.0\r\n\r\n"
+    ],
+    "expect-continue-without-body": [
+        b"GET / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\n\r\nGET /2 HTTP/1.1\r\n\r\n"
+    ],
+    "content-length-zero": [
+        b"POST / HTTP/1.1\r\nContent-Length: 0\r\n\r\nGET /2 HTTP/1.1\r\nHost: a\r\n\r\n"
+    ],
     "post-in-one-read": [POST + b"hello world"],
     "post-body-later": [POST, b"hello", b" world"],
     "post-then-get": [POST + b"hello worldGET /next HTTP/1.1\r\nHost: a\r\n\r\n"],

@@ -107,6 +107,15 @@ PRIVATE_NAMES: list[tuple[Any, str, Callable[[Any, str], bool]]] = [
     (http_headers.Headers, "_rawHeaders", _instance_attribute(http_headers.Headers, dict)),
     (_channel, "_dataBuffer", _instance_attribute(_channel, list)),
     (_channel, "_send100Continue", _function),
+    (_channel, "_savedTimeOut", _class_attribute(type(None))),
+    (_channel, "_receivedHeaderCount", _class_attribute(int)),
+    (_channel, "_receivedHeaderSize", _class_attribute(int)),
+    # _twisted/http_request.py: a request ended in one frame (with _savedTimeOut,
+    # _handlingRequest and _dataBuffer above)
+    (http.Request, "_disconnected", _class_attribute(bool)),
+    (server.Request, "_encoder", _class_attribute(type(None))),
+    (_channel, "_waitingForTransport", _class_attribute(bool)),
+    (_channel, "_networkProducer", lambda o, n: n in o.connectionMade.__code__.co_names),
     # _twisted/http_headers.py
     (http_headers, "_nameEncoder", _an_encoder),
     # _twisted/http_request.py (Headers._rawHeaders: above)
@@ -185,9 +194,9 @@ def test_each_private_name_the_seam_uses_exists(
 def test_the_seam_takes_every_fast_path_on_a_supported_twisted() -> None:
     # On the installed Twisted each check the seam makes at import succeeds
     # (a failing one means a fast path silently turned off).
-    assert http_channel.ONE_PASS_HEAD
+    assert http_channel.ONE_PASS_HEAD and http_channel.BODILESS_IN_ONE_GO
     assert http_channel.UNPARSED_BUFFER
-    assert http_request.LEAN_INIT and http_request.DIRECT_LOOKUP
+    assert http_request.LEAN_INIT and http_request.DIRECT_LOOKUP and http_request.FINISH_IN_ONE_GO
     assert chunked.BOUNDED
     assert seam_tcp.COALESCING and seam_tcp.ADOPT_AS_SUBCLASS
     assert seam_tls.TURN_BUFFERED
@@ -309,6 +318,92 @@ def test_without_the_one_pass_head_twisted_web_parses_and_answers_the_same(
     assert stock_lines > 0
 
 
+@pytest.mark.parametrize(
+    "reads",
+    [
+        _HEADS["get"],
+        _HEADS["pipelined"],
+        [b"GET / HTTP/1.0\r\nHost: a\r\n\r\n"],
+        [b"GET / HTTP/1.1\r\nConnection: x close\r\n\r\nGET /2 HTTP/1.1\r\n\r\n"],
+    ],
+    ids=["get", "pipelined", "http-1.0", "connection-close"],
+)
+def test_without_the_bodiless_shortcut_twisted_web_methods_answer_the_same(
+    reads: list[bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from idgateway.server.channel import GatewayChannel
+    from tests.unit.test_request_head import _serve
+
+    stock_steps: list[str] = []
+    original = GatewayChannel.allContentReceived
+
+    def all_content_received(channel: GatewayChannel) -> None:
+        stock_steps.append("allContentReceived")
+        original(channel)
+
+    monkeypatch.setattr(GatewayChannel, "allContentReceived", all_content_received)
+    fast = _serve(reads, fast=True)
+    assert stock_steps == []  # (the shortcut was taken)
+    monkeypatch.setattr(http_channel, "BODILESS_IN_ONE_GO", False)
+    stock = _serve(reads, fast=True)
+    assert stock_steps
+    assert stock[:3] == fast[:3]
+    assert stock[1].split(b"\r\n")[0].endswith(b" 200 OK")
+
+
+def _serve_closing_channel() -> tuple[bytes, bool, list[str]]:
+    """A GET on a channel whose own checkPersistence says close (as a
+    draining server's channels do): the answer, whether it closed, the calls."""
+    from twisted.internet.testing import StringTransport
+
+    from idgateway.server.channel import GatewayChannel, GatewaySite
+    from tests.unit.test_request_head import _Record
+
+    asked: list[str] = []
+
+    class ClosingChannel(GatewayChannel):
+        def checkPersistence(self, request: Any, version: bytes) -> bool:  # noqa: N802
+            asked.append("checkPersistence")
+            request.responseHeaders.setRawHeaders(b"Connection", [b"close"])
+            return False
+
+    site = GatewaySite(_Record())
+    site.protocol = ClosingChannel  # type: ignore[assignment]
+    channel: Any = site.buildProtocol(None)
+    transport = StringTransport()
+    channel.makeConnection(transport)
+    channel.dataReceived(b"GET / HTTP/1.1\r\nHost: a\r\n\r\nGET /2 HTTP/1.1\r\n\r\n")
+    output = transport.value()
+    return (
+        output.replace(output.partition(b"Date: ")[2].partition(b"\r\n")[0], b""),
+        bool(transport.disconnecting),
+        asked,
+    )
+
+
+def test_a_channels_own_check_persistence_is_asked_on_the_bodiless_shortcut(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    output, closed, asked = _serve_closing_channel()
+    assert asked == ["checkPersistence"]
+    assert b"Connection: close\r\n" in output and closed
+    assert output.count(b"HTTP/1.1 200 OK") == 1  # (the pipelined second one is not read)
+    monkeypatch.setattr(http_channel, "BODILESS_IN_ONE_GO", False)
+    assert _serve_closing_channel() == (output, closed, asked)
+
+
+def test_the_bodiless_shortcut_is_checked_against_the_stock_methods_code() -> None:
+    # The check reads the names each stock method's code uses: a method that
+    # does something else (another name) turns the shortcut off.
+    for name, names in http_channel._STOCK_HEAD_END.items():
+        assert http_channel._names(getattr(http.HTTPChannel, name)) == names
+    assert (
+        http_channel._names(http.HTTPChannel.requestDone)
+        != (http_channel._STOCK_HEAD_END["allContentReceived"])
+    )
+    assert http_channel._names(None) is None
+
+
 def test_without_the_unparsed_buffer_a_tunnel_starts_with_nothing_pending(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -371,9 +466,39 @@ def test_a_lean_request_is_set_up_as_a_stock_one() -> None:
     )
 
 
+def test_a_lean_requests_headers_are_empty_headers_of_their_own() -> None:
+    from idgateway.server.channel import GatewayRequest
+
+    channel = DummyChannel()
+    one, two = GatewayRequest(channel), GatewayRequest(channel)
+    for headers, kind in (
+        (one.requestHeaders, http_request.RequestHeaders),
+        (one.responseHeaders, http_headers.Headers),
+    ):
+        assert type(headers) is kind
+        assert list(headers.getAllRawHeaders()) == [] and headers._rawHeaders == {}
+        assert repr(headers) == repr(kind())
+    one.requestHeaders.setRawHeaders(b"x-a", [b"1"])
+    one.responseHeaders.setRawHeaders(b"x-b", [b"2"])
+    assert not two.requestHeaders.hasHeader(b"x-a")
+    assert not two.responseHeaders.hasHeader(b"x-b")
+    assert one.requestHeaders.getRawHeaders(b"x-a") == [b"1"]
+
+
 @pytest.mark.parametrize(
     "name",
-    [b"host", b"Host", b"HOST", b"cookie", b"x-request-id", b"Connection", b"x-other", "host"],
+    [
+        b"host",
+        b"Host",
+        b"HOST",
+        b"cookie",
+        b"x-request-id",
+        b"Connection",
+        b"x-other",
+        "host",
+        "Cookie",
+        type("BytesName", (bytes,), {})(b"host"),
+    ],
 )
 def test_request_header_lookups_answer_as_stock_headers_do(name: Any) -> None:
     lean, stock = http_request.RequestHeaders(), http_headers.Headers()

@@ -248,6 +248,29 @@ def test_a_turns_writes_leave_in_one_send_on_a_real_socket() -> None:
     server.connectionLost(Failure(ConnectionDone()))
 
 
+def test_only_a_turns_first_write_asks_for_the_flush_and_the_next_turn_asks_again() -> None:
+    server, peer, reactor = _server_over_socketpair()
+    asked: list[bool] = []
+    start_writing = server.startWriting
+
+    def counted() -> None:
+        asked.append(server._flush_waiting)
+        start_writing()
+
+    server.startWriting = counted  # type: ignore[method-assign]
+    server.write(b"head ")
+    server.write(b"body")
+    assert asked == [False]  # (the second write found the flush already asked for)
+    assert len(reactor.getDelayedCalls()) == 1
+    reactor.advance(0)
+    assert peer.recv(100) == b"head body"
+    server.write(b"next turn")
+    assert asked == [False, False] and len(reactor.getDelayedCalls()) == 1
+    reactor.advance(0)
+    assert peer.recv(100) == b"next turn"
+    server.connectionLost(Failure(ConnectionDone()))
+
+
 def test_writes_that_are_not_bytes_are_refused_as_twisted_refuses_them() -> None:
     import pytest
 
