@@ -21,6 +21,7 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.web.test.requesthelper import DummyChannel
 
 from idgateway.config.load import load_config
+from idgateway.config.signing_keys import generate_key_file
 from idgateway.gate.session_check import ProviderHandle, secure_origin
 from idgateway.oidc.provider import ProviderMetadata
 from idgateway.proxy.headers import TrustedProxies, header_lines
@@ -32,7 +33,7 @@ from idgateway.sessions.revocation import SID, _revocation_key, _sha256
 HOST = b"app1.localhost:8443"
 HOURS = 3600.0
 CONFIG = """\
-listeners:
+{top}listeners:
   - address: 127.0.0.1:8443
 providers:
   wso2:
@@ -83,11 +84,11 @@ class Gate:
     """A route's gate built from CONFIG (plus ``extra`` route keys), with what
     it decided per request and how often a session cookie was decoded."""
 
-    def __init__(self, extra: str = "") -> None:
+    def __init__(self, extra: str = "", top: str = "") -> None:
         key = base64.b64encode(os.urandom(32)).decode("ascii")
         with tempfile.TemporaryDirectory(prefix="idgateway-memo-review-") as tmp:
             path = Path(tmp) / "gateway.yaml"
-            path.write_text(CONFIG.format(key=key, extra=extra))
+            path.write_text(CONFIG.format(key=key, extra=extra, top=top))
             config = load_config(str(path), {})
         self.clock = MemoryReactorClock()
         self.clock.advance(time.time())
@@ -261,9 +262,7 @@ SCENARIOS = [
     pytest.param(
         {}, _lines(lambda line: [line, b"_idgw_app1=forged"]), "forward", id="dup-second-line"
     ),
-    pytest.param(
-        {}, _lines(lambda line: [b"a=1", line]), "forward", id="cookie-on-a-second-line"
-    ),
+    pytest.param({}, _lines(lambda line: [b"a=1", line]), "forward", id="cookie-on-a-second-line"),
 ]
 
 
@@ -418,3 +417,40 @@ def test_secure_origin_answers_as_before_7841adf(cidrs, peer, proto, tls):
     request.client = attrs.make_class("Peer", ["host"])(peer) if peer is not None else None
     expected = _old_secure_origin(tls, trusted, proto, peer)
     assert secure_origin(resource, request, state) is expected  # type: ignore[arg-type]
+
+
+def test_an_identity_assertion_from_the_memo_is_the_full_checks_one(tmp_path: Path):
+    """The assertion is signed afresh per request (iat, exp) from the identity
+    the full checks found: at the same instant, the same claims."""
+    key = generate_key_file(str(tmp_path / "assertion.pem"), "ed25519")
+    gate = Gate(
+        extra="    assertion: {header: X-App1-Proof, audience: orders}\n",
+        top=f"assertion_keys: [{key.path}]\n",
+    )
+    assert gate.login.assertion is not None
+    line = gate.cookie(gate.session())
+    first = gate.handle(gate.request([line]))
+    decoded = gate.decoded
+    got = gate.handle(gate.request([line]))
+    assert gate.decoded == decoded, "the second came from the memo"
+    gate.login._admitted.clear()
+    full = gate.handle(gate.request([line]))
+
+    def claims(outcome: tuple[Any, ...]) -> dict[str, Any]:
+        import json
+
+        (proof,) = [v for n, v in _pairs(outcome[2]) if n == b"X-App1-Proof"]
+        payload = proof.split(b".")[1]
+        payload += b"=" * (-len(payload) % 4)
+        found = json.loads(base64.urlsafe_b64decode(payload))
+        found.pop("jti", None)
+        return found
+
+    assert claims(got) == claims(full) == claims(first)
+    assert claims(got)["sub"] == "sub-1" and claims(got)["aud"] == "orders"
+    others = [p for p in _pairs(got[2]) if p[0] != b"X-App1-Proof"]
+    assert others == [p for p in _pairs(full[2]) if p[0] != b"X-App1-Proof"]
+
+
+def _pairs(lines: bytes) -> list[tuple[bytes, bytes]]:
+    return [tuple(line.split(b": ", 1)) for line in lines.split(b"\r\n") if line]  # type: ignore[misc]
