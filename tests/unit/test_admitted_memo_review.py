@@ -454,3 +454,64 @@ def test_an_identity_assertion_from_the_memo_is_the_full_checks_one(tmp_path: Pa
 
 def _pairs(lines: bytes) -> list[tuple[bytes, bytes]]:
     return [tuple(line.split(b": ", 1)) for line in lines.split(b"\r\n") if line]  # type: ignore[misc]
+
+
+def _chunked(gate: Gate) -> list[bytes]:
+    # Claims that do not compress: a session cookie in two chunks.
+    session = gate.session(
+        claims={
+            "username": "alice",
+            "groups": ["staff"],
+            "blob": base64.b64encode(os.urandom(3000)).decode(),
+        }
+    )
+    pairs = [value.split(b";", 1)[0] for value in gate.login.codecs[False].encode(session)]
+    assert len(pairs) == 2, pairs
+    return pairs
+
+
+@pytest.mark.parametrize(
+    ("make", "expected"),
+    [
+        pytest.param(lambda pairs: [b"; ".join(pairs)], "forward", id="as-set"),
+        pytest.param(lambda pairs: [b"; ".join(reversed(pairs))], "forward", id="chunks-reordered"),
+        pytest.param(lambda pairs: list(pairs), "forward", id="one-line-per-chunk"),
+        pytest.param(
+            lambda pairs: [pairs[0] + b"; " + pairs[1][:-4] + b"AAAA"], "login", id="chunk-tampered"
+        ),
+        pytest.param(lambda pairs: [pairs[0]], "login", id="chunk-missing"),
+    ],
+)
+def test_a_chunked_session_from_the_memo_is_the_full_checks_one(make, expected):
+    gate = Gate()
+    pairs = _chunked(gate)
+    line = b"; ".join(pairs)
+    assert gate.handle(gate.request([line]))[0] == "forward"
+    assert len(gate.login._admitted) == 1
+    lines = make(pairs)
+    got = gate.handle(gate.request(lines))
+    gate.login._admitted.clear()
+    full = gate.handle(gate.request(lines))
+    assert _kind(got) == _kind(full), (got, full)
+    if expected == "forward":
+        assert got[0] == "forward" and b"X-Forwarded-User: alice\r\n" in got[2]
+        assert got[1] is None, "no chunk of the session goes upstream"
+    else:
+        assert got == (expected,)
+
+
+def test_after_a_slide_the_old_header_is_judged_in_full_and_the_new_one_remembered():
+    gate = Gate()
+    old = gate.cookie(gate.session())
+    assert gate.handle(gate.request([old]))[0] == "forward"
+    gate.clock.advance(61)
+    slid = gate.handle(gate.request([old]))
+    assert slid[0] == "forward" and slid[3], "the slid session is re-issued"
+    new = slid[3][0].split(b";", 1)[0]
+    assert gate.handle(gate.request([new]))[0] == "forward"
+    decoded = gate.decoded
+    again_new = gate.handle(gate.request([new]))
+    assert gate.decoded == decoded and again_new[3] == [], "the re-issued cookie is remembered"
+    again_old = gate.handle(gate.request([old]))
+    assert gate.decoded == decoded + 1, "the old cookie is not taken from the memo"
+    assert again_old[0] == "forward" and again_old[3], "and is slid again, as in full"
