@@ -85,18 +85,10 @@ class Gate:
     it decided per request and how often a session cookie was decoded."""
 
     def __init__(self, extra: str = "", top: str = "") -> None:
-        key = base64.b64encode(os.urandom(32)).decode("ascii")
-        with tempfile.TemporaryDirectory(prefix="idgateway-memo-review-") as tmp:
-            path = Path(tmp) / "gateway.yaml"
-            path.write_text(CONFIG.format(key=key, extra=extra, top=top))
-            config = load_config(str(path), {})
+        self.key = base64.b64encode(os.urandom(32)).decode("ascii")
         self.clock = MemoryReactorClock()
         self.clock.advance(time.time())
-        self.state = _Builder(self.clock).build(config)
-        self.runtime = self.state.runtimes["app1"]
-        login = self.runtime.login
-        assert login is not None
-        self.login = login
+        self.builder = _Builder(self.clock)
         self.outcomes: list[tuple[Any, ...]] = []
         self.decoded = 0
         gate = self
@@ -109,6 +101,22 @@ class Gate:
                 gate.outcomes.append(("forward", cookie, written, list(kw.get("set_cookies", []))))
 
         self.resource = Resource()
+        self.state: Any = None
+        self.reload(extra, top)
+
+    def reload(
+        self, extra: str = "", top: str = "", edit: Callable[[str], str] = lambda text: text
+    ) -> None:
+        """Build the state (again, as a reload does) from CONFIG with the same key."""
+        with tempfile.TemporaryDirectory(prefix="idgateway-memo-review-") as tmp:
+            path = Path(tmp) / "gateway.yaml"
+            path.write_text(edit(CONFIG.format(key=self.key, extra=extra, top=top)))
+            config = load_config(str(path), {})
+        self.state = self.builder.build(config, self.state)
+        self.runtime = self.state.runtimes["app1"]
+        login = self.runtime.login
+        assert login is not None
+        self.login = login
         login.unauthenticated = lambda visit: self.outcomes.append(("login",))  # type: ignore[method-assign]
         login.step_up = lambda visit, session, step_up: self.outcomes.append(("step_up",))  # type: ignore[method-assign]
 
@@ -515,3 +523,55 @@ def test_after_a_slide_the_old_header_is_judged_in_full_and_the_new_one_remember
     again_old = gate.handle(gate.request([old]))
     assert gate.decoded == decoded + 1, "the old cookie is not taken from the memo"
     assert again_old[0] == "forward" and again_old[3], "and is slid again, as in full"
+
+
+def _edit(old: str, new: str) -> Callable[[str], str]:
+    def edit(text: str) -> str:
+        assert old in text
+        return text.replace(old, new)
+
+    return edit
+
+
+@pytest.mark.parametrize(
+    ("extra", "edit", "expected"),
+    [
+        pytest.param(
+            "    headers: {preset: mod_auth_openidc}\n",
+            _edit("", ""),
+            b"X-Remote-User: alice\r\n",
+            id="identity-header-names-changed",
+        ),
+        pytest.param(
+            "",
+            _edit("authorize: {groups: [staff]}", "authorize: {groups: [admins]}"),
+            "403",
+            id="rules-changed",
+        ),
+        pytest.param(
+            "",
+            _edit("inactivity_timeout: 1h", "inactivity_timeout: 10s"),
+            "login",
+            id="inactivity-timeout-lowered",
+        ),
+    ],
+)
+def test_a_reload_judges_a_remembered_header_afresh(extra, edit, expected):
+    """A reload builds a new gate for the route: what the old one remembered
+    is not what the new one's configuration says."""
+    gate = Gate()
+    line = gate.cookie(gate.session())
+    assert gate.handle(gate.request([line]))[0] == "forward"
+    assert gate.handle(gate.request([line]))[0] == "forward"
+    before = gate.login
+    gate.clock.advance(20)
+    gate.reload(extra, edit=edit)
+    assert gate.login is not before
+    decoded = gate.decoded
+    got = gate.handle(gate.request([line]))
+    assert gate.decoded == decoded + 1, "judged in full by the new gate"
+    if isinstance(expected, bytes):
+        assert got[0] == "forward" and expected in got[2], got
+        assert b"X-Forwarded-User" not in got[2]
+    else:
+        assert got == (expected,), got
