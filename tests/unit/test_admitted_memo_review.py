@@ -16,7 +16,6 @@ from typing import Any
 
 import attrs
 import pytest
-from twisted.internet import defer
 from twisted.internet.testing import MemoryReactorClock
 from twisted.web.test.requesthelper import DummyChannel
 
@@ -29,6 +28,7 @@ from idgateway.routing.state import StateBuilder
 from idgateway.server.channel import GatewayRequest
 from idgateway.sessions.model import Session
 from idgateway.sessions.revocation import SID, _revocation_key, _sha256
+from tests.unit.gate_decisions import report_decisions
 
 HOST = b"app1.localhost:8443"
 HOURS = 3600.0
@@ -117,22 +117,7 @@ class Gate:
         login = self.runtime.login
         assert login is not None
         self.login = login
-        login.unauthenticated = lambda visit: self.outcomes.append(("login",))  # type: ignore[method-assign]
-        login.step_up = lambda visit, session, step_up: self.outcomes.append(("step_up",))  # type: ignore[method-assign]
-
-        def refreshed(session: Session, session_id: str | None = None) -> defer.Deferred[Any]:
-            self.outcomes.append(("refresh",))
-            return defer.Deferred()  # (never answers: the decision is what counts)
-
-        login.refreshed = refreshed  # type: ignore[assignment,method-assign]
-        for codec in login.codecs.values():
-            decode = codec.decode_with_expiry
-
-            def counted(cookies: Any, decode: Callable[..., Any] = decode) -> Any:
-                self.decoded += 1
-                return decode(cookies)
-
-            codec.decode_with_expiry = counted  # type: ignore[method-assign]
+        report_decisions(self, login)
 
     def session(self, **changes: Any) -> Session:
         now = self.clock.seconds()

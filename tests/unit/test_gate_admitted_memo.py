@@ -29,6 +29,7 @@ from idgateway.proxy.headers import header_lines
 from idgateway.routing.state import StateBuilder
 from idgateway.server.channel import GatewayRequest
 from idgateway.sessions.model import Session
+from tests.unit.gate_decisions import report_decisions
 
 HOST = b"app1.localhost:8443"
 CONFIG = """\
@@ -116,22 +117,7 @@ class Gate:
                 gate.outcomes.append(("forward", cookie, written, list(kw.get("set_cookies", []))))
 
         self.resource = Resource()
-        login.unauthenticated = lambda visit: self.outcomes.append(("login",))  # type: ignore[method-assign]
-        login.step_up = lambda visit, session, step_up: self.outcomes.append(("step_up",))  # type: ignore[method-assign]
-
-        def refreshed(session: Session, session_id: str | None = None) -> defer.Deferred[Any]:
-            self.outcomes.append(("refresh",))
-            return defer.Deferred()  # (never answers: the decision is what counts)
-
-        login.refreshed = refreshed  # type: ignore[assignment,method-assign]
-        for codec in login.codecs.values():
-            decode = codec.decode_with_expiry
-
-            def counted(cookies: Any, decode: Callable[..., Any] = decode) -> Any:
-                self.decoded += 1
-                return decode(cookies)
-
-            codec.decode_with_expiry = counted  # type: ignore[method-assign]
+        report_decisions(self, login)
 
     def session(self, **changes: Any) -> Session:
         now = self.clock.seconds()
