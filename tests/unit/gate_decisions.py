@@ -13,8 +13,33 @@ from typing import Any
 
 from twisted.internet import defer
 
-from idgateway.gate.session_check import RouteLogin
+from idgateway.gate.session_check import ProviderHandle, RouteLogin
+from idgateway.oidc.provider import ProviderMetadata
+from idgateway.routing.state import StateBuilder
 from idgateway.sessions.model import Session
+
+
+class _Provider:
+    """A provider whose discovery has answered (the gate never calls it here)."""
+
+    metadata = ProviderMetadata(
+        issuer="https://127.0.0.1:9443/oauth2/token",
+        authorization_endpoint="https://127.0.0.1:9443/oauth2/authorize",
+        token_endpoint="https://127.0.0.1:9443/oauth2/token",
+        jwks_uri="https://127.0.0.1:9443/oauth2/jwks",
+    )
+    ready = True
+    last_error = None
+
+    def stop(self) -> None:
+        pass
+
+
+class StubProviderBuilder(StateBuilder):
+    """The state builder, with every route's provider a ready stub."""
+
+    def provider_handle(self, settings: Any) -> ProviderHandle:
+        return ProviderHandle(settings=settings, client=_Provider(), http=None)  # type: ignore[arg-type]
 
 
 def report_decisions(holder: Any, login: RouteLogin) -> None:

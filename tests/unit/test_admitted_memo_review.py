@@ -21,13 +21,12 @@ from twisted.web.test.requesthelper import DummyChannel
 
 from idgateway.config.load import load_config
 from idgateway.config.signing_keys import generate_key_file
-from idgateway.gate.session_check import ProviderHandle, secure_origin
-from idgateway.oidc.provider import ProviderMetadata
+from idgateway.gate.session_check import secure_origin
 from idgateway.proxy.headers import TrustedProxies, header_lines
-from idgateway.routing.state import StateBuilder
 from idgateway.server.channel import GatewayRequest
 from idgateway.sessions.model import Session
 from idgateway.sessions.revocation import SID, _revocation_key, _sha256
+from tests.unit.gate_decisions import StubProviderBuilder as _Builder
 from tests.unit.gate_decisions import report_decisions
 
 HOST = b"app1.localhost:8443"
@@ -59,25 +58,6 @@ routes:
       max_duration: 8h
       refresh_leeway: 60s
 """
-
-
-class _Provider:
-    metadata = ProviderMetadata(
-        issuer="https://127.0.0.1:9443/oauth2/token",
-        authorization_endpoint="https://127.0.0.1:9443/oauth2/authorize",
-        token_endpoint="https://127.0.0.1:9443/oauth2/token",
-        jwks_uri="https://127.0.0.1:9443/oauth2/jwks",
-    )
-    ready = True
-    last_error = None
-
-    def stop(self) -> None:
-        pass
-
-
-class _Builder(StateBuilder):
-    def provider_handle(self, settings: Any) -> ProviderHandle:
-        return ProviderHandle(settings=settings, client=_Provider(), http=None)  # type: ignore[arg-type]
 
 
 class Gate:

@@ -23,12 +23,10 @@ from twisted.web.test.requesthelper import DummyChannel
 
 from idgateway.config.load import load_config
 from idgateway.gate import session_check as gate_module
-from idgateway.gate.session_check import ProviderHandle
-from idgateway.oidc.provider import ProviderMetadata
 from idgateway.proxy.headers import header_lines
-from idgateway.routing.state import StateBuilder
 from idgateway.server.channel import GatewayRequest
 from idgateway.sessions.model import Session
+from tests.unit.gate_decisions import StubProviderBuilder as _Builder
 from tests.unit.gate_decisions import report_decisions
 
 HOST = b"app1.localhost:8443"
@@ -66,25 +64,6 @@ routes:
       refresh_leeway: 60s
 """
 MAX_DURATION = 8 * 3600.0
-
-
-class _Provider:
-    metadata = ProviderMetadata(
-        issuer="https://127.0.0.1:9443/oauth2/token",
-        authorization_endpoint="https://127.0.0.1:9443/oauth2/authorize",
-        token_endpoint="https://127.0.0.1:9443/oauth2/token",
-        jwks_uri="https://127.0.0.1:9443/oauth2/jwks",
-    )
-    ready = True
-    last_error = None
-
-    def stop(self) -> None:
-        pass
-
-
-class _Builder(StateBuilder):
-    def provider_handle(self, settings: Any) -> ProviderHandle:
-        return ProviderHandle(settings=settings, client=_Provider(), http=None)  # type: ignore[arg-type]
 
 
 class Gate:
