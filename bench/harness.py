@@ -1841,9 +1841,12 @@ FRESH_REQUESTS = 20  # new-connection requests timed while they are open
 FRESH_TARGET_MS = 100.0
 # The whole gateway (every process) with 10,000 idle keep-alive connections
 # (issue 17): projected from the IDLE_CONNECTIONS measured, which stay within
-# the default max_connections a 20,000-descriptor limit gives.
+# the default max_connections a 20,000-descriptor limit gives. The issue writes
+# the target in MB (10^6 bytes, 143.05 MiB); it is judged on both sums: RSS
+# (every process's resident pages, so the libraries they share count once per
+# process) and PSS (each page once, split between the processes sharing it).
 IDLE_RSS_PER = 10_000
-IDLE_RSS_TARGET_MIB = 150.0
+IDLE_MEMORY_TARGET_MB = 150.0
 # Which servers each step measures (the first is the gateway, the rest compare).
 STEP_SERVERS = {
     "login_cpu": ("gateway_cookie", "apache_shm"),
@@ -2053,8 +2056,19 @@ def idle_rss_projection(before: dict, after: dict, answered: int) -> dict:
         "pss_at_10k_kib": None
         if pss_before is None or pss_after is None
         else pss_before + (pss_after - pss_before) * scale,
-        "rss_at_10k_target_mib": IDLE_RSS_TARGET_MIB,
+        "memory_at_10k_target_mb": IDLE_MEMORY_TARGET_MB,
     }
+
+
+def memory_target_verdict(rss_kib: float, pss_kib: float | None, target_mb: float) -> str:
+    """The whole-server memory target judged on the summed RSS and on the
+    summed PSS (kB as /proc gives them; the target in MB, 10^6 bytes)."""
+
+    def judged(kib: float) -> str:
+        return "met" if kib * 1024 < target_mb * 1e6 else "NOT met"
+
+    text = f"target < {target_mb:g} MB ({target_mb * 1e6 / 2**20:.1f} MiB): RSS {judged(rss_kib)}"
+    return text + ("" if pss_kib is None else f", PSS {judged(pss_kib)}")
 
 
 def run_steps(steps: list[str], servers: dict[str, Server], rig, args, extras: dict) -> None:
@@ -2707,11 +2721,8 @@ def render_extras(extras: dict) -> list[str]:
                     + ("" if pss is None else f", PSS {mib(pss)}")
                 )
                 if key in LOGIN_SERVERS:
-                    met = at_10k / 1024 < r["rss_at_10k_target_mib"]
-                    text += (
-                        f" (target RSS < {r['rss_at_10k_target_mib']:g} MiB: "
-                        f"{'met' if met else 'NOT met'})"
-                    )
+                    verdict = memory_target_verdict(at_10k, pss, r["memory_at_10k_target_mb"])
+                    text += f" ({verdict})"
             return text
 
         parts = per_server(idle, idle_fmt)

@@ -361,7 +361,12 @@ def test_idle_rss_per_10k_connections(harness):
     assert got["rss_growth_per_10k_kib"] == pytest.approx(80 * 1024)
     assert got["rss_at_10k_kib"] == pytest.approx(140 * 1024)
     assert got["pss_at_10k_kib"] == pytest.approx(100 * 1024)
-    assert got["rss_at_10k_target_mib"] == 150
+    assert got["memory_at_10k_target_mb"] == 150
+    # 143 MiB is 149.9 MB: met; 144 MiB is 151 MB: not (the issue writes MB).
+    assert harness.memory_target_verdict(143 * 1024, 144 * 1024, 150) == (
+        "target < 150 MB (143.1 MiB): RSS met, PSS NOT met"
+    )
+    assert harness.memory_target_verdict(200 * 1024, None, 150).endswith("RSS NOT met")
     assert harness.idle_rss_projection(before, before, 0)["rss_at_10k_kib"] is None
     no_pss = harness.idle_rss_projection({"rss_kib": 1, "pss_kib": None}, after, 5_000)
     assert no_pss["pss_at_10k_kib"] is None and no_pss["rss_at_10k_kib"] is not None
@@ -378,7 +383,7 @@ def test_idle_rss_per_10k_connections(harness):
     [line] = harness.render_extras({"idle_conns": {"gateway_cookie": r}})
     assert (
         "per 10,000 connections +80.0 MiB: whole server at 10,000 RSS 140.0 MiB, "
-        "PSS 100.0 MiB (target RSS < 150 MiB: met)" in line
+        "PSS 100.0 MiB (target < 150 MB (143.1 MiB): RSS met, PSS met)" in line
     )
 
 
