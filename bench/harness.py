@@ -1547,8 +1547,9 @@ def parse_h2load(out: str, log: Path) -> dict:
     m = re.search(r"^finished in [\d.]+\w+, ([\d.]+) req/s, ([\d.]+)([KMGT]?B)/s", out, re.M)
     r["rps"] = float(m.group(1)) if m else None
     r["transfer_bytes_per_s"] = float(m.group(2)) * _SIZE[m.group(3)] if m else None
-    m = re.search(r"^requests: (\d+) total, \d+ started, (\d+) done, (\d+) succeeded, (\d+) failed",
-                  out, re.M)
+    m = re.search(
+        r"^requests: (\d+) total, \d+ started, (\d+) done, (\d+) succeeded, (\d+) failed", out, re.M
+    )
     r["requests"] = int(m.group(2)) if m else None
     m2 = re.search(r"^status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", out, re.M)
     failed = int(m.group(4)) if m else 0
