@@ -26,16 +26,45 @@ class Options(usage.Options):
     def postOptions(self) -> None:
         if not self["config"]:
             raise usage.UsageError("--config PATH is required")
+        path = self["config"]
         try:
-            self["parsed_config"] = load_config(self["config"])
+            # Without reading key and certificate files (no cryptography): the
+            # config the workers' master keeps, and what says whether it is one.
+            lean = load_config(path, contents=False)
+        except ConfigError:
+            lean = None
+        if lean is None or lean.workers <= 1 or self["check"]:
+            self["parsed_config"] = self._load_fully(path)
+            if self["check"]:
+                print(summarize(self["parsed_config"]))
+                raise SystemExit(0)
+            return
+        # The workers' master: a child checks what the lean load left out
+        # (workers.preflight), so a bad file stops the start as it always has.
+        from idgateway.workers.preflight import check_in_child
+
+        status = check_in_child(path, _report)
+        if status != 0:
+            raise SystemExit(status if status > 0 else 1)
+        self["parsed_config"] = lean
+        # Before twistd imports the reactor: its base without pyOpenSSL (8 MiB the
+        # master never uses; its workers are processes of their own).
+        from idgateway._twisted.no_tls import import_reactor_base_without_tls
+
+        import_reactor_base_without_tls()
+
+    def _load_fully(self, path: str) -> Any:
+        try:
+            return load_config(path)
         except ConfigError as error:
-            print(f"{self['config']}: configuration is not valid:", file=sys.stderr)
-            for problem in error.problems:
-                print(f"  {problem}", file=sys.stderr)
+            _report(path, error)
             raise SystemExit(1) from None
-        if self["check"]:
-            print(summarize(self["parsed_config"]))
-            raise SystemExit(0)
+
+
+def _report(path: str, error: ConfigError) -> None:
+    print(f"{path}: configuration is not valid:", file=sys.stderr)
+    for problem in error.problems:
+        print(f"  {problem}", file=sys.stderr)
 
 
 def makeService(options: Options, reactor: Any = None) -> Any:

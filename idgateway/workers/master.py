@@ -67,7 +67,6 @@ from idgateway.config.watch import ConfigWatcher
 from idgateway.observe.log_time import text_timestamp
 from idgateway.server import systemd
 from idgateway.server.startup_errors import StartupError, listen_problem, stop_starting
-from idgateway.server.tls import SNIServerContexts
 from idgateway.workers.drain import DRAIN_TIMEOUT
 from idgateway.workers.log_relay import (
     ACCESS_NAMESPACE,
@@ -214,11 +213,8 @@ class MasterService(Service):
     def _bind(self) -> None:
         if self._sockets:
             return
-        # Load every certificate now, so a bad one stops the start here, as it
-        # does in a single process, rather than crash-looping every worker.
-        for listener in self.config.listeners:
-            if listener.tls is not None:
-                SNIServerContexts.prepare(listener.tls)
+        # (The certificates were loaded in twistd's option checks, in a child
+        # process: workers.preflight. The master itself loads no TLS.)
         bound: list[tuple[Listener, socket.socket]] = []
         try:
             for listener in self.config.listeners:
@@ -417,7 +413,8 @@ class MasterService(Service):
         if self._notified_ready:
             systemd.ready(f"serving with {self.count} worker(s); SIGHUP sent to each")
         try:
-            config = load_config(self.config_path)
+            # Only the listeners and the worker count matter here.
+            config = load_config(self.config_path, contents=False)
         except Exception:
             # The workers refuse it and log why.
             return
