@@ -6,11 +6,12 @@ Only this module touches the global reactor.
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.python import usage
 
-from idgateway.config.load import ConfigError, load_config, summarize
+if TYPE_CHECKING:
+    from idgateway.config.load import ConfigError
 
 
 class Options(usage.Options):
@@ -27,38 +28,38 @@ class Options(usage.Options):
         if not self["config"]:
             raise usage.UsageError("--config PATH is required")
         path = self["config"]
-        try:
-            # Without reading key and certificate files (no cryptography): the
-            # config the workers' master keeps, and what says whether it is one.
-            lean = load_config(path, contents=False)
-        except ConfigError:
-            lean = None
-        if lean is None or lean.workers <= 1 or self["check"]:
-            self["parsed_config"] = self._load_fully(path)
-            if self["check"]:
-                print(summarize(self["parsed_config"]))
-                raise SystemExit(0)
-            return
-        # The workers' master: a child checks what the lean load left out
-        # (workers.preflight), so a bad file stops the start as it always has.
-        from idgateway.workers.preflight import check_in_child
+        if self["check"]:
+            from idgateway.config.load import summarize
 
-        status = check_in_child(path, _report)
-        if status != 0:
+            print(summarize(_load_fully(path)))
+            raise SystemExit(0)
+        # A child reads the file first: with workers, this process becomes the
+        # master, which keeps none of what reads a config (workers.config_child).
+        from idgateway.workers.config_child import read_at_start
+
+        status, config = read_at_start(path, _report)
+        if status != 0 or config is None:
             raise SystemExit(status if status > 0 else 1)
-        self["parsed_config"] = lean
-        # Before twistd imports the reactor: its base without pyOpenSSL (8 MiB the
-        # master never uses; its workers are processes of their own).
+        if config.workers <= 1:
+            # The single process serves: it loads (and reports) everything itself.
+            self["parsed_config"] = _load_fully(path)
+            return
+        self["parsed_config"] = config
+        # Before twistd imports the reactor: its base without pyOpenSSL (8 MiB
+        # the master never uses; its workers are processes of their own).
         from idgateway._twisted.no_tls import import_reactor_base_without_tls
 
         import_reactor_base_without_tls()
 
-    def _load_fully(self, path: str) -> Any:
-        try:
-            return load_config(path)
-        except ConfigError as error:
-            _report(path, error)
-            raise SystemExit(1) from None
+
+def _load_fully(path: str) -> Any:
+    from idgateway.config.load import ConfigError, load_config
+
+    try:
+        return load_config(path)
+    except ConfigError as error:
+        _report(path, error)
+        raise SystemExit(1) from None
 
 
 def _report(path: str, error: ConfigError) -> None:
