@@ -59,7 +59,7 @@ def _signing_key(reader: Reader, node: yaml.Node, key: str) -> SigningKey | _Inv
 
 def _assertion_keys(reader: Reader, node: yaml.Node, key: str) -> Any:
     if not reader.contents:
-        # Files, not read: no key loaded (check_assertions knows).
+        # Names only, not opened: no key loaded (check_assertions knows).
         paths = list_of(_KEY_FILE, _KEYS_EXPECTED)(reader, node, key)
         return INVALID if paths is INVALID else ()
     keys = list_of(_signing_key, _KEYS_EXPECTED)(reader, node, key)

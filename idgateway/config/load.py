@@ -1304,10 +1304,11 @@ def load_config(
 ) -> Config:
     """Read and check ``path``; raise ConfigError listing every problem found.
 
-    ``contents=False`` checks that the key and certificate files named are
-    files but does not read them: the config the workers' master keeps, which
-    has no certificate host names and no assertion keys, and which must not
-    import cryptography. Whatever it accepts, the full load may still refuse.
+    ``contents=False`` takes the key and certificate files' names but does
+    not open them, and does not import cryptography: for what needs only the
+    listeners and the worker count (``idgateway.workers.config_child``). Its
+    config has no certificate host names and no assertion keys; whatever it
+    accepts, the full load may still refuse.
     """
     reader = Reader(path, os.environ if environ is None else environ, contents=contents)
     root = _compose(reader)

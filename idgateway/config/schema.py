@@ -140,8 +140,8 @@ class Reader:
 
     def __init__(self, file: str, environ: Mapping[str, str], *, contents: bool = True) -> None:
         self.file = file
-        # Whether the key and certificate files named are read and checked
-        # (False: only that they are files; see load_config).
+        # Whether the key and certificate files named are opened and checked
+        # (False: only their names are taken; see load_config).
         self.contents = contents
         self.base_dir = os.path.dirname(os.path.abspath(file))
         self.environ = environ

@@ -44,9 +44,7 @@ MAX_ENCODED = 1 << 20
 
 def for_the_master(config: Config) -> Config:
     """``config`` without what only the workers use (routes, providers, keys)."""
-    return attrs.evolve(
-        config, routes=(), providers=(), redis=None, assertion_keys=(), warnings=()
-    )
+    return attrs.evolve(config, routes=(), providers=(), redis=None, assertion_keys=(), warnings=())
 
 
 def encode(config: Config) -> bytes:
