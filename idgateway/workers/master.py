@@ -443,6 +443,13 @@ class MasterService(Service):
             return  # a later reload's read is the one that counts
         self._config_reader = None
         if config is None:
+            if reader.errors:
+                # Not a refused file (the workers say why), but a reader that failed.
+                self._log.warn(
+                    "could not read {path} for the reload: {errors}",
+                    path=self.config_path,
+                    errors=reader.errors.decode("utf-8", "replace").strip(),
+                )
             return
         bound = sorted(listener_key(listener) for listener, _ in self._sockets)
         wanted = sorted(listener_key(listener) for listener in config.listeners)

@@ -323,3 +323,22 @@ def test_a_listener_change_read_at_reload_is_logged(tmp_path: Path) -> None:
         globalLogPublisher.removeObserver(events.append)
     warned = [e for e in events if e.get("log_level") == LogLevel.warn]
     assert any("the listeners changed" in e["log_format"] for e in warned), warned
+
+
+def test_a_reader_that_failed_is_logged_a_refused_file_is_not(tmp_path: Path) -> None:
+    master = _master(tmp_path)
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        for stderr in (b"", b"Traceback ...\nMemoryError\n"):
+            got: list[Config | None] = []
+            reader = ConfigReader(got.append)
+            master._config_reader = reader
+            reader.childDataReceived(2, stderr)
+            reader.processEnded(_ended(1))
+            master.config_read(reader, got[0])
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    warned = [e for e in events if e.get("log_level") == LogLevel.warn]
+    assert [e["errors"] for e in warned] == ["Traceback ...\nMemoryError"]
+    assert master.config.listeners[0].port == 8080
