@@ -6,11 +6,12 @@ Only this module touches the global reactor.
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.python import usage
 
-from idgateway.config.load import ConfigError, load_config, summarize
+if TYPE_CHECKING:
+    from idgateway.config.load import ConfigError
 
 
 class Options(usage.Options):
@@ -26,16 +27,45 @@ class Options(usage.Options):
     def postOptions(self) -> None:
         if not self["config"]:
             raise usage.UsageError("--config PATH is required")
-        try:
-            self["parsed_config"] = load_config(self["config"])
-        except ConfigError as error:
-            print(f"{self['config']}: configuration is not valid:", file=sys.stderr)
-            for problem in error.problems:
-                print(f"  {problem}", file=sys.stderr)
-            raise SystemExit(1) from None
+        path = self["config"]
         if self["check"]:
-            print(summarize(self["parsed_config"]))
+            from idgateway.config.load import summarize
+
+            print(summarize(_load_fully(path)))
             raise SystemExit(0)
+        # A child reads the file first: with workers, this process becomes the
+        # master, which keeps none of what reads a config (workers.config_child).
+        from idgateway.workers.config_child import read_at_start
+
+        status, config = read_at_start(path, _report)
+        if status != 0 or config is None:
+            raise SystemExit(status if status > 0 else 1)
+        if config.workers <= 1:
+            # The single process serves: it loads (and reports) everything itself.
+            self["parsed_config"] = _load_fully(path)
+            return
+        self["parsed_config"] = config
+        # Before twistd imports the reactor: its base without pyOpenSSL (8 MiB
+        # the master never uses; its workers are processes of their own).
+        from idgateway._twisted.no_tls import import_reactor_base_without_tls
+
+        import_reactor_base_without_tls()
+
+
+def _load_fully(path: str) -> Any:
+    from idgateway.config.load import ConfigError, load_config
+
+    try:
+        return load_config(path)
+    except ConfigError as error:
+        _report(path, error)
+        raise SystemExit(1) from None
+
+
+def _report(path: str, error: ConfigError) -> None:
+    print(f"{path}: configuration is not valid:", file=sys.stderr)
+    for problem in error.problems:
+        print(f"  {problem}", file=sys.stderr)
 
 
 def makeService(options: Options, reactor: Any = None) -> Any:

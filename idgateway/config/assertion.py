@@ -8,7 +8,7 @@ several routes at once run from ``check_assertions``.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -28,18 +28,24 @@ from idgateway.config.schema import (
     parsed,
     record,
 )
-from idgateway.config.signing_keys import AssertionKeyError, SigningKey, load_signing_key
 from idgateway.http.header_names import header_key
+
+if TYPE_CHECKING:
+    from idgateway.config.signing_keys import SigningKey
 
 MAX_LIFETIME = 3600.0
 MIN_LIFETIME = 1.0
 _KEY_FILE = file_path("a PEM key file, e.g. /etc/idgateway/assertion-2026.pem")
+_KEYS_EXPECTED = "a list of PEM key files, e.g. [/etc/idgateway/assertion.pem]"
 
 
 def _signing_key(reader: Reader, node: yaml.Node, key: str) -> SigningKey | _Invalid:
     path = _KEY_FILE(reader, node, key)
     if path is INVALID:
         return INVALID
+    # Here, not at the top: it imports cryptography (see load_config).
+    from idgateway.config.signing_keys import AssertionKeyError, load_signing_key
+
     try:
         signing_key = load_signing_key(path)
     except AssertionKeyError as error:
@@ -52,9 +58,11 @@ def _signing_key(reader: Reader, node: yaml.Node, key: str) -> SigningKey | _Inv
 
 
 def _assertion_keys(reader: Reader, node: yaml.Node, key: str) -> Any:
-    keys = list_of(_signing_key, "a list of PEM key files, e.g. [/etc/idgateway/assertion.pem]")(
-        reader, node, key
-    )
+    if not reader.contents:
+        # Names only, not opened: no key loaded (check_assertions knows).
+        paths = list_of(_KEY_FILE, _KEYS_EXPECTED)(reader, node, key)
+        return INVALID if paths is INVALID else ()
+    keys = list_of(_signing_key, _KEYS_EXPECTED)(reader, node, key)
     if keys is INVALID:
         return INVALID
     seen: dict[str, int] = {}
@@ -209,7 +217,7 @@ def check_assertions(
         if route is INVALID or route.assertion is None:
             continue
         node, key = found.nodes["assertion"], found.child("assertion")
-        if keys == ():
+        if keys == () and reader.contents:
             fix = "add assertion_keys: [/etc/idgateway/assertion.pem] at the top level"
             reader.problem(
                 node,

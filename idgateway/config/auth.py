@@ -10,15 +10,9 @@ import re
 from typing import Any
 
 import yaml
-from cryptography import x509
 
 from idgateway.config import values as value_syntax
 from idgateway.config.bearer import SCOPES_FIELD, bearer_field
-from idgateway.config.client_keys import (
-    ClientKeyError,
-    certificate_key_mismatch,
-    load_client_key,
-)
 from idgateway.config.files import (
     PEM_FILE_LIMIT,
     FileTooOdd,
@@ -183,10 +177,14 @@ def _client_key_file(reader: Reader, node: yaml.Node, key: str) -> str | _Invali
     path = file_path("a PEM private key file")(reader, node, key)
     if path is INVALID:
         return INVALID
-    try:
-        load_client_key(path)
-    except ClientKeyError as error:
-        return reader.problem(node, key, str(error))
+    if reader.contents:
+        # Here, not at the top: it imports cryptography (see load_config).
+        from idgateway.config.client_keys import ClientKeyError, load_client_key
+
+        try:
+            load_client_key(path)
+        except ClientKeyError as error:
+            return reader.problem(node, key, str(error))
     warning = loose_permissions(path, secret=True)
     if warning:
         reader.warnings.append(f"{key}: {warning}")
@@ -196,8 +194,10 @@ def _client_key_file(reader: Reader, node: yaml.Node, key: str) -> str | _Invali
 def _client_cert_file(reader: Reader, node: yaml.Node, key: str) -> str | _Invalid:
     """A readable PEM file with the client's certificate (chain)."""
     path = file_path("a PEM certificate file")(reader, node, key)
-    if path is INVALID:
-        return INVALID
+    if path is INVALID or not reader.contents:
+        return path  # type: ignore[no-any-return]
+    from cryptography import x509
+
     try:
         x509.load_pem_x509_certificates(read_bounded(path, PEM_FILE_LIMIT))
     except (OSError, FileTooOdd) as error:
@@ -387,8 +387,10 @@ def _claim_rules(reader: Reader, node: yaml.Node, key: str) -> Any:
 def _ca_bundle(reader: Reader, node: yaml.Node, key: str) -> str | _Invalid:
     """A readable PEM file with at least one certificate (WSO2's exported wso2carbon.pem)."""
     path = file_path("a PEM file of CA certificates")(reader, node, key)
-    if path is INVALID:
-        return INVALID
+    if path is INVALID or not reader.contents:
+        return path  # type: ignore[no-any-return]
+    from cryptography import x509
+
     try:
         x509.load_pem_x509_certificates(read_bounded(path, PEM_FILE_LIMIT))
     except (OSError, FileTooOdd) as error:
@@ -1531,7 +1533,9 @@ def _build_oidc(reader: Reader, found: Section) -> OIDCSettings | _Invalid:
         )
     if not ok:
         return INVALID
-    if method == "tls_client_auth":
+    if method == "tls_client_auth" and reader.contents:
+        from idgateway.config.client_keys import certificate_key_mismatch
+
         mismatch = certificate_key_mismatch(values["client_cert"], values["client_key"])
         if mismatch is not None:
             return reader.problem(found.nodes["client_key"], found.child("client_key"), mismatch)

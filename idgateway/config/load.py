@@ -14,14 +14,10 @@ import datetime
 import ipaddress
 import os
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import yaml
-from cryptography import x509
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
-from cryptography.x509.oid import NameOID
 
 from idgateway.config import values as value_syntax
 from idgateway.config.assertion import ASSERTION_FIELD, ASSERTION_KEYS_FIELD, check_assertions
@@ -86,6 +82,9 @@ from idgateway.config.schema import (
     size,
 )
 
+if TYPE_CHECKING:
+    from cryptography import x509
+
 # Certificates this close to expiry earn a warning at start and on --check.
 EXPIRY_WARNING_DAYS = 14
 
@@ -95,6 +94,10 @@ EXPIRY_WARNING_DAYS = 14
 
 def read_certificates(path: str) -> list[x509.Certificate]:
     """Every certificate in a PEM file, leaf first; OSError or ValueError if none."""
+    # cryptography is imported where a file is read: the workers' master,
+    # which loads the config without reading them, never loads it (6 MiB).
+    from cryptography import x509
+
     return x509.load_pem_x509_certificates(read_bounded(path, PEM_FILE_LIMIT))
 
 
@@ -109,12 +112,17 @@ def _certificates(reader: Reader, node: yaml.Node, key: str, path: str) -> Any:
 
 def _pem_bundle(reader: Reader, node: yaml.Node, key: str) -> str | _Invalid:
     path = file_path("a PEM file of CA certificates")(reader, node, key)
-    if path is INVALID or _certificates(reader, node, key, path) is INVALID:
+    if path is INVALID:
+        return INVALID
+    if reader.contents and _certificates(reader, node, key, path) is INVALID:
         return INVALID
     return path  # type: ignore[no-any-return]
 
 
 def _private_key(reader: Reader, node: yaml.Node, key: str, path: str) -> Any:
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import serialization
+
     try:
         pem = read_bounded(path, PEM_FILE_LIMIT)
     except (OSError, FileTooOdd) as error:
@@ -130,11 +138,15 @@ def _private_key(reader: Reader, node: yaml.Node, key: str, path: str) -> Any:
 
 
 def _public_der(key: Any) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
     encoding, public_format = serialization.Encoding.DER, serialization.PublicFormat
     return bytes(key.public_key().public_bytes(encoding, public_format.SubjectPublicKeyInfo))
 
 
 def certificate_label(path: str, certificate: x509.Certificate) -> str:
+    from cryptography.x509.oid import NameOID
+
     common = certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
     subject = f"CN={common[0].value!s}" if common else certificate.subject.rfc4514_string()
     return f"certificate {path} ({subject or 'no subject'})"
@@ -142,6 +154,9 @@ def certificate_label(path: str, certificate: x509.Certificate) -> str:
 
 def certificate_hostnames(certificate: x509.Certificate) -> tuple[str, ...]:
     """The DNS SANs that clients check, else the subject CN of an old-style certificate."""
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
     try:
         names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName)
         return tuple(name.lower() for name in names.value.get_values_for_type(x509.DNSName))
@@ -152,6 +167,8 @@ def certificate_hostnames(certificate: x509.Certificate) -> tuple[str, ...]:
 
 def _build_certificate_pair(reader: Reader, found: Section) -> CertificatePair | _Invalid:
     cert, key = found.values["cert"], found.values["key"]
+    if not reader.contents:
+        return CertificatePair(cert=cert, key=key)
     chain = _certificates(reader, found.nodes["cert"], found.child("cert"), cert)
     private_key = _private_key(reader, found.nodes["key"], found.child("key"), key)
     if chain is INVALID or private_key is INVALID:
@@ -1282,9 +1299,18 @@ TOP_FIELDS = (
 # ---- entry points -----------------------------------------------------------------------
 
 
-def load_config(path: str, environ: Mapping[str, str] | None = None) -> Config:
-    """Read and check ``path``; raise ConfigError listing every problem found."""
-    reader = Reader(path, os.environ if environ is None else environ)
+def load_config(
+    path: str, environ: Mapping[str, str] | None = None, *, contents: bool = True
+) -> Config:
+    """Read and check ``path``; raise ConfigError listing every problem found.
+
+    ``contents=False`` takes the key and certificate files' names but does
+    not open them, and does not import cryptography: for what needs only the
+    listeners and the worker count (``idgateway.workers.config_child``). Its
+    config has no certificate host names and no assertion keys; whatever it
+    accepts, the full load may still refuse.
+    """
+    reader = Reader(path, os.environ if environ is None else environ, contents=contents)
     root = _compose(reader)
     config: Config | _Invalid = INVALID
     if root is not INVALID:

@@ -138,8 +138,11 @@ class _LiteralScalar(yaml.ScalarNode):
 class Reader:
     """Walks one file: expands ${VAR}s and collects problems and warnings."""
 
-    def __init__(self, file: str, environ: Mapping[str, str]) -> None:
+    def __init__(self, file: str, environ: Mapping[str, str], *, contents: bool = True) -> None:
         self.file = file
+        # Whether the key and certificate files named are opened and checked
+        # (False: only their names are taken; see load_config).
+        self.contents = contents
         self.base_dir = os.path.dirname(os.path.abspath(file))
         self.environ = environ
         self.problems: list[Problem] = []

@@ -12,7 +12,8 @@ turn of its event loop (``SharedPort``), so a burst spreads over the workers.
   pause that doubles while it keeps failing quickly (1 s up to 30 s).
 - SIGHUP to the master reaches every worker; each re-reads the file itself.
   Changing the listeners (or the worker count) needs a restart: the master
-  says so in the log.
+  says so in the log, once a child has read the file (the master keeps none
+  of what reads a config: ``workers.config_child``).
 - SIGTERM to the master stops every worker gracefully: a worker stops
   accepting, closes idle keep-alive connections, lets in-flight requests
   finish (up to the drain timeout), then exits. The master exits 0 once they
@@ -33,6 +34,7 @@ turn of its event loop (``SharedPort``), so a burst spreads over the workers.
 
 from __future__ import annotations
 
+import gc
 import os
 import shutil
 import signal
@@ -61,13 +63,12 @@ from twisted.logger import (
 from twisted.python.failure import Failure
 
 import idgateway
-from idgateway.config.load import load_config
 from idgateway.config.model import Config, Listener
 from idgateway.config.watch import ConfigWatcher
 from idgateway.observe.log_time import text_timestamp
 from idgateway.server import systemd
 from idgateway.server.startup_errors import StartupError, listen_problem, stop_starting
-from idgateway.server.tls import SNIServerContexts
+from idgateway.workers.config_child import ConfigReader
 from idgateway.workers.drain import DRAIN_TIMEOUT
 from idgateway.workers.log_relay import (
     ACCESS_NAMESPACE,
@@ -169,6 +170,8 @@ class MasterService(Service):
         self._notified_ready = False
         # Where workers 1..N-1 serve their metrics to worker 0 (made at start).
         self.metrics_dir: str | None = None
+        # The child reading the file for the latest reload, while it runs.
+        self._config_reader: ConfigReader | None = None
         # reload: {watch: true}: a change to the file reloads every worker.
         self.watcher = ConfigWatcher(self.config_path, reactor, self.reload)
 
@@ -214,11 +217,8 @@ class MasterService(Service):
     def _bind(self) -> None:
         if self._sockets:
             return
-        # Load every certificate now, so a bad one stops the start here, as it
-        # does in a single process, rather than crash-looping every worker.
-        for listener in self.config.listeners:
-            if listener.tls is not None:
-                SNIServerContexts.prepare(listener.tls)
+        # (The certificates were loaded in twistd's option checks, in a child
+        # process, so a bad one stops the start: workers.config_child.)
         bound: list[tuple[Listener, socket.socket]] = []
         try:
             for listener in self.config.listeners:
@@ -342,6 +342,8 @@ class MasterService(Service):
         if not self._notified_ready and all(each.ready for each in self.workers):
             self._notified_ready = True
             systemd.ready(f"serving with {self.count} worker(s)")
+            # Started: what start-up left in the heap goes back (~1 MiB).
+            return_free_memory()
         if worker.reload_pending:
             # A SIGHUP came while it was starting: it may have read the file
             # before the change.
@@ -416,10 +418,38 @@ class MasterService(Service):
                 worker.reload_pending = True
         if self._notified_ready:
             systemd.ready(f"serving with {self.count} worker(s); SIGHUP sent to each")
+        self._read_config()
+
+    def _read_config(self) -> None:
+        """Read the file in a child (workers.config_child); then ``config_read``."""
+        reader = ConfigReader(lambda config: self.config_read(reader, config))
+        self._config_reader = reader
         try:
-            config = load_config(self.config_path)
+            self.reactor.spawnProcess(
+                reader,
+                self.python,
+                ConfigReader.argv(self.python, self.config_path),
+                env=_worker_pythonpath(systemd.child_environ(os.environ)),
+                path=self.cwd,
+                childFDs={0: "w", 1: "r", 2: "r"},
+            )
         except Exception:
-            # The workers refuse it and log why.
+            self._config_reader = None
+            self._log.failure("could not start reading {path}", path=self.config_path)
+
+    def config_read(self, reader: ConfigReader, config: Config | None) -> None:
+        """The file as a reload reads it (None: refused; the workers log why)."""
+        if reader is not self._config_reader or self._stopping:
+            return  # a later reload's read is the one that counts
+        self._config_reader = None
+        if config is None:
+            if reader.errors:
+                # Not a refused file (the workers say why), but a reader that failed.
+                self._log.warn(
+                    "could not read {path} for the reload: {errors}",
+                    path=self.config_path,
+                    errors=reader.errors.decode("utf-8", "replace").strip(),
+                )
             return
         bound = sorted(listener_key(listener) for listener, _ in self._sockets)
         wanted = sorted(listener_key(listener) for listener in config.listeners)
@@ -439,6 +469,23 @@ class MasterService(Service):
             )
         self.config = config
         self.watcher.apply(config.reload)
+
+
+def return_free_memory() -> bool:
+    """Collect garbage and hand the heap's free pages back to the system (glibc).
+
+    For a long-lived process whose start-up allocated and freed more than it
+    keeps; whether ``malloc_trim`` was there and released anything.
+    """
+    gc.collect()
+    try:
+        # Loaded already (twisted.python.win32 imports it), so free to use.
+        import ctypes
+
+        trim = ctypes.CDLL(None).malloc_trim
+    except (ImportError, OSError, AttributeError):
+        return False  # not glibc
+    return bool(trim(0))
 
 
 def _describe_exit(reason: Failure) -> str:

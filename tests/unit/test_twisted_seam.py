@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import txredisapi
 from OpenSSL import SSL
-from twisted.internet import abstract, endpoints, tcp
+from twisted.internet import abstract, endpoints, posixbase, tcp
 from twisted.internet.epollreactor import EPollReactor
 from twisted.protocols import tls
 from twisted.python import components
@@ -171,6 +171,10 @@ PRIVATE_NAMES: list[tuple[Any, str, Callable[[Any, str], bool]]] = [
     (EPollReactor, "_doReadOrWrite", _function),
     (EPollReactor, "_disconnectSelectable", _function),
     (EPollReactor, "_reads", _set_in_init),
+    # _twisted/no_tls.py: TLS imported optionally (a module-level name either way)
+    (posixbase, "tls", lambda o, n: n in vars(o)),
+    (posixbase, "ssl", lambda o, n: n in vars(o)),
+    (tcp, "_TLSConnectionMixin", _class),
     # _twisted/client_pool.py
     (client.HTTPConnectionPool, "_factory", _class),
     # _twisted/redis.py (txredisapi)
@@ -512,3 +516,61 @@ def test_request_header_lookups_answer_as_stock_headers_do(name: Any) -> None:
         headers.setRawHeaders(b"X-Other", [b"o"])
     assert lean.getRawHeaders(name) == stock.getRawHeaders(name)
     assert lean.getRawHeaders(name, "default") == stock.getRawHeaders(name, "default")
+
+
+# ---- _twisted/no_tls.py: the workers' master imports the reactor without TLS ----------
+
+NO_TLS = """
+import json, sys
+from idgateway._twisted import FALLBACKS
+from idgateway._twisted.no_tls import import_reactor_base_without_tls, tls_left_out
+took = import_reactor_base_without_tls()
+from twisted.internet import reactor
+left_out = tls_left_out()
+loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("OpenSSL", "cryptography"))
+# The block lasted for that import only: pyOpenSSL still imports afterwards.
+import OpenSSL.SSL
+from twisted.internet import ssl
+print(json.dumps([took, left_out, loaded, FALLBACKS, ssl.CertificateOptions is not None]))
+"""
+
+# A Twisted whose reactor base needs pyOpenSSL: the guard must fall back to it.
+NEEDS_OPENSSL = """
+import importlib.abc, sys
+
+class NeedsOpenSSL(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name == "twisted.internet.tcp" and sys.modules.get("OpenSSL", 0) is None:
+            raise ImportError("this Twisted needs OpenSSL")
+        return None
+
+sys.meta_path.insert(0, NeedsOpenSSL())
+"""
+
+
+def _run(code: str) -> Any:
+    import json
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.splitlines()[-1])
+
+
+def test_the_master_reactor_is_made_without_tls_on_a_supported_twisted() -> None:
+    took, left_out, loaded, fallbacks, ssl_works = _run(NO_TLS)
+    assert took and left_out
+    assert loaded == []
+    assert fallbacks == []
+    assert ssl_works
+
+
+def test_a_twisted_that_needs_openssl_for_its_reactor_gets_it() -> None:
+    took, left_out, loaded, fallbacks, ssl_works = _run(NEEDS_OPENSSL + NO_TLS)
+    assert not took and not left_out
+    assert "OpenSSL" in loaded  # the stock import, TLS and all
+    assert [name for name, _ in fallbacks] == ["posixbase's optional TLS import"]
+    assert ssl_works
