@@ -1,0 +1,689 @@
+"""A red-team pass on the gateway's own fast paths, from the outside.
+
+The gateway replaced stock Twisted paths with its own under ``_twisted/``:
+coalescing TCP transports and a lean reactor, TLS records read and written
+without pyOpenSSL's buffers (``tls_direct``), the HTTP/1.1 head to render and
+response end in one frame each, and the master's framed relay of its workers'
+access lines (``workers/log_relay``, ``workers/log_stream``). The first
+red-team pass (``test_rewrites_red_team``) attacked request framing, identity
+headers, the upstream pool and HPACK; this one attacks what it left:
+
+- TLS: pipelined requests behind the gate split at every byte (one TLS record
+  per byte), SNI naming another site than Host (421), ALPN the listener does
+  not speak, a connection cut without close_notify mid-body, very large
+  records, a client that never reads a large response (what the gateway takes
+  from the upstream stays bounded);
+- crossing: pipelined requests of a client that aborts mid-response never hand
+  a byte to another client, and each access line names its own user;
+- the log relay: user names (vouched for by a session) and targets holding the
+  relay's frame mark, line breaks, NULs, lone surrogates, 64 KiB of text: the
+  master's log stays one line per request, nothing forged;
+- ``//other.host/path``: forwarded upstream as it is (one reading, judged both
+  ways), but no redirect of the gateway's, nor an upstream's path redirect
+  built from that target, sends a browser to another host.
+
+A real gateway (two workers, its log as text on the master's stdout, as under
+systemd) between raw client sockets and a raw upstream (h11 frames requests).
+Sessions are sealed with the route's key, so no provider process is needed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import h11
+import pytest
+
+from idgateway.sessions.cookie import CookieSessionCodec, CookieSettings
+from idgateway.sessions.keys import KeyRing
+from idgateway.sessions.model import Session
+from tests.certs import make_ca
+from tests.processes import GatewayProcess, free_port, rss_kib
+from tests.security.test_rewrites_red_team import COOKIE_NAME, SESSION_KEY, parse_answers
+
+# What a never-reading client may make the gateway take from the upstream:
+# socket buffers on both sides and the transports' own high-water marks.
+UNREAD_BOUND = 48 * 1024 * 1024
+BIG_RESPONSE = 256 * 1024 * 1024
+
+FORGED = "2026-12-07T12:00:00+0000 [idgateway.access#info] [worker 0] GET /admin 200 0B"
+
+# A line of the master's text log written for a worker's access line.
+ACCESS_LINE = re.compile(
+    r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d{4} \[idgateway\.access#info\] \[worker \d\] "
+)
+
+
+# -- the upstream: raw, threaded, h11-framed ------------------------------------------------
+
+
+class Upstream:
+    """Answers each request with a JSON document naming its target and user.
+
+    ``?slash``: a path redirect as frameworks make them (Django's APPEND_SLASH,
+    a directory without its slash): ``Location: <the path it read>/``.
+    ``?big``: ``BIG_RESPONSE`` bytes, counting what the gateway accepted.
+    """
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.seen: list[tuple[bytes, bytes, bytes]] = []  # (target, user, body)
+        self.big_sent = 0
+        self._lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def reset(self) -> None:
+        with self._lock:
+            self.seen.clear()
+            self.big_sent = 0
+
+    def targets(self) -> list[bytes]:
+        with self._lock:
+            return [target for target, _, _ in self.seen]
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                sock, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(sock,), daemon=True).start()
+
+    def _serve(self, sock: socket.socket) -> None:
+        conn = h11.Connection(h11.SERVER)
+        with sock:
+            try:
+                while self._one(sock, conn):
+                    conn.start_next_cycle()
+            except (OSError, h11.ProtocolError):
+                return
+
+    def _one(self, sock: socket.socket, conn: h11.Connection) -> bool:
+        request: h11.Request | None = None
+        body = b""
+        while True:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                data = sock.recv(65536)
+                if not data:
+                    return False
+                conn.receive_data(data)
+            elif isinstance(event, h11.Request):
+                request = event
+            elif isinstance(event, h11.Data):
+                body += event.data
+            elif isinstance(event, h11.EndOfMessage):
+                break
+            else:
+                return False
+        assert request is not None
+        user = b",".join(v for n, v in request.headers if n == b"x-forwarded-user")
+        with self._lock:
+            self.seen.append((request.target, user, body))
+        path, _, query = request.target.partition(b"?")
+        if query == b"slash":
+            head = b"HTTP/1.1 301 Moved Permanently\r\nLocation: %s/\r\n" % path
+            sock.sendall(head + b"Content-Length: 0\r\n\r\n")
+        elif query == b"big":
+            sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % BIG_RESPONSE)
+            piece = b"x" * 65536
+            for _ in range(BIG_RESPONSE // len(piece)):
+                sock.sendall(piece)  # blocks while the gateway does not read
+                with self._lock:
+                    self.big_sent += len(piece)
+        else:
+            document = b'{"target": "%s", "user": "%s", "body": %d}' % (
+                request.target.replace(b"\\", b"\\\\").replace(b'"', b'\\"'),
+                user,
+                len(body),
+            )
+            sock.sendall(
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                b"Content-Length: %d\r\n\r\n%s" % (len(document), document)
+            )
+        conn.send(h11.Response(status_code=200, headers=[("Content-Length", "0")]))
+        conn.send(h11.EndOfMessage())
+        return conn.our_state is not h11.MUST_CLOSE and conn.their_state is not h11.MUST_CLOSE
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+# -- the gateway ------------------------------------------------------------------------------
+
+# Users a provider could vouch for (the session holds what the ID token said).
+HOSTILE_USERS = {
+    "forged-line": "mallory\n" + FORGED,
+    "cr-forged-line": "mallory\r" + FORGED,
+    "frame-header": "mallory\x1d12\nabcdefghijk\n",
+    "record-mark": "mallory\x1f1.0\tGET /forged",
+    "nul-and-escape": "mallory\x00\x1b[2J",
+    "u2028-and-nel": "mallory\u2028\x85" + FORGED,
+    # (The Cookie header bounds it: escaped, a line of 16 KiB.)
+    "4k-newlines": "mallory" + "\n" * 4096,
+}
+
+
+def seal(issuer: str, user: str, session_id: str, secure: bool) -> bytes:
+    """``name=value`` of a session cookie of the app route (``secure``: on TLS)."""
+    codec = CookieSessionCodec(
+        "app",
+        KeyRing.from_strings([SESSION_KEY]),
+        CookieSettings(name=COOKIE_NAME.decode(), secure=secure),
+        binding=json.dumps(["issuer", issuer, "c"], separators=(",", ":")).encode(),
+    )
+    now = time.time()
+    session = Session(
+        id=session_id, route="app", sub=user, user=user, claims={}, created_at=now, last_seen=now
+    )
+    return codec.encode(session)[0].split(b";")[0]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    tmp = tmp_path_factory.mktemp("fast-paths-red-team")
+    ca = make_ca(tmp / "pki")
+    leaf = ca.issue(tmp / "pki", ["app.localhost", "open.localhost"], name="sites")
+    upstream = Upstream()
+    plain, tls = free_port(), free_port()
+    issuer = f"https://127.0.0.1:{free_port()}/oauth2/token"
+    config = tmp / "gateway.yaml"
+    config.write_text(
+        f"""
+workers: 2
+listeners:
+  - address: 127.0.0.1:{plain}
+  - address: 127.0.0.1:{tls}
+    tls:
+      certificates: [{{cert: {leaf.cert_path}, key: {leaf.key_path}}}]
+providers:
+  down: {{issuer: "{issuer}"}}
+routes:
+  - name: app
+    hosts: [app.localhost]
+    upstream: http://127.0.0.1:{upstream.port}
+    oidc: {{provider: down, client_id: c, client_secret: s}}
+    session: {{keys: [{SESSION_KEY}]}}
+    headers: oauth2-proxy
+  - name: open
+    hosts: [open.localhost]
+    upstream: http://127.0.0.1:{upstream.port}
+"""
+    )
+    gateway = GatewayProcess(config, tmp / "gateway.log", log_to_stdout=True)
+    try:
+        gateway.start([plain, tls])
+        users = {"alice": "alice", "bob": "bob", **HOSTILE_USERS}
+        yield {
+            "gateway": gateway,
+            "upstream": upstream,
+            "plain": plain,
+            "tls": tls,
+            "ca": str(ca.cert_path),
+            "cookies": {
+                (name, secure): seal(issuer, user, f"{index:032x}", secure)
+                for index, (name, user) in enumerate(users.items())
+                for secure in (False, True)
+            },
+        }
+    finally:
+        gateway.stop()
+        upstream.close()
+    log = gateway.log()
+    assert "Traceback" not in log, log[-3000:]
+
+
+@pytest.fixture
+def upstream(world: dict[str, Any]) -> Upstream:
+    recording: Upstream = world["upstream"]
+    recording.reset()
+    return recording
+
+
+# -- clients ----------------------------------------------------------------------------------
+
+
+def tls_context(world: dict[str, Any], alpn: list[str] | None = None) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=world["ca"])
+    if alpn is not None:
+        context.set_alpn_protocols(alpn)
+    return context
+
+
+def connect(world: dict[str, Any], tls: bool, sni: str | None = "app.localhost") -> socket.socket:
+    raw = socket.create_connection(("127.0.0.1", world["tls" if tls else "plain"]), timeout=10)
+    raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if not tls:
+        return raw
+    context = tls_context(world)
+    if sni is None:
+        context.check_hostname = False
+    return context.wrap_socket(raw, server_hostname=sni)
+
+
+def read_all(sock: socket.socket, settle: float = 1.0) -> bytes:
+    """Read until the gateway closes or goes quiet for ``settle`` seconds."""
+    sock.settimeout(settle)
+    received = b""
+    while True:
+        try:
+            data = sock.recv(65536)
+        except TimeoutError:
+            return received
+        except (ConnectionResetError, ssl.SSLError):
+            return received
+        if not data:
+            return received
+        received += data
+
+
+def get(
+    host: bytes, target: bytes, cookie: bytes | None = None, extra: bytes = b"", close: bool = False
+) -> bytes:
+    head = b"GET %s HTTP/1.1\r\nHost: %s\r\n" % (target, host)
+    if cookie is not None:
+        head += b"Cookie: " + cookie + b"\r\n"
+    head += b"Accept: application/json\r\n" + extra
+    if close:
+        head += b"Connection: close\r\n"
+    return head + b"\r\n"
+
+
+def session(world: dict[str, Any], who: str, tls: bool) -> bytes:
+    """``who``'s session cookie as a browser sends it on a plain or TLS listener."""
+    cookie: bytes = world["cookies"][who, tls]
+    return cookie
+
+
+def access_lines(gateway: GatewayProcess) -> list[str]:
+    return [line for line in gateway.log().split("\n") if "[idgateway.access#info]" in line]
+
+
+def wait_for_access_lines(gateway: GatewayProcess, count: int, timeout: float = 5.0) -> list[str]:
+    deadline = time.monotonic() + timeout
+    while True:
+        lines = access_lines(gateway)
+        if len(lines) >= count or time.monotonic() > deadline:
+            return lines
+        time.sleep(0.05)
+
+
+# -- TLS: pipelined requests behind the gate, split at every byte ---------------------------
+
+
+@pytest.mark.parametrize("split", ["whole", "every-byte"])
+@pytest.mark.parametrize("tls", [False, True], ids=["plain", "tls"])
+def test_pipelined_requests_behind_the_gate_are_answered_in_order_whatever_the_split(
+    world: dict[str, Any], upstream: Upstream, tls: bool, split: str
+) -> None:
+    alice = session(world, "alice", tls)
+    stream = (
+        get(b"app.localhost", b"/one", alice)
+        + get(b"app.localhost", b"/two")  # no session: 401, never upstream
+        + b"POST /three HTTP/1.1\r\nHost: app.localhost\r\nCookie: %s\r\n"
+        b"Accept: application/json\r\nContent-Length: 5\r\n\r\nhello"
+        % alice
+        + get(b"app.localhost", b"/four", alice, close=True)
+    )
+    with connect(world, tls) as sock:
+        if split == "whole":
+            sock.sendall(stream)
+        else:
+            for at in range(len(stream)):  # one TCP segment (one TLS record) per byte
+                sock.sendall(stream[at : at + 1])
+        answers = parse_answers(read_all(sock, 3.0))
+    assert [answer.status for answer in answers] == [200, 401, 200, 200]
+    assert [answers[i].json()["target"] for i in (0, 2, 3)] == ["/one", "/three", "/four"]
+    assert {answers[i].json()["user"] for i in (0, 2, 3)} == {"alice"}
+    assert answers[2].json()["body"] == 5
+    assert upstream.targets() == [b"/one", b"/three", b"/four"]
+
+
+# -- TLS: the server name and the Host header ------------------------------------------------
+
+SNI_CASES = [
+    pytest.param("app.localhost", [b"open.localhost"], [421], id="sni-app-host-open"),
+    pytest.param("app.localhost", [b"OPEN.Localhost."], [421], id="sni-app-host-open-spelled"),
+    pytest.param("open.localhost", [b"app.localhost:443"], [421], id="sni-open-host-app-port"),
+    pytest.param(
+        "open.localhost", [b"open.localhost", b"app.localhost"], [200, 421], id="pipelined-switch"
+    ),
+    pytest.param("app.localhost", [b"app.localhost"], [401], id="same-site"),
+    pytest.param("APP.localhost", [b"app.localhost."], [401], id="same-site-spelled"),
+]
+
+
+@pytest.mark.parametrize("sni, hosts, statuses", SNI_CASES)
+def test_a_tls_server_name_never_reaches_another_sites_route(
+    world: dict[str, Any], upstream: Upstream, sni: str, hosts: list[bytes], statuses: list[int]
+) -> None:
+    last = get(hosts[-1], b"/sni", close=True)
+    stream = b"".join(get(host, b"/sni") for host in hosts[:-1]) + last
+    with connect(world, True, sni) as sock:
+        sock.sendall(stream)
+        answers = parse_answers(read_all(sock))
+    assert [answer.status for answer in answers] == statuses
+    # Only the open site's own request (SNI and Host agreeing) went upstream.
+    assert upstream.targets() == [b"/sni"] * statuses.count(200)
+
+
+@pytest.mark.parametrize(
+    "alpn",
+    [
+        pytest.param(["h2"], id="h2-only-on-an-http-1-1-listener"),
+        pytest.param(["spdy/3", "http/1.1"], id="unknown-first"),
+        pytest.param(["\x00" * 10], id="nul-protocol"),
+        pytest.param(["x" * 255], id="longest-name"),
+    ],
+)
+def test_alpn_the_listener_does_not_speak_never_skips_the_gate(
+    world: dict[str, Any], upstream: Upstream, alpn: list[str]
+) -> None:
+    raw = socket.create_connection(("127.0.0.1", world["tls"]), timeout=10)
+    try:
+        sock = tls_context(world, alpn).wrap_socket(raw, server_hostname="app.localhost")
+    except (ssl.SSLError, ConnectionResetError):
+        raw.close()
+        assert upstream.targets() == []  # refused at the handshake: fine
+        return
+    with sock:
+        chosen = sock.selected_alpn_protocol()
+        sock.sendall(get(b"app.localhost", b"/alpn", close=True))
+        received = read_all(sock)
+    if chosen == "h2":
+        # HTTP/1.1 bytes on an h2 connection: refused as a bad preface.
+        assert not received.startswith(b"HTTP/1.1")
+    else:
+        assert chosen in (None, "http/1.1")
+        assert [answer.status for answer in parse_answers(received)] == [401]
+    assert upstream.targets() == []
+
+
+# -- TLS: truncation, large records, a client that never reads --------------------------------
+
+
+@pytest.mark.parametrize(
+    "cut",
+    [
+        pytest.param("tcp-fin-mid-body", id="fin-mid-body"),
+        pytest.param("rst-mid-body", id="rst-mid-body"),
+        pytest.param("close-notify-mid-body", id="close-notify-mid-body"),
+        pytest.param("half-record", id="half-a-record-then-fin"),
+    ],
+)
+def test_a_tls_connection_cut_mid_body_never_completes_the_request_upstream(
+    world: dict[str, Any], upstream: Upstream, cut: str
+) -> None:
+    alice = session(world, "alice", True)
+    head = (
+        b"POST /cut HTTP/1.1\r\nHost: app.localhost\r\nCookie: %s\r\n"
+        b"Content-Length: 100000\r\n\r\n" % alice
+    )
+    raw = socket.create_connection(("127.0.0.1", world["tls"]), timeout=10)
+    sock = tls_context(world).wrap_socket(raw, server_hostname="app.localhost")
+    sock.sendall(head + b"a" * 50000)
+    time.sleep(0.2)
+    if cut == "rst-mid-body":
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        sock.close()
+    elif cut == "close-notify-mid-body":
+        sock.unwrap().close()
+    elif cut == "half-record":
+        # A record header announcing 16 KiB, and a few bytes of it.
+        os.write(sock.fileno(), b"\x17\x03\x03\x40\x00" + b"\x00" * 100)
+        sock.shutdown(socket.SHUT_WR)
+        time.sleep(0.2)
+        sock.close()
+    else:
+        sock.shutdown(socket.SHUT_WR)
+        time.sleep(0.2)
+        sock.close()
+    time.sleep(0.5)
+    # The upstream may have seen the head and part of the body, never a whole
+    # request of 100000 bytes of which 50000 were never sent.
+    complete = [body for target, _, body in upstream.seen if target == b"/cut"]
+    assert all(len(body) == 100000 and set(body) == {ord("a")} for body in complete)
+    assert complete == []
+    # The worker is fine: the next client is served.
+    with connect(world, True) as again:
+        again.sendall(get(b"app.localhost", b"/after", alice, close=True))
+        assert [a.status for a in parse_answers(read_all(again))] == [200]
+
+
+@pytest.mark.parametrize(
+    "size, piece",
+    [
+        pytest.param(8 * 1024 * 1024, 16384, id="8mb-in-full-records"),
+        pytest.param(1024 * 1024, 1024 * 1024, id="1mb-in-one-write"),
+        pytest.param(64 * 1024, 7, id="64kb-in-7-byte-records"),
+    ],
+)
+def test_a_large_tls_body_reaches_the_upstream_byte_for_byte(
+    world: dict[str, Any], upstream: Upstream, size: int, piece: int
+) -> None:
+    alice = session(world, "alice", True)
+    body = bytes(range(256)) * (size // 256)
+    head = (
+        b"POST /large HTTP/1.1\r\nHost: app.localhost\r\nCookie: %s\r\nAccept: application/json\r\n"
+        b"Content-Length: %d\r\nConnection: close\r\n\r\n" % (alice, len(body))
+    )
+    with connect(world, True) as sock:
+        sock.sendall(head)
+        for at in range(0, len(body), piece):
+            sock.sendall(body[at : at + piece])  # (one TLS record per write, at most 16 KiB)
+        answers = parse_answers(read_all(sock, 5.0))
+    assert [a.status for a in answers] == [200]
+    assert answers[0].json()["body"] == len(body)
+    seen = [b for target, _, b in upstream.seen if target == b"/large"]
+    assert seen == [body]
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["plain", "tls"])
+def test_a_client_that_never_reads_keeps_what_the_gateway_takes_bounded(
+    world: dict[str, Any], upstream: Upstream, tls: bool
+) -> None:
+    gateway: GatewayProcess = world["gateway"]
+    before = sum(rss_kib(pid) for pid in _worker_pids(gateway))
+    sock = connect(world, tls)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    with sock:
+        sock.sendall(get(b"app.localhost", b"/download?big", session(world, "alice", tls)))
+        time.sleep(2.5)  # read nothing meanwhile
+        taken = upstream.big_sent
+        grown = sum(rss_kib(pid) for pid in _worker_pids(gateway)) - before
+    assert taken < UNREAD_BOUND, taken
+    assert grown < UNREAD_BOUND // 1024, grown
+
+
+def _worker_pids(gateway: GatewayProcess) -> list[int]:
+    children = f"/proc/{gateway.pid}/task/{gateway.pid}/children"
+    with open(children) as listed:
+        return [gateway.pid] + [int(pid) for pid in listed.read().split()]
+
+
+# -- crossing: an aborting client next to a steady one ---------------------------------------
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["plain", "tls"])
+@pytest.mark.parametrize(
+    "abort_after", [0, 1, 200], ids=["before-reading", "after-one-byte", "mid-response"]
+)
+def test_an_aborting_pipeliner_never_hands_a_byte_to_another_client(
+    world: dict[str, Any], upstream: Upstream, tls: bool, abort_after: int
+) -> None:
+    gateway: GatewayProcess = world["gateway"]
+    hostile, steady = session(world, "forged-line", tls), session(world, "bob", tls)
+    logged = len(access_lines(gateway))
+    mallory = connect(world, tls)
+    mallory.sendall(
+        get(b"app.localhost", b"/m1", hostile)
+        + get(b"app.localhost", b"/m2?big", hostile)
+        + get(b"app.localhost", b"/m3", hostile)
+    )
+    bob = connect(world, tls)
+    bob.sendall(get(b"app.localhost", b"/b1", steady))
+    if abort_after:
+        mallory.settimeout(5)
+        got = b""
+        while len(got) < abort_after:
+            got += mallory.recv(abort_after - len(got))
+    mallory.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    mallory.close()
+    bob.sendall(get(b"app.localhost", b"/b2", steady, close=True))
+    with bob:
+        answers = parse_answers(read_all(bob, 3.0))
+    assert [a.status for a in answers] == [200, 200]
+    assert [(a.json()["target"], a.json()["user"]) for a in answers] == [
+        ("/b1", "bob"),
+        ("/b2", "bob"),
+    ]
+    lines = wait_for_access_lines(gateway, logged + 3)[logged:]
+    for line in lines:
+        if " /b1 " in line or " /b2 " in line:
+            assert " user=bob " in line, line
+        if " /m1 " in line or " /m2 " in line or " /m3 " in line:
+            assert " user=mallory\\x0A2026" in line, line
+
+
+# -- the log relay: one line per request in the master's log ---------------------------------
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["plain", "tls"])
+@pytest.mark.parametrize("who", list(HOSTILE_USERS))
+def test_a_hostile_user_name_is_one_line_of_the_masters_log(
+    world: dict[str, Any], upstream: Upstream, who: str, tls: bool
+) -> None:
+    mark = os.urandom(6).hex().encode()
+    with connect(world, tls) as sock:
+        sock.sendall(
+            get(b"app.localhost", b"/before-" + mark, session(world, "alice", tls))
+            + get(b"app.localhost", b"/hostile-" + mark, session(world, who, tls))
+            + get(b"app.localhost", b"/after-" + mark, session(world, "alice", tls), close=True)
+        )
+        answers = parse_answers(read_all(sock, 3.0))
+    assert [a.status for a in answers] == [200, 200, 200]
+    lines = _one_line_each(world["gateway"], mark, 3)
+    assert " user=alice " in lines[0] and " user=alice " in lines[2]
+    assert " user=mallory" in lines[1]
+
+
+HOSTILE_TARGETS = [
+    pytest.param(b"%0A" + FORGED.replace(" ", "%20").encode(), id="encoded-forged-line"),
+    pytest.param(b"%1D12%0Aabcdefghijk", id="encoded-frame-header"),
+    pytest.param(b"%00%1B%FF%C0%80", id="encoded-nul-esc-invalid-utf-8"),
+    pytest.param(b"\xc3\xa9\xff\xfe", id="raw-invalid-utf-8"),
+    pytest.param(b"\x1d12", id="raw-frame-mark"),
+    pytest.param(b"%0A" * 2000, id="many-encoded-newlines"),
+    pytest.param(b"a" * 60000, id="60k-target"),
+]
+
+
+@pytest.mark.parametrize("target", HOSTILE_TARGETS)
+def test_a_hostile_target_is_one_line_of_the_masters_log(
+    world: dict[str, Any], upstream: Upstream, target: bytes
+) -> None:
+    mark = os.urandom(6).hex().encode()
+    with connect(world, False) as sock:
+        sock.sendall(get(b"open.localhost", b"/hostile-" + mark + target, close=True))
+        answers = parse_answers(read_all(sock, 3.0))
+    # Proxied, or refused (a request the head reader refuses has no access line).
+    assert [a.status for a in answers] in ([200], [400], [414], [431], [])
+    proxied = bool(answers) and answers[0].status == 200
+    _one_line_each(world["gateway"], mark, 1, allow_none=not proxied)
+
+
+def _one_line_each(
+    gateway: GatewayProcess, mark: bytes, count: int, *, allow_none: bool = False
+) -> list[str]:
+    """The master's access lines naming ``mark``: ``count`` whole lines, escaped
+    (``allow_none``: or none at all)."""
+    deadline = time.monotonic() + 5
+    while True:
+        lines = [line for line in access_lines(gateway) if mark.decode() in line]
+        if len(lines) >= count or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    time.sleep(0.2)  # (and nothing more comes)
+    log = gateway.log()
+    lines = [line for line in log.split("\n") if mark.decode() in line]
+    assert len(lines) == count or (allow_none and not lines), lines
+    assert all(ACCESS_LINE.match(line) for line in lines), lines
+    assert all(all(" " <= char <= "~" for char in line) for line in lines), lines
+    assert [line for line in log.split("\n") if line.startswith(FORGED[:30])] == []
+    return lines
+
+
+# -- //other.host/path: no redirect of the gateway's or an upstream's leaves the site ---------
+
+
+OFF_SITE_TARGETS = [
+    pytest.param(b"//evil.example/x", id="double-slash"),
+    pytest.param(b"//evil.example", id="double-slash-bare"),
+    pytest.param(b"/\\evil.example/x", id="slash-backslash"),
+    pytest.param(b"///evil.example/x", id="triple-slash"),
+    pytest.param(b"//evil.example%2Fx", id="double-slash-encoded-rest"),
+    pytest.param(b"//evil.example@open.localhost/x", id="userinfo"),
+    pytest.param(b"/%2Fevil.example/x", id="slash-encoded-slash"),
+    pytest.param(b"/%5Cevil.example/x", id="slash-encoded-backslash"),
+    pytest.param(b"//evil.example:443/x", id="double-slash-port"),
+]
+
+
+def _location(answer: Any) -> bytes | None:
+    value = answer.header(b"location")
+    return value if value is None else bytes(value)
+
+
+def _off_site(location: bytes, host: bytes) -> bool:
+    """Whether a browser on ``host`` would leave it following ``location``."""
+    from urllib.parse import urlsplit
+
+    # As the WHATWG URL parser reads it: leading/trailing C0 and spaces
+    # stripped, tab and newlines removed, "\\" a "/" in http(s) URLs.
+    text = location.decode("latin-1").strip("\x00\x01\x02\x03\x04\x05\x06\x07\x08 ")
+    text = re.sub(r"[\t\n\r]", "", text).replace("\\", "/")
+    if text.startswith("//"):
+        return urlsplit("http:" + text).hostname != host.decode()
+    parts = urlsplit(text)
+    return bool(parts.scheme) and parts.hostname != host.decode()
+
+
+@pytest.mark.parametrize("target", OFF_SITE_TARGETS)
+def test_the_login_redirect_of_an_off_site_looking_target_stays_on_site(
+    world: dict[str, Any], upstream: Upstream, target: bytes
+) -> None:
+    with connect(world, False) as sock:
+        sock.sendall(get(b"app.localhost", target, extra=b"Accept: text/html\r\n", close=True))
+        answers = parse_answers(read_all(sock))
+    assert len(answers) == 1 and answers[0].status in (302, 303, 307, 400, 401, 503)
+    location = _location(answers[0])
+    # The provider being down, there may be no login redirect at all; what there
+    # is may name the provider (the login) but never the target's host.
+    if location is not None:
+        assert b"evil.example" not in location.split(b"?")[0], location
+    assert upstream.targets() == []
+
+
+@pytest.mark.parametrize("target", OFF_SITE_TARGETS)
+def test_an_upstreams_path_redirect_of_an_off_site_looking_target_stays_on_site(
+    world: dict[str, Any], upstream: Upstream, target: bytes
+) -> None:
+    with connect(world, False) as sock:
+        sock.sendall(get(b"open.localhost", target + b"?slash", close=True))
+        answers = parse_answers(read_all(sock))
+    assert len(answers) == 1
+    location = _location(answers[0])
+    if answers[0].status == 301:
+        assert location is not None
+        assert not _off_site(location, b"open.localhost"), location
+    else:
+        assert answers[0].status == 400 and upstream.targets() == []
