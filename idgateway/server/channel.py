@@ -327,6 +327,22 @@ _HEAD_TIMEOUT_RESPONSE = (
 )
 
 
+def _line_too_long_response(status: bytes, what: bytes) -> bytes:
+    limit = HTTPChannelInternals.MAX_LENGTH // 1024
+    body = b"The request %s is longer than the gateway reads (%d KiB).\n" % (what, limit)
+    return (
+        b"HTTP/1.1 %s\r\nConnection: close\r\nContent-Type: text/plain; charset=utf-8\r\n"
+        b"Content-Length: %d\r\n\r\n%s" % (status, len(body), body)
+    )
+
+
+# What a request line or header line over the channel's line limit gets.
+_TARGET_TOO_LONG_RESPONSE = _line_too_long_response(b"414 URI Too Long", b"line")
+_HEADER_LINE_TOO_LONG_RESPONSE = _line_too_long_response(
+    b"431 Request Header Fields Too Large", b"header line"
+)
+
+
 def _peer_text(channel: GatewayChannel) -> str:
     transport = channel.transport
     peer = transport.getPeer() if transport is not None else None
@@ -401,6 +417,20 @@ class GatewayChannel(HTTPChannelInternals):
         if self._head_since is not None:
             self._head_since = None
             self.site.heading_channels.discard(self)  # type: ignore[attr-defined]
+
+    def lineLengthExceeded(self, line: bytes) -> None:  # noqa: N802 - Twisted's name
+        # twisted.web's line parser (LineReceiver's default) closes without a
+        # word on a line over MAX_LENGTH: the client learns nothing, and the
+        # log nothing either. Say why, as nginx does. (No answer of an earlier
+        # request can be under way: twisted.web parses a pipelined request
+        # only once the one before it is answered.) The request line is the
+        # one before any request of this head exists.
+        if self.transport is None:
+            return
+        self.transport.write(
+            _HEADER_LINE_TOO_LONG_RESPONSE if self.requests else _TARGET_TOO_LONG_RESPONSE
+        )
+        self.loseConnection()
 
     def may_send_100_continue(self) -> bool:
         request = self.requests[-1] if self.requests else None

@@ -71,6 +71,7 @@ class Upstream:
     ``?slash``: a path redirect as frameworks make them (Django's APPEND_SLASH,
     a directory without its slash): ``Location: <the path it read>/``.
     ``?big``: ``BIG_RESPONSE`` bytes, counting what the gateway accepted.
+    ``?slow``: the answer half a second late.
     """
 
     def __init__(self) -> None:
@@ -130,6 +131,8 @@ class Upstream:
         with self._lock:
             self.seen.append((request.target, user, body))
         path, _, query = request.target.partition(b"?")
+        if query == b"slow":
+            time.sleep(0.5)
         if query == b"slash":
             head = b"HTTP/1.1 301 Moved Permanently\r\nLocation: %s/\r\n" % path
             sock.sendall(head + b"Content-Length: 0\r\n\r\n")
@@ -222,6 +225,7 @@ routes:
     gateway = GatewayProcess(config, tmp / "gateway.log", log_to_stdout=True)
     try:
         gateway.start([plain, tls])
+        _until_both_workers_serve(gateway)
         users = {"alice": "alice", "bob": "bob", **HOSTILE_USERS}
         yield {
             "gateway": gateway,
@@ -240,6 +244,15 @@ routes:
         upstream.close()
     log = gateway.log()
     assert "Traceback" not in log, log[-3000:]
+
+
+def _until_both_workers_serve(gateway: GatewayProcess) -> None:
+    # (The listening port is open before each worker serves: a first request
+    # may wait on a worker still starting.)
+    deadline = time.monotonic() + 20
+    while not all(f"[worker {n}] worker {n} serving" in gateway.log() for n in (0, 1)):
+        assert time.monotonic() < deadline, "the workers did not start serving in time"
+        time.sleep(0.05)
 
 
 @pytest.fixture
@@ -599,6 +612,42 @@ def test_a_hostile_target_is_one_line_of_the_masters_log(
     assert [a.status for a in answers] in ([200], [400], [414], [431], [])
     proxied = bool(answers) and answers[0].status == 200
     _one_line_each(world["gateway"], mark, 1, allow_none=not proxied)
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["plain", "tls"])
+@pytest.mark.parametrize(
+    "before", [None, b"/before", b"/before?slow"], ids=["alone", "pipelined", "behind-a-slow-one"]
+)
+@pytest.mark.parametrize(
+    "target, cookie, status",
+    [
+        pytest.param(b"/" + b"a" * 17000, None, 414, id="17k-request-line"),
+        pytest.param(b"/c", b"a=" + b"b" * 17000, 431, id="17k-cookie-line"),
+        pytest.param(b"/c", b"a=" + b"\n" * 17000, 431, id="17k-of-line-feeds"),
+    ],
+)
+def test_an_oversize_line_gets_a_clear_answer_after_what_came_before(
+    world: dict[str, Any],
+    upstream: Upstream,
+    tls: bool,
+    before: bytes | None,
+    target: bytes,
+    cookie: bytes | None,
+    status: int,
+) -> None:
+    # (Before: twisted.web's line parser closed the connection without a word.)
+    stream = get(b"open.localhost", target, cookie, close=True)
+    if before is not None:
+        stream = get(b"open.localhost", before) + stream
+    with connect(world, tls, "open.localhost") as sock:
+        sock.sendall(stream)
+        answers = parse_answers(read_all(sock, 3.0))
+    statuses = [a.status for a in answers]
+    if before is not None:
+        assert statuses[0] == 200 and answers[0].json()["target"] == before.decode()
+        statuses = statuses[1:]
+    assert statuses == [status]
+    assert upstream.targets() == ([] if before is None else [before])
 
 
 def _one_line_each(
