@@ -38,6 +38,7 @@ import threading
 import time
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import quote
 
 import h11
 import pytest
@@ -62,6 +63,11 @@ ACCESS_LINE = re.compile(
 )
 
 
+def pattern(size: int) -> bytes:
+    """Bytes in which any shift, loss or repeat shows: a counter per 8 bytes."""
+    return b"".join(b"%07x\n" % n for n in range(size // 8))[:size]
+
+
 # -- the upstream: raw, threaded, h11-framed ------------------------------------------------
 
 
@@ -72,6 +78,7 @@ class Upstream:
     a directory without its slash): ``Location: <the path it read>/``.
     ``?big``: ``BIG_RESPONSE`` bytes, counting what the gateway accepted.
     ``?slow``: the answer half a second late.
+    ``?pattern``: 24 MiB of ``pattern()``, in odd-sized pieces.
     """
 
     def __init__(self) -> None:
@@ -100,7 +107,8 @@ class Upstream:
             threading.Thread(target=self._serve, args=(sock,), daemon=True).start()
 
     def _serve(self, sock: socket.socket) -> None:
-        conn = h11.Connection(h11.SERVER)
+        # (Heads up to 1 MiB: the identity headers of a hostile user name.)
+        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=1 << 20)
         with sock:
             try:
                 while self._one(sock, conn):
@@ -136,6 +144,12 @@ class Upstream:
         if query == b"slash":
             head = b"HTTP/1.1 301 Moved Permanently\r\nLocation: %s/\r\n" % path
             sock.sendall(head + b"Content-Length: 0\r\n\r\n")
+        elif query == b"pattern":
+            size = 24 * 1024 * 1024
+            sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % size)
+            data = pattern(size)
+            for at in range(0, size, 100_003):  # (pieces that straddle every buffer size)
+                sock.sendall(data[at : at + 100_003])
         elif query == b"big":
             sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % BIG_RESPONSE)
             piece = b"x" * 65536
@@ -171,8 +185,8 @@ HOSTILE_USERS = {
     "record-mark": "mallory\x1f1.0\tGET /forged",
     "nul-and-escape": "mallory\x00\x1b[2J",
     "u2028-and-nel": "mallory\u2028\x85" + FORGED,
-    # (The Cookie header bounds it: escaped, a line of 16 KiB.)
-    "4k-newlines": "mallory" + "\n" * 4096,
+    # (A session cookie is compressed: this is a 72 KiB access line, escaped.)
+    "72k-of-frames-and-forged-lines": "mallory" + ("\n\x1d99\n" + FORGED) * 800,
 }
 
 
@@ -214,6 +228,7 @@ routes:
   - name: app
     hosts: [app.localhost]
     upstream: http://127.0.0.1:{upstream.port}
+    max_header_size: 60KB
     oidc: {{provider: down, client_id: c, client_secret: s}}
     session: {{keys: [{SESSION_KEY}]}}
     headers: oauth2-proxy
@@ -233,6 +248,7 @@ routes:
             "plain": plain,
             "tls": tls,
             "ca": str(ca.cert_path),
+            "issuer": issuer,
             "cookies": {
                 (name, secure): seal(issuer, user, f"{index:032x}", secure)
                 for index, (name, user) in enumerate(users.items())
@@ -736,3 +752,111 @@ def test_an_upstreams_path_redirect_of_an_off_site_looking_target_stays_on_site(
         assert not _off_site(location, b"open.localhost"), location
     else:
         assert answers[0].status == 400 and upstream.targets() == []
+
+
+# -- TLS renegotiation, half-close, a slow reader, users taking turns --------------------------
+
+
+@pytest.mark.parametrize("second_name", [b"open.localhost", b"app.localhost"])
+def test_tls_renegotiation_is_refused_and_carries_no_request(
+    world: dict[str, Any], upstream: Upstream, second_name: bytes
+) -> None:
+    from OpenSSL import SSL
+
+    context = SSL.Context(SSL.TLS_CLIENT_METHOD)
+    context.set_max_proto_version(SSL.TLS1_2_VERSION)  # (TLS 1.3 has no renegotiation)
+    context.load_verify_locations(world["ca"])
+    raw = socket.create_connection(("127.0.0.1", world["tls"]), timeout=5)
+    raw.settimeout(None)  # (pyOpenSSL wants a blocking socket)
+    conn = SSL.Connection(context, raw)
+    conn.set_tlsext_host_name(b"open.localhost")
+    conn.set_connect_state()
+    conn.do_handshake()
+    conn.sendall(get(b"open.localhost", b"/first"))
+    assert conn.recv(65536).startswith(b"HTTP/1.1 200")
+    conn.set_tlsext_host_name(second_name)
+    conn.renegotiate()
+    with pytest.raises(SSL.Error):
+        conn.do_handshake()
+        conn.sendall(get(second_name, b"/second", close=True))
+        while conn.recv(65536):
+            pass
+    raw.close()
+    assert upstream.targets() == [b"/first"]
+
+
+@pytest.mark.parametrize("close", [False, True], ids=["keep-alive", "connection-close"])
+@pytest.mark.parametrize("tls", [False, True], ids=["plain", "tls"])
+def test_a_half_closed_client_gets_its_answer_and_nothing_more(
+    world: dict[str, Any], upstream: Upstream, tls: bool, close: bool
+) -> None:
+    sock = connect(world, tls, "open.localhost")
+    with sock:
+        sock.sendall(get(b"open.localhost", b"/half", close=close))
+        time.sleep(0.05)
+        # (Over TLS: the TCP FIN alone, no close_notify; the answer is then
+        # read as records, as the ssl module has let go of the connection.)
+        sock.shutdown(socket.SHUT_WR)
+        received = read_all(sock, 2.0)
+    if tls:
+        assert received[:1] == b"\x17"  # application data: the answer
+    else:
+        answers = parse_answers(received)
+        assert [(a.status, a.json()["target"]) for a in answers] == [(200, "/half")]
+    assert upstream.targets() == [b"/half"]
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["plain", "tls"])
+def test_a_slow_reader_gets_every_byte_in_order_through_pause_and_resume(
+    world: dict[str, Any], upstream: Upstream, tls: bool
+) -> None:
+    size = 24 * 1024 * 1024
+    sock = connect(world, tls, "open.localhost")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+    with sock:
+        sock.sendall(get(b"open.localhost", b"/pattern?pattern", close=True))
+        received = bytearray()
+        sock.settimeout(10)
+        while True:
+            data = sock.recv(65536)
+            if not data:
+                break
+            received += data
+            if len(received) % (4 * 1024 * 1024) < 65536:
+                time.sleep(0.2)  # stalls: the gateway pauses the upstream, then resumes
+    head, _, body = bytes(received).partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200")
+    assert len(body) == size and body == pattern(size)
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["plain", "tls"])
+def test_users_taking_turns_on_one_connection_each_get_their_own_identity_and_line(
+    world: dict[str, Any], upstream: Upstream, tls: bool
+) -> None:
+    mark = os.urandom(6).hex()
+    turns = ["alice", "bob", None, "alice", "frame-header", "bob", "alice"]
+    stream = b"".join(
+        get(
+            b"app.localhost",
+            f"/turn-{index}-{mark}".encode(),
+            None if who is None else session(world, who, tls),
+            close=index == len(turns) - 1,
+        )
+        for index, who in enumerate(turns)
+    )
+    with connect(world, tls) as sock:
+        sock.sendall(stream)
+        answers = parse_answers(read_all(sock, 3.0))
+    assert [a.status for a in answers] == [401 if who is None else 200 for who in turns]
+    users = {"alice": "alice", "bob": "bob", "frame-header": HOSTILE_USERS["frame-header"]}
+    for index, (who, answer) in enumerate(zip(turns, answers, strict=True)):
+        if who is not None:
+            assert answer.json()["target"] == f"/turn-{index}-{mark}"
+            assert answer.json()["user"] == quote(users[who], safe="")
+    lines = _one_line_each(world["gateway"], mark.encode(), len(turns))
+    by_turn = {int(line.split("/turn-")[1].split("-")[0]): line for line in lines}
+    for index, who in enumerate(turns):
+        expected = (
+            "-" if who is None else users[who].replace("\n", "\\x0A").replace("\x1d", "\\x1D")
+        )
+        assert f" user={expected} " in by_turn[index], by_turn[index]
