@@ -463,6 +463,25 @@ class GatewayChannel(HTTPChannelInternals):
             return
         super().allContentReceived()
 
+    def loseConnection(self) -> None:
+        super().loseConnection()
+        # Over TLS a clean close waits for the client's close_notify, and
+        # twisted's TLS layer hands on whatever the client sends meanwhile: a
+        # client that kept sending (the rest of a body refused with 413, as
+        # long as its Content-Length said) kept the connection, and the
+        # gateway decrypting and parsing, for as long as it liked; past that
+        # body's end twisted.web's parser had no decoder left (a traceback).
+        # Closing, nothing more is parsed.
+        self.dataReceived = self._received_while_closing  # type: ignore[method-assign]
+
+    def _received_while_closing(self, data: bytes) -> None:
+        # A client still sending once the gateway closes gets CLOSE_GRACE to
+        # stop, as a 408's client gets to read it (a client that only reads
+        # the rest of its answer, however slowly, is not watched).
+        site = self.site  # type: ignore[attr-defined]
+        if self not in site.closing_channels and self.transport is not None:
+            site.watch_closing(self)
+
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._end_head()
         site = getattr(self, "site", None)

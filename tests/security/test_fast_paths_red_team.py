@@ -31,6 +31,7 @@ provider.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -45,6 +46,7 @@ from urllib.parse import quote
 import h11
 import pytest
 
+from idgateway.server.channel import CLOSE_GRACE
 from idgateway.sessions.cookie import CookieSessionCodec, CookieSettings
 from idgateway.sessions.keys import KeyRing
 from idgateway.sessions.model import Session
@@ -80,6 +82,7 @@ class Upstream:
     a directory without its slash): ``Location: <the path it read>/``.
     ``?big``: ``BIG_RESPONSE`` bytes, counting what the gateway accepted.
     ``?slow``: the answer half a second late.
+    ``?stall``: reads the head only, then nothing for 3 s, then closes.
     ``?pattern``: 24 MiB of ``pattern()``, in odd-sized pieces.
     """
 
@@ -130,6 +133,9 @@ class Upstream:
                 conn.receive_data(data)
             elif isinstance(event, h11.Request):
                 request = event
+                if event.target.endswith(b"?stall"):
+                    time.sleep(3.0)  # reads nothing of the body meanwhile
+                    return False
             elif isinstance(event, h11.Data):
                 body += event.data
             elif isinstance(event, h11.EndOfMessage):
@@ -911,3 +917,73 @@ def test_users_taking_turns_on_one_connection_each_get_their_own_identity_and_li
             "-" if who is None else users[who].replace("\n", "\\x0A").replace("\x1d", "\\x1D")
         )
         assert f" user={expected} " in by_turn[index], by_turn[index]
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["plain", "tls"])
+def test_an_upload_to_an_upstream_that_does_not_read_keeps_what_the_gateway_takes_bounded(
+    world: dict[str, Any], upstream: Upstream, tls: bool
+) -> None:
+    size = 96 * 1024 * 1024  # (under the route's max_body_size, 100 MB)
+    sent = [0]
+    sock = connect(world, tls, "open.localhost")
+
+    def upload() -> None:
+        piece = b"u" * 65536
+        try:
+            sock.sendall(
+                b"POST /upload?stall HTTP/1.1\r\nHost: open.localhost\r\n"
+                b"Content-Length: %d\r\n\r\n" % size
+            )
+            while sent[0] < size:
+                sock.sendall(piece)  # blocks once the gateway stops reading
+                sent[0] += len(piece)
+        except OSError:
+            return
+
+    with sock:
+        sock.settimeout(10)
+        thread = threading.Thread(target=upload, daemon=True)
+        thread.start()
+        time.sleep(2.5)
+        taken = sent[0]
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+    thread.join(5)
+    assert taken < UNREAD_BOUND, taken
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["plain", "tls"])
+def test_a_body_refused_with_413_cannot_keep_the_connection_going(
+    world: dict[str, Any], upstream: Upstream, tls: bool
+) -> None:
+    # (Over TLS the gateway waited for close_notify while decrypting and
+    # parsing all the Content-Length announced, then logged a traceback.)
+    gateway: GatewayProcess = world["gateway"]
+    sent: list[Any] = [0, None]
+    sock = connect(world, tls, "open.localhost")
+
+    def upload() -> None:
+        piece = b"u" * 65536
+        try:
+            sock.sendall(
+                b"POST /refused HTTP/1.1\r\nHost: open.localhost\r\n"
+                b"Content-Length: 999999999999999999\r\n\r\n"
+            )
+            while True:
+                sock.sendall(piece)
+                sent[0] += len(piece)
+        except OSError as error:
+            sent[1] = time.monotonic()
+            del error
+
+    with sock:
+        sock.settimeout(15)
+        started = time.monotonic()
+        thread = threading.Thread(target=upload, daemon=True)
+        thread.start()
+        thread.join(CLOSE_GRACE + 4)
+        cut = sent[1]
+    assert cut is not None, f"still sending after {CLOSE_GRACE + 4} s: {sent[0]} bytes"
+    assert cut - started < CLOSE_GRACE + 3
+    assert upstream.targets() == []
+    assert "Traceback" not in gateway.log()
