@@ -68,6 +68,20 @@ ACCESS_LINE = re.compile(
 )
 
 
+# Locations an upstream may send, as written (a field value may hold tabs),
+# and whether a browser reading them stays on the site as they are.
+UPSTREAM_LOCATIONS = [
+    b"//evil.example/dir/",
+    b"/\\evil.example/dir/",
+    b"\\\\evil.example/dir/",
+    b"/\t/evil.example/dir/",
+    b"\t//evil.example/dir/",
+    b"///evil.example/dir/",
+    b"/app/next",
+    b"https://idp.example/login?next=//evil.example",
+]
+
+
 def pattern(size: int) -> bytes:
     """Bytes in which any shift, loss or repeat shows: a counter per 8 bytes."""
     return b"".join(b"%07x\n" % n for n in range(size // 8))[:size]
@@ -82,6 +96,7 @@ class Upstream:
     ``?slash``: a path redirect as frameworks make them (Django's APPEND_SLASH,
     a directory without its slash): ``Location: <the path it read>/``.
     ``?big``: ``BIG_RESPONSE`` bytes, counting what the gateway accepted.
+    ``?location=N``: a 302 to ``UPSTREAM_LOCATIONS[N]``.
     ``?slow``: the answer half a second late.
     ``?stall``: reads the head only, then nothing for 3 s, then closes.
     ``?pattern``: ``PATTERN_SIZE`` bytes of ``pattern()``, in odd-sized pieces.
@@ -150,7 +165,12 @@ class Upstream:
         path, _, query = request.target.partition(b"?")
         if query == b"slow":
             time.sleep(0.5)
-        if query == b"slash":
+        if query.startswith(b"location="):
+            # A Location as a hostile or broken upstream writes it.
+            location = UPSTREAM_LOCATIONS[int(query[len(b"location=") :])]
+            head = b"HTTP/1.1 302 Found\r\nLocation: %s\r\n" % location
+            sock.sendall(head + b"Content-Length: 0\r\n\r\n")
+        elif query == b"slash":
             head = b"HTTP/1.1 301 Moved Permanently\r\nLocation: %s/\r\n" % path
             sock.sendall(head + b"Content-Length: 0\r\n\r\n")
         elif query == b"pattern":
@@ -989,3 +1009,30 @@ def test_a_body_refused_with_413_cannot_keep_the_connection_going(
     assert cut - started < CLOSE_GRACE + 3
     assert upstream.targets() == []
     assert "Traceback" not in gateway.log()
+
+
+@pytest.mark.parametrize("h2", [False, True], ids=["http-1.1", "h2"])
+@pytest.mark.parametrize("index", range(len(UPSTREAM_LOCATIONS)), ids=lambda i: f"location-{i}")
+def test_an_upstream_location_never_sends_a_browser_off_site_without_a_scheme(
+    world: dict[str, Any], upstream: Upstream, index: int, h2: bool
+) -> None:
+    from tests.h2_client import H2Client
+
+    sent = UPSTREAM_LOCATIONS[index]
+    target = f"/moved?location={index}"
+    if h2:
+        with H2Client(world["tls"], ca=world["ca"], server_name="open.localhost") as client:
+            assert client.alpn == "h2"
+            response = client.get(target)
+        status, location = response.status, response.header(b"location")
+    else:
+        with connect(world, True, "open.localhost") as sock:
+            sock.sendall(get(b"open.localhost", target.encode(), close=True))
+            answers = parse_answers(read_all(sock))
+        status, location = answers[0].status, answers[0].header(b"location")
+    assert status == 302 and location is not None
+    if sent.startswith(b"https:") or not _off_site(sent, b"open.localhost"):
+        assert location == sent  # (an absolute URL or a path: as the upstream wrote it)
+    else:
+        assert not _off_site(location, b"open.localhost"), location
+        assert location.endswith(sent.lstrip(b" \t"))  # the same path, on this site
