@@ -1036,3 +1036,26 @@ def test_an_upstream_location_never_sends_a_browser_off_site_without_a_scheme(
     else:
         assert not _off_site(location, b"open.localhost"), location
         assert location.endswith(sent.lstrip(b" \t"))  # the same path, on this site
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["plain", "tls"])
+def test_a_burst_of_pipelined_requests_in_one_record_is_answered_in_order_each_its_own(
+    world: dict[str, Any], upstream: Upstream, tls: bool
+) -> None:
+    # 120 requests of two users and no user in one write (over TLS: in as
+    # few records as fit 16 KiB): the answers leave coalesced, in order.
+    who = ["alice", "bob", None]
+    cookies = [None if user is None else session(world, user, tls) for user in who]
+    stream = b"".join(
+        get(b"app.localhost", b"/burst-%d" % n, cookies[n % 3], close=n == 119) for n in range(120)
+    )
+    with connect(world, tls) as sock:
+        sock.sendall(stream)
+        answers = parse_answers(read_all(sock, 3.0))
+    assert len(answers) == 120
+    for n, answer in enumerate(answers):
+        if who[n % 3] is None:
+            assert answer.status == 401
+        else:
+            assert answer.status == 200
+            assert (answer.json()["target"], answer.json()["user"]) == (f"/burst-{n}", who[n % 3])
