@@ -435,6 +435,42 @@ def test_a_tls_server_name_never_reaches_another_sites_route(
 
 
 @pytest.mark.parametrize(
+    "sni, status",
+    [
+        pytest.param(b"OPEN.LOCALHOST.", 200, id="spelled-as-host"),
+        pytest.param(b"open.localhost:443", 200, id="with-a-port-as-host"),
+        pytest.param(b"app.localhost:443", 421, id="other-site-with-a-port"),
+        pytest.param(b"open.localhost..", 200, id="two-trailing-dots"),
+        pytest.param(b"a" * 250, 421, id="250-bytes"),
+        pytest.param(b"\xff\xfe", 421, id="not-ascii"),
+        pytest.param(b"*.localhost", 421, id="wildcard"),
+        pytest.param(b"127.0.0.1", 421, id="an-address"),
+    ],
+)
+def test_a_hostile_server_name_is_read_as_a_host_or_misdirected(
+    world: dict[str, Any], upstream: Upstream, sni: bytes, status: int
+) -> None:
+    # (pyOpenSSL sends any name; the ssl module refuses these.)
+    from OpenSSL import SSL
+
+    raw = socket.create_connection(("127.0.0.1", world["tls"]), timeout=5)
+    raw.settimeout(None)  # (pyOpenSSL wants a blocking socket)
+    conn = SSL.Connection(SSL.Context(SSL.TLS_CLIENT_METHOD), raw)
+    conn.set_tlsext_host_name(sni)
+    conn.set_connect_state()
+    conn.do_handshake()
+    conn.sendall(get(b"open.localhost", b"/sni", close=True))
+    received = b""
+    with contextlib.suppress(SSL.ZeroReturnError, SSL.SysCallError):
+        while data := conn.recv(65536):
+            received += data
+    raw.close()
+    assert [answer.status for answer in parse_answers(received)] == [status]
+    assert upstream.targets() == [b"/sni"] * (status == 200)
+    assert "Traceback" not in world["gateway"].log()
+
+
+@pytest.mark.parametrize(
     "alpn",
     [
         pytest.param(["h2"], id="h2-only-on-an-http-1-1-listener"),
