@@ -1095,3 +1095,36 @@ def test_a_burst_of_pipelined_requests_in_one_record_is_answered_in_order_each_i
         else:
             assert answer.status == 200
             assert (answer.json()["target"], answer.json()["user"]) == (f"/burst-{n}", who[n % 3])
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["plain", "tls"])
+@pytest.mark.parametrize("leave", ["fin", "rst"])
+def test_an_answer_for_a_client_gone_never_reaches_the_next_one_on_its_descriptor(
+    world: dict[str, Any], upstream: Upstream, tls: bool, leave: str
+) -> None:
+    # Each gone client's answer comes from the upstream half a second later,
+    # when its descriptor number may already be a new client's.
+    gone = []
+    for n in range(8):
+        sock = connect(world, tls)
+        sock.sendall(get(b"app.localhost", b"/gone-%d?slow" % n, session(world, "alice", tls)))
+        if leave == "rst":
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01" + b"\x00" * 7)
+        gone.append(sock)
+    time.sleep(0.1)
+    for sock in gone:
+        sock.close()
+    steady = [connect(world, tls) for _ in range(8)]
+    for n, sock in enumerate(steady):
+        sock.sendall(get(b"app.localhost", b"/steady-%d" % n, session(world, "bob", tls)))
+    time.sleep(0.6)  # (the gone clients' answers arrive meanwhile)
+    for n, sock in enumerate(steady):
+        with sock:
+            sock.sendall(
+                get(b"app.localhost", b"/again-%d" % n, session(world, "bob", tls), close=True)
+            )
+            answers = parse_answers(read_all(sock, 2.0))
+        assert [(a.status, a.json()["target"], a.json()["user"]) for a in answers] == [
+            (200, f"/steady-{n}", "bob"),
+            (200, f"/again-{n}", "bob"),
+        ]
