@@ -289,8 +289,37 @@ def response_headers_to_forward(
             if keep_upgrade and key in (b"upgrade", b"connection"):
                 kept.append((name, value))
             continue
+        if key == b"location":
+            value = on_site_location(value)
         kept.append((name, value))
     return kept
+
+
+# What a browser drops from the start of a Location (WHATWG URL: C0 controls
+# and space) and from anywhere in it (tab, LF, CR).
+_LEADING_IGNORED = bytes(range(0x21))
+_INSIDE_IGNORED = b"\t\n\r"
+
+
+def on_site_location(value: bytes) -> bytes:
+    """An upstream's ``Location`` that a browser would read as a network-path
+    reference (``//host/path``, ``/\\host``, ``\\\\host``) made a path of this site.
+
+    The gateway forwards a target such as ``//evil.example/dir`` as it is (one
+    reading, judged both ways), and an upstream that redirects a directory to
+    its slash answers ``Location: //evil.example/dir/``: an open redirect
+    steered through the gateway. ``/.`` in front keeps the path the upstream
+    meant, on this host. An upstream that sends a browser to another site
+    names it with a scheme (``https://``), which passes unchanged.
+    """
+    start = value[:2]
+    if start[:1] not in (b"/", b"\\") and not (start and start[0] <= 0x20):
+        return value  # (the usual Location: a path or an absolute URL)
+    trimmed = value.lstrip(_LEADING_IGNORED)
+    head = trimmed.translate(None, _INSIDE_IGNORED)[:2]
+    if len(head) == 2 and head[0] in b"/\\" and head[1] in b"/\\":
+        return b"/." + trimmed
+    return value
 
 
 def is_websocket_upgrade(

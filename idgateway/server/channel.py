@@ -327,6 +327,22 @@ _HEAD_TIMEOUT_RESPONSE = (
 )
 
 
+def _line_too_long_response(status: bytes, what: bytes) -> bytes:
+    limit = HTTPChannelInternals.MAX_LENGTH // 1024
+    body = b"The request %s is longer than the gateway reads (%d KiB).\n" % (what, limit)
+    return (
+        b"HTTP/1.1 %s\r\nConnection: close\r\nContent-Type: text/plain; charset=utf-8\r\n"
+        b"Content-Length: %d\r\n\r\n%s" % (status, len(body), body)
+    )
+
+
+# What a request line or header line over the channel's line limit gets.
+_TARGET_TOO_LONG_RESPONSE = _line_too_long_response(b"414 URI Too Long", b"line")
+_HEADER_LINE_TOO_LONG_RESPONSE = _line_too_long_response(
+    b"431 Request Header Fields Too Large", b"header line"
+)
+
+
 def _peer_text(channel: GatewayChannel) -> str:
     transport = channel.transport
     peer = transport.getPeer() if transport is not None else None
@@ -402,6 +418,20 @@ class GatewayChannel(HTTPChannelInternals):
             self._head_since = None
             self.site.heading_channels.discard(self)  # type: ignore[attr-defined]
 
+    def lineLengthExceeded(self, line: bytes) -> None:  # noqa: N802 - Twisted's name
+        # twisted.web's line parser (LineReceiver's default) closes without a
+        # word on a line over MAX_LENGTH: the client learns nothing, and the
+        # log nothing either. Say why, as nginx does. (No answer of an earlier
+        # request can be under way: twisted.web parses a pipelined request
+        # only once the one before it is answered.) The request line is the
+        # one before any request of this head exists.
+        if self.transport is None:
+            return
+        self.transport.write(
+            _HEADER_LINE_TOO_LONG_RESPONSE if self.requests else _TARGET_TOO_LONG_RESPONSE
+        )
+        self.loseConnection()
+
     def may_send_100_continue(self) -> bool:
         request = self.requests[-1] if self.requests else None
         return not (request is None or request.startedWriting or request.finished)
@@ -432,6 +462,25 @@ class GatewayChannel(HTTPChannelInternals):
             self.drop_body_decoder()
             return
         super().allContentReceived()
+
+    def loseConnection(self) -> None:
+        super().loseConnection()
+        # Over TLS a clean close waits for the client's close_notify, and
+        # twisted's TLS layer hands on whatever the client sends meanwhile: a
+        # client that kept sending (the rest of a body refused with 413, as
+        # long as its Content-Length said) kept the connection, and the
+        # gateway decrypting and parsing, for as long as it liked; past that
+        # body's end twisted.web's parser had no decoder left (a traceback).
+        # Closing, nothing more is parsed.
+        self.dataReceived = self._received_while_closing  # type: ignore[method-assign]
+
+    def _received_while_closing(self, data: bytes) -> None:
+        # A client still sending once the gateway closes gets CLOSE_GRACE to
+        # stop, as a 408's client gets to read it (a client that only reads
+        # the rest of its answer, however slowly, is not watched).
+        site = self.site  # type: ignore[attr-defined]
+        if self not in site.closing_channels and self.transport is not None:
+            site.watch_closing(self)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._end_head()
