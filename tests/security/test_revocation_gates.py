@@ -1,0 +1,244 @@
+"""A logged-out cookie session is refused on its next request, however its
+route's gate was built.
+
+A gate (``RouteLogin``) cannot be built without a revocation list, and it
+records a logout in the same list its checks read: the state builder's gate
+shares the gateway's list (``state.revocation``), a gate built directly gets
+one of its own or the one it is handed. Each case admits a session, ends it
+(back-channel logout by sid or by sub, front-channel logout without a cookie,
+sign-out), then replays the cookie: through the memo of admitted Cookie
+headers, through the full checks, and in other Cookie headers.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from twisted.internet import defer
+from twisted.internet.testing import MemoryReactorClock
+from twisted.web.test.requesthelper import DummyChannel
+
+from idgateway.config.load import load_config
+from idgateway.gate.session_check import ProviderHandle, RouteLogin
+from idgateway.routing.state import GatewayState
+from idgateway.server.channel import GatewayRequest
+from idgateway.sessions.model import Session
+from idgateway.sessions.revocation import RevocationList
+from tests.route_gates import route_login
+from tests.unit.gate_decisions import StubProviderBuilder, report_decisions
+
+HOST = b"app1.localhost:8443"
+CONFIG = """\
+listeners:
+  - address: 127.0.0.1:8443
+providers:
+  wso2:
+    discovery_url: https://127.0.0.1:9443/oauth2/token/.well-known/openid-configuration
+routes:
+  - name: app1
+    hosts: [app1.localhost]
+    upstream: http://127.0.0.1:9
+    oidc:
+      provider: wso2
+      client_id: c
+      client_secret: a-long-enough-secret
+    session:
+      store: cookie
+      keys: [{key}]
+      inactivity_timeout: 1h
+      max_duration: 8h
+"""
+
+
+class Gateway:
+    """CONFIG's state, and one gate of its route that requests go through."""
+
+    def __init__(self) -> None:
+        key = base64.b64encode(os.urandom(32)).decode("ascii")
+        with tempfile.TemporaryDirectory(prefix="idgateway-revocation-") as tmp:
+            path = Path(tmp) / "gateway.yaml"
+            path.write_text(CONFIG.format(key=key))
+            self.config = load_config(str(path), {})
+        self.clock = MemoryReactorClock()
+        self.clock.advance(time.time())
+        self.builder = StubProviderBuilder(self.clock)
+        self.state: GatewayState = self.builder.build(self.config)
+        self.runtime = self.state.runtimes["app1"]
+        built = self.runtime.login
+        assert built is not None
+        self.built = built
+        self.outcomes: list[tuple[Any, ...]] = []
+        self.decoded = 0
+        gateway = self
+
+        class Resource:
+            tls = False
+
+            def forward(self, request: Any, state: Any, runtime: Any, host: Any, **kw: Any) -> None:
+                gateway.outcomes.append(("forward",))
+
+        self.resource = Resource()
+
+    def use(self, login: RouteLogin) -> RouteLogin:
+        self.login = login
+        report_decisions(self, login)
+        return login
+
+    def direct(self, revocation: RevocationList | None = None) -> RouteLogin:
+        """A gate of the same route built without the state builder."""
+        route = self.config.routes[0]
+        assert route.auth is not None
+        handle: ProviderHandle = self.built.provider
+        return route_login(
+            route.auth,
+            self.clock,
+            route=route,
+            client=handle.client,
+            issuer=handle.settings.issuer,
+            revocation=revocation,
+        )
+
+    def session(self) -> Session:
+        now = self.clock.seconds()
+        return Session(
+            id="s-1",
+            route="app1",
+            sub="sub-1",
+            user="alice",
+            claims={"sub": "sub-1"},
+            created_at=now,
+            last_seen=now,
+            access_token="at-1",
+            access_expires_at=now + 3600,
+            tokens_at=now,
+            provider_sid="sid-1",
+        )
+
+    def cookie(self, session: Session) -> bytes:
+        return self.login.codecs[False].encode(session)[0].split(b";", 1)[0]
+
+    def answer(self, cookie_lines: list[bytes]) -> str:
+        """What the gate does with a request carrying these Cookie lines."""
+        request = GatewayRequest(DummyChannel())
+        request.method = b"GET"
+        request.uri = request.path = b"/projects/1"
+        request.clientproto = b"HTTP/1.1"
+        request.request_id = b"r-1"
+        request.requestHeaders.setRawHeaders(b"Host", [HOST])
+        request.requestHeaders.setRawHeaders(b"Cookie", cookie_lines)
+        request.idgw_reading = self.runtime.paths.read(request.path)
+        before = len(self.outcomes)
+        self.login.handle(self.resource, request, self.state, self.runtime, HOST)  # type: ignore[arg-type]
+        if request.code >= 400:
+            return str(request.code)
+        taken = self.outcomes[before:]
+        return taken[-1][0] if taken else "nothing"
+
+
+# How the gate was built: (gateway) -> the gate requests go through.
+BUILDS: dict[str, Callable[[Gateway], RouteLogin]] = {
+    "state-builder": lambda gateway: gateway.built,
+    "direct-own-list": lambda gateway: gateway.direct(),
+    "direct-gateway-list": lambda gateway: gateway.direct(gateway.state.revocation),
+}
+
+
+async def _back_channel_sid(gateway: Gateway, session: Session) -> None:
+    await gateway.login.end_sessions(sid="sid-1", sub=None)
+
+
+async def _back_channel_sub(gateway: Gateway, session: Session) -> None:
+    await gateway.login.end_sessions(sid=None, sub="sub-1")
+
+
+async def _front_channel_without_cookie(gateway: Gateway, session: Session) -> None:
+    await gateway.login.end_sessions(sid="sid-1", sub=None, verified=False)
+
+
+async def _sign_out(gateway: Gateway, session: Session) -> None:
+    await gateway.login.end_session(False, 1, None, session)
+
+
+LOGOUTS = {
+    "back-channel-sid": _back_channel_sid,
+    "back-channel-sub": _back_channel_sub,
+    "front-channel-no-cookie": _front_channel_without_cookie,
+    "sign-out": _sign_out,
+}
+
+# The logged-out cookie as the attacker replays it: (cookie) -> Cookie lines.
+REPLAYS: dict[str, Callable[[bytes], list[bytes]]] = {
+    "same-header": lambda cookie: [b"theme=dark; " + cookie],
+    "memo-forgotten": lambda cookie: [b"theme=dark; " + cookie],
+    "other-cookies-around": lambda cookie: [b"_ga=GA1.2; " + cookie + b"; theme=light"],
+    "split-over-lines": lambda cookie: [b"theme=dark", cookie],
+    "cookie-twice": lambda cookie: [cookie + b"; " + cookie],
+}
+
+
+@pytest.mark.parametrize("replay", REPLAYS)
+@pytest.mark.parametrize("logout", LOGOUTS)
+@pytest.mark.parametrize("build", BUILDS)
+def test_a_logged_out_session_is_refused_on_its_next_request(
+    build: str, logout: str, replay: str
+) -> None:
+    gateway = Gateway()
+    login = gateway.use(BUILDS[build](gateway))
+    session = gateway.session()
+    cookie = gateway.cookie(session)
+    lines = REPLAYS[replay](cookie)
+    assert gateway.answer([b"theme=dark; " + cookie]) == "forward"
+    assert gateway.answer(lines) == "forward"  # (and the memo has it, where it keeps it)
+    ended = defer.ensureDeferred(LOGOUTS[logout](gateway, session))
+    assert ended.called and ended.result is None  # (no Redis: ends at once)
+    if replay == "memo-forgotten":
+        login._admitted.clear()
+    gateway.clock.advance(1)
+    assert gateway.answer(lines) == "login"
+    assert gateway.answer([b"theme=dark; " + cookie]) == "login"
+
+
+@pytest.mark.parametrize("build", BUILDS)
+def test_the_gate_records_a_logout_in_the_list_its_checks_read(build: str) -> None:
+    gateway = Gateway()
+    login = gateway.use(BUILDS[build](gateway))
+    session = gateway.session()
+    defer.ensureDeferred(login.end_sessions(sid="sid-1", sub=None))
+    assert login.revocation.session_revoked("app1", session)
+    shared = login.revocation is gateway.state.revocation
+    assert shared == (build != "direct-own-list")
+    # A gate with a list of its own leaves the gateway's alone, and the other way round.
+    assert gateway.state.revocation.session_revoked("app1", session) == shared
+
+
+def test_the_state_builders_gates_share_the_gateways_list_across_a_reload() -> None:
+    gateway = Gateway()
+    before = gateway.use(gateway.built)
+    session = gateway.session()
+    cookie = gateway.cookie(session)
+    assert gateway.answer([cookie]) == "forward"
+    reloaded = gateway.builder.build(gateway.config, gateway.state)
+    after = reloaded.runtimes["app1"].login
+    assert after is not None and after is not before
+    assert after.revocation is before.revocation is reloaded.revocation
+    # A logout the old gate takes (a request that began before the reload)
+    # ends the session on the new one.
+    defer.ensureDeferred(before.end_sessions(sid="sid-1", sub=None))
+    gateway.state, gateway.runtime = reloaded, reloaded.runtimes["app1"]
+    gateway.use(after)
+    assert gateway.answer([cookie]) == "login"
+
+
+def test_a_gate_cannot_be_built_without_a_revocation_list() -> None:
+    gateway = Gateway()
+    route = gateway.config.routes[0]
+    assert route.auth is not None
+    with pytest.raises(TypeError, match="revocation"):
+        RouteLogin(route, route.auth, gateway.built.provider, gateway.clock)  # type: ignore[call-arg]
