@@ -14,27 +14,17 @@ from __future__ import annotations
 
 import base64
 import os
-import tempfile
-import time
 from collections.abc import Callable
-from pathlib import Path
-from typing import Any
 
 import pytest
 from twisted.internet import defer
-from twisted.internet.testing import MemoryReactorClock
-from twisted.web.test.requesthelper import DummyChannel
 
-from idgateway.config.load import load_config
 from idgateway.gate.session_check import ProviderHandle, RouteLogin
-from idgateway.routing.state import GatewayState
-from idgateway.server.channel import GatewayRequest
 from idgateway.sessions.model import Session
 from idgateway.sessions.revocation import RevocationList
 from tests.route_gates import route_login
-from tests.unit.gate_decisions import StubProviderBuilder, report_decisions
+from tests.unit.gate_decisions import GateUnderTest
 
-HOST = b"app1.localhost:8443"
 CONFIG = """\
 listeners:
   - address: 127.0.0.1:8443
@@ -57,39 +47,15 @@ routes:
 """
 
 
-class Gateway:
+class Gateway(GateUnderTest):
     """CONFIG's state, and one gate of its route that requests go through."""
 
     def __init__(self) -> None:
-        key = base64.b64encode(os.urandom(32)).decode("ascii")
-        with tempfile.TemporaryDirectory(prefix="idgateway-revocation-") as tmp:
-            path = Path(tmp) / "gateway.yaml"
-            path.write_text(CONFIG.format(key=key))
-            self.config = load_config(str(path), {})
-        self.clock = MemoryReactorClock()
-        self.clock.advance(time.time())
-        self.builder = StubProviderBuilder(self.clock)
-        self.state: GatewayState = self.builder.build(self.config)
-        self.runtime = self.state.runtimes["app1"]
+        super().__init__(CONFIG.format(key=base64.b64encode(os.urandom(32)).decode("ascii")))
         built = self.runtime.login
-        assert built is not None
+        assert built is not None and self.state is not None
         self.built = built
-        self.outcomes: list[tuple[Any, ...]] = []
-        self.decoded = 0
-        gateway = self
-
-        class Resource:
-            tls = False
-
-            def forward(self, request: Any, state: Any, runtime: Any, host: Any, **kw: Any) -> None:
-                gateway.outcomes.append(("forward",))
-
-        self.resource = Resource()
-
-    def use(self, login: RouteLogin) -> RouteLogin:
-        self.login = login
-        report_decisions(self, login)
-        return login
+        self.revocation = self.state.revocation  # the gateway's list
 
     def direct(self, revocation: RevocationList | None = None) -> RouteLogin:
         """A gate of the same route built without the state builder."""
@@ -105,48 +71,16 @@ class Gateway:
             revocation=revocation,
         )
 
-    def session(self) -> Session:
-        now = self.clock.seconds()
-        return Session(
-            id="s-1",
-            route="app1",
-            sub="sub-1",
-            user="alice",
-            claims={"sub": "sub-1"},
-            created_at=now,
-            last_seen=now,
-            access_token="at-1",
-            access_expires_at=now + 3600,
-            tokens_at=now,
-            provider_sid="sid-1",
-        )
-
-    def cookie(self, session: Session) -> bytes:
-        return self.login.codecs[False].encode(session)[0].split(b";", 1)[0]
-
     def answer(self, cookie_lines: list[bytes]) -> str:
         """What the gate does with a request carrying these Cookie lines."""
-        request = GatewayRequest(DummyChannel())
-        request.method = b"GET"
-        request.uri = request.path = b"/projects/1"
-        request.clientproto = b"HTTP/1.1"
-        request.request_id = b"r-1"
-        request.requestHeaders.setRawHeaders(b"Host", [HOST])
-        request.requestHeaders.setRawHeaders(b"Cookie", cookie_lines)
-        request.idgw_reading = self.runtime.paths.read(request.path)
-        before = len(self.outcomes)
-        self.login.handle(self.resource, request, self.state, self.runtime, HOST)  # type: ignore[arg-type]
-        if request.code >= 400:
-            return str(request.code)
-        taken = self.outcomes[before:]
-        return taken[-1][0] if taken else "nothing"
+        return str(self.handle(self.request(cookie_lines))[0])
 
 
 # How the gate was built: (gateway) -> the gate requests go through.
 BUILDS: dict[str, Callable[[Gateway], RouteLogin]] = {
     "state-builder": lambda gateway: gateway.built,
     "direct-own-list": lambda gateway: gateway.direct(),
-    "direct-gateway-list": lambda gateway: gateway.direct(gateway.state.revocation),
+    "direct-gateway-list": lambda gateway: gateway.direct(gateway.revocation),
 }
 
 
@@ -190,7 +124,8 @@ def test_a_logged_out_session_is_refused_on_its_next_request(
     build: str, logout: str, replay: str
 ) -> None:
     gateway = Gateway()
-    login = gateway.use(BUILDS[build](gateway))
+    login = BUILDS[build](gateway)
+    gateway.use(login)
     session = gateway.session()
     cookie = gateway.cookie(session)
     lines = REPLAYS[replay](cookie)
@@ -208,31 +143,30 @@ def test_a_logged_out_session_is_refused_on_its_next_request(
 @pytest.mark.parametrize("build", BUILDS)
 def test_the_gate_records_a_logout_in_the_list_its_checks_read(build: str) -> None:
     gateway = Gateway()
-    login = gateway.use(BUILDS[build](gateway))
+    login = BUILDS[build](gateway)
+    gateway.use(login)
     session = gateway.session()
     defer.ensureDeferred(login.end_sessions(sid="sid-1", sub=None))
     assert login.revocation.session_revoked("app1", session)
-    shared = login.revocation is gateway.state.revocation
+    shared = login.revocation is gateway.revocation
     assert shared == (build != "direct-own-list")
     # A gate with a list of its own leaves the gateway's alone, and the other way round.
-    assert gateway.state.revocation.session_revoked("app1", session) == shared
+    assert gateway.revocation.session_revoked("app1", session) == shared
 
 
 def test_the_state_builders_gates_share_the_gateways_list_across_a_reload() -> None:
     gateway = Gateway()
-    before = gateway.use(gateway.built)
+    before = gateway.built
     session = gateway.session()
     cookie = gateway.cookie(session)
     assert gateway.answer([cookie]) == "forward"
-    reloaded = gateway.builder.build(gateway.config, gateway.state)
-    after = reloaded.runtimes["app1"].login
-    assert after is not None and after is not before
-    assert after.revocation is before.revocation is reloaded.revocation
+    gateway.build(gateway.config_text)  # a reload
+    after = gateway.login
+    assert after is not before
+    assert after.revocation is before.revocation is gateway.revocation
     # A logout the old gate takes (a request that began before the reload)
     # ends the session on the new one.
     defer.ensureDeferred(before.end_sessions(sid="sid-1", sub=None))
-    gateway.state, gateway.runtime = reloaded, reloaded.runtimes["app1"]
-    gateway.use(after)
     assert gateway.answer([cookie]) == "login"
 
 
