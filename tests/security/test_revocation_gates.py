@@ -23,35 +23,14 @@ from idgateway.gate.session_check import ProviderHandle, RouteLogin
 from idgateway.sessions.model import Session
 from idgateway.sessions.revocation import RevocationList
 from tests.route_gates import route_login
-from tests.unit.gate_decisions import GateUnderTest
-
-CONFIG = """\
-listeners:
-  - address: 127.0.0.1:8443
-providers:
-  wso2:
-    discovery_url: https://127.0.0.1:9443/oauth2/token/.well-known/openid-configuration
-routes:
-  - name: app1
-    hosts: [app1.localhost]
-    upstream: http://127.0.0.1:9
-    oidc:
-      provider: wso2
-      client_id: c
-      client_secret: a-long-enough-secret
-    session:
-      store: cookie
-      keys: [{key}]
-      inactivity_timeout: 1h
-      max_duration: 8h
-"""
+from tests.unit.gate_decisions import GateUnderTest, app1_config
 
 
 class Gateway(GateUnderTest):
-    """CONFIG's state, and one gate of its route that requests go through."""
+    """A state with route app1, and one gate of app1 that requests go through."""
 
     def __init__(self) -> None:
-        super().__init__(CONFIG.format(key=base64.b64encode(os.urandom(32)).decode("ascii")))
+        super().__init__(app1_config(base64.b64encode(os.urandom(32)).decode("ascii")))
         built = self.runtime.login
         assert built is not None and self.state is not None
         self.built = built

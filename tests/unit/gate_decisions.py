@@ -31,6 +31,31 @@ from idgateway.server.channel import GatewayRequest
 from idgateway.sessions.model import Session
 
 HOST = b"app1.localhost:8443"
+# Route app1: a provider that never answers (StubProviderBuilder's stub stands in),
+# users of the group staff, cookie sessions. Fill with app1_config.
+_APP1_CONFIG = """\
+{top}listeners:
+  - address: 127.0.0.1:8443
+providers:
+  wso2:
+    discovery_url: https://127.0.0.1:9443/oauth2/token/.well-known/openid-configuration
+routes:
+  - name: app1
+    hosts: [app1.localhost]
+    upstream: http://127.0.0.1:9
+{paths}    oidc:
+      provider: wso2
+      client_id: c
+      client_secret: a-long-enough-secret
+      user_claim: username
+    authorize: {{groups: [staff]}}
+{extra}    session:
+      store: cookie
+      keys: [{key}]
+      inactivity_timeout: 1h
+      max_duration: 8h
+      refresh_leeway: 60s
+"""
 
 
 class _Provider:
@@ -73,6 +98,13 @@ def report_decisions(holder: Any, login: RouteLogin) -> None:
             return decode(cookies)
 
         codec.decode_with_expiry = counted  # type: ignore[method-assign]
+
+
+def app1_config(key: str, *, paths: str = "", extra: str = "", top: str = "") -> str:
+    """A config text with route app1 and its session ``key``; ``paths``: its
+    paths: block, ``extra``: more keys of the route (YAML lines indented by
+    four), ``top``: more top-level keys."""
+    return _APP1_CONFIG.format(key=key, paths=paths, extra=extra, top=top)
 
 
 class _Forwarder:

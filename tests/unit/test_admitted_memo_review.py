@@ -21,51 +21,31 @@ from idgateway.gate.session_check import secure_origin
 from idgateway.proxy.headers import TrustedProxies
 from idgateway.server.channel import GatewayRequest
 from idgateway.sessions.revocation import SID, _revocation_key, _sha256
-from tests.unit.gate_decisions import GateUnderTest
+from tests.unit.gate_decisions import GateUnderTest, app1_config
 
 HOURS = 3600.0
-CONFIG = """\
-{top}listeners:
-  - address: 127.0.0.1:8443
-providers:
-  wso2:
-    discovery_url: https://127.0.0.1:9443/oauth2/token/.well-known/openid-configuration
-routes:
-  - name: app1
-    hosts: [app1.localhost]
-    upstream: http://127.0.0.1:9
+# app1's paths: other rules.
+PATHS = """\
     paths:
       - prefix: /admin/
         upstream: http://127.0.0.1:9
-        authorize: {{groups: [admins]}}
-    oidc:
-      provider: wso2
-      client_id: c
-      client_secret: a-long-enough-secret
-      user_claim: username
-    authorize: {{groups: [staff]}}
-{extra}    session:
-      store: cookie
-      keys: [{key}]
-      inactivity_timeout: 1h
-      max_duration: 8h
-      refresh_leeway: 60s
+        authorize: {groups: [admins]}
 """
 
 
 class Gate(GateUnderTest):
-    """A route's gate built from CONFIG (plus ``extra`` route keys), with what
+    """Route app1 (with PATHS, plus ``extra`` route keys)'s gate, with what
     it decided per request and how often a session cookie was decoded."""
 
     def __init__(self, extra: str = "", top: str = "") -> None:
         self.key = base64.b64encode(os.urandom(32)).decode("ascii")
-        super().__init__(CONFIG.format(key=self.key, extra=extra, top=top))
+        super().__init__(app1_config(self.key, paths=PATHS, extra=extra, top=top))
 
     def reload(
         self, extra: str = "", top: str = "", edit: Callable[[str], str] = lambda text: text
     ) -> None:
-        """Build the state (again, as a reload does) from CONFIG with the same key."""
-        self.build(edit(CONFIG.format(key=self.key, extra=extra, top=top)))
+        """Build the state (again, as a reload does) with the same key."""
+        self.build(edit(app1_config(self.key, paths=PATHS, extra=extra, top=top)))
 
 
 def _kind(outcome: tuple[Any, ...]) -> tuple[Any, ...]:

@@ -18,50 +18,30 @@ import pytest
 from twisted.internet import defer
 
 from idgateway.gate import session_check as gate_module
-from tests.unit.gate_decisions import GateUnderTest
+from tests.unit.gate_decisions import GateUnderTest, app1_config
 
-CONFIG = """\
-listeners:
-  - address: 127.0.0.1:8443
-providers:
-  wso2:
-    discovery_url: https://127.0.0.1:9443/oauth2/token/.well-known/openid-configuration
-routes:
-  - name: app1
-    hosts: [app1.localhost]
-    upstream: http://127.0.0.1:9
+# app1's paths: other rules, a step-up, no rules.
+PATHS = """\
     paths:
       - prefix: /admin/
         upstream: http://127.0.0.1:9
-        authorize: {{groups: [admins]}}
+        authorize: {groups: [admins]}
       - prefix: /reports/
         upstream: http://127.0.0.1:9
-        login: {{acr_values: [mfa]}}
+        login: {acr_values: [mfa]}
       - prefix: /open/
         upstream: http://127.0.0.1:9
-        authorize: {{}}
-    oidc:
-      provider: wso2
-      client_id: c
-      client_secret: a-long-enough-secret
-      user_claim: username
-    authorize: {{groups: [staff]}}
-    session:
-      store: cookie
-      keys: [{key}]
-      inactivity_timeout: 1h
-      max_duration: 8h
-      refresh_leeway: 60s
+        authorize: {}
 """
 MAX_DURATION = 8 * 3600.0
 
 
 class Gate(GateUnderTest):
-    """A route's gate built from CONFIG, with what it decided per request."""
+    """Route app1 (with PATHS)'s gate, with what it decided per request."""
 
     def __init__(self) -> None:
         key = base64.b64encode(os.urandom(32)).decode("ascii")
-        super().__init__(CONFIG.format(key=key))
+        super().__init__(app1_config(key, paths=PATHS))
 
 
 def _run(gate: Gate, scenario: Callable[[Gate, bytes], tuple[list[bytes], bytes]]) -> Any:
