@@ -481,9 +481,7 @@ class RouteLogin:
                 or now - session.last_seen > settings.inactivity_timeout
             ):
                 session = None
-            elif self.store is None and self.revocation.session_revoked(
-                self.route.name, session
-            ):
+            elif self.store is None and self.revocation.session_revoked(self.route.name, session):
                 session = None  # ended by a back-channel logout
         if session is None:
             self.unauthenticated(visit)

@@ -74,7 +74,11 @@ class _Provider:
 def _gate(route: Route) -> tuple[PathJudge, RouteLogin]:
     assert route.auth is not None
     login = route_login(
-        route.auth, Clock(), route=route, client=_Provider(), issuer="https://op.example/oauth2/token"
+        route.auth,
+        Clock(),
+        route=route,
+        client=_Provider(),
+        issuer="https://op.example/oauth2/token",
     )
     return path_judge(route), login
 
