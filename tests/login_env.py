@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import base64
 import http.client
+import json
 import os
 import time
 from collections.abc import Callable
 from http.cookies import SimpleCookie
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
+
+from tests.http_helpers import header_values
 
 if TYPE_CHECKING:
     from tests.provider_process import ProviderProcess
@@ -254,6 +257,14 @@ class Client:
         assert headers["Location"] == path
         status, _, body = self.get(path, {"Accept": "application/json"})
         return status, body
+
+
+def forwarded_access_token(client: Client) -> str:
+    """The access token the gateway passes upstream on the client's /echo request
+    (routes with ``pass_access_token: true``, oauth2-proxy header names)."""
+    status, _, body = client.get("/echo", {"Accept": "application/json"})
+    assert status == 200, body
+    return header_values(json.loads(body), "x-forwarded-access-token")[0]
 
 
 def wait_until_login_offered(

@@ -13,6 +13,7 @@ from tests.http_helpers import header_values
 from tests.login_env import (
     Client,
     app1_provider_config,
+    forwarded_access_token,
     refreshing_app1_yaml,
     wait_until_login_offered,
 )
@@ -60,25 +61,19 @@ def short_tokens(tmp_path_factory):
             gateway.stop()
 
 
-def access_token(client: Client) -> str:
-    status, _, body = client.get("/echo", {"Accept": "application/json"})
-    assert status == 200, body
-    return header_values(json.loads(body), "x-forwarded-access-token")[0]
-
-
 def test_access_token_is_refreshed_and_the_rotated_refresh_token_kept(short_tokens):
     op, gateway, port = short_tokens
     client = Client(port, "app1.localhost")
     status, _ = client.login(op, "/echo", "alice", "alice123")
     assert status == 200
-    first = access_token(client)
+    first = forwarded_access_token(client)
     time.sleep(ACCESS_TTL)
-    second = access_token(client)
+    second = forwarded_access_token(client)
     assert second != first, "the expired access token was not refreshed"
     # WSO2 rotates refresh tokens: a second refresh only works if the
     # gateway stored the new one from the first.
     time.sleep(ACCESS_TTL)
-    third = access_token(client)
+    third = forwarded_access_token(client)
     assert third not in (first, second)
 
 
@@ -90,10 +85,10 @@ def test_a_request_with_the_pre_refresh_cookie_is_not_logged_out(short_tokens):
     client.login(op, "/echo", "alice", "alice123")
     old_cookies = dict(client.cookies)
     time.sleep(ACCESS_TTL)
-    refreshed = access_token(client)
+    refreshed = forwarded_access_token(client)
     late = Client(port, "app1.localhost")
     late.cookies = old_cookies
-    assert access_token(late) == refreshed
+    assert forwarded_access_token(late) == refreshed
     assert "invalid_grant" not in gateway.log()
 
 

@@ -11,7 +11,6 @@ end's WebSocket; the client keeps one cookie jar, as a browser does.
 from __future__ import annotations
 
 import base64
-import json
 import os
 import socket
 import time
@@ -19,10 +18,10 @@ from http.cookies import SimpleCookie
 
 import pytest
 
-from tests.http_helpers import header_values
 from tests.login_env import (
     Client,
     app1_provider_config,
+    forwarded_access_token,
     refreshing_app1_yaml,
     wait_until_login_offered,
 )
@@ -89,18 +88,12 @@ def upgrade(client: Client, port: int) -> tuple[int, list[str]]:
     return int(lines[0].split(" ", 2)[1]), set_cookies
 
 
-def access_token(client: Client) -> str:
-    status, _, body = client.get("/echo", {"Accept": "application/json"})
-    assert status == 200, body
-    return header_values(json.loads(body), "x-forwarded-access-token")[0]
-
-
 def test_a_refresh_for_an_upgrade_reissues_the_cookie_on_the_101(env):
     op, gateway, port = env
     client = Client(port, "app1.localhost")
     status, _ = client.login(op, "/echo", "alice", "alice123")
     assert status == 200
-    first_token = access_token(client)
+    first_token = forwarded_access_token(client)
     signed_in = client.cookies[COOKIE]
     time.sleep(ACCESS_TTL + 0.5)
 
@@ -115,7 +108,7 @@ def test_a_refresh_for_an_upgrade_reissues_the_cookie_on_the_101(env):
     status, set_cookies = upgrade(client, port)
     assert status == 101
     assert [c for c in set_cookies if c.startswith(COOKIE + "=")], set_cookies
-    assert access_token(client) != first_token
+    assert forwarded_access_token(client) != first_token
     assert "invalid_grant" not in gateway.log()
 
 
