@@ -74,32 +74,48 @@ def used_memory(nodes: list[Any]) -> int:
     total = 0
     for node in nodes:
         info = node.call("INFO", "memory").decode()
-        total += int(next(line for line in info.splitlines() if line.startswith("used_memory:"))
-                     .split(":")[1])
+        total += int(
+            next(line for line in info.splitlines() if line.startswith("used_memory:")).split(":")[
+                1
+            ]
+        )
     return total
 
 
-def measure(settings: RedisSettings, primaries: Any, sessions: int, seconds: float,
-            concurrency: int) -> dict[str, float]:
+def measure(
+    settings: RedisSettings, primaries: Any, sessions: int, seconds: float, concurrency: int
+) -> dict[str, float]:
     async def main(reactor: Any) -> dict[str, float]:
         client = redis_client_for(reactor, settings)
         store = RedisSessionStore(
-            client, route="app1", keyring=KeyRing([os.urandom(32)]),
-            inactivity_timeout=3600, max_duration=86400, clock=reactor,
+            client,
+            route="app1",
+            keyring=KeyRing([os.urandom(32)]),
+            inactivity_timeout=3600,
+            max_duration=86400,
+            clock=reactor,
         )
         try:
             before = used_memory(primaries())
             ids = [RedisSessionStore.new_session_id() for _ in range(sessions)]
             for start in range(0, sessions, 200):
-                await defer.gatherResults([
-                    defer.ensureDeferred(store.save(
-                        session_id,
-                        make_session(sub=f"user-{n}", provider_sid=f"sid-{n}",
-                                     created_at=reactor.seconds(),
-                                     last_seen=reactor.seconds(), **TYPICAL),
-                    ))
-                    for n, session_id in enumerate(ids[start:start + 200], start)
-                ])
+                await defer.gatherResults(
+                    [
+                        defer.ensureDeferred(
+                            store.save(
+                                session_id,
+                                make_session(
+                                    sub=f"user-{n}",
+                                    provider_sid=f"sid-{n}",
+                                    created_at=reactor.seconds(),
+                                    last_seen=reactor.seconds(),
+                                    **TYPICAL,
+                                ),
+                            )
+                        )
+                        for n, session_id in enumerate(ids[start : start + 200], start)
+                    ]
+                )
             grown = used_memory(primaries()) - before
             loads = 0
             deadline = time.monotonic() + seconds
@@ -111,9 +127,7 @@ def measure(settings: RedisSettings, primaries: Any, sessions: int, seconds: flo
                     loads += 1
 
             started = time.monotonic()
-            await defer.gatherResults(
-                [defer.ensureDeferred(reader()) for _ in range(concurrency)]
-            )
+            await defer.gatherResults([defer.ensureDeferred(reader()) for _ in range(concurrency)])
             took = time.monotonic() - started
             return {
                 "bytes_per_session": grown / sessions,
@@ -181,10 +195,22 @@ def gateway_rates(work: Path, seconds: float, single_url: str, seeds: list[str])
                 assert status == 200, status
                 cookie = "; ".join(f"{k}={v}" for k, v in client.cookies.items())
                 done = subprocess.run(
-                    [wrk, "-t2", "-c32", f"-d{max(1, int(seconds))}s",
-                     "-H", f"Host: app1.localhost:{port}", "-H", f"Cookie: {cookie}",
-                     "-H", "Accept: application/json", f"http://127.0.0.1:{port}/"],
-                    capture_output=True, text=True, check=True,
+                    [
+                        wrk,
+                        "-t2",
+                        "-c32",
+                        f"-d{max(1, int(seconds))}s",
+                        "-H",
+                        f"Host: app1.localhost:{port}",
+                        "-H",
+                        f"Cookie: {cookie}",
+                        "-H",
+                        "Accept: application/json",
+                        f"http://127.0.0.1:{port}/",
+                    ],
+                    capture_output=True,
+                    text=True,
+                    check=True,
                 )
                 found = re.search(r"Requests/sec:\s+([0-9.]+)", done.stdout)
                 bad = re.search(r"Non-2xx or 3xx responses: (\d+)", done.stdout)
@@ -212,8 +238,9 @@ def main() -> None:
         RedisCluster(work / "cluster", password=None) as cluster,
     ):
         settings = RedisSettings(url=single.url, pool_size=10)
-        results["one Redis"] = measure(settings, lambda: [single], options.sessions,
-                                       options.seconds, options.concurrency)
+        results["one Redis"] = measure(
+            settings, lambda: [single], options.sessions, options.seconds, options.concurrency
+        )
         settings = RedisSettings(cluster=tuple(cluster.seeds), pool_size=10)
         results["Redis Cluster (3 primaries)"] = measure(
             settings, cluster.primaries, options.sessions, options.seconds, options.concurrency
@@ -222,12 +249,16 @@ def main() -> None:
             rates = gateway_rates(work, options.seconds, single.url, cluster.seeds)
             for name, row in rates.items():
                 results[name].update(row)
-    print(f"{'':30} {'bytes/session':>14} {'sessions/GB':>12} {'loads/s, 1 process':>19}"
-          f"{'  gateway req/s' if options.gateway else ''}")
+    print(
+        f"{'':30} {'bytes/session':>14} {'sessions/GB':>12} {'loads/s, 1 process':>19}"
+        f"{'  gateway req/s' if options.gateway else ''}"
+    )
     for name, row in results.items():
         rate = f"{row['requests_per_second']:15,.0f}" if "requests_per_second" in row else ""
-        print(f"{name:30} {row['bytes_per_session']:14.0f} {row['sessions_per_gb']:12,.0f} "
-              f"{row['loads_per_second']:19,.0f}{rate}")
+        print(
+            f"{name:30} {row['bytes_per_session']:14.0f} {row['sessions_per_gb']:12,.0f} "
+            f"{row['loads_per_second']:19,.0f}{rate}"
+        )
     if options.json:
         options.json.write_text(json.dumps(results, indent=2))
 

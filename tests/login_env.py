@@ -6,11 +6,15 @@ from __future__ import annotations
 
 import base64
 import http.client
+import json
 import os
 import time
+from collections.abc import Callable
 from http.cookies import SimpleCookie
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
+
+from tests.http_helpers import header_values
 
 if TYPE_CHECKING:
     from tests.provider_process import ProviderProcess
@@ -20,11 +24,12 @@ APP2_SECRET = "app2-client-secret"
 
 
 def registered_client(
-    client_id: str, secret: str, host: str, port: int, auth_method: str
+    client_id: str, secret: str, host: str, port: int, auth_method: str, *, logout: bool = True
 ) -> dict[str, Any]:
-    """A client as registered at the WSO2-shaped provider for an app behind the gateway."""
+    """A client as registered at the WSO2-shaped provider for an app behind the gateway
+    (``logout``: with its post-logout redirect and back-channel logout URIs)."""
     origin = f"http://{host}:{port}"
-    return {
+    client = {
         "client_id": client_id,
         "client_secret": secret,
         "redirect_uris": [f"{origin}/oauth2/callback"],
@@ -32,6 +37,52 @@ def registered_client(
         "backchannel_logout_uri": f"{origin}/oauth2/backchannel_logout",
         "token_endpoint_auth_method": auth_method,
     }
+    if not logout:
+        del client["post_logout_redirect_uris"], client["backchannel_logout_uri"]
+    return client
+
+
+def app1_provider_config(
+    port: int, secret: str, *, access_ttl: int | None = None, logout: bool = False
+) -> dict[str, Any]:
+    """The provider with one client, app1-client on the super tenant (basic auth)
+    for app1.localhost on ``port``; ``access_ttl``: access token seconds."""
+    client = registered_client(
+        "app1-client", secret, "app1.localhost", port, "client_secret_basic", logout=logout
+    )
+    return {
+        **({"ttl": {"AccessToken": access_ttl}} if access_ttl else {}),
+        "tenants": {"carbon.super": {"clients": [client]}},
+    }
+
+
+def refreshing_app1_yaml(
+    port: int,
+    op: ProviderProcess,
+    backend_port: int,
+    secret: str,
+    *,
+    providers: str = "",
+    routes: str = "",
+) -> str:
+    """The gateway in front of app1_provider_config()'s client: cookie sessions
+    refreshed a second before the access token expires, the access token passed
+    upstream (oauth2-proxy headers). ``providers``, ``routes``: more YAML lines
+    for each (indented by two)."""
+    return f"""
+listeners:
+  - address: 127.0.0.1:{port}
+providers:
+  wso2: {{discovery_url: {op.discovery_url()}, ca_file: {op.ca_file}}}
+{providers}routes:
+  - name: app1
+    hosts: [app1.localhost]
+    upstream: http://127.0.0.1:{backend_port}
+    oidc: {{provider: wso2, client_id: app1-client, client_secret: {secret},
+            user_claim: username}}
+    session: {{keys: [{session_key()}], refresh_leeway: 1s}}
+    headers: {{preset: oauth2-proxy, pass_access_token: true}}
+{routes}"""
 
 
 def two_gateways_config(port_a: int, port_b: int, ttl: int | None = None) -> dict[str, Any]:
@@ -208,13 +259,26 @@ class Client:
         return status, body
 
 
+def forwarded_access_token(client: Client) -> str:
+    """The access token the gateway passes upstream on the client's /echo request
+    (routes with ``pass_access_token: true``, oauth2-proxy header names)."""
+    status, _, body = client.get("/echo", {"Accept": "application/json"})
+    assert status == 200, body
+    return header_values(json.loads(body), "x-forwarded-access-token")[0]
+
+
 def wait_until_login_offered(
-    port: int, hosts: tuple[str, ...] = ("app1.localhost", "app2.localhost")
+    port: int,
+    hosts: tuple[str, ...] = ("app1.localhost", "app2.localhost"),
+    log: Callable[[], str] | None = None,
 ) -> None:
-    """Discovery runs in the background: wait until every route offers a login redirect."""
+    """Discovery runs in the background: wait until every route offers a login
+    redirect. ``log``: the gateway's log, whose end the failure shows."""
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         if all(Client(port, host).get("/")[0] == 302 for host in hosts):
             return
         time.sleep(0.2)
-    raise AssertionError("providers were not discovered in time")
+    raise AssertionError(
+        "providers were not discovered in time" + ("" if log is None else "\n" + log()[-2000:])
+    )

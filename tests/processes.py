@@ -37,6 +37,28 @@ from twisted.scripts.twistd import run
 run()
 """
 
+# Test-only: shorter provider-client intervals in the gateway process (one
+# process: not passed on to workers), so that an end-to-end test of a rate
+# limit (a JWKS refetch at most every 30 s) need not wait out the production
+# interval. The launcher sets the keyword defaults of ProviderClient; no config
+# key or environment variable of the gateway can. The unit tests check the
+# production intervals themselves (tests/unit/test_oidc_provider.py).
+_PROVIDER_TIMINGS = """
+from idgateway.oidc.provider import ProviderClient
+defaults = ProviderClient.__init__.__kwdefaults__
+for name, seconds in {timings!r}.items():
+    assert name in defaults, f"ProviderClient has no keyword {{name}}"
+    defaults[name] = seconds
+"""
+
+
+def _twistd_code(provider_timings: dict[str, float] | None) -> str:
+    """TWISTD, with the provider timings set before twistd runs."""
+    if not provider_timings:
+        return TWISTD
+    run = "from twisted.scripts.twistd import run\n"
+    return TWISTD.replace(run, _PROVIDER_TIMINGS.format(timings=provider_timings) + run)
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -76,6 +98,7 @@ class GatewayProcess:
         env: dict[str, str] | None = None,
         *,
         log_to_stdout: bool = False,
+        provider_timings: dict[str, float] | None = None,
     ) -> None:
         self.config_path = config_path
         self.log_path = log_path
@@ -84,6 +107,8 @@ class GatewayProcess:
         # as under systemd.
         self.log_to_stdout = log_to_stdout
         self.process: subprocess.Popen[bytes] | None = None
+        # ProviderClient keyword -> seconds (see _PROVIDER_TIMINGS), or None.
+        self.provider_timings = provider_timings
 
     def start(self, wait_ports: list[int] = (), timeout: float = 20.0) -> GatewayProcess:  # type: ignore[assignment]
         env = dict(os.environ)
@@ -98,7 +123,7 @@ class GatewayProcess:
                 [
                     sys.executable,
                     "-c",
-                    TWISTD,
+                    _twistd_code(self.provider_timings),
                     "-n",
                     "--pidfile=",
                     *logging,

@@ -636,7 +636,7 @@ async def backchannel_logout(
     # before its iat, which a provider clock behind ours (within the token
     # leeway) would move back, sparing sessions begun in the meantime.
     try:
-        ended = await login.end_sessions(state, sid=sid, sub=sub, since=None)
+        ended = await login.end_sessions(sid=sid, sub=sub, since=None)
     except RedisUnavailable as error:
         if login.store is not None:
             # The sessions live in Redis and could not be deleted: not done.
@@ -723,7 +723,7 @@ async def frontchannel_logout(
         )
         return
     else:
-        revocation = login.revocation or state.revocation
+        revocation = login.revocation
         if not revocation.admit_unverified(login.route.name):
             # Unverifiable, and each adds a revocation (or, with Redis sessions,
             # a lookup that empties this process's cache of loaded sessions):
@@ -742,7 +742,7 @@ async def frontchannel_logout(
                 extra_headers={b"retry-after": b"60"},
             )
             return
-        await login.end_sessions(state, sid=sid, sub=None, verified=False)
+        await login.end_sessions(sid=sid, sub=None, verified=False)
         METRICS.logout(login.route.name, "frontchannel")  # metrics hook
     request.setResponseCode(200)
     out = request.responseHeaders

@@ -191,11 +191,14 @@ class RouteLogin:
         clock: IReactorTime,
         redis: AnyRedisClient | None = None,
         shared_redis: AnyRedisClient | None = None,
-        revocation: RevocationList | None = None,
+        *,
+        revocation: RevocationList,
         token_http: Any = None,
     ) -> None:
         self.route = route
-        # Provider sids ended by back-channel logout (cookie sessions only).
+        # What sign-outs and back- and front-channel logouts ended (cookie
+        # sessions only): required, so no gate can be built that never asks,
+        # and the one list both end_sessions writes and every check reads.
         self.revocation = revocation
         # Cookie sessions: a Redis shared by every process coordinates refreshes.
         self.shared_redis = shared_redis
@@ -478,11 +481,7 @@ class RouteLogin:
                 or now - session.last_seen > settings.inactivity_timeout
             ):
                 session = None
-            elif (
-                self.store is None
-                and self.revocation is not None
-                and self.revocation.session_revoked(self.route.name, session)
-            ):
+            elif self.store is None and self.revocation.session_revoked(self.route.name, session):
                 session = None  # ended by a back-channel logout
         if session is None:
             self.unauthenticated(visit)
@@ -650,8 +649,7 @@ class RouteLogin:
         sealed_until = admitted.sealed_until
         if sealed_until is not None and not self.codecs[admitted.tls].cookie_alive(sealed_until):
             return False
-        revocation = self.revocation
-        if revocation is not None and revocation.session_revoked(self.route.name, admitted.session):
+        if self.revocation.session_revoked(self.route.name, admitted.session):
             return False
         if self.has_step_up and self.step_up_for(reading) is not None:
             return False
@@ -990,7 +988,7 @@ class RouteLogin:
                 # And what a request loaded while the DEL was on its way.
                 self._loaded.forget(session_id)
             return [self.store_cookie_clear(tls)]
-        if session is not None and self.revocation is not None:
+        if session is not None:
             try:
                 await self.revocation.revoke_session(
                     self.route.name, session.id, session.created_at
@@ -1007,7 +1005,6 @@ class RouteLogin:
 
     async def end_sessions(
         self,
-        state: GatewayView,
         *,
         sid: str | None,
         sub: str | None,
@@ -1015,7 +1012,9 @@ class RouteLogin:
         verified: bool = True,
     ) -> str:
         """A back- or front-channel logout: end every session of a provider sid,
-        else of a sub (those that began at or before ``since``, default now)."""
+        else of a sub (those that began at or before ``since``, default now).
+        Cookie sessions: on this gate's own revocation list, the one its
+        checks read."""
         if self.store is not None:
             loaded = self._loaded
             assert loaded is not None
@@ -1029,7 +1028,7 @@ class RouteLogin:
             finally:
                 # And what requests loaded while the deletion was on its way.
                 loaded.forget_all()
-        revocation = self.revocation or state.revocation
+        revocation = self.revocation
         if sid:
             await revocation.revoke(self.route.name, sid, verified=verified)
             return "sid revoked"
@@ -1102,11 +1101,7 @@ class RouteLogin:
     def _revoked(self, session: Session) -> bool:
         """Cookie sessions ended by a sign-out or a back- or front-channel logout
         (Redis sessions are deleted instead)."""
-        return (
-            self.store is None
-            and self.revocation is not None
-            and self.revocation.session_revoked(self.route.name, session)
-        )
+        return self.store is None and self.revocation.session_revoked(self.route.name, session)
 
     def _needs_refresh(self, session: Session, now: float) -> bool:
         """Due within the leeway, which is at most half the token's lifetime; and

@@ -416,9 +416,7 @@ class RedisClusterClient:
             return await self._any_node("EVAL", script, 0, *args)
         slot = key_slot(keys[0])
         if any(key_slot(key) != slot for key in keys[1:]):
-            raise ValueError(
-                "a script's keys must share one cluster slot; give them a {hash tag}"
-            )
+            raise ValueError("a script's keys must share one cluster slot; give them a {hash tag}")
         return await self._for_slot(slot, ("EVAL", script, len(keys), *keys, *args))
 
     async def sadd(self, key: str | bytes, *members: str | bytes) -> int:

@@ -265,7 +265,7 @@ class StateBuilder:
                     self.reactor,
                     redis_client(session_redis) if session_redis is not None else None,
                     shared_client,
-                    self._revocation,
+                    revocation=self._revocation,
                     token_http=self.mutual_tls_client(route.auth.oidc, by_name),
                 )
                 identity = login.identity

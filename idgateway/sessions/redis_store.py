@@ -388,9 +388,7 @@ class RedisSessionStore:
                 for index in indexes:
                     await self.client.command("SREM", index, session_key_hash(session_id))
             elif indexes:
-                await self.client.eval(
-                    _DELETE_ONE, [key, *indexes], [session_key_hash(session_id)]
-                )
+                await self.client.eval(_DELETE_ONE, [key, *indexes], [session_key_hash(session_id)])
             else:
                 await self.client.delete(key)
         finally:

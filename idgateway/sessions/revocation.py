@@ -543,7 +543,6 @@ class RevocationList:
         self.loaded += 1
         return found
 
-
     async def _stored_revocations(self) -> list[tuple[Any, Any, Any]]:
         """(key, pttl, value) of every revocation key in Redis (or in the cluster)."""
         assert self._client is not None

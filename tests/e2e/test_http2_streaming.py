@@ -156,9 +156,7 @@ def test_many_streams_on_one_connection_each_progress(gateway):
     size = 4 * 1024 * 1024
     with H2Client(port, settings=CLIENT_SETTINGS, timeout=60) as client:
         _open_connection_window(client)
-        streams = [
-            client.request(f"/download?size={size}", authority=AUTHORITY) for _ in range(16)
-        ]
+        streams = [client.request(f"/download?size={size}", authority=AUTHORITY) for _ in range(16)]
         first_data: dict[int, int] = {}
         reads = 0
         while not all(client.responses[s].ended for s in streams):

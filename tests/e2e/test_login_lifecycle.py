@@ -10,7 +10,13 @@ import time
 import pytest
 
 from tests.http_helpers import header_values
-from tests.login_env import Client, session_key
+from tests.login_env import (
+    Client,
+    app1_provider_config,
+    forwarded_access_token,
+    refreshing_app1_yaml,
+    wait_until_login_offered,
+)
 from tests.processes import GatewayProcess, free_port
 from tests.provider_process import ProviderProcess, node_binary
 
@@ -25,37 +31,17 @@ def short_tokens(tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("refresh")
     port = free_port()
-    config = {
-        "ttl": {"AccessToken": ACCESS_TTL},
-        "tenants": {
-            "carbon.super": {
-                "clients": [
-                    {
-                        "client_id": "app1-client",
-                        "client_secret": "s3cret",
-                        "redirect_uris": [f"http://app1.localhost:{port}/oauth2/callback"],
-                        "token_endpoint_auth_method": "client_secret_basic",
-                    }
-                ]
-            }
-        },
-    }
+    config = app1_provider_config(port, "s3cret", access_ttl=ACCESS_TTL)
     with ProviderProcess(tmp / "op", config) as op, BackendProcess(name="echo") as backend:
         gateway_config = tmp / "gateway.yaml"
         gateway_config.write_text(
-            f"""
-listeners:
-  - address: 127.0.0.1:{port}
-providers:
-  wso2: {{discovery_url: {op.discovery_url()}, ca_file: {op.ca_file}}}
-  down: {{issuer: https://127.0.0.1:{free_port()}/oauth2/token}}
-routes:
-  - name: app1
-    hosts: [app1.localhost]
-    upstream: http://127.0.0.1:{backend.port}
-    oidc: {{provider: wso2, client_id: app1-client, client_secret: s3cret, user_claim: username}}
-    session: {{keys: [{session_key()}], refresh_leeway: 1s}}
-    headers: {{preset: oauth2-proxy, pass_access_token: true}}
+            refreshing_app1_yaml(
+                port,
+                op,
+                backend.port,
+                "s3cret",
+                providers=f"  down: {{issuer: https://127.0.0.1:{free_port()}/oauth2/token}}\n",
+                routes=f"""\
   - name: broken
     hosts: [broken.localhost]
     upstream: http://127.0.0.1:{backend.port}
@@ -64,23 +50,15 @@ routes:
   - name: open
     hosts: [open.localhost]
     upstream: http://127.0.0.1:{backend.port}
-"""
+""",
+            )
         )
         gateway = GatewayProcess(gateway_config, tmp / "gateway.log").start([port])
         try:
-            deadline = time.monotonic() + 20
-            while Client(port, "app1.localhost").get("/")[0] != 302:
-                assert time.monotonic() < deadline, gateway.log()[-2000:]
-                time.sleep(0.2)
+            wait_until_login_offered(port, ("app1.localhost",), gateway.log)
             yield op, gateway, port
         finally:
             gateway.stop()
-
-
-def access_token(client: Client) -> str:
-    status, _, body = client.get("/echo", {"Accept": "application/json"})
-    assert status == 200, body
-    return header_values(json.loads(body), "x-forwarded-access-token")[0]
 
 
 def test_access_token_is_refreshed_and_the_rotated_refresh_token_kept(short_tokens):
@@ -88,14 +66,14 @@ def test_access_token_is_refreshed_and_the_rotated_refresh_token_kept(short_toke
     client = Client(port, "app1.localhost")
     status, _ = client.login(op, "/echo", "alice", "alice123")
     assert status == 200
-    first = access_token(client)
+    first = forwarded_access_token(client)
     time.sleep(ACCESS_TTL)
-    second = access_token(client)
+    second = forwarded_access_token(client)
     assert second != first, "the expired access token was not refreshed"
     # WSO2 rotates refresh tokens: a second refresh only works if the
     # gateway stored the new one from the first.
     time.sleep(ACCESS_TTL)
-    third = access_token(client)
+    third = forwarded_access_token(client)
     assert third not in (first, second)
 
 
@@ -107,10 +85,10 @@ def test_a_request_with_the_pre_refresh_cookie_is_not_logged_out(short_tokens):
     client.login(op, "/echo", "alice", "alice123")
     old_cookies = dict(client.cookies)
     time.sleep(ACCESS_TTL)
-    refreshed = access_token(client)
+    refreshed = forwarded_access_token(client)
     late = Client(port, "app1.localhost")
     late.cookies = old_cookies
-    assert access_token(late) == refreshed
+    assert forwarded_access_token(late) == refreshed
     assert "invalid_grant" not in gateway.log()
 
 

@@ -20,7 +20,12 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from tests.http_helpers import header_values
-from tests.login_env import Client, session_key
+from tests.login_env import (
+    Client,
+    app1_provider_config,
+    session_key,
+    wait_until_login_offered,
+)
 from tests.processes import GatewayProcess, free_port
 from tests.provider_process import ProviderProcess, node_binary
 
@@ -85,24 +90,7 @@ def run(tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("nosecrets")
     port = free_port()
-    origin = f"http://app1.localhost:{port}"
-    config = {
-        "ttl": {"AccessToken": ACCESS_TTL},
-        "tenants": {
-            "carbon.super": {
-                "clients": [
-                    {
-                        "client_id": "app1-client",
-                        "client_secret": CLIENT_SECRET,
-                        "redirect_uris": [f"{origin}/oauth2/callback"],
-                        "post_logout_redirect_uris": [f"{origin}/"],
-                        "backchannel_logout_uri": f"{origin}/oauth2/backchannel_logout",
-                        "token_endpoint_auth_method": "client_secret_basic",
-                    }
-                ]
-            }
-        },
-    }
+    config = app1_provider_config(port, CLIENT_SECRET, access_ttl=ACCESS_TTL, logout=True)
     key = session_key()
     with ProviderProcess(tmp / "op", config) as op, BackendProcess(name="echo") as backend:
         gateway_config = tmp / "gateway.yaml"
@@ -131,10 +119,7 @@ routes:
         secrets = {CLIENT_SECRET, key}
         sent: dict[str, int] = {}
         try:
-            deadline = time.monotonic() + 20
-            while Client(port, "app1.localhost").get("/")[0] != 302:
-                assert time.monotonic() < deadline, gateway.log()[-2000:]
-                time.sleep(0.2)
+            wait_until_login_offered(port, ("app1.localhost",), gateway.log)
 
             alice = RecordingClient(port, "app1.localhost", secrets, sent)
             first = login(alice, op, "alice", "alice123")

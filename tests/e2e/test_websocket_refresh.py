@@ -11,7 +11,6 @@ end's WebSocket; the client keeps one cookie jar, as a browser does.
 from __future__ import annotations
 
 import base64
-import json
 import os
 import socket
 import time
@@ -19,8 +18,13 @@ from http.cookies import SimpleCookie
 
 import pytest
 
-from tests.http_helpers import header_values
-from tests.login_env import Client, session_key
+from tests.login_env import (
+    Client,
+    app1_provider_config,
+    forwarded_access_token,
+    refreshing_app1_yaml,
+    wait_until_login_offered,
+)
 from tests.processes import GatewayProcess, free_port
 from tests.provider_process import ProviderProcess, node_binary
 
@@ -28,6 +32,7 @@ pytestmark = pytest.mark.skipif(node_binary() is None, reason="node is not insta
 
 ACCESS_TTL = 4
 COOKIE = "_idgw_app1"
+SECRET = "s3cret-s3cret-s3cret"
 
 
 @pytest.fixture(scope="module")
@@ -36,45 +41,13 @@ def env(tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("ws-refresh")
     port = free_port()
-    config = {
-        "ttl": {"AccessToken": ACCESS_TTL},
-        "tenants": {
-            "carbon.super": {
-                "clients": [
-                    {
-                        "client_id": "app1-client",
-                        "client_secret": "s3cret-s3cret-s3cret",
-                        "redirect_uris": [f"http://app1.localhost:{port}/oauth2/callback"],
-                        "token_endpoint_auth_method": "client_secret_basic",
-                    }
-                ]
-            }
-        },
-    }
+    config = app1_provider_config(port, SECRET, access_ttl=ACCESS_TTL)
     with ProviderProcess(tmp / "op", config) as op, BackendProcess(name="echo") as backend:
         gateway_config = tmp / "gateway.yaml"
-        gateway_config.write_text(
-            f"""
-listeners:
-  - address: 127.0.0.1:{port}
-providers:
-  wso2: {{discovery_url: {op.discovery_url()}, ca_file: {op.ca_file}}}
-routes:
-  - name: app1
-    hosts: [app1.localhost]
-    upstream: http://127.0.0.1:{backend.port}
-    oidc: {{provider: wso2, client_id: app1-client, client_secret: s3cret-s3cret-s3cret,
-            user_claim: username}}
-    session: {{keys: [{session_key()}], refresh_leeway: 1s}}
-    headers: {{preset: oauth2-proxy, pass_access_token: true}}
-"""
-        )
+        gateway_config.write_text(refreshing_app1_yaml(port, op, backend.port, SECRET))
         gateway = GatewayProcess(gateway_config, tmp / "gateway.log").start([port])
         try:
-            deadline = time.monotonic() + 20
-            while Client(port, "app1.localhost").get("/")[0] != 302:
-                assert time.monotonic() < deadline, gateway.log()[-2000:]
-                time.sleep(0.2)
+            wait_until_login_offered(port, ("app1.localhost",), gateway.log)
             yield op, gateway, port
         finally:
             gateway.stop()
@@ -115,18 +88,12 @@ def upgrade(client: Client, port: int) -> tuple[int, list[str]]:
     return int(lines[0].split(" ", 2)[1]), set_cookies
 
 
-def access_token(client: Client) -> str:
-    status, _, body = client.get("/echo", {"Accept": "application/json"})
-    assert status == 200, body
-    return header_values(json.loads(body), "x-forwarded-access-token")[0]
-
-
 def test_a_refresh_for_an_upgrade_reissues_the_cookie_on_the_101(env):
     op, gateway, port = env
     client = Client(port, "app1.localhost")
     status, _ = client.login(op, "/echo", "alice", "alice123")
     assert status == 200
-    first_token = access_token(client)
+    first_token = forwarded_access_token(client)
     signed_in = client.cookies[COOKIE]
     time.sleep(ACCESS_TTL + 0.5)
 
@@ -141,7 +108,7 @@ def test_a_refresh_for_an_upgrade_reissues_the_cookie_on_the_101(env):
     status, set_cookies = upgrade(client, port)
     assert status == 101
     assert [c for c in set_cookies if c.startswith(COOKIE + "=")], set_cookies
-    assert access_token(client) != first_token
+    assert forwarded_access_token(client) != first_token
     assert "invalid_grant" not in gateway.log()
 
 

@@ -470,8 +470,16 @@ def test_a_slot_migrating_under_the_client_is_followed_by_ask_then_moved(
             assert [args[0] for args in asked] == ["GET"]
             # The migration ends: every node learns the slot's new owner.
             source.call(
-                "MIGRATE", "127.0.0.1", target.port, "", 0, 5000, "AUTH", "s3cret",
-                "KEYS", other_key,
+                "MIGRATE",
+                "127.0.0.1",
+                target.port,
+                "",
+                0,
+                5000,
+                "AUTH",
+                "s3cret",
+                "KEYS",
+                other_key,
             )
             for node in cluster.primaries():
                 node.call("CLUSTER", "SETSLOT", slot, "NODE", node_id(target))

@@ -27,10 +27,11 @@ from hypothesis import strategies as st
 from twisted.internet.task import Clock
 
 from idgateway.config.load import load_config
-from idgateway.config.model import ProviderSettings, Route
-from idgateway.gate.session_check import ProviderHandle, RouteLogin
+from idgateway.config.model import Route
+from idgateway.gate.session_check import RouteLogin
 from idgateway.http.paths import AmbiguousPath, PathJudge
 from idgateway.routing.state import path_judge
+from tests.route_gates import route_login
 from tests.security.path_upstreams import resolve as _resolve
 
 CONFIG = """
@@ -72,9 +73,14 @@ class _Provider:
 
 def _gate(route: Route) -> tuple[PathJudge, RouteLogin]:
     assert route.auth is not None
-    settings = ProviderSettings(name="wso2", issuer="https://op.example/oauth2/token")
-    handle = ProviderHandle(settings=settings, client=_Provider(), http=None)  # type: ignore[arg-type]
-    return path_judge(route), RouteLogin(route, route.auth, handle, Clock())
+    login = route_login(
+        route.auth,
+        Clock(),
+        route=route,
+        client=_Provider(),
+        issuer="https://op.example/oauth2/token",
+    )
+    return path_judge(route), login
 
 
 @pytest.fixture(scope="module")

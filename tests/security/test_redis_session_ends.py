@@ -19,51 +19,24 @@ import attrs
 import pytest
 from twisted.internet import defer
 
-from idgateway.config.model import (
-    OIDCSettings,
-    ProviderSettings,
-    Route,
-    RouteAuth,
-    SessionSettings,
-    Upstream,
-)
+from idgateway.config.model import OIDCSettings, RouteAuth, SessionSettings
 from idgateway.gate import session_check as gate_module
-from idgateway.gate.session_check import ProviderHandle, RouteLogin
+from idgateway.gate.session_check import RouteLogin
 from idgateway.oidc.client import TokenResponse
-from idgateway.oidc.provider import ProviderMetadata
 from idgateway.redis.client import RedisClient
 from idgateway.sessions.model import Session
 from tests.redis_process import RedisProcess, redis_settings, requires_redis, run_in_reactor, sleep
+from tests.route_gates import route_login
 
 KEY = base64.b64encode(b"r" * 32).decode()
 
 
-class FakeProvider:
-    metadata = ProviderMetadata(
-        issuer="https://op/oauth2/token",
-        authorization_endpoint="https://op/oauth2/authorize",
-        token_endpoint="https://op/oauth2/token",
-        jwks_uri="https://op/oauth2/jwks",
-    )
-    last_error = None
-
-
 def gate(reactor: Any, client: RedisClient) -> RouteLogin:
-    route = Route(
-        name="app1",
-        hosts=("app1.localhost",),
-        upstream=Upstream(url="http://127.0.0.1:1", kind="http", host="127.0.0.1", port=1),
-    )
     auth = RouteAuth(
         oidc=OIDCSettings(provider="wso2", client_id="c", client_secret="s"),
         session=SessionSettings(keys=(KEY,), store="redis"),
     )
-    handle = ProviderHandle(
-        settings=ProviderSettings(name="wso2", issuer="https://op/oauth2/token"),
-        client=FakeProvider(),  # type: ignore[arg-type]
-        http=None,
-    )
-    return RouteLogin(attrs.evolve(route, auth=auth), auth, handle, reactor, redis=client)
+    return route_login(auth, reactor, redis=client)
 
 
 def make_session(now: float) -> Session:
@@ -86,9 +59,9 @@ async def end_on_a(a: RouteLogin, how: str, session_id: str, session: Session) -
     if how == "sign-out":
         await a.end_session(False, 1, session_id, session)
     elif how == "back-channel logout (sid)":
-        await a.end_sessions(None, sid="op-sid-1", sub=None)  # type: ignore[arg-type]
+        await a.end_sessions(sid="op-sid-1", sub=None)
     elif how == "back-channel logout (sub)":
-        await a.end_sessions(None, sid=None, sub="sub-1")  # type: ignore[arg-type]
+        await a.end_sessions(sid=None, sub="sub-1")
     else:
         assert how == "nobody"
 

@@ -8,138 +8,44 @@ from __future__ import annotations
 
 import base64
 import os
-import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import attrs
 import pytest
-from twisted.internet.testing import MemoryReactorClock
 from twisted.web.test.requesthelper import DummyChannel
 
-from idgateway.config.load import load_config
 from idgateway.config.signing_keys import generate_key_file
 from idgateway.gate.session_check import secure_origin
-from idgateway.proxy.headers import TrustedProxies, header_lines
+from idgateway.proxy.headers import TrustedProxies
 from idgateway.server.channel import GatewayRequest
-from idgateway.sessions.model import Session
 from idgateway.sessions.revocation import SID, _revocation_key, _sha256
-from tests.unit.gate_decisions import StubProviderBuilder as _Builder
-from tests.unit.gate_decisions import report_decisions
+from tests.unit.gate_decisions import GateUnderTest, app1_config
 
-HOST = b"app1.localhost:8443"
 HOURS = 3600.0
-CONFIG = """\
-{top}listeners:
-  - address: 127.0.0.1:8443
-providers:
-  wso2:
-    discovery_url: https://127.0.0.1:9443/oauth2/token/.well-known/openid-configuration
-routes:
-  - name: app1
-    hosts: [app1.localhost]
-    upstream: http://127.0.0.1:9
+# app1's paths: other rules.
+PATHS = """\
     paths:
       - prefix: /admin/
         upstream: http://127.0.0.1:9
-        authorize: {{groups: [admins]}}
-    oidc:
-      provider: wso2
-      client_id: c
-      client_secret: a-long-enough-secret
-      user_claim: username
-    authorize: {{groups: [staff]}}
-{extra}    session:
-      store: cookie
-      keys: [{key}]
-      inactivity_timeout: 1h
-      max_duration: 8h
-      refresh_leeway: 60s
+        authorize: {groups: [admins]}
 """
 
 
-class Gate:
-    """A route's gate built from CONFIG (plus ``extra`` route keys), with what
+class Gate(GateUnderTest):
+    """Route app1 (with PATHS, plus ``extra`` route keys)'s gate, with what
     it decided per request and how often a session cookie was decoded."""
 
     def __init__(self, extra: str = "", top: str = "") -> None:
         self.key = base64.b64encode(os.urandom(32)).decode("ascii")
-        self.clock = MemoryReactorClock()
-        self.clock.advance(time.time())
-        self.builder = _Builder(self.clock)
-        self.outcomes: list[tuple[Any, ...]] = []
-        self.decoded = 0
-        gate = self
-
-        class Resource:
-            tls = False
-
-            def forward(self, request, state, runtime, host, *, cookie=True, identity=(), **kw):
-                written = header_lines(identity) + kw.get("identity_lines", b"")
-                gate.outcomes.append(("forward", cookie, written, list(kw.get("set_cookies", []))))
-
-        self.resource = Resource()
-        self.state: Any = None
-        self.reload(extra, top)
+        super().__init__(app1_config(self.key, paths=PATHS, extra=extra, top=top))
 
     def reload(
         self, extra: str = "", top: str = "", edit: Callable[[str], str] = lambda text: text
     ) -> None:
-        """Build the state (again, as a reload does) from CONFIG with the same key."""
-        with tempfile.TemporaryDirectory(prefix="idgateway-memo-review-") as tmp:
-            path = Path(tmp) / "gateway.yaml"
-            path.write_text(edit(CONFIG.format(key=self.key, extra=extra, top=top)))
-            config = load_config(str(path), {})
-        self.state = self.builder.build(config, self.state)
-        self.runtime = self.state.runtimes["app1"]
-        login = self.runtime.login
-        assert login is not None
-        self.login = login
-        report_decisions(self, login)
-
-    def session(self, **changes: Any) -> Session:
-        now = self.clock.seconds()
-        base = Session(
-            id="s-1",
-            route="app1",
-            sub="sub-1",
-            user="alice",
-            claims={"username": "alice", "groups": ["staff"], "acr": "pwd"},
-            created_at=now,
-            last_seen=now,
-            access_token="at-1",
-            access_expires_at=now + 3600,
-            refresh_token="rt-1",
-            tokens_at=now,
-            provider_sid="sid-1",
-        )
-        return attrs.evolve(base, **changes)
-
-    def cookie(self, session: Session, *, tls: bool = False) -> bytes:
-        return self.login.codecs[tls].encode(session)[0].split(b";", 1)[0]
-
-    def request(self, cookie_lines: list[bytes], path: bytes = b"/projects/1") -> GatewayRequest:
-        request = GatewayRequest(DummyChannel())
-        request.method = b"GET"
-        request.uri = request.path = path
-        request.clientproto = b"HTTP/1.1"
-        request.request_id = b"r-1"
-        headers = request.requestHeaders
-        headers.setRawHeaders(b"Host", [HOST])
-        if cookie_lines:
-            headers.setRawHeaders(b"Cookie", cookie_lines)
-        request.idgw_reading = self.runtime.paths.read(path)
-        return request
-
-    def handle(self, request: GatewayRequest) -> tuple[Any, ...]:
-        before = len(self.outcomes)
-        self.login.handle(self.resource, request, self.state, self.runtime, HOST)  # type: ignore[arg-type]
-        if request.code == 403:
-            return ("403",)
-        taken = self.outcomes[before:]
-        return taken[-1] if taken else ("nothing",)
+        """Build the state (again, as a reload does) with the same key."""
+        self.build(edit(app1_config(self.key, paths=PATHS, extra=extra, top=top)))
 
 
 def _kind(outcome: tuple[Any, ...]) -> tuple[Any, ...]:

@@ -53,8 +53,7 @@ def test_the_contract_session_cluster(tmp_path: Path) -> None:
 def test_cluster_in_the_top_level_redis_block(tmp_path: Path) -> None:
     text = (
         "redis:\n  cluster: [rediss://:s3cret@10.0.0.1:7000, rediss://:s3cret@10.0.0.2:7000]\n"
-        "  redis_ca_file: ca.pem\n  pool_size: 4\n"
-        + _route("      store: cookie\n")
+        "  redis_ca_file: ca.pem\n  pool_size: 4\n" + _route("      store: cookie\n")
     )
     (tmp_path / "ca.pem").write_text("")
     config = _load(tmp_path, text)
@@ -69,14 +68,21 @@ def test_cluster_in_the_top_level_redis_block(tmp_path: Path) -> None:
         # cluster excludes url, sentinels and master_name
         (
             f"      store: redis\n      url: redis://10.0.0.1:7000\n      cluster: {SEEDS}\n",
-            ["gateway.yaml:", "routes[0].session.url", "'cluster' and 'url' exclude each other",
-             "remove 'url'"],
+            [
+                "gateway.yaml:",
+                "routes[0].session.url",
+                "'cluster' and 'url' exclude each other",
+                "remove 'url'",
+            ],
         ),
         (
             f"      store: redis\n      sentinels: [10.0.0.5:26379]\n      master_name: m\n"
             f"      cluster: {SEEDS}\n",
-            ["routes[0].session.sentinels", "'cluster' and 'sentinels' exclude each other",
-             "remove 'sentinels'"],
+            [
+                "routes[0].session.sentinels",
+                "'cluster' and 'sentinels' exclude each other",
+                "remove 'sentinels'",
+            ],
         ),
         (
             f"      store: redis\n      master_name: m\n      cluster: {SEEDS}\n",
@@ -158,8 +164,10 @@ def test_a_bad_top_level_cluster_names_its_key(tmp_path: Path) -> None:
 def test_the_line_of_the_bad_seed_is_given(tmp_path: Path) -> None:
     text = _problems(
         tmp_path,
-        _route("      store: redis\n      cluster:\n        - redis://10.0.0.1:7000\n"
-               "        - unix:/x.sock\n"),
+        _route(
+            "      store: redis\n      cluster:\n        - redis://10.0.0.1:7000\n"
+            "        - unix:/x.sock\n"
+        ),
     )
     assert "gateway.yaml:14: routes[0].session.cluster[1]" in text
 
@@ -167,8 +175,10 @@ def test_the_line_of_the_bad_seed_is_given(tmp_path: Path) -> None:
 def test_a_mismatched_seed_is_shown_on_its_own_line(tmp_path: Path) -> None:
     text = _problems(
         tmp_path,
-        _route("      store: redis\n      cluster:\n        - redis://:hunter2@10.0.0.1:7000\n"
-               "        - redis://:hunter3@10.0.0.2:7000\n"),
+        _route(
+            "      store: redis\n      cluster:\n        - redis://:hunter2@10.0.0.1:7000\n"
+            "        - redis://:hunter3@10.0.0.2:7000\n"
+        ),
     )
     assert "gateway.yaml:14: routes[0].session.cluster[1]" in text and "same password" in text
     assert "hunter" not in text

@@ -221,7 +221,8 @@ def test_forward_gives_request_head_each_argument_in_its_place(monkeypatch):
     from idgateway.proxy import headers as headers_module
     from idgateway.routing import resource as resource_module
     from idgateway.routing.resource import GatewayResource, StateHolder
-    from tests.unit.test_gate_admitted_memo import HOST, Gate
+    from tests.unit.gate_decisions import HOST
+    from tests.unit.test_gate_admitted_memo import Gate
 
     named: list[dict] = []
     signature = inspect.signature(headers_module.request_head)

@@ -9,49 +9,22 @@ import pytest
 from twisted.internet import defer
 from twisted.internet.task import Clock
 
-from idgateway.config.model import (
-    OIDCSettings,
-    ProviderSettings,
-    Route,
-    RouteAuth,
-    SessionSettings,
-    Upstream,
-)
+from idgateway.config.model import OIDCSettings, RouteAuth, SessionSettings
 from idgateway.gate import session_check as gate_module
-from idgateway.gate.session_check import UNAVAILABLE, ProviderHandle, RouteLogin
+from idgateway.gate.session_check import UNAVAILABLE, RouteLogin
 from idgateway.oidc.client import TokenEndpointError, TokenResponse
-from idgateway.oidc.provider import ProviderMetadata
 from idgateway.sessions.model import Session
+from tests.route_gates import route_login
 
 KEY = base64.b64encode(b"k" * 32).decode()
 
 
-class FakeProvider:
-    metadata = ProviderMetadata(
-        issuer="https://op/oauth2/token",
-        authorization_endpoint="https://op/oauth2/authorize",
-        token_endpoint="https://op/oauth2/token",
-        jwks_uri="https://op/oauth2/jwks",
-    )
-    last_error = None
-
-
 def make_login(clock: Clock, **session: object) -> RouteLogin:
-    route = Route(
-        name="app1",
-        hosts=("app1.localhost",),
-        upstream=Upstream(url="http://127.0.0.1:1", kind="http", host="127.0.0.1", port=1),
-    )
     auth = RouteAuth(
         oidc=OIDCSettings(provider="wso2", client_id="c", client_secret="s"),
         session=SessionSettings(keys=(KEY,), **session),  # type: ignore[arg-type]
     )
-    handle = ProviderHandle(
-        settings=ProviderSettings(name="wso2", issuer="https://op/oauth2/token"),
-        client=FakeProvider(),  # type: ignore[arg-type]
-        http=None,
-    )
-    return RouteLogin(attrs.evolve(route, auth=auth), auth, handle, clock)
+    return route_login(auth, clock)
 
 
 def session(now: float, **changes: object) -> Session:
@@ -237,7 +210,7 @@ def test_a_sub_only_logout_ends_that_subjects_earlier_cookie_sessions():
     clock.advance(1_000_000)
     login = _with_revocation(clock)
     before = session(clock.seconds() - 10)
-    ended = defer.ensureDeferred(login.end_sessions(None, sid=None, sub="sub-1"))  # type: ignore[arg-type]
+    ended = defer.ensureDeferred(login.end_sessions(sid=None, sub="sub-1"))
     assert ended.result == "sub revoked"
     assert login._revoked(before)
     assert not login._revoked(session(clock.seconds() - 10, id="s3", sub="sub-2"))
@@ -245,11 +218,11 @@ def test_a_sub_only_logout_ends_that_subjects_earlier_cookie_sessions():
     assert not login._revoked(session(clock.seconds(), id="s4"))  # a later login
     # A logout token issued in the future cannot kill logins yet to come.
     ended = defer.ensureDeferred(
-        login.end_sessions(None, sid=None, sub="sub-1", since=clock.seconds() + 3600)  # type: ignore[arg-type]
+        login.end_sessions(sid=None, sub="sub-1", since=clock.seconds() + 3600)
     )
     clock.advance(1)
     assert not login._revoked(session(clock.seconds(), id="s5"))
-    nothing = defer.ensureDeferred(login.end_sessions(None, sid=None, sub=None))  # type: ignore[arg-type]
+    nothing = defer.ensureDeferred(login.end_sessions(sid=None, sub=None))
     assert nothing.result == "nothing to end"
 
 

@@ -9,140 +9,39 @@ from __future__ import annotations
 
 import base64
 import os
-import tempfile
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import attrs
 import pytest
 from twisted.internet import defer
-from twisted.internet.testing import MemoryReactorClock
-from twisted.web.test.requesthelper import DummyChannel
 
-from idgateway.config.load import load_config
 from idgateway.gate import session_check as gate_module
-from idgateway.proxy.headers import header_lines
-from idgateway.server.channel import GatewayRequest
-from idgateway.sessions.model import Session
-from tests.unit.gate_decisions import StubProviderBuilder as _Builder
-from tests.unit.gate_decisions import report_decisions
+from tests.unit.gate_decisions import GateUnderTest, app1_config
 
-HOST = b"app1.localhost:8443"
-CONFIG = """\
-listeners:
-  - address: 127.0.0.1:8443
-providers:
-  wso2:
-    discovery_url: https://127.0.0.1:9443/oauth2/token/.well-known/openid-configuration
-routes:
-  - name: app1
-    hosts: [app1.localhost]
-    upstream: http://127.0.0.1:9
+# app1's paths: other rules, a step-up, no rules.
+PATHS = """\
     paths:
       - prefix: /admin/
         upstream: http://127.0.0.1:9
-        authorize: {{groups: [admins]}}
+        authorize: {groups: [admins]}
       - prefix: /reports/
         upstream: http://127.0.0.1:9
-        login: {{acr_values: [mfa]}}
+        login: {acr_values: [mfa]}
       - prefix: /open/
         upstream: http://127.0.0.1:9
-        authorize: {{}}
-    oidc:
-      provider: wso2
-      client_id: c
-      client_secret: a-long-enough-secret
-      user_claim: username
-    authorize: {{groups: [staff]}}
-    session:
-      store: cookie
-      keys: [{key}]
-      inactivity_timeout: 1h
-      max_duration: 8h
-      refresh_leeway: 60s
+        authorize: {}
 """
 MAX_DURATION = 8 * 3600.0
 
 
-class Gate:
-    """A route's gate built from CONFIG, with what it decided per request."""
+class Gate(GateUnderTest):
+    """Route app1 (with PATHS)'s gate, with what it decided per request."""
 
     def __init__(self) -> None:
         key = base64.b64encode(os.urandom(32)).decode("ascii")
-        with tempfile.TemporaryDirectory(prefix="idgateway-memo-") as tmp:
-            path = Path(tmp) / "gateway.yaml"
-            path.write_text(CONFIG.format(key=key))
-            config = load_config(str(path), {})
-        self.clock = MemoryReactorClock()
-        self.clock.advance(time.time())
-        self.state = _Builder(self.clock).build(config)
-        self.runtime = self.state.runtimes["app1"]
-        login = self.runtime.login
-        assert login is not None
-        self.login = login
-        self.outcomes: list[tuple[Any, ...]] = []
-        self.decoded = 0
-        gate = self
-
-        class Resource:
-            tls = False
-
-            def forward(self, request, state, runtime, host, *, cookie=True, identity=(), **kw):
-                # The identity headers as they are written upstream, whether
-                # handed over as pairs or already written.
-                written = header_lines(identity) + kw.get("identity_lines", b"")
-                gate.outcomes.append(("forward", cookie, written, list(kw.get("set_cookies", []))))
-
-        self.resource = Resource()
-        report_decisions(self, login)
-
-    def session(self, **changes: Any) -> Session:
-        now = self.clock.seconds()
-        base = Session(
-            id="s-1",
-            route="app1",
-            sub="sub-1",
-            user="alice",
-            claims={"username": "alice", "groups": ["staff"], "acr": "pwd"},
-            created_at=now,
-            last_seen=now,
-            access_token="at-1",
-            access_expires_at=now + 3600,
-            refresh_token="rt-1",
-            tokens_at=now,
-            provider_sid="sid-1",
-        )
-        return attrs.evolve(base, **changes)
-
-    def cookie(self, session: Session, *, tls: bool = False, max_age: int | None = None) -> bytes:
-        set_cookie = self.login.codecs[tls].encode(session, max_age=max_age)[0]
-        return set_cookie.split(b";", 1)[0]
-
-    def request(
-        self, cookie_lines: list[bytes], path: bytes = b"/projects/1", *, forwarded_https=False
-    ) -> GatewayRequest:
-        request = GatewayRequest(DummyChannel())
-        request.method = b"GET"
-        request.uri = request.path = path
-        request.clientproto = b"HTTP/1.1"
-        request.request_id = b"r-1"
-        headers = request.requestHeaders
-        headers.setRawHeaders(b"Host", [HOST])
-        headers.setRawHeaders(b"Cookie", cookie_lines)
-        if forwarded_https:
-            headers.setRawHeaders(b"X-Forwarded-Proto", [b"https"])
-        request.idgw_reading = self.runtime.paths.read(path)
-        return request
-
-    def handle(self, request: GatewayRequest) -> tuple[Any, ...]:
-        before = len(self.outcomes)
-        self.login.handle(self.resource, request, self.state, self.runtime, HOST)  # type: ignore[arg-type]
-        if request.code == 403:
-            return ("403",)
-        taken = self.outcomes[before:]
-        return taken[-1] if taken else ("nothing",)
+        super().__init__(app1_config(key, paths=PATHS))
 
 
 def _run(gate: Gate, scenario: Callable[[Gate, bytes], tuple[list[bytes], bytes]]) -> Any:

@@ -6,35 +6,14 @@ from typing import Any
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import MemoryReactorClock, StringTransport
-from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET
 
-from idgateway.server.channel import IDLE_SWEEP_INTERVAL, GatewayRequest, GatewaySite
-
-
-class _Hold(Resource):
-    """Answers only when told to."""
-
-    isLeaf = True
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.pending: list[GatewayRequest] = []
-
-    def render(self, request: GatewayRequest) -> Any:  # type: ignore[override]
-        self.pending.append(request)
-        return NOT_DONE_YET
-
-    def answer(self) -> None:
-        request = self.pending.pop(0)
-        request.responseHeaders.setRawHeaders(b"content-length", [b"2"])
-        request.write(b"ok")
-        request.finish()
+from idgateway.server.channel import IDLE_SWEEP_INTERVAL, GatewaySite
+from tests.unit.held_requests import HoldResource
 
 
-def _site() -> tuple[GatewaySite, _Hold, MemoryReactorClock]:
+def _site() -> tuple[GatewaySite, HoldResource, MemoryReactorClock]:
     clock = MemoryReactorClock()
-    resource = _Hold()
+    resource = HoldResource()
     return GatewaySite(resource, reactor=clock, timeout=75), resource, clock
 
 

@@ -14,9 +14,10 @@ from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.web.resource import Resource
 
-from idgateway.config.model import OIDCSettings, ProviderSettings, Route, RouteAuth, SessionSettings
+from idgateway.config.model import OIDCSettings, Route, RouteAuth, SessionSettings
 from idgateway.gate import endpoints
-from idgateway.gate.session_check import ProviderHandle, RouteLogin
+from idgateway.gate.session_check import RouteLogin
+from tests.route_gates import route_login
 from tests.unit.test_userinfo_auto import KEY, METADATA, UPSTREAM, FakeProvider, FakeRequest
 
 PAR_METADATA = attrs.evolve(METADATA, pushed_authorization_request_endpoint="https://op/oauth2/par")
@@ -57,13 +58,10 @@ def make_login(par: str, metadata: Any = PAR_METADATA, http: Any = None) -> Rout
         oidc=OIDCSettings(provider="op", client_id="app1", client_secret="s" * 16, par=par),
         session=SessionSettings(keys=(KEY,)),
     )
-    route = Route(name="app", hosts=("app.localhost",), upstream=UPSTREAM, auth=auth)
-    handle = ProviderHandle(
-        settings=ProviderSettings(name="op", issuer=METADATA.issuer),
-        client=FakeProvider(metadata),  # type: ignore[arg-type]
-        http=http,
+    route = Route(name="app", hosts=("app.localhost",), upstream=UPSTREAM)
+    return route_login(
+        auth, Clock(), route=route, client=FakeProvider(metadata), issuer=METADATA.issuer, http=http
     )
-    return RouteLogin(route, auth, handle, Clock())
 
 
 def start(login: RouteLogin) -> FakeRequest:

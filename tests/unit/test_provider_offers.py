@@ -106,7 +106,9 @@ def test_the_check_is_run_when_the_provider_becomes_ready():
     login = make_login("auto")
     pending = Pending()
     login.provider.client = pending  # type: ignore[assignment]
-    type(login).__init__(login, login.route, login.auth, login.provider, login.clock)
+    type(login).__init__(
+        login, login.route, login.auth, login.provider, login.clock, revocation=login.revocation
+    )
     assert pending.when_ready == [login.check_provider_offers]
 
 

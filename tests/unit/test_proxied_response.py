@@ -4,53 +4,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
-from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET
 
 from idgateway.proxy.response import ProxiedResponse, forwarded_header_lines
-from idgateway.server.channel import GatewayRequest, GatewaySite
-
-
-class _Hold(Resource):
-    isLeaf = True
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.requests: list[GatewayRequest] = []
-
-    def render(self, request: GatewayRequest) -> Any:  # type: ignore[override]
-        self.requests.append(request)
-        return NOT_DONE_YET
-
-
-class _Route:
-    name = "app1"
-
-
-class _Runtime:
-    """The two things ProxiedResponse reads from a RouteRuntime."""
-
-    route = _Route()
-
-    def __init__(self, hsts_header: bytes | None = None) -> None:
-        self.hsts_header = hsts_header
+from tests.unit.held_requests import ResponseRuntime, held_request
 
 
 def _proxied(
     raw: bytes, *, tls: bool = False, hsts: bytes | None = None, set_cookies: tuple[bytes, ...] = ()
 ) -> tuple[ProxiedResponse, StringTransport]:
-    resource = _Hold()
-    channel = GatewaySite(resource).buildProtocol(IPv4Address("TCP", "127.0.0.1", 1))
-    assert channel is not None
-    transport = StringTransport()
-    channel.makeConnection(transport)
-    channel.dataReceived(raw)
-    [request] = resource.requests
-    sink = ProxiedResponse(request, _Runtime(hsts), tls=tls, set_cookies=list(set_cookies))  # type: ignore[arg-type]
+    request, transport = held_request(raw)
+    sink = ProxiedResponse(request, ResponseRuntime(hsts), tls=tls, set_cookies=list(set_cookies))  # type: ignore[arg-type]
     return sink, transport
 
 
@@ -183,14 +149,9 @@ def test_a_finished_response_leaves_no_cycle_for_the_garbage_collector() -> None
 
     from idgateway.proxy.upstream import Exchange
 
-    resource = _Hold()
-    channel = GatewaySite(resource).buildProtocol(IPv4Address("TCP", "127.0.0.1", 1))
-    assert channel is not None
-    channel.makeConnection(StringTransport())
-    channel.dataReceived(GET)
-    request = resource.requests.pop()
+    request, _ = held_request(GET)
     # Wired as GatewayResource.forward wires them.
-    sink = ProxiedResponse(request, _Runtime(), tls=False)  # type: ignore[arg-type]
+    sink = ProxiedResponse(request, ResponseRuntime(), tls=False)  # type: ignore[arg-type]
     exchange = Exchange(b"GET / HTTP/1.1\r\n\r\n", sink)
     sink.exchange = exchange
     request.on_disconnect = exchange.cancel

@@ -520,8 +520,9 @@ def test_close_closes_every_pool_and_refuses_later_calls() -> None:
 
 def test_the_factory_picks_the_cluster_client_only_for_cluster_settings() -> None:
     clock = Clock()
-    assert isinstance(redis_client_for(clock, RedisSettings(cluster=("redis://h:1",))),
-                      RedisClusterClient)
+    assert isinstance(
+        redis_client_for(clock, RedisSettings(cluster=("redis://h:1",))), RedisClusterClient
+    )
     plain = redis_client_for(clock, RedisSettings(url="redis://h:1"))
     assert not isinstance(plain, RedisClusterClient)
 

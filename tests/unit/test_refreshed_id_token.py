@@ -7,26 +7,23 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import attrs
 import pytest
 from twisted.internet import defer
 from twisted.internet.task import Clock
 
 from idgateway.config.model import (
     OIDCSettings,
-    ProviderSettings,
-    Route,
     RouteAuth,
     SessionSettings,
-    Upstream,
 )
 from idgateway.gate import session_check as gate_module
-from idgateway.gate.session_check import UNAVAILABLE, ProviderHandle, RouteLogin
+from idgateway.gate.session_check import UNAVAILABLE, RouteLogin
 from idgateway.oidc.client import TokenEndpointError, TokenResponse, refresh_tokens
 from idgateway.oidc.provider import ProviderClient
 from idgateway.oidc.refresh import SUB_MISMATCH, validate_refreshed_id_token
 from idgateway.oidc.tokens import TokenError, access_token_hash
 from idgateway.sessions.model import Session
+from tests.route_gates import route_login
 from tests.unit.test_gate import KEY
 from tests.unit.test_oidc_client import creds, http_for
 from tests.unit.test_oidc_provider import (
@@ -165,21 +162,12 @@ def test_a_nonce_needs_the_login_tokens_nonce_to_compare_with(
 
 
 def make_login(provider: ProviderClient, clock: Clock) -> RouteLogin:
-    route = Route(
-        name="app1",
-        hosts=("app1.localhost",),
-        upstream=Upstream(url="http://127.0.0.1:1", kind="http", host="127.0.0.1", port=1),
-    )
     auth = RouteAuth(
         oidc=OIDCSettings(provider="wso2", client_id=CLIENT_ID, client_secret="s"),
         session=SessionSettings(keys=(KEY,)),
     )
-    handle = ProviderHandle(
-        settings=ProviderSettings(name="wso2", issuer=provider.metadata.issuer),  # type: ignore[union-attr]
-        client=provider,
-        http=None,
-    )
-    return RouteLogin(attrs.evolve(route, auth=auth), auth, handle, clock)
+    issuer = provider.metadata.issuer  # type: ignore[union-attr]
+    return route_login(auth, clock, client=provider, issuer=issuer)
 
 
 def session(fake: FakeWSO2) -> Session:

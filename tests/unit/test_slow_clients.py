@@ -10,8 +10,6 @@ import pytest
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import LogEvent, globalLogPublisher
-from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET
 
 from idgateway.config.load import ConfigError, load_config
 from idgateway.config.model import Config, Listener, Route, Upstream
@@ -24,26 +22,22 @@ from idgateway.server.connection_limits import (
     process_share,
 )
 from idgateway.server.service import DrainableSite, GatewayService
+from tests.unit.held_requests import HoldResource
 
 
-class _Hold(Resource):
-    """Keeps every request pending; remembers what it saw."""
-
-    isLeaf = True
+class _Hold(HoldResource):
+    """Keeps every request pending; counts the clients that left."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.pending: list[GatewayRequest] = []
         self.cancelled = 0
 
     def render(self, request: GatewayRequest) -> Any:  # type: ignore[override]
-        self.pending.append(request)
-
         def cancel() -> None:
             self.cancelled += 1
 
         request.on_disconnect = cancel
-        return NOT_DONE_YET
+        return super().render(request)
 
 
 def _site(

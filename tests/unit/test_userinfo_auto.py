@@ -18,7 +18,6 @@ from idgateway.config.model import (
     HeaderSettings,
     OIDCSettings,
     PathRoute,
-    ProviderSettings,
     Route,
     RouteAuth,
     SessionSettings,
@@ -26,10 +25,11 @@ from idgateway.config.model import (
 )
 from idgateway.gate import endpoints
 from idgateway.gate.needed_claims import missing_claims, needed_claims
-from idgateway.gate.session_check import ProviderHandle, RouteLogin
+from idgateway.gate.session_check import RouteLogin
 from idgateway.oidc.client import TokenResponse
 from idgateway.oidc.provider import ProviderMetadata
 from idgateway.sessions.flows import LoginFlow
+from tests.route_gates import route_login
 
 NO_RULES = AuthorizeRules()
 KEY = "a2tra2tra2tra2tra2tra2tra2tra2tra2tra2tra2s="
@@ -106,13 +106,10 @@ def make_login(
         session=SessionSettings(keys=(KEY,)),
         authorize=authorize,
     )
-    route = Route(name="app", hosts=("app.localhost",), upstream=UPSTREAM, auth=auth)
-    handle = ProviderHandle(
-        settings=ProviderSettings(name="op", issuer=METADATA.issuer),
-        client=FakeProvider(metadata),  # type: ignore[arg-type]
-        http=None,
+    route = Route(name="app", hosts=("app.localhost",), upstream=UPSTREAM)
+    login = route_login(
+        auth, Clock(), route=route, client=FakeProvider(metadata), issuer=METADATA.issuer
     )
-    login = RouteLogin(route, auth, handle, Clock())
     login.flows = {False: FakeFlows(), True: FakeFlows()}  # type: ignore[dict-item]
     return login
 

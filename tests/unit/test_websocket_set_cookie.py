@@ -11,17 +11,12 @@ again, the provider answered invalid_grant, and the upgrade was answered 302.
 
 from __future__ import annotations
 
-from typing import Any
-
-from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
-from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET
 
 from idgateway.config.model import LoggingSettings
 from idgateway.observe import access_log
 from idgateway.proxy.response import ProxiedResponse
-from idgateway.server.channel import GatewayRequest, GatewaySite
+from tests.unit.held_requests import ResponseRuntime, held_request
 
 UPGRADE = (
     b"GET /socket HTTP/1.1\r\nHost: app1\r\nConnection: Upgrade\r\n"
@@ -34,30 +29,6 @@ SWITCHED = [
     (b"Sec-WebSocket-Accept", b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo="),
 ]
 REISSUED = b"_idgw_app1=sealed-refreshed-session; Path=/; HttpOnly; SameSite=Lax"
-
-
-class _Hold(Resource):
-    isLeaf = True
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.requests: list[GatewayRequest] = []
-
-    def render(self, request: GatewayRequest) -> Any:  # type: ignore[override]
-        self.requests.append(request)
-        return NOT_DONE_YET
-
-
-class _Route:
-    name = "app1"
-    websocket_idle_timeout = None
-
-
-class _Runtime:
-    route = _Route()
-
-    def __init__(self, hsts_header: bytes | None = None) -> None:
-        self.hsts_header = hsts_header
 
 
 class _Upstream:
@@ -81,17 +52,11 @@ def _upgraded(
     switched: list[tuple[bytes, bytes]] = SWITCHED,
     access_lines: list[str] | None = None,
 ) -> bytes:
-    resource = _Hold()
-    channel = GatewaySite(resource).buildProtocol(IPv4Address("TCP", "127.0.0.1", 1))
-    assert channel is not None
-    client = StringTransport()
-    channel.makeConnection(client)
-    channel.dataReceived(UPGRADE)
-    [request] = resource.requests
+    request, client = held_request(UPGRADE)
     request.idgw_logging = LoggingSettings()
     request.idgw_route = "app1"
     request.idgw_user = "alice"
-    runtime = _Runtime(hsts)
+    runtime = ResponseRuntime(hsts)
     sink = ProxiedResponse(request, runtime, tls=tls, set_cookies=set_cookies)  # type: ignore[arg-type]
     upstream = _Upstream()
     sink.response_head(101, b"Switching Protocols", switched, None)
