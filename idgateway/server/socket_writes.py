@@ -32,6 +32,7 @@ from twisted.internet import tcp
 from idgateway._twisted.tcp import (
     COALESCING,
     DirectWrites,
+    accept_as,
     call_after_events,
     flush_transports,
 )
@@ -131,6 +132,73 @@ class CoalescingClient(DirectWrites, _Coalescing, tcp.Client):
 
 
 _UPGRADES: dict[type, type] = {tcp.Server: CoalescingServer, tcp.Client: CoalescingClient}
+
+_UNSET = object()
+
+
+class AcceptedConnection(CoalescingServer):
+    """A CoalescingServer as a listener's port makes it (``accept_listened``).
+
+    An idle keep-alive connection is mostly its transport and its channel.
+    Made coalescing from the start, no class change gives the instance a dict
+    of its own (CPython 3.11 turns the shared attribute table of an instance
+    whose class changes into a dict: about 1 KiB); and CPython stops adding
+    names to a class's shared table once a few dozen instances exist, so a
+    name first set after a burst of accepts (``_flush_waiting`` at the first
+    response) would do the same. Its per-connection fields live in slots
+    instead; ``__init__`` gives each the default the classes above have.
+    """
+
+    __slots__ = (
+        "_aborting",
+        "_flush_waiting",
+        "_tempDataBuffer",
+        "_tempDataLen",
+        "_turn_flusher",
+        "_watched",
+        "_writeDisconnected",
+        "_writeDisconnecting",
+        "client",
+        "connected",
+        "dataBuffer",
+        "disconnected",
+        "disconnecting",
+        "fileno",
+        "hostname",
+        "logstr",
+        "offset",
+        "producer",
+        "producerPaused",
+        "protocol",
+        "reactor",
+        "repstr",
+        "server",
+        "sessionno",
+        "socket",
+        "streamingProducer",
+    )
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        for name, default in _ACCEPTED_DEFAULTS:
+            setattr(self, name, default)
+        super().__init__(*args, **kwargs)
+
+
+# (slot, the default a class above AcceptedConnection gives it) for each slot
+# that has one.
+_ACCEPTED_DEFAULTS = tuple(
+    (name, default)
+    for name in AcceptedConnection.__slots__
+    if (default := getattr(CoalescingServer, name, _UNSET)) is not _UNSET
+)
+
+
+def accept_listened(port: object) -> None:
+    """Have a listener's ``port`` make its connections coalescing as it
+    accepts them (``AcceptedConnection``); any other port is left alone (its
+    channels' ``coalesce_writes`` changes each transport's class instead)."""
+    if COALESCING:
+        accept_as(port, AcceptedConnection)
 
 
 def coalesce_writes(transport: object) -> None:

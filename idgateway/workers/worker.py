@@ -30,6 +30,7 @@ from idgateway.config.model import Config, Listener
 from idgateway.observe.metrics import METRICS, GatewayMetrics
 from idgateway.server.connection_limits import throttle_accept_logs
 from idgateway.server.service import GatewayService
+from idgateway.server.socket_writes import accept_listened
 from idgateway.workers.drain import DRAIN_TIMEOUT
 from idgateway.workers.log_relay import READY_FIELD, log_json_to_stdout
 from idgateway.workers.metrics import WorkerMetricsGatherer, listen_exposition
@@ -109,6 +110,7 @@ class WorkerService(GatewayService):
         finally:
             # adoptStreamPort works on its own duplicate.
             os.close(fd)
+        accept_listened(port)
         throttle_accept_logs(port, self.reactor, listener.address)
         self._ports[(listener.host, listener.port)] = port
 

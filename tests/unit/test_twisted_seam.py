@@ -141,6 +141,7 @@ PRIVATE_NAMES: list[tuple[Any, str, Callable[[Any, str], bool]]] = [
     (tcp.Connection, "_aborting", _class_attribute(bool)),
     (tcp.Port, "_fromListeningDescriptor", _function),
     (tcp.Port, "_logger", lambda o, n: "_logger" in inspect.getsource(o)),
+    (tcp.Port, "transport", lambda o, n: getattr(o, n, None) is tcp.Server),
     (endpoints, "_WrappingProtocol", _class),
     (getattr(endpoints, "_WrappingProtocol", None), "_wrappedProtocol", _set_in_init),
     # _twisted/tls.py
@@ -267,6 +268,33 @@ def test_without_write_internals_transports_are_left_stock(
     monkeypatch.setattr(writecoalesce, "COALESCING", True)
     writecoalesce.coalesce_writes(transport)
     assert type(transport) is writecoalesce.CoalescingServer
+
+
+def test_a_port_that_makes_no_tcp_server_is_left_as_it_is() -> None:
+    from idgateway._twisted import tcp as seam_tcp
+    from idgateway.server import socket_writes as writecoalesce
+
+    class OtherPort(tcp.Port):
+        transport = object  # type: ignore[assignment]
+
+    other = OtherPort.__new__(OtherPort)
+    assert seam_tcp.accept_as(other, writecoalesce.AcceptedConnection) is False
+    assert "transport" not in vars(other)
+    assert seam_tcp.accept_as(object(), writecoalesce.AcceptedConnection) is False
+    port = tcp.Port.__new__(tcp.Port)
+    writecoalesce.accept_listened(port)
+    assert port.transport is writecoalesce.AcceptedConnection
+
+
+def test_without_write_internals_a_port_makes_stock_transports(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from idgateway.server import socket_writes as writecoalesce
+
+    monkeypatch.setattr(writecoalesce, "COALESCING", False)
+    port = tcp.Port.__new__(tcp.Port)
+    writecoalesce.accept_listened(port)
+    assert port.transport is tcp.Server
 
 
 def test_without_adopt_as_subclass_a_shared_port_is_a_stock_adopted_port(
