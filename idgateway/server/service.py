@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gc
 import signal
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from twisted.application.service import MultiService
 from twisted.internet import defer, threads
@@ -29,10 +29,12 @@ from idgateway.server.connection_limits import (
     process_share,
     throttle_accept_logs,
 )
-from idgateway.server.h2_connection import H2Offer
 from idgateway.server.socket_writes import accept_listened
 from idgateway.server.startup_errors import StartupError, listen_problem, stop_starting
 from idgateway.server.tls import GatewayTLSFactory, SNIServerContexts
+
+if TYPE_CHECKING:
+    from idgateway.server.h2_connection import H2Offer
 
 # Idle keep-alive connections from clients are closed after this long.
 CLIENT_IDLE_TIMEOUT = 75
@@ -408,7 +410,13 @@ class GatewayService(MultiService):
     def http2_offer(self, listener: Listener, config: Config) -> H2Offer | None:
         """How the listener takes HTTP/2 connections (None: HTTP/1.1 only)."""
         mode = listener.http2_mode
-        return None if mode == "off" else H2Offer(mode, config.http2, self.reactor)
+        if mode == "off":
+            return None
+        # (Imported when a listener offers HTTP/2: h2, hpack and hyperframe
+        # are about 2 MiB a process that serves none does without.)
+        from idgateway.server.h2_connection import H2Offer
+
+        return H2Offer(mode, config.http2, self.reactor)
 
     def _factory_for(self, listener: Listener) -> IProtocolFactory:
         """The listener's Site, behind TLS on a TLS listener."""
