@@ -31,6 +31,12 @@ Private names used:
   changing the class of each new transport (in CPython 3.11 a class change
   gives the instance a dict of its own: about 1 KiB per connection). Without
   it: the class is changed as before.
+- ``tcp.Port._realPortNumber`` and ``FileDescriptor._getLogPrefix``: what
+  ``tcp.Server`` puts in its ``repstr`` and ``logstr`` at accept, made when
+  asked instead (``accepted_repr``, ``accepted_log_prefix``) for the
+  connections of the workers' lean event loop, which does not ask for them
+  at every event. Without them: the text says less (the port number
+  "unknown", the protocol's class name).
 """
 
 from __future__ import annotations
@@ -216,6 +222,20 @@ def accept_as(port: Any, transport_class: type[tcp.Server]) -> bool:
         return False
     port.transport = transport_class
     return True
+
+
+def accepted_log_prefix(transport: Any) -> str:
+    """What ``tcp.Server.__init__`` puts in ``logstr``: "Protocol,sessionno,host"."""
+    get_prefix = getattr(transport, "_getLogPrefix", None)
+    protocol = transport.protocol
+    prefix = get_prefix(protocol) if get_prefix is not None else type(protocol).__name__
+    return f"{prefix},{transport.sessionno},{transport.hostname}"
+
+
+def accepted_repr(transport: Any) -> str:
+    """What ``tcp.Server.__init__`` puts in ``repstr``: "<Protocol #sessionno on port>"."""
+    port = getattr(transport.server, "_realPortNumber", "unknown")
+    return f"<{type(transport.protocol).__name__} #{transport.sessionno} on {port}>"
 
 
 def port_logger(port: Any) -> Logger | None:

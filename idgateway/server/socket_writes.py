@@ -29,10 +29,13 @@ from typing import Any
 
 from twisted.internet import tcp
 
+from idgateway._twisted.reactor import LEAN, LeanEPollReactor
 from idgateway._twisted.tcp import (
     COALESCING,
     DirectWrites,
     accept_as,
+    accepted_log_prefix,
+    accepted_repr,
     call_after_events,
     flush_transports,
 )
@@ -136,7 +139,7 @@ _UPGRADES: dict[type, type] = {tcp.Server: CoalescingServer, tcp.Client: Coalesc
 _UNSET = object()
 
 
-class AcceptedConnection(CoalescingServer):
+class _Accepted(CoalescingServer):
     """A CoalescingServer as a listener's port makes it (``accept_listened``).
 
     An idle keep-alive connection is mostly its transport and its channel.
@@ -165,13 +168,11 @@ class AcceptedConnection(CoalescingServer):
         "disconnecting",
         "fileno",
         "hostname",
-        "logstr",
         "offset",
         "producer",
         "producerPaused",
         "protocol",
         "reactor",
-        "repstr",
         "server",
         "sessionno",
         "socket",
@@ -184,21 +185,43 @@ class AcceptedConnection(CoalescingServer):
         super().__init__(*args, **kwargs)
 
 
-# (slot, the default a class above AcceptedConnection gives it) for each slot
-# that has one.
+# (slot, the default a class above _Accepted gives it) for each slot that has one.
 _ACCEPTED_DEFAULTS = tuple(
     (name, default)
-    for name in AcceptedConnection.__slots__
+    for name in _Accepted.__slots__
     if (default := getattr(CoalescingServer, name, _UNSET)) is not _UNSET
 )
 
 
-def accept_listened(port: object) -> None:
+class AcceptedConnection(_Accepted):
+    """A listener's connection on Twisted's own event loop, which asks for its
+    log prefix at every event: made at accept, as stock."""
+
+    __slots__ = ("logstr", "repstr")
+
+
+def _ignore(transport: object, text: str) -> None:
+    pass
+
+
+class QuietAcceptedConnection(_Accepted):
+    """A listener's connection on the workers' lean event loop, which does not
+    ask for its log prefix at every event: it and the repr text are made when
+    asked, not kept (two strings, about 160 bytes a connection)."""
+
+    __slots__ = ()
+    logstr = property(accepted_log_prefix, _ignore)  # type: ignore[assignment]
+    repstr = property(accepted_repr, _ignore)
+
+
+def accept_listened(port: Any) -> None:
     """Have a listener's ``port`` make its connections coalescing as it
-    accepts them (``AcceptedConnection``); any other port is left alone (its
+    accepts them (``AcceptedConnection``, or ``QuietAcceptedConnection`` on
+    the workers' lean event loop); any other port is left alone (its
     channels' ``coalesce_writes`` changes each transport's class instead)."""
     if COALESCING:
-        accept_as(port, AcceptedConnection)
+        quiet = isinstance(getattr(port, "reactor", None), LeanEPollReactor) and LEAN
+        accept_as(port, QuietAcceptedConnection if quiet else AcceptedConnection)
 
 
 def coalesce_writes(transport: object) -> None:

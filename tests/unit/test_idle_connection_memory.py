@@ -34,7 +34,7 @@ from twisted.web.server import Site
 from idgateway._twisted.reactor import LeanEPollReactor
 from idgateway.config.load import load_config
 from idgateway.server.service import DrainableChannel, GatewayService
-from idgateway.server.socket_writes import AcceptedConnection
+from idgateway.server.socket_writes import QuietAcceptedConnection
 
 REQUESTS = {
     "GET": b"GET / HTTP/1.1\r\nHost: nowhere.test\r\n\r\n",
@@ -221,7 +221,13 @@ def test_an_idle_keep_alive_connection_holds_little_memory(tmp_path: Path) -> No
         site = service._drain_sites[0]
         assert len(site.connections) == len(clients)
         channel = next(iter(site.connections))
-        assert type(channel.transport) is AcceptedConnection
+        transport = channel.transport
+        assert type(transport) is QuietAcceptedConnection
+        # Its log prefix and repr, made when asked, read as stock Twisted's.
+        assert transport.logPrefix() == (
+            f"DrainableChannel,{transport.sessionno},{transport.client[0]}"
+        )
+        assert repr(transport) == f"<DrainableChannel #{transport.sessionno} on {port}>"
         assert per_connection < MAX_BYTES_PER_IDLE_CONNECTION, per_connection
     finally:
         for client in clients:

@@ -142,6 +142,8 @@ PRIVATE_NAMES: list[tuple[Any, str, Callable[[Any, str], bool]]] = [
     (tcp.Port, "_fromListeningDescriptor", _function),
     (tcp.Port, "_logger", lambda o, n: "_logger" in inspect.getsource(o)),
     (tcp.Port, "transport", lambda o, n: getattr(o, n, None) is tcp.Server),
+    (tcp.Port, "_realPortNumber", lambda o, n: n in inspect.getsource(o.startListening)),
+    (abstract.FileDescriptor, "_getLogPrefix", _function),
     (endpoints, "_WrappingProtocol", _class),
     (getattr(endpoints, "_WrappingProtocol", None), "_wrappedProtocol", _set_in_init),
     # _twisted/tls.py
@@ -284,6 +286,25 @@ def test_a_port_that_makes_no_tcp_server_is_left_as_it_is() -> None:
     port = tcp.Port.__new__(tcp.Port)
     writecoalesce.accept_listened(port)
     assert port.transport is writecoalesce.AcceptedConnection
+
+
+def test_an_accepted_connections_texts_read_as_stock_twisteds() -> None:
+    import socket
+
+    from twisted.internet.protocol import Protocol
+    from twisted.internet.testing import MemoryReactor
+
+    from idgateway.server import socket_writes as writecoalesce
+
+    class Listening:
+        _realPortNumber = 8080
+
+    kinds = (tcp.Server, writecoalesce.AcceptedConnection, writecoalesce.QuietAcceptedConnection)
+    for kind in kinds:
+        with socket.socket() as skt:
+            made = kind(skt, Protocol(), ("10.1.2.3", 40000), Listening(), 7, MemoryReactor())
+            texts = (made.logPrefix(), repr(made))
+        assert texts == ("Protocol,7,10.1.2.3", "<Protocol #7 on 8080>"), kind
 
 
 def test_without_write_internals_a_port_makes_stock_transports(
