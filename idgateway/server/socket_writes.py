@@ -154,6 +154,7 @@ class _Accepted(CoalescingServer):
 
     __slots__ = (
         "_aborting",
+        "_addressType",
         "_flush_waiting",
         "_tempDataBuffer",
         "_tempDataLen",

@@ -10,13 +10,14 @@ the newest Twisted and on the floor setup.py states (``make test-floor``).
 from __future__ import annotations
 
 import inspect
+import socket
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 import txredisapi
 from OpenSSL import SSL
-from twisted.internet import abstract, endpoints, tcp
+from twisted.internet import abstract, address, endpoints, tcp
 from twisted.internet.epollreactor import EPollReactor
 from twisted.protocols import tls
 from twisted.python import components
@@ -288,9 +289,14 @@ def test_a_port_that_makes_no_tcp_server_is_left_as_it_is() -> None:
     assert port.transport is writecoalesce.AcceptedConnection
 
 
-def test_an_accepted_connections_texts_read_as_stock_twisteds() -> None:
-    import socket
-
+@pytest.mark.parametrize(
+    ("family", "peer"),
+    [(socket.AF_INET, ("10.1.2.3", 40000)), (socket.AF_INET6, ("fd00::3", 40000, 0, 0))],
+    ids=["IPv4", "IPv6"],
+)
+def test_an_accepted_connection_reads_as_stock_twisteds_and_keeps_no_dict(
+    family: int, peer: tuple[Any, ...]
+) -> None:
     from twisted.internet.protocol import Protocol
     from twisted.internet.testing import MemoryReactor
 
@@ -301,10 +307,19 @@ def test_an_accepted_connections_texts_read_as_stock_twisteds() -> None:
 
     kinds = (tcp.Server, writecoalesce.AcceptedConnection, writecoalesce.QuietAcceptedConnection)
     for kind in kinds:
-        with socket.socket() as skt:
-            made = kind(skt, Protocol(), ("10.1.2.3", 40000), Listening(), 7, MemoryReactor())
-            texts = (made.logPrefix(), repr(made))
-        assert texts == ("Protocol,7,10.1.2.3", "<Protocol #7 on 8080>"), kind
+        with socket.socket(family) as skt:
+            made = kind(skt, Protocol(), peer, Listening(), 7, MemoryReactor())
+            texts = (made.logPrefix(), repr(made), made.getPeer())
+            own_names = sorted(vars(made))
+        assert texts == (
+            f"Protocol,7,{peer[0]}",
+            "<Protocol #7 on 8080>",
+            (address.IPv4Address if family == socket.AF_INET else address.IPv6Address)(
+                "TCP", *peer
+            ),
+        ), kind
+        # Every field in a slot (the stock class: all in its dict).
+        assert own_names == [] or kind is tcp.Server, own_names
 
 
 def test_without_write_internals_a_port_makes_stock_transports(
