@@ -28,6 +28,7 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import tcp
+from twisted.internet.address import IPv6Address
 
 from idgateway._twisted.reactor import LEAN, LeanEPollReactor
 from idgateway._twisted.tcp import (
@@ -156,13 +157,13 @@ class _Accepted(CoalescingServer):
         "_aborting",
         "_addressType",
         "_flush_waiting",
+        "_peer_address",
         "_tempDataBuffer",
         "_tempDataLen",
         "_turn_flusher",
         "_watched",
         "_writeDisconnected",
         "_writeDisconnecting",
-        "client",
         "connected",
         "dataBuffer",
         "disconnected",
@@ -184,6 +185,23 @@ class _Accepted(CoalescingServer):
         for name, default in _ACCEPTED_DEFAULTS:
             setattr(self, name, default)
         super().__init__(*args, **kwargs)
+
+    # The peer's address is kept as the address object getPeer() answers (its
+    # channel keeps that one too), not also as the (host, port) tuple
+    # tcp.Server keeps and makes a new address from at each getPeer().
+    def _client_tuple(self) -> tuple[Any, ...]:
+        peer: Any = self._peer_address
+        if isinstance(peer, IPv6Address):
+            return (peer.host, peer.port, peer.flowInfo, peer.scopeID)
+        return (peer.host, peer.port)
+
+    def _keep_peer_address(self, client: tuple[Any, ...]) -> None:
+        self._peer_address = self._addressType("TCP", *client)
+
+    client = property(_client_tuple, _keep_peer_address)  # type: ignore[assignment]
+
+    def getPeer(self) -> Any:  # noqa: N802 - Twisted's name
+        return self._peer_address
 
 
 # (slot, the default a class above _Accepted gives it) for each slot that has one.
