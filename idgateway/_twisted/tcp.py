@@ -31,6 +31,11 @@ Private names used:
   changing the class of each new transport (in CPython 3.11 a class change
   gives the instance a dict of its own: about 1 KiB per connection). Without
   it: the class is changed as before.
+- ``tcp.Server._addressType`` (the address class of its peer, IPv6Address
+  on an IPv6 connection): ``peer_address`` makes the address tcp.Server's
+  ``getPeer`` makes, once, for the gateway's accepted connections, which
+  keep it (``idgateway.server.socket_writes``). Without it: IPv4Address or
+  IPv6Address by the length of the peer's tuple, as tcp.Server chooses.
 - ``tcp.Port._realPortNumber`` and ``FileDescriptor._getLogPrefix``: what
   ``tcp.Server`` puts in its ``repstr`` and ``logstr`` at accept, made when
   asked instead (``accepted_repr``, ``accepted_log_prefix``) for the
@@ -45,7 +50,7 @@ from collections.abc import Callable, Iterable
 from errno import EWOULDBLOCK
 from typing import Any
 
-from twisted.internet import abstract, main, tcp
+from twisted.internet import abstract, address, main, tcp
 from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 
@@ -222,6 +227,14 @@ def accept_as(port: Any, transport_class: type[tcp.Server]) -> bool:
         return False
     port.transport = transport_class
     return True
+
+
+def peer_address(transport: Any, client: tuple[Any, ...]) -> Any:
+    """The address ``tcp.Server.getPeer`` makes from the peer's ``client`` tuple."""
+    address_type = getattr(transport, "_addressType", None)
+    if address_type is None:
+        address_type = address.IPv4Address if len(client) == 2 else address.IPv6Address
+    return address_type("TCP", *client)
 
 
 def accepted_log_prefix(transport: Any) -> str:

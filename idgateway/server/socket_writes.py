@@ -39,6 +39,7 @@ from idgateway._twisted.tcp import (
     accepted_repr,
     call_after_events,
     flush_transports,
+    peer_address,
 )
 
 
@@ -196,7 +197,7 @@ class _Accepted(CoalescingServer):
         return (peer.host, peer.port)
 
     def _keep_peer_address(self, client: tuple[Any, ...]) -> None:
-        self._peer_address = self._addressType("TCP", *client)
+        self._peer_address = peer_address(self, client)
 
     client = property(_client_tuple, _keep_peer_address)  # type: ignore[assignment]
 

@@ -145,6 +145,7 @@ PRIVATE_NAMES: list[tuple[Any, str, Callable[[Any, str], bool]]] = [
     (tcp.Port, "transport", lambda o, n: getattr(o, n, None) is tcp.Server),
     (tcp.Port, "_realPortNumber", lambda o, n: n in inspect.getsource(o.startListening)),
     (abstract.FileDescriptor, "_getLogPrefix", _function),
+    (tcp.Server, "_addressType", lambda o, n: getattr(o, n, None) is address.IPv4Address),
     (endpoints, "_WrappingProtocol", _class),
     (getattr(endpoints, "_WrappingProtocol", None), "_wrappedProtocol", _set_in_init),
     # _twisted/tls.py
