@@ -121,9 +121,9 @@ def test_the_slotted_fields_start_at_the_channels_defaults(tmp_path: Path) -> No
 
 # Idle keep-alive connections measured (after as many warm-up ones).
 MEASURED_CONNECTIONS = 1000
-# A regression guard, not a benchmark: about 0.9 KiB when this was written
-# (1.9 KiB of tracemalloc-counted memory per connection before transports
-# and channels kept their fields in slots: 3.4).
+# A regression guard, not a benchmark: 1.5 KiB of tracemalloc-counted memory
+# per idle connection when this was written (3.4 KiB before channels and
+# transports kept their fields in slots and dicts of their own went away).
 MAX_BYTES_PER_IDLE_CONNECTION = 2048
 # Requests in flight at once (as many upstream connections, at most).
 REQUESTS_AT_ONCE = 20
