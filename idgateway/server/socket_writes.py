@@ -152,6 +152,9 @@ class _Accepted(CoalescingServer):
     name first set after a burst of accepts (``_flush_waiting`` at the first
     response) would do the same. Its per-connection fields live in slots
     instead; ``__init__`` gives each the default the classes above have.
+    (Not ``fileno``: set at accept, so always in the shared table, and once
+    the connection is lost and Twisted deletes it, FileDescriptor.fileno's -1
+    must answer again, which a slot would not.)
     """
 
     __slots__ = (
@@ -169,7 +172,6 @@ class _Accepted(CoalescingServer):
         "dataBuffer",
         "disconnected",
         "disconnecting",
-        "fileno",
         "hostname",
         "offset",
         "producer",

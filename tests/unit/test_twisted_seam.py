@@ -312,6 +312,9 @@ def test_an_accepted_connection_reads_as_stock_twisteds_and_keeps_no_dict(
             made = kind(skt, Protocol(), peer, Listening(), 7, MemoryReactor())
             texts = (made.logPrefix(), repr(made), made.getPeer())
             own_names = sorted(vars(made))
+            assert made.fileno() == skt.fileno()
+            del made.fileno  # (as connectionLost does: FileDescriptor's answers)
+            assert made.fileno() == -1
         assert texts == (
             f"Protocol,7,{peer[0]}",
             "<Protocol #7 on 8080>",
@@ -319,8 +322,8 @@ def test_an_accepted_connection_reads_as_stock_twisteds_and_keeps_no_dict(
                 "TCP", *peer
             ),
         ), kind
-        # Every field in a slot (the stock class: all in its dict).
-        assert own_names == [] or kind is tcp.Server, own_names
+        # Every field in a slot but fileno (the stock class: all in its dict).
+        assert own_names == ["fileno"] or kind is tcp.Server, own_names
 
 
 def test_without_write_internals_a_port_makes_stock_transports(
