@@ -25,6 +25,23 @@ Private names used:
   accept count instead of one connection per wake-up).
 - ``tcp.Port._logger``: a port's accept-time log events (EMFILE) routed
   through a throttle. Without it: the port logs as stock Twisted does.
+- ``tcp.Port.transport`` (the class a port makes each accepted connection
+  of, ``tcp.Server``): a listener's port makes the gateway's coalescing
+  ``tcp.Server`` subclass at once (``accept_as``), instead of the channel
+  changing the class of each new transport (in CPython 3.11 a class change
+  gives the instance a dict of its own: about 1 KiB per connection). Without
+  it: the class is changed as before.
+- ``tcp.Server._addressType`` (the address class of its peer, IPv6Address
+  on an IPv6 connection): ``peer_address`` makes the address tcp.Server's
+  ``getPeer`` makes, once, for the gateway's accepted connections, which
+  keep it (``idgateway.server.socket_writes``). Without it: IPv4Address or
+  IPv6Address by the length of the peer's tuple, as tcp.Server chooses.
+- ``tcp.Port._realPortNumber`` and ``FileDescriptor._getLogPrefix``: what
+  ``tcp.Server`` puts in its ``repstr`` and ``logstr`` at accept, made when
+  asked instead (``accepted_repr``, ``accepted_log_prefix``) for the
+  connections of the workers' lean event loop, which does not ask for them
+  at every event. Without them: the text says less (the port number
+  "unknown", the protocol's class name).
 """
 
 from __future__ import annotations
@@ -33,7 +50,7 @@ from collections.abc import Callable, Iterable
 from errno import EWOULDBLOCK
 from typing import Any
 
-from twisted.internet import abstract, main, tcp
+from twisted.internet import abstract, address, main, tcp
 from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 
@@ -198,6 +215,40 @@ def adopt_listening_port(
     adopted = port_class._fromListeningDescriptor(reactor, fd, family, factory)  # type: ignore[attr-defined]
     adopted.startListening()
     return adopted  # type: ignore[no-any-return]
+
+
+def accept_as(port: Any, transport_class: type[tcp.Server]) -> bool:
+    """Have the listening ``port`` make its accepted connections as
+    ``transport_class`` (a ``tcp.Server`` subclass); False (nothing done) if
+    it does not make them from a ``transport`` class attribute that is
+    ``tcp.Server`` or a subclass."""
+    made = getattr(type(port), "transport", None)
+    if not (isinstance(port, tcp.Port) and isinstance(made, type) and issubclass(made, tcp.Server)):
+        return False
+    port.transport = transport_class
+    return True
+
+
+def peer_address(transport: Any, client: tuple[Any, ...]) -> Any:
+    """The address ``tcp.Server.getPeer`` makes from the peer's ``client`` tuple."""
+    address_type = getattr(transport, "_addressType", None)
+    if address_type is None:
+        address_type = address.IPv4Address if len(client) == 2 else address.IPv6Address
+    return address_type("TCP", *client)
+
+
+def accepted_log_prefix(transport: Any) -> str:
+    """What ``tcp.Server.__init__`` puts in ``logstr``: "Protocol,sessionno,host"."""
+    get_prefix = getattr(transport, "_getLogPrefix", None)
+    protocol = transport.protocol
+    prefix = get_prefix(protocol) if get_prefix is not None else type(protocol).__name__
+    return f"{prefix},{transport.sessionno},{transport.hostname}"
+
+
+def accepted_repr(transport: Any) -> str:
+    """What ``tcp.Server.__init__`` puts in ``repstr``: "<Protocol #sessionno on port>"."""
+    port = getattr(transport.server, "_realPortNumber", "unknown")
+    return f"<{type(transport.protocol).__name__} #{transport.sessionno} on {port}>"
 
 
 def port_logger(port: Any) -> Logger | None:

@@ -619,7 +619,9 @@ class GatewayChannel(HTTPChannelInternals):
 
     def getHost(self) -> Any:
         if self._host is None:
-            self._host = super().getHost()
+            # (The site's copy: thousands of idle connections to one
+            # listener need not hold an address object each.)
+            self._host = self.site.shared_address(super().getHost())  # type: ignore[attr-defined]
         return self._host
 
     def getPeer(self) -> Any:
@@ -665,8 +667,34 @@ class GatewaySite(server.Site):
         # stopped reading -> since when (proxy.response).
         self.send_timeout: float | None = None
         self.stalled: dict[Any, float] = {}
+        self._addresses: dict[Any, Any] = {}
         self._idle_sweep = LoopingCall(self._time_out_idle)
         self._idle_sweep.clock = self.reactor
+
+    # The local addresses a site shares among its connections (a listener
+    # bound to a wildcard address has one per local address it is reached on).
+    _SHARED_ADDRESSES = 64
+    _call_later: Any = None
+
+    def buildProtocol(self, addr: Any) -> Any:
+        channel = super().buildProtocol(addr)
+        if channel is not None:
+            # twisted.web gives each channel a bound method of its own (an
+            # object per connection): one per site does the same.
+            call_later = self.reactor.callLater
+            if call_later != self._call_later:
+                self._call_later = call_later
+            channel.callLater = self._call_later
+        return channel
+
+    def shared_address(self, address: Any) -> Any:
+        """``address``, or the equal one this site already holds."""
+        known = self._addresses.get(address)
+        if known is not None:
+            return known
+        if len(self._addresses) < self._SHARED_ADDRESSES:
+            self._addresses[address] = address
+        return address
 
     def watch_idle(self, channel: GatewayChannel) -> None:
         self.idle_channels.add(channel)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gc
 import signal
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from twisted.application.service import MultiService
 from twisted.internet import defer, threads
@@ -29,9 +29,12 @@ from idgateway.server.connection_limits import (
     process_share,
     throttle_accept_logs,
 )
-from idgateway.server.h2_connection import H2Offer
+from idgateway.server.socket_writes import accept_listened
 from idgateway.server.startup_errors import StartupError, listen_problem, stop_starting
 from idgateway.server.tls import GatewayTLSFactory, SNIServerContexts
+
+if TYPE_CHECKING:
+    from idgateway.server.h2_connection import H2Offer
 
 # Idle keep-alive connections from clients are closed after this long.
 CLIENT_IDLE_TIMEOUT = 75
@@ -47,20 +50,51 @@ class DrainableChannel(GatewayChannel):
     """A channel its site can ask to finish its request and close."""
 
     site: DrainableSite
-    # An idle keep-alive connection is mostly this object. CPython shares one
-    # table of attribute names among a class's instances, but only up to 30
-    # names: twisted.web's channel sets 25 of its own, and past 30 each
-    # channel gets a dict of its own (about 1.5 KiB instead of 0.3, most of an
-    # idle connection's memory). The gateway's own per-connection fields live
-    # in slots instead; __init__ gives each the class's default.
+    # An idle keep-alive connection is mostly this object and its transport.
+    # CPython shares one table of attribute names among a class's instances,
+    # but stops adding names to it once a few dozen instances exist: a name
+    # first set after a burst of accepts (``persistent``, at the first
+    # request) gives each channel a dict of its own (about 0.8 KiB, most of
+    # an idle connection's memory). The per-connection fields, twisted.web's
+    # and the gateway's, live in slots instead; __init__ gives each the
+    # default the classes above have.
     __slots__ = (
+        "_HTTPChannel__first_line",
+        "_HTTPChannel__header",
+        "_buffer",
+        "_busyReceiving",
+        "_command",
+        "_dataBuffer",
+        "_handlingRequest",
         "_head_since",
         "_host",
         "_idle_period",
         "_idle_since",
+        "_networkProducer",
+        "_path",
         "_peer",
         "_reading_body",
+        "_receivedHeaderCount",
+        "_receivedHeaderSize",
+        "_requestProducer",
+        "_requestProducerStreaming",
+        "_savedTimeOut",
         "_silent",
+        "_transferDecoder",
+        "_version",
+        "_waitingForTransport",
+        "callLater",
+        "connected",
+        "factory",
+        "length",
+        "line_mode",
+        "paused",
+        "persistent",
+        "requestFactory",
+        "requests",
+        "site",
+        "timeOut",
+        "transport",
     )
     # A WebSocket tunnel now: no request boundary to wait for.
     upgraded = False
@@ -70,8 +104,8 @@ class DrainableChannel(GatewayChannel):
     def __init__(self) -> None:
         # A slot has no default of its own: without these, reading one before
         # it was set would raise instead of finding GatewayChannel's default.
-        for name in DrainableChannel.__slots__:
-            setattr(self, name, getattr(GatewayChannel, name))
+        for name, default in _CHANNEL_DEFAULTS:
+            setattr(self, name, default)
         super().__init__()
 
     def connectionMade(self) -> None:
@@ -127,6 +161,16 @@ class DrainableChannel(GatewayChannel):
         for request in self.requests:
             if not request.startedWriting:
                 request.responseHeaders.setRawHeaders(b"Connection", [b"close"])
+
+
+_UNSET = object()
+# (slot, the default a class above DrainableChannel gives it) for each slot
+# that has one.
+_CHANNEL_DEFAULTS = tuple(
+    (name, default)
+    for name in DrainableChannel.__slots__
+    if (default := getattr(GatewayChannel, name, _UNSET)) is not _UNSET
+)
 
 
 class DrainableSite(GatewaySite):
@@ -366,7 +410,13 @@ class GatewayService(MultiService):
     def http2_offer(self, listener: Listener, config: Config) -> H2Offer | None:
         """How the listener takes HTTP/2 connections (None: HTTP/1.1 only)."""
         mode = listener.http2_mode
-        return None if mode == "off" else H2Offer(mode, config.http2, self.reactor)
+        if mode == "off":
+            return None
+        # (Imported when a listener offers HTTP/2: h2, hpack and hyperframe
+        # are about 2 MiB a process that serves none does without.)
+        from idgateway.server.h2_connection import H2Offer
+
+        return H2Offer(mode, config.http2, self.reactor)
 
     def _factory_for(self, listener: Listener) -> IProtocolFactory:
         """The listener's Site, behind TLS on a TLS listener."""
@@ -405,6 +455,7 @@ class GatewayService(MultiService):
         # address, if it passed one, instead of binding.
         adopted = systemd.adopt_listener(self.reactor, listener.host, listener.port, factory)
         if adopted is not None:
+            accept_listened(adopted)
             throttle_accept_logs(adopted, self.reactor, listener.address)
             self._ports[key] = adopted
             return
@@ -416,6 +467,7 @@ class GatewayService(MultiService):
         if failures:
             problem = listen_problem(listener.address, listener.source, failures[0].value)
             raise StartupError(problem)
+        accept_listened(self._ports[key])
         throttle_accept_logs(self._ports[key], self.reactor, listener.address)
 
     def open_websockets(self) -> dict[str, int]:

@@ -28,12 +28,18 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import tcp
+from twisted.internet.address import IPv6Address
 
+from idgateway._twisted.reactor import LEAN, LeanEPollReactor
 from idgateway._twisted.tcp import (
     COALESCING,
     DirectWrites,
+    accept_as,
+    accepted_log_prefix,
+    accepted_repr,
     call_after_events,
     flush_transports,
+    peer_address,
 )
 
 
@@ -131,6 +137,113 @@ class CoalescingClient(DirectWrites, _Coalescing, tcp.Client):
 
 
 _UPGRADES: dict[type, type] = {tcp.Server: CoalescingServer, tcp.Client: CoalescingClient}
+
+_UNSET = object()
+
+
+class _Accepted(CoalescingServer):
+    """A CoalescingServer as a listener's port makes it (``accept_listened``).
+
+    An idle keep-alive connection is mostly its transport and its channel.
+    Made coalescing from the start, no class change gives the instance a dict
+    of its own (CPython 3.11 turns the shared attribute table of an instance
+    whose class changes into a dict: about 1 KiB); and CPython stops adding
+    names to a class's shared table once a few dozen instances exist, so a
+    name first set after a burst of accepts (``_flush_waiting`` at the first
+    response) would do the same. Its per-connection fields live in slots
+    instead; ``__init__`` gives each the default the classes above have.
+    (Not ``fileno``: set at accept, so always in the shared table, and once
+    the connection is lost and Twisted deletes it, FileDescriptor.fileno's -1
+    must answer again, which a slot would not.)
+    """
+
+    __slots__ = (
+        "_aborting",
+        "_addressType",
+        "_flush_waiting",
+        "_peer_address",
+        "_tempDataBuffer",
+        "_tempDataLen",
+        "_turn_flusher",
+        "_watched",
+        "_writeDisconnected",
+        "_writeDisconnecting",
+        "connected",
+        "dataBuffer",
+        "disconnected",
+        "disconnecting",
+        "hostname",
+        "offset",
+        "producer",
+        "producerPaused",
+        "protocol",
+        "reactor",
+        "server",
+        "sessionno",
+        "socket",
+        "streamingProducer",
+    )
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        for name, default in _ACCEPTED_DEFAULTS:
+            setattr(self, name, default)
+        super().__init__(*args, **kwargs)
+
+    # The peer's address is kept as the address object getPeer() answers (its
+    # channel keeps that one too), not also as the (host, port) tuple
+    # tcp.Server keeps and makes a new address from at each getPeer().
+    def _client_tuple(self) -> tuple[Any, ...]:
+        peer: Any = self._peer_address
+        if isinstance(peer, IPv6Address):
+            return (peer.host, peer.port, peer.flowInfo, peer.scopeID)
+        return (peer.host, peer.port)
+
+    def _keep_peer_address(self, client: tuple[Any, ...]) -> None:
+        self._peer_address = peer_address(self, client)
+
+    client = property(_client_tuple, _keep_peer_address)  # type: ignore[assignment]
+
+    def getPeer(self) -> Any:  # noqa: N802 - Twisted's name
+        return self._peer_address
+
+
+# (slot, the default a class above _Accepted gives it) for each slot that has one.
+_ACCEPTED_DEFAULTS = tuple(
+    (name, default)
+    for name in _Accepted.__slots__
+    if (default := getattr(CoalescingServer, name, _UNSET)) is not _UNSET
+)
+
+
+class AcceptedConnection(_Accepted):
+    """A listener's connection on Twisted's own event loop, which asks for its
+    log prefix at every event: made at accept, as stock."""
+
+    __slots__ = ("logstr", "repstr")
+
+
+def _ignore(transport: object, text: str) -> None:
+    pass
+
+
+class QuietAcceptedConnection(_Accepted):
+    """A listener's connection on the workers' lean event loop, which does not
+    ask for its log prefix at every event: it and the repr text are made when
+    asked, not kept (two strings, about 160 bytes a connection)."""
+
+    __slots__ = ()
+    logstr = property(accepted_log_prefix, _ignore)  # type: ignore[assignment]
+    repstr = property(accepted_repr, _ignore)
+
+
+def accept_listened(port: Any) -> None:
+    """Have a listener's ``port`` make its connections coalescing as it
+    accepts them (``AcceptedConnection``, or ``QuietAcceptedConnection`` on
+    the workers' lean event loop); any other port is left alone (its
+    channels' ``coalesce_writes`` changes each transport's class instead)."""
+    if COALESCING:
+        quiet = isinstance(getattr(port, "reactor", None), LeanEPollReactor) and LEAN
+        accept_as(port, QuietAcceptedConnection if quiet else AcceptedConnection)
 
 
 def coalesce_writes(transport: object) -> None:

@@ -14,8 +14,12 @@ import sys
 
 
 def run() -> int:
+    from idgateway._twisted.web_http2 import leave_out_twisted_http2
     from idgateway.workers.event_loop import install
 
+    # (Before anything imports twisted.web: its own HTTP/2, which the
+    # gateway does not use, would import h2 in every worker.)
+    leave_out_twisted_http2()
     install()
     from twisted.internet import reactor
 

@@ -30,8 +30,10 @@ from idgateway.config.model import Config, Listener
 from idgateway.observe.metrics import METRICS, GatewayMetrics
 from idgateway.server.connection_limits import throttle_accept_logs
 from idgateway.server.service import GatewayService
+from idgateway.server.socket_writes import accept_listened
 from idgateway.workers.drain import DRAIN_TIMEOUT
 from idgateway.workers.log_relay import READY_FIELD, log_json_to_stdout
+from idgateway.workers.memory import release_free_memory
 from idgateway.workers.metrics import WorkerMetricsGatherer, listen_exposition
 from idgateway.workers.shared_port import adopt_shared_port, parse_listen_fd
 
@@ -109,6 +111,7 @@ class WorkerService(GatewayService):
         finally:
             # adoptStreamPort works on its own duplicate.
             os.close(fd)
+        accept_listened(port)
         throttle_accept_logs(port, self.reactor, listener.address)
         self._ports[(listener.host, listener.port)] = port
 
@@ -154,6 +157,17 @@ class Lifeline:
 
     def logPrefix(self) -> str:
         return "master-lifeline"
+
+
+def release_memory_after_start(service: GatewayService, reactor: Any) -> None:
+    """Give back what start-up freed now, and what each provider's first
+    discovery freed once it is ready (see ``idgateway.workers.memory``)."""
+    release_free_memory()
+    for handle in service.holder.current.providers.values():
+        client = handle.client
+        if not client.ready:
+            # (Once the discovery that made it ready has let go of its objects.)
+            client.when_ready.append(lambda _metadata: reactor.callLater(0, release_free_memory))
 
 
 def main(argv: Sequence[str] | None = None, *, reactor: Any) -> int:
@@ -226,6 +240,7 @@ def main(argv: Sequence[str] | None = None, *, reactor: Any) -> int:
             pid=os.getpid(),
             **{READY_FIELD: True},
         )
+        release_memory_after_start(service, reactor)
 
     def stop_reactor() -> None:
         if reactor.running:

@@ -10,13 +10,14 @@ the newest Twisted and on the floor setup.py states (``make test-floor``).
 from __future__ import annotations
 
 import inspect
+import socket
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 import txredisapi
 from OpenSSL import SSL
-from twisted.internet import abstract, endpoints, posixbase, tcp
+from twisted.internet import abstract, address, endpoints, posixbase, tcp
 from twisted.internet.epollreactor import EPollReactor
 from twisted.protocols import tls
 from twisted.python import components
@@ -141,6 +142,10 @@ PRIVATE_NAMES: list[tuple[Any, str, Callable[[Any, str], bool]]] = [
     (tcp.Connection, "_aborting", _class_attribute(bool)),
     (tcp.Port, "_fromListeningDescriptor", _function),
     (tcp.Port, "_logger", lambda o, n: "_logger" in inspect.getsource(o)),
+    (tcp.Port, "transport", lambda o, n: getattr(o, n, None) is tcp.Server),
+    (tcp.Port, "_realPortNumber", lambda o, n: n in inspect.getsource(o.startListening)),
+    (abstract.FileDescriptor, "_getLogPrefix", _function),
+    (tcp.Server, "_addressType", lambda o, n: getattr(o, n, None) is address.IPv4Address),
     (endpoints, "_WrappingProtocol", _class),
     (getattr(endpoints, "_WrappingProtocol", None), "_wrappedProtocol", _set_in_init),
     # _twisted/tls.py
@@ -271,6 +276,69 @@ def test_without_write_internals_transports_are_left_stock(
     monkeypatch.setattr(writecoalesce, "COALESCING", True)
     writecoalesce.coalesce_writes(transport)
     assert type(transport) is writecoalesce.CoalescingServer
+
+
+def test_a_port_that_makes_no_tcp_server_is_left_as_it_is() -> None:
+    from idgateway._twisted import tcp as seam_tcp
+    from idgateway.server import socket_writes as writecoalesce
+
+    class OtherPort(tcp.Port):
+        transport = object  # type: ignore[assignment]
+
+    other = OtherPort.__new__(OtherPort)
+    assert seam_tcp.accept_as(other, writecoalesce.AcceptedConnection) is False
+    assert "transport" not in vars(other)
+    assert seam_tcp.accept_as(object(), writecoalesce.AcceptedConnection) is False
+    port = tcp.Port.__new__(tcp.Port)
+    writecoalesce.accept_listened(port)
+    assert port.transport is writecoalesce.AcceptedConnection
+
+
+@pytest.mark.parametrize(
+    ("family", "peer"),
+    [(socket.AF_INET, ("10.1.2.3", 40000)), (socket.AF_INET6, ("fd00::3", 40000, 0, 0))],
+    ids=["IPv4", "IPv6"],
+)
+def test_an_accepted_connection_reads_as_stock_twisteds_and_keeps_no_dict(
+    family: int, peer: tuple[Any, ...]
+) -> None:
+    from twisted.internet.protocol import Protocol
+    from twisted.internet.testing import MemoryReactor
+
+    from idgateway.server import socket_writes as writecoalesce
+
+    class Listening:
+        _realPortNumber = 8080
+
+    kinds = (tcp.Server, writecoalesce.AcceptedConnection, writecoalesce.QuietAcceptedConnection)
+    for kind in kinds:
+        with socket.socket(family) as skt:
+            made = kind(skt, Protocol(), peer, Listening(), 7, MemoryReactor())
+            texts = (made.logPrefix(), repr(made), made.getPeer())
+            own_names = sorted(vars(made))
+            assert made.fileno() == skt.fileno()
+            del made.fileno  # (as connectionLost does: FileDescriptor's answers)
+            assert made.fileno() == -1
+        assert texts == (
+            f"Protocol,7,{peer[0]}",
+            "<Protocol #7 on 8080>",
+            (address.IPv4Address if family == socket.AF_INET else address.IPv6Address)(
+                "TCP", *peer
+            ),
+        ), kind
+        # Every field in a slot but fileno (the stock class: all in its dict).
+        assert own_names == ["fileno"] or kind is tcp.Server, own_names
+
+
+def test_without_write_internals_a_port_makes_stock_transports(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from idgateway.server import socket_writes as writecoalesce
+
+    monkeypatch.setattr(writecoalesce, "COALESCING", False)
+    port = tcp.Port.__new__(tcp.Port)
+    writecoalesce.accept_listened(port)
+    assert port.transport is tcp.Server
 
 
 def test_without_adopt_as_subclass_a_shared_port_is_a_stock_adopted_port(
