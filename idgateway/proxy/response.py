@@ -414,3 +414,25 @@ class ProxiedResponse:
             self._unwatch_stalled()
         if self.exchange is not None:
             self.exchange.cancel()
+
+
+_new_response = object.__new__
+
+
+def new_proxied_response(
+    request: GatewayRequest, runtime: RouteRuntime, tls: bool, set_cookies: list[bytes]
+) -> ProxiedResponse:
+    """``ProxiedResponse(request, runtime, tls=..., set_cookies=...)``, the
+    proxy's call on every request, without a class call's two trips through C
+    (see upstream.new_exchange). Sets what ``__init__`` sets
+    (tests/unit/test_proxied_response.py compares the two)."""
+    sink: ProxiedResponse = _new_response(ProxiedResponse)
+    sink.request = request
+    sink.set_cookies = set_cookies
+    sink.runtime = runtime
+    sink.tls = tls
+    sink.exchange = None
+    sink._producing = False
+    sink._stalled = False
+    sink._upgrade_headers = ()
+    return sink

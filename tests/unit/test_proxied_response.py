@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone
 from twisted.internet.testing import StringTransport
@@ -264,3 +265,16 @@ def test_body_data_after_the_client_left_is_dropped() -> None:
     sink.request.connectionLost(Failure(ConnectionDone()))
     sink.response_data(b"hello")
     assert transport.value() == written
+
+
+@pytest.mark.parametrize("tls", [False, True])
+@pytest.mark.parametrize("set_cookies", [[], [b"a=1; Path=/"]])
+def test_new_proxied_response_is_the_one_its_constructor_makes(tls, set_cookies):
+    from idgateway.proxy.response import new_proxied_response
+
+    request, runtime = object(), object()
+    made = ProxiedResponse(request, runtime, tls=tls, set_cookies=set_cookies)  # type: ignore[arg-type]
+    quick = new_proxied_response(request, runtime, tls, set_cookies)  # type: ignore[arg-type]
+    assert type(quick) is ProxiedResponse
+    assert vars(quick) == vars(made)
+    assert list(vars(quick)) == list(vars(made)), "the same names, set in the same order"
