@@ -158,8 +158,21 @@ class GatewayRequest(server.Request):
     # one table of names among a class's instances, so each request's dict
     # was built and grown entry by entry (and every attribute access took the
     # slow way). __init__ gives each slot its default: no class attributes
-    # can stand in for a slot's.
+    # can stand in for a slot's. So do the fields read before they are set
+    # (twisted.web's finished, startedWriting, chunked, sentLength, producer;
+    # body, client_gone...): read through an instance, a class attribute is
+    # looked up the slow way on every read (CPython 3.11 does not specialise
+    # it), a slot the fast way.
     __slots__ = (
+        "finished",
+        "startedWriting",
+        "chunked",
+        "sentLength",
+        "producer",
+        "body",
+        "client_gone",
+        "idgw_cut_off",
+        "idgw_websocket_slot",
         "on_disconnect",
         "on_body_exceeded",
         "request_id",
@@ -175,7 +188,7 @@ class GatewayRequest(server.Request):
         "idgw_session",
         "idgw_session_id",
     )
-    body: BodyPipe | None = None
+    body: BodyPipe | None  # (None)
     # Called once if the client disconnects before the response is finished.
     on_disconnect: Callable[[], None] | None  # (None)
     # Called when the body grows past BodyPipe.limit.
@@ -196,10 +209,10 @@ class GatewayRequest(server.Request):
     idgw_upstream_ms: float | None  # (None) time to the upstream's response head
     # The connection was lost before the response was finished (the client
     # went away, or the gateway cut it off after a broken upstream response).
-    idgw_cut_off: bool = False
+    idgw_cut_off: bool  # (False)
     # A WebSocket upgrade's claim on its route's max_websockets, until the
     # request ends or becomes a tunnel (which then holds it).
-    idgw_websocket_slot: WebSocketSlot | None = None
+    idgw_websocket_slot: WebSocketSlot | None  # (None)
     # The session admitted by the gate (a tunnel opened by this request ends
     # with it): the route's gate, the session, its Redis id.
     idgw_login: Any  # (None)
@@ -207,14 +220,17 @@ class GatewayRequest(server.Request):
     idgw_session_id: str | None  # (None)
     # The client's connection was lost (twisted.web's Request keeps this in a
     # private attribute; notifyFinish() would cost a Deferred per request).
-    client_gone: bool = False
+    client_gone: bool  # (False)
 
     def __init__(self, channel: Any, queued: Any = False, *args: Any, **kw: Any) -> None:
         # (*args, **kw: server.Request's signature; none are passed.)
         # As server.Request's, in one call instead of three nested ones, and
         # with request headers whose per-request lookups take a shortcut.
         init_request(self, channel, queued)
-        # The slots' defaults.
+        # The slots' defaults (twisted.web's as http.Request has them).
+        self.finished = self.startedWriting = self.chunked = self.sentLength = 0
+        self.producer = self.body = self.idgw_websocket_slot = None
+        self.client_gone = self.idgw_cut_off = False
         self.on_disconnect = self.on_body_exceeded = None
         self.request_id = b""
         self.head_size = 0

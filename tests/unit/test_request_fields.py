@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from twisted.web import http
 from twisted.web.test.requesthelper import DummyChannel
 
 from idgateway.observe import access_log
@@ -36,11 +37,16 @@ DEFAULTS: dict[str, Any] = {
     "idgw_login": None,
     "idgw_session": None,
     "idgw_session_id": None,
-    # (still class attributes: set on few requests)
     "idgw_cut_off": False,
     "idgw_websocket_slot": None,
     "client_gone": False,
     "body": None,
+    # twisted.web's, as http.Request's class attributes have them
+    "finished": 0,
+    "startedWriting": 0,
+    "chunked": 0,
+    "sentLength": 0,
+    "producer": None,
 }
 
 
@@ -49,6 +55,15 @@ def test_a_new_request_has_each_fields_default(name: str) -> None:
     request = GatewayRequest(DummyChannel())
     assert getattr(request, name) == DEFAULTS[name]
     assert type(getattr(request, name)) is type(DEFAULTS[name])
+    stock = getattr(http.Request, name, None)
+    if stock is not None:
+        assert getattr(request, name) == stock, "as twisted.web's default"
+
+
+def test_every_slot_has_a_default() -> None:
+    request = GatewayRequest(DummyChannel())
+    unset = [name for name in GatewayRequest.__slots__ if not hasattr(request, name)]
+    assert unset == ["idgw_reading"]
 
 
 def test_the_reading_has_no_default_as_before() -> None:
