@@ -426,13 +426,18 @@ class RouteLogin:
                 # rest (decode, authorization verdict, identity headers) is
                 # what the full checks found for this session.
                 admitted = self._admitted.get(id(cookie_header))
+                if admitted is not None:
+                    # (Unpacked once: each field of a NamedTuple read by name
+                    # is a descriptor looked up the slow way.)
+                    header_then, tls_then, known, rules, identity, identity_lines, due, sealed = (
+                        admitted
+                    )
                 if (
                     admitted is not None
-                    and admitted.cookie_header is cookie_header
-                    and admitted.tls is tls
-                    and self._admit_again(admitted, request, reading)
+                    and header_then is cookie_header
+                    and tls_then is tls
+                    and self._admit_again(known, rules, due, sealed, tls, request, reading)
                 ):
-                    known = admitted.session
                     request.idgw_user = known.user  # observe hook: the access log's user
                     request.idgw_login = self
                     request.idgw_session = known
@@ -445,11 +450,11 @@ class RouteLogin:
                             runtime,
                             host,
                             cookie=upstream_cookie,
-                            identity_lines=admitted.identity_lines,
+                            identity_lines=identity_lines,
                         )
                         return
                     identity = self.assertion.session_headers(
-                        admitted.identity,
+                        identity,
                         known,
                         host,
                         tls,
@@ -679,26 +684,33 @@ class RouteLogin:
         )
 
     def _admit_again(
-        self, admitted: _Admitted, request: GatewayRequest, reading: PathReading
+        self,
+        session: Session,
+        rules: AuthorizeRules,
+        due: float,
+        sealed_until: int | None,
+        tls: bool,
+        request: GatewayRequest,
+        reading: PathReading,
     ) -> bool:
-        """Whether a request with the Cookie header of ``admitted`` would meet
-        the same answer from check and admit: forwarded with the same identity
-        headers, nothing refreshed, slid or re-issued."""
+        """Whether a request with the Cookie header of an ``_Admitted`` (its
+        fields given) would meet the same answer from check and admit:
+        forwarded with the same identity headers, nothing refreshed, slid or
+        re-issued."""
         if request.finished or request.client_gone:
             return False
-        if not self.clock.seconds() < admitted.due:
+        if not self.clock.seconds() < due:
             return False
-        sealed_until = admitted.sealed_until
-        if sealed_until is not None and not self.codecs[admitted.tls].cookie_alive(sealed_until):
+        if sealed_until is not None and not self.codecs[tls].cookie_alive(sealed_until):
             return False
         revocation = self.revocation
-        if revocation is not None and revocation.session_revoked(self.route.name, admitted.session):
+        if revocation is not None and revocation.session_revoked(self.route.name, session):
             return False
         if self.has_step_up and self.step_up_for(reading) is not None:
             return False
         if reading.rules_route is None:
-            return self.auth.authorize is admitted.rules
-        return self.rules_for(reading) is admitted.rules
+            return self.auth.authorize is rules
+        return self.rules_for(reading) is rules
 
     def _remember_admitted(
         self,

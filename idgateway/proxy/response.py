@@ -104,8 +104,6 @@ class ProxiedResponse:
     """Streams one upstream response to the client; the client's pace sets the upstream's."""
 
     _log = Logger()
-    # A head kept by response_head to go out with the body in hand (see there).
-    _head_pending: bytes | None = None
 
     def __init__(
         self,
@@ -124,6 +122,10 @@ class ProxiedResponse:
         # Watched by the site for client_send_timeout (the client stopped reading).
         self._stalled = False
         self._upgrade_headers: Sequence[tuple[bytes, bytes]] = ()
+        # A head kept by response_head to go out with the body in hand (see
+        # there). (An instance attribute: a class attribute read through an
+        # instance is looked up the slow way on every read.)
+        self._head_pending: bytes | None = None
 
     # -- upstream.ResponseSink ---------------------------------------------------
 
@@ -467,4 +469,5 @@ def new_proxied_response(
     sink._producing = False
     sink._stalled = False
     sink._upgrade_headers = ()
+    sink._head_pending = None
     return sink
