@@ -436,7 +436,24 @@ class RouteLogin:
                     admitted is not None
                     and header_then is cookie_header
                     and tls_then is tls
-                    and self._admit_again(known, rules, due, sealed, tls, request, reading)
+                    # Would this request meet the same answer from check
+                    # and admit: forwarded with the same identity headers,
+                    # nothing refreshed, slid or re-issued? (Asked here, not
+                    # in a method of its own: once per request.)
+                    and not (request.finished or request.client_gone)
+                    and self.clock.seconds() < due
+                    and (sealed is None or self.codecs[tls].cookie_alive(sealed))
+                    and (
+                        self.revocation is None
+                        or not self.revocation.session_revoked(self.route.name, known)
+                    )
+                    and not (self.has_step_up and self.step_up_for(reading) is not None)
+                    and (
+                        self.auth.authorize
+                        if reading.rules_route is None
+                        else self.rules_for(reading)
+                    )
+                    is rules
                 ):
                     request.idgw_user = known.user  # observe hook: the access log's user
                     request.idgw_login = self
@@ -682,35 +699,6 @@ class RouteLogin:
             identity=identity,
             set_cookies=set_cookies,
         )
-
-    def _admit_again(
-        self,
-        session: Session,
-        rules: AuthorizeRules,
-        due: float,
-        sealed_until: int | None,
-        tls: bool,
-        request: GatewayRequest,
-        reading: PathReading,
-    ) -> bool:
-        """Whether a request with the Cookie header of an ``_Admitted`` (its
-        fields given) would meet the same answer from check and admit:
-        forwarded with the same identity headers, nothing refreshed, slid or
-        re-issued."""
-        if request.finished or request.client_gone:
-            return False
-        if not self.clock.seconds() < due:
-            return False
-        if sealed_until is not None and not self.codecs[tls].cookie_alive(sealed_until):
-            return False
-        revocation = self.revocation
-        if revocation is not None and revocation.session_revoked(self.route.name, session):
-            return False
-        if self.has_step_up and self.step_up_for(reading) is not None:
-            return False
-        if reading.rules_route is None:
-            return self.auth.authorize is rules
-        return self.rules_for(reading) is rules
 
     def _remember_admitted(
         self,
