@@ -159,8 +159,20 @@ class ProxiedResponse:
         # the response. The upstream parser has already refused heads with a
         # header name that is not a token, or a CR, LF or NUL out of place.
         hsts = self.runtime.hsts_header if self.tls else None
+        exchange = self.exchange
+        # The whole body is in hand and comes next (response_data, in this
+        # same call from the upstream's read): the head goes out with it in
+        # one write, one trip through the channel and the transport instead of
+        # two (the bytes sent are the same).
+        body_follows = bool(
+            length
+            and exchange is not None
+            and exchange.body_in_hand
+            and not exchange.is_head
+            and status not in NO_BODY_CODES
+        )
         if request.clientproto == HTTP_2:
-            self._h2_head(request, status, headers, length, hsts)
+            self._h2_head(request, status, headers, length, hsts, body_follows)
             return
         # (forwarded_header_lines, its usual answer looked up here)
         known = _FORWARDED_LINES.get((id(headers), hsts is not None))
@@ -194,18 +206,7 @@ class ProxiedResponse:
                 head += (name, b": ", value, b"\r\n")
         head.append(b"\r\n")
         request.startedWriting = 1
-        exchange = self.exchange
-        if (
-            length
-            and exchange is not None
-            and exchange.body_in_hand
-            and not exchange.is_head
-            and status not in NO_BODY_CODES
-        ):
-            # The whole body is in hand and comes next (response_data, in
-            # this same call from the upstream's read): the head goes out
-            # with it in one write, one trip through the channel and the
-            # transport instead of two (the bytes sent are the same).
+        if body_follows:
             self._head_pending = b"".join(head)
             return
         # One bytes object: the transport would otherwise queue each piece.
@@ -233,6 +234,7 @@ class ProxiedResponse:
         headers: Sequence[tuple[bytes, bytes]],
         length: int | None,
         hsts: bytes | None,
+        body_follows: bool,
     ) -> None:
         """The same head as HTTP/1.1's, as one HEADERS frame (lower-case names)."""
         pairs = h2_header_pairs(headers, replace_hsts=hsts is not None)
@@ -246,7 +248,9 @@ class ProxiedResponse:
             for value in values:
                 pairs.append((name.lower(), value))
         request.startedWriting = 1
-        request.channel.write_response_head(status, pairs)  # type: ignore[attr-defined]
+        request.channel.write_response_head(  # type: ignore[attr-defined]
+            status, pairs, body_follows=body_follows
+        )
         self._start_streaming(request)
 
     def response_data(self, data: bytes) -> None:
