@@ -223,8 +223,14 @@ def finish_request(request: Any) -> None:
         and not request.queued
     ):
         channel = request.channel
+        # (Learnt once per class, True or False: "or _plain_class(...)" asked
+        # again on every request of a class that is not plain, an HTTP/2
+        # stream's, through twisted.web.http's deprecation proxy.)
+        channel_plain = _PLAIN_CLASSES.get(type(channel))
+        if channel_plain is None:
+            channel_plain = _plain_class(type(channel))
         if (
-            (_PLAIN_CLASSES.get(type(channel)) or _plain_class(type(channel)))
+            channel_plain
             and (_PLAIN_CLASSES.get(type(request)) or _plain_class(type(request)))
             and channel.persistent
             and channel.requests

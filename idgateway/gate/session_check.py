@@ -104,6 +104,9 @@ ADMITTED_MEMO_MAX = 1024
 # falls due: the full checks compare "now - then > limit", the memo "now < due".
 ADMITTED_MARGIN = 0.001
 MEMO_PERIOD = 60.0  # the memos forget what was not used for one to two of these
+# How many connections' last Cookie headers are kept (RouteLogin.handle): a
+# bound on the bytes held (~2 KB a header), not on who gets the memo's speed.
+LAST_COOKIE_HEADERS_MAX = 256
 # A request without cookies (shared, never changed).
 _NO_COOKIES: dict[bytes, bytes] = {}
 # Redis sessions: how long one process may hold a session's refresh lock, and
@@ -316,6 +319,18 @@ class RouteLogin:
             clock.seconds, MEMO_PERIOD, ADMITTED_MEMO_MAX
         )
         self._admitted_generation = self._cookie_headers.generation
+        # The Cookie header each connection sent last, by id of its requests'
+        # peer address (one object per connection, its HTTP/2 streams'
+        # too): (the reader's generation, is_own, the header, the reader's
+        # answer). A browser sends the same header on every request of a
+        # connection: one comparison with the last one (a memcmp) spares
+        # hashing its ~2 KB anew for the reader's dict on each request. The
+        # comparison, not the id, decides: a reused id or another header
+        # reads afresh. Only headers the reader holds, while it holds them
+        # (same generation): it would answer with the same object.
+        self._last_cookie_header: dict[
+            int, tuple[int, Any, bytes, tuple[bytes | None, dict[bytes, bytes]]]
+        ] = {}
         # The route's identity assertion (set by the state builder); None: off.
         self.assertion: AssertionSigner | None = None
         # What the provider's discovery document offers this route, checked
@@ -384,7 +399,20 @@ class RouteLogin:
         cookie_header = None
         if cookie_values:
             own = runtime.own_cookie or self._is_own_cookie
-            cookie_header = self._cookie_headers.read(cookie_values, own)
+            reader = self._cookie_headers
+            last = self._last_cookie_header.get(id(request.client))
+            if (
+                last is not None
+                and last[0] == reader.generation
+                and last[1] is own
+                and len(cookie_values) == 1
+                and last[2] == cookie_values[0]
+            ):
+                cookie_header = last[3]  # (reader.read's answer, as it still holds it)
+            else:
+                cookie_header = reader.read(cookie_values, own)
+                if len(cookie_values) == 1 and reader.remembers(cookie_values):
+                    self._remember_cookie_header(request, own, cookie_values[0], cookie_header)
             upstream_cookie, cookies = cookie_header
         tls = secure_origin(resource, request, state)
         # (is_public; no public paths, the usual case: none is)
@@ -401,13 +429,32 @@ class RouteLogin:
                 # rest (decode, authorization verdict, identity headers) is
                 # what the full checks found for this session.
                 admitted = self._admitted.get(id(cookie_header))
+                if admitted is not None:
+                    # (Unpacked once: each field of a NamedTuple read by name
+                    # is a descriptor looked up the slow way.)
+                    header_then, tls_then, known, rules, identity, identity_lines, due, sealed = (
+                        admitted
+                    )
                 if (
                     admitted is not None
-                    and admitted.cookie_header is cookie_header
-                    and admitted.tls is tls
-                    and self._admit_again(admitted, request, reading)
+                    and header_then is cookie_header
+                    and tls_then is tls
+                    # Would this request meet the same answer from check
+                    # and admit: forwarded with the same identity headers,
+                    # nothing refreshed, slid or re-issued? (Asked here, not
+                    # in a method of its own: once per request.)
+                    and not (request.finished or request.client_gone)
+                    and self.clock.seconds() < due
+                    and (sealed is None or self.codecs[tls].cookie_alive(sealed))
+                    and not self.revocation.session_revoked(self.route.name, known)
+                    and not (self.has_step_up and self.step_up_for(reading) is not None)
+                    and (
+                        self.auth.authorize
+                        if reading.rules_route is None
+                        else self.rules_for(reading)
+                    )
+                    is rules
                 ):
-                    known = admitted.session
                     request.idgw_user = known.user  # observe hook: the access log's user
                     request.idgw_login = self
                     request.idgw_session = known
@@ -420,11 +467,11 @@ class RouteLogin:
                             runtime,
                             host,
                             cookie=upstream_cookie,
-                            identity_lines=admitted.identity_lines,
+                            identity_lines=identity_lines,
                         )
                         return
                     identity = self.assertion.session_headers(
-                        admitted.identity,
+                        identity,
                         known,
                         host,
                         tls,
@@ -465,6 +512,19 @@ class RouteLogin:
             lambda session: self.check(visit, session), self._store_failed, errbackArgs=(visit,)
         )
         d.addErrback(self._failed, visit)
+
+    def _remember_cookie_header(
+        self,
+        request: GatewayRequest,
+        own: Any,
+        value: bytes,
+        cookie_header: tuple[bytes | None, dict[bytes, bytes]],
+    ) -> None:
+        """Keep the Cookie header this request's connection sent (see handle)."""
+        memo = self._last_cookie_header
+        if len(memo) >= LAST_COOKIE_HEADERS_MAX:
+            memo.clear()
+        memo[id(request.client)] = (self._cookie_headers.generation, own, value, cookie_header)
 
     def check(self, visit: Visit, session: Session | None) -> None:
         """Lifetime, revocation and refresh; then admit or send to login."""
@@ -635,27 +695,6 @@ class RouteLogin:
             identity=identity,
             set_cookies=set_cookies,
         )
-
-    def _admit_again(
-        self, admitted: _Admitted, request: GatewayRequest, reading: PathReading
-    ) -> bool:
-        """Whether a request with the Cookie header of ``admitted`` would meet
-        the same answer from check and admit: forwarded with the same identity
-        headers, nothing refreshed, slid or re-issued."""
-        if request.finished or request.client_gone:
-            return False
-        if not self.clock.seconds() < admitted.due:
-            return False
-        sealed_until = admitted.sealed_until
-        if sealed_until is not None and not self.codecs[admitted.tls].cookie_alive(sealed_until):
-            return False
-        if self.revocation.session_revoked(self.route.name, admitted.session):
-            return False
-        if self.has_step_up and self.step_up_for(reading) is not None:
-            return False
-        if reading.rules_route is None:
-            return self.auth.authorize is admitted.rules
-        return self.rules_for(reading) is admitted.rules
 
     def _remember_admitted(
         self,

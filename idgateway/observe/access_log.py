@@ -123,7 +123,8 @@ def access_fields(request: Any, now: float) -> dict[str, Any]:
         "status": request.code,
         "bytes": request.sentLength,
         "gateway_ms": None if started is None else round((now - started) * 1000, 1),
-        "upstream_ms": upstream_ms,
+        # (kept unrounded on the request: see proxy.response)
+        "upstream_ms": None if upstream_ms is None else round(upstream_ms, 1),
         "request_id": request.request_id.decode("latin-1"),
         "client": client,
     }
@@ -196,7 +197,7 @@ def access_line(request: Any, settings: LoggingSettings, now: float) -> str:
         # (":.1f" writes what str(round(x, 1)) wrote, in one conversion
         # instead of two: both are the correctly rounded digits.)
         f" gw={'None' if started is None else f'{(now - started) * 1000:.1f}'}ms"
-        f"{'' if upstream_ms is None else f' up={upstream_ms}ms'}"
+        f"{'' if upstream_ms is None else f' up={upstream_ms:.1f}ms'}"
         f" id={request.request_id.decode('latin-1')}"
         f" ip={getattr(request.client, 'host', None) or 'unix'}"
         f"{' h2' if getattr(request, 'clientproto', None) == _HTTP_2 else ''}"

@@ -26,10 +26,8 @@ from idgateway.proxy.headers import (
     request_head,
     request_id_from,
 )
-from idgateway.proxy.response import ProxiedResponse
-from idgateway.proxy.upstream import (
-    Exchange,
-)
+from idgateway.proxy.response import new_proxied_response
+from idgateway.proxy.upstream import new_exchange
 from idgateway.routing.state import GatewayState, RouteRuntime, StateHolder
 from idgateway.server.answers import send_error
 from idgateway.server.channel import GatewayRequest
@@ -234,16 +232,17 @@ class GatewayResource(Resource):
             chunked,  # chunked_body
             b"websocket" if upgrade else None,  # upgrade
         )
-        sink = ProxiedResponse(request, runtime, tls=self.tls, set_cookies=set_cookies)
-        exchange = Exchange(
+        # (ProxiedResponse(...) and Exchange(...), their arguments in order)
+        sink = new_proxied_response(request, runtime, self.tls, set_cookies)
+        exchange = new_exchange(
             head,
             sink,
-            body=body,
-            chunked_body=chunked,
-            is_head=request.method == b"HEAD",
-            upgrade=upgrade and body is None,
-            response_timeout=route.response_timeout,
-            idle_timeout=route.idle_timeout,
+            body,
+            chunked,  # chunked_body
+            request.method == b"HEAD",  # is_head
+            upgrade and body is None,  # upgrade
+            route.response_timeout,
+            route.idle_timeout,
         )
         sink.exchange = exchange
         request.on_disconnect = exchange.cancel

@@ -181,8 +181,14 @@ class H2Stream:
         ]
         self.write_response_head(int(code), pairs)
 
-    def write_response_head(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
-        """Send the response's HEADERS: ``headers`` with lower-case names."""
+    def write_response_head(
+        self, status: int, headers: list[tuple[bytes, bytes]], *, body_follows: bool = False
+    ) -> None:
+        """Send the response's HEADERS: ``headers`` with lower-case names.
+
+        ``body_follows``: the body is in hand and written next, in this same
+        call from the upstream's read; the frame then goes out with its DATA
+        (one write to the transport instead of two)."""
         if self.closed:
             return
         block = [(b":status", b"%d" % status)]
@@ -196,7 +202,7 @@ class H2Stream:
             block.append(pair)
         if status >= 200:
             self._body_left = None if length is None else parse_decimal(length)
-        self.connection.send_headers(self.stream_id, block)
+        self.connection.send_headers(self.stream_id, block, write_out=not body_follows)
 
     def write(self, data: bytes) -> None:
         if self.closed or not data:
@@ -663,12 +669,17 @@ class GatewayH2Connection(Protocol):
 
     # -- from the streams -----------------------------------------------------------------
 
-    def send_headers(self, stream_id: int, block: list[tuple[bytes, bytes]]) -> None:
+    def send_headers(
+        self, stream_id: int, block: list[tuple[bytes, bytes]], *, write_out: bool = True
+    ) -> None:
+        """HEADERS for a stream; without ``write_out`` they wait in h2's
+        buffer for the next write (the stream's DATA, which follows at once)."""
         try:
             self.h2.send_headers(stream_id, block)
         except h2.exceptions.ProtocolError:
             return
-        self._write_out()
+        if write_out:
+            self._write_out()
 
     def send_data(self, stream: H2Stream, data: bytes, *, end: bool = False) -> None:
         """Send what the windows allow of ``data`` now; the stream holds the rest.

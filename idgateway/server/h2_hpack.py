@@ -160,6 +160,15 @@ class ResponseHeaderEncoder:
 # -- reading ------------------------------------------------------------------------
 
 
+# hpack's tables, read directly for a one-byte index (HeaderTable.get_by_index
+# without its frame): the static table, and the name of the dynamic one.
+_STATIC_TABLE = HeaderTable.STATIC_TABLE
+_STATIC_LENGTH = len(_STATIC_TABLE)
+DIRECT_INDEX = getattr(HeaderTable, "STATIC_TABLE_LENGTH", None) == _STATIC_LENGTH and hasattr(
+    HeaderTable(), "dynamic_entries"
+)
+
+
 class RequestHeaderDecoder(Decoder):
     """``h2``'s ``H2Connection.decoder``: hpack's Decoder with a leaner ``decode``.
 
@@ -177,6 +186,9 @@ class RequestHeaderDecoder(Decoder):
     def decode(self, data: bytes, raw: bool = False) -> list[tuple[bytes, bytes]]:  # type: ignore[override]
         table = self.header_table
         get = table.get_by_index
+        # (get_by_index's answer for a valid index, read here: a Python frame
+        # per field otherwise; anything else still asks it, which raises)
+        dynamic = table.dynamic_entries if DIRECT_INDEX else ()
         limit = self.max_header_list_size
         headers: list[tuple[bytes, bytes]] = []
         inflated = 0
@@ -193,7 +205,12 @@ class RequestHeaderDecoder(Decoder):
                     number, used = decode_integer(view[index:], 7)
                 if number == 0:
                     raise HPACKDecodingError("indexed field with index 0")
-                field = get(number)
+                if number <= _STATIC_LENGTH and DIRECT_INDEX:
+                    field = _STATIC_TABLE[number - 1]
+                elif 0 < number - _STATIC_LENGTH <= len(dynamic):
+                    field = dynamic[number - _STATIC_LENGTH - 1]
+                else:
+                    field = get(number)
                 index += used
             elif first & 0xE0 == 0x20:
                 # Dynamic table size update (6.3): only before the first field.

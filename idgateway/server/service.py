@@ -144,6 +144,9 @@ class DrainableChannel(GatewayChannel):
             return False
         return bool(super().checkPersistence(request, version))
 
+    # (All it adds to the stock one: a one-pass head asks site.draining itself.)
+    site_draining_persistence = checkPersistence
+
     def drain(self) -> None:
         """Close now if idle, else after the response in progress.
 

@@ -435,3 +435,64 @@ def test_a_completed_body_held_by_the_window_ends_the_stream_once_sent() -> None
     assert body == b"hello"
     assert pair.of(h2.events.StreamEnded, stream_id)
     assert stream_id not in pair.server.streams
+
+
+@pytest.mark.parametrize(
+    ("method", "status", "length", "body"),
+    [
+        (b"GET", 200, 5, b"hello"),
+        (b"GET", 503, 4, b"busy"),
+        (b"GET", 200, 0, b""),
+        (b"HEAD", 200, 5, b""),
+        (b"GET", 204, None, b""),
+        (b"GET", 304, None, b""),
+    ],
+)
+def test_a_head_sent_with_its_body_in_hand_is_the_frames_sent_alone(
+    method: bytes, status: int, length: int | None, body: bytes
+) -> None:
+    """proxy.response over HTTP/2: with the body in hand, HEADERS wait in h2's
+    buffer for the DATA (one write); the client gets the same bytes."""
+    from idgateway.proxy.response import ProxiedResponse
+    from idgateway.proxy.upstream import Exchange
+
+    class _Runtime:
+        hsts_header = None
+
+        class route:  # noqa: N801 - a stand-in for the route record
+            name = "app1"
+
+    written = []
+    for in_hand in (True, False):
+        pair = Pair()
+        stream_id = pair.client.get_next_available_stream_id()
+        pair.client.send_headers(
+            stream_id,
+            [
+                (b":method", method),
+                (b":scheme", b"https"),
+                (b":authority", b"a"),
+                (b":path", b"/hold"),
+            ],
+            end_stream=True,
+        )
+        pair.exchange()
+        [request] = pair.resource.held
+        sink = ProxiedResponse(request, _Runtime(), tls=False)  # type: ignore[arg-type]
+        exchange = Exchange(b"", sink, is_head=method == b"HEAD")
+        exchange.body_in_hand = in_hand
+        sink.exchange = exchange
+        writes = len(pair.transport.io.getvalue())
+        sink.response_head(status, b"", (), length)
+        if in_hand and body:
+            assert pair.transport.io.getvalue()[writes:] == b"", "HEADERS wait for the DATA"
+        if body:
+            sink.response_data(body)
+        sink.response_end()
+        written.append(pair.transport.value())
+        pair.exchange()
+        [response] = pair.of(h2.events.ResponseReceived, stream_id)
+        assert dict(response.headers)[b":status"] == b"%d" % status
+        assert b"".join(e.data for e in pair.of(h2.events.DataReceived, stream_id)) == body
+        assert pair.of(h2.events.StreamEnded, stream_id)
+    assert written[0] == written[1]

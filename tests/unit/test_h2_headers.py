@@ -103,6 +103,13 @@ MALFORMED = {
         (b":authority", b"a"),
         (b":path", b"/\n"),
     ],
+    # (each pseudo-header's value, checked inline by read_request_block)
+    "cr-in-authority": [GET[0], GET[1], (b":authority", b"a\rb"), GET[3]],
+    "nul-in-method": [(b":method", b"GE\x00T")] + GET[1:],
+    "vt-in-path": GET[:3] + [(b":path", b"/\x0b")],
+    "ff-in-scheme": [GET[0], (b":scheme", b"https\x0c"), *GET[2:]],
+    "leading-space-authority": [GET[0], GET[1], (b":authority", b" a"), GET[3]],
+    "trailing-tab-path": GET[:3] + [(b":path", b"/\t")],
     "connection": GET + [(b"connection", b"close")],
     "keep-alive": GET + [(b"keep-alive", b"5")],
     "proxy-connection": GET + [(b"proxy-connection", b"close")],

@@ -157,3 +157,41 @@ def test_a_block_that_inflates_past_max_header_list_size_is_refused_at_once() ->
     assert len(bomb) == 100  # one byte per reference
     with pytest.raises(OversizedHeaderListError):
         decoder.decode(bomb, raw=True)
+
+
+@pytest.mark.parametrize("direct", [True, False], ids=["direct-index", "hpack-get-by-index"])
+@pytest.mark.parametrize(
+    "block",
+    [
+        b"\x81",  # the first static entry
+        b"\xbd",  # the last static entry (61)
+        b"\xbe",  # the newest dynamic entry (62)
+        b"\xbf",  # the oldest (63)
+        b"\xc0",  # one past the dynamic table (64)
+        b"\xff\x00",  # 127, in two bytes: past the table
+        b"\xff\x80\x80\x80\x80\x80\x01",  # a huge index
+        b"\xbe\xbf\x81\xbe",  # mixed, repeated
+    ],
+)
+def test_indexed_fields_at_the_tables_edges_read_as_hpack_reads_them(
+    block: bytes, direct: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A one-byte index is read from hpack's tables directly (h2_hpack.DIRECT_INDEX):
+    every index, valid or not, must answer as hpack's get_by_index does."""
+    from hpack.exceptions import HPACKDecodingError
+
+    from idgateway.server import h2_hpack
+
+    monkeypatch.setattr(h2_hpack, "DIRECT_INDEX", direct)
+    # Two entries in each dynamic table: indices 62 (b: 2) and 63 (a: 1).
+    filling = b"\x40\x01a\x011\x40\x01b\x012"
+    stock, lean = Decoder(), h2_hpack.RequestHeaderDecoder()
+    assert lean.decode(filling) == [(b"a", b"1"), (b"b", b"2")]
+    stock.decode(filling, raw=True)
+    try:
+        expected = [(bytes(n), bytes(v)) for n, v in stock.decode(block, raw=True)]
+    except HPACKDecodingError as error:
+        with pytest.raises(type(error)):
+            lean.decode(block)
+    else:
+        assert lean.decode(block) == expected

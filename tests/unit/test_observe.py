@@ -11,6 +11,8 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone
 from twisted.internet.testing import StringTransport
@@ -305,6 +307,14 @@ def test_the_gateway_leaves_cookie_parsing_to_the_gate() -> None:
         ("hash", "alice", "app", None, False, IPv4Address("TCP", "10.0.0.7", 5555)),
         ("full", None, "app", 0.3, True, None),  # signed out: "-"; a UNIX socket
         ("none", "alice", None, None, False, IPv4Address("TCP", "10.0.0.7", 5555)),
+        # The upstream time as proxy.response leaves it, unrounded: the line
+        # shows what str(round(ms, 1)) shows (ties to even, carries, 0.0).
+        ("full", "alice", "app", 12.349999999, False, None),
+        ("full", "alice", "app", 0.25, False, None),
+        ("full", "alice", "app", 0.35, False, None),
+        ("full", "alice", "app", 9.96, False, None),
+        ("full", "alice", "app", 0.0401, False, None),
+        ("full", "alice", "app", 123456.789, False, None),
     ],
 )
 def test_the_direct_text_line_is_the_logged_events_line(
@@ -524,3 +534,24 @@ def test_the_gateway_time_is_written_as_str_of_round_wrote_it_for_many_values() 
         now = started + chance.choice([1e-5, 1e-3, 1.0, 60.0]) * chance.random()
         line = observe.access_line(fake_request(idgw_started=started), TEXT, now)
         assert f" gw={round((now - started) * 1000, 1)}ms " in line, (started, now)
+
+
+@given(st.floats(min_value=0.0, max_value=1e9, allow_nan=False, allow_infinity=False))
+def test_the_lines_upstream_ms_is_the_rounded_fields(ms: float) -> None:
+    """proxy.response keeps the upstream time unrounded; the line's ":.1f"
+    and the JSON field's round(ms, 1) must write the same digits."""
+    request = SimpleNamespace(
+        idgw_logging=LoggingSettings(),
+        idgw_started=None,
+        idgw_route="app",
+        idgw_user=None,
+        idgw_upstream_ms=ms,
+        method=b"GET",
+        path=b"/",
+        code=200,
+        sentLength=0,
+        request_id=b"r-1",
+        client=None,
+    )
+    rounded = observe.access_fields(request, 0.0)["upstream_ms"]
+    assert f" up={rounded}ms " in observe.access_line(request, LoggingSettings(), 0.0)

@@ -195,3 +195,31 @@ def test_a_request_on_another_channel_class_takes_the_stock_path() -> None:
     assert not http_request._plain_class(OtherChannel)
     assert http_request._plain_class(http.HTTPChannel)
     assert http_request._plain_class(GatewayRequest)
+
+
+def test_a_channel_class_that_is_not_plain_is_learnt_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An HTTP/2 stream's requests end the stock way: whether its class is
+    plain is worked out once, not again on each request."""
+    from tests.unit.test_h2_connection import Pair
+
+    learnt: list[type] = []
+    plain_class = http_request._plain_class
+
+    def counting(kind: type) -> bool:
+        learnt.append(kind)
+        return plain_class(kind)
+
+    monkeypatch.setattr(http_request, "_PLAIN_CLASSES", {})
+    monkeypatch.setattr(http_request, "_plain_class", counting)
+    pair = Pair()
+    for _ in range(3):
+        stream_id = pair.client.get_next_available_stream_id()
+        pair.client.send_headers(
+            stream_id,
+            [(b":method", b"GET"), (b":scheme", b"https"), (b":authority", b"a"), (b":path", b"/")],
+            end_stream=True,
+        )
+        pair.exchange()
+    stream_classes = [kind for kind in learnt if not issubclass(kind, http.Request)]
+    assert len(stream_classes) == 1, learnt
+    assert http_request._PLAIN_CLASSES[stream_classes[0]] is False

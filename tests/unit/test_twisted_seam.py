@@ -642,3 +642,66 @@ def test_a_twisted_that_needs_openssl_for_its_reactor_gets_it() -> None:
     assert "OpenSSL" in loaded  # the stock import, TLS and all
     assert [name for name, _ in fallbacks] == ["posixbase's optional TLS import"]
     assert ssl_works
+
+
+def _serve_draining_channel(draining: bool) -> tuple[bytes, bool, list[str]]:
+    """A GET on a channel whose checkPersistence only adds "close while the
+    site drains" (site_draining_persistence, as server.service's channels)."""
+    from twisted.internet.testing import StringTransport
+
+    from idgateway.server.channel import GatewayChannel, GatewaySite
+    from tests.unit.test_request_head import _Record
+
+    asked: list[str] = []
+
+    class DrainingChannel(GatewayChannel):
+        def checkPersistence(self, request: Any, version: bytes) -> bool:  # noqa: N802
+            asked.append("checkPersistence")
+            if self.site.draining:  # type: ignore[attr-defined]
+                request.responseHeaders.setRawHeaders(b"Connection", [b"close"])
+                return False
+            return bool(super().checkPersistence(request, version))
+
+        site_draining_persistence = checkPersistence
+
+    site = GatewaySite(_Record())
+    site.protocol = DrainingChannel  # type: ignore[assignment]
+    site.draining = draining  # type: ignore[attr-defined]
+    channel: Any = site.buildProtocol(None)
+    transport = StringTransport()
+    channel.makeConnection(transport)
+    channel.dataReceived(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+    channel.dataReceived(b"GET /2 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+    output = transport.value()
+    for date in output.split(b"Date: ")[1:]:
+        output = output.replace(date.partition(b"\r\n")[0], b"")
+    return output, bool(transport.disconnecting), asked
+
+
+@pytest.mark.parametrize("draining", [False, True])
+def test_a_draining_sites_channel_answers_as_its_own_check_persistence(
+    draining: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    output, closed, asked = _serve_draining_channel(draining)
+    if draining:
+        assert asked == ["checkPersistence"], "asked while the site drains"
+        assert output.count(b"HTTP/1.1 200 OK") == 1 and b"Connection: close\r\n" in output
+        assert closed
+    else:
+        assert asked == [], "not asked: the one-pass path answers as it would"
+        assert output.count(b"HTTP/1.1 200 OK") == 2 and closed  # (the second said close)
+    monkeypatch.setattr(http_channel, "BODILESS_IN_ONE_GO", False)
+    stock_output, stock_closed, stock_asked = _serve_draining_channel(draining)
+    assert (stock_output, stock_closed) == (output, closed)
+    assert stock_asked  # (the stock path always asks)
+
+
+def test_a_subclass_with_its_own_check_persistence_again_is_asked() -> None:
+    from idgateway.server.service import DrainableChannel
+
+    class Stricter(DrainableChannel):
+        def checkPersistence(self, request: Any, version: bytes) -> bool:  # noqa: N802
+            return False
+
+    assert Stricter.checkPersistence is not Stricter.site_draining_persistence
+    assert DrainableChannel.checkPersistence is DrainableChannel.site_draining_persistence

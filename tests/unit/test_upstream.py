@@ -531,3 +531,43 @@ def test_an_answer_in_one_read_ends_as_it_would_read_in_pieces(answer, cancel_on
         assert closed and not idle
     else:
         assert events == ["head", "end"] and idle == 1 and not closed
+
+
+@pytest.mark.parametrize(
+    ("body", "chunked_body", "is_head", "upgrade", "response_timeout", "idle_timeout"),
+    [
+        (None, False, False, False, 60.0, 300.0),
+        (object(), True, False, False, 5.0, 7.0),
+        (object(), False, True, False, 0.5, 1.0),
+        (None, False, False, True, 60.0, 300.0),
+    ],
+)
+def test_new_exchange_is_the_exchange_its_constructor_makes(
+    body, chunked_body, is_head, upgrade, response_timeout, idle_timeout
+):
+    from idgateway.proxy.upstream import new_exchange
+
+    sink = object()
+    made = Exchange(
+        b"GET / HTTP/1.1\r\n\r\n",
+        sink,  # type: ignore[arg-type]
+        body=body,
+        chunked_body=chunked_body,
+        is_head=is_head,
+        upgrade=upgrade,
+        response_timeout=response_timeout,
+        idle_timeout=idle_timeout,
+    )
+    quick = new_exchange(
+        b"GET / HTTP/1.1\r\n\r\n",
+        sink,  # type: ignore[arg-type]
+        body,
+        chunked_body,
+        is_head,
+        upgrade,
+        response_timeout,
+        idle_timeout,
+    )
+    assert type(quick) is Exchange
+    for name in Exchange.__slots__:
+        assert getattr(quick, name) == getattr(made, name), name
