@@ -258,10 +258,6 @@ def _emit_info(logger: Logger, log_format: str, event: dict[str, Any]) -> None:
     logger.observer(event)
 
 
-def upstream_elapsed_ms(started: float | None) -> float | None:
-    return None if started is None else round((monotonic() - started) * 1000, 1)
-
-
 # ---- audit ------------------------------------------------------------------------------
 
 
