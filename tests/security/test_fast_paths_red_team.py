@@ -32,7 +32,6 @@ provider.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
 import socket
@@ -47,12 +46,13 @@ import h11
 import pytest
 
 from idgateway.server.channel import CLOSE_GRACE
-from idgateway.sessions.cookie import CookieSessionCodec, CookieSettings
-from idgateway.sessions.keys import KeyRing
-from idgateway.sessions.model import Session
 from tests.certs import make_ca
 from tests.processes import GatewayProcess, free_port, rss_kib
-from tests.security.test_rewrites_red_team import COOKIE_NAME, SESSION_KEY, parse_answers
+from tests.security.test_rewrites_red_team import (
+    SESSION_KEY,
+    parse_answers,
+    seal_cookie,
+)
 
 # What a never-reading client may make the gateway take from the upstream:
 # socket buffers on both sides and the transports' own high-water marks.
@@ -219,21 +219,6 @@ HOSTILE_USERS = {
 }
 
 
-def seal(issuer: str, user: str, session_id: str, secure: bool) -> bytes:
-    """``name=value`` of a session cookie of the app route (``secure``: on TLS)."""
-    codec = CookieSessionCodec(
-        "app",
-        KeyRing.from_strings([SESSION_KEY]),
-        CookieSettings(name=COOKIE_NAME.decode(), secure=secure),
-        binding=json.dumps(["issuer", issuer, "c"], separators=(",", ":")).encode(),
-    )
-    now = time.time()
-    session = Session(
-        id=session_id, route="app", sub=user, user=user, claims={}, created_at=now, last_seen=now
-    )
-    return codec.encode(session)[0].split(b";")[0]
-
-
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     tmp = tmp_path_factory.mktemp("fast-paths-red-team")
@@ -279,7 +264,7 @@ routes:
             "ca": str(ca.cert_path),
             "issuer": issuer,
             "cookies": {
-                (name, secure): seal(issuer, user, f"{index:032x}", secure)
+                (name, secure): seal_cookie(issuer, user, None, f"{index:032x}", secure=secure)
                 for index, (name, user) in enumerate(users.items())
                 for secure in (False, True)
             },

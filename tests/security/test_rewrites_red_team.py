@@ -279,12 +279,15 @@ class RecordingUpstream:
 # -- the gateway and its sessions --------------------------------------------------------
 
 
-def seal_cookie(issuer: str, user: str, groups: list[str], session_id: str) -> bytes:
-    """``name=value`` of a session cookie the gateway's app route opens."""
+def seal_cookie(
+    issuer: str, user: str, groups: list[str] | None, session_id: str, *, secure: bool = False
+) -> bytes:
+    """``name=value`` of a session cookie the gateway's app route opens
+    (``groups`` None: no claims at all; ``secure``: the cookie of a TLS site)."""
     codec = CookieSessionCodec(
         "app",
         KeyRing.from_strings([SESSION_KEY]),
-        CookieSettings(name=COOKIE_NAME.decode(), secure=False),
+        CookieSettings(name=COOKIE_NAME.decode(), secure=secure),
         binding=json.dumps(["issuer", issuer, "c"], separators=(",", ":")).encode(),
     )
     now = time.time()
@@ -293,7 +296,7 @@ def seal_cookie(issuer: str, user: str, groups: list[str], session_id: str) -> b
         route="app",
         sub=user,
         user=user,
-        claims={"email": f"{user}@example.com", "groups": groups},
+        claims={} if groups is None else {"email": f"{user}@example.com", "groups": groups},
         created_at=now,
         last_seen=now,
     )
