@@ -291,6 +291,8 @@ def response_headers_to_forward(
             continue
         if key == b"location":
             value = on_site_location(value)
+        elif key == b"refresh":
+            value = on_site_refresh(value)
         kept.append((name, value))
     return kept
 
@@ -320,6 +322,43 @@ def on_site_location(value: bytes) -> bytes:
     if len(head) == 2 and head[0] in b"/\\" and head[1] in b"/\\":
         return b"/." + trimmed
     return value
+
+
+def on_site_refresh(value: bytes) -> bytes:
+    """An upstream's ``Refresh: 0; url=//host/path`` with its URL kept on this
+    site as ``on_site_location`` keeps a ``Location``: browsers follow a
+    Refresh header's URL as they follow a redirect.
+
+    The URL is found as browsers find it (WHATWG HTML, "shared declarative
+    refresh steps"): ASCII whitespace, the delay's digits and dots,
+    whitespace, an optional ``;`` or ``,``, whitespace, an optional ``url``
+    (any case), whitespace and ``=``, whitespace, an optional quote.
+    """
+    if b"/" not in value and b"\\" not in value:
+        return value  # (no URL a browser could read as another host's)
+    at = _skip(value, 0, _ASCII_WHITESPACE)
+    at = _skip(value, at, b"0123456789.")
+    at = _skip(value, at, _ASCII_WHITESPACE)
+    if value[at : at + 1] in (b";", b","):
+        at = _skip(value, at + 1, _ASCII_WHITESPACE)
+    if value[at : at + 3].lower() == b"url":
+        after = _skip(value, at + 3, _ASCII_WHITESPACE)
+        if value[after : after + 1] == b"=":
+            at = _skip(value, after + 1, _ASCII_WHITESPACE)
+    if value[at : at + 1] in (b"'", b'"'):
+        at += 1
+    url = value[at:]
+    kept = on_site_location(url)
+    return value if kept is url else value[:at] + kept
+
+
+_ASCII_WHITESPACE = b" \t\n\x0c\r"
+
+
+def _skip(value: bytes, at: int, chars: bytes) -> int:
+    while at < len(value) and value[at] in chars:
+        at += 1
+    return at
 
 
 def is_websocket_upgrade(
